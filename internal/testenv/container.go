@@ -1,0 +1,113 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// ContainerSpec describes a plain containerd container (not CRI) for
+// RunContainer.
+type ContainerSpec struct {
+	Namespace string // containerd namespace; "" means "default"
+	ID        string // container id; "" means a unique one from the test name
+	Image     string // reference of an imported image (BusyboxImage, WorkloadImage, ...)
+	// Args replace the image's Cmd (the Entrypoint stays), as `docker run
+	// IMAGE ARGS...` does; nil keeps the image's Cmd.
+	Args        []string
+	Labels      map[string]string // containerd labels of the container
+	MemoryLimit int64             // bytes; 0 means no limit
+	// NetNSPath is a network namespace to join (NewNetNS().Path); "" means a
+	// new private namespace per task (lo down, no routes) unless HostNetwork.
+	NetNSPath   string
+	HostNetwork bool
+	Env         []string // KEY=VALUE, added to the image's Env
+}
+
+// RunContainer creates the container (snapshot on overlayfs, cgroup under
+// e.CgroupParent/<namespace>/<id>, stdout and stderr appended to
+// e.LogPathOf(namespace, id)), starts its task, and returns both; at the end
+// of the test it kills and deletes whatever task the container then has,
+// and the container. Fails the test on error.
+func (e *Env) RunContainer(tb testing.TB, spec ContainerSpec) (client.Container, client.Task) {
+	tb.Helper()
+	if spec.Namespace == "" {
+		spec.Namespace = "default"
+	}
+	if spec.ID == "" {
+		spec.ID = uniqueID(tb)
+	}
+	if spec.Image == "" {
+		tb.Fatalf("testenv: RunContainer %s: no image", spec.ID)
+	}
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), spec.Namespace), time.Minute)
+	defer cancel()
+	c := e.harness
+	img, err := c.GetImage(ctx, spec.Image)
+	if err != nil {
+		tb.Fatalf("testenv: RunContainer %s: image %s in namespace %s (import it first): %v", spec.ID, spec.Image, spec.Namespace, err)
+	}
+	opts := []oci.SpecOpts{
+		oci.WithImageConfigArgs(img, spec.Args),
+		oci.WithHostname(spec.ID),
+		oci.WithCgroup(path.Join(e.CgroupParent, spec.Namespace, spec.ID)),
+	}
+	if len(spec.Env) > 0 {
+		opts = append(opts, oci.WithEnv(spec.Env))
+	}
+	if spec.MemoryLimit > 0 {
+		opts = append(opts, oci.WithMemoryLimit(uint64(spec.MemoryLimit)))
+	}
+	switch {
+	case spec.NetNSPath != "":
+		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: spec.NetNSPath}))
+	case spec.HostNetwork:
+		opts = append(opts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostHostsFile, oci.WithHostResolvconf)
+	}
+	ctr, err := c.NewContainer(ctx, spec.ID,
+		client.WithImage(img),
+		client.WithSnapshotter(snapshotter),
+		client.WithNewSnapshot(spec.ID+"-snapshot", img),
+		client.WithContainerLabels(spec.Labels),
+		client.WithNewSpec(opts...),
+	)
+	if err != nil {
+		tb.Fatalf("testenv: RunContainer %s: create: %v", spec.ID, err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), spec.Namespace), 30*time.Second)
+		defer cancel()
+		if err := deleteContainer(ctx, ctr); err != nil {
+			tb.Errorf("testenv: remove container %s/%s: %v", spec.Namespace, spec.ID, err)
+		}
+	})
+	task, err := ctr.NewTask(ctx, cio.LogFile(e.LogPathOf(spec.Namespace, spec.ID)))
+	if err != nil {
+		tb.Fatalf("testenv: RunContainer %s: new task: %v", spec.ID, err)
+	}
+	if err := task.Start(ctx); err != nil {
+		tb.Fatalf("testenv: RunContainer %s: start: %v", spec.ID, err)
+	}
+	return ctr, task
+}
+
+// LogPathOf is the file RunContainer appends the container's stdout and
+// stderr to. A test that starts a new task for the container can pass
+// cio.LogFile(e.LogPathOf(ns, id)) to keep one log.
+func (e *Env) LogPathOf(namespace, id string) string {
+	return filepath.Join(e.logDir(), namespace+"_"+id+".log")
+}
+
+// uniqueID makes a container id from the test's name and a counter.
+func uniqueID(tb testing.TB) string {
+	return fmt.Sprintf("%s-%d", sanitize(tb.Name()), idSeq.Add(1))
+}

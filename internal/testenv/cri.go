@@ -1,0 +1,275 @@
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// The labels and annotations the kubelet puts on what it creates through
+// CRI (pkg/kubelet/types/labels.go and kuberuntime/labels.go in Kubernetes).
+const (
+	LabelPodName         = "io.kubernetes.pod.name"
+	LabelPodNamespace    = "io.kubernetes.pod.namespace"
+	LabelPodUID          = "io.kubernetes.pod.uid"
+	LabelContainerName   = "io.kubernetes.container.name"
+	AnnotationRestartCnt = "io.kubernetes.container.restartCount"
+)
+
+// PodSpec describes a pod for RunPod.
+type PodSpec struct {
+	Namespace  string // Kubernetes namespace; "" means "default"
+	Name       string // pod name; "" means one made from the test name
+	Containers []PodContainer
+}
+
+// PodContainer is one container of a PodSpec.
+type PodContainer struct {
+	Name  string
+	Image string // reference imported into namespace k8s.io (e.g. e.WorkloadImage(tb, "k8s.io"))
+	// Args replace the image's Cmd, as a pod's `args:` do.
+	Args   []string
+	Labels map[string]string // added to the kubelet's labels
+}
+
+// Pod is a running pod made by RunPod.
+type Pod struct {
+	SandboxID    string
+	UID          string
+	ContainerIDs map[string]string // by container name
+	IP           string            // pod IP on the instance's bridge
+	NetNSPath    string            // the sandbox's network namespace file
+}
+
+var idSeq atomic.Int64
+
+// CRI returns a CRI runtime client of the instance, closed when the test
+// ends, after waiting until the CRI plugin reports its runtime and network
+// ready.
+func (e *Env) CRI(tb testing.TB) runtimeapi.RuntimeServiceClient {
+	tb.Helper()
+	conn, err := grpc.NewClient("unix://"+e.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		tb.Fatalf("testenv: CRI client: %v", err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	rs := runtimeapi.NewRuntimeServiceClient(conn)
+	if err := waitCRIReady(rs); err != nil {
+		tb.Fatalf("testenv: %v; containerd log tail:\n%s", err, e.logTail())
+	}
+	return rs
+}
+
+func waitCRIReady(rs runtimeapi.RuntimeServiceClient) error {
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	var last string
+	for {
+		st, err := rs.Status(ctx, &runtimeapi.StatusRequest{})
+		if err == nil {
+			ready := 0
+			for _, c := range st.GetStatus().GetConditions() {
+				if c.Status && (c.Type == runtimeapi.RuntimeReady || c.Type == runtimeapi.NetworkReady) {
+					ready++
+				} else if !c.Status {
+					last = fmt.Sprintf("%s: %s %s", c.Type, c.Reason, c.Message)
+				}
+			}
+			if ready == 2 {
+				return nil
+			}
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("CRI not ready within %v: %s", readyTimeout, last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// RunPod creates a pod the way the kubelet does: RunPodSandbox with the
+// kubelet's labels and a fresh uid, then CreateContainer and StartContainer
+// for each container with the kubelet's container labels and restart-count
+// annotation. The pod gets an IP on the instance's bridge. It is stopped and
+// removed at the end of the test. Fails the test on error.
+func (e *Env) RunPod(tb testing.TB, spec PodSpec) *Pod {
+	tb.Helper()
+	if spec.Namespace == "" {
+		spec.Namespace = "default"
+	}
+	if spec.Name == "" {
+		spec.Name = strings.ToLower(uniqueID(tb))
+	}
+	rs := e.CRI(tb)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	uid := newUID()
+	podLabels := map[string]string{
+		LabelPodName:      spec.Name,
+		LabelPodNamespace: spec.Namespace,
+		LabelPodUID:       uid,
+	}
+	logDir := filepath.Join(e.logDir(), "pods", spec.Namespace+"_"+spec.Name+"_"+uid)
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	nsOpts := &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_POD, Pid: runtimeapi.NamespaceMode_CONTAINER, Ipc: runtimeapi.NamespaceMode_POD}
+	sandboxConfig := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: spec.Name, Uid: uid, Namespace: spec.Namespace, Attempt: 0},
+		Hostname:     spec.Name,
+		LogDirectory: logDir,
+		Labels:       podLabels,
+		Annotations: map[string]string{
+			"kubernetes.io/config.source": "api",
+			"kubernetes.io/config.seen":   time.Now().UTC().Format(time.RFC3339Nano),
+		},
+		Linux: &runtimeapi.LinuxPodSandboxConfig{
+			CgroupParent:    path.Join(e.CgroupParent, "pod"+uid),
+			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: nsOpts},
+		},
+	}
+	run, err := rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: sandboxConfig})
+	if err != nil {
+		tb.Fatalf("testenv: RunPod %s/%s: RunPodSandbox: %v; containerd log tail:\n%s", spec.Namespace, spec.Name, err, e.logTail())
+	}
+	pod := &Pod{SandboxID: run.PodSandboxId, UID: uid, ContainerIDs: map[string]string{}}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod.SandboxID}); err != nil {
+			tb.Errorf("testenv: stop pod %s: %v", spec.Name, err)
+		}
+		if _, err := rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod.SandboxID}); err != nil {
+			tb.Errorf("testenv: remove pod %s: %v", spec.Name, err)
+		}
+	})
+
+	for _, c := range spec.Containers {
+		labels := map[string]string{}
+		for k, v := range c.Labels {
+			labels[k] = v
+		}
+		for k, v := range podLabels {
+			labels[k] = v
+		}
+		labels[LabelContainerName] = c.Name
+		cfg := &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: c.Name, Attempt: 0},
+			Image:    &runtimeapi.ImageSpec{Image: c.Image},
+			Args:     c.Args,
+			Labels:   labels,
+			Annotations: map[string]string{
+				AnnotationRestartCnt:                               "0",
+				"io.kubernetes.container.hash":                     "0",
+				"io.kubernetes.container.terminationMessagePath":   "/dev/termination-log",
+				"io.kubernetes.container.terminationMessagePolicy": "File",
+				"io.kubernetes.pod.terminationGracePeriod":         "30",
+			},
+			LogPath: filepath.Join(c.Name, "0.log"),
+			Linux: &runtimeapi.LinuxContainerConfig{
+				SecurityContext: &runtimeapi.LinuxContainerSecurityContext{NamespaceOptions: nsOpts},
+			},
+		}
+		created, err := rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+			PodSandboxId: pod.SandboxID, Config: cfg, SandboxConfig: sandboxConfig,
+		})
+		if err != nil {
+			tb.Fatalf("testenv: RunPod %s: CreateContainer %s: %v", spec.Name, c.Name, err)
+		}
+		if _, err := rs.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: created.ContainerId}); err != nil {
+			tb.Fatalf("testenv: RunPod %s: StartContainer %s: %v", spec.Name, c.Name, err)
+		}
+		pod.ContainerIDs[c.Name] = created.ContainerId
+	}
+
+	st, err := rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod.SandboxID, Verbose: true})
+	if err != nil {
+		tb.Fatalf("testenv: RunPod %s: PodSandboxStatus: %v", spec.Name, err)
+	}
+	pod.IP = st.GetStatus().GetNetwork().GetIp()
+	pod.NetNSPath = sandboxNetNS(st.GetInfo())
+	if pod.IP == "" || pod.NetNSPath == "" {
+		tb.Fatalf("testenv: RunPod %s: sandbox has IP %q and netns %q; info: %v", spec.Name, pod.IP, pod.NetNSPath, st.GetInfo())
+	}
+	return pod
+}
+
+// sandboxNetNS finds the sandbox's network namespace in the verbose
+// PodSandboxStatus info of containerd's CRI plugin: the runtime spec's
+// network namespace path, else /proc/PID/ns/net of the sandbox process.
+func sandboxNetNS(info map[string]string) string {
+	var v struct {
+		PID         int `json:"pid"`
+		RuntimeSpec struct {
+			Linux struct {
+				Namespaces []struct {
+					Type string `json:"type"`
+					Path string `json:"path"`
+				} `json:"namespaces"`
+			} `json:"linux"`
+		} `json:"runtimeSpec"`
+	}
+	if err := json.Unmarshal([]byte(info["info"]), &v); err != nil {
+		return ""
+	}
+	for _, ns := range v.RuntimeSpec.Linux.Namespaces {
+		if ns.Type == "network" && ns.Path != "" {
+			return ns.Path
+		}
+	}
+	if v.PID > 0 {
+		return fmt.Sprintf("/proc/%d/ns/net", v.PID)
+	}
+	return ""
+}
+
+// newUID returns a random RFC 4122 version 4 UUID, as Kubernetes pod uids are.
+func newUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// sanitize turns a test name into a containerd id (letters, digits, and
+// single '-' between them, at most 40 characters).
+func sanitize(name string) string {
+	var b strings.Builder
+	dash := false
+	for _, r := range name {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+			b.WriteRune(r)
+			dash = false
+		default:
+			if !dash && b.Len() > 0 {
+				b.WriteByte('-')
+				dash = true
+			}
+		}
+	}
+	s := strings.Trim(b.String(), "-")
+	if len(s) > 40 {
+		s = strings.Trim(s[:40], "-")
+	}
+	if s == "" {
+		s = "test"
+	}
+	return s
+}

@@ -1,0 +1,366 @@
+package testenv
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+)
+
+// Image references of the images this package builds.
+const (
+	BusyboxRef  = "docker.io/vigil/busybox:test"
+	WorkloadRef = "docker.io/vigil/workload:test"
+	pauseRef    = "docker.io/vigil/pause:test"
+	// healthcheckRepo is the repository of HealthcheckImage; the tag is a
+	// hash of the healthcheck.
+	healthcheckRepo = "docker.io/vigil/healthcheck"
+	// criNamespace is the containerd namespace of the CRI plugin.
+	criNamespace = "k8s.io"
+	snapshotter  = "overlayfs"
+)
+
+// DockerHealthcheck is the Healthcheck of a Docker image config, as Docker
+// writes it: durations are nanoseconds in JSON (time.Duration's encoding).
+// Test is e.g. ["CMD-SHELL", "wget -q -O- http://127.0.0.1:8080/healthz"],
+// ["CMD", "/workload", ...] or ["NONE"].
+type DockerHealthcheck struct {
+	Test          []string      `json:"Test,omitempty"`
+	Interval      time.Duration `json:"Interval,omitempty"`
+	Timeout       time.Duration `json:"Timeout,omitempty"`
+	StartPeriod   time.Duration `json:"StartPeriod,omitempty"`
+	StartInterval time.Duration `json:"StartInterval,omitempty"`
+	Retries       int           `json:"Retries,omitempty"`
+}
+
+// imageDef describes an image to build as a Docker archive.
+type imageDef struct {
+	ref         string
+	layers      []*layer
+	entrypoint  []string
+	cmd         []string
+	env         []string
+	healthcheck *DockerHealthcheck
+	labels      map[string]string
+}
+
+type layer struct {
+	data   []byte // uncompressed tar
+	diffID string // "sha256:..."
+}
+
+// imageImport is one image imported into one namespace (per instance).
+type imageImport struct {
+	once sync.Once
+	err  error
+}
+
+// BusyboxImage imports the busybox image (the host's static /bin/busybox and
+// its applets in /bin; Cmd ["sh"]) into namespace and returns its reference,
+// BusyboxRef. Idempotent and safe for concurrent use.
+func (e *Env) BusyboxImage(tb testing.TB, namespace string) string {
+	tb.Helper()
+	return e.mustImport(tb, namespace, func() (imageDef, error) { return busyboxImage() })
+}
+
+// WorkloadImage imports the workload image (busybox plus /workload built
+// from test/workload; Entrypoint ["/workload"], Cmd ["sleep"]) into
+// namespace and returns WorkloadRef. Arguments given to RunContainer or a
+// pod container replace the Cmd: Args{"serve", "--http", ":8080"}.
+func (e *Env) WorkloadImage(tb testing.TB, namespace string) string {
+	tb.Helper()
+	return e.mustImport(tb, namespace, func() (imageDef, error) { return workloadImage(nil) })
+}
+
+// HealthcheckImage imports a workload image whose config carries hc and
+// returns its reference (one tag per distinct hc).
+func (e *Env) HealthcheckImage(tb testing.TB, namespace string, hc DockerHealthcheck) string {
+	tb.Helper()
+	return e.mustImport(tb, namespace, func() (imageDef, error) { return workloadImage(&hc) })
+}
+
+func (e *Env) mustImport(tb testing.TB, namespace string, build func() (imageDef, error)) string {
+	tb.Helper()
+	def, err := build()
+	if err != nil {
+		tb.Fatalf("testenv: build image: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := e.importImage(ctx, namespace, def); err != nil {
+		tb.Fatalf("testenv: import %s into %s: %v", def.ref, namespace, err)
+	}
+	return def.ref
+}
+
+// importImport imports and unpacks def into namespace once per instance.
+func (e *Env) importImage(ctx context.Context, namespace string, def imageDef) error {
+	e.mu.Lock()
+	key := namespace + "\x00" + def.ref
+	imp := e.images[key]
+	if imp == nil {
+		imp = &imageImport{}
+		e.images[key] = imp
+	}
+	e.mu.Unlock()
+	imp.once.Do(func() {
+		archive, err := def.dockerArchive()
+		if err != nil {
+			imp.err = err
+			return
+		}
+		ctx := namespaces.WithNamespace(ctx, namespace)
+		imgs, err := e.harness.Import(ctx, bytes.NewReader(archive))
+		if err != nil {
+			imp.err = fmt.Errorf("import: %w", err)
+			return
+		}
+		for _, img := range imgs {
+			if err := client.NewImage(e.harness, img).Unpack(ctx, snapshotter); err != nil {
+				imp.err = fmt.Errorf("unpack %s: %w", img.Name, err)
+				return
+			}
+		}
+	})
+	return imp.err
+}
+
+var busyboxLayer struct {
+	once sync.Once
+	l    *layer
+	err  error
+}
+
+func busyboxImage() (imageDef, error) {
+	busyboxLayer.once.Do(func() { busyboxLayer.l, busyboxLayer.err = buildBusyboxLayer() })
+	if busyboxLayer.err != nil {
+		return imageDef{}, busyboxLayer.err
+	}
+	return imageDef{ref: BusyboxRef, layers: []*layer{busyboxLayer.l}, cmd: []string{"sh"}}, nil
+}
+
+// pauseImage is the CRI sandbox image: busybox sleeping forever.
+func pauseImage() (imageDef, error) {
+	def, err := busyboxImage()
+	if err != nil {
+		return def, err
+	}
+	def.ref = pauseRef
+	def.entrypoint, def.cmd = []string{"/bin/sleep", "infinity"}, nil
+	return def, nil
+}
+
+var workloadLayer struct {
+	once sync.Once
+	l    *layer
+	err  error
+}
+
+func workloadImage(hc *DockerHealthcheck) (imageDef, error) {
+	def, err := busyboxImage()
+	if err != nil {
+		return def, err
+	}
+	workloadLayer.once.Do(func() {
+		bin, err := workloadBinary()
+		if err != nil {
+			workloadLayer.err = err
+			return
+		}
+		var t tarWriter
+		t.file("workload", 0o755, bin)
+		workloadLayer.l, workloadLayer.err = t.layer()
+	})
+	if workloadLayer.err != nil {
+		return def, workloadLayer.err
+	}
+	def.ref = WorkloadRef
+	def.layers = append(def.layers, workloadLayer.l)
+	def.entrypoint, def.cmd = []string{"/workload"}, []string{"sleep"}
+	if hc != nil {
+		b, err := json.Marshal(hc)
+		if err != nil {
+			return def, err
+		}
+		sum := sha256.Sum256(b)
+		def.ref = healthcheckRepo + ":" + hex.EncodeToString(sum[:6])
+		def.healthcheck = hc
+	}
+	return def, nil
+}
+
+// buildBusyboxLayer makes a layer of the host's static busybox, a symlink in
+// /bin for each of its applets, /etc/passwd, /etc/group and /tmp.
+func buildBusyboxLayer() (*layer, error) {
+	bin, err := os.ReadFile(busyboxPath)
+	if err != nil {
+		return nil, fmt.Errorf("read busybox: %w", err)
+	}
+	out, err := exec.Command(busyboxPath, "--list").Output()
+	if err != nil {
+		return nil, fmt.Errorf("busybox --list: %w", err)
+	}
+	applets := strings.Fields(string(out))
+	sort.Strings(applets)
+	var t tarWriter
+	for _, d := range []string{"bin", "etc", "root", "proc", "sys", "dev", "var", "usr", "usr/bin", "sbin"} {
+		t.dir(d, 0o755)
+	}
+	t.dir("tmp", 0o1777)
+	t.file("bin/busybox", 0o755, bin)
+	for _, a := range applets {
+		if a == "busybox" || strings.Contains(a, "/") {
+			continue
+		}
+		t.symlink("bin/"+a, "busybox")
+	}
+	t.file("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"))
+	t.file("etc/group", 0o644, []byte("root:x:0:\nnogroup:x:65534:\n"))
+	return t.layer()
+}
+
+// epoch is the timestamp of every file and image: builds are reproducible,
+// so a second import of the same image is a no-op.
+var epoch = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// tarWriter builds a layer tar in memory; the first error sticks.
+type tarWriter struct {
+	buf bytes.Buffer
+	tw  *tar.Writer
+	err error
+}
+
+func (t *tarWriter) header(h *tar.Header, data []byte) {
+	if t.tw == nil {
+		t.tw = tar.NewWriter(&t.buf)
+	}
+	if t.err != nil {
+		return
+	}
+	h.ModTime, h.Format = epoch, tar.FormatPAX
+	if t.err = t.tw.WriteHeader(h); t.err == nil && len(data) > 0 {
+		_, t.err = t.tw.Write(data)
+	}
+}
+
+func (t *tarWriter) dir(name string, mode int64) {
+	t.header(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: mode}, nil)
+}
+
+func (t *tarWriter) file(name string, mode int64, data []byte) {
+	t.header(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(data))}, data)
+}
+
+func (t *tarWriter) symlink(name, target string) {
+	t.header(&tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: target, Mode: 0o777}, nil)
+}
+
+func (t *tarWriter) bytes() ([]byte, error) {
+	if t.tw == nil {
+		t.tw = tar.NewWriter(&t.buf)
+	}
+	if t.err != nil {
+		return nil, t.err
+	}
+	if err := t.tw.Close(); err != nil {
+		return nil, err
+	}
+	return t.buf.Bytes(), nil
+}
+
+func (t *tarWriter) layer() (*layer, error) {
+	b, err := t.bytes()
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(b)
+	return &layer{data: b, diffID: "sha256:" + hex.EncodeToString(sum[:])}, nil
+}
+
+// dockerConfig is the part of a Docker image config this package writes.
+type dockerConfig struct {
+	Architecture string          `json:"architecture"`
+	OS           string          `json:"os"`
+	Created      time.Time       `json:"created"`
+	Config       dockerRunConfig `json:"config"`
+	RootFS       struct {
+		Type    string   `json:"type"`
+		DiffIDs []string `json:"diff_ids"`
+	} `json:"rootfs"`
+}
+
+type dockerRunConfig struct {
+	Entrypoint  []string           `json:"Entrypoint,omitempty"`
+	Cmd         []string           `json:"Cmd,omitempty"`
+	Env         []string           `json:"Env,omitempty"`
+	WorkingDir  string             `json:"WorkingDir,omitempty"`
+	Labels      map[string]string  `json:"Labels,omitempty"`
+	Healthcheck *DockerHealthcheck `json:"Healthcheck,omitempty"`
+}
+
+// dockerArchive renders the image as `docker save` does: manifest.json, the
+// config, and one tar per layer.
+func (d imageDef) dockerArchive() ([]byte, error) {
+	if len(d.layers) == 0 {
+		return nil, fmt.Errorf("image %s has no layers", d.ref)
+	}
+	cfg := dockerConfig{Architecture: runtime.GOARCH, OS: "linux", Created: epoch}
+	cfg.Config = dockerRunConfig{
+		Entrypoint:  d.entrypoint,
+		Cmd:         d.cmd,
+		Env:         d.env,
+		WorkingDir:  "/",
+		Labels:      d.labels,
+		Healthcheck: d.healthcheck,
+	}
+	if len(cfg.Config.Env) == 0 {
+		cfg.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	}
+	cfg.RootFS.Type = "layers"
+	for _, l := range d.layers {
+		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, l.diffID)
+	}
+	cb, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	csum := sha256.Sum256(cb)
+	configName := hex.EncodeToString(csum[:]) + ".json"
+
+	var t tarWriter
+	var layerNames []string
+	for _, l := range d.layers {
+		dir := strings.TrimPrefix(l.diffID, "sha256:")
+		t.dir(dir, 0o755)
+		name := path.Join(dir, "layer.tar")
+		t.file(name, 0o644, l.data)
+		layerNames = append(layerNames, name)
+	}
+	t.file(configName, 0o644, cb)
+	manifest := []map[string]any{{
+		"Config":   configName,
+		"RepoTags": []string{strings.TrimPrefix(d.ref, "docker.io/")},
+		"Layers":   layerNames,
+	}}
+	mb, err := json.Marshal(manifest)
+	if err != nil {
+		return nil, err
+	}
+	t.file("manifest.json", 0o644, mb)
+	return t.bytes()
+}

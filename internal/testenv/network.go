@@ -1,0 +1,291 @@
+package testenv
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// setupNetwork picks a private /24 no one on the host uses, creates the
+// instance's bridge with the subnet's .1 and writes the CNI config for the
+// CRI plugin. Pods get no route beyond the subnet and the host does not
+// forward for them: their traffic stays on the bridge.
+func (e *Env) setupNetwork() error {
+	lastErr := errors.New("every subnet tried is in use")
+	for range 20 {
+		subnet, gw, err := randomSubnet()
+		if err != nil {
+			return err
+		}
+		if used, err := subnetInUse(subnet, ""); err != nil {
+			return err
+		} else if used {
+			continue
+		}
+		if err := e.createBridge(gw); err != nil {
+			return err
+		}
+		// Another test binary may have picked the same subnet just now.
+		if used, err := subnetInUse(subnet, e.Bridge); err != nil || used {
+			lastErr = fmt.Errorf("subnet %v taken concurrently", subnet)
+			if derr := deleteLink(e.Bridge); derr != nil {
+				return derr
+			}
+			continue
+		}
+		e.Subnet, e.BridgeIP = subnet.String(), gw.IP.String()
+		return e.writeCNIConfig(subnet)
+	}
+	return fmt.Errorf("no free private subnet for the CNI bridge: %w", lastErr)
+}
+
+// randomSubnet returns 10.N.M.0/24 with N in 200..249, and its .1 address.
+func randomSubnet() (*net.IPNet, *net.IPNet, error) {
+	n, err := rand.Int(rand.Reader, big.NewInt(50*256))
+	if err != nil {
+		return nil, nil, err
+	}
+	v := int(n.Int64())
+	ip := net.IPv4(10, byte(200+v/256), byte(v%256), 0).To4()
+	subnet := &net.IPNet{IP: ip, Mask: net.CIDRMask(24, 32)}
+	gw := &net.IPNet{IP: net.IPv4(10, ip[1], ip[2], 1).To4(), Mask: subnet.Mask}
+	return subnet, gw, nil
+}
+
+// subnetInUse reports whether a host address or route other than on the link
+// named except overlaps subnet.
+func subnetInUse(subnet *net.IPNet, except string) (bool, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return false, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		if except != "" && l.Attrs().Name == except {
+			continue
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		if err != nil {
+			continue // the link went away meanwhile
+		}
+		for _, a := range addrs {
+			if subnet.Contains(a.IP) || a.IPNet.Contains(subnet.IP) {
+				return true, nil
+			}
+		}
+	}
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return false, fmt.Errorf("list routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		if ones, _ := r.Dst.Mask.Size(); ones == 0 { // a default route overlaps everything, but says nothing
+			continue
+		}
+		if link, err := netlink.LinkByIndex(r.LinkIndex); err == nil && link.Attrs().Name == except {
+			continue
+		}
+		if r.Dst.Contains(subnet.IP) || subnet.Contains(r.Dst.IP) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func (e *Env) createBridge(gw *net.IPNet) error {
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: e.Bridge}}
+	if err := netlink.LinkAdd(br); err != nil {
+		return fmt.Errorf("create bridge %s: %w", e.Bridge, err)
+	}
+	if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: gw}); err != nil {
+		return errors.Join(fmt.Errorf("address bridge %s: %w", e.Bridge, err), deleteLink(e.Bridge))
+	}
+	if err := netlink.LinkSetUp(br); err != nil {
+		return errors.Join(fmt.Errorf("set bridge %s up: %w", e.Bridge, err), deleteLink(e.Bridge))
+	}
+	return nil
+}
+
+// writeCNIConfig writes the bridge network for the CRI plugin. The CRI
+// plugin brings up each pod's lo itself with the loopback plugin binary.
+func (e *Env) writeCNIConfig(subnet *net.IPNet) error {
+	ip := subnet.IP.To4()
+	host := func(last byte) string { return net.IPv4(ip[0], ip[1], ip[2], last).String() }
+	conf := map[string]any{
+		"cniVersion": "0.4.0",
+		"name":       "vigil-" + e.id,
+		"plugins": []any{
+			map[string]any{
+				"type":        "bridge",
+				"bridge":      e.Bridge,
+				"isGateway":   false, // the bridge already has .1; true would also turn on ip_forward
+				"ipMasq":      false,
+				"hairpinMode": false,
+				"ipam": map[string]any{
+					"type":    "host-local",
+					"dataDir": filepath.Join(e.Dir, "cni", "ipam"),
+					"ranges": []any{[]any{map[string]any{
+						"subnet":     subnet.String(),
+						"rangeStart": host(2),
+						"rangeEnd":   host(254),
+					}}},
+				},
+			},
+		},
+	}
+	b, err := json.MarshalIndent(conf, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(e.cniConfDir(), "10-vigil.conflist"), b, 0o600)
+}
+
+// deleteLink removes a link by name; a missing link is not an error.
+func deleteLink(name string) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("find link %s: %w", name, err)
+	}
+	if err := netlink.LinkDel(link); err != nil {
+		return fmt.Errorf("delete link %s: %w", name, err)
+	}
+	return nil
+}
+
+// NetNS is a named network namespace made for a test.
+type NetNS struct {
+	Name string // name under /run/netns, as `ip netns` shows it
+	Path string // the bind-mounted file: join it with setns or an OCI spec
+}
+
+const netnsDir = "/run/netns"
+
+var netnsSeq atomic.Int64
+
+// NewNetNS creates a network namespace with lo up and nothing else, and
+// removes it when the test ends. Containers that join it (ContainerSpec
+// NetNSPath) keep their network across task restarts, unlike the private
+// namespace a new task gets. It calls Require first.
+func NewNetNS(tb testing.TB) *NetNS {
+	tb.Helper()
+	Require(tb)
+	name := fmt.Sprintf("vigiltest-%d-%d", os.Getpid(), netnsSeq.Add(1))
+	if err := createNetNS(name); err != nil {
+		tb.Fatalf("testenv: create netns: %v", err)
+	}
+	n := &NetNS{Name: name, Path: filepath.Join(netnsDir, name)}
+	tb.Cleanup(func() {
+		if err := netns.DeleteNamed(name); err != nil {
+			tb.Errorf("testenv: delete netns %s: %v", name, err)
+		}
+	})
+	return n
+}
+
+// createNetNS makes the namespace on a thread of its own that dies with the
+// goroutine (it never unlocks), so that no other goroutine ever runs in it.
+func createNetNS(name string) error {
+	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+		return err
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		h, err := netns.NewNamed(name)
+		if err != nil {
+			errc <- fmt.Errorf("create %s: %w", name, err)
+			return
+		}
+		defer h.Close()
+		lo, err := netlink.LinkByName("lo")
+		if err == nil {
+			err = netlink.LinkSetUp(lo)
+		}
+		if err != nil {
+			errc <- errors.Join(fmt.Errorf("set lo up in %s: %w", name, err), netns.DeleteNamed(name))
+			return
+		}
+		errc <- nil
+	}()
+	return <-errc
+}
+
+// Do runs fn on an OS thread inside the namespace; see InNetNS.
+func (n *NetNS) Do(fn func() error) error { return InNetNS(n.Path, fn) }
+
+// InNetNS runs fn on a locked OS thread switched into the network namespace
+// at path (a /run/netns file or /proc/PID/ns/net), and switches back after.
+// Sockets fn creates belong to that namespace and stay there, so a net.Conn
+// dialed inside can be used from any goroutine afterwards. fn must not start
+// goroutines that expect the namespace. Blocks until fn returns.
+func InNetNS(path string, fn func() error) error {
+	target, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer target.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return // thread discarded with the goroutine
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			errc <- fmt.Errorf("enter netns %s: %w", path, err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			// Leave the thread locked: it dies with this goroutine.
+			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// sweepStaleNetNS removes namespaces NewNetNS made in test binaries that
+// are gone.
+func sweepStaleNetNS() {
+	ents, _ := os.ReadDir(netnsDir)
+	for _, ent := range ents {
+		rest, ok := strings.CutPrefix(ent.Name(), "vigiltest-")
+		if !ok {
+			continue
+		}
+		pidStr, _, _ := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); err == nil || errors.Is(err, syscall.EPERM) {
+			continue // alive
+		}
+		_ = netns.DeleteNamed(ent.Name())
+	}
+}

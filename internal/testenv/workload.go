@@ -1,0 +1,107 @@
+package testenv
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+)
+
+var workloadBuild struct {
+	once sync.Once
+	bin  []byte
+	err  error
+}
+
+// workloadBinary returns the static test/workload binary, built once per
+// process. Builds are cached in the temp dir under a hash of the sources, so
+// parallel test binaries build it once between them.
+func workloadBinary() ([]byte, error) {
+	workloadBuild.once.Do(func() {
+		workloadBuild.bin, workloadBuild.err = buildWorkload()
+	})
+	return workloadBuild.bin, workloadBuild.err
+}
+
+func buildWorkload() ([]byte, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return nil, err
+	}
+	src := filepath.Join(root, "test", "workload")
+	key, err := sourceHash(root, src)
+	if err != nil {
+		return nil, err
+	}
+	cacheDir := filepath.Join(os.TempDir(), "vigil-testenv-cache")
+	if err := os.MkdirAll(cacheDir, 0o700); err != nil {
+		return nil, err
+	}
+	out := filepath.Join(cacheDir, "workload-"+key)
+	if b, err := os.ReadFile(out); err == nil {
+		return b, nil
+	}
+	tmp, err := os.CreateTemp(cacheDir, "workload-build-")
+	if err != nil {
+		return nil, err
+	}
+	tmp.Close()
+	defer os.Remove(tmp.Name())
+	cmd := exec.Command(goTool(), "build", "-trimpath", "-o", tmp.Name(), "./test/workload")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOFLAGS=-buildvcs=false")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("go build ./test/workload: %w: %s", err, lastLines(b, 20))
+	}
+	// Rename is atomic: a concurrent builder either sees the whole file or none.
+	if err := os.Rename(tmp.Name(), out); err != nil {
+		return nil, err
+	}
+	return os.ReadFile(out)
+}
+
+// goTool finds the go command: the toolchain running the tests first.
+func goTool() string {
+	if root := runtime.GOROOT(); root != "" { //nolint:staticcheck // the toolchain of this test binary is the one to use
+		if p := filepath.Join(root, "bin", "go"); fileExists(p) {
+			return p
+		}
+	}
+	return "go"
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// sourceHash hashes the workload's Go files, go.mod, go.sum and the Go
+// version: the cache key of a build.
+func sourceHash(root, src string) (string, error) {
+	files, err := filepath.Glob(filepath.Join(src, "*.go"))
+	if err != nil {
+		return "", err
+	}
+	files = append(files, filepath.Join(root, "go.mod"), filepath.Join(root, "go.sum"))
+	sort.Strings(files)
+	h := sha256.New()
+	fmt.Fprintln(h, runtime.Version())
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "%s %d\n", filepath.Base(f), len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
