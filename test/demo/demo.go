@@ -1,0 +1,359 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/vigilhq/vigil/test/chain"
+)
+
+// The demo's fixed names and loopback ports. Tests use ephemeral ports, a
+// random bridge subnet (10.200-249.x) and names with a pid, so none collide.
+const (
+	aggregatorGRPC = "127.0.0.1:17400"
+	aggregatorHTTP = "127.0.0.1:17401"
+	agentMetrics   = "127.0.0.1:17402"
+	prometheusAddr = "127.0.0.1:17490"
+
+	nodeName     = "demo-node"
+	netnsName    = "vigil-demo"
+	bridgeName   = "vigil-demo0"
+	podSubnet    = "10.199.74.0/24"
+	cgroupParent = "/vigil-demo"
+)
+
+type options struct {
+	dir, bin string
+	watch    time.Duration
+}
+
+type demo struct {
+	o          options
+	out        io.Writer
+	containerd *chain.Containerd
+	chain      *chain.Chain
+	logDir     string
+}
+
+func newDemo(o options, out io.Writer) (*demo, error) {
+	dir, err := filepath.Abs(o.dir)
+	if err != nil {
+		return nil, err
+	}
+	bin, err := filepath.Abs(o.bin)
+	if err != nil {
+		return nil, err
+	}
+	o.dir, o.bin = dir, bin
+	d := &demo{o: o, out: out, logDir: filepath.Join(dir, "logs")}
+	d.containerd = chain.NewContainerd(dir, bridgeName, podSubnet, cgroupParent)
+	return d, nil
+}
+
+func (d *demo) say(format string, args ...any) {
+	fmt.Fprintf(d.out, "==> "+format+"\n", args...)
+}
+
+func (d *demo) newChain() (*chain.Chain, error) {
+	return chain.New(chain.Config{
+		Dir:               d.o.dir,
+		BinDir:            d.o.bin,
+		ContainerdAddress: d.containerd.Address,
+		NodeName:          nodeName,
+		AggregatorGRPC:    aggregatorGRPC,
+		AggregatorHTTP:    aggregatorHTTP,
+		AgentMetrics:      agentMetrics,
+		Prometheus:        prometheusAddr,
+		PrometheusConfig:  "deploy/demo/prometheus.yml",
+		RulesDir:          "deploy/prometheus",
+		Interval:          2 * time.Second,
+		BackoffInitial:    time.Second,
+		BackoffMax:        30 * time.Second,
+		BackoffReset:      time.Minute,
+	})
+}
+
+// up starts the whole chain and the stories, narrates, and leaves it all
+// running. A failure part-way leaves what started running, for `down`.
+func (d *demo) up(ctx context.Context) error {
+	start := time.Now()
+	if err := d.preflight(); err != nil {
+		return err
+	}
+	c, err := d.newChain()
+	if err != nil {
+		return err
+	}
+	d.chain = c
+
+	d.say("Building the test workload (test/workload), the program inside the demo containers")
+	workload := filepath.Join(d.o.dir, "workload")
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", workload, "./test/workload")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./test/workload: %w\n%s", err, b)
+	}
+
+	d.say("Starting a private containerd (socket %s, state under %s)", d.containerd.Address, d.containerd.Dir)
+	if err := d.containerd.Start(ctx); err != nil {
+		return err
+	}
+	d.say("Importing the demo images without a registry: %s, %s, %s", chain.BusyboxRef, chain.WorkloadRef, chain.PauseRef)
+	if err := d.containerd.ImportImages(ctx, workload); err != nil {
+		return err
+	}
+	if err := chain.CreateNetNS(netnsName); err != nil {
+		return err
+	}
+
+	d.say("Starting vigil-aggregator: gRPC %s, HTTP %s (INSECURE: no TLS, loopback only; production uses mTLS)", aggregatorGRPC, aggregatorHTTP)
+	if err := c.StartAggregator(ctx); err != nil {
+		return err
+	}
+	d.say("Starting vigil-agent as node %q on that containerd (interval 2s, restart backoff 1s doubling to 30s)", nodeName)
+	if err := c.StartAgent(ctx); err != nil {
+		return err
+	}
+	d.say("Starting Prometheus on http://%s, scraping the aggregator every 2s", prometheusAddr)
+	if err := c.StartPrometheus(ctx); err != nil {
+		return err
+	}
+
+	stories := chain.Stories(chain.StoryOptions{
+		NetNSPath:      chain.NetNSPath(netnsName),
+		LogDir:         d.logDir,
+		CgroupParent:   cgroupParent,
+		CrashAfter:     3 * time.Second,
+		UnhealthyAfter: 15 * time.Second,
+		HealthInterval: 2 * time.Second,
+	})
+	d.say("Running the demo containers with ctr, the way you would:")
+	for _, s := range stories {
+		fmt.Fprintf(d.out, "    %s\n", shellQuote(append([]string{"ctr"}, s.CtrArgs(d.containerd.Address)...)))
+		if err := chain.RunContainer(ctx, d.containerd.Address, s); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintln(d.out, `
+    web        serves HTTP; health-http probes /healthz inside its network namespace: stays healthy
+    crashloop  exits 1 after 3s; restart-policy on-failure restarts it, each time after a longer backoff
+    flaky      turns its /healthz to 503 after 15s; 3 failed probes make it unhealthy and
+               restart-on-unhealthy restarts it (healthy again for 15s, and so on)`)
+	pod := chain.StoryPod(d.logDir, cgroupParent)
+	d.say("Running a Kubernetes-style pod %s/%s through CRI (the kubelet's labels; Vigil observes it, the kubelet would own its restarts)", pod.Namespace, pod.Name)
+	if _, err := chain.RunPod(ctx, d.containerd.Address, pod); err != nil {
+		return err
+	}
+	d.say("Everything is up after %s. Watching for %s (Ctrl-C stops watching, not the demo):", time.Since(start).Round(time.Second), d.o.watch)
+	d.watch(ctx, d.o.watch)
+	d.where()
+	return nil
+}
+
+// preflight refuses to start over a running demo or on taken ports, and
+// checks the binaries are built.
+func (d *demo) preflight() error {
+	for _, name := range []string{"containerd", chain.NameAggregator, chain.NameAgent, chain.NamePrometheus} {
+		if p, ok, _ := chain.LoadProcess(d.o.dir, name); ok && p.Running() {
+			return fmt.Errorf("a demo is already running (%s, pid %d): `make demo-down` first, or look at it with `go run ./test/demo status`", name, p.PID)
+		}
+	}
+	for _, p := range []struct{ addr, what string }{
+		{aggregatorGRPC, "aggregator gRPC"}, {aggregatorHTTP, "aggregator HTTP"},
+		{agentMetrics, "agent metrics"}, {prometheusAddr, "Prometheus"},
+	} {
+		if err := chain.CheckFree(p.addr, p.what); err != nil {
+			return err
+		}
+	}
+	for _, b := range []string{"vigil-agent", "vigil-aggregator", "vigilctl"} {
+		if _, err := os.Stat(filepath.Join(d.o.bin, b)); err != nil {
+			return fmt.Errorf("%s not built: run `make build` (or `make demo`, which builds first): %w", b, err)
+		}
+	}
+	for _, tool := range []string{"containerd", "ctr", "prometheus", "ip"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found: run `make prereqs` (scripts/install-prereqs.sh)", tool)
+		}
+	}
+	return os.MkdirAll(d.o.dir, 0o755)
+}
+
+// watch prints, every 10 s, the containers as vigilctl shows them and the
+// stories as Prometheus has them.
+func (d *demo) watch(ctx context.Context, total time.Duration) {
+	start := time.Now()
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(d.out)
+			return
+		case <-tick.C:
+		}
+		fmt.Fprintf(d.out, "\n---- t+%s ---- $ bin/vigilctl --server %s --insecure containers\n", time.Since(start).Round(time.Second), aggregatorGRPC)
+		if out, err := d.chain.Vigilctl(ctx, "containers"); err != nil {
+			fmt.Fprintf(d.out, "(vigilctl: %v)\n", err)
+		} else {
+			d.out.Write(out)
+		}
+		fmt.Fprintln(d.out, "     as Prometheus sees them:")
+		d.promTable(ctx)
+		if time.Since(start) >= total {
+			return
+		}
+	}
+}
+
+// promTable prints health, restarts, backoff and exits of the story
+// containers from Prometheus.
+func (d *demo) promTable(ctx context.Context) {
+	sel := `{container=~"web|crashloop|flaky|nginx"}`
+	query := func(q string) map[string]string {
+		res, err := d.chain.Query(ctx, q)
+		if err != nil {
+			fmt.Fprintf(d.out, "     (%v)\n", err)
+			return nil
+		}
+		m := map[string]string{}
+		for _, s := range res {
+			if st, ok := s.Labels["status"]; ok {
+				m[s.Labels["container"]] = st
+			} else {
+				m[s.Labels["container"]] = strings.TrimSuffix(fmt.Sprintf("%g", s.Value), ".0")
+			}
+		}
+		return m
+	}
+	health := query(`vigil_container_health_status` + sel + ` == 1`)
+	restarts := query(`vigil_container_restarts_total` + sel)
+	backoff := query(`vigil_container_restart_backoff_seconds` + sel)
+	exits := query(`sum by (container) (vigil_container_exits_total` + sel + `)`)
+	running := query(`vigil_container_running` + sel)
+	tw := tabwriter.NewWriter(d.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "     CONTAINER\tRUNNING\tHEALTH\tRESTARTS\tBACKOFF(s)\tEXITS")
+	names := []string{"web", "crashloop", "flaky", "nginx"}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(tw, "     %s\t%s\t%s\t%s\t%s\t%s\n", n, dash(running[n]), dash(health[n]), dash(restarts[n]), dash(backoff[n]), dash(exits[n]))
+	}
+	tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// where prints what to look at next.
+func (d *demo) where() {
+	q := func(s string) string {
+		return "http://" + prometheusAddr + "/graph?g0.expr=" + urlQuery(s) + "&g0.tab=0"
+	}
+	fmt.Fprintf(d.out, `
+==> The demo keeps running. Where to look:
+
+  Prometheus   http://%[1]s   (ready queries, open in a browser:)
+    vigil_container_restarts_total                          %[2]s
+    rate(vigil_container_restarts_total[1m])
+    sum by (reason) (vigil_container_exits_total)           %[3]s
+    vigil_container_restart_backoff_seconds
+    vigil_container_health_status{status="unhealthy"} == 1  %[4]s
+    vigil_container_memory_working_set_bytes
+  vigilctl     bin/vigilctl --server %[5]s --insecure containers
+               bin/vigilctl --server %[5]s --insecure containers --unhealthy
+               bin/vigilctl --server %[5]s --insecure nodes
+               bin/vigilctl --server %[5]s --insecure events
+               bin/vigilctl --server %[5]s --insecure containers -o json
+  JSON API     curl -s http://%[6]s/api/v1/containers
+  metrics      curl -s http://%[6]s/metrics | grep '^vigil_container'
+  containers   ctr -a %[7]s -n default tasks ls
+  logs         %[8]s/{agent,aggregator,prometheus,containerd}.log
+               %[8]s/{web,crashloop,flaky}.log (the containers' output)
+  status       go run ./test/demo status
+  stop         make demo-down   (removes everything the demo started)
+`, prometheusAddr, q("vigil_container_restarts_total"), q("sum by (reason) (vigil_container_exits_total)"),
+		q(`vigil_container_health_status{status="unhealthy"} == 1`), aggregatorGRPC, aggregatorHTTP, d.containerd.Address, d.logDir)
+}
+
+// status prints the demo's processes and containers.
+func (d *demo) status(ctx context.Context) error {
+	running := false
+	for _, name := range []string{"containerd", chain.NameAggregator, chain.NameAgent, chain.NamePrometheus} {
+		p, ok, err := chain.LoadProcess(d.o.dir, name)
+		switch {
+		case err != nil:
+			fmt.Fprintf(d.out, "%-11s %v\n", name, err)
+		case !ok:
+			fmt.Fprintf(d.out, "%-11s not started\n", name)
+		case p.Running():
+			running = true
+			fmt.Fprintf(d.out, "%-11s running, pid %d, log %s\n", name, p.PID, p.LogPath)
+		default:
+			fmt.Fprintf(d.out, "%-11s NOT running (pid %d recorded), log %s\n", name, p.PID, p.LogPath)
+		}
+	}
+	if !running {
+		fmt.Fprintln(d.out, "no demo is running: `make demo` starts one")
+		return nil
+	}
+	c, err := d.newChain()
+	if err != nil {
+		return err
+	}
+	d.chain = c
+	fmt.Fprintln(d.out)
+	if out, err := c.Vigilctl(ctx, "containers"); err != nil {
+		fmt.Fprintf(d.out, "(vigilctl: %v)\n", err)
+	} else {
+		d.out.Write(out)
+	}
+	fmt.Fprintln(d.out, "\nas Prometheus sees them:")
+	d.promTable(ctx)
+	return nil
+}
+
+// down stops and removes everything up started, whatever state it is in.
+func (d *demo) down(ctx context.Context) error {
+	d.say("Stopping the agent, Prometheus and the aggregator (by their recorded pids)")
+	errs := []error{chain.StopRecorded(d.o.dir)}
+	d.say("Removing the demo's containers, tasks and CRI pod, and stopping its containerd")
+	errs = append(errs, d.containerd.Teardown(ctx))
+	d.say("Removing the network namespace %s, the bridge %s and %s", netnsName, bridgeName, d.o.dir)
+	errs = append(errs, chain.DeleteNetNS(netnsName))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w\n(the demo directory %s is kept for a look; run `make demo-down` again)", err, d.o.dir)
+	}
+	if err := os.RemoveAll(d.o.dir); err != nil {
+		return err
+	}
+	d.say("Done: nothing of the demo is left")
+	return nil
+}
+
+// shellQuote renders args as a command line to copy and paste.
+func shellQuote(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a == "" || strings.ContainsAny(a, " \t\"'$\\*?;&|<>(){}[]#~") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
+}
+
+func urlQuery(s string) string { return url.QueryEscape(s) }
