@@ -1,0 +1,172 @@
+package aggregator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// Aggregator is the aggregator process: the agents' stream (AgentGateway)
+// and the Vigil API on one gRPC listener, /metrics and the JSON API on an
+// HTTP listener, and the liveness sweep of the fleet.
+type Aggregator struct {
+	cfg     Config
+	log     *slog.Logger
+	fleet   *Fleet
+	gateway *Gateway
+	api     *API
+	metrics *selfMetrics
+
+	grpcLis, httpLis net.Listener
+	grpcServer       *grpc.Server
+	httpServer       *http.Server
+	ready            atomic.Bool
+	stopping         chan struct{}
+}
+
+// New validates cfg, registers the self-metrics and binds both listeners
+// (so that GRPCAddr and HTTPAddr are known before Run, with port 0 too).
+func New(cfg Config) (*Aggregator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	a := &Aggregator{cfg: cfg, log: cfg.Logger, fleet: NewFleet(), stopping: make(chan struct{})}
+	m, err := newSelfMetrics(cfg.Registry, a.fleet)
+	if err != nil {
+		return nil, fmt.Errorf("register self-metrics: %w", err)
+	}
+	a.metrics = m
+	a.gateway = newGateway(&a.cfg, a.fleet, m, a.stopping)
+	a.api = NewAPI(a.fleet, cfg.WatchBuffer, a.stopping)
+
+	opts := []grpc.ServerOption{
+		grpc.ForceServerCodec(serverCodec{}),
+		grpc.MaxRecvMsgSize(cfg.MaxMessageBytes),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             cfg.KeepaliveMinTime,
+			PermitWithoutStream: true,
+		}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    cfg.KeepaliveTime,
+			Timeout: cfg.KeepaliveTimeout,
+		}),
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+	}
+	a.grpcServer = grpc.NewServer(opts...)
+	a.grpcServer.RegisterService(&gatewayServiceDesc, a.gateway)
+	vigilv1.RegisterVigilServer(a.grpcServer, a.api)
+
+	a.grpcLis, err = net.Listen("tcp", cfg.GRPCListen)
+	if err != nil {
+		return nil, fmt.Errorf("grpc listen %s: %v: %w", cfg.GRPCListen, err, errdefs.ErrUnavailable)
+	}
+	a.httpLis, err = net.Listen("tcp", cfg.HTTPListen)
+	if err != nil {
+		a.grpcLis.Close()
+		return nil, fmt.Errorf("http listen %s: %v: %w", cfg.HTTPListen, err, errdefs.ErrUnavailable)
+	}
+	a.httpServer = &http.Server{
+		Handler:           a.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	return a, nil
+}
+
+// GRPCAddr is the address the gRPC server listens on.
+func (a *Aggregator) GRPCAddr() net.Addr { return a.grpcLis.Addr() }
+
+// HTTPAddr is the address the HTTP server listens on.
+func (a *Aggregator) HTTPAddr() net.Addr { return a.httpLis.Addr() }
+
+// Gateway is the agents' stream server (SendCommand lives there).
+func (a *Aggregator) Gateway() *Gateway { return a.gateway }
+
+// Fleet is the fleet state.
+func (a *Aggregator) Fleet() *Fleet { return a.fleet }
+
+// Run serves until ctx is cancelled, then stops gracefully: readiness turns
+// false, the HTTP server shuts down and gRPC stops gracefully, both bounded
+// by ShutdownTimeout (after which connections are closed). It returns nil
+// after a clean shutdown. Run must be called once.
+func (a *Aggregator) Run(ctx context.Context) error {
+	errc := make(chan error, 2)
+	go func() {
+		if err := a.grpcServer.Serve(a.grpcLis); err != nil {
+			errc <- fmt.Errorf("grpc server: %w", err)
+		}
+	}()
+	go func() {
+		if err := a.httpServer.Serve(a.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http server: %w", err)
+		}
+	}()
+	sweepDone := make(chan struct{})
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	go func() {
+		defer close(sweepDone)
+		a.sweepLoop(sweepCtx)
+	}()
+	a.ready.Store(true)
+	a.log.Info("aggregator serving", "grpc", a.GRPCAddr().String(), "http", a.HTTPAddr().String(), "mtls", a.cfg.TLS != nil)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	a.ready.Store(false)
+	a.log.Info("aggregator stopping")
+	close(a.stopping) // ends agent and watch streams, so GracefulStop can finish
+
+	shutCtx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := a.httpServer.Shutdown(shutCtx); err != nil {
+		a.httpServer.Close()
+	}
+	stopped := make(chan struct{})
+	go func() {
+		a.grpcServer.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-shutCtx.Done():
+		a.log.Warn("graceful stop timed out; closing remaining streams")
+		a.grpcServer.Stop()
+		<-stopped
+	}
+	stopSweep()
+	<-sweepDone
+	return runErr
+}
+
+// sweepLoop marks silent nodes stale and forgets long-down ones.
+func (a *Aggregator) sweepLoop(ctx context.Context) {
+	every := min(max(min(a.cfg.StaleAfter, a.cfg.ForgetAfter)/4, 10*time.Millisecond), time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			for _, name := range a.fleet.sweep(now, a.cfg.StaleAfter, a.cfg.ForgetAfter) {
+				a.log.Info("forgot node: down longer than forget-after", "node", name, "forget_after", a.cfg.ForgetAfter)
+			}
+		}
+	}
+}

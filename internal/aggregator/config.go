@@ -1,0 +1,163 @@
+package aggregator
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+)
+
+// Defaults of Config.
+const (
+	DefaultGRPCListen      = "127.0.0.1:7400"
+	DefaultHTTPListen      = "127.0.0.1:7401"
+	DefaultMaxMessageBytes = 16 << 20
+	DefaultStaleAfter      = time.Minute
+	DefaultForgetAfter     = 15 * time.Minute
+	DefaultAckInterval     = 100 * time.Millisecond
+	DefaultAckEvery        = 100
+	DefaultCommandQueue    = 64
+	DefaultWatchBuffer     = 256
+	DefaultShutdownTimeout = 10 * time.Second
+)
+
+// Config configures an Aggregator. The zero value of every field except TLS
+// and Insecure means its default (DefaultConfig shows them).
+type Config struct {
+	// GRPCListen is the address of the agents' stream and the Vigil API.
+	GRPCListen string
+	// HTTPListen is the address of /metrics, /healthz, /readyz and /api/v1.
+	HTTPListen string
+	// TLS is the server's mutual-TLS configuration (pki.ServerConfig). When
+	// set, every agent's hello must name the node of its client certificate.
+	TLS *tls.Config
+	// Insecure allows serving without TLS: any agent may claim any node.
+	// Exactly one of TLS and Insecure must be set.
+	Insecure bool
+	// MaxMessageBytes bounds one received gRPC message; a larger one fails
+	// only its stream, with ResourceExhausted.
+	MaxMessageBytes int
+	// StaleAfter is the silence after which a connected node is STALE.
+	StaleAfter time.Duration
+	// ForgetAfter is how long a DOWN node (and its containers' series) is
+	// kept before it is forgotten from the metrics and the API.
+	ForgetAfter time.Duration
+	// AckInterval is the longest an applied message waits for its ack.
+	AckInterval time.Duration
+	// AckEvery sends an ack at once after this many unacknowledged messages.
+	AckEvery int
+	// CommandQueue bounds the commands waiting to be sent to one node;
+	// SendCommand fails with ErrUnavailable when it is full.
+	CommandQueue int
+	// WatchBuffer bounds the events buffered for one WatchEvents subscriber;
+	// a subscriber that falls further behind is dropped.
+	WatchBuffer int
+	// KeepaliveMinTime is the shortest keepalive ping interval an agent may
+	// use (grpc keepalive.EnforcementPolicy); default 10s.
+	KeepaliveMinTime time.Duration
+	// KeepaliveTime is how long a connection may be idle before the server
+	// pings it; default 30s. KeepaliveTimeout is how long it waits for the
+	// answer; default 10s.
+	KeepaliveTime, KeepaliveTimeout time.Duration
+	// ShutdownTimeout bounds graceful shutdown (gRPC GracefulStop, HTTP
+	// Shutdown) before connections are closed.
+	ShutdownTimeout time.Duration
+	// AggregatorID names this replica in HelloAck; default the host name.
+	AggregatorID string
+	// Registry receives the aggregator's self-metrics, which /metrics also
+	// serves (on shard 0); nil means a new registry.
+	Registry *prometheus.Registry
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a Config with every default filled in and neither
+// TLS nor Insecure set.
+func DefaultConfig() Config {
+	var c Config
+	c.setDefaults()
+	return c
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defInt := func(d *int, v int) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	if c.GRPCListen == "" {
+		c.GRPCListen = DefaultGRPCListen
+	}
+	if c.HTTPListen == "" {
+		c.HTTPListen = DefaultHTTPListen
+	}
+	defInt(&c.MaxMessageBytes, DefaultMaxMessageBytes)
+	def(&c.StaleAfter, DefaultStaleAfter)
+	def(&c.ForgetAfter, DefaultForgetAfter)
+	def(&c.AckInterval, DefaultAckInterval)
+	defInt(&c.AckEvery, DefaultAckEvery)
+	defInt(&c.CommandQueue, DefaultCommandQueue)
+	defInt(&c.WatchBuffer, DefaultWatchBuffer)
+	def(&c.KeepaliveMinTime, 10*time.Second)
+	def(&c.KeepaliveTime, 30*time.Second)
+	def(&c.KeepaliveTimeout, 10*time.Second)
+	def(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	if c.AggregatorID == "" {
+		c.AggregatorID, _ = os.Hostname()
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate fills in defaults and checks c; errors wrap errdefs.ErrInvalid
+// and name the offending setting.
+func (c *Config) Validate() error {
+	c.setDefaults()
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf(format, args...))
+	}
+	switch {
+	case c.TLS == nil && !c.Insecure:
+		bad("no transport security: give TLS certificates (mTLS) or choose insecure mode explicitly")
+	case c.TLS != nil && c.Insecure:
+		bad("both TLS and insecure mode are set: choose one")
+	}
+	if c.MaxMessageBytes < 1<<10 {
+		bad("max message bytes %d is below 1024", c.MaxMessageBytes)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"stale-after", c.StaleAfter}, {"forget-after", c.ForgetAfter}, {"ack interval", c.AckInterval},
+		{"keepalive min time", c.KeepaliveMinTime}, {"keepalive time", c.KeepaliveTime},
+		{"keepalive timeout", c.KeepaliveTimeout}, {"shutdown timeout", c.ShutdownTimeout},
+	} {
+		if d.v < 0 {
+			bad("%s %v is negative", d.name, d.v)
+		}
+	}
+	if c.AckEvery < 1 || c.CommandQueue < 1 || c.WatchBuffer < 1 {
+		bad("ack-every, command queue and watch buffer must be positive (got %d, %d, %d)", c.AckEvery, c.CommandQueue, c.WatchBuffer)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("aggregator config: %w: %w", err, errdefs.ErrInvalid)
+	}
+	return nil
+}

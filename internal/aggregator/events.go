@@ -1,0 +1,69 @@
+package aggregator
+
+import (
+	"sync"
+
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// broadcaster fans container events out to WatchEvents subscribers. Each
+// subscriber has a bounded buffer; publishing never blocks: a subscriber
+// whose buffer is full is dropped (its dropped channel closes) and its
+// stream ends with ResourceExhausted.
+type broadcaster struct {
+	mu   sync.Mutex
+	subs map[*subscriber]struct{}
+}
+
+type subscriber struct {
+	node, namespace string
+	ch              chan *vigilv1.WatchEventsResponse
+	dropped         chan struct{}
+}
+
+func newBroadcaster() *broadcaster {
+	return &broadcaster{subs: make(map[*subscriber]struct{})}
+}
+
+// subscribe registers a subscriber with a buffer of size events. Call
+// unsubscribe when done.
+func (b *broadcaster) subscribe(node, namespace string, size int) *subscriber {
+	s := &subscriber{
+		node:      node,
+		namespace: namespace,
+		ch:        make(chan *vigilv1.WatchEventsResponse, size),
+		dropped:   make(chan struct{}),
+	}
+	b.mu.Lock()
+	b.subs[s] = struct{}{}
+	b.mu.Unlock()
+	return s
+}
+
+// unsubscribe removes s; safe to call after s was dropped.
+func (b *broadcaster) unsubscribe(s *subscriber) {
+	b.mu.Lock()
+	delete(b.subs, s)
+	b.mu.Unlock()
+}
+
+// publish offers an event to every matching subscriber without blocking.
+func (b *broadcaster) publish(node string, e *vigilv1.ContainerEvent) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.subs) == 0 {
+		return
+	}
+	msg := &vigilv1.WatchEventsResponse{Node: node, Event: e}
+	for s := range b.subs {
+		if (s.node != "" && s.node != node) || (s.namespace != "" && s.namespace != e.GetContainer().GetNamespace()) {
+			continue
+		}
+		select {
+		case s.ch <- msg:
+		default:
+			delete(b.subs, s)
+			close(s.dropped)
+		}
+	}
+}

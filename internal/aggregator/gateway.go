@@ -1,0 +1,412 @@
+package aggregator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/pki"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// replaceWait bounds how long a new stream waits for the stream it replaces
+// to end.
+const replaceWait = 5 * time.Second
+
+// errReplaced is the cancel cause of a stream replaced by a newer one.
+var errReplaced = errors.New("replaced by a newer stream from the same node")
+
+// Gateway is the AgentGateway server: one live stream per node, messages
+// applied to the Fleet at most once per sequence number, cumulative acks,
+// and a bounded command queue per connected node.
+type Gateway struct {
+	vigilv1.UnimplementedAgentGatewayServer
+
+	fleet           *Fleet
+	metrics         *selfMetrics
+	log             *slog.Logger
+	requireIdentity bool
+	aggregatorID    string
+	maxMessageBytes int
+	ackInterval     time.Duration
+	ackEvery        int
+	commandQueue    int
+	now             func() time.Time
+	stopping        <-chan struct{} // closed when the aggregator shuts down
+
+	mu      sync.Mutex
+	streams map[string]*agentStream
+}
+
+var _ vigilv1.AgentGatewayServer = (*Gateway)(nil)
+
+// agentStream is one node's live stream.
+type agentStream struct {
+	node     string
+	cancel   context.CancelCauseFunc
+	done     chan struct{}
+	commands chan *vigilv1.Command
+	applied  atomic.Uint64 // highest seq applied (or already held) for the instance
+	unacked  atomic.Int64
+	wake     chan struct{}
+}
+
+func newGateway(cfg *Config, fleet *Fleet, m *selfMetrics, stopping <-chan struct{}) *Gateway {
+	return &Gateway{
+		stopping:        stopping,
+		fleet:           fleet,
+		metrics:         m,
+		log:             cfg.Logger,
+		requireIdentity: cfg.TLS != nil,
+		aggregatorID:    cfg.AggregatorID,
+		maxMessageBytes: cfg.MaxMessageBytes,
+		ackInterval:     cfg.AckInterval,
+		ackEvery:        cfg.AckEvery,
+		commandQueue:    cfg.CommandQueue,
+		now:             time.Now,
+		streams:         make(map[string]*agentStream),
+	}
+}
+
+// SendCommand queues cmd for the node's live stream without blocking. It
+// fails with an error wrapping errdefs.ErrUnavailable when the node is not
+// connected or its queue (Config.CommandQueue) is full. Commands still queued
+// when the stream ends are dropped: the caller owns retries (commands are
+// idempotent by id on the agent). Safe for concurrent use.
+func (g *Gateway) SendCommand(node string, cmd *vigilv1.Command) error {
+	g.mu.Lock()
+	s := g.streams[node]
+	g.mu.Unlock()
+	if s == nil {
+		g.metrics.commands.WithLabelValues("unavailable").Inc()
+		return fmt.Errorf("send command %q: node %q is not connected: %w", cmd.GetId(), node, errdefs.ErrUnavailable)
+	}
+	select {
+	case s.commands <- cmd:
+		g.metrics.commands.WithLabelValues("queued").Inc()
+		return nil
+	default:
+		g.metrics.commands.WithLabelValues("unavailable").Inc()
+		return fmt.Errorf("send command %q: queue of node %q is full (%d): %w", cmd.GetId(), node, cap(s.commands), errdefs.ErrUnavailable)
+	}
+}
+
+// Connected reports whether node has a live stream.
+func (g *Gateway) Connected(node string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.streams[node] != nil
+}
+
+// Connect serves one agent stream until the agent closes it, it fails, or a
+// newer stream of the same node replaces it. (The Aggregator registers the
+// gateway with a handler that decodes frames itself, so that a malformed
+// message gets InvalidArgument; through RegisterAgentGatewayServer gRPC
+// answers those with its own Internal status.)
+func (g *Gateway) Connect(stream vigilv1.AgentGateway_ConnectServer) error {
+	return g.serveConn(typedConn{stream})
+}
+
+func (g *Gateway) serveConn(stream agentConn) error {
+	first, size, err := stream.recv()
+	if err != nil {
+		return g.recvError("", err)
+	}
+	g.count(first, size)
+	hello := first.GetHello()
+	if hello == nil {
+		g.metrics.rejected.WithLabelValues("no_hello").Inc()
+		return status.Errorf(codes.InvalidArgument, "the first message of a stream must be a Hello, got %s", kindOf(first))
+	}
+	if err := validNodeName(hello.GetNodeName()); err != nil {
+		g.metrics.rejected.WithLabelValues("invalid").Inc()
+		return status.Errorf(codes.InvalidArgument, "hello: %v", err)
+	}
+	node := hello.GetNodeName()
+	if g.requireIdentity {
+		id, err := pki.PeerIdentity(stream.Context())
+		if err != nil {
+			g.metrics.rejected.WithLabelValues("identity").Inc()
+			return status.Errorf(codes.PermissionDenied, "hello claims node %q: %v", node, err)
+		}
+		if id != node {
+			g.metrics.rejected.WithLabelValues("identity").Inc()
+			g.log.Warn("refused agent stream: hello names another node than the certificate", "certificate", id, "hello", node)
+			return status.Errorf(codes.PermissionDenied, "certificate is for %s, hello claims %s", id, node)
+		}
+	}
+
+	ctx, cancel := context.WithCancelCause(stream.Context())
+	defer cancel(nil)
+	s := &agentStream{
+		node:     node,
+		cancel:   cancel,
+		done:     make(chan struct{}),
+		commands: make(chan *vigilv1.Command, g.commandQueue),
+		wake:     make(chan struct{}, 1),
+	}
+	defer close(s.done)
+	g.replace(s)
+	g.metrics.streams.Inc()
+	defer func() {
+		g.metrics.streams.Dec()
+		g.mu.Lock()
+		current := g.streams[node] == s
+		if current {
+			delete(g.streams, node)
+		}
+		g.mu.Unlock()
+		if current {
+			g.fleet.disconnect(node, g.now())
+		}
+	}()
+
+	ack := g.fleet.connect(hello, g.aggregatorID, g.now())
+	s.applied.Store(ack.GetResumeAfterSeq())
+	if err := stream.Send(&vigilv1.AggregatorMessage{Body: &vigilv1.AggregatorMessage_HelloAck{HelloAck: ack}}); err != nil {
+		return err
+	}
+	g.log.Info("agent connected", "node", node, "instance", hello.GetInstanceId(),
+		"resume_after_seq", ack.GetResumeAfterSeq(), "snapshot_required", ack.GetSnapshotRequired())
+
+	// The sender is waited for (nothing may Send after the handler returns).
+	// The receiver is not: Recv only returns once the handler has returned
+	// and gRPC has cancelled the stream; it then exits without blocking.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); g.sendLoop(ctx, stream, s) }()
+	msgs := make(chan sized)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, size, err := stream.recv()
+			if err != nil {
+				// Classified (and counted) here: after gRPC itself ended the
+				// stream, the handler may see the cancelled context first.
+				recvErr <- g.recvError(node, err)
+				return
+			}
+			select {
+			case msgs <- sized{m, size}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	err = g.serve(ctx, s, msgs, recvErr)
+	cancel(err)
+	wg.Wait()
+	if errors.Is(context.Cause(ctx), errReplaced) {
+		g.metrics.rejected.WithLabelValues("replaced").Inc()
+		return status.Errorf(codes.Aborted, "stream of node %s %v", node, errReplaced)
+	}
+	if err != nil {
+		g.log.Info("agent stream ended", "node", node, "err", err)
+	} else {
+		g.log.Info("agent stream closed by the agent", "node", node)
+	}
+	return err
+}
+
+// replace registers s as its node's live stream, ending the previous one
+// and waiting (a bounded time) for it to finish applying.
+func (g *Gateway) replace(s *agentStream) {
+	g.mu.Lock()
+	old := g.streams[s.node]
+	g.streams[s.node] = s
+	g.mu.Unlock()
+	if old == nil {
+		return
+	}
+	g.log.Info("agent reconnected: replacing its previous stream", "node", s.node)
+	old.cancel(errReplaced)
+	select {
+	case <-old.done:
+	case <-time.After(replaceWait):
+		g.log.Warn("previous stream did not end in time; continuing", "node", s.node)
+	}
+}
+
+// serve applies messages until the stream ends; nil means the agent closed it.
+func (g *Gateway) serve(ctx context.Context, s *agentStream, msgs <-chan sized, recvErr <-chan error) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(context.Cause(ctx)).Err()
+		case <-g.stopping:
+			return status.Error(codes.Unavailable, "aggregator shutting down")
+		case err := <-recvErr:
+			return err
+		case sm := <-msgs:
+			m := sm.m
+			g.count(m, sm.size)
+			if err := validate(m); err != nil {
+				g.metrics.rejected.WithLabelValues("invalid").Inc()
+				return status.Errorf(codes.InvalidArgument, "%v", err)
+			}
+			now := g.now()
+			res, err := g.fleet.apply(s.node, m, now)
+			if err != nil {
+				return errdefs.GRPC(err)
+			}
+			if !res.applied {
+				g.metrics.rejected.WithLabelValues("duplicate").Inc()
+			} else if sent := m.GetSentAt(); sent != nil {
+				g.metrics.lag.Observe(max(0, now.Sub(sent.AsTime()).Seconds()))
+			}
+			s.applied.Store(res.acked)
+			if s.unacked.Add(1) >= int64(g.ackEvery) {
+				select {
+				case s.wake <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}
+}
+
+// sendLoop is the only sender on the stream after the HelloAck: acks (at
+// most AckInterval after a message was applied, at once after AckEvery
+// messages) and queued commands.
+func (g *Gateway) sendLoop(ctx context.Context, stream agentConn, s *agentStream) {
+	tick := time.NewTicker(g.ackInterval)
+	defer tick.Stop()
+	var lastAck uint64
+	sendAck := func() bool {
+		seq := s.applied.Load()
+		if seq == lastAck && s.unacked.Load() == 0 {
+			return true
+		}
+		s.unacked.Store(0)
+		if seq == lastAck {
+			return true
+		}
+		if err := stream.Send(&vigilv1.AggregatorMessage{Body: &vigilv1.AggregatorMessage_Ack{Ack: &vigilv1.Ack{Seq: seq}}}); err != nil {
+			s.cancel(fmt.Errorf("send ack: %w", err))
+			return false
+		}
+		lastAck = seq
+		g.metrics.acks.Inc()
+		return true
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if !sendAck() {
+				return
+			}
+		case <-s.wake:
+			if !sendAck() {
+				return
+			}
+		case cmd := <-s.commands:
+			if err := stream.Send(&vigilv1.AggregatorMessage{Body: &vigilv1.AggregatorMessage_Command{Command: cmd}}); err != nil {
+				s.cancel(fmt.Errorf("send command: %w", err))
+				return
+			}
+			g.metrics.commands.WithLabelValues("sent").Inc()
+		}
+	}
+}
+
+// sized is a received message and its wire size.
+type sized struct {
+	m    *vigilv1.AgentMessage
+	size int
+}
+
+func (g *Gateway) count(m *vigilv1.AgentMessage, size int) {
+	k := kindOf(m)
+	g.metrics.messages.WithLabelValues(k).Inc()
+	g.metrics.bytes.WithLabelValues(k).Add(float64(size))
+}
+
+// recvError turns a receive error into the stream's final status: nil when
+// the agent closed the stream, a clear status for malformed or oversized
+// messages.
+func (g *Gateway) recvError(node string, err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	if errors.Is(err, errMalformed) {
+		g.metrics.rejected.WithLabelValues("malformed").Inc()
+		g.log.Warn("malformed agent message", "node", node, "err", err)
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	switch {
+	case st.Code() == codes.ResourceExhausted:
+		g.metrics.rejected.WithLabelValues("oversized").Inc()
+		g.log.Warn("agent message over the size limit", "node", node, "limit", g.maxMessageBytes, "err", st.Message())
+		// gRPC has already ended the stream with its own status
+		// ("received message larger than max (N vs. LIMIT)").
+		return status.Errorf(codes.ResourceExhausted, "message over the aggregator's limit of %d bytes (%s)", g.maxMessageBytes, st.Message())
+	}
+	return err
+}
+
+// validNodeName checks a node name: 1 to 253 bytes of printable UTF-8.
+func validNodeName(name string) error {
+	if name == "" {
+		return fmt.Errorf("node_name is empty: %w", errdefs.ErrInvalid)
+	}
+	if len(name) > 253 {
+		return fmt.Errorf("node_name is %d bytes long, the limit is 253: %w", len(name), errdefs.ErrInvalid)
+	}
+	if !utf8.ValidString(name) || strings.IndexFunc(name, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return fmt.Errorf("node_name %q holds invalid UTF-8 or unprintable characters: %w", name, errdefs.ErrInvalid)
+	}
+	return nil
+}
+
+// validate checks a message after the hello: what apply relies on.
+func validate(m *vigilv1.AgentMessage) error {
+	if m.GetBody() == nil {
+		return fmt.Errorf("message seq %d has no body (empty or unknown payload): %w", m.GetSeq(), errdefs.ErrInvalid)
+	}
+	if m.GetHello() != nil {
+		return fmt.Errorf("message seq %d is a second Hello; a stream has one: %w", m.GetSeq(), errdefs.ErrInvalid)
+	}
+	if m.GetSeq() == 0 {
+		return fmt.Errorf("%s message has seq 0; sequence numbers start at 1: %w", kindOf(m), errdefs.ErrInvalid)
+	}
+	checkContainer := func(where string, c *vigilv1.Container) error {
+		if c == nil || c.GetId() == "" || c.GetNamespace() == "" {
+			return fmt.Errorf("message seq %d: %s: container without id or namespace: %w", m.GetSeq(), where, errdefs.ErrInvalid)
+		}
+		return nil
+	}
+	switch b := m.GetBody().(type) {
+	case *vigilv1.AgentMessage_Snapshot:
+		for i, c := range b.Snapshot.GetContainers() {
+			if err := checkContainer(fmt.Sprintf("snapshot container %d", i), c); err != nil {
+				return err
+			}
+		}
+	case *vigilv1.AgentMessage_ContainerEvent:
+		return checkContainer("container event", b.ContainerEvent.GetContainer())
+	case *vigilv1.AgentMessage_NetworkEvent:
+		if b.NetworkEvent.GetInterface() == nil {
+			return fmt.Errorf("message seq %d: network event without interface: %w", m.GetSeq(), errdefs.ErrInvalid)
+		}
+	}
+	return nil
+}

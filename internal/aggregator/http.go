@@ -1,0 +1,240 @@
+package aggregator
+
+import (
+	"bufio"
+	"compress/gzip"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/metrics"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// Handler returns the aggregator's HTTP endpoints:
+//
+//	GET /metrics[?shard=I&shards=N]  fleet series of the nodes in shard I of N
+//	                                 (all nodes without parameters); shard 0
+//	                                 and the unsharded form also carry the
+//	                                 self-metrics and fleet-level series.
+//	GET /healthz                     200 while the process runs.
+//	GET /readyz                      200 once serving, 503 before and while
+//	                                 shutting down.
+//	GET /api/v1/nodes                ListNodesResponse as JSON.
+//	GET /api/v1/containers           ListContainersResponse as JSON; query
+//	                                 parameters node, namespace, pod, state,
+//	                                 health, include_sandboxes.
+func (a *Aggregator) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", a.serveMetrics)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ready\n")
+	})
+	mux.HandleFunc("GET /api/v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+		if len(r.URL.Query()) > 0 {
+			writeJSONError(w, http.StatusBadRequest, "/api/v1/nodes takes no query parameters")
+			return
+		}
+		writeProtoJSON(w, &vigilv1.ListNodesResponse{Nodes: a.fleet.Nodes()})
+	})
+	mux.HandleFunc("GET /api/v1/containers", func(w http.ResponseWriter, r *http.Request) {
+		q, err := ParseContainerQuery(r.URL.Query())
+		if err != nil {
+			writeJSONError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		writeProtoJSON(w, &vigilv1.ListContainersResponse{Containers: a.fleet.Containers(q)})
+	})
+	return mux
+}
+
+func writeProtoJSON(w http.ResponseWriter, m proto.Message) {
+	b, err := protojson.MarshalOptions{EmitUnpopulated: false}.Marshal(m)
+	if err != nil {
+		writeJSONError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
+}
+
+func writeJSONError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
+
+// ParseContainerQuery parses the query parameters of GET /api/v1/containers:
+// node, namespace, pod (exact values), state (created, running, paused,
+// stopped), health (none, starting, healthy, unhealthy; case-insensitive,
+// the enum's full names accepted too) and include_sandboxes (a boolean).
+// Unknown or repeated parameters and bad values are errors wrapping
+// errdefs.ErrInvalid that say what was wrong.
+func ParseContainerQuery(v url.Values) (*vigilv1.ListContainersRequest, error) {
+	q := &vigilv1.ListContainersRequest{}
+	keys := make([]string, 0, len(v))
+	for k := range v {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		vals := v[k]
+		if len(vals) != 1 {
+			return nil, fmt.Errorf("query parameter %q is given %d times; give it once: %w", k, len(vals), errdefs.ErrInvalid)
+		}
+		val := vals[0]
+		switch k {
+		case "node":
+			q.Node = val
+		case "namespace":
+			q.Namespace = val
+		case "pod":
+			q.Pod = val
+		case "state":
+			s, err := parseEnum(val, "CONTAINER_STATE_", vigilv1.ContainerState_value)
+			if err != nil {
+				return nil, fmt.Errorf("state: %w", err)
+			}
+			q.State = vigilv1.ContainerState(s)
+		case "health":
+			h, err := parseEnum(val, "HEALTH_STATUS_", vigilv1.HealthStatus_value)
+			if err != nil {
+				return nil, fmt.Errorf("health: %w", err)
+			}
+			q.Health = vigilv1.HealthStatus(h)
+		case "include_sandboxes":
+			b, err := strconv.ParseBool(val)
+			if err != nil {
+				return nil, fmt.Errorf("include_sandboxes=%q is not a boolean (true or false): %w", val, errdefs.ErrInvalid)
+			}
+			q.IncludeSandboxes = b
+		default:
+			return nil, fmt.Errorf("unknown query parameter %q (known: node, namespace, pod, state, health, include_sandboxes): %w", k, errdefs.ErrInvalid)
+		}
+	}
+	return q, nil
+}
+
+// parseEnum accepts an enum value by its short name ("running") or full name
+// ("CONTAINER_STATE_RUNNING"), in any case; "" is UNSPECIFIED (no filter).
+func parseEnum(val, prefix string, values map[string]int32) (int32, error) {
+	if val == "" {
+		return 0, nil
+	}
+	up := strings.ToUpper(val)
+	if !strings.HasPrefix(up, prefix) {
+		up = prefix + up
+	}
+	if n, ok := values[up]; ok && n != 0 {
+		return n, nil
+	}
+	var names []string
+	for name, n := range values {
+		if n != 0 {
+			names = append(names, strings.ToLower(strings.TrimPrefix(name, prefix)))
+		}
+	}
+	slices.Sort(names)
+	return 0, fmt.Errorf("%q is not one of %s: %w", val, strings.Join(names, ", "), errdefs.ErrInvalid)
+}
+
+// serveMetrics writes the fleet series of one shard. Nodes that changed
+// since the last scrape are rendered here, outside every lock ingest takes
+// for more than a pointer copy; the others are written from their bytes.
+func (a *Aggregator) serveMetrics(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	q := r.URL.Query()
+	shard, err := metrics.ParseShard(q.Get("shard"), q.Get("shards"))
+	if err == nil {
+		for k := range q {
+			if k != "shard" && k != "shards" {
+				err = fmt.Errorf("unknown query parameter %q (known: shard, shards): %w", k, errdefs.ErrInvalid)
+			}
+		}
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+
+	nodes := a.fleet.list()
+	rendered := make([]*metrics.Rendered, 0, len(nodes))
+	series, size := 0, 0
+	for _, n := range nodes {
+		if !shard.Holds(n.name) {
+			continue
+		}
+		rd := n.rendered()
+		rendered = append(rendered, rd)
+		series += rd.Series()
+		size += rd.Size()
+	}
+
+	w.Header().Set("Content-Type", string(expfmt.NewFormat(expfmt.TypeTextPlain)))
+	var out io.Writer = w
+	if acceptsGzip(r) {
+		w.Header().Set("Content-Encoding", "gzip")
+		gz, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
+		defer gz.Close()
+		out = gz
+	}
+	bw := bufio.NewWriterSize(out, 256<<10)
+	if _, err := metrics.WriteFamilies(bw, rendered); err != nil {
+		a.log.Debug("metrics scrape aborted", "shard", shard.String(), "err", err)
+		return
+	}
+	if shard.First() {
+		if err := a.writeSelfMetrics(bw); err != nil {
+			a.log.Warn("self-metrics", "err", err)
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return
+	}
+	label := shard.String()
+	a.metrics.scrapeSeries.WithLabelValues(label).Set(float64(series))
+	a.metrics.scrapeBytes.WithLabelValues(label).Set(float64(size))
+	a.metrics.scrapeDuration.WithLabelValues(label).Set(time.Since(start).Seconds())
+}
+
+func (a *Aggregator) writeSelfMetrics(w io.Writer) error {
+	mfs, err := a.cfg.Registry.Gather()
+	var errs []error
+	if err != nil {
+		errs = append(errs, err) // partial results are still written
+	}
+	for _, mf := range mfs {
+		if _, err := expfmt.MetricFamilyToText(w, mf); err != nil {
+			return err
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func acceptsGzip(r *http.Request) bool {
+	for _, part := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
+		if strings.TrimSpace(strings.SplitN(part, ";", 2)[0]) == "gzip" {
+			return true
+		}
+	}
+	return false
+}

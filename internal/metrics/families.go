@@ -1,0 +1,98 @@
+package metrics
+
+// family is one metric family of the fleet exposition.
+type family struct {
+	name string
+	typ  string
+	help string
+}
+
+// Indexes into families. The order is the order of the exposition.
+const (
+	famContainerInfo = iota
+	famContainerRunning
+	famCPUUsage
+	famCPUThrottled
+	famMemWorkingSet
+	famMemRSS
+	famMemLimit
+	famPids
+	famOOM
+	famExits
+	famRestarts
+	famBackoff
+	famHealth
+	famProbeFailures
+	famNetRxBytes
+	famNetRxPackets
+	famNetRxErrors
+	famNetRxDropped
+	famNetTxBytes
+	famNetTxPackets
+	famNetTxErrors
+	famNetTxDropped
+	famNodeUp
+	famNodeNetRxBytes
+	famNodeNetRxPackets
+	famNodeNetRxErrors
+	famNodeNetRxDropped
+	famNodeNetTxBytes
+	famNodeNetTxPackets
+	famNodeNetTxErrors
+	famNodeNetTxDropped
+	famNodeNetUp
+	famNodeNetCarrierChanges
+	famNodePeerReachable
+	numFamilies
+)
+
+var families = [numFamilies]family{
+	famContainerInfo:         {"vigil_container_info", "gauge", "Container identity: always 1; container_id and image are labels of this series only."},
+	famContainerRunning:      {"vigil_container_running", "gauge", "1 when the container's task is running (or paused), 0 otherwise."},
+	famCPUUsage:              {"vigil_container_cpu_usage_seconds_total", "counter", "CPU time used by the container's cgroup, user and system, in seconds."},
+	famCPUThrottled:          {"vigil_container_cpu_cfs_throttled_seconds_total", "counter", "Time the container's cgroup was throttled by the CFS quota, in seconds."},
+	famMemWorkingSet:         {"vigil_container_memory_working_set_bytes", "gauge", "Memory usage minus inactive file cache, as the kubelet computes it."},
+	famMemRSS:                {"vigil_container_memory_rss_bytes", "gauge", "Anonymous memory of the container's cgroup."},
+	famMemLimit:              {"vigil_container_memory_limit_bytes", "gauge", "Memory limit of the container's cgroup; 0 when unlimited."},
+	famPids:                  {"vigil_container_pids", "gauge", "Processes and threads in the container's cgroup."},
+	famOOM:                   {"vigil_container_oom_events_total", "counter", "OOM kill events of the workload, counted by the agent over the workload's lifetime."},
+	famExits:                 {"vigil_container_exits_total", "counter", "Task exits of the workload by reason and exit code, counted by the agent over the workload's lifetime."},
+	famRestarts:              {"vigil_container_restarts_total", "counter", "Restarts of the workload performed by Vigil or observed from its owner."},
+	famBackoff:               {"vigil_container_restart_backoff_seconds", "gauge", "Current restart backoff delay of the container; 0 when none."},
+	famHealth:                {"vigil_container_health_status", "gauge", "Health-check status of the container: 1 for the current status, 0 for the others."},
+	famProbeFailures:         {"vigil_container_health_probe_failures_total", "counter", "Failed health probes of the workload."},
+	famNetRxBytes:            {"vigil_container_network_receive_bytes_total", "counter", "Bytes received on an interface of the container's (or pod's) network namespace."},
+	famNetRxPackets:          {"vigil_container_network_receive_packets_total", "counter", "Packets received on an interface of the container's (or pod's) network namespace."},
+	famNetRxErrors:           {"vigil_container_network_receive_errors_total", "counter", "Receive errors on an interface of the container's (or pod's) network namespace."},
+	famNetRxDropped:          {"vigil_container_network_receive_packets_dropped_total", "counter", "Received packets dropped on an interface of the container's (or pod's) network namespace."},
+	famNetTxBytes:            {"vigil_container_network_transmit_bytes_total", "counter", "Bytes sent on an interface of the container's (or pod's) network namespace."},
+	famNetTxPackets:          {"vigil_container_network_transmit_packets_total", "counter", "Packets sent on an interface of the container's (or pod's) network namespace."},
+	famNetTxErrors:           {"vigil_container_network_transmit_errors_total", "counter", "Transmit errors on an interface of the container's (or pod's) network namespace."},
+	famNetTxDropped:          {"vigil_container_network_transmit_packets_dropped_total", "counter", "Transmitted packets dropped on an interface of the container's (or pod's) network namespace."},
+	famNodeUp:                {"vigil_node_up", "gauge", "1 while the node's agent stream is connected and reporting, 0 when it is stale or down."},
+	famNodeNetRxBytes:        {"vigil_node_network_receive_bytes_total", "counter", "Bytes received on a host interface."},
+	famNodeNetRxPackets:      {"vigil_node_network_receive_packets_total", "counter", "Packets received on a host interface."},
+	famNodeNetRxErrors:       {"vigil_node_network_receive_errors_total", "counter", "Receive errors on a host interface."},
+	famNodeNetRxDropped:      {"vigil_node_network_receive_packets_dropped_total", "counter", "Received packets dropped on a host interface."},
+	famNodeNetTxBytes:        {"vigil_node_network_transmit_bytes_total", "counter", "Bytes sent on a host interface."},
+	famNodeNetTxPackets:      {"vigil_node_network_transmit_packets_total", "counter", "Packets sent on a host interface."},
+	famNodeNetTxErrors:       {"vigil_node_network_transmit_errors_total", "counter", "Transmit errors on a host interface."},
+	famNodeNetTxDropped:      {"vigil_node_network_transmit_packets_dropped_total", "counter", "Transmitted packets dropped on a host interface."},
+	famNodeNetUp:             {"vigil_node_network_up", "gauge", "1 when the host interface is operationally up."},
+	famNodeNetCarrierChanges: {"vigil_node_network_carrier_changes_total", "counter", "Carrier changes of a host interface since it was created."},
+	famNodePeerReachable:     {"vigil_node_peer_reachable", "gauge", "1 when the observing node's gossip sees the peer alive, 0 otherwise."},
+}
+
+// healthStatuses are the label values of vigil_container_health_status, one
+// series each (like kube-state-metrics' status series).
+var healthStatuses = [...]string{"none", "starting", "healthy", "unhealthy"}
+
+// FamilyNames returns the names of the fleet's metric families in exposition
+// order. The slice is a copy.
+func FamilyNames() []string {
+	out := make([]string, numFamilies)
+	for i, f := range families {
+		out[i] = f.name
+	}
+	return out
+}
