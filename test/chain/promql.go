@@ -67,12 +67,13 @@ func parseQueryResponse(promql string, body []byte) ([]Sample, error) {
 		ErrorType string `json:"errorType"`
 		Error     string `json:"error"`
 		Data      struct {
-			ResultType string `json:"resultType"`
-			Result     []struct {
-				Metric map[string]string `json:"metric"`
-				Value  []any             `json:"value"`
-			} `json:"result"`
+			ResultType string          `json:"resultType"`
+			Result     json.RawMessage `json:"result"`
 		} `json:"data"`
+	}
+	var vector []struct {
+		Metric map[string]string `json:"metric"`
+		Value  []any             `json:"value"`
 	}
 	if err := json.Unmarshal(body, &r); err != nil {
 		return nil, fmt.Errorf("query %q: decode response: %w", promql, err)
@@ -83,8 +84,11 @@ func parseQueryResponse(promql string, body []byte) ([]Sample, error) {
 	if r.Data.ResultType != "vector" {
 		return nil, fmt.Errorf("query %q: result type %q, want vector", promql, r.Data.ResultType)
 	}
-	out := make([]Sample, 0, len(r.Data.Result))
-	for _, s := range r.Data.Result {
+	if err := json.Unmarshal(r.Data.Result, &vector); err != nil {
+		return nil, fmt.Errorf("query %q: decode vector: %w", promql, err)
+	}
+	out := make([]Sample, 0, len(vector))
+	for _, s := range vector {
 		if len(s.Value) != 2 {
 			return nil, fmt.Errorf("query %q: sample value %v: want [time, value]", promql, s.Value)
 		}
