@@ -194,27 +194,27 @@ type Event struct {
 // Stats is one reading of a running container's cgroup. Counters are
 // cumulative for the cgroup's lifetime.
 type Stats struct {
-	Key                    Key
-	Time                   time.Time
-	CPUUsageSeconds        float64
-	CPUUserSeconds         float64
-	CPUSystemSeconds       float64
-	CPUPeriods             uint64
-	CPUThrottledPeriods    uint64
-	CPUThrottledSeconds    float64
-	MemoryUsageBytes       uint64
-	MemoryWorkingSetBytes  uint64
-	MemoryRSSBytes         uint64
-	MemoryCacheBytes       uint64
-	MemoryLimitBytes       uint64 // 0: unlimited
-	MemoryFailcnt          uint64
-	OOMKills               uint64
-	PidsCurrent            uint64
-	PidsLimit              uint64 // 0: unlimited
-	BlkioReadBytes         uint64
-	BlkioWriteBytes        uint64
-	BlkioReadOps           uint64
-	BlkioWriteOps          uint64
+	Key                   Key
+	Time                  time.Time
+	CPUUsageSeconds       float64
+	CPUUserSeconds        float64
+	CPUSystemSeconds      float64
+	CPUPeriods            uint64
+	CPUThrottledPeriods   uint64
+	CPUThrottledSeconds   float64
+	MemoryUsageBytes      uint64
+	MemoryWorkingSetBytes uint64
+	MemoryRSSBytes        uint64
+	MemoryCacheBytes      uint64
+	MemoryLimitBytes      uint64 // 0: unlimited
+	MemoryFailcnt         uint64
+	OOMKills              uint64
+	PidsCurrent           uint64
+	PidsLimit             uint64 // 0: unlimited
+	BlkioReadBytes        uint64
+	BlkioWriteBytes       uint64
+	BlkioReadOps          uint64
+	BlkioWriteOps         uint64
 }
 
 // ExecResult is the outcome of a command run inside a container.

@@ -1,0 +1,96 @@
+package runtime
+
+import (
+	"path"
+	"strings"
+	"testing"
+)
+
+// Fuzz targets for every parser of outside input: cgroup files (kernel),
+// cgroupsPath and OCI spec, CRI metadata and labels (whoever created the
+// container), image config (whoever built the image), /proc/PID/stat.
+// Seeds live in testdata/fuzz/<Target>/.
+
+func FuzzCgroupFiles(f *testing.F) {
+	f.Add([]byte("nr_periods 20\nnr_throttled 17\nthrottled_time 813493379\n"))
+	f.Add([]byte("8:0 Read 4096\n8:0 Write 5\nTotal 4101\n"))
+	f.Add([]byte("253:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\n"))
+	f.Add([]byte("max\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if v := parseLimit(b); v >= unlimited {
+			t.Fatalf("parseLimit returned %d, beyond the unlimited threshold", v)
+		}
+		parseValue(b)
+		parseCPUStat(b)
+		parseCPUAcctStat(b)
+		ms1, ms2 := parseMemoryStatV1(b), parseMemoryStatV2(b)
+		parseOOMKill(b)
+		parseMemoryEventsV2(b)
+		parseBlkioV1(b)
+		parseIOStatV2(b)
+		for _, ms := range []memoryStat{ms1, ms2} {
+			if ws := workingSet(ms.RSS, ms.InactiveFile); ws > ms.RSS {
+				t.Fatalf("working set %d above usage %d", ws, ms.RSS)
+			}
+		}
+	})
+}
+
+func FuzzResolveCgroupsPath(f *testing.F) {
+	for _, s := range []string{"/default/web", "system.slice:cri-containerd:abc", "kubepods-burstable-pod1.slice:cri-containerd:x", "-.slice::y", "a/../b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		got, err := resolveCgroupsPath(p)
+		if err != nil {
+			return
+		}
+		if !strings.HasPrefix(got, "/") || got == "/" || path.Clean(got) != got || strings.Contains(got+"/", "/../") {
+			t.Fatalf("resolveCgroupsPath(%q) = %q: not a clean path below the root", p, got)
+		}
+	})
+}
+
+func FuzzParseSpecAndMetadata(f *testing.F) {
+	f.Add([]byte(`{"annotations":{"io.kubernetes.cri.sandbox-id":"s"},"linux":{"cgroupsPath":"/k8s.io/x","namespaces":[{"type":"network"}]}}`))
+	f.Add([]byte(`{"Version":"v1","Metadata":{"SandboxID":"s","Config":{"metadata":{"name":"c","attempt":1},"annotations":{"io.kubernetes.container.restartCount":"1"}}}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		spec, _, err := parseSpec(b)
+		var annotations map[string]string
+		if err == nil {
+			annotations = spec.Annotations
+			if cp := spec.cgroupsPath(); cp != "" {
+				_, _ = resolveCgroupsPath(cp)
+			}
+		}
+		var meta *criMetadata
+		if m, err := parseCRIMetadata(b); err == nil {
+			meta = &m
+		}
+		labels := map[string]string{labelCRIKind: string(b)}
+		if p := podOf(labels, annotations, meta); p != nil && p.Sandbox && p.ContainerName != "" {
+			t.Fatalf("a sandbox with a container name: %+v", p)
+		}
+	})
+}
+
+func FuzzParseHealthcheck(f *testing.F) {
+	f.Add([]byte(`{"config":{"Healthcheck":{"Test":["CMD-SHELL","true"],"Interval":1000000000,"Retries":3}}}`))
+	f.Add([]byte(`{"config":{"Healthcheck":{"Test":["NONE"]}}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := parseHealthcheck(b)
+		if err != nil || h == nil {
+			return
+		}
+		if len(h.Test) == 0 || h.Interval < 0 || h.Timeout < 0 || h.StartPeriod < 0 || h.Retries < 0 {
+			t.Fatalf("accepted an invalid healthcheck: %+v", h)
+		}
+	})
+}
+
+func FuzzStatStartTicks(f *testing.F) {
+	f.Add([]byte("1 (init) S 0 1 1 0 -1 4194560 1 0 0 0 3 1 0 0 20 0 1 0 5 4476928 202 1\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		statStartTicks(b)
+	})
+}

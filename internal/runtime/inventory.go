@@ -1,0 +1,249 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"maps"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/platforms"
+)
+
+// entry is the inventory's record of one container: the exported Container
+// and what the package needs besides.
+type entry struct {
+	c           Container
+	oomSeen     bool      // an OOM event arrived for the current task
+	taskPresent bool      // containerd has a task for the container (running or not)
+	updatedAt   time.Time // containerd's UpdatedAt of the record c was built from
+	cgroupRel   string    // resolved cgroup path ("/ns/id"); "" when unknown
+}
+
+// clone returns a deep copy of c, so that snapshots never alias the
+// inventory.
+func (c *Container) clone() Container {
+	out := *c
+	out.Labels = maps.Clone(c.Labels)
+	if c.Pod != nil {
+		p := *c.Pod
+		out.Pod = &p
+	}
+	if c.LastExit != nil {
+		e := *c.LastExit
+		out.LastExit = &e
+	}
+	if c.Healthcheck != nil {
+		h := *c.Healthcheck
+		h.Test = append([]string(nil), c.Healthcheck.Test...)
+		out.Healthcheck = &h
+	}
+	return out
+}
+
+// imageKey names an image in a namespace.
+type imageKey struct{ namespace, name string }
+
+// imageInfo is what the inventory takes from an image: its digest and its
+// Docker healthcheck.
+type imageInfo struct {
+	digest      string
+	healthcheck *Healthcheck
+}
+
+// imageCache remembers imageInfo per (namespace, name) between full syncs;
+// a resync clears it, so a re-tagged image is seen on the next one.
+type imageCache struct {
+	mu      sync.Mutex
+	entries map[imageKey]imageInfo
+}
+
+func (ic *imageCache) reset() {
+	ic.mu.Lock()
+	clear(ic.entries)
+	ic.mu.Unlock()
+}
+
+// image returns the digest and healthcheck of image name in namespace ns
+// (ctx carries the namespace). Failures (image deleted, config unreadable)
+// leave the fields empty and are logged once per sync.
+func (r *Runtime) image(ctx context.Context, c *client.Client, ns, name string) imageInfo {
+	if name == "" {
+		return imageInfo{}
+	}
+	k := imageKey{ns, name}
+	r.images.mu.Lock()
+	info, ok := r.images.entries[k]
+	r.images.mu.Unlock()
+	if ok {
+		return info
+	}
+	var img images.Image
+	err := r.call(ctx, "image_get", func(ctx context.Context) error {
+		var err error
+		img, err = c.ImageService().Get(ctx, name)
+		return err
+	})
+	if err == nil {
+		info.digest = img.Target.Digest.String()
+		var cfg []byte
+		err = r.call(ctx, "image_config", func(ctx context.Context) error {
+			desc, err := images.Config(ctx, c.ContentStore(), img.Target, platforms.Default())
+			if err != nil {
+				return err
+			}
+			cfg, err = content.ReadBlob(ctx, c.ContentStore(), desc)
+			return err
+		})
+		if err == nil {
+			info.healthcheck, err = parseHealthcheck(cfg)
+		}
+	}
+	if err != nil {
+		r.log.Debug("image details unavailable", "namespace", ns, "image", name, "err", err)
+	}
+	r.images.mu.Lock()
+	r.images.entries[k] = info
+	r.images.mu.Unlock()
+	return info
+}
+
+// describe builds an inventory entry from containerd's container record;
+// the task fields are left to the caller. prev, when not nil, is the
+// previous entry for the same container: its derived fields are reused when
+// the record did not change.
+func (r *Runtime) describe(ctx context.Context, c *client.Client, ns string, cc *containers.Container, prev *entry) *entry {
+	e := &entry{updatedAt: cc.UpdatedAt}
+	if prev != nil {
+		e.c = prev.c.clone()
+		e.oomSeen = prev.oomSeen
+		e.cgroupRel = prev.cgroupRel
+		if prev.updatedAt.Equal(cc.UpdatedAt) && !cc.UpdatedAt.IsZero() {
+			return e
+		}
+	}
+	e.c.Namespace = ns
+	e.c.ID = cc.ID
+	e.c.Labels = maps.Clone(cc.Labels)
+	e.c.Image = cc.Image
+	e.c.CreatedAt = cc.CreatedAt
+	img := r.image(ctx, c, ns, cc.Image)
+	e.c.ImageDigest = img.digest
+	e.c.Healthcheck = img.healthcheck
+	e.c.Manager = managerOf(ns, cc.Labels)
+
+	var annotations map[string]string
+	if cc.Spec != nil {
+		spec, hostNet, err := parseSpec(cc.Spec.GetValue())
+		if err != nil {
+			r.log.Warn("container spec unreadable", "namespace", ns, "id", cc.ID, "err", err)
+		} else {
+			annotations = spec.Annotations
+			e.c.CgroupPath = spec.cgroupsPath()
+			if e.c.NetNSInode == 0 {
+				e.c.HostNetwork = hostNet
+			}
+			e.cgroupRel = ""
+			if e.c.CgroupPath != "" {
+				rel, err := resolveCgroupsPath(e.c.CgroupPath)
+				if err != nil {
+					r.log.Warn("container cgroup path unusable", "namespace", ns, "id", cc.ID, "err", err)
+				}
+				e.cgroupRel = rel
+			}
+		}
+	}
+	var meta *criMetadata
+	if ext, ok := cc.Extensions[extensionCRIMetadata]; ok && ext != nil {
+		if m, err := parseCRIMetadata(ext.GetValue()); err == nil {
+			meta = &m
+		} else {
+			r.log.Debug("CRI metadata unreadable", "namespace", ns, "id", cc.ID, "err", err)
+		}
+	}
+	e.c.Pod = podOf(cc.Labels, annotations, meta)
+	return e
+}
+
+// setRunning records a running task's pid and what follows from it: the
+// network namespace, and the start time (from /proc when the event's time
+// is not known).
+func (r *Runtime) setRunning(e *entry, pid uint32, startedAt time.Time) {
+	e.c.Pid = pid
+	if startedAt.IsZero() {
+		startedAt = procStartTime(pid)
+	}
+	e.c.StartedAt = startedAt
+	e.c.NetNSInode = 0
+	if pid == 0 {
+		return
+	}
+	if ino, err := statInode("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/ns/net"); err == nil {
+		e.c.NetNSInode = ino
+		e.c.HostNetwork = r.hostNetNS != 0 && ino == r.hostNetNS
+	}
+}
+
+// procStartTime is when process pid started, from field 22 of
+// /proc/PID/stat (clock ticks after boot) and btime in /proc/stat; zero
+// when unknown.
+func procStartTime(pid uint32) time.Time {
+	if pid == 0 {
+		return time.Time{}
+	}
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/stat")
+	if err != nil {
+		return time.Time{}
+	}
+	ticks, ok := statStartTicks(b)
+	if !ok {
+		return time.Time{}
+	}
+	bt := bootTime()
+	if bt.IsZero() {
+		return time.Time{}
+	}
+	return bt.Add(time.Duration(ticks) * time.Second / userHZ)
+}
+
+// statStartTicks extracts starttime (field 22) from a /proc/PID/stat line;
+// the command (field 2) may contain spaces and parentheses, so fields are
+// counted after its last ')'.
+func statStartTicks(b []byte) (uint64, bool) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, false
+	}
+	fields := bytes.Fields(b[i+1:])
+	// fields[0] is field 3 (state); starttime is field 22.
+	if len(fields) < 20 {
+		return 0, false
+	}
+	return parseUint(fields[19])
+}
+
+var bootTimeOnce = sync.OnceValue(func() time.Time {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return time.Time{}
+	}
+	for len(b) > 0 {
+		var line []byte
+		line, b = nextLine(b)
+		k, rest := nextField(line)
+		if string(k) == "btime" {
+			if v, ok := parseUint(rest); ok {
+				return time.Unix(int64(v), 0)
+			}
+		}
+	}
+	return time.Time{}
+})
+
+func bootTime() time.Time { return bootTimeOnce() }

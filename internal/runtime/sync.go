@@ -1,0 +1,458 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	eventtypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/api/services/tasks/v1"
+	tasktypes "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/events"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/typeurl/v2"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+)
+
+// session is one connection to containerd: probe, subscribe, list and
+// reconcile, then follow events until the stream breaks, a probe fails, or
+// ctx ends. Everything it starts stops before it returns.
+func (r *Runtime) session(ctx context.Context) error {
+	c, err := client.New(r.cfg.Address, client.WithTimeout(r.cfg.CallTimeout))
+	if err != nil {
+		return fmt.Errorf("containerd client for %s: %w: %v", r.cfg.Address, errdefs.ErrUnavailable, err)
+	}
+	defer c.Close()
+	if err := r.probe(ctx, c); err != nil {
+		return err
+	}
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	envs, errs := c.Subscribe(sctx, r.eventFilters()...)
+
+	if err := r.sync(ctx, c); err != nil {
+		return err
+	}
+	r.client.Store(c)
+	r.available.Store(true)
+	r.log.Info("containerd available", "address", r.cfg.Address, "version", r.Version(), "containers", len(r.Containers()))
+	r.emit(ctx, Event{Type: EventAvailable, Time: time.Now()})
+
+	probe := time.NewTicker(r.cfg.ProbeInterval)
+	defer probe.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-errs:
+			if err == nil {
+				err = fmt.Errorf("event stream closed: %w", errdefs.ErrUnavailable)
+			}
+			return fmt.Errorf("containerd event stream: %w", translateErr(err))
+		case env, ok := <-envs:
+			if !ok {
+				return fmt.Errorf("event stream closed: %w", errdefs.ErrUnavailable)
+			}
+			if err := r.handle(ctx, c, env); err != nil {
+				return err
+			}
+		case <-probe.C:
+			if err := r.probe(ctx, c); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// probe asks containerd for its version, recording the latency.
+func (r *Runtime) probe(ctx context.Context, c *client.Client) error {
+	var v client.Version
+	start := time.Now()
+	err := r.call(ctx, "version", func(ctx context.Context) error {
+		var err error
+		v, err = c.Version(ctx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	r.latency.Store(int64(time.Since(start)))
+	s := v.Version
+	r.version.Store(&s)
+	return nil
+}
+
+// eventFilters selects the task and container topics, in the configured
+// namespaces only when some are configured.
+func (r *Runtime) eventFilters() []string {
+	const topics = `topic~="^/(tasks|containers)/"`
+	if len(r.cfg.Namespaces) == 0 {
+		return []string{topics}
+	}
+	out := make([]string, 0, len(r.cfg.Namespaces))
+	for _, ns := range r.cfg.Namespaces {
+		out = append(out, fmt.Sprintf("namespace==%q,%s", ns, topics))
+	}
+	return out
+}
+
+func (r *Runtime) wantNamespace(ns string) bool {
+	return len(r.cfg.Namespaces) == 0 || slices.Contains(r.cfg.Namespaces, ns)
+}
+
+// sync lists every watched namespace's containers and tasks, replaces the
+// inventory, and emits the differences from the previous one. On the first
+// sync only EventAdded is emitted (with each container's current state);
+// later syncs also emit what happened while disconnected (started, exited
+// with its status, paused, resumed, task deleted, removed).
+func (r *Runtime) sync(ctx context.Context, c *client.Client) error {
+	r.images.reset()
+	nss := r.cfg.Namespaces
+	if len(nss) == 0 {
+		err := r.call(ctx, "namespaces_list", func(ctx context.Context) error {
+			var err error
+			nss, err = c.NamespaceService().List(ctx)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	r.mu.RLock()
+	old := r.inv
+	r.mu.RUnlock()
+
+	fresh := make(map[Key]*entry, len(old))
+	for _, ns := range nss {
+		nctx := namespaces.WithNamespace(ctx, ns)
+		var ccs []containers.Container
+		err := r.call(nctx, "containers_list", func(ctx context.Context) error {
+			var err error
+			ccs, err = c.ContainerService().List(ctx)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		var procs []*tasktypes.Process
+		err = r.call(nctx, "tasks_list", func(ctx context.Context) error {
+			resp, err := c.TaskService().List(ctx, &tasks.ListTasksRequest{})
+			if err == nil {
+				procs = resp.Tasks
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		byID := make(map[string]*tasktypes.Process, len(procs))
+		for _, p := range procs {
+			byID[p.ContainerID] = p
+		}
+		for i := range ccs {
+			k := Key{ns, ccs[i].ID}
+			e := r.describe(nctx, c, ns, &ccs[i], old[k])
+			r.applyTask(e, old[k], byID[ccs[i].ID])
+			fresh[k] = e
+		}
+	}
+
+	var evs []Event
+	now := time.Now()
+	for k, e := range fresh {
+		evs = append(evs, diff(k, old[k], e, r.synced, now)...)
+	}
+	for k, o := range old {
+		if _, ok := fresh[k]; !ok {
+			if o.c.State == StateRunning || o.c.State == StatePaused {
+				r.log.Warn("container removed while disconnected; its exit status is lost", "namespace", k.Namespace, "id", k.ID)
+			}
+			c := o.c.clone()
+			evs = append(evs, Event{Type: EventRemoved, Time: now, Key: k, Container: &c})
+		}
+	}
+	r.mu.Lock()
+	r.inv = fresh
+	r.mu.Unlock()
+	r.synced = true
+	for _, ev := range evs {
+		r.emit(ctx, ev)
+	}
+	return nil
+}
+
+// applyTask sets e's task fields from the listed process p (nil: no task).
+func (r *Runtime) applyTask(e *entry, prev *entry, p *tasktypes.Process) {
+	if p == nil {
+		e.taskPresent = false
+		e.c.Pid = 0
+		e.c.NetNSInode = 0
+		e.c.State = StateCreated
+		if e.c.LastExit != nil || (prev != nil && prev.c.State != StateCreated && prev.c.State != StateUnknown) {
+			e.c.State = StateStopped
+		}
+		return
+	}
+	e.taskPresent = true
+	switch p.Status {
+	case tasktypes.Status_RUNNING, tasktypes.Status_PAUSED, tasktypes.Status_PAUSING:
+		e.c.State = StateRunning
+		if p.Status != tasktypes.Status_RUNNING {
+			e.c.State = StatePaused
+		}
+		if prev != nil && prev.c.Pid == p.Pid && (prev.c.State == StateRunning || prev.c.State == StatePaused) {
+			e.c.Pid = p.Pid // same task as before: keep its start time and netns
+			return
+		}
+		e.oomSeen = false
+		r.setRunning(e, p.Pid, time.Time{})
+	case tasktypes.Status_STOPPED:
+		e.c.State = StateStopped
+		e.c.Pid = 0
+		e.c.NetNSInode = 0
+		at := p.ExitedAt.AsTime()
+		if e.c.LastExit == nil || !e.c.LastExit.At.Equal(at) {
+			ex := classifyExit(p.ExitStatus, at, e.oomSeen)
+			e.c.LastExit = &ex
+		}
+	case tasktypes.Status_CREATED:
+		e.c.State = StateCreated
+		e.c.Pid = p.Pid
+	default:
+		e.c.State = StateUnknown
+	}
+}
+
+// diff returns the events that turn old into cur for container k. When
+// resync is false (the first sync) only EventAdded is returned.
+func diff(k Key, old, cur *entry, resync bool, now time.Time) []Event {
+	ev := func(t EventType) Event {
+		c := cur.c.clone()
+		e := Event{Type: t, Time: now, Key: k, Container: &c}
+		if t == EventExited {
+			x := *c.LastExit
+			e.Exit = &x
+		}
+		return e
+	}
+	var out []Event
+	if old == nil {
+		out = append(out, ev(EventAdded))
+		if !resync {
+			return out
+		}
+		switch cur.c.State {
+		case StateRunning, StatePaused:
+			out = append(out, ev(EventStarted))
+		case StateStopped:
+			out = append(out, ev(EventStarted), ev(EventExited))
+		}
+		return out
+	}
+	wasLive := old.c.State == StateRunning || old.c.State == StatePaused
+	isLive := cur.c.State == StateRunning || cur.c.State == StatePaused
+	newExit := cur.c.LastExit != nil && (old.c.LastExit == nil || !old.c.LastExit.At.Equal(cur.c.LastExit.At))
+	switch {
+	case isLive && (!wasLive || old.c.Pid != cur.c.Pid):
+		out = append(out, ev(EventStarted))
+		if cur.c.State == StatePaused {
+			out = append(out, ev(EventPaused))
+		}
+	case isLive && old.c.State == StateRunning && cur.c.State == StatePaused:
+		out = append(out, ev(EventPaused))
+	case isLive && old.c.State == StatePaused && cur.c.State == StateRunning:
+		out = append(out, ev(EventResumed))
+	case cur.c.State == StateStopped && newExit:
+		if !wasLive {
+			out = append(out, ev(EventStarted)) // a whole run happened while away
+		}
+		out = append(out, ev(EventExited))
+	}
+	if old.taskPresent && !cur.taskPresent {
+		out = append(out, ev(EventTaskDeleted))
+	}
+	return out
+}
+
+// handle applies one containerd event to the inventory and emits the
+// matching Event. It returns an error only when containerd stops answering.
+func (r *Runtime) handle(ctx context.Context, c *client.Client, env *events.Envelope) error {
+	if env == nil || env.Event == nil || !r.wantNamespace(env.Namespace) {
+		return nil
+	}
+	v, err := typeurl.UnmarshalAny(env.Event)
+	if err != nil {
+		r.log.Debug("undecodable containerd event", "topic", env.Topic, "err", err)
+		return nil
+	}
+	ns, at := env.Namespace, env.Timestamp
+	switch e := v.(type) {
+	case *eventtypes.ContainerCreate:
+		return r.onContainer(ctx, c, Key{ns, e.ID}, at, true)
+	case *eventtypes.ContainerUpdate:
+		return r.onContainer(ctx, c, Key{ns, e.ID}, at, false)
+	case *eventtypes.ContainerDelete:
+		r.mu.Lock()
+		old, ok := r.inv[Key{ns, e.ID}]
+		delete(r.inv, Key{ns, e.ID})
+		r.mu.Unlock()
+		if ok {
+			cc := old.c.clone()
+			r.emit(ctx, Event{Type: EventRemoved, Time: at, Key: Key{ns, e.ID}, Container: &cc})
+		}
+	case *eventtypes.TaskCreate:
+		return r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+			en.c.State = StateCreated
+			en.c.Pid = e.Pid
+			en.taskPresent = true
+			return 0, nil
+		})
+	case *eventtypes.TaskStart:
+		return r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+			if (en.c.State == StateRunning || en.c.State == StatePaused) && en.c.Pid == e.Pid {
+				return 0, nil // already seen in the listing
+			}
+			en.c.State = StateRunning
+			en.oomSeen = false
+			r.setRunning(en, e.Pid, at)
+			return EventStarted, nil
+		})
+	case *eventtypes.TaskExit:
+		if e.ID != "" && e.ID != e.ContainerID {
+			return nil // an exec'd process
+		}
+		return r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+			return r.exited(en, e.ExitStatus, e.ExitedAt.AsTime())
+		})
+	case *eventtypes.TaskOOM:
+		return r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+			en.oomSeen = true
+			return EventOOM, nil
+		})
+	case *eventtypes.TaskPaused:
+		return r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+			if en.c.State == StatePaused {
+				return 0, nil
+			}
+			en.c.State = StatePaused
+			return EventPaused, nil
+		})
+	case *eventtypes.TaskResumed:
+		return r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+			if en.c.State != StatePaused {
+				return 0, nil
+			}
+			en.c.State = StateRunning
+			return EventResumed, nil
+		})
+	case *eventtypes.TaskDelete:
+		if e.ID != "" && e.ID != e.ContainerID {
+			return nil
+		}
+		err := r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+			if en.c.State == StateRunning || en.c.State == StatePaused {
+				// The exit event was not seen (or came after the delete):
+				// the delete carries the status.
+				return r.exited(en, e.ExitStatus, e.ExitedAt.AsTime())
+			}
+			return 0, nil
+		})
+		if err != nil {
+			return err
+		}
+		return r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+			if !en.taskPresent {
+				return 0, nil
+			}
+			en.taskPresent = false
+			en.c.Pid = 0
+			en.c.NetNSInode = 0
+			return EventTaskDeleted, nil
+		})
+	}
+	return nil
+}
+
+// exited records a task exit on en; a repeated exit (the listing already
+// had it) yields no event.
+func (r *Runtime) exited(en *entry, code uint32, at time.Time) (EventType, *Exit) {
+	if en.c.State == StateStopped && en.c.LastExit != nil && en.c.LastExit.At.Equal(at) {
+		return 0, nil
+	}
+	ex := classifyExit(code, at, en.oomSeen)
+	en.c.State = StateStopped
+	en.c.Pid = 0
+	en.c.NetNSInode = 0
+	en.c.LastExit = &ex
+	x := ex
+	return EventExited, &x
+}
+
+// onContainer (re)reads container k from containerd after a create or
+// update event; a create emits EventAdded.
+func (r *Runtime) onContainer(ctx context.Context, c *client.Client, k Key, at time.Time, created bool) error {
+	nctx := namespaces.WithNamespace(ctx, k.Namespace)
+	var cc containers.Container
+	err := r.call(nctx, "container_get", func(ctx context.Context) error {
+		var err error
+		cc, err = c.ContainerService().Get(ctx, k.ID)
+		return err
+	})
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil // already deleted: the delete event follows
+	}
+	if err != nil {
+		return err
+	}
+	r.mu.RLock()
+	prev := r.inv[k]
+	r.mu.RUnlock()
+	e := r.describe(nctx, c, k.Namespace, &cc, prev)
+	if prev == nil {
+		e.c.State = StateCreated
+	}
+	r.mu.Lock()
+	r.inv[k] = e
+	r.mu.Unlock()
+	if prev == nil {
+		cp := e.c.clone()
+		r.emit(ctx, Event{Type: EventAdded, Time: at, Key: k, Container: &cp})
+	}
+	return nil
+}
+
+// onTask applies fn to container k's entry under the inventory lock and
+// emits the event it returns (0: none). A container not yet known (its
+// create event came before we listed) is read from containerd first.
+func (r *Runtime) onTask(ctx context.Context, c *client.Client, k Key, at time.Time, fn func(*entry) (EventType, *Exit)) error {
+	r.mu.RLock()
+	_, known := r.inv[k]
+	r.mu.RUnlock()
+	if !known {
+		if err := r.onContainer(ctx, c, k, at, true); err != nil {
+			return err
+		}
+	}
+	r.mu.Lock()
+	e, ok := r.inv[k]
+	if !ok {
+		r.mu.Unlock()
+		return nil
+	}
+	t, exit := fn(e)
+	var cp Container
+	if t != 0 {
+		cp = e.c.clone()
+	}
+	r.mu.Unlock()
+	if t != 0 {
+		r.emit(ctx, Event{Type: t, Time: at, Key: k, Container: &cp, Exit: exit})
+	}
+	return nil
+}
