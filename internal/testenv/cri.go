@@ -26,6 +26,12 @@ const (
 	LabelPodUID          = "io.kubernetes.pod.uid"
 	LabelContainerName   = "io.kubernetes.container.name"
 	AnnotationRestartCnt = "io.kubernetes.container.restartCount"
+
+	// CRIMetadataExtension is the containerd container extension in which
+	// containerd 1.6's CRI plugin keeps the container's CRI config as JSON
+	// (Metadata.Config.annotations holds the kubelet's annotations, which do
+	// not reach the OCI spec by default).
+	CRIMetadataExtension = "io.cri-containerd.container.metadata"
 )
 
 // PodSpec describes a pod for RunPod.

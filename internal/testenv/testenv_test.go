@@ -2,29 +2,302 @@ package testenv
 
 import (
 	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 func TestMain(m *testing.M) { os.Exit(Run(m)) }
 
+func nsContext(t *testing.T, ns string) context.Context {
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), ns), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
 func TestBusyboxEchoExitsZero(t *testing.T) {
+	t.Parallel()
 	e := Containerd(t)
 	ref := e.BusyboxImage(t, "testenv")
-	_, task := e.RunContainer(t, ContainerSpec{Namespace: "testenv", Image: ref, Args: []string{"echo", "hello"}})
-	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "testenv"), 30*time.Second)
-	defer cancel()
+	ctr, task := e.RunContainer(t, ContainerSpec{Namespace: "testenv", Image: ref, Args: []string{"sh", "-c", "echo hello; exit 0"}})
+	ctx := nsContext(t, "testenv")
 	statusC, err := task.Wait(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = syscall.SIGTERM
-	st := <-statusC
-	if st.ExitCode() != 0 {
-		t.Fatalf("exit code %d", st.ExitCode())
+	select {
+	case st := <-statusC:
+		if code, _, err := st.Result(); err != nil || code != 0 {
+			t.Fatalf("echo exited with %d, %v; want 0", code, err)
+		}
+	case <-ctx.Done():
+		t.Fatal("echo did not exit")
+	}
+	b, err := os.ReadFile(e.LogPathOf("testenv", ctr.ID()))
+	if err != nil || !strings.Contains(string(b), "hello") {
+		t.Fatalf("log of the task = %q, %v; want hello", b, err)
+	}
+}
+
+func TestNonZeroExitIsObserved(t *testing.T) {
+	t.Parallel()
+	e := Containerd(t)
+	ref := e.WorkloadImage(t, "testenv")
+	_, task := e.RunContainer(t, ContainerSpec{Namespace: "testenv", Image: ref, Args: []string{"exit", "3"}})
+	statusC, err := task.Wait(nsContext(t, "testenv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := (<-statusC).ExitCode(); code != 3 {
+		t.Fatalf("workload exit 3 exited with %d", code)
+	}
+}
+
+func TestPodHasKubeletLabelsIPAndAnswersHealthz(t *testing.T) {
+	t.Parallel()
+	e := Containerd(t)
+	ref := e.WorkloadImage(t, "k8s.io")
+	pod := e.RunPod(t, PodSpec{Namespace: "shop", Name: "web-0", Containers: []PodContainer{
+		{Name: "app", Image: ref, Args: []string{"serve", "--http", ":8080"}, Labels: map[string]string{"vigil.io/health-http": "http://:8080/healthz"}},
+	}})
+	if net.ParseIP(pod.IP) == nil {
+		t.Fatalf("pod IP %q", pod.IP)
+	}
+	_, subnet, _ := net.ParseCIDR(e.Subnet)
+	if !subnet.Contains(net.ParseIP(pod.IP)) {
+		t.Fatalf("pod IP %s outside the instance's subnet %s", pod.IP, e.Subnet)
+	}
+
+	c := e.Client(t)
+	ctr, err := c.LoadContainer(nsContext(t, "k8s.io"), pod.ContainerIDs["app"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels, err := ctr.Labels(nsContext(t, "k8s.io"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{
+		LabelPodName: "web-0", LabelPodNamespace: "shop", LabelPodUID: pod.UID,
+		LabelContainerName: "app", "vigil.io/health-http": "http://:8080/healthz",
+	} {
+		if labels[k] != v {
+			t.Errorf("label %s = %q, want %q (all: %v)", k, labels[k], v, labels)
+		}
+	}
+	// The kubelet's annotations reach CRI (not the OCI spec, unless the
+	// runtime's container_annotations lets them through).
+	st, err := e.CRI(t).ContainerStatus(nsContext(t, "k8s.io"), &runtimeapi.ContainerStatusRequest{ContainerId: pod.ContainerIDs["app"]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.GetStatus().GetAnnotations()[AnnotationRestartCnt]; got != "0" {
+		t.Errorf("annotation %s = %q, want 0", AnnotationRestartCnt, got)
+	}
+	info, err := ctr.Info(nsContext(t, "k8s.io"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// And the containerd container carries them in CRI's metadata extension.
+	ext, ok := info.Extensions[CRIMetadataExtension]
+	if !ok {
+		t.Fatalf("container has no %s extension", CRIMetadataExtension)
+	}
+	var meta struct {
+		Metadata struct {
+			Config struct {
+				Annotations map[string]string `json:"annotations"`
+			}
+		}
+	}
+	if err := json.Unmarshal(ext.GetValue(), &meta); err != nil {
+		t.Fatal(err)
+	}
+	if got := meta.Metadata.Config.Annotations[AnnotationRestartCnt]; got != "0" {
+		t.Errorf("%s in %s = %q, want 0", AnnotationRestartCnt, CRIMetadataExtension, got)
+	}
+
+	// From inside the pod's network namespace, on the pod's loopback.
+	httpc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var conn net.Conn
+			err := InNetNS(pod.NetNSPath, func() error {
+				var err error
+				conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return conn, err
+		},
+	}}
+	defer httpc.CloseIdleConnections()
+	var lastErr error
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := httpc.Get("http://127.0.0.1:8080/healthz")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("/healthz = %d %q, want 200", resp.StatusCode, body)
+			}
+			return
+		}
+		lastErr = err
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("/healthz in the pod's netns never answered: %v", lastErr)
+}
+
+func TestHealthcheckImageCarriesHealthcheck(t *testing.T) {
+	t.Parallel()
+	e := Containerd(t)
+	want := DockerHealthcheck{
+		Test:        []string{"CMD-SHELL", "wget -q -O- http://127.0.0.1:8080/healthz"},
+		Interval:    2 * time.Second,
+		Timeout:     time.Second,
+		StartPeriod: 3 * time.Second,
+		Retries:     2,
+	}
+	ref := e.HealthcheckImage(t, "testenv", want)
+	if again := e.HealthcheckImage(t, "testenv", want); again != ref {
+		t.Fatalf("same healthcheck, refs %s and %s", ref, again)
+	}
+	ctx := nsContext(t, "testenv")
+	c := e.Client(t)
+	img, err := c.GetImage(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := img.Config(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := content.ReadBlob(ctx, img.ContentStore(), desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		Config struct {
+			Healthcheck map[string]any
+		} `json:"config"`
+	}
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	hc := cfg.Config.Healthcheck
+	// Docker's encoding: nanoseconds as JSON numbers.
+	if hc["Interval"] != float64(2e9) || hc["Timeout"] != float64(1e9) || hc["StartPeriod"] != float64(3e9) || hc["Retries"] != float64(2) {
+		t.Fatalf("Healthcheck in the image config = %v", hc)
+	}
+	if test, _ := hc["Test"].([]any); len(test) != 2 || test[0] != "CMD-SHELL" {
+		t.Fatalf("Healthcheck.Test = %v", hc["Test"])
+	}
+}
+
+func TestNetNSKeepsNetworkAcrossTaskRestart(t *testing.T) {
+	t.Parallel()
+	e := Containerd(t)
+	n := NewNetNS(t)
+	ref := e.WorkloadImage(t, "testenv")
+	ctr, task := e.RunContainer(t, ContainerSpec{Namespace: "testenv", Image: ref, NetNSPath: n.Path, Args: []string{"serve", "--tcp", ":9000"}})
+	dial := func() error {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			err := n.Do(func() error {
+				c, err := net.DialTimeout("tcp", "127.0.0.1:9000", time.Second)
+				if err == nil {
+					c.Close()
+				}
+				return err
+			})
+			if err == nil || time.Now().After(deadline) {
+				return err
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if err := dial(); err != nil {
+		t.Fatalf("dial the workload in its netns: %v", err)
+	}
+	ctx := nsContext(t, "testenv")
+	statusC, err := task.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-statusC
+	if _, err := task.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	task2, err := ctr.NewTask(ctx, cio.LogFile(e.LogPathOf("testenv", ctr.ID())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task2.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := dial(); err != nil {
+		t.Fatalf("dial the restarted workload in the same netns: %v", err)
+	}
+}
+
+func TestRestartKeepsTasksRunning(t *testing.T) {
+	// Not parallel: it takes containerd away from everyone for a moment.
+	e := Containerd(t)
+	ref := e.BusyboxImage(t, "testenv")
+	ctr, task := e.RunContainer(t, ContainerSpec{Namespace: "testenv", Image: ref, Args: []string{"sleep", "600"}})
+	pid := int(task.Pid())
+	e.Restart(t)
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Fatalf("task process %d gone after containerd restart: %v", pid, err)
+	}
+	ctx := nsContext(t, "testenv")
+	c := e.Client(t)
+	loaded, err := c.LoadContainer(ctx, ctr.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, err := loaded.Task(ctx, nil)
+	if err != nil {
+		t.Fatalf("task after restart: %v", err)
+	}
+	st, err := tk.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Status != client.Running || int(tk.Pid()) != pid {
+		t.Fatalf("after restart task is %v with pid %d, want running with pid %d", st.Status, tk.Pid(), pid)
+	}
+}
+
+func TestSanitize(t *testing.T) {
+	for in, want := range map[string]string{
+		"TestA/sub_case#01":     "TestA-sub-case-01",
+		"///":                   "test",
+		strings.Repeat("a", 60): strings.Repeat("a", 40),
+	} {
+		if got := sanitize(in); got != want {
+			t.Errorf("sanitize(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestUnescapeMountPath(t *testing.T) {
+	if got := unescapeMountPath(`/tmp/a\040b\134c`); got != `/tmp/a b\c` {
+		t.Fatalf("got %q", got)
 	}
 }

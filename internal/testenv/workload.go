@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 var workloadBuild struct {
@@ -47,13 +49,25 @@ func buildWorkload() ([]byte, error) {
 	if b, err := os.ReadFile(out); err == nil {
 		return b, nil
 	}
+	// One build at a time across test binaries: the others then find it.
+	lock, err := os.OpenFile(filepath.Join(cacheDir, "build.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Close() // releases the flock
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("lock workload build: %w", err)
+	}
+	if b, err := os.ReadFile(out); err == nil {
+		return b, nil
+	}
 	tmp, err := os.CreateTemp(cacheDir, "workload-build-")
 	if err != nil {
 		return nil, err
 	}
 	tmp.Close()
 	defer os.Remove(tmp.Name())
-	cmd := exec.Command(goTool(), "build", "-trimpath", "-o", tmp.Name(), "./test/workload")
+	cmd := exec.Command(goTool(), "build", "-o", tmp.Name(), "./test/workload")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOFLAGS=-buildvcs=false")
 	if b, err := cmd.CombinedOutput(); err != nil {
