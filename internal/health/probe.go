@@ -1,0 +1,246 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/vigilhq/vigil/internal/runtime"
+)
+
+// Execer runs a command inside a running container: the agent satisfies it
+// with the runtime's task exec. It must honour ctx (kill the process and
+// return when ctx is done), capture stdout and stderr interleaved up to
+// outputCap bytes, and return an error only when the command could not be
+// run (a non-zero exit is a result, not an error). It must be safe for
+// concurrent use.
+type Execer interface {
+	Exec(ctx context.Context, key runtime.Key, args []string, outputCap int) (runtime.ExecResult, error)
+}
+
+// Target is where a container's probes go.
+type Target struct {
+	// Key names the container (exec probes run in it).
+	Key runtime.Key
+	// NetNS is the path of the container's network namespace for network
+	// probes (NetNSOfPid(task pid), or a bind-mounted path); "" is the
+	// agent's own namespace, for host-network containers.
+	NetNS string
+	// StartedAt is when the container's task started; the start period
+	// counts from it. Zero means when the target is added.
+	StartedAt time.Time
+}
+
+// DefaultOutputCap is how much output a probe result keeps.
+const DefaultOutputCap = 4096
+
+// prober runs single probes. It is safe for concurrent use.
+type prober struct {
+	exec      Execer
+	outputCap int
+	http      *http.Client
+}
+
+type netnsKey struct{}
+
+func newProber(exec Execer, outputCap int) *prober {
+	tr := &http.Transport{
+		// Every probe opens its own connection inside the target's
+		// namespace, as a fresh client would (and as Docker's curl and the
+		// kubelet do): a kept-alive connection would hide a server that no
+		// longer accepts.
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, address string) (net.Conn, error) {
+			ns, _ := ctx.Value(netnsKey{}).(string)
+			ap, err := netip.ParseAddrPort(address)
+			if err != nil {
+				return nil, err
+			}
+			return dialTCP(ctx, ns, ap)
+		},
+		MaxResponseHeaderBytes: 16 << 10,
+		ResponseHeaderTimeout:  0, // the request's context bounds it
+	}
+	return &prober{
+		exec:      exec,
+		outputCap: outputCap,
+		http: &http.Client{
+			Transport: tr,
+			// 3xx is healthy, as in Docker's and the kubelet's HTTP checks:
+			// do not follow redirects out of the namespace.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+	}
+}
+
+// errTimeout marks a probe that ran out of time, for the failure metric.
+var errTimeout = errors.New("probe timed out")
+
+// run runs one probe of cfg against tgt, bounded by cfg.Timeout, and
+// returns its result; failed says why it failed when it did ("timeout",
+// "error": the probe could not be carried out, "unhealthy": the check
+// answered no).
+func (p *prober) run(ctx context.Context, cfg *Config, tgt *Target) (r Result, failed string) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	r.Start = time.Now()
+	var err error
+	switch cfg.Kind {
+	case KindExec:
+		r.Code, r.Output, err = p.execProbe(ctx, cfg, tgt)
+	case KindHTTP:
+		r.Code, r.Output, err = p.httpProbe(ctx, cfg, tgt)
+	case KindTCP:
+		r.Code, r.Output, err = p.tcpProbe(ctx, cfg, tgt)
+	case KindGRPC:
+		r.Code, r.Output, err = p.grpcProbe(ctx, cfg, tgt)
+	default:
+		err = fmt.Errorf("unknown probe kind %d", int(cfg.Kind))
+	}
+	r.Duration = time.Since(r.Start)
+	switch {
+	case err == nil:
+		r.OK = true
+	case errors.Is(err, errUnhealthy):
+		failed = "unhealthy"
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errTimeout):
+		failed = "timeout"
+		r.Code = -1
+		r.Output = p.capOutput(fmt.Sprintf("timed out after %s: %v", cfg.Timeout, err))
+	default:
+		failed = "error"
+		r.Code = -1
+		r.Output = p.capOutput(err.Error())
+	}
+	return r, failed
+}
+
+// errUnhealthy marks a probe that ran and got a negative answer.
+var errUnhealthy = errors.New("unhealthy")
+
+// execGrace is how long after its deadline an exec probe is waited for
+// before it is abandoned (an Execer that ignores ctx must not hold a
+// worker).
+const execGrace = 2 * time.Second
+
+func (p *prober) execProbe(ctx context.Context, cfg *Config, tgt *Target) (int, string, error) {
+	if p.exec == nil {
+		return -1, "", errors.New("no exec support configured")
+	}
+	type out struct {
+		res runtime.ExecResult
+		err error
+	}
+	ch := make(chan out, 1)
+	go func() {
+		res, err := p.exec.Exec(ctx, tgt.Key, cfg.Command, p.outputCap)
+		ch <- out{res, err}
+	}()
+	var o out
+	select {
+	case o = <-ch:
+	case <-ctx.Done():
+		t := time.NewTimer(execGrace)
+		defer t.Stop()
+		select {
+		case o = <-ch:
+		case <-t.C:
+			return -1, "", fmt.Errorf("%w: exec did not return %s after its deadline; abandoned", errTimeout, execGrace)
+		}
+	}
+	if o.err != nil {
+		if ctx.Err() != nil {
+			return -1, "", fmt.Errorf("exec: %w (%v)", ctx.Err(), o.err)
+		}
+		return -1, "", fmt.Errorf("exec: %w", o.err)
+	}
+	output := p.capOutput(string(o.res.Output))
+	if o.res.ExitCode != 0 {
+		return o.res.ExitCode, output, fmt.Errorf("%w: exit code %d", errUnhealthy, o.res.ExitCode)
+	}
+	return 0, output, nil
+}
+
+func (p *prober) httpProbe(ctx context.Context, cfg *Config, tgt *Target) (int, string, error) {
+	ctx = context.WithValue(ctx, netnsKey{}, tgt.NetNS)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+cfg.Addr.String()+cfg.Path, nil)
+	if err != nil {
+		return -1, "", err
+	}
+	req.Header.Set("User-Agent", "vigil-health/1")
+	resp, err := p.http.Do(req)
+	if err != nil {
+		return -1, "", err
+	}
+	defer resp.Body.Close()
+	// The status line decides; the body is only kept for the operator, and
+	// a body that stops short (or hangs until the timeout) changes nothing.
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, int64(p.outputCap)))
+	out := p.capOutput(fmt.Sprintf("HTTP %s\n%s", resp.Status, body))
+	if resp.StatusCode < 200 || resp.StatusCode >= 400 {
+		return resp.StatusCode, out, fmt.Errorf("%w: HTTP status %d", errUnhealthy, resp.StatusCode)
+	}
+	return resp.StatusCode, out, nil
+}
+
+func (p *prober) tcpProbe(ctx context.Context, cfg *Config, tgt *Target) (int, string, error) {
+	c, err := dialTCP(ctx, tgt.NetNS, cfg.Addr)
+	if err != nil {
+		return -1, "", err
+	}
+	c.Close()
+	return 0, "connected to " + cfg.Addr.String(), nil
+}
+
+func (p *prober) grpcProbe(ctx context.Context, cfg *Config, tgt *Target) (int, string, error) {
+	ns, addr := tgt.NetNS, cfg.Addr
+	conn, err := grpc.NewClient("passthrough:///"+addr.String(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return dialTCP(ctx, ns, addr) }),
+		grpc.WithUserAgent("vigil-health/1"),
+	)
+	if err != nil {
+		return -1, "", err
+	}
+	defer conn.Close()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: cfg.Service})
+	if err != nil {
+		if ctx.Err() != nil {
+			return -1, "", fmt.Errorf("grpc health check: %w (%v)", ctx.Err(), err)
+		}
+		return -1, "", fmt.Errorf("grpc health check: %w", err)
+	}
+	st := resp.GetStatus()
+	out := "grpc.health.v1 " + st.String()
+	if st != healthpb.HealthCheckResponse_SERVING {
+		return int(st), out, fmt.Errorf("%w: %s", errUnhealthy, st)
+	}
+	return int(st), out, nil
+}
+
+// capOutput cuts s to the output cap, on a rune boundary, and makes it
+// valid UTF-8 (the protocol carries it as a string).
+func (p *prober) capOutput(s string) string {
+	if len(s) > p.outputCap {
+		s = s[:p.outputCap]
+		// Drop a rune the cut split in two.
+		for i := 0; i < utf8.UTFMax-1 && len(s) > 0; i++ {
+			if r, size := utf8.DecodeLastRuneInString(s); r != utf8.RuneError || size != 1 {
+				break
+			}
+			s = s[:len(s)-1]
+		}
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}

@@ -1,0 +1,405 @@
+package health
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/runtime"
+)
+
+// SchedulerConfig configures a Scheduler. Zero fields take the defaults.
+type SchedulerConfig struct {
+	// Exec runs exec probes; nil makes every exec probe fail with an error.
+	Exec Execer
+	// Workers is the number of probes that may run at once (default 16).
+	// A probe that comes due while all workers are busy waits for the next
+	// free worker, in due order, and is counted in
+	// vigil_agent_health_probes_delayed_total: a hung probe holds a worker
+	// only until its timeout (an exec probe at most 2s more), so it delays
+	// other probes at worst, never blocks them for good.
+	Workers int
+	// OutputCap is how many bytes of output a result keeps (default 4096).
+	OutputCap int
+	// ChangeBuffer is the capacity of the Changes channel (default 256).
+	ChangeBuffer int
+	// Logger receives status transitions and failed probes at debug level
+	// (the agent logs what it decides); nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Change is a health status transition of one container.
+type Change struct {
+	// Key names the container.
+	Key runtime.Key
+	// From and To are the statuses before and after.
+	From, To Status
+	// Health is the state after the transition.
+	Health Health
+	// Time is when the probe that caused it finished.
+	Time time.Time
+}
+
+// Scheduler runs the health checks of many containers: one goroutine keeps
+// a timer heap of due probes and hands them to a bounded pool of workers;
+// nothing runs per container between probes. Each container's first probe
+// comes at a random point within its first interval, so that containers
+// added together do not probe together; later probes keep that phase.
+//
+// Add, Update, Remove, Health and Changes are safe for concurrent use, before
+// and while Run runs.
+type Scheduler struct {
+	log       *slog.Logger
+	workers   int
+	prober    *prober
+	metrics   *metrics
+	changes   chan Change
+	wake      chan struct{}
+	work      chan *entry
+	runCalled bool
+
+	mu      sync.Mutex
+	entries map[runtime.Key]*entry
+	due     dueHeap
+}
+
+// entry is one target. Its fields are guarded by Scheduler.mu, except
+// delayed, which only Run touches. An entry is in exactly one place: the
+// heap (index >= 0), Run's ready queue, or a worker.
+type entry struct {
+	key     runtime.Key
+	cfg     Config
+	target  Target
+	machine *Machine
+	probes  uint64
+	fails   uint64
+	at      time.Time // when the next probe is due
+	index   int       // position in the heap; -1 when not in it
+	gen     uint64    // bumped by Update: a probe of an older config is discarded
+	removed bool
+	delayed bool
+}
+
+// NewScheduler returns a scheduler; Run starts it.
+func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
+	if cfg.Workers < 0 || cfg.OutputCap < 0 || cfg.ChangeBuffer < 0 {
+		return nil, fmt.Errorf("health scheduler: negative workers %d, output cap %d or change buffer %d: %w",
+			cfg.Workers, cfg.OutputCap, cfg.ChangeBuffer, errdefs.ErrInvalid)
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = 16
+	}
+	if cfg.OutputCap == 0 {
+		cfg.OutputCap = DefaultOutputCap
+	}
+	if cfg.ChangeBuffer == 0 {
+		cfg.ChangeBuffer = 256
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Scheduler{
+		log:     cfg.Logger,
+		workers: cfg.Workers,
+		prober:  newProber(cfg.Exec, cfg.OutputCap),
+		changes: make(chan Change, cfg.ChangeBuffer),
+		wake:    make(chan struct{}, 1),
+		work:    make(chan *entry),
+		entries: map[runtime.Key]*entry{},
+	}
+	s.metrics = newMetrics(s.targets)
+	return s, nil
+}
+
+// Changes returns the channel of status transitions. The agent must drain
+// it: a worker that finds it full waits until there is room (or Run ends),
+// and its container is not probed meanwhile, so no transition is ever lost
+// and each container's transitions arrive in order; a slow reader delays
+// probes (see Workers) rather than dropping them. A transition of a
+// container may still arrive shortly after its Remove. The channel is never
+// closed.
+func (s *Scheduler) Changes() <-chan Change { return s.changes }
+
+// Add starts probing the container key with cfg against tgt. The container
+// starts in StatusStarting. It fails with errdefs.ErrConflict if key is
+// already probed and errdefs.ErrInvalid for an invalid cfg.
+func (s *Scheduler) Add(key runtime.Key, cfg Config, tgt Target) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	now := time.Now()
+	if tgt.StartedAt.IsZero() {
+		tgt.StartedAt = now
+	}
+	tgt.Key = key
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.entries[key]; ok {
+		return fmt.Errorf("health check of %s/%s: %w: already added", key.Namespace, key.ID, errdefs.ErrConflict)
+	}
+	e := &entry{key: key, cfg: cfg, target: tgt, machine: NewMachine(cfg, tgt.StartedAt), index: -1}
+	e.at = now.Add(rand.N(cfg.Interval))
+	s.entries[key] = e
+	heap.Push(&s.due, e)
+	s.poke()
+	return nil
+}
+
+// Update replaces the check and target of a probed container. A new
+// tgt.StartedAt (a new task) starts the state over at StatusStarting,
+// without a Change; otherwise the state and history stay. A probe running
+// with the old configuration is discarded. It fails with
+// errdefs.ErrNotFound if key is not probed.
+func (s *Scheduler) Update(key runtime.Key, cfg Config, tgt Target) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	now := time.Now()
+	if tgt.StartedAt.IsZero() {
+		tgt.StartedAt = now
+	}
+	tgt.Key = key
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.entries[key]
+	if !ok {
+		return fmt.Errorf("health check of %s/%s: %w", key.Namespace, key.ID, errdefs.ErrNotFound)
+	}
+	if !tgt.StartedAt.Equal(e.target.StartedAt) || cfg.Kind != e.cfg.Kind {
+		e.machine = NewMachine(cfg, tgt.StartedAt)
+	} else {
+		e.machine.cfg = cfg
+		e.machine.h.Source = cfg.Source
+	}
+	e.cfg, e.target = cfg, tgt
+	e.gen++
+	if e.index >= 0 {
+		e.at = now.Add(rand.N(cfg.Interval))
+		heap.Fix(&s.due, e.index)
+		s.poke()
+	}
+	return nil
+}
+
+// Remove stops probing key; a probe in flight is discarded. Removing an
+// unknown key does nothing.
+func (s *Scheduler) Remove(key runtime.Key) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.entries[key]
+	if !ok {
+		return
+	}
+	delete(s.entries, key)
+	e.removed = true
+	if e.index >= 0 {
+		heap.Remove(&s.due, e.index)
+	}
+}
+
+// Health returns the current health of key, and false if key is not probed.
+func (s *Scheduler) Health(key runtime.Key) (Health, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.entries[key]
+	if !ok {
+		return Health{}, false
+	}
+	return e.health(), true
+}
+
+func (e *entry) health() Health {
+	h := e.machine.Health()
+	h.Probes, h.Failures = e.probes, e.fails
+	return h
+}
+
+func (s *Scheduler) targets() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.entries)
+}
+
+// poke wakes Run to look at the heap again. It never blocks.
+func (s *Scheduler) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run probes until ctx is done, then waits for its workers and returns nil.
+// It may be called once.
+func (s *Scheduler) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.runCalled {
+		s.mu.Unlock()
+		return errors.New("health scheduler: Run called twice")
+	}
+	s.runCalled = true
+	s.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for range s.workers {
+		wg.Go(func() { s.worker(ctx) })
+	}
+	defer wg.Wait()
+
+	var ready []*entry // due, waiting for a worker, in due order
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		now := time.Now()
+		for len(s.due) > 0 && !s.due[0].at.After(now) {
+			ready = append(ready, heap.Pop(&s.due).(*entry))
+		}
+		wait := time.Hour
+		if len(s.due) > 0 {
+			wait = s.due[0].at.Sub(now)
+		}
+		s.mu.Unlock()
+
+	handout:
+		for len(ready) > 0 {
+			select {
+			case s.work <- ready[0]:
+				ready[0].delayed = false
+				ready = ready[1:]
+			default:
+				break handout
+			}
+		}
+		for _, e := range ready {
+			if !e.delayed {
+				e.delayed = true
+				s.metrics.delayed.Inc()
+			}
+		}
+
+		var send chan *entry
+		var head *entry
+		if len(ready) > 0 {
+			send, head = s.work, ready[0]
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case send <- head:
+			head.delayed = false
+			ready = ready[1:]
+		case <-timer.C:
+		case <-s.wake:
+		}
+	}
+}
+
+// worker runs the probes Run hands it until ctx is done.
+func (s *Scheduler) worker(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e := <-s.work:
+			if !s.probe(ctx, e) {
+				return
+			}
+		}
+	}
+}
+
+// probe runs one probe of e, records it, delivers a transition, and puts e
+// back in the heap. It returns false when ctx ended while it waited to
+// deliver.
+func (s *Scheduler) probe(ctx context.Context, e *entry) bool {
+	s.mu.Lock()
+	if e.removed {
+		s.mu.Unlock()
+		return true
+	}
+	cfg, tgt, gen := e.cfg, e.target, e.gen
+	s.mu.Unlock()
+
+	r, failed := s.prober.run(ctx, &cfg, &tgt)
+	if ctx.Err() != nil {
+		return false // shutting down: the result says nothing about the container
+	}
+	end := r.Start.Add(r.Duration)
+	s.metrics.observe(cfg.Kind, r, failed)
+
+	var change *Change
+	s.mu.Lock()
+	if !e.removed && e.gen == gen {
+		e.probes++
+		if !r.OK {
+			e.fails++
+		}
+		before := e.machine.Record(r)
+		if after := e.machine.Status(); after != before {
+			change = &Change{Key: e.key, From: before, To: after, Health: e.health(), Time: end}
+		}
+	}
+	s.mu.Unlock()
+
+	if change != nil {
+		s.log.Debug("health status changed", "namespace", e.key.Namespace, "id", e.key.ID,
+			"from", change.From.String(), "to", change.To.String(), "probe", cfg.String(), "output", r.Output)
+		select {
+		case s.changes <- *change:
+		case <-ctx.Done():
+			return false
+		}
+	} else if !r.OK {
+		s.log.Debug("health probe failed", "namespace", e.key.Namespace, "id", e.key.ID, "reason", failed, "output", r.Output)
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e.removed {
+		return true
+	}
+	if e.gen != gen {
+		// Updated while probing: start over on the new configuration.
+		e.at = time.Now().Add(rand.N(e.cfg.Interval))
+	} else {
+		// Keep the phase; a probe that overran its interval pushes the next
+		// one to an interval after it ended.
+		e.at = e.at.Add(cfg.Interval)
+		if e.at.Before(end) {
+			e.at = end.Add(cfg.Interval)
+		}
+	}
+	heap.Push(&s.due, e)
+	s.poke()
+	return true
+}
+
+// dueHeap orders entries by due time.
+type dueHeap []*entry
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h dueHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *dueHeap) Push(x any) {
+	e := x.(*entry)
+	e.index = len(*h)
+	*h = append(*h, e)
+}
+func (h *dueHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	e.index = -1
+	*h = old[:len(old)-1]
+	return e
+}

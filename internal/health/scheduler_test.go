@@ -1,0 +1,288 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/runtime"
+)
+
+// flipServer is a real HTTP server on loopback whose answer can be flipped
+// between 200 and 503, counting the requests it gets.
+type flipServer struct {
+	srv     *httptest.Server
+	sick    atomic.Bool
+	hits    atomic.Int64
+	address netip.AddrPort
+}
+
+func newFlipServer(t *testing.T) *flipServer {
+	f := &flipServer{}
+	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.hits.Add(1)
+		if f.sick.Load() {
+			http.Error(w, "sick", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("fine"))
+	}))
+	t.Cleanup(f.srv.Close)
+	f.address = netip.MustParseAddrPort(strings.TrimPrefix(f.srv.URL, "http://"))
+	return f
+}
+
+func httpConfig(addr netip.AddrPort, interval time.Duration) Config {
+	return Config{Kind: KindHTTP, Source: SourceLabel, Addr: addr, Path: "/healthz",
+		Interval: interval, Timeout: time.Second, Retries: 2}
+}
+
+func startScheduler(t *testing.T, cfg SchedulerConfig) *Scheduler {
+	t.Helper()
+	s, err := NewScheduler(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	})
+	return s
+}
+
+// collectChanges reads n changes to status to, failing after timeout. Other
+// changes fail the test.
+func collectChanges(t *testing.T, s *Scheduler, n int, to Status, timeout time.Duration) map[runtime.Key]Change {
+	t.Helper()
+	got := map[runtime.Key]Change{}
+	deadline := time.After(timeout)
+	for len(got) < n {
+		select {
+		case c := <-s.Changes():
+			if c.To != to {
+				t.Fatalf("unexpected change %v: %v -> %v (%+v)", c.Key, c.From, c.To, c.Health.Last)
+			}
+			if _, dup := got[c.Key]; dup {
+				t.Fatalf("two changes to %v for %v", to, c.Key)
+			}
+			got[c.Key] = c
+		case <-deadline:
+			t.Fatalf("%d of %d changes to %v after %s", len(got), n, to, timeout)
+		}
+	}
+	return got
+}
+
+func TestScheduler(t *testing.T) {
+	const n, interval = 50, 100 * time.Millisecond
+	reg := prometheus.NewPedanticRegistry()
+	s := startScheduler(t, SchedulerConfig{Workers: 4})
+	reg.MustRegister(s.Collector())
+
+	servers := make([]*flipServer, n)
+	keys := make([]runtime.Key, n)
+	for i := range n {
+		servers[i] = newFlipServer(t)
+		keys[i] = runtime.Key{Namespace: "test", ID: fmt.Sprintf("c%02d", i)}
+		if err := s.Add(keys[i], httpConfig(servers[i].address, interval), Target{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Add(keys[0], httpConfig(servers[0].address, interval), Target{}); !errors.Is(err, errdefs.ErrConflict) {
+		t.Errorf("second Add: %v, want ErrConflict", err)
+	}
+
+	// Every container turns healthy.
+	for _, c := range collectChanges(t, s, n, StatusHealthy, 10*time.Second) {
+		if c.From != StatusStarting || c.Health.Status != StatusHealthy || len(c.Health.Last) == 0 || !c.Health.Last[len(c.Health.Last)-1].OK {
+			t.Errorf("change %+v", c)
+		}
+	}
+
+	// Ten turn unhealthy after Retries failures, and report why.
+	for i := range 10 {
+		servers[i].sick.Store(true)
+	}
+	changes := collectChanges(t, s, 10, StatusUnhealthy, 10*time.Second)
+	for i := range 10 {
+		c, ok := changes[keys[i]]
+		if !ok {
+			t.Fatalf("no unhealthy change for %v", keys[i])
+		}
+		last := c.Health.Last[len(c.Health.Last)-1]
+		if c.From != StatusHealthy || c.Health.FailingStreak != 2 || last.Code != 503 || !strings.Contains(last.Output, "sick") {
+			t.Errorf("unhealthy change %+v", c)
+		}
+	}
+	// One success brings one back.
+	servers[0].sick.Store(false)
+	if c := collectChanges(t, s, 1, StatusHealthy, 10*time.Second)[keys[0]]; c.From != StatusUnhealthy {
+		t.Errorf("recovery %+v", c)
+	}
+
+	// Removed containers are no longer probed.
+	for i := 40; i < n; i++ {
+		s.Remove(keys[i])
+		if _, ok := s.Health(keys[i]); ok {
+			t.Errorf("Health(%v) after Remove", keys[i])
+		}
+	}
+	time.Sleep(2 * interval) // a probe in flight at Remove may still land
+	var hits [n]int64
+	for i := 40; i < n; i++ {
+		hits[i] = servers[i].hits.Load()
+	}
+	time.Sleep(5 * interval)
+	for i := 40; i < n; i++ {
+		if got := servers[i].hits.Load(); got != hits[i] {
+			t.Errorf("%v got %d probes after Remove", keys[i], got-hits[i])
+		}
+	}
+	if servers[39].hits.Load() == 0 {
+		t.Error("a kept container was never probed")
+	}
+
+	// The metrics count what happened.
+	if got := testutil.ToFloat64(s.metrics.probes.WithLabelValues("http", "success")); got < n {
+		t.Errorf("successful http probes %v, want at least %d", got, n)
+	}
+	if got := testutil.ToFloat64(s.metrics.failures.WithLabelValues("http", "unhealthy")); got < 20 {
+		t.Errorf("unhealthy http failures %v, want at least 20", got)
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP vigil_agent_health_targets Containers the agent is health-checking.
+# TYPE vigil_agent_health_targets gauge
+vigil_agent_health_targets 40
+`), "vigil_agent_health_targets"); err != nil {
+		t.Error(err)
+	}
+	if n, err := testutil.GatherAndCount(reg, "vigil_agent_health_probe_duration_seconds"); err != nil || n != 1 {
+		t.Errorf("duration histograms: %d, %v; want 1 (kind http)", n, err)
+	}
+}
+
+// TestSchedulerBusyWorkers checks that probes of hung servers hold their
+// worker only until their timeout, that the other containers' probes are
+// delayed (and counted) but still run, and that the hung containers turn
+// unhealthy.
+func TestSchedulerBusyWorkers(t *testing.T) {
+	s := startScheduler(t, SchedulerConfig{Workers: 2})
+	hung := make(chan struct{})
+	t.Cleanup(func() { close(hung) })
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hung:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(slow.Close)
+	slowAddr := netip.MustParseAddrPort(strings.TrimPrefix(slow.URL, "http://"))
+	for i := range 2 {
+		cfg := httpConfig(slowAddr, 100*time.Millisecond)
+		cfg.Timeout, cfg.Retries = 300*time.Millisecond, 1
+		if err := s.Add(runtime.Key{Namespace: "test", ID: fmt.Sprint("hung", i)}, cfg, Target{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fine := newFlipServer(t)
+	if err := s.Add(runtime.Key{Namespace: "test", ID: "fine"}, httpConfig(fine.address, 100*time.Millisecond), Target{}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]Status{}
+	deadline := time.After(15 * time.Second)
+	for len(got) < 3 {
+		select {
+		case c := <-s.Changes():
+			got[c.Key.ID] = c.To
+			if c.To == StatusUnhealthy && !strings.Contains(c.Health.Last[len(c.Health.Last)-1].Output, "timed out") {
+				t.Errorf("hung probe output %q", c.Health.Last[len(c.Health.Last)-1].Output)
+			}
+		case <-deadline:
+			t.Fatalf("changes so far: %v", got)
+		}
+	}
+	if got["hung0"] != StatusUnhealthy || got["hung1"] != StatusUnhealthy || got["fine"] != StatusHealthy {
+		t.Errorf("statuses %v", got)
+	}
+	if d := testutil.ToFloat64(s.metrics.delayed); d == 0 {
+		t.Error("no probe counted as delayed with every worker hung")
+	}
+	if got := testutil.ToFloat64(s.metrics.failures.WithLabelValues("http", "timeout")); got < 2 {
+		t.Errorf("timeouts counted: %v", got)
+	}
+}
+
+func TestSchedulerUpdate(t *testing.T) {
+	s := startScheduler(t, SchedulerConfig{})
+	srv := newFlipServer(t)
+	key := runtime.Key{Namespace: "test", ID: "u"}
+	if err := s.Update(key, httpConfig(srv.address, 100*time.Millisecond), Target{}); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Update of an unknown key: %v, want ErrNotFound", err)
+	}
+	if err := s.Add(key, Config{Kind: KindHTTP}, Target{}); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("Add of an invalid config: %v, want ErrInvalid", err)
+	}
+	started := time.Now()
+	if err := s.Add(key, httpConfig(srv.address, 100*time.Millisecond), Target{StartedAt: started}); err != nil {
+		t.Fatal(err)
+	}
+	collectChanges(t, s, 1, StatusHealthy, 5*time.Second)
+
+	// Same task, new config: the state stays.
+	cfg := httpConfig(srv.address, 200*time.Millisecond)
+	if err := s.Update(key, cfg, Target{StartedAt: started}); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := s.Health(key); h.Status != StatusHealthy {
+		t.Errorf("after a config update: %v", h.Status)
+	}
+	// A new task: starting over, then healthy again.
+	if err := s.Update(key, cfg, Target{StartedAt: started.Add(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := s.Health(key); h.Status != StatusStarting || len(h.Last) != 0 {
+		t.Errorf("after a new task: %+v", h)
+	}
+	if c := collectChanges(t, s, 1, StatusHealthy, 5*time.Second)[key]; c.From != StatusStarting {
+		t.Errorf("change %+v", c)
+	}
+}
+
+func TestNewSchedulerInvalid(t *testing.T) {
+	if _, err := NewScheduler(SchedulerConfig{Workers: -1}); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("negative workers: %v", err)
+	}
+	s, err := NewScheduler(SchedulerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Run(ctx); err == nil {
+		t.Error("second Run succeeded")
+	}
+}
