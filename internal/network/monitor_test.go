@@ -1,0 +1,484 @@
+package network
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/vigilhq/vigil/internal/errdefs"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// newMonitor returns a monitor whose host is the scene's host namespace,
+// closed at cleanup.
+func newMonitor(t *testing.T, s *scene, mutate ...func(*Config)) *Monitor {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.HostNetNSPath = s.hostPath()
+	for _, f := range mutate {
+		f(&cfg)
+	}
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func read(t *testing.T, m *Monitor) *Snapshot {
+	t.Helper()
+	snap, err := m.Read(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, err := range snap.Errors {
+		t.Errorf("read: %v", err)
+	}
+	return snap
+}
+
+func mustNS(t *testing.T, snap *Snapshot, inode uint64) *NamespaceState {
+	t.Helper()
+	ns := snap.Namespace(inode)
+	if ns == nil {
+		t.Fatalf("namespace %d missing from the snapshot", inode)
+	}
+	return ns
+}
+
+func mustLink(t *testing.T, ns *NamespaceState, name string) *Link {
+	t.Helper()
+	l := ns.Link(name)
+	if l == nil {
+		t.Fatalf("link %s missing from namespace %d", name, ns.Inode)
+	}
+	return l
+}
+
+func findCondition(ns *NamespaceState, typ ConditionType, iface string) *Condition {
+	for i := range ns.Conditions {
+		if ns.Conditions[i].Type == typ && ns.Conditions[i].Interface == iface {
+			return &ns.Conditions[i]
+		}
+	}
+	return nil
+}
+
+func TestReadSceneLinksPeersAndCounters(t *testing.T) {
+	s := newScene(t)
+	a, b := s.addContainer("a"), s.addContainer("b")
+	m := newMonitor(t, s)
+	refA, refB := ContainerRef{"default", "a"}, ContainerRef{"default", "b"}
+	if err := m.Attach(refA, Source{Path: a.path}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Attach(refB, Source{Path: b.path, Primary: true}); err != nil {
+		t.Fatal(err)
+	}
+
+	before := read(t, m)
+	if len(before.Namespaces) != 3 {
+		t.Fatalf("got %d namespaces, want host + 2", len(before.Namespaces))
+	}
+	host := before.Host()
+	if host == nil || host.Inode != m.HostInode() {
+		t.Fatalf("host namespace missing or wrong: %+v", host)
+	}
+	if br := mustLink(t, host, "br0"); br.Kind != "bridge" || !br.AdminUp || br.Addresses[0] != "10.77.0.1/24" {
+		t.Errorf("br0 = %+v, want an up bridge with 10.77.0.1/24", br)
+	}
+	nsA := mustNS(t, before, a.inode)
+	if len(nsA.Containers) != 1 || nsA.Containers[0] != refA {
+		t.Errorf("namespace a containers = %v, want [%v]", nsA.Containers, refA)
+	}
+	if lo := mustLink(t, nsA, "lo"); lo.Kind != "loopback" {
+		t.Errorf("lo kind = %q, want loopback", lo.Kind)
+	}
+	eth0 := mustLink(t, nsA, "eth0")
+	if eth0.Kind != "veth" || !eth0.AdminUp || eth0.MAC == "" || eth0.MTU != 1500 {
+		t.Errorf("eth0 = %+v, want an up veth with a MAC and MTU 1500", eth0)
+	}
+	if len(eth0.Addresses) == 0 || eth0.Addresses[0] != a.ip+"/24" {
+		t.Errorf("eth0 addresses = %v, want %s/24 first (then IPv6 link-local)", eth0.Addresses, a.ip)
+	}
+	if !nsA.HasDefaultRoute {
+		t.Error("namespace a has a default route, read says none")
+	}
+	if len(nsA.Conditions) != 0 {
+		t.Errorf("healthy namespace a has conditions %+v", nsA.Conditions)
+	}
+	// The veth pair is matched both ways, and the host end names its pod.
+	if eth0.Peer == nil || !eth0.Peer.Host || eth0.Peer.Name != a.host {
+		t.Errorf("eth0 peer = %+v, want host link %s", eth0.Peer, a.host)
+	}
+	hostA := mustLink(t, host, a.host)
+	if hostA.Peer == nil || hostA.Peer.NetNSInode != a.inode || hostA.Peer.Owner != refA || hostA.Peer.Name != "eth0" {
+		t.Errorf("host %s peer = %+v, want eth0 in %d owned by %v", a.host, hostA.Peer, a.inode, refA)
+	}
+	if hostB := mustLink(t, host, b.host); hostB.Peer == nil || hostB.Peer.Owner != refB {
+		t.Errorf("host %s peer = %+v, want owner %v", b.host, hostB.Peer, refB)
+	}
+
+	// Traffic from a to b moves the counters of a's eth0 (tx), b's eth0 (rx)
+	// and the host ends on the bridge.
+	const n, size = 50, 1000
+	sendUDP(t, a.path, b.ip+":9", n, size)
+	after := read(t, m)
+	txA := mustLink(t, mustNS(t, after, a.inode), "eth0").Counters.TxPackets - eth0.Counters.TxPackets
+	txBytesA := mustLink(t, mustNS(t, after, a.inode), "eth0").Counters.TxBytes - eth0.Counters.TxBytes
+	rxB := mustLink(t, mustNS(t, after, b.inode), "eth0").Counters.RxPackets -
+		mustLink(t, mustNS(t, before, b.inode), "eth0").Counters.RxPackets
+	rxHostA := mustLink(t, after.Host(), a.host).Counters.RxPackets - hostA.Counters.RxPackets
+	if txA < n || txBytesA < n*size {
+		t.Errorf("a eth0 sent %d packets, %d bytes; want at least %d, %d", txA, txBytesA, n, n*size)
+	}
+	if rxB < n {
+		t.Errorf("b eth0 received %d packets, want at least %d", rxB, n)
+	}
+	if rxHostA < n {
+		t.Errorf("host %s received %d packets, want at least %d", a.host, rxHostA, n)
+	}
+
+	// The protocol conversion keeps what the agent needs.
+	pb := after.Host().Proto()
+	var found *vigilv1.Interface
+	for _, i := range pb.GetInterfaces() {
+		if i.GetName() == a.host {
+			found = i
+		}
+	}
+	if found == nil || found.GetOwnerContainerId() != "a" || found.GetNetnsInode() != 0 || found.GetKind() != "veth" {
+		t.Errorf("host %s as proto = %v, want owner a, netns 0, kind veth", a.host, found)
+	}
+}
+
+func TestLinkDownIsAnEventAndAConditionAndLinkUpBringsItBack(t *testing.T) {
+	s := newScene(t)
+	a := s.addContainer("a")
+	m := newMonitor(t, s)
+	ref := ContainerRef{"default", "a"}
+	if err := m.Attach(ref, Source{Path: a.path}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- m.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-runDone; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+
+	changed := time.Now()
+	run(t, "ip", "-n", a.name, "link", "set", "eth0", "down")
+	ev := waitEvent(t, m, func(ev Event) bool {
+		return ev.NetNSInode == a.inode && ev.Link.Name == "eth0" && !ev.Link.AdminUp
+	})
+	if ev.Type != LinkChanged || len(ev.Containers) != 1 || ev.Containers[0] != ref || ev.Host {
+		t.Errorf("event = %+v, want a change of eth0 in a's namespace naming %v", ev, ref)
+	}
+	// Received by the monitor within 100 ms of the change (measured from
+	// before the command ran, so the figure includes the command's cost).
+	if lat := ev.Time.Sub(changed); lat > 100*time.Millisecond {
+		t.Errorf("event received %v after the change, want under 100ms", lat)
+	}
+
+	snap := read(t, m)
+	c := findCondition(mustNS(t, snap, a.inode), ConditionLinkDown, "eth0")
+	if c == nil || c.Reason != ReasonAdminDown || c.NetNSInode != a.inode || c.Since.IsZero() {
+		t.Fatalf("conditions = %+v, want LinkDown/AdminDown on eth0", mustNS(t, snap, a.inode).Conditions)
+	}
+	// The host end of the pair lost its carrier: a condition on the host too.
+	if hc := findCondition(snap.Host(), ConditionLinkDown, a.host); hc == nil {
+		t.Errorf("host conditions = %+v, want LinkDown on %s", snap.Host().Conditions, a.host)
+	}
+	since := c.Since
+	snap = read(t, m)
+	if c := findCondition(mustNS(t, snap, a.inode), ConditionLinkDown, "eth0"); c == nil || !c.Since.Equal(since) {
+		t.Errorf("condition since = %v on the second cycle, want it kept at %v", c, since)
+	}
+
+	if err := m.LinkUp(ctx, a.inode, "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, m, func(ev Event) bool {
+		return ev.NetNSInode == a.inode && ev.Link.Name == "eth0" && ev.Link.AdminUp
+	})
+	snap = read(t, m)
+	if l := mustLink(t, mustNS(t, snap, a.inode), "eth0"); !l.AdminUp {
+		t.Errorf("eth0 after LinkUp = %+v, want admin up", l)
+	}
+	if c := findCondition(mustNS(t, snap, a.inode), ConditionLinkDown, "eth0"); c != nil {
+		t.Errorf("LinkDown still reported after LinkUp: %+v", c)
+	}
+
+	// LinkUp's errors speak the error vocabulary.
+	if err := m.LinkUp(ctx, a.inode, "nosuch0"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("LinkUp of a missing link: %v, want ErrNotFound", err)
+	}
+	if err := m.LinkUp(ctx, 12345, "eth0"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("LinkUp in an unknown namespace: %v, want ErrNotFound", err)
+	}
+	if err := m.LinkUp(ctx, a.inode, "bad/name"); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("LinkUp of an invalid name: %v, want ErrInvalid", err)
+	}
+
+	// A link added and removed in the container namespace is seen too.
+	run(t, "ip", "-n", a.name, "link", "add", "x7", "type", "veth", "peer", "name", "y7")
+	waitEvent(t, m, func(ev Event) bool { return ev.Type == LinkAdded && ev.Link.Name == "x7" && ev.Link.Kind == "veth" })
+	run(t, "ip", "-n", a.name, "link", "del", "x7")
+	waitEvent(t, m, func(ev Event) bool { return ev.Type == LinkRemoved && ev.Link.Name == "x7" })
+}
+
+// waitEvent returns the first event matching ok, failing after 5 seconds.
+func waitEvent(t *testing.T, m *Monitor, ok func(Event) bool) Event {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case ev, open := <-m.Events():
+			if !open {
+				t.Fatal("events channel closed")
+			}
+			if ok(ev) {
+				return ev
+			}
+		case <-timeout:
+			t.Fatal("no matching event within 5s")
+		}
+	}
+}
+
+func TestNoDefaultRouteAndMTUMismatch(t *testing.T) {
+	s := newScene(t)
+	a := s.addContainer("a")
+	m := newMonitor(t, s)
+	if err := m.Attach(ContainerRef{"default", "a"}, Source{Path: a.path}); err != nil {
+		t.Fatal(err)
+	}
+	if ns := mustNS(t, read(t, m), a.inode); len(ns.Conditions) != 0 {
+		t.Fatalf("healthy namespace has conditions %+v", ns.Conditions)
+	}
+
+	run(t, "ip", "-n", a.name, "route", "del", "default")
+	ns := mustNS(t, read(t, m), a.inode)
+	if ns.HasDefaultRoute {
+		t.Error("default route deleted, read still sees one")
+	}
+	if c := findCondition(ns, ConditionNoDefaultRoute, ""); c == nil || c.Reason != ReasonNoDefaultRoute {
+		t.Errorf("conditions = %+v, want NoDefaultRoute", ns.Conditions)
+	}
+	run(t, "ip", "-n", a.name, "route", "add", "default", "via", "10.77.0.1")
+	if ns := mustNS(t, read(t, m), a.inode); !ns.HasDefaultRoute || findCondition(ns, ConditionNoDefaultRoute, "") != nil {
+		t.Errorf("default route restored, read says has=%t conditions=%+v", ns.HasDefaultRoute, ns.Conditions)
+	}
+
+	run(t, "ip", "-n", a.name, "link", "set", "eth0", "mtu", "1400")
+	snap := read(t, m)
+	ns = mustNS(t, snap, a.inode)
+	c := findCondition(ns, ConditionMTUMismatch, "eth0")
+	if c == nil || c.Reason != ReasonMTUMismatch || !strings.Contains(c.Message, "1400") || !strings.Contains(c.Message, a.host) {
+		t.Errorf("conditions = %+v, want MTUMismatch on eth0 naming 1400 and %s", ns.Conditions, a.host)
+	}
+	if hc := findCondition(snap.Host(), ConditionMTUMismatch, a.host); hc != nil {
+		t.Errorf("the mismatch is reported twice, also on the host: %+v", hc)
+	}
+	pb := ns.Proto()
+	if len(pb.GetConditions()) != 1 || pb.GetConditions()[0].GetType() != vigilv1.ConditionType_CONDITION_TYPE_MTU_MISMATCH ||
+		pb.GetConditions()[0].GetNetnsInode() != a.inode {
+		t.Errorf("proto conditions = %v, want one MTU mismatch in %d", pb.GetConditions(), a.inode)
+	}
+}
+
+func TestSharedAndHostNetworkNamespacesAreNotDoubleCounted(t *testing.T) {
+	s := newScene(t)
+	a := s.addContainer("a")
+	m := newMonitor(t, s)
+	sandbox, app := ContainerRef{"k8s.io", "sandbox"}, ContainerRef{"k8s.io", "app"}
+	hostNet, hostNetByPath := ContainerRef{"default", "hostnet"}, ContainerRef{"default", "hostnet2"}
+	if err := m.Attach(app, Source{Path: a.path}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Attach(sandbox, Source{Path: a.path, Primary: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Attach(hostNet, Source{HostNetwork: true}); err != nil {
+		t.Fatal(err)
+	}
+	// A container whose namespace file is the host's is host-network even
+	// when not declared so.
+	if err := m.Attach(hostNetByPath, Source{Path: s.hostPath()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.OpenNamespaces(); got != 2 {
+		t.Errorf("open namespaces = %d, want 2 (host and the pod's)", got)
+	}
+	snap := read(t, m)
+	if len(snap.Namespaces) != 2 {
+		t.Fatalf("got %d namespaces, want 2", len(snap.Namespaces))
+	}
+	ns := mustNS(t, snap, a.inode)
+	if len(ns.Containers) != 2 || ns.Containers[0] != app || ns.Containers[1] != sandbox {
+		t.Errorf("pod namespace containers = %v, want [app sandbox]", ns.Containers)
+	}
+	if got := snap.Host().Containers; len(got) != 2 || got[0] != hostNet || got[1] != hostNetByPath {
+		t.Errorf("host containers = %v, want the two host-network ones", got)
+	}
+	// The primary container (the sandbox) names the host end.
+	if l := mustLink(t, snap.Host(), a.host); l.Peer == nil || l.Peer.Owner != sandbox {
+		t.Errorf("host %s peer = %+v, want owner %v", a.host, l.Peer, sandbox)
+	}
+	// Detaching one of two containers keeps the namespace open.
+	m.Detach(sandbox)
+	if got := m.OpenNamespaces(); got != 2 {
+		t.Errorf("open namespaces after detaching one of two = %d, want 2", got)
+	}
+}
+
+func TestNamespaceReleasesDescriptors(t *testing.T) {
+	s := newScene(t)
+	a, b, c := s.addContainer("a"), s.addContainer("b"), s.addContainer("c")
+	m := newMonitor(t, s)
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(m.Collector())
+
+	baseFDs, baseOpen := openFDs(t), m.OpenDescriptors()
+	if baseOpen != 2 {
+		t.Fatalf("open descriptors with the host only = %d, want 2", baseOpen)
+	}
+	// b is attached by the pid of a process inside it.
+	sleeper := exec.Command("ip", "netns", "exec", b.name, "sleep", "600")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sleeper.Process.Kill(); _ = sleeper.Wait() })
+	waitNetNS(t, sleeper.Process.Pid, b.inode)
+
+	refA, refB, refC := ContainerRef{"default", "a"}, ContainerRef{"default", "b"}, ContainerRef{"default", "c"}
+	for ref, src := range map[ContainerRef]Source{refA: {Path: a.path}, refB: {PID: uint32(sleeper.Process.Pid)}, refC: {Path: c.path}} {
+		if err := m.Attach(ref, src); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read(t, m)
+	if got := m.OpenDescriptors(); got != baseOpen+6 {
+		t.Errorf("open descriptors with 3 namespaces = %d, want %d", got, baseOpen+6)
+	}
+	if got := openFDs(t); got != baseFDs+6 {
+		t.Errorf("/proc/self/fd count = %d, want %d", got, baseFDs+6)
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP vigil_agent_network_namespaces_open Network namespaces the agent holds netlink sockets in, the host's included.
+# TYPE vigil_agent_network_namespaces_open gauge
+vigil_agent_network_namespaces_open 4
+# HELP vigil_agent_network_sockets_open Netlink sockets the agent holds for network monitoring (two per open namespace).
+# TYPE vigil_agent_network_sockets_open gauge
+vigil_agent_network_sockets_open 8
+`), "vigil_agent_network_namespaces_open", "vigil_agent_network_sockets_open"); err != nil {
+		t.Error(err)
+	}
+
+	// The last container detached.
+	m.Detach(refA)
+	m.Detach(refA) // idempotent
+	if got := m.OpenDescriptors(); got != baseOpen+4 {
+		t.Errorf("open descriptors after detaching a = %d, want %d", got, baseOpen+4)
+	}
+	// The task's process exited.
+	_ = sleeper.Process.Kill()
+	_ = sleeper.Wait()
+	// The namespace deleted.
+	run(t, "ip", "netns", "del", c.name)
+	snap := read(t, m)
+	if len(snap.Namespaces) != 1 {
+		t.Errorf("namespaces after they all went = %d, want the host only", len(snap.Namespaces))
+	}
+	if got := m.OpenDescriptors(); got != baseOpen {
+		t.Errorf("open descriptors after they all went = %d, want %d", got, baseOpen)
+	}
+	if got := openFDs(t); got != baseFDs {
+		t.Errorf("/proc/self/fd count after they all went = %d, want %d", got, baseFDs)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := openFDs(t); got != baseFDs-2 {
+		t.Errorf("/proc/self/fd count after Close = %d, want %d", got, baseFDs-2)
+	}
+	if _, err := m.Read(context.Background()); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Errorf("Read after Close: %v, want ErrUnavailable", err)
+	}
+	if err := m.Attach(refA, Source{Path: a.path}); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Errorf("Attach after Close: %v, want ErrUnavailable", err)
+	}
+}
+
+// waitNetNS waits until process pid has entered the namespace with inode.
+func waitNetNS(t *testing.T, pid int, inode uint64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if id, err := statNS("/proc/" + strconv.Itoa(pid) + "/ns/net"); err == nil && id.ino == inode {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("process %d did not enter namespace %d", pid, inode)
+}
+
+func TestAttachRejectsBadInput(t *testing.T) {
+	s := newScene(t)
+	m := newMonitor(t, s)
+	cases := []struct {
+		name string
+		ref  ContainerRef
+		src  Source
+		want error
+	}{
+		{"empty id", ContainerRef{"default", ""}, Source{HostNetwork: true}, errdefs.ErrInvalid},
+		{"no source", ContainerRef{"default", "x"}, Source{}, errdefs.ErrInvalid},
+		{"missing path", ContainerRef{"default", "x"}, Source{Path: "/var/run/netns/" + s.prefix + "-nosuch"}, errdefs.ErrNotFound},
+		{"not a namespace", ContainerRef{"default", "x"}, Source{Path: "/etc/hostname"}, errdefs.ErrInvalid},
+	}
+	for _, tc := range cases {
+		if err := m.Attach(tc.ref, tc.src); !errors.Is(err, tc.want) {
+			t.Errorf("%s: Attach = %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	if got := m.OpenNamespaces(); got != 1 {
+		t.Errorf("open namespaces after failed attaches = %d, want 1", got)
+	}
+}
+
+func TestReadsTheRealHostNamespace(t *testing.T) {
+	requireIntegration(t)
+	// Read-only: the agent's own namespace, nothing changed in it.
+	m, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	snap := read(t, m)
+	host := snap.Host()
+	if host == nil {
+		t.Fatal("no host namespace")
+	}
+	self, err := statNS("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if host.Inode != self.ino {
+		t.Errorf("host inode = %d, want the agent's own %d", host.Inode, self.ino)
+	}
+	if lo := host.Link("lo"); lo == nil || lo.Kind != "loopback" || len(lo.Addresses) == 0 {
+		t.Errorf("host lo = %+v, want the loopback with addresses", lo)
+	}
+}
