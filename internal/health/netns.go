@@ -122,7 +122,7 @@ func connect(ctx context.Context, fd int, addr netip.AddrPort) (net.Conn, error)
 		return nil, opErr(os.NewSyscallError("connect", cerr))
 	}
 	f := os.NewFile(uintptr(fd), "tcp-probe "+addr.String()) // owns fd; pollable as it is non-blocking
-	defer f.Close()                                           // net.FileConn holds a dup
+	defer f.Close()                                          // net.FileConn holds a dup
 	if cerr != nil {
 		stop := context.AfterFunc(ctx, func() { _ = f.SetDeadline(longAgo) })
 		defer stop()
