@@ -1,0 +1,73 @@
+package metrics_test
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/vigilhq/vigil/internal/metrics"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// FuzzRenderNode feeds agent-controlled strings (names, ids, images,
+// interface names) through the renderer: the output must always parse and
+// never hold the same series twice, whatever the agent sends.
+func FuzzRenderNode(f *testing.F) {
+	f.Fuzz(func(t *testing.T, node, namespace, pod, container, image, iface string, code uint32, sandbox bool) {
+		c1 := &vigilv1.Container{Id: container, Namespace: namespace, Image: image, State: vigilv1.ContainerState_CONTAINER_STATE_RUNNING,
+			Counters: &vigilv1.ContainerCounters{Exits: []*vigilv1.ExitCount{{Reason: vigilv1.ExitReason(code % 6), Code: code, Count: 1}, {Reason: vigilv1.ExitReason(code % 6), Code: code, Count: 2}}}}
+		c2 := &vigilv1.Container{Id: container + "2", Namespace: namespace, Image: image, Pod: &vigilv1.PodIdentity{Namespace: namespace, Name: pod, ContainerName: container, Sandbox: sandbox}}
+		c3 := &vigilv1.Container{Id: container + "3", Namespace: namespace, Pod: &vigilv1.PodIdentity{Namespace: namespace, Name: pod, ContainerName: container}}
+		ifc := &vigilv1.Interface{Name: iface, RxBytes: uint64(code)}
+		in := metrics.NodeInput{
+			Name: node, Up: sandbox, Containers: []*vigilv1.Container{c1, c2, c3, nil},
+			Samples: map[metrics.ContainerKey]*vigilv1.ResourceSample{{Namespace: namespace, ID: container}: {CpuUsageSeconds: float64(code) / 7}},
+			Network: []*vigilv1.NetworkNamespace{
+				{Host: true, Interfaces: []*vigilv1.Interface{ifc, ifc}},
+				{Containers: []*vigilv1.ContainerRef{{Namespace: namespace, Id: container}}, Interfaces: []*vigilv1.Interface{ifc, ifc}},
+				{Containers: []*vigilv1.ContainerRef{{Namespace: namespace, Id: container + "2"}, {Namespace: namespace, Id: container + "3"}}, Interfaces: []*vigilv1.Interface{ifc}},
+				nil,
+			},
+			Peers: &vigilv1.PeerView{Peers: []*vigilv1.PeerStatus{{Name: iface}, {Name: iface}, {Name: node}}},
+		}
+		var buf bytes.Buffer
+		if err := metrics.WriteNode(&buf, in); err != nil {
+			t.Fatal(err)
+		}
+		p := expfmt.NewTextParser(model.UTF8Validation)
+		if _, err := p.TextToMetricFamilies(bytes.NewReader(buf.Bytes())); err != nil {
+			t.Fatalf("output does not parse: %v\n%s", err, buf.String())
+		}
+		seen := map[string]bool{}
+		for _, line := range strings.Split(buf.String(), "\n") {
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			key := line[:strings.LastIndexByte(line, ' ')]
+			if seen[key] {
+				t.Fatalf("series twice: %s\n%s", key, buf.String())
+			}
+			seen[key] = true
+		}
+	})
+}
+
+// FuzzParseShard checks that any shard parameters either fail or select a
+// shard inside its range.
+func FuzzParseShard(f *testing.F) {
+	f.Fuzz(func(t *testing.T, shard, shards string) {
+		s, err := metrics.ParseShard(shard, shards)
+		if err != nil {
+			return
+		}
+		if s.Of < 1 || s.Of > metrics.MaxShards || s.Index < 0 || s.Index >= s.Of {
+			t.Fatalf("ParseShard(%q, %q) = %+v: out of range", shard, shards, s)
+		}
+		if got := metrics.ShardOf("node", s.Of); got < 0 || got >= s.Of {
+			t.Fatalf("ShardOf out of range: %d of %d", got, s.Of)
+		}
+	})
+}

@@ -1,0 +1,277 @@
+package metrics_test
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/vigilhq/vigil/internal/metrics"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// sceneNode is one node with every case the renderer distinguishes: a pod
+// (sandbox, a container re-created by the kubelet beside its dead
+// predecessor), a plain container with exits and a backoff, a stopped
+// container, a host-network container, label values needing escapes, the
+// host's links (one a container's veth) and a peer view.
+func sceneNode() metrics.NodeInput {
+	t0 := timestamppb.New(time.Unix(1_700_000_000, 0))
+	t1 := timestamppb.New(time.Unix(1_700_000_100, 0))
+	pod := func(name string, sandbox bool) *vigilv1.PodIdentity {
+		p := &vigilv1.PodIdentity{Namespace: "shop", Name: "web-1", Uid: "u1", Sandbox: sandbox}
+		if !sandbox {
+			p.ContainerName = name
+		}
+		return p
+	}
+	running := vigilv1.ContainerState_CONTAINER_STATE_RUNNING
+	stopped := vigilv1.ContainerState_CONTAINER_STATE_STOPPED
+	containers := []*vigilv1.Container{
+		{Id: "sb1", Namespace: "k8s.io", Pod: pod("", true), State: running, Image: "pause:3.9", CreatedAt: t0},
+		{Id: "nginx-old", Namespace: "k8s.io", Pod: pod("nginx", false), State: stopped, Image: "nginx:1.24", CreatedAt: t0,
+			Counters: &vigilv1.ContainerCounters{RestartsTotal: 1}},
+		{Id: "nginx-new", Namespace: "k8s.io", Pod: pod("nginx", false), State: running, Image: "nginx:1.25", CreatedAt: t1,
+			Health: &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY},
+			Counters: &vigilv1.ContainerCounters{RestartsTotal: 1, ProbeFailuresTotal: 4, Exits: []*vigilv1.ExitCount{
+				{Reason: vigilv1.ExitReason_EXIT_REASON_SIGNAL, Code: 137, Count: 1},
+			}}},
+		{Id: "db", Namespace: "default", State: running, Image: `reg.example/db:"quoted"\path`, CreatedAt: t0,
+			Health:  &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY},
+			Backoff: &vigilv1.BackoffState{CurrentDelay: durationpb.New(2500 * time.Millisecond)},
+			Counters: &vigilv1.ContainerCounters{RestartsTotal: 3, OomEventsTotal: 1, Exits: []*vigilv1.ExitCount{
+				{Reason: vigilv1.ExitReason_EXIT_REASON_OOM_KILLED, Code: 137, Count: 1},
+				{Reason: vigilv1.ExitReason_EXIT_REASON_ERROR, Code: 1, Count: 2},
+			}}},
+		{Id: "batch", Namespace: "default", State: stopped, Image: "busybox", CreatedAt: t0,
+			LastExit: &vigilv1.ExitStatus{Code: 0, Reason: vigilv1.ExitReason_EXIT_REASON_COMPLETED},
+			Counters: &vigilv1.ContainerCounters{Exits: []*vigilv1.ExitCount{{Reason: vigilv1.ExitReason_EXIT_REASON_COMPLETED, Code: 0, Count: 1}}}},
+		{Id: "hostnet", Namespace: "default", State: running, Image: "agent", HostNetwork: true, CreatedAt: t0},
+	}
+	sample := func(ns, id string, cpu float64) *vigilv1.ResourceSample {
+		return &vigilv1.ResourceSample{Namespace: ns, ContainerId: id, CpuUsageSeconds: cpu, CpuCfsThrottledSeconds: 0.25,
+			MemoryWorkingSetBytes: 10 << 20, MemoryRssBytes: 8 << 20, MemoryLimitBytes: 64 << 20, PidsCurrent: 3}
+	}
+	samples := map[metrics.ContainerKey]*vigilv1.ResourceSample{
+		{Namespace: "k8s.io", ID: "nginx-new"}: sample("k8s.io", "nginx-new", 12.5),
+		{Namespace: "k8s.io", ID: "nginx-old"}: sample("k8s.io", "nginx-old", 99), // stopped: not exposed
+		{Namespace: "default", ID: "db"}:       sample("default", "db", 1e-3),
+		{Namespace: "default", ID: "hostnet"}:  sample("default", "hostnet", 7),
+	}
+	link := func(name string, rx uint64) *vigilv1.Interface {
+		return &vigilv1.Interface{Name: name, Kind: "veth", OperState: vigilv1.LinkOperState_LINK_OPER_STATE_UP, AdminUp: true, Carrier: true,
+			RxBytes: rx, TxBytes: rx / 2, RxPackets: 10, TxPackets: 5, RxErrors: 1, TxDropped: 2}
+	}
+	lo := &vigilv1.Interface{Name: "lo", Kind: "loopback", OperState: vigilv1.LinkOperState_LINK_OPER_STATE_UNKNOWN, AdminUp: true, Carrier: true}
+	veth := link("veth1", 500)
+	veth.OwnerNamespace, veth.OwnerContainerId = "k8s.io", "sb1"
+	down := link("eth1", 0)
+	down.OperState = vigilv1.LinkOperState_LINK_OPER_STATE_DOWN
+	network := []*vigilv1.NetworkNamespace{
+		{Host: true, Inode: 1, Interfaces: []*vigilv1.Interface{lo, link("eth0", 1000), veth, down}},
+		{Inode: 2, Containers: []*vigilv1.ContainerRef{{Namespace: "k8s.io", Id: "sb1"}, {Namespace: "k8s.io", Id: "nginx-new"}},
+			Interfaces: []*vigilv1.Interface{lo, link("eth0", 2000)}},
+		{Inode: 3, Containers: []*vigilv1.ContainerRef{{Namespace: "default", Id: "db"}}, Interfaces: []*vigilv1.Interface{link("eth0", 3000)}},
+		{Inode: 4, Containers: []*vigilv1.ContainerRef{{Namespace: "default", Id: "gone"}}, Interfaces: []*vigilv1.Interface{link("eth0", 1)}},
+	}
+	return metrics.NodeInput{
+		Name: "node-1", Up: true, Containers: containers, Samples: samples, Network: network,
+		Peers: &vigilv1.PeerView{Observer: "node-1", Peers: []*vigilv1.PeerStatus{
+			{Name: "node-2", State: vigilv1.PeerState_PEER_STATE_ALIVE},
+			{Name: "node-3", State: vigilv1.PeerState_PEER_STATE_SUSPECT},
+		}},
+	}
+}
+
+func TestRenderNodeGolden(t *testing.T) {
+	var buf bytes.Buffer
+	if err := metrics.WriteNode(&buf, sceneNode()); err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join("testdata", "node.golden")
+	if *update {
+		if err := os.WriteFile(golden, buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if !bytes.Equal(buf.Bytes(), want) {
+		t.Fatalf("rendered node differs from %s (go test -update rewrites it):\n%s", golden, buf.String())
+	}
+}
+
+func TestRenderNodeRules(t *testing.T) {
+	r := metrics.RenderNode(sceneNode())
+	var buf bytes.Buffer
+	if _, err := metrics.WriteFamilies(&buf, []*metrics.Rendered{r}); err != nil {
+		t.Fatal(err)
+	}
+	text := buf.String()
+	families := parse(t, text)
+	n := 0
+	for _, mf := range families {
+		n += len(mf.GetMetric())
+	}
+	if n != r.Series() {
+		t.Fatalf("parsed %d series, Series() says %d", n, r.Series())
+	}
+	for _, tc := range []struct{ what, needle string }{
+		{"sandbox has no series", `container_id="sb1"`},
+		{"stopped predecessor yields to its replacement", `container_id="nginx-old"`},
+		{"stopped container has no resource series", `vigil_container_cpu_usage_seconds_total{node="node-1",namespace="default",pod_namespace="",pod="",container="batch"}`},
+		{"loopback inside a container is left out", `container="",interface="lo"`},
+		{"container veth on the host is left out", `vigil_node_network_receive_bytes_total{node="node-1",interface="veth1"}`},
+		{"namespace of an unknown container is left out", `receive_bytes_total{node="node-1",namespace="default",pod_namespace="",pod="",container="gone"`},
+		{"image only on info", `vigil_container_running{node="node-1",namespace="default",pod_namespace="",pod="",container="db",image`},
+	} {
+		if strings.Contains(text, tc.needle) {
+			t.Errorf("%s: found %s", tc.what, tc.needle)
+		}
+	}
+	for _, tc := range []struct{ what, needle string }{
+		{"pod network labelled with the pod, container empty", `vigil_container_network_receive_bytes_total{node="node-1",namespace="k8s.io",pod_namespace="shop",pod="web-1",container="",interface="eth0"} 2000`},
+		{"pod container named by the kubelet's name", `vigil_container_info{node="node-1",namespace="k8s.io",pod_namespace="shop",pod="web-1",container="nginx",container_id="nginx-new",image="nginx:1.25"} 1`},
+		{"escaped image", `image="reg.example/db:\"quoted\"\\path"`},
+		{"health one-hot", `vigil_container_health_status{node="node-1",namespace="default",pod_namespace="",pod="",container="db",status="unhealthy"} 1`},
+		{"exits by reason and code", `vigil_container_exits_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db",reason="oom_killed",exit_code="137"} 1`},
+		{"backoff in seconds", `vigil_container_restart_backoff_seconds{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 2.5`},
+		{"host link down", `vigil_node_network_up{node="node-1",interface="eth1"} 0`},
+		{"loopback up", `vigil_node_network_up{node="node-1",interface="lo"} 1`},
+		{"peer suspect", `vigil_node_peer_reachable{node="node-1",peer="node-3"} 0`},
+	} {
+		if !strings.Contains(text, tc.needle) {
+			t.Errorf("%s: missing %s", tc.what, tc.needle)
+		}
+	}
+}
+
+func parse(t *testing.T, text string) map[string]*dto.MetricFamily {
+	t.Helper()
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	mfs, err := p.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		t.Fatalf("exposition does not parse: %v\n%s", err, text)
+	}
+	return mfs
+}
+
+func TestWriteFamiliesGroupsNodes(t *testing.T) {
+	a := sceneNode()
+	b := sceneNode()
+	b.Name = "node-2"
+	var buf bytes.Buffer
+	if _, err := metrics.WriteFamilies(&buf, []*metrics.Rendered{metrics.RenderNode(a), nil, metrics.RenderNode(b)}); err != nil {
+		t.Fatal(err)
+	}
+	// The parser rejects a family whose lines are split in two groups.
+	mfs := parse(t, buf.String())
+	if got := len(mfs["vigil_node_up"].GetMetric()); got != 2 {
+		t.Fatalf("vigil_node_up has %d series, want 2", got)
+	}
+	if c := strings.Count(buf.String(), "# TYPE vigil_container_info "); c != 1 {
+		t.Fatalf("TYPE of vigil_container_info written %d times", c)
+	}
+}
+
+func TestPromtoolCheckMetrics(t *testing.T) {
+	const promtool = "/usr/bin/promtool"
+	if _, err := os.Stat(promtool); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s is required in CI: %v", promtool, err)
+		}
+		t.Skipf("promtool not installed (apt-get install -y prometheus): %v", err)
+	}
+	a, b := sceneNode(), sceneNode()
+	b.Name = "node-2"
+	var buf bytes.Buffer
+	if _, err := metrics.WriteFamilies(&buf, []*metrics.Rendered{metrics.RenderNode(a), metrics.RenderNode(b)}); err != nil {
+		t.Fatal(err)
+	}
+	CheckWithPromtool(t, buf.Bytes())
+}
+
+// CheckWithPromtool fails t unless `promtool check metrics` is silent and
+// succeeds on text.
+func CheckWithPromtool(t *testing.T, text []byte) {
+	t.Helper()
+	cmd := exec.Command("/usr/bin/promtool", "check", "metrics")
+	cmd.Stdin = bytes.NewReader(text)
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Fatalf("promtool check metrics: %v\n%s", err, out)
+	}
+}
+
+func TestShardOfIsStable(t *testing.T) {
+	// FNV-1a 64 of the node name, modulo N: fixed values guard against a
+	// change of hash that would move every node to another target.
+	for _, tc := range []struct {
+		node   string
+		shards int
+		want   int
+	}{
+		{"node-a", 1, 0},
+		{"node-a", 4, int(metrics.NodeHash("node-a") % 4)},
+	} {
+		if got := metrics.ShardOf(tc.node, tc.shards); got != tc.want {
+			t.Errorf("ShardOf(%q, %d) = %d, want %d", tc.node, tc.shards, got, tc.want)
+		}
+	}
+	if got := metrics.NodeHash("node-a"); got != 0xe6971cc22078cb53 {
+		t.Errorf("NodeHash(node-a) = %#x; the shard hash changed", got)
+	}
+	counts := make([]int, 10)
+	for i := range 1000 {
+		counts[metrics.ShardOf("node-"+strings.Repeat("x", i%7)+string(rune('a'+i%26))+strconv.Itoa(i), 10)]++
+	}
+	for i, c := range counts {
+		if c < 50 || c > 150 {
+			t.Errorf("shard %d holds %d of 1000 nodes: the hash spreads badly (%v)", i, c, counts)
+		}
+	}
+}
+
+func TestParseShard(t *testing.T) {
+	for _, tc := range []struct {
+		shard, shards string
+		want          metrics.Shard
+		err           string
+	}{
+		{"", "", metrics.Shard{Of: 1}, ""},
+		{"0", "4", metrics.Shard{Index: 0, Of: 4}, ""},
+		{"3", "4", metrics.Shard{Index: 3, Of: 4}, ""},
+		{"4", "4", metrics.Shard{}, "shard=\"4\": want an integer from 0 to 3"},
+		{"-1", "4", metrics.Shard{}, "want an integer from 0 to 3"},
+		{"1", "", metrics.Shard{}, "must be given together"},
+		{"0", "0", metrics.Shard{}, "shards=\"0\": want an integer from 1 to 1024"},
+		{"a", "2", metrics.Shard{}, "shard=\"a\""},
+		{"0", "99999", metrics.Shard{}, "from 1 to 1024"},
+	} {
+		got, err := metrics.ParseShard(tc.shard, tc.shards)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("ParseShard(%q, %q) error = %v, want it to say %q", tc.shard, tc.shards, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("ParseShard(%q, %q) = %v, %v; want %v", tc.shard, tc.shards, got, err, tc.want)
+		}
+	}
+}
