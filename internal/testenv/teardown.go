@@ -152,7 +152,7 @@ func killShims(address string) error {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for _, pid := range pids {
-		for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {
+		for alive(pid) && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
@@ -179,6 +179,21 @@ func shimPIDs(address string) []int {
 		}
 	}
 	return pids
+}
+
+// alive reports whether pid is a process that has not exited (a zombie
+// waiting for its parent to reap it has).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ...: comm may hold spaces and parens, so look after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+2 >= len(b) {
+		return false
+	}
+	return b[i+2] != 'Z' && b[i+2] != 'X'
 }
 
 func allPIDs() []int {
@@ -317,6 +332,11 @@ func sweepStale() {
 		var info instanceInfo
 		if b, err := os.ReadFile(filepath.Join(dir, "instance.json")); err == nil {
 			_ = json.Unmarshal(b, &info)
+		} else if st, err := os.Stat(dir); err != nil || time.Since(st.ModTime()) < time.Minute {
+			// Without instance.json it may be an instance being born that
+			// has not taken its lock yet: leave it alone for a while.
+			lock.Close()
+			continue
 		}
 		if info.PID > 0 {
 			if args := cmdline(info.PID); len(args) > 0 && strings.Contains(strings.Join(args, " "), info.Config) {

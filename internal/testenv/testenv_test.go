@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/vishvananda/netlink"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -299,5 +301,102 @@ func TestSanitize(t *testing.T) {
 func TestUnescapeMountPath(t *testing.T) {
 	if got := unescapeMountPath(`/tmp/a\040b\134c`); got != `/tmp/a b\c` {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// deferredTB holds back cleanups so that teardown, not the test's cleanup,
+// meets what RunContainer and RunPod made; its Errorf only logs, for the
+// cleanups that run against a containerd that is already gone.
+type deferredTB struct {
+	testing.TB
+	cleanups []func()
+}
+
+func (d *deferredTB) Cleanup(f func())               { d.cleanups = append(d.cleanups, f) }
+func (d *deferredTB) Errorf(format string, a ...any) { d.Logf("after teardown: "+format, a...) }
+
+func TestTeardownLeavesNothing(t *testing.T) {
+	t.Parallel()
+	Require(t)
+	e, err := newEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &deferredTB{TB: t}
+	ref := e.WorkloadImage(d, "k8s.io")
+	_, task := e.RunContainer(d, ContainerSpec{Namespace: "k8s.io", Image: ref})
+	pod := e.RunPod(d, PodSpec{Name: "left-behind", Containers: []PodContainer{{Name: "app", Image: ref, Args: []string{"serve", "--tcp", ":80"}}}})
+	pids := []int{int(task.Pid())}
+	shims := shimPIDs(e.Address)
+	if len(shims) < 2 {
+		t.Fatalf("want a shim for the container and one for the pod, found %v", shims)
+	}
+	if log, err := os.ReadFile(e.LogPath); err == nil {
+		for _, line := range strings.Split(string(log), "\n") {
+			if strings.Contains(line, "level=error") || strings.Contains(line, "level=warn") {
+				t.Logf("containerd: %s", line)
+			}
+		}
+	}
+
+	if err := e.teardown(); err != nil {
+		t.Fatalf("teardown: %v", err)
+	}
+	for i := len(d.cleanups) - 1; i >= 0; i-- {
+		d.cleanups[i]()
+	}
+
+	for _, pid := range append(pids, shims...) {
+		if alive(pid) {
+			t.Errorf("process %d survived teardown: %v", pid, cmdline(pid))
+		}
+	}
+	for _, p := range []string{e.Dir, pod.NetNSPath} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s survived teardown (stat: %v)", p, err)
+		}
+	}
+	if _, err := netlink.LinkByName(e.Bridge); err == nil {
+		t.Errorf("bridge %s survived teardown", e.Bridge)
+	}
+	if left, _ := filepath.Glob("/sys/fs/cgroup/*" + e.CgroupParent); len(left) > 0 {
+		t.Errorf("cgroups survived teardown: %v", left)
+	}
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil && strings.Contains(string(mi), e.Dir) {
+		t.Errorf("mounts under %s survived teardown", e.Dir)
+	}
+}
+
+func TestSweepCleansUpAfterADeadTestBinary(t *testing.T) {
+	t.Parallel()
+	Require(t)
+	e, err := newEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := e.BusyboxImage(t, "sweep")
+	d := &deferredTB{TB: t}
+	_, task := e.RunContainer(d, ContainerSpec{Namespace: "sweep", Image: ref, Args: []string{"sleep", "600"}})
+	pid := int(task.Pid())
+	// A test binary that dies leaves its lock behind unheld.
+	e.lock.Close()
+	e.harness.Close()
+	sweepStale()
+	if _, err := os.Stat(e.Dir); !os.IsNotExist(err) {
+		t.Errorf("instance dir survived the sweep (stat: %v)", err)
+	}
+	if alive(pid) {
+		t.Errorf("task %d survived the sweep", pid)
+	}
+	if len(shimPIDs(e.Address)) > 0 {
+		t.Errorf("shims survived the sweep")
+	}
+	select {
+	case <-e.exited:
+	case <-time.After(5 * time.Second):
+		t.Errorf("containerd survived the sweep")
+	}
+	if _, err := netlink.LinkByName(e.Bridge); err == nil {
+		t.Errorf("bridge %s survived the sweep", e.Bridge)
 	}
 }
