@@ -153,7 +153,11 @@ func (r *Runtime) sync(ctx context.Context, c *client.Client) error {
 		}
 		byID := make(map[string]*tasktypes.Process, len(procs))
 		for _, p := range procs {
-			byID[p.ContainerID] = p
+			id := p.ContainerID
+			if id == "" {
+				id = p.ID // containerd 1.6 fills only ID, with the container's id
+			}
+			byID[id] = p
 		}
 		for i := range ccs {
 			k := Key{ns, ccs[i].ID}

@@ -1,0 +1,572 @@
+package runtime
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
+
+// uniqueNS is a containerd namespace of the test's own, so that parallel
+// tests see only their containers.
+func uniqueNS(t *testing.T) string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	name := strings.ToLower(strings.TrimPrefix(t.Name(), "Test"))
+	name = strings.Map(func(r rune) rune {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+			return r
+		}
+		return '-'
+	}, name)
+	return "rt-" + strings.Trim(name, "-") + "-" + hex.EncodeToString(b[:])
+}
+
+// watcher is a running Runtime under test.
+type watcher struct {
+	*Runtime
+	t *testing.T
+}
+
+// startRuntime runs a Runtime on env's containerd until the test ends and
+// waits until it is available.
+func startRuntime(t *testing.T, env *testenv.Env, cfg Config) *watcher {
+	t.Helper()
+	cfg.Address = env.Address
+	if cfg.CgroupRoot == "" {
+		cfg.CgroupRoot = env.CgroupRoot
+	}
+	r, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		// Drain so that Run can finish a blocked send.
+		for range r.Events() {
+		}
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	w := &watcher{r, t}
+	w.waitFor(20*time.Second, "available", func(ev Event) bool { return ev.Type == EventAvailable })
+	return w
+}
+
+// waitFor reads events until one satisfies match, failing the test after
+// timeout; events before it are discarded.
+func (w *watcher) waitFor(timeout time.Duration, what string, match func(Event) bool) Event {
+	w.t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		select {
+		case ev, ok := <-w.Events():
+			if !ok {
+				w.t.Fatalf("events closed while waiting for %s", what)
+			}
+			if match(ev) {
+				return ev
+			}
+		case <-deadline.C:
+			w.t.Fatalf("no %s event within %s", what, timeout)
+		}
+	}
+}
+
+func (w *watcher) waitForKey(k Key, typ EventType) Event {
+	w.t.Helper()
+	return w.waitFor(20*time.Second, fmt.Sprintf("%s of %s", typ, k.ID), func(ev Event) bool { return ev.Key == k && ev.Type == typ })
+}
+
+// eventually polls cond until it holds or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestUnavailableSocket(t *testing.T) {
+	t.Parallel()
+	r, err := New(Config{Address: filepath.Join(t.TempDir(), "no.sock"), CallTimeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	select {
+	case ev := <-r.Events():
+		if ev.Type != EventUnavailable {
+			t.Errorf("first event = %s, want unavailable", ev.Type)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no unavailable event")
+	}
+	if r.Available() {
+		t.Error("Available() with no containerd")
+	}
+	if _, err := r.Exec(ctx, Key{"default", "x"}, []string{"true"}, 0); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Errorf("Exec: err = %v, want ErrUnavailable", err)
+	}
+	if _, err := New(Config{Address: "x", StatsSource: StatsSourceMetricsAPI}); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	for range r.Events() {
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Run = %v", err)
+	}
+	if err := r.Run(context.Background()); !errors.Is(err, errdefs.ErrConflict) {
+		t.Errorf("second Run: err = %v, want ErrConflict", err)
+	}
+}
+
+func TestInventoryPlainContainers(t *testing.T) {
+	t.Parallel()
+	env := testenv.Containerd(t)
+	ns := uniqueNS(t)
+	hc := testenv.DockerHealthcheck{Test: []string{"CMD", "/workload", "exit", "0"}, Interval: 3 * time.Second, Timeout: time.Second, Retries: 2}
+	hcImage := env.HealthcheckImage(t, ns, hc)
+	busybox := env.BusyboxImage(t, ns)
+
+	// A container that exists before the watcher starts is found by the
+	// listing; one created after, through events.
+	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "before", Image: busybox, Args: []string{"sleep", "600"},
+		Labels: map[string]string{"app": "web", "containerd.io/restart.status": "running"}})
+	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
+	before, ok := w.Container(Key{ns, "before"})
+	if !ok || before.State != StateRunning || before.Manager != ManagerContainerd || before.Labels["app"] != "web" {
+		t.Errorf("listed container = %+v", before)
+	}
+
+	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "hc", Image: hcImage, Args: []string{"sleep"}})
+	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "hostnet", Image: busybox, Args: []string{"sleep", "600"}, HostNetwork: true})
+	k := Key{ns, "hc"}
+	ev := w.waitForKey(k, EventStarted)
+	c := *ev.Container
+	if c.State != StateRunning || c.Pid == 0 || c.StartedAt.IsZero() || c.CreatedAt.IsZero() || c.Image != hcImage ||
+		!strings.HasPrefix(c.ImageDigest, "sha256:") || c.Manager != ManagerVigil || c.Pod != nil {
+		t.Errorf("started container = %+v", c)
+	}
+	if c.CgroupPath == "" || !strings.HasSuffix(c.CgroupPath, "/"+ns+"/hc") {
+		t.Errorf("CgroupPath = %q", c.CgroupPath)
+	}
+	if c.NetNSInode == 0 || c.HostNetwork {
+		t.Errorf("private netns: inode %d, host %v", c.NetNSInode, c.HostNetwork)
+	}
+	if p := w.NetNSPath(k); p != fmt.Sprintf("/proc/%d/ns/net", c.Pid) {
+		t.Errorf("NetNSPath = %q", p)
+	}
+	if c.Healthcheck == nil || strings.Join(c.Healthcheck.Test, " ") != "CMD /workload exit 0" || c.Healthcheck.Interval != 3*time.Second ||
+		c.Healthcheck.Timeout != time.Second || c.Healthcheck.Retries != 2 {
+		t.Errorf("Healthcheck = %+v, want %+v", c.Healthcheck, hc)
+	}
+	eventually(t, 10*time.Second, "host network container in inventory", func() bool {
+		c, ok := w.Container(Key{ns, "hostnet"})
+		return ok && c.State == StateRunning
+	})
+	hn, _ := w.Container(Key{ns, "hostnet"})
+	if !hn.HostNetwork {
+		t.Errorf("host network container: HostNetwork false (inode %d)", hn.NetNSInode)
+	}
+	if n := len(w.Containers()); n != 3 {
+		t.Errorf("Containers() has %d entries, want 3", n)
+	}
+}
+
+func TestInventoryPods(t *testing.T) {
+	t.Parallel()
+	env := testenv.Containerd(t)
+	image := env.WorkloadImage(t, "k8s.io")
+	w := startRuntime(t, env, Config{Namespaces: []string{"k8s.io"}})
+	pod := env.RunPod(t, testenv.PodSpec{Namespace: "shop", Name: "cart", Containers: []testenv.PodContainer{
+		{Name: "app", Image: image, Args: []string{"sleep"}},
+		{Name: "sidecar", Image: image, Args: []string{"sleep"}},
+	}})
+	for name, id := range pod.ContainerIDs {
+		k := Key{"k8s.io", id}
+		eventually(t, 15*time.Second, name+" running", func() bool {
+			c, ok := w.Container(k)
+			return ok && c.State == StateRunning
+		})
+		c, _ := w.Container(k)
+		want := Pod{Namespace: "shop", Name: "cart", UID: pod.UID, ContainerName: name, SandboxID: pod.SandboxID}
+		if c.Pod == nil || *c.Pod != want {
+			t.Errorf("container %s: Pod = %+v, want %+v", name, c.Pod, want)
+		}
+		if c.Manager != ManagerKubelet {
+			t.Errorf("container %s: Manager = %s", name, c.Manager)
+		}
+	}
+	sb, ok := w.Container(Key{"k8s.io", pod.SandboxID})
+	if !ok {
+		t.Fatalf("sandbox %s not in inventory", pod.SandboxID)
+	}
+	want := Pod{Namespace: "shop", Name: "cart", UID: pod.UID, Sandbox: true, SandboxID: pod.SandboxID}
+	if sb.Pod == nil || *sb.Pod != want {
+		t.Errorf("sandbox Pod = %+v, want %+v", sb.Pod, want)
+	}
+	app, _ := w.Container(Key{"k8s.io", pod.ContainerIDs["app"]})
+	if app.NetNSInode == 0 || app.NetNSInode != sb.NetNSInode {
+		t.Errorf("app netns inode %d, sandbox %d: want the same, non-zero", app.NetNSInode, sb.NetNSInode)
+	}
+}
+
+func TestExitClassification(t *testing.T) {
+	t.Parallel()
+	env := testenv.Containerd(t)
+	ns := uniqueNS(t)
+	image := env.WorkloadImage(t, ns)
+	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
+
+	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "three", Image: image, Args: []string{"exit", "3", "--after", "200ms"}})
+	ev := w.waitForKey(Key{ns, "three"}, EventExited)
+	if ev.Exit == nil || ev.Exit.Code != 3 || ev.Exit.Reason != ExitError || ev.Exit.At.IsZero() {
+		t.Errorf("exit 3: %+v", ev.Exit)
+	}
+	if c, _ := w.Container(Key{ns, "three"}); c.State != StateStopped || c.LastExit == nil || c.LastExit.Code != 3 || c.Pid != 0 {
+		t.Errorf("inventory after exit 3: %+v", c)
+	}
+
+	_, task := env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "killed", Image: image, Args: []string{"sleep"}})
+	w.waitForKey(Key{ns, "killed"}, EventStarted)
+	if err := task.Kill(namespaces.WithNamespace(context.Background(), ns), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	ev = w.waitForKey(Key{ns, "killed"}, EventExited)
+	if ev.Exit == nil || ev.Exit.Code != 137 || ev.Exit.Reason != ExitSignal || ev.Exit.Signal != "KILL" {
+		t.Errorf("SIGKILL: %+v", ev.Exit)
+	}
+
+	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "oom", Image: image, Args: []string{"oom", "--mb", "64"}, MemoryLimit: 32 << 20})
+	ev = w.waitForKey(Key{ns, "oom"}, EventExited)
+	if ev.Exit == nil || ev.Exit.Reason != ExitOOMKilled || ev.Exit.Signal != "KILL" {
+		t.Errorf("OOM: %+v", ev.Exit)
+	}
+}
+
+func TestPauseResume(t *testing.T) {
+	t.Parallel()
+	env := testenv.Containerd(t)
+	ns := uniqueNS(t)
+	image := env.BusyboxImage(t, ns)
+	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
+	_, task := env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "p", Image: image, Args: []string{"sleep", "600"}})
+	k := Key{ns, "p"}
+	w.waitForKey(k, EventStarted)
+	ctx := namespaces.WithNamespace(context.Background(), ns)
+	if err := task.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ev := w.waitForKey(k, EventPaused); ev.Container.State != StatePaused {
+		t.Errorf("paused event state %s", ev.Container.State)
+	}
+	if w.NetNSPath(k) == "" {
+		t.Error("paused task has no NetNSPath")
+	}
+	if err := task.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ev := w.waitForKey(k, EventResumed); ev.Container.State != StateRunning {
+		t.Errorf("resumed event state %s", ev.Container.State)
+	}
+}
+
+// TestContainerdRestart is not parallel: it kills the package's containerd.
+func TestContainerdRestart(t *testing.T) {
+	env := testenv.Containerd(t)
+	ns := uniqueNS(t)
+	image := env.BusyboxImage(t, ns)
+	w := startRuntime(t, env, Config{Namespaces: []string{ns}, CallTimeout: 2 * time.Second})
+	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "stays", Image: image, Args: []string{"sleep", "600"}})
+	_, doomed := env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "dies", Image: image, Args: []string{"sleep", "600"}})
+	w.waitForKey(Key{ns, "stays"}, EventStarted)
+	w.waitForKey(Key{ns, "dies"}, EventStarted)
+
+	env.Kill(t)
+	w.waitFor(20*time.Second, "unavailable", func(ev Event) bool { return ev.Type == EventUnavailable })
+	if w.Available() {
+		t.Error("Available() while containerd is down")
+	}
+	// The task exits while containerd is down: its shim reaps it, nobody
+	// can publish the exit event.
+	if err := syscall.Kill(int(doomed.Pid()), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	env.Start(t)
+
+	// The exit comes from the resync's listing, or from the event the shim
+	// still delivers once containerd is back: before or after
+	// EventAvailable.
+	var exit *Exit
+	available := false
+	w.waitFor(20*time.Second, "exit and available", func(ev Event) bool {
+		switch {
+		case ev.Type == EventAvailable:
+			available = true
+		case ev.Type == EventExited && ev.Key == Key{ns, "dies"}:
+			if exit != nil {
+				t.Errorf("exit reported twice: %+v then %+v", exit, ev.Exit)
+			}
+			exit = ev.Exit
+		}
+		return available && exit != nil
+	})
+	if exit.Reason != ExitSignal || exit.Signal != "KILL" || exit.Code != 137 {
+		t.Errorf("exit while disconnected: %+v", exit)
+	}
+	if c, _ := w.Container(Key{ns, "stays"}); c.State != StateRunning {
+		t.Errorf("surviving container: %+v", c)
+	}
+	if c, _ := w.Container(Key{ns, "dies"}); c.State != StateStopped || c.LastExit == nil || c.LastExit.Code != 137 {
+		t.Errorf("dead container: %+v", c)
+	}
+	// The new session follows events again.
+	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "after", Image: image, Args: []string{"sleep", "600"}})
+	w.waitForKey(Key{ns, "after"}, EventStarted)
+	if n := testutil.CollectAndCount(w.Collector(), "vigil_agent_runtime_reconnects_total"); n != 1 {
+		t.Errorf("reconnects series: %d", n)
+	}
+	if w.metrics.reconnects.Load() < 1 {
+		t.Error("no reconnect counted")
+	}
+}
+
+// TestHangingContainerd is not parallel: it freezes the package's
+// containerd with SIGSTOP, a runtime that hangs rather than dies.
+func TestHangingContainerd(t *testing.T) {
+	env := testenv.Containerd(t)
+	pid := containerdPid(t, env)
+	w := startRuntime(t, env, Config{Namespaces: []string{uniqueNS(t)}, CallTimeout: 300 * time.Millisecond, ProbeInterval: 200 * time.Millisecond})
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	w.waitFor(10*time.Second, "unavailable", func(ev Event) bool { return ev.Type == EventUnavailable })
+	if got := testutil.ToFloat64(w.metrics.callTimeouts.WithLabelValues("version")); got < 1 {
+		t.Errorf("version timeouts = %v, want >= 1", got)
+	}
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	w.waitFor(20*time.Second, "available", func(ev Event) bool { return ev.Type == EventAvailable })
+	if w.Latency() <= 0 || w.Version() == "" {
+		t.Errorf("latency %v, version %q", w.Latency(), w.Version())
+	}
+}
+
+// containerdPid finds the process serving env's socket.
+func containerdPid(t *testing.T, env *testenv.Env) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(cmd), "\x00")
+		if filepath.Base(args[0]) == "containerd" && strings.Contains(string(cmd), env.Dir) {
+			return pid
+		}
+	}
+	t.Fatalf("no containerd process with %s in its command line", env.Dir)
+	return 0
+}
+
+func TestStats(t *testing.T) {
+	t.Parallel()
+	env := testenv.Containerd(t)
+	ns := uniqueNS(t)
+	image := env.WorkloadImage(t, ns)
+	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
+	api := startRuntime(t, env, Config{Namespaces: []string{ns}, StatsSource: StatsSourceMetricsAPI})
+	const limit = 64 << 20
+	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "busy", Image: image, Args: []string{"spin"}, MemoryLimit: limit})
+	k := Key{ns, "busy"}
+	w.waitForKey(k, EventStarted)
+	api.waitForKey(k, EventStarted)
+	ctx := context.Background()
+
+	read := func(r *watcher) Stats {
+		t.Helper()
+		st, err := r.Stats(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st) != 1 || st[0].Key != k {
+			t.Fatalf("Stats = %+v, want one reading of %v", st, k)
+		}
+		return st[0]
+	}
+	first := read(w)
+	time.Sleep(500 * time.Millisecond)
+	second := read(w)
+	if second.CPUUsageSeconds <= first.CPUUsageSeconds || second.CPUUsageSeconds-first.CPUUsageSeconds < 0.1 {
+		t.Errorf("CPU of a spinning container went from %v to %v s in 0.5 s", first.CPUUsageSeconds, second.CPUUsageSeconds)
+	}
+	if second.MemoryLimitBytes != limit || second.MemoryUsageBytes == 0 || second.MemoryUsageBytes > limit ||
+		second.MemoryWorkingSetBytes > second.MemoryUsageBytes || second.PidsCurrent == 0 {
+		t.Errorf("memory/pids: %+v", second)
+	}
+	if n := w.metrics.openFiles.Load(); n < 10 {
+		t.Errorf("%d cgroup files open, want the container's kept open", n)
+	}
+
+	// The Metrics API reading, taken between two cgroup readings, must lie
+	// between them for the cumulative CPU counter and agree on memory.
+	before := read(w)
+	viaAPI := read(api)
+	after := read(w)
+	if viaAPI.CPUUsageSeconds < before.CPUUsageSeconds || viaAPI.CPUUsageSeconds > after.CPUUsageSeconds {
+		t.Errorf("Metrics API CPU %v s outside the cgroup readings [%v, %v]", viaAPI.CPUUsageSeconds, before.CPUUsageSeconds, after.CPUUsageSeconds)
+	}
+	if viaAPI.MemoryLimitBytes != limit || absDiff(viaAPI.MemoryUsageBytes, after.MemoryUsageBytes) > 2<<20 ||
+		absDiff(viaAPI.MemoryWorkingSetBytes, after.MemoryWorkingSetBytes) > 2<<20 || viaAPI.PidsCurrent != after.PidsCurrent {
+		t.Errorf("Metrics API and cgroup disagree:\napi    %+v\ncgroup %+v", viaAPI, after)
+	}
+}
+
+func absDiff(a, b uint64) uint64 {
+	if a > b {
+		return a - b
+	}
+	return b - a
+}
+
+func TestControl(t *testing.T) {
+	t.Parallel()
+	env := testenv.Containerd(t)
+	ns := uniqueNS(t)
+	image := env.BusyboxImage(t, ns)
+	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: t.TempDir()})
+	ctx := context.Background()
+
+	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "x", Image: image, Args: []string{"sleep", "600"}, Env: []string{"GREETING=hello"},
+		Labels: map[string]string{"tier": "web"}})
+	k := Key{ns, "x"}
+	w.waitForKey(k, EventStarted)
+
+	t.Run("exec", func(t *testing.T) {
+		res, err := w.Exec(ctx, k, []string{"sh", "-c", "echo $GREETING; echo oops >&2; exit 4"}, 0)
+		if err != nil || res.ExitCode != 4 || !strings.Contains(string(res.Output), "hello") || !strings.Contains(string(res.Output), "oops") {
+			t.Errorf("Exec = %+v (%q), %v", res, res.Output, err)
+		}
+		res, err = w.Exec(ctx, k, []string{"sh", "-c", "yes | head -c 100000"}, 1000)
+		if err != nil || len(res.Output) != 1000 {
+			t.Errorf("capped Exec: %d bytes, %v", len(res.Output), err)
+		}
+		tctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err = w.Exec(tctx, k, []string{"sleep", "30"}, 0)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Exec past its deadline: err = %v", err)
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Errorf("Exec past its deadline took %s", time.Since(start))
+		}
+		if _, err := w.Exec(ctx, Key{ns, "nope"}, []string{"true"}, 0); !errors.Is(err, errdefs.ErrNotFound) {
+			t.Errorf("Exec in a missing container: %v", err)
+		}
+	})
+
+	t.Run("kill", func(t *testing.T) {
+		if err := w.Kill(ctx, Key{ns, "nope"}, syscall.SIGKILL); !errors.Is(err, errdefs.ErrNotFound) {
+			t.Errorf("Kill of a missing container: %v", err)
+		}
+		if err := w.Restart(ctx, k); !errors.Is(err, errdefs.ErrConflict) {
+			t.Errorf("Restart of a running task: %v", err)
+		}
+		if err := w.Kill(ctx, k, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if ev := w.waitForKey(k, EventExited); ev.Exit.Signal != "KILL" {
+			t.Errorf("Kill: exit %+v", ev.Exit)
+		}
+	})
+
+	t.Run("restart", func(t *testing.T) {
+		old, _ := w.Container(k)
+		if err := w.Restart(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		ev := w.waitForKey(k, EventStarted)
+		if ev.Container.Pid == 0 || ev.Container.Pid == old.Pid || ev.Container.Labels["tier"] != "web" {
+			t.Errorf("restarted: %+v (old pid %d)", ev.Container, old.Pid)
+		}
+		res, err := w.Exec(ctx, k, []string{"sh", "-c", "echo $GREETING"}, 0)
+		if err != nil || strings.TrimSpace(string(res.Output)) != "hello" {
+			t.Errorf("restarted task lost its spec: %q, %v", res.Output, err)
+		}
+	})
+
+	t.Run("stop", func(t *testing.T) {
+		// busybox sleep as pid 1 ignores SIGTERM: Stop must escalate.
+		if err := w.Stop(ctx, k, 300*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		if ev := w.waitForKey(k, EventExited); ev.Exit.Signal != "KILL" {
+			t.Errorf("Stop: exit %+v, want KILL after the grace period", ev.Exit)
+		}
+		if err := w.Stop(ctx, k, time.Second); err != nil {
+			t.Errorf("Stop of an exited task: %v", err)
+		}
+	})
+}
+
+func TestRestartKeepsLog(t *testing.T) {
+	t.Parallel()
+	env := testenv.Containerd(t)
+	ns := uniqueNS(t)
+	image := env.BusyboxImage(t, ns)
+	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
+	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "echo", Image: image, Args: []string{"sh", "-c", "echo ran-once"},
+		Labels: map[string]string{"vigil.io/restart-policy": "always"}})
+	k := Key{ns, "echo"}
+	w.waitForKey(k, EventExited)
+	if err := w.Restart(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	ev := w.waitForKey(k, EventExited)
+	if ev.Exit.Reason != ExitCompleted || ev.Container.Labels["vigil.io/restart-policy"] != "always" {
+		t.Errorf("restarted run: %+v, labels %v", ev.Exit, ev.Container.Labels)
+	}
+	eventually(t, 5*time.Second, "both runs in the log", func() bool {
+		b, _ := os.ReadFile(env.LogPathOf(ns, "echo"))
+		return strings.Count(string(b), "ran-once") == 2
+	})
+}
