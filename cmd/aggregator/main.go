@@ -1,0 +1,104 @@
+// Command vigil-aggregator holds the fleet's state as the agents stream it,
+// serves the operator API, and exposes the fleet to Prometheus.
+//
+// Defaults: agents and the Vigil API on 127.0.0.1:7400 (gRPC), /metrics,
+// /healthz, /readyz and /api/v1 on 127.0.0.1:7401 (HTTP). Give
+// --tls-cert/--tls-key/--tls-ca for mutual TLS (production), or --insecure
+// for a local demo; it refuses to start with neither.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/vigilhq/vigil/internal/aggregator"
+	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/pki"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "vigil-aggregator:", err)
+		os.Exit(1)
+	}
+}
+
+// parseFlags turns the command line into a validated config.
+func parseFlags(args []string, stderr io.Writer) (aggregator.Config, error) {
+	cfg := aggregator.DefaultConfig()
+	fs := flag.NewFlagSet("vigil-aggregator", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var tlsFiles pki.Files
+	var logLevel string
+	fs.StringVar(&cfg.GRPCListen, "grpc-listen", cfg.GRPCListen, "address of the agents' stream and the Vigil gRPC API")
+	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "address of /metrics, /healthz, /readyz and /api/v1")
+	fs.StringVar(&tlsFiles.Cert, "tls-cert", "", "server certificate (mutual TLS)")
+	fs.StringVar(&tlsFiles.Key, "tls-key", "", "server private key")
+	fs.StringVar(&tlsFiles.CA, "tls-ca", "", "CA bundle that signs the agents' client certificates")
+	fs.BoolVar(&cfg.Insecure, "insecure", false, "serve agents without TLS: any agent may claim any node (demos only)")
+	fs.IntVar(&cfg.MaxMessageBytes, "max-message-bytes", cfg.MaxMessageBytes, "largest agent message accepted; a larger one fails its stream")
+	fs.DurationVar(&cfg.StaleAfter, "stale-after", cfg.StaleAfter, "silence after which a connected node is marked stale")
+	fs.DurationVar(&cfg.ForgetAfter, "forget-after", cfg.ForgetAfter, "grace period a down node and its containers' series are kept before it is forgotten")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "bound of the graceful shutdown")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments %q: %w", fs.Args(), errdefs.ErrInvalid)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return cfg, fmt.Errorf("--log-level %q: want debug, info, warn or error: %w", logLevel, errdefs.ErrInvalid)
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	anyTLS := tlsFiles.Cert != "" || tlsFiles.Key != "" || tlsFiles.CA != ""
+	switch {
+	case anyTLS && cfg.Insecure:
+		return cfg, fmt.Errorf("--insecure and --tls-* are both given: choose one: %w", errdefs.ErrInvalid)
+	case anyTLS:
+		tc, err := pki.ServerConfig(tlsFiles)
+		if err != nil {
+			return cfg, fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
+		}
+		cfg.TLS = tc
+	case !cfg.Insecure:
+		return cfg, fmt.Errorf("no transport security: give --tls-cert, --tls-key and --tls-ca (mutual TLS), or --insecure for a local demo: %w", errdefs.ErrInvalid)
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	cfg, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	if cfg.Insecure {
+		cfg.Logger.Warn(strings.Join([]string{
+			"INSECURE MODE: agents connect without TLS and are not authenticated;",
+			"any client may report as any node. Use --tls-cert/--tls-key/--tls-ca outside local demos.",
+		}, " "))
+	}
+	agg, err := aggregator.New(cfg)
+	if err != nil {
+		return err
+	}
+	return agg.Run(ctx)
+}

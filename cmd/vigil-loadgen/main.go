@@ -1,0 +1,133 @@
+// Command vigil-loadgen simulates N agents with M containers each against a
+// vigil-aggregator through the real gRPC stream, and reports the message
+// rate. With --tls-dir it generates a CA and a server certificate for the
+// aggregator, prints the aggregator's flags, and issues each simulated node
+// its own client certificate.
+//
+//	vigil-loadgen --insecure --target 127.0.0.1:7400 --nodes 1000 --containers 100 --interval 10s --duration 5m
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/vigilhq/vigil/internal/aggregator/loadgen"
+	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/pki"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "vigil-loadgen:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	cfg         loadgen.Config
+	insecure    bool
+	tlsDir      string
+	reportEvery time.Duration
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("vigil-loadgen", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.cfg.Target, "target", "127.0.0.1:7400", "aggregator gRPC address")
+	fs.IntVar(&o.cfg.Nodes, "nodes", 100, "simulated agents (N)")
+	fs.IntVar(&o.cfg.Containers, "containers", 100, "application containers per node (M)")
+	fs.DurationVar(&o.cfg.Interval, "interval", 10*time.Second, "sample interval of every agent")
+	fs.IntVar(&o.cfg.EventEvery, "event-every", 6, "one container event per node every this many intervals (negative: none)")
+	fs.DurationVar(&o.cfg.Duration, "duration", time.Minute, "run this long after every agent connected (0: until interrupted)")
+	fs.StringVar(&o.cfg.NodePrefix, "node-prefix", "loadgen-", "node name prefix")
+	fs.BoolVar(&o.insecure, "insecure", false, "connect without TLS (the aggregator runs with --insecure)")
+	fs.StringVar(&o.tlsDir, "tls-dir", "", "generate a CA and an aggregator certificate into this directory and use mutual TLS")
+	fs.DurationVar(&o.reportEvery, "report-every", 10*time.Second, "print the rates this often")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	switch {
+	case o.insecure == (o.tlsDir != ""):
+		return o, fmt.Errorf("give exactly one of --insecure and --tls-dir: %w", errdefs.ErrInvalid)
+	case o.cfg.Nodes < 1 || o.cfg.Containers < 0 || o.cfg.Interval <= 0 || o.reportEvery <= 0:
+		return o, fmt.Errorf("--nodes must be at least 1, --containers not negative, --interval and --report-every positive: %w", errdefs.ErrInvalid)
+	}
+	if _, _, err := net.SplitHostPort(o.cfg.Target); err != nil {
+		return o, fmt.Errorf("--target %q: %v: %w", o.cfg.Target, err, errdefs.ErrInvalid)
+	}
+	return o, nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	if o.tlsDir != "" {
+		ca, err := pki.NewCA("vigil-loadgen-ca")
+		if err != nil {
+			return err
+		}
+		f, err := ca.WriteFiles(o.tlsDir, "aggregator", "aggregator")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "start the aggregator with: --tls-cert %s --tls-key %s --tls-ca %s\n", f.Cert, f.Key, f.CA)
+		o.cfg.ClientTLS = func(node string) (*tls.Config, error) {
+			certPEM, keyPEM, err := ca.Issue(node, nil, nil)
+			if err != nil {
+				return nil, err
+			}
+			cert, err := tls.X509KeyPair(certPEM, keyPEM)
+			if err != nil {
+				return nil, err
+			}
+			tc, err := pki.ClientConfig(f, "localhost")
+			if err != nil {
+				return nil, err
+			}
+			tc.Certificates = []tls.Certificate{cert}
+			return tc, nil
+		}
+	}
+
+	var stats loadgen.Stats
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- loadgen.Run(ctx, o.cfg, &stats) }()
+	t := time.NewTicker(o.reportEvery)
+	defer t.Stop()
+	var lastMsgs, lastSamples uint64
+	last := start
+	for {
+		select {
+		case err := <-done:
+			el := time.Since(start).Seconds()
+			fmt.Fprintf(stdout, "done: %d nodes x %d containers, %.0fs: %d messages (%.1f/s), %d samples (%.0f/s), %.1f MB sent, %d acks, %d stream errors\n",
+				o.cfg.Nodes, o.cfg.Containers, el, stats.Messages.Load(), float64(stats.Messages.Load())/el,
+				stats.Samples.Load(), float64(stats.Samples.Load())/el, float64(stats.Bytes.Load())/1e6, stats.Acks.Load(), stats.Errors.Load())
+			return err
+		case now := <-t.C:
+			m, s := stats.Messages.Load(), stats.Samples.Load()
+			el := now.Sub(last).Seconds()
+			fmt.Fprintf(stdout, "%s connected=%d messages/s=%.1f samples/s=%.0f acks=%d errors=%d\n", now.Format(time.TimeOnly),
+				stats.Connected.Load(), float64(m-lastMsgs)/el, float64(s-lastSamples)/el, stats.Acks.Load(), stats.Errors.Load())
+			lastMsgs, lastSamples, last = m, s, now
+		}
+	}
+}
