@@ -1,0 +1,43 @@
+package uplink
+
+import (
+	"math/rand/v2"
+	"time"
+)
+
+// backoff computes reconnect delays: exponential growth from initial,
+// capped at max, with full jitter (a uniform draw between zero and the
+// exponential value). Full jitter spreads a fleet's reconnects over the
+// whole window, so an aggregator that restarts is not hit by every agent
+// at the same instant.
+type backoff struct {
+	initial, max time.Duration
+	// int64n returns a uniform value in [0, n); nil uses math/rand/v2.
+	int64n func(n int64) int64
+}
+
+// ceiling is the upper bound of the delay before attempt (0-based):
+// initial * 2^attempt, capped at max.
+func (b backoff) ceiling(attempt int) time.Duration {
+	d := b.initial
+	for i := 0; i < attempt && d < b.max; i++ {
+		if d > b.max/2 {
+			return b.max
+		}
+		d *= 2
+	}
+	return min(d, b.max)
+}
+
+// delay draws the wait before attempt, uniform in [0, ceiling(attempt)].
+func (b backoff) delay(attempt int) time.Duration {
+	c := int64(b.ceiling(attempt))
+	if c <= 0 {
+		return 0
+	}
+	draw := b.int64n
+	if draw == nil {
+		draw = rand.Int64N
+	}
+	return time.Duration(draw(c + 1))
+}

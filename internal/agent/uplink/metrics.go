@@ -1,0 +1,102 @@
+package uplink
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metric descriptions. The kind label takes the eight message kinds
+// (snapshot, container_event, resource_samples, network_samples,
+// network_event, node_status, peer_view, command_result); reason takes the
+// four snapshot reasons.
+var (
+	descBuffered = prometheus.NewDesc("vigil_agent_uplink_buffer_messages",
+		"Messages held until the aggregator acknowledges them.", nil, nil)
+	descCapacity = prometheus.NewDesc("vigil_agent_uplink_buffer_capacity_messages",
+		"Capacity of the uplink buffer.", nil, nil)
+	descDropped = prometheus.NewDesc("vigil_agent_uplink_dropped_messages_total",
+		"Messages lost because the uplink buffer was full; each loss of state makes the next stream start with a snapshot.", []string{"kind"}, nil)
+	descCoalesced = prometheus.NewDesc("vigil_agent_uplink_coalesced_messages_total",
+		"Messages replaced by a newer one of the same kind before they were acknowledged (samples, node status, peer view).", []string{"kind"}, nil)
+	descSuperseded = prometheus.NewDesc("vigil_agent_uplink_superseded_messages_total",
+		"Held messages not sent because a snapshot carrying their content replaced them.", nil, nil)
+	descOversized = prometheus.NewDesc("vigil_agent_uplink_oversized_messages_total",
+		"Messages refused because they exceed the message size limit.", []string{"kind"}, nil)
+	descSnapshots = prometheus.NewDesc("vigil_agent_uplink_snapshots_total",
+		"Snapshots sent, by why they were sent.", []string{"reason"}, nil)
+	descReconnects = prometheus.NewDesc("vigil_agent_uplink_reconnects_total",
+		"Streams to the aggregator that ended and were dialed again.", nil, nil)
+	descConnected = prometheus.NewDesc("vigil_agent_uplink_connected",
+		"1 while a stream to the aggregator is established, else 0.", nil, nil)
+	descSent = prometheus.NewDesc("vigil_agent_uplink_sent_messages_total",
+		"Messages written to the stream, resends included.", []string{"kind"}, nil)
+	descSentBytes = prometheus.NewDesc("vigil_agent_uplink_sent_bytes_total",
+		"Encoded bytes of the messages written to the stream, resends included.", []string{"kind"}, nil)
+	descAckLag = prometheus.NewDesc("vigil_agent_uplink_ack_lag_seconds",
+		"Time between writing a message and receiving its acknowledgement, for the last acknowledgement.", nil, nil)
+	descAcked = prometheus.NewDesc("vigil_agent_uplink_acknowledged_sequence",
+		"Highest sequence number the aggregator acknowledged (restarts at 0 with the agent).", nil, nil)
+	descCommands = prometheus.NewDesc("vigil_agent_uplink_commands_received_total",
+		"Commands received from the aggregator.", nil, nil)
+	descCommandsRefused = prometheus.NewDesc("vigil_agent_uplink_commands_refused_total",
+		"Commands answered as failed because the command queue was full.", nil, nil)
+)
+
+// Collector returns a collector of the uplink's metrics, built at scrape
+// time from its current figures. Register it on the agent's registry.
+func (u *Uplink) Collector() prometheus.Collector { return collector{u} }
+
+type collector struct{ u *Uplink }
+
+var _ prometheus.Collector = collector{}
+
+func (collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descBuffered, descCapacity, descDropped, descCoalesced, descSuperseded,
+		descOversized, descSnapshots, descReconnects, descConnected, descSent, descSentBytes, descAckLag, descAcked,
+		descCommands, descCommandsRefused} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	u := c.u
+	u.mu.Lock()
+	s := u.stats
+	s.snapshots = make(map[string]uint64, len(u.stats.snapshots))
+	for k, v := range u.stats.snapshots {
+		s.snapshots[k] = v
+	}
+	buffered, capacity, acked := len(u.buf.entries), u.buf.capacity, u.buf.acked
+	u.mu.Unlock()
+
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge(descBuffered, float64(buffered))
+	gauge(descCapacity, float64(capacity))
+	for k := kind(0); k < numKinds; k++ {
+		counter(descDropped, s.dropped[k], k.String())
+		counter(descOversized, s.oversized[k], k.String())
+		counter(descSent, s.sent[k], k.String())
+		counter(descSentBytes, s.sentBytes[k], k.String())
+		if k.latestWins() {
+			counter(descCoalesced, s.coalesced[k], k.String())
+		}
+	}
+	counter(descSuperseded, s.superseded)
+	for _, r := range snapshotReasons {
+		counter(descSnapshots, s.snapshots[r], r)
+	}
+	counter(descReconnects, s.reconnects)
+	connected := 0.0
+	if u.connected.Load() {
+		connected = 1
+	}
+	gauge(descConnected, connected)
+	gauge(descAckLag, s.ackLag.Seconds())
+	gauge(descAcked, float64(acked))
+	counter(descCommands, s.commandsReceived)
+	counter(descCommandsRefused, s.commandsRefused)
+}
