@@ -20,7 +20,10 @@ import (
 type ContainerSpec struct {
 	Namespace string // containerd namespace; "" means "default"
 	ID        string // container id; "" means a unique one from the test name
-	Image     string // reference of an imported image (BusyboxImage, WorkloadImage, ...)
+	// Image is the reference of an image in Namespace; one that BusyboxImage,
+	// WorkloadImage or HealthcheckImage returned for any namespace is
+	// imported into Namespace as needed.
+	Image string
 	// Args replace the image's Cmd (the Entrypoint stays), as `docker run
 	// IMAGE ARGS...` does; nil keeps the image's Cmd.
 	Args        []string
@@ -44,7 +47,7 @@ func (e *Env) RunContainer(tb testing.TB, spec ContainerSpec) (client.Container,
 		spec.Namespace = "default"
 	}
 	if spec.ID == "" {
-		spec.ID = uniqueID(tb)
+		spec.ID = e.uniqueID(tb)
 	}
 	if spec.Image == "" {
 		tb.Fatalf("testenv: RunContainer %s: no image", spec.ID)
@@ -52,6 +55,9 @@ func (e *Env) RunContainer(tb testing.TB, spec ContainerSpec) (client.Container,
 	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), spec.Namespace), time.Minute)
 	defer cancel()
 	c := e.harness
+	if err := e.ensureImage(ctx, spec.Namespace, spec.Image); err != nil {
+		tb.Fatalf("testenv: RunContainer %s: import %s into %s: %v", spec.ID, spec.Image, spec.Namespace, err)
+	}
 	img, err := c.GetImage(ctx, spec.Image)
 	if err != nil {
 		tb.Fatalf("testenv: RunContainer %s: image %s in namespace %s (import it first): %v", spec.ID, spec.Image, spec.Namespace, err)
@@ -107,7 +113,9 @@ func (e *Env) LogPathOf(namespace, id string) string {
 	return filepath.Join(e.logDir(), namespace+"_"+id+".log")
 }
 
-// uniqueID makes a container id from the test's name and a counter.
-func uniqueID(tb testing.TB) string {
-	return fmt.Sprintf("%s-%d", sanitize(tb.Name()), idSeq.Add(1))
+// uniqueID makes a container id from the test's name, the instance and a
+// counter: runc keeps its state per namespace and id in one host-wide
+// directory, so ids must not repeat across instances.
+func (e *Env) uniqueID(tb testing.TB) string {
+	return fmt.Sprintf("%s-%s-%d", sanitize(tb.Name()), e.id, idSeq.Add(1))
 }

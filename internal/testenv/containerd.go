@@ -60,7 +60,8 @@ type Env struct {
 	proc    *os.Process
 	exited  chan struct{} // closed when proc exits
 	clients []*client.Client
-	images  map[string]*imageImport
+	images  map[string]*imageImport // by namespace and ref
+	defs    map[string]imageDef     // images built here, by ref
 	stopped bool
 }
 
@@ -136,6 +137,7 @@ func newEnv() (env *Env, err error) {
 		LogPath:      filepath.Join(dir, "containerd.log"),
 		config:       filepath.Join(dir, "config.toml"),
 		images:       map[string]*imageImport{},
+		defs:         map[string]imageDef{},
 	}
 	e.lock, err = os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {

@@ -43,8 +43,11 @@ type PodSpec struct {
 
 // PodContainer is one container of a PodSpec.
 type PodContainer struct {
-	Name  string
-	Image string // reference imported into namespace k8s.io (e.g. e.WorkloadImage(tb, "k8s.io"))
+	Name string
+	// Image is an image reference in namespace k8s.io; one that
+	// BusyboxImage, WorkloadImage or HealthcheckImage returned for any
+	// namespace is imported there as needed.
+	Image string
 	// Args replace the image's Cmd, as a pod's `args:` do.
 	Args   []string
 	Labels map[string]string // added to the kubelet's labels
@@ -118,7 +121,7 @@ func (e *Env) RunPod(tb testing.TB, spec PodSpec) *Pod {
 		spec.Namespace = "default"
 	}
 	if spec.Name == "" {
-		spec.Name = strings.ToLower(uniqueID(tb))
+		spec.Name = strings.ToLower(e.uniqueID(tb))
 	}
 	rs := e.CRI(tb)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -166,6 +169,9 @@ func (e *Env) RunPod(tb testing.TB, spec PodSpec) *Pod {
 	})
 
 	for _, c := range spec.Containers {
+		if err := e.ensureImage(ctx, criNamespace, c.Image); err != nil {
+			tb.Fatalf("testenv: RunPod %s: import %s into %s: %v", spec.Name, c.Image, criNamespace, err)
+		}
 		labels := map[string]string{}
 		for k, v := range c.Labels {
 			labels[k] = v

@@ -108,9 +108,10 @@ func (e *Env) mustImport(tb testing.TB, namespace string, build func() (imageDef
 	return def.ref
 }
 
-// importImport imports and unpacks def into namespace once per instance.
+// importImage imports and unpacks def into namespace once per instance.
 func (e *Env) importImage(ctx context.Context, namespace string, def imageDef) error {
 	e.mu.Lock()
+	e.defs[def.ref] = def
 	key := namespace + "\x00" + def.ref
 	imp := e.images[key]
 	if imp == nil {
@@ -138,6 +139,19 @@ func (e *Env) importImage(ctx context.Context, namespace string, def imageDef) e
 		}
 	})
 	return imp.err
+}
+
+// ensureImage imports ref into namespace if this package built it (for a
+// test that imported it into another namespace); other refs are left to
+// the caller.
+func (e *Env) ensureImage(ctx context.Context, namespace, ref string) error {
+	e.mu.Lock()
+	def, ok := e.defs[ref]
+	e.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return e.importImage(ctx, namespace, def)
 }
 
 var busyboxLayer struct {

@@ -3,11 +3,14 @@ package testenv
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -127,6 +130,7 @@ func deleteContainer(ctx context.Context, ctr client.Container) error {
 func cleanupInstance(dir string, info instanceInfo) error {
 	var errs []error
 	errs = append(errs, killShims(info.Address))
+	errs = append(errs, cleanupRuncState(filepath.Join(dir, "state"), info.Address))
 	if info.CgroupParent != "" {
 		errs = append(errs, removeCgroupTree(info.CgroupParent))
 	}
@@ -213,6 +217,44 @@ func cmdline(pid int) []string {
 		return nil
 	}
 	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+}
+
+// runcRoot is where containerd's runc shim keeps runc's state, one root per
+// namespace, shared by every containerd on the host; shimSocketDir holds the
+// shims' sockets.
+const (
+	runcRoot      = "/run/containerd/runc"
+	shimSocketDir = "/run/containerd/s"
+)
+
+// cleanupRuncState removes what killed shims leave in the host-wide dirs:
+// runc's state of each task whose bundle is still in the instance's state
+// dir, and the shim's socket. It then removes runc roots of namespaces the
+// instance used that are now empty (except the well-known shared ones).
+func cleanupRuncState(state, address string) error {
+	var errs []error
+	taskDir := filepath.Join(state, "io.containerd.runtime.v2.task")
+	nss, _ := os.ReadDir(taskDir)
+	for _, ns := range nss {
+		ids, _ := os.ReadDir(filepath.Join(taskDir, ns.Name()))
+		root := filepath.Join(runcRoot, ns.Name())
+		for _, id := range ids {
+			if _, err := os.Stat(filepath.Join(root, id.Name())); err == nil {
+				out, err := exec.Command("runc", "--root", root, "delete", "--force", id.Name()).CombinedOutput()
+				if err != nil {
+					errs = append(errs, fmt.Errorf("runc delete %s/%s: %w: %s", ns.Name(), id.Name(), err, strings.TrimSpace(string(out))))
+				}
+			}
+			sum := sha256.Sum256([]byte(filepath.Join(address, ns.Name(), id.Name())))
+			_ = os.Remove(filepath.Join(shimSocketDir, hex.EncodeToString(sum[:])))
+		}
+		switch ns.Name() {
+		case "default", "k8s.io", "moby":
+		default:
+			_ = os.Remove(root) // only if empty: another instance may use the namespace
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // removeCgroupTree kills every process left in the cgroup subtree (in every

@@ -70,7 +70,8 @@ func TestNonZeroExitIsObserved(t *testing.T) {
 func TestPodHasKubeletLabelsIPAndAnswersHealthz(t *testing.T) {
 	t.Parallel()
 	e := Containerd(t)
-	ref := e.WorkloadImage(t, "k8s.io")
+	// Imported elsewhere: RunPod imports it into k8s.io for CRI.
+	ref := e.WorkloadImage(t, "testenv")
 	pod := e.RunPod(t, PodSpec{Namespace: "shop", Name: "web-0", Containers: []PodContainer{
 		{Name: "app", Image: ref, Args: []string{"serve", "--http", ":8080"}, Labels: map[string]string{"vigil.io/health-http": "http://:8080/healthz"}},
 	}})
@@ -376,7 +377,7 @@ func TestSweepCleansUpAfterADeadTestBinary(t *testing.T) {
 	}
 	ref := e.BusyboxImage(t, "sweep")
 	d := &deferredTB{TB: t}
-	_, task := e.RunContainer(d, ContainerSpec{Namespace: "sweep", Image: ref, Args: []string{"sleep", "600"}})
+	ctr, task := e.RunContainer(d, ContainerSpec{Namespace: "sweep", Image: ref, Args: []string{"sleep", "600"}})
 	pid := int(task.Pid())
 	// A test binary that dies leaves its lock behind unheld.
 	e.lock.Close()
@@ -398,5 +399,8 @@ func TestSweepCleansUpAfterADeadTestBinary(t *testing.T) {
 	}
 	if _, err := netlink.LinkByName(e.Bridge); err == nil {
 		t.Errorf("bridge %s survived the sweep", e.Bridge)
+	}
+	if _, err := os.Stat(filepath.Join(runcRoot, "sweep", ctr.ID())); !os.IsNotExist(err) {
+		t.Errorf("runc state of the killed task survived the sweep (stat: %v)", err)
 	}
 }
