@@ -140,7 +140,17 @@ func (r *Runtime) Stop(ctx context.Context, k Key, grace time.Duration) error {
 // when that was a file:// or binary:// URI; otherwise to
 // LogDir/<namespace>/<id>.log (discarded when LogDir is empty). A running
 // or paused task is ErrConflict: stop it first.
-func (r *Runtime) Restart(ctx context.Context, k Key) error {
+//
+// With RequireTask, the exited task must still be there for Restart to
+// replace it: a task that someone else deleted (an operator's stop, as
+// nerdctl stop and ctr task rm do) fails with ErrTaskGone, and no new task
+// is made. Restart policies use it, so that they never undo an operator's
+// stop; an operator's own restart does not.
+func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) error {
+	var o restartOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	c, err := r.connected()
 	if err != nil {
 		return err
@@ -165,6 +175,9 @@ func (r *Runtime) Restart(ctx context.Context, k Key) error {
 	if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		return fmt.Errorf("restart %s/%s: %w", k.Namespace, k.ID, err)
 	}
+	if old == nil && o.requireTask {
+		return fmt.Errorf("restart %s/%s: %w", k.Namespace, k.ID, ErrTaskGone)
+	}
 	creator, err := r.restartIO(k, old)
 	if err != nil {
 		return err
@@ -183,6 +196,10 @@ func (r *Runtime) Restart(ctx context.Context, k Key) error {
 			_, err = t.Delete(ctx)
 			return err
 		})
+		if errors.Is(err, errdefs.ErrNotFound) && o.requireTask {
+			// Deleted under our feet: someone else's delete won.
+			return fmt.Errorf("restart %s/%s: %w", k.Namespace, k.ID, ErrTaskGone)
+		}
 		if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 			return fmt.Errorf("restart %s/%s: delete old task: %w", k.Namespace, k.ID, err)
 		}
@@ -347,3 +364,16 @@ func (b *cappedBuffer) Bytes() []byte {
 	defer b.mu.Unlock()
 	return append([]byte(nil), b.buf...)
 }
+
+// ErrTaskGone: Restart with RequireTask found no exited task to replace,
+// because someone else deleted it. It wraps errdefs.ErrNotFound.
+var ErrTaskGone = fmt.Errorf("the exited task was deleted by someone else: %w", errdefs.ErrNotFound)
+
+// RestartOption modifies Restart.
+type RestartOption func(*restartOptions)
+
+type restartOptions struct{ requireTask bool }
+
+// RequireTask makes Restart fail with ErrTaskGone, creating nothing, when
+// the exited task is no longer there to replace.
+func RequireTask() RestartOption { return func(o *restartOptions) { o.requireTask = true } }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
+	"strings"
 	"time"
 
 	eventtypes "github.com/containerd/containerd/api/events"
@@ -23,6 +25,10 @@ import (
 // reconcile, then follow events until the stream breaks, a probe fails, or
 // ctx ends. Everything it starts stops before it returns.
 func (r *Runtime) session(ctx context.Context) error {
+	if _, err := os.Stat(strings.TrimPrefix(r.cfg.Address, "unix://")); err != nil {
+		// Down, not hanging: no call is made, no timeout is counted.
+		return fmt.Errorf("containerd socket %s: %w: %v", r.cfg.Address, errdefs.ErrUnavailable, err)
+	}
 	c, err := client.New(r.cfg.Address, client.WithTimeout(r.cfg.CallTimeout))
 	if err != nil {
 		return fmt.Errorf("containerd client for %s: %w: %v", r.cfg.Address, errdefs.ErrUnavailable, err)
