@@ -19,6 +19,8 @@ type monitorStats struct {
 	coalesced      atomic.Uint64
 	dropped        atomic.Uint64
 	resyncs        atomic.Uint64
+	linkDumps      atomic.Uint64 // full link dumps
+	statsDumps     atomic.Uint64 // counters-only dumps
 
 	mu      sync.Mutex // guards the histogram
 	cycles  uint64
@@ -74,6 +76,9 @@ var (
 	descEvents = prometheus.NewDesc("vigil_agent_network_events_total",
 		"Link events by outcome: delivered to the consumer, coalesced with a pending event of the same link, or dropped because too many links had events pending.",
 		[]string{"outcome"}, nil)
+	descDumps = prometheus.NewDesc("vigil_agent_network_link_reads_total",
+		"Per-namespace link reads by kind: full (RTM_GETLINK, after a link notification) or stats (RTM_GETSTATS, counters only).",
+		[]string{"kind"}, nil)
 	descResyncs = prometheus.NewDesc("vigil_agent_network_resyncs_total",
 		"Times link notifications were lost (socket buffer overflow or truncation) and re-learnt.", nil, nil)
 )
@@ -87,7 +92,7 @@ type monitorCollector Monitor
 var _ prometheus.Collector = (*monitorCollector)(nil)
 
 func (c *monitorCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descNamespaces, descSockets, descOpened, descClosed, descCycle, descReadErrors, descEvents, descResyncs} {
+	for _, d := range []*prometheus.Desc{descNamespaces, descSockets, descOpened, descClosed, descCycle, descReadErrors, descEvents, descDumps, descResyncs} {
 		ch <- d
 	}
 }
@@ -105,5 +110,7 @@ func (c *monitorCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(s.delivered.Load()), "delivered")
 	ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(s.coalesced.Load()), "coalesced")
 	ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(s.dropped.Load()), "dropped")
+	ch <- prometheus.MustNewConstMetric(descDumps, prometheus.CounterValue, float64(s.linkDumps.Load()), "full")
+	ch <- prometheus.MustNewConstMetric(descDumps, prometheus.CounterValue, float64(s.statsDumps.Load()), "stats")
 	ch <- prometheus.MustNewConstMetric(descResyncs, prometheus.CounterValue, float64(s.resyncs.Load()))
 }

@@ -128,6 +128,7 @@ type namespace struct {
 
 	containers []*attachment // guarded by Monitor.mu, in attach order
 
+	linksDirty  atomic.Bool // a link notification came: dump links in full
 	addrsDirty  atomic.Bool
 	routesDirty atomic.Bool
 
@@ -135,6 +136,9 @@ type namespace struct {
 	known   map[int32]linkSig // last notified state by index, for event types
 
 	// Read state, guarded by Monitor.readMu.
+	haveLinks   bool
+	links       []Link        // as last dumped in full, without addresses and peers
+	linkPos     map[int32]int // index in links by link index
 	haveAddrs   bool
 	haveRoutes  bool
 	addrs       map[int32][]string
@@ -143,7 +147,6 @@ type namespace struct {
 	samples     map[int32]counterSample
 	nextSamples map[int32]counterSample
 	since       map[conditionKey]time.Time
-	linkCount   int
 }
 
 // linkSig is the part of a link whose change is worth an event.
@@ -225,6 +228,7 @@ func (m *Monitor) openNamespace(path string, host bool) (*namespace, error) {
 		conn: socks.conn, sub: socks.sub,
 		known:       make(map[int32]linkSig),
 		interned:    make(map[int32]internedLink),
+		linkPos:     make(map[int32]int),
 		samples:     make(map[int32]counterSample),
 		nextSamples: make(map[int32]counterSample),
 		since:       make(map[conditionKey]time.Time),
@@ -619,6 +623,7 @@ func (m *Monitor) listen(ns *namespace) {
 func (m *Monitor) linkNotification(ns *namespace, removed bool, rl *rawLink, now time.Time) {
 	// The kernel flushes a link's IPv4 routes when it goes down without a
 	// route notification; re-read routes after any link change.
+	ns.linksDirty.Store(true)
 	ns.routesDirty.Store(true)
 	sig := sigOf(rl)
 	typ := LinkChanged
@@ -649,6 +654,7 @@ func (m *Monitor) linkNotification(ns *namespace, removed bool, rl *rawLink, now
 // cycle, the known links are re-learnt, and consumers get a Resync event.
 func (m *Monitor) resync(ns *namespace, now time.Time) {
 	m.stats.resyncs.Add(1)
+	ns.linksDirty.Store(true)
 	ns.addrsDirty.Store(true)
 	ns.routesDirty.Store(true)
 	if err := m.seedKnown(ns); err != nil {
@@ -821,35 +827,11 @@ func (m *Monitor) readNamespace(ns *namespace, st *NamespaceState) error {
 	if ns.closed {
 		return fmt.Errorf("closed: %w", errdefs.ErrUnavailable)
 	}
-	links := make([]Link, 0, ns.linkCount)
-	var rl rawLink
-	err := ns.conn.dump(m.buf, unix.RTM_GETLINK, linkDumpBody, func(typ uint16, p []byte) {
-		if typ != unix.RTM_NEWLINK || parseLink(p, &rl) != nil {
-			return
-		}
-		in := ns.interned[rl.index]
-		l := rawToLink(&rl, in)
-		if l.Name != in.name || l.MAC != in.mac || l.Kind != in.kind {
-			ns.interned[rl.index] = internedLink{name: l.Name, mac: l.MAC, kind: l.Kind}
-		}
-		links = append(links, l)
-	})
-	if err != nil && !errors.Is(err, errDumpInterrupted) {
-		return fmt.Errorf("list links: %w", err)
+	links, err := m.readLinks(ns)
+	if err != nil {
+		return err
 	}
 	st.Time = time.Now()
-	if len(ns.interned) > len(links) { // forget links that are gone
-		present := make(map[int32]bool, len(links))
-		for i := range links {
-			present[links[i].Index] = true
-		}
-		for idx := range ns.interned {
-			if !present[idx] {
-				delete(ns.interned, idx)
-			}
-		}
-	}
-	ns.linkCount = len(links)
 
 	if dirty := ns.addrsDirty.Swap(false); dirty || !ns.haveAddrs {
 		addrs := make(map[int32][]string)
@@ -890,6 +872,78 @@ func (m *Monitor) readNamespace(ns *namespace, st *NamespaceState) error {
 	st.Links = links
 	st.HasDefaultRoute = ns.hasDefault
 	return nil
+}
+
+// readLinks returns ns's links with fresh counters. After a link
+// notification (or on the first read) it dumps the links in full; otherwise
+// link state is as last dumped and only counters are read, with an
+// RTM_GETSTATS dump of IFLA_STATS_LINK_64 that costs the kernel a fraction
+// of a full link dump. A stats dump that does not match the cached links
+// (a notification was missed) falls back to a full dump. m.readMu and ns.mu
+// must be held.
+func (m *Monitor) readLinks(ns *namespace) ([]Link, error) {
+	// Notifications already queued but not yet taken by the reader would
+	// make the cached state stale: treat them as read. (One taken but not
+	// yet marked is a change a few instructions old; the next cycle has it.)
+	if ns.sub.pending() {
+		ns.linksDirty.Store(true)
+		ns.addrsDirty.Store(true)
+		ns.routesDirty.Store(true)
+	}
+	if !ns.linksDirty.Swap(false) && ns.haveLinks {
+		links := slices.Clone(ns.links)
+		matched := 0
+		err := ns.conn.dump(m.buf, unix.RTM_GETSTATS, statsDumpBody, func(typ uint16, p []byte) {
+			if typ != unix.RTM_NEWSTATS {
+				return
+			}
+			idx, c, ok := parseStats(p)
+			if i, known := ns.linkPos[idx]; ok && known {
+				links[i].Counters = c
+				matched++
+			} else {
+				matched = -len(links) - 1 // an unknown link: dump in full
+			}
+		})
+		if err == nil && matched == len(links) {
+			m.stats.statsDumps.Add(1)
+			return links, nil
+		}
+		if err != nil && !errors.Is(err, errDumpInterrupted) && !errors.Is(err, unix.EOPNOTSUPP) {
+			return nil, fmt.Errorf("link stats: %w", err)
+		}
+	}
+	links := make([]Link, 0, len(ns.links))
+	var rl rawLink
+	err := ns.conn.dump(m.buf, unix.RTM_GETLINK, linkDumpBody, func(typ uint16, p []byte) {
+		if typ != unix.RTM_NEWLINK || parseLink(p, &rl) != nil {
+			return
+		}
+		in := ns.interned[rl.index]
+		l := rawToLink(&rl, in)
+		if l.Name != in.name || l.MAC != in.mac || l.Kind != in.kind {
+			ns.interned[rl.index] = internedLink{name: l.Name, mac: l.MAC, kind: l.Kind}
+		}
+		links = append(links, l)
+	})
+	if err != nil {
+		ns.linksDirty.Store(true)
+		if !errors.Is(err, errDumpInterrupted) {
+			return nil, fmt.Errorf("list links: %w", err)
+		}
+	}
+	m.stats.linkDumps.Add(1)
+	clear(ns.linkPos)
+	for i := range links {
+		ns.linkPos[links[i].Index] = i
+	}
+	for idx := range ns.interned { // forget links that are gone
+		if _, ok := ns.linkPos[idx]; !ok {
+			delete(ns.interned, idx)
+		}
+	}
+	ns.links, ns.haveLinks = links, true
+	return slices.Clone(links), nil
 }
 
 // LinkUp sets the link named ifname administratively up in the namespace

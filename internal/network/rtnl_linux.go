@@ -244,16 +244,7 @@ func parseLink(p []byte, l *rawLink) error {
 			}
 		case unix.IFLA_STATS64:
 			if len(v) >= 8*8 {
-				l.counters = Counters{
-					RxPackets: binary.NativeEndian.Uint64(v[0:]),
-					TxPackets: binary.NativeEndian.Uint64(v[8:]),
-					RxBytes:   binary.NativeEndian.Uint64(v[16:]),
-					TxBytes:   binary.NativeEndian.Uint64(v[24:]),
-					RxErrors:  binary.NativeEndian.Uint64(v[32:]),
-					TxErrors:  binary.NativeEndian.Uint64(v[40:]),
-					RxDropped: binary.NativeEndian.Uint64(v[48:]),
-					TxDropped: binary.NativeEndian.Uint64(v[56:]),
-				}
+				l.counters = counters64(v)
 				haveStats64 = true
 			}
 		case unix.IFLA_STATS:
@@ -346,6 +337,46 @@ func isDefaultRoute(p []byte) bool {
 	return dstLen == 0 && table == unix.RT_TABLE_MAIN && typ == unix.RTN_UNICAST
 }
 
+// statsDumpBody asks RTM_GETSTATS for IFLA_STATS_LINK_64 only
+// (struct if_stats_msg: family, pad, pad, ifindex, filter_mask).
+var statsDumpBody = func() []byte {
+	b := make([]byte, sizeofIfStatsMsg)
+	binary.NativeEndian.PutUint32(b[8:12], 1<<(unix.IFLA_STATS_LINK_64-1))
+	return b
+}()
+
+const sizeofIfStatsMsg = 12
+
+// parseStats decodes an RTM_NEWSTATS payload: the link index and its 64-bit
+// counters. ok is false when the message carries no IFLA_STATS_LINK_64.
+func parseStats(p []byte) (index int32, c Counters, ok bool) {
+	if len(p) < sizeofIfStatsMsg {
+		return 0, c, false
+	}
+	index = int32(binary.NativeEndian.Uint32(p[4:8]))
+	walkAttrs(p[sizeofIfStatsMsg:], func(typ uint16, v []byte) {
+		if typ == unix.IFLA_STATS_LINK_64 && len(v) >= 8*8 {
+			c = counters64(v)
+			ok = true
+		}
+	})
+	return index, c, ok
+}
+
+// counters64 decodes the first eight fields of struct rtnl_link_stats64.
+func counters64(v []byte) Counters {
+	return Counters{
+		RxPackets: binary.NativeEndian.Uint64(v[0:]),
+		TxPackets: binary.NativeEndian.Uint64(v[8:]),
+		RxBytes:   binary.NativeEndian.Uint64(v[16:]),
+		TxBytes:   binary.NativeEndian.Uint64(v[24:]),
+		RxErrors:  binary.NativeEndian.Uint64(v[32:]),
+		TxErrors:  binary.NativeEndian.Uint64(v[40:]),
+		RxDropped: binary.NativeEndian.Uint64(v[48:]),
+		TxDropped: binary.NativeEndian.Uint64(v[56:]),
+	}
+}
+
 // linkDumpBody, addrDumpBody and routeDumpBody are the request bodies of the
 // three dumps: every family, no filter.
 var (
@@ -395,6 +426,7 @@ func (c *rtnlConn) setLinkUp(buf []byte, name string) error {
 // file wakes a blocked reader.
 type subscription struct {
 	file *os.File
+	fd   int // valid until close
 }
 
 // openSubscription opens the notification socket in the calling thread's
@@ -408,7 +440,7 @@ func openSubscription() (*subscription, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("netlink subscribe: %w", err)
 	}
-	return &subscription{file: os.NewFile(uintptr(fd), "rtnetlink-subscription")}, nil
+	return &subscription{file: os.NewFile(uintptr(fd), "rtnetlink-subscription"), fd: fd}, nil
 }
 
 // receive waits for the next notification datagram and copies it into buf.
@@ -435,6 +467,15 @@ func (s *subscription) receive(buf []byte) (n int, truncated bool, err error) {
 		return len(buf), true, nil
 	}
 	return n, false, nil
+}
+
+// pending reports whether notifications are queued on the socket that the
+// reader has not taken yet (netlink sockets do not answer FIONREAD; a
+// zero-timeout poll does). Must not be called after close.
+func (s *subscription) pending() bool {
+	fds := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err != nil || (n > 0 && fds[0].Revents != 0)
 }
 
 func (s *subscription) close() error {

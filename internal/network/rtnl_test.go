@@ -171,6 +171,23 @@ func TestParseAddrAndDefaultRoute(t *testing.T) {
 	}
 }
 
+func TestParseStats(t *testing.T) {
+	msg := make([]byte, sizeofIfStatsMsg)
+	binary.NativeEndian.PutUint32(msg[4:], 9)
+	msg = append(msg, attr(unix.IFLA_STATS_LINK_64, stats64(1, 2, 3, 4, 5, 6, 7, 8, 0, 0))...)
+	idx, c, ok := parseStats(msg)
+	want := Counters{RxPackets: 1, TxPackets: 2, RxBytes: 3, TxBytes: 4, RxErrors: 5, TxErrors: 6, RxDropped: 7, TxDropped: 8}
+	if !ok || idx != 9 || c != want {
+		t.Errorf("parseStats = %d %+v %v, want 9 %+v true", idx, c, ok, want)
+	}
+	if _, _, ok := parseStats(msg[:sizeofIfStatsMsg]); ok {
+		t.Error("a stats message without IFLA_STATS_LINK_64 parsed as ok")
+	}
+	if _, _, ok := parseStats(msg[:sizeofIfStatsMsg+20]); ok {
+		t.Error("a truncated IFLA_STATS_LINK_64 parsed as ok")
+	}
+}
+
 func TestWalkMessages(t *testing.T) {
 	enodev := -int32(unix.ENODEV)
 	errMsg := message(unix.NLMSG_ERROR, 5, u32(uint32(enodev)))
@@ -221,6 +238,7 @@ func FuzzParseNetlink(f *testing.F) {
 				t.Fatalf("parseAddr returned an invalid prefix for %x", p)
 			}
 			_ = isDefaultRoute(p)
+			_, _, _ = parseStats(p)
 		})
 	})
 }
