@@ -357,6 +357,8 @@ func (e *Env) Start(tb testing.TB) {
 }
 
 // Restart is Kill then Start: a crash of containerd that its shims survive.
+// The instance is shared by the test binary, so a test that restarts it
+// must not run in parallel (t.Parallel) with tests that use it.
 func (e *Env) Restart(tb testing.TB) {
 	tb.Helper()
 	e.Kill(tb)

@@ -155,6 +155,16 @@ func TestPodHasKubeletLabelsIPAndAnswersHealthz(t *testing.T) {
 			if resp.StatusCode != http.StatusOK {
 				t.Fatalf("/healthz = %d %q, want 200", resp.StatusCode, body)
 			}
+			// And from the host, over the instance's bridge.
+			hostc := &http.Client{Timeout: 2 * time.Second}
+			resp, err = hostc.Get("http://" + net.JoinHostPort(pod.IP, "8080") + "/healthz")
+			if err != nil {
+				t.Fatalf("/healthz from the host via the bridge: %v", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("/healthz from the host = %d, want 200", resp.StatusCode)
+			}
 			return
 		}
 		lastErr = err
