@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,6 +10,8 @@ import (
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/pki"
+	"github.com/vigilhq/vigil/internal/restart"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
 // Config is everything the agent needs. Zero values take the defaults of
@@ -63,9 +64,21 @@ type Config struct {
 	BackoffReset   time.Duration
 	// StopGrace is how long a stop waits after SIGTERM before SIGKILL.
 	StopGrace time.Duration
+	// StopWindow is the least time between a task's exit and its restart by
+	// policy. An operator's stop through containerd (nerdctl stop, ctr task
+	// kill then ctr task rm) kills the task and then deletes it; a restart
+	// inside that gap would undo the stop, so Vigil waits this long for the
+	// delete that marks a stop as explicit. It adds to the backoff's
+	// immediate first restart; 0 disables it.
+	StopWindow time.Duration
 
 	// Network enables netlink monitoring of the host and container namespaces.
 	Network bool
+
+	// EventSink, when set, receives every container event the agent
+	// produces, on the agent's decision loop: it must return quickly and must
+	// not modify the event. For tests and embedding; nil: none.
+	EventSink func(*vigilv1.ContainerEvent)
 
 	// Version is the agent's build version, reported in the hello.
 	Version string
@@ -73,12 +86,11 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// DefaultConfig returns the defaults. The restart backoff follows Docker's
-// shape (it starts small so that a one-off crash is retried at once) with
-// the kubelet's patience at the top (a crash-looping container is retried at
-// most every 5 minutes, not every minute, so it does not hammer the node).
+// DefaultConfig returns the defaults. The restart backoff defaults are
+// restart.DefaultBackoff's, whose doc comment says why they were chosen.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
+	b := restart.DefaultBackoff()
 	return Config{
 		NodeName:           host,
 		StateDir:           "/var/lib/vigil",
@@ -89,10 +101,11 @@ func DefaultConfig() Config {
 		SampleInterval:     10 * time.Second,
 		BufferSize:         10000,
 		HealthWorkers:      16,
-		BackoffInitial:     100 * time.Millisecond,
-		BackoffMax:         5 * time.Minute,
-		BackoffReset:       10 * time.Minute,
+		BackoffInitial:     b.Initial,
+		BackoffMax:         b.Max,
+		BackoffReset:       b.ResetAfter,
 		StopGrace:          10 * time.Second,
+		StopWindow:         250 * time.Millisecond,
 		Network:            true,
 		Version:            "dev",
 	}
@@ -156,8 +169,15 @@ func (c *Config) Validate() error {
 	if c.StopGrace < 0 {
 		bad("stop grace must not be negative, got %v", c.StopGrace)
 	}
+	if c.StopWindow < 0 || c.StopWindow > time.Minute {
+		bad("stop window %v must be between 0 and 1m", c.StopWindow)
+	}
 	if len(errs) > 0 {
-		return fmt.Errorf("invalid agent config: %w: %w", errors.Join(errs...), errdefs.ErrInvalid)
+		msgs := make([]string, len(errs))
+		for i, e := range errs {
+			msgs[i] = e.Error()
+		}
+		return fmt.Errorf("invalid agent config: %s: %w", strings.Join(msgs, "; "), errdefs.ErrInvalid)
 	}
 	return nil
 }

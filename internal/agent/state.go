@@ -33,6 +33,9 @@ type Counters struct {
 	Restarts      uint64             `json:"restarts"`
 	OOMEvents     uint64             `json:"oom_events"`
 	ProbeFailures uint64             `json:"probe_failures"`
+	// KubeletRestartsSeen is the kubelet's restart count last folded into
+	// Restarts (kubelet-managed identities only).
+	KubeletRestartsSeen uint32 `json:"kubelet_restarts_seen,omitempty"`
 	// LastSeen is when a container with this identity last existed; entries
 	// whose containers are all gone are pruned after countersRetention.
 	LastSeen time.Time `json:"last_seen"`

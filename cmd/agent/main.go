@@ -1,0 +1,104 @@
+// Command vigil-agent runs on every node: it watches the local containerd and
+// the kernel's network state, checks container health, enforces restart
+// policies on its own, and streams what it sees to the aggregator.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/vigilhq/vigil/internal/agent"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "vigil-agent:", err)
+		os.Exit(1)
+	}
+}
+
+// parseFlags turns the command line into a validated config.
+func parseFlags(args []string, stderr io.Writer) (agent.Config, string, error) {
+	cfg := agent.DefaultConfig()
+	cfg.Version = version
+	fs := flag.NewFlagSet("vigil-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var namespaces, logLevel string
+	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's name in the fleet (default: host name; env NODE_NAME)")
+	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory for lifetime counters and restart state")
+	fs.StringVar(&cfg.ContainerdAddress, "containerd", cfg.ContainerdAddress, "containerd socket")
+	fs.StringVar(&namespaces, "namespaces", "", "comma-separated containerd namespaces to watch (default: all)")
+	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", cfg.CgroupRoot, "cgroup filesystem mount point")
+	fs.StringVar(&cfg.StatsSource, "stats-source", cfg.StatsSource, "resource usage source: cgroup, or metrics-api for VM-isolated runtimes")
+	fs.DurationVar(&cfg.RuntimeCallTimeout, "runtime-timeout", cfg.RuntimeCallTimeout, "timeout of each containerd call")
+	fs.DurationVar(&cfg.SampleInterval, "interval", cfg.SampleInterval, "resource and network sampling interval")
+	fs.StringVar(&cfg.AggregatorAddress, "aggregator", "", "aggregator gRPC address host:port (empty: run standalone)")
+	fs.StringVar(&cfg.TLS.Cert, "tls-cert", "", "client certificate (its common name must be the node name)")
+	fs.StringVar(&cfg.TLS.Key, "tls-key", "", "client private key")
+	fs.StringVar(&cfg.TLS.CA, "tls-ca", "", "CA bundle that signed the aggregator's certificate")
+	fs.StringVar(&cfg.TLSServerName, "tls-server-name", "", "name expected in the aggregator's certificate (default: the dialed host)")
+	fs.BoolVar(&cfg.Insecure, "insecure", false, "talk to the aggregator without TLS (demos only)")
+	fs.IntVar(&cfg.BufferSize, "buffer-size", cfg.BufferSize, "messages kept until the aggregator acknowledges them")
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve this node's /metrics and /healthz here (e.g. 127.0.0.1:7402)")
+	fs.IntVar(&cfg.HealthWorkers, "health-workers", cfg.HealthWorkers, "concurrent health probes at most")
+	fs.DurationVar(&cfg.BackoffInitial, "restart-backoff-initial", cfg.BackoffInitial, "first restart delay (doubles at each restart)")
+	fs.DurationVar(&cfg.BackoffMax, "restart-backoff-max", cfg.BackoffMax, "restart delay cap")
+	fs.DurationVar(&cfg.BackoffReset, "restart-backoff-reset", cfg.BackoffReset, "a run this long resets the backoff")
+	fs.DurationVar(&cfg.StopGrace, "stop-grace", cfg.StopGrace, "time between SIGTERM and SIGKILL when stopping a container")
+	fs.DurationVar(&cfg.StopWindow, "stop-window", cfg.StopWindow, "least time between an exit and a policy restart, so an operator's kill-then-delete stop is seen as explicit")
+	fs.BoolVar(&cfg.Network, "network", cfg.Network, "monitor host and container networks through netlink")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	if v := os.Getenv("NODE_NAME"); v != "" {
+		cfg.NodeName = v
+	}
+	if err := fs.Parse(args); err != nil {
+		return cfg, "", err
+	}
+	if fs.NArg() > 0 {
+		return cfg, "", fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if namespaces != "" {
+		for _, ns := range strings.Split(namespaces, ",") {
+			if ns = strings.TrimSpace(ns); ns != "" {
+				cfg.Namespaces = append(cfg.Namespaces, ns)
+			}
+		}
+	}
+	return cfg, logLevel, cfg.Validate()
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	cfg, logLevel, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if cfg.AggregatorAddress != "" && cfg.Insecure {
+		cfg.Logger.Warn("INSECURE: talking to the aggregator without TLS; anyone on the path can read and forge this node's reports. Use --tls-cert/--tls-key/--tls-ca in production.")
+	}
+	a, err := agent.New(cfg)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}

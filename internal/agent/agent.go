@@ -1,0 +1,268 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/vigilhq/vigil/internal/agent/uplink"
+	"github.com/vigilhq/vigil/internal/health"
+	"github.com/vigilhq/vigil/internal/network"
+	"github.com/vigilhq/vigil/internal/pki"
+	"github.com/vigilhq/vigil/internal/restart"
+	"github.com/vigilhq/vigil/internal/runtime"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// Agent is the node side of Vigil. Create it with New and call Run once.
+//
+// One goroutine (the loop in Run) owns every container's restart and health
+// state and makes every decision, so decisions about one container never
+// race. Slow work (task restarts and stops, probes, stats reads, the stream)
+// runs elsewhere and reports back to the loop through channels. Readers (the
+// uplink's snapshot, the local /metrics) take a read lock on the containers.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	store *Store
+	rt    *runtime.Runtime
+	up    *uplink.Uplink // nil when standalone
+	probe *health.Scheduler
+	net   *network.Monitor // nil when network monitoring is off
+	reg   *prometheus.Registry
+	self  *selfMetrics
+
+	bootID string
+
+	mu         sync.RWMutex // guards containers and netSnapshot
+	containers map[runtime.Key]*tracked
+	lastNet    []*vigilv1.NetworkNamespace
+	lastStats  map[runtime.Key]*vigilv1.ResourceSample
+
+	due     chan runtime.Key  // restart timers fire here
+	actions chan actionResult // restarts, stops and commands report here
+	done    chan struct{}     // closed when the loop ends
+	wg      sync.WaitGroup    // action goroutines
+	nowFunc func() time.Time  // clock, for tests
+}
+
+// tracked is the agent's state of one container. The loop goroutine writes
+// it under a.mu; readers hold a.mu.RLock.
+type tracked struct {
+	c        runtime.Container
+	identity string
+
+	policy    restart.Policy
+	policyErr error
+	tracker   *restart.Tracker
+
+	healthCfg    *health.Config // nil: not probed
+	healthSource string
+	healthErr    error
+	health       *vigilv1.Health // nil: no health check; never modified once set
+
+	timer *time.Timer // pending restart, nil when none
+
+	// expectDelete is set while our own Restart deletes the old task, so its
+	// task-delete event is not taken for an operator's stop.
+	expectDelete bool
+	// inFlight is set while a restart or stop of ours runs.
+	inFlight bool
+	// dueWhileBusy records a restart that came due while inFlight; it runs
+	// when the action in flight finishes.
+	dueWhileBusy bool
+
+	conditions []*vigilv1.Condition
+}
+
+// New validates cfg and builds the agent; nothing runs until Run.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	store, err := OpenStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		cfg:        cfg,
+		log:        log,
+		store:      store,
+		reg:        prometheus.NewRegistry(),
+		containers: map[runtime.Key]*tracked{},
+		lastStats:  map[runtime.Key]*vigilv1.ResourceSample{},
+		due:        make(chan runtime.Key, 256),
+		actions:    make(chan actionResult, 256),
+		done:       make(chan struct{}),
+		nowFunc:    time.Now,
+		bootID:     readBootID(),
+	}
+	a.rt, err = runtime.New(runtime.Config{
+		Address:     cfg.ContainerdAddress,
+		Namespaces:  cfg.Namespaces,
+		CgroupRoot:  cfg.CgroupRoot,
+		StatsSource: cfg.StatsSource,
+		CallTimeout: cfg.RuntimeCallTimeout,
+		LogDir:      cfg.StateDir + "/logs",
+		Logger:      log.With("component", "runtime"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.probe, err = health.NewScheduler(health.SchedulerConfig{
+		Workers: cfg.HealthWorkers,
+		Exec:    a.rt,
+		Logger:  log.With("component", "health"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Network {
+		ncfg := network.DefaultConfig()
+		ncfg.Logger = log.With("component", "network")
+		a.net, err = network.New(ncfg)
+		if err != nil {
+			return nil, err
+		}
+	}
+	if cfg.AggregatorAddress != "" {
+		ucfg := uplink.Config{
+			Address:      cfg.AggregatorAddress,
+			NodeName:     cfg.NodeName,
+			AgentVersion: cfg.Version,
+			BootID:       a.bootID,
+			Capabilities: a.capabilities(),
+			BufferSize:   cfg.BufferSize,
+			Logger:       log.With("component", "uplink"),
+		}
+		if !cfg.Insecure {
+			ucfg.TLS, err = pki.ClientConfig(cfg.TLS, cfg.TLSServerName)
+			if err != nil {
+				return nil, err
+			}
+		}
+		a.up, err = uplink.New(ucfg, a.snapshot)
+		if err != nil {
+			return nil, err
+		}
+	}
+	a.self = newSelfMetrics(a)
+	a.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		a.rt.Collector(),
+		a.probe.Collector(),
+		a.self,
+	)
+	if a.net != nil {
+		a.reg.MustRegister(a.net.Collector())
+	}
+	if a.up != nil {
+		a.reg.MustRegister(a.up.Collector())
+	}
+	return a, nil
+}
+
+func (a *Agent) capabilities() []string {
+	caps := []string{"health", "restart"}
+	if a.cfg.Network {
+		caps = append(caps, "network")
+	}
+	return caps
+}
+
+// Registry is the agent's metrics registry (its self-metrics).
+func (a *Agent) Registry() *prometheus.Registry { return a.reg }
+
+// Run runs the agent until ctx ends. It returns nil on a clean shutdown, or
+// the first error of a part that cannot go on.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a.log.Info("vigil agent starting", "node", a.cfg.NodeName, "version", a.cfg.Version,
+		"containerd", a.cfg.ContainerdAddress, "aggregator", a.cfg.AggregatorAddress, "state_dir", a.cfg.StateDir)
+
+	var (
+		wg   sync.WaitGroup
+		errc = make(chan error, 8)
+	)
+	start := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	start("runtime", a.rt.Run)
+	start("health", a.probe.Run)
+	if a.net != nil {
+		start("network", a.net.Run)
+	}
+	if a.up != nil {
+		start("uplink", a.up.Run)
+	}
+	var srv *http.Server
+	if a.cfg.MetricsListen != "" {
+		lis, err := net.Listen("tcp", a.cfg.MetricsListen)
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return fmt.Errorf("metrics listen %s: %w", a.cfg.MetricsListen, err)
+		}
+		srv = &http.Server{Handler: a.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("metrics server: %w", err)
+			}
+		}()
+	}
+
+	loopErr := a.loop(ctx, errc)
+	cancel()
+	if srv != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = srv.Shutdown(sctx)
+		scancel()
+	}
+	a.mu.Lock()
+	for _, t := range a.containers {
+		if t.timer != nil {
+			t.timer.Stop()
+		}
+	}
+	a.mu.Unlock()
+	a.wg.Wait()
+	wg.Wait()
+	a.log.Info("vigil agent stopped")
+	return loopErr
+}
+
+// readBootID returns the kernel's boot id, or a random one when it cannot be
+// read (not Linux): the aggregator then sees every agent start as a reboot.
+func readBootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err == nil {
+		return strings.TrimSpace(string(b))
+	}
+	var r [16]byte
+	_, _ = rand.Read(r[:])
+	return hex.EncodeToString(r[:])
+}

@@ -1,0 +1,481 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+
+	"github.com/vigilhq/vigil/internal/testenv"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
+
+// recorded is one event the agent produced, with when the test saw it.
+type recorded struct {
+	at time.Time
+	ev *vigilv1.ContainerEvent
+}
+
+// harness runs a real agent against the test binary's private containerd,
+// watching one containerd namespace of its own.
+type harness struct {
+	t        *testing.T
+	env      *testenv.Env
+	ns       string
+	stateDir string
+
+	mu     sync.Mutex
+	events []recorded
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	env := testenv.Containerd(t)
+	ns := "agent-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
+	if len(ns) > 60 {
+		ns = ns[:60]
+	}
+	return &harness{t: t, env: env, ns: ns, stateDir: t.TempDir()}
+}
+
+// start runs an agent (again) on the harness's state dir.
+func (h *harness) start(mod func(*Config)) {
+	h.t.Helper()
+	cfg := DefaultConfig()
+	cfg.NodeName = "test-node"
+	cfg.StateDir = h.stateDir
+	cfg.ContainerdAddress = h.env.Address
+	cfg.Namespaces = []string{h.ns}
+	cfg.SampleInterval = time.Second
+	cfg.BackoffInitial = 200 * time.Millisecond
+	cfg.BackoffMax = 2 * time.Second
+	cfg.BackoffReset = time.Minute
+	cfg.StopGrace = 2 * time.Second
+	cfg.Network = false
+	cfg.Logger = slog.New(slog.NewTextHandler(testWriter{h.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	cfg.EventSink = func(ev *vigilv1.ContainerEvent) {
+		h.mu.Lock()
+		h.events = append(h.events, recorded{time.Now(), ev})
+		h.mu.Unlock()
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	a, err := New(cfg)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	h.done = make(chan error, 1)
+	go func() { h.done <- a.Run(ctx) }()
+	h.t.Cleanup(h.stop)
+}
+
+// stop stops the agent and waits for it; safe to call twice.
+func (h *harness) stop() {
+	if h.cancel == nil {
+		return
+	}
+	h.cancel()
+	h.cancel = nil
+	select {
+	case err := <-h.done:
+		if err != nil {
+			h.t.Errorf("agent Run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		h.t.Error("agent did not stop within 30s")
+	}
+}
+
+// eventsFor returns the events of container id so far.
+func (h *harness) eventsFor(id string) []recorded {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []recorded
+	for _, r := range h.events {
+		if r.ev.GetContainer().GetId() == id {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// count counts events of container id matching pred.
+func (h *harness) count(id string, pred func(*vigilv1.ContainerEvent) bool) int {
+	n := 0
+	for _, r := range h.eventsFor(id) {
+		if pred(r.ev) {
+			n++
+		}
+	}
+	return n
+}
+
+// waitFor waits until container id has an event matching pred and returns
+// the first one.
+func (h *harness) waitFor(id string, what string, timeout time.Duration, pred func(*vigilv1.ContainerEvent) bool) *vigilv1.ContainerEvent {
+	h.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		for _, r := range h.eventsFor(id) {
+			if pred(r.ev) {
+				return r.ev
+			}
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("container %s: no %s within %v; events:\n%s", id, what, timeout, h.describe(id))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (h *harness) describe(id string) string {
+	var b strings.Builder
+	for _, r := range h.eventsFor(id) {
+		fmt.Fprintf(&b, "  %s %s %s restarts=%d health=%s\n", r.at.Format("15:04:05.000"), r.ev.GetType(), r.ev.GetMessage(),
+			r.ev.GetContainer().GetRestartCount(), r.ev.GetContainer().GetHealth().GetStatus())
+	}
+	return b.String()
+}
+
+func isType(t vigilv1.ContainerEventType) func(*vigilv1.ContainerEvent) bool {
+	return func(ev *vigilv1.ContainerEvent) bool { return ev.GetType() == t }
+}
+
+func isDecision(k vigilv1.RestartDecisionKind) func(*vigilv1.ContainerEvent) bool {
+	return func(ev *vigilv1.ContainerEvent) bool {
+		return ev.GetType() == vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTART_DECISION && ev.GetDecision().GetKind() == k
+	}
+}
+
+func isHealth(s vigilv1.HealthStatus) func(*vigilv1.ContainerEvent) bool {
+	return func(ev *vigilv1.ContainerEvent) bool {
+		return ev.GetType() == vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_HEALTH_CHANGED && ev.GetContainer().GetHealth().GetStatus() == s
+	}
+}
+
+var (
+	restarted = isType(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTARTED)
+	exited    = isType(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED)
+)
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+var _ io.Writer = testWriter{}
+
+func (h *harness) run(id string, labels map[string]string, args ...string) {
+	h.t.Helper()
+	h.env.RunContainer(h.t, testenv.ContainerSpec{
+		Namespace: h.ns,
+		ID:        id,
+		Image:     h.env.WorkloadImage(h.t, h.ns),
+		Args:      args,
+		Labels:    labels,
+	})
+}
+
+func TestOnFailureRestartsExactlyNTimes(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(nil)
+	h.run("crasher", map[string]string{"vigil.io/restart-policy": "on-failure:3"}, "exit", "1", "--after", "300ms")
+
+	h.waitFor("crasher", "give-up decision", 60*time.Second, isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_GIVE_UP))
+	time.Sleep(2 * time.Second) // nothing more may happen
+	if n := h.count("crasher", restarted); n != 3 {
+		t.Fatalf("restarts = %d, want exactly 3\n%s", n, h.describe("crasher"))
+	}
+	if n := h.count("crasher", exited); n != 4 {
+		t.Fatalf("exits = %d, want 4 (the first run and 3 restarts)\n%s", n, h.describe("crasher"))
+	}
+	evs := h.eventsFor("crasher")
+	last := evs[len(evs)-1].ev.GetContainer()
+	if last.GetRestartCount() != 3 || !last.GetBackoff().GetGaveUp() {
+		t.Fatalf("final state: restarts %d gave_up %v", last.GetRestartCount(), last.GetBackoff().GetGaveUp())
+	}
+	var errExits uint64
+	for _, e := range last.GetCounters().GetExits() {
+		if e.GetReason() == vigilv1.ExitReason_EXIT_REASON_ERROR && e.GetCode() == 1 {
+			errExits = e.GetCount()
+		}
+	}
+	if errExits != 4 || last.GetCounters().GetRestartsTotal() != 3 {
+		t.Fatalf("counters = %v, want 4 error exits with code 1 and 3 restarts", last.GetCounters())
+	}
+}
+
+func TestOnFailureIgnoresCleanExit(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(nil)
+	h.run("clean", map[string]string{"vigil.io/restart-policy": "on-failure"}, "exit", "0", "--after", "200ms")
+	h.waitFor("clean", "no-restart decision", 30*time.Second, isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_NONE))
+	time.Sleep(2 * time.Second)
+	if n := h.count("clean", restarted); n != 0 {
+		t.Fatalf("a clean exit under on-failure was restarted %d times\n%s", n, h.describe("clean"))
+	}
+}
+
+func TestAlwaysRestartsAfterCleanExit(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(nil)
+	h.run("always", map[string]string{"vigil.io/restart-policy": "always"}, "exit", "0", "--after", "500ms")
+	h.waitFor("always", "restart", 30*time.Second, restarted)
+}
+
+func TestUnlessStoppedHonoursExplicitStop(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(func(c *Config) { c.BackoffInitial = 3 * time.Second; c.BackoffMax = 10 * time.Second })
+	h.run("svc", map[string]string{"vigil.io/restart-policy": "unless-stopped"}, "sleep")
+	h.waitFor("svc", "start", 30*time.Second, isType(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_ADDED))
+
+	cl := h.env.Client(t)
+	ctx := namespaces.WithNamespace(context.Background(), h.ns)
+	c, err := cl.LoadContainer(ctx, "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A crash (SIGKILL from outside, not a stop through containerd's delete)
+	// is restarted.
+	tk, err := c.Task(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tk.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("svc", "restart after a crash", 30*time.Second, restarted)
+
+	// An operator's stop: kill, then delete the task, as `ctr task kill` +
+	// `ctr task rm` or nerdctl stop do. The second restart would wait 3s of
+	// backoff; the delete comes first and cancels it for good.
+	tk, err = c.Task(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := tk.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tk.Kill(ctx, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-st
+	if _, err := tk.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ev := h.waitFor("svc", "explicit-stop decision", 30*time.Second, isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_SKIP_EXPLICIT_STOP))
+	if !ev.GetContainer().GetExplicitlyStopped() {
+		t.Fatal("container not reported as explicitly stopped")
+	}
+	time.Sleep(5 * time.Second) // past the backoff
+	if n := h.count("svc", restarted); n != 1 {
+		t.Fatalf("restarts = %d, want 1 (the crash only)\n%s", n, h.describe("svc"))
+	}
+}
+
+func TestUnhealthyContainerIsRestarted(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(nil)
+	netns := testenv.NewNetNS(t)
+	h.env.RunContainer(t, testenv.ContainerSpec{
+		Namespace: h.ns,
+		ID:        "web",
+		Image:     h.env.WorkloadImage(t, h.ns),
+		Args:      []string{"serve", "--http", ":8080"},
+		NetNSPath: netns.Path, // no port published: only reachable inside
+		Labels: map[string]string{
+			"vigil.io/restart-policy":  "always",
+			"vigil.io/health-http":     "http://:8080/healthz",
+			"vigil.io/health-interval": "1s",
+			"vigil.io/health-timeout":  "1s",
+			"vigil.io/health-retries":  "2",
+		},
+	})
+	h.waitFor("web", "healthy", 30*time.Second, isHealth(vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY))
+
+	// Flip the workload unhealthy (SIGUSR1 toggles it).
+	cl := h.env.Client(t)
+	ctx := namespaces.WithNamespace(context.Background(), h.ns)
+	c, err := cl.LoadContainer(ctx, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, err := c.Task(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flipped := time.Now()
+	if err := tk.Kill(ctx, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	ev := h.waitFor("web", "unhealthy", 30*time.Second, isHealth(vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY))
+	if got := ev.GetContainer().GetHealth().GetFailingStreak(); got < 2 {
+		t.Fatalf("unhealthy after %d failures, want 2 (retries)", got)
+	}
+	if el := time.Since(flipped); el < time.Second {
+		t.Fatalf("unhealthy %v after the flip: sooner than 2 probes at 1s can tell", el)
+	}
+	h.waitFor("web", "restart", 30*time.Second, restarted)
+	// The new task serves healthy again.
+	h.waitFor("web", "healthy after restart", 30*time.Second, func(ev *vigilv1.ContainerEvent) bool {
+		return isHealth(vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY)(ev) && ev.GetContainer().GetRestartCount() == 1
+	})
+}
+
+func TestImageHealthcheckWithoutLabels(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(nil)
+	netns := testenv.NewNetNS(t)
+	img := h.env.HealthcheckImage(t, h.ns, testenv.DockerHealthcheck{
+		Test:     []string{"CMD-SHELL", "wget -q -O- http://127.0.0.1:8080/healthz"},
+		Interval: time.Second,
+		Timeout:  2 * time.Second,
+		Retries:  2,
+	})
+	h.env.RunContainer(t, testenv.ContainerSpec{
+		Namespace: h.ns,
+		ID:        "imagehc",
+		Image:     img,
+		Args:      []string{"serve", "--http", ":8080"},
+		NetNSPath: netns.Path,
+	})
+	ev := h.waitFor("imagehc", "healthy", 30*time.Second, isHealth(vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY))
+	hl := ev.GetContainer().GetHealth()
+	if hl.GetSource() != "image" || hl.GetProbe() != "exec" {
+		t.Fatalf("health source %q probe %q, want image / exec", hl.GetSource(), hl.GetProbe())
+	}
+}
+
+func TestBackoffGrowsAndCaps(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(func(c *Config) { c.BackoffInitial = 300 * time.Millisecond; c.BackoffMax = 1200 * time.Millisecond })
+	h.run("looper", map[string]string{"vigil.io/restart-policy": "always"}, "exit", "1", "--after", "100ms")
+	h.waitFor("looper", "6 restarts", 90*time.Second, func(ev *vigilv1.ContainerEvent) bool {
+		return ev.GetType() == vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTARTED && ev.GetContainer().GetRestartCount() >= 6
+	})
+
+	// The decided delays: immediate, then 300ms doubling, capped at 1.2s.
+	var delays []time.Duration
+	for _, r := range h.eventsFor("looper") {
+		d := r.ev.GetDecision()
+		if r.ev.GetType() != vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTART_DECISION {
+			continue
+		}
+		delays = append(delays, d.GetDelay().AsDuration())
+	}
+	want := []time.Duration{0, 300 * time.Millisecond, 600 * time.Millisecond, 1200 * time.Millisecond, 1200 * time.Millisecond, 1200 * time.Millisecond}
+	if len(delays) < len(want) {
+		t.Fatalf("decisions %v, want at least %v", delays, want)
+	}
+	for i, w := range want {
+		if delays[i] != w {
+			t.Fatalf("decision delays %v, want %v", delays[:len(want)], want)
+		}
+	}
+	// And they were honoured: each restart came no sooner than its delay
+	// after the exit (generous tolerance the other way: machines are slow).
+	var lastExit time.Time
+	i := 0
+	for _, r := range h.eventsFor("looper") {
+		switch r.ev.GetType() {
+		case vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED:
+			lastExit = r.at
+		case vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTARTED:
+			if i < len(want) {
+				gap := r.at.Sub(lastExit)
+				if gap < want[i]-50*time.Millisecond {
+					t.Errorf("restart %d came %v after the exit, before its %v backoff", i+1, gap, want[i])
+				}
+			}
+			i++
+		}
+	}
+	evs := h.eventsFor("looper")
+	if !evs[len(evs)-1].ev.GetContainer().GetBackoff().GetCrashLooping() {
+		t.Errorf("a container at its backoff cap is not reported crash-looping")
+	}
+}
+
+func TestAgentRestartKeepsCountsAndStops(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(func(c *Config) { c.BackoffInitial = 500 * time.Millisecond })
+	h.run("counted", map[string]string{"vigil.io/restart-policy": "on-failure:10"}, "exit", "1", "--after", "200ms")
+	h.run("stopped", map[string]string{"vigil.io/restart-policy": "always"}, "sleep")
+	h.waitFor("counted", "2 restarts", 60*time.Second, func(ev *vigilv1.ContainerEvent) bool {
+		return restarted(ev) && ev.GetContainer().GetRestartCount() >= 2
+	})
+	h.waitFor("stopped", "added", 30*time.Second, isType(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_ADDED))
+
+	// Stop "stopped" on purpose, as nerdctl stop does: kill, wait for the
+	// exit, delete the task (within the agent's stop window).
+	cl := h.env.Client(t)
+	ctx := namespaces.WithNamespace(context.Background(), h.ns)
+	c, err := cl.LoadContainer(ctx, "stopped")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, err := c.Task(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := tk.Wait(ctx)
+	_ = tk.Kill(ctx, syscall.SIGKILL)
+	<-st
+	if _, err := tk.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("stopped", "explicit stop", 30*time.Second, isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_SKIP_EXPLICIT_STOP))
+
+	h.stop()
+	before := h.eventsFor("counted")
+	countBefore := before[len(before)-1].ev.GetContainer().GetRestartCount()
+	h.mu.Lock()
+	h.events = nil
+	h.mu.Unlock()
+
+	h.start(func(c *Config) { c.BackoffInitial = 500 * time.Millisecond })
+	ev := h.waitFor("counted", "first report after agent restart", 30*time.Second, func(*vigilv1.ContainerEvent) bool { return true })
+	if got := ev.GetContainer().GetRestartCount(); got < countBefore {
+		t.Fatalf("restart count after agent restart = %d, was %d", got, countBefore)
+	}
+	// It keeps counting from there up to its limit of 10.
+	h.waitFor("counted", "give up at 10", 90*time.Second, isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_GIVE_UP))
+	evs := h.eventsFor("counted")
+	if got := evs[len(evs)-1].ev.GetContainer().GetRestartCount(); got != 10 {
+		t.Fatalf("restart count = %d at give-up, want 10 across the agent restart\n%s", got, h.describe("counted"))
+	}
+	st2 := h.waitFor("stopped", "report after agent restart", 30*time.Second, func(*vigilv1.ContainerEvent) bool { return true })
+	if !st2.GetContainer().GetExplicitlyStopped() {
+		t.Fatal("explicit stop forgotten across an agent restart")
+	}
+	time.Sleep(2 * time.Second)
+	if n := h.count("stopped", restarted); n != 0 {
+		t.Fatalf("explicitly stopped container restarted after the agent restart\n%s", h.describe("stopped"))
+	}
+}

@@ -1,0 +1,534 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/vigilhq/vigil/internal/restart"
+	"github.com/vigilhq/vigil/internal/runtime"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// loop is the agent's one decision-making goroutine.
+func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
+	defer close(a.done)
+	tick := time.NewTicker(a.cfg.SampleInterval)
+	defer tick.Stop()
+	prune := time.NewTicker(time.Hour)
+	defer prune.Stop()
+
+	events := a.rt.Events()
+	healthCh := a.probe.Changes()
+	var netEvents <-chan networkEvent
+	if a.net != nil {
+		netEvents = a.netEvents(ctx)
+	}
+	var commands <-chan *vigilv1.Command
+	if a.up != nil {
+		commands = a.up.Commands()
+	}
+	// A first sample soon after start, so the aggregator has numbers before
+	// the first full interval.
+	first := time.After(time.Second)
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			return err
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			a.onRuntimeEvent(ctx, ev)
+		case ch := <-healthCh:
+			a.onHealthChange(ctx, ch)
+		case key := <-a.due:
+			a.onRestartDue(ctx, key)
+		case res := <-a.actions:
+			a.onActionResult(ctx, res)
+		case cmd := <-commands:
+			a.onCommand(ctx, cmd)
+		case ne := <-netEvents:
+			a.onNetworkEvent(ne)
+		case <-first:
+			a.sample(ctx)
+		case <-tick.C:
+			a.settle()
+			a.sample(ctx)
+		case <-prune.C:
+			a.pruneStore()
+		}
+	}
+}
+
+func (a *Agent) now() time.Time { return a.nowFunc() }
+
+// send hands a container event to the uplink (when there is one) and logs
+// it. It never blocks for long: the uplink buffers.
+func (a *Agent) sendEvent(ev *vigilv1.ContainerEvent) {
+	if ev.Time == nil {
+		ev.Time = timestamppb.New(a.now())
+	}
+	if a.cfg.EventSink != nil {
+		a.cfg.EventSink(ev)
+	}
+	if a.up != nil {
+		if err := a.up.SendContainerEvent(ev); err != nil {
+			a.log.Warn("event not sent upstream", "type", ev.GetType().String(), "err", err)
+		}
+	}
+}
+
+// onRuntimeEvent applies one containerd lifecycle event.
+func (a *Agent) onRuntimeEvent(ctx context.Context, ev runtime.Event) {
+	switch ev.Type {
+	case runtime.EventUnavailable, runtime.EventAvailable:
+		a.log.Info("containerd "+ev.Type.String(), "version", a.rt.Version())
+		a.sendNodeStatus()
+		return
+	}
+	if ev.Container == nil {
+		return
+	}
+	c := *ev.Container
+	key := c.Key()
+
+	if ev.Type == runtime.EventRemoved {
+		a.removeContainer(key, ev)
+		return
+	}
+	t, isNew := a.upsert(c)
+	now := ev.Time
+	if now.IsZero() {
+		now = a.now()
+	}
+
+	switch ev.Type {
+	case runtime.EventAdded:
+		if isNew {
+			a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_ADDED, "container added", nil, nil)
+		}
+		if c.State == runtime.StateRunning {
+			a.onStarted(ctx, t, now, false)
+		} else if c.State == runtime.StateStopped && c.LastExit != nil {
+			// Exited while we were not watching (agent down or containerd
+			// resync): count it once and decide as for a live exit.
+			a.onExited(ctx, t, *c.LastExit)
+		}
+	case runtime.EventStarted:
+		a.onStarted(ctx, t, now, true)
+	case runtime.EventExited:
+		exit := ev.Exit
+		if exit == nil {
+			exit = c.LastExit
+		}
+		if exit != nil {
+			a.onExited(ctx, t, *exit)
+		}
+	case runtime.EventOOM:
+		a.onOOM(t)
+	case runtime.EventPaused, runtime.EventResumed:
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "task "+ev.Type.String(), nil, nil)
+	case runtime.EventTaskDeleted:
+		a.onTaskDeleted(t)
+	}
+}
+
+// upsert records the runtime's view of a container, creating its tracked
+// state (policy, health config, restart tracker restored from the state dir)
+// on first sight, and reparsing them when its labels changed.
+func (a *Agent) upsert(c runtime.Container) (*tracked, bool) {
+	a.mu.Lock()
+	t, ok := a.containers[c.Key()]
+	if ok {
+		labelsChanged := !sameLabels(t.c.Labels, c.Labels)
+		t.c = c
+		if labelsChanged {
+			a.configure(t)
+		}
+		a.mu.Unlock()
+		return t, false
+	}
+	t = &tracked{c: c, identity: identity(&c)}
+	a.configure(t)
+	a.containers[c.Key()] = t
+	a.mu.Unlock()
+
+	// Restore restart state from the state dir, or start fresh.
+	var rec ContainerRecord
+	a.store.View(func(tx Tx) {
+		if r, ok := tx.d.Containers[containerKey(c.Key())]; ok {
+			rec = *r
+		}
+	})
+	if len(rec.Restart) > 0 {
+		if err := json.Unmarshal(rec.Restart, &t.tracker.State); err != nil {
+			a.log.Warn("restart state unreadable, starting fresh", "container", c.ID, "namespace", c.Namespace, "err", err)
+		}
+	}
+	a.touchCounters(t)
+	return t, true
+}
+
+// configure parses the container's labels (and image healthcheck) into its
+// restart policy and health config. Called with a.mu held.
+func (a *Agent) configure(t *tracked) {
+	t.healthCfg, t.healthSource, t.healthErr = a.healthConfig(&t.c)
+	if t.healthErr != nil {
+		a.log.Warn("health check labels rejected; container is not probed", "container", t.c.ID, "namespace", t.c.Namespace, "err", t.healthErr)
+	}
+	t.policy, t.policyErr = restart.Parse(t.c.Labels, a.backoffDefaults(), t.healthCfg != nil)
+	if t.policyErr != nil {
+		a.log.Warn("restart labels rejected; container runs with policy no", "container", t.c.ID, "namespace", t.c.Namespace, "err", t.policyErr)
+	}
+	managedBy := ""
+	if t.c.Manager != runtime.ManagerVigil {
+		managedBy = t.c.Manager.String()
+	}
+	if t.tracker == nil {
+		t.tracker = restart.NewTracker(t.policy, managedBy)
+	} else {
+		t.tracker.Policy = t.policy
+		t.tracker.ManagedBy = managedBy
+	}
+}
+
+func (a *Agent) backoffDefaults() restart.Backoff {
+	b := restart.DefaultBackoff()
+	b.Initial = a.cfg.BackoffInitial
+	b.Max = a.cfg.BackoffMax
+	b.ResetAfter = a.cfg.BackoffReset
+	return b
+}
+
+func sameLabels(x, y map[string]string) bool {
+	if len(x) != len(y) {
+		return false
+	}
+	for k, v := range x {
+		if y[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// onStarted handles a task start: the restart tracker learns it (a start it
+// scheduled counts as a restart), probing and network watching begin.
+func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bool) {
+	startedAt := t.c.StartedAt
+	if startedAt.IsZero() {
+		startedAt = at
+	}
+	a.mu.Lock()
+	wasPending := t.tracker.State.Pending
+	before := t.tracker.State.RestartCount
+	t.tracker.OnStart(startedAt)
+	restarted := t.tracker.State.RestartCount > before
+	t.expectDelete = false
+	if t.timer != nil && !t.tracker.State.Pending {
+		t.timer.Stop()
+		t.timer = nil
+	}
+	a.mu.Unlock()
+	if restarted {
+		a.bumpCounters(t, func(c *Counters) { c.Restarts++ })
+	}
+	a.persist(t)
+
+	a.startProbing(t)
+	a.attachNetwork(t)
+
+	if !live {
+		return
+	}
+	switch {
+	case restarted:
+		a.log.Info("container restarted", "container", t.c.ID, "namespace", t.c.Namespace, "restart_count", t.tracker.State.RestartCount)
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTARTED,
+			fmt.Sprintf("restarted by vigil (restart %d)", t.tracker.State.RestartCount), nil, nil)
+	case wasPending:
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "task started (a pending restart was superseded)", nil, nil)
+	default:
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "task started", nil, nil)
+	}
+}
+
+// onExited counts an exit exactly once and asks the restart policy what to
+// do.
+func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit) {
+	a.stopProbing(t)
+	key := containerKey(t.c.Key())
+	counted := false
+	err := a.store.Update(func(tx Tx) error {
+		rec := tx.Container(key)
+		if !exit.At.IsZero() && !exit.At.After(rec.LastExitSeen) {
+			return nil // already counted (replayed after a reconnect or our restart)
+		}
+		rec.LastExitSeen = exit.At
+		c := tx.Counters(t.identity)
+		c.Exits[ExitKey{exit.Reason.String(), exit.Code}]++
+		c.LastSeen = a.now()
+		counted = true
+		return nil
+	})
+	if err != nil {
+		a.log.Error("cannot record exit in the state dir", "container", t.c.ID, "err", err)
+	}
+	exitPB := exitProto(&exit)
+	if counted {
+		a.log.Info("container exited", "container", t.c.ID, "namespace", t.c.Namespace,
+			"code", exit.Code, "reason", exit.Reason.String(), "signal", exit.Signal)
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED,
+			fmt.Sprintf("exited: %s (code %d)", exit.Reason, exit.Code), exitPB, nil)
+	}
+
+	a.mu.Lock()
+	d := t.tracker.OnExit(exit.Code, exit.Reason.String(), exit.At)
+	a.mu.Unlock()
+	if counted || d.Restarts() {
+		a.applyDecision(t, d)
+	}
+}
+
+func (a *Agent) onOOM(t *tracked) {
+	a.bumpCounters(t, func(c *Counters) { c.OOMEvents++ })
+	a.log.Warn("container OOM-killed a process", "container", t.c.ID, "namespace", t.c.Namespace)
+	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_OOM, "the kernel OOM killer killed a process in the container", nil, nil)
+}
+
+// onTaskDeleted: a task deleted by someone other than us, after it ran, is
+// an operator's stop (docker stop / ctr task rm): policies leave it down.
+func (a *Agent) onTaskDeleted(t *tracked) {
+	a.mu.Lock()
+	if t.expectDelete || t.inFlight {
+		t.expectDelete = false
+		a.mu.Unlock()
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "task deleted by vigil for a restart", nil, nil)
+		return
+	}
+	a.mu.Unlock()
+	a.explicitStop(t, "the task was deleted by an operator")
+}
+
+// explicitStop records an operator's stop: restart policies leave the
+// container down until it is started again.
+func (a *Agent) explicitStop(t *tracked, why string) {
+	a.mu.Lock()
+	managed := t.c.Manager == runtime.ManagerVigil && t.policy.Kind != restart.KindNo && t.policy.Kind != 0
+	if managed {
+		t.tracker.OnExplicitStop(a.now())
+		if t.timer != nil {
+			t.timer.Stop()
+			t.timer = nil
+		}
+		t.dueWhileBusy = false
+	}
+	a.mu.Unlock()
+	if !managed {
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "task deleted", nil, nil)
+		return
+	}
+	a.persist(t)
+	a.log.Info("explicit stop; restart policy suspended until the container is started again", "container", t.c.ID, "namespace", t.c.Namespace, "why", why)
+	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTART_DECISION, "explicit stop: "+why,
+		nil, &vigilv1.RestartDecision{Kind: vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_SKIP_EXPLICIT_STOP, Reason: why})
+}
+
+func (a *Agent) removeContainer(key runtime.Key, ev runtime.Event) {
+	a.mu.Lock()
+	t, ok := a.containers[key]
+	if ok {
+		if t.timer != nil {
+			t.timer.Stop()
+			t.timer = nil
+		}
+		delete(a.containers, key)
+		delete(a.lastStats, key)
+	}
+	a.mu.Unlock()
+	if !ok {
+		return
+	}
+	if ev.Container != nil {
+		t.c = *ev.Container
+	}
+	a.stopProbing(t)
+	a.detachNetwork(t)
+	_ = a.store.Update(func(tx Tx) error {
+		tx.DeleteContainer(containerKey(key))
+		tx.Counters(t.identity).LastSeen = a.now()
+		return nil
+	})
+	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_REMOVED, "container removed", nil, nil)
+}
+
+// applyDecision carries out a restart decision: arm (or re-arm) the
+// container's one timer, record and report.
+func (a *Agent) applyDecision(t *tracked, d restart.Decision) {
+	a.mu.Lock()
+	if d.Restarts() {
+		delay := time.Until(d.At)
+		if delay < a.cfg.StopWindow {
+			delay = a.cfg.StopWindow
+		}
+		if t.timer != nil {
+			t.timer.Stop()
+		}
+		key := t.c.Key()
+		t.timer = time.AfterFunc(delay, func() {
+			select {
+			case a.due <- key:
+			case <-a.done:
+			}
+		})
+	}
+	a.mu.Unlock()
+	a.persist(t)
+	if d.Kind == 0 {
+		return
+	}
+	a.log.Info("restart decision", "container", t.c.ID, "namespace", t.c.Namespace, "decision", d.Kind.String(), "delay", d.Delay, "reason", d.Reason)
+	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTART_DECISION, d.Reason, nil, &vigilv1.RestartDecision{
+		Kind:   vigilv1.RestartDecisionKind(d.Kind),
+		Delay:  dur(d.Delay),
+		Reason: d.Reason,
+	})
+}
+
+// onRestartDue starts the restart of a container whose backoff elapsed.
+func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
+	a.mu.Lock()
+	t, ok := a.containers[key]
+	if !ok || !t.tracker.State.Pending || t.tracker.State.ExplicitlyStopped {
+		a.mu.Unlock()
+		return
+	}
+	t.timer = nil
+	if t.inFlight {
+		// Our stop (before an unhealthy restart) is still running: restart
+		// when it is done.
+		t.dueWhileBusy = true
+		a.mu.Unlock()
+		return
+	}
+	t.dueWhileBusy = false
+	t.inFlight = true
+	running := t.c.State == runtime.StateRunning || t.c.State == runtime.StatePaused
+	t.expectDelete = true
+	a.mu.Unlock()
+	a.runAction(ctx, actionResult{kind: actionRestart, key: key}, func(ctx context.Context) error {
+		if running {
+			// An unhealthy restart whose kill has not been seen yet: stop
+			// first.
+			if err := a.rt.Stop(ctx, key, a.cfg.StopGrace); err != nil {
+				return fmt.Errorf("stop before restart: %w", err)
+			}
+		}
+		return a.rt.Restart(ctx, key, runtime.RequireTask())
+	})
+}
+
+// persist writes the container's restart state to the state dir.
+func (a *Agent) persist(t *tracked) {
+	a.mu.RLock()
+	state, err := json.Marshal(&t.tracker.State)
+	stopped := t.tracker.State.ExplicitlyStopped
+	count := uint32(t.tracker.State.RestartCount)
+	a.mu.RUnlock()
+	if err != nil {
+		a.log.Error("encode restart state", "container", t.c.ID, "err", err)
+		return
+	}
+	if err := a.store.Update(func(tx Tx) error {
+		rec := tx.Container(containerKey(t.c.Key()))
+		rec.Restart = state
+		rec.ExplicitlyStopped = stopped
+		rec.RestartCount = count
+		return nil
+	}); err != nil {
+		a.log.Error("cannot write restart state to the state dir", "container", t.c.ID, "err", err)
+	}
+}
+
+// touchCounters marks the identity as live and, for kubelet containers,
+// folds the kubelet's restart count into the lifetime restarts.
+func (a *Agent) touchCounters(t *tracked) {
+	_ = a.store.Update(func(tx Tx) error {
+		c := tx.Counters(t.identity)
+		c.LastSeen = a.now()
+		if t.c.Pod != nil && !t.c.Pod.Sandbox && t.c.Manager == runtime.ManagerKubelet {
+			n := t.c.Pod.RestartCount
+			switch {
+			case n > c.KubeletRestartsSeen:
+				c.Restarts += uint64(n - c.KubeletRestartsSeen)
+			case n < c.KubeletRestartsSeen:
+				c.Restarts += uint64(n) // a new pod with the same name
+			}
+			c.KubeletRestartsSeen = n
+		}
+		return nil
+	})
+}
+
+func (a *Agent) bumpCounters(t *tracked, fn func(*Counters)) {
+	if err := a.store.Update(func(tx Tx) error {
+		c := tx.Counters(t.identity)
+		fn(c)
+		c.LastSeen = a.now()
+		return nil
+	}); err != nil {
+		a.log.Error("cannot write counters to the state dir", "container", t.c.ID, "err", err)
+	}
+}
+
+// settle lets every running container's tracker reset its backoff when the
+// container has been up (and healthy) long enough.
+func (a *Agent) settle() {
+	now := a.now()
+	var changed []*tracked
+	a.mu.Lock()
+	for _, t := range a.containers {
+		if t.tracker.Settle(now) {
+			changed = append(changed, t)
+		}
+	}
+	a.mu.Unlock()
+	for _, t := range changed {
+		a.persist(t)
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "restart backoff reset after a stable run", nil, nil)
+	}
+}
+
+func (a *Agent) pruneStore() {
+	live := map[string]bool{}
+	liveContainers := map[string]bool{}
+	a.mu.RLock()
+	for k, t := range a.containers {
+		live[t.identity] = true
+		liveContainers[containerKey(k)] = true
+	}
+	a.mu.RUnlock()
+	if err := a.store.Prune(live, liveContainers, a.now().Add(-24*time.Hour)); err != nil {
+		a.log.Warn("prune state dir", "err", err)
+	}
+}
+
+// sendContainerEvent builds the container's full state and sends an event.
+func (a *Agent) sendContainerEvent(t *tracked, typ vigilv1.ContainerEventType, msg string, exit *vigilv1.ExitStatus, d *vigilv1.RestartDecision) {
+	a.sendEvent(&vigilv1.ContainerEvent{
+		Type:      typ,
+		Time:      timestamppb.New(a.now()),
+		Container: a.containerProto(t),
+		Exit:      exit,
+		Decision:  d,
+		Message:   msg,
+	})
+}

@@ -1,0 +1,388 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/vigilhq/vigil/internal/network"
+	"github.com/vigilhq/vigil/internal/restart"
+	"github.com/vigilhq/vigil/internal/runtime"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// containerProto is a container's full state as the protocol carries it.
+func (a *Agent) containerProto(t *tracked) *vigilv1.Container {
+	a.mu.RLock()
+	pb := baseContainerProto(&t.c)
+	pb.Manager = managerProto(t.c.Manager)
+	st := t.tracker.State
+	pb.RestartCount = a.restartCountLocked(t)
+	pb.ExplicitlyStopped = st.ExplicitlyStopped
+	if t.c.Manager == runtime.ManagerVigil {
+		pb.RestartPolicy = &vigilv1.RestartPolicy{
+			Kind:               vigilv1.RestartPolicyKind(policyKindOrNo(t.policy.Kind)),
+			MaxRetries:         uint32(t.policy.MaxRetries),
+			RestartOnUnhealthy: t.policy.RestartOnUnhealthy,
+			BackoffInitial:     dur(t.policy.Backoff.Initial),
+			BackoffMax:         dur(t.policy.Backoff.Max),
+			BackoffResetAfter:  dur(t.policy.Backoff.ResetAfter),
+		}
+		pb.Backoff = &vigilv1.BackoffState{
+			CurrentDelay:        dur(st.CurrentDelay),
+			ConsecutiveRestarts: uint32(st.ConsecutiveRestarts),
+			CrashLooping:        st.CrashLooping,
+			GaveUp:              st.GaveUp,
+		}
+		if st.Pending {
+			pb.Backoff.NextRestartAt = ts(st.NextRestartAt)
+		}
+	}
+	pb.Health = t.health
+	if pb.Health == nil {
+		pb.Health = noHealth
+	}
+	pb.Conditions = append(pb.Conditions, t.conditions...)
+	identity := t.identity
+	a.mu.RUnlock()
+
+	a.store.View(func(tx Tx) {
+		if c, ok := tx.d.Counters[identity]; ok {
+			pb.Counters = countersProto(c)
+		}
+	})
+	if pb.Counters == nil {
+		pb.Counters = &vigilv1.ContainerCounters{}
+	}
+	return pb
+}
+
+// noHealth is the health of a container without a health check (shared,
+// never modified).
+var noHealth = &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_NONE}
+
+func policyKindOrNo(k restart.Kind) restart.Kind {
+	if k == 0 {
+		return restart.KindNo
+	}
+	return k
+}
+
+// snapshot is the node's full state; the uplink calls it when the
+// aggregator needs one.
+func (a *Agent) snapshot() *vigilv1.Snapshot {
+	a.mu.RLock()
+	ts := make([]*tracked, 0, len(a.containers))
+	for _, t := range a.containers {
+		ts = append(ts, t)
+	}
+	netns := a.lastNet
+	a.mu.RUnlock()
+	sort.Slice(ts, func(i, j int) bool {
+		if ts[i].c.Namespace != ts[j].c.Namespace {
+			return ts[i].c.Namespace < ts[j].c.Namespace
+		}
+		return ts[i].c.ID < ts[j].c.ID
+	})
+	snap := &vigilv1.Snapshot{Network: netns, Status: a.nodeStatus()}
+	for _, t := range ts {
+		snap.Containers = append(snap.Containers, a.containerProto(t))
+	}
+	return snap
+}
+
+// nodeStatus is the agent's own health and cost.
+func (a *Agent) nodeStatus() *vigilv1.NodeStatus {
+	st := &vigilv1.NodeStatus{
+		RuntimeAvailable: a.rt.Available(),
+		RuntimeVersion:   a.rt.Version(),
+		Agent: &vigilv1.AgentStatus{
+			CpuSeconds:     selfCPUSeconds(),
+			RssBytes:       selfRSS(),
+			RuntimeLatency: durationpb.New(a.rt.Latency()),
+		},
+	}
+	if d := a.self.lastCollection(); d > 0 {
+		st.Agent.LastCollectionDuration = durationpb.New(d)
+	}
+	if a.up != nil {
+		us := a.up.Stats()
+		st.Agent.BufferedMessages = uint32(us.Buffered)
+		st.Agent.BufferCapacity = uint32(us.Capacity)
+		st.Agent.BufferDroppedTotal = us.Dropped
+		st.Agent.ReconnectsTotal = us.Reconnects
+	}
+	if a.net != nil {
+		st.Agent.NetnsHandles = uint32(a.net.OpenNamespaces())
+	}
+	if !st.RuntimeAvailable {
+		st.Conditions = append(st.Conditions, &vigilv1.Condition{
+			Type:    vigilv1.ConditionType_CONDITION_TYPE_RUNTIME_UNAVAILABLE,
+			Reason:  "ContainerdUnavailable",
+			Message: "containerd at " + a.cfg.ContainerdAddress + " does not answer",
+		})
+	}
+	return st
+}
+
+func (a *Agent) sendNodeStatus() {
+	if a.up != nil {
+		a.up.SendNodeStatus(a.nodeStatus())
+	}
+}
+
+// sample reads resources and networks once and sends them.
+func (a *Agent) sample(ctx context.Context) {
+	start := time.Now()
+	stats, err := a.rt.Stats(ctx, a.self.statsBuf[:0])
+	if err != nil {
+		a.log.Warn("resource stats", "err", err)
+	}
+	a.self.statsBuf = stats
+	batch := &vigilv1.ResourceSamples{Samples: make([]*vigilv1.ResourceSample, 0, len(stats))}
+	latest := make(map[runtime.Key]*vigilv1.ResourceSample, len(stats))
+	for i := range stats {
+		s := statsProto(&stats[i])
+		batch.Samples = append(batch.Samples, s)
+		latest[stats[i].Key] = s
+	}
+	resDur := time.Since(start)
+	batch.CollectionDuration = durationpb.New(resDur)
+	a.mu.Lock()
+	a.lastStats = latest
+	a.mu.Unlock()
+	if a.up != nil {
+		a.up.SendResourceSamples(batch)
+	}
+
+	if a.net != nil {
+		nstart := time.Now()
+		snap, err := a.net.Read(ctx)
+		if err != nil {
+			a.log.Warn("network read", "err", err)
+		} else {
+			for _, e := range snap.Errors {
+				a.log.Debug("network namespace not read", "err", e)
+			}
+			ns := make([]*vigilv1.NetworkNamespace, 0, len(snap.Namespaces))
+			for i := range snap.Namespaces {
+				ns = append(ns, snap.Namespaces[i].Proto())
+			}
+			a.applyConditions(snap)
+			a.mu.Lock()
+			a.lastNet = ns
+			a.mu.Unlock()
+			if a.up != nil {
+				a.up.SendNetworkSamples(&vigilv1.NetworkSamples{Namespaces: ns, CollectionDuration: durationpb.New(time.Since(nstart))})
+			}
+		}
+	}
+	a.self.observeCollection(time.Since(start))
+	a.sendNodeStatus()
+}
+
+// applyConditions copies each namespace's network conditions onto the
+// containers living in it, and reports containers whose conditions changed.
+func (a *Agent) applyConditions(snap *network.Snapshot) {
+	byContainer := map[runtime.Key][]*vigilv1.Condition{}
+	for i := range snap.Namespaces {
+		ns := &snap.Namespaces[i]
+		if ns.Host {
+			continue
+		}
+		for _, ref := range ns.Containers {
+			k := runtime.Key{Namespace: ref.Namespace, ID: ref.ID}
+			for j := range ns.Conditions {
+				byContainer[k] = append(byContainer[k], ns.Conditions[j].Proto())
+			}
+		}
+	}
+	var changed []*tracked
+	a.mu.Lock()
+	for k, t := range a.containers {
+		next := byContainer[k]
+		if !sameConditions(t.conditions, next) {
+			t.conditions = next
+			changed = append(changed, t)
+		}
+	}
+	a.mu.Unlock()
+	for _, t := range changed {
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_CONDITIONS_CHANGED, conditionSummary(t.conditions), nil, nil)
+	}
+}
+
+func sameConditions(x, y []*vigilv1.Condition) bool {
+	if len(x) != len(y) {
+		return false
+	}
+	for i := range x {
+		if x[i].GetType() != y[i].GetType() || x[i].GetReason() != y[i].GetReason() || x[i].GetInterface() != y[i].GetInterface() {
+			return false
+		}
+	}
+	return true
+}
+
+func conditionSummary(cs []*vigilv1.Condition) string {
+	if len(cs) == 0 {
+		return "network conditions cleared"
+	}
+	parts := make([]string, 0, len(cs))
+	for _, c := range cs {
+		p := c.GetReason()
+		if c.GetInterface() != "" {
+			p += " (" + c.GetInterface() + ")"
+		}
+		parts = append(parts, p)
+	}
+	return "network conditions: " + strings.Join(parts, ", ")
+}
+
+// networkEvent is a link change forwarded from the network monitor.
+type networkEvent = network.Event
+
+// netEvents forwards the monitor's link events to the loop.
+func (a *Agent) netEvents(ctx context.Context) <-chan networkEvent {
+	return a.net.Events()
+}
+
+// onNetworkEvent forwards a link change upstream at once (not at the next
+// sample).
+func (a *Agent) onNetworkEvent(ev networkEvent) {
+	typ := vigilv1.NetworkEventType_NETWORK_EVENT_TYPE_LINK_CHANGED
+	switch ev.Type {
+	case network.LinkAdded:
+		typ = vigilv1.NetworkEventType_NETWORK_EVENT_TYPE_LINK_ADDED
+	case network.LinkRemoved:
+		typ = vigilv1.NetworkEventType_NETWORK_EVENT_TYPE_LINK_REMOVED
+	}
+	inode := ev.NetNSInode
+	if ev.Host {
+		inode = 0
+	}
+	out := &vigilv1.NetworkEvent{
+		Type:      typ,
+		Time:      timestamppb.New(ev.Time),
+		Interface: ev.Link.Proto(inode),
+	}
+	for _, r := range ev.Containers {
+		out.Containers = append(out.Containers, &vigilv1.ContainerRef{Namespace: r.Namespace, Id: r.ID})
+	}
+	a.log.Debug("link event", "type", ev.Type.String(), "link", ev.Link.Name, "netns", ev.NetNSInode)
+	if a.up != nil {
+		a.up.SendNetworkEvent(out)
+	}
+}
+
+// attachNetwork tells the network monitor where a running container's
+// namespace is.
+func (a *Agent) attachNetwork(t *tracked) {
+	if a.net == nil || t.c.Pid == 0 {
+		return
+	}
+	src := network.Source{PID: t.c.Pid, HostNetwork: t.c.HostNetwork, Primary: t.c.Pod != nil && t.c.Pod.Sandbox}
+	if err := a.net.Attach(network.ContainerRef{Namespace: t.c.Namespace, ID: t.c.ID}, src); err != nil {
+		a.log.Debug("network attach", "container", t.c.ID, "err", err)
+	}
+}
+
+func (a *Agent) detachNetwork(t *tracked) {
+	if a.net != nil {
+		a.net.Detach(network.ContainerRef{Namespace: t.c.Namespace, ID: t.c.ID})
+	}
+}
+
+// selfCPUSeconds is the process's user + system CPU time.
+func selfCPUSeconds() float64 {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	// Fields after the command (which may contain spaces) start past ")".
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ is 100 on Linux
+}
+
+// selfRSS is the process's resident set size.
+func selfRSS() uint64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseUint(f[1], 10, 64)
+	return pages * uint64(os.Getpagesize())
+}
+
+// selfMetrics are the agent's own metrics beyond those of its parts.
+type selfMetrics struct {
+	a        *Agent
+	statsBuf []runtime.Stats
+
+	collDesc *prometheus.Desc
+	contDesc *prometheus.Desc
+	collHist prometheus.Histogram
+	lastColl atomic.Int64 // nanoseconds of the last collection cycle
+}
+
+func newSelfMetrics(a *Agent) *selfMetrics {
+	return &selfMetrics{
+		a:        a,
+		contDesc: prometheus.NewDesc("vigil_agent_containers", "Containers the agent tracks, by containerd namespace and manager.", []string{"namespace", "manager"}, nil),
+		collHist: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vigil_agent_collection_duration_seconds",
+			Help:    "Wall time of one resource and network collection cycle.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}),
+	}
+}
+
+func (s *selfMetrics) observeCollection(d time.Duration) {
+	s.collHist.Observe(d.Seconds())
+	s.lastColl.Store(int64(d))
+}
+
+func (s *selfMetrics) lastCollection() time.Duration {
+	return time.Duration(s.lastColl.Load())
+}
+
+func (s *selfMetrics) Describe(ch chan<- *prometheus.Desc) {
+	ch <- s.contDesc
+	s.collHist.Describe(ch)
+}
+
+func (s *selfMetrics) Collect(ch chan<- prometheus.Metric) {
+	type k struct{ ns, mgr string }
+	counts := map[k]int{}
+	s.a.mu.RLock()
+	for _, t := range s.a.containers {
+		counts[k{t.c.Namespace, t.c.Manager.String()}]++
+	}
+	s.a.mu.RUnlock()
+	for key, n := range counts {
+		ch <- prometheus.MustNewConstMetric(s.contDesc, prometheus.GaugeValue, float64(n), key.ns, key.mgr)
+	}
+	s.collHist.Collect(ch)
+}
