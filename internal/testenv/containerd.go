@@ -62,7 +62,9 @@ type Env struct {
 	clients []*client.Client
 	images  map[string]*imageImport // by namespace and ref
 	defs    map[string]imageDef     // images built here, by ref
-	stopped bool
+	// attached counts AttachNetNS calls: the next address to hand out.
+	attached int
+	stopped  bool
 }
 
 // instanceInfo is written to the instance dir so that a later test binary can

@@ -143,7 +143,7 @@ func (e *Env) writeCNIConfig(subnet *net.IPNet) error {
 					"ranges": []any{[]any{map[string]any{
 						"subnet":     subnet.String(),
 						"rangeStart": host(2),
-						"rangeEnd":   host(254),
+						"rangeEnd":   host(attachFirst - 1), // the rest is AttachNetNS's
 					}}},
 				},
 			},
@@ -154,6 +154,84 @@ func (e *Env) writeCNIConfig(subnet *net.IPNet) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(e.cniConfDir(), "10-vigil.conflist"), b, 0o600)
+}
+
+// attachFirst is the first host number of the subnet that AttachNetNS
+// hands out; CRI pods get the numbers below it.
+const attachFirst = 128
+
+// AttachNetNS connects n to the instance's bridge: a veth pair whose host
+// end joins the bridge and whose other end is eth0 in n, up, with the next
+// free address of the subnet's upper half (returned, without prefix length).
+// Only the subnet is routed: traffic reaches pods, the host (e.BridgeIP) and
+// other attached namespaces, nothing beyond. The veth goes with n.
+func (e *Env) AttachNetNS(tb testing.TB, n *NetNS) string {
+	tb.Helper()
+	e.mu.Lock()
+	hostNum := attachFirst + e.attached
+	e.attached++
+	e.mu.Unlock()
+	if hostNum > 254 {
+		tb.Fatalf("testenv: AttachNetNS: the subnet's %d addresses for namespaces are used up", 255-attachFirst)
+	}
+	_, subnet, err := net.ParseCIDR(e.Subnet)
+	if err != nil {
+		tb.Fatalf("testenv: AttachNetNS: subnet %q: %v", e.Subnet, err)
+	}
+	ip := net.IPv4(subnet.IP[0], subnet.IP[1], subnet.IP[2], byte(hostNum)).To4()
+	hostName := fmt.Sprintf("vgh%s%02x", e.id[:6], hostNum)
+	if err := attachVeth(e.Bridge, hostName, n.Path, &net.IPNet{IP: ip, Mask: subnet.Mask}); err != nil {
+		tb.Fatalf("testenv: AttachNetNS %s: %v", n.Name, err)
+	}
+	tb.Cleanup(func() { _ = deleteLink(hostName) }) // usually gone with the netns already
+	return ip.String()
+}
+
+func attachVeth(bridge, hostName, nsPath string, addr *net.IPNet) error {
+	br, err := netlink.LinkByName(bridge)
+	if err != nil {
+		return fmt.Errorf("bridge %s: %w", bridge, err)
+	}
+	target, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return fmt.Errorf("open netns: %w", err)
+	}
+	defer target.Close()
+	peerName := hostName + "p"
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostName, MasterIndex: br.Attrs().Index}, PeerName: peerName}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("create veth %s: %w", hostName, err)
+	}
+	fail := func(err error) error { return errors.Join(err, deleteLink(hostName)) }
+	peer, err := netlink.LinkByName(peerName)
+	if err != nil {
+		return fail(err)
+	}
+	if err := netlink.LinkSetNsFd(peer, int(target)); err != nil {
+		return fail(fmt.Errorf("move %s into the netns: %w", peerName, err))
+	}
+	if err := netlink.LinkSetUp(veth); err != nil {
+		return fail(err)
+	}
+	h, err := netlink.NewHandleAt(target)
+	if err != nil {
+		return fail(fmt.Errorf("netlink in the netns: %w", err))
+	}
+	defer h.Close()
+	inner, err := h.LinkByName(peerName)
+	if err == nil {
+		err = h.LinkSetName(inner, "eth0")
+	}
+	if err == nil {
+		err = h.AddrAdd(inner, &netlink.Addr{IPNet: addr})
+	}
+	if err == nil {
+		err = h.LinkSetUp(inner)
+	}
+	if err != nil {
+		return fail(fmt.Errorf("set up eth0 in the netns: %w", err))
+	}
+	return nil
 }
 
 // deleteLink removes a link by name; a missing link is not an error.

@@ -266,6 +266,18 @@ func TestNetNSKeepsNetworkAcrossTaskRestart(t *testing.T) {
 	if err := dial(); err != nil {
 		t.Fatalf("dial the restarted workload in the same netns: %v", err)
 	}
+
+	// Attached to the bridge, the namespace is reachable from the host.
+	ip := e.AttachNetNS(t, n)
+	_, subnet, _ := net.ParseCIDR(e.Subnet)
+	if !subnet.Contains(net.ParseIP(ip)) {
+		t.Fatalf("attached address %s outside %s", ip, e.Subnet)
+	}
+	c, err := net.DialTimeout("tcp", net.JoinHostPort(ip, "9000"), 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial the workload from the host at its attached address: %v", err)
+	}
+	c.Close()
 }
 
 func TestRestartKeepsTasksRunning(t *testing.T) {
