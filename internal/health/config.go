@@ -93,8 +93,8 @@ type Config struct {
 	// Service is the grpc.health.v1 service name; "" asks about the server
 	// as a whole (KindGRPC).
 	Service string
-	// Interval is the time between the end of one probe and the start of
-	// the next.
+	// Interval is the time between the starts of two probes; a probe that
+	// overruns it pushes the next one to an interval after it ended.
 	Interval time.Duration
 	// Timeout bounds one probe.
 	Timeout time.Duration
