@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/vigilhq/vigil/internal/testenv"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -29,18 +30,21 @@ type recorded struct {
 // harness runs a real agent against the test binary's private containerd,
 // watching one containerd namespace of its own.
 type harness struct {
-	t        *testing.T
+	t        testing.TB
 	env      *testenv.Env
 	ns       string
 	stateDir string
 
-	mu     sync.Mutex
-	events []recorded
+	mu           sync.Mutex
+	events       []recorded
+	lastRegistry interface {
+		Gather() ([]*dto.MetricFamily, error)
+	}
 	cancel context.CancelFunc
 	done   chan error
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	t.Helper()
 	env := testenv.Containerd(t)
 	ns := "agent-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
@@ -73,10 +77,14 @@ func (h *harness) start(mod func(*Config)) {
 	if mod != nil {
 		mod(&cfg)
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	a, err := New(cfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	h.lastRegistry = a.Registry()
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	h.done = make(chan error, 1)
@@ -173,7 +181,7 @@ var (
 	exited    = isType(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED)
 )
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))

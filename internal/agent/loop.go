@@ -240,6 +240,9 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 	a.mu.Unlock()
 	if restarted {
 		a.bumpCounters(t, func(c *Counters) { c.Restarts++ })
+		if e := t.c.LastExit; e != nil && !e.At.IsZero() && startedAt.After(e.At) {
+			a.self.restartLag.Observe(startedAt.Sub(e.At).Seconds())
+		}
 	}
 	a.persist(t)
 
@@ -266,9 +269,27 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit) {
 	a.stopProbing(t)
 	key := containerKey(t.c.Key())
+
+	// Decide first, then write the exit count and the restart state in one
+	// durable write: the restart waits for nothing else.
+	a.mu.Lock()
+	d := t.tracker.OnExit(exit.Code, exit.Reason.String(), exit.At)
+	state, encErr := json.Marshal(&t.tracker.State)
+	stopped := t.tracker.State.ExplicitlyStopped
+	count := uint32(t.tracker.State.RestartCount)
+	a.mu.Unlock()
+	if encErr != nil {
+		a.log.Error("encode restart state", "container", t.c.ID, "err", encErr)
+	}
+
 	counted := false
 	err := a.store.Update(func(tx Tx) error {
 		rec := tx.Container(key)
+		if encErr == nil {
+			rec.Restart = state
+			rec.ExplicitlyStopped = stopped
+			rec.RestartCount = count
+		}
 		if !exit.At.IsZero() && !exit.At.After(rec.LastExitSeen) {
 			return nil // already counted (replayed after a reconnect or our restart)
 		}
@@ -282,19 +303,17 @@ func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit) {
 	if err != nil {
 		a.log.Error("cannot record exit in the state dir", "container", t.c.ID, "err", err)
 	}
-	exitPB := exitProto(&exit)
+	if d.Restarts() {
+		a.armRestart(t, d)
+	}
 	if counted {
 		a.log.Info("container exited", "container", t.c.ID, "namespace", t.c.Namespace,
 			"code", exit.Code, "reason", exit.Reason.String(), "signal", exit.Signal)
 		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED,
-			fmt.Sprintf("exited: %s (code %d)", exit.Reason, exit.Code), exitPB, nil)
+			fmt.Sprintf("exited: %s (code %d)", exit.Reason, exit.Code), exitProto(&exit), nil)
 	}
-
-	a.mu.Lock()
-	d := t.tracker.OnExit(exit.Code, exit.Reason.String(), exit.At)
-	a.mu.Unlock()
 	if counted || d.Restarts() {
-		a.applyDecision(t, d)
+		a.reportDecision(t, d)
 	}
 }
 
@@ -373,25 +392,35 @@ func (a *Agent) removeContainer(key runtime.Key, ev runtime.Event) {
 // applyDecision carries out a restart decision: arm (or re-arm) the
 // container's one timer, record and report.
 func (a *Agent) applyDecision(t *tracked, d restart.Decision) {
-	a.mu.Lock()
 	if d.Restarts() {
-		delay := time.Until(d.At)
-		if delay < a.cfg.StopWindow {
-			delay = a.cfg.StopWindow
-		}
-		if t.timer != nil {
-			t.timer.Stop()
-		}
-		key := t.c.Key()
-		t.timer = time.AfterFunc(delay, func() {
-			select {
-			case a.due <- key:
-			case <-a.done:
-			}
-		})
+		a.armRestart(t, d)
 	}
-	a.mu.Unlock()
 	a.persist(t)
+	a.reportDecision(t, d)
+}
+
+// armRestart (re)arms the container's one restart timer for a decision.
+func (a *Agent) armRestart(t *tracked, d restart.Decision) {
+	delay := time.Until(d.At)
+	if delay < a.cfg.StopWindow {
+		delay = a.cfg.StopWindow
+	}
+	key := t.c.Key()
+	a.mu.Lock()
+	if t.timer != nil {
+		t.timer.Stop()
+	}
+	t.timer = time.AfterFunc(delay, func() {
+		select {
+		case a.due <- key:
+		case <-a.done:
+		}
+	})
+	a.mu.Unlock()
+}
+
+// reportDecision logs a decision and sends it upstream.
+func (a *Agent) reportDecision(t *tracked, d restart.Decision) {
 	if d.Kind == 0 {
 		return
 	}
@@ -432,7 +461,12 @@ func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
 				return fmt.Errorf("stop before restart: %w", err)
 			}
 		}
-		return a.rt.Restart(ctx, key, runtime.RequireTask())
+		start := time.Now()
+		err := a.rt.Restart(ctx, key, runtime.RequireTask())
+		if err == nil {
+			a.self.restartHist.Observe(time.Since(start).Seconds())
+		}
+		return err
 	})
 }
 

@@ -341,10 +341,14 @@ type selfMetrics struct {
 	a        *Agent
 	statsBuf []runtime.Stats
 
-	collDesc *prometheus.Desc
 	contDesc *prometheus.Desc
 	collHist prometheus.Histogram
 	lastColl atomic.Int64 // nanoseconds of the last collection cycle
+	// restartHist is the time spent in containerd's delete, create and start
+	// of a policy restart; restartLag the time from the exit (containerd's
+	// timestamp) to the new task running, backoff included.
+	restartHist prometheus.Histogram
+	restartLag  prometheus.Histogram
 }
 
 func newSelfMetrics(a *Agent) *selfMetrics {
@@ -355,6 +359,16 @@ func newSelfMetrics(a *Agent) *selfMetrics {
 			Name:    "vigil_agent_collection_duration_seconds",
 			Help:    "Wall time of one resource and network collection cycle.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}),
+		restartHist: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vigil_agent_restart_runtime_seconds",
+			Help:    "Time containerd took to delete the exited task, create a new one and start it, per policy restart.",
+			Buckets: []float64{.025, .05, .1, .15, .2, .3, .5, 1, 2.5, 5},
+		}),
+		restartLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vigil_agent_restart_exit_to_running_seconds",
+			Help:    "Time from a task's exit to its replacement running, per policy restart (backoff and stop window included).",
+			Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
 		}),
 	}
 }
@@ -371,6 +385,8 @@ func (s *selfMetrics) lastCollection() time.Duration {
 func (s *selfMetrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- s.contDesc
 	s.collHist.Describe(ch)
+	s.restartHist.Describe(ch)
+	s.restartLag.Describe(ch)
 }
 
 func (s *selfMetrics) Collect(ch chan<- prometheus.Metric) {
@@ -385,4 +401,6 @@ func (s *selfMetrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(s.contDesc, prometheus.GaugeValue, float64(n), key.ns, key.mgr)
 	}
 	s.collHist.Collect(ch)
+	s.restartHist.Collect(ch)
+	s.restartLag.Collect(ch)
 }

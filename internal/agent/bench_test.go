@@ -1,0 +1,62 @@
+package agent
+
+import (
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// BenchmarkRestartOverhead measures, per policy restart, the time from a
+// task's exit (containerd's timestamp) to its replacement running, and the
+// part of it that containerd itself spends deleting the old task and
+// creating and starting the new one; the difference is Vigil's overhead:
+// event delivery, the decision, and the agent's own work. The stop window is
+// off and every restart is a first one (the backoff resets after a 1 ms
+// run), so no deliberate delay is included.
+//
+//	go test -run '^$' -bench RestartOverhead -benchtime 30x ./internal/agent
+func BenchmarkRestartOverhead(b *testing.B) {
+	h := newHarness(b)
+	h.start(func(c *Config) {
+		c.StopWindow = 0
+		c.BackoffInitial = time.Millisecond
+		c.BackoffMax = time.Millisecond
+		c.BackoffReset = time.Millisecond
+		c.Logger = nil
+	})
+	h.run("bench", map[string]string{"vigil.io/restart-policy": "always"}, "exit", "1", "--after", "100ms")
+	b.ResetTimer()
+	h.waitFor("bench", "restarts", time.Duration(b.N)*5*time.Second+30*time.Second, func(ev *vigilv1.ContainerEvent) bool {
+		return ev.GetType() == vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTARTED && int(ev.GetContainer().GetRestartCount()) >= b.N
+	})
+	b.StopTimer()
+	h.stop()
+
+	mfs, err := h.lastRegistry.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	hist := func(name string) *dto.Histogram {
+		for _, mf := range mfs {
+			if mf.GetName() == name {
+				return mf.GetMetric()[0].GetHistogram()
+			}
+		}
+		b.Fatalf("metric %s not gathered", name)
+		return nil
+	}
+	lag := hist("vigil_agent_restart_exit_to_running_seconds")
+	rt := hist("vigil_agent_restart_runtime_seconds")
+	if lag.GetSampleCount() == 0 || rt.GetSampleCount() == 0 {
+		b.Fatal("no restart measured")
+	}
+	lagMean := lag.GetSampleSum() / float64(lag.GetSampleCount())
+	rtMean := rt.GetSampleSum() / float64(rt.GetSampleCount())
+	b.ReportMetric(lagMean*1000, "ms-exit-to-running")
+	b.ReportMetric(rtMean*1000, "ms-containerd-delete-create-start")
+	b.ReportMetric((lagMean-rtMean)*1000, "ms-vigil-overhead")
+	b.ReportMetric(float64(lag.GetSampleCount()), "restarts")
+}
