@@ -72,6 +72,9 @@ type tracked struct {
 	healthSource string
 	healthErr    error
 	health       *vigilv1.Health // nil: no health check; never modified once set
+	// failuresCounted is how many of the prober's failures for the current
+	// task are already in the lifetime counter.
+	failuresCounted uint64
 
 	timer *time.Timer // pending restart, nil when none
 

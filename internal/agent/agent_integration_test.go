@@ -343,6 +343,9 @@ func TestUnhealthyContainerIsRestarted(t *testing.T) {
 	if got := ev.GetContainer().GetHealth().GetFailingStreak(); got < 2 {
 		t.Fatalf("unhealthy after %d failures, want 2 (retries)", got)
 	}
+	if got := ev.GetContainer().GetCounters().GetProbeFailuresTotal(); got < 2 {
+		t.Fatalf("probe failures counter = %d when unhealthy, want at least 2", got)
+	}
 	if el := time.Since(flipped); el < time.Second {
 		t.Fatalf("unhealthy %v after the flip: sooner than 2 probes at 1s can tell", el)
 	}

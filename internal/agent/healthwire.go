@@ -34,6 +34,7 @@ func (a *Agent) startProbing(t *tracked) {
 	if !t.c.HostNetwork && t.c.Pid != 0 {
 		tgt.NetNS = health.NetNSOfPid(t.c.Pid)
 	}
+	t.failuresCounted = 0 // the prober counts anew for a new task
 	if cfg != nil {
 		t.health = &vigilv1.Health{
 			Status: vigilv1.HealthStatus_HEALTH_STATUS_STARTING,
@@ -57,7 +58,41 @@ func (a *Agent) startProbing(t *tracked) {
 // stopProbing stops probing a container whose task is gone. Its last health
 // stays visible until the next start.
 func (a *Agent) stopProbing(t *tracked) {
+	a.countProbeFailures(t)
 	a.probe.Remove(t.c.Key())
+}
+
+// countProbeFailures adds the probe failures not yet counted to the
+// container's lifetime counter.
+func (a *Agent) countProbeFailures(ts ...*tracked) {
+	type add struct {
+		identity string
+		n        uint64
+	}
+	var adds []add
+	for _, t := range ts {
+		h, ok := a.probe.Health(t.c.Key())
+		if !ok {
+			continue
+		}
+		a.mu.Lock()
+		if h.Failures > t.failuresCounted {
+			adds = append(adds, add{t.identity, h.Failures - t.failuresCounted})
+			t.failuresCounted = h.Failures
+		}
+		a.mu.Unlock()
+	}
+	if len(adds) == 0 {
+		return
+	}
+	if err := a.store.Update(func(tx Tx) error {
+		for _, x := range adds {
+			tx.Counters(x.identity).ProbeFailures += x.n
+		}
+		return nil
+	}); err != nil {
+		a.log.Error("cannot write probe failure counts to the state dir", "err", err)
+	}
 }
 
 // onHealthChange applies a health transition: report it, and let the
@@ -79,6 +114,7 @@ func (a *Agent) onHealthChange(ctx context.Context, ch health.Change) {
 	}
 	a.mu.Unlock()
 
+	a.countProbeFailures(t)
 	a.log.Info("health changed", "container", t.c.ID, "namespace", t.c.Namespace, "from", ch.From.String(), "to", ch.To.String())
 	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_HEALTH_CHANGED, "health: "+ch.From.String()+" -> "+ch.To.String(), nil, nil)
 	if !decide {

@@ -186,6 +186,15 @@ func (a *Agent) sample(ctx context.Context) {
 		}
 	}
 	a.self.observeCollection(time.Since(start))
+	a.mu.RLock()
+	probed := make([]*tracked, 0, len(a.containers))
+	for _, t := range a.containers {
+		if t.healthCfg != nil && t.c.State == runtime.StateRunning {
+			probed = append(probed, t)
+		}
+	}
+	a.mu.RUnlock()
+	a.countProbeFailures(probed...)
 	a.sendNodeStatus()
 }
 
