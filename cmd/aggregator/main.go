@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -36,13 +37,15 @@ func main() {
 	}
 }
 
-// parseFlags turns the command line into a validated config.
-func parseFlags(args []string, stderr io.Writer) (aggregator.Config, error) {
+// parseFlags turns the command line into a validated config and the GC
+// target.
+func parseFlags(args []string, stderr io.Writer) (aggregator.Config, int, error) {
 	cfg := aggregator.DefaultConfig()
 	fs := flag.NewFlagSet("vigil-aggregator", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var tlsFiles pki.Files
 	var logLevel string
+	var gcPercent int
 	fs.StringVar(&cfg.GRPCListen, "grpc-listen", cfg.GRPCListen, "address of the agents' stream and the Vigil gRPC API")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "address of /metrics, /healthz, /readyz and /api/v1")
 	fs.StringVar(&tlsFiles.Cert, "tls-cert", "", "server certificate (mutual TLS)")
@@ -52,43 +55,54 @@ func parseFlags(args []string, stderr io.Writer) (aggregator.Config, error) {
 	fs.IntVar(&cfg.MaxMessageBytes, "max-message-bytes", cfg.MaxMessageBytes, "largest agent message accepted; a larger one fails its stream")
 	fs.DurationVar(&cfg.StaleAfter, "stale-after", cfg.StaleAfter, "silence after which a connected node is marked stale")
 	fs.DurationVar(&cfg.ForgetAfter, "forget-after", cfg.ForgetAfter, "grace period a down node and its containers' series are kept before it is forgotten")
+	fs.BoolVar(&cfg.MetricsGzip, "metrics-gzip", false, "gzip /metrics for scrapers that accept it (costs more CPU than rendering)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "bound of the graceful shutdown")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.IntVar(&gcPercent, "gc-percent", 50, "Go GC target percentage (GOGC), unless the GOGC environment variable is set; see docs/benchmarks/aggregator.md")
 	if err := fs.Parse(args); err != nil {
-		return cfg, err
+		return cfg, gcPercent, err
 	}
 	if fs.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected arguments %q: %w", fs.Args(), errdefs.ErrInvalid)
+		return cfg, gcPercent, fmt.Errorf("unexpected arguments %q: %w", fs.Args(), errdefs.ErrInvalid)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		return cfg, fmt.Errorf("--log-level %q: want debug, info, warn or error: %w", logLevel, errdefs.ErrInvalid)
+		return cfg, gcPercent, fmt.Errorf("--log-level %q: want debug, info, warn or error: %w", logLevel, errdefs.ErrInvalid)
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	anyTLS := tlsFiles.Cert != "" || tlsFiles.Key != "" || tlsFiles.CA != ""
 	switch {
 	case anyTLS && cfg.Insecure:
-		return cfg, fmt.Errorf("--insecure and --tls-* are both given: choose one: %w", errdefs.ErrInvalid)
+		return cfg, gcPercent, fmt.Errorf("--insecure and --tls-* are both given: choose one: %w", errdefs.ErrInvalid)
 	case anyTLS:
 		tc, err := pki.ServerConfig(tlsFiles)
 		if err != nil {
-			return cfg, fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
+			return cfg, gcPercent, fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
 		}
 		cfg.TLS = tc
 	case !cfg.Insecure:
-		return cfg, fmt.Errorf("no transport security: give --tls-cert, --tls-key and --tls-ca (mutual TLS), or --insecure for a local demo: %w", errdefs.ErrInvalid)
+		return cfg, gcPercent, fmt.Errorf("no transport security: give --tls-cert, --tls-key and --tls-ca (mutual TLS), or --insecure for a local demo: %w", errdefs.ErrInvalid)
+	}
+	if gcPercent < 10 {
+		return cfg, gcPercent, fmt.Errorf("--gc-percent %d: want 10 or more: %w", gcPercent, errdefs.ErrInvalid)
 	}
 	if err := cfg.Validate(); err != nil {
-		return cfg, err
+		return cfg, gcPercent, err
 	}
-	return cfg, nil
+	return cfg, gcPercent, nil
 }
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {
-	cfg, err := parseFlags(args, stderr)
+	cfg, gcPercent, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
+	}
+	if os.Getenv("GOGC") == "" {
+		// The fleet state is a large, long-lived heap with a low allocation
+		// rate: a lower GC target keeps RSS nearer the live heap for little
+		// CPU (measured in docs/benchmarks/aggregator.md).
+		debug.SetGCPercent(gcPercent)
 	}
 	if cfg.Insecure {
 		cfg.Logger.Warn(strings.Join([]string{

@@ -26,8 +26,9 @@ func TestFlagsRefuseWithoutTransportSecurity(t *testing.T) {
 		{[]string{"--insecure", "--log-level", "loud"}, "--log-level \"loud\""},
 		{[]string{"--insecure", "--stale-after", "-1s"}, "stale-after -1s is negative"},
 		{[]string{"--insecure", "extra"}, "unexpected arguments"},
+		{[]string{"--insecure", "--gc-percent", "5"}, "--gc-percent 5"},
 	} {
-		_, err := parseFlags(tc.args, &bytes.Buffer{})
+		_, _, err := parseFlags(tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("parseFlags(%q) = %v, want an error saying %q", tc.args, err, tc.want)
 		}

@@ -68,6 +68,12 @@ type Config struct {
 	// ShutdownTimeout bounds graceful shutdown (gRPC GracefulStop, HTTP
 	// Shutdown) before connections are closed.
 	ShutdownTimeout time.Duration
+	// MetricsGzip compresses /metrics when the scraper accepts gzip (as
+	// Prometheus always does). Off by default, as in kube-state-metrics:
+	// gzip at its fastest level costs more CPU than rendering the series
+	// (docs/benchmarks/aggregator.md), and scrapes mostly cross a local
+	// network. Turn it on when the scrape path is slow or metered.
+	MetricsGzip bool
 	// AggregatorID names this replica in HelloAck; default the host name.
 	AggregatorID string
 	// Registry receives the aggregator's self-metrics, which /metrics also

@@ -191,7 +191,7 @@ func (a *Aggregator) serveMetrics(w http.ResponseWriter, r *http.Request) {
 
 	w.Header().Set("Content-Type", string(expfmt.NewFormat(expfmt.TypeTextPlain)))
 	var out io.Writer = w
-	if acceptsGzip(r) {
+	if a.cfg.MetricsGzip && acceptsGzip(r) {
 		w.Header().Set("Content-Encoding", "gzip")
 		gz, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
 		defer gz.Close()

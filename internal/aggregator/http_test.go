@@ -1,6 +1,7 @@
 package aggregator_test
 
 import (
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -181,4 +182,33 @@ func FuzzParseContainerQuery(f *testing.F) {
 			t.Fatalf("health %d out of range", q.GetHealth())
 		}
 	})
+}
+
+func TestMetricsGzipOnlyWhenEnabled(t *testing.T) {
+	for _, enabled := range []bool{false, true} {
+		h := startAggregator(t, func(c *aggregator.Config) { c.MetricsGzip = enabled })
+		filterScene(h)
+		req, _ := http.NewRequest("GET", h.url("/metrics"), nil)
+		req.Header.Set("Accept-Encoding", "gzip")
+		resp, err := http.DefaultTransport.RoundTrip(req) // no transparent decompression
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body io.Reader = resp.Body
+		if got := resp.Header.Get("Content-Encoding") == "gzip"; got != enabled {
+			t.Fatalf("MetricsGzip=%v: Content-Encoding %q", enabled, resp.Header.Get("Content-Encoding"))
+		}
+		if enabled {
+			zr, err := gzip.NewReader(resp.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body = zr
+		}
+		text, err := io.ReadAll(body)
+		resp.Body.Close()
+		if err != nil || !strings.Contains(string(text), `vigil_container_info{node="n1"`) {
+			t.Fatalf("MetricsGzip=%v: body %v %.200s", enabled, err, text)
+		}
+	}
 }
