@@ -38,7 +38,10 @@ func significant(l *Link) bool {
 // the container owns nothing else. On the host a link that is
 // administratively down is the operator's choice (spare ports, unused
 // devices) and is ignored; a link that is up but operationally down (no
-// carrier, the veth peer down, the port down) is a condition.
+// carrier, the veth peer down, the port down) is a condition. Anywhere, a
+// bridge that is up but operationally down is not: a bridge has no carrier
+// of its own until a port is up (docker0 or cni0 with no containers), and
+// its ports report for themselves.
 func linkDownReason(l *Link, host bool) (string, bool) {
 	if !significant(l) {
 		return "", false
@@ -48,6 +51,9 @@ func linkDownReason(l *Link, host bool) (string, bool) {
 			return "", false
 		}
 		return ReasonAdminDown, true
+	}
+	if l.Kind == "bridge" {
+		return "", false
 	}
 	switch l.OperState {
 	case OperDown, OperNotPresent:

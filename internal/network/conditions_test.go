@@ -46,6 +46,8 @@ func TestLinkDownReason(t *testing.T) {
 		{"host admin down ignored", Link{Name: "eno2", Kind: "device", OperState: OperDown}, true, ""},
 		{"host no carrier", Link{Name: "eno1", Kind: "device", AdminUp: true, OperState: OperDown}, true, ReasonOperDown},
 		{"host not present", Link{Name: "eno1", Kind: "device", AdminUp: true, OperState: OperNotPresent}, true, ReasonOperDown},
+		{"host bridge without ports up", Link{Name: "cni0", Kind: "bridge", AdminUp: true, OperState: OperDown}, true, ""},
+		{"container bridge admin down", Link{Name: "br1", Kind: "bridge", OperState: OperDown}, false, ReasonAdminDown},
 		{"host veth whose pod end is down", Link{Name: "veth1", Kind: "veth", AdminUp: true, OperState: OperLowerLayerDown}, true, ReasonLowerLayerDown},
 	}
 	for _, tc := range cases {

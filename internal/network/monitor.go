@@ -238,9 +238,18 @@ func (m *Monitor) openNamespace(path string, host bool) (*namespace, error) {
 		socks.close()
 		return nil, err
 	}
+	// Under m.mu, so that Close (which sets closed under m.mu, then waits)
+	// never races this Add.
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		socks.close()
+		return nil, fmt.Errorf("monitor closed: %w", errdefs.ErrUnavailable)
+	}
 	m.stats.opened.Add(1)
 	m.wg.Add(1)
 	go m.listen(ns)
+	m.mu.Unlock()
 	return ns, nil
 }
 

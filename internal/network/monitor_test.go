@@ -501,3 +501,32 @@ func TestReadsTheRealHostNamespace(t *testing.T) {
 		t.Errorf("host lo = %+v, want the loopback with addresses", lo)
 	}
 }
+
+func TestRunOwnsTheMonitor(t *testing.T) {
+	s := newScene(t)
+	a := s.addContainer("a")
+	m := newMonitor(t, s)
+	if err := m.Attach(ContainerRef{"default", "a"}, Source{Path: a.path}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- m.Run(ctx) }()
+	// Wait until Run has started, then a second Run is refused.
+	deadline := time.Now().Add(5 * time.Second)
+	for !m.running.Load() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if err := m.Run(ctx); !errors.Is(err, errdefs.ErrConflict) {
+		t.Errorf("second Run = %v, want ErrConflict", err)
+	}
+	cancel()
+	if err := <-runDone; err != nil {
+		t.Errorf("Run = %v, want nil on cancellation", err)
+	}
+	for range m.Events() { // buffered events, then closed
+	}
+	if got := m.OpenDescriptors(); got != 0 {
+		t.Errorf("descriptors held after Run returned = %d, want 0", got)
+	}
+}
