@@ -1,0 +1,105 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// FuzzParseArgs: any command line either parses or fails with ErrInvalid
+// (or flag.ErrHelp), never panics. Arguments are separated by NUL.
+func FuzzParseArgs(f *testing.F) {
+	for _, s := range []string{
+		"nodes\x00--insecure",
+		"--server\x00h:1\x00--insecure\x00containers\x00--node\x00a\x00--unhealthy\x00--all\x00-o\x00wide",
+		"events\x00--namespace=k8s.io\x00--tls-ca\x00x",
+		"-o=json\x00--timeout\x00-1s\x00nodes",
+		"containers\x00--pod",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		args := strings.Split(line, "\x00")
+		inv, err := parseArgs(args, &bytes.Buffer{}, noEnv)
+		if err != nil {
+			if !errors.Is(err, errdefs.ErrInvalid) && !errors.Is(err, flag.ErrHelp) {
+				t.Fatalf("parseArgs(%q) = %v: neither ErrInvalid nor ErrHelp", args, err)
+			}
+			return
+		}
+		if inv.global.timeout <= 0 || inv.global.server == "" {
+			t.Fatalf("parseArgs(%q) accepted %+v", args, inv.global)
+		}
+	})
+}
+
+// FuzzRender: whatever the aggregator sends (here: any protobuf bytes),
+// every format renders it without panicking, and a table has exactly one
+// line per row: text from agents cannot break rows apart.
+func FuzzRender(f *testing.F) {
+	fx := fixture()
+	for _, m := range []proto.Message{
+		&vigilv1.ListContainersResponse{Containers: fx.containers},
+		&vigilv1.ListNodesResponse{Nodes: fx.nodes},
+		fx.events[2],
+	} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, format := range []string{"table", "wide", "json"} {
+			var out bytes.Buffer
+			p := &printer{w: &out, errw: &bytes.Buffer{}, format: format, now: now}
+			var cs vigilv1.ListContainersResponse
+			if proto.Unmarshal(data, &cs) == nil {
+				out.Reset()
+				if err := p.containers(&cs); err != nil {
+					t.Fatal(err)
+				}
+				checkLines(t, format, out.String(), len(cs.GetContainers()))
+			}
+			var ns vigilv1.ListNodesResponse
+			if proto.Unmarshal(data, &ns) == nil {
+				out.Reset()
+				if err := p.nodes(&ns); err != nil {
+					t.Fatal(err)
+				}
+				checkLines(t, format, out.String(), len(ns.GetNodes()))
+			}
+			var ev vigilv1.WatchEventsResponse
+			if proto.Unmarshal(data, &ev) == nil {
+				out.Reset()
+				if err := p.event(&ev); err != nil {
+					t.Fatal(err)
+				}
+				want := 2 // header and the event
+				if format == "json" {
+					want = 1
+				}
+				if n := strings.Count(out.String(), "\n"); n != want {
+					t.Fatalf("%s event rendered as %d lines:\n%s", format, n, out.String())
+				}
+			}
+		}
+	})
+}
+
+func checkLines(t *testing.T, format, out string, rows int) {
+	t.Helper()
+	if format == "json" || rows == 0 {
+		return
+	}
+	if n := strings.Count(out, "\n"); n != rows+1 {
+		t.Fatalf("%s table of %d rows has %d lines:\n%s", format, rows, n, out)
+	}
+}

@@ -1,0 +1,302 @@
+// Command vigilctl is the operator's CLI over the aggregator's Vigil gRPC
+// API.
+//
+//	vigilctl [global flags] nodes
+//	vigilctl [global flags] containers [--node N] [--namespace NS] [--pod P] [--unhealthy] [--all]
+//	vigilctl [global flags] events [--node N] [--namespace NS]
+//
+// Global flags (also accepted after the command): --server (env
+// VIGIL_SERVER, default 127.0.0.1:7400), --tls-cert/--tls-key/--tls-ca
+// (env VIGIL_TLS_CERT, VIGIL_TLS_KEY, VIGIL_TLS_CA) or --insecure (env
+// VIGIL_INSECURE=true), --tls-server-name, --timeout, and -o table|wide|json.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/pki"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// defaultServer is the aggregator's default gRPC address.
+const defaultServer = "127.0.0.1:7400"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "vigilctl:", err)
+		os.Exit(1)
+	}
+}
+
+// run executes one vigilctl command line (without the program name),
+// writing results to stdout and usage to stderr.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return runAt(ctx, args, stdout, stderr, time.Now, os.Getenv)
+}
+
+// runAt is run with its clock (for ages in tables) and environment given.
+func runAt(ctx context.Context, args []string, stdout, stderr io.Writer, now func() time.Time, getenv func(string) string) error {
+	inv, err := parseArgs(args, stderr, getenv)
+	if err != nil {
+		return err
+	}
+	conn, err := dial(inv.global)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := vigilv1.NewVigilClient(conn)
+	out := &printer{w: stdout, errw: stderr, format: inv.global.output, now: now()}
+	switch inv.command {
+	case "nodes":
+		return listNodes(ctx, client, inv, out)
+	case "containers":
+		return listContainers(ctx, client, inv, out)
+	case "events":
+		return watchEvents(ctx, client, inv, out)
+	}
+	return fmt.Errorf("unknown command %q: %w", inv.command, errdefs.ErrInvalid)
+}
+
+// globalFlags are accepted before and after the command.
+type globalFlags struct {
+	server        string
+	tls           pki.Files
+	tlsServerName string
+	insecure      bool
+	output        string
+	timeout       time.Duration
+}
+
+// invocation is a parsed command line.
+type invocation struct {
+	global  globalFlags
+	command string
+	// filters of containers and events
+	node, namespace, pod string
+	unhealthy, all       bool
+}
+
+const usage = `vigilctl: operate a Vigil fleet through the aggregator's API.
+
+Usage:
+  vigilctl [flags] nodes
+  vigilctl [flags] containers [--node N] [--namespace NS] [--pod P] [--unhealthy] [--all]
+  vigilctl [flags] events [--node N] [--namespace NS]
+
+Commands:
+  nodes        list the nodes the aggregator knows
+  containers   list containers (pod sandboxes only with --all)
+  events       print container events as they happen, until interrupted
+
+Flags:
+`
+
+func (g *globalFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.server, "server", g.server, "aggregator gRPC address (env VIGIL_SERVER)")
+	fs.StringVar(&g.tls.Cert, "tls-cert", g.tls.Cert, "client certificate for mutual TLS (env VIGIL_TLS_CERT)")
+	fs.StringVar(&g.tls.Key, "tls-key", g.tls.Key, "client private key (env VIGIL_TLS_KEY)")
+	fs.StringVar(&g.tls.CA, "tls-ca", g.tls.CA, "CA bundle that signs the aggregator's certificate (env VIGIL_TLS_CA)")
+	fs.StringVar(&g.tlsServerName, "tls-server-name", g.tlsServerName, "name to verify in the aggregator's certificate (default: the host of --server)")
+	fs.BoolVar(&g.insecure, "insecure", g.insecure, "connect without TLS (demo aggregators started with --insecure; env VIGIL_INSECURE=true)")
+	fs.StringVar(&g.output, "o", g.output, "output format: table, wide or json")
+	fs.DurationVar(&g.timeout, "timeout", g.timeout, "deadline of each request (not of events)")
+}
+
+// parseArgs parses a command line. Errors wrap errdefs.ErrInvalid (or are
+// flag.ErrHelp for -h).
+func parseArgs(args []string, stderr io.Writer, getenv func(string) string) (*invocation, error) {
+	inv := &invocation{global: globalFlags{
+		server: defaultServer, output: "table", timeout: 10 * time.Second,
+		tls: pki.Files{Cert: getenv("VIGIL_TLS_CERT"), Key: getenv("VIGIL_TLS_KEY"), CA: getenv("VIGIL_TLS_CA")},
+	}}
+	if s := getenv("VIGIL_SERVER"); s != "" {
+		inv.global.server = s
+	}
+	if s := getenv("VIGIL_INSECURE"); s != "" {
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return nil, fmt.Errorf("VIGIL_INSECURE=%q: want true or false: %w", s, errdefs.ErrInvalid)
+		}
+		inv.global.insecure = b
+	}
+
+	top := flag.NewFlagSet("vigilctl", flag.ContinueOnError)
+	top.SetOutput(stderr)
+	top.Usage = func() {
+		fmt.Fprint(top.Output(), usage)
+		top.PrintDefaults()
+	}
+	inv.global.register(top)
+	if err := top.Parse(args); err != nil {
+		return nil, flagError(err)
+	}
+	if top.NArg() == 0 {
+		top.Usage()
+		return nil, fmt.Errorf("no command given: want nodes, containers or events: %w", errdefs.ErrInvalid)
+	}
+	inv.command = top.Arg(0)
+	fs := flag.NewFlagSet("vigilctl "+inv.command, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	inv.global.register(fs)
+	switch inv.command {
+	case "nodes":
+	case "containers":
+		fs.StringVar(&inv.node, "node", "", "only containers of this node")
+		fs.StringVar(&inv.namespace, "namespace", "", "only containers of this containerd namespace")
+		fs.StringVar(&inv.pod, "pod", "", "only containers of pods with this name")
+		fs.BoolVar(&inv.unhealthy, "unhealthy", false, "only containers whose health check fails, that crash-loop, or whose restart policy gave up")
+		fs.BoolVar(&inv.all, "all", false, "include pod sandbox containers")
+	case "events":
+		fs.StringVar(&inv.node, "node", "", "only events of this node")
+		fs.StringVar(&inv.namespace, "namespace", "", "only events of this containerd namespace")
+	default:
+		return nil, fmt.Errorf("unknown command %q: want nodes, containers or events: %w", inv.command, errdefs.ErrInvalid)
+	}
+	if err := fs.Parse(top.Args()[1:]); err != nil {
+		return nil, flagError(err)
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("%s: unexpected arguments %q: %w", inv.command, fs.Args(), errdefs.ErrInvalid)
+	}
+
+	g := &inv.global
+	switch g.output {
+	case "table", "wide", "json":
+	default:
+		return nil, fmt.Errorf("-o %q: want table, wide or json: %w", g.output, errdefs.ErrInvalid)
+	}
+	if g.server == "" {
+		return nil, fmt.Errorf("--server is empty: %w", errdefs.ErrInvalid)
+	}
+	if g.timeout <= 0 {
+		return nil, fmt.Errorf("--timeout %s: want a positive duration: %w", g.timeout, errdefs.ErrInvalid)
+	}
+	anyTLS := g.tls.Cert != "" || g.tls.Key != "" || g.tls.CA != ""
+	switch {
+	case anyTLS && g.insecure:
+		return nil, fmt.Errorf("--insecure and --tls-* are both given: choose one: %w", errdefs.ErrInvalid)
+	case !anyTLS && !g.insecure:
+		return nil, fmt.Errorf("no transport security: give --tls-cert, --tls-key and --tls-ca (the aggregator's mutual TLS), or --insecure for a demo aggregator: %w", errdefs.ErrInvalid)
+	}
+	return inv, nil
+}
+
+func flagError(err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return fmt.Errorf("%v: %w", err, errdefs.ErrInvalid)
+}
+
+func dial(g globalFlags) (*grpc.ClientConn, error) {
+	creds := insecure.NewCredentials()
+	if !g.insecure {
+		tc, err := pki.ClientConfig(g.tls, g.tlsServerName)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
+		}
+		creds = credentials.NewTLS(tc)
+	}
+	conn, err := grpc.NewClient(g.server, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return nil, fmt.Errorf("--server %q: %v: %w", g.server, err, errdefs.ErrInvalid)
+	}
+	return conn, nil
+}
+
+// callError explains a failed call in the operator's terms.
+func callError(server, what string, timeout time.Duration, err error) error {
+	st, _ := status.FromError(err)
+	switch st.Code() {
+	case codes.Unavailable:
+		return fmt.Errorf("cannot reach aggregator at %s: %s: %w", server, st.Message(), errdefs.ErrUnavailable)
+	case codes.DeadlineExceeded:
+		return fmt.Errorf("aggregator at %s did not answer %s within %s: %w", server, what, timeout, errdefs.ErrUnavailable)
+	case codes.Canceled:
+		return fmt.Errorf("%s: interrupted: %w", what, context.Canceled)
+	}
+	return fmt.Errorf("%s: %w", what, errdefs.FromGRPC(err))
+}
+
+func listNodes(ctx context.Context, c vigilv1.VigilClient, inv *invocation, out *printer) error {
+	ctx, cancel := context.WithTimeout(ctx, inv.global.timeout)
+	defer cancel()
+	resp, err := c.ListNodes(ctx, &vigilv1.ListNodesRequest{})
+	if err != nil {
+		return callError(inv.global.server, "list nodes", inv.global.timeout, err)
+	}
+	return out.nodes(resp)
+}
+
+func listContainers(ctx context.Context, c vigilv1.VigilClient, inv *invocation, out *printer) error {
+	ctx, cancel := context.WithTimeout(ctx, inv.global.timeout)
+	defer cancel()
+	resp, err := c.ListContainers(ctx, &vigilv1.ListContainersRequest{
+		Node: inv.node, Namespace: inv.namespace, Pod: inv.pod, IncludeSandboxes: inv.all,
+	})
+	if err != nil {
+		return callError(inv.global.server, "list containers", inv.global.timeout, err)
+	}
+	if inv.unhealthy {
+		kept := resp.GetContainers()[:0]
+		for _, nc := range resp.GetContainers() {
+			if unhealthy(nc.GetContainer()) {
+				kept = append(kept, nc)
+			}
+		}
+		resp.Containers = kept
+	}
+	return out.containers(resp)
+}
+
+// unhealthy is what --unhealthy selects: a failing health check, a crash
+// loop, or a restart policy that gave up.
+func unhealthy(c *vigilv1.Container) bool {
+	return c.GetHealth().GetStatus() == vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY ||
+		c.GetBackoff().GetCrashLooping() || c.GetBackoff().GetGaveUp()
+}
+
+// watchEvents prints events until ctx ends (nil) or the stream fails.
+func watchEvents(ctx context.Context, c vigilv1.VigilClient, inv *invocation, out *printer) error {
+	stream, err := c.WatchEvents(ctx, &vigilv1.WatchEventsRequest{Node: inv.node, Namespace: inv.namespace})
+	if err != nil {
+		return callError(inv.global.server, "watch events", inv.global.timeout, err)
+	}
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("event stream ended by the aggregator at %s: %w", inv.global.server, errdefs.ErrUnavailable)
+			}
+			return callError(inv.global.server, "watch events", inv.global.timeout, err)
+		}
+		if err := out.event(ev); err != nil {
+			return err
+		}
+	}
+}
