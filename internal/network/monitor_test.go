@@ -13,6 +13,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // newMonitor returns a monitor whose host is the scene's host namespace,
@@ -177,19 +180,38 @@ func TestLinkDownIsAnEventAndAConditionAndLinkUpBringsItBack(t *testing.T) {
 		}
 	})
 
+	// Set it down from this process (no fork in the measured interval).
+	nsh, err := netns.GetFromPath(a.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE)
+	nsh.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	changed := time.Now()
-	run(t, "ip", "-n", a.name, "link", "set", "eth0", "down")
+	if err := h.LinkSetDown(eth0); err != nil {
+		t.Fatal(err)
+	}
 	ev := waitEvent(t, m, func(ev Event) bool {
 		return ev.NetNSInode == a.inode && ev.Link.Name == "eth0" && !ev.Link.AdminUp
 	})
 	if ev.Type != LinkChanged || len(ev.Containers) != 1 || ev.Containers[0] != ref || ev.Host {
 		t.Errorf("event = %+v, want a change of eth0 in a's namespace naming %v", ev, ref)
 	}
-	// Received by the monitor within 100 ms of the change (measured from
-	// before the command ran, so the figure includes the command's cost).
-	if lat := ev.Time.Sub(changed); lat > 100*time.Millisecond {
+	// Received by the monitor within 100 ms of the change (typically tens
+	// of microseconds; the bound leaves room for a loaded machine).
+	lat := ev.Time.Sub(changed)
+	if lat > 100*time.Millisecond {
 		t.Errorf("event received %v after the change, want under 100ms", lat)
 	}
+	t.Logf("link-down event received %v after the change", lat)
 
 	snap := read(t, m)
 	c := findCondition(mustNS(t, snap, a.inode), ConditionLinkDown, "eth0")
