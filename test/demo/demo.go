@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -165,7 +166,7 @@ func (d *demo) up(ctx context.Context) error {
 func (d *demo) preflight() error {
 	for _, name := range []string{"containerd", chain.NameAggregator, chain.NameAgent, chain.NamePrometheus} {
 		if p, ok, _ := chain.LoadProcess(d.o.dir, name); ok && p.Running() {
-			return fmt.Errorf("a demo is already running (%s, pid %d): `make demo-down` first, or look at it with `go run ./test/demo status`", name, p.PID)
+			return fmt.Errorf("a demo is already running (%s, pid %d): `make demo-down` first, or look at it with `bash scripts/demo.sh status`", name, p.PID)
 		}
 	}
 	for _, p := range []struct{ addr, what string }{
@@ -193,6 +194,7 @@ func (d *demo) preflight() error {
 // stories as Prometheus has them.
 func (d *demo) watch(ctx context.Context, total time.Duration) {
 	start := time.Now()
+	decisions := &logFollower{path: filepath.Join(d.logDir, chain.NameAgent+".log")}
 	tick := time.NewTicker(10 * time.Second)
 	defer tick.Stop()
 	for {
@@ -202,7 +204,11 @@ func (d *demo) watch(ctx context.Context, total time.Duration) {
 			return
 		case <-tick.C:
 		}
-		fmt.Fprintf(d.out, "\n---- t+%s ---- $ bin/vigilctl --server %s --insecure containers\n", time.Since(start).Round(time.Second), aggregatorGRPC)
+		fmt.Fprintf(d.out, "\n---- t+%s ---- what the agent did:\n", time.Since(start).Round(time.Second))
+		for _, line := range decisions.next() {
+			fmt.Fprintln(d.out, "     "+line)
+		}
+		fmt.Fprintf(d.out, "     $ bin/vigilctl --server %s --insecure containers\n", aggregatorGRPC)
 		if out, err := d.chain.Vigilctl(ctx, "containers"); err != nil {
 			fmt.Fprintf(d.out, "(vigilctl: %v)\n", err)
 		} else {
@@ -241,12 +247,13 @@ func (d *demo) promTable(ctx context.Context) {
 	backoff := query(`vigil_container_restart_backoff_seconds` + sel)
 	exits := query(`sum by (container) (vigil_container_exits_total` + sel + `)`)
 	running := query(`vigil_container_running` + sel)
+	probeFailures := query(`vigil_container_health_probe_failures_total` + sel)
 	tw := tabwriter.NewWriter(d.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "     CONTAINER\tRUNNING\tHEALTH\tRESTARTS\tBACKOFF(s)\tEXITS")
+	fmt.Fprintln(tw, "     CONTAINER\tRUNNING\tHEALTH\tFAILED PROBES\tRESTARTS\tBACKOFF(s)\tEXITS")
 	names := []string{"web", "crashloop", "flaky", "nginx"}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(tw, "     %s\t%s\t%s\t%s\t%s\t%s\n", n, dash(running[n]), dash(health[n]), dash(restarts[n]), dash(backoff[n]), dash(exits[n]))
+		fmt.Fprintf(tw, "     %s\t%s\t%s\t%s\t%s\t%s\t%s\n", n, dash(running[n]), dash(health[n]), dash(probeFailures[n]), dash(restarts[n]), dash(backoff[n]), dash(exits[n]))
 	}
 	tw.Flush()
 }
@@ -283,7 +290,7 @@ func (d *demo) where() {
   containers   ctr -a %[7]s -n default tasks ls
   logs         %[8]s/{agent,aggregator,prometheus,containerd}.log
                %[8]s/{web,crashloop,flaky}.log (the containers' output)
-  status       go run ./test/demo status
+  status       bash scripts/demo.sh status
   stop         make demo-down   (removes everything the demo started)
 `, prometheusAddr, q("vigil_container_restarts_total"), q("sum by (reason) (vigil_container_exits_total)"),
 		q(`vigil_container_health_status{status="unhealthy"} == 1`), aggregatorGRPC, aggregatorHTTP, d.containerd.Address, d.logDir)
@@ -357,3 +364,61 @@ func shellQuote(args []string) string {
 }
 
 func urlQuery(s string) string { return url.QueryEscape(s) }
+
+// logFollower reads the lines appended to the agent's log since the last
+// call and keeps the decisions worth showing.
+type logFollower struct {
+	path   string
+	offset int64
+}
+
+// agentStories are the agent's log messages the demo narrates.
+var agentStories = []string{`msg="health changed"`, `msg="restart decision"`, `msg="container restarted"`, `msg="container exited"`}
+
+func (f *logFollower) next() []string {
+	file, err := os.Open(f.path)
+	if err != nil {
+		return []string{"(" + err.Error() + ")"}
+	}
+	defer file.Close()
+	b, err := io.ReadAll(io.NewSectionReader(file, f.offset, 1<<20))
+	if err != nil {
+		return []string{"(" + err.Error() + ")"}
+	}
+	end := bytes.LastIndexByte(b, '\n') + 1
+	f.offset += int64(end)
+	var out []string
+	for _, line := range strings.Split(string(b[:end]), "\n") {
+		for _, s := range agentStories {
+			if strings.Contains(line, s) {
+				out = append(out, shortenLogLine(line))
+				break
+			}
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, "(nothing new)")
+	}
+	return out
+}
+
+// shortenLogLine turns `time=2026-01-02T15:04:05.000Z level=INFO msg="x" k=v`
+// into `15:04:05 x k=v`.
+func shortenLogLine(line string) string {
+	var ts string
+	if rest, ok := strings.CutPrefix(line, "time="); ok {
+		t, after, _ := strings.Cut(rest, " ")
+		if pt, err := time.Parse(time.RFC3339Nano, t); err == nil {
+			ts = pt.Local().Format("15:04:05")
+		}
+		line = after
+	}
+	line = strings.TrimPrefix(line, "level=INFO ")
+	if rest, ok := strings.CutPrefix(line, `msg="`); ok {
+		if msg, after, ok := strings.Cut(rest, `"`); ok {
+			line = msg + after
+		}
+	}
+	line = strings.NewReplacer(" namespace=default", "", ` signal=""`, "").Replace(line)
+	return strings.TrimSpace(ts + " " + line)
+}
