@@ -4,7 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,10 +27,12 @@ type statsState struct {
 	readers map[Key]*statsReader
 	buf     []byte
 	targets []statsTarget
+	gen     uint64 // cycle number
 }
 
 type statsReader struct {
 	pid    uint32 // the task the files were opened for
+	gen    uint64 // the cycle that last read it
 	reader *cgroupReader
 }
 
@@ -74,13 +77,7 @@ func (r *Runtime) Stats(ctx context.Context, dst []Stats) ([]Stats, error) {
 		}
 	}
 	r.mu.RUnlock()
-	sort.Slice(s.targets, func(i, j int) bool {
-		a, b := s.targets[i].key, s.targets[j].key
-		if a.Namespace != b.Namespace {
-			return a.Namespace < b.Namespace
-		}
-		return a.ID < b.ID
-	})
+	slices.SortFunc(s.targets, func(a, b statsTarget) int { return compareKeys(a.key, b.key) })
 	dst = dst[:0]
 	if r.cfg.StatsSource == StatsSourceMetricsAPI {
 		return r.statsFromAPI(ctx, dst)
@@ -101,24 +98,19 @@ func (r *Runtime) statsFromCgroups(dst []Stats) ([]Stats, error) {
 		s.buf = make([]byte, 4096)
 	}
 	open := &r.metrics.openFiles
-	// Drop readers of containers no longer running, or running a new task.
-	live := make(map[Key]uint32, len(s.targets))
-	for _, t := range s.targets {
-		live[t.key] = t.pid
-	}
-	for k, rd := range s.readers {
-		if pid, ok := live[k]; !ok || pid != rd.pid {
-			open.Add(-int64(rd.reader.open))
-			rd.reader.Close()
-			delete(s.readers, k)
-		}
-	}
+	s.gen++
 	now := time.Now()
 	for _, t := range s.targets {
 		if t.cgroupRel == "" {
 			continue
 		}
 		rd, ok := s.readers[t.key]
+		if ok && rd.pid != t.pid { // a new task: its cgroup was recreated
+			open.Add(-int64(rd.reader.open))
+			rd.reader.Close()
+			delete(s.readers, t.key)
+			ok = false
+		}
 		if !ok {
 			cr, err := openCgroup(*s.layout, t.cgroupRel)
 			if err != nil {
@@ -129,6 +121,7 @@ func (r *Runtime) statsFromCgroups(dst []Stats) ([]Stats, error) {
 			s.readers[t.key] = rd
 			open.Add(int64(cr.open))
 		}
+		rd.gen = s.gen
 		dst = append(dst, Stats{Key: t.key})
 		st := &dst[len(dst)-1]
 		if err := rd.reader.read(st, &s.buf, now); err != nil {
@@ -139,6 +132,14 @@ func (r *Runtime) statsFromCgroups(dst []Stats) ([]Stats, error) {
 			if !errors.Is(err, errCgroupGone) {
 				r.log.Debug("cgroup read failed", "namespace", t.key.Namespace, "id", t.key.ID, "err", err)
 			}
+		}
+	}
+	// Drop readers of containers that are no longer running.
+	for k, rd := range s.readers {
+		if rd.gen != s.gen {
+			open.Add(-int64(rd.reader.open))
+			rd.reader.Close()
+			delete(s.readers, k)
 		}
 	}
 	return dst, nil
@@ -192,12 +193,7 @@ func (r *Runtime) statsFromAPI(ctx context.Context, dst []Stats) ([]Stats, error
 			dst = append(dst, st)
 		}
 	}
-	sort.Slice(dst, func(i, j int) bool {
-		if dst[i].Key.Namespace != dst[j].Key.Namespace {
-			return dst[i].Key.Namespace < dst[j].Key.Namespace
-		}
-		return dst[i].Key.ID < dst[j].Key.ID
-	})
+	slices.SortFunc(dst, func(a, b Stats) int { return compareKeys(a.Key, b.Key) })
 	if len(dst) == 0 && firstErr != nil {
 		return dst, firstErr
 	}
@@ -301,4 +297,11 @@ func sumBlkio(es []*stats.BlkIOEntry) (read, write uint64) {
 		}
 	}
 	return read, write
+}
+
+func compareKeys(a, b Key) int {
+	if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
+		return c
+	}
+	return strings.Compare(a.ID, b.ID)
 }

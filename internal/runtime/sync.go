@@ -47,7 +47,10 @@ func (r *Runtime) session(ctx context.Context) error {
 	}
 	r.client.Store(c)
 	r.available.Store(true)
-	r.log.Info("containerd available", "address", r.cfg.Address, "version", r.Version(), "containers", len(r.Containers()))
+	r.mu.RLock()
+	n := len(r.inv)
+	r.mu.RUnlock()
+	r.log.Info("containerd available", "address", r.cfg.Address, "version", r.Version(), "containers", n)
 	r.emit(ctx, Event{Type: EventAvailable, Time: time.Now()})
 
 	probe := time.NewTicker(r.cfg.ProbeInterval)
