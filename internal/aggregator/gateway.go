@@ -268,7 +268,9 @@ func (g *Gateway) serve(ctx context.Context, s *agentStream, msgs <-chan sized, 
 				g.metrics.lag.Observe(max(0, now.Sub(sent.AsTime()).Seconds()))
 			}
 			s.applied.Store(res.acked)
-			if s.unacked.Add(1) >= int64(g.ackEvery) {
+			// Wake the sender on the first unacknowledged message (it arms
+			// the ack timer) and when AckEvery is reached (it acks at once).
+			if n := s.unacked.Add(1); n == 1 || n >= int64(g.ackEvery) {
 				select {
 				case s.wake <- struct{}{}:
 				default:
@@ -280,17 +282,16 @@ func (g *Gateway) serve(ctx context.Context, s *agentStream, msgs <-chan sized, 
 
 // sendLoop is the only sender on the stream after the HelloAck: acks (at
 // most AckInterval after a message was applied, at once after AckEvery
-// messages) and queued commands.
+// messages) and queued commands. An idle stream costs no wakeups: the ack
+// timer runs only while something is unacknowledged.
 func (g *Gateway) sendLoop(ctx context.Context, stream agentConn, s *agentStream) {
-	tick := time.NewTicker(g.ackInterval)
-	defer tick.Stop()
+	timer := time.NewTimer(g.ackInterval)
+	timer.Stop()
+	var timerC <-chan time.Time
 	var lastAck uint64
 	sendAck := func() bool {
-		seq := s.applied.Load()
-		if seq == lastAck && s.unacked.Load() == 0 {
-			return true
-		}
 		s.unacked.Store(0)
+		seq := s.applied.Load()
 		if seq == lastAck {
 			return true
 		}
@@ -305,14 +306,23 @@ func (g *Gateway) sendLoop(ctx context.Context, stream agentConn, s *agentStream
 	for {
 		select {
 		case <-ctx.Done():
+			timer.Stop()
 			return
-		case <-tick.C:
+		case <-timerC:
+			timerC = nil
 			if !sendAck() {
 				return
 			}
 		case <-s.wake:
-			if !sendAck() {
-				return
+			if s.unacked.Load() >= int64(g.ackEvery) {
+				timer.Stop()
+				timerC = nil
+				if !sendAck() {
+					return
+				}
+			} else if timerC == nil {
+				timer.Reset(g.ackInterval)
+				timerC = timer.C
 			}
 		case cmd := <-s.commands:
 			if err := stream.Send(&vigilv1.AggregatorMessage{Body: &vigilv1.AggregatorMessage_Command{Command: cmd}}); err != nil {

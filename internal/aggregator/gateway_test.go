@@ -363,3 +363,24 @@ func TestWatchEventsAndRemediationUnimplemented(t *testing.T) {
 		t.Fatalf("GetContainer: %v %v", got, err)
 	}
 }
+
+func TestAcksBatchedByCount(t *testing.T) {
+	h := startAggregator(t, func(c *aggregator.Config) {
+		c.AckInterval = time.Hour // only the count can trigger an ack
+		c.AckEvery = 3
+	})
+	a := h.mustConnect("n1", "i1")
+	a.send(1, snapshotMsg())
+	a.send(2, snapshotMsg())
+	a.send(3, snapshotMsg())
+	a.waitAck(3)
+	a.send(4, snapshotMsg())
+	select {
+	case m := <-a.msgs:
+		t.Fatalf("got %v after one message; the ack should wait for two more or the interval", m)
+	case <-time.After(300 * time.Millisecond):
+	}
+	a.send(5, snapshotMsg())
+	a.send(6, snapshotMsg())
+	a.waitAck(6)
+}
