@@ -102,6 +102,9 @@ type buffer struct {
 	// unsent[k] is the newest entry of latest-wins kind k that was never
 	// written to any stream, nil when none.
 	unsent [numKinds]*entry
+	// held[k] counts the entries of kind k, so that a full buffer finds
+	// out without a scan whether a stale latest-wins entry exists.
+	held [numKinds]int
 }
 
 func newBuffer(capacity int) *buffer {
@@ -138,6 +141,7 @@ func (b *buffer) push(e *entry) pushResult {
 		}
 	}
 	b.entries = append(b.entries, e)
+	b.held[e.kind]++
 	if e.kind.latestWins() {
 		b.unsent[e.kind] = e
 	}
@@ -148,6 +152,15 @@ func (b *buffer) push(e *entry) pushResult {
 // newer message of the same kind is also held or is the incoming one (so
 // dropping it loses nothing), or -1.
 func (b *buffer) oldestLatestWins(incoming *entry) int {
+	stale := false
+	for k := range numKinds {
+		if k.latestWins() && (b.held[k] > 1 || b.held[k] == 1 && k == incoming.kind) {
+			stale = true
+		}
+	}
+	if !stale {
+		return -1
+	}
 	var newest [numKinds]int
 	for i := range newest {
 		newest[i] = -1
@@ -183,6 +196,7 @@ func (b *buffer) remove(i int) {
 	if b.unsent[e.kind] == e {
 		b.unsent[e.kind] = nil
 	}
+	b.held[e.kind]--
 	copy(b.entries[i:], b.entries[i+1:])
 	b.entries[len(b.entries)-1] = nil
 	b.entries = b.entries[:len(b.entries)-1]
@@ -232,6 +246,7 @@ func (b *buffer) ack(seq uint64) (released int, last *entry) {
 		return 0, last
 	}
 	for i := 0; i < n; i++ {
+		b.held[b.entries[i].kind]--
 		b.entries[i] = nil
 	}
 	b.entries = b.entries[n:]
@@ -250,6 +265,7 @@ func (b *buffer) supersede() (seq uint64, dropped int) {
 	kept := b.entries[:0]
 	for _, e := range b.entries {
 		if e.kind.inSnapshot() {
+			b.held[e.kind]--
 			dropped++
 			continue
 		}
@@ -296,6 +312,7 @@ func (b *buffer) insertFront(e *entry) (dropped *entry) {
 	b.entries = append(b.entries, nil)
 	copy(b.entries[1:], b.entries)
 	b.entries[0] = e
+	b.held[e.kind]++
 	if b.cursor > 0 {
 		b.cursor++
 	}

@@ -190,6 +190,13 @@ func checkBuffer(t *testing.T, b *buffer) {
 	if b.cursor < 0 || b.cursor > len(b.entries) {
 		t.Fatalf("cursor %d outside [0, %d]", b.cursor, len(b.entries))
 	}
+	var counts [numKinds]int
+	for _, e := range b.entries {
+		counts[e.kind]++
+	}
+	if counts != b.held {
+		t.Fatalf("held counts %v, entries hold %v", b.held, counts)
+	}
 	var prev uint64
 	sequenced := true
 	unsentSeen := [numKinds]int{}

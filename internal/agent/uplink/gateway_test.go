@@ -34,6 +34,9 @@ type gateway struct {
 	addr    string
 	tls     *tls.Config
 	ackTick time.Duration
+	// silent: apply messages but never acknowledge them (a stuck
+	// aggregator).
+	silent bool
 
 	mu      sync.Mutex
 	srv     *grpc.Server
@@ -61,7 +64,7 @@ type nodeState struct {
 	duplicates int
 }
 
-func newGateway(t *testing.T, tlsCfg *tls.Config) *gateway {
+func newGateway(t testing.TB, tlsCfg *tls.Config) *gateway {
 	t.Helper()
 	g := &gateway{tls: tlsCfg, ackTick: 10 * time.Millisecond, nodes: map[string]*nodeState{},
 		streams: map[int]context.CancelFunc{}, killed: make(chan struct{}, 1)}
@@ -235,7 +238,7 @@ func (g *gateway) Connect(stream grpc.BidiStreamingServer[vigilv1.AgentMessage, 
 			g.mu.Lock()
 			last := n.lastApplied
 			g.mu.Unlock()
-			if last > acked {
+			if last > acked && !g.silent {
 				acked = last
 				if err := stream.Send(&vigilv1.AggregatorMessage{Body: &vigilv1.AggregatorMessage_Ack{Ack: &vigilv1.Ack{Seq: last}}}); err != nil {
 					return err

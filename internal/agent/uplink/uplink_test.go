@@ -684,3 +684,24 @@ func TestRunTwiceConflicts(t *testing.T) {
 		t.Errorf("second Run = %v, want ErrConflict", err)
 	}
 }
+
+// An aggregator that takes messages but never acknowledges them is left
+// after the ack timeout, and the uplink dials again.
+func TestUnacknowledgedStreamIsReplaced(t *testing.T) {
+	g := newGateway(t, nil)
+	g.silent = true
+	cfg := testConfig(t, g.addr)
+	cfg.AckTimeout = 200 * time.Millisecond
+	u, err := uplink.New(cfg, (&fakeNode{}).snapshot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, u)
+	waitFor(t, "a second stream", func() bool { return len(g.node(node).hellos) >= 2 })
+	// The new stream's HelloAck says the snapshot was applied: that
+	// acknowledges it.
+	waitFor(t, "the snapshot acknowledged by the resume point", func() bool { return u.Stats().AckedSeq == 1 })
+	if s := u.Stats(); s.Reconnects == 0 || s.Buffered != 0 {
+		t.Errorf("stats = %+v, want a reconnect and nothing held", s)
+	}
+}
