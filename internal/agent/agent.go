@@ -123,7 +123,7 @@ func New(cfg Config) (*Agent, error) {
 		StatsSource: cfg.StatsSource,
 		CallTimeout: cfg.RuntimeCallTimeout,
 		LogDir:      cfg.StateDir + "/logs",
-		Logger:      log.With("component", "runtime"),
+		Logger:      log, // the runtime names itself
 	})
 	if err != nil {
 		return nil, err
@@ -138,7 +138,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Network {
 		ncfg := network.DefaultConfig()
-		ncfg.Logger = log.With("component", "network")
+		ncfg.Logger = log // the monitor names itself
 		a.net, err = network.New(ncfg)
 		if err != nil {
 			return nil, err
@@ -152,7 +152,7 @@ func New(cfg Config) (*Agent, error) {
 			BootID:       a.bootID,
 			Capabilities: a.capabilities(),
 			BufferSize:   cfg.BufferSize,
-			Logger:       log.With("component", "uplink"),
+			Logger:       log, // the uplink names itself
 		}
 		if !cfg.Insecure {
 			ucfg.TLS, err = pki.ClientConfig(cfg.TLS, cfg.TLSServerName)
