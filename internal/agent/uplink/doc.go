@@ -32,6 +32,8 @@
 // coalesced). Lifecycle messages (container events, network events, command
 // results) are never dropped until the buffer is truly full; then the oldest
 // message is dropped, counted in vigil_agent_uplink_dropped_messages_total,
-// logged, and the next stream starts with a fresh Snapshot so the aggregator
-// converges.
+// logged, and a fresh Snapshot goes out before anything else at the next
+// opportunity (at once on a live stream, else first on the next one) so the
+// aggregator converges. A new sample batch that finds the buffer full of
+// lifecycle messages is dropped itself: the next batch replaces it.
 package uplink

@@ -14,7 +14,7 @@ var (
 	descCapacity = prometheus.NewDesc("vigil_agent_uplink_buffer_capacity_messages",
 		"Capacity of the uplink buffer.", nil, nil)
 	descDropped = prometheus.NewDesc("vigil_agent_uplink_dropped_messages_total",
-		"Messages lost because the uplink buffer was full; each loss of state makes the next stream start with a snapshot.", []string{"kind"}, nil)
+		"Messages lost because the uplink buffer was full; a lost state change is repaired by a fresh snapshot.", []string{"kind"}, nil)
 	descCoalesced = prometheus.NewDesc("vigil_agent_uplink_coalesced_messages_total",
 		"Messages replaced by a newer one of the same kind before they were acknowledged (samples, node status, peer view).", []string{"kind"}, nil)
 	descSuperseded = prometheus.NewDesc("vigil_agent_uplink_superseded_messages_total",

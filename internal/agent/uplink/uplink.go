@@ -350,38 +350,53 @@ func (u *Uplink) send(k kind, env *vigilv1.AgentMessage) error {
 		}
 		u.stats.coalesced[kk]++
 	}
-	var firstDrop, lostResult bool
-	if res.dropped != nil && !res.evictedSample {
-		d := res.dropped.kind
-		u.stats.dropped[d]++
-		switch {
-		case d.inSnapshot():
-			firstDrop = u.overflowDrops == 0
-			u.overflowDrops++
-			if u.needSnapshot == "" {
-				u.needSnapshot = reasonOverflow
-			}
-		case d == kindCommandResult:
-			lostResult = true
-		}
+	var dropped *entry
+	if !res.evictedSample {
+		dropped = res.dropped
 	}
+	logDrop := u.noteDropLocked(dropped)
 	u.mu.Unlock()
-
-	switch {
-	case firstDrop:
-		u.log.Warn("uplink buffer is full: dropping the oldest messages; the next stream starts with a fresh snapshot",
-			"capacity", u.cfg.BufferSize, "dropped_kind", res.dropped.kind.String())
-	case lostResult:
-		u.log.Error("uplink buffer is full: dropped a command result; the aggregator will not learn that command's outcome",
-			"capacity", u.cfg.BufferSize, "command_id", res.dropped.msg.GetCommandResult().GetCommandId())
-	case res.dropped == e:
-		u.log.Debug("uplink buffer is full of lifecycle messages: dropped a new sample batch", "kind", k.String())
-	}
+	logDrop()
 	select {
 	case u.wake <- struct{}{}:
 	default:
 	}
 	return nil
+}
+
+// noteDropLocked counts an entry the full buffer dropped (nil: none) and
+// decides what it takes to recover; it returns the log line to write once
+// u.mu is released. Called with u.mu held.
+func (u *Uplink) noteDropLocked(d *entry) (logLine func()) {
+	if d == nil {
+		return func() {}
+	}
+	u.stats.dropped[d.kind]++
+	switch {
+	case d.kind.latestWins():
+		// The next batch of its kind carries the same information.
+		return func() {
+			u.log.Debug("uplink buffer is full of lifecycle messages: dropped a batch", "kind", d.kind.String())
+		}
+	case d.kind.inSnapshot():
+		first := u.overflowDrops == 0
+		u.overflowDrops++
+		if u.needSnapshot == "" {
+			u.needSnapshot = reasonOverflow
+		}
+		if !first {
+			return func() {}
+		}
+		return func() {
+			u.log.Warn("uplink buffer is full: dropping the oldest messages; a fresh snapshot will follow",
+				"capacity", u.cfg.BufferSize, "dropped_kind", d.kind.String())
+		}
+	default:
+		return func() {
+			u.log.Error("uplink buffer is full: dropped a command result; the aggregator will not learn that command's outcome",
+				"capacity", u.cfg.BufferSize, "command_id", d.msg.GetCommandResult().GetCommandId())
+		}
+	}
 }
 
 // Run dials the aggregator and keeps one stream open, reconnecting with
@@ -641,12 +656,10 @@ func (u *Uplink) sendSnapshotIfNeeded(sctx context.Context, stream grpc.BidiStre
 		return nil
 	}
 	u.mu.Lock()
-	dropped := u.buf.insertFront(&entry{kind: kindSnapshot, msg: env, size: size})
-	if dropped != nil {
-		u.stats.dropped[dropped.kind]++
-	}
+	logDrop := u.noteDropLocked(u.buf.insertFront(&entry{kind: kindSnapshot, msg: env, size: size}))
 	u.stats.snapshots[reason]++
 	u.mu.Unlock()
+	logDrop()
 	level := slog.LevelInfo
 	if reason == reasonOverflow {
 		level = slog.LevelWarn

@@ -295,7 +295,7 @@ func TestOverflowDropsOldestAndForcesSnapshot(t *testing.T) {
 		t.Fatalf("stats = %+v, want 8 of 8 buffered and 4 dropped", s)
 	}
 	expectMetrics(t, u, `
-		# HELP vigil_agent_uplink_dropped_messages_total Messages lost because the uplink buffer was full; each loss of state makes the next stream start with a snapshot.
+		# HELP vigil_agent_uplink_dropped_messages_total Messages lost because the uplink buffer was full; a lost state change is repaired by a fresh snapshot.
 		# TYPE vigil_agent_uplink_dropped_messages_total counter
 		vigil_agent_uplink_dropped_messages_total{kind="command_result"} 0
 		vigil_agent_uplink_dropped_messages_total{kind="container_event"} 4
