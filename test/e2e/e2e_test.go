@@ -1,0 +1,303 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/vigilhq/vigil/internal/testenv"
+	"github.com/vigilhq/vigil/test/chain"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
+
+// The crash-looper runs this many times: once, then crashRestarts restarts
+// under on-failure:crashRestarts, each run exiting 1 after crashAfter. These
+// are the exits that happened, counted without asking Vigil.
+const (
+	crashRestarts = 6
+	crashRuns     = crashRestarts + 1
+	crashAfter    = 2 * time.Second
+)
+
+// TestDataPath runs containerd, the agent, the aggregator and Prometheus,
+// and checks through PromQL and vigilctl that restarts, exits by reason and
+// health reach the user, and that killing the agent and then the aggregator
+// loses no exit.
+func TestDataPath(t *testing.T) {
+	env := testenv.Containerd(t)
+	prometheus, err := exec.LookPath("prometheus")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("prometheus not installed (scripts/install-prereqs.sh installs it): %v", err)
+		}
+		t.Skipf("prometheus not installed: %v", err)
+	}
+	t.Logf("prometheus: %s", prometheus)
+	env.WorkloadImage(t, "default")
+	env.WorkloadImage(t, chain.CRINamespace)
+	netns := testenv.NewNetNS(t)
+	bin := buildBinaries(t)
+
+	dir := t.TempDir()
+	addrs := make([]string, 4)
+	for i := range addrs {
+		if addrs[i], err = chain.FreeAddr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root := repoRoot(t)
+	c, err := chain.New(chain.Config{
+		Dir:               dir,
+		BinDir:            bin,
+		ContainerdAddress: env.Address,
+		NodeName:          "e2e-node",
+		AggregatorGRPC:    addrs[0],
+		AggregatorHTTP:    addrs[1],
+		AgentMetrics:      addrs[2],
+		Prometheus:        addrs[3],
+		PrometheusConfig:  filepath.Join(root, "deploy", "demo", "prometheus.yml"),
+		RulesDir:          filepath.Join(root, "deploy", "prometheus"),
+		Interval:          time.Second,
+		BackoffInitial:    200 * time.Millisecond,
+		BackoffMax:        time.Second,
+		BackoffReset:      time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			t.Errorf("stop chain: %v", err)
+		}
+		if t.Failed() {
+			for _, name := range []string{"aggregator", "agent", "prometheus"} {
+				t.Logf("log tail of %s:\n%s", name, chain.LogTail(filepath.Join(dir, "logs", name+".log"), 200))
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	if err := c.StartAggregator(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartPrometheus(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	stories := chain.Stories(chain.StoryOptions{
+		NetNSPath:      netns.Path,
+		LogDir:         filepath.Join(dir, "logs"),
+		CgroupParent:   filepath.Join(env.CgroupParent, "default"),
+		CrashAfter:     crashAfter,
+		CrashRestarts:  crashRestarts,
+		UnhealthyAfter: 4 * time.Second,
+		HealthInterval: time.Second,
+	})
+	for i := range stories {
+		if err := chain.RunContainer(ctx, env.Address, stories[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env.RunPod(t, testenv.PodSpec{Namespace: "shop", Name: "frontend", Containers: []testenv.PodContainer{
+		{Name: "nginx", Image: testenv.WorkloadRef, Args: []string{"serve", "--http", ":8080"}},
+	}})
+
+	crash := `{container="crashloop",node="e2e-node"}`
+	// The crash-looper's restarts rise: two different non-zero values seen.
+	firstRestarts := waitValue(ctx, t, c, "vigil_container_restarts_total"+crash, func(v float64) bool { return v >= 1 })
+	t.Logf("crashloop restarts: %v", firstRestarts)
+
+	// Kill the agent while the crash-looper runs, so that it exits while no
+	// agent watches; start it again on the same state dir.
+	if err := c.Agent.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(crashAfter + time.Second)
+	if err := c.StartAgent(ctx); err != nil {
+		t.Fatalf("agent after SIGKILL: %v", err)
+	}
+	later := waitValue(ctx, t, c, "vigil_container_restarts_total"+crash, func(v float64) bool { return v > firstRestarts })
+	t.Logf("crashloop restarts after the agent's restart: %v", later)
+
+	// Kill the aggregator; exits meanwhile wait in the agent's buffer.
+	if err := c.Aggregator.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(crashAfter + time.Second)
+	if err := c.StartAggregator(ctx); err != nil {
+		t.Fatalf("aggregator after SIGKILL: %v", err)
+	}
+
+	// Every exit is counted once, by reason: the crash-looper ran crashRuns
+	// times and exited 1 each time, and was restarted crashRestarts times.
+	waitValue(ctx, t, c, "vigil_container_restarts_total"+crash, func(v float64) bool { return v == crashRestarts })
+	waitValue(ctx, t, c, `sum(vigil_container_exits_total{container="crashloop",node="e2e-node",reason="error",exit_code="1"})`,
+		func(v float64) bool { return v == crashRuns })
+	// ... and stays so once it gave up (nothing counted twice after a
+	// reconnect): wait two scrapes, ask again.
+	time.Sleep(5 * time.Second)
+	assertValue(ctx, t, c, `sum(vigil_container_exits_total{container="crashloop",node="e2e-node"})`, crashRuns)
+	assertValue(ctx, t, c, "vigil_container_restarts_total"+crash, crashRestarts)
+	if n := countLines(t, filepath.Join(dir, "logs", chain.CrashLoopID+".log"), "exit: code 1"); n != crashRuns {
+		t.Errorf("the crash-looper's own log shows %d exits, want %d (restarted tasks keep the container's log)", n, crashRuns)
+	}
+
+	// The flaky server failed its probes until unhealthy (the counter keeps
+	// that, however briefly the unhealthy status lasted between two scrapes),
+	// and was restarted: stopped (it exits 0 on SIGTERM) and started again.
+	flaky := `{container="flaky",node="e2e-node"}`
+	waitValue(ctx, t, c, "vigil_container_health_probe_failures_total"+flaky, func(v float64) bool { return v >= 3 })
+	waitValue(ctx, t, c, "vigil_container_restarts_total"+flaky, func(v float64) bool { return v >= 1 })
+	waitValue(ctx, t, c, `sum(vigil_container_exits_total{container="flaky",node="e2e-node",reason="completed"})`, func(v float64) bool { return v >= 1 })
+	waitValue(ctx, t, c, "vigil_container_running"+flaky, func(v float64) bool { return v == 1 })
+	// The healthy server stayed healthy and was never restarted.
+	assertValue(ctx, t, c, `vigil_container_health_status{container="web",node="e2e-node",status="healthy"}`, 1)
+	assertValue(ctx, t, c, `vigil_container_restarts_total{container="web",node="e2e-node"}`, 0)
+	assertValue(ctx, t, c, `vigil_container_health_probe_failures_total{container="web",node="e2e-node"}`, 0)
+	// The pod's container is seen as the kubelet named it.
+	waitValue(ctx, t, c, `vigil_container_running{pod_namespace="shop",pod="frontend",container="nginx",node="e2e-node"}`,
+		func(v float64) bool { return v == 1 })
+
+	// vigilctl lists them all.
+	out, err := c.Vigilctl(ctx, "containers", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed any
+	if err := json.Unmarshal(out, &listed); err != nil {
+		t.Fatalf("vigilctl containers -o json: %v\n%s", err, out)
+	}
+	seen := map[string]bool{}
+	collectStrings(listed, seen)
+	for _, name := range []string{chain.WebID, chain.CrashLoopID, chain.FlakyID, "nginx", "frontend", "e2e-node"} {
+		if !seen[name] {
+			t.Errorf("vigilctl containers -o json does not mention %q:\n%s", name, out)
+		}
+	}
+}
+
+// waitValue polls the query until it returns exactly one sample for which
+// ok holds, and returns its value. The test fails when ctx ends first.
+func waitValue(ctx context.Context, t *testing.T, c *chain.Chain, query string, ok func(float64) bool) float64 {
+	t.Helper()
+	var last string
+	for {
+		res, err := c.Query(ctx, query)
+		switch {
+		case err != nil:
+			last = err.Error()
+		case len(res) != 1:
+			last = fmt.Sprintf("%d samples: %v", len(res), res)
+		case ok(res[0].Value):
+			return res[0].Value
+		default:
+			last = res[0].String()
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("PromQL %s: condition not met in time; last answer: %s", query, last)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// assertValue checks that the query returns one sample equal to want now.
+func assertValue(ctx context.Context, t *testing.T, c *chain.Chain, query string, want float64) {
+	t.Helper()
+	res, err := c.Query(ctx, query)
+	if err != nil {
+		t.Errorf("PromQL %s: %v", query, err)
+		return
+	}
+	if len(res) != 1 || res[0].Value != want {
+		t.Errorf("PromQL %s = %v, want one sample of %v", query, res, want)
+	}
+}
+
+// collectStrings records every string (keys and values) in a decoded JSON
+// document.
+func collectStrings(v any, into map[string]bool) {
+	switch v := v.(type) {
+	case string:
+		into[v] = true
+	case []any:
+		for _, x := range v {
+			collectStrings(x, into)
+		}
+	case map[string]any:
+		for k, x := range v {
+			into[k] = true
+			collectStrings(x, into)
+		}
+	}
+}
+
+func countLines(t *testing.T, path, substr string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Errorf("read %s: %v", path, err)
+		return -1
+	}
+	return bytes.Count(b, []byte(substr))
+}
+
+// buildBinaries builds vigil-agent, vigil-aggregator and vigilctl into a
+// temp dir, as `make build` does. VIGIL_E2E_BIN names a directory of
+// binaries built already (e.g. bin/ after `make build`) to use instead.
+func buildBinaries(t *testing.T) string {
+	t.Helper()
+	if dir := os.Getenv("VIGIL_E2E_BIN"); dir != "" {
+		t.Logf("using the binaries in VIGIL_E2E_BIN=%s", dir)
+		return dir
+	}
+	root := repoRoot(t)
+	out := t.TempDir()
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(gobin); err != nil {
+		if gobin, err = exec.LookPath("go"); err != nil {
+			t.Fatalf("no go tool to build the binaries: %v", err)
+		}
+	}
+	for _, b := range []struct{ name, pkg string }{
+		{"vigil-agent", "./cmd/agent"}, {"vigil-aggregator", "./cmd/aggregator"}, {"vigilctl", "./cmd/vigilctl"},
+	} {
+		cmd := exec.Command(gobin, "build", "-o", filepath.Join(out, b.name), b.pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if o, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", b.pkg, err, o)
+		}
+	}
+	return out
+}
+
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test's directory")
+		}
+		dir = parent
+	}
+}
