@@ -12,8 +12,9 @@ import (
 // BenchmarkRestartOverhead measures, per policy restart, the time from a
 // task's exit (containerd's timestamp) to its replacement running, and the
 // part of it that containerd itself spends deleting the old task and
-// creating and starting the new one; the difference is Vigil's overhead:
-// event delivery, the decision, and the agent's own work. The stop window is
+// creating and starting the new one, and Vigil's overhead: the time from the
+// exit to the agent's restart call (event delivery from containerd, the
+// decision, the durable write of the exit, the timer), measured directly. The stop window is
 // off and every restart is a first one (the backoff resets after a 1 ms
 // run), so no deliberate delay is included.
 //
@@ -49,6 +50,7 @@ func BenchmarkRestartOverhead(b *testing.B) {
 		return nil
 	}
 	lag := hist("vigil_agent_restart_exit_to_running_seconds")
+	over := hist("vigil_agent_restart_overhead_seconds")
 	rt := hist("vigil_agent_restart_runtime_seconds")
 	if lag.GetSampleCount() == 0 || rt.GetSampleCount() == 0 {
 		b.Fatal("no restart measured")
@@ -57,6 +59,6 @@ func BenchmarkRestartOverhead(b *testing.B) {
 	rtMean := rt.GetSampleSum() / float64(rt.GetSampleCount())
 	b.ReportMetric(lagMean*1000, "ms-exit-to-running")
 	b.ReportMetric(rtMean*1000, "ms-containerd-delete-create-start")
-	b.ReportMetric((lagMean-rtMean)*1000, "ms-vigil-overhead")
+	b.ReportMetric(over.GetSampleSum()/float64(over.GetSampleCount())*1000, "ms-vigil-overhead")
 	b.ReportMetric(float64(lag.GetSampleCount()), "restarts")
 }

@@ -452,6 +452,12 @@ func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
 	t.inFlight = true
 	running := t.c.State == runtime.StateRunning || t.c.State == runtime.StatePaused
 	t.expectDelete = true
+	if e := t.c.LastExit; e != nil && !e.At.IsZero() && !running {
+		chosen := max(t.tracker.State.Last.Delay, a.cfg.StopWindow)
+		if over := a.now().Sub(e.At) - chosen; over >= 0 {
+			a.self.restartOverhead.Observe(over.Seconds())
+		}
+	}
 	a.mu.Unlock()
 	a.runAction(ctx, actionResult{kind: actionRestart, key: key}, func(ctx context.Context) error {
 		if running {

@@ -358,6 +358,10 @@ type selfMetrics struct {
 	// timestamp) to the new task running, backoff included.
 	restartHist prometheus.Histogram
 	restartLag  prometheus.Histogram
+	// restartOverhead is the time from an exit to the restart call, less the
+	// delay Vigil chose to wait (backoff and stop window): event delivery,
+	// the decision, the durable write and the timer.
+	restartOverhead prometheus.Histogram
 }
 
 func newSelfMetrics(a *Agent) *selfMetrics {
@@ -373,6 +377,11 @@ func newSelfMetrics(a *Agent) *selfMetrics {
 			Name:    "vigil_agent_restart_runtime_seconds",
 			Help:    "Time containerd took to delete the exited task, create a new one and start it, per policy restart.",
 			Buckets: []float64{.025, .05, .1, .15, .2, .3, .5, 1, 2.5, 5},
+		}),
+		restartOverhead: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vigil_agent_restart_overhead_seconds",
+			Help:    "Time from a task's exit to the agent asking containerd for its replacement, less the backoff and stop window it chose to wait.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25},
 		}),
 		restartLag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "vigil_agent_restart_exit_to_running_seconds",
@@ -396,6 +405,7 @@ func (s *selfMetrics) Describe(ch chan<- *prometheus.Desc) {
 	s.collHist.Describe(ch)
 	s.restartHist.Describe(ch)
 	s.restartLag.Describe(ch)
+	s.restartOverhead.Describe(ch)
 }
 
 func (s *selfMetrics) Collect(ch chan<- prometheus.Metric) {
@@ -412,4 +422,5 @@ func (s *selfMetrics) Collect(ch chan<- prometheus.Metric) {
 	s.collHist.Collect(ch)
 	s.restartHist.Collect(ch)
 	s.restartLag.Collect(ch)
+	s.restartOverhead.Collect(ch)
 }

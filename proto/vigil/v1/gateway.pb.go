@@ -304,8 +304,9 @@ type AgentMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Sequence number, strictly increasing within one agent instance
 	// (Hello.instance_id), starting at 1. The Hello itself carries 0 and is
-	// not acknowledged. The aggregator applies each sequence number at most
-	// once and acknowledges cumulatively.
+	// not acknowledged. Numbers may skip (a superseded sample batch is never
+	// numbered); the aggregator applies any seq greater than the last it
+	// applied, at most once, and acknowledges cumulatively.
 	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	// When the agent produced the message.
 	SentAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=sent_at,json=sentAt,proto3" json:"sent_at,omitempty"`

@@ -32,9 +32,10 @@ const (
 // The agent's first message is a Hello. The aggregator answers with a
 // HelloAck (or ends the stream with an error status: PermissionDenied when
 // the hello names another node than the client certificate, InvalidArgument
-// for a malformed hello). The agent then (re)sends every message after
-// HelloAck.resume_after_seq that it still holds, a Snapshot when asked or
-// when it dropped messages, then deltas and samples as they happen.
+// for a malformed hello). The agent then sends a Snapshot first when asked or
+// when it dropped messages (the snapshot supersedes the held state messages
+// older than it), then every held message after HelloAck.resume_after_seq,
+// then new messages as they happen.
 type AgentGatewayClient interface {
 	// Connect is the agent's long-lived bidirectional stream.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AgentMessage, AggregatorMessage], error)
@@ -71,9 +72,10 @@ type AgentGateway_ConnectClient = grpc.BidiStreamingClient[AgentMessage, Aggrega
 // The agent's first message is a Hello. The aggregator answers with a
 // HelloAck (or ends the stream with an error status: PermissionDenied when
 // the hello names another node than the client certificate, InvalidArgument
-// for a malformed hello). The agent then (re)sends every message after
-// HelloAck.resume_after_seq that it still holds, a Snapshot when asked or
-// when it dropped messages, then deltas and samples as they happen.
+// for a malformed hello). The agent then sends a Snapshot first when asked or
+// when it dropped messages (the snapshot supersedes the held state messages
+// older than it), then every held message after HelloAck.resume_after_seq,
+// then new messages as they happen.
 type AgentGatewayServer interface {
 	// Connect is the agent's long-lived bidirectional stream.
 	Connect(grpc.BidiStreamingServer[AgentMessage, AggregatorMessage]) error
