@@ -152,7 +152,10 @@ func New(cfg Config) (*Agent, error) {
 			BootID:       a.bootID,
 			Capabilities: a.capabilities(),
 			BufferSize:   cfg.BufferSize,
-			Logger:       log, // the uplink names itself
+			// The aggregator's default limit: a snapshot of a few hundred
+			// containers with probe output can pass the uplink's own 4 MiB.
+			MaxMessageBytes: 16 << 20,
+			Logger:          log, // the uplink names itself
 		}
 		if !cfg.Insecure {
 			ucfg.TLS, err = pki.ClientConfig(cfg.TLS, cfg.TLSServerName)
