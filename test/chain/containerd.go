@@ -197,10 +197,10 @@ func subnetInUse(subnet *net.IPNet) (bool, error) {
 	return false, nil
 }
 
-// ImportImages imports the busybox and workload images into the default and
-// CRI namespaces and the pause image into the CRI namespace. workloadBin is
-// a static build of test/workload.
-func (c *Containerd) ImportImages(ctx context.Context, workloadBin string) error {
+// ImportImages imports the busybox and workload images into namespace and
+// the CRI namespace, and the pause image into the CRI namespace. workloadBin
+// is a static build of test/workload.
+func (c *Containerd) ImportImages(ctx context.Context, namespace, workloadBin string) error {
 	images, err := buildImages(workloadBin)
 	if err != nil {
 		return err
@@ -210,7 +210,7 @@ func (c *Containerd) ImportImages(ctx context.Context, workloadBin string) error
 		return err
 	}
 	defer cl.Close()
-	for _, ns := range []string{"default", CRINamespace} {
+	for _, ns := range []string{namespace, CRINamespace} {
 		for _, img := range images {
 			if img.ref == PauseRef && ns != CRINamespace {
 				continue

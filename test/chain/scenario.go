@@ -8,7 +8,7 @@ import (
 
 // The containers of the demo's stories, shared with the end-to-end test so
 // that what the demo shows is what CI checks. Each runs the workload image
-// (test/workload) in the containerd "default" namespace.
+// (test/workload).
 
 // Story container ids.
 const (
@@ -20,6 +20,11 @@ const (
 // StoryOptions tune the stories (the demo is slow enough to watch, the test
 // fast).
 type StoryOptions struct {
+	// Namespace is the containerd namespace of the containers. Give each
+	// chain its own: runc keeps its state under /run/containerd/runc/NS/ID
+	// for every containerd on the host, so two containerds running the same
+	// NS/ID collide (runc create fails, and its clean-up kills the other).
+	Namespace string
 	// NetNSPath is the network namespace the servers share (lo up).
 	NetNSPath string
 	// LogDir receives each container's stdout and stderr as ID.log.
@@ -69,6 +74,7 @@ func Stories(o StoryOptions) []Container {
 	out := []Container{web, crash, flaky}
 	for i := range out {
 		out[i].Image = WorkloadRef
+		out[i].Namespace = o.Namespace
 		out[i].CgroupParent = o.CgroupParent
 		if o.LogDir != "" {
 			out[i].LogPath = filepath.Join(o.LogDir, out[i].ID+".log")

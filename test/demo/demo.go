@@ -26,7 +26,11 @@ const (
 	agentMetrics   = "127.0.0.1:17402"
 	prometheusAddr = "127.0.0.1:17490"
 
-	nodeName     = "demo-node"
+	nodeName = "demo-node"
+	// namespace is the containerd namespace of the demo's containers: its
+	// own, so that no test's containers collide with them in runc's state
+	// (/run/containerd/runc/NAMESPACE/ID is shared by every containerd).
+	namespace    = "vigil-demo"
 	netnsName    = "vigil-demo"
 	bridgeName   = "vigil-demo0"
 	podSubnet    = "10.199.74.0/24"
@@ -110,7 +114,7 @@ func (d *demo) up(ctx context.Context) error {
 		return err
 	}
 	d.say("Importing the demo images without a registry: %s, %s, %s", chain.BusyboxRef, chain.WorkloadRef, chain.PauseRef)
-	if err := d.containerd.ImportImages(ctx, workload); err != nil {
+	if err := d.containerd.ImportImages(ctx, namespace, workload); err != nil {
 		return err
 	}
 	if err := chain.CreateNetNS(netnsName); err != nil {
@@ -131,6 +135,7 @@ func (d *demo) up(ctx context.Context) error {
 	}
 
 	stories := chain.Stories(chain.StoryOptions{
+		Namespace:      namespace,
 		NetNSPath:      chain.NetNSPath(netnsName),
 		LogDir:         d.logDir,
 		CgroupParent:   cgroupParent,
@@ -287,13 +292,13 @@ func (d *demo) where() {
                bin/vigilctl --server %[5]s --insecure containers -o json
   JSON API     curl -s http://%[6]s/api/v1/containers
   metrics      curl -s http://%[6]s/metrics | grep '^vigil_container'
-  containers   ctr -a %[7]s -n default tasks ls
+  containers   ctr -a %[7]s -n %[9]s tasks ls
   logs         %[8]s/{agent,aggregator,prometheus,containerd}.log
                %[8]s/{web,crashloop,flaky}.log (the containers' output)
   status       bash scripts/demo.sh status
   stop         make demo-down   (removes everything the demo started)
 `, prometheusAddr, q("vigil_container_restarts_total"), q("sum by (reason) (vigil_container_exits_total)"),
-		q(`vigil_container_health_status{status="unhealthy"} == 1`), aggregatorGRPC, aggregatorHTTP, d.containerd.Address, d.logDir)
+		q(`vigil_container_health_status{status="unhealthy"} == 1`), aggregatorGRPC, aggregatorHTTP, d.containerd.Address, d.logDir, namespace)
 }
 
 // status prints the demo's processes and containers.
@@ -419,6 +424,6 @@ func shortenLogLine(line string) string {
 			line = msg + after
 		}
 	}
-	line = strings.NewReplacer(" namespace=default", "", ` signal=""`, "").Replace(line)
+	line = strings.NewReplacer(" namespace="+namespace, "", ` signal=""`, "").Replace(line)
 	return strings.TrimSpace(ts + " " + line)
 }

@@ -41,7 +41,10 @@ func TestDataPath(t *testing.T) {
 		t.Skipf("prometheus not installed: %v", err)
 	}
 	t.Logf("prometheus: %s", prometheus)
-	env.WorkloadImage(t, "default")
+	// A namespace of its own: runc's state (/run/containerd/runc/NS/ID) is
+	// shared by every containerd on the host, demo and other tests included.
+	ns := fmt.Sprintf("e2e-%d", os.Getpid())
+	env.WorkloadImage(t, ns)
 	env.WorkloadImage(t, chain.CRINamespace)
 	netns := testenv.NewNetNS(t)
 	bin := buildBinaries(t)
@@ -97,9 +100,10 @@ func TestDataPath(t *testing.T) {
 	}
 
 	stories := chain.Stories(chain.StoryOptions{
+		Namespace:      ns,
 		NetNSPath:      netns.Path,
 		LogDir:         filepath.Join(dir, "logs"),
-		CgroupParent:   filepath.Join(env.CgroupParent, "default"),
+		CgroupParent:   filepath.Join(env.CgroupParent, ns),
 		CrashAfter:     crashAfter,
 		CrashRestarts:  crashRestarts,
 		UnhealthyAfter: 4 * time.Second,
