@@ -278,17 +278,20 @@ func (d *demo) where() {
 	fmt.Fprintf(d.out, `
 ==> The demo keeps running. Where to look:
 
-  Prometheus   http://%[1]s   (ready queries, open in a browser:)
+  Prometheus   http://%[1]s   (ready queries; the links open them in a browser)
     vigil_container_restarts_total                          %[2]s
     rate(vigil_container_restarts_total[1m])
     sum by (reason) (vigil_container_exits_total)           %[3]s
-    vigil_container_restart_backoff_seconds
-    vigil_container_health_status{status="unhealthy"} == 1  %[4]s
+    vigil_container_restart_backoff_seconds                 (the crash-looper's delay, doubling to 30s)
+    vigil_container_health_status{status="unhealthy"} == 1  (now; the flaky one is unhealthy only until its restart)
+    max_over_time(vigil_container_health_status{status="unhealthy"}[5m]) == 1
+                                                            %[4]s
+    increase(vigil_container_health_probe_failures_total[5m])
     vigil_container_memory_working_set_bytes
   vigilctl     bin/vigilctl --server %[5]s --insecure containers
                bin/vigilctl --server %[5]s --insecure containers --unhealthy
                bin/vigilctl --server %[5]s --insecure nodes
-               bin/vigilctl --server %[5]s --insecure events
+               bin/vigilctl --server %[5]s --insecure events     (follows; Ctrl-C to stop)
                bin/vigilctl --server %[5]s --insecure containers -o json
   JSON API     curl -s http://%[6]s/api/v1/containers
   metrics      curl -s http://%[6]s/metrics | grep '^vigil_container'
@@ -298,7 +301,7 @@ func (d *demo) where() {
   status       bash scripts/demo.sh status
   stop         make demo-down   (removes everything the demo started)
 `, prometheusAddr, q("vigil_container_restarts_total"), q("sum by (reason) (vigil_container_exits_total)"),
-		q(`vigil_container_health_status{status="unhealthy"} == 1`), aggregatorGRPC, aggregatorHTTP, d.containerd.Address, d.logDir, namespace)
+		q(`max_over_time(vigil_container_health_status{status="unhealthy"}[5m]) == 1`), aggregatorGRPC, aggregatorHTTP, d.containerd.Address, d.logDir, namespace)
 }
 
 // status prints the demo's processes and containers.
