@@ -52,6 +52,10 @@ type Config struct {
 
 	// Extra flags for the binaries, appended after the chain's own.
 	AgentArgs, AggregatorArgs []string
+
+	// Detach leaves the processes running when the program that started
+	// them exits (the demo). Otherwise they die with it (tests).
+	Detach bool
 }
 
 // Chain is the running data path. Its methods are not safe for concurrent
@@ -138,7 +142,7 @@ func (c *Chain) AgentCommand() []string {
 // StartAggregator starts vigil-aggregator and waits until its /healthz
 // answers.
 func (c *Chain) StartAggregator(ctx context.Context) error {
-	p, err := startProcess(c.cfg.Dir, NameAggregator, c.Bin("vigil-aggregator"), c.AggregatorCommand(), nil)
+	p, err := startProcess(c.cfg.Dir, NameAggregator, c.Bin("vigil-aggregator"), c.AggregatorCommand(), nil, c.cfg.Detach)
 	if err != nil {
 		return err
 	}
@@ -152,7 +156,7 @@ func (c *Chain) StartAgent(ctx context.Context) error {
 	if err := os.MkdirAll(c.AgentStateDir(), 0o700); err != nil {
 		return err
 	}
-	p, err := startProcess(c.cfg.Dir, NameAgent, c.Bin("vigil-agent"), c.AgentCommand(), nil)
+	p, err := startProcess(c.cfg.Dir, NameAgent, c.Bin("vigil-agent"), c.AgentCommand(), nil, c.cfg.Detach)
 	if err != nil {
 		return err
 	}
@@ -193,7 +197,7 @@ func (c *Chain) StartPrometheus(ctx context.Context) error {
 		"--storage.tsdb.retention.time", "1d",
 		"--web.listen-address", c.cfg.Prometheus,
 		"--web.enable-lifecycle",
-	}, nil)
+	}, nil, c.cfg.Detach)
 	if err != nil {
 		return err
 	}

@@ -141,7 +141,7 @@ func TestStories(t *testing.T) {
 // stop, as the demo and `demo down` do.
 func TestProcess(t *testing.T) {
 	dir := t.TempDir()
-	p, err := startProcess(dir, "sleeper", "sleep", []string{"60"}, nil)
+	p, err := startProcess(dir, "sleeper", "sleep", []string{"60"}, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestProcess(t *testing.T) {
 	if !p.Running() {
 		t.Fatal("not running after start")
 	}
-	if _, err := startProcess(dir, "sleeper", "sleep", []string{"60"}, nil); err == nil || !strings.Contains(err.Error(), "already running") {
+	if _, err := startProcess(dir, "sleeper", "sleep", []string{"60"}, nil, false); err == nil || !strings.Contains(err.Error(), "already running") {
 		t.Errorf("second start: %v, want already running", err)
 	}
 	q, ok, err := LoadProcess(dir, "sleeper")
@@ -177,7 +177,7 @@ func TestProcess(t *testing.T) {
 		t.Error("alive with another binary's name")
 	}
 
-	p2, err := startProcess(dir, "sleeper", "sleep", []string{"60"}, nil)
+	p2, err := startProcess(dir, "sleeper", "sleep", []string{"60"}, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -82,7 +82,7 @@ func (c *Containerd) Start(ctx context.Context) error {
 	if err := os.WriteFile(c.Config, []byte(c.configTOML()), 0o600); err != nil {
 		return err
 	}
-	p, err := startProcess(c.runDir(), "containerd", "containerd", []string{"--config", c.Config, "--log-level", "info"}, nil)
+	p, err := startProcess(c.runDir(), "containerd", "containerd", []string{"--config", c.Config, "--log-level", "info"}, nil, true)
 	if err != nil {
 		return err
 	}

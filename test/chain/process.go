@@ -28,9 +28,11 @@ type Process struct {
 }
 
 // startProcess starts bin with args as Name, records its pid in
-// dir/run/NAME.pid and appends its output to dir/logs/NAME.log. The process
-// outlives the caller: a demo leaves it running for `demo down` to stop.
-func startProcess(dir, name, bin string, args []string, env []string) (*Process, error) {
+// dir/run/NAME.pid and appends its output to dir/logs/NAME.log. A detached
+// process outlives the caller (a demo leaves it running for `demo down` to
+// stop); otherwise the kernel kills it when the caller dies, so that a test
+// that panics on its timeout leaks nothing.
+func startProcess(dir, name, bin string, args []string, env []string, detach bool) (*Process, error) {
 	bin, err := exec.LookPath(bin)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -65,6 +67,9 @@ func startProcess(dir, name, bin string, args []string, env []string) (*Process,
 	// A session of its own: a ^C in the terminal that ran the demo does not
 	// reach it, and it keeps running after the demo program exits.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if !detach {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}

@@ -85,6 +85,7 @@ func (d *demo) newChain() (*chain.Chain, error) {
 		BackoffInitial:    time.Second,
 		BackoffMax:        30 * time.Second,
 		BackoffReset:      time.Minute,
+		Detach:            true,
 	})
 }
 
