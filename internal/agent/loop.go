@@ -230,7 +230,12 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 	a.mu.Lock()
 	wasPending := t.tracker.State.Pending
 	before := t.tracker.State.RestartCount
-	t.tracker.OnStart(startedAt)
+	if live || !t.tracker.State.Running || wasPending {
+		// A task found running at start-up while the saved state says it
+		// was running is the same run, whatever clock its start time came
+		// from; only a start we did not see is counted.
+		t.tracker.OnStart(startedAt)
+	}
 	restarted := t.tracker.State.RestartCount > before
 	t.expectDelete = false
 	if t.timer != nil && !t.tracker.State.Pending {
@@ -371,13 +376,13 @@ func (a *Agent) removeContainer(key runtime.Key, ev runtime.Event) {
 		}
 		delete(a.containers, key)
 		delete(a.lastStats, key)
+		if ev.Container != nil {
+			t.c = *ev.Container
+		}
 	}
 	a.mu.Unlock()
 	if !ok {
 		return
-	}
-	if ev.Container != nil {
-		t.c = *ev.Container
 	}
 	a.stopProbing(t)
 	a.detachNetwork(t)

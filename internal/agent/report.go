@@ -79,22 +79,26 @@ func policyKindOrNo(k restart.Kind) restart.Kind {
 // snapshot is the node's full state; the uplink calls it when the
 // aggregator needs one.
 func (a *Agent) snapshot() *vigilv1.Snapshot {
+	type keyed struct {
+		k runtime.Key
+		t *tracked
+	}
 	a.mu.RLock()
-	ts := make([]*tracked, 0, len(a.containers))
-	for _, t := range a.containers {
-		ts = append(ts, t)
+	ts := make([]keyed, 0, len(a.containers))
+	for k, t := range a.containers {
+		ts = append(ts, keyed{k, t})
 	}
 	netns := a.lastNet
 	a.mu.RUnlock()
 	sort.Slice(ts, func(i, j int) bool {
-		if ts[i].c.Namespace != ts[j].c.Namespace {
-			return ts[i].c.Namespace < ts[j].c.Namespace
+		if ts[i].k.Namespace != ts[j].k.Namespace {
+			return ts[i].k.Namespace < ts[j].k.Namespace
 		}
-		return ts[i].c.ID < ts[j].c.ID
+		return ts[i].k.ID < ts[j].k.ID
 	})
 	snap := &vigilv1.Snapshot{Network: netns, Status: a.nodeStatus()}
-	for _, t := range ts {
-		snap.Containers = append(snap.Containers, a.containerProto(t))
+	for _, x := range ts {
+		snap.Containers = append(snap.Containers, a.containerProto(x.t))
 	}
 	return snap
 }

@@ -172,12 +172,15 @@ func (r *Runtime) describe(ctx context.Context, c *client.Client, ns string, cc 
 }
 
 // setRunning records a running task's pid and what follows from it: the
-// network namespace, and the start time (from /proc when the event's time
-// is not known).
+// network namespace, and the start time. The start time is the process's own
+// (from /proc) whenever it can be read, the event's time otherwise, so that a
+// task seen through its start event and again through a relist (after a
+// reconnect or an agent restart) has the same start time: the restart
+// policy tells runs apart by it.
 func (r *Runtime) setRunning(e *entry, pid uint32, startedAt time.Time) {
 	e.c.Pid = pid
-	if startedAt.IsZero() {
-		startedAt = procStartTime(pid)
+	if t := procStartTime(pid); !t.IsZero() {
+		startedAt = t
 	}
 	e.c.StartedAt = startedAt
 	e.c.NetNSInode = 0
