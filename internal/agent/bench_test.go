@@ -34,12 +34,8 @@ func BenchmarkRestartOverhead(b *testing.B) {
 		return ev.GetType() == vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTARTED && int(ev.GetContainer().GetRestartCount()) >= b.N
 	})
 	b.StopTimer()
-	h.stop()
 
-	mfs, err := h.lastRegistry.Gather()
-	if err != nil {
-		b.Fatal(err)
-	}
+	var mfs []*dto.MetricFamily
 	hist := func(name string) *dto.Histogram {
 		for _, mf := range mfs {
 			if mf.GetName() == name {
@@ -49,6 +45,18 @@ func BenchmarkRestartOverhead(b *testing.B) {
 		b.Fatalf("metric %s not gathered", name)
 		return nil
 	}
+	// The start event can arrive before the restart call returns and
+	// records its duration: wait for the last one.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var err error
+		if mfs, err = h.lastRegistry.Gather(); err != nil {
+			b.Fatal(err)
+		}
+		if int(hist("vigil_agent_restart_runtime_seconds").GetSampleCount()) >= b.N || time.Now().After(deadline) {
+			break
+		}
+	}
+	h.stop()
 	lag := hist("vigil_agent_restart_exit_to_running_seconds")
 	over := hist("vigil_agent_restart_overhead_seconds")
 	rt := hist("vigil_agent_restart_runtime_seconds")
