@@ -172,15 +172,16 @@ func (r *Runtime) describe(ctx context.Context, c *client.Client, ns string, cc 
 }
 
 // setRunning records a running task's pid and what follows from it: the
-// network namespace, and the start time. The start time is the process's own
-// (from /proc) whenever it can be read, the event's time otherwise, so that a
-// task seen through its start event and again through a relist (after a
-// reconnect or an agent restart) has the same start time: the restart
-// policy tells runs apart by it.
+// network namespace, and the start time: the start event's (containerd's
+// clock, precise), or from /proc when no event told it (a relist). The /proc
+// time is only accurate to about a second (the boot time in /proc/stat is in
+// whole seconds), so the two differ for the same task: consumers must not
+// tell runs apart by comparing them exactly (the agent keys on its own
+// saved state).
 func (r *Runtime) setRunning(e *entry, pid uint32, startedAt time.Time) {
 	e.c.Pid = pid
-	if t := procStartTime(pid); !t.IsZero() {
-		startedAt = t
+	if startedAt.IsZero() {
+		startedAt = procStartTime(pid)
 	}
 	e.c.StartedAt = startedAt
 	e.c.NetNSInode = 0
