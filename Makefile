@@ -38,11 +38,14 @@ gen: tools
 	buf generate
 
 # lint: formatting, vet, buf lint, and generated code that matches the .proto.
-lint: tools
+lint: tools prereqs
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	buf lint
+	@if command -v kubectl >/dev/null; then kubectl kustomize deploy/daemonset >/dev/null && echo "deploy/daemonset renders"; \
+	  else echo "kubectl not installed: deploy/daemonset not checked (make prereqs installs it)"; fi
+	@if command -v promtool >/dev/null; then promtool check config deploy/prometheus/prometheus.yml deploy/prometheus/prometheus-sharded.yml >/dev/null && echo "deploy/prometheus configs are valid"; fi
 	buf generate
 	@if [ -n "$$(git status --porcelain -- proto)" ]; then \
 	  echo "generated code is stale or uncommitted: run 'make gen' and commit"; git status --short -- proto; exit 1; fi

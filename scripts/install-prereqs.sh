@@ -11,6 +11,7 @@ have runc || need+=(runc)
 have prometheus || need+=(prometheus)
 have prometheus-alertmanager || need+=(prometheus-alertmanager)
 have ip || need+=(iproute2)
+have kubectl || need+=(kubectl)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
