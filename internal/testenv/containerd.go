@@ -3,22 +3,14 @@ package testenv
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
-	"golang.org/x/sys/unix"
 )
 
 const (
@@ -32,8 +24,9 @@ const (
 )
 
 // Env is a private containerd with the CRI plugin, run by this package for
-// one test binary. Its fields are fixed once Containerd returns; its methods
-// are safe for concurrent use by parallel tests.
+// one test binary: an Instance with the test helpers on top. Its fields are
+// fixed once Containerd returns; its methods are safe for concurrent use by
+// parallel tests.
 type Env struct {
 	Address    string // containerd socket path
 	Root       string // containerd's root directory
@@ -52,29 +45,15 @@ type Env struct {
 	LogPath string
 
 	id      string
-	config  string
-	lock    *os.File // flocked for the instance's lifetime: marks it live for the stale sweep
+	inst    *Instance
 	harness *client.Client
 
 	mu      sync.Mutex
-	proc    *os.Process
-	exited  chan struct{} // closed when proc exits
 	clients []*client.Client
 	images  map[string]*imageImport // by namespace and ref
 	defs    map[string]imageDef     // images built here, by ref
 	// attached counts AttachNetNS calls: the next address to hand out.
 	attached int
-	stopped  bool
-}
-
-// instanceInfo is written to the instance dir so that a later test binary can
-// clean up after one that died without tearing down (a timeout panic).
-type instanceInfo struct {
-	Address      string `json:"address"`
-	Config       string `json:"config"`
-	Bridge       string `json:"bridge"`
-	CgroupParent string `json:"cgroupParent"`
-	PID          int    `json:"pid"`
 }
 
 var shared struct {
@@ -115,38 +94,27 @@ func Containerd(tb testing.TB) *Env {
 	return shared.env
 }
 
-// newEnv creates the instance dir, network and config, starts containerd and
-// imports the CRI sandbox image.
+// newEnv starts an Instance in a temp dir and imports the CRI sandbox image.
 func newEnv() (env *Env, err error) {
-	var b [4]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return nil, err
-	}
-	id := hex.EncodeToString(b[:])
-	dir, err := os.MkdirTemp("", instancePrefix)
+	inst, err := NewInstance(InstanceOptions{})
 	if err != nil {
 		return nil, err
 	}
 	e := &Env{
-		id:           id,
-		Dir:          dir,
-		Root:         filepath.Join(dir, "root"),
-		State:        filepath.Join(dir, "state"),
-		Address:      filepath.Join(dir, "containerd.sock"),
+		Address:      inst.Address,
+		Root:         inst.Root,
+		State:        inst.State,
+		Dir:          inst.Dir,
 		CgroupRoot:   "/sys/fs/cgroup",
-		CgroupParent: "/vigil-test-" + id,
-		Bridge:       "vgl" + id,
-		LogPath:      filepath.Join(dir, "containerd.log"),
-		config:       filepath.Join(dir, "config.toml"),
+		CgroupParent: inst.CgroupParent,
+		Bridge:       inst.Bridge,
+		BridgeIP:     inst.BridgeIP,
+		Subnet:       inst.Subnet,
+		LogPath:      inst.LogPath,
+		id:           inst.ID,
+		inst:         inst,
 		images:       map[string]*imageImport{},
 		defs:         map[string]imageDef{},
-	}
-	e.lock, err = os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(e.lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		return nil, fmt.Errorf("lock instance dir: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -155,23 +123,6 @@ func newEnv() (env *Env, err error) {
 			}
 		}
 	}()
-	for _, d := range []string{e.Root, e.State, e.logDir(), e.cniConfDir()} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, err
-		}
-	}
-	if err := e.writeInfo(0); err != nil {
-		return nil, err
-	}
-	if err := e.setupNetwork(); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(e.config, []byte(e.configTOML()), 0o600); err != nil {
-		return nil, err
-	}
-	if err := e.start(); err != nil {
-		return nil, err
-	}
 	e.harness, err = client.New(e.Address, client.WithTimeout(2*time.Second))
 	if err != nil {
 		return nil, err
@@ -182,166 +133,28 @@ func newEnv() (env *Env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := e.importImage(ctx, criNamespace, pause); err != nil {
+	if err := e.importImage(ctx, CRINamespace, pause); err != nil {
 		return nil, fmt.Errorf("import sandbox image: %w", err)
 	}
 	return e, nil
 }
 
-func (e *Env) logDir() string     { return filepath.Join(e.Dir, "logs") }
-func (e *Env) cniConfDir() string { return filepath.Join(e.Dir, "cni", "net.d") }
+func (e *Env) logDir() string { return e.inst.logDir() }
 
-func (e *Env) writeInfo(pid int) error {
-	b, err := json.Marshal(instanceInfo{Address: e.Address, Config: e.config, Bridge: e.Bridge, CgroupParent: e.CgroupParent, PID: pid})
-	if err != nil {
-		return err
+// teardown closes the harness's client and the instance (see
+// Instance.Close). Idempotent.
+func (e *Env) teardown() error {
+	if e.harness != nil {
+		e.harness.Close()
 	}
-	return os.WriteFile(filepath.Join(e.Dir, "instance.json"), b, 0o600)
-}
-
-// configTOML is containerd's configuration (version 2, as 1.6 reads it).
-func (e *Env) configTOML() string {
-	return fmt.Sprintf(`version = 2
-root = %[1]q
-state = %[2]q
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing",
-]
-
-[grpc]
-  address = %[3]q
-
-[ttrpc]
-  address = %[4]q
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = %[5]q
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = %[6]q
-  restrict_oom_score_adj = true
-  disable_apparmor = true
-  enable_selinux = false
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_tls_streaming = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = %[7]q
-    conf_dir = %[8]q
-    max_conf_num = 1
-`, e.Root, e.State, e.Address, e.Address+".ttrpc", filepath.Join(e.Dir, "opt"), pauseRef, cniBinDir, e.cniConfDir())
-}
-
-// start launches containerd and waits until it answers.
-func (e *Env) start() error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.proc != nil {
-		return errors.New("containerd is already running")
-	}
-	logf, err := os.OpenFile(e.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd := exec.Command("containerd", "--config", e.config, "--log-level", "info")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Its own process group, so that a ^C to the test does not reach it
-	// before teardown does.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start containerd: %w", err)
-	}
-	exited := make(chan struct{})
-	go func() { // owned by the process: ends when containerd exits
-		_ = cmd.Wait()
-		close(exited)
-	}()
-	e.proc, e.exited = cmd.Process, exited
-	if err := e.writeInfo(cmd.Process.Pid); err != nil {
-		return err
-	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
-	defer cancel()
-	c, err := client.New(e.Address, client.WithTimeout(time.Second))
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if _, err := c.Version(ctx); err == nil {
-			return nil
-		}
-		select {
-		case <-exited:
-			e.proc = nil
-			return fmt.Errorf("containerd exited during startup; log tail:\n%s", e.logTail())
-		case <-ctx.Done():
-			return fmt.Errorf("containerd did not answer within %v; log tail:\n%s", readyTimeout, e.logTail())
-		case <-tick.C:
-		}
-	}
-}
-
-// kill sends SIGKILL to containerd and waits for it to exit. Shims survive.
-func (e *Env) kill() error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.proc == nil {
-		return nil
-	}
-	if err := e.proc.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return err
-	}
-	<-e.exited
-	e.proc = nil
-	return nil
-}
-
-// stop asks containerd to exit (SIGTERM), and kills it after 10 s.
-func (e *Env) stop() error {
-	e.mu.Lock()
-	proc, exited := e.proc, e.exited
-	e.mu.Unlock()
-	if proc == nil {
-		return nil
-	}
-	_ = proc.Signal(syscall.SIGTERM)
-	select {
-	case <-exited:
-		e.mu.Lock()
-		e.proc = nil
-		e.mu.Unlock()
-		return nil
-	case <-time.After(10 * time.Second):
-		return e.kill()
-	}
+	return e.inst.Close()
 }
 
 // Kill sends SIGKILL to containerd and waits until it is gone; running
 // shims and their tasks keep running. Start brings it back.
 func (e *Env) Kill(tb testing.TB) {
 	tb.Helper()
-	if err := e.kill(); err != nil {
+	if err := e.inst.Kill(); err != nil {
 		tb.Fatalf("testenv: kill containerd: %v", err)
 	}
 }
@@ -350,7 +163,7 @@ func (e *Env) Kill(tb testing.TB) {
 // Kill, and waits until it and every client from Client answer again.
 func (e *Env) Start(tb testing.TB) {
 	tb.Helper()
-	if err := e.start(); err != nil {
+	if err := e.inst.Start(); err != nil {
 		tb.Fatalf("testenv: start containerd: %v", err)
 	}
 	if err := e.waitClients(); err != nil {
@@ -420,13 +233,7 @@ func (e *Env) Client(tb testing.TB) *client.Client {
 }
 
 // logTail returns the last lines of containerd's log.
-func (e *Env) logTail() string {
-	b, err := os.ReadFile(e.LogPath)
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	return lastLines(b, 30)
-}
+func (e *Env) logTail() string { return e.inst.logTail() }
 
 func lastLines(b []byte, n int) string {
 	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))

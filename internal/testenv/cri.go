@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/errdefs"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -34,11 +36,21 @@ const (
 	CRIMetadataExtension = "io.cri-containerd.container.metadata"
 )
 
-// PodSpec describes a pod for RunPod.
+// PodSpec describes a pod for RunPod and Env.RunPod.
 type PodSpec struct {
 	Namespace  string // Kubernetes namespace; "" means "default"
-	Name       string // pod name; "" means one made from the test name
+	Name       string // pod name; "" means one made from the test name (Env.RunPod only)
 	Containers []PodContainer
+	// UID is the pod's uid; "" means a random one.
+	UID string
+	// CgroupParent is the pod's cgroup (cgroupfs form); "" means
+	// Env.CgroupParent/pod<uid> with Env.RunPod and the CRI plugin's
+	// default with RunPod.
+	CgroupParent string
+	// LogDir holds the containers' logs, NAME/0.log as the kubelet names
+	// them; "" means a dir of the instance with Env.RunPod, and no logs
+	// with RunPod.
+	LogDir string
 }
 
 // PodContainer is one container of a PodSpec.
@@ -75,14 +87,14 @@ func (e *Env) CRI(tb testing.TB) runtimeapi.RuntimeServiceClient {
 	}
 	tb.Cleanup(func() { conn.Close() })
 	rs := runtimeapi.NewRuntimeServiceClient(conn)
-	if err := waitCRIReady(rs); err != nil {
+	if err := waitCRIReady(context.Background(), rs); err != nil {
 		tb.Fatalf("testenv: %v; containerd log tail:\n%s", err, e.logTail())
 	}
 	return rs
 }
 
-func waitCRIReady(rs runtimeapi.RuntimeServiceClient) error {
-	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+func waitCRIReady(ctx context.Context, rs runtimeapi.RuntimeServiceClient) error {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
 	var last string
 	for {
@@ -123,55 +135,95 @@ func (e *Env) RunPod(tb testing.TB, spec PodSpec) *Pod {
 	if spec.Name == "" {
 		spec.Name = strings.ToLower(e.uniqueID(tb))
 	}
-	rs := e.CRI(tb)
+	if spec.UID == "" {
+		spec.UID = newUID()
+	}
+	if spec.CgroupParent == "" {
+		spec.CgroupParent = path.Join(e.CgroupParent, "pod"+spec.UID)
+	}
+	if spec.LogDir == "" {
+		spec.LogDir = filepath.Join(e.logDir(), "pods", spec.Namespace+"_"+spec.Name+"_"+spec.UID)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	for _, c := range spec.Containers {
+		if err := e.ensureImage(ctx, CRINamespace, c.Image); err != nil {
+			tb.Fatalf("testenv: RunPod %s: import %s into %s: %v", spec.Name, c.Image, CRINamespace, err)
+		}
+	}
+	pod, err := RunPod(ctx, e.Address, spec)
+	if pod != nil {
+		tb.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := RemovePod(ctx, e.Address, pod.SandboxID); err != nil {
+				tb.Errorf("testenv: %v", err)
+			}
+		})
+	}
+	if err != nil {
+		tb.Fatalf("testenv: %v; containerd log tail:\n%s", err, e.logTail())
+	}
+	return pod
+}
 
-	uid := newUID()
+// RunPod creates a pod through the CRI API of the containerd at address the
+// way the kubelet does (see Env.RunPod), after waiting (at most 20 s) until
+// the CRI plugin reports its runtime and network ready. The images must be
+// in CRINamespace already (ImportImages). On an error after the sandbox was
+// created it returns the pod too, for RemovePod. It blocks until the pod
+// runs or ctx ends.
+func RunPod(ctx context.Context, address string, spec PodSpec) (*Pod, error) {
+	if spec.Name == "" {
+		return nil, fmt.Errorf("testenv: RunPod: a pod needs a name: %w", errdefs.ErrInvalid)
+	}
+	if spec.Namespace == "" {
+		spec.Namespace = "default"
+	}
+	if spec.UID == "" {
+		spec.UID = newUID()
+	}
+	conn, err := grpc.NewClient("unix://"+address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	rs := runtimeapi.NewRuntimeServiceClient(conn)
+	if err := waitCRIReady(ctx, rs); err != nil {
+		return nil, err
+	}
+	if spec.LogDir != "" {
+		if err := os.MkdirAll(spec.LogDir, 0o755); err != nil {
+			return nil, err
+		}
+	}
 	podLabels := map[string]string{
 		LabelPodName:      spec.Name,
 		LabelPodNamespace: spec.Namespace,
-		LabelPodUID:       uid,
-	}
-	logDir := filepath.Join(e.logDir(), "pods", spec.Namespace+"_"+spec.Name+"_"+uid)
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		tb.Fatal(err)
+		LabelPodUID:       spec.UID,
 	}
 	nsOpts := &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_POD, Pid: runtimeapi.NamespaceMode_CONTAINER, Ipc: runtimeapi.NamespaceMode_POD}
 	sandboxConfig := &runtimeapi.PodSandboxConfig{
-		Metadata:     &runtimeapi.PodSandboxMetadata{Name: spec.Name, Uid: uid, Namespace: spec.Namespace, Attempt: 0},
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: spec.Name, Uid: spec.UID, Namespace: spec.Namespace, Attempt: 0},
 		Hostname:     spec.Name,
-		LogDirectory: logDir,
+		LogDirectory: spec.LogDir,
 		Labels:       podLabels,
 		Annotations: map[string]string{
 			"kubernetes.io/config.source": "api",
 			"kubernetes.io/config.seen":   time.Now().UTC().Format(time.RFC3339Nano),
 		},
 		Linux: &runtimeapi.LinuxPodSandboxConfig{
-			CgroupParent:    path.Join(e.CgroupParent, "pod"+uid),
+			CgroupParent:    spec.CgroupParent,
 			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: nsOpts},
 		},
 	}
 	run, err := rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: sandboxConfig})
 	if err != nil {
-		tb.Fatalf("testenv: RunPod %s/%s: RunPodSandbox: %v; containerd log tail:\n%s", spec.Namespace, spec.Name, err, e.logTail())
+		return nil, fmt.Errorf("RunPod %s/%s: RunPodSandbox: %w", spec.Namespace, spec.Name, err)
 	}
-	pod := &Pod{SandboxID: run.PodSandboxId, UID: uid, ContainerIDs: map[string]string{}}
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if _, err := rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod.SandboxID}); err != nil {
-			tb.Errorf("testenv: stop pod %s: %v", spec.Name, err)
-		}
-		if _, err := rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod.SandboxID}); err != nil {
-			tb.Errorf("testenv: remove pod %s: %v", spec.Name, err)
-		}
-	})
+	pod := &Pod{SandboxID: run.PodSandboxId, UID: spec.UID, ContainerIDs: map[string]string{}}
 
 	for _, c := range spec.Containers {
-		if err := e.ensureImage(ctx, criNamespace, c.Image); err != nil {
-			tb.Fatalf("testenv: RunPod %s: import %s into %s: %v", spec.Name, c.Image, criNamespace, err)
-		}
 		labels := map[string]string{}
 		for k, v := range c.Labels {
 			labels[k] = v
@@ -192,33 +244,54 @@ func (e *Env) RunPod(tb testing.TB, spec PodSpec) *Pod {
 				"io.kubernetes.container.terminationMessagePolicy": "File",
 				"io.kubernetes.pod.terminationGracePeriod":         "30",
 			},
-			LogPath: filepath.Join(c.Name, "0.log"),
 			Linux: &runtimeapi.LinuxContainerConfig{
 				SecurityContext: &runtimeapi.LinuxContainerSecurityContext{NamespaceOptions: nsOpts},
 			},
+		}
+		if spec.LogDir != "" {
+			cfg.LogPath = filepath.Join(c.Name, "0.log")
 		}
 		created, err := rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
 			PodSandboxId: pod.SandboxID, Config: cfg, SandboxConfig: sandboxConfig,
 		})
 		if err != nil {
-			tb.Fatalf("testenv: RunPod %s: CreateContainer %s: %v", spec.Name, c.Name, err)
+			return pod, fmt.Errorf("RunPod %s: CreateContainer %s: %w", spec.Name, c.Name, err)
 		}
 		if _, err := rs.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: created.ContainerId}); err != nil {
-			tb.Fatalf("testenv: RunPod %s: StartContainer %s: %v", spec.Name, c.Name, err)
+			return pod, fmt.Errorf("RunPod %s: StartContainer %s: %w", spec.Name, c.Name, err)
 		}
 		pod.ContainerIDs[c.Name] = created.ContainerId
 	}
 
 	st, err := rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod.SandboxID, Verbose: true})
 	if err != nil {
-		tb.Fatalf("testenv: RunPod %s: PodSandboxStatus: %v", spec.Name, err)
+		return pod, fmt.Errorf("RunPod %s: PodSandboxStatus: %w", spec.Name, err)
 	}
 	pod.IP = st.GetStatus().GetNetwork().GetIp()
 	pod.NetNSPath = sandboxNetNS(st.GetInfo())
 	if pod.IP == "" || pod.NetNSPath == "" {
-		tb.Fatalf("testenv: RunPod %s: sandbox has IP %q and netns %q; info: %v", spec.Name, pod.IP, pod.NetNSPath, st.GetInfo())
+		return pod, fmt.Errorf("RunPod %s: sandbox has IP %q and netns %q; info: %v", spec.Name, pod.IP, pod.NetNSPath, st.GetInfo())
 	}
-	return pod
+	return pod, nil
+}
+
+// RemovePod stops and removes the pod sandbox id (with its containers) of
+// the containerd at address.
+func RemovePod(ctx context.Context, address, id string) error {
+	conn, err := grpc.NewClient("unix://"+address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	rs := runtimeapi.NewRuntimeServiceClient(conn)
+	var errs []error
+	if _, err := rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
+		errs = append(errs, fmt.Errorf("stop pod %s: %w", id, err))
+	}
+	if _, err := rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
+		errs = append(errs, fmt.Errorf("remove pod %s: %w", id, err))
+	}
+	return errors.Join(errs...)
 }
 
 // sandboxNetNS finds the sandbox's network namespace in the verbose

@@ -23,4 +23,18 @@
 // teardown (a -timeout panic) is cleaned up by the next one to start an
 // instance. The workload binary is cached in $TMPDIR/vigil-testenv-cache,
 // keyed by a hash of its sources.
+//
+// Under the testing.TB API is a layer for programs that are not tests (the
+// demo, through test/chain): NewInstance starts a containerd in a given or
+// temp dir on a given or random bridge, subnet and cgroup parent, which
+// outlives its program; TeardownInstance removes it later from its dir
+// alone; ImportImages and RunPod import the test images and create a
+// kubelet-style pod through CRI with a context instead of a test.
+//
+// runc state: CRI tasks of an instance keep it under the instance's state
+// dir. Plain containerd tasks (ctr, client.NewTask) keep it in the
+// host-wide /run/containerd/runc/<namespace>/<id>, which containerd 1.6
+// cannot move for them, so two instances must not run the same namespace
+// and container id at once: give each test, and the demo, namespaces of
+// its own (container ids from RunContainer are unique anyway).
 package testenv

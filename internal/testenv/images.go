@@ -20,18 +20,22 @@ import (
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
 // Image references of the images this package builds.
 const (
 	BusyboxRef  = "docker.io/vigil/busybox:test"
 	WorkloadRef = "docker.io/vigil/workload:test"
-	pauseRef    = "docker.io/vigil/pause:test"
+	// PauseRef is the CRI sandbox image every Instance is configured with
+	// (busybox sleeping forever); import it into CRINamespace before the
+	// first pod.
+	PauseRef = "docker.io/vigil/pause:test"
 	// healthcheckRepo is the repository of HealthcheckImage; the tag is a
 	// hash of the healthcheck.
 	healthcheckRepo = "docker.io/vigil/healthcheck"
-	// criNamespace is the containerd namespace of the CRI plugin.
-	criNamespace = "k8s.io"
+	// CRINamespace is the containerd namespace of the CRI plugin.
+	CRINamespace = "k8s.io"
 	snapshotter  = "overlayfs"
 )
 
@@ -119,26 +123,66 @@ func (e *Env) importImage(ctx context.Context, namespace string, def imageDef) e
 		e.images[key] = imp
 	}
 	e.mu.Unlock()
-	imp.once.Do(func() {
-		archive, err := def.dockerArchive()
-		if err != nil {
-			imp.err = err
-			return
-		}
-		ctx := namespaces.WithNamespace(ctx, namespace)
-		imgs, err := e.harness.Import(ctx, bytes.NewReader(archive))
-		if err != nil {
-			imp.err = fmt.Errorf("import: %w", err)
-			return
-		}
-		for _, img := range imgs {
-			if err := client.NewImage(e.harness, img).Unpack(ctx, snapshotter); err != nil {
-				imp.err = fmt.Errorf("unpack %s: %w", img.Name, err)
-				return
-			}
-		}
-	})
+	imp.once.Do(func() { imp.err = importDef(namespaces.WithNamespace(ctx, namespace), e.harness, def) })
 	return imp.err
+}
+
+// importDef imports def into ctx's namespace and unpacks it for the
+// overlayfs snapshotter. A second import of the same image is a no-op.
+func importDef(ctx context.Context, c *client.Client, def imageDef) error {
+	archive, err := def.dockerArchive()
+	if err != nil {
+		return err
+	}
+	imgs, err := c.Import(ctx, bytes.NewReader(archive))
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	for _, img := range imgs {
+		if err := client.NewImage(c, img).Unpack(ctx, snapshotter); err != nil {
+			return fmt.Errorf("unpack %s: %w", img.Name, err)
+		}
+	}
+	return nil
+}
+
+// ImportImages builds the images named by refs (BusyboxRef, WorkloadRef,
+// PauseRef; the workload binary is built from test/workload, so the working
+// directory must be inside the repository) and imports and unpacks them
+// into namespace of the containerd at address. Re-importing is a no-op.
+// Other refs are refused with errdefs.ErrInvalid. Blocks until done or ctx
+// ends.
+func ImportImages(ctx context.Context, address, namespace string, refs ...string) error {
+	defs := make([]imageDef, 0, len(refs))
+	for _, ref := range refs {
+		var def imageDef
+		var err error
+		switch ref {
+		case BusyboxRef:
+			def, err = busyboxImage()
+		case WorkloadRef:
+			def, err = workloadImage(nil)
+		case PauseRef:
+			def, err = pauseImage()
+		default:
+			return fmt.Errorf("testenv: image %q: want one of %s, %s, %s: %w", ref, BusyboxRef, WorkloadRef, PauseRef, errdefs.ErrInvalid)
+		}
+		if err != nil {
+			return fmt.Errorf("build %s: %w", ref, err)
+		}
+		defs = append(defs, def)
+	}
+	c, err := client.New(address, client.WithTimeout(2*time.Second))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for _, def := range defs {
+		if err := importDef(namespaces.WithNamespace(ctx, namespace), c, def); err != nil {
+			return fmt.Errorf("import %s into %s: %w", def.ref, namespace, err)
+		}
+	}
+	return nil
 }
 
 // ensureImage imports ref into namespace if this package built it (for a
@@ -174,7 +218,7 @@ func pauseImage() (imageDef, error) {
 	if err != nil {
 		return def, err
 	}
-	def.ref = pauseRef
+	def.ref = PauseRef
 	def.entrypoint, def.cmd = []string{"/bin/sleep", "infinity"}, nil
 	return def, nil
 }

@@ -20,11 +20,14 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// setupNetwork picks a private /24 no one on the host uses, creates the
-// instance's bridge with the subnet's .1 and writes the CNI config for the
-// CRI plugin. Pods get no route beyond the subnet and the host does not
-// forward for them: their traffic stays on the bridge.
-func (e *Env) setupNetwork() error {
+// setupNetwork creates the instance's bridge with the subnet's .1 (a given
+// subnet, or a private /24 no one on the host uses) and writes the CNI
+// config for the CRI plugin. Pods get no route beyond the subnet and the
+// host does not forward for them: their traffic stays on the bridge.
+func (i *Instance) setupNetwork(given string) error {
+	if given != "" {
+		return i.setupGivenNetwork(given)
+	}
 	lastErr := errors.New("every subnet tried is in use")
 	for range 20 {
 		subnet, gw, err := randomSubnet()
@@ -36,21 +39,56 @@ func (e *Env) setupNetwork() error {
 		} else if used {
 			continue
 		}
-		if err := e.createBridge(gw); err != nil {
+		if err := i.createBridge(gw); err != nil {
 			return err
 		}
 		// Another test binary may have picked the same subnet just now.
-		if used, err := subnetInUse(subnet, e.Bridge); err != nil || used {
+		if used, err := subnetInUse(subnet, i.Bridge); err != nil || used {
 			lastErr = fmt.Errorf("subnet %v taken concurrently", subnet)
-			if derr := deleteLink(e.Bridge); derr != nil {
+			if derr := deleteLink(i.Bridge); derr != nil {
 				return derr
 			}
 			continue
 		}
-		e.Subnet, e.BridgeIP = subnet.String(), gw.IP.String()
-		return e.writeCNIConfig(subnet)
+		i.Subnet, i.BridgeIP = subnet.String(), gw.IP.String()
+		return i.writeCNIConfig(subnet)
 	}
 	return fmt.Errorf("no free private subnet for the CNI bridge: %w", lastErr)
+}
+
+// setupGivenNetwork uses the subnet the caller chose: it creates the bridge
+// unless it exists with the subnet's .1 already (a rerun after a failure).
+func (i *Instance) setupGivenNetwork(cidr string) error {
+	_, subnet, err := net.ParseCIDR(cidr)
+	if err != nil || subnet.IP.To4() == nil {
+		return fmt.Errorf("subnet %q: want an IPv4 /24 such as 10.199.74.0/24", cidr)
+	}
+	if ones, _ := subnet.Mask.Size(); ones != 24 {
+		return fmt.Errorf("subnet %q: want a /24", cidr)
+	}
+	ip := subnet.IP.To4()
+	gw := &net.IPNet{IP: net.IPv4(ip[0], ip[1], ip[2], 1).To4(), Mask: subnet.Mask}
+	if link, err := netlink.LinkByName(i.Bridge); err == nil {
+		addrs, _ := netlink.AddrList(link, netlink.FAMILY_V4)
+		found := false
+		for _, a := range addrs {
+			found = found || a.IPNet.String() == gw.String()
+		}
+		if !found {
+			return fmt.Errorf("link %s exists without %s: another program uses it; delete it or pick another bridge name", i.Bridge, gw)
+		}
+	} else {
+		if used, err := subnetInUse(subnet, i.Bridge); err != nil {
+			return err
+		} else if used {
+			return fmt.Errorf("subnet %s is already used on this host: pick another one", subnet)
+		}
+		if err := i.createBridge(gw); err != nil {
+			return err
+		}
+	}
+	i.Subnet, i.BridgeIP = subnet.String(), gw.IP.String()
+	return i.writeCNIConfig(subnet)
 }
 
 // randomSubnet returns 10.N.M.0/24 with N in 200..249, and its .1 address.
@@ -108,38 +146,38 @@ func subnetInUse(subnet *net.IPNet, except string) (bool, error) {
 	return false, nil
 }
 
-func (e *Env) createBridge(gw *net.IPNet) error {
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: e.Bridge}}
+func (i *Instance) createBridge(gw *net.IPNet) error {
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: i.Bridge}}
 	if err := netlink.LinkAdd(br); err != nil {
-		return fmt.Errorf("create bridge %s: %w", e.Bridge, err)
+		return fmt.Errorf("create bridge %s: %w", i.Bridge, err)
 	}
 	if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: gw}); err != nil {
-		return errors.Join(fmt.Errorf("address bridge %s: %w", e.Bridge, err), deleteLink(e.Bridge))
+		return errors.Join(fmt.Errorf("address bridge %s: %w", i.Bridge, err), deleteLink(i.Bridge))
 	}
 	if err := netlink.LinkSetUp(br); err != nil {
-		return errors.Join(fmt.Errorf("set bridge %s up: %w", e.Bridge, err), deleteLink(e.Bridge))
+		return errors.Join(fmt.Errorf("set bridge %s up: %w", i.Bridge, err), deleteLink(i.Bridge))
 	}
 	return nil
 }
 
 // writeCNIConfig writes the bridge network for the CRI plugin. The CRI
 // plugin brings up each pod's lo itself with the loopback plugin binary.
-func (e *Env) writeCNIConfig(subnet *net.IPNet) error {
+func (i *Instance) writeCNIConfig(subnet *net.IPNet) error {
 	ip := subnet.IP.To4()
 	host := func(last byte) string { return net.IPv4(ip[0], ip[1], ip[2], last).String() }
 	conf := map[string]any{
 		"cniVersion": "0.4.0",
-		"name":       "vigil-" + e.id,
+		"name":       i.NetworkName,
 		"plugins": []any{
 			map[string]any{
 				"type":        "bridge",
-				"bridge":      e.Bridge,
+				"bridge":      i.Bridge,
 				"isGateway":   false, // the bridge already has .1; true would also turn on ip_forward
 				"ipMasq":      false,
 				"hairpinMode": false,
 				"ipam": map[string]any{
 					"type":    "host-local",
-					"dataDir": filepath.Join(e.Dir, "cni", "ipam"),
+					"dataDir": filepath.Join(i.Dir, "cni", "ipam"),
 					"ranges": []any{[]any{map[string]any{
 						"subnet":     subnet.String(),
 						"rangeStart": host(2),
@@ -153,7 +191,7 @@ func (e *Env) writeCNIConfig(subnet *net.IPNet) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(e.cniConfDir(), "10-vigil.conflist"), b, 0o600)
+	return os.WriteFile(filepath.Join(i.cniConfDir(), "10-vigil.conflist"), b, 0o600)
 }
 
 // attachFirst is the first host number of the subnet that AttachNetNS

@@ -27,41 +27,10 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// teardown removes everything the instance created: CRI pods, tasks and
-// containers in every namespace, containerd itself, leftover shims and
-// processes, mounts, the bridge, cgroups and the temp dir. It is idempotent
-// and keeps going after errors, returning them joined.
-func (e *Env) teardown() error {
-	e.mu.Lock()
-	if e.stopped {
-		e.mu.Unlock()
-		return nil
-	}
-	e.stopped = true
-	running := e.proc != nil
-	e.mu.Unlock()
-
-	var errs []error
-	if running {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		errs = append(errs, e.removePods(ctx), e.removeContainers(ctx))
-		cancel()
-	}
-	if e.harness != nil {
-		e.harness.Close()
-	}
-	errs = append(errs, e.stop())
-	errs = append(errs, cleanupInstance(e.Dir, instanceInfo{Address: e.Address, Bridge: e.Bridge, CgroupParent: e.CgroupParent}))
-	if e.lock != nil {
-		e.lock.Close()
-	}
-	return errors.Join(errs...)
-}
-
-// removePods stops and removes every CRI pod sandbox (and with it its
-// containers and network namespace).
-func (e *Env) removePods(ctx context.Context) error {
-	conn, err := grpc.NewClient("unix://"+e.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// removePods stops and removes every CRI pod sandbox of the containerd at
+// address (and with it its containers and network namespace).
+func removePods(ctx context.Context, address string) error {
+	conn, err := grpc.NewClient("unix://"+address, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
 	}
@@ -84,9 +53,13 @@ func (e *Env) removePods(ctx context.Context) error {
 }
 
 // removeContainers kills and deletes every task and container in every
-// namespace.
-func (e *Env) removeContainers(ctx context.Context) error {
-	c := e.harness
+// namespace of the containerd at address.
+func removeContainers(ctx context.Context, address string) error {
+	c, err := client.New(address, client.WithTimeout(2*time.Second))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
 	nss, err := c.NamespaceService().List(ctx)
 	if err != nil {
 		return fmt.Errorf("list namespaces: %w", err)
@@ -126,8 +99,9 @@ func deleteContainer(ctx context.Context, ctr client.Container) error {
 }
 
 // cleanupInstance removes what an instance leaves on the host once its
-// containerd is gone: shims and processes, mounts, bridge, cgroups, dir.
-func cleanupInstance(dir string, info instanceInfo) error {
+// containerd is gone: shims and processes, mounts, bridge, cgroups, and dir
+// if removeDir and nothing failed.
+func cleanupInstance(dir string, info instanceInfo, removeDir bool) error {
 	var errs []error
 	errs = append(errs, killShims(info.Address))
 	errs = append(errs, cleanupRuncState(filepath.Join(dir, "state"), info.Address))
@@ -138,10 +112,10 @@ func cleanupInstance(dir string, info instanceInfo) error {
 	if info.Bridge != "" {
 		errs = append(errs, deleteLink(info.Bridge))
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil || !removeDir {
+		return err
 	}
-	return errors.Join(errs...)
+	return os.RemoveAll(dir)
 }
 
 // killShims SIGKILLs every containerd shim serving the containerd at
@@ -227,10 +201,11 @@ const (
 	shimSocketDir = "/run/containerd/s"
 )
 
-// cleanupRuncState removes what killed shims leave in the host-wide dirs:
-// runc's state of each task whose bundle is still in the instance's state
-// dir, and the shim's socket. It then removes runc roots of namespaces the
-// instance used that are now empty (except the well-known shared ones).
+// cleanupRuncState removes what killed shims leave behind: runc's state of
+// each task whose bundle is still in the instance's state dir (in the
+// instance's own runc root, where CRI tasks keep it, or the host-wide one),
+// and the shim's socket. It then removes host-wide runc roots of namespaces
+// the instance used that are now empty (except the well-known shared ones).
 func cleanupRuncState(state, address string) error {
 	var errs []error
 	taskDir := filepath.Join(state, "io.containerd.runtime.v2.task")
@@ -239,8 +214,11 @@ func cleanupRuncState(state, address string) error {
 		ids, _ := os.ReadDir(filepath.Join(taskDir, ns.Name()))
 		root := filepath.Join(runcRoot, ns.Name())
 		for _, id := range ids {
-			if _, err := os.Stat(filepath.Join(root, id.Name())); err == nil {
-				out, err := exec.Command("runc", "--root", root, "delete", "--force", id.Name()).CombinedOutput()
+			for _, r := range []string{filepath.Join(state, "runc", ns.Name()), root} {
+				if _, err := os.Stat(filepath.Join(r, id.Name())); err != nil {
+					continue
+				}
+				out, err := exec.Command("runc", "--root", r, "delete", "--force", id.Name()).CombinedOutput()
 				if err != nil {
 					errs = append(errs, fmt.Errorf("runc delete %s/%s: %w: %s", ns.Name(), id.Name(), err, strings.TrimSpace(string(out))))
 				}
@@ -385,7 +363,7 @@ func sweepStale() {
 				_ = syscall.Kill(info.PID, syscall.SIGKILL)
 			}
 		}
-		if err := cleanupInstance(dir, info); err != nil {
+		if err := cleanupInstance(dir, info, true); err != nil {
 			fmt.Fprintf(os.Stderr, "testenv: cleaning up stale instance %s: %v\n", dir, err)
 		}
 		lock.Close()

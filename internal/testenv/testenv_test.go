@@ -402,7 +402,7 @@ func TestSweepCleansUpAfterADeadTestBinary(t *testing.T) {
 	ctr, task := e.RunContainer(d, ContainerSpec{Namespace: "sweep", Image: ref, Args: []string{"sleep", "600"}})
 	pid := int(task.Pid())
 	// A test binary that dies leaves its lock behind unheld.
-	e.lock.Close()
+	e.inst.lock.Close()
 	e.harness.Close()
 	sweepStale()
 	if _, err := os.Stat(e.Dir); !os.IsNotExist(err) {
@@ -415,7 +415,7 @@ func TestSweepCleansUpAfterADeadTestBinary(t *testing.T) {
 		t.Errorf("shims survived the sweep")
 	}
 	select {
-	case <-e.exited:
+	case <-e.inst.exited:
 	case <-time.After(5 * time.Second):
 		t.Errorf("containerd survived the sweep")
 	}

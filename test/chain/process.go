@@ -79,11 +79,21 @@ func startProcess(dir, name, bin string, args []string, env []string, detach boo
 		_ = cmd.Wait()
 		close(p.exited)
 	}()
-	if err := os.WriteFile(p.PIDFile, []byte(fmt.Sprintf("%d\n%s\n", p.PID, bin)), 0o644); err != nil {
+	if err := recordProcess(dir, name, p.PID, bin); err != nil {
 		_ = cmd.Process.Kill()
 		return nil, err
 	}
 	return p, nil
+}
+
+// recordProcess writes dir/run/NAME.pid for a process started by this
+// program, for LoadProcess in another.
+func recordProcess(dir, name string, pid int, bin string) error {
+	pidFile := filepath.Join(dir, "run", name+".pid")
+	if err := os.MkdirAll(filepath.Dir(pidFile), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(pidFile, []byte(fmt.Sprintf("%d\n%s\n", pid, bin)), 0o644)
 }
 
 // Running reports whether the process is still alive.

@@ -4,6 +4,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/vigilhq/vigil/internal/testenv"
 )
 
 // The containers of the demo's stories, shared with the end-to-end test so
@@ -85,13 +87,13 @@ func Stories(o StoryOptions) []Container {
 
 // StoryPod is the demo's CRI pod: a web server made the way the kubelet
 // makes one (the kubelet, not Vigil, owns its restarts).
-func StoryPod(logDir, cgroupParent string) PodSpec {
-	return PodSpec{
+func StoryPod(logDir, cgroupParent string) testenv.PodSpec {
+	return testenv.PodSpec{
 		Namespace:    "shop",
 		Name:         "frontend",
 		UID:          "6b0c6d0e-0000-4000-8000-00000000f00d",
 		CgroupParent: filepath.Join(cgroupParent, "pod-frontend"),
 		LogDir:       filepath.Join(logDir, "pod-frontend"),
-		Containers:   []PodContainer{{Name: "nginx", Image: WorkloadRef, Args: []string{"serve", "--http", ":8080"}}},
+		Containers:   []testenv.PodContainer{{Name: "nginx", Image: WorkloadRef, Args: []string{"serve", "--http", ":8080"}}},
 	}
 }

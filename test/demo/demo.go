@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/testenv"
 	"github.com/vigilhq/vigil/test/chain"
 )
 
@@ -102,20 +103,12 @@ func (d *demo) up(ctx context.Context) error {
 	}
 	d.chain = c
 
-	d.say("Building the test workload (test/workload), the program inside the demo containers")
-	workload := filepath.Join(d.o.dir, "workload")
-	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", workload, "./test/workload")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./test/workload: %w\n%s", err, b)
-	}
-
 	d.say("Starting a private containerd (socket %s, state under %s)", d.containerd.Address, d.containerd.Dir)
 	if err := d.containerd.Start(ctx); err != nil {
 		return err
 	}
-	d.say("Importing the demo images without a registry: %s, %s, %s", chain.BusyboxRef, chain.WorkloadRef, chain.PauseRef)
-	if err := d.containerd.ImportImages(ctx, namespace, workload); err != nil {
+	d.say("Building the test workload (test/workload, the program inside the demo containers) and importing the demo images without a registry: %s, %s, %s", chain.BusyboxRef, chain.WorkloadRef, chain.PauseRef)
+	if err := d.containerd.ImportImages(ctx, namespace); err != nil {
 		return err
 	}
 	if err := chain.CreateNetNS(netnsName); err != nil {
@@ -158,7 +151,7 @@ func (d *demo) up(ctx context.Context) error {
                restart-on-unhealthy restarts it (healthy again for 15s, and so on)`)
 	pod := chain.StoryPod(d.logDir, cgroupParent)
 	d.say("Running a Kubernetes-style pod %s/%s through CRI (the kubelet's labels; Vigil observes it, the kubelet would own its restarts)", pod.Namespace, pod.Name)
-	if _, err := chain.RunPod(ctx, d.containerd.Address, pod); err != nil {
+	if _, err := testenv.RunPod(ctx, d.containerd.Address, pod); err != nil {
 		return err
 	}
 	d.say("Everything is up after %s. Watching for %s (Ctrl-C stops watching, not the demo):", time.Since(start).Round(time.Second), d.o.watch)
