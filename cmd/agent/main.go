@@ -63,6 +63,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, string, error) {
 	fs.DurationVar(&cfg.StopGrace, "stop-grace", cfg.StopGrace, "time between SIGTERM and SIGKILL when stopping a container")
 	fs.DurationVar(&cfg.StopWindow, "stop-window", cfg.StopWindow, "least time between an exit and a policy restart, so an operator's kill-then-delete stop is seen as explicit")
 	fs.BoolVar(&cfg.Network, "network", cfg.Network, "monitor host and container networks through netlink")
+	fs.BoolVar(&cfg.NetworkAffectsHealth, "network-affects-health", false, "a container with a link down or no default route is unhealthy (restarted under restart-on-unhealthy)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	if v := os.Getenv("NODE_NAME"); v != "" {
 		cfg.NodeName = v

@@ -71,7 +71,9 @@ type tracked struct {
 	healthCfg    *health.Config // nil: not probed
 	healthSource string
 	healthErr    error
-	health       *vigilv1.Health // nil: no health check; never modified once set
+	health       *vigilv1.Health // what is reported: nil means no health check; never modified once set
+	probeHealth  *vigilv1.Health // the prober's view; nil: not probed
+	netCause     string          // why the network makes it unhealthy (NetworkAffectsHealth); "" when it does not
 	// failuresCounted is how many of the prober's failures for the current
 	// task are already in the lifetime counter.
 	failuresCounted uint64

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/vishvananda/netlink"
 
 	"github.com/vigilhq/vigil/internal/testenv"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -488,5 +490,83 @@ func TestAgentRestartKeepsCountsAndStops(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if n := h.count("stopped", restarted); n != 0 {
 		t.Fatalf("explicitly stopped container restarted after the agent restart\n%s", h.describe("stopped"))
+	}
+}
+
+func TestNetworkConditionMakesUnhealthy(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(func(c *Config) {
+		c.Network = true
+		c.NetworkAffectsHealth = true
+		c.BackoffInitial = 2 * time.Second
+	})
+	netns := testenv.NewNetNS(t)
+	h.env.AttachNetNS(t, netns)
+	defaultRoute := func() error {
+		gw := net.ParseIP(h.env.BridgeIP)
+		return netlink.RouteReplace(&netlink.Route{Gw: gw})
+	}
+	if err := netns.Do(defaultRoute); err != nil {
+		t.Fatalf("default route in the test netns: %v", err)
+	}
+	h.env.RunContainer(t, testenv.ContainerSpec{
+		Namespace: h.ns,
+		ID:        "netapp",
+		Image:     h.env.WorkloadImage(t, h.ns),
+		Args:      []string{"sleep"},
+		NetNSPath: netns.Path,
+		Labels: map[string]string{
+			"vigil.io/restart-policy":       "always",
+			"vigil.io/restart-on-unhealthy": "true",
+		},
+	})
+	h.waitFor("netapp", "started", 30*time.Second, isType(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED))
+	time.Sleep(2 * time.Second) // a network read with everything up
+	if n := h.count("netapp", isHealth(vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY)); n != 0 {
+		t.Fatalf("unhealthy with its network up\n%s", h.describe("netapp"))
+	}
+
+	setLink := func(up bool) error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		if up {
+			return netlink.LinkSetUp(l)
+		}
+		return netlink.LinkSetDown(l)
+	}
+	if err := netns.Do(func() error { return setLink(false) }); err != nil {
+		t.Fatal(err)
+	}
+	ev := h.waitFor("netapp", "unhealthy through its network", 30*time.Second, isHealth(vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY))
+	if got := ev.GetContainer().GetHealth().GetSource(); got != "network" {
+		t.Fatalf("health source %q, want network", got)
+	}
+	h.waitFor("netapp", "restart", 30*time.Second, restarted)
+	// The new task shares the broken namespace: it is judged anew and
+	// restarted again, after its backoff.
+	h.waitFor("netapp", "second restart", 30*time.Second, func(ev *vigilv1.ContainerEvent) bool {
+		return restarted(ev) && ev.GetContainer().GetRestartCount() >= 2
+	})
+
+	// Network back: link up and the route it lost with it.
+	if err := netns.Do(func() error {
+		if err := setLink(true); err != nil {
+			return err
+		}
+		return defaultRoute()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("netapp", "recovery", 30*time.Second, func(ev *vigilv1.ContainerEvent) bool {
+		return ev.GetType() == vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_CONDITIONS_CHANGED && len(ev.GetContainer().GetConditions()) == 0
+	})
+	// And it stays up: no unhealthy verdict once the network is back.
+	time.Sleep(3 * time.Second)
+	evs := h.eventsFor("netapp")
+	if last := evs[len(evs)-1].ev.GetContainer(); last.GetHealth().GetStatus() == vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY || last.GetState() != vigilv1.ContainerState_CONTAINER_STATE_RUNNING {
+		t.Fatalf("after recovery: health %s state %s\n%s", last.GetHealth().GetStatus(), last.GetState(), h.describe("netapp"))
 	}
 }

@@ -74,6 +74,12 @@ type Config struct {
 
 	// Network enables netlink monitoring of the host and container namespaces.
 	Network bool
+	// NetworkAffectsHealth makes a container whose network namespace has a
+	// link down or no default route unhealthy (and so restarted under
+	// restart-on-unhealthy) while it lasts. Off by default: the conditions
+	// are always reported, but only an operator knows whether a container
+	// without a route out is broken.
+	NetworkAffectsHealth bool
 
 	// EventSink, when set, receives every container event the agent
 	// produces, on the agent's decision loop: it must return quickly and must
@@ -171,6 +177,9 @@ func (c *Config) Validate() error {
 	}
 	if c.StopWindow < 0 || c.StopWindow > time.Minute {
 		bad("stop window %v must be between 0 and 1m", c.StopWindow)
+	}
+	if c.NetworkAffectsHealth && !c.Network {
+		bad("network-affects-health needs network monitoring (--network)")
 	}
 	if len(errs) > 0 {
 		msgs := make([]string, len(errs))

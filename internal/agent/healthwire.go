@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"errors"
+	"strings"
+	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -35,13 +37,16 @@ func (a *Agent) startProbing(t *tracked) {
 		tgt.NetNS = health.NetNSOfPid(t.c.Pid)
 	}
 	t.failuresCounted = 0 // the prober counts anew for a new task
+	t.netCause = ""       // a new task: its network is judged at the next read
+	t.probeHealth = nil
 	if cfg != nil {
-		t.health = &vigilv1.Health{
+		t.probeHealth = &vigilv1.Health{
 			Status: vigilv1.HealthStatus_HEALTH_STATUS_STARTING,
 			Probe:  cfg.Kind.String(),
 			Source: cfg.Source,
 		}
 	}
+	t.health = t.probeHealth
 	a.mu.Unlock()
 	if cfg == nil {
 		return
@@ -104,25 +109,33 @@ func (a *Agent) onHealthChange(ctx context.Context, ch health.Change) {
 		a.mu.Unlock()
 		return // a late transition of a container that is gone or stopped
 	}
-	t.health = healthProto(ch.Health)
-	var decide bool
-	switch ch.To {
-	case health.StatusHealthy:
+	t.probeHealth = healthProto(ch.Health)
+	t.health = a.effectiveHealth(t)
+	netDown := t.netCause != ""
+	if ch.To == health.StatusHealthy && !netDown {
 		t.tracker.OnHealthy(ch.Time)
-	case health.StatusUnhealthy:
-		decide = true
 	}
 	a.mu.Unlock()
 
 	a.countProbeFailures(t)
 	a.log.Info("health changed", "container", t.c.ID, "namespace", t.c.Namespace, "from", ch.From.String(), "to", ch.To.String())
 	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_HEALTH_CHANGED, "health: "+ch.From.String()+" -> "+ch.To.String(), nil, nil)
-	if !decide {
+	if ch.To != health.StatusUnhealthy || netDown {
+		// Healthy again, or already unhealthy through its network (decided
+		// then).
 		a.persist(t)
 		return
 	}
+	a.decideUnhealthy(ctx, t, ch.Time)
+}
+
+// decideUnhealthy asks the restart policy about a container that turned
+// unhealthy and, for a restart, kills the task at once; the restart follows
+// when the decision is due (the exit the kill causes repeats the pending
+// decision).
+func (a *Agent) decideUnhealthy(ctx context.Context, t *tracked, at time.Time) {
 	a.mu.Lock()
-	d := t.tracker.OnUnhealthy(ch.Time)
+	d := t.tracker.OnUnhealthy(at)
 	stop := d.Restarts() && !t.inFlight
 	if stop {
 		t.inFlight = true
@@ -133,13 +146,95 @@ func (a *Agent) onHealthChange(ctx context.Context, ch health.Change) {
 	if !stop {
 		return
 	}
-	// Kill the unhealthy task now; the restart follows when the decision is
-	// due (the exit it causes repeats the pending decision).
 	key := t.c.Key()
 	grace := a.cfg.StopGrace
 	a.runAction(ctx, actionResult{kind: actionUnhealthyStop, key: key}, func(ctx context.Context) error {
 		return a.rt.Stop(ctx, key, grace)
 	})
+}
+
+// effectiveHealth is the health reported for a container: the prober's,
+// unless its network makes it unhealthy (NetworkAffectsHealth). Called with
+// a.mu held.
+func (a *Agent) effectiveHealth(t *tracked) *vigilv1.Health {
+	if t.netCause == "" {
+		return t.probeHealth
+	}
+	h := &vigilv1.Health{
+		Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY,
+		Probe:  "network",
+		Source: "network",
+		LastResults: []*vigilv1.ProbeResult{{
+			Start:  ts(a.now()),
+			Ok:     false,
+			Code:   -1,
+			Output: t.netCause,
+		}},
+	}
+	if p := t.probeHealth; p != nil {
+		h.Probe, h.Source, h.FailingStreak = p.GetProbe()+"+network", p.GetSource(), p.GetFailingStreak()
+		h.LastResults = append(append([]*vigilv1.ProbeResult(nil), p.GetLastResults()...), h.LastResults...)
+	}
+	return h
+}
+
+// connectivityLost returns why a container's network makes it unhealthy:
+// a link down or no default route in its namespace. MTU mismatches and
+// rising errors or drops are reported, not acted on.
+func connectivityLost(cs []*vigilv1.Condition) string {
+	var why []string
+	for _, c := range cs {
+		switch c.GetType() {
+		case vigilv1.ConditionType_CONDITION_TYPE_LINK_DOWN, vigilv1.ConditionType_CONDITION_TYPE_NO_DEFAULT_ROUTE:
+			w := c.GetReason()
+			if c.GetInterface() != "" {
+				w += " " + c.GetInterface()
+			}
+			why = append(why, w)
+		}
+	}
+	return strings.Join(why, ", ")
+}
+
+// applyNetworkHealth turns a change of a container's network conditions into
+// a health change, when the agent is configured to (NetworkAffectsHealth)
+// and the container is Vigil's.
+func (a *Agent) applyNetworkHealth(ctx context.Context, t *tracked) {
+	if !a.cfg.NetworkAffectsHealth {
+		return
+	}
+	a.mu.Lock()
+	if t.c.Manager != runtime.ManagerVigil || t.c.State != runtime.StateRunning {
+		a.mu.Unlock()
+		return
+	}
+	cause := connectivityLost(t.conditions)
+	was := t.netCause
+	if (cause == "") == (was == "") {
+		t.netCause = cause
+		t.health = a.effectiveHealth(t)
+		a.mu.Unlock()
+		return
+	}
+	t.netCause = cause
+	t.health = a.effectiveHealth(t)
+	probeStatus := t.probeHealth.GetStatus()
+	if cause == "" && (probeStatus == vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY || t.probeHealth == nil) {
+		t.tracker.OnHealthy(a.now())
+	}
+	a.mu.Unlock()
+
+	if cause != "" {
+		a.log.Info("network makes container unhealthy", "container", t.c.ID, "namespace", t.c.Namespace, "why", cause)
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_HEALTH_CHANGED, "health: unhealthy (network: "+cause+")", nil, nil)
+		if probeStatus != vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY {
+			a.decideUnhealthy(ctx, t, a.now())
+		}
+		return
+	}
+	a.log.Info("network recovered", "container", t.c.ID, "namespace", t.c.Namespace)
+	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_HEALTH_CHANGED, "health: network recovered", nil, nil)
+	a.persist(t)
 }
 
 // healthProto converts a health snapshot. The message is never modified

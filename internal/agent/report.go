@@ -180,7 +180,7 @@ func (a *Agent) sample(ctx context.Context) {
 			for i := range snap.Namespaces {
 				ns = append(ns, snap.Namespaces[i].Proto())
 			}
-			a.applyConditions(snap)
+			a.applyConditions(ctx, snap)
 			a.mu.Lock()
 			a.lastNet = ns
 			a.mu.Unlock()
@@ -204,7 +204,7 @@ func (a *Agent) sample(ctx context.Context) {
 
 // applyConditions copies each namespace's network conditions onto the
 // containers living in it, and reports containers whose conditions changed.
-func (a *Agent) applyConditions(snap *network.Snapshot) {
+func (a *Agent) applyConditions(ctx context.Context, snap *network.Snapshot) {
 	byContainer := map[runtime.Key][]*vigilv1.Condition{}
 	for i := range snap.Namespaces {
 		ns := &snap.Namespaces[i]
@@ -218,7 +218,7 @@ func (a *Agent) applyConditions(snap *network.Snapshot) {
 			}
 		}
 	}
-	var changed []*tracked
+	var changed, all []*tracked
 	a.mu.Lock()
 	for k, t := range a.containers {
 		next := byContainer[k]
@@ -226,10 +226,16 @@ func (a *Agent) applyConditions(snap *network.Snapshot) {
 			t.conditions = next
 			changed = append(changed, t)
 		}
+		all = append(all, t)
 	}
 	a.mu.Unlock()
 	for _, t := range changed {
 		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_CONDITIONS_CHANGED, conditionSummary(t.conditions), nil, nil)
+	}
+	// Every container, not only the changed ones: a restarted task is judged
+	// anew even when its namespace's conditions did not change.
+	for _, t := range all {
+		a.applyNetworkHealth(ctx, t)
 	}
 }
 
