@@ -120,7 +120,9 @@ func TestStreamToAggregatorLosesNoExit(t *testing.T) {
 	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
 	agg := startAggregator(t, srvFiles, grpcAddr, httpAddr)
 
+	agentHTTP := freeAddr(t)
 	h.start(func(c *Config) {
+		c.MetricsListen = agentHTTP
 		c.AggregatorAddress = grpcAddr
 		c.TLS = nodeFiles
 		c.TLSServerName = "localhost"
@@ -153,6 +155,36 @@ func TestStreamToAggregatorLosesNoExit(t *testing.T) {
 	if len(list.Containers) != 1 || !strings.Contains(string(list.Containers[0].Container), `"single"`) ||
 		!strings.Contains(string(list.Containers[0].Container), "EXIT_REASON_ERROR") {
 		t.Fatalf("/api/v1/containers does not show single's exit: %s", body)
+	}
+
+	// The agent's own /metrics shows its node with the same names, and
+	// /metrics/self its cost.
+	get := func(path string) string {
+		resp, err := http.Get("http://" + agentHTTP + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %s", path, resp.Status)
+		}
+		return string(b)
+	}
+	if n, _ := exitsInMetrics(t, agentHTTP, "single"); n != 1 {
+		t.Fatalf("agent /metrics: single's exits = %d, want 1:\n%s", n, get("/metrics"))
+	}
+	if !strings.Contains(get("/metrics"), `vigil_node_up{node="test-node"} 1`) {
+		t.Fatalf("agent /metrics has no vigil_node_up for its node:\n%s", get("/metrics"))
+	}
+	self := get("/metrics/self")
+	for _, name := range []string{"vigil_agent_collection_duration_seconds", "vigil_agent_restart_overhead_seconds", "vigil_agent_uplink_", "vigil_agent_runtime_", "vigil_agent_health_", "process_resident_memory_bytes"} {
+		if !strings.Contains(self, name) {
+			t.Errorf("agent /metrics/self lacks %s", name)
+		}
+	}
+	if !strings.HasPrefix(get("/healthz"), "ok") {
+		t.Error("agent /healthz does not answer ok")
 	}
 
 	// The burst: 10 containers that each exit 10 times (on-failure:9), 100
