@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+)
+
+func TestParseFlagsRejectsBadConfig(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--state-dir", ""}, "state dir is empty"},
+		{[]string{"--interval", "10ms"}, "sample interval 10ms is below 1s"},
+		{[]string{"--aggregator", "nohost"}, `aggregator address "nohost"`},
+		{[]string{"--aggregator", "127.0.0.1:7400"}, "needs --tls-cert, --tls-key and --tls-ca (or --insecure"},
+		{[]string{"--aggregator", "127.0.0.1:7400", "--insecure", "--tls-ca", "ca.crt"}, "--insecure and --tls-* are both set"},
+		{[]string{"--stats-source", "magic"}, `stats source "magic"`},
+		{[]string{"--network=false", "--network-affects-health"}, "network-affects-health needs network monitoring"},
+		{[]string{"extra"}, "unexpected arguments: extra"},
+	} {
+		_, _, err := parseFlags(tc.args, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want it to say %q", tc.args, err, tc.want)
+		}
+	}
+	// Every problem is reported at once.
+	_, _, err := parseFlags([]string{"--state-dir", "", "--interval", "1ms"}, &bytes.Buffer{})
+	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "state dir") || !strings.Contains(err.Error(), "interval") {
+		t.Errorf("err = %v, want both problems and ErrInvalid", err)
+	}
+}
+
+func TestParseFlagsDefaults(t *testing.T) {
+	t.Setenv("NODE_NAME", "node-7")
+	cfg, level, err := parseFlags([]string{"--namespaces", "default, k8s.io", "--state-dir", t.TempDir()}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.NodeName != "node-7" || level != "info" || len(cfg.Namespaces) != 2 || cfg.Namespaces[1] != "k8s.io" {
+		t.Fatalf("cfg = %+v, level %q", cfg, level)
+	}
+	if cfg.AggregatorAddress != "" || !cfg.Network || cfg.StatsSource != "cgroup" {
+		t.Fatalf("unexpected defaults: %+v", cfg)
+	}
+}
+
+// TestRunStopsCleanly: with containerd absent the agent keeps running (and
+// says so on /healthz); cancelling its context (what SIGTERM does) makes run
+// return nil promptly.
+func TestRunStopsCleanly(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var logs bytes.Buffer
+	go func() {
+		done <- run(ctx, []string{
+			"--node-name", "n1", "--state-dir", dir,
+			"--containerd", filepath.Join(dir, "no-such.sock"),
+			"--metrics-listen", addr, "--network=false",
+		}, &syncWriter{b: &logs})
+	}()
+	var body string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err != nil {
+			continue
+		}
+		var b bytes.Buffer
+		_, _ = b.ReadFrom(resp.Body)
+		resp.Body.Close()
+		body = b.String()
+		break
+	}
+	if !strings.Contains(body, "containerd: unavailable") {
+		t.Fatalf("/healthz = %q, want it to report containerd unavailable", body)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run after cancel: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("run did not return within 15s of cancel")
+	}
+}
+
+// syncWriter serialises writes from the agent's goroutines.
+type syncWriter struct {
+	mu sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
