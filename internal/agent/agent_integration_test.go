@@ -570,3 +570,47 @@ func TestNetworkConditionMakesUnhealthy(t *testing.T) {
 		t.Fatalf("after recovery: health %s state %s\n%s", last.GetHealth().GetStatus(), last.GetState(), h.describe("netapp"))
 	}
 }
+
+// TestNeverFightsTheKubelet: a kubelet-created container that exits is
+// reported, never restarted by Vigil, even when it carries a restart label;
+// its identity is the pod's.
+func TestNeverFightsTheKubelet(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(func(c *Config) { c.Namespaces = []string{"k8s.io"} })
+	pod := h.env.RunPod(t, testenv.PodSpec{
+		Namespace: "shop",
+		Name:      "cart",
+		Containers: []testenv.PodContainer{{
+			Name:   "worker",
+			Image:  h.env.WorkloadImage(t, "k8s.io"),
+			Args:   []string{"exit", "2", "--after", "1s"},
+			Labels: map[string]string{"vigil.io/restart-policy": "always"},
+		}},
+	})
+	id := pod.ContainerIDs["worker"]
+	ev := h.waitFor(id, "skip-managed decision", 60*time.Second, isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_SKIP_MANAGED))
+	c := ev.GetContainer()
+	if c.GetManager() != vigilv1.Manager_MANAGER_KUBELET {
+		t.Fatalf("manager = %s, want kubelet", c.GetManager())
+	}
+	if p := c.GetPod(); p.GetNamespace() != "shop" || p.GetName() != "cart" || p.GetContainerName() != "worker" || p.GetSandbox() {
+		t.Fatalf("pod identity = %v", p)
+	}
+	var exits uint64
+	for _, e := range c.GetCounters().GetExits() {
+		exits += e.GetCount()
+	}
+	if exits != 1 {
+		t.Fatalf("exits counted = %d, want 1", exits)
+	}
+	time.Sleep(3 * time.Second)
+	if n := h.count(id, restarted); n != 0 {
+		t.Fatalf("vigil restarted a kubelet container %d times\n%s", n, h.describe(id))
+	}
+	// The sandbox is recognised as such.
+	sb := h.waitFor(pod.SandboxID, "sandbox seen", 30*time.Second, func(*vigilv1.ContainerEvent) bool { return true })
+	if !sb.GetContainer().GetPod().GetSandbox() {
+		t.Fatalf("sandbox not recognised: %v", sb.GetContainer().GetPod())
+	}
+}
