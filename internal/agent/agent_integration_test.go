@@ -614,3 +614,46 @@ func TestNeverFightsTheKubelet(t *testing.T) {
 		t.Fatalf("sandbox not recognised: %v", sb.GetContainer().GetPod())
 	}
 }
+
+// TestReportsTheKubeletsRestarts: when the kubelet re-creates an exited
+// container (a new container, the next attempt), the workload's lifetime
+// counters carry on across the two containers: restarts_total counts the
+// kubelet's restart and the exits of both are summed.
+func TestReportsTheKubeletsRestarts(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(func(c *Config) { c.Namespaces = []string{"k8s.io"} })
+	pod := h.env.RunPod(t, testenv.PodSpec{
+		Namespace: "jobs",
+		Name:      "batch",
+		Containers: []testenv.PodContainer{{
+			Name:  "step",
+			Image: h.env.WorkloadImage(t, "k8s.io"),
+			Args:  []string{"exit", "4", "--after", "500ms"},
+		}},
+	})
+	first := pod.ContainerIDs["step"]
+	h.waitFor(first, "first exit", 60*time.Second, exited)
+
+	second := h.env.RestartPodContainer(t, pod, "step")
+	ev := h.waitFor(second, "second exit", 60*time.Second, exited)
+	c := ev.GetContainer()
+	if c.GetRestartCount() != 1 || c.GetPod().GetKubeletRestartCount() != 1 {
+		t.Fatalf("restart count %d (kubelet's %d), want 1", c.GetRestartCount(), c.GetPod().GetKubeletRestartCount())
+	}
+	if got := c.GetCounters().GetRestartsTotal(); got != 1 {
+		t.Fatalf("restarts_total = %d, want 1 (the kubelet's restart)", got)
+	}
+	var exits uint64
+	for _, e := range c.GetCounters().GetExits() {
+		if e.GetReason() == vigilv1.ExitReason_EXIT_REASON_ERROR && e.GetCode() == 4 {
+			exits = e.GetCount()
+		}
+	}
+	if exits != 2 {
+		t.Fatalf("exits with code 4 = %d over both containers, want 2\n%s", exits, h.describe(second))
+	}
+	if n := h.count(second, restarted) + h.count(first, restarted); n != 0 {
+		t.Fatalf("vigil restarted a kubelet container")
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -72,6 +74,11 @@ type Pod struct {
 	ContainerIDs map[string]string // by container name
 	IP           string            // pod IP on the instance's bridge
 	NetNSPath    string            // the sandbox's network namespace file
+
+	// What RunPod sent, for RestartPodContainer.
+	sandboxConfig *runtimeapi.PodSandboxConfig
+	configs       map[string]*runtimeapi.ContainerConfig
+	logDir        string
 }
 
 var idSeq atomic.Int64
@@ -221,7 +228,8 @@ func RunPod(ctx context.Context, address string, spec PodSpec) (*Pod, error) {
 	if err != nil {
 		return nil, fmt.Errorf("RunPod %s/%s: RunPodSandbox: %w", spec.Namespace, spec.Name, err)
 	}
-	pod := &Pod{SandboxID: run.PodSandboxId, UID: spec.UID, ContainerIDs: map[string]string{}}
+	pod := &Pod{SandboxID: run.PodSandboxId, UID: spec.UID, ContainerIDs: map[string]string{},
+		sandboxConfig: sandboxConfig, configs: map[string]*runtimeapi.ContainerConfig{}, logDir: spec.LogDir}
 
 	for _, c := range spec.Containers {
 		labels := map[string]string{}
@@ -261,6 +269,7 @@ func RunPod(ctx context.Context, address string, spec PodSpec) (*Pod, error) {
 			return pod, fmt.Errorf("RunPod %s: StartContainer %s: %w", spec.Name, c.Name, err)
 		}
 		pod.ContainerIDs[c.Name] = created.ContainerId
+		pod.configs[c.Name] = cfg
 	}
 
 	st, err := rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod.SandboxID, Verbose: true})
@@ -275,6 +284,57 @@ func RunPod(ctx context.Context, address string, spec PodSpec) (*Pod, error) {
 	return pod, nil
 }
 
+// RestartPodContainer does what the kubelet does when a pod's container
+// has exited and its restart policy says restart: it creates a new
+// container in the same sandbox with the next attempt number and the
+// restart-count annotation raised, starts it, and records its id in
+// pod.ContainerIDs. The exited container is left in place, as the kubelet
+// leaves the last dead one. It returns the new container's id.
+func RestartPodContainer(ctx context.Context, address string, pod *Pod, name string) (string, error) {
+	old, ok := pod.configs[name]
+	if !ok || pod.sandboxConfig == nil {
+		return "", fmt.Errorf("testenv: pod %s has no container %q made by RunPod: %w", pod.SandboxID, name, errdefs.ErrNotFound)
+	}
+	conn, err := grpc.NewClient("unix://"+address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	rs := runtimeapi.NewRuntimeServiceClient(conn)
+	cfg := proto.Clone(old).(*runtimeapi.ContainerConfig)
+	attempt := old.GetMetadata().GetAttempt() + 1
+	cfg.Metadata.Attempt = attempt
+	cfg.Annotations[AnnotationRestartCnt] = strconv.FormatUint(uint64(attempt), 10)
+	if pod.logDir != "" {
+		cfg.LogPath = filepath.Join(name, strconv.FormatUint(uint64(attempt), 10)+".log")
+	}
+	created, err := rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId: pod.SandboxID, Config: cfg, SandboxConfig: pod.sandboxConfig,
+	})
+	if err != nil {
+		return "", fmt.Errorf("restart %s in pod %s: CreateContainer: %w", name, pod.SandboxID, err)
+	}
+	if _, err := rs.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: created.ContainerId}); err != nil {
+		return "", fmt.Errorf("restart %s in pod %s: StartContainer: %w", name, pod.SandboxID, err)
+	}
+	pod.ContainerIDs[name] = created.ContainerId
+	pod.configs[name] = cfg
+	return created.ContainerId, nil
+}
+
+// RestartPodContainer is RestartPodContainer on the instance, failing the
+// test on error.
+func (e *Env) RestartPodContainer(tb testing.TB, pod *Pod, name string) string {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	id, err := RestartPodContainer(ctx, e.Address, pod, name)
+	if err != nil {
+		tb.Fatalf("testenv: %v", err)
+	}
+	return id
+}
+
 // RemovePod stops and removes the pod sandbox id (with its containers) of
 // the containerd at address.
 func RemovePod(ctx context.Context, address, id string) error {
@@ -285,8 +345,23 @@ func RemovePod(ctx context.Context, address, id string) error {
 	defer conn.Close()
 	rs := runtimeapi.NewRuntimeServiceClient(conn)
 	var errs []error
-	if _, err := rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
-		errs = append(errs, fmt.Errorf("stop pod %s: %w", id, err))
+	// A container that exits while the pod is being stopped can make the
+	// stop fail ("ttrpc: closed" from its shim going away); the kubelet
+	// retries, and so does this.
+	var stopErr error
+	for try := 0; try < 5; try++ {
+		if _, stopErr = rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); stopErr == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+			continue
+		}
+		break
+	}
+	if stopErr != nil {
+		errs = append(errs, fmt.Errorf("stop pod %s: %w", id, stopErr))
 	}
 	if _, err := rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
 		errs = append(errs, fmt.Errorf("remove pod %s: %w", id, err))
