@@ -93,23 +93,59 @@ func (c *rtnlConn) request(buf []byte, typ, flags uint16, body []byte) []byte {
 // dump sends a dump request and calls fn with the type and payload of every
 // reply message, until NLMSG_DONE. buf is the receive buffer (reused by the
 // caller between dumps). The payload passed to fn is only valid during the call.
+// It returns errDumpInterrupted, after reading the whole dump, when any of its
+// datagrams carried NLM_F_DUMP_INTR.
 func (c *rtnlConn) dump(buf []byte, typ uint16, body []byte, fn func(typ uint16, payload []byte)) error {
 	var reqBuf [64]byte
-	req := c.request(reqBuf[:0], typ, unix.NLM_F_DUMP, body)
+	return c.exchange(buf, c.request(reqBuf[:0], typ, unix.NLM_F_DUMP, body), fn)
+}
+
+// exchange sends req (built by request, so it carries c.seq) and reads the
+// replies into buf until the kernel ends the answer (NLMSG_DONE, an error or
+// an ACK), calling fn for each data message. It blocks for at most the
+// socket's receive timeout per datagram.
+func (c *rtnlConn) exchange(buf, req []byte, fn func(typ uint16, payload []byte)) error {
 	if err := unix.Sendto(c.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("netlink send: %w", err)
 	}
+	return readReplies(func() ([]byte, error) {
+		for {
+			n, _, err := unix.Recvfrom(c.fd, buf, 0)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("netlink receive: %w", err)
+			}
+			return buf[:n], nil
+		}
+	}, c.seq, fn)
+}
+
+// readReplies walks the datagrams that next returns (the messages with
+// sequence number seq) until the answer ends. An NLMSG_ERROR ends it with
+// that error at once; an NLM_F_DUMP_INTR on any datagram is remembered and
+// reported as errDumpInterrupted once the answer is complete, so the caller
+// never takes an interrupted dump for a clean one.
+func readReplies(next func() ([]byte, error), seq uint32, fn func(typ uint16, payload []byte)) error {
+	interrupted := false
 	for {
-		n, _, err := unix.Recvfrom(c.fd, buf, 0)
-		if err == unix.EINTR {
-			continue
-		}
+		b, err := next()
 		if err != nil {
-			return fmt.Errorf("netlink receive: %w", err)
-		}
-		done, err := walkMessages(buf[:n], c.seq, fn)
-		if err != nil || done {
 			return err
+		}
+		done, err := walkMessages(b, seq, fn)
+		switch {
+		case errors.Is(err, errDumpInterrupted):
+			interrupted = true
+		case err != nil:
+			return err
+		}
+		if done {
+			if interrupted {
+				return errDumpInterrupted
+			}
+			return nil
 		}
 	}
 }
@@ -123,9 +159,11 @@ var errDumpInterrupted = errors.New("netlink dump interrupted by a concurrent ch
 const anySeq = 0
 
 // walkMessages walks the netlink messages in b that carry sequence number
-// seq (all of them for anySeq), calling fn for each data message. It reports done at NLMSG_DONE and
-// returns the error of an NLMSG_ERROR message. Malformed input ends the walk
-// with an error; it never panics.
+// seq (all of them for anySeq), calling fn for each data message. It reports
+// done at NLMSG_DONE or NLMSG_ERROR and returns the error of an NLMSG_ERROR
+// message. It returns errDumpInterrupted (done or not) when a message of seq
+// carried NLM_F_DUMP_INTR. Malformed input ends the walk with an error; it
+// never panics.
 func walkMessages(b []byte, seq uint32, fn func(typ uint16, payload []byte)) (done bool, err error) {
 	for len(b) >= unix.NLMSG_HDRLEN {
 		l := binary.NativeEndian.Uint32(b[0:4])
@@ -163,7 +201,7 @@ func walkMessages(b []byte, seq uint32, fn func(typ uint16, payload []byte)) (do
 		}
 		fn(typ, payload)
 	}
-	return false, nil
+	return false, err
 }
 
 func nlmAlign(n int) int      { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
@@ -400,25 +438,7 @@ func (c *rtnlConn) setLinkUp(buf []byte, name string) error {
 		body = append(body, 0)
 	}
 	req := c.request(make([]byte, 0, unix.NLMSG_HDRLEN+len(body)), unix.RTM_NEWLINK, unix.NLM_F_ACK, body)
-	if err := unix.Sendto(c.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("netlink send: %w", err)
-	}
-	for {
-		n, _, err := unix.Recvfrom(c.fd, buf, 0)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("netlink receive: %w", err)
-		}
-		done, err := walkMessages(buf[:n], c.seq, func(uint16, []byte) {})
-		if done {
-			return err
-		}
-		if err != nil {
-			return err
-		}
-	}
+	return c.exchange(buf, req, func(uint16, []byte) {})
 }
 
 // subscription is a NETLINK_ROUTE socket joined to the link, address and

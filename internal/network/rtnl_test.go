@@ -2,7 +2,9 @@ package network
 
 import (
 	"encoding/binary"
+	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 	"unsafe"
 
@@ -206,6 +208,7 @@ func TestWalkMessages(t *testing.T) {
 		{"error", errMsg, 5, 0, true, true},
 		{"ack", ack, 5, 0, true, false},
 		{"length beyond buffer", message(unix.RTM_NEWLINK, 5, vethMessage())[:40], 5, 0, false, true},
+		{"interrupted, not done", interrupted(message(unix.RTM_NEWLINK, 5, vethMessage())), 5, 1, false, true},
 		{"length below header", []byte{4, 0, 0, 0, 16, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0}, 5, 0, false, true},
 	}
 	for _, tc := range cases {
@@ -217,6 +220,53 @@ func TestWalkMessages(t *testing.T) {
 	}
 	if _, err := walkMessages(errMsg, 5, func(uint16, []byte) {}); err != unix.ENODEV {
 		t.Errorf("error message gave %v, want ENODEV", err)
+	}
+}
+
+// interrupted sets NLM_F_DUMP_INTR on the netlink message m.
+func interrupted(m []byte) []byte {
+	m = slices.Clone(m)
+	binary.NativeEndian.PutUint16(m[6:8], binary.NativeEndian.Uint16(m[6:8])|unix.NLM_F_DUMP_INTR)
+	return m
+}
+
+// TestReadReplies checks the loop over a dump's datagrams: an interruption
+// flagged on any datagram, not only the last, makes the dump interrupted, and
+// the whole dump is still read.
+func TestReadReplies(t *testing.T) {
+	link := message(unix.RTM_NEWLINK, 5, vethMessage())
+	done := message(unix.NLMSG_DONE, 5, u32(0))
+	enodev := -int32(unix.ENODEV)
+	errMsg := message(unix.NLMSG_ERROR, 5, u32(uint32(enodev)))
+	cases := []struct {
+		name      string
+		datagrams [][]byte
+		wantN     int
+		wantErr   error
+	}{
+		{"clean", [][]byte{link, append(slices.Clone(link), done...)}, 2, nil},
+		{"flag on the first datagram only", [][]byte{interrupted(link), append(slices.Clone(link), done...)}, 2, errDumpInterrupted},
+		{"flag on the last datagram", [][]byte{link, append(slices.Clone(link), interrupted(done)...)}, 2, errDumpInterrupted},
+		{"error after an interruption", [][]byte{interrupted(link), errMsg}, 1, unix.ENODEV},
+		{"stale datagram then done", [][]byte{message(unix.RTM_NEWLINK, 4, vethMessage()), done}, 0, nil},
+	}
+	for _, tc := range cases {
+		n, read := 0, 0
+		next := func() ([]byte, error) {
+			if read == len(tc.datagrams) {
+				return nil, errors.New("read past the end of the answer")
+			}
+			read++
+			return tc.datagrams[read-1], nil
+		}
+		err := readReplies(next, 5, func(uint16, []byte) { n++ })
+		if n != tc.wantN || !errors.Is(err, tc.wantErr) || (err == nil) != (tc.wantErr == nil) || read != len(tc.datagrams) {
+			t.Errorf("%s: %d messages from %d datagrams, err %v; want %d from %d, err %v", tc.name, n, read, err, tc.wantN, len(tc.datagrams), tc.wantErr)
+		}
+	}
+	recvErr := errors.New("receive failed")
+	if err := readReplies(func() ([]byte, error) { return nil, recvErr }, 5, func(uint16, []byte) {}); err != recvErr {
+		t.Errorf("a failed receive gave %v, want %v", err, recvErr)
 	}
 }
 
