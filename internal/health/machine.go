@@ -64,8 +64,9 @@ type Health struct {
 	// Last holds the last HistoryLen results, oldest first.
 	Last []Result
 	// Probes and Failures count the probes run and failed since the
-	// container was added to the Scheduler (zero from a bare Machine), so
-	// that the agent can add them to its lifetime counters.
+	// container was added to the Scheduler, or since the Update that gave it
+	// a new task (zero from a bare Machine), so that the agent can add them
+	// to its lifetime counters.
 	Probes, Failures uint64
 }
 

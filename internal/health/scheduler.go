@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -153,9 +155,12 @@ func (s *Scheduler) Add(key runtime.Key, cfg Config, tgt Target) error {
 
 // Update replaces the check and target of a probed container. A new
 // tgt.StartedAt (a new task) starts the state over at StatusStarting,
-// without a Change; otherwise the state and history stay. A probe running
-// with the old configuration is discarded. It fails with
-// errdefs.ErrNotFound if key is not probed.
+// without a Change, and restarts the Probes and Failures counts at zero
+// (they then count the new task's probes; the agent resets its baseline on
+// a new task too); otherwise the state, history and counts stay. A probe
+// running with the old configuration is discarded. An Update with the same
+// cfg and tgt as before changes nothing (not even when the next probe is
+// due). It fails with errdefs.ErrNotFound if key is not probed.
 func (s *Scheduler) Update(key runtime.Key, cfg Config, tgt Target) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -171,9 +176,17 @@ func (s *Scheduler) Update(key runtime.Key, cfg Config, tgt Target) error {
 	if !ok {
 		return fmt.Errorf("health check of %s/%s: %w", key.Namespace, key.ID, errdefs.ErrNotFound)
 	}
-	if !tgt.StartedAt.Equal(e.target.StartedAt) || cfg.Kind != e.cfg.Kind {
+	newTask := !tgt.StartedAt.Equal(e.target.StartedAt)
+	if !newTask && tgt.NetNS == e.target.NetNS && sameConfig(cfg, e.cfg) {
+		return nil
+	}
+	switch {
+	case newTask:
 		e.machine = NewMachine(cfg, tgt.StartedAt)
-	} else {
+		e.probes, e.fails = 0, 0
+	case cfg.Kind != e.cfg.Kind:
+		e.machine = NewMachine(cfg, tgt.StartedAt)
+	default:
 		e.machine.cfg = cfg
 		e.machine.h.Source = cfg.Source
 	}
@@ -185,6 +198,16 @@ func (s *Scheduler) Update(key runtime.Key, cfg Config, tgt Target) error {
 		s.poke()
 	}
 	return nil
+}
+
+// sameConfig reports whether a and b describe the same check (a nil and an
+// empty Command are the same).
+func sameConfig(a, b Config) bool {
+	if !slices.Equal(a.Command, b.Command) {
+		return false
+	}
+	a.Command, b.Command = nil, nil
+	return reflect.DeepEqual(a, b)
 }
 
 // Remove stops probing key; a probe in flight is discarded. Removing an

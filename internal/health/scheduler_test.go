@@ -269,6 +269,61 @@ func TestSchedulerUpdate(t *testing.T) {
 	}
 }
 
+// TestSchedulerUpdateCounts checks what Update does to the probe counts: a
+// new task restarts them at zero (the agent's baseline restarts too, so
+// keeping them would count failures twice); an Update that changes nothing
+// leaves the counts, the generation and the due time alone.
+func TestSchedulerUpdateCounts(t *testing.T) {
+	s := startScheduler(t, SchedulerConfig{ChangeBuffer: 1024})
+	srv := newFlipServer(t)
+	srv.sick.Store(true)
+	key := runtime.Key{Namespace: "test", ID: "counts"}
+	started := time.Now()
+	cfg := httpConfig(srv.address, 20*time.Millisecond)
+	if err := s.Add(key, cfg, Target{StartedAt: started}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if h, _ := s.Health(key); h.Failures >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no two failed probes within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	// The same config (a fresh copy of its Command too) and target: nothing changes.
+	s.mu.Lock()
+	e := s.entries[key]
+	gen, at := e.gen, e.at
+	s.mu.Unlock()
+	same := cfg
+	same.Command = []string{}
+	if err := s.Update(key, same, Target{StartedAt: started}); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	if e.gen != gen || !e.at.Equal(at) {
+		t.Errorf("an Update without a change moved gen %d -> %d, due %v -> %v", gen, e.gen, at, e.at)
+	}
+	s.mu.Unlock()
+	if h, _ := s.Health(key); h.Failures < 2 {
+		t.Errorf("an Update without a change reset the counts: %d probes, %d failures", h.Probes, h.Failures)
+	}
+
+	// A new task, with an interval long enough that no probe runs before
+	// the counts are read: they start over.
+	idle := httpConfig(srv.address, time.Hour)
+	if err := s.Update(key, idle, Target{StartedAt: started.Add(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := s.Health(key); h.Probes != 0 || h.Failures != 0 || h.Status != StatusStarting {
+		t.Errorf("after a new task: %d probes, %d failures, %v; want 0, 0, starting", h.Probes, h.Failures, h.Status)
+	}
+}
+
 func TestNewSchedulerInvalid(t *testing.T) {
 	if _, err := NewScheduler(SchedulerConfig{Workers: -1}); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("negative workers: %v", err)
