@@ -5,7 +5,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	goruntime "runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -196,4 +198,48 @@ func TestProcess(t *testing.T) {
 	if err := p2.Stop(time.Second); err != nil {
 		t.Errorf("second Stop: %v", err)
 	}
+}
+
+// TestProcessOutlivesStartingThread: the parent-death signal is tied to the
+// thread that started the child, and a goroutine that ends with its thread
+// locked (as testenv's network-namespace helpers do) takes that thread
+// along. A child started from such a goroutine must keep running.
+func TestProcessOutlivesStartingThread(t *testing.T) {
+	dir := t.TempDir()
+	var p *Process
+	var err error
+	onEndingThread(func() { p, err = startProcess(dir, "sleeper", "sleep", []string{"60"}, nil, false) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Kill() })
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		if !p.Running() {
+			t.Fatal("the child died with the thread of the goroutine that started it")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// onEndingThread runs f on an OS thread that ends when f returns: in a
+// goroutine that returns with its thread locked. The runtime keeps the main
+// thread instead of ending it, so f never runs there: a goroutine that finds
+// itself on it holds it while another runs f.
+func onEndingThread(f func()) {
+	done := make(chan struct{})
+	var run func()
+	run = func() {
+		goruntime.LockOSThread() // not unlocked on the thread that runs f
+		if syscall.Gettid() == syscall.Getpid() {
+			go run()
+			<-done
+			goruntime.UnlockOSThread()
+			return
+		}
+		defer close(done)
+		f()
+	}
+	go run()
+	<-done
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -30,8 +31,13 @@ type Process struct {
 // startProcess starts bin with args as Name, records its pid in
 // dir/run/NAME.pid and appends its output to dir/logs/NAME.log. A detached
 // process outlives the caller (a demo leaves it running for `demo down` to
-// stop); otherwise the kernel kills it when the caller dies, so that a test
-// that panics on its timeout leaks nothing.
+// stop). Otherwise the kernel kills it when this program dies, so that a
+// test that panics on its timeout leaks nothing: the parent-death signal
+// fires when the thread that started the child ends, not the process
+// (go.dev/issue/27505), so the child is started and waited for by one
+// goroutine locked to its thread, which the Go runtime then neither ends nor
+// hands to other goroutines (some lock threads into network namespaces and
+// let them end) until the child has exited.
 func startProcess(dir, name, bin string, args []string, env []string, detach bool) (*Process, error) {
 	bin, err := exec.LookPath(bin)
 	if err != nil {
@@ -70,15 +76,23 @@ func startProcess(dir, name, bin string, args []string, env []string, detach boo
 	if !detach {
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p.PID = cmd.Process.Pid
 	p.exited = make(chan struct{})
+	started := make(chan error, 1)
 	go func() { // owned by the process: ends when it exits
+		goruntime.LockOSThread() // for as long as the child lives: see above
+		defer goruntime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
 		_ = cmd.Wait()
 		close(p.exited)
 	}()
+	if err := <-started; err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p.PID = cmd.Process.Pid
 	if err := recordProcess(dir, name, p.PID, bin); err != nil {
 		_ = cmd.Process.Kill()
 		return nil, err
