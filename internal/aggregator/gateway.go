@@ -162,13 +162,15 @@ func (g *Gateway) serveConn(stream agentConn) error {
 	g.metrics.streams.Inc()
 	defer func() {
 		g.metrics.streams.Dec()
+		// The node is marked down under g.mu: a newer stream of the node
+		// registers itself (replace) under g.mu before fleet.connect, so
+		// it cannot connect between this stream leaving g.streams and the
+		// disconnect, which would mark the live node down. Lock order:
+		// g.mu, then the fleet's locks.
 		g.mu.Lock()
-		current := g.streams[node] == s
-		if current {
+		defer g.mu.Unlock()
+		if g.streams[node] == s {
 			delete(g.streams, node)
-		}
-		g.mu.Unlock()
-		if current {
 			g.fleet.disconnect(node, g.now())
 		}
 	}()
