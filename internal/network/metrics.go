@@ -1,15 +1,10 @@
 package network
 
 import (
-	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
-
-// cycleBuckets are the read-cycle duration histogram's upper bounds, in seconds.
-var cycleBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}
 
 // monitorStats are the monitor's own counters, read by its collector.
 type monitorStats struct {
@@ -19,44 +14,19 @@ type monitorStats struct {
 	coalesced      atomic.Uint64
 	dropped        atomic.Uint64
 	resyncs        atomic.Uint64
-	linkDumps      atomic.Uint64 // full link dumps
-	statsDumps     atomic.Uint64 // counters-only dumps
-
-	mu      sync.Mutex // guards the histogram
-	cycles  uint64
-	sum     float64
-	buckets []uint64 // per bound, not cumulative
+	linkDumps      atomic.Uint64        // full link dumps
+	statsDumps     atomic.Uint64        // counters-only dumps
+	cycle          prometheus.Histogram // read-cycle wall time; set by New
 }
 
-func (s *monitorStats) observeCycle(d time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.buckets == nil {
-		s.buckets = make([]uint64, len(cycleBuckets))
-	}
-	sec := d.Seconds()
-	s.cycles++
-	s.sum += sec
-	for i, b := range cycleBuckets {
-		if sec <= b {
-			s.buckets[i]++
-			break
-		}
-	}
-}
-
-func (s *monitorStats) histogram() (count uint64, sum float64, cum map[float64]uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cum = make(map[float64]uint64, len(cycleBuckets))
-	var acc uint64
-	for i, b := range cycleBuckets {
-		if s.buckets != nil {
-			acc += s.buckets[i]
-		}
-		cum[b] = acc
-	}
-	return s.cycles, s.sum, cum
+// newCycleHistogram returns the read-cycle duration histogram
+// (vigil_agent_network_read_duration_seconds).
+func newCycleHistogram() prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "vigil_agent_network_read_duration_seconds",
+		Help:    "Wall time of one full network read cycle (every open namespace).",
+		Buckets: []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1},
+	})
 }
 
 // Self-metrics. Label sets are fixed: `outcome` takes the three values below.
@@ -69,8 +39,6 @@ var (
 		"Network namespaces whose sockets were opened.", nil, nil)
 	descClosed = prometheus.NewDesc("vigil_agent_network_namespaces_closed_total",
 		"Network namespaces whose sockets were closed.", nil, nil)
-	descCycle = prometheus.NewDesc("vigil_agent_network_read_duration_seconds",
-		"Wall time of one full network read cycle (every open namespace).", nil, nil)
 	descReadErrors = prometheus.NewDesc("vigil_agent_network_read_errors_total",
 		"Namespaces that could not be read in a cycle.", nil, nil)
 	descEvents = prometheus.NewDesc("vigil_agent_network_events_total",
@@ -92,9 +60,10 @@ type monitorCollector Monitor
 var _ prometheus.Collector = (*monitorCollector)(nil)
 
 func (c *monitorCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descNamespaces, descSockets, descOpened, descClosed, descCycle, descReadErrors, descEvents, descDumps, descResyncs} {
+	for _, d := range []*prometheus.Desc{descNamespaces, descSockets, descOpened, descClosed, descReadErrors, descEvents, descDumps, descResyncs} {
 		ch <- d
 	}
+	ch <- c.stats.cycle.Desc()
 }
 
 func (c *monitorCollector) Collect(ch chan<- prometheus.Metric) {
@@ -104,8 +73,7 @@ func (c *monitorCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSockets, prometheus.GaugeValue, float64(m.OpenDescriptors()))
 	ch <- prometheus.MustNewConstMetric(descOpened, prometheus.CounterValue, float64(s.opened.Load()))
 	ch <- prometheus.MustNewConstMetric(descClosed, prometheus.CounterValue, float64(s.closed.Load()))
-	count, sum, buckets := s.histogram()
-	ch <- prometheus.MustNewConstHistogram(descCycle, count, sum, buckets)
+	ch <- s.cycle
 	ch <- prometheus.MustNewConstMetric(descReadErrors, prometheus.CounterValue, float64(s.readErrors.Load()))
 	ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(s.delivered.Load()), "delivered")
 	ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(s.coalesced.Load()), "coalesced")

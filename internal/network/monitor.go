@@ -193,6 +193,7 @@ func New(cfg Config) (*Monitor, error) {
 		pending:    make(map[eventKey]*Event),
 		buf:        make([]byte, dumpBufferSize),
 	}
+	m.stats.cycle = newCycleHistogram()
 	var err error
 	if cfg.HostNetNSPath == "" {
 		m.host, err = m.openNamespace("/proc/self/ns/net", true)
@@ -825,7 +826,7 @@ func (m *Monitor) Read(ctx context.Context) (*Snapshot, error) {
 		}
 		ns.samples, ns.nextSamples = ns.nextSamples, ns.samples
 	}
-	m.stats.observeCycle(time.Since(start))
+	m.stats.cycle.Observe(time.Since(start).Seconds())
 	return snap, nil
 }
 

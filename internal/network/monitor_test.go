@@ -426,6 +426,19 @@ vigil_agent_network_sockets_open 8
 `), "vigil_agent_network_namespaces_open", "vigil_agent_network_sockets_open"); err != nil {
 		t.Error(err)
 	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cycles uint64
+	for _, mf := range mfs {
+		if mf.GetName() == "vigil_agent_network_read_duration_seconds" {
+			cycles = mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	if cycles == 0 {
+		t.Error("vigil_agent_network_read_duration_seconds observed no read cycle")
+	}
 
 	// The last container detached.
 	m.Detach(refA)
