@@ -315,11 +315,11 @@ func (r *Runtime) Exec(ctx context.Context, k Key, args []string, outputCap int)
 	}
 	select {
 	case st := <-exitC:
+		drainExecIO(ctx, proc.IO())
 		code, _, err := st.Result()
 		if err != nil {
 			return ExecResult{}, fmt.Errorf("exec in %s/%s: %w", k.Namespace, k.ID, translateErr(err))
 		}
-		proc.IO().Wait() // the copy goroutines end when the shim closes the FIFOs
 		return ExecResult{ExitCode: int(code), Output: out.Bytes()}, nil
 	case <-ctx.Done():
 		kctx, cancel := context.WithTimeout(bg, cleanupTimeout)
@@ -332,6 +332,31 @@ func (r *Runtime) Exec(ctx context.Context, k Key, args []string, outputCap int)
 		proc.IO().Cancel()
 		return ExecResult{ExitCode: -1, Output: out.Bytes()}, fmt.Errorf("exec in %s/%s: killed: %w", k.Namespace, k.ID, ctx.Err())
 	}
+}
+
+// execDrainTimeout bounds how long Exec waits, once the exec process has
+// exited, for the rest of its output. A background child that inherited
+// stdout or stderr (sh -c "sleep 60 &") keeps the pipes open after the exit,
+// and the copy would otherwise wait for that child.
+const execDrainTimeout = time.Second
+
+// drainExecIO waits until io's copies end, ctx ends or execDrainTimeout
+// passes, whichever is first, then cancels io, which closes the FIFOs so
+// that the copies end. The waiting goroutine ends with the copies.
+func drainExecIO(ctx context.Context, io cio.IO) {
+	done := make(chan struct{})
+	go func() {
+		io.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(execDrainTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	io.Cancel()
 }
 
 func execID() string {

@@ -491,6 +491,16 @@ func TestControl(t *testing.T) {
 		if err != nil || len(res.Output) != 1000 {
 			t.Errorf("capped Exec: %d bytes, %v", len(res.Output), err)
 		}
+		// A background child holding stdout must not hold Exec (nor leak
+		// the exec process) past the shell's exit.
+		bstart := time.Now()
+		res, err = w.Exec(ctx, k, []string{"sh", "-c", "echo bg; sleep 60 & exit 3"}, 0)
+		if err != nil || res.ExitCode != 3 || !strings.Contains(string(res.Output), "bg") {
+			t.Errorf("Exec leaving a background child = %+v (%q), %v", res, res.Output, err)
+		}
+		if d := time.Since(bstart); d > 20*time.Second {
+			t.Errorf("Exec leaving a background child took %s: it waited for the child", d)
+		}
 		tctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		defer cancel()
 		start := time.Now()
