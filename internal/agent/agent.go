@@ -64,19 +64,18 @@ type tracked struct {
 	c        runtime.Container
 	identity string
 
-	policy    restart.Policy
-	policyErr error
-	tracker   *restart.Tracker
+	policy  restart.Policy
+	tracker *restart.Tracker
 
-	healthCfg    *health.Config // nil: not probed
-	healthSource string
-	healthErr    error
-	health       *vigilv1.Health // what is reported: nil means no health check; never modified once set
-	probeHealth  *vigilv1.Health // the prober's view; nil: not probed
-	netCause     string          // why the network makes it unhealthy (NetworkAffectsHealth); "" when it does not
+	healthCfg   *health.Config  // nil: not probed
+	health      *vigilv1.Health // what is reported: nil means no health check; never modified once set
+	probeHealth *vigilv1.Health // the prober's view; nil: not probed
+	netCause    string          // why the network makes it unhealthy (NetworkAffectsHealth); "" when it does not
 	// failuresCounted is how many of the prober's failures for the current
 	// task are already in the lifetime counter.
 	failuresCounted uint64
+	// probedSince is the start time of the task the prober was last given.
+	probedSince time.Time
 
 	timer *time.Timer // pending restart, nil when none
 

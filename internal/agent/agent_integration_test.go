@@ -524,7 +524,11 @@ func TestNetworkConditionMakesUnhealthy(t *testing.T) {
 	h.waitFor("netapp", "started", 30*time.Second, isType(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED))
 	time.Sleep(2 * time.Second) // a network read with everything up
 	if n := h.count("netapp", isHealth(vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY)); n != 0 {
-		t.Fatalf("unhealthy with its network up\n%s", h.describe("netapp"))
+		var why []string
+		for _, r := range h.eventsFor("netapp") {
+			why = append(why, r.ev.GetMessage())
+		}
+		t.Fatalf("unhealthy with its network up; events: %q", why)
 	}
 
 	setLink := func(up bool) error {

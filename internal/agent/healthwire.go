@@ -16,28 +16,26 @@ import (
 
 // healthConfig returns the container's health check: from its labels, else
 // its image's HEALTHCHECK; nil when it has none or is not ours to probe.
-func (a *Agent) healthConfig(c *runtime.Container) (*health.Config, string, error) {
+func (a *Agent) healthConfig(c *runtime.Container) (*health.Config, error) {
 	cfg, ok, err := health.ParseConfig(c.Labels, c.Healthcheck, c.Manager)
-	if err != nil {
-		return nil, "", err
+	if err != nil || !ok {
+		return nil, err
 	}
-	if !ok {
-		return nil, "", nil
-	}
-	return &cfg, cfg.Source, nil
+	return &cfg, nil
 }
 
 // startProbing (re)registers a running container with the prober, against
 // its current task (a restart makes a new task, pid and namespace).
 func (a *Agent) startProbing(t *tracked) {
+	// What the previous task's probes failed, before the prober forgets it.
+	a.countProbeFailures(t)
 	a.mu.Lock()
 	cfg := t.healthCfg
 	tgt := health.Target{Key: t.c.Key(), StartedAt: t.c.StartedAt}
 	if !t.c.HostNetwork && t.c.Pid != 0 {
 		tgt.NetNS = health.NetNSOfPid(t.c.Pid)
 	}
-	t.failuresCounted = 0 // the prober counts anew for a new task
-	t.netCause = ""       // a new task: its network is judged at the next read
+	t.netCause = "" // a new task: its network is judged at the next read
 	t.probeHealth = nil
 	if cfg != nil {
 		t.probeHealth = &vigilv1.Health{
@@ -51,13 +49,24 @@ func (a *Agent) startProbing(t *tracked) {
 	if cfg == nil {
 		return
 	}
+	// The prober counts failures anew on Add, and on Update for a new task
+	// (another start time); otherwise it keeps counting and so must we.
 	err := a.probe.Add(tgt.Key, *cfg, tgt)
+	fresh := err == nil
 	if errors.Is(err, errdefs.ErrConflict) {
 		err = a.probe.Update(tgt.Key, *cfg, tgt)
+		fresh = err == nil && !tgt.StartedAt.Equal(t.probedSince)
 	}
 	if err != nil {
 		a.log.Warn("cannot schedule health probe", "container", t.c.ID, "namespace", t.c.Namespace, "err", err)
+		return
 	}
+	a.mu.Lock()
+	if fresh {
+		t.failuresCounted = 0
+	}
+	t.probedSince = tgt.StartedAt
+	a.mu.Unlock()
 }
 
 // stopProbing stops probing a container whose task is gone. Its last health

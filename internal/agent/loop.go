@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/vigilhq/vigil/internal/network"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -23,9 +24,9 @@ func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 
 	events := a.rt.Events()
 	healthCh := a.probe.Changes()
-	var netEvents <-chan networkEvent
+	var netEvents <-chan network.Event
 	if a.net != nil {
-		netEvents = a.netEvents(ctx)
+		netEvents = a.net.Events() // closed when the monitor's Run ends
 	}
 	var commands <-chan *vigilv1.Command
 	if a.up != nil {
@@ -55,7 +56,11 @@ func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 			a.onActionResult(ctx, res)
 		case cmd := <-commands:
 			a.onCommand(ctx, cmd)
-		case ne := <-netEvents:
+		case ne, ok := <-netEvents:
+			if !ok {
+				netEvents = nil // a closed channel would be ready forever
+				continue
+			}
 			a.onNetworkEvent(ne)
 		case <-first:
 			a.sample(ctx)
@@ -70,8 +75,8 @@ func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 
 func (a *Agent) now() time.Time { return a.nowFunc() }
 
-// send hands a container event to the uplink (when there is one) and logs
-// it. It never blocks for long: the uplink buffers.
+// sendEvent hands a container event to the event sink and the uplink (when
+// there are). It never blocks for long: the uplink buffers.
 func (a *Agent) sendEvent(ev *vigilv1.ContainerEvent) {
 	if ev.Time == nil {
 		ev.Time = timestamppb.New(a.now())
@@ -156,37 +161,40 @@ func (a *Agent) upsert(c runtime.Container) (*tracked, bool) {
 		a.mu.Unlock()
 		return t, false
 	}
-	t = &tracked{c: c, identity: identity(&c)}
-	a.configure(t)
-	a.containers[c.Key()] = t
 	a.mu.Unlock()
 
-	// Restore restart state from the state dir, or start fresh.
-	var rec ContainerRecord
+	// A new one: its restart state comes back from the state dir (or starts
+	// fresh) before anyone else can see it.
+	t = &tracked{c: c, identity: identity(&c)}
+	a.configure(t)
+	var saved json.RawMessage
 	a.store.View(func(tx Tx) {
 		if r, ok := tx.d.Containers[containerKey(c.Key())]; ok {
-			rec = *r
+			saved = r.Restart
 		}
 	})
-	if len(rec.Restart) > 0 {
-		if err := json.Unmarshal(rec.Restart, &t.tracker.State); err != nil {
+	if len(saved) > 0 {
+		if err := json.Unmarshal(saved, &t.tracker.State); err != nil {
 			a.log.Warn("restart state unreadable, starting fresh", "container", c.ID, "namespace", c.Namespace, "err", err)
 		}
 	}
+	a.mu.Lock()
+	a.containers[c.Key()] = t
+	a.mu.Unlock()
 	a.touchCounters(t)
 	return t, true
 }
 
 // configure parses the container's labels (and image healthcheck) into its
-// restart policy and health config. Called with a.mu held.
+// restart policy and health config. Called with a.mu held, or before t is
+// published.
 func (a *Agent) configure(t *tracked) {
-	t.healthCfg, t.healthSource, t.healthErr = a.healthConfig(&t.c)
-	if t.healthErr != nil {
-		a.log.Warn("health check labels rejected; container is not probed", "container", t.c.ID, "namespace", t.c.Namespace, "err", t.healthErr)
+	var err error
+	if t.healthCfg, err = a.healthConfig(&t.c); err != nil {
+		a.log.Warn("health check labels rejected; container is not probed", "container", t.c.ID, "namespace", t.c.Namespace, "err", err)
 	}
-	t.policy, t.policyErr = restart.Parse(t.c.Labels, a.backoffDefaults(), t.healthCfg != nil)
-	if t.policyErr != nil {
-		a.log.Warn("restart labels rejected; container runs with policy no", "container", t.c.ID, "namespace", t.c.Namespace, "err", t.policyErr)
+	if t.policy, err = restart.Parse(t.c.Labels, a.backoffDefaults(), t.healthCfg != nil); err != nil {
+		a.log.Warn("restart labels rejected; container runs with policy no", "container", t.c.ID, "namespace", t.c.Namespace, "err", err)
 	}
 	managedBy := ""
 	if t.c.Manager != runtime.ManagerVigil {
@@ -243,13 +251,16 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 		t.timer = nil
 	}
 	a.mu.Unlock()
+	a.save(t, func(tx Tx, _ *ContainerRecord) {
+		if restarted {
+			tx.Counters(t.identity).Restarts++
+		}
+	})
 	if restarted {
-		a.bumpCounters(t, func(c *Counters) { c.Restarts++ })
 		if e := t.c.LastExit; e != nil && !e.At.IsZero() && startedAt.After(e.At) {
 			a.self.restartLag.Observe(startedAt.Sub(e.At).Seconds())
 		}
 	}
-	a.persist(t)
 
 	a.startProbing(t)
 	a.attachNetwork(t)
@@ -273,41 +284,20 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 // do.
 func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit) {
 	a.stopProbing(t)
-	key := containerKey(t.c.Key())
-
 	// Decide first, then write the exit count and the restart state in one
 	// durable write: the restart waits for nothing else.
 	a.mu.Lock()
 	d := t.tracker.OnExit(exit.Code, exit.Reason.String(), exit.At)
-	state, encErr := json.Marshal(&t.tracker.State)
-	stopped := t.tracker.State.ExplicitlyStopped
-	count := uint32(t.tracker.State.RestartCount)
 	a.mu.Unlock()
-	if encErr != nil {
-		a.log.Error("encode restart state", "container", t.c.ID, "err", encErr)
-	}
-
 	counted := false
-	err := a.store.Update(func(tx Tx) error {
-		rec := tx.Container(key)
-		if encErr == nil {
-			rec.Restart = state
-			rec.ExplicitlyStopped = stopped
-			rec.RestartCount = count
-		}
+	a.save(t, func(tx Tx, rec *ContainerRecord) {
 		if !exit.At.IsZero() && !exit.At.After(rec.LastExitSeen) {
-			return nil // already counted (replayed after a reconnect or our restart)
+			return // already counted (replayed after a reconnect or our restart)
 		}
 		rec.LastExitSeen = exit.At
-		c := tx.Counters(t.identity)
-		c.Exits[ExitKey{exit.Reason.String(), exit.Code}]++
-		c.LastSeen = a.now()
+		tx.Counters(t.identity).Exits[ExitKey{exit.Reason.String(), exit.Code}]++
 		counted = true
-		return nil
 	})
-	if err != nil {
-		a.log.Error("cannot record exit in the state dir", "container", t.c.ID, "err", err)
-	}
 	if d.Restarts() {
 		a.armRestart(t, d)
 	}
@@ -386,11 +376,13 @@ func (a *Agent) removeContainer(key runtime.Key, ev runtime.Event) {
 	}
 	a.stopProbing(t)
 	a.detachNetwork(t)
-	_ = a.store.Update(func(tx Tx) error {
+	if err := a.store.Update(func(tx Tx) error {
 		tx.DeleteContainer(containerKey(key))
 		tx.Counters(t.identity).LastSeen = a.now()
 		return nil
-	})
+	}); err != nil {
+		a.log.Error("cannot write to the state dir", "container", t.c.ID, "err", err)
+	}
 	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_REMOVED, "container removed", nil, nil)
 }
 
@@ -482,11 +474,14 @@ func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
 }
 
 // persist writes the container's restart state to the state dir.
-func (a *Agent) persist(t *tracked) {
+func (a *Agent) persist(t *tracked) { a.save(t, nil) }
+
+// save writes the container's restart state, and whatever fn changes along
+// with it (counters, the exit bookkeeping), in one durable write. It runs on
+// the loop goroutine, which alone writes t.c.
+func (a *Agent) save(t *tracked, fn func(tx Tx, rec *ContainerRecord)) {
 	a.mu.RLock()
 	state, err := json.Marshal(&t.tracker.State)
-	stopped := t.tracker.State.ExplicitlyStopped
-	count := uint32(t.tracker.State.RestartCount)
 	a.mu.RUnlock()
 	if err != nil {
 		a.log.Error("encode restart state", "container", t.c.ID, "err", err)
@@ -495,18 +490,20 @@ func (a *Agent) persist(t *tracked) {
 	if err := a.store.Update(func(tx Tx) error {
 		rec := tx.Container(containerKey(t.c.Key()))
 		rec.Restart = state
-		rec.ExplicitlyStopped = stopped
-		rec.RestartCount = count
+		if fn != nil {
+			fn(tx, rec)
+		}
+		tx.Counters(t.identity).LastSeen = a.now()
 		return nil
 	}); err != nil {
-		a.log.Error("cannot write restart state to the state dir", "container", t.c.ID, "err", err)
+		a.log.Error("cannot write to the state dir", "container", t.c.ID, "err", err)
 	}
 }
 
 // touchCounters marks the identity as live and, for kubelet containers,
 // folds the kubelet's restart count into the lifetime restarts.
 func (a *Agent) touchCounters(t *tracked) {
-	_ = a.store.Update(func(tx Tx) error {
+	if err := a.store.Update(func(tx Tx) error {
 		c := tx.Counters(t.identity)
 		c.LastSeen = a.now()
 		if t.c.Pod != nil && !t.c.Pod.Sandbox && t.c.Manager == runtime.ManagerKubelet {
@@ -520,7 +517,9 @@ func (a *Agent) touchCounters(t *tracked) {
 			c.KubeletRestartsSeen = n
 		}
 		return nil
-	})
+	}); err != nil {
+		a.log.Error("cannot write to the state dir", "container", t.c.ID, "err", err)
+	}
 }
 
 func (a *Agent) bumpCounters(t *tracked, fn func(*Counters)) {

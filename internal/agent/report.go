@@ -266,17 +266,9 @@ func conditionSummary(cs []*vigilv1.Condition) string {
 	return "network conditions: " + strings.Join(parts, ", ")
 }
 
-// networkEvent is a link change forwarded from the network monitor.
-type networkEvent = network.Event
-
-// netEvents forwards the monitor's link events to the loop.
-func (a *Agent) netEvents(ctx context.Context) <-chan networkEvent {
-	return a.net.Events()
-}
-
 // onNetworkEvent forwards a link change upstream at once (not at the next
 // sample).
-func (a *Agent) onNetworkEvent(ev networkEvent) {
+func (a *Agent) onNetworkEvent(ev network.Event) {
 	typ := vigilv1.NetworkEventType_NETWORK_EVENT_TYPE_LINK_CHANGED
 	switch ev.Type {
 	case network.LinkAdded:

@@ -87,12 +87,9 @@ func (c *Counters) UnmarshalJSON(b []byte) error {
 // ContainerRecord is what the agent keeps about one container across its own
 // restarts.
 type ContainerRecord struct {
-	// Restart is the restart tracker's state, opaque to the store.
+	// Restart is the restart tracker's state (restart count, backoff,
+	// explicit stop), opaque to the store.
 	Restart json.RawMessage `json:"restart,omitempty"`
-	// RestartCount is the number of restarts Vigil performed on this container.
-	RestartCount uint32 `json:"restart_count"`
-	// ExplicitlyStopped records an operator's stop: policies leave it stopped.
-	ExplicitlyStopped bool `json:"explicitly_stopped"`
 	// LastExitSeen is the exit time of the last exit already counted, so that
 	// an exit re-reported after a reconnect or an agent restart is counted
 	// once.

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -24,8 +25,8 @@ func TestStoreSurvivesReopen(t *testing.T) {
 		c.Restarts = 4
 		c.LastSeen = now
 		r := tx.Container("default/web")
-		r.RestartCount = 4
-		r.ExplicitlyStopped = true
+		r.Restart = json.RawMessage(`{"restart_count":4}`)
+		r.LastExitSeen = now
 		tx.MarkCommand("cmd-1", now)
 		return nil
 	}); err != nil {
@@ -45,7 +46,7 @@ func TestStoreSurvivesReopen(t *testing.T) {
 			t.Errorf("LastSeen = %v, want %v", c.LastSeen, now)
 		}
 		r := tx.Container("default/web")
-		if r.RestartCount != 4 || !r.ExplicitlyStopped {
+		if string(r.Restart) != `{"restart_count":4}` || !r.LastExitSeen.Equal(now) {
 			t.Errorf("record after reopen = %+v", r)
 		}
 		if !tx.CommandDone("cmd-1") || tx.CommandDone("cmd-2") {
