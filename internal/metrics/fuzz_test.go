@@ -2,13 +2,10 @@ package metrics_test
 
 import (
 	"bytes"
-	"strings"
 	"testing"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	"github.com/vigilhq/vigil/internal/metrics"
+	"github.com/vigilhq/vigil/internal/metrics/expotest"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -18,7 +15,7 @@ import (
 func FuzzRenderNode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, node, namespace, pod, container, image, iface string, code uint32, sandbox bool) {
 		c1 := &vigilv1.Container{Id: container, Namespace: namespace, Image: image, State: vigilv1.ContainerState_CONTAINER_STATE_RUNNING,
-			Counters: &vigilv1.ContainerCounters{Exits: []*vigilv1.ExitCount{{Reason: vigilv1.ExitReason(code % 6), Code: code, Count: 1}, {Reason: vigilv1.ExitReason(code % 6), Code: code, Count: 2}}}}
+			Counters: &vigilv1.ContainerCounters{Exits: []*vigilv1.ExitCount{{Reason: vigilv1.ExitReason(code % 6), Code: code, Count: 1}, {Reason: vigilv1.ExitReason(code % 6), Code: code, Count: 2}, {Reason: vigilv1.ExitReason((code / 6) % 7), Code: code, Count: 4}}}}
 		c2 := &vigilv1.Container{Id: container + "2", Namespace: namespace, Image: image, Pod: &vigilv1.PodIdentity{Namespace: namespace, Name: pod, ContainerName: container, Sandbox: sandbox}}
 		c3 := &vigilv1.Container{Id: container + "3", Namespace: namespace, Pod: &vigilv1.PodIdentity{Namespace: namespace, Name: pod, ContainerName: container}}
 		ifc := &vigilv1.Interface{Name: iface, RxBytes: uint64(code)}
@@ -37,20 +34,8 @@ func FuzzRenderNode(f *testing.F) {
 		if err := metrics.WriteNode(&buf, in); err != nil {
 			t.Fatal(err)
 		}
-		p := expfmt.NewTextParser(model.UTF8Validation)
-		if _, err := p.TextToMetricFamilies(bytes.NewReader(buf.Bytes())); err != nil {
-			t.Fatalf("output does not parse: %v\n%s", err, buf.String())
-		}
-		seen := map[string]bool{}
-		for _, line := range strings.Split(buf.String(), "\n") {
-			if line == "" || strings.HasPrefix(line, "#") {
-				continue
-			}
-			key := line[:strings.LastIndexByte(line, ' ')]
-			if seen[key] {
-				t.Fatalf("series twice: %s\n%s", key, buf.String())
-			}
-			seen[key] = true
+		if _, err := expotest.Check(buf.Bytes()); err != nil {
+			t.Fatalf("%v\n%s", err, buf.String())
 		}
 	})
 }

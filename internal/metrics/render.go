@@ -174,9 +174,19 @@ type identity struct {
 
 func identityOf(c *vigilv1.Container) identity {
 	if p := c.GetPod(); p != nil && (p.GetName() != "" || p.GetSandbox()) {
-		return identity{c.GetNamespace(), p.GetNamespace(), p.GetName(), p.GetContainerName()}
+		return identity{shown(c.GetNamespace()), shown(p.GetNamespace()), shown(p.GetName()), shown(p.GetContainerName())}
 	}
-	return identity{c.GetNamespace(), "", "", c.GetId()}
+	return identity{shown(c.GetNamespace()), "", "", shown(c.GetId())}
+}
+
+// shown is a label value as the exposition shows it (invalid UTF-8
+// replaced). Series are deduplicated on shown values: two raw values that
+// show the same would be one series twice.
+func shown(v string) string {
+	if utf8.ValidString(v) {
+		return v
+	}
+	return strings.ToValidUTF8(v, "\uFFFD")
 }
 
 func isSandbox(c *vigilv1.Container) bool { return c.GetPod().GetSandbox() }
@@ -290,17 +300,21 @@ func (s *scratch) container(ch *chosen, samples map[ContainerKey]*vigilv1.Resour
 	slices.SortFunc(exits, func(a, b *vigilv1.ExitCount) int {
 		return cmp.Or(cmp.Compare(exitReason(a.GetReason()), exitReason(b.GetReason())), cmp.Compare(a.GetCode(), b.GetCode()))
 	})
-	for i, e := range exits {
-		if i > 0 && exits[i-1].GetReason() == e.GetReason() && exits[i-1].GetCode() == e.GetCode() {
-			continue // a duplicate entry would be a duplicate series
+	// Entries are merged on what the series shows, (reason label, code),
+	// summing their counts: UNSPECIFIED and unknown reasons both render
+	// "unknown", and two entries with one key would be a duplicate series.
+	for i := 0; i < len(exits); {
+		reason, code, count := exitReason(exits[i].GetReason()), exits[i].GetCode(), exits[i].GetCount()
+		for i++; i < len(exits) && exitReason(exits[i].GetReason()) == reason && exits[i].GetCode() == code; i++ {
+			count += exits[i].GetCount()
 		}
 		b := s.begin(famExits, l)
 		b = append(b, `,reason="`...)
-		b = append(b, exitReason(e.GetReason())...)
+		b = append(b, reason...)
 		b = append(b, `",exit_code="`...)
-		b = strconv.AppendUint(b, uint64(e.GetCode()), 10)
+		b = strconv.AppendUint(b, uint64(code), 10)
 		b = append(b, `"} `...)
-		b = strconv.AppendUint(b, e.GetCount(), 10)
+		b = strconv.AppendUint(b, count, 10)
 		s.end(famExits, b)
 	}
 	s.uint(famRestarts, l, counters.GetRestartsTotal())
@@ -355,7 +369,7 @@ func (s *scratch) containerNetwork(in NodeInput, node []byte) {
 			if ifc.GetKind() == "loopback" || ifc.GetName() == "lo" {
 				continue
 			}
-			if i > 0 && ifaces[i-1].GetName() == ifc.GetName() {
+			if i > 0 && shown(ifaces[i-1].GetName()) == shown(ifc.GetName()) {
 				continue
 			}
 			l := append(slices.Clone(labels), `,interface="`...)
@@ -383,7 +397,7 @@ func networkOwner(ns *vigilv1.NetworkNamespace, known map[ContainerKey]*vigilv1.
 			continue
 		}
 		if p := c.GetPod(); p != nil && p.GetName() != "" {
-			return identity{c.GetNamespace(), p.GetNamespace(), p.GetName(), ""}, true
+			return identity{shown(c.GetNamespace()), shown(p.GetNamespace()), shown(p.GetName()), ""}, true
 		}
 		if c.GetHostNetwork() {
 			continue
@@ -395,7 +409,7 @@ func networkOwner(ns *vigilv1.NetworkNamespace, known map[ContainerKey]*vigilv1.
 	if lone == nil {
 		return identity{}, false
 	}
-	return identity{lone.GetNamespace(), "", "", lone.GetId()}, true
+	return identity{shown(lone.GetNamespace()), "", "", shown(lone.GetId())}, true
 }
 
 func sortedInterfaces(in []*vigilv1.Interface) []*vigilv1.Interface {
@@ -405,7 +419,7 @@ func sortedInterfaces(in []*vigilv1.Interface) []*vigilv1.Interface {
 			out = append(out, ifc)
 		}
 	}
-	slices.SortFunc(out, func(a, b *vigilv1.Interface) int { return cmp.Compare(a.GetName(), b.GetName()) })
+	slices.SortFunc(out, func(a, b *vigilv1.Interface) int { return cmp.Compare(shown(a.GetName()), shown(b.GetName())) })
 	return out
 }
 
@@ -423,7 +437,7 @@ func (s *scratch) nodeSeries(in NodeInput, node []byte) {
 			if ifc.GetOwnerContainerId() != "" {
 				continue // a container's veth: counted inside the container
 			}
-			if i > 0 && ifaces[i-1].GetName() == ifc.GetName() {
+			if i > 0 && shown(ifaces[i-1].GetName()) == shown(ifc.GetName()) {
 				continue
 			}
 			l := append(slices.Clone(nl), `,interface="`...)
@@ -444,9 +458,9 @@ func (s *scratch) nodeSeries(in NodeInput, node []byte) {
 	}
 
 	peers := slices.Clone(in.Peers.GetPeers())
-	slices.SortFunc(peers, func(a, b *vigilv1.PeerStatus) int { return cmp.Compare(a.GetName(), b.GetName()) })
+	slices.SortFunc(peers, func(a, b *vigilv1.PeerStatus) int { return cmp.Compare(shown(a.GetName()), shown(b.GetName())) })
 	for i, p := range peers {
-		if p.GetName() == "" || (i > 0 && peers[i-1].GetName() == p.GetName()) {
+		if p.GetName() == "" || (i > 0 && shown(peers[i-1].GetName()) == shown(p.GetName())) {
 			continue
 		}
 		l := append(slices.Clone(nl), `,peer="`...)
@@ -525,9 +539,7 @@ func boolValue(v bool) string {
 // double quote and line feed. Invalid UTF-8 (which would fail the whole
 // scrape) becomes U+FFFD.
 func appendLabelValue(b []byte, v string) []byte {
-	if !utf8.ValidString(v) {
-		v = strings.ToValidUTF8(v, "\uFFFD")
-	}
+	v = shown(v)
 	for i := 0; i < len(v); i++ {
 		switch c := v[i]; c {
 		case '\\':

@@ -275,3 +275,34 @@ func TestParseShard(t *testing.T) {
 		}
 	}
 }
+
+// TestExitsMergedOnTheirLabels: UNSPECIFIED and an enum value this build
+// does not know both show as reason="unknown"; they are one series whose
+// count is the sum, and repeated entries of one reason are summed too.
+func TestExitsMergedOnTheirLabels(t *testing.T) {
+	c := &vigilv1.Container{Id: "c1", Namespace: "default", State: vigilv1.ContainerState_CONTAINER_STATE_RUNNING,
+		Counters: &vigilv1.ContainerCounters{Exits: []*vigilv1.ExitCount{
+			{Reason: vigilv1.ExitReason_EXIT_REASON_UNSPECIFIED, Code: 3, Count: 1},
+			{Reason: vigilv1.ExitReason_EXIT_REASON_ERROR, Code: 3, Count: 5},
+			{Reason: vigilv1.ExitReason(99), Code: 3, Count: 2},
+			{Reason: vigilv1.ExitReason_EXIT_REASON_ERROR, Code: 3, Count: 7},
+		}}}
+	var buf bytes.Buffer
+	if err := metrics.WriteNode(&buf, metrics.NodeInput{Name: "n1", Up: true, Containers: []*vigilv1.Container{c}}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, m := range parse(t, buf.String())["vigil_container_exits_total"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "reason" {
+				if _, dup := got[l.GetValue()]; dup {
+					t.Fatalf("reason %q appears twice:\n%s", l.GetValue(), buf.String())
+				}
+				got[l.GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if got["unknown"] != 3 || got["error"] != 12 || len(got) != 2 {
+		t.Fatalf("exits by reason = %v, want unknown 3 and error 12\n%s", got, buf.String())
+	}
+}
