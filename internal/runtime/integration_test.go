@@ -14,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
@@ -199,6 +202,56 @@ func TestInventoryPlainContainers(t *testing.T) {
 	}
 	if n := len(w.Containers()); n != 3 {
 		t.Errorf("Containers() has %d entries, want 3", n)
+	}
+}
+
+// TestImageDetailsFollowTag: a tag that cannot be resolved yet is not
+// remembered as having no details, and a tag moved to another image gives
+// later containers the new image's digest and healthcheck.
+func TestImageDetailsFollowTag(t *testing.T) {
+	t.Parallel()
+	env := testenv.Containerd(t)
+	ns := uniqueNS(t)
+	hcA := testenv.DockerHealthcheck{Test: []string{"CMD", "/workload", "exit", "0"}, Retries: 1}
+	hcB := testenv.DockerHealthcheck{Test: []string{"CMD", "/workload", "exit", "0"}, Retries: 2}
+	refA := env.HealthcheckImage(t, ns, hcA)
+	refB := env.HealthcheckImage(t, ns, hcB)
+	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
+	c := env.Client(t)
+	ctx := namespaces.WithNamespace(context.Background(), ns)
+	imgA, err := c.ImageService().Get(ctx, refA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgB, err := c.ImageService().Get(ctx, refB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const tag = "docker.io/vigil/retag:test"
+	create := func(id string) Container {
+		t.Helper()
+		cont, err := c.NewContainer(ctx, id, client.WithImageName(tag), client.WithNewSpec(oci.WithDefaultSpec()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cont.Delete(ctx) })
+		return *w.waitForKey(Key{ns, id}, EventAdded).Container
+	}
+
+	if got := create("missing"); got.ImageDigest != "" || got.Healthcheck != nil {
+		t.Errorf("container of a missing image: digest %q, healthcheck %+v", got.ImageDigest, got.Healthcheck)
+	}
+	if _, err := c.ImageService().Create(ctx, images.Image{Name: tag, Target: imgA.Target}); err != nil {
+		t.Fatal(err)
+	}
+	if got := create("a"); got.ImageDigest != imgA.Target.Digest.String() || got.Healthcheck == nil || got.Healthcheck.Retries != 1 {
+		t.Errorf("container of tag -> A: digest %q (want %s), healthcheck %+v", got.ImageDigest, imgA.Target.Digest, got.Healthcheck)
+	}
+	if _, err := c.ImageService().Update(ctx, images.Image{Name: tag, Target: imgB.Target}, "target"); err != nil {
+		t.Fatal(err)
+	}
+	if got := create("b"); got.ImageDigest != imgB.Target.Digest.String() || got.Healthcheck == nil || got.Healthcheck.Retries != 2 {
+		t.Errorf("container of tag -> B: digest %q (want %s), healthcheck %+v", got.ImageDigest, imgB.Target.Digest, got.Healthcheck)
 	}
 }
 

@@ -47,9 +47,6 @@ func (c *Container) clone() Container {
 	return out
 }
 
-// imageKey names an image in a namespace.
-type imageKey struct{ namespace, name string }
-
 // imageInfo is what the inventory takes from an image: its digest and its
 // Docker healthcheck.
 type imageInfo struct {
@@ -57,11 +54,13 @@ type imageInfo struct {
 	healthcheck *Healthcheck
 }
 
-// imageCache remembers imageInfo per (namespace, name) between full syncs;
-// a resync clears it, so a re-tagged image is seen on the next one.
+// imageCache remembers the healthcheck parsed from an image's config, keyed
+// by the image's target digest (content-addressed, so never stale; a
+// re-pulled tag has a new digest). Only successful reads are kept. A resync
+// clears it, which bounds it by the images in use.
 type imageCache struct {
 	mu      sync.Mutex
-	entries map[imageKey]imageInfo
+	entries map[string]*Healthcheck
 }
 
 func (ic *imageCache) reset() {
@@ -71,45 +70,50 @@ func (ic *imageCache) reset() {
 }
 
 // image returns the digest and healthcheck of image name in namespace ns
-// (ctx carries the namespace). Failures (image deleted, config unreadable)
-// leave the fields empty and are logged once per sync.
+// (ctx carries the namespace). The name is resolved on every call (it runs
+// when a container is described: on create and update events and on
+// resyncs of changed records); the config is read once per digest.
+// Failures (image deleted, config unreadable, timeout) leave the fields
+// they concern empty, are logged, and are retried on the next call.
 func (r *Runtime) image(ctx context.Context, c *client.Client, ns, name string) imageInfo {
 	if name == "" {
 		return imageInfo{}
 	}
-	k := imageKey{ns, name}
-	r.images.mu.Lock()
-	info, ok := r.images.entries[k]
-	r.images.mu.Unlock()
-	if ok {
-		return info
-	}
 	var img images.Image
-	err := r.call(ctx, "image_get", func(ctx context.Context) error {
+	if err := r.call(ctx, "image_get", func(ctx context.Context) error {
 		var err error
 		img, err = c.ImageService().Get(ctx, name)
 		return err
+	}); err != nil {
+		r.log.Debug("image details unavailable", "namespace", ns, "image", name, "err", err)
+		return imageInfo{}
+	}
+	info := imageInfo{digest: img.Target.Digest.String()}
+	r.images.mu.Lock()
+	hc, ok := r.images.entries[info.digest]
+	r.images.mu.Unlock()
+	if ok {
+		info.healthcheck = hc
+		return info
+	}
+	var cfg []byte
+	err := r.call(ctx, "image_config", func(ctx context.Context) error {
+		desc, err := images.Config(ctx, c.ContentStore(), img.Target, platforms.Default())
+		if err != nil {
+			return err
+		}
+		cfg, err = content.ReadBlob(ctx, c.ContentStore(), desc)
+		return err
 	})
 	if err == nil {
-		info.digest = img.Target.Digest.String()
-		var cfg []byte
-		err = r.call(ctx, "image_config", func(ctx context.Context) error {
-			desc, err := images.Config(ctx, c.ContentStore(), img.Target, platforms.Default())
-			if err != nil {
-				return err
-			}
-			cfg, err = content.ReadBlob(ctx, c.ContentStore(), desc)
-			return err
-		})
-		if err == nil {
-			info.healthcheck, err = parseHealthcheck(cfg)
-		}
+		info.healthcheck, err = parseHealthcheck(cfg)
 	}
 	if err != nil {
-		r.log.Debug("image details unavailable", "namespace", ns, "image", name, "err", err)
+		r.log.Debug("image config unavailable", "namespace", ns, "image", name, "digest", info.digest, "err", err)
+		return imageInfo{digest: info.digest}
 	}
 	r.images.mu.Lock()
-	r.images.entries[k] = info
+	r.images.entries[info.digest] = info.healthcheck
 	r.images.mu.Unlock()
 	return info
 }

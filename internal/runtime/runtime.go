@@ -142,7 +142,7 @@ func New(cfg Config) (*Runtime, error) {
 		metrics: newSelfMetrics(),
 		inv:     make(map[Key]*entry),
 	}
-	r.images.entries = make(map[imageKey]imageInfo)
+	r.images.entries = make(map[string]*Healthcheck)
 	if ino, err := statInode("/proc/self/ns/net"); err == nil {
 		r.hostNetNS = ino
 	}
