@@ -164,16 +164,24 @@ func measureProbeCPU(b *testing.B, targets []benchTarget) (idlePct, busyPct, pro
 			b.Fatal(err)
 		}
 	}
-	go func() {
-		for range s.Changes() {
+	ctx, cancel := context.WithCancel(context.Background())
+	drained := make(chan struct{})
+	go func() { // drains the transitions until the measurement ends
+		defer close(drained)
+		for {
+			select {
+			case <-s.Changes():
+			case <-ctx.Done():
+				return
+			}
 		}
 	}()
+	defer func() { cancel(); <-drained }()
 
 	c0, t0 := cpuTime(b), time.Now()
 	time.Sleep(idleWindow)
 	idlePct = pct(cpuTime(b)-c0, time.Since(t0))
 
-	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 	time.Sleep(warmup)
