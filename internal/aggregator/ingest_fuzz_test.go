@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vigilhq/vigil/internal/metrics"
+	"github.com/vigilhq/vigil/internal/metrics/expotest"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -38,6 +39,10 @@ func FuzzIngest(f *testing.F) {
 		Type: vigilv1.NetworkEventType_NETWORK_EVENT_TYPE_LINK_CHANGED, Interface: &vigilv1.Interface{Name: "eth0", NetnsInode: 7}}}})
 	seed(&vigilv1.AgentMessage{Seq: 5, Body: &vigilv1.AgentMessage_PeerView{PeerView: &vigilv1.PeerView{Observer: "n1",
 		Peers: []*vigilv1.PeerStatus{{Name: "n2", State: vigilv1.PeerState_PEER_STATE_DEAD}}}}})
+	// Exit reasons that show the same label ("unknown"): one series.
+	seed(&vigilv1.AgentMessage{Seq: 6, Body: &vigilv1.AgentMessage_Snapshot{Snapshot: &vigilv1.Snapshot{Containers: []*vigilv1.Container{{
+		Id: "x", Namespace: "default", Counters: &vigilv1.ContainerCounters{Exits: []*vigilv1.ExitCount{
+			{Reason: vigilv1.ExitReason_EXIT_REASON_UNSPECIFIED, Code: 2, Count: 1}, {Reason: vigilv1.ExitReason(42), Code: 2, Count: 1}}}}}}}})
 	f.Add([]byte{0xff, 0x01}, []byte("not protobuf"))
 
 	f.Fuzz(func(t *testing.T, first, second []byte) {
@@ -59,6 +64,9 @@ func FuzzIngest(f *testing.F) {
 		n := fleet.get("n1")
 		if _, err := metrics.WriteFamilies(&buf, []*metrics.Rendered{n.rendered()}); err != nil {
 			t.Fatalf("render: %v", err)
+		}
+		if _, err := expotest.Check(buf.Bytes()); err != nil {
+			t.Fatalf("scrape of the applied state: %v\n%s", err, buf.String())
 		}
 		fleet.Nodes()
 		fleet.Containers(&vigilv1.ListContainersRequest{IncludeSandboxes: true})
