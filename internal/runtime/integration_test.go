@@ -636,6 +636,42 @@ func TestRestartKeepsLog(t *testing.T) {
 	})
 }
 
+// TestRestartRequireTaskGone: when someone else deleted the exited task
+// (an operator's stop), Restart with RequireTask refuses with ErrTaskGone
+// and makes no new task.
+func TestRestartRequireTaskGone(t *testing.T) {
+	t.Parallel()
+	env := testenv.Containerd(t)
+	ns := uniqueNS(t)
+	image := env.BusyboxImage(t, ns)
+	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: t.TempDir()})
+	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "gone", Image: image, Args: []string{"true"}})
+	k := Key{ns, "gone"}
+	w.waitForKey(k, EventExited)
+
+	ctx := namespaces.WithNamespace(context.Background(), ns)
+	cont, err := env.Client(t).LoadContainer(ctx, "gone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := cont.Task(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := task.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := w.Restart(context.Background(), k, RequireTask()); !errors.Is(err, ErrTaskGone) {
+		t.Errorf("Restart with RequireTask of a deleted task: %v, want ErrTaskGone", err)
+	}
+	if task, err := cont.Task(ctx, nil); err == nil {
+		t.Errorf("task %s exists after a refused Restart", task.ID())
+	} else if !errors.Is(translateErr(err), errdefs.ErrNotFound) {
+		t.Errorf("looking for a task: %v", err)
+	}
+}
+
 // testLog sends the runtime's logs to the test's log.
 type testLog struct{ t *testing.T }
 
