@@ -113,7 +113,8 @@ func readFixture(t *testing.T, root, rel string) Stats {
 func TestCgroupV1Fixture(t *testing.T) {
 	// Files copied from a real v1 cgroup on this kind of machine (cpu and
 	// cpuacct mounted apart), blkio device lines written in the kernel's
-	// format.
+	// format; memory.failcnt, oom_kill, pids.current, rss and total_rss
+	// given distinct non-zero values so that a wrong mapping shows.
 	got := readFixture(t, "testdata/cgroup/v1", "/default/web")
 	want := Stats{
 		CPUUsageSeconds:       0.910711108,
@@ -124,9 +125,12 @@ func TestCgroupV1Fixture(t *testing.T) {
 		CPUThrottledSeconds:   0.813493379,
 		MemoryUsageBytes:      21860352,
 		MemoryWorkingSetBytes: 21860352 - 21106688,
-		MemoryRSSBytes:        0,
+		MemoryRSSBytes:        524288, // total_rss, not rss
 		MemoryCacheBytes:      21209088,
 		MemoryLimitBytes:      67108864,
+		MemoryFailcnt:         5,
+		OOMKills:              2,
+		PidsCurrent:           3,
 		PidsLimit:             64,
 		BlkioReadBytes:        4096 + 1024,
 		BlkioWriteBytes:       20971520,
