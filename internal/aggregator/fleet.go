@@ -16,7 +16,8 @@ import (
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
-// maxCommandResults is how many command results a node keeps (newest win).
+// maxCommandResults is how many command results a node keeps, one per
+// command id (the oldest command is dropped first).
 const maxCommandResults = 64
 
 // Fleet is the aggregator's in-memory state of every node, as the agents
@@ -55,8 +56,8 @@ type node struct {
 	network        []*vigilv1.NetworkNamespace
 	status         *vigilv1.NodeStatus
 	peers          *vigilv1.PeerView
-	results        []*vigilv1.CommandResult
-	version        uint64 // bumped on every change that shows in the series
+	results        []*vigilv1.CommandResult // one per command id, by first arrival
+	version        uint64                   // bumped on every change that shows in the series
 
 	cache atomic.Pointer[renderedNode]
 }
@@ -205,10 +206,7 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time) (appl
 	case *vigilv1.AgentMessage_NodeStatus:
 		n.status = b.NodeStatus
 	case *vigilv1.AgentMessage_CommandResult:
-		n.results = append(n.results, b.CommandResult)
-		if len(n.results) > maxCommandResults {
-			n.results = slices.Clone(n.results[len(n.results)-maxCommandResults:])
-		}
+		n.addResult(b.CommandResult)
 	}
 	acked := n.lastSeq
 	n.mu.Unlock()
@@ -217,6 +215,21 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time) (appl
 		f.events.publish(name, event)
 	}
 	return applyResult{applied: true, acked: acked}, nil
+}
+
+// addResult stores a command result, replacing the stored result of the same
+// command: the uplink re-sends results after a snapshot (they are idempotent
+// by command id). The slice is replaced, never modified: readers may hold it.
+func (n *node) addResult(r *vigilv1.CommandResult) {
+	i := slices.IndexFunc(n.results, func(old *vigilv1.CommandResult) bool { return old.GetCommandId() == r.GetCommandId() })
+	if i >= 0 {
+		results := slices.Clone(n.results)
+		results[i] = r
+		n.results = results
+		return
+	}
+	start := max(0, len(n.results)+1-maxCommandResults)
+	n.results = append(slices.Clone(n.results[start:]), r)
 }
 
 func (n *node) applySnapshot(s *vigilv1.Snapshot) {
@@ -457,8 +470,10 @@ func (f *Fleet) Container(nodeName, namespace, id string) (*vigilv1.NodeContaine
 	return &vigilv1.NodeContainer{Node: nodeName, Container: c}, nil
 }
 
-// CommandResults returns the last command results a node reported, oldest
-// first (at most 64), or nil for an unknown node.
+// CommandResults returns the results a node reported for its last commands,
+// one per command id (the latest reported), in the order the commands first
+// reported (at most 64), or nil for an unknown node. The messages are shared
+// with the fleet: callers must not modify them.
 func (f *Fleet) CommandResults(nodeName string) []*vigilv1.CommandResult {
 	n := f.get(nodeName)
 	if n == nil {

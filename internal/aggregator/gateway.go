@@ -415,6 +415,10 @@ func validate(m *vigilv1.AgentMessage) error {
 		}
 	case *vigilv1.AgentMessage_ContainerEvent:
 		return checkContainer("container event", b.ContainerEvent.GetContainer())
+	case *vigilv1.AgentMessage_CommandResult:
+		if b.CommandResult.GetCommandId() == "" {
+			return fmt.Errorf("message seq %d: command result without command_id: %w", m.GetSeq(), errdefs.ErrInvalid)
+		}
 	case *vigilv1.AgentMessage_NetworkEvent:
 		if b.NetworkEvent.GetInterface() == nil {
 			return fmt.Errorf("message seq %d: network event without interface: %w", m.GetSeq(), errdefs.ErrInvalid)
