@@ -74,19 +74,6 @@ func (c rawConn) recv() (*vigilv1.AgentMessage, int, error) {
 	return m, len(f.b), nil
 }
 
-// typedConn adapts the generated stream (RegisterAgentGatewayServer).
-type typedConn struct {
-	vigilv1.AgentGateway_ConnectServer
-}
-
-func (c typedConn) recv() (*vigilv1.AgentMessage, int, error) {
-	m, err := c.Recv()
-	if err != nil {
-		return nil, 0, err
-	}
-	return m, proto.Size(m), nil
-}
-
 // gatewayServiceDesc is AgentGateway's service description with a handler
 // that reads raw frames.
 var gatewayServiceDesc = grpc.ServiceDesc{

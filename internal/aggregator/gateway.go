@@ -103,20 +103,12 @@ func (g *Gateway) SendCommand(node string, cmd *vigilv1.Command) error {
 	}
 }
 
-// Connected reports whether node has a live stream.
-func (g *Gateway) Connected(node string) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.streams[node] != nil
-}
-
-// Connect serves one agent stream until the agent closes it, it fails, or a
-// newer stream of the same node replaces it. (The Aggregator registers the
-// gateway with a handler that decodes frames itself, so that a malformed
-// message gets InvalidArgument; through RegisterAgentGatewayServer gRPC
-// answers those with its own Internal status.)
-func (g *Gateway) Connect(stream vigilv1.AgentGateway_ConnectServer) error {
-	return g.serveConn(typedConn{stream})
+// Connect is not served through the generated stream: the Aggregator
+// registers the gateway with gatewayServiceDesc, whose handler decodes frames
+// itself (serveConn) so that a malformed message gets InvalidArgument. Served
+// through RegisterAgentGatewayServer, Connect answers Unimplemented.
+func (g *Gateway) Connect(vigilv1.AgentGateway_ConnectServer) error {
+	return status.Error(codes.Unimplemented, "AgentGateway.Connect is served by the aggregator's raw-frame handler (gatewayServiceDesc); register the gateway with it, not with RegisterAgentGatewayServer")
 }
 
 func (g *Gateway) serveConn(stream agentConn) error {

@@ -86,13 +86,3 @@ var families = [numFamilies]family{
 // healthStatuses are the label values of vigil_container_health_status, one
 // series each (like kube-state-metrics' status series).
 var healthStatuses = [...]string{"none", "starting", "healthy", "unhealthy"}
-
-// FamilyNames returns the names of the fleet's metric families in exposition
-// order. The slice is a copy.
-func FamilyNames() []string {
-	out := make([]string, numFamilies)
-	for i, f := range families {
-		out[i] = f.name
-	}
-	return out
-}

@@ -147,7 +147,6 @@ type Uplink struct {
 	backoff    backoff
 
 	commands chan *vigilv1.Command
-	configs  chan *vigilv1.ConfigPush
 	// wake has room for one token: a Send leaves one so the transmitter
 	// looks at the buffer again.
 	wake      chan struct{}
@@ -199,7 +198,6 @@ func New(cfg Config, snapshot func() *vigilv1.Snapshot) (*Uplink, error) {
 		instanceID:   hex.EncodeToString(id[:]),
 		backoff:      backoff{initial: cfg.BackoffInitial, max: cfg.BackoffMax},
 		commands:     make(chan *vigilv1.Command, cfg.CommandBuffer),
-		configs:      make(chan *vigilv1.ConfigPush, 1),
 		wake:         make(chan struct{}, 1),
 		buf:          newBuffer(cfg.BufferSize),
 		needSnapshot: reasonNewInstance,
@@ -221,10 +219,6 @@ func (u *Uplink) Connected() bool { return u.connected.Load() }
 // FAILED CommandResult saying so, and keeps reading the stream (acks must
 // not wait for a slow consumer).
 func (u *Uplink) Commands() <-chan *vigilv1.Command { return u.commands }
-
-// ConfigPushes delivers settings pushed by the aggregator. It holds one
-// value: a newer push replaces one not yet read. Never closed.
-func (u *Uplink) ConfigPushes() <-chan *vigilv1.ConfigPush { return u.configs }
 
 // Stats is a summary of the uplink's state, for the agent's NodeStatus.
 type Stats struct {
@@ -686,7 +680,8 @@ func (u *Uplink) receive(stream grpc.BidiStreamingClient[vigilv1.AgentMessage, v
 		case *vigilv1.AggregatorMessage_Command:
 			u.deliverCommand(b.Command)
 		case *vigilv1.AggregatorMessage_Config:
-			u.deliverConfig(b.Config)
+			// The aggregator sends no ConfigPush yet; nothing here uses one.
+			u.log.Debug("ignoring a config push", "sample_interval", b.Config.GetSampleInterval().AsDuration())
 		case *vigilv1.AggregatorMessage_HelloAck:
 			u.log.Warn("ignoring a second HelloAck on the stream")
 		default:
@@ -731,20 +726,6 @@ func (u *Uplink) deliverCommand(c *vigilv1.Command) {
 		Message:    fmt.Sprintf("not run: the agent's command queue is full (%d waiting)", cap(u.commands)),
 		FinishedAt: timestamppb.Now(),
 	})
-}
-
-func (u *Uplink) deliverConfig(c *vigilv1.ConfigPush) {
-	for {
-		select {
-		case u.configs <- c:
-			return
-		default:
-		}
-		select {
-		case <-u.configs:
-		default:
-		}
-	}
 }
 
 // watchAcks ends the stream when the oldest message written on it stays
