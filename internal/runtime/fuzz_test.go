@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"path"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -17,10 +18,21 @@ func FuzzCgroupFiles(f *testing.F) {
 	f.Add([]byte("253:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\n"))
 	f.Add([]byte("max\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if v := parseLimit(b); v >= unlimited {
-			t.Fatalf("parseLimit returned %d, beyond the unlimited threshold", v)
+		// Oracle: strconv on the same bytes (decimal digits only, no
+		// sign, overflow refused) after the files' whitespace trim.
+		want, err := strconv.ParseUint(string(trimSpace(b)), 10, 64)
+		if err != nil {
+			want = 0
 		}
-		parseValue(b)
+		if v := parseValue(b); v != want {
+			t.Fatalf("parseValue(%q) = %d, want %d", b, v, want)
+		}
+		if want >= unlimited {
+			want = 0
+		}
+		if v := parseLimit(b); v != want {
+			t.Fatalf("parseLimit(%q) = %d, want %d", b, v, want)
+		}
 		parseCPUStat(b)
 		parseCPUAcctStat(b)
 		ms1, ms2 := parseMemoryStatV1(b), parseMemoryStatV2(b)
@@ -29,8 +41,10 @@ func FuzzCgroupFiles(f *testing.F) {
 		parseBlkioV1(b)
 		parseIOStatV2(b)
 		for _, ms := range []memoryStat{ms1, ms2} {
-			if ws := workingSet(ms.RSS, ms.InactiveFile); ws > ms.RSS {
-				t.Fatalf("working set %d above usage %d", ws, ms.RSS)
+			// usage minus inactive_file, clamped at 0 (no wrap-around).
+			ws := workingSet(ms.RSS, ms.InactiveFile)
+			if ms.InactiveFile >= ms.RSS && ws != 0 || ms.InactiveFile < ms.RSS && ws+ms.InactiveFile != ms.RSS {
+				t.Fatalf("workingSet(%d, %d) = %d", ms.RSS, ms.InactiveFile, ws)
 			}
 		}
 	})
