@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vigilhq/vigil/internal/testenv"
 )
 
 // realCgroup creates an empty cgroup named after the benchmark in every
@@ -14,12 +16,10 @@ import (
 // its relative path; it is removed when the benchmark ends.
 func realCgroup(b *testing.B) (cgroupLayout, string) {
 	b.Helper()
-	if os.Geteuid() != 0 {
-		b.Skip("needs root to create a cgroup")
-	}
+	testenv.Require(b) // root, to create a cgroup
 	l, err := detectCgroupLayout(DefaultCgroupRoot)
 	if err != nil {
-		b.Skip(err)
+		b.Fatal(err)
 	}
 	rel := fmt.Sprintf("/vigil-bench-%d", os.Getpid())
 	var dirs []string
@@ -29,7 +29,7 @@ func realCgroup(b *testing.B) (cgroupLayout, string) {
 		}
 		p := filepath.Join(d, rel)
 		if err := os.Mkdir(p, 0o755); err != nil && !os.IsExist(err) {
-			b.Skip(err)
+			b.Fatal(err)
 		}
 		dirs = append(dirs, p)
 	}
@@ -93,7 +93,7 @@ func BenchmarkCgroupFile(b *testing.B) {
 		b.Run(filepath.Base(filepath.Dir(filepath.Dir(p)))+"/"+filepath.Base(p), func(b *testing.B) {
 			fd, err := syscall.Open(p, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 			if err != nil {
-				b.Skip(err)
+				b.Fatal(err)
 			}
 			defer syscall.Close(fd)
 			for b.Loop() {
