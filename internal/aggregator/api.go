@@ -58,7 +58,7 @@ func validateListContainers(req *vigilv1.ListContainersRequest) error {
 // container is unknown.
 func (a *API) GetContainer(_ context.Context, req *vigilv1.GetContainerRequest) (*vigilv1.GetContainerResponse, error) {
 	if req.GetNode() == "" || req.GetNamespace() == "" || req.GetId() == "" {
-		return nil, status.Errorf(codes.InvalidArgument, "node, namespace and id are all required (got node=%q namespace=%q id=%q)", req.GetNode(), req.GetNamespace(), req.GetId())
+		return nil, errdefs.GRPC(fmt.Errorf("node, namespace and id are all required (got node=%q namespace=%q id=%q): %w", req.GetNode(), req.GetNamespace(), req.GetId(), errdefs.ErrInvalid))
 	}
 	c, err := a.fleet.Container(req.GetNode(), req.GetNamespace(), req.GetId())
 	if err != nil {
@@ -79,7 +79,7 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		case <-a.stopping:
-			return status.Error(codes.Unavailable, "aggregator shutting down")
+			return errdefs.GRPC(fmt.Errorf("aggregator shutting down: %w", errdefs.ErrUnavailable))
 		case <-sub.dropped:
 			return status.Errorf(codes.ResourceExhausted, "event subscriber too slow: more than %d events waiting, dropped", a.watchBuffer)
 		case ev := <-sub.ch:

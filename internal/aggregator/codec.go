@@ -8,6 +8,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/vigilhq/vigil/internal/errdefs"
+
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -80,8 +82,10 @@ var gatewayServiceDesc = grpc.ServiceDesc{
 	ServiceName: vigilv1.AgentGateway_ServiceDesc.ServiceName,
 	HandlerType: (*vigilv1.AgentGatewayServer)(nil),
 	Streams: []grpc.StreamDesc{{
-		StreamName:    "Connect",
-		Handler:       func(srv any, stream grpc.ServerStream) error { return srv.(*Gateway).serveConn(rawConn{stream}) },
+		StreamName: "Connect",
+		Handler: func(srv any, stream grpc.ServerStream) error {
+			return errdefs.GRPC(srv.(*Gateway).serveConn(rawConn{stream}))
+		},
 		ServerStreams: true,
 		ClientStreams: true,
 	}},

@@ -111,6 +111,10 @@ func (g *Gateway) Connect(vigilv1.AgentGateway_ConnectServer) error {
 	return status.Error(codes.Unimplemented, "AgentGateway.Connect is served by the aggregator's raw-frame handler (gatewayServiceDesc); register the gateway with it, not with RegisterAgentGatewayServer")
 }
 
+// serveConn serves one stream (see Connect). Its errors wrap errdefs
+// sentinels or are gRPC statuses (Aborted, ResourceExhausted, context
+// errors, which errdefs has no sentinel for); the handler turns them into
+// the stream's status with errdefs.GRPC.
 func (g *Gateway) serveConn(stream agentConn) error {
 	first, size, err := stream.recv()
 	if err != nil {
@@ -120,23 +124,23 @@ func (g *Gateway) serveConn(stream agentConn) error {
 	hello := first.GetHello()
 	if hello == nil {
 		g.metrics.rejected.WithLabelValues("no_hello").Inc()
-		return status.Errorf(codes.InvalidArgument, "the first message of a stream must be a Hello, got %s", kindOf(first))
+		return fmt.Errorf("the first message of a stream must be a Hello, got %s: %w", kindOf(first), errdefs.ErrInvalid)
 	}
 	if err := validNodeName(hello.GetNodeName()); err != nil {
 		g.metrics.rejected.WithLabelValues("invalid").Inc()
-		return status.Errorf(codes.InvalidArgument, "hello: %v", err)
+		return fmt.Errorf("hello: %w", err)
 	}
 	node := hello.GetNodeName()
 	if g.requireIdentity {
 		id, err := pki.PeerIdentity(stream.Context())
 		if err != nil {
 			g.metrics.rejected.WithLabelValues("identity").Inc()
-			return status.Errorf(codes.PermissionDenied, "hello claims node %q: %v", node, err)
+			return fmt.Errorf("hello claims node %q: %w", node, err)
 		}
 		if id != node {
 			g.metrics.rejected.WithLabelValues("identity").Inc()
 			g.log.Warn("refused agent stream: hello names another node than the certificate", "certificate", id, "hello", node)
-			return status.Errorf(codes.PermissionDenied, "certificate is for %s, hello claims %s", id, node)
+			return fmt.Errorf("certificate is for %s, hello claims %s: %w", id, node, errdefs.ErrPermission)
 		}
 	}
 
@@ -241,7 +245,7 @@ func (g *Gateway) serve(ctx context.Context, s *agentStream, msgs <-chan sized, 
 		case <-ctx.Done():
 			return status.FromContextError(context.Cause(ctx)).Err()
 		case <-g.stopping:
-			return status.Error(codes.Unavailable, "aggregator shutting down")
+			return fmt.Errorf("aggregator shutting down: %w", errdefs.ErrUnavailable)
 		case err := <-recvErr:
 			return err
 		case sm := <-msgs:
@@ -249,12 +253,12 @@ func (g *Gateway) serve(ctx context.Context, s *agentStream, msgs <-chan sized, 
 			g.count(m, sm.size)
 			if err := validate(m); err != nil {
 				g.metrics.rejected.WithLabelValues("invalid").Inc()
-				return status.Errorf(codes.InvalidArgument, "%v", err)
+				return err
 			}
 			now := g.now()
 			res, err := g.fleet.apply(s.node, m, now)
 			if err != nil {
-				return errdefs.GRPC(err)
+				return err
 			}
 			if !res.applied {
 				g.metrics.rejected.WithLabelValues("duplicate").Inc()
@@ -350,7 +354,7 @@ func (g *Gateway) recvError(node string, err error) error {
 	if errors.Is(err, errMalformed) {
 		g.metrics.rejected.WithLabelValues("malformed").Inc()
 		g.log.Warn("malformed agent message", "node", node, "err", err)
-		return status.Error(codes.InvalidArgument, err.Error())
+		return fmt.Errorf("%w: %w", err, errdefs.ErrInvalid)
 	}
 	st, ok := status.FromError(err)
 	if !ok {
