@@ -68,11 +68,17 @@ type layer struct {
 	diffID string // "sha256:..."
 }
 
-// imageImport is one image imported into one namespace (per instance).
+// imageImport is one image imported into one namespace (per instance). mu
+// is held for the whole import, so that concurrent callers share it; done
+// is set only after a success, so that a failed import is tried again.
 type imageImport struct {
-	once sync.Once
-	err  error
+	mu   sync.Mutex
+	done bool
 }
+
+// importTimeout bounds one import; it does not depend on the caller's
+// context, since the import is shared with other callers.
+const importTimeout = 2 * time.Minute
 
 // BusyboxImage imports the busybox image (the host's static /bin/busybox and
 // its applets in /bin; Cmd ["sh"]) into namespace and returns its reference,
@@ -112,7 +118,12 @@ func (e *Env) mustImport(tb testing.TB, namespace string, build func() (imageDef
 	return def.ref
 }
 
-// importImage imports and unpacks def into namespace once per instance.
+// importImage imports and unpacks def into namespace once per instance:
+// once it succeeded, later calls return nil at once; after a failure the
+// next call tries again. The import runs under ctx's values but not its
+// cancellation or deadline (a cancelled caller must not fail the callers
+// waiting on the same import), bounded by importTimeout instead. Blocks
+// until the import ends. Safe for concurrent use.
 func (e *Env) importImage(ctx context.Context, namespace string, def imageDef) error {
 	e.mu.Lock()
 	e.defs[def.ref] = def
@@ -123,8 +134,18 @@ func (e *Env) importImage(ctx context.Context, namespace string, def imageDef) e
 		e.images[key] = imp
 	}
 	e.mu.Unlock()
-	imp.once.Do(func() { imp.err = importDef(namespaces.WithNamespace(ctx, namespace), e.harness, def) })
-	return imp.err
+	imp.mu.Lock()
+	defer imp.mu.Unlock()
+	if imp.done {
+		return nil
+	}
+	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), importTimeout)
+	defer cancel()
+	if err := importDef(namespaces.WithNamespace(ictx, namespace), e.harness, def); err != nil {
+		return err
+	}
+	imp.done = true
+	return nil
 }
 
 // importDef imports def into ctx's namespace and unpacks it for the

@@ -426,3 +426,29 @@ func TestSweepCleansUpAfterADeadTestBinary(t *testing.T) {
 		t.Errorf("runc state of the killed task survived the sweep (stat: %v)", err)
 	}
 }
+
+// TestImageImportRetriedAfterFailure: a failed import is not remembered,
+// and an import does not depend on its caller's context being live.
+func TestImageImportRetriedAfterFailure(t *testing.T) {
+	t.Parallel()
+	e := Containerd(t)
+	const ns = "testenv-import-retry"
+	good, err := busyboxImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	good.ref = "docker.io/vigil/import-retry:test"
+	bad := good
+	bad.layers = []*layer{{data: good.layers[0].data, diffID: "sha256:" + strings.Repeat("0", 64)}}
+	if err := e.importImage(context.Background(), ns, bad); err == nil {
+		t.Fatal("import of a layer with a wrong diff ID succeeded")
+	}
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := e.importImage(cancelled, ns, good); err != nil {
+		t.Fatalf("import after a failed one, caller's context cancelled: %v", err)
+	}
+	if _, err := e.Client(t).GetImage(nsContext(t, ns), good.ref); err != nil {
+		t.Fatalf("imported image: %v", err)
+	}
+}
