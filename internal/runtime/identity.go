@@ -32,7 +32,6 @@ const (
 	annotationSandboxUID  = "io.kubernetes.cri.sandbox-uid"
 	annotationCRIName     = "io.kubernetes.cri.container-name"
 	extensionCRIMetadata  = "io.cri-containerd.container.metadata"
-	sandboxMetadataExt    = "io.cri-containerd.sandbox.metadata"
 	criKindSandbox        = "sandbox"
 	restartLabelPrefix    = "containerd.io/restart."
 	namespaceKubelet      = "k8s.io"
