@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netns"
+	"github.com/vigilhq/vigil/internal/testenv"
 )
 
 // Scenes for the integration tests. Every scene lives in network namespaces
@@ -123,42 +123,11 @@ func (s *scene) addContainer(suffix string) *container {
 	return c
 }
 
-// inNetNS runs fn on a locked thread inside the namespace at path.
-func inNetNS(path string, fn func() error) error {
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		return err
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- err // the thread stays locked and dies with the goroutine
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
 // sendUDP sends n datagrams of size bytes from inside the namespace at path
 // to addr (an address inside the scene).
 func sendUDP(tb testing.TB, path, addr string, n, size int) {
 	tb.Helper()
-	err := inNetNS(path, func() error {
+	err := testenv.InNetNS(path, func() error {
 		// Unconnected, so that the receiver's ICMP port unreachable does not
 		// fail later writes.
 		conn, err := net.ListenPacket("udp4", ":0")
