@@ -210,10 +210,7 @@ func (a *Aggregator) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	if err := bw.Flush(); err != nil {
 		return
 	}
-	label := shard.String()
-	a.metrics.scrapeSeries.WithLabelValues(label).Set(float64(series))
-	a.metrics.scrapeBytes.WithLabelValues(label).Set(float64(size))
-	a.metrics.scrapeDuration.WithLabelValues(label).Set(time.Since(start).Seconds())
+	a.metrics.expositions.record(shard.String(), time.Since(start), series, size)
 }
 
 func (a *Aggregator) writeSelfMetrics(w io.Writer) error {

@@ -1,6 +1,9 @@
 package aggregator
 
 import (
+	"sync"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -20,16 +23,14 @@ var rejectReasons = []string{
 // selfMetrics are the aggregator's own metrics, built with client_golang on
 // the registry passed in Config.
 type selfMetrics struct {
-	streams        prometheus.Gauge
-	messages       *prometheus.CounterVec
-	bytes          *prometheus.CounterVec
-	rejected       *prometheus.CounterVec
-	lag            prometheus.Histogram
-	acks           prometheus.Counter
-	commands       *prometheus.CounterVec
-	scrapeDuration *prometheus.GaugeVec
-	scrapeSeries   *prometheus.GaugeVec
-	scrapeBytes    *prometheus.GaugeVec
+	streams     prometheus.Gauge
+	messages    *prometheus.CounterVec
+	bytes       *prometheus.CounterVec
+	rejected    *prometheus.CounterVec
+	lag         prometheus.Histogram
+	acks        prometheus.Counter
+	commands    *prometheus.CounterVec
+	expositions *expositionStats
 }
 
 func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, error) {
@@ -63,18 +64,7 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 			Name: "vigil_aggregator_commands_total",
 			Help: "Commands offered to agents, by result: queued, unavailable (node not connected or queue full), sent.",
 		}, []string{"result"}),
-		scrapeDuration: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "vigil_aggregator_exposition_duration_seconds",
-			Help: "Duration of the last /metrics exposition of each shard (\"all\" without shard parameters).",
-		}, []string{"shard"}),
-		scrapeSeries: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "vigil_aggregator_exposition_series",
-			Help: "Fleet series written by the last /metrics exposition of each shard.",
-		}, []string{"shard"}),
-		scrapeBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "vigil_aggregator_exposition_bytes",
-			Help: "Uncompressed bytes of fleet series written by the last /metrics exposition of each shard.",
-		}, []string{"shard"}),
+		expositions: newExpositionStats(time.Now),
 	}
 	for _, k := range messageKinds {
 		m.messages.WithLabelValues(k)
@@ -85,7 +75,7 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 	}
 	for _, c := range []prometheus.Collector{
 		m.streams, m.messages, m.bytes, m.rejected, m.lag, m.acks, m.commands,
-		m.scrapeDuration, m.scrapeSeries, m.scrapeBytes, fleetCollector{fleet},
+		m.expositions, fleetCollector{fleet},
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -153,4 +143,93 @@ func stateName(s vigilv1.NodeState) string {
 		return "down"
 	}
 	return "unknown"
+}
+
+// Bounds of the per-shard exposition figures: the shard label comes from the
+// scraper's query, so a shard not scraped for expositionTTL is dropped (no
+// stale series after resharding) and at most maxExpositionShards are kept
+// (the least recently scraped is dropped first).
+const (
+	expositionTTL       = 10 * time.Minute
+	maxExpositionShards = 256
+)
+
+var (
+	expositionDurationDesc = prometheus.NewDesc("vigil_aggregator_exposition_duration_seconds",
+		"Duration of the last /metrics exposition of each shard (\"all\" without shard parameters); a shard not scraped for 10 minutes is dropped.", []string{"shard"}, nil)
+	expositionSeriesDesc = prometheus.NewDesc("vigil_aggregator_exposition_series",
+		"Fleet series written by the last /metrics exposition of each shard.", []string{"shard"}, nil)
+	expositionBytesDesc = prometheus.NewDesc("vigil_aggregator_exposition_bytes",
+		"Uncompressed bytes of fleet series written by the last /metrics exposition of each shard.", []string{"shard"}, nil)
+)
+
+// expositionStats holds the figures of the last exposition of each shard
+// recently scraped, and exposes them as a collector. Safe for concurrent use.
+type expositionStats struct {
+	now func() time.Time
+
+	mu      sync.Mutex
+	byShard map[string]exposition
+}
+
+type exposition struct {
+	duration      time.Duration
+	series, bytes int
+	at            time.Time
+}
+
+var _ prometheus.Collector = (*expositionStats)(nil)
+
+func newExpositionStats(now func() time.Time) *expositionStats {
+	return &expositionStats{now: now, byShard: make(map[string]exposition)}
+}
+
+// record stores the figures of an exposition of shard that just ended.
+func (e *expositionStats) record(shard string, duration time.Duration, series, bytes int) {
+	now := e.now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.byShard[shard]; !ok && len(e.byShard) >= maxExpositionShards {
+		e.expire(now)
+		if len(e.byShard) >= maxExpositionShards {
+			oldest := ""
+			for k, v := range e.byShard {
+				if oldest == "" || v.at.Before(e.byShard[oldest].at) {
+					oldest = k
+				}
+			}
+			delete(e.byShard, oldest)
+		}
+	}
+	e.byShard[shard] = exposition{duration: duration, series: series, bytes: bytes, at: now}
+}
+
+// expire drops shards not scraped for expositionTTL; e.mu is held.
+func (e *expositionStats) expire(now time.Time) {
+	for k, v := range e.byShard {
+		if now.Sub(v.at) > expositionTTL {
+			delete(e.byShard, k)
+		}
+	}
+}
+
+func (e *expositionStats) Describe(ch chan<- *prometheus.Desc) {
+	ch <- expositionDurationDesc
+	ch <- expositionSeriesDesc
+	ch <- expositionBytesDesc
+}
+
+func (e *expositionStats) Collect(ch chan<- prometheus.Metric) {
+	e.mu.Lock()
+	e.expire(e.now())
+	shards := make(map[string]exposition, len(e.byShard))
+	for k, v := range e.byShard {
+		shards[k] = v
+	}
+	e.mu.Unlock()
+	for shard, v := range shards {
+		ch <- prometheus.MustNewConstMetric(expositionDurationDesc, prometheus.GaugeValue, v.duration.Seconds(), shard)
+		ch <- prometheus.MustNewConstMetric(expositionSeriesDesc, prometheus.GaugeValue, float64(v.series), shard)
+		ch <- prometheus.MustNewConstMetric(expositionBytesDesc, prometheus.GaugeValue, float64(v.bytes), shard)
+	}
 }
