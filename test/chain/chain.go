@@ -94,9 +94,6 @@ func New(cfg Config) (*Chain, error) {
 	return &Chain{cfg: cfg}, nil
 }
 
-// Config returns the chain's configuration (Dir made absolute).
-func (c *Chain) Config() Config { return c.cfg }
-
 // AgentStateDir is the agent's --state-dir.
 func (c *Chain) AgentStateDir() string { return filepath.Join(c.cfg.Dir, "agent-state") }
 
@@ -142,7 +139,7 @@ func (c *Chain) AgentCommand() []string {
 // StartAggregator starts vigil-aggregator and waits until its /healthz
 // answers.
 func (c *Chain) StartAggregator(ctx context.Context) error {
-	p, err := startProcess(c.cfg.Dir, NameAggregator, c.Bin("vigil-aggregator"), c.AggregatorCommand(), nil, c.cfg.Detach)
+	p, err := startProcess(c.cfg.Dir, NameAggregator, c.Bin("vigil-aggregator"), c.AggregatorCommand(), c.cfg.Detach)
 	if err != nil {
 		return err
 	}
@@ -156,7 +153,7 @@ func (c *Chain) StartAgent(ctx context.Context) error {
 	if err := os.MkdirAll(c.AgentStateDir(), 0o700); err != nil {
 		return err
 	}
-	p, err := startProcess(c.cfg.Dir, NameAgent, c.Bin("vigil-agent"), c.AgentCommand(), nil, c.cfg.Detach)
+	p, err := startProcess(c.cfg.Dir, NameAgent, c.Bin("vigil-agent"), c.AgentCommand(), c.cfg.Detach)
 	if err != nil {
 		return err
 	}
@@ -197,7 +194,7 @@ func (c *Chain) StartPrometheus(ctx context.Context) error {
 		"--storage.tsdb.retention.time", "1d",
 		"--web.listen-address", c.cfg.Prometheus,
 		"--web.enable-lifecycle",
-	}, nil, c.cfg.Detach)
+	}, c.cfg.Detach)
 	if err != nil {
 		return err
 	}

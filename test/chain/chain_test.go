@@ -143,7 +143,7 @@ func TestStories(t *testing.T) {
 // stop, as the demo and `demo down` do.
 func TestProcess(t *testing.T) {
 	dir := t.TempDir()
-	p, err := startProcess(dir, "sleeper", "sleep", []string{"60"}, nil, false)
+	p, err := startProcess(dir, "sleeper", "sleep", []string{"60"}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,7 @@ func TestProcess(t *testing.T) {
 	if !p.Running() {
 		t.Fatal("not running after start")
 	}
-	if _, err := startProcess(dir, "sleeper", "sleep", []string{"60"}, nil, false); err == nil || !strings.Contains(err.Error(), "already running") {
+	if _, err := startProcess(dir, "sleeper", "sleep", []string{"60"}, false); err == nil || !strings.Contains(err.Error(), "already running") {
 		t.Errorf("second start: %v, want already running", err)
 	}
 	q, ok, err := LoadProcess(dir, "sleeper")
@@ -179,7 +179,7 @@ func TestProcess(t *testing.T) {
 		t.Error("alive with another binary's name")
 	}
 
-	p2, err := startProcess(dir, "sleeper", "sleep", []string{"60"}, nil, false)
+	p2, err := startProcess(dir, "sleeper", "sleep", []string{"60"}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func TestProcessOutlivesStartingThread(t *testing.T) {
 	dir := t.TempDir()
 	var p *Process
 	var err error
-	onEndingThread(func() { p, err = startProcess(dir, "sleeper", "sleep", []string{"60"}, nil, false) })
+	onEndingThread(func() { p, err = startProcess(dir, "sleeper", "sleep", []string{"60"}, false) })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package chain
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -20,7 +19,6 @@ import (
 type Process struct {
 	Name    string // short name: "aggregator", "agent", "prometheus", "containerd"
 	Path    string // the binary
-	Args    []string
 	LogPath string
 	PIDFile string
 	PID     int
@@ -38,7 +36,7 @@ type Process struct {
 // goroutine locked to its thread, which the Go runtime then neither ends nor
 // hands to other goroutines (some lock threads into network namespaces and
 // let them end) until the child has exited.
-func startProcess(dir, name, bin string, args []string, env []string, detach bool) (*Process, error) {
+func startProcess(dir, name, bin string, args []string, detach bool) (*Process, error) {
 	bin, err := exec.LookPath(bin)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -49,12 +47,12 @@ func startProcess(dir, name, bin string, args []string, env []string, detach boo
 	p := &Process{
 		Name:    name,
 		Path:    bin,
-		Args:    args,
 		LogPath: filepath.Join(dir, "logs", name+".log"),
 		PIDFile: filepath.Join(dir, "run", name+".pid"),
 	}
-	if pid, ok := recordedPID(p.PIDFile, bin); ok {
-		return nil, fmt.Errorf("%s is already running (pid %d, recorded in %s)", name, pid, p.PIDFile)
+	// A record that cannot be read is stale: it is overwritten.
+	if q, ok, err := LoadProcess(dir, name); err == nil && ok && alive(q.PID, bin) {
+		return nil, fmt.Errorf("%s is already running (pid %d, recorded in %s)", name, q.PID, p.PIDFile)
 	}
 	for _, d := range []string{filepath.Dir(p.LogPath), filepath.Dir(p.PIDFile)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -69,7 +67,6 @@ func startProcess(dir, name, bin string, args []string, env []string, detach boo
 	fmt.Fprintf(logf, "=== %s: %s %s\n", time.Now().Format(time.RFC3339), bin, strings.Join(args, " "))
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), env...)
 	// A session of its own: a ^C in the terminal that ran the demo does not
 	// reach it, and it keeps running after the demo program exits.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -122,10 +119,6 @@ func (p *Process) Running() bool {
 	}
 	return alive(p.PID, p.Path)
 }
-
-// Exited returns a channel closed when the process has exited, or nil when
-// the process is not a child of this program.
-func (p *Process) Exited() <-chan struct{} { return p.exited }
 
 // Signal sends sig to the process, and nothing if it is gone.
 func (p *Process) Signal(sig syscall.Signal) error {
@@ -180,20 +173,6 @@ func (p *Process) wait(timeout time.Duration) error {
 	return nil
 }
 
-// waitExit waits until the process has exited or ctx ends.
-func (p *Process) waitExit(ctx context.Context) error {
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for p.Running() {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
-	}
-	return nil
-}
-
 // LoadProcess reads a process recorded by a pid file in dir/run (by another
 // program, e.g. `demo up`). ok is false when there is no record.
 func LoadProcess(dir, name string) (p *Process, ok bool, err error) {
@@ -210,20 +189,6 @@ func LoadProcess(dir, name string) (p *Process, ok bool, err error) {
 		return nil, false, fmt.Errorf("%s: want a pid and the binary's path, have %q", pidFile, b)
 	}
 	return &Process{Name: name, Path: lines[1], PID: pid, PIDFile: pidFile, LogPath: filepath.Join(dir, "logs", name+".log")}, true, nil
-}
-
-// recordedPID returns the pid in pidFile if that process is alive and still
-// runs bin.
-func recordedPID(pidFile, bin string) (int, bool) {
-	b, err := os.ReadFile(pidFile)
-	if err != nil {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
-	if err != nil {
-		return 0, false
-	}
-	return pid, alive(pid, bin)
 }
 
 // alive reports whether pid exists, is not a zombie and runs bin (so that a
