@@ -6,6 +6,7 @@ import (
 	"flag"
 	"strings"
 	"testing"
+	"unicode"
 
 	"google.golang.org/protobuf/proto"
 
@@ -42,13 +43,17 @@ func FuzzParseArgs(f *testing.F) {
 
 // FuzzRender: whatever the aggregator sends (here: any protobuf bytes),
 // every format renders it without panicking, and a table has exactly one
-// line per row: text from agents cannot break rows apart.
+// line per row and no control character but the newlines ending them: text
+// from agents can neither break rows apart nor drive the terminal.
 func FuzzRender(f *testing.F) {
 	fx := fixture()
 	for _, m := range []proto.Message{
 		&vigilv1.ListContainersResponse{Containers: fx.containers},
 		&vigilv1.ListNodesResponse{Nodes: fx.nodes},
 		fx.events[2],
+		// Text with C0 and C1 controls (ESC, NEL, CSI).
+		&vigilv1.ListContainersResponse{Containers: []*vigilv1.NodeContainer{{Node: "node\u0085a",
+			Container: &vigilv1.Container{Id: "web\x1b[2J", Namespace: "default\u009b31m", Image: "img\tx\u0080"}}}},
 	} {
 		b, err := proto.Marshal(m)
 		if err != nil {
@@ -86,6 +91,9 @@ func FuzzRender(f *testing.F) {
 				if format == "json" {
 					want = 1
 				}
+				if format != "json" {
+					checkControls(t, format, out.String())
+				}
 				if n := strings.Count(out.String(), "\n"); n != want {
 					t.Fatalf("%s event rendered as %d lines:\n%s", format, n, out.String())
 				}
@@ -96,10 +104,25 @@ func FuzzRender(f *testing.F) {
 
 func checkLines(t *testing.T, format, out string, rows int) {
 	t.Helper()
-	if format == "json" || rows == 0 {
+	if format == "json" {
+		return
+	}
+	checkControls(t, format, out)
+	if rows == 0 {
 		return
 	}
 	if n := strings.Count(out, "\n"); n != rows+1 {
 		t.Fatalf("%s table of %d rows has %d lines:\n%s", format, rows, n, out)
+	}
+}
+
+// checkControls fails when a table has a control character other than the
+// newlines ending its rows.
+func checkControls(t *testing.T, format, out string) {
+	t.Helper()
+	for _, r := range out {
+		if unicode.IsControl(r) && r != '\n' {
+			t.Fatalf("%s table has control character %U:\n%q", format, r, out)
+		}
 	}
 }

@@ -10,10 +10,10 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -333,7 +333,7 @@ func (p *printer) backoff(b *vigilv1.BackoffState) string {
 	if b.GetCrashLooping() {
 		d := left
 		if d <= 0 {
-			d = durationOf(b.GetCurrentDelay())
+			d = b.GetCurrentDelay().AsDuration() // 0 when unset
 		}
 		if d <= 0 {
 			return "crash-looping"
@@ -344,13 +344,6 @@ func (p *printer) backoff(b *vigilv1.BackoffState) string {
 		return "restart in " + shortDuration(left)
 	}
 	return none
-}
-
-func durationOf(d *durationpb.Duration) time.Duration {
-	if d == nil {
-		return 0
-	}
-	return d.AsDuration()
 }
 
 func podName(p *vigilv1.PodIdentity) string {
@@ -409,11 +402,12 @@ func bytesIEC(n uint64) string {
 	return fmt.Sprintf("%.0fKi", float64(n)/(1<<10))
 }
 
-// clean removes characters that would break a table row (tabs, newlines,
-// other control characters) from text the agents sent.
+// clean replaces characters that would break a table row or drive the
+// terminal (tabs, newlines, escapes, any other C0 or C1 control character)
+// in text the agents sent with spaces.
 func clean(s string) string {
 	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
+		if unicode.IsControl(r) { // C0, DEL and C1 (U+0080-U+009F)
 			return ' '
 		}
 		return r
