@@ -16,8 +16,11 @@ case "${1:-}" in
   up|status|down) ;;
   *) echo "usage: $0 up|status|down" >&2; exit 2 ;;
 esac
-# Build the demo program once, so that `down` works even when the module
+# Build the demo program for `up` (so that it matches the tree), and
+# otherwise only when it is missing: `down` then works even when the module
 # cache is cold or the network is gone.
-mkdir -p bin
-go build -o bin/vigil-demo ./test/demo
+if [ "$1" = up ] || [ ! -x bin/vigil-demo ]; then
+  mkdir -p bin
+  go build -o bin/vigil-demo ./test/demo
+fi
 exec bin/vigil-demo "$@"

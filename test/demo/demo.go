@@ -163,7 +163,7 @@ func (d *demo) up(ctx context.Context) error {
 // preflight refuses to start over a running demo or on taken ports, and
 // checks the binaries are built.
 func (d *demo) preflight() error {
-	for _, name := range []string{"containerd", chain.NameAggregator, chain.NameAgent, chain.NamePrometheus} {
+	for _, name := range []string{chain.NameContainerd, chain.NameAggregator, chain.NameAgent, chain.NamePrometheus} {
 		if p, ok, _ := chain.LoadProcess(d.o.dir, name); ok && p.Running() {
 			return fmt.Errorf("a demo is already running (%s, pid %d): `make demo-down` first, or look at it with `bash scripts/demo.sh status`", name, p.PID)
 		}
@@ -301,7 +301,7 @@ func (d *demo) where() {
 // status prints the demo's processes and containers.
 func (d *demo) status(ctx context.Context) error {
 	running := false
-	for _, name := range []string{"containerd", chain.NameAggregator, chain.NameAgent, chain.NamePrometheus} {
+	for _, name := range []string{chain.NameContainerd, chain.NameAggregator, chain.NameAgent, chain.NamePrometheus} {
 		p, ok, err := chain.LoadProcess(d.o.dir, name)
 		switch {
 		case err != nil:

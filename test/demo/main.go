@@ -1,8 +1,9 @@
 // Command demo runs Vigil's data path on this machine for a first look:
 // a private containerd, vigil-aggregator, one vigil-agent and Debian's
 // Prometheus, with a few containers that show health checks and restart
-// policies at work. `make demo` runs `go run ./test/demo up`, `make
-// demo-down` runs `go run ./test/demo down`.
+// policies at work. `make demo` and `make demo-down` run it through
+// scripts/demo.sh, which builds it as bin/vigil-demo and runs
+// `bin/vigil-demo up` or `bin/vigil-demo down`.
 //
 //	demo up      start everything, narrate for about a minute, leave it running
 //	demo status  what runs, and the containers as vigilctl sees them
