@@ -104,10 +104,28 @@ func randomSubnet() (*net.IPNet, *net.IPNet, error) {
 	return subnet, gw, nil
 }
 
+// dumpTries bounds the attempts of a netlink dump that a concurrent change
+// interrupted (NLM_F_DUMP_INTR: other tests add and remove links and
+// routes on this host all the time).
+const dumpTries = 5
+
+// retryDump calls list until its dump is not interrupted, at most dumpTries
+// times; the last error is returned.
+func retryDump[T any](list func() (T, error)) (T, error) {
+	var v T
+	var err error
+	for range dumpTries {
+		if v, err = list(); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return v, err
+		}
+	}
+	return v, err
+}
+
 // subnetInUse reports whether a host address or route other than on the link
 // named except overlaps subnet.
 func subnetInUse(subnet *net.IPNet, except string) (bool, error) {
-	links, err := netlink.LinkList()
+	links, err := retryDump(netlink.LinkList)
 	if err != nil {
 		return false, fmt.Errorf("list links: %w", err)
 	}
@@ -115,7 +133,7 @@ func subnetInUse(subnet *net.IPNet, except string) (bool, error) {
 		if except != "" && l.Attrs().Name == except {
 			continue
 		}
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		addrs, err := retryDump(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_V4) })
 		if err != nil {
 			continue // the link went away meanwhile
 		}
@@ -125,7 +143,7 @@ func subnetInUse(subnet *net.IPNet, except string) (bool, error) {
 			}
 		}
 	}
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	routes, err := retryDump(func() ([]netlink.Route, error) { return netlink.RouteList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return false, fmt.Errorf("list routes: %w", err)
 	}
