@@ -55,12 +55,12 @@ func (c Container) CtrArgs(address string) []string {
 }
 
 // RunContainer creates and starts c with `ctr run -d` (/usr/bin/ctr ships
-// with containerd).
+// with containerd); ctr is killed when ctx ends.
 func RunContainer(ctx context.Context, address string, c Container) error {
 	if c.LogPath != "" {
 		if err := os.MkdirAll(filepath.Dir(c.LogPath), 0o755); err != nil {
 			return err
 		}
 	}
-	return runCmd("ctr", c.CtrArgs(address)...)
+	return runCmd(ctx, "ctr", c.CtrArgs(address)...)
 }

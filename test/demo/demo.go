@@ -111,7 +111,7 @@ func (d *demo) up(ctx context.Context) error {
 	if err := d.containerd.ImportImages(ctx, namespace); err != nil {
 		return err
 	}
-	if err := chain.CreateNetNS(netnsName); err != nil {
+	if err := chain.CreateNetNS(ctx, netnsName); err != nil {
 		return err
 	}
 
@@ -342,7 +342,7 @@ func (d *demo) down(ctx context.Context) error {
 	d.say("Removing the demo's containers, tasks and CRI pod, and stopping its containerd")
 	errs = append(errs, d.containerd.Teardown(ctx))
 	d.say("Removing the network namespace %s, the bridge %s and %s", netnsName, bridgeName, d.o.dir)
-	errs = append(errs, chain.DeleteNetNS(netnsName))
+	errs = append(errs, chain.DeleteNetNS(ctx, netnsName))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w\n(the demo directory %s is kept for a look; run `make demo-down` again)", err, d.o.dir)
 	}
