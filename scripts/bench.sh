@@ -67,7 +67,7 @@ fleet() { # NODES CONTAINERS
   fleet_pids= fleet_dir=$(mktemp -d)
   trap 'kill $fleet_pids 2>/dev/null || true; wait $fleet_pids 2>/dev/null || true; rm -rf "$fleet_dir"; trap - RETURN EXIT' RETURN EXIT
   d=$fleet_dir
-  CGO_ENABLED=0 go build -o "$d/vigil-aggregator" ./cmd/aggregator
+  CGO_ENABLED=0 go build -trimpath -tags grpcnotrace -o "$d/vigil-aggregator" ./cmd/aggregator
   CGO_ENABLED=0 go build -o "$d/vigil-loadgen" ./cmd/vigil-loadgen
   "$d/vigil-loadgen" --tls-dir "$d/tls" --target $grpc --nodes "$n" --containers "$m" --interval 10s --duration 0 >"$d/loadgen.log" 2>&1 &
   fleet_pids=$!

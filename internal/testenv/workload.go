@@ -119,3 +119,7 @@ func sourceHash(root, src string) (string, error) {
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
+
+// BuildFlags are the release build flags (the Makefile's GO_BUILD_FLAGS),
+// for tests that build Vigil's binaries and measure or run them as shipped.
+var BuildFlags = []string{"-trimpath", "-tags", "grpcnotrace"}

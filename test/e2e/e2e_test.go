@@ -278,7 +278,8 @@ func buildBinaries(t *testing.T) string {
 	for _, b := range []struct{ name, pkg string }{
 		{"vigil-agent", "./cmd/agent"}, {"vigil-aggregator", "./cmd/aggregator"}, {"vigilctl", "./cmd/vigilctl"},
 	} {
-		cmd := exec.Command(gobin, "build", "-o", filepath.Join(out, b.name), b.pkg)
+		args := append([]string{"build"}, testenv.BuildFlags...)
+		cmd := exec.Command(gobin, append(args, "-o", filepath.Join(out, b.name), b.pkg)...)
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if o, err := cmd.CombinedOutput(); err != nil {

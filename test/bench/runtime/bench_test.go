@@ -22,6 +22,7 @@ var (
 	cyclesFlag     = flag.Int("cycles", 20, "collection cycles per measured window")
 	intervalFlag   = flag.Duration("interval", time.Second, "time between cycles inside a window (the cost per cycle does not depend on it; shorter windows keep the idle noise of hundreds of shims small)")
 	reportFlag     = flag.String("report", "", "append the results as a Markdown table to this file")
+	pathsFlag      = flag.String("paths", "cgroup,metrics-api,agent", "what to measure at each count: the collector on the cgroup path, on the task Metrics API, and the whole agent")
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
@@ -30,7 +31,8 @@ func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 func buildCollector(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "collector")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/vigilhq/vigil/test/bench/runtime/collector")
+	args := append([]string{"build"}, testenv.BuildFlags...)
+	cmd := exec.Command("go", append(args, "-o", bin, "github.com/vigilhq/vigil/test/bench/runtime/collector")...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building the collector: %v\n%s", err, out)
@@ -191,8 +193,22 @@ func TestCollectionCost(t *testing.T) {
 	env := testenv.Containerd(t)
 	ns := "bench"
 	image := env.BusyboxImage(t, ns)
+	paths := map[string]bool{}
+	for _, p := range strings.Split(*pathsFlag, ",") {
+		switch p = strings.TrimSpace(p); p {
+		case runtime.StatsSourceCgroup, runtime.StatsSourceMetricsAPI, "agent":
+			paths[p] = true
+		default:
+			t.Fatalf("bad -paths entry %q: want cgroup, metrics-api or agent", p)
+		}
+	}
 	bin := buildCollector(t)
+	var agentBin string
+	if paths["agent"] {
+		agentBin = buildAgent(t)
+	}
 	var results []result
+	var agentResults []agentResult
 	started := 0
 	for _, f := range strings.Split(*containersFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -205,6 +221,9 @@ func TestCollectionCost(t *testing.T) {
 		}
 		t.Logf("%d containers running (%s to start)", n, time.Since(t0).Round(time.Second))
 		for _, source := range []string{runtime.StatsSourceCgroup, runtime.StatsSourceMetricsAPI} {
+			if !paths[source] {
+				continue
+			}
 			c := startChild(t, bin, env, ns, source, n)
 			containerd, shims := runtimePids(t, env)
 			pid := c.cmd.Process.Pid
@@ -241,9 +260,17 @@ func TestCollectionCost(t *testing.T) {
 			c.stdin.Close()
 			_ = c.cmd.Wait()
 		}
+		if paths["agent"] {
+			agentResults = append(agentResults, measureAgent(t, agentBin, env, ns, n))
+		}
 	}
 	if *reportFlag != "" {
-		writeReport(t, results)
+		if len(results) > 0 {
+			writeReport(t, results)
+		}
+		if len(agentResults) > 0 {
+			writeAgentReport(t, agentResults)
+		}
 	}
 }
 

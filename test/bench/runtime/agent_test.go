@@ -1,0 +1,188 @@
+package runtimebench
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vigilhq/vigil/internal/testenv"
+)
+
+// buildAgent builds the real vigil-agent the way the Makefile does.
+func buildAgent(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "vigil-agent")
+	args := append([]string{"build"}, testenv.BuildFlags...)
+	cmd := exec.Command("go", append(args, "-o", bin, "github.com/vigilhq/vigil/cmd/agent")...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building the agent: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// memory is the resident memory of a process, from /proc/PID/status.
+type memory struct {
+	rss, anon, file, hwm uint64 // KiB
+}
+
+func memoryOf(pid int) memory {
+	var m memory
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return m
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		v, _ := strconv.ParseUint(f[1], 10, 64)
+		switch f[0] {
+		case "VmRSS:":
+			m.rss = v
+		case "RssAnon:":
+			m.anon = v
+		case "RssFile:":
+			m.file = v
+		case "VmHWM:":
+			m.hwm = v
+		}
+	}
+	return m
+}
+
+// agentResult is the whole agent's cost at one container count.
+type agentResult struct {
+	containers, seen                          int
+	agentMs, containerdMs, shimsMs, allMs     float64 // CPU per cycle
+	mem                                       memory
+	idleContainerdPct, idleShimsPct, agentPct float64
+}
+
+// freePort is a loopback address nothing listens on.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// countSeries counts the samples of one metric family on a /metrics page.
+func countSeries(url, family string) int {
+	resp, err := http.Get(url)
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	n := 0
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), family+"{") {
+			n++
+		}
+	}
+	return n
+}
+
+// measureAgent runs the real vigil-agent, standalone, on env's namespace ns
+// with n running containers and every part on (runtime, health, network,
+// local /metrics), sampling every -interval. Its cost per cycle is all of
+// its CPU over a window divided by the cycles in it (an agent never idles,
+// so there is no idle window of its own to subtract); containerd's and the
+// shims' extra CPU is against a window of the same length with no agent.
+func measureAgent(t *testing.T, bin string, env *testenv.Env, ns string, n int) agentResult {
+	t.Helper()
+	if hold := os.Getenv("VIGIL_BENCH_HOLD"); hold != "" {
+		d, _ := time.ParseDuration(hold)
+		t.Logf("holding for %s: containerd at %s, namespace %s", d, env.Address, ns)
+		time.Sleep(d)
+	}
+	containerd, shims := runtimePids(t, env)
+	span := time.Duration(*cyclesFlag) * *intervalFlag
+	idle := measure(0, containerd, shims, func() { time.Sleep(span) })
+
+	addr := freePort(t)
+	cmd := exec.Command(bin,
+		"-containerd", env.Address, "-namespaces", ns,
+		"-interval", intervalFlag.String(),
+		"-state-dir", t.TempDir(), "-metrics-listen", addr,
+		"-node-name", "bench", "-log-level", "warn")
+	cmd.Stderr = os.Stderr
+	cmd.Stdout = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+	}()
+	url := "http://" + addr + "/metrics"
+	deadline := time.Now().Add(2 * time.Minute)
+	seen := 0
+	for seen < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("agent reported usage of %d of %d containers after 2 minutes", seen, n)
+		}
+		time.Sleep(200 * time.Millisecond)
+		seen = countSeries(url, "vigil_container_memory_working_set_bytes")
+	}
+	time.Sleep(3 * *intervalFlag) // let start-up settle
+	pid := cmd.Process.Pid
+	busy := measure(pid, containerd, shims, func() { time.Sleep(span) })
+	mem := memoryOf(pid)
+	seen = countSeries(url, "vigil_container_memory_working_set_bytes")
+	cycles := busy.wall.Seconds() / intervalFlag.Seconds()
+	perCycle := func(b, i uint64) float64 {
+		base := float64(i) / idle.wall.Seconds() * busy.wall.Seconds()
+		return (float64(b) - base) * 10 / cycles // ticks are 10 ms
+	}
+	r := agentResult{
+		containers: n, seen: seen,
+		agentMs:      float64(busy.collector) * 10 / cycles,
+		containerdMs: perCycle(busy.containerd, idle.containerd),
+		shimsMs:      perCycle(busy.shims, idle.shims),
+		mem:          mem,
+		agentPct:     float64(busy.collector) * 10 / busy.wall.Seconds() / 10,
+	}
+	r.allMs = r.agentMs + r.containerdMs + r.shimsMs
+	t.Logf("%d containers, whole agent: %d seen; CPU per %s cycle: agent %.1f ms, containerd %+.1f ms, shims %+.1f ms, total %.1f ms (agent %.2f%% of a core at -interval %s); RSS %.1f MiB (anon %.1f, file %.1f, peak %.1f)",
+		n, seen, intervalFlag, r.agentMs, r.containerdMs, r.shimsMs, r.allMs, r.agentPct, intervalFlag,
+		float64(mem.rss)/1024, float64(mem.anon)/1024, float64(mem.file)/1024, float64(mem.hwm)/1024)
+	if seen != n {
+		t.Errorf("agent reported %d containers, want %d", seen, n)
+	}
+	return r
+}
+
+func writeAgentReport(t *testing.T, rs []agentResult) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n| containers | agent CPU/cycle | containerd CPU/cycle | shims CPU/cycle | total CPU/cycle | agent RSS | anonymous | file-backed | peak RSS |\n")
+	fmt.Fprintf(&b, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, r := range rs {
+		fmt.Fprintf(&b, "| %d | %.1f ms | %+.1f ms | %+.1f ms | **%.1f ms** | **%.1f MiB** | %.1f MiB | %.1f MiB | %.1f MiB |\n",
+			r.containers, r.agentMs, r.containerdMs, r.shimsMs, r.allMs,
+			float64(r.mem.rss)/1024, float64(r.mem.anon)/1024, float64(r.mem.file)/1024, float64(r.mem.hwm)/1024)
+	}
+	f, err := os.OpenFile(*reportFlag, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(b.String()); err != nil {
+		t.Fatal(err)
+	}
+}
