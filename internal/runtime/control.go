@@ -4,22 +4,29 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/containerd/containerd/api/services/tasks/v1"
+	containersapi "github.com/containerd/containerd/api/services/containers/v1"
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	apitypes "github.com/containerd/containerd/api/types"
 	tasktypes "github.com/containerd/containerd/api/types/task"
-	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
@@ -28,8 +35,12 @@ import (
 // has ended (killing and deleting a timed-out exec process).
 const cleanupTimeout = 5 * time.Second
 
+// processSpecType is the type URL of an OCI process spec (JSON) in an
+// exec request, as containerd's own client names it.
+var processSpecType = "types.containerd.io/opencontainers/runtime-spec/" + strconv.Itoa(specs.VersionMajor) + "/Process"
+
 // connected returns the current client, or ErrUnavailable.
-func (r *Runtime) connected() (*client.Client, error) {
+func (r *Runtime) connected() (*apiClient, error) {
 	c := r.client.Load()
 	if c == nil {
 		return nil, fmt.Errorf("containerd at %s not connected: %w", r.cfg.Address, errdefs.ErrUnavailable)
@@ -37,23 +48,94 @@ func (r *Runtime) connected() (*client.Client, error) {
 	return c, nil
 }
 
-// loadTask loads container k and its task (attached to no IO).
-func (r *Runtime) loadTask(ctx context.Context, c *client.Client, k Key) (client.Container, client.Task, error) {
-	var cont client.Container
-	var task client.Task
-	err := r.call(ctx, "task_load", func(ctx context.Context) error {
-		var err error
-		cont, err = c.LoadContainer(ctx, k.ID)
+// loadContainer reads container k's record (ctx carries k's namespace).
+func (r *Runtime) loadContainer(ctx context.Context, c *apiClient, k Key) (*containersapi.Container, error) {
+	var cc *containersapi.Container
+	err := r.call(ctx, "container_load", func(ctx context.Context) error {
+		resp, err := c.containers.Get(ctx, &containersapi.GetContainerRequest{ID: k.ID})
 		if err != nil {
 			return err
 		}
-		task, err = cont.Task(ctx, nil)
-		return err
+		if cc = resp.GetContainer(); cc == nil {
+			return fmt.Errorf("empty answer: %w", errdefs.ErrNotFound)
+		}
+		return nil
 	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("container %s/%s: %w", k.Namespace, k.ID, err)
+	return cc, err
+}
+
+// loadTask reads the state of k's task (ctx carries k's namespace); a
+// container without a task, or no container, is ErrNotFound.
+func (r *Runtime) loadTask(ctx context.Context, c *apiClient, k Key) (*tasktypes.Process, error) {
+	var p *tasktypes.Process
+	err := r.call(ctx, "task_load", func(ctx context.Context) error {
+		resp, err := c.tasks.Get(ctx, &tasksapi.GetRequest{ContainerID: k.ID})
+		if err != nil {
+			return err
+		}
+		if p = resp.GetProcess(); p == nil {
+			return fmt.Errorf("empty answer: %w", errdefs.ErrNotFound)
+		}
+		return nil
+	})
+	return p, err
+}
+
+// containerSpec decodes the OCI spec (JSON) of container record cc.
+func containerSpec(cc *containersapi.Container) (*specs.Spec, error) {
+	if len(cc.GetSpec().GetValue()) == 0 {
+		return nil, fmt.Errorf("container %s has no OCI spec: %w", cc.ID, errdefs.ErrInvalid)
 	}
-	return cont, task, nil
+	var s specs.Spec
+	if err := json.Unmarshal(cc.Spec.Value, &s); err != nil {
+		return nil, fmt.Errorf("container %s: OCI spec: %w: %v", cc.ID, errdefs.ErrInvalid, err)
+	}
+	return &s, nil
+}
+
+// exitStatus is the outcome of a wait for a process's exit.
+type exitStatus struct {
+	code uint32
+	err  error // the wait failed (process deleted, containerd gone, ctx ended)
+}
+
+// waitExit waits in the background for the exit of task id (execID "") or
+// of its exec process execID, until ctx ends. The channel receives exactly
+// one value; the goroutine ends with the wait.
+func waitExit(ctx context.Context, c *apiClient, id, execID string) <-chan exitStatus {
+	ch := make(chan exitStatus, 1)
+	go func() {
+		resp, err := c.tasks.Wait(ctx, &tasksapi.WaitRequest{ContainerID: id, ExecID: execID})
+		if err != nil {
+			ch <- exitStatus{err: err}
+			return
+		}
+		ch <- exitStatus{code: resp.ExitStatus}
+	}()
+	return ch
+}
+
+// killAndWait sends SIGKILL to every process of task id (execID "") or to
+// exec process execID, and waits for its exit until ctx ends. A process
+// that has already exited, or never started, is not an error.
+func killAndWait(ctx context.Context, c *apiClient, id, execID string) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	exitC := waitExit(wctx, c, id, execID)
+	_, err := c.tasks.Kill(ctx, &tasksapi.KillRequest{ContainerID: id, ExecID: execID, Signal: uint32(syscall.SIGKILL), All: true})
+	switch status.Code(err) {
+	case codes.OK, codes.NotFound: // NotFound: it has exited; the wait returns at once
+	case codes.FailedPrecondition: // not started, or already stopped
+		return nil
+	default:
+		return err
+	}
+	select {
+	case <-exitC:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Kill sends sig to the task's init process. A container without a task is
@@ -64,11 +146,14 @@ func (r *Runtime) Kill(ctx context.Context, k Key, sig syscall.Signal) error {
 		return err
 	}
 	ctx = namespaces.WithNamespace(ctx, k.Namespace)
-	_, task, err := r.loadTask(ctx, c, k)
-	if err != nil {
+	err = r.call(ctx, "task_kill", func(ctx context.Context) error {
+		_, err := c.tasks.Kill(ctx, &tasksapi.KillRequest{ContainerID: k.ID, Signal: uint32(sig)})
 		return err
+	})
+	if err != nil {
+		return fmt.Errorf("container %s/%s: %w", k.Namespace, k.ID, err)
 	}
-	return r.call(ctx, "task_kill", func(ctx context.Context) error { return task.Kill(ctx, sig) })
+	return nil
 }
 
 // Stop sends SIGTERM, waits up to grace for the task to exit, then sends
@@ -81,37 +166,33 @@ func (r *Runtime) Stop(ctx context.Context, k Key, grace time.Duration) error {
 		return err
 	}
 	ctx = namespaces.WithNamespace(ctx, k.Namespace)
-	_, task, err := r.loadTask(ctx, c, k)
-	if err != nil {
-		return err
-	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var exitC <-chan client.ExitStatus
-	if err := r.call(ctx, "task_wait", func(context.Context) error {
-		var err error
-		exitC, err = task.Wait(wctx) // the wait outlives the call's deadline
-		return err
-	}); err != nil {
-		return err
+	// Wait first: an exit between the status read and the signal is seen
+	// (a wait on an exited task returns at once).
+	exitC := waitExit(wctx, c, k.ID, "") // the wait outlives each call's deadline
+	p, err := r.loadTask(ctx, c, k)
+	if err != nil {
+		return fmt.Errorf("container %s/%s: %w", k.Namespace, k.ID, err)
 	}
-	var st client.Status
-	if err := r.call(ctx, "task_status", func(ctx context.Context) error {
-		var err error
-		st, err = task.Status(ctx)
-		return err
-	}); err != nil {
-		return err
-	}
-	switch st.Status {
-	case client.Stopped:
+	switch p.Status {
+	case tasktypes.Status_STOPPED:
 		return nil
-	case client.Paused, client.Pausing:
-		if err := r.call(ctx, "task_resume", task.Resume); err != nil {
+	case tasktypes.Status_PAUSED, tasktypes.Status_PAUSING:
+		if err := r.call(ctx, "task_resume", func(ctx context.Context) error {
+			_, err := c.tasks.Resume(ctx, &tasksapi.ResumeTaskRequest{ContainerID: k.ID})
+			return err
+		}); err != nil {
 			return err
 		}
 	}
-	if err := r.call(ctx, "task_kill", func(ctx context.Context) error { return task.Kill(ctx, syscall.SIGTERM) }); err != nil {
+	kill := func(sig syscall.Signal) error {
+		return r.call(ctx, "task_kill", func(ctx context.Context) error {
+			_, err := c.tasks.Kill(ctx, &tasksapi.KillRequest{ContainerID: k.ID, Signal: uint32(sig)})
+			return err
+		})
+	}
+	if err := kill(syscall.SIGTERM); err != nil {
 		return err
 	}
 	t := time.NewTimer(grace)
@@ -123,7 +204,7 @@ func (r *Runtime) Stop(ctx context.Context, k Key, grace time.Duration) error {
 		return fmt.Errorf("stop %s/%s: %w: %w", k.Namespace, k.ID, errdefs.ErrUnavailable, ctx.Err())
 	case <-t.C:
 	}
-	if err := r.call(ctx, "task_kill", func(ctx context.Context) error { return task.Kill(ctx, syscall.SIGKILL) }); err != nil {
+	if err := kill(syscall.SIGKILL); err != nil {
 		return err
 	}
 	select {
@@ -146,6 +227,10 @@ func (r *Runtime) Stop(ctx context.Context, k Key, grace time.Duration) error {
 // nerdctl stop and ctr task rm do) fails with ErrTaskGone, and no new task
 // is made. Restart policies use it, so that they never undo an operator's
 // stop; an operator's own restart does not.
+//
+// The new task is made as containerd's client makes one: the rootfs is the
+// mounts of the container's snapshot, and containerd applies the
+// container's runtime (name and options) itself.
 func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) error {
 	var o restartOptions
 	for _, opt := range opts {
@@ -156,19 +241,15 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 		return err
 	}
 	ctx = namespaces.WithNamespace(ctx, k.Namespace)
-	var cont client.Container
-	if err := r.call(ctx, "container_load", func(ctx context.Context) error {
-		var err error
-		cont, err = c.LoadContainer(ctx, k.ID)
-		return err
-	}); err != nil {
+	cc, err := r.loadContainer(ctx, c, k)
+	if err != nil {
 		return fmt.Errorf("restart %s/%s: %w", k.Namespace, k.ID, err)
 	}
 	var old *tasktypes.Process
 	err = r.call(ctx, "task_get", func(ctx context.Context) error {
-		resp, err := c.TaskService().Get(ctx, &tasks.GetRequest{ContainerID: k.ID})
+		resp, err := c.tasks.Get(ctx, &tasksapi.GetRequest{ContainerID: k.ID})
 		if err == nil {
-			old = resp.Process
+			old = resp.GetProcess()
 		}
 		return err
 	})
@@ -178,22 +259,22 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 	if old == nil && o.requireTask {
 		return fmt.Errorf("restart %s/%s: %w", k.Namespace, k.ID, ErrTaskGone)
 	}
-	creator, err := r.restartIO(k, old)
+	stdout, stderr, err := r.restartIO(k, old)
 	if err != nil {
 		return err
 	}
 	if old != nil {
-		switch old.Status {
-		case tasktypes.Status_STOPPED, tasktypes.Status_CREATED, tasktypes.Status_UNKNOWN:
+		switch {
+		case old.Status == tasktypes.Status_STOPPED, old.Status == tasktypes.Status_UNKNOWN:
+		case old.Status == tasktypes.Status_CREATED && old.Pid == 0:
+		case old.Status == tasktypes.Status_CREATED:
+			// Its process exists and is waiting to be started: not exited.
+			return fmt.Errorf("restart %s/%s: task is created (pid %d), not exited: %w", k.Namespace, k.ID, old.Pid, errdefs.ErrConflict)
 		default:
 			return fmt.Errorf("restart %s/%s: task is %s, not exited: %w", k.Namespace, k.ID, strings.ToLower(old.Status.String()), errdefs.ErrConflict)
 		}
 		err := r.call(ctx, "task_delete", func(ctx context.Context) error {
-			t, err := cont.Task(ctx, nil)
-			if err != nil {
-				return err
-			}
-			_, err = t.Delete(ctx)
+			_, err := c.tasks.Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: k.ID})
 			return err
 		})
 		if errors.Is(err, errdefs.ErrNotFound) && o.requireTask {
@@ -204,17 +285,30 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 			return fmt.Errorf("restart %s/%s: delete old task: %w", k.Namespace, k.ID, err)
 		}
 	}
-	var task client.Task
+	rootfs, err := r.rootfs(ctx, c, cc)
+	if err != nil {
+		return fmt.Errorf("restart %s/%s: rootfs: %w", k.Namespace, k.ID, err)
+	}
 	if err := r.call(ctx, "task_create", func(ctx context.Context) error {
-		var err error
-		task, err = cont.NewTask(ctx, creator)
+		_, err := c.tasks.Create(ctx, &tasksapi.CreateTaskRequest{
+			ContainerID: k.ID,
+			Rootfs:      rootfs,
+			Stdout:      stdout,
+			Stderr:      stderr,
+		})
 		return err
 	}); err != nil {
 		return fmt.Errorf("restart %s/%s: create task: %w", k.Namespace, k.ID, err)
 	}
-	if err := r.call(ctx, "task_start", task.Start); err != nil {
+	if err := r.call(ctx, "task_start", func(ctx context.Context) error {
+		_, err := c.tasks.Start(ctx, &tasksapi.StartRequest{ContainerID: k.ID})
+		return err
+	}); err != nil {
 		_ = r.call(context.WithoutCancel(ctx), "task_delete", func(ctx context.Context) error {
-			_, err := task.Delete(ctx, client.WithProcessKill)
+			if err := killAndWait(ctx, c, k.ID, ""); err != nil {
+				return err
+			}
+			_, err := c.tasks.Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: k.ID})
 			return err
 		})
 		return fmt.Errorf("restart %s/%s: start task: %w", k.Namespace, k.ID, err)
@@ -222,22 +316,60 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 	return nil
 }
 
-// restartIO chooses the new task's IO: the old task's file:// or binary://
-// URI when it had one, else a log file under LogDir, else nothing.
-func (r *Runtime) restartIO(k Key, old *tasktypes.Process) (cio.Creator, error) {
+// rootfs returns the mounts of container cc's snapshot (none when it has no
+// snapshot: its spec names its root), with the spec's SELinux mount label.
+func (r *Runtime) rootfs(ctx context.Context, c *apiClient, cc *containersapi.Container) ([]*apitypes.Mount, error) {
+	if cc.SnapshotKey == "" {
+		return nil, nil
+	}
+	if cc.Snapshotter == "" {
+		return nil, fmt.Errorf("container %s has a snapshot key but no snapshotter: %w", cc.ID, errdefs.ErrInvalid)
+	}
+	spec, err := containerSpec(cc)
+	if err != nil {
+		return nil, err
+	}
+	var mounts []*apitypes.Mount
+	if err := r.call(ctx, "snapshot_mounts", func(ctx context.Context) error {
+		resp, err := c.snapshots.Mounts(ctx, &snapshotsapi.MountsRequest{Snapshotter: cc.Snapshotter, Key: cc.SnapshotKey})
+		if err == nil {
+			mounts = resp.Mounts
+		}
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	if spec.Linux != nil && spec.Linux.MountLabel != "" {
+		label := fmt.Sprintf("context=%q", spec.Linux.MountLabel)
+		for _, m := range mounts {
+			m.Options = append(m.Options, label)
+		}
+	}
+	return mounts, nil
+}
+
+// restartIO chooses the new task's stdout and stderr: the old task's
+// file:// or binary:// URI when it had one, else a log file under LogDir,
+// else nothing ("": containerd discards the output).
+func (r *Runtime) restartIO(k Key, old *tasktypes.Process) (stdout, stderr string, err error) {
 	if old != nil && old.Stdout != "" && !old.Terminal {
 		if u, err := url.Parse(old.Stdout); err == nil && (u.Scheme == "file" || u.Scheme == "binary") {
-			return cio.LogURI(u), nil
+			return u.String(), u.String(), nil
 		}
 	}
 	if r.cfg.LogDir == "" {
-		return cio.NullIO, nil
+		return "", "", nil
 	}
 	dir := filepath.Join(r.cfg.LogDir, k.Namespace)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, fmt.Errorf("restart %s/%s: log dir: %w: %v", k.Namespace, k.ID, errdefs.ErrPermission, err)
+		return "", "", fmt.Errorf("restart %s/%s: log dir: %w: %v", k.Namespace, k.ID, errdefs.ErrPermission, err)
 	}
-	return cio.LogFile(filepath.Join(dir, k.ID+".log")), nil
+	path, err := filepath.Abs(filepath.Join(dir, k.ID+".log"))
+	if err != nil {
+		return "", "", fmt.Errorf("restart %s/%s: log file: %w: %v", k.Namespace, k.ID, errdefs.ErrInvalid, err)
+	}
+	u := (&url.URL{Scheme: "file", Path: path}).String()
+	return u, u, nil
 }
 
 // Exec runs args in k's running task, with the container's process spec
@@ -257,79 +389,101 @@ func (r *Runtime) Exec(ctx context.Context, k Key, args []string, outputCap int)
 		return ExecResult{}, err
 	}
 	ctx = namespaces.WithNamespace(ctx, k.Namespace)
-	cont, task, err := r.loadTask(ctx, c, k)
+	cc, err := r.loadContainer(ctx, c, k)
 	if err != nil {
-		return ExecResult{}, err
+		return ExecResult{}, fmt.Errorf("exec in %s/%s: %w", k.Namespace, k.ID, err)
 	}
-	var pspec *specs.Process
-	if err := r.call(ctx, "container_spec", func(ctx context.Context) error {
-		spec, err := cont.Spec(ctx)
-		if err != nil {
-			return err
-		}
-		if spec.Process == nil {
-			return fmt.Errorf("container spec has no process: %w", errdefs.ErrInvalid)
-		}
-		p := *spec.Process
-		pspec = &p
-		return nil
-	}); err != nil {
-		return ExecResult{}, err
+	spec, err := containerSpec(cc)
+	if err == nil && spec.Process == nil {
+		err = fmt.Errorf("container spec has no process: %w", errdefs.ErrInvalid)
 	}
+	if err != nil {
+		return ExecResult{}, fmt.Errorf("exec in %s/%s: %w", k.Namespace, k.ID, err)
+	}
+	pspec := spec.Process
 	pspec.Args = args
 	pspec.Terminal = false
 	pspec.ConsoleSize = nil
+	pjson, err := json.Marshal(pspec)
+	if err != nil {
+		return ExecResult{}, fmt.Errorf("exec in %s/%s: process spec: %w: %v", k.Namespace, k.ID, errdefs.ErrInvalid, err)
+	}
 
+	// stdout and stderr come through two FIFOs (in containerd's FIFO
+	// directory) that the shim opens for writing; both are copied into out.
 	out := &cappedBuffer{limit: outputCap}
 	id := execID()
+	pio, err := cio.NewCreator(cio.WithStreams(nil, out, out))(id)
+	if err != nil {
+		return ExecResult{}, fmt.Errorf("exec in %s/%s: output FIFOs: %w", k.Namespace, k.ID, err)
+	}
+	fifos := pio.Config()
+	if err := r.call(ctx, "exec_create", func(ctx context.Context) error {
+		_, err := c.tasks.Exec(ctx, &tasksapi.ExecProcessRequest{
+			ContainerID: k.ID,
+			ExecID:      id,
+			Stdout:      fifos.Stdout,
+			Stderr:      fifos.Stderr,
+			Spec:        &anypb.Any{TypeUrl: processSpecType, Value: pjson},
+		})
+		return err
+	}); err != nil {
+		pio.Cancel()
+		pio.Wait()
+		_ = pio.Close()
+		return ExecResult{}, fmt.Errorf("exec in %s/%s: %w", k.Namespace, k.ID, err)
+	}
 	// The process outlives the caller's deadline until it is killed and
 	// deleted: those calls use a context detached from ctx.
 	bg := context.WithoutCancel(ctx)
-	var proc client.Process
-	if err := r.call(ctx, "exec_create", func(ctx context.Context) error {
-		var err error
-		proc, err = task.Exec(ctx, id, pspec, cio.NewCreator(cio.WithStreams(nil, out, out)))
-		return err
-	}); err != nil {
-		return ExecResult{}, fmt.Errorf("exec in %s/%s: %w", k.Namespace, k.ID, err)
-	}
+	started, exited := false, false
 	defer func() {
 		dctx, cancel := context.WithTimeout(bg, cleanupTimeout)
 		defer cancel()
-		if _, err := proc.Delete(dctx, client.WithProcessKill); err != nil && !errors.Is(translateErr(err), errdefs.ErrNotFound) {
+		var err error
+		if started && !exited {
+			err = killAndWait(dctx, c, k.ID, id)
+		}
+		if err == nil {
+			_, err = c.tasks.DeleteProcess(dctx, &tasksapi.DeleteProcessRequest{ContainerID: k.ID, ExecID: id})
+		}
+		if err != nil && !errors.Is(translateErr(err), errdefs.ErrNotFound) {
 			r.log.Debug("exec delete failed", "namespace", k.Namespace, "id", k.ID, "exec", id, "err", err)
 		}
+		// The copies end when their FIFOs close: the shim's ends close
+		// with the process, ours here. Close removes the FIFOs.
+		pio.Cancel()
+		pio.Wait()
+		_ = pio.Close()
 	}()
 	wctx, cancelWait := context.WithCancel(bg)
 	defer cancelWait()
-	var exitC <-chan client.ExitStatus
-	if err := r.call(ctx, "exec_wait", func(context.Context) error {
-		var err error
-		exitC, err = proc.Wait(wctx)
+	exitC := waitExit(wctx, c, k.ID, id)
+	if err := r.call(ctx, "exec_start", func(ctx context.Context) error {
+		_, err := c.tasks.Start(ctx, &tasksapi.StartRequest{ContainerID: k.ID, ExecID: id})
 		return err
 	}); err != nil {
-		return ExecResult{}, err
-	}
-	if err := r.call(ctx, "exec_start", proc.Start); err != nil {
 		return ExecResult{}, fmt.Errorf("exec in %s/%s: %w", k.Namespace, k.ID, err)
 	}
+	started = true
 	select {
 	case st := <-exitC:
-		drainExecIO(ctx, proc.IO())
-		code, _, err := st.Result()
-		if err != nil {
-			return ExecResult{}, fmt.Errorf("exec in %s/%s: %w", k.Namespace, k.ID, translateErr(err))
+		exited = true
+		drainExecIO(ctx, pio)
+		if st.err != nil {
+			return ExecResult{}, fmt.Errorf("exec in %s/%s: wait: %w", k.Namespace, k.ID, translateErr(st.err))
 		}
-		return ExecResult{ExitCode: int(code), Output: out.Bytes()}, nil
+		return ExecResult{ExitCode: int(st.code), Output: out.Bytes()}, nil
 	case <-ctx.Done():
 		kctx, cancel := context.WithTimeout(bg, cleanupTimeout)
 		defer cancel()
-		_ = proc.Kill(kctx, syscall.SIGKILL)
+		_, _ = c.tasks.Kill(kctx, &tasksapi.KillRequest{ContainerID: k.ID, ExecID: id, Signal: uint32(syscall.SIGKILL)})
 		select {
 		case <-exitC:
+			exited = true
 		case <-kctx.Done():
 		}
-		proc.IO().Cancel()
+		pio.Cancel()
 		return ExecResult{ExitCode: -1, Output: out.Bytes()}, fmt.Errorf("exec in %s/%s: killed: %w", k.Namespace, k.ID, ctx.Err())
 	}
 }

@@ -25,6 +25,13 @@ func translateErr(err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
 	}
+	// Already in Vigil's vocabulary (this package's own checks on what
+	// containerd answered): keep it.
+	for _, sentinel := range []error{errdefs.ErrNotFound, errdefs.ErrUnavailable, errdefs.ErrInvalid, errdefs.ErrConflict, errdefs.ErrPermission} {
+		if errors.Is(err, sentinel) {
+			return err
+		}
+	}
 	if s, ok := status.FromError(err); ok && s.Code() != codes.OK && s.Code() != codes.Unknown {
 		err = errgrpc.ToNative(err)
 	}

@@ -3,17 +3,17 @@ package runtime
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"maps"
 	"os"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/core/containers"
-	"github.com/containerd/containerd/v2/core/content"
-	"github.com/containerd/containerd/v2/core/images"
-	"github.com/containerd/platforms"
+	containersapi "github.com/containerd/containerd/api/services/containers/v1"
+	imagesapi "github.com/containerd/containerd/api/services/images/v1"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
 // entry is the inventory's record of one container: the exported Container
@@ -75,20 +75,27 @@ func (ic *imageCache) reset() {
 // resyncs of changed records); the config is read once per digest.
 // Failures (image deleted, config unreadable, timeout) leave the fields
 // they concern empty, are logged, and are retried on the next call.
-func (r *Runtime) image(ctx context.Context, c *client.Client, ns, name string) imageInfo {
+func (r *Runtime) image(ctx context.Context, c *apiClient, ns, name string) imageInfo {
 	if name == "" {
 		return imageInfo{}
 	}
-	var img images.Image
+	var target blobDesc
 	if err := r.call(ctx, "image_get", func(ctx context.Context) error {
-		var err error
-		img, err = c.ImageService().Get(ctx, name)
-		return err
+		resp, err := c.images.Get(ctx, &imagesapi.GetImageRequest{Name: name})
+		if err != nil {
+			return err
+		}
+		t := resp.GetImage().GetTarget()
+		if t == nil {
+			return fmt.Errorf("image %s has no target: %w", name, errdefs.ErrInvalid)
+		}
+		target = blobDesc{mediaType: t.MediaType, digest: t.Digest, size: t.Size}
+		return nil
 	}); err != nil {
 		r.log.Debug("image details unavailable", "namespace", ns, "image", name, "err", err)
 		return imageInfo{}
 	}
-	info := imageInfo{digest: img.Target.Digest.String()}
+	info := imageInfo{digest: target.digest}
 	r.images.mu.Lock()
 	hc, ok := r.images.entries[info.digest]
 	r.images.mu.Unlock()
@@ -98,11 +105,9 @@ func (r *Runtime) image(ctx context.Context, c *client.Client, ns, name string) 
 	}
 	var cfg []byte
 	err := r.call(ctx, "image_config", func(ctx context.Context) error {
-		desc, err := images.Config(ctx, c.ContentStore(), img.Target, platforms.Default())
-		if err != nil {
-			return err
-		}
-		cfg, err = content.ReadBlob(ctx, c.ContentStore(), desc)
+		fetch := func(ctx context.Context, d blobDesc) ([]byte, error) { return readBlob(ctx, c.content, d) }
+		var err error
+		cfg, err = resolveImageConfig(ctx, fetch, target, imagePlatform())
 		return err
 	})
 	if err == nil {
@@ -122,13 +127,14 @@ func (r *Runtime) image(ctx context.Context, c *client.Client, ns, name string) 
 // the task fields are left to the caller. prev, when not nil, is the
 // previous entry for the same container: its derived fields are reused when
 // the record did not change.
-func (r *Runtime) describe(ctx context.Context, c *client.Client, ns string, cc *containers.Container, prev *entry) *entry {
-	e := &entry{updatedAt: cc.UpdatedAt}
+func (r *Runtime) describe(ctx context.Context, c *apiClient, ns string, cc *containersapi.Container, prev *entry) *entry {
+	updatedAt := protoTime(cc.UpdatedAt)
+	e := &entry{updatedAt: updatedAt}
 	if prev != nil {
 		e.c = prev.c.clone()
 		e.oomSeen = prev.oomSeen
 		e.cgroupRel = prev.cgroupRel
-		if prev.updatedAt.Equal(cc.UpdatedAt) && !cc.UpdatedAt.IsZero() {
+		if prev.updatedAt.Equal(updatedAt) && !updatedAt.IsZero() {
 			return e
 		}
 	}
@@ -136,7 +142,7 @@ func (r *Runtime) describe(ctx context.Context, c *client.Client, ns string, cc 
 	e.c.ID = cc.ID
 	e.c.Labels = maps.Clone(cc.Labels)
 	e.c.Image = cc.Image
-	e.c.CreatedAt = cc.CreatedAt
+	e.c.CreatedAt = protoTime(cc.CreatedAt)
 	img := r.image(ctx, c, ns, cc.Image)
 	e.c.ImageDigest = img.digest
 	e.c.Healthcheck = img.healthcheck

@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/containerd/containerd/v2/client"
-
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
@@ -113,7 +111,7 @@ type Runtime struct {
 	metrics *selfMetrics
 
 	started atomic.Bool
-	client  atomic.Pointer[client.Client] // nil while disconnected
+	client  atomic.Pointer[apiClient] // nil while disconnected
 
 	available atomic.Bool
 	latency   atomic.Int64 // ns of the last probe

@@ -172,7 +172,7 @@ func (r *Runtime) statsFromAPI(ctx context.Context, dst []Stats) ([]Stats, error
 		var resp *tasks.MetricsResponse
 		err := r.call(namespaces.WithNamespace(ctx, ns), "tasks_metrics", func(ctx context.Context) error {
 			var err error
-			resp, err = c.TaskService().Metrics(ctx, &tasks.MetricsRequest{Filters: filters})
+			resp, err = c.tasks.Metrics(ctx, &tasks.MetricsRequest{Filters: filters})
 			return err
 		})
 		if err != nil {

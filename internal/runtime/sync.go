@@ -4,19 +4,24 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"slices"
-	"strings"
 	"time"
 
 	eventtypes "github.com/containerd/containerd/api/events"
-	"github.com/containerd/containerd/api/services/tasks/v1"
+	containersapi "github.com/containerd/containerd/api/services/containers/v1"
+	eventsapi "github.com/containerd/containerd/api/services/events/v1"
+	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	versionapi "github.com/containerd/containerd/api/services/version/v1"
+	apitypes "github.com/containerd/containerd/api/types"
 	tasktypes "github.com/containerd/containerd/api/types/task"
-	"github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/core/containers"
-	"github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/typeurl/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
@@ -25,11 +30,11 @@ import (
 // reconcile, then follow events until the stream breaks, a probe fails, or
 // ctx ends. Everything it starts stops before it returns.
 func (r *Runtime) session(ctx context.Context) error {
-	if _, err := os.Stat(strings.TrimPrefix(r.cfg.Address, "unix://")); err != nil {
+	if _, err := os.Stat(socketPath(r.cfg.Address)); err != nil {
 		// Down, not hanging: no call is made, no timeout is counted.
 		return fmt.Errorf("containerd socket %s: %w: %v", r.cfg.Address, errdefs.ErrUnavailable, err)
 	}
-	c, err := client.New(r.cfg.Address, client.WithTimeout(r.cfg.CallTimeout))
+	c, err := dial(r.cfg.Address, r.cfg.CallTimeout)
 	if err != nil {
 		return fmt.Errorf("containerd client for %s: %w: %v", r.cfg.Address, errdefs.ErrUnavailable, err)
 	}
@@ -38,9 +43,37 @@ func (r *Runtime) session(ctx context.Context) error {
 		return err
 	}
 
+	// Subscribe before listing, so that no change falls between the two.
 	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	envs, errs := c.Subscribe(sctx, r.eventFilters()...)
+	sub, err := c.events.Subscribe(sctx, &eventsapi.SubscribeRequest{Filters: r.eventFilters()})
+	if err != nil {
+		cancel()
+		return fmt.Errorf("containerd event subscription: %w", translateErr(err))
+	}
+	envs := make(chan *apitypes.Envelope)
+	errs := make(chan error, 1)
+	received := make(chan struct{})
+	go func() {
+		defer close(received)
+		for {
+			env, err := sub.Recv()
+			if err != nil {
+				errs <- err
+				return
+			}
+			select {
+			case envs <- env:
+			case <-sctx.Done():
+				return
+			}
+		}
+	}()
+	// The receiver ends once the stream is cancelled; wait for it, so that
+	// nothing of the session outlives it.
+	defer func() {
+		cancel()
+		<-received
+	}()
 
 	if err := r.sync(ctx, c); err != nil {
 		return err
@@ -60,14 +93,11 @@ func (r *Runtime) session(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case err := <-errs:
-			if err == nil {
+			if errors.Is(err, io.EOF) {
 				err = fmt.Errorf("event stream closed: %w", errdefs.ErrUnavailable)
 			}
 			return fmt.Errorf("containerd event stream: %w", translateErr(err))
-		case env, ok := <-envs:
-			if !ok {
-				return fmt.Errorf("event stream closed: %w", errdefs.ErrUnavailable)
-			}
+		case env := <-envs:
 			if err := r.handle(ctx, c, env); err != nil {
 				return err
 			}
@@ -80,12 +110,12 @@ func (r *Runtime) session(ctx context.Context) error {
 }
 
 // probe asks containerd for its version, recording the latency.
-func (r *Runtime) probe(ctx context.Context, c *client.Client) error {
-	var v client.Version
+func (r *Runtime) probe(ctx context.Context, c *apiClient) error {
+	var v *versionapi.VersionResponse
 	start := time.Now()
 	err := r.call(ctx, "version", func(ctx context.Context) error {
 		var err error
-		v, err = c.Version(ctx)
+		v, err = c.version.Version(ctx, &emptypb.Empty{})
 		return err
 	})
 	if err != nil {
@@ -120,14 +150,19 @@ func (r *Runtime) wantNamespace(ns string) bool {
 // sync only EventAdded is emitted (with each container's current state);
 // later syncs also emit what happened while disconnected (started, exited
 // with its status, paused, resumed, task deleted, removed).
-func (r *Runtime) sync(ctx context.Context, c *client.Client) error {
+func (r *Runtime) sync(ctx context.Context, c *apiClient) error {
 	r.images.reset()
 	nss := r.cfg.Namespaces
 	if len(nss) == 0 {
 		err := r.call(ctx, "namespaces_list", func(ctx context.Context) error {
-			var err error
-			nss, err = c.NamespaceService().List(ctx)
-			return err
+			resp, err := c.namespaces.List(ctx, &namespacesapi.ListNamespacesRequest{})
+			if err != nil {
+				return err
+			}
+			for _, n := range resp.Namespaces {
+				nss = append(nss, n.Name)
+			}
+			return nil
 		})
 		if err != nil {
 			return err
@@ -140,10 +175,10 @@ func (r *Runtime) sync(ctx context.Context, c *client.Client) error {
 	fresh := make(map[Key]*entry, len(old))
 	for _, ns := range nss {
 		nctx := namespaces.WithNamespace(ctx, ns)
-		var ccs []containers.Container
+		var ccs []*containersapi.Container
 		err := r.call(nctx, "containers_list", func(ctx context.Context) error {
 			var err error
-			ccs, err = c.ContainerService().List(ctx)
+			ccs, err = listContainers(ctx, c)
 			return err
 		})
 		if err != nil {
@@ -151,7 +186,7 @@ func (r *Runtime) sync(ctx context.Context, c *client.Client) error {
 		}
 		var procs []*tasktypes.Process
 		err = r.call(nctx, "tasks_list", func(ctx context.Context) error {
-			resp, err := c.TaskService().List(ctx, &tasks.ListTasksRequest{})
+			resp, err := c.tasks.List(ctx, &tasksapi.ListTasksRequest{})
 			if err == nil {
 				procs = resp.Tasks
 			}
@@ -168,10 +203,10 @@ func (r *Runtime) sync(ctx context.Context, c *client.Client) error {
 			}
 			byID[id] = p
 		}
-		for i := range ccs {
-			k := Key{ns, ccs[i].ID}
-			e := r.describe(nctx, c, ns, &ccs[i], old[k])
-			r.applyTask(e, old[k], byID[ccs[i].ID])
+		for _, cc := range ccs {
+			k := Key{ns, cc.ID}
+			e := r.describe(nctx, c, ns, cc, old[k])
+			r.applyTask(e, old[k], byID[cc.ID])
 			fresh[k] = e
 		}
 	}
@@ -295,7 +330,7 @@ func diff(k Key, old, cur *entry, resync bool, now time.Time) []Event {
 
 // handle applies one containerd event to the inventory and emits the
 // matching Event. It returns an error only when containerd stops answering.
-func (r *Runtime) handle(ctx context.Context, c *client.Client, env *events.Envelope) error {
+func (r *Runtime) handle(ctx context.Context, c *apiClient, env *apitypes.Envelope) error {
 	if env == nil || env.Event == nil || !r.wantNamespace(env.Namespace) {
 		return nil
 	}
@@ -304,7 +339,7 @@ func (r *Runtime) handle(ctx context.Context, c *client.Client, env *events.Enve
 		r.log.Debug("undecodable containerd event", "topic", env.Topic, "err", err)
 		return nil
 	}
-	ns, at := env.Namespace, env.Timestamp
+	ns, at := env.Namespace, protoTime(env.Timestamp)
 	switch e := v.(type) {
 	case *eventtypes.ContainerCreate:
 		return r.onContainer(ctx, c, Key{ns, e.ID}, at, true)
@@ -409,13 +444,18 @@ func (r *Runtime) exited(en *entry, code uint32, at time.Time) (EventType, *Exit
 
 // onContainer (re)reads container k from containerd after a create or
 // update event; a create emits EventAdded.
-func (r *Runtime) onContainer(ctx context.Context, c *client.Client, k Key, at time.Time, created bool) error {
+func (r *Runtime) onContainer(ctx context.Context, c *apiClient, k Key, at time.Time, created bool) error {
 	nctx := namespaces.WithNamespace(ctx, k.Namespace)
-	var cc containers.Container
+	var cc *containersapi.Container
 	err := r.call(nctx, "container_get", func(ctx context.Context) error {
-		var err error
-		cc, err = c.ContainerService().Get(ctx, k.ID)
-		return err
+		resp, err := c.containers.Get(ctx, &containersapi.GetContainerRequest{ID: k.ID})
+		if err != nil {
+			return err
+		}
+		if cc = resp.GetContainer(); cc == nil {
+			return fmt.Errorf("container %s: empty answer: %w", k.ID, errdefs.ErrNotFound)
+		}
+		return nil
 	})
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil // already deleted: the delete event follows
@@ -426,7 +466,7 @@ func (r *Runtime) onContainer(ctx context.Context, c *client.Client, k Key, at t
 	r.mu.RLock()
 	prev := r.inv[k]
 	r.mu.RUnlock()
-	e := r.describe(nctx, c, k.Namespace, &cc, prev)
+	e := r.describe(nctx, c, k.Namespace, cc, prev)
 	if prev == nil {
 		e.c.State = StateCreated
 	}
@@ -443,7 +483,7 @@ func (r *Runtime) onContainer(ctx context.Context, c *client.Client, k Key, at t
 // onTask applies fn to container k's entry under the inventory lock and
 // emits the event it returns (0: none). A container not yet known (its
 // create event came before we listed) is read from containerd first.
-func (r *Runtime) onTask(ctx context.Context, c *client.Client, k Key, at time.Time, fn func(*entry) (EventType, *Exit)) error {
+func (r *Runtime) onTask(ctx context.Context, c *apiClient, k Key, at time.Time, fn func(*entry) (EventType, *Exit)) error {
 	r.mu.RLock()
 	_, known := r.inv[k]
 	r.mu.RUnlock()
@@ -468,4 +508,34 @@ func (r *Runtime) onTask(ctx context.Context, c *client.Client, k Key, at time.T
 		r.emit(ctx, Event{Type: t, Time: at, Key: k, Container: &cp, Exit: exit})
 	}
 	return nil
+}
+
+// listContainers lists the containers of ctx's namespace, streamed (one
+// container a message, so that no answer grows with the number of
+// containers), or in one answer from a containerd without the stream.
+func listContainers(ctx context.Context, c *apiClient) ([]*containersapi.Container, error) {
+	stream, err := c.containers.ListStream(ctx, &containersapi.ListContainersRequest{})
+	if err != nil {
+		return nil, err
+	}
+	var out []*containersapi.Container
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if status.Code(err) == codes.Unimplemented {
+			resp, err := c.containers.List(ctx, &containersapi.ListContainersRequest{})
+			if err != nil {
+				return nil, err
+			}
+			return resp.Containers, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if msg.Container != nil {
+			out = append(out, msg.Container)
+		}
+	}
 }
