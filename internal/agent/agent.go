@@ -56,6 +56,10 @@ type Agent struct {
 	done    chan struct{}     // closed when the loop ends
 	wg      sync.WaitGroup    // action goroutines
 	nowFunc func() time.Time  // clock, for tests
+
+	// Loop goroutine only: containerd's first inventory has been applied,
+	// and releaseStartupMemory has run.
+	inventoryLoaded, startupReleased bool
 }
 
 // tracked is the agent's state of one container. The loop goroutine writes

@@ -411,16 +411,19 @@ func TestBackoffGrowsAndCaps(t *testing.T) {
 		}
 	}
 	// And they were honoured: each restart came no sooner than its delay
-	// after the exit (generous tolerance the other way: machines are slow).
+	// after the exit. Both times are the events' own (the exit's time from
+	// containerd, the restart's from the agent), not when the test saw them:
+	// on a loaded machine an exit can reach the agent late, and its backoff
+	// runs from the exit.
 	var lastExit time.Time
 	i := 0
 	for _, r := range h.eventsFor("looper") {
 		switch r.ev.GetType() {
 		case vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED:
-			lastExit = r.at
+			lastExit = r.ev.GetExit().GetExitedAt().AsTime()
 		case vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTARTED:
 			if i < len(want) {
-				gap := r.at.Sub(lastExit)
+				gap := r.ev.GetTime().AsTime().Sub(lastExit)
 				if gap < want[i]-50*time.Millisecond {
 					t.Errorf("restart %d came %v after the exit, before its %v backoff", i+1, gap, want[i])
 				}

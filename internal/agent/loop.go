@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"runtime/debug"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -64,9 +65,11 @@ func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 			a.onNetworkEvent(ne)
 		case <-first:
 			a.sample(ctx)
+			a.releaseStartupMemory()
 		case <-tick.C:
 			a.settle()
 			a.sample(ctx)
+			a.releaseStartupMemory()
 		case <-prune.C:
 			a.pruneStore()
 		}
@@ -74,6 +77,20 @@ func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 }
 
 func (a *Agent) now() time.Time { return a.nowFunc() }
+
+// releaseStartupMemory hands the start-up burst back to the kernel once:
+// after the first sample that follows containerd's first inventory, the
+// network namespaces and the cgroup files of every container have been
+// read, and the garbage of doing so is gone. Left alone, the runtime's
+// background scavenger returns it over minutes; until then it counts in the
+// agent's RSS. It costs one garbage collection.
+func (a *Agent) releaseStartupMemory() {
+	if a.startupReleased || !a.inventoryLoaded {
+		return
+	}
+	a.startupReleased = true
+	debug.FreeOSMemory()
+}
 
 // sendEvent hands a container event to the event sink and the uplink (when
 // there are). It never blocks for long: the uplink buffers.
@@ -95,6 +112,9 @@ func (a *Agent) sendEvent(ev *vigilv1.ContainerEvent) {
 func (a *Agent) onRuntimeEvent(ctx context.Context, ev runtime.Event) {
 	switch ev.Type {
 	case runtime.EventUnavailable, runtime.EventAvailable:
+		if ev.Type == runtime.EventAvailable {
+			a.inventoryLoaded = true // the inventory's events came before this one
+		}
 		a.log.Info("containerd "+ev.Type.String(), "version", a.rt.Version())
 		a.sendNodeStatus()
 		return
@@ -501,22 +521,28 @@ func (a *Agent) save(t *tracked, fn func(tx Tx, rec *ContainerRecord)) {
 }
 
 // touchCounters marks the identity as live and, for kubelet containers,
-// folds the kubelet's restart count into the lifetime restarts.
+// folds the kubelet's restart count into the lifetime restarts. Only the
+// latter is written through at once: a start-up that finds hundreds of
+// containers must not rewrite the state file once per container for a
+// LastSeen that the next write (or the hourly prune) carries anyway.
 func (a *Agent) touchCounters(t *tracked) {
-	if err := a.store.Update(func(tx Tx) error {
+	if err := a.store.UpdateIf(func(tx Tx) bool {
 		c := tx.Counters(t.identity)
 		c.LastSeen = a.now()
-		if t.c.Pod != nil && !t.c.Pod.Sandbox && t.c.Manager == runtime.ManagerKubelet {
-			n := t.c.Pod.RestartCount
-			switch {
-			case n > c.KubeletRestartsSeen:
-				c.Restarts += uint64(n - c.KubeletRestartsSeen)
-			case n < c.KubeletRestartsSeen:
-				c.Restarts += uint64(n) // a new pod with the same name
-			}
-			c.KubeletRestartsSeen = n
+		if t.c.Pod == nil || t.c.Pod.Sandbox || t.c.Manager != runtime.ManagerKubelet {
+			return false
 		}
-		return nil
+		n := t.c.Pod.RestartCount
+		if n == c.KubeletRestartsSeen {
+			return false
+		}
+		if n > c.KubeletRestartsSeen {
+			c.Restarts += uint64(n - c.KubeletRestartsSeen)
+		} else {
+			c.Restarts += uint64(n) // a new pod with the same name
+		}
+		c.KubeletRestartsSeen = n
+		return true
 	}); err != nil {
 		a.log.Error("cannot write to the state dir", "container", t.c.ID, "err", err)
 	}

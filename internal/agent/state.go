@@ -213,6 +213,18 @@ func (s *Store) Update(fn func(Tx) error) error {
 	return s.writeLocked()
 }
 
+// UpdateIf runs fn on the state and writes it only when fn reports a change
+// that must survive a crash. Changes fn makes without reporting them (a
+// LastSeen refresh) stay in memory and reach the disk with the next write.
+func (s *Store) UpdateIf(fn func(Tx) bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !fn(Tx{&s.data}) {
+		return nil
+	}
+	return s.writeLocked()
+}
+
 // View runs fn on the state without writing.
 func (s *Store) View(fn func(Tx)) {
 	s.mu.Lock()

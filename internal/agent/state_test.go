@@ -72,6 +72,49 @@ func TestStoreUpdateErrorWritesNothing(t *testing.T) {
 	}
 }
 
+func TestStoreUpdateIfWritesOnlyWhenAsked(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, stateFileName)
+	before, _ := os.ReadFile(path)
+	seen := time.Date(2026, 11, 23, 1, 0, 0, 0, time.UTC)
+	if err := s.UpdateIf(func(tx Tx) bool {
+		tx.Counters("default//web").LastSeen = seen
+		return false
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := os.ReadFile(path); string(after) != string(before) {
+		t.Fatal("UpdateIf wrote although fn asked for no write")
+	}
+	// The change stays in memory...
+	s.View(func(tx Tx) {
+		if !tx.Counters("default//web").LastSeen.Equal(seen) {
+			t.Error("an unwritten change was lost from memory")
+		}
+	})
+	// ...and reaches the disk with the next write.
+	if err := s.UpdateIf(func(tx Tx) bool {
+		tx.Counters("default//web").Restarts = 2
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2.View(func(tx Tx) {
+		c := tx.Counters("default//web")
+		if c.Restarts != 2 || !c.LastSeen.Equal(seen) {
+			t.Errorf("after reopen: restarts %d, last seen %v; want 2, %v", c.Restarts, c.LastSeen, seen)
+		}
+	})
+}
+
 func TestStoreCorruptFileIsKeptAside(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, stateFileName), []byte("{not json"), 0o600); err != nil {

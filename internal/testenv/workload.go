@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"testing"
 
 	"golang.org/x/sys/unix"
 )
@@ -123,3 +124,21 @@ func sourceHash(root, src string) (string, error) {
 // BuildFlags are the release build flags (the Makefile's GO_BUILD_FLAGS),
 // for tests that build Vigil's binaries and measure or run them as shipped.
 var BuildFlags = []string{"-trimpath", "-tags", "grpcnotrace"}
+
+// ReleaseDeps lists the packages that the package in the current directory
+// links when built with BuildFlags (go list -deps), for tests that guard
+// what the shipped binaries carry. It skips the test when no go tool is on
+// PATH.
+func ReleaseDeps(tb testing.TB) []string {
+	tb.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		tb.Skip("no go tool on PATH")
+	}
+	args := append([]string{"list", "-deps"}, BuildFlags...)
+	out, err := exec.Command(goTool, append(args, ".")...).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("go list -deps: %v\n%s", err, out)
+	}
+	return strings.Fields(string(out))
+}

@@ -2,6 +2,7 @@ package runtimebench
 
 import (
 	"bufio"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +16,11 @@ import (
 	"time"
 
 	"github.com/vigilhq/vigil/internal/testenv"
+)
+
+var (
+	agentIntervalFlag = flag.Duration("agent-interval", 10*time.Second, "the whole agent's -interval (its default)")
+	agentCyclesFlag   = flag.Int("agent-cycles", 6, "sampling cycles in the whole agent's measured window")
 )
 
 // buildAgent builds the real vigil-agent the way the Makefile does.
@@ -100,7 +106,7 @@ func countSeries(url, family string) int {
 
 // measureAgent runs the real vigil-agent, standalone, on env's namespace ns
 // with n running containers and every part on (runtime, health, network,
-// local /metrics), sampling every -interval. Its cost per cycle is all of
+// local /metrics), sampling every -agent-interval. Its cost per cycle is all of
 // its CPU over a window divided by the cycles in it (an agent never idles,
 // so there is no idle window of its own to subtract); containerd's and the
 // shims' extra CPU is against a window of the same length with no agent.
@@ -112,13 +118,14 @@ func measureAgent(t *testing.T, bin string, env *testenv.Env, ns string, n int) 
 		time.Sleep(d)
 	}
 	containerd, shims := runtimePids(t, env)
-	span := time.Duration(*cyclesFlag) * *intervalFlag
+	interval := *agentIntervalFlag
+	span := time.Duration(*agentCyclesFlag) * interval
 	idle := measure(0, containerd, shims, func() { time.Sleep(span) })
 
 	addr := freePort(t)
 	cmd := exec.Command(bin,
 		"-containerd", env.Address, "-namespaces", ns,
-		"-interval", intervalFlag.String(),
+		"-interval", interval.String(),
 		"-state-dir", t.TempDir(), "-metrics-listen", addr,
 		"-node-name", "bench", "-log-level", "warn")
 	cmd.Stderr = os.Stderr
@@ -140,12 +147,12 @@ func measureAgent(t *testing.T, bin string, env *testenv.Env, ns string, n int) 
 		time.Sleep(200 * time.Millisecond)
 		seen = countSeries(url, "vigil_container_memory_working_set_bytes")
 	}
-	time.Sleep(3 * *intervalFlag) // let start-up settle
+	time.Sleep(interval + 5*time.Second) // let start-up settle
 	pid := cmd.Process.Pid
 	busy := measure(pid, containerd, shims, func() { time.Sleep(span) })
 	mem := memoryOf(pid)
 	seen = countSeries(url, "vigil_container_memory_working_set_bytes")
-	cycles := busy.wall.Seconds() / intervalFlag.Seconds()
+	cycles := busy.wall.Seconds() / interval.Seconds()
 	perCycle := func(b, i uint64) float64 {
 		base := float64(i) / idle.wall.Seconds() * busy.wall.Seconds()
 		return (float64(b) - base) * 10 / cycles // ticks are 10 ms
@@ -160,7 +167,7 @@ func measureAgent(t *testing.T, bin string, env *testenv.Env, ns string, n int) 
 	}
 	r.allMs = r.agentMs + r.containerdMs + r.shimsMs
 	t.Logf("%d containers, whole agent: %d seen; CPU per %s cycle: agent %.1f ms, containerd %+.1f ms, shims %+.1f ms, total %.1f ms (agent %.2f%% of a core at -interval %s); RSS %.1f MiB (anon %.1f, file %.1f, peak %.1f)",
-		n, seen, intervalFlag, r.agentMs, r.containerdMs, r.shimsMs, r.allMs, r.agentPct, intervalFlag,
+		n, seen, interval, r.agentMs, r.containerdMs, r.shimsMs, r.allMs, r.agentPct, interval,
 		float64(mem.rss)/1024, float64(mem.anon)/1024, float64(mem.file)/1024, float64(mem.hwm)/1024)
 	if seen != n {
 		t.Errorf("agent reported %d containers, want %d", seen, n)

@@ -14,4 +14,15 @@
 // (through testenv) and reads /proc/PID/stat of the child, containerd and
 // every shim over an idle window and a collecting window of the same
 // length.
+//
+// Then, at each count, it runs the real vigil-agent (built with the release
+// flags, testenv.BuildFlags) standalone on the same containers with every
+// part on, at its default 10s interval, and reports its CPU per cycle, the
+// extra CPU of containerd and the shims against a window with no agent, and
+// its resident memory (VmRSS, split into anonymous and file-backed, and the
+// peak). -paths picks what runs (cgroup, metrics-api, agent).
+//
+// VIGIL_BENCH_HOLD=30m pauses before the agent's measurement with the
+// containers running and logs containerd's socket, so that an agent built
+// with -tags pprof can be profiled by hand on the same scene.
 package runtimebench
