@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -30,7 +31,8 @@ import (
 //     (setns on a locked thread, sockets opened and closed), LinkList only.
 //
 // It reports CPU time per cycle from getrusage (user + system of the whole
-// process, so the kernel's work for the dumps counts), and descriptors held.
+// process, so the kernel's work for the dumps counts), and descriptors held
+// (for the monitor its sockets, epoll instance and eventfd).
 // Run it with: go test -run '^$' -bench ReadCycle ./internal/network/
 func BenchmarkReadCycle(b *testing.B) {
 	for _, n := range []int{100, 500} {
@@ -117,18 +119,18 @@ func runBenchScene(b *testing.B, n int) {
 func benchMonitor(b *testing.B, s *benchScene, n int, fullDump bool) {
 	cfg := DefaultConfig()
 	cfg.HostNetNSPath = s.hostPath()
+	fds0 := monitorFDs(b) // sockets, epoll instances, eventfds
 	m, err := New(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer m.Close()
-	fds0 := openFDs(b)
 	for i, p := range s.paths {
 		if err := m.Attach(ContainerRef{"bench", fmt.Sprint(i)}, Source{Path: p}); err != nil {
 			b.Fatal(err)
 		}
 	}
-	fds := openFDs(b) - fds0 + 2                            // +2: the host's, opened before fds0
+	fds := monitorFDs(b) - fds0
 	if _, err := m.Read(context.Background()); err != nil { // the first cycle reads addresses and routes too
 		b.Fatal(err)
 	}
@@ -194,7 +196,7 @@ type benchScene struct {
 	paths []string
 }
 
-func newBenchScene(b *testing.B, n int) *benchScene {
+func newBenchScene(b testing.TB, n int) *benchScene {
 	b.Helper()
 	start := time.Now()
 	s := &benchScene{scene: newScene(b)}
@@ -291,4 +293,58 @@ func configureBenchNS(host *netlink.Handle, br netlink.Link, path string, i int)
 		}
 	}
 	return nil
+}
+
+// BenchmarkAttachMemory measures what attaching N container namespaces
+// costs in memory: a monitor is created, N namespaces are attached (one
+// container each), and the differences from before New are reported, after
+// a GC, while the monitor is open:
+//
+//   - goroutines: goroutines the monitor keeps running;
+//   - heap-KiB: heap in use (HeapInuse), the monitor's live buffers and state;
+//   - stack-KiB: goroutine stacks in use (StackInuse);
+//   - alloc-KiB: bytes allocated while attaching (the start-up garbage the
+//     GC has to collect, live state included).
+//
+// Run it with: go test -run '^$' -bench AttachMemory ./internal/network/
+func BenchmarkAttachMemory(b *testing.B) {
+	for _, n := range []int{100, 500} {
+		b.Run(fmt.Sprintf("ns=%d", n), func(b *testing.B) {
+			s := newBenchScene(b, n)
+			cfg := DefaultConfig()
+			cfg.HostNetNSPath = s.hostPath()
+			var goroutines, heap, stack, alloc float64
+			for b.Loop() {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				g0 := runtime.NumGoroutine()
+				m, err := New(cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for i, p := range s.paths {
+					if err := m.Attach(ContainerRef{"bench", fmt.Sprint(i)}, Source{Path: p}); err != nil {
+						b.Fatal(err)
+					}
+				}
+				runtime.ReadMemStats(&after) // before the GC: TotalAlloc is cumulative anyway
+				alloc += float64(after.TotalAlloc - before.TotalAlloc)
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				goroutines += float64(runtime.NumGoroutine() - g0)
+				heap += float64(int64(after.HeapInuse) - int64(before.HeapInuse))
+				stack += float64(int64(after.StackInuse) - int64(before.StackInuse))
+				runtime.KeepAlive(m)
+				if err := m.Close(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			per := float64(b.N)
+			b.ReportMetric(goroutines/per, "goroutines")
+			b.ReportMetric(heap/per/1024, "heap-KiB")
+			b.ReportMetric(stack/per/1024, "stack-KiB")
+			b.ReportMetric(alloc/per/1024, "alloc-KiB")
+		})
+	}
 }

@@ -70,7 +70,7 @@ func (c *monitorCollector) Collect(ch chan<- prometheus.Metric) {
 	m := (*Monitor)(c)
 	s := &m.stats
 	ch <- prometheus.MustNewConstMetric(descNamespaces, prometheus.GaugeValue, float64(m.OpenNamespaces()))
-	ch <- prometheus.MustNewConstMetric(descSockets, prometheus.GaugeValue, float64(m.OpenDescriptors()))
+	ch <- prometheus.MustNewConstMetric(descSockets, prometheus.GaugeValue, float64(m.openSockets()))
 	ch <- prometheus.MustNewConstMetric(descOpened, prometheus.CounterValue, float64(s.opened.Load()))
 	ch <- prometheus.MustNewConstMetric(descClosed, prometheus.CounterValue, float64(s.closed.Load()))
 	ch <- s.cycle

@@ -68,7 +68,9 @@ type Source struct {
 // requests (dumps, bringing links up) and one subscribed to link, address
 // and route notifications. A namespace is entered once, when its first
 // container is attached, and its sockets are closed when its last container
-// is detached or its namespace file disappears.
+// is detached or its namespace file disappears. One goroutine reads the
+// notifications of every namespace (an epoll instance over the
+// subscription sockets, see notify_linux.go).
 //
 // All methods are safe for concurrent use. Read calls are serialised.
 type Monitor struct {
@@ -94,8 +96,15 @@ type Monitor struct {
 	readMu sync.Mutex // serialises Read; guards buf and the namespaces' read state
 	buf    []byte
 
+	// dumpMu guards dumpBuf, the receive buffer of the requests made
+	// outside Read (learning a namespace's links, LinkUp). Taken under a
+	// namespace's mu.
+	dumpMu  sync.Mutex
+	dumpBuf []byte
+
+	notify  *notifier
 	running atomic.Bool
-	wg      sync.WaitGroup // notification readers
+	wg      sync.WaitGroup // the notification reader
 
 	stats monitorStats
 }
@@ -125,6 +134,13 @@ type namespace struct {
 	sub      *subscription
 	closed   bool
 	stopping atomic.Bool // set before the sockets close, read by the notification reader
+
+	// subMu is held by the notification reader while it receives from sub
+	// and handles what it got, and by close (under mu) while it unregisters
+	// and closes sub. It guards reg.
+	subMu  sync.Mutex
+	reg    uint64 // registration id with the notifier; 0 when not registered
+	notify *notifier
 
 	containers []*attachment // guarded by Monitor.mu, in attach order
 
@@ -192,23 +208,31 @@ func New(cfg Config) (*Monitor, error) {
 		attached:   make(map[ContainerRef]*attachment),
 		pending:    make(map[eventKey]*Event),
 		buf:        make([]byte, dumpBufferSize),
+		dumpBuf:    make([]byte, dumpBufferSize),
 	}
 	m.stats.cycle = newCycleHistogram()
 	var err error
+	if m.notify, err = newNotifier(); err != nil {
+		return nil, fmt.Errorf("network monitor: %w", err)
+	}
 	if cfg.HostNetNSPath == "" {
 		m.host, err = m.openNamespace("/proc/self/ns/net", true)
 	} else {
 		m.host, err = m.openNamespace(cfg.HostNetNSPath, true)
 	}
 	if err != nil {
+		m.notify.close()
 		return nil, fmt.Errorf("network monitor: host namespace: %w", err)
 	}
+	m.wg.Add(1)
+	go m.readNotifications()
 	return m, nil
 }
 
 // openNamespace opens the sockets of the namespace at path, learns its
-// links and starts its notification reader. For the agent's own namespace
-// the sockets are opened without switching namespaces.
+// links and registers its subscription with the notification reader. For
+// the agent's own namespace the sockets are opened without switching
+// namespaces.
 func (m *Monitor) openNamespace(path string, host bool) (*namespace, error) {
 	h, id, err := openNS(path)
 	if err != nil {
@@ -226,7 +250,7 @@ func (m *Monitor) openNamespace(path string, host bool) (*namespace, error) {
 	}
 	ns := &namespace{
 		id: id, host: host, path: path,
-		conn: socks.conn, sub: socks.sub,
+		conn: socks.conn, sub: socks.sub, notify: m.notify,
 		known:       make(map[int32]linkSig),
 		interned:    make(map[int32]internedLink),
 		linkPos:     make(map[int32]int),
@@ -234,29 +258,30 @@ func (m *Monitor) openNamespace(path string, host bool) (*namespace, error) {
 		nextSamples: make(map[int32]counterSample),
 		since:       make(map[conditionKey]time.Time),
 	}
-	// Learn the links after subscribing, so that no change falls between.
+	// Learn the links after subscribing, so that no change falls between
+	// (the socket queues them until the reader watches it).
 	if err := m.seedKnown(ns); err != nil {
 		socks.close()
 		return nil, err
 	}
-	// Under m.mu, so that Close (which sets closed under m.mu, then waits)
-	// never races this Add.
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
 		socks.close()
 		return nil, fmt.Errorf("monitor closed: %w", errdefs.ErrUnavailable)
 	}
+	if err := m.notify.add(ns); err != nil {
+		m.mu.Unlock()
+		socks.close()
+		return nil, err
+	}
 	m.stats.opened.Add(1)
-	m.wg.Add(1)
-	go m.listen(ns)
 	m.mu.Unlock()
 	return ns, nil
 }
 
 // seedKnown replaces ns.known with the namespace's current links.
 func (m *Monitor) seedKnown(ns *namespace) error {
-	buf := make([]byte, dumpBufferSize)
 	known := make(map[int32]linkSig)
 	var rl rawLink
 	ns.mu.Lock()
@@ -264,11 +289,13 @@ func (m *Monitor) seedKnown(ns *namespace) error {
 		ns.mu.Unlock()
 		return fmt.Errorf("network namespace %d closed: %w", ns.id.ino, errdefs.ErrUnavailable)
 	}
-	err := ns.conn.dump(buf, unix.RTM_GETLINK, linkDumpBody, func(typ uint16, p []byte) {
+	m.dumpMu.Lock()
+	err := ns.conn.dump(m.dumpBuf, unix.RTM_GETLINK, linkDumpBody, func(typ uint16, p []byte) {
 		if typ == unix.RTM_NEWLINK && parseLink(p, &rl) == nil {
 			known[rl.index] = sigOf(&rl)
 		}
 	})
+	m.dumpMu.Unlock()
 	ns.mu.Unlock()
 	if err != nil && !errors.Is(err, errDumpInterrupted) {
 		return fmt.Errorf("list links in network namespace %d: %w", ns.id.ino, err)
@@ -283,8 +310,9 @@ func sigOf(rl *rawLink) linkSig {
 	return linkSig{flags: rl.flags, oper: rl.oper, mtu: rl.mtu, name: string(rl.name), mac: string(rl.mac)}
 }
 
-// close releases the namespace's sockets; its reader then returns. Safe to
-// call twice.
+// close releases the namespace's sockets, unregistering the subscription
+// from the notification reader first (under subMu, so that the reader is
+// not receiving from it). Safe to call twice.
 func (ns *namespace) close() {
 	ns.mu.Lock()
 	defer ns.mu.Unlock()
@@ -294,7 +322,10 @@ func (ns *namespace) close() {
 	ns.closed = true
 	ns.stopping.Store(true)
 	ns.conn.close()
+	ns.subMu.Lock()
+	ns.notify.remove(ns)
 	ns.sub.close()
+	ns.subMu.Unlock()
 }
 
 // Attach records that the container ref lives in the namespace src names,
@@ -462,7 +493,8 @@ func (m *Monitor) pruneStale() int {
 }
 
 // Close releases every namespace's sockets and stops the notification
-// readers. It is idempotent. Run calls it when its context ends.
+// reader, waiting for it. It is idempotent. Run calls it when its context
+// ends.
 func (m *Monitor) Close() error {
 	m.mu.Lock()
 	if m.closed {
@@ -482,7 +514,9 @@ func (m *Monitor) Close() error {
 		ns.close()
 		m.stats.closed.Add(1)
 	}
+	m.notify.wake()
 	m.wg.Wait()
+	m.notify.close()
 	return nil
 }
 
@@ -498,9 +532,20 @@ func (m *Monitor) OpenNamespaces() int {
 }
 
 // OpenDescriptors returns how many file descriptors the monitor holds: two
-// sockets per open namespace. Namespace files are closed once the sockets
-// exist (a socket keeps its namespace alive).
-func (m *Monitor) OpenDescriptors() int { return 2 * m.OpenNamespaces() }
+// sockets per open namespace, and the epoll instance and eventfd of the
+// notification reader (0 after Close). Namespace files are closed once the
+// sockets exist (a socket keeps its namespace alive).
+func (m *Monitor) OpenDescriptors() int {
+	n := m.openSockets()
+	if n == 0 {
+		return 0
+	}
+	return n + 2
+}
+
+// openSockets returns how many netlink sockets the monitor holds: two per
+// open namespace.
+func (m *Monitor) openSockets() int { return 2 * m.OpenNamespaces() }
 
 // HostInode returns the inode of the namespace treated as the host's.
 func (m *Monitor) HostInode() uint64 { return m.host.id.ino }
@@ -585,46 +630,6 @@ func (m *Monitor) push(ev Event) {
 	select {
 	case m.wake <- struct{}{}:
 	default:
-	}
-}
-
-// listen reads ns's notifications until its subscription is closed.
-func (m *Monitor) listen(ns *namespace) {
-	defer m.wg.Done()
-	// Link notifications are one message per datagram, about 1.5 KiB for a
-	// veth; a longer one (a device with many VFs) is truncated and turned
-	// into a resync.
-	buf := make([]byte, 8<<10)
-	var rl rawLink
-	for {
-		n, truncated, err := ns.sub.receive(buf)
-		now := time.Now()
-		if errors.Is(err, unix.ENOBUFS) {
-			m.resync(ns, now)
-			continue
-		}
-		if err != nil {
-			if !ns.stopping.Load() {
-				m.log.Warn("network namespace notifications stopped", "netns_inode", ns.id.ino, "err", err)
-			}
-			return
-		}
-		if truncated {
-			m.resync(ns, now)
-			continue
-		}
-		_, _ = walkMessages(buf[:n], anySeq, func(typ uint16, p []byte) {
-			switch typ {
-			case unix.RTM_NEWLINK, unix.RTM_DELLINK:
-				if parseLink(p, &rl) == nil {
-					m.linkNotification(ns, typ == unix.RTM_DELLINK, &rl, now)
-				}
-			case unix.RTM_NEWADDR, unix.RTM_DELADDR:
-				ns.addrsDirty.Store(true)
-			case unix.RTM_NEWROUTE, unix.RTM_DELROUTE:
-				ns.routesDirty.Store(true)
-			}
-		})
 	}
 }
 
@@ -893,9 +898,14 @@ func (m *Monitor) readNamespace(ns *namespace, st *NamespaceState) error {
 // must be held.
 func (m *Monitor) readLinks(ns *namespace) ([]Link, error) {
 	// Notifications already queued but not yet taken by the reader would
-	// make the cached state stale: treat them as read. (One taken but not
-	// yet marked is a change a few instructions old; the next cycle has it.)
-	if ns.sub.pending() {
+	// make the cached state stale: treat them as read. Under subMu, which
+	// the reader holds from taking datagrams until it has marked what they
+	// changed: so every notification sent before this point is either
+	// still queued or marked.
+	ns.subMu.Lock()
+	pending := ns.sub.pending()
+	ns.subMu.Unlock()
+	if pending {
 		ns.linksDirty.Store(true)
 		ns.addrsDirty.Store(true)
 		ns.routesDirty.Store(true)
@@ -990,7 +1000,9 @@ func (m *Monitor) LinkUp(ctx context.Context, netnsInode uint64, ifname string) 
 	if ns.closed {
 		return fmt.Errorf("link up %s: network namespace %d closed: %w", ifname, netnsInode, errdefs.ErrUnavailable)
 	}
-	err := ns.conn.setLinkUp(make([]byte, 8<<10), ifname)
+	m.dumpMu.Lock()
+	err := ns.conn.setLinkUp(m.dumpBuf, ifname)
+	m.dumpMu.Unlock()
 	switch {
 	case err == nil:
 		return nil

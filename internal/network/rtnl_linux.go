@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -442,11 +442,10 @@ func (c *rtnlConn) setLinkUp(buf []byte, name string) error {
 }
 
 // subscription is a NETLINK_ROUTE socket joined to the link, address and
-// route multicast groups. Reads go through the Go poller, so closing the
-// file wakes a blocked reader.
+// route multicast groups. It is non-blocking: the monitor's notification
+// reader waits for it with epoll (notify_linux.go).
 type subscription struct {
-	file *os.File
-	fd   int // valid until close
+	fd int // -1 after close
 }
 
 // openSubscription opens the notification socket in the calling thread's
@@ -460,33 +459,31 @@ func openSubscription() (*subscription, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("netlink subscribe: %w", err)
 	}
-	return &subscription{file: os.NewFile(uintptr(fd), "rtnetlink-subscription"), fd: fd}, nil
+	return &subscription{fd: fd}, nil
 }
 
-// receive waits for the next notification datagram and copies it into buf.
-// truncated reports a datagram larger than buf (its tail is lost). It
-// returns unix.ENOBUFS when the kernel dropped notifications, and an error
-// wrapping os.ErrClosed once the subscription is closed.
+// receive takes the next notification datagram, without waiting, and copies
+// it into buf (not empty). truncated reports a datagram larger than buf (its
+// tail is lost). It returns unix.EAGAIN when none is queued and unix.ENOBUFS
+// when the kernel dropped notifications. Must not be called after close.
 func (s *subscription) receive(buf []byte) (n int, truncated bool, err error) {
-	rc, err := s.file.SyscallConn()
-	if err != nil {
-		return 0, false, err
+	for {
+		// recvfrom(2) without a source address: unix.Recvfrom would
+		// allocate one per datagram. MSG_TRUNC makes netlink return the
+		// datagram's real length.
+		r, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(s.fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
+			unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return 0, false, errno
+		}
+		if int(r) > len(buf) {
+			return len(buf), true, nil
+		}
+		return int(r), false, nil
 	}
-	var rerr error
-	err = rc.Read(func(fd uintptr) bool {
-		n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_TRUNC)
-		return rerr != unix.EAGAIN && rerr != unix.EINTR
-	})
-	if err != nil {
-		return 0, false, err
-	}
-	if rerr != nil {
-		return 0, false, rerr
-	}
-	if n > len(buf) {
-		return len(buf), true, nil
-	}
-	return n, false, nil
 }
 
 // pending reports whether notifications are queued on the socket that the
@@ -499,8 +496,10 @@ func (s *subscription) pending() bool {
 }
 
 func (s *subscription) close() error {
-	if s == nil {
+	if s == nil || s.fd < 0 {
 		return nil
 	}
-	return s.file.Close()
+	err := unix.Close(s.fd)
+	s.fd = -1
+	return err
 }
