@@ -12,10 +12,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
 	"github.com/vigilhq/vigil/internal/agent"
+	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -33,13 +35,20 @@ func main() {
 	}
 }
 
+// processFlags are the flags that shape the process rather than the agent.
+type processFlags struct {
+	logLevel  string
+	gcPercent int
+}
+
 // parseFlags turns the command line into a validated config.
-func parseFlags(args []string, stderr io.Writer) (agent.Config, string, error) {
+func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, error) {
 	cfg := agent.DefaultConfig()
 	cfg.Version = version
 	fs := flag.NewFlagSet("vigil-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var namespaces, logLevel string
+	var namespaces string
+	var pf processFlags
 	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's name in the fleet (default: host name; env NODE_NAME)")
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory for lifetime counters and restart state")
 	fs.StringVar(&cfg.ContainerdAddress, "containerd", cfg.ContainerdAddress, "containerd socket")
@@ -64,15 +73,16 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, string, error) {
 	fs.DurationVar(&cfg.StopWindow, "stop-window", cfg.StopWindow, "least time between an exit and a policy restart, so an operator's kill-then-delete stop is seen as explicit")
 	fs.BoolVar(&cfg.Network, "network", cfg.Network, "monitor host and container networks through netlink")
 	fs.BoolVar(&cfg.NetworkAffectsHealth, "network-affects-health", false, "a container with a link down or no default route is unhealthy (restarted under restart-on-unhealthy)")
-	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&pf.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.IntVar(&pf.gcPercent, "gc-percent", 50, "Go GC target percentage (GOGC), unless the GOGC environment variable is set; see docs/benchmarks.md#agent-memory")
 	if v := os.Getenv("NODE_NAME"); v != "" {
 		cfg.NodeName = v
 	}
 	if err := fs.Parse(args); err != nil {
-		return cfg, "", err
+		return cfg, pf, err
 	}
 	if fs.NArg() > 0 {
-		return cfg, "", fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+		return cfg, pf, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	if namespaces != "" {
 		for _, ns := range strings.Split(namespaces, ",") {
@@ -81,17 +91,28 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, string, error) {
 			}
 		}
 	}
-	return cfg, logLevel, cfg.Validate()
+	if pf.gcPercent < 10 {
+		return cfg, pf, fmt.Errorf("--gc-percent %d: want 10 or more: %w", pf.gcPercent, errdefs.ErrInvalid)
+	}
+	return cfg, pf, cfg.Validate()
 }
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {
-	cfg, logLevel, err := parseFlags(args, stderr)
+	cfg, pf, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
 	}
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
+	if err := level.UnmarshalText([]byte(pf.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", pf.logLevel)
+	}
+	if os.Getenv("GOGC") == "" {
+		// The agent's live heap is small (a few MiB at 100 containers) and
+		// its allocation rate low: with Go's default target the heap grows
+		// to twice the live data between collections, and that slack is
+		// most of the agent's anonymous memory. 50 keeps it at 1.5 times
+		// for a collection every few cycles (docs/benchmarks.md#agent-memory).
+		debug.SetGCPercent(pf.gcPercent)
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if cfg.AggregatorAddress != "" && cfg.Insecure {

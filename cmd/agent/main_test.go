@@ -28,6 +28,7 @@ func TestParseFlagsRejectsBadConfig(t *testing.T) {
 		{[]string{"--stats-source", "magic"}, `stats source "magic"`},
 		{[]string{"--network=false", "--network-affects-health"}, "network-affects-health needs network monitoring"},
 		{[]string{"extra"}, "unexpected arguments: extra"},
+		{[]string{"--gc-percent", "5"}, "--gc-percent 5: want 10 or more"},
 	} {
 		_, _, err := parseFlags(tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -43,12 +44,12 @@ func TestParseFlagsRejectsBadConfig(t *testing.T) {
 
 func TestParseFlagsDefaults(t *testing.T) {
 	t.Setenv("NODE_NAME", "node-7")
-	cfg, level, err := parseFlags([]string{"--namespaces", "default, k8s.io", "--state-dir", t.TempDir()}, &bytes.Buffer{})
+	cfg, pf, err := parseFlags([]string{"--namespaces", "default, k8s.io", "--state-dir", t.TempDir()}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.NodeName != "node-7" || level != "info" || len(cfg.Namespaces) != 2 || cfg.Namespaces[1] != "k8s.io" {
-		t.Fatalf("cfg = %+v, level %q", cfg, level)
+	if cfg.NodeName != "node-7" || pf.logLevel != "info" || pf.gcPercent != 50 || len(cfg.Namespaces) != 2 || cfg.Namespaces[1] != "k8s.io" {
+		t.Fatalf("cfg = %+v, process flags %+v", cfg, pf)
 	}
 	if cfg.AggregatorAddress != "" || !cfg.Network || cfg.StatsSource != "cgroup" {
 		t.Fatalf("unexpected defaults: %+v", cfg)
