@@ -15,25 +15,67 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/testenv"
 )
 
 var (
 	agentIntervalFlag = flag.Duration("agent-interval", 10*time.Second, "the whole agent's -interval (its default)")
-	agentCyclesFlag   = flag.Int("agent-cycles", 6, "sampling cycles in the whole agent's measured window")
+	agentCyclesFlag   = flag.Int("agent-cycles", 12, "sampling cycles in the whole agent's measured window")
 )
 
-// buildAgent builds the real vigil-agent the way the Makefile does.
-func buildAgent(t *testing.T) string {
+// buildRelease builds one of Vigil's commands the way the Makefile does.
+func buildRelease(t *testing.T, name, pkg string) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "vigil-agent")
+	bin := filepath.Join(t.TempDir(), name)
 	args := append([]string{"build"}, testenv.BuildFlags...)
-	cmd := exec.Command("go", append(args, "-o", bin, "github.com/vigilhq/vigil/cmd/agent")...)
+	cmd := exec.Command("go", append(args, "-o", bin, pkg)...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building the agent: %v\n%s", err, out)
+		t.Fatalf("building %s: %v\n%s", pkg, err, out)
 	}
 	return bin
+}
+
+// agentBins are the binaries of the whole-agent measurement.
+type agentBins struct{ agent, aggregator string }
+
+func buildAgent(t *testing.T) agentBins {
+	return agentBins{
+		agent:      buildRelease(t, "vigil-agent", "github.com/vigilhq/vigil/cmd/agent"),
+		aggregator: buildRelease(t, "vigil-aggregator", "github.com/vigilhq/vigil/cmd/aggregator"),
+	}
+}
+
+// startAggregator runs a real aggregator on loopback with mutual TLS and
+// returns its gRPC address and the agent's TLS flags.
+func startAggregator(t *testing.T, bin string) (addr string, agentTLS []string) {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := pki.NewCA("vigil-bench-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ca.WriteFiles(dir, "aggregator", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := ca.WriteFiles(dir, "agent", "bench")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr = freePort(t)
+	cmd := exec.Command(bin, "-grpc-listen", addr, "-http-listen", freePort(t),
+		"-tls-cert", srv.Cert, "-tls-key", srv.Key, "-tls-ca", srv.CA, "-log-level", "warn")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+	})
+	return addr, []string{"-aggregator", addr, "-tls-cert", cli.Cert, "-tls-key", cli.Key, "-tls-ca", cli.CA, "-tls-server-name", "localhost"}
 }
 
 // memory is the resident memory of a process, from /proc/PID/status.
@@ -86,6 +128,20 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 // countSeries counts the samples of one metric family on a /metrics page.
 func countSeries(url, family string) int {
 	resp, err := http.Get(url)
@@ -104,13 +160,14 @@ func countSeries(url, family string) int {
 	return n
 }
 
-// measureAgent runs the real vigil-agent, standalone, on env's namespace ns
-// with n running containers and every part on (runtime, health, network,
-// local /metrics), sampling every -agent-interval. Its cost per cycle is all of
+// measureAgent runs the real vigil-agent on env's namespace ns with n
+// running containers and every part on (runtime, health, network, local
+// /metrics, and its mTLS stream to a real aggregator), sampling every
+// -agent-interval. Its cost per cycle is all of
 // its CPU over a window divided by the cycles in it (an agent never idles,
 // so there is no idle window of its own to subtract); containerd's and the
 // shims' extra CPU is against a window of the same length with no agent.
-func measureAgent(t *testing.T, bin string, env *testenv.Env, ns string, n int) agentResult {
+func measureAgent(t *testing.T, bins agentBins, env *testenv.Env, ns string, n int) agentResult {
 	t.Helper()
 	if hold := os.Getenv("VIGIL_BENCH_HOLD"); hold != "" {
 		d, _ := time.ParseDuration(hold)
@@ -122,12 +179,13 @@ func measureAgent(t *testing.T, bin string, env *testenv.Env, ns string, n int) 
 	span := time.Duration(*agentCyclesFlag) * interval
 	idle := measure(0, containerd, shims, func() { time.Sleep(span) })
 
+	_, tlsFlags := startAggregator(t, bins.aggregator)
 	addr := freePort(t)
-	cmd := exec.Command(bin,
+	cmd := exec.Command(bins.agent, append([]string{
 		"-containerd", env.Address, "-namespaces", ns,
 		"-interval", interval.String(),
 		"-state-dir", t.TempDir(), "-metrics-listen", addr,
-		"-node-name", "bench", "-log-level", "warn")
+		"-node-name", "bench", "-log-level", "warn"}, tlsFlags...)...)
 	cmd.Stderr = os.Stderr
 	cmd.Stdout = io.Discard
 	if err := cmd.Start(); err != nil {
@@ -146,6 +204,12 @@ func measureAgent(t *testing.T, bin string, env *testenv.Env, ns string, n int) 
 		}
 		time.Sleep(200 * time.Millisecond)
 		seen = countSeries(url, "vigil_container_memory_working_set_bytes")
+	}
+	for !strings.Contains(get(t, "http://"+addr+"/metrics/self"), "vigil_agent_uplink_connected 1") {
+		if time.Now().After(deadline) {
+			t.Fatal("agent not connected to the aggregator after 2 minutes")
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	time.Sleep(interval + 5*time.Second) // let start-up settle
 	pid := cmd.Process.Pid

@@ -203,7 +203,7 @@ func TestCollectionCost(t *testing.T) {
 		}
 	}
 	bin := buildCollector(t)
-	var agentBin string
+	var agentBin agentBins
 	if paths["agent"] {
 		agentBin = buildAgent(t)
 	}
