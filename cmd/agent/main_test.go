@@ -6,7 +6,9 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -29,6 +31,7 @@ func TestParseFlagsRejectsBadConfig(t *testing.T) {
 		{[]string{"--network=false", "--network-affects-health"}, "network-affects-health needs network monitoring"},
 		{[]string{"extra"}, "unexpected arguments: extra"},
 		{[]string{"--gc-percent", "5"}, "--gc-percent 5: want 10 or more"},
+		{[]string{"--max-procs", "0"}, "--max-procs 0: want 1 or more"},
 	} {
 		_, _, err := parseFlags(tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -48,7 +51,7 @@ func TestParseFlagsDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.NodeName != "node-7" || pf.logLevel != "info" || pf.gcPercent != 50 || len(cfg.Namespaces) != 2 || cfg.Namespaces[1] != "k8s.io" {
+	if cfg.NodeName != "node-7" || pf.logLevel != "info" || pf.gcPercent != 50 || pf.maxProcs != 2 || len(cfg.Namespaces) != 2 || cfg.Namespaces[1] != "k8s.io" {
 		t.Fatalf("cfg = %+v, process flags %+v", cfg, pf)
 	}
 	if cfg.AggregatorAddress != "" || !cfg.Network || cfg.StatsSource != "cgroup" {
@@ -60,6 +63,12 @@ func TestParseFlagsDefaults(t *testing.T) {
 // says so on /healthz); cancelling its context (what SIGTERM does) makes run
 // return nil promptly.
 func TestRunStopsCleanly(t *testing.T) {
+	// run caps GOMAXPROCS (--max-procs 2 by default) unless the environment
+	// sets it: start from more, as on a big node.
+	capped := os.Getenv("GOMAXPROCS") == ""
+	if capped {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(8))
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -91,6 +100,9 @@ func TestRunStopsCleanly(t *testing.T) {
 	}
 	if !strings.Contains(body, "containerd: unavailable") {
 		t.Fatalf("/healthz = %q, want it to report containerd unavailable", body)
+	}
+	if n := runtime.GOMAXPROCS(0); capped && n != 2 {
+		t.Errorf("GOMAXPROCS is %d after start, want the --max-procs default of 2", n)
 	}
 	cancel()
 	select {
