@@ -1,15 +1,20 @@
 package runtime
 
 import (
+	"context"
+	"errors"
 	"path"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
 // Fuzz targets for every parser of outside input: cgroup files (kernel),
 // cgroupsPath and OCI spec, CRI metadata and labels (whoever created the
-// container), image config (whoever built the image), /proc/PID/stat.
+// container), image config, index and manifest (whoever built the image),
+// /proc/PID/stat.
 // Seeds live in testdata/fuzz/<Target>/.
 
 func FuzzCgroupFiles(f *testing.F) {
@@ -106,5 +111,39 @@ func FuzzStatStartTicks(f *testing.F) {
 	f.Add([]byte("1 (init) S 0 1 1 0 -1 4194560 1 0 0 0 3 1 0 0 20 0 1 0 5 4476928 202 1\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		statStartTicks(b)
+	})
+}
+
+// FuzzResolveImageConfig feeds the image-config resolution hostile index,
+// manifest and config documents (whoever built or pushed the image). The
+// first document is the image's target (an index when isIndex); every
+// other digest it names is served the second document, so nested indexes
+// and manifests are fuzzed too. The fetcher never fails, so every error
+// must come from the documents and say so: ErrInvalid, or ErrNotFound for
+// an index with nothing for this platform.
+func FuzzResolveImageConfig(f *testing.F) {
+	// Seeds: testdata/fuzz/FuzzResolveImageConfig (an index, a manifest, a
+	// nested index, documents that contradict their descriptor).
+	f.Fuzz(func(t *testing.T, isIndex bool, target, child []byte) {
+		const targetDigest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+		mt := mediaTypeOCIManifest
+		if isIndex {
+			mt = mediaTypeOCIIndex
+		}
+		fetches := 0
+		fetch := func(_ context.Context, d blobDesc) ([]byte, error) {
+			fetches++
+			if fetches > 64 {
+				t.Fatalf("more than 64 fetches for one image: the depth and candidate limits do not hold")
+			}
+			if d.digest == targetDigest {
+				return target, nil
+			}
+			return child, nil
+		}
+		_, err := resolveImageConfig(context.Background(), fetch, blobDesc{mediaType: mt, digest: targetDigest}, imagePlatform())
+		if err != nil && !errors.Is(err, errdefs.ErrInvalid) && !errors.Is(err, errdefs.ErrNotFound) {
+			t.Fatalf("resolve: %v: not ErrInvalid or ErrNotFound", err)
+		}
 	})
 }

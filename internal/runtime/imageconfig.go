@@ -2,20 +2,18 @@ package runtime
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/sha512"
-	"encoding/hex"
+	_ "crypto/sha256" // digest algorithms go-digest verifies with
+	_ "crypto/sha512"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"slices"
-	"strings"
 	"sync"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/containerd/platforms"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -206,7 +204,7 @@ func isIndexType(mt string) bool { return mt == mediaTypeOCIIndex || mt == media
 // maxImageBlob is refused (before reading when its descriptor says so); what
 // is read must have d's size and digest.
 func readBlob(ctx context.Context, cs contentapi.ContentClient, d blobDesc) ([]byte, error) {
-	newHash, err := digestHash(d.digest)
+	dgst, err := parseDigest(d.digest)
 	if err != nil {
 		return nil, err
 	}
@@ -241,37 +239,18 @@ func readBlob(ctx context.Context, cs contentapi.ContentClient, d blobDesc) ([]b
 	if d.size > 0 && int64(len(buf)) != d.size {
 		return nil, fmt.Errorf("blob %s: read %d bytes, its descriptor says %d: %w", d.digest, len(buf), d.size, errdefs.ErrInvalid)
 	}
-	h := newHash()
-	h.Write(buf)
-	if got := hex.EncodeToString(h.Sum(nil)); got != d.digest[strings.IndexByte(d.digest, ':')+1:] {
+	if got := dgst.Algorithm().FromBytes(buf); got != dgst {
 		return nil, fmt.Errorf("blob %s: content has digest %s: %w", d.digest, got, errdefs.ErrInvalid)
 	}
 	return buf, nil
 }
 
-// digestHash checks that dgst is "<algorithm>:<hex>" with a supported
-// algorithm (sha256, sha512) and returns the algorithm's hash.
-func digestHash(dgst string) (func() hash.Hash, error) {
-	alg, hexPart, ok := strings.Cut(dgst, ":")
-	var newHash func() hash.Hash
-	size := 0
-	switch alg {
-	case "sha256":
-		newHash, size = sha256.New, sha256.Size
-	case "sha512":
-		newHash, size = sha512.New, sha512.Size
+// parseDigest checks that dgst is "<algorithm>:<hex>" with an algorithm
+// this binary can verify (sha256, sha512).
+func parseDigest(dgst string) (digest.Digest, error) {
+	d, err := digest.Parse(dgst)
+	if err != nil {
+		return "", fmt.Errorf("digest %q: %w: %v", dgst, errdefs.ErrInvalid, err)
 	}
-	if !ok || newHash == nil || len(hexPart) != 2*size || !isLowerHex(hexPart) {
-		return nil, fmt.Errorf("digest %q: want sha256:<hex> or sha512:<hex>: %w", dgst, errdefs.ErrInvalid)
-	}
-	return newHash, nil
-}
-
-func isLowerHex(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
+	return d, nil
 }

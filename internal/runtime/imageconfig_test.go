@@ -244,18 +244,18 @@ func TestResolveImageConfig(t *testing.T) {
 	})
 }
 
-func TestDigestHash(t *testing.T) {
+func TestParseDigest(t *testing.T) {
 	good := "sha256:" + strings.Repeat("ab", 32)
-	if _, err := digestHash(good); err != nil {
+	if _, err := parseDigest(good); err != nil {
 		t.Errorf("%s: %v", good, err)
 	}
-	if _, err := digestHash("sha512:" + strings.Repeat("0", 128)); err != nil {
+	if _, err := parseDigest("sha512:" + strings.Repeat("0", 128)); err != nil {
 		t.Errorf("sha512: %v", err)
 	}
 	for _, bad := range []string{"", "sha256", "sha256:", "sha256:abc", "md5:" + strings.Repeat("0", 32),
 		"sha256:" + strings.Repeat("AB", 32), "sha256:" + strings.Repeat("zz", 32), "sha256:../../" + strings.Repeat("0", 58)} {
-		if _, err := digestHash(bad); !errors.Is(err, errdefs.ErrInvalid) {
-			t.Errorf("digestHash(%q) = %v, want ErrInvalid", bad, err)
+		if _, err := parseDigest(bad); !errors.Is(err, errdefs.ErrInvalid) {
+			t.Errorf("parseDigest(%q) = %v, want ErrInvalid", bad, err)
 		}
 	}
 }
