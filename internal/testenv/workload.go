@@ -127,16 +127,13 @@ var BuildFlags = []string{"-trimpath", "-tags", "grpcnotrace"}
 
 // ReleaseDeps lists the packages that the package in the current directory
 // links when built with BuildFlags (go list -deps), for tests that guard
-// what the shipped binaries carry. It skips the test when no go tool is on
-// PATH.
+// what the shipped binaries carry. It uses the toolchain of the test binary
+// (the suite needs it to build the workload anyway) and fails, rather than
+// skips, when it cannot list.
 func ReleaseDeps(tb testing.TB) []string {
 	tb.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		tb.Skip("no go tool on PATH")
-	}
 	args := append([]string{"list", "-deps"}, BuildFlags...)
-	out, err := exec.Command(goTool, append(args, ".")...).CombinedOutput()
+	out, err := exec.Command(goTool(), append(args, ".")...).CombinedOutput()
 	if err != nil {
 		tb.Fatalf("go list -deps: %v\n%s", err, out)
 	}

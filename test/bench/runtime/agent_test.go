@@ -170,7 +170,10 @@ func countSeries(url, family string) int {
 func measureAgent(t *testing.T, bins agentBins, env *testenv.Env, ns string, n int) agentResult {
 	t.Helper()
 	if hold := os.Getenv("VIGIL_BENCH_HOLD"); hold != "" {
-		d, _ := time.ParseDuration(hold)
+		d, err := time.ParseDuration(hold)
+		if err != nil {
+			t.Fatalf("VIGIL_BENCH_HOLD=%q: %v", hold, err)
+		}
 		t.Logf("holding for %s: containerd at %s, namespace %s", d, env.Address, ns)
 		time.Sleep(d)
 	}
