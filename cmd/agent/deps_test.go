@@ -20,12 +20,15 @@ func TestReleaseBuildLeavesOutHeavyPackages(t *testing.T) {
 		t.Fatal("go list -deps did not list grpc; is this the agent?")
 	}
 	for pkg, why := range map[string]string{
-		"golang.org/x/net/trace":                     "grpc's request tracing (build with -tags grpcnotrace)",
-		"html/template":                              "its reflection keeps every exported method in the binary",
-		"net/http/pprof":                             "profiling endpoints (only with -tags pprof)",
-		"github.com/containerd/containerd/v2/client": "containerd's client (internal/runtime uses the API stubs)",
-		"go.opentelemetry.io/otel":                   "OpenTelemetry, which containerd's client links",
-		"github.com/klauspost/compress/zstd":         "image layer compression, which containerd's image helpers link",
+		"golang.org/x/net/trace":                         "grpc's request tracing (build with -tags grpcnotrace)",
+		"html/template":                                  "its reflection keeps every exported method in the binary",
+		"net/http/pprof":                                 "profiling endpoints (only with -tags pprof)",
+		"github.com/containerd/containerd/v2/client":     "containerd's client (internal/runtime uses the API stubs)",
+		"go.opentelemetry.io/otel":                       "OpenTelemetry, which containerd's client links",
+		"github.com/klauspost/compress/zstd":             "image layer compression, which containerd's image helpers link",
+		"github.com/prometheus/client_golang/prometheus": "client_golang's registry (the agent's self-metrics are internal/metrics)",
+		"github.com/prometheus/common/expfmt":            "Prometheus's exposition library, which client_golang links",
+		"github.com/prometheus/procfs":                   "client_golang's process collector",
 	} {
 		if deps[pkg] {
 			t.Errorf("the release agent links %s: %s", pkg, why)

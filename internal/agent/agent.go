@@ -14,11 +14,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-
 	"github.com/vigilhq/vigil/internal/agent/uplink"
 	"github.com/vigilhq/vigil/internal/health"
+	"github.com/vigilhq/vigil/internal/metrics"
 	"github.com/vigilhq/vigil/internal/network"
 	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/restart"
@@ -41,7 +39,7 @@ type Agent struct {
 	up    *uplink.Uplink // nil when standalone
 	probe *health.Scheduler
 	net   *network.Monitor // nil when network monitoring is off
-	reg   *prometheus.Registry
+	reg   *metrics.Registry
 	self  *selfMetrics
 
 	bootID string
@@ -112,7 +110,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg:        cfg,
 		log:        log,
 		store:      store,
-		reg:        prometheus.NewRegistry(),
+		reg:        metrics.NewRegistry(),
 		containers: map[runtime.Key]*tracked{},
 		lastStats:  map[runtime.Key]*vigilv1.ResourceSample{},
 		due:        make(chan runtime.Key, 256),
@@ -174,18 +172,17 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}
 	a.self = newSelfMetrics(a)
-	a.reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	a.reg.Register(
+		metrics.ProcessCollector(),
 		a.rt.Collector(),
 		a.probe.Collector(),
 		a.self,
 	)
 	if a.net != nil {
-		a.reg.MustRegister(a.net.Collector())
+		a.reg.Register(a.net.Collector())
 	}
 	if a.up != nil {
-		a.reg.MustRegister(a.up.Collector())
+		a.reg.Register(a.up.Collector())
 	}
 	return a, nil
 }
@@ -199,7 +196,7 @@ func (a *Agent) capabilities() []string {
 }
 
 // Registry is the agent's metrics registry (its self-metrics).
-func (a *Agent) Registry() *prometheus.Registry { return a.reg }
+func (a *Agent) Registry() *metrics.Registry { return a.reg }
 
 // Run runs the agent until ctx ends. It returns nil on a clean shutdown, or
 // the first error of a part that cannot go on.

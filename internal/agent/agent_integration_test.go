@@ -17,6 +17,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/vishvananda/netlink"
 
+	"github.com/vigilhq/vigil/internal/metrics/expotest"
 	"github.com/vigilhq/vigil/internal/testenv"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
@@ -86,7 +87,7 @@ func (h *harness) start(mod func(*Config)) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	h.lastRegistry = a.Registry()
+	h.lastRegistry = expotest.Gatherer{a.Registry()}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	h.done = make(chan error, 1)

@@ -1,9 +1,9 @@
 package agent
 
 import (
+	"fmt"
 	"net/http"
-
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"strings"
 
 	"github.com/vigilhq/vigil/internal/metrics"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -18,7 +18,7 @@ import (
 func (a *Agent) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/metrics", a.serveNodeMetrics)
-	mux.Handle("/metrics/self", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	mux.HandleFunc("/metrics/self", a.serveSelfMetrics)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if a.rt.Available() {
@@ -28,6 +28,16 @@ func (a *Agent) httpHandler() http.Handler {
 		_, _ = w.Write([]byte("ok\ncontainerd: unavailable\n"))
 	})
 	return mux
+}
+
+// serveSelfMetrics writes what it can collect; a family that cannot be
+// written is logged and named in a comment, the others are still served.
+func (a *Agent) serveSelfMetrics(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	if _, err := a.reg.WriteTo(w); err != nil {
+		a.log.Warn("write /metrics/self", "err", err)
+		_, _ = fmt.Fprintf(w, "# vigil: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+	}
 }
 
 func (a *Agent) serveNodeMetrics(w http.ResponseWriter, r *http.Request) {

@@ -9,10 +9,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/vigilhq/vigil/internal/metrics"
 	"github.com/vigilhq/vigil/internal/network"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
@@ -352,44 +352,36 @@ type selfMetrics struct {
 	a        *Agent
 	statsBuf []runtime.Stats
 
-	contDesc *prometheus.Desc
-	collHist prometheus.Histogram
+	contDesc *metrics.Desc
+	collHist *metrics.Histogram
 	lastColl atomic.Int64 // nanoseconds of the last collection cycle
 	// restartHist is the time spent in containerd's delete, create and start
 	// of a policy restart; restartLag the time from the exit (containerd's
 	// timestamp) to the new task running, backoff included.
-	restartHist prometheus.Histogram
-	restartLag  prometheus.Histogram
+	restartHist *metrics.Histogram
+	restartLag  *metrics.Histogram
 	// restartOverhead is the time from an exit to the restart call, less the
 	// delay Vigil chose to wait (backoff and stop window): event delivery,
 	// the decision, the durable write and the timer.
-	restartOverhead prometheus.Histogram
+	restartOverhead *metrics.Histogram
 }
 
 func newSelfMetrics(a *Agent) *selfMetrics {
 	return &selfMetrics{
 		a:        a,
-		contDesc: prometheus.NewDesc("vigil_agent_containers", "Containers the agent tracks, by containerd namespace and manager.", []string{"namespace", "manager"}, nil),
-		collHist: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "vigil_agent_collection_duration_seconds",
-			Help:    "Wall time of one resource and network collection cycle.",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
-		}),
-		restartHist: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "vigil_agent_restart_runtime_seconds",
-			Help:    "Time containerd took to delete the exited task, create a new one and start it, per policy restart.",
-			Buckets: []float64{.025, .05, .1, .15, .2, .3, .5, 1, 2.5, 5},
-		}),
-		restartOverhead: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "vigil_agent_restart_overhead_seconds",
-			Help:    "Time from a task's exit to the agent asking containerd for its replacement, less the backoff and stop window it chose to wait.",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25},
-		}),
-		restartLag: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "vigil_agent_restart_exit_to_running_seconds",
-			Help:    "Time from a task's exit to its replacement running, per policy restart (backoff and stop window included).",
-			Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
-		}),
+		contDesc: metrics.NewDesc("vigil_agent_containers", "Containers the agent tracks, by containerd namespace and manager.", metrics.GaugeType, "namespace", "manager"),
+		collHist: metrics.NewHistogram("vigil_agent_collection_duration_seconds",
+			"Wall time of one resource and network collection cycle.",
+			[]float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}),
+		restartHist: metrics.NewHistogram("vigil_agent_restart_runtime_seconds",
+			"Time containerd took to delete the exited task, create a new one and start it, per policy restart.",
+			[]float64{.025, .05, .1, .15, .2, .3, .5, 1, 2.5, 5}),
+		restartOverhead: metrics.NewHistogram("vigil_agent_restart_overhead_seconds",
+			"Time from a task's exit to the agent asking containerd for its replacement, less the backoff and stop window it chose to wait.",
+			[]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25}),
+		restartLag: metrics.NewHistogram("vigil_agent_restart_exit_to_running_seconds",
+			"Time from a task's exit to its replacement running, per policy restart (backoff and stop window included).",
+			[]float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}),
 	}
 }
 
@@ -402,15 +394,7 @@ func (s *selfMetrics) lastCollection() time.Duration {
 	return time.Duration(s.lastColl.Load())
 }
 
-func (s *selfMetrics) Describe(ch chan<- *prometheus.Desc) {
-	ch <- s.contDesc
-	s.collHist.Describe(ch)
-	s.restartHist.Describe(ch)
-	s.restartLag.Describe(ch)
-	s.restartOverhead.Describe(ch)
-}
-
-func (s *selfMetrics) Collect(ch chan<- prometheus.Metric) {
+func (s *selfMetrics) Collect(w *metrics.Writer) {
 	type k struct{ ns, mgr string }
 	counts := map[k]int{}
 	s.a.mu.RLock()
@@ -419,10 +403,10 @@ func (s *selfMetrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	s.a.mu.RUnlock()
 	for key, n := range counts {
-		ch <- prometheus.MustNewConstMetric(s.contDesc, prometheus.GaugeValue, float64(n), key.ns, key.mgr)
+		w.Sample(s.contDesc, float64(n), key.ns, key.mgr)
 	}
-	s.collHist.Collect(ch)
-	s.restartHist.Collect(ch)
-	s.restartLag.Collect(ch)
-	s.restartOverhead.Collect(ch)
+	s.collHist.Collect(w)
+	s.restartHist.Collect(w)
+	s.restartLag.Collect(w)
+	s.restartOverhead.Collect(w)
 }

@@ -60,7 +60,7 @@ type Scheduler struct {
 	log       *slog.Logger
 	workers   int
 	prober    *prober
-	metrics   *metrics
+	metrics   *probeMetrics
 	changes   chan Change
 	wake      chan struct{}
 	work      chan *entry

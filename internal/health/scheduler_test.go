@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/metrics/expotest"
 	"github.com/vigilhq/vigil/internal/runtime"
 )
 
@@ -96,9 +96,8 @@ func collectChanges(t *testing.T, s *Scheduler, n int, to Status, timeout time.D
 
 func TestScheduler(t *testing.T) {
 	const n, interval = 50, 100 * time.Millisecond
-	reg := prometheus.NewPedanticRegistry()
 	s := startScheduler(t, SchedulerConfig{Workers: 4})
-	reg.MustRegister(s.Collector())
+	reg := expotest.Gatherer{s.Collector()}
 
 	servers := make([]*flipServer, n)
 	keys := make([]runtime.Key, n)
@@ -164,10 +163,10 @@ func TestScheduler(t *testing.T) {
 	}
 
 	// The metrics count what happened.
-	if got := testutil.ToFloat64(s.metrics.probes.WithLabelValues("http", "success")); got < n {
+	if got := s.metrics.probes.With("http", "success").Value(); got < n {
 		t.Errorf("successful http probes %v, want at least %d", got, n)
 	}
-	if got := testutil.ToFloat64(s.metrics.failures.WithLabelValues("http", "unhealthy")); got < 20 {
+	if got := s.metrics.failures.With("http", "unhealthy").Value(); got < 20 {
 		t.Errorf("unhealthy http failures %v, want at least 20", got)
 	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
@@ -225,10 +224,10 @@ func TestSchedulerBusyWorkers(t *testing.T) {
 	if got["hung0"] != StatusUnhealthy || got["hung1"] != StatusUnhealthy || got["fine"] != StatusHealthy {
 		t.Errorf("statuses %v", got)
 	}
-	if d := testutil.ToFloat64(s.metrics.delayed); d == 0 {
+	if d := s.metrics.delayed.Value(); d == 0 {
 		t.Error("no probe counted as delayed with every worker hung")
 	}
-	if got := testutil.ToFloat64(s.metrics.failures.WithLabelValues("http", "timeout")); got < 2 {
+	if got := s.metrics.failures.With("http", "timeout").Value(); got < 2 {
 		t.Errorf("timeouts counted: %v", got)
 	}
 }

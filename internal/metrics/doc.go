@@ -1,6 +1,6 @@
 // Package metrics renders Vigil's Prometheus exposition: the per-container and
 // per-node series of the fleet (pre-rendered and sharded by node) and the
-// self-metrics of the agent and the aggregator.
+// agent's self-metrics.
 //
 // # Fleet series
 //
@@ -24,6 +24,13 @@
 // Loopback interfaces inside containers and host veths whose peer lives in a
 // container (already counted from inside) are left out, which keeps a running
 // container at about 25 series.
+//
+// # Self-metrics
+//
+// The agent's own metrics (vigil_agent_*, go_*, process_*) are Counters,
+// Histograms and Collectors of this package, gathered by a Registry and
+// written in the same text format; see self.go for why not client_golang.
+// The aggregator's self-metrics still use client_golang.
 //
 // # Shards
 //

@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/metrics/expotest"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -395,8 +395,7 @@ func TestNamespaceReleasesDescriptors(t *testing.T) {
 	s := newScene(t)
 	a, b, c := s.addContainer("a"), s.addContainer("b"), s.addContainer("c")
 	m := newMonitor(t, s)
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(m.Collector())
+	reg := expotest.Gatherer{m.Collector()}
 
 	baseFDs, baseOpen := openFDs(t), m.OpenDescriptors()
 	if baseOpen != 4 {

@@ -18,10 +18,10 @@ import (
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/metrics"
+	"github.com/vigilhq/vigil/internal/metrics/expotest"
 	"github.com/vigilhq/vigil/internal/testenv"
 )
 
@@ -414,11 +414,9 @@ func TestContainerdRestart(t *testing.T) {
 
 // reconnectsExported gathers c and returns the value of
 // vigil_agent_runtime_reconnects_total.
-func reconnectsExported(t *testing.T, c prometheus.Collector) float64 {
+func reconnectsExported(t *testing.T, c metrics.Collector) float64 {
 	t.Helper()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(c)
-	mfs, err := reg.Gather()
+	mfs, err := expotest.Gatherer{c}.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -442,7 +440,7 @@ func TestHangingContainerd(t *testing.T) {
 	}
 	defer syscall.Kill(pid, syscall.SIGCONT)
 	w.waitFor(10*time.Second, "unavailable", func(ev Event) bool { return ev.Type == EventUnavailable })
-	if got := testutil.ToFloat64(w.metrics.callTimeouts.WithLabelValues("version")); got < 1 {
+	if got := w.metrics.callTimeouts.With("version").Value(); got < 1 {
 		t.Errorf("version timeouts = %v, want >= 1", got)
 	}
 	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {

@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/metrics/expotest"
 )
 
 func TestConfigValidation(t *testing.T) {
@@ -144,10 +144,7 @@ func TestCollector(t *testing.T) {
 	r.metrics.countTimeout("version")
 	r.metrics.reconnects.Add(3)
 	r.metrics.openFiles.Add(12)
-	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(r.Collector()); err != nil {
-		t.Fatal(err)
-	}
+	reg := expotest.Gatherer{r.Collector()}
 	want := `
 # HELP vigil_agent_runtime_events_total Lifecycle events emitted by the runtime watcher, by type.
 # TYPE vigil_agent_runtime_events_total counter

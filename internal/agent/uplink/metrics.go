@@ -1,7 +1,7 @@
 package uplink
 
 import (
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vigilhq/vigil/internal/metrics"
 )
 
 // Metric descriptions. The kind label takes the eight message kinds
@@ -9,55 +9,45 @@ import (
 // network_event, node_status, peer_view, command_result); reason takes the
 // four snapshot reasons.
 var (
-	descBuffered = prometheus.NewDesc("vigil_agent_uplink_buffer_messages",
-		"Messages held until the aggregator acknowledges them.", nil, nil)
-	descCapacity = prometheus.NewDesc("vigil_agent_uplink_buffer_capacity_messages",
-		"Capacity of the uplink buffer.", nil, nil)
-	descDropped = prometheus.NewDesc("vigil_agent_uplink_dropped_messages_total",
-		"Messages lost because the uplink buffer was full; a lost state change is repaired by a fresh snapshot.", []string{"kind"}, nil)
-	descCoalesced = prometheus.NewDesc("vigil_agent_uplink_coalesced_messages_total",
-		"Messages replaced by a newer one of the same kind before they were acknowledged (samples, node status, peer view).", []string{"kind"}, nil)
-	descSuperseded = prometheus.NewDesc("vigil_agent_uplink_superseded_messages_total",
-		"Held messages not sent because a snapshot carrying their content replaced them.", nil, nil)
-	descOversized = prometheus.NewDesc("vigil_agent_uplink_oversized_messages_total",
-		"Messages refused because they exceed the message size limit.", []string{"kind"}, nil)
-	descSnapshots = prometheus.NewDesc("vigil_agent_uplink_snapshots_total",
-		"Snapshots sent, by why they were sent.", []string{"reason"}, nil)
-	descReconnects = prometheus.NewDesc("vigil_agent_uplink_reconnects_total",
-		"Streams to the aggregator that ended and were dialed again.", nil, nil)
-	descConnected = prometheus.NewDesc("vigil_agent_uplink_connected",
-		"1 while a stream to the aggregator is established, else 0.", nil, nil)
-	descSent = prometheus.NewDesc("vigil_agent_uplink_sent_messages_total",
-		"Messages written to the stream, resends included.", []string{"kind"}, nil)
-	descSentBytes = prometheus.NewDesc("vigil_agent_uplink_sent_bytes_total",
-		"Encoded bytes of the messages written to the stream, resends included.", []string{"kind"}, nil)
-	descAckLag = prometheus.NewDesc("vigil_agent_uplink_ack_lag_seconds",
-		"Time between writing a message and receiving its acknowledgement, for the last acknowledgement.", nil, nil)
-	descAcked = prometheus.NewDesc("vigil_agent_uplink_acknowledged_sequence",
-		"Highest sequence number the aggregator acknowledged (restarts at 0 with the agent).", nil, nil)
-	descCommands = prometheus.NewDesc("vigil_agent_uplink_commands_received_total",
-		"Commands received from the aggregator.", nil, nil)
-	descCommandsRefused = prometheus.NewDesc("vigil_agent_uplink_commands_refused_total",
-		"Commands answered as failed because the command queue was full.", nil, nil)
+	descBuffered = metrics.NewDesc("vigil_agent_uplink_buffer_messages",
+		"Messages held until the aggregator acknowledges them.", metrics.GaugeType)
+	descCapacity = metrics.NewDesc("vigil_agent_uplink_buffer_capacity_messages",
+		"Capacity of the uplink buffer.", metrics.GaugeType)
+	descDropped = metrics.NewDesc("vigil_agent_uplink_dropped_messages_total",
+		"Messages lost because the uplink buffer was full; a lost state change is repaired by a fresh snapshot.", metrics.CounterType, "kind")
+	descCoalesced = metrics.NewDesc("vigil_agent_uplink_coalesced_messages_total",
+		"Messages replaced by a newer one of the same kind before they were acknowledged (samples, node status, peer view).", metrics.CounterType, "kind")
+	descSuperseded = metrics.NewDesc("vigil_agent_uplink_superseded_messages_total",
+		"Held messages not sent because a snapshot carrying their content replaced them.", metrics.CounterType)
+	descOversized = metrics.NewDesc("vigil_agent_uplink_oversized_messages_total",
+		"Messages refused because they exceed the message size limit.", metrics.CounterType, "kind")
+	descSnapshots = metrics.NewDesc("vigil_agent_uplink_snapshots_total",
+		"Snapshots sent, by why they were sent.", metrics.CounterType, "reason")
+	descReconnects = metrics.NewDesc("vigil_agent_uplink_reconnects_total",
+		"Streams to the aggregator that ended and were dialed again.", metrics.CounterType)
+	descConnected = metrics.NewDesc("vigil_agent_uplink_connected",
+		"1 while a stream to the aggregator is established, else 0.", metrics.GaugeType)
+	descSent = metrics.NewDesc("vigil_agent_uplink_sent_messages_total",
+		"Messages written to the stream, resends included.", metrics.CounterType, "kind")
+	descSentBytes = metrics.NewDesc("vigil_agent_uplink_sent_bytes_total",
+		"Encoded bytes of the messages written to the stream, resends included.", metrics.CounterType, "kind")
+	descAckLag = metrics.NewDesc("vigil_agent_uplink_ack_lag_seconds",
+		"Time between writing a message and receiving its acknowledgement, for the last acknowledgement.", metrics.GaugeType)
+	descAcked = metrics.NewDesc("vigil_agent_uplink_acknowledged_sequence",
+		"Highest sequence number the aggregator acknowledged (restarts at 0 with the agent).", metrics.GaugeType)
+	descCommands = metrics.NewDesc("vigil_agent_uplink_commands_received_total",
+		"Commands received from the aggregator.", metrics.CounterType)
+	descCommandsRefused = metrics.NewDesc("vigil_agent_uplink_commands_refused_total",
+		"Commands answered as failed because the command queue was full.", metrics.CounterType)
 )
 
 // Collector returns a collector of the uplink's metrics, built at scrape
 // time from its current figures. Register it on the agent's registry.
-func (u *Uplink) Collector() prometheus.Collector { return collector{u} }
+func (u *Uplink) Collector() metrics.Collector { return collector{u} }
 
 type collector struct{ u *Uplink }
 
-var _ prometheus.Collector = collector{}
-
-func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuffered, descCapacity, descDropped, descCoalesced, descSuperseded,
-		descOversized, descSnapshots, descReconnects, descConnected, descSent, descSentBytes, descAckLag, descAcked,
-		descCommands, descCommandsRefused} {
-		ch <- d
-	}
-}
-
-func (c collector) Collect(ch chan<- prometheus.Metric) {
+func (c collector) Collect(w *metrics.Writer) {
 	u := c.u
 	u.mu.Lock()
 	s := u.stats
@@ -68,12 +58,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	buffered, capacity, acked := len(u.buf.entries), u.buf.capacity, u.buf.acked
 	u.mu.Unlock()
 
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
-	}
-	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
+	gauge := w.Sample
+	counter := func(d *metrics.Desc, v uint64, labels ...string) { w.Sample(d, float64(v), labels...) }
 	gauge(descBuffered, float64(buffered))
 	gauge(descCapacity, float64(capacity))
 	for k := kind(0); k < numKinds; k++ {

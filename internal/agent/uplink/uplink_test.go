@@ -19,6 +19,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/agent/uplink"
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/metrics/expotest"
 	"github.com/vigilhq/vigil/internal/pki"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
@@ -258,7 +259,7 @@ func TestLostAggregatorStateGetsSnapshot(t *testing.T) {
 
 func expectMetrics(t *testing.T, u *uplink.Uplink, want string, names ...string) {
 	t.Helper()
-	if err := testutil.CollectAndCompare(u.Collector(), strings.NewReader(dedent(want)), names...); err != nil {
+	if err := testutil.GatherAndCompare(expotest.Gatherer{u.Collector()}, strings.NewReader(dedent(want)), names...); err != nil {
 		t.Error(err)
 	}
 }
@@ -631,7 +632,7 @@ func TestCollectorIsLintClean(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	problems, err := testutil.CollectAndLint(u.Collector())
+	problems, err := testutil.GatherAndLint(expotest.Gatherer{u.Collector()})
 	if err != nil {
 		t.Fatal(err)
 	}

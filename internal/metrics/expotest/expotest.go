@@ -9,8 +9,11 @@ import (
 	"slices"
 	"strings"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/vigilhq/vigil/internal/metrics"
 )
 
 // Check parses text as the Prometheus text format (UTF-8 names allowed) and
@@ -39,4 +42,87 @@ func Check(text []byte) (int, error) {
 		}
 	}
 	return len(seen), nil
+}
+
+// Gatherer renders self-metric collectors (internal/metrics) and parses the
+// result with Prometheus's own text parser, so that tests can read the
+// agent's self-metrics with client_golang's testutil (GatherAndCompare,
+// GatherAndLint, ...) and so that every such test also checks that the
+// exposition parses and holds no series twice.
+type Gatherer []metrics.Collector
+
+// Gather renders g's collectors and parses the exposition.
+func (g Gatherer) Gather() ([]*dto.MetricFamily, error) {
+	reg := metrics.NewRegistry()
+	reg.Register(g...)
+	var buf bytes.Buffer
+	if _, err := reg.WriteTo(&buf); err != nil {
+		return nil, err
+	}
+	if _, err := Check(buf.Bytes()); err != nil {
+		return nil, fmt.Errorf("%w\n%s", err, buf.Bytes())
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := p.TextToMetricFamilies(bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		return nil, err
+	}
+	// In the order client_golang's registries gather in (which testutil's
+	// comparisons expect): labels by name, series by label values.
+	out := make([]*dto.MetricFamily, 0, len(families))
+	for _, mf := range families {
+		for _, m := range mf.GetMetric() {
+			slices.SortFunc(m.Label, func(a, b *dto.LabelPair) int { return strings.Compare(a.GetName(), b.GetName()) })
+		}
+		slices.SortStableFunc(mf.Metric, func(a, b *dto.Metric) int {
+			for i := range min(len(a.Label), len(b.Label)) {
+				if c := strings.Compare(a.Label[i].GetValue(), b.Label[i].GetValue()); c != 0 {
+					return c
+				}
+			}
+			return len(a.Label) - len(b.Label)
+		})
+		out = append(out, mf)
+	}
+	slices.SortFunc(out, func(a, b *dto.MetricFamily) int { return strings.Compare(a.GetName(), b.GetName()) })
+	return out, nil
+}
+
+// Value returns the value of the one series of family name whose labels
+// include the given name/value pairs (a counter's or gauge's value, a
+// histogram's count), and whether there was exactly one.
+func Value(families []*dto.MetricFamily, name string, labelPairs ...string) (float64, bool) {
+	var v float64
+	n := 0
+	for _, mf := range families {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labelPairs); i += 2 {
+				found := false
+				for _, l := range m.GetLabel() {
+					if l.GetName() == labelPairs[i] && l.GetValue() == labelPairs[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue series
+				}
+			}
+			n++
+			switch {
+			case m.Counter != nil:
+				v = m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				v = m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				v = float64(m.GetHistogram().GetSampleCount())
+			case m.Untyped != nil:
+				v = m.GetUntyped().GetValue()
+			}
+		}
+	}
+	return v, n == 1
 }

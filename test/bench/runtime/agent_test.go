@@ -169,12 +169,14 @@ func countSeries(url, family string) int {
 // shims' extra CPU is against a window of the same length with no agent.
 func measureAgent(t *testing.T, bins agentBins, env *testenv.Env, ns string, n int) agentResult {
 	t.Helper()
+	_, tlsFlags := startAggregator(t, bins.aggregator)
 	if hold := os.Getenv("VIGIL_BENCH_HOLD"); hold != "" {
 		d, err := time.ParseDuration(hold)
 		if err != nil {
 			t.Fatalf("VIGIL_BENCH_HOLD=%q: %v", hold, err)
 		}
-		t.Logf("holding for %s: containerd at %s, namespace %s", d, env.Address, ns)
+		t.Logf("holding for %s; an agent on this scene: vigil-agent -containerd %s -namespaces %s %s",
+			d, env.Address, ns, strings.Join(tlsFlags, " "))
 		time.Sleep(d)
 	}
 	containerd, shims := runtimePids(t, env)
@@ -182,7 +184,6 @@ func measureAgent(t *testing.T, bins agentBins, env *testenv.Env, ns string, n i
 	span := time.Duration(*agentCyclesFlag) * interval
 	idle := measure(0, containerd, shims, func() { time.Sleep(span) })
 
-	_, tlsFlags := startAggregator(t, bins.aggregator)
 	addr := freePort(t)
 	cmd := exec.Command(bins.agent, append([]string{
 		"-containerd", env.Address, "-namespaces", ns,

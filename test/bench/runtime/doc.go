@@ -23,6 +23,8 @@
 // peak). -paths picks what runs (cgroup, metrics-api, agent).
 //
 // VIGIL_BENCH_HOLD=30m pauses before the agent's measurement with the
-// containers running and logs containerd's socket, so that an agent built
-// with -tags pprof can be profiled by hand on the same scene.
+// containers and the aggregator running and logs the flags of an agent for
+// that scene (containerd's socket, the namespace, the aggregator and its
+// TLS files), so that an agent built with -tags pprof can be profiled by
+// hand on the same scene.
 package runtimebench
