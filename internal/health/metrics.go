@@ -16,12 +16,17 @@ type probeMetrics struct {
 	failures *metrics.CounterVec
 	delayed  *metrics.Counter
 	count    func() int
+	workers  func() int
 }
 
-var descTargets = metrics.NewDesc("vigil_agent_health_targets",
-	"Containers the agent is health-checking.", metrics.GaugeType)
+var (
+	descTargets = metrics.NewDesc("vigil_agent_health_targets",
+		"Containers the agent is health-checking.", metrics.GaugeType)
+	descWorkers = metrics.NewDesc("vigil_agent_health_workers",
+		"Probe workers started: they start when a probe is due and every started one is busy, up to --health-workers.", metrics.GaugeType)
+)
 
-func newMetrics(count func() int) *probeMetrics {
+func newMetrics(count, workers func() int) *probeMetrics {
 	return &probeMetrics{
 		probes: metrics.NewCounterVec("vigil_agent_health_probes_total",
 			"Health probes run by the agent, by probe kind and result (success, failure).", "kind", "result"),
@@ -32,7 +37,8 @@ func newMetrics(count func() int) *probeMetrics {
 			"Failed health probes, by probe kind and reason: timeout, error (the probe could not be carried out), unhealthy (the check answered no).", "kind", "reason"),
 		delayed: metrics.NewCounter("vigil_agent_health_probes_delayed_total",
 			"Health probes that came due while every worker was busy and had to wait for one."),
-		count: count,
+		count:   count,
+		workers: workers,
 	}
 }
 
@@ -56,12 +62,14 @@ func (m *probeMetrics) Collect(w *metrics.Writer) {
 	m.failures.Collect(w)
 	m.delayed.Collect(w)
 	w.Sample(descTargets, float64(m.count()))
+	w.Sample(descWorkers, float64(m.workers()))
 }
 
 // Collector returns the scheduler's metrics, for the caller to register on
 // its registry: vigil_agent_health_probes_total{kind,result},
 // vigil_agent_health_probe_duration_seconds{kind},
 // vigil_agent_health_probe_failures_total{kind,reason},
-// vigil_agent_health_probes_delayed_total and vigil_agent_health_targets.
+// vigil_agent_health_probes_delayed_total, vigil_agent_health_targets and
+// vigil_agent_health_workers.
 // Safe to collect concurrently with probing.
 func (s *Scheduler) Collector() metrics.Collector { return s.metrics }

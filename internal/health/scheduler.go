@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
@@ -21,6 +22,7 @@ type SchedulerConfig struct {
 	// Exec runs exec probes; nil makes every exec probe fail with an error.
 	Exec Execer
 	// Workers is the number of probes that may run at once (default 16).
+	// Workers start when a probe is due and every started one is busy.
 	// A probe that comes due while all workers are busy waits for the next
 	// free worker, in due order, and is counted in
 	// vigil_agent_health_probes_delayed_total: a hung probe holds a worker
@@ -61,6 +63,7 @@ type Scheduler struct {
 	workers   int
 	prober    *prober
 	metrics   *probeMetrics
+	started   atomic.Int32 // workers started by Run
 	changes   chan Change
 	wake      chan struct{}
 	work      chan *entry
@@ -115,7 +118,7 @@ func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
 		work:    make(chan *entry),
 		entries: map[runtime.Key]*entry{},
 	}
-	s.metrics = newMetrics(s.targets)
+	s.metrics = newMetrics(s.targets, func() int { return int(s.started.Load()) })
 	return s, nil
 }
 
@@ -268,10 +271,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	s.runCalled = true
 	s.mu.Unlock()
 
+	// Workers start when a probe finds every started one busy, up to
+	// s.workers: a node without health checks keeps none (their stacks are
+	// memory on every node), a busy one grows to what it needs.
 	var wg sync.WaitGroup
-	for range s.workers {
-		wg.Go(func() { s.worker(ctx) })
-	}
 	defer wg.Wait()
 
 	var ready []*entry // due, waiting for a worker, in due order
@@ -296,7 +299,18 @@ func (s *Scheduler) Run(ctx context.Context) error {
 				ready[0].delayed = false
 				ready = ready[1:]
 			default:
-				break handout
+				if int(s.started.Load()) == s.workers {
+					break handout
+				}
+				s.started.Add(1)
+				wg.Go(func() { s.worker(ctx) })
+				select { // the new worker (or one that just finished) takes it
+				case s.work <- ready[0]:
+					ready[0].delayed = false
+					ready = ready[1:]
+				case <-ctx.Done():
+					return nil
+				}
 			}
 		}
 		for _, e := range ready {

@@ -98,6 +98,10 @@ func TestScheduler(t *testing.T) {
 	const n, interval = 50, 100 * time.Millisecond
 	s := startScheduler(t, SchedulerConfig{Workers: 4})
 	reg := expotest.Gatherer{s.Collector()}
+	time.Sleep(50 * time.Millisecond)
+	if w := s.started.Load(); w != 0 {
+		t.Errorf("%d workers started with nothing to probe, want 0", w)
+	}
 
 	servers := make([]*flipServer, n)
 	keys := make([]runtime.Key, n)
@@ -176,6 +180,9 @@ vigil_agent_health_targets 40
 `), "vigil_agent_health_targets"); err != nil {
 		t.Error(err)
 	}
+	if v, ok := gathered(t, reg, "vigil_agent_health_workers"); !ok || v < 1 || v > 4 {
+		t.Errorf("vigil_agent_health_workers = %v (%v), want 1 to 4", v, ok)
+	}
 	if n, err := testutil.GatherAndCount(reg, "vigil_agent_health_probe_duration_seconds"); err != nil || n != 1 {
 		t.Errorf("duration histograms: %d, %v; want 1 (kind http)", n, err)
 	}
@@ -226,6 +233,9 @@ func TestSchedulerBusyWorkers(t *testing.T) {
 	}
 	if d := s.metrics.delayed.Value(); d == 0 {
 		t.Error("no probe counted as delayed with every worker hung")
+	}
+	if w := s.started.Load(); int(w) != s.workers {
+		t.Errorf("%d workers started with every one hung, want all %d", w, s.workers)
 	}
 	if got := s.metrics.failures.With("http", "timeout").Value(); got < 2 {
 		t.Errorf("timeouts counted: %v", got)
@@ -339,4 +349,14 @@ func TestNewSchedulerInvalid(t *testing.T) {
 	if err := s.Run(ctx); err == nil {
 		t.Error("second Run succeeded")
 	}
+}
+
+// gathered is the value of the one series of family name in g.
+func gathered(t *testing.T, g expotest.Gatherer, name string) (float64, bool) {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return expotest.Value(mfs, name)
 }

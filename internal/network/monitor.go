@@ -28,7 +28,8 @@ type Config struct {
 	HostNetNSPath string
 	// Limits are the error and drop rates that raise conditions.
 	Limits Limits
-	// EventBuffer is the capacity of the Events channel (0: 256).
+	// EventBuffer is the capacity of the Events channel (0: 64; links with
+	// events waiting beyond it are coalesced, see MaxPendingEvents).
 	EventBuffer int
 	// MaxPendingEvents bounds the link events waiting while the Events
 	// channel is full, one per link (0: 4096). Beyond it new links' events
@@ -40,7 +41,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Limits:           Limits{ErrorsPerSecond: 1, DropsPerSecond: 10},
-		EventBuffer:      256,
+		EventBuffer:      64,
 		MaxPendingEvents: 4096,
 	}
 }

@@ -56,6 +56,14 @@ func dial(address string, timeout time.Duration) (*apiClient, error) {
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bc, MinConnectTimeout: timeout}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsgSize), grpc.MaxCallSendMsgSize(maxMsgSize)),
+		// gRPC keeps a 32 KiB read and a 32 KiB write buffer per
+		// connection for its lifetime. The agent's calls to containerd are
+		// few once the inventory is loaded (usage comes from cgroup files),
+		// so the write buffer is borrowed from a pool for each flush and the
+		// read buffer is small: 60 KiB less heap, for a few more syscalls on
+		// the rare large answer.
+		grpc.WithSharedWriteBuffer(true),
+		grpc.WithReadBufferSize(4<<10),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", address, err)

@@ -544,6 +544,12 @@ func (u *Uplink) dialOptions() []grpc.DialOption {
 			grpc.MaxCallRecvMsgSize(u.cfg.MaxMessageBytes),
 		),
 		grpc.WithUserAgent("vigil-agent/" + u.cfg.AgentVersion),
+		// The stream writes once per interval: its 32 KiB write buffer is
+		// borrowed from a pool for each flush instead of held for the
+		// connection's life. The read buffer would only copy what TLS
+		// already holds decrypted (acknowledgements and commands are small).
+		grpc.WithSharedWriteBuffer(true),
+		grpc.WithReadBufferSize(0),
 	}
 }
 
