@@ -77,7 +77,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	fs.BoolVar(&cfg.NetworkAffectsHealth, "network-affects-health", false, "a container with a link down or no default route is unhealthy (restarted under restart-on-unhealthy)")
 	fs.StringVar(&pf.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.IntVar(&pf.maxProcs, "max-procs", 2, "at most this many OS threads run Go code at once (GOMAXPROCS), unless the GOMAXPROCS environment variable is set; see docs/benchmarks.md#agent-memory")
-	fs.IntVar(&pf.gcPercent, "gc-percent", 25, "Go GC target percentage (GOGC), unless the GOGC environment variable is set; see docs/benchmarks.md#agent-memory")
+	fs.IntVar(&pf.gcPercent, "gc-percent", 50, "Go GC target percentage (GOGC), unless the GOGC environment variable is set; see docs/benchmarks.md#agent-memory")
 	if v := os.Getenv("NODE_NAME"); v != "" {
 		cfg.NodeName = v
 	}
@@ -124,9 +124,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		// The agent's live heap is small (a few MiB at 100 containers) and
 		// its allocation rate low: with Go's default target the heap grows
 		// to twice the live data between collections, and that slack is
-		// most of the agent's anonymous memory. 25 keeps it at 1.25 times,
-		// for a collection every two or three cycles, about 1 ms of CPU per
-		// cycle more than 50 for 0.4 MiB less (docs/benchmarks.md#agent-memory).
+		// most of the agent's anonymous memory. 50 keeps it at 1.5 times
+		// for a collection every few cycles (docs/benchmarks.md#agent-memory).
 		debug.SetGCPercent(pf.gcPercent)
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))

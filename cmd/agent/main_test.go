@@ -51,7 +51,7 @@ func TestParseFlagsDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.NodeName != "node-7" || pf.logLevel != "info" || pf.gcPercent != 25 || pf.maxProcs != 2 || len(cfg.Namespaces) != 2 || cfg.Namespaces[1] != "k8s.io" {
+	if cfg.NodeName != "node-7" || pf.logLevel != "info" || pf.gcPercent != 50 || pf.maxProcs != 2 || len(cfg.Namespaces) != 2 || cfg.Namespaces[1] != "k8s.io" {
 		t.Fatalf("cfg = %+v, process flags %+v", cfg, pf)
 	}
 	if cfg.AggregatorAddress != "" || !cfg.Network || cfg.StatsSource != "cgroup" {
