@@ -286,41 +286,63 @@ func (c *Counter) Value() uint64 { return c.v.Load() }
 // Collect writes the counter.
 func (c *Counter) Collect(w *Writer) { w.Sample(c.d, float64(c.v.Load()), c.values...) }
 
+// members are the members of a family with labels, one per set of label
+// values, made at first use.
+type members[T any] struct {
+	newMember func(values []string) *T // set once, by the family's constructor
+	mu        sync.Mutex
+	m         map[string]*T
+}
+
+// get returns the member of values, made at first use.
+func (ms *members[T]) get(values []string) *T {
+	key := strings.Join(values, "\xff")
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	if ms.m == nil {
+		ms.m = make(map[string]*T)
+	}
+	m, ok := ms.m[key]
+	if !ok {
+		m = ms.newMember(slices.Clone(values))
+		ms.m[key] = m
+	}
+	return m
+}
+
+// sorted returns the members in the order of their label values.
+func (ms *members[T]) sorted(valuesOf func(*T) []string) []*T {
+	ms.mu.Lock()
+	out := make([]*T, 0, len(ms.m))
+	for _, m := range ms.m {
+		out = append(out, m)
+	}
+	ms.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return slices.Compare(valuesOf(out[i]), valuesOf(out[j])) < 0 })
+	return out
+}
+
 // CounterVec is a counter family with labels.
 type CounterVec struct {
-	d  *Desc
-	mu sync.Mutex
-	m  map[string]*Counter
+	d       *Desc
+	members members[Counter]
 }
 
 // NewCounterVec returns a counter family with the given label names.
 func NewCounterVec(name, help string, labels ...string) *CounterVec {
-	return &CounterVec{d: NewDesc(name, help, CounterType, labels...), m: make(map[string]*Counter)}
+	v := &CounterVec{d: NewDesc(name, help, CounterType, labels...)}
+	v.members.newMember = func(values []string) *Counter { return &Counter{d: v.d, values: values} }
+	return v
 }
 
 // With returns the counter of the given label values, made at first use.
 func (v *CounterVec) With(values ...string) *Counter {
-	key := strings.Join(values, "\xff")
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	c, ok := v.m[key]
-	if !ok {
-		c = &Counter{d: v.d, values: slices.Clone(values)}
-		v.m[key] = c
-	}
-	return c
+	return v.members.get(values)
 }
 
 // Collect writes every counter of the family, in label order.
 func (v *CounterVec) Collect(w *Writer) {
-	v.mu.Lock()
-	cs := make([]*Counter, 0, len(v.m))
-	for _, c := range v.m {
-		cs = append(cs, c)
-	}
-	v.mu.Unlock()
-	sort.Slice(cs, func(i, j int) bool { return slices.Compare(cs[i].values, cs[j].values) < 0 })
-	for _, c := range cs {
+	for _, c := range v.members.sorted(func(c *Counter) []string { return c.values }) {
 		c.Collect(w)
 	}
 }
@@ -397,43 +419,28 @@ func (h *Histogram) Collect(w *Writer) {
 type HistogramVec struct {
 	d       *Desc
 	buckets []float64
-	mu      sync.Mutex
-	m       map[string]*Histogram
+	members members[Histogram]
 }
 
 // NewHistogramVec returns a histogram family with the given buckets and
 // label names.
 func NewHistogramVec(name, help string, buckets []float64, labels ...string) *HistogramVec {
-	return &HistogramVec{
+	v := &HistogramVec{
 		d:       NewDesc(name, help, HistogramType, labels...),
 		buckets: checkBuckets(name, buckets),
-		m:       make(map[string]*Histogram),
 	}
+	v.members.newMember = func(values []string) *Histogram { return newHistogram(v.d, v.buckets, values) }
+	return v
 }
 
 // With returns the histogram of the given label values, made at first use.
 func (v *HistogramVec) With(values ...string) *Histogram {
-	key := strings.Join(values, "\xff")
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	h, ok := v.m[key]
-	if !ok {
-		h = newHistogram(v.d, v.buckets, slices.Clone(values))
-		v.m[key] = h
-	}
-	return h
+	return v.members.get(values)
 }
 
 // Collect writes every histogram of the family, in label order.
 func (v *HistogramVec) Collect(w *Writer) {
-	v.mu.Lock()
-	hs := make([]*Histogram, 0, len(v.m))
-	for _, h := range v.m {
-		hs = append(hs, h)
-	}
-	v.mu.Unlock()
-	sort.Slice(hs, func(i, j int) bool { return slices.Compare(hs[i].values, hs[j].values) < 0 })
-	for _, h := range hs {
+	for _, h := range v.members.sorted(func(h *Histogram) []string { return h.values }) {
 		h.Collect(w)
 	}
 }
