@@ -23,8 +23,11 @@ type Config struct {
 	// notifications). Nil means slog.Default().
 	Logger *slog.Logger
 	// HostNetNSPath is the namespace treated as the host's: "" means the
-	// agent's own (/proc/self/ns/net). Tests point it at a namespace they
-	// created so that they never touch the machine's interfaces.
+	// agent's own, that of the thread calling New (/proc/thread-self/ns/net;
+	// /proc/self names the main thread, which stays in whatever namespace a
+	// goroutine that exited locked to it had entered). Tests point it at a
+	// namespace they created so that they never touch the machine's
+	// interfaces.
 	HostNetNSPath string
 	// Limits are the error and drop rates that raise conditions.
 	Limits Limits
@@ -217,7 +220,7 @@ func New(cfg Config) (*Monitor, error) {
 		return nil, fmt.Errorf("network monitor: %w", err)
 	}
 	if cfg.HostNetNSPath == "" {
-		m.host, err = m.openNamespace("/proc/self/ns/net", true)
+		m.host, err = m.openNamespace("/proc/thread-self/ns/net", true)
 	} else {
 		m.host, err = m.openNamespace(cfg.HostNetNSPath, true)
 	}
@@ -241,7 +244,7 @@ func (m *Monitor) openNamespace(path string, host bool) (*namespace, error) {
 	}
 	defer h.Close()
 	var socks nsSockets
-	if self, serr := statNS("/proc/self/ns/net"); serr == nil && self == id {
+	if self, serr := statNS("/proc/thread-self/ns/net"); serr == nil && self == id {
 		socks, err = openSockets()
 	} else {
 		socks, err = openSocketsIn(h)

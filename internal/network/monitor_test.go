@@ -3,7 +3,9 @@ package network
 import (
 	"context"
 	"errors"
+	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -570,4 +572,104 @@ func TestRunOwnsTheMonitor(t *testing.T) {
 	if got := m.OpenDescriptors(); got != 0 {
 		t.Errorf("descriptors held after Run returned = %d, want 0", got)
 	}
+}
+
+// TestHostIsTheCallersNamespace: with no HostNetNSPath the host namespace
+// is the one the calling thread is in, and the host's links are read from
+// there. The agent once took /proc/self/ns/net for its own namespace; that
+// names the main thread, which a goroutine that exits locked to it leaves in
+// whatever namespace it had entered (the agent's tests create namespaces
+// that way): a container in that namespace was then read through the
+// host's sockets and reported the host's links as its own.
+func TestHostIsTheCallersNamespace(t *testing.T) {
+	type result struct {
+		ino      uint64
+		snap     *Snapshot
+		err      error
+		stranded bool // the thread could not be switched back
+	}
+	// work runs on a locked thread: it moves the thread to a new namespace
+	// with a veth pair, makes a monitor there, reads, and moves it back.
+	work := func() (r result) {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			return result{err: err}
+		}
+		defer orig.Close()
+		h, err := netns.New() // this thread only
+		if err != nil {
+			runtime.UnlockOSThread()
+			return result{err: err}
+		}
+		defer h.Close()
+		defer func() {
+			if err := netns.Set(orig); err != nil {
+				r.err, r.stranded = errors.Join(r.err, err), true
+				return // stay locked: the thread must not run anything else
+			}
+			runtime.UnlockOSThread()
+		}()
+		var st unix.Stat_t
+		if err := unix.Fstat(int(h), &st); err != nil {
+			return result{err: err}
+		}
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "vigil-self0"}, PeerName: "vigil-self1"}); err != nil {
+			return result{err: err}
+		}
+		m, err := New(DefaultConfig())
+		if err != nil {
+			return result{err: err}
+		}
+		defer m.Close()
+		snap, err := m.Read(context.Background())
+		return result{ino: st.Ino, snap: snap, err: err}
+	}
+	// The main thread must stay in the original namespace while work runs
+	// elsewhere (that is the case the old code got wrong): hold it locked
+	// if this goroutine got it, so that work's goroutine cannot.
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		if unix.Gettid() != os.Getpid() {
+			runtime.UnlockOSThread()
+			r := work()
+			if r.stranded {
+				runtime.LockOSThread() // the goroutine ends locked: its thread goes
+			}
+			done <- r
+			return
+		}
+		inner := make(chan result, 1)
+		go func() {
+			r := work()
+			if r.stranded {
+				runtime.LockOSThread()
+			}
+			inner <- r
+		}()
+		r := <-inner
+		runtime.UnlockOSThread()
+		done <- r
+	}()
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	for _, ns := range r.snap.Namespaces {
+		if !ns.Host {
+			continue
+		}
+		if ns.Inode != r.ino {
+			t.Errorf("host namespace inode %d, want the calling thread's %d", ns.Inode, r.ino)
+		}
+		for _, l := range ns.Links {
+			if l.Name == "vigil-self0" {
+				return
+			}
+		}
+		t.Fatalf("host links %v: not the calling thread's namespace (no vigil-self0)", ns.Links)
+	}
+	t.Fatal("no host namespace in the snapshot")
 }

@@ -141,7 +141,7 @@ func New(cfg Config) (*Runtime, error) {
 		inv:     make(map[Key]*entry),
 	}
 	r.images.entries = make(map[string]*Healthcheck)
-	if ino, err := statInode("/proc/self/ns/net"); err == nil {
+	if ino, err := statInode("/proc/thread-self/ns/net"); err == nil {
 		r.hostNetNS = ino
 	}
 	r.stats.readers = make(map[Key]*statsReader)
