@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -196,10 +197,13 @@ func TestRestartIntoLogDir(t *testing.T) {
 		t.Errorf("restarted run: %+v", ev.Exit)
 	}
 	logFile := filepath.Join(logDir, ns, "logged.log")
-	eventually(t, 5*time.Second, "restarted run's output in "+logFile, func() bool {
-		b, _ := os.ReadFile(logFile)
-		return strings.Count(string(b), "to-the-log") == 1 && strings.Count(string(b), "err-too") == 1
-	})
+	// The copy of the task's output into the file may trail its exit on a
+	// loaded machine; the wait is generous, and a failure shows the file.
+	var got []byte
+	eventually(t, 20*time.Second, "restarted run's output in "+logFile, func() bool {
+		got, _ = os.ReadFile(logFile)
+		return strings.Count(string(got), "to-the-log") == 1 && strings.Count(string(got), "err-too") == 1
+	}, func() string { return fmt.Sprintf("the file holds %q", got) })
 	if b, _ := os.ReadFile(env.LogPathOf(ns, "logged")); strings.Count(string(b), "to-the-log") != 1 {
 		t.Errorf("first run's log has %q, want the first run's output only", b)
 	}

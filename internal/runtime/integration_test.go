@@ -105,12 +105,16 @@ func (w *watcher) waitForKey(k Key, typ EventType) Event {
 }
 
 // eventually polls cond until it holds or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool, detail ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, timeout)
+			var more []string
+			for _, d := range detail {
+				more = append(more, d())
+			}
+			t.Fatalf("%s: not within %s %s", what, timeout, strings.Join(more, "; "))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
