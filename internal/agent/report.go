@@ -2,9 +2,7 @@ package agent
 
 import (
 	"context"
-	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -14,6 +12,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/metrics"
 	"github.com/vigilhq/vigil/internal/network"
+	"github.com/vigilhq/vigil/internal/procstat"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -105,12 +104,13 @@ func (a *Agent) snapshot() *vigilv1.Snapshot {
 
 // nodeStatus is the agent's own health and cost.
 func (a *Agent) nodeStatus() *vigilv1.NodeStatus {
+	self, _ := procstat.Read("self") // zeros where there is no /proc
 	st := &vigilv1.NodeStatus{
 		RuntimeAvailable: a.rt.Available(),
 		RuntimeVersion:   a.rt.Version(),
 		Agent: &vigilv1.AgentStatus{
-			CpuSeconds:     selfCPUSeconds(),
-			RssBytes:       selfRSS(),
+			CpuSeconds:     self.CPUSeconds(),
+			RssBytes:       self.RSSBytes(),
 			RuntimeLatency: durationpb.New(a.rt.Latency()),
 		},
 	}
@@ -310,41 +310,6 @@ func (a *Agent) detachNetwork(t *tracked) {
 	if a.net != nil {
 		a.net.Detach(network.ContainerRef{Namespace: t.c.Namespace, ID: t.c.ID})
 	}
-}
-
-// selfCPUSeconds is the process's user + system CPU time.
-func selfCPUSeconds() float64 {
-	b, err := os.ReadFile("/proc/self/stat")
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	// Fields after the command (which may contain spaces) start past ")".
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ is 100 on Linux
-}
-
-// selfRSS is the process's resident set size.
-func selfRSS() uint64 {
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 2 {
-		return 0
-	}
-	pages, _ := strconv.ParseUint(f[1], 10, 64)
-	return pages * uint64(os.Getpagesize())
 }
 
 // selfMetrics are the agent's own metrics beyond those of its parts.

@@ -1,15 +1,15 @@
 package metrics
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"os"
 	"runtime"
 	"runtime/metrics"
-	"strconv"
 	"sync"
 	"syscall"
+
+	"github.com/vigilhq/vigil/internal/procstat"
 )
 
 // ProcessCollector writes the standard go_* and process_* series of the
@@ -30,8 +30,8 @@ import (
 // not have, for seeing how often the collector runs.
 func ProcessCollector() Collector {
 	p := &processCollector{samples: make([]metrics.Sample, len(runtimeSamples))}
-	for i, s := range runtimeSamples {
-		p.samples[i].Name = s.name
+	for i, name := range runtimeSamples {
+		p.samples[i].Name = name
 	}
 	return p
 }
@@ -41,21 +41,37 @@ type processCollector struct {
 	samples []metrics.Sample
 }
 
-// runtimeSamples are the runtime/metrics values read at each scrape.
-var runtimeSamples = []struct{ name string }{
-	{"/memory/classes/heap/objects:bytes"},  // 0
-	{"/memory/classes/heap/unused:bytes"},   // 1
-	{"/memory/classes/heap/free:bytes"},     // 2
-	{"/memory/classes/heap/released:bytes"}, // 3
-	{"/memory/classes/heap/stacks:bytes"},   // 4
-	{"/memory/classes/total:bytes"},         // 5
-	{"/gc/heap/goal:bytes"},                 // 6
-	{"/gc/heap/allocs:bytes"},               // 7
-	{"/gc/cycles/total:gc-cycles"},          // 8
-	{"/gc/gogc:percent"},                    // 9
-	{"/gc/gomemlimit:bytes"},                // 10
-	{"/sched/gomaxprocs:threads"},           // 11
+// runtimeSamples are the runtime/metrics values read at each scrape, in the
+// order of the indexes below.
+var runtimeSamples = []string{
+	"/memory/classes/heap/objects:bytes",
+	"/memory/classes/heap/unused:bytes",
+	"/memory/classes/heap/free:bytes",
+	"/memory/classes/heap/released:bytes",
+	"/memory/classes/heap/stacks:bytes",
+	"/memory/classes/total:bytes",
+	"/gc/heap/goal:bytes",
+	"/gc/heap/allocs:bytes",
+	"/gc/cycles/total:gc-cycles",
+	"/gc/gogc:percent",
+	"/gc/gomemlimit:bytes",
+	"/sched/gomaxprocs:threads",
 }
+
+const (
+	rmHeapObjects = iota
+	rmHeapUnused
+	rmHeapFree
+	rmHeapReleased
+	rmStacks
+	rmTotal
+	rmGoal
+	rmAllocs
+	rmCycles
+	rmGOGC
+	rmMemLimit
+	rmMaxProcs
+)
 
 var (
 	descGoroutines   = NewDesc("go_goroutines", "Number of goroutines that currently exist.", GaugeType)
@@ -94,29 +110,27 @@ func (p *processCollector) Collect(w *Writer) {
 	p.mu.Unlock()
 	w.Sample(descGoroutines, float64(runtime.NumGoroutine()))
 	w.Sample(descGoInfo, 1, runtime.Version())
-	w.Sample(descMaxProcs, v[11])
-	w.Sample(descGOGC, v[9])
-	w.Sample(descMemLimit, v[10])
-	w.Sample(descGCCycles, v[8])
-	w.Sample(descAllocTotal, v[7])
-	w.Sample(descHeapAlloc, v[0])
-	w.Sample(descHeapInuse, v[0]+v[1])
-	w.Sample(descHeapIdle, v[2]+v[3])
-	w.Sample(descHeapReleased, v[3])
-	w.Sample(descStackInuse, v[4])
-	w.Sample(descSys, v[5])
-	w.Sample(descNextGC, v[6])
+	w.Sample(descMaxProcs, v[rmMaxProcs])
+	w.Sample(descGOGC, v[rmGOGC])
+	w.Sample(descMemLimit, v[rmMemLimit])
+	w.Sample(descGCCycles, v[rmCycles])
+	w.Sample(descAllocTotal, v[rmAllocs])
+	w.Sample(descHeapAlloc, v[rmHeapObjects])
+	w.Sample(descHeapInuse, v[rmHeapObjects]+v[rmHeapUnused])
+	w.Sample(descHeapIdle, v[rmHeapFree]+v[rmHeapReleased])
+	w.Sample(descHeapReleased, v[rmHeapReleased])
+	w.Sample(descStackInuse, v[rmStacks])
+	w.Sample(descSys, v[rmTotal])
+	w.Sample(descNextGC, v[rmGoal])
 
-	st, ok := readProcSelf()
-	if !ok {
-		return
-	}
-	w.Sample(descThreads, float64(st.threads))
-	w.Sample(descCPU, st.cpuSeconds)
-	w.Sample(descRSS, float64(st.rss))
-	w.Sample(descVSize, float64(st.vsize))
-	if st.startTime > 0 {
-		w.Sample(descStartTime, st.startTime)
+	if st, ok := procstat.Read("self"); ok {
+		w.Sample(descThreads, float64(st.Threads))
+		w.Sample(descCPU, st.CPUSeconds())
+		w.Sample(descRSS, float64(st.RSSBytes()))
+		w.Sample(descVSize, float64(st.VSize))
+		if start := st.StartTime(); !start.IsZero() {
+			w.Sample(descStartTime, float64(start.UnixNano())/1e9)
+		}
 	}
 	if n, err := openFDs(); err == nil {
 		w.Sample(descOpenFDs, float64(n))
@@ -126,65 +140,6 @@ func (p *processCollector) Collect(w *Writer) {
 		w.Sample(descMaxFDs, float64(lim.Cur))
 	}
 }
-
-// userHZ is the unit of the CPU times in /proc/PID/stat: USER_HZ, 100 on
-// every Linux architecture Go supports (sysconf(_SC_CLK_TCK), as procfs
-// also assumes).
-const userHZ = 100
-
-type procStat struct {
-	threads    int64
-	cpuSeconds float64
-	vsize, rss uint64
-	startTime  float64 // 0 when the boot time is unknown
-}
-
-// readProcSelf reads /proc/self/stat; ok is false where there is none.
-func readProcSelf() (procStat, bool) {
-	var st procStat
-	b, err := os.ReadFile("/proc/self/stat")
-	if err != nil {
-		return st, false
-	}
-	// The command name (field 2) is in parentheses and may hold spaces;
-	// the fields after it start after the last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return st, false
-	}
-	f := bytes.Fields(b[i+1:])
-	// f[0] is field 3 (state): field N is f[N-3].
-	if len(f) < 22 {
-		return st, false
-	}
-	num := func(n int) uint64 {
-		v, _ := strconv.ParseUint(string(f[n-3]), 10, 64)
-		return v
-	}
-	st.cpuSeconds = float64(num(14)+num(15)) / userHZ
-	st.threads = int64(num(20))
-	st.vsize = num(23)
-	st.rss = num(24) * uint64(os.Getpagesize())
-	if boot, ok := bootTime(); ok {
-		st.startTime = float64(boot) + float64(num(22))/userHZ
-	}
-	return st, true
-}
-
-// bootTime is the btime line of /proc/stat, read once.
-var bootTime = sync.OnceValues(func() (uint64, bool) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, false
-	}
-	for line := range bytes.SplitSeq(b, []byte{'\n'}) {
-		if rest, ok := bytes.CutPrefix(line, []byte("btime ")); ok {
-			v, err := strconv.ParseUint(string(bytes.TrimSpace(rest)), 10, 64)
-			return v, err == nil
-		}
-	}
-	return 0, false
-})
 
 func openFDs() (int, error) {
 	d, err := os.Open("/proc/self/fd")

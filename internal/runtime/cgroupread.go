@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/vigilhq/vigil/internal/procstat"
 )
 
 // The cgroup stats path: each running container's cgroup files are opened
@@ -12,9 +14,6 @@ import (
 // buffer shared by all files (BenchmarkCgroupRead, docs/benchmarks/runtime.md:
 // 34.7 µs per container kept open against 207 µs when reopening its files
 // each time). Only the files behind the exported figures are opened.
-
-// userHZ is the unit of cpuacct.stat (USER_HZ, 100 on every Linux ABI).
-const userHZ = 100
 
 // cgroupFile names one file the reader keeps open.
 type cgroupFile int
@@ -215,8 +214,8 @@ func (r *cgroupReader) read(s *Stats, buf *[]byte, now time.Time) error {
 			return err
 		}
 		as := parseCPUAcctStat(b)
-		s.CPUUserSeconds = float64(as.User) / userHZ
-		s.CPUSystemSeconds = float64(as.System) / userHZ
+		s.CPUUserSeconds = float64(as.User) / procstat.UserHZ
+		s.CPUSystemSeconds = float64(as.System) / procstat.UserHZ
 		if b, err = r.readFile(fMemFailcnt, buf); err != nil {
 			return err
 		}

@@ -107,13 +107,6 @@ func FuzzParseHealthcheck(f *testing.F) {
 	})
 }
 
-func FuzzStatStartTicks(f *testing.F) {
-	f.Add([]byte("1 (init) S 0 1 1 0 -1 4194560 1 0 0 0 3 1 0 0 20 0 1 0 5 4476928 202 1\n"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		statStartTicks(b)
-	})
-}
-
 // FuzzResolveImageConfig feeds the image-config resolution hostile index,
 // manifest and config documents (whoever built or pushed the image). The
 // first document is the image's target (an index when isIndex); every

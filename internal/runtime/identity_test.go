@@ -138,13 +138,3 @@ func TestParseHealthcheck(t *testing.T) {
 		}
 	}
 }
-
-func TestStatStartTicks(t *testing.T) {
-	line := []byte("4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 164 0 0 0 3 1 0 0 20 0 1 0 123456 4476928 202 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n")
-	if v, ok := statStartTicks(line); !ok || v != 123456 {
-		t.Errorf("statStartTicks = %d, %v; want 123456", v, ok)
-	}
-	if _, ok := statStartTicks([]byte("1 (x) S 1")); ok {
-		t.Error("short line parsed")
-	}
-}

@@ -1,11 +1,9 @@
 package runtime
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"maps"
-	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -14,6 +12,7 @@ import (
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/procstat"
 )
 
 // entry is the inventory's record of one container: the exported Container
@@ -204,60 +203,14 @@ func (r *Runtime) setRunning(e *entry, pid uint32, startedAt time.Time) {
 	}
 }
 
-// procStartTime is when process pid started, from field 22 of
-// /proc/PID/stat (clock ticks after boot) and btime in /proc/stat; zero
-// when unknown.
+// procStartTime is when process pid started (procstat); zero when unknown.
 func procStartTime(pid uint32) time.Time {
 	if pid == 0 {
 		return time.Time{}
 	}
-	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/stat")
-	if err != nil {
-		return time.Time{}
-	}
-	ticks, ok := statStartTicks(b)
+	st, ok := procstat.Read(strconv.FormatUint(uint64(pid), 10))
 	if !ok {
 		return time.Time{}
 	}
-	bt := bootTime()
-	if bt.IsZero() {
-		return time.Time{}
-	}
-	return bt.Add(time.Duration(ticks) * time.Second / userHZ)
+	return st.StartTime()
 }
-
-// statStartTicks extracts starttime (field 22) from a /proc/PID/stat line;
-// the command (field 2) may contain spaces and parentheses, so fields are
-// counted after its last ')'.
-func statStartTicks(b []byte) (uint64, bool) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, false
-	}
-	fields := bytes.Fields(b[i+1:])
-	// fields[0] is field 3 (state); starttime is field 22.
-	if len(fields) < 20 {
-		return 0, false
-	}
-	return parseUint(fields[19])
-}
-
-var bootTimeOnce = sync.OnceValue(func() time.Time {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return time.Time{}
-	}
-	for len(b) > 0 {
-		var line []byte
-		line, b = nextLine(b)
-		k, rest := nextField(line)
-		if string(k) == "btime" {
-			if v, ok := parseUint(rest); ok {
-				return time.Unix(int64(v), 0)
-			}
-		}
-	}
-	return time.Time{}
-})
-
-func bootTime() time.Time { return bootTimeOnce() }
