@@ -75,9 +75,6 @@ func NewDesc(name, help string, typ Type, labels ...string) *Desc {
 	}
 }
 
-// Name is the family's name.
-func (d *Desc) Name() string { return d.name }
-
 func validMetricName(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
@@ -113,11 +110,10 @@ type Writer struct {
 // label names; a mismatch drops the sample and is reported by the scrape).
 // For counters and gauges.
 func (w *Writer) Sample(d *Desc, v float64, labelValues ...string) {
-	if len(labelValues) != len(d.labels) {
-		w.fail(fmt.Errorf("%s: %d label values for %d labels", d.name, len(labelValues), len(d.labels)))
+	b, ok := w.family(d, labelValues)
+	if !ok {
 		return
 	}
-	b := w.family(d)
 	b = appendSeries(b, d.name, "", d.labels, labelValues, "", "")
 	b = append(b, ' ')
 	b = appendFloat(b, v)
@@ -126,11 +122,10 @@ func (w *Writer) Sample(d *Desc, v float64, labelValues ...string) {
 
 // histogram adds the series of histogram h (a family member of d).
 func (w *Writer) histogram(d *Desc, h *histogramData, labelValues []string) {
-	if len(labelValues) != len(d.labels) {
-		w.fail(fmt.Errorf("%s: %d label values for %d labels", d.name, len(labelValues), len(d.labels)))
+	b, ok := w.family(d, labelValues)
+	if !ok {
 		return
 	}
-	b := w.family(d)
 	var cum uint64
 	for i, upper := range h.upper {
 		cum += h.counts[i]
@@ -153,7 +148,14 @@ func (w *Writer) histogram(d *Desc, h *histogramData, labelValues []string) {
 	w.fams[d] = append(b, '\n')
 }
 
-func (w *Writer) family(d *Desc) []byte {
+// family returns the family's samples so far (its header at first), or
+// records a problem and returns false when labelValues do not match its
+// label names.
+func (w *Writer) family(d *Desc, labelValues []string) ([]byte, bool) {
+	if len(labelValues) != len(d.labels) {
+		w.fail(fmt.Errorf("%s: %d label values for %d labels", d.name, len(labelValues), len(d.labels)))
+		return nil, false
+	}
 	if w.fams == nil {
 		w.fams = make(map[*Desc][]byte)
 	}
@@ -161,7 +163,7 @@ func (w *Writer) family(d *Desc) []byte {
 	if !ok {
 		b = append(b, d.header...)
 	}
-	return b
+	return b, true
 }
 
 func (w *Writer) fail(err error) {
@@ -397,13 +399,6 @@ func (h *Histogram) Observe(v float64) {
 	h.data.count++
 	h.data.sum += v
 	h.mu.Unlock()
-}
-
-// Count is the number of observations.
-func (h *Histogram) Count() uint64 {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.data.count
 }
 
 // Collect writes the histogram.
