@@ -109,16 +109,14 @@ func (c *rtnlConn) exchange(buf, req []byte, fn func(typ uint16, payload []byte)
 		return fmt.Errorf("netlink send: %w", err)
 	}
 	return readReplies(func() ([]byte, error) {
-		for {
-			n, _, err := unix.Recvfrom(c.fd, buf, 0)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				return nil, fmt.Errorf("netlink receive: %w", err)
-			}
-			return buf[:n], nil
+		n, err := recv(c.fd, buf, unix.MSG_TRUNC)
+		if err != nil {
+			return nil, fmt.Errorf("netlink receive: %w", err)
 		}
+		if n > len(buf) {
+			return nil, fmt.Errorf("netlink reply of %d bytes does not fit the %d-byte buffer", n, len(buf))
+		}
+		return buf[:n], nil
 	}, c.seq, fn)
 }
 
@@ -467,28 +465,39 @@ func openSubscription() (*subscription, error) {
 // tail is lost). It returns unix.EAGAIN when none is queued and unix.ENOBUFS
 // when the kernel dropped notifications. Must not be called after close.
 func (s *subscription) receive(buf []byte) (n int, truncated bool, err error) {
+	n, err = recv(s.fd, buf, unix.MSG_TRUNC|unix.MSG_DONTWAIT)
+	if err != nil {
+		return 0, false, err
+	}
+	if n > len(buf) {
+		return len(buf), true, nil
+	}
+	return n, false, nil
+}
+
+// recv is recvfrom(2) without a source address (unix.Recvfrom allocates
+// one per datagram, and every dump and notification comes through here),
+// retried on EINTR. buf must not be empty. With MSG_TRUNC, netlink returns
+// the datagram's real length, which may exceed len(buf).
+func recv(fd int, buf []byte, flags int) (int, error) {
 	for {
-		// recvfrom(2) without a source address: unix.Recvfrom would
-		// allocate one per datagram. MSG_TRUNC makes netlink return the
-		// datagram's real length.
-		r, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(s.fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
-			unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+		r, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
+			uintptr(flags), 0, 0)
 		if errno == unix.EINTR {
 			continue
 		}
 		if errno != 0 {
-			return 0, false, errno
+			return 0, errno
 		}
-		if int(r) > len(buf) {
-			return len(buf), true, nil
-		}
-		return int(r), false, nil
+		return int(r), nil
 	}
 }
 
 // pending reports whether notifications are queued on the socket that the
 // reader has not taken yet (netlink sockets do not answer FIONREAD; a
-// zero-timeout poll does). Must not be called after close.
+// zero-timeout poll does). Not a peeking recv: that would consume a pending
+// ENOBUFS, which the notification reader needs to see to resync. Must not be
+// called after close.
 func (s *subscription) pending() bool {
 	fds := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}}
 	n, err := unix.Poll(fds, 0)
