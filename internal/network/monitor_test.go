@@ -172,27 +172,10 @@ func TestLinkDownIsAnEventAndAConditionAndLinkUpBringsItBack(t *testing.T) {
 	if err := m.Attach(ref, Source{Path: a.path}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	go func() { runDone <- m.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-runDone; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	ctx, _ := runMonitor(t, m)
 
 	// Set it down from this process (no fork in the measured interval).
-	nsh, err := netns.GetFromPath(a.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE)
-	nsh.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := nsHandle(t, a.path)
 	eth0, err := h.LinkByName("eth0")
 	if err != nil {
 		t.Fatal(err)
@@ -552,9 +535,7 @@ func TestRunOwnsTheMonitor(t *testing.T) {
 	if err := m.Attach(ContainerRef{"default", "a"}, Source{Path: a.path}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	go func() { runDone <- m.Run(ctx) }()
+	ctx, stopRun := runMonitor(t, m)
 	// Wait until Run has started, then a second Run is refused.
 	deadline := time.Now().Add(5 * time.Second)
 	for !m.running.Load() && time.Now().Before(deadline) {
@@ -563,10 +544,8 @@ func TestRunOwnsTheMonitor(t *testing.T) {
 	if err := m.Run(ctx); !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("second Run = %v, want ErrConflict", err)
 	}
-	cancel()
-	if err := <-runDone; err != nil {
-		t.Errorf("Run = %v, want nil on cancellation", err)
-	}
+	// Run returns nil on cancellation (stopRun fails the test otherwise).
+	stopRun()
 	for range m.Events() { // buffered events, then closed
 	}
 	if got := m.OpenDescriptors(); got != 0 {

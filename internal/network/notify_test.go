@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"runtime"
 	"strconv"
@@ -23,19 +22,7 @@ import (
 // holds: sockets, epoll instances and eventfds. (The Go runtime's own epoll
 // instance and eventfd are there from the start and stay.)
 func monitorFDs(tb testing.TB) int {
-	tb.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	n := 0
-	for _, e := range ents {
-		target, err := os.Readlink("/proc/self/fd/" + e.Name())
-		if err == nil && (strings.HasPrefix(target, "socket:") || target == "anon_inode:[eventpoll]" || target == "anon_inode:[eventfd]") {
-			n++
-		}
-	}
-	return n
+	return countFDs(tb, "socket:", "anon_inode:[eventpoll]", "anon_inode:[eventfd]")
 }
 
 // waitGoroutines waits up to 5 seconds for the goroutine count to fall to
@@ -52,6 +39,23 @@ func waitGoroutines(max int) int {
 	}
 }
 
+// nsHandle opens a netlink handle in the namespace at path, closed when the
+// test ends.
+func nsHandle(tb testing.TB, path string) *netlink.Handle {
+	tb.Helper()
+	nsh, err := netns.GetFromPath(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h, err := netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE)
+	nsh.Close()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(h.Close)
+	return h
+}
+
 // nsHandles opens a netlink handle in each namespace of paths and returns
 // them with each namespace's eth0 and inode.
 func nsHandles(t *testing.T, paths []string) ([]*netlink.Handle, []netlink.Link, []uint64) {
@@ -60,17 +64,9 @@ func nsHandles(t *testing.T, paths []string) ([]*netlink.Handle, []netlink.Link,
 	eth0 := make([]netlink.Link, len(paths))
 	inodes := make([]uint64, len(paths))
 	for i, p := range paths {
-		nsh, err := netns.GetFromPath(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h, err := netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE)
-		nsh.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(h.Close)
+		h := nsHandle(t, p)
 		handles[i] = h
+		var err error
 		if eth0[i], err = h.LinkByName("eth0"); err != nil {
 			t.Fatal(err)
 		}
@@ -105,10 +101,7 @@ func TestManyNamespacesAttachDetachConcurrently(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		runDone := make(chan error, 1)
-		go func() { runDone <- m.Run(ctx) }()
+		ctx, stopRun := runMonitor(t, m)
 
 		stop := make(chan struct{})
 		errs := make(chan error, 4*n)
@@ -246,10 +239,7 @@ func TestManyNamespacesAttachDetachConcurrently(t *testing.T) {
 			}
 		}
 
-		cancel()
-		if err := <-runDone; err != nil {
-			t.Errorf("Run: %v", err)
-		}
+		stopRun()
 		for range m.Events() {
 		}
 		if got := m.OpenDescriptors(); got != 0 {
@@ -308,17 +298,21 @@ func execIP(netns, batch string) *exec.Cmd {
 	return cmd
 }
 
-// runMonitor runs m until the test ends.
-func runMonitor(t *testing.T, m *Monitor) {
+// runMonitor runs m until stop is called or the test ends, whichever comes
+// first; stop waits for Run and reports its error. ctx ends with stop.
+func runMonitor(t *testing.T, m *Monitor) (ctx context.Context, stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	runDone := make(chan error, 1)
 	go func() { runDone <- m.Run(ctx) }()
-	t.Cleanup(func() {
+	stop = sync.OnceFunc(func() {
 		cancel()
 		if err := <-runDone; err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	})
+	t.Cleanup(stop)
+	return ctx, stop
 }
 
 // TestLostNotificationsResync overflows a namespace's subscription socket

@@ -155,7 +155,11 @@ func sendUDP(tb testing.TB, path, addr string, n, size int) {
 // openFDs counts this process's open sockets in /proc/self/fd: the kind of
 // descriptor the monitor holds (the runtime, os/exec and the race detector
 // open and close files of their own at times).
-func openFDs(tb testing.TB) int {
+func openFDs(tb testing.TB) int { return countFDs(tb, "socket:") }
+
+// countFDs counts this process's descriptors whose /proc/self/fd link
+// starts with one of prefixes.
+func countFDs(tb testing.TB, prefixes ...string) int {
 	tb.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
@@ -163,8 +167,15 @@ func openFDs(tb testing.TB) int {
 	}
 	n := 0
 	for _, e := range ents {
-		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(target, "socket:") {
-			n++
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil {
+			continue
+		}
+		for _, p := range prefixes {
+			if strings.HasPrefix(target, p) {
+				n++
+				break
+			}
 		}
 	}
 	return n
