@@ -125,6 +125,20 @@ func sourceHash(root, src string) (string, error) {
 // for tests that build Vigil's binaries and measure or run them as shipped.
 var BuildFlags = []string{"-trimpath", "-tags", "grpcnotrace"}
 
+// BuildRelease builds the package pkg (an import path of this module) the
+// way the Makefile builds releases (BuildFlags, no cgo) into the file out,
+// with the toolchain of the test binary. It fails the test if the build
+// fails.
+func BuildRelease(tb testing.TB, pkg, out string) {
+	tb.Helper()
+	args := append([]string{"build"}, BuildFlags...)
+	cmd := exec.Command(goTool(), append(args, "-o", out, pkg)...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("go build %s: %v\n%s", pkg, err, lastLines(b, 20))
+	}
+}
+
 // ReleaseDeps lists the packages that the package in the current directory
 // links when built with BuildFlags (go list -deps), for tests that guard
 // what the shipped binaries carry. It uses the toolchain of the test binary

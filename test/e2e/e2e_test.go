@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -267,24 +266,11 @@ func buildBinaries(t *testing.T) string {
 		t.Logf("using the binaries in VIGIL_E2E_BIN=%s", dir)
 		return dir
 	}
-	root := repoRoot(t)
 	out := t.TempDir()
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(gobin); err != nil {
-		if gobin, err = exec.LookPath("go"); err != nil {
-			t.Fatalf("no go tool to build the binaries: %v", err)
-		}
-	}
 	for _, b := range []struct{ name, pkg string }{
-		{"vigil-agent", "./cmd/agent"}, {"vigil-aggregator", "./cmd/aggregator"}, {"vigilctl", "./cmd/vigilctl"},
+		{"vigil-agent", "cmd/agent"}, {"vigil-aggregator", "cmd/aggregator"}, {"vigilctl", "cmd/vigilctl"},
 	} {
-		args := append([]string{"build"}, testenv.BuildFlags...)
-		cmd := exec.Command(gobin, append(args, "-o", filepath.Join(out, b.name), b.pkg)...)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if o, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", b.pkg, err, o)
-		}
+		testenv.BuildRelease(t, "github.com/vigilhq/vigil/"+b.pkg, filepath.Join(out, b.name))
 	}
 	return out
 }

@@ -28,12 +28,7 @@ var (
 func buildRelease(t *testing.T, name, pkg string) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), name)
-	args := append([]string{"build"}, testenv.BuildFlags...)
-	cmd := exec.Command("go", append(args, "-o", bin, pkg)...)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building %s: %v\n%s", pkg, err, out)
-	}
+	testenv.BuildRelease(t, pkg, bin)
 	return bin
 }
 

@@ -29,15 +29,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 
 // buildCollector builds the collector-only program into a temp dir.
 func buildCollector(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "collector")
-	args := append([]string{"build"}, testenv.BuildFlags...)
-	cmd := exec.Command("go", append(args, "-o", bin, "github.com/vigilhq/vigil/test/bench/runtime/collector")...)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building the collector: %v\n%s", err, out)
-	}
-	return bin
+	return buildRelease(t, "collector", "github.com/vigilhq/vigil/test/bench/runtime/collector")
 }
 
 // child is a running collector process.
