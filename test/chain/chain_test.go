@@ -131,6 +131,9 @@ func TestStories(t *testing.T) {
 	if l := byID[FlakyID].Labels; l["vigil.io/restart-on-unhealthy"] != "true" || l["vigil.io/health-http"] != "http://:8081/healthz" {
 		t.Errorf("flaky labels %v", l)
 	}
+	if l := byID[WebID].Labels; l["vigil.io/health-start-period"] != "5s" {
+		t.Errorf("web start period %q, want five 1s intervals", l["vigil.io/health-start-period"])
+	}
 	if byID[WebID].Labels["vigil.io/health-http"] != "http://:8080/healthz" || byID[WebID].LogPath != "/logs/web.log" {
 		t.Errorf("web %+v", byID[WebID])
 	}

@@ -50,12 +50,20 @@ func Stories(o StoryOptions) []Container {
 	if o.CrashRestarts > 0 {
 		policy += ":" + strconv.Itoa(o.CrashRestarts)
 	}
+	// The servers get a start period of five intervals, as a server that
+	// needs a moment to listen should: a probe that comes before it listens
+	// (the first one is due at a random point of the first interval) is then
+	// not counted as a failure. Without it the healthy web server sometimes
+	// had one failed probe in its counter on a loaded machine (e2e,
+	// 2026-11-23); this is the likely cause, as its health only went from
+	// starting to healthy, but the logs did not say which probe failed.
 	health := func(port string) map[string]string {
 		return map[string]string{
-			"vigil.io/health-http":     "http://:" + port + "/healthz",
-			"vigil.io/health-interval": o.HealthInterval.String(),
-			"vigil.io/health-timeout":  "1s",
-			"vigil.io/health-retries":  "3",
+			"vigil.io/health-http":         "http://:" + port + "/healthz",
+			"vigil.io/health-interval":     o.HealthInterval.String(),
+			"vigil.io/health-timeout":      "1s",
+			"vigil.io/health-retries":      "3",
+			"vigil.io/health-start-period": (5 * o.HealthInterval).String(),
 		}
 	}
 	web := Container{ID: WebID, Args: []string{"/workload", "serve", "--http", ":8080"}, Labels: health("8080"), NetNSPath: o.NetNSPath}
