@@ -169,7 +169,9 @@ func TestImageBlobLimits(t *testing.T) {
 }
 
 // TestRestartIntoLogDir: a task that someone deleted is replaced by Restart
-// (without RequireTask) with one whose output goes to LogDir.
+// (without RequireTask) with one whose output goes to LogDir. The task
+// closes its stdout before it writes to stderr: with a file:// URI, the shim
+// closed the file when stdout ended, and stderr was lost.
 func TestRestartIntoLogDir(t *testing.T) {
 	t.Parallel()
 	env := testenv.Containerd(t)
@@ -177,7 +179,7 @@ func TestRestartIntoLogDir(t *testing.T) {
 	image := env.BusyboxImage(t, ns)
 	logDir := t.TempDir()
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: logDir})
-	cont, _ := env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "logged", Image: image, Args: []string{"sh", "-c", "echo to-the-log; echo err-too >&2"}})
+	cont, _ := env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "logged", Image: image, Args: []string{"sh", "-c", "echo to-the-log; exec 1>&-; sleep 0.2; echo err-too >&2"}})
 	k := Key{ns, "logged"}
 	w.waitForKey(k, EventExited)
 	ctx := namespaces.WithNamespace(context.Background(), ns)
