@@ -349,19 +349,32 @@ func (r *Runtime) rootfs(ctx context.Context, c *apiClient, cc *containersapi.Co
 }
 
 // restartIO chooses the new task's stdout and stderr: where the old task's
-// went when that was a file:// or binary:// URI, else a log file under
+// went when that was a file or a logging binary, else a log file under
 // LogDir, else nothing ("": containerd discards the output). A file, old or
 // new, is given as two plain paths (logFilePaths).
 func (r *Runtime) restartIO(k Key, old *tasktypes.Process) (stdout, stderr string, err error) {
 	if old != nil && old.Stdout != "" && !old.Terminal {
-		if u, err := url.Parse(old.Stdout); err == nil && (u.Scheme == "file" || u.Scheme == "binary") {
-			if u.Scheme == "file" && filepath.IsAbs(u.Path) && ensureFile(u.Path) == nil {
+		u, err := url.Parse(old.Stdout)
+		switch {
+		case err != nil:
+		case u.Scheme == "binary":
+			return old.Stdout, old.Stdout, nil
+		case u.Scheme == "file":
+			if filepath.IsAbs(u.Path) && ensureFile(u.Path) == nil {
 				stdout, stderr = logFilePaths(u.Path)
 				return stdout, stderr, nil
 			}
 			// A file the agent cannot see (a path outside its mounts):
 			// the shim opens it as before.
-			return u.String(), u.String(), nil
+			return old.Stdout, old.Stdout, nil
+		case u.Scheme == "" && filepath.IsAbs(old.Stdout):
+			// A plain path: a FIFO of the client that made the task
+			// (ctr, a client of its own: gone with it), or the file a
+			// restart gave (logFilePaths), which stays.
+			if fi, err := os.Stat(old.Stdout); err == nil && fi.Mode().IsRegular() {
+				stdout, stderr = logFilePaths(old.Stdout)
+				return stdout, stderr, nil
+			}
 		}
 	}
 	if r.cfg.LogDir == "" {

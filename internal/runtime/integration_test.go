@@ -633,32 +633,35 @@ func TestControl(t *testing.T) {
 }
 
 // TestRestartKeepsLog: a task whose output went to a file:// URI is
-// restarted into the same file, stderr included. The task closes its stdout
-// before it writes to stderr: given the file:// URI, the shim closes the
-// file when stdout ends, and the first run (started with that URI by
-// testenv) loses its stderr; the restarted run must not.
+// restarted into the same file, stderr included, and so is the restarted
+// task in turn. The task closes its stdout before it writes to stderr:
+// given the file:// URI, the shim closes the file when stdout ends, and the
+// first run (started with that URI by testenv) loses its stderr; the
+// restarted runs must not.
 func TestRestartKeepsLog(t *testing.T) {
 	t.Parallel()
 	env := testenv.Containerd(t)
 	ns := uniqueNS(t)
 	image := env.BusyboxImage(t, ns)
-	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
+	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: t.TempDir()})
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "echo", Image: image, Args: []string{"sh", "-c", "echo ran-once; exec 1>&-; sleep 0.2; echo err-once >&2"},
 		Labels: map[string]string{"vigil.io/restart-policy": "always"}})
 	k := Key{ns, "echo"}
 	w.waitForKey(k, EventExited)
-	if err := w.Restart(context.Background(), k); err != nil {
-		t.Fatal(err)
+	for run := 2; run <= 3; run++ {
+		if err := w.Restart(context.Background(), k); err != nil {
+			t.Fatal(err)
+		}
+		ev := w.waitForKey(k, EventExited)
+		if ev.Exit.Reason != ExitCompleted || ev.Container.Labels["vigil.io/restart-policy"] != "always" {
+			t.Errorf("restarted run: %+v, labels %v", ev.Exit, ev.Container.Labels)
+		}
+		var got []byte
+		eventually(t, 10*time.Second, fmt.Sprintf("%d runs in the log, the last with its stderr", run), func() bool {
+			got, _ = os.ReadFile(env.LogPathOf(ns, "echo"))
+			return strings.Count(string(got), "ran-once") == run && strings.HasSuffix(string(got), "ran-once\nerr-once\n")
+		}, func() string { return fmt.Sprintf("the file holds %q", got) })
 	}
-	ev := w.waitForKey(k, EventExited)
-	if ev.Exit.Reason != ExitCompleted || ev.Container.Labels["vigil.io/restart-policy"] != "always" {
-		t.Errorf("restarted run: %+v, labels %v", ev.Exit, ev.Container.Labels)
-	}
-	var got []byte
-	eventually(t, 10*time.Second, "both runs in the log, the second with its stderr", func() bool {
-		got, _ = os.ReadFile(env.LogPathOf(ns, "echo"))
-		return strings.Count(string(got), "ran-once") == 2 && strings.HasSuffix(string(got), "ran-once\nerr-once\n")
-	}, func() string { return fmt.Sprintf("the file holds %q", got) })
 }
 
 // TestRestartRequireTaskGone: when someone else deleted the exited task

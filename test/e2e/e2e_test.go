@@ -153,8 +153,10 @@ func TestDataPath(t *testing.T) {
 	time.Sleep(5 * time.Second)
 	assertValue(ctx, t, c, `sum(vigil_container_exits_total{container="crashloop",node="e2e-node"})`, crashRuns)
 	assertValue(ctx, t, c, "vigil_container_restarts_total"+crash, crashRestarts)
-	if n := countLines(t, filepath.Join(dir, "logs", chain.CrashLoopID+".log"), "exit: code 1"); n != crashRuns {
-		t.Errorf("the crash-looper's own log shows %d exits, want %d (restarted tasks keep the container's log)", n, crashRuns)
+	crashLog := filepath.Join(dir, "logs", chain.CrashLoopID+".log")
+	if n := countLines(t, crashLog, "exit: code 1"); n != crashRuns {
+		b, _ := os.ReadFile(crashLog)
+		t.Errorf("the crash-looper's own log shows %d exits, want %d (restarted tasks keep the container's log); it holds:\n%s", n, crashRuns, b)
 	}
 
 	// The flaky server failed its probes until unhealthy (the counter keeps
