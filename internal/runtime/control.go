@@ -259,10 +259,6 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 	if old == nil && o.requireTask {
 		return fmt.Errorf("restart %s/%s: %w", k.Namespace, k.ID, ErrTaskGone)
 	}
-	stdout, stderr, err := r.restartIO(k, old)
-	if err != nil {
-		return err
-	}
 	if old != nil {
 		switch {
 		case old.Status == tasktypes.Status_STOPPED, old.Status == tasktypes.Status_UNKNOWN:
@@ -273,6 +269,14 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 		default:
 			return fmt.Errorf("restart %s/%s: task is %s, not exited: %w", k.Namespace, k.ID, strings.ToLower(old.Status.String()), errdefs.ErrConflict)
 		}
+	}
+	// Before the old task goes: it says where the output went, and a new
+	// task that cannot have its output is not made.
+	stdout, stderr, err := r.restartIO(k, old)
+	if err != nil {
+		return err
+	}
+	if old != nil {
 		err := r.call(ctx, "task_delete", func(ctx context.Context) error {
 			_, err := c.tasks.Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: k.ID})
 			return err
@@ -349,50 +353,57 @@ func (r *Runtime) rootfs(ctx context.Context, c *apiClient, cc *containersapi.Co
 }
 
 // restartIO chooses the new task's stdout and stderr: where the old task's
-// went when that was a file or a logging binary, else a log file under
-// LogDir, else nothing ("": containerd discards the output). A file, old or
-// new, is given as two plain paths (logFilePaths).
+// went when that was a file or a logging binary (oldOutput), else a log file
+// under LogDir, else nothing ("": containerd discards the output). A file is
+// given as two plain paths (logFilePaths).
 func (r *Runtime) restartIO(k Key, old *tasktypes.Process) (stdout, stderr string, err error) {
-	if old != nil && old.Stdout != "" && !old.Terminal {
-		u, err := url.Parse(old.Stdout)
-		switch {
-		case err != nil:
-		case u.Scheme == "binary":
-			return old.Stdout, old.Stdout, nil
-		case u.Scheme == "file":
-			if filepath.IsAbs(u.Path) && ensureFile(u.Path) == nil {
-				stdout, stderr = logFilePaths(u.Path)
-				return stdout, stderr, nil
-			}
-			// A file the agent cannot see (a path outside its mounts):
-			// the shim opens it as before.
-			return old.Stdout, old.Stdout, nil
-		case u.Scheme == "" && filepath.IsAbs(old.Stdout):
-			// A plain path: a FIFO of the client that made the task
-			// (ctr, a client of its own: gone with it), or the file a
-			// restart gave (logFilePaths), which stays.
-			if fi, err := os.Stat(old.Stdout); err == nil && fi.Mode().IsRegular() {
-				stdout, stderr = logFilePaths(old.Stdout)
-				return stdout, stderr, nil
-			}
-		}
-	}
-	if r.cfg.LogDir == "" {
+	path, uri := oldOutput(old)
+	switch {
+	case uri != "":
+		return uri, uri, nil
+	case path == "" && r.cfg.LogDir == "":
 		return "", "", nil
-	}
-	dir := filepath.Join(r.cfg.LogDir, k.Namespace)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return "", "", fmt.Errorf("restart %s/%s: log dir: %w: %v", k.Namespace, k.ID, errdefs.ErrPermission, err)
-	}
-	path, err := filepath.Abs(filepath.Join(dir, k.ID+".log"))
-	if err != nil {
-		return "", "", fmt.Errorf("restart %s/%s: log file: %w: %v", k.Namespace, k.ID, errdefs.ErrInvalid, err)
-	}
-	if err := ensureFile(path); err != nil {
-		return "", "", fmt.Errorf("restart %s/%s: log file: %w: %v", k.Namespace, k.ID, errdefs.ErrPermission, err)
+	case path == "":
+		dir := filepath.Join(r.cfg.LogDir, k.Namespace)
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return "", "", fmt.Errorf("restart %s/%s: log dir: %w: %v", k.Namespace, k.ID, errdefs.ErrPermission, err)
+		}
+		if path, err = filepath.Abs(filepath.Join(dir, k.ID+".log")); err != nil {
+			return "", "", fmt.Errorf("restart %s/%s: log file: %w: %v", k.Namespace, k.ID, errdefs.ErrInvalid, err)
+		}
+		if err := ensureFile(path); err != nil {
+			return "", "", fmt.Errorf("restart %s/%s: log file: %w: %v", k.Namespace, k.ID, errdefs.ErrPermission, err)
+		}
 	}
 	stdout, stderr = logFilePaths(path)
 	return stdout, stderr, nil
+}
+
+// oldOutput is where a task's output went, when a new task's can go there
+// too: the path of a regular file, or a URI the shim opens itself (a
+// logging binary; a file:// URI whose file the agent cannot see, a path
+// outside its mounts). Neither for a terminal, or a FIFO of the client that
+// made the task (ctr's, a client's own): the client is gone.
+func oldOutput(old *tasktypes.Process) (path, uri string) {
+	if old == nil || old.Stdout == "" || old.Terminal {
+		return "", ""
+	}
+	u, err := url.Parse(old.Stdout)
+	switch {
+	case err != nil:
+	case u.Scheme == "binary":
+		return "", old.Stdout
+	case u.Scheme == "file" && filepath.IsAbs(u.Path) && ensureFile(u.Path) == nil:
+		return u.Path, ""
+	case u.Scheme == "file":
+		return "", old.Stdout
+	case u.Scheme == "" && filepath.IsAbs(old.Stdout):
+		// A plain path: a FIFO, or the file a restart gave (logFilePaths).
+		if fi, err := os.Stat(old.Stdout); err == nil && fi.Mode().IsRegular() {
+			return old.Stdout, ""
+		}
+	}
+	return "", ""
 }
 
 // logFilePaths returns the stdout and stderr of a task whose output goes to
@@ -413,11 +424,11 @@ func logFilePaths(path string) (stdout, stderr string) {
 	return path, filepath.Dir(path) + "/./" + filepath.Base(path)
 }
 
-// ensureFile makes path a regular file if it is not one yet, as the shim
-// does for a file:// URI, and fails when it is something else (O_NONBLOCK:
-// a FIFO without a reader fails rather than blocks).
+// ensureFile makes path a regular file if it is not one yet, with the mode
+// the shim gives a file:// URI's file, and fails when it is something else
+// (O_NONBLOCK: a FIFO without a reader fails rather than blocks).
 func ensureFile(path string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NONBLOCK, 0o640)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NONBLOCK, 0o644)
 	if err != nil {
 		return err
 	}

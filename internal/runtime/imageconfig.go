@@ -246,7 +246,8 @@ func readBlob(ctx context.Context, cs contentapi.ContentClient, d blobDesc) ([]b
 }
 
 // parseDigest checks that dgst is "<algorithm>:<hex>" with an algorithm
-// this binary can verify (sha256, sha512).
+// this binary can verify: sha256, sha384 or sha512 (go-digest's algorithms
+// whose hashes the imports above link in).
 func parseDigest(dgst string) (digest.Digest, error) {
 	d, err := digest.Parse(dgst)
 	if err != nil {

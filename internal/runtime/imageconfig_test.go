@@ -249,8 +249,10 @@ func TestParseDigest(t *testing.T) {
 	if _, err := parseDigest(good); err != nil {
 		t.Errorf("%s: %v", good, err)
 	}
-	if _, err := parseDigest("sha512:" + strings.Repeat("0", 128)); err != nil {
-		t.Errorf("sha512: %v", err)
+	for _, ok := range []string{"sha384:" + strings.Repeat("0", 96), "sha512:" + strings.Repeat("0", 128)} {
+		if _, err := parseDigest(ok); err != nil {
+			t.Errorf("%s: %v", ok, err)
+		}
 	}
 	for _, bad := range []string{"", "sha256", "sha256:", "sha256:abc", "md5:" + strings.Repeat("0", 32),
 		"sha256:" + strings.Repeat("AB", 32), "sha256:" + strings.Repeat("zz", 32), "sha256:../../" + strings.Repeat("0", 58)} {

@@ -21,10 +21,16 @@ import (
 // (name and label set, in any label order) that appears twice. It returns
 // the number of series read.
 func Check(text []byte) (int, error) {
+	_, n, err := parse(text)
+	return n, err
+}
+
+// parse is Check that also returns the parsed families.
+func parse(text []byte) (map[string]*dto.MetricFamily, int, error) {
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := p.TextToMetricFamilies(bytes.NewReader(text))
 	if err != nil {
-		return 0, fmt.Errorf("exposition does not parse: %w", err)
+		return nil, 0, fmt.Errorf("exposition does not parse: %w", err)
 	}
 	seen := make(map[string]bool)
 	for name, mf := range families {
@@ -36,12 +42,12 @@ func Check(text []byte) (int, error) {
 			slices.Sort(pairs)
 			key := name + "{" + strings.Join(pairs, ",") + "}"
 			if seen[key] {
-				return 0, fmt.Errorf("series appears twice: %s", key)
+				return nil, 0, fmt.Errorf("series appears twice: %s", key)
 			}
 			seen[key] = true
 		}
 	}
-	return len(seen), nil
+	return families, len(seen), nil
 }
 
 // Gatherer renders self-metric collectors (internal/metrics) and parses the
@@ -59,13 +65,9 @@ func (g Gatherer) Gather() ([]*dto.MetricFamily, error) {
 	if _, err := reg.WriteTo(&buf); err != nil {
 		return nil, err
 	}
-	if _, err := Check(buf.Bytes()); err != nil {
-		return nil, fmt.Errorf("%w\n%s", err, buf.Bytes())
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := p.TextToMetricFamilies(bytes.NewReader(buf.Bytes()))
+	families, _, err := parse(buf.Bytes())
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w\n%s", err, buf.Bytes())
 	}
 	// In the order client_golang's registries gather in (which testutil's
 	// comparisons expect): labels by name, series by label values.

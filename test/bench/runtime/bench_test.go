@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/procstat"
 	"github.com/vigilhq/vigil/internal/runtime"
 	"github.com/vigilhq/vigil/internal/testenv"
 )
@@ -84,22 +85,8 @@ func (c *child) collect(t *testing.T) (read int, meanWallUs int64) {
 
 // cpuTicks is utime+stime of pid in clock ticks (USER_HZ), 0 when gone.
 func cpuTicks(pid int) uint64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseUint(f[11], 10, 64)
-	st, _ := strconv.ParseUint(f[12], 10, 64)
-	return u + st
+	st, _ := procstat.Read(strconv.Itoa(pid))
+	return st.UTime + st.STime
 }
 
 // rssKiB is VmRSS of pid.
