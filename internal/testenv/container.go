@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,9 +27,13 @@ type ContainerSpec struct {
 	Image string
 	// Args replace the image's Cmd (the Entrypoint stays), as `docker run
 	// IMAGE ARGS...` does; nil keeps the image's Cmd.
-	Args        []string
-	Labels      map[string]string // containerd labels of the container
-	MemoryLimit int64             // bytes; 0 means no limit
+	Args []string
+	// Labels are the container's containerd labels. containerd's restart
+	// monitor acts on containerd.io/restart.* labels, and would replace a
+	// task it finds created but not yet started, so RunContainer sets those
+	// labels only once the task runs.
+	Labels      map[string]string
+	MemoryLimit int64 // bytes; 0 means no limit
 	// NetNSPath is a network namespace to join (NewNetNS().Path); "" means a
 	// new private namespace per task (lo down, no routes) unless HostNetwork.
 	NetNSPath   string
@@ -79,11 +84,12 @@ func (e *Env) RunContainer(tb testing.TB, spec ContainerSpec) (client.Container,
 	case spec.HostNetwork:
 		opts = append(opts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostHostsFile, oci.WithHostResolvconf)
 	}
+	labels, restartLabels := splitRestartLabels(spec.Labels)
 	ctr, err := c.NewContainer(ctx, spec.ID,
 		client.WithImage(img),
 		client.WithSnapshotter(snapshotter),
 		client.WithNewSnapshot(spec.ID+"-snapshot", img),
-		client.WithContainerLabels(spec.Labels),
+		client.WithContainerLabels(labels),
 		client.WithNewSpec(opts...),
 	)
 	if err != nil {
@@ -103,7 +109,32 @@ func (e *Env) RunContainer(tb testing.TB, spec ContainerSpec) (client.Container,
 	if err := task.Start(ctx); err != nil {
 		tb.Fatalf("testenv: RunContainer %s: start: %v", spec.ID, err)
 	}
+	if len(restartLabels) > 0 {
+		if _, err := ctr.SetLabels(ctx, restartLabels); err != nil {
+			tb.Fatalf("testenv: RunContainer %s: set restart labels: %v", spec.ID, err)
+		}
+	}
 	return ctr, task
+}
+
+// restartLabelPrefix marks the labels containerd's restart monitor acts on.
+const restartLabelPrefix = "containerd.io/restart."
+
+// splitRestartLabels separates the labels containerd's restart monitor acts
+// on from the others.
+func splitRestartLabels(all map[string]string) (other, restart map[string]string) {
+	other = make(map[string]string, len(all))
+	for k, v := range all {
+		if strings.HasPrefix(k, restartLabelPrefix) {
+			if restart == nil {
+				restart = make(map[string]string)
+			}
+			restart[k] = v
+			continue
+		}
+		other[k] = v
+	}
+	return other, restart
 }
 
 // LogPathOf is the file RunContainer appends the container's stdout and

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	cerrdefs "github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -84,6 +85,20 @@ func removeContainers(ctx context.Context, address string) error {
 // deleteContainer kills the container's task, deletes it, and deletes the
 // container with its snapshot. Missing pieces are not errors.
 func deleteContainer(ctx context.Context, ctr client.Container) error {
+	// containerd's restart monitor would start a new task for a container
+	// labelled to run once its task is gone; take the labels off first.
+	labels, err := ctr.Labels(ctx)
+	if err != nil {
+		if isNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("labels: %w", err)
+	}
+	if _, restart := splitRestartLabels(labels); len(restart) > 0 {
+		if err := ctr.Update(ctx, withoutRestartLabels); err != nil && !isNotFound(err) {
+			return fmt.Errorf("remove restart labels: %w", err)
+		}
+	}
 	task, err := ctr.Task(ctx, nil)
 	if err == nil {
 		if _, err := task.Delete(ctx, client.WithProcessKill); err != nil && !isNotFound(err) {
@@ -94,6 +109,16 @@ func deleteContainer(ctx context.Context, ctr client.Container) error {
 	}
 	if err := ctr.Delete(ctx, client.WithSnapshotCleanup); err != nil && !isNotFound(err) {
 		return fmt.Errorf("delete container: %w", err)
+	}
+	return nil
+}
+
+// withoutRestartLabels removes the containerd.io/restart.* labels.
+func withoutRestartLabels(_ context.Context, _ *client.Client, c *containers.Container) error {
+	for k := range c.Labels {
+		if strings.HasPrefix(k, restartLabelPrefix) {
+			delete(c.Labels, k)
+		}
 	}
 	return nil
 }

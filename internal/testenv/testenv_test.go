@@ -309,6 +309,57 @@ func TestRestartKeepsTasksRunning(t *testing.T) {
 	}
 }
 
+// TestRestartMonitorLabels: a container labelled for containerd's restart
+// monitor starts with the task RunContainer made (the monitor, ticking
+// between create and start, used to replace it: "cannot start a container
+// that has stopped"), the labels are in force (the monitor brings a killed
+// task back), and removing the container works while the monitor watches.
+func TestRestartMonitorLabels(t *testing.T) {
+	t.Parallel()
+	e := Containerd(t)
+	ref := e.BusyboxImage(t, "testenv")
+	ctr, task := e.RunContainer(t, ContainerSpec{Namespace: "testenv", Image: ref, Args: []string{"sleep", "600"},
+		Labels: map[string]string{"app": "x", "containerd.io/restart.status": "running"}})
+	ctx := nsContext(t, "testenv")
+	labels, err := ctr.Labels(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if labels["app"] != "x" || labels["containerd.io/restart.status"] != "running" {
+		t.Fatalf("labels = %v", labels)
+	}
+	first := task.Pid()
+	exited, err := task.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-exited
+	// containerd's monitor ticks every 10 s.
+	deadline := time.Now().Add(25 * time.Second)
+	for {
+		tk, err := ctr.Task(ctx, nil)
+		if err == nil && tk.Pid() != first {
+			var st client.Status
+			if st, err = tk.Status(ctx); err == nil && st.Status == client.Running {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("containerd's restart monitor did not start the killed task again (last: %v)", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err := deleteContainer(ctx, ctr); err != nil {
+		t.Fatalf("delete a monitored container: %v", err)
+	}
+	if _, err := e.Client(t).LoadContainer(ctx, ctr.ID()); !isNotFound(err) {
+		t.Fatalf("container after delete: err = %v, want not found", err)
+	}
+}
+
 func TestSanitize(t *testing.T) {
 	for in, want := range map[string]string{
 		"TestA/sub_case#01":     "TestA-sub-case-01",
