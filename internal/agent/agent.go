@@ -58,6 +58,11 @@ type Agent struct {
 	// Loop goroutine only: containerd's first inventory has been applied,
 	// and releaseStartupMemory has run.
 	inventoryLoaded, startupReleased bool
+
+	// beforeRestart, when set (tests only), runs in a restart's goroutine
+	// after its durable mark and before containerd is called; an error ends
+	// the restart there. It stands for the agent dying mid-restart.
+	beforeRestart func(ctx context.Context, k runtime.Key) error
 }
 
 // tracked is the agent's state of one container. The loop goroutine writes
@@ -89,6 +94,10 @@ type tracked struct {
 	// dueWhileBusy records a restart that came due while inFlight; it runs
 	// when the action in flight finishes.
 	dueWhileBusy bool
+	// resume is set when the agent found, at start-up, a restart of its own
+	// that an earlier run began and did not finish: it is finished without
+	// requiring the old task (which that run may have deleted already).
+	resume bool
 
 	conditions []*vigilv1.Condition
 }

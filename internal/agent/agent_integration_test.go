@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,11 +14,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/vishvananda/netlink"
 
 	"github.com/vigilhq/vigil/internal/metrics/expotest"
+	"github.com/vigilhq/vigil/internal/runtime"
 	"github.com/vigilhq/vigil/internal/testenv"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
@@ -45,6 +48,8 @@ type harness struct {
 	}
 	cancel context.CancelFunc
 	done   chan error
+	// hook, when set, is applied to each agent start makes, before it runs.
+	hook func(*Agent)
 }
 
 func newHarness(t testing.TB) *harness {
@@ -88,6 +93,9 @@ func (h *harness) start(mod func(*Config)) {
 		h.t.Fatal(err)
 	}
 	h.lastRegistry = expotest.Gatherer{a.Registry()}
+	if h.hook != nil {
+		h.hook(a)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	h.done = make(chan error, 1)
@@ -494,6 +502,137 @@ func TestAgentRestartKeepsCountsAndStops(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if n := h.count("stopped", restarted); n != 0 {
 		t.Fatalf("explicitly stopped container restarted after the agent restart\n%s", h.describe("stopped"))
+	}
+}
+
+// TestFinishesAnInterruptedRestart: an agent that dies in the middle of a
+// restart, after deleting the old task ("deleted") or after creating the new
+// one and before starting it ("created"), leaves the container down; the
+// next agent on the same state dir finishes the restart and counts it once.
+// The CI failure this answers: the e2e test killed the agent in that window
+// and the crash-looper stayed down for good.
+func TestFinishesAnInterruptedRestart(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	cl := h.env.Client(t)
+	ctx := namespaces.WithNamespace(context.Background(), h.ns)
+	var mu sync.Mutex
+	createdPid := map[string]uint32{}
+	// As far as the dying agent got: the old task deleted, and for
+	// "created" a new task made and never started. Then it hangs until the
+	// agent stops, and its restart goes no further.
+	h.hook = func(a *Agent) {
+		a.beforeRestart = func(rctx context.Context, k runtime.Key) error {
+			cont, err := cl.LoadContainer(ctx, k.ID)
+			if err != nil {
+				return err
+			}
+			tk, err := cont.Task(ctx, nil)
+			if err != nil {
+				return err
+			}
+			if _, err := tk.Delete(ctx); err != nil {
+				return err
+			}
+			var pid uint32
+			if k.ID == "created" {
+				nt, err := cont.NewTask(ctx, cio.NullIO)
+				if err != nil {
+					return err
+				}
+				pid = nt.Pid()
+			}
+			mu.Lock()
+			createdPid[k.ID] = pid
+			mu.Unlock()
+			<-rctx.Done()
+			return rctx.Err()
+		}
+	}
+	h.start(nil)
+	policy := map[string]string{"vigil.io/restart-policy": "always"}
+	h.run("deleted", policy, "exit", "1", "--after", "300ms")
+	h.run("created", policy, "exit", "1", "--after", "300ms")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		mu.Lock()
+		n := len(createdPid)
+		mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarts never began\n%s\n%s", h.describe("deleted"), h.describe("created"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	h.stop()
+	for _, id := range []string{"deleted", "created"} {
+		if n := h.count(id, restarted); n != 0 {
+			t.Fatalf("%s restarted before the agent stopped\n%s", id, h.describe(id))
+		}
+	}
+	h.mu.Lock()
+	h.events = nil
+	h.mu.Unlock()
+
+	h.hook = nil
+	h.start(nil)
+	for _, id := range []string{"deleted", "created"} {
+		ev := h.waitFor(id, "the interrupted restart finished", 30*time.Second, restarted)
+		if got := ev.GetContainer().GetRestartCount(); got != 1 {
+			t.Errorf("%s: restart count %d after the finished restart, want 1\n%s", id, got, h.describe(id))
+		}
+	}
+	if pid := createdPid["created"]; pid == 0 {
+		t.Error("the created task had no pid")
+	} else if err := syscall.Kill(int(pid), 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("the interrupted restart's created task (pid %d) still exists: %v", pid, err)
+	}
+	if n := h.count("deleted", isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_SKIP_EXPLICIT_STOP)); n != 0 {
+		t.Errorf("the agent's own half-done restart was taken for an operator's stop\n%s", h.describe("deleted"))
+	}
+}
+
+// TestTaskDeletedWhileAgentDown: a restart decided but not yet begun when
+// the agent stopped, whose exited task an operator then deleted, is an
+// operator's stop: the next agent leaves the container down and says so.
+func TestTaskDeletedWhileAgentDown(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	// A long stop window: the restart is still pending when the agent stops.
+	h.start(func(c *Config) { c.StopWindow = time.Minute })
+	h.run("stopped", map[string]string{"vigil.io/restart-policy": "always"}, "exit", "1", "--after", "300ms")
+	h.waitFor("stopped", "restart decision", 30*time.Second, isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_RESTART))
+	h.stop()
+
+	ctx := namespaces.WithNamespace(context.Background(), h.ns)
+	cont, err := h.env.Client(t).LoadContainer(ctx, "stopped")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, err := cont.Task(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tk.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h.mu.Lock()
+	h.events = nil
+	h.mu.Unlock()
+
+	h.start(nil)
+	ev := h.waitFor("stopped", "explicit stop", 30*time.Second, isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_SKIP_EXPLICIT_STOP))
+	if !ev.GetContainer().GetExplicitlyStopped() {
+		t.Errorf("explicit stop decision, but the container is not reported explicitly stopped: %v", ev.GetContainer())
+	}
+	time.Sleep(2 * time.Second)
+	if n := h.count("stopped", restarted); n != 0 {
+		t.Fatalf("restarted a container whose task an operator deleted\n%s", h.describe("stopped"))
+	}
+	if _, err := cont.Task(ctx, nil); err == nil {
+		t.Fatal("the container has a task again")
 	}
 }
 

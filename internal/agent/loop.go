@@ -146,6 +146,8 @@ func (a *Agent) onRuntimeEvent(ctx context.Context, ev runtime.Event) {
 			// Exited while we were not watching (agent down or containerd
 			// resync): count it once and decide as for a live exit.
 			a.onExited(ctx, t, *c.LastExit)
+		} else if c.State == runtime.StateCreated {
+			a.resumeIfInterrupted(t)
 		}
 	case runtime.EventStarted:
 		a.onStarted(ctx, t, now, true)
@@ -266,6 +268,7 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 	}
 	restarted := t.tracker.State.RestartCount > before
 	t.expectDelete = false
+	t.resume = false
 	if t.timer != nil && !t.tracker.State.Pending {
 		t.timer.Stop()
 		t.timer = nil
@@ -364,6 +367,7 @@ func (a *Agent) explicitStop(t *tracked, why string) {
 			t.timer = nil
 		}
 		t.dueWhileBusy = false
+		t.resume = false
 	}
 	a.mu.Unlock()
 	if !managed {
@@ -469,11 +473,13 @@ func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
 	t.inFlight = true
 	running := t.c.State == runtime.StateRunning || t.c.State == runtime.StatePaused
 	t.expectDelete = true
-	if e := t.c.LastExit; e != nil && !e.At.IsZero() && !running {
-		chosen := max(t.tracker.State.Last.Delay, a.cfg.StopWindow)
-		if over := a.now().Sub(e.At) - chosen; over >= 0 {
-			a.self.restartOverhead.Observe(over.Seconds())
-		}
+	resume := t.resume
+	// The overhead runs from the exit to the call that replaces the task,
+	// less the delay chosen; only for a live exit, not a resumed restart.
+	var exitAt time.Time
+	var chosen time.Duration
+	if e := t.c.LastExit; e != nil && !e.At.IsZero() && !running && !resume {
+		exitAt, chosen = e.At, max(t.tracker.State.Last.Delay, a.cfg.StopWindow)
 	}
 	a.mu.Unlock()
 	a.runAction(ctx, actionResult{kind: actionRestart, key: key}, func(ctx context.Context) error {
@@ -484,13 +490,79 @@ func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
 				return fmt.Errorf("stop before restart: %w", err)
 			}
 		}
+		a.markRestartBegun(key)
+		if !exitAt.IsZero() {
+			if over := a.now().Sub(exitAt) - chosen; over >= 0 {
+				a.self.restartOverhead.Observe(over.Seconds())
+			}
+		}
+		if a.beforeRestart != nil {
+			if err := a.beforeRestart(ctx, key); err != nil {
+				return err
+			}
+		}
+		opt := runtime.RequireTask()
+		if resume {
+			opt = runtime.ResumeInterrupted()
+		}
 		start := time.Now()
-		err := a.rt.Restart(ctx, key, runtime.RequireTask())
+		err := a.rt.Restart(ctx, key, opt)
 		if err == nil {
 			a.self.restartHist.Observe(time.Since(start).Seconds())
 		}
 		return err
 	})
+}
+
+// resumeIfInterrupted finishes a restart that an earlier run of the agent
+// began and did not end (killed between deleting the old task and starting
+// the new one): the container is found without a started task, its restart
+// still pending, and the restart's durable mark set. Without the mark, the
+// exited task was deleted by someone else while the agent was down, before
+// its restart: an operator's stop, as when it happens live.
+func (a *Agent) resumeIfInterrupted(t *tracked) {
+	a.mu.RLock()
+	ok := t.c.Manager == runtime.ManagerVigil && t.tracker.State.Pending && !t.tracker.State.ExplicitlyStopped &&
+		!t.inFlight && t.timer == nil
+	d := t.tracker.State.Last
+	a.mu.RUnlock()
+	if !ok {
+		return
+	}
+	var begun time.Time
+	a.store.View(func(tx Tx) {
+		if r, ok := tx.d.Containers[containerKey(t.c.Key())]; ok {
+			begun = r.RestartBegun
+		}
+	})
+	if begun.IsZero() {
+		if t.c.Pid == 0 {
+			a.explicitStop(t, "the exited task was deleted while the agent was down, before its restart")
+		}
+		return
+	}
+	a.mu.Lock()
+	t.resume = true
+	a.mu.Unlock()
+	a.log.Info("finishing a restart the agent's previous run began and did not end", "container", t.c.ID, "namespace", t.c.Namespace,
+		"begun", begun.Format(time.RFC3339Nano), "created_task_pid", t.c.Pid)
+	a.armRestart(t, d)
+}
+
+// markRestartBegun durably records, before the old task is touched, that
+// the container's pending restart is being carried out. It runs on the
+// restart's goroutine; the record's other fields are the loop's.
+func (a *Agent) markRestartBegun(key runtime.Key) {
+	now := a.now()
+	if err := a.store.UpdateIf(func(tx Tx) bool {
+		r, ok := tx.d.Containers[containerKey(key)]
+		if ok {
+			r.RestartBegun = now
+		}
+		return ok
+	}); err != nil {
+		a.log.Error("cannot write to the state dir", "container", key.ID, "err", err)
+	}
 }
 
 // persist writes the container's restart state to the state dir.
@@ -502,6 +574,7 @@ func (a *Agent) persist(t *tracked) { a.save(t, nil) }
 func (a *Agent) save(t *tracked, fn func(tx Tx, rec *ContainerRecord)) {
 	a.mu.RLock()
 	state, err := json.Marshal(&t.tracker.State)
+	pending := t.tracker.State.Pending
 	a.mu.RUnlock()
 	if err != nil {
 		a.log.Error("encode restart state", "container", t.c.ID, "err", err)
@@ -510,6 +583,9 @@ func (a *Agent) save(t *tracked, fn func(tx Tx, rec *ContainerRecord)) {
 	if err := a.store.Update(func(tx Tx) error {
 		rec := tx.Container(containerKey(t.c.Key()))
 		rec.Restart = state
+		if !pending {
+			rec.RestartBegun = time.Time{}
+		}
 		if fn != nil {
 			fn(tx, rec)
 		}

@@ -327,7 +327,7 @@ type selfMetrics struct {
 	restartLag  *metrics.Histogram
 	// restartOverhead is the time from an exit to the restart call, less the
 	// delay Vigil chose to wait (backoff and stop window): event delivery,
-	// the decision, the durable write and the timer.
+	// the decision, the durable writes (exit, begun mark) and the timer.
 	restartOverhead *metrics.Histogram
 }
 

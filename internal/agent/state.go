@@ -94,6 +94,12 @@ type ContainerRecord struct {
 	// an exit re-reported after a reconnect or an agent restart is counted
 	// once.
 	LastExitSeen time.Time `json:"last_exit_seen"`
+	// RestartBegun is when the agent began carrying out the pending restart
+	// (written before it touches the old task), zero when no restart is
+	// pending. An agent that finds it set at start-up, and the container
+	// without a running task, was interrupted in that restart and finishes
+	// it; without it, a missing task is someone else's doing.
+	RestartBegun time.Time `json:"restart_begun,omitzero"`
 }
 
 // stateData is the file's content.

@@ -228,6 +228,11 @@ func (r *Runtime) Stop(ctx context.Context, k Key, grace time.Duration) error {
 // is made. Restart policies use it, so that they never undo an operator's
 // stop; an operator's own restart does not.
 //
+// With ResumeInterrupted, Restart finishes a restart that an earlier call
+// began and did not end (the agent was killed in the middle of it): the
+// container may have no task left, or a new task that was created and never
+// started, which is replaced.
+//
 // The new task is made as containerd's client makes one: the rootfs is the
 // mounts of the container's snapshot, and containerd applies the
 // container's runtime (name and options) itself.
@@ -263,6 +268,10 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 		switch {
 		case old.Status == tasktypes.Status_STOPPED, old.Status == tasktypes.Status_UNKNOWN:
 		case old.Status == tasktypes.Status_CREATED && old.Pid == 0:
+		case old.Status == tasktypes.Status_CREATED && o.resume:
+			// The interrupted restart's own new task, never started: it is
+			// deleted (runc kills a created container's waiting process)
+			// and made again.
 		case old.Status == tasktypes.Status_CREATED:
 			// Its process exists and is waiting to be started: not exited.
 			return fmt.Errorf("restart %s/%s: task is created (pid %d), not exited: %w", k.Namespace, k.ID, old.Pid, errdefs.ErrConflict)
@@ -618,8 +627,15 @@ var ErrTaskGone = fmt.Errorf("the exited task was deleted by someone else: %w", 
 // RestartOption modifies Restart.
 type RestartOption func(*restartOptions)
 
-type restartOptions struct{ requireTask bool }
+type restartOptions struct{ requireTask, resume bool }
 
 // RequireTask makes Restart fail with ErrTaskGone, creating nothing, when
 // the exited task is no longer there to replace.
 func RequireTask() RestartOption { return func(o *restartOptions) { o.requireTask = true } }
+
+// ResumeInterrupted makes Restart finish a restart that was interrupted
+// after it began: a missing task is not an error, and a task created but
+// never started is replaced rather than refused. Without RequireTask's
+// guard: the caller knows the missing task was its own doing. When the old
+// task is gone, so is where its output went: the new task's goes to LogDir.
+func ResumeInterrupted() RestartOption { return func(o *restartOptions) { o.resume = true } }

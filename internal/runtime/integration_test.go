@@ -16,6 +16,7 @@ import (
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 
@@ -697,6 +698,85 @@ func TestRestartRequireTaskGone(t *testing.T) {
 		t.Errorf("task %s exists after a refused Restart", task.ID())
 	} else if !errors.Is(translateErr(err), errdefs.ErrNotFound) {
 		t.Errorf("looking for a task: %v", err)
+	}
+}
+
+// TestRestartResumesInterrupted: a restart interrupted after the old task
+// was deleted (no task left), or after the new task was created but before
+// it was started, is finished with ResumeInterrupted; without it, a created
+// task is refused and nothing changes.
+func TestRestartResumesInterrupted(t *testing.T) {
+	t.Parallel()
+	env := testenv.Containerd(t)
+	ns := uniqueNS(t)
+	image := env.BusyboxImage(t, ns)
+	logDir := t.TempDir()
+	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: logDir})
+	ctx := namespaces.WithNamespace(context.Background(), ns)
+	cl := env.Client(t)
+	// deleteTask deletes container id's exited task, as an interrupted
+	// Restart had.
+	deleteTask := func(id string) client.Container {
+		t.Helper()
+		cont, err := cl.LoadContainer(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		task, err := cont.Task(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := task.Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return cont
+	}
+	for _, id := range []string{"notask", "created"} {
+		env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: id, Image: image, Args: []string{"sh", "-c", "echo ran; exec sleep 600 <&-"}})
+		k := Key{ns, id}
+		w.waitForKey(k, EventStarted)
+		if err := w.Kill(ctx, k, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		w.waitForKey(k, EventExited)
+	}
+
+	deleteTask("notask")
+	cont := deleteTask("created")
+	half, err := cont.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	halfPid := int(half.Pid())
+	if halfPid == 0 {
+		t.Fatal("created task has no pid")
+	}
+	k := Key{ns, "created"}
+	if err := w.Restart(ctx, k); !errors.Is(err, errdefs.ErrConflict) {
+		t.Errorf("Restart of a created task without ResumeInterrupted: %v, want ErrConflict", err)
+	}
+	if st, err := half.Status(ctx); err != nil || st.Status != client.Created {
+		t.Errorf("created task after a refused Restart: %v, %v", st.Status, err)
+	}
+
+	for _, id := range []string{"notask", "created"} {
+		k := Key{ns, id}
+		if err := w.Restart(ctx, k, ResumeInterrupted()); err != nil {
+			t.Fatalf("%s: Restart with ResumeInterrupted: %v", id, err)
+		}
+		ev := w.waitForKey(k, EventStarted)
+		if ev.Container.Pid == 0 || int(ev.Container.Pid) == halfPid {
+			t.Errorf("%s: started %+v (the created task's pid was %d)", id, ev.Container, halfPid)
+		}
+		// The old task is gone, and with it where its output went: the new
+		// one writes to LogDir.
+		eventually(t, 10*time.Second, id+": output in LogDir", func() bool {
+			b, _ := os.ReadFile(filepath.Join(logDir, ns, id+".log"))
+			return string(b) == "ran\n"
+		})
+	}
+	if err := syscall.Kill(halfPid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("the replaced created task's process %d: kill 0 = %v, want ESRCH", halfPid, err)
 	}
 }
 
