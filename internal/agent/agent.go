@@ -43,6 +43,13 @@ type Agent struct {
 	self  *selfMetrics
 
 	bootID string
+	// kernelBoot is the kernel's boot id, "" when unknown; rebooted is set
+	// when it differs from the one the state dir recorded, that is when the
+	// node restarted since the agent last ran (tasks do not survive that).
+	// Loop goroutine only, once Run has begun; bootRecorded: the state dir
+	// has this boot's id.
+	kernelBoot             string
+	rebooted, bootRecorded bool
 
 	mu         sync.RWMutex // guards containers and netSnapshot
 	containers map[runtime.Key]*tracked
@@ -126,7 +133,14 @@ func New(cfg Config) (*Agent, error) {
 		actions:    make(chan actionResult, 256),
 		done:       make(chan struct{}),
 		nowFunc:    time.Now,
-		bootID:     readBootID(),
+		kernelBoot: kernelBootID(),
+	}
+	a.bootID = a.kernelBoot
+	if a.bootID == "" {
+		// Not Linux: the aggregator then sees every agent start as a reboot.
+		var r [16]byte
+		_, _ = rand.Read(r[:])
+		a.bootID = hex.EncodeToString(r[:])
 	}
 	a.rt, err = runtime.New(runtime.Config{
 		Address:     cfg.ContainerdAddress,
@@ -228,6 +242,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	if prev := a.store.BootID(); a.kernelBoot != "" && prev != "" && prev != a.kernelBoot {
+		a.rebooted = true
+		a.log.Info("the node restarted since the agent last ran: containers that ran then have lost their tasks",
+			"previous_boot_id", prev, "boot_id", a.kernelBoot)
+	}
 	start("runtime", a.rt.Run)
 	start("health", a.probe.Run)
 	if a.net != nil {
@@ -272,14 +291,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	return loopErr
 }
 
-// readBootID returns the kernel's boot id, or a random one when it cannot be
-// read (not Linux): the aggregator then sees every agent start as a reboot.
-func readBootID() string {
+// kernelBootID returns the kernel's boot id, "" when it cannot be read.
+func kernelBootID() string {
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if err == nil {
-		return strings.TrimSpace(string(b))
+	if err != nil {
+		return ""
 	}
-	var r [16]byte
-	_, _ = rand.Read(r[:])
-	return hex.EncodeToString(r[:])
+	return strings.TrimSpace(string(b))
 }

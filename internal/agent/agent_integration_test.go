@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	dto "github.com/prometheus/client_model/go"
@@ -633,6 +634,94 @@ func TestTaskDeletedWhileAgentDown(t *testing.T) {
 	}
 	if _, err := cont.Task(ctx, nil); err == nil {
 		t.Fatal("the container has a task again")
+	}
+}
+
+// TestNodeRestartLosesTasks: after the node restarts, containers that ran
+// have no task. The agent sees the new boot id, takes each lost task as an
+// exit with code 255 (as Docker does) and lets the policy decide: "always"
+// and "on-failure" come back, a container without a policy and one an
+// operator had stopped stay down. Another agent start on the same boot
+// changes nothing.
+func TestNodeRestartLosesTasks(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.hook = func(a *Agent) { a.kernelBoot = "the-boot-before" }
+	h.start(nil)
+	ids := []string{"always", "onfailure", "nopolicy", "stopped"}
+	labels := map[string]map[string]string{
+		"always":    {"vigil.io/restart-policy": "always"},
+		"onfailure": {"vigil.io/restart-policy": "on-failure:3"},
+		"nopolicy":  nil,
+		"stopped":   {"vigil.io/restart-policy": "always"},
+	}
+	started := func(ev *vigilv1.ContainerEvent) bool {
+		return ev.GetType() == vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED && ev.GetMessage() == "task started"
+	}
+	for _, id := range ids {
+		h.run(id, labels[id], "sleep")
+		h.waitFor(id, "task started", 30*time.Second, started)
+	}
+	ctx := namespaces.WithNamespace(context.Background(), h.ns)
+	cl := h.env.Client(t)
+	killDelete := func(id string) {
+		t.Helper()
+		cont, err := cl.LoadContainer(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tk, err := cont.Task(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tk.Delete(ctx, client.WithProcessKill); err != nil {
+			t.Fatal(err)
+		}
+	}
+	killDelete("stopped") // an operator's stop, seen live
+	h.waitFor("stopped", "explicit stop", 30*time.Second, isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_SKIP_EXPLICIT_STOP))
+	h.stop()
+	// The node goes down: every task with it.
+	for _, id := range ids[:3] {
+		killDelete(id)
+	}
+	h.mu.Lock()
+	h.events = nil
+	h.mu.Unlock()
+
+	h.hook = nil
+	h.start(nil)
+	lostExit := func(ev *vigilv1.ContainerEvent) bool {
+		return exited(ev) && ev.GetExit().GetCode() == 255 && ev.GetExit().GetReason() == vigilv1.ExitReason_EXIT_REASON_ERROR
+	}
+	for _, id := range []string{"always", "onfailure"} {
+		h.waitFor(id, "the lost task's exit", 30*time.Second, lostExit)
+		ev := h.waitFor(id, "restart after the node restart", 30*time.Second, restarted)
+		if got := ev.GetContainer().GetRestartCount(); got != 1 {
+			t.Errorf("%s: restart count %d, want 1\n%s", id, got, h.describe(id))
+		}
+	}
+	h.waitFor("nopolicy", "the lost task's exit", 30*time.Second, lostExit)
+	time.Sleep(2 * time.Second)
+	for _, id := range []string{"nopolicy", "stopped"} {
+		if n := h.count(id, restarted); n != 0 {
+			t.Errorf("%s restarted after the node restart\n%s", id, h.describe(id))
+		}
+	}
+	if n := h.count("stopped", exited); n != 0 {
+		t.Errorf("the explicitly stopped container got an exit for the node restart\n%s", h.describe("stopped"))
+	}
+
+	// The same boot again: nothing is lost twice.
+	h.stop()
+	h.mu.Lock()
+	h.events = nil
+	h.mu.Unlock()
+	h.start(nil)
+	h.waitFor("nopolicy", "report after the agent's restart", 30*time.Second, func(*vigilv1.ContainerEvent) bool { return true })
+	time.Sleep(2 * time.Second)
+	if n := h.count("nopolicy", exited); n != 0 {
+		t.Errorf("an exit counted again on the same boot\n%s", h.describe("nopolicy"))
 	}
 }
 

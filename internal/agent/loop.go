@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vigilhq/vigil/internal/network"
+	"github.com/vigilhq/vigil/internal/procstat"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -114,6 +115,7 @@ func (a *Agent) onRuntimeEvent(ctx context.Context, ev runtime.Event) {
 	case runtime.EventUnavailable, runtime.EventAvailable:
 		if ev.Type == runtime.EventAvailable {
 			a.inventoryLoaded = true // the inventory's events came before this one
+			a.recordBoot()
 		}
 		a.log.Info("containerd "+ev.Type.String(), "version", a.rt.Version())
 		a.sendNodeStatus()
@@ -147,7 +149,7 @@ func (a *Agent) onRuntimeEvent(ctx context.Context, ev runtime.Event) {
 			// resync): count it once and decide as for a live exit.
 			a.onExited(ctx, t, *c.LastExit)
 		} else if c.State == runtime.StateCreated {
-			a.resumeIfInterrupted(t)
+			a.onFoundWithoutTask(ctx, t)
 		}
 	case runtime.EventStarted:
 		a.onStarted(ctx, t, now, true)
@@ -514,19 +516,24 @@ func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
 	})
 }
 
-// resumeIfInterrupted finishes a restart that an earlier run of the agent
-// began and did not end (killed between deleting the old task and starting
-// the new one): the container is found without a started task, its restart
-// still pending, and the restart's durable mark set. Without the mark, the
-// exited task was deleted by someone else while the agent was down, before
-// its restart: an operator's stop, as when it happens live.
-func (a *Agent) resumeIfInterrupted(t *tracked) {
+// onFoundWithoutTask handles a container found without a started task
+// (none, or one created and never started) whose saved restart state says
+// it ran or had a restart pending, when the agent is not already at work on
+// it:
+//   - the agent's previous run had begun that restart (its durable mark) and
+//     was killed in the middle: the restart is finished;
+//   - the node restarted since the agent last ran (the kernel's boot id
+//     changed), and the task was lost with it: a pending restart is carried
+//     out, and a task that was running is taken as an exit with code 255,
+//     as Docker takes it, for the policy to decide on;
+//   - otherwise, with a restart pending, someone deleted the exited task
+//     while the agent was down: an operator's stop, as when it happens live.
+func (a *Agent) onFoundWithoutTask(ctx context.Context, t *tracked) {
 	a.mu.RLock()
-	ok := t.c.Manager == runtime.ManagerVigil && t.tracker.State.Pending && !t.tracker.State.ExplicitlyStopped &&
-		!t.inFlight && t.timer == nil
-	d := t.tracker.State.Last
+	ours := t.c.Manager == runtime.ManagerVigil && !t.inFlight && t.timer == nil
+	st := t.tracker.State
 	a.mu.RUnlock()
-	if !ok {
+	if !ours || st.ExplicitlyStopped || (!st.Pending && !st.Running) {
 		return
 	}
 	var begun time.Time
@@ -535,18 +542,50 @@ func (a *Agent) resumeIfInterrupted(t *tracked) {
 			begun = r.RestartBegun
 		}
 	})
-	if begun.IsZero() {
-		if t.c.Pid == 0 {
-			a.explicitStop(t, "the exited task was deleted while the agent was down, before its restart")
+	lost := a.rebooted && t.c.Pid == 0
+	switch {
+	case st.Pending && !begun.IsZero():
+		a.resumeRestart(t, st.Last, "finishing a restart the agent's previous run began and did not end", "begun", begun.Format(time.RFC3339Nano))
+	case st.Pending && lost:
+		a.resumeRestart(t, st.Last, "the node restarted while a restart was pending: carrying it out")
+	case st.Running && lost:
+		a.mu.Lock()
+		t.resume = true // no old task to replace
+		a.mu.Unlock()
+		at := procstat.BootTime()
+		if at.IsZero() {
+			at = a.now()
 		}
-		return
+		a.log.Info("the node restarted since the container last ran and its task was lost: taken as an exit with code 255",
+			"container", t.c.ID, "namespace", t.c.Namespace, "last_started", st.StartedAt.Format(time.RFC3339))
+		a.onExited(ctx, t, runtime.Exit{Code: 255, Reason: runtime.ExitError, At: at})
+	case st.Pending && t.c.Pid == 0:
+		a.explicitStop(t, "the exited task was deleted while the agent was down, before its restart")
 	}
+}
+
+// resumeRestart arms the pending restart d of t, to be carried out without
+// an old task to replace.
+func (a *Agent) resumeRestart(t *tracked, d restart.Decision, msg string, attrs ...any) {
 	a.mu.Lock()
 	t.resume = true
 	a.mu.Unlock()
-	a.log.Info("finishing a restart the agent's previous run began and did not end", "container", t.c.ID, "namespace", t.c.Namespace,
-		"begun", begun.Format(time.RFC3339Nano), "created_task_pid", t.c.Pid)
+	a.log.Info(msg, append([]any{"container", t.c.ID, "namespace", t.c.Namespace, "created_task_pid", t.c.Pid}, attrs...)...)
 	a.armRestart(t, d)
+}
+
+// recordBoot writes this boot's id to the state dir once the first
+// inventory has been applied (so an agent killed before that still sees the
+// reboot at its next start); later containers are not the reboot's.
+func (a *Agent) recordBoot() {
+	if a.bootRecorded || a.kernelBoot == "" {
+		return
+	}
+	if err := a.store.SetBootID(a.kernelBoot); err != nil {
+		a.log.Error("cannot write to the state dir", "err", err)
+		return
+	}
+	a.bootRecorded, a.rebooted = true, false
 }
 
 // markRestartBegun durably records, before the old task is touched, that

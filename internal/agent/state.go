@@ -110,6 +110,10 @@ type stateData struct {
 	// Commands holds the ids of commands already carried out, with when, so
 	// that a command delivered twice runs once.
 	Commands map[string]time.Time `json:"commands"`
+	// BootID is the kernel's boot id when the agent last started and had
+	// looked at every container: a different one at the next start means
+	// the node restarted in between.
+	BootID string `json:"boot_id,omitempty"`
 }
 
 // Store is the agent's durable state: lifetime counters by workload
@@ -166,6 +170,7 @@ func OpenStore(dir string) (*Store, error) {
 	if d.Commands != nil {
 		s.data.Commands = d.Commands
 	}
+	s.data.BootID = d.BootID
 	for _, c := range s.data.Counters {
 		if c.Exits == nil {
 			c.Exits = map[ExitKey]uint64{}
@@ -229,6 +234,22 @@ func (s *Store) UpdateIf(fn func(Tx) bool) error {
 		return nil
 	}
 	return s.writeLocked()
+}
+
+// BootID returns the boot id last recorded with SetBootID.
+func (s *Store) BootID() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.data.BootID
+}
+
+// SetBootID records the kernel's boot id, durably when it changed.
+func (s *Store) SetBootID(id string) error {
+	return s.UpdateIf(func(tx Tx) bool {
+		changed := tx.d.BootID != id
+		tx.d.BootID = id
+		return changed
+	})
 }
 
 // View runs fn on the state without writing.

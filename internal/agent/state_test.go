@@ -27,9 +27,13 @@ func TestStoreSurvivesReopen(t *testing.T) {
 		r := tx.Container("default/web")
 		r.Restart = json.RawMessage(`{"restart_count":4}`)
 		r.LastExitSeen = now
+		r.RestartBegun = now.Add(time.Second)
 		tx.MarkCommand("cmd-1", now)
 		return nil
 	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetBootID("boot-1"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -46,13 +50,16 @@ func TestStoreSurvivesReopen(t *testing.T) {
 			t.Errorf("LastSeen = %v, want %v", c.LastSeen, now)
 		}
 		r := tx.Container("default/web")
-		if string(r.Restart) != `{"restart_count":4}` || !r.LastExitSeen.Equal(now) {
+		if string(r.Restart) != `{"restart_count":4}` || !r.LastExitSeen.Equal(now) || !r.RestartBegun.Equal(now.Add(time.Second)) {
 			t.Errorf("record after reopen = %+v", r)
 		}
 		if !tx.CommandDone("cmd-1") || tx.CommandDone("cmd-2") {
 			t.Error("command ids not kept")
 		}
 	})
+	if got := s2.BootID(); got != "boot-1" {
+		t.Errorf("BootID after reopen = %q, want boot-1", got)
+	}
 }
 
 func TestStoreUpdateErrorWritesNothing(t *testing.T) {
