@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	dto "github.com/prometheus/client_model/go"
@@ -119,6 +118,13 @@ func (h *harness) stop() {
 	case <-time.After(30 * time.Second):
 		h.t.Error("agent did not stop within 30s")
 	}
+}
+
+// clearEvents forgets the events seen so far.
+func (h *harness) clearEvents() {
+	h.mu.Lock()
+	h.events = nil
+	h.mu.Unlock()
 }
 
 // eventsFor returns the events of container id so far.
@@ -481,9 +487,7 @@ func TestAgentRestartKeepsCountsAndStops(t *testing.T) {
 	h.stop()
 	before := h.eventsFor("counted")
 	countBefore := before[len(before)-1].ev.GetContainer().GetRestartCount()
-	h.mu.Lock()
-	h.events = nil
-	h.mu.Unlock()
+	h.clearEvents()
 
 	h.start(func(c *Config) { c.BackoffInitial = 500 * time.Millisecond })
 	ev := h.waitFor("counted", "first report after agent restart", 30*time.Second, func(*vigilv1.ContainerEvent) bool { return true })
@@ -573,9 +577,7 @@ func TestFinishesAnInterruptedRestart(t *testing.T) {
 			t.Fatalf("%s restarted before the agent stopped\n%s", id, h.describe(id))
 		}
 	}
-	h.mu.Lock()
-	h.events = nil
-	h.mu.Unlock()
+	h.clearEvents()
 
 	h.hook = nil
 	h.start(nil)
@@ -608,20 +610,8 @@ func TestTaskDeletedWhileAgentDown(t *testing.T) {
 	h.stop()
 
 	ctx := namespaces.WithNamespace(context.Background(), h.ns)
-	cont, err := h.env.Client(t).LoadContainer(ctx, "stopped")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tk, err := cont.Task(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tk.Delete(ctx); err != nil {
-		t.Fatal(err)
-	}
-	h.mu.Lock()
-	h.events = nil
-	h.mu.Unlock()
+	cont := h.env.DeleteTask(t, h.ns, "stopped")
+	h.clearEvents()
 
 	h.start(nil)
 	ev := h.waitFor("stopped", "explicit stop", 30*time.Second, isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_SKIP_EXPLICIT_STOP))
@@ -662,32 +652,14 @@ func TestNodeRestartLosesTasks(t *testing.T) {
 		h.run(id, labels[id], "sleep")
 		h.waitFor(id, "task started", 30*time.Second, started)
 	}
-	ctx := namespaces.WithNamespace(context.Background(), h.ns)
-	cl := h.env.Client(t)
-	killDelete := func(id string) {
-		t.Helper()
-		cont, err := cl.LoadContainer(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tk, err := cont.Task(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tk.Delete(ctx, client.WithProcessKill); err != nil {
-			t.Fatal(err)
-		}
-	}
-	killDelete("stopped") // an operator's stop, seen live
+	h.env.DeleteTask(t, h.ns, "stopped") // an operator's stop, seen live
 	h.waitFor("stopped", "explicit stop", 30*time.Second, isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_SKIP_EXPLICIT_STOP))
 	h.stop()
 	// The node goes down: every task with it.
 	for _, id := range ids[:3] {
-		killDelete(id)
+		h.env.DeleteTask(t, h.ns, id)
 	}
-	h.mu.Lock()
-	h.events = nil
-	h.mu.Unlock()
+	h.clearEvents()
 
 	h.hook = nil
 	h.start(nil)
@@ -714,9 +686,7 @@ func TestNodeRestartLosesTasks(t *testing.T) {
 
 	// The same boot again: nothing is lost twice.
 	h.stop()
-	h.mu.Lock()
-	h.events = nil
-	h.mu.Unlock()
+	h.clearEvents()
 	h.start(nil)
 	h.waitFor("nopolicy", "report after the agent's restart", 30*time.Second, func(*vigilv1.ContainerEvent) bool { return true })
 	time.Sleep(2 * time.Second)

@@ -179,17 +179,10 @@ func TestRestartIntoLogDir(t *testing.T) {
 	image := env.BusyboxImage(t, ns)
 	logDir := t.TempDir()
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: logDir})
-	cont, _ := env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "logged", Image: image, Args: []string{"sh", "-c", "echo to-the-log; exec 1>&-; sleep 0.2; echo err-too >&2"}})
+	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "logged", Image: image, Args: []string{"sh", "-c", "echo to-the-log; exec 1>&-; sleep 0.2; echo err-too >&2"}})
 	k := Key{ns, "logged"}
 	w.waitForKey(k, EventExited)
-	ctx := namespaces.WithNamespace(context.Background(), ns)
-	task, err := cont.Task(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := task.Delete(ctx); err != nil {
-		t.Fatal(err)
-	}
+	env.DeleteTask(t, ns, "logged")
 	w.waitForKey(k, EventTaskDeleted)
 
 	if err := w.Restart(context.Background(), k); err != nil {

@@ -679,17 +679,7 @@ func TestRestartRequireTaskGone(t *testing.T) {
 	w.waitForKey(k, EventExited)
 
 	ctx := namespaces.WithNamespace(context.Background(), ns)
-	cont, err := env.Client(t).LoadContainer(ctx, "gone")
-	if err != nil {
-		t.Fatal(err)
-	}
-	task, err := cont.Task(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := task.Delete(ctx); err != nil {
-		t.Fatal(err)
-	}
+	cont := env.DeleteTask(t, ns, "gone")
 
 	if err := w.Restart(context.Background(), k, RequireTask()); !errors.Is(err, ErrTaskGone) {
 		t.Errorf("Restart with RequireTask of a deleted task: %v, want ErrTaskGone", err)
@@ -713,24 +703,6 @@ func TestRestartResumesInterrupted(t *testing.T) {
 	logDir := t.TempDir()
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: logDir})
 	ctx := namespaces.WithNamespace(context.Background(), ns)
-	cl := env.Client(t)
-	// deleteTask deletes container id's exited task, as an interrupted
-	// Restart had.
-	deleteTask := func(id string) client.Container {
-		t.Helper()
-		cont, err := cl.LoadContainer(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		task, err := cont.Task(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := task.Delete(ctx); err != nil {
-			t.Fatal(err)
-		}
-		return cont
-	}
 	for _, id := range []string{"notask", "created"} {
 		env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: id, Image: image, Args: []string{"sh", "-c", "echo ran; exec sleep 600 <&-"}})
 		k := Key{ns, id}
@@ -741,8 +713,9 @@ func TestRestartResumesInterrupted(t *testing.T) {
 		w.waitForKey(k, EventExited)
 	}
 
-	deleteTask("notask")
-	cont := deleteTask("created")
+	// As far as the interrupted restarts got: the exited task deleted.
+	env.DeleteTask(t, ns, "notask")
+	cont := env.DeleteTask(t, ns, "created")
 	half, err := cont.NewTask(ctx, cio.NullIO)
 	if err != nil {
 		t.Fatal(err)

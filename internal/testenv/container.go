@@ -137,6 +137,28 @@ func splitRestartLabels(all map[string]string) (other, restart map[string]string
 	return other, restart
 }
 
+// DeleteTask deletes the task of container id in namespace, as an
+// operator's `ctr task rm` does (killing it first when it still runs, as
+// `ctr task rm -f`), and returns the container. Fails the test on error,
+// a missing task included.
+func (e *Env) DeleteTask(tb testing.TB, namespace, id string) client.Container {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), namespace), time.Minute)
+	defer cancel()
+	cont, err := e.harness.LoadContainer(ctx, id)
+	if err != nil {
+		tb.Fatalf("testenv: DeleteTask %s/%s: %v", namespace, id, err)
+	}
+	task, err := cont.Task(ctx, nil)
+	if err != nil {
+		tb.Fatalf("testenv: DeleteTask %s/%s: load task: %v", namespace, id, err)
+	}
+	if _, err := task.Delete(ctx, client.WithProcessKill); err != nil {
+		tb.Fatalf("testenv: DeleteTask %s/%s: %v", namespace, id, err)
+	}
+	return cont
+}
+
 // LogPathOf is the file RunContainer appends the container's stdout and
 // stderr to. A test that starts a new task for the container can pass
 // cio.LogFile(e.LogPathOf(ns, id)) to keep one log.
