@@ -60,7 +60,11 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 	due := false
 	if ok {
 		t.inFlight = false
-		due = t.dueWhileBusy && res.kind != actionRestart
+		// A restart that came due while a restart was in flight is a new
+		// one when the restarted task has started since (its exit decided
+		// it); otherwise it is the restart that just ran.
+		due = t.dueWhileBusy && (res.kind != actionRestart || (res.err == nil && t.tracker.State.RestartCount > t.restartFrom))
+		t.dueWhileBusy = false
 	}
 	a.mu.Unlock()
 	if !ok {

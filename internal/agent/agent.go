@@ -66,10 +66,10 @@ type Agent struct {
 	// and releaseStartupMemory has run.
 	inventoryLoaded, startupReleased bool
 
-	// beforeRestart, when set (tests only), runs in a restart's goroutine
-	// after its durable mark and before containerd is called; an error ends
-	// the restart there. It stands for the agent dying mid-restart.
-	beforeRestart func(ctx context.Context, k runtime.Key) error
+	// restartHook, when set (tests only), wraps the call that replaces a
+	// task, after the restart's durable mark: it may stand for the agent
+	// dying mid-restart (not calling restart), or delay what follows it.
+	restartHook func(ctx context.Context, k runtime.Key, restart func(context.Context) error) error
 }
 
 // tracked is the agent's state of one container. The loop goroutine writes
@@ -99,8 +99,13 @@ type tracked struct {
 	// inFlight is set while a restart or stop of ours runs.
 	inFlight bool
 	// dueWhileBusy records a restart that came due while inFlight; it runs
-	// when the action in flight finishes.
+	// when the action in flight finishes, unless that action was the very
+	// restart that came due.
 	dueWhileBusy bool
+	// restartFrom is the restart count when the restart in flight began: a
+	// higher count when it finishes means its task started (and, with a
+	// restart due again, exited) before its result came back.
+	restartFrom uint64
 	// resume is set when the agent found, at start-up, a restart of its own
 	// that an earlier run began and did not finish: it is finished without
 	// requiring the old task (which that run may have deleted already).

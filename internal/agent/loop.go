@@ -142,11 +142,12 @@ func (a *Agent) onRuntimeEvent(ctx context.Context, ev runtime.Event) {
 		if isNew {
 			a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_ADDED, "container added", nil, nil)
 		}
-		if c.State == runtime.StateRunning {
+		if c.State == runtime.StateRunning || c.State == runtime.StatePaused {
 			a.onStarted(ctx, t, now, false)
 		} else if c.State == runtime.StateStopped && c.LastExit != nil {
 			// Exited while we were not watching (agent down or containerd
 			// resync): count it once and decide as for a live exit.
+			a.countRestartMadeAway(t, c.LastExit.At)
 			a.onExited(ctx, t, *c.LastExit)
 		} else if c.State == runtime.StateCreated {
 			a.onFoundWithoutTask(ctx, t)
@@ -164,6 +165,13 @@ func (a *Agent) onRuntimeEvent(ctx context.Context, ev runtime.Event) {
 	case runtime.EventOOM:
 		a.onOOM(t)
 	case runtime.EventPaused, runtime.EventResumed:
+		// A frozen task cannot answer probes: that is an operator's pause,
+		// not a failure. Probing waits, and starts again from "starting".
+		if ev.Type == runtime.EventPaused {
+			a.stopProbing(t)
+		} else {
+			a.startProbing(t)
+		}
 		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "task "+ev.Type.String(), nil, nil)
 	case runtime.EventTaskDeleted:
 		a.onTaskDeleted(t)
@@ -287,7 +295,9 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 		}
 	}
 
-	a.startProbing(t)
+	if t.c.State != runtime.StatePaused {
+		a.startProbing(t)
+	}
 	a.attachNetwork(t)
 
 	if !live {
@@ -473,6 +483,7 @@ func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
 	}
 	t.dueWhileBusy = false
 	t.inFlight = true
+	t.restartFrom = t.tracker.State.RestartCount
 	running := t.c.State == runtime.StateRunning || t.c.State == runtime.StatePaused
 	t.expectDelete = true
 	resume := t.resume
@@ -498,21 +509,22 @@ func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
 				a.self.restartOverhead.Observe(over.Seconds())
 			}
 		}
-		if a.beforeRestart != nil {
-			if err := a.beforeRestart(ctx, key); err != nil {
-				return err
-			}
-		}
 		opt := runtime.RequireTask()
 		if resume {
 			opt = runtime.ResumeInterrupted()
 		}
-		start := time.Now()
-		err := a.rt.Restart(ctx, key, opt)
-		if err == nil {
-			a.self.restartHist.Observe(time.Since(start).Seconds())
+		replace := func(ctx context.Context) error {
+			start := time.Now()
+			err := a.rt.Restart(ctx, key, opt)
+			if err == nil {
+				a.self.restartHist.Observe(time.Since(start).Seconds())
+			}
+			return err
 		}
-		return err
+		if a.restartHook != nil {
+			return a.restartHook(ctx, key, replace)
+		}
+		return replace(ctx)
 	})
 }
 
@@ -536,12 +548,7 @@ func (a *Agent) onFoundWithoutTask(ctx context.Context, t *tracked) {
 	if !ours || st.ExplicitlyStopped || (!st.Pending && !st.Running) {
 		return
 	}
-	var begun time.Time
-	a.store.View(func(tx Tx) {
-		if r, ok := tx.d.Containers[containerKey(t.c.Key())]; ok {
-			begun = r.RestartBegun
-		}
-	})
+	begun := a.restartBegun(t)
 	lost := a.rebooted && t.c.Pid == 0
 	switch {
 	case st.Pending && !begun.IsZero():
@@ -562,6 +569,43 @@ func (a *Agent) onFoundWithoutTask(ctx context.Context, t *tracked) {
 	case st.Pending && t.c.Pid == 0:
 		a.explicitStop(t, "the exited task was deleted while the agent was down, before its restart")
 	}
+}
+
+// countRestartMadeAway counts a restart that the agent's previous run
+// carried out just before it was killed, unseen, and whose task has exited
+// since (at exitAt): the restart was pending, and marked begun before that
+// exit. The exit then gets its own decision instead of repeating the
+// pending one, and the restart count stays true.
+func (a *Agent) countRestartMadeAway(t *tracked, exitAt time.Time) {
+	a.mu.RLock()
+	pending := t.tracker.State.Pending
+	a.mu.RUnlock()
+	if !pending || exitAt.IsZero() {
+		return
+	}
+	begun := a.restartBegun(t)
+	if begun.IsZero() || !exitAt.After(begun) {
+		return // the exit is the old task's: the restart has not happened
+	}
+	a.mu.Lock()
+	t.tracker.OnStart(begun) // a pending restart's start: counted
+	n := t.tracker.State.RestartCount
+	a.mu.Unlock()
+	a.save(t, func(tx Tx, _ *ContainerRecord) { tx.Counters(t.identity).Restarts++ })
+	a.log.Info("counted a restart the agent's previous run made before it stopped; that task has exited since",
+		"container", t.c.ID, "namespace", t.c.Namespace, "restart_count", n, "begun", begun.Format(time.RFC3339Nano))
+}
+
+// restartBegun is the durable mark of t's restart in progress, zero when
+// there is none.
+func (a *Agent) restartBegun(t *tracked) time.Time {
+	var begun time.Time
+	a.store.View(func(tx Tx) {
+		if r, ok := tx.d.Containers[containerKey(t.c.Key())]; ok {
+			begun = r.RestartBegun
+		}
+	})
+	return begun
 }
 
 // resumeRestart arms the pending restart d of t, to be carried out without
