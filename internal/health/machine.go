@@ -63,7 +63,8 @@ type Health struct {
 	Source string
 	// Last holds the last HistoryLen results, oldest first.
 	Last []Result
-	// Probes and Failures count the probes run and failed since the
+	// Probes and Failures count the probes run, and the failures that
+	// counted (not those within the start period while starting), since the
 	// container was added to the Scheduler, or since the Update that gave it
 	// a new task (zero from a bare Machine), so that the agent can add them
 	// to its lifetime counters.

@@ -375,10 +375,13 @@ func (s *Scheduler) probe(ctx context.Context, e *entry) bool {
 	s.mu.Lock()
 	if !e.removed && e.gen == gen {
 		e.probes++
-		if !r.OK {
+		streak := e.machine.h.FailingStreak
+		before := e.machine.Record(r)
+		if e.machine.h.FailingStreak > streak {
+			// A failure that counts: not one within the start period while
+			// starting (a server still coming up), as Docker counts them.
 			e.fails++
 		}
-		before := e.machine.Record(r)
 		if after := e.machine.Status(); after != before {
 			change = &Change{Key: e.key, From: before, To: after, Health: e.health(), Time: end}
 		}

