@@ -50,6 +50,9 @@ type Agent struct {
 	// has this boot's id.
 	kernelBoot             string
 	rebooted, bootRecorded bool
+	// started is when Run began: a restart marked begun before it was the
+	// previous run's.
+	started time.Time
 
 	mu         sync.RWMutex // guards containers and netSnapshot
 	containers map[runtime.Key]*tracked
@@ -247,6 +250,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	a.started = a.now()
 	if prev := a.store.BootID(); a.kernelBoot != "" && prev != "" && prev != a.kernelBoot {
 		a.rebooted = true
 		a.log.Info("the node restarted since the agent last ran: containers that ran then have lost their tasks",

@@ -720,6 +720,50 @@ func TestFinishesAnInterruptedRestart(t *testing.T) {
 	}
 }
 
+// TestLateDeleteOfPreviousRunsRestart: an agent stopped in the middle of a
+// restart had asked containerd to delete the old task, and the delete
+// completes only after the next agent listed the task (a CI failure under
+// load). That delete is the restart's, not an operator's stop: the next
+// agent finishes the restart.
+func TestLateDeleteOfPreviousRunsRestart(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	reached := make(chan struct{}, 1)
+	h.hook = func(a *Agent) {
+		a.restartHook = func(ctx context.Context, _ runtime.Key, _ func(context.Context) error) error {
+			select {
+			case reached <- struct{}{}:
+			default:
+			}
+			<-ctx.Done() // the restart, marked begun, goes no further in this run
+			return ctx.Err()
+		}
+	}
+	h.start(nil)
+	h.run("late", map[string]string{"vigil.io/restart-policy": "always"}, "exit", "1", "--after", "300ms")
+	select {
+	case <-reached:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the restart never began\n%s", h.describe("late"))
+	}
+	h.stop()
+	h.clearEvents()
+
+	h.hook = nil
+	// A long stop window: the late delete lands before this agent's own
+	// restart is due.
+	h.start(func(c *Config) { c.StopWindow = 3 * time.Second })
+	h.waitFor("late", "the exit's decision", 30*time.Second, isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_RESTART))
+	h.env.DeleteTask(t, h.ns, "late") // the previous run's delete, landing late
+	ev := h.waitFor("late", "the restart finished", 30*time.Second, restarted)
+	if got := ev.GetContainer().GetRestartCount(); got != 1 {
+		t.Errorf("restart count %d, want 1\n%s", got, h.describe("late"))
+	}
+	if n := h.count("late", isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_SKIP_EXPLICIT_STOP)); n != 0 {
+		t.Errorf("the previous run's delete was taken for an operator's stop\n%s", h.describe("late"))
+	}
+}
+
 // TestRestartDueBeforeResult: the restarted task starts, exits and comes
 // due for its next restart before the restart call that started it has
 // returned (a loaded machine: the call's result is late). The next restart

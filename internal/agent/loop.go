@@ -363,7 +363,28 @@ func (a *Agent) onTaskDeleted(t *tracked) {
 		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "task deleted by vigil for a restart", nil, nil)
 		return
 	}
+	pending := t.tracker.State.Pending
 	a.mu.Unlock()
+	if pending {
+		// The delete of a restart that the agent's previous run began
+		// (marked before this run started) and did not see through: its
+		// call reached containerd and completed after this run listed the
+		// task. Ours, not an operator's: the restart is finished.
+		if begun := a.restartBegun(t); !begun.IsZero() && begun.Before(a.started) {
+			a.mu.Lock()
+			t.resume = true
+			armed := t.timer != nil
+			d := t.tracker.State.Last
+			a.mu.Unlock()
+			a.log.Info("the previous run's restart deleted the task late; finishing that restart", "container", t.c.ID, "namespace", t.c.Namespace,
+				"begun", begun.Format(time.RFC3339Nano))
+			a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "task deleted by vigil for a restart", nil, nil)
+			if !armed {
+				a.armRestart(t, d)
+			}
+			return
+		}
+	}
 	a.explicitStop(t, "the task was deleted by an operator")
 }
 
