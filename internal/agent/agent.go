@@ -165,6 +165,7 @@ func New(cfg Config) (*Agent, error) {
 	a.probe, err = health.NewScheduler(health.SchedulerConfig{
 		Workers: cfg.HealthWorkers,
 		Exec:    a.rt,
+		Paused:  a.rt.Paused,
 		Logger:  log.With("component", "health"),
 	})
 	if err != nil {

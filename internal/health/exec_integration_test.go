@@ -226,3 +226,79 @@ func TestContainerProbes(t *testing.T) {
 		t.Errorf("last result %+v", last)
 	}
 }
+
+// TestFailuresWhilePausedDiscarded pauses a real container behind the
+// scheduler's back (as an operator's `ctr task pause` does, with the agent
+// yet to hear of it): its HTTP probes time out against the frozen server,
+// and each failure is discarded once Paused says so: the container stays
+// healthy with no failure counted. After the resume a real failure (the
+// workload flipped unhealthy) still counts.
+func TestFailuresWhilePausedDiscarded(t *testing.T) {
+	env := testenv.Containerd(t)
+	const ns = "vigil-health-paused"
+	netns := testenv.NewNetNS(t)
+	_, task := env.RunContainer(t, testenv.ContainerSpec{
+		Namespace: ns, ID: "frozen", Image: env.WorkloadImage(t, ns), NetNSPath: netns.Path,
+		Args: []string{"serve", "--http", ":8080"},
+	})
+	key := runtime.Key{Namespace: ns, ID: "frozen"}
+	ctx := namespaces.WithNamespace(context.Background(), ns)
+	var asked, discarded atomic.Int64
+	paused := func(ctx context.Context, k runtime.Key) (bool, error) {
+		asked.Add(1)
+		if k != key {
+			return false, fmt.Errorf("asked about %v", k)
+		}
+		st, err := task.Status(namespaces.WithNamespace(ctx, k.Namespace))
+		if err != nil {
+			return false, err
+		}
+		p := st.Status == client.Paused || st.Status == client.Pausing
+		if p {
+			discarded.Add(1)
+		}
+		return p, nil
+	}
+	s := startScheduler(t, SchedulerConfig{Paused: paused})
+	cfg := Config{Kind: KindHTTP, Source: SourceLabel, Addr: netip.MustParseAddrPort("127.0.0.1:8080"), Path: "/healthz",
+		Interval: 300 * time.Millisecond, Timeout: 200 * time.Millisecond, Retries: 1, StartPeriod: 15 * time.Second}
+	if err := s.Add(key, cfg, Target{Key: key, NetNS: NetNSOfPid(task.Pid())}); err != nil {
+		t.Fatal(err)
+	}
+	collectChanges(t, s, 1, StatusHealthy, 15*time.Second)
+	if err := task.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// One failure would make it unhealthy (Retries 1); wait for several.
+	deadline := time.After(20 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for discarded.Load() < 4 {
+		select {
+		case ch := <-s.Changes():
+			t.Fatalf("change while paused: %v -> %v (%+v)", ch.From, ch.To, ch.Health.Last)
+		case <-deadline:
+			t.Fatalf("%d failed probes found the container paused in 20s, want 4", discarded.Load())
+		case <-tick.C:
+		}
+	}
+	h, _ := s.Health(key)
+	if h.Status != StatusHealthy || h.FailingStreak != 0 || h.Failures != 0 {
+		t.Fatalf("while paused: %v, streak %d, %d failures; want healthy, none", h.Status, h.FailingStreak, h.Failures)
+	}
+	if err := task.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The frozen server answers again, then is flipped unhealthy: that
+	// failure is the workload's, and counts.
+	p := newProber(nil, 64)
+	toggle := Config{Kind: KindHTTP, Addr: cfg.Addr, Path: "/toggle", Timeout: 2 * time.Second}
+	tgt := Target{Key: key, NetNS: NetNSOfPid(task.Pid())}
+	if r, _ := p.run(context.Background(), &toggle, &tgt); r.Code != http.StatusOK {
+		t.Fatalf("toggle: %+v", r)
+	}
+	collectChanges(t, s, 1, StatusUnhealthy, 15*time.Second)
+	if h, _ := s.Health(key); h.Failures != 1 || asked.Load() <= discarded.Load() {
+		t.Errorf("after the resume: %d failures counted (want 1), Paused asked %d times, %d paused", h.Failures, asked.Load(), discarded.Load())
+	}
+}

@@ -21,6 +21,16 @@ import (
 type SchedulerConfig struct {
 	// Exec runs exec probes; nil makes every exec probe fail with an error.
 	Exec Execer
+	// Paused, when set, is asked about a container whose probe failed,
+	// before the failure is recorded: a failure while the container is
+	// paused (its processes frozen, so nothing in it can answer) is
+	// discarded. It counts toward neither unhealthy nor the container's
+	// Failures, as no probe runs once the agent knows of a pause; this
+	// covers the probes that ran before it knew (the pause event still on
+	// its way). An error from Paused, or false, records the failure as
+	// usual. The agent asks containerd (runtime.Runtime.Paused): one call
+	// per failed probe, none for the probes that pass.
+	Paused func(ctx context.Context, key runtime.Key) (bool, error)
 	// Workers is the number of probes that may run at once (default 16).
 	// Workers start when a probe is due and every started one is busy.
 	// A probe that comes due while all workers are busy waits for the next
@@ -60,6 +70,7 @@ type Change struct {
 // and while Run runs.
 type Scheduler struct {
 	log       *slog.Logger
+	paused    func(ctx context.Context, key runtime.Key) (bool, error)
 	workers   int
 	prober    *prober
 	metrics   *probeMetrics
@@ -111,6 +122,7 @@ func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
 	}
 	s := &Scheduler{
 		log:     cfg.Logger,
+		paused:  cfg.Paused,
 		workers: cfg.Workers,
 		prober:  newProber(cfg.Exec, cfg.OutputCap),
 		changes: make(chan Change, cfg.ChangeBuffer),
@@ -370,10 +382,30 @@ func (s *Scheduler) probe(ctx context.Context, e *entry) bool {
 	}
 	end := r.Start.Add(r.Duration)
 	s.metrics.observe(cfg.Kind, r, failed)
+	discard := false
+	s.mu.Lock()
+	ask := !r.OK && s.paused != nil && !e.removed && e.gen == gen
+	s.mu.Unlock()
+	if ask {
+		pctx, cancel := context.WithTimeout(ctx, pausedCheckTimeout)
+		paused, err := s.paused(pctx, e.key)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return false
+		case err != nil:
+			s.log.Debug("cannot tell whether a container whose probe failed is paused; the failure counts",
+				"namespace", e.key.Namespace, "id", e.key.ID, "err", err)
+		case paused:
+			discard = true
+			s.log.Debug("health probe failed while the container is paused; discarded",
+				"namespace", e.key.Namespace, "id", e.key.ID, "reason", failed, "output", r.Output)
+		}
+	}
 
 	var change *Change
 	s.mu.Lock()
-	if !e.removed && e.gen == gen {
+	if !e.removed && e.gen == gen && !discard {
 		e.probes++
 		streak := e.machine.h.FailingStreak
 		before := e.machine.Record(r)
@@ -396,7 +428,7 @@ func (s *Scheduler) probe(ctx context.Context, e *entry) bool {
 		case <-ctx.Done():
 			return false
 		}
-	} else if !r.OK {
+	} else if !r.OK && !discard {
 		s.log.Debug("health probe failed", "namespace", e.key.Namespace, "id", e.key.ID, "reason", failed, "output", r.Output)
 	}
 
@@ -420,6 +452,10 @@ func (s *Scheduler) probe(ctx context.Context, e *entry) bool {
 	s.poke()
 	return true
 }
+
+// pausedCheckTimeout bounds the question whether a container whose probe
+// failed is paused.
+const pausedCheckTimeout = 5 * time.Second
 
 // dueHeap orders entries by due time.
 type dueHeap []*entry

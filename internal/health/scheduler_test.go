@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -367,6 +368,70 @@ func TestSchedulerStartPeriodFailures(t *testing.T) {
 			t.Fatalf("too few probes within 5s: %+v, %+v", h1, h2)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestSchedulerPausedAnswer: a failure is discarded only when Paused says
+// the container is paused; an error from Paused (containerd unreachable, a
+// fault the real runtime cannot produce on demand) counts the failure, and
+// passing probes never ask.
+func TestSchedulerPausedAnswer(t *testing.T) {
+	srv := newFlipServer(t)
+	frozen := runtime.Key{Namespace: "test", ID: "frozen"}
+	unknown := runtime.Key{Namespace: "test", ID: "unknown"}
+	fine := runtime.Key{Namespace: "test", ID: "fine"}
+	var mu sync.Mutex
+	asked := map[runtime.Key]int{}
+	s := startScheduler(t, SchedulerConfig{ChangeBuffer: 1024, Paused: func(_ context.Context, k runtime.Key) (bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		asked[k]++
+		if k == unknown {
+			return false, errors.New("containerd unreachable")
+		}
+		return k == frozen, nil
+	}})
+	cfg := httpConfig(srv.address, 20*time.Millisecond)
+	old := Target{StartedAt: time.Now().Add(-time.Hour)}
+	if err := s.Add(fine, cfg, old); err != nil {
+		t.Fatal(err)
+	}
+	healthy := collectChanges(t, s, 1, StatusHealthy, 5*time.Second)
+	if _, ok := healthy[fine]; !ok {
+		t.Fatalf("changes %v", healthy)
+	}
+	s.Remove(fine)
+	srv.sick.Store(true)
+	for _, k := range []runtime.Key{frozen, unknown} {
+		if err := s.Add(k, cfg, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		h1, _ := s.Health(frozen)
+		h2, _ := s.Health(unknown)
+		mu.Lock()
+		n := asked[frozen]
+		mu.Unlock()
+		if n >= 3 && h2.Failures >= 3 {
+			if h1.Failures != 0 || h1.Probes != 0 || h1.Status != StatusStarting {
+				t.Errorf("paused: %d failures of %d probes, %v; want none recorded", h1.Failures, h1.Probes, h1.Status)
+			}
+			if h2.Status != StatusUnhealthy || h2.Failures != h2.Probes {
+				t.Errorf("Paused failing: %d failures of %d probes, %v; want all and unhealthy", h2.Failures, h2.Probes, h2.Status)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("too few probes within 5s: %+v (asked %d), %+v", h1, n, h2)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if asked[fine] != 0 {
+		t.Errorf("Paused asked %d times about a container whose probes passed", asked[fine])
 	}
 }
 

@@ -204,7 +204,9 @@ func TestRestartIntoLogDir(t *testing.T) {
 	}
 }
 
-// TestStopPaused: Stop resumes a paused task before signalling it.
+// TestStopPaused: Paused tells a paused task from a running one as soon as
+// the pause is made (before its event); Stop resumes a paused task before
+// signalling it.
 func TestStopPaused(t *testing.T) {
 	t.Parallel()
 	env := testenv.Containerd(t)
@@ -214,10 +216,33 @@ func TestStopPaused(t *testing.T) {
 	_, task := env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "frozen", Image: image, Args: []string{"sleep", "600"}})
 	k := Key{ns, "frozen"}
 	w.waitForKey(k, EventStarted)
-	if err := task.Pause(namespaces.WithNamespace(context.Background(), ns)); err != nil {
+	paused := func(want bool) {
+		t.Helper()
+		if got, err := w.Paused(context.Background(), k); err != nil || got != want {
+			t.Fatalf("Paused: %v, %v; want %v", got, err, want)
+		}
+	}
+	paused(false)
+	ctx := namespaces.WithNamespace(context.Background(), ns)
+	for range 2 { // and again after a resume
+		if err := task.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		paused(true)
+		w.waitForKey(k, EventPaused)
+		if err := task.Resume(ctx); err != nil {
+			t.Fatal(err)
+		}
+		paused(false)
+		w.waitForKey(k, EventResumed)
+	}
+	if err := task.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
 	w.waitForKey(k, EventPaused)
+	if _, err := w.Paused(context.Background(), Key{ns, "nope"}); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Paused of a missing container: %v", err)
+	}
 	if err := w.Stop(context.Background(), k, 300*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}

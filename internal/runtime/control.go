@@ -156,6 +156,22 @@ func (r *Runtime) Kill(ctx context.Context, k Key, sig syscall.Signal) error {
 	return nil
 }
 
+// Paused reports whether k's task is paused (or being paused): its
+// processes are frozen and cannot answer a health probe. It asks containerd
+// (and so the task's shim), not the inventory, which learns of a pause only
+// when its event arrives. A container without a task is ErrNotFound.
+func (r *Runtime) Paused(ctx context.Context, k Key) (bool, error) {
+	c, err := r.connected()
+	if err != nil {
+		return false, err
+	}
+	p, err := r.loadTask(namespaces.WithNamespace(ctx, k.Namespace), c, k)
+	if err != nil {
+		return false, fmt.Errorf("container %s/%s: %w", k.Namespace, k.ID, err)
+	}
+	return p.Status == tasktypes.Status_PAUSED || p.Status == tasktypes.Status_PAUSING, nil
+}
+
 // Stop sends SIGTERM, waits up to grace for the task to exit, then sends
 // SIGKILL and waits until it exits or ctx ends. A paused task is resumed
 // first (a frozen process cannot handle SIGTERM). Stopping a task that has
