@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
@@ -73,6 +74,10 @@ func (a *API) GetContainer(_ context.Context, req *vigilv1.GetContainerRequest) 
 func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_WatchEventsServer) error {
 	sub := a.fleet.events.subscribe(req.GetNode(), req.GetNamespace(), a.watchBuffer)
 	defer a.fleet.events.unsubscribe(sub)
+	// The header tells the client that the subscription is in place.
+	if err := stream.SendHeader(metadata.MD{}); err != nil {
+		return err
+	}
 	ctx := stream.Context()
 	for {
 		select {

@@ -118,7 +118,7 @@ func TestGarbageAndOversizedMessagesFailOnlyTheirStream(t *testing.T) {
 	}
 	// gRPC answers an oversized message before the handler sees the error.
 	for _, reason := range []string{"malformed", "oversized"} {
-		waitFor(t, 2*time.Second, "rejected{reason="+reason+"} = 1", func() bool {
+		waitFor(t, 10*time.Second, "rejected{reason="+reason+"} = 1", func() bool {
 			return counterValue(t, h, "vigil_aggregator_messages_rejected_total", "reason", reason) == 1
 		})
 	}
@@ -165,7 +165,9 @@ func TestResumeAppliesEachSeqOnce(t *testing.T) {
 			events <- ev
 		}
 	}()
-	time.Sleep(50 * time.Millisecond) // let the subscription register
+	if _, err := watch.Header(); err != nil { // the subscription is in place
+		t.Fatal(err)
+	}
 
 	a := h.mustConnect("n1", "inst-1")
 	if a.ack.GetResumeAfterSeq() != 0 || !a.ack.GetSnapshotRequired() {
@@ -177,7 +179,7 @@ func TestResumeAppliesEachSeqOnce(t *testing.T) {
 	}
 	a.waitAck(5)
 	a.close()
-	waitFor(t, 2*time.Second, "node down", func() bool {
+	waitFor(t, 10*time.Second, "node down", func() bool {
 		return h.agg.Fleet().Nodes()[0].GetState() == vigilv1.NodeState_NODE_STATE_DOWN
 	})
 
@@ -193,7 +195,7 @@ func TestResumeAppliesEachSeqOnce(t *testing.T) {
 	b.waitAck(7)
 
 	var got []uint64
-	deadline := time.After(2 * time.Second)
+	deadline := time.After(10 * time.Second)
 	for len(got) < 6 {
 		select {
 		case ev := <-events:
@@ -344,7 +346,9 @@ func TestWatchEventsAndRemediationUnimplemented(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond)
+	if _, err := w.Header(); err != nil { // the subscription is in place
+		t.Fatal(err)
+	}
 	a := h.mustConnect("n1", "i1")
 	a.send(1, snapshotMsg())
 	other := plainContainer("other", vigilv1.ContainerState_CONTAINER_STATE_RUNNING, 0)

@@ -207,7 +207,7 @@ func TestLinkDownIsAnEventAndAConditionAndLinkUpBringsItBack(t *testing.T) {
 	// once the kernel's link watcher has set its operational state, which it
 	// does asynchronously (a work queue), so possibly after the read above.
 	// Its notification then makes a later cycle read it in full.
-	for deadline := time.Now().Add(2 * time.Second); findCondition(snap.Host(), ConditionLinkDown, a.host) == nil && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(10 * time.Second); findCondition(snap.Host(), ConditionLinkDown, a.host) == nil && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 		snap = read(t, m)
 	}

@@ -40,6 +40,8 @@ type VigilClient interface {
 	// GetContainer returns one container.
 	GetContainer(ctx context.Context, in *GetContainerRequest, opts ...grpc.CallOption) (*GetContainerResponse, error)
 	// WatchEvents streams container events as the aggregator applies them.
+	// The response header is sent once the subscription is in place: every
+	// event applied after the client has received it is delivered.
 	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
 	// ListRemediations returns journaled remediations, newest first.
 	ListRemediations(ctx context.Context, in *ListRemediationsRequest, opts ...grpc.CallOption) (*ListRemediationsResponse, error)
@@ -137,6 +139,8 @@ type VigilServer interface {
 	// GetContainer returns one container.
 	GetContainer(context.Context, *GetContainerRequest) (*GetContainerResponse, error)
 	// WatchEvents streams container events as the aggregator applies them.
+	// The response header is sent once the subscription is in place: every
+	// event applied after the client has received it is delivered.
 	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
 	// ListRemediations returns journaled remediations, newest first.
 	ListRemediations(context.Context, *ListRemediationsRequest) (*ListRemediationsResponse, error)
