@@ -72,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	fs.DurationVar(&cfg.BackoffMax, "restart-backoff-max", cfg.BackoffMax, "restart delay cap")
 	fs.DurationVar(&cfg.BackoffReset, "restart-backoff-reset", cfg.BackoffReset, "a run this long resets the backoff")
 	fs.DurationVar(&cfg.StopGrace, "stop-grace", cfg.StopGrace, "time between SIGTERM and SIGKILL when stopping a container")
+	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "on SIGTERM, how long to let restarts and stops in flight finish before exiting (keep it under the pod's terminationGracePeriodSeconds)")
 	fs.DurationVar(&cfg.StopWindow, "stop-window", cfg.StopWindow, "least time between an exit and a policy restart, so an operator's kill-then-delete stop is seen as explicit")
 	fs.BoolVar(&cfg.Network, "network", cfg.Network, "monitor host and container networks through netlink")
 	fs.BoolVar(&cfg.NetworkAffectsHealth, "network-affects-health", false, "a container with a link down or no default route is unhealthy (restarted under restart-on-unhealthy)")

@@ -32,6 +32,7 @@ func TestParseFlagsRejectsBadConfig(t *testing.T) {
 		{[]string{"extra"}, "unexpected arguments: extra"},
 		{[]string{"--gc-percent", "5"}, "--gc-percent 5: want 10 or more"},
 		{[]string{"--max-procs", "0"}, "--max-procs 0: want 1 or more"},
+		{[]string{"--shutdown-grace", "-1s"}, "shutdown grace must not be negative, got -1s"},
 	} {
 		_, _, err := parseFlags(tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -54,7 +55,7 @@ func TestParseFlagsDefaults(t *testing.T) {
 	if cfg.NodeName != "node-7" || pf.logLevel != "info" || pf.gcPercent != 50 || pf.maxProcs != 2 || len(cfg.Namespaces) != 2 || cfg.Namespaces[1] != "k8s.io" {
 		t.Fatalf("cfg = %+v, process flags %+v", cfg, pf)
 	}
-	if cfg.AggregatorAddress != "" || !cfg.Network || cfg.StatsSource != "cgroup" {
+	if cfg.AggregatorAddress != "" || !cfg.Network || cfg.StatsSource != "cgroup" || cfg.ShutdownGrace != 15*time.Second {
 		t.Fatalf("unexpected defaults: %+v", cfg)
 	}
 }

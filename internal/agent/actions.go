@@ -36,11 +36,15 @@ type actionResult struct {
 
 // runAction runs fn on its own goroutine (task control takes containerd
 // 100-200 ms) and reports its result to the loop. It never blocks the loop.
-func (a *Agent) runAction(ctx context.Context, res actionResult, fn func(context.Context) error) {
+// Actions run under the agent's work context, not the loop's: a stopping
+// agent lets them finish for up to ShutdownGrace (see Run).
+func (a *Agent) runAction(res actionResult, fn func(context.Context) error) {
 	a.wg.Add(1)
+	a.actionsRunning.Add(1)
 	go func() {
 		defer a.wg.Done()
-		actx, cancel := context.WithTimeout(ctx, actionTimeout)
+		defer a.actionsRunning.Add(-1)
+		actx, cancel := context.WithTimeout(a.work, actionTimeout)
 		res.err = fn(actx)
 		cancel()
 		select {
@@ -122,7 +126,7 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 			reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED, "network monitoring is disabled on this agent")
 			return
 		}
-		a.runAction(ctx, actionResult{kind: actionCommand, command: cmd}, func(ctx context.Context) error {
+		a.runAction(actionResult{kind: actionCommand, command: cmd}, func(ctx context.Context) error {
 			return a.net.LinkUp(ctx, target.GetNetnsInode(), target.GetInterface())
 		})
 		return
@@ -168,7 +172,7 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 	a.persist(t)
 
 	grace := a.cfg.StopGrace
-	a.runAction(ctx, actionResult{kind: actionCommand, command: cmd, key: key}, func(ctx context.Context) error {
+	a.runAction(actionResult{kind: actionCommand, command: cmd, key: key}, func(ctx context.Context) error {
 		switch cmd.GetAction() {
 		case vigilv1.RemediationAction_REMEDIATION_ACTION_KILL:
 			return a.rt.Kill(ctx, key, syscall.SIGKILL)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vigilhq/vigil/internal/agent/uplink"
@@ -63,7 +64,11 @@ type Agent struct {
 	actions chan actionResult // restarts, stops and commands report here
 	done    chan struct{}     // closed when the loop ends
 	wg      sync.WaitGroup    // action goroutines
-	nowFunc func() time.Time  // clock, for tests
+	// work is the context of the runtime and of actions: it outlives the
+	// loop's by up to ShutdownGrace, so that actions in flight finish.
+	work           context.Context
+	actionsRunning atomic.Int32
+	nowFunc        func() time.Time // clock, for tests
 
 	// Loop goroutine only: containerd's first inventory has been applied,
 	// and releaseStartupMemory has run.
@@ -242,11 +247,20 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg   sync.WaitGroup
 		errc = make(chan error, 8)
 	)
+	// The runtime and the actions run until the actions in flight have
+	// finished, after the rest has stopped (bounded by ShutdownGrace).
+	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	a.work = work
 	start := func(name string, fn func(context.Context) error) {
+		runCtx := ctx
+		if name == "runtime" {
+			runCtx = work
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := fn(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			if err := fn(runCtx); err != nil && !errors.Is(err, context.Canceled) {
 				errc <- fmt.Errorf("%s: %w", name, err)
 			}
 		}()
@@ -270,6 +284,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		lis, err := net.Listen("tcp", a.cfg.MetricsListen)
 		if err != nil {
 			cancel()
+			stopWork()
 			wg.Wait()
 			return fmt.Errorf("metrics listen %s: %w", a.cfg.MetricsListen, err)
 		}
@@ -295,10 +310,37 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.mu.Unlock()
+	a.drainActions()
+	stopWork()
 	a.wg.Wait()
 	wg.Wait()
 	a.log.Info("vigil agent stopped")
 	return loopErr
+}
+
+// drainActions waits up to ShutdownGrace for the container actions in
+// flight (restarts, stops) to finish, so that stopping the agent does not
+// leave a container half restarted. Their results are not reported: the
+// next agent reads what they did from containerd.
+func (a *Agent) drainActions() {
+	n := a.actionsRunning.Load()
+	if n == 0 {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		a.wg.Wait()
+		close(done)
+	}()
+	a.log.Info("waiting for container actions in flight", "actions", n, "up_to", a.cfg.ShutdownGrace)
+	t := time.NewTimer(a.cfg.ShutdownGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		a.log.Warn("container actions still in flight after the shutdown grace; abandoned, the next agent finishes them",
+			"actions", a.actionsRunning.Load(), "shutdown_grace", a.cfg.ShutdownGrace)
+	}
 }
 
 // kernelBootID returns the kernel's boot id, "" when it cannot be read.

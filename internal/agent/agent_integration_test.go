@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -643,7 +644,7 @@ func TestFinishesAnInterruptedRestart(t *testing.T) {
 			return rctx.Err()
 		}
 	}
-	h.start(nil)
+	h.start(func(c *Config) { c.ShutdownGrace = 0 }) // it dies: nothing in flight is waited for
 	policy := map[string]string{"vigil.io/restart-policy": "always"}
 	ids := []string{"deleted", "created", "started"}
 	for _, id := range ids {
@@ -724,6 +725,82 @@ func TestFinishesAnInterruptedRestart(t *testing.T) {
 	}
 }
 
+// TestStopLetsRestartInFlightFinish: an agent told to stop while a restart
+// is in flight (containerd slow to answer) lets it finish, with its
+// containerd connection open, rather than leave the container half
+// restarted until the next agent; past --shutdown-grace it abandons it.
+func TestStopLetsRestartInFlightFinish(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	entered := make(chan struct{}, 1)
+	var abandoned atomic.Bool
+	hook := func(delay time.Duration) func(a *Agent) {
+		return func(a *Agent) {
+			a.restartHook = func(ctx context.Context, _ runtime.Key, restart func(context.Context) error) error {
+				select {
+				case entered <- struct{}{}:
+				default:
+				}
+				select {
+				case <-time.After(delay):
+				case <-ctx.Done():
+					abandoned.Store(true)
+					return ctx.Err()
+				}
+				return restart(ctx)
+			}
+		}
+	}
+	h.hook = hook(time.Second)
+	h.start(nil)
+	_, first := h.env.RunContainer(t, testenv.ContainerSpec{
+		Namespace: h.ns,
+		ID:        "inflight",
+		Image:     h.env.WorkloadImage(t, h.ns),
+		Args:      []string{"exit", "1", "--after", "300ms"},
+		Labels:    map[string]string{"vigil.io/restart-policy": "always"},
+	})
+	select {
+	case <-entered:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the restart never began\n%s", h.describe("inflight"))
+	}
+	h.stop()
+	if abandoned.Load() {
+		t.Fatal("the restart in flight was abandoned when the agent stopped")
+	}
+	// The restart was made: a new task replaced the exited one.
+	cl := h.env.Client(t)
+	ctx := namespaces.WithNamespace(context.Background(), h.ns)
+	cont, err := cl.LoadContainer(ctx, "inflight")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, err := cont.Task(ctx, nil)
+	if err != nil {
+		t.Fatalf("no task after the agent stopped: the restart in flight was not finished: %v", err)
+	}
+	if tk.Pid() == first.Pid() {
+		t.Fatalf("the task is still the first one (pid %d): the restart in flight was not finished", tk.Pid())
+	}
+
+	// The next agent counts that restart, and restarts after the new task's
+	// exit; stopped while that restart hangs, it gives up on it after its
+	// shutdown grace.
+	h.clearEvents()
+	h.hook = hook(time.Hour)
+	h.start(func(c *Config) { c.ShutdownGrace = 200 * time.Millisecond })
+	select {
+	case <-entered:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the next restart never began\n%s", h.describe("inflight"))
+	}
+	h.stop()
+	if !abandoned.Load() {
+		t.Fatal("a restart hanging past the shutdown grace was not abandoned")
+	}
+}
+
 // TestLateDeleteOfPreviousRunsRestart: an agent stopped in the middle of a
 // restart had asked containerd to delete the old task, and the delete
 // completes only after the next agent listed the task (a CI failure under
@@ -743,7 +820,7 @@ func TestLateDeleteOfPreviousRunsRestart(t *testing.T) {
 			return ctx.Err()
 		}
 	}
-	h.start(nil)
+	h.start(func(c *Config) { c.ShutdownGrace = 0 })
 	h.run("late", map[string]string{"vigil.io/restart-policy": "always"}, "exit", "1", "--after", "300ms")
 	select {
 	case <-reached:

@@ -64,6 +64,12 @@ type Config struct {
 	BackoffReset   time.Duration
 	// StopGrace is how long a stop waits after SIGTERM before SIGKILL.
 	StopGrace time.Duration
+	// ShutdownGrace is how long a stopping agent lets the container actions
+	// in flight (a restart, a stop) finish, with its containerd connection
+	// open, before it abandons them. The next agent finishes an abandoned
+	// restart; until it starts, the container may be down. 0: abandon at
+	// once.
+	ShutdownGrace time.Duration
 	// StopWindow is the least time between a task's exit and its restart by
 	// policy. An operator's stop through containerd (nerdctl stop, ctr task
 	// kill then ctr task rm) kills the task and then deletes it; a restart
@@ -111,6 +117,7 @@ func DefaultConfig() Config {
 		BackoffMax:         b.Max,
 		BackoffReset:       b.ResetAfter,
 		StopGrace:          10 * time.Second,
+		ShutdownGrace:      15 * time.Second,
 		StopWindow:         250 * time.Millisecond,
 		Network:            true,
 		Version:            "dev",
@@ -174,6 +181,9 @@ func (c *Config) Validate() error {
 	}
 	if c.StopGrace < 0 {
 		bad("stop grace must not be negative, got %v", c.StopGrace)
+	}
+	if c.ShutdownGrace < 0 {
+		bad("shutdown grace must not be negative, got %v", c.ShutdownGrace)
 	}
 	if c.StopWindow < 0 || c.StopWindow > time.Minute {
 		bad("stop window %v must be between 0 and 1m", c.StopWindow)

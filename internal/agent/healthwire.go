@@ -157,7 +157,7 @@ func (a *Agent) decideUnhealthy(ctx context.Context, t *tracked, at time.Time) {
 	}
 	key := t.c.Key()
 	grace := a.cfg.StopGrace
-	a.runAction(ctx, actionResult{kind: actionUnhealthyStop, key: key}, func(ctx context.Context) error {
+	a.runAction(actionResult{kind: actionUnhealthyStop, key: key}, func(ctx context.Context) error {
 		return a.rt.Stop(ctx, key, grace)
 	})
 }

@@ -516,7 +516,7 @@ func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
 		exitAt, chosen = e.At, max(t.tracker.State.Last.Delay, a.cfg.StopWindow)
 	}
 	a.mu.Unlock()
-	a.runAction(ctx, actionResult{kind: actionRestart, key: key}, func(ctx context.Context) error {
+	a.runAction(actionResult{kind: actionRestart, key: key}, func(ctx context.Context) error {
 		if running {
 			// An unhealthy restart whose kill has not been seen yet: stop
 			// first.
