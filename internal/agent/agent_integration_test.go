@@ -705,6 +705,21 @@ func TestFinishesAnInterruptedRestart(t *testing.T) {
 	if n := h.count("deleted", isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_SKIP_EXPLICIT_STOP)); n != 0 {
 		t.Errorf("the agent's own half-done restart was taken for an operator's stop\n%s", h.describe("deleted"))
 	}
+	// The finished restarts' output goes where the first task's went (the
+	// container's log), which the mark recorded: the old task that said so
+	// is gone. (An e2e failure: it went to the state dir.)
+	for _, id := range []string{"deleted", "created"} {
+		path := h.env.LogPathOf(h.ns, id)
+		var b []byte
+		deadline := time.Now().Add(20 * time.Second)
+		for ; strings.Count(string(b), "exit: code 1") < 2; b, _ = os.ReadFile(path) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the container's log %s shows %d runs, want 2 or more (the finished restart's output goes there); it holds:\n%s",
+					id, path, strings.Count(string(b), "exit: code 1"), b)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 	// "started": its restart made away is counted (1), its exit is counted
 	// and decided on, and the restart that follows is the second.
 	ev := h.waitFor("started", "the restart after the exit made away", 30*time.Second, restarted)

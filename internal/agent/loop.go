@@ -508,6 +508,7 @@ func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
 	running := t.c.State == runtime.StateRunning || t.c.State == runtime.StatePaused
 	t.expectDelete = true
 	resume := t.resume
+	output := t.c.Output
 	// The overhead runs from the exit to the call that replaces the task,
 	// less the delay chosen; only for a live exit, not a resumed restart.
 	var exitAt time.Time
@@ -524,19 +525,21 @@ func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
 				return fmt.Errorf("stop before restart: %w", err)
 			}
 		}
-		a.markRestartBegun(key)
+		saved := a.markRestartBegun(key, output)
 		if !exitAt.IsZero() {
 			if over := a.now().Sub(exitAt) - chosen; over >= 0 {
 				a.self.restartOverhead.Observe(over.Seconds())
 			}
 		}
-		opt := runtime.RequireTask()
+		opts := []runtime.RestartOption{runtime.RequireTask()}
 		if resume {
-			opt = runtime.ResumeInterrupted()
+			// The old task may be gone, and with it where its output went:
+			// the mark's record of it says.
+			opts = []runtime.RestartOption{runtime.ResumeInterrupted(), runtime.PreviousOutput(saved)}
 		}
 		replace := func(ctx context.Context) error {
 			start := time.Now()
-			err := a.rt.Restart(ctx, key, opt)
+			err := a.rt.Restart(ctx, key, opts...)
 			if err == nil {
 				a.self.restartHist.Observe(time.Since(start).Seconds())
 			}
@@ -654,19 +657,27 @@ func (a *Agent) recordBoot() {
 }
 
 // markRestartBegun durably records, before the old task is touched, that
-// the container's pending restart is being carried out. It runs on the
-// restart's goroutine; the record's other fields are the loop's.
-func (a *Agent) markRestartBegun(key runtime.Key) {
+// the container's pending restart is being carried out, with where the old
+// task's output goes (out, when known; an earlier mark's otherwise: a
+// resumed restart has no old task to read it from). It returns the output
+// recorded. It runs on the restart's goroutine; the record's other fields
+// are the loop's.
+func (a *Agent) markRestartBegun(key runtime.Key, out runtime.TaskOutput) runtime.TaskOutput {
 	now := a.now()
 	if err := a.store.UpdateIf(func(tx Tx) bool {
 		r, ok := tx.d.Containers[containerKey(key)]
 		if ok {
 			r.RestartBegun = now
+			if out != (runtime.TaskOutput{}) {
+				r.Output = out
+			}
+			out = r.Output
 		}
 		return ok
 	}); err != nil {
 		a.log.Error("cannot write to the state dir", "container", key.ID, "err", err)
 	}
+	return out
 }
 
 // persist writes the container's restart state to the state dir.
@@ -688,7 +699,7 @@ func (a *Agent) save(t *tracked, fn func(tx Tx, rec *ContainerRecord)) {
 		rec := tx.Container(containerKey(t.c.Key()))
 		rec.Restart = state
 		if !pending {
-			rec.RestartBegun = time.Time{}
+			rec.RestartBegun, rec.Output = time.Time{}, runtime.TaskOutput{}
 		}
 		if fn != nil {
 			fn(tx, rec)

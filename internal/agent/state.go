@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/runtime"
 )
 
 // stateFileName is the agent's durable state inside its state dir.
@@ -100,6 +101,11 @@ type ContainerRecord struct {
 	// without a running task, was interrupted in that restart and finishes
 	// it; without it, a missing task is someone else's doing.
 	RestartBegun time.Time `json:"restart_begun,omitzero"`
+	// Output is where the output of the task that restart replaces went,
+	// written with RestartBegun: the agent that finishes the restart sends
+	// the new task's output there too (the old task, which said so, may be
+	// gone).
+	Output runtime.TaskOutput `json:"output,omitzero"`
 }
 
 // stateData is the file's content.

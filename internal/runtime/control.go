@@ -297,7 +297,14 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 	}
 	// Before the old task goes: it says where the output went, and a new
 	// task that cannot have its output is not made.
-	stdout, stderr, err := r.restartIO(k, old)
+	from := old
+	if p, u := oldOutput(old); p == "" && u == "" && o.resume && o.previous != nil {
+		// The interrupted restart's old task is gone, or its own new task
+		// (which may not have got that far) is in the way: the old task's
+		// output, as the caller saved it.
+		from = &tasktypes.Process{Stdout: o.previous.Stdout, Stderr: o.previous.Stderr, Terminal: o.previous.Terminal}
+	}
+	stdout, stderr, err := r.restartIO(k, from)
 	if err != nil {
 		return err
 	}
@@ -643,7 +650,10 @@ var ErrTaskGone = fmt.Errorf("the exited task was deleted by someone else: %w", 
 // RestartOption modifies Restart.
 type RestartOption func(*restartOptions)
 
-type restartOptions struct{ requireTask, resume bool }
+type restartOptions struct {
+	requireTask, resume bool
+	previous            *TaskOutput
+}
 
 // RequireTask makes Restart fail with ErrTaskGone, creating nothing, when
 // the exited task is no longer there to replace.
@@ -653,5 +663,15 @@ func RequireTask() RestartOption { return func(o *restartOptions) { o.requireTas
 // after it began: a missing task is not an error, and a task created but
 // never started is replaced rather than refused. Without RequireTask's
 // guard: the caller knows the missing task was its own doing. When the old
-// task is gone, so is where its output went: the new task's goes to LogDir.
+// task is gone, so is where its output went: the new task's goes where
+// PreviousOutput says, else to LogDir.
 func ResumeInterrupted() RestartOption { return func(o *restartOptions) { o.resume = true } }
+
+// PreviousOutput is where the output of the task an interrupted restart
+// deleted went (Container.Output, as the caller saved it before the
+// restart began): with ResumeInterrupted and no old task to read it from,
+// the new task's output goes there, when a new task's can, rather than to
+// LogDir.
+func PreviousOutput(out TaskOutput) RestartOption {
+	return func(o *restartOptions) { o.previous = &out }
+}

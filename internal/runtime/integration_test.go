@@ -703,17 +703,25 @@ func TestRestartResumesInterrupted(t *testing.T) {
 	logDir := t.TempDir()
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: logDir})
 	ctx := namespaces.WithNamespace(context.Background(), ns)
-	for _, id := range []string{"notask", "created"} {
+	outputs := map[string]TaskOutput{}
+	for _, id := range []string{"notask", "created", "previous"} {
 		env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: id, Image: image, Args: []string{"sh", "-c", "echo ran; exec sleep 600 <&-"}})
 		k := Key{ns, id}
-		w.waitForKey(k, EventStarted)
+		outputs[id] = w.waitForKey(k, EventStarted).Container.Output
 		if err := w.Kill(ctx, k, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
 		w.waitForKey(k, EventExited)
 	}
 
+	// Where the task's output goes, as containerd has it (testenv gives a
+	// file:// URI).
+	if got, want := outputs["previous"].Stdout, "file://"+env.LogPathOf(ns, "previous"); got != want {
+		t.Errorf("Output.Stdout %q, want %q", got, want)
+	}
+
 	// As far as the interrupted restarts got: the exited task deleted.
+	env.DeleteTask(t, ns, "previous")
 	env.DeleteTask(t, ns, "notask")
 	cont := env.DeleteTask(t, ns, "created")
 	half, err := cont.NewTask(ctx, cio.NullIO)
@@ -750,6 +758,20 @@ func TestRestartResumesInterrupted(t *testing.T) {
 	}
 	if err := syscall.Kill(halfPid, 0); !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("the replaced created task's process %d: kill 0 = %v, want ESRCH", halfPid, err)
+	}
+	// Told where the deleted task's output went, the new task's goes there
+	// too.
+	k = Key{ns, "previous"}
+	if err := w.Restart(ctx, k, ResumeInterrupted(), PreviousOutput(outputs["previous"])); err != nil {
+		t.Fatalf("previous: Restart with ResumeInterrupted and PreviousOutput: %v", err)
+	}
+	w.waitForKey(k, EventStarted)
+	eventually(t, 10*time.Second, "previous: both runs' output in the container's log", func() bool {
+		b, _ := os.ReadFile(env.LogPathOf(ns, "previous"))
+		return string(b) == "ran\nran\n"
+	})
+	if _, err := os.Stat(filepath.Join(logDir, ns, "previous.log")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("previous: a log in LogDir (%v), want none", err)
 	}
 }
 

@@ -248,6 +248,7 @@ func (r *Runtime) applyTask(e *entry, prev *entry, p *tasktypes.Process) {
 		return
 	}
 	e.taskPresent = true
+	e.c.Output = TaskOutput{Stdout: p.Stdout, Stderr: p.Stderr, Terminal: p.Terminal}
 	switch p.Status {
 	case tasktypes.Status_RUNNING, tasktypes.Status_PAUSED, tasktypes.Status_PAUSING:
 		e.c.State = StateRunning
@@ -359,6 +360,9 @@ func (r *Runtime) handle(ctx context.Context, c *apiClient, env *apitypes.Envelo
 			en.c.State = StateCreated
 			en.c.Pid = e.Pid
 			en.taskPresent = true
+			if io := e.GetIO(); io != nil {
+				en.c.Output = TaskOutput{Stdout: io.Stdout, Stderr: io.Stderr, Terminal: io.Terminal}
+			}
 			return 0, nil
 		})
 	case *eventtypes.TaskStart:

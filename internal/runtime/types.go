@@ -128,6 +128,17 @@ type Container struct {
 	NetNSInode  uint64    // inode of the task's network namespace; 0 when unknown
 	HostNetwork bool      // shares the host's network namespace
 	Healthcheck *Healthcheck
+	// Output is where the current (or last) task's output goes, as
+	// containerd has it; zero when not known.
+	Output TaskOutput
+}
+
+// TaskOutput is where a task's stdout and stderr go, as containerd has it:
+// paths (FIFOs or files) or URIs (file://, binary://).
+type TaskOutput struct {
+	Stdout   string `json:"stdout,omitempty"`
+	Stderr   string `json:"stderr,omitempty"`
+	Terminal bool   `json:"terminal,omitempty"`
 }
 
 // Key is the (namespace, id) pair that names a container on a node.
