@@ -273,6 +273,11 @@ func (r *Runtime) call(ctx context.Context, name string, fn func(ctx context.Con
 		r.metrics.countTimeout(name)
 		return fmt.Errorf("containerd %s: no answer within %s (runtime hanging): %w: %w", name, r.cfg.CallTimeout, errdefs.ErrUnavailable, context.DeadlineExceeded)
 	}
+	if err != nil && ctx.Err() != nil {
+		// The caller's context ended: whatever containerd made of it (its
+		// shim's deadline can come back as code Unknown), that is why.
+		return fmt.Errorf("containerd %s: %w: %w", name, context.Cause(ctx), translateErr(err))
+	}
 	if err != nil {
 		return fmt.Errorf("containerd %s: %w", name, translateErr(err))
 	}

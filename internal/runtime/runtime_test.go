@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"strings"
@@ -8,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/metrics/expotest"
@@ -173,5 +176,33 @@ func TestDecodeMetricsRejectsUnknownType(t *testing.T) {
 	var st Stats
 	if err := decodeMetrics("io.containerd.cgroups.v3.Metrics", nil, &st); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("err = %v, want ErrInvalid", err)
+	}
+}
+
+// TestCallCallerDeadline: when the caller's context has ended, the error
+// says so (errors.Is its cause) whatever code containerd answered; a shim
+// that hit the same deadline answers Unknown (a CI failure of TestControl's
+// exec past its deadline, on a loaded machine). The fault cannot be made on
+// demand through a real containerd.
+func TestCallCallerDeadline(t *testing.T) {
+	r, err := New(Config{Address: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	<-ctx.Done()
+	err = r.call(ctx, "exec_start", func(context.Context) error {
+		return status.Error(codes.Unknown, "context deadline exceeded: unknown")
+	})
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "containerd exec_start") {
+		t.Errorf("err = %v, want it to wrap context.DeadlineExceeded", err)
+	}
+	// With the caller's context alive, an error is containerd's.
+	err = r.call(context.Background(), "task_get", func(context.Context) error {
+		return status.Error(codes.NotFound, "no such task")
+	})
+	if !errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("err = %v, want ErrNotFound only", err)
 	}
 }
