@@ -21,15 +21,16 @@ import (
 type SchedulerConfig struct {
 	// Exec runs exec probes; nil makes every exec probe fail with an error.
 	Exec Execer
-	// Paused, when set, is asked about a container whose probe failed,
-	// before the failure is recorded: a failure while the container is
+	// Paused, when set, is asked about a container whose probe timed out
+	// or could not be carried out, before the failure is recorded (a check
+	// that answered no ran in a live process): a failure while the container is
 	// paused (its processes frozen, so nothing in it can answer) is
 	// discarded. It counts toward neither unhealthy nor the container's
 	// Failures, as no probe runs once the agent knows of a pause; this
 	// covers the probes that ran before it knew (the pause event still on
 	// its way). An error from Paused, or false, records the failure as
 	// usual. The agent asks containerd (runtime.Runtime.Paused): one call
-	// per failed probe, none for the probes that pass.
+	// per such failure, none for the probes that pass.
 	Paused func(ctx context.Context, key runtime.Key) (bool, error)
 	// Workers is the number of probes that may run at once (default 16).
 	// Workers start when a probe is due and every started one is busy.
@@ -384,7 +385,9 @@ func (s *Scheduler) probe(ctx context.Context, e *entry) bool {
 	s.metrics.observe(cfg.Kind, r, failed)
 	discard := false
 	s.mu.Lock()
-	ask := !r.OK && s.paused != nil && !e.removed && e.gen == gen
+	// A check that answered no (failed "unhealthy") ran in a process that
+	// is not frozen: only timeouts and errors ask.
+	ask := !r.OK && failed != "unhealthy" && s.paused != nil && !e.removed && e.gen == gen
 	s.mu.Unlock()
 	if ask {
 		pctx, cancel := context.WithTimeout(ctx, pausedCheckTimeout)

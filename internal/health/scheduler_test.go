@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -373,12 +374,22 @@ func TestSchedulerStartPeriodFailures(t *testing.T) {
 
 // TestSchedulerPausedAnswer: a failure is discarded only when Paused says
 // the container is paused; an error from Paused (containerd unreachable, a
-// fault the real runtime cannot produce on demand) counts the failure, and
-// passing probes never ask.
+// fault the real runtime cannot produce on demand) counts the failure.
+// Only failures that may come from a frozen process ask (a probe that could
+// not be carried out, or timed out): not passing probes, nor a check that
+// answered no (a live process answered).
 func TestSchedulerPausedAnswer(t *testing.T) {
 	srv := newFlipServer(t)
+	// Nothing listens there: the probes fail with an error.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := netip.MustParseAddrPort(l.Addr().String())
+	l.Close()
 	frozen := runtime.Key{Namespace: "test", ID: "frozen"}
 	unknown := runtime.Key{Namespace: "test", ID: "unknown"}
+	answered := runtime.Key{Namespace: "test", ID: "answered"}
 	fine := runtime.Key{Namespace: "test", ID: "fine"}
 	var mu sync.Mutex
 	asked := map[runtime.Key]int{}
@@ -389,7 +400,7 @@ func TestSchedulerPausedAnswer(t *testing.T) {
 		if k == unknown {
 			return false, errors.New("containerd unreachable")
 		}
-		return k == frozen, nil
+		return k == frozen || k == answered, nil
 	}})
 	cfg := httpConfig(srv.address, 20*time.Millisecond)
 	old := Target{StartedAt: time.Now().Add(-time.Hour)}
@@ -402,8 +413,12 @@ func TestSchedulerPausedAnswer(t *testing.T) {
 	}
 	s.Remove(fine)
 	srv.sick.Store(true)
+	if err := s.Add(answered, cfg, old); err != nil {
+		t.Fatal(err)
+	}
+	deadCfg := httpConfig(dead, 20*time.Millisecond)
 	for _, k := range []runtime.Key{frozen, unknown} {
-		if err := s.Add(k, cfg, old); err != nil {
+		if err := s.Add(k, deadCfg, old); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -411,27 +426,31 @@ func TestSchedulerPausedAnswer(t *testing.T) {
 	for {
 		h1, _ := s.Health(frozen)
 		h2, _ := s.Health(unknown)
+		h3, _ := s.Health(answered)
 		mu.Lock()
 		n := asked[frozen]
 		mu.Unlock()
-		if n >= 3 && h2.Failures >= 3 {
+		if n >= 3 && h2.Failures >= 3 && h3.Failures >= 3 {
 			if h1.Failures != 0 || h1.Probes != 0 || h1.Status != StatusStarting {
 				t.Errorf("paused: %d failures of %d probes, %v; want none recorded", h1.Failures, h1.Probes, h1.Status)
 			}
 			if h2.Status != StatusUnhealthy || h2.Failures != h2.Probes {
 				t.Errorf("Paused failing: %d failures of %d probes, %v; want all and unhealthy", h2.Failures, h2.Probes, h2.Status)
 			}
+			if h3.Status != StatusUnhealthy {
+				t.Errorf("a check answering no: %v, want unhealthy", h3.Status)
+			}
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("too few probes within 5s: %+v (asked %d), %+v", h1, n, h2)
+			t.Fatalf("too few probes within 5s: %+v (asked %d), %+v, %+v", h1, n, h2, h3)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if asked[fine] != 0 {
-		t.Errorf("Paused asked %d times about a container whose probes passed", asked[fine])
+	if asked[fine] != 0 || asked[answered] != 0 {
+		t.Errorf("Paused asked %d times about a passing container, %d about a check answering no; want 0", asked[fine], asked[answered])
 	}
 }
 

@@ -235,6 +235,10 @@ func (e *Env) Client(tb testing.TB) *client.Client {
 // logTail returns the last lines of containerd's log.
 func (e *Env) logTail() string { return e.inst.logTail() }
 
+// ContainerdPID returns the pid of the env's containerd (0 when it is not
+// running), for benchmarks that count its CPU.
+func (e *Env) ContainerdPID() int { return e.inst.PID() }
+
 func lastLines(b []byte, n int) string {
 	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
 	if len(lines) > n {
