@@ -232,7 +232,8 @@ func TestContainerProbes(t *testing.T) {
 // yet to hear of it): its HTTP probes time out against the frozen server,
 // and each failure is discarded once Paused says so: the container stays
 // healthy with no failure counted. After the resume a real failure (the
-// workload flipped unhealthy) still counts.
+// workload flipped unhealthy: a check answering no, which does not ask)
+// still counts.
 func TestFailuresWhilePausedDiscarded(t *testing.T) {
 	env := testenv.Containerd(t)
 	const ns = "vigil-health-paused"
@@ -298,7 +299,7 @@ func TestFailuresWhilePausedDiscarded(t *testing.T) {
 		t.Fatalf("toggle: %+v", r)
 	}
 	collectChanges(t, s, 1, StatusUnhealthy, 15*time.Second)
-	if h, _ := s.Health(key); h.Failures != 1 || asked.Load() <= discarded.Load() {
-		t.Errorf("after the resume: %d failures counted (want 1), Paused asked %d times, %d paused", h.Failures, asked.Load(), discarded.Load())
+	if h, _ := s.Health(key); h.Failures != 1 {
+		t.Errorf("after the resume: %d failures counted, want 1 (Paused asked %d times, %d paused)", h.Failures, asked.Load(), discarded.Load())
 	}
 }
