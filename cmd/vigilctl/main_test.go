@@ -147,7 +147,8 @@ func fixture() *fakeVigil {
 				Exit:      &vigilv1.ExitStatus{Code: 137, Reason: vigilv1.ExitReason_EXIT_REASON_SIGNAL, Signal: "KILL"}}},
 			{Node: "node-a", Event: &vigilv1.ContainerEvent{Type: vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTART_DECISION, Time: ts(14 * time.Second),
 				Container: &vigilv1.Container{Id: "worker", Namespace: "default"},
-				Decision:  &vigilv1.RestartDecision{Kind: vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_BACKOFF, Delay: durationpb.New(80 * time.Second), Reason: "on-failure:10, 7 restarts"}}},
+				Decision:  &vigilv1.RestartDecision{Kind: vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_BACKOFF, Delay: durationpb.New(80 * time.Second), Reason: "on-failure:10, 7 restarts"},
+				Message:   "on-failure:10, 7 restarts"}}, // the agent repeats the reason as the message
 			{Node: "node-b", Event: &vigilv1.ContainerEvent{Type: vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_HEALTH_CHANGED, Time: ts(3 * time.Second),
 				Container: &vigilv1.Container{Id: sha, Namespace: "k8s.io", Health: &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY},
 					Pod: &vigilv1.PodIdentity{Namespace: "kube-system", Name: "coredns-5d78c9869d-x7k2p", ContainerName: "coredns"}},

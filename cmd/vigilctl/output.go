@@ -178,8 +178,8 @@ func (p *printer) event(ev *vigilv1.WatchEventsResponse) error {
 		name = podName(pod) + "/" + name
 	}
 	kind, detail := eventText(e)
-	if m := clean(e.GetMessage()); m != "" {
-		detail = strings.TrimSpace(detail + " " + m)
+	if m := clean(e.GetMessage()); m != "" && !strings.Contains(detail, m) {
+		detail = strings.TrimSpace(detail + " " + m) // not twice: a decision's message is its reason
 	}
 	_, err := fmt.Fprintf(p.w, eventFormat, when, cell(ev.GetNode()), cell(c.GetNamespace()), name, kind, cell(detail))
 	return err
