@@ -358,8 +358,8 @@ func TestAgentAsDaemonSetContainer(t *testing.T) {
 		waitFor(t, 30*time.Second, "the node and its containers on the aggregator's /metrics", func() (bool, string) {
 			body, _ := get("http://" + httpAddr + "/metrics")
 			return strings.HasSuffix(series(body, "vigil_node_up", `node="`+nodeName+`"`), " 1") &&
-				strings.HasSuffix(series(body, "vigil_container_restarts_total", `node="`+nodeName+`"`, `container="victim"`), " 1") &&
-				series(body, "vigil_container_info", `node="`+nodeName+`"`, `container="web"`) != "",
+					strings.HasSuffix(series(body, "vigil_container_restarts_total", `node="`+nodeName+`"`, `container="victim"`), " 1") &&
+					series(body, "vigil_container_info", `node="`+nodeName+`"`, `container="web"`) != "",
 				grepLines(body, "vigil_node_up") + grepLines(body, "vigil_container_restarts_total")
 		})
 	}))

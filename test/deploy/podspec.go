@@ -276,7 +276,6 @@ func Translate(ps corev1.PodSpec, name string, h Host) (Translated, error) {
 	return tr, nil
 }
 
-
 // depth is the number of components of a clean absolute path.
 func depth(p string) int {
 	p = filepath.Clean(p)
