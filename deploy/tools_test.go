@@ -171,3 +171,9 @@ func TestMetricNames(t *testing.T) {
 		}
 	}
 }
+
+// runCmd runs a command and returns its combined output.
+func runCmd(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return string(out), err
+}
