@@ -144,17 +144,26 @@ func loadAgentDaemonSet(t *testing.T) *appsv1.DaemonSet {
 	return nil
 }
 
-// flagNames returns the flags a main defines, read from its source
-// (fs.XxxVar(&v, "name", ...)).
-func flagNames(t *testing.T, mainGo string) map[string]bool {
+// flagNames returns the flags a command defines, read from the non-test Go
+// files of its directory (fs.XxxVar(&v, "name", ...) and fs.Xxx("name", ...)).
+func flagNames(t *testing.T, cmdDir string) map[string]bool {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(repoRoot(t), mainGo))
+	files, err := filepath.Glob(filepath.Join(repoRoot(t), cmdDir, "*.go"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	names := map[string]bool{}
-	for _, m := range regexp.MustCompile(`fs\.[A-Za-z]+(?:Var)?\([^,]*,\s*"([a-z0-9-]+)"`).FindAllStringSubmatch(string(b), -1) {
-		names[m[1]] = true
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range regexp.MustCompile(`fs\.[A-Za-z]+\((?:[^,()]*,\s*)?"([a-z0-9-]+)"`).FindAllStringSubmatch(string(b), -1) {
+			names[m[1]] = true
+		}
 	}
 	return names
 }
@@ -163,20 +172,20 @@ func flagNames(t *testing.T, mainGo string) map[string]bool {
 // that the mains do not have yet. The manifests use them; remove a flag
 // from here once its main has it (the test says when).
 var pendingFlags = map[string][]string{
-	"cmd/agent/main.go":      {"bootstrap-token-file"},
-	"cmd/aggregator/main.go": {"ca-cert", "ca-key", "bootstrap-tokens-file", "api-tokens-file", "data-dir", "rules-file"},
+	"cmd/agent":      {"bootstrap-token-file"},
+	"cmd/aggregator": {"ca-cert", "ca-key", "bootstrap-tokens-file", "api-tokens-file", "data-dir", "rules-file"},
 }
 
-func checkArgs(t *testing.T, mainGo string, c corev1.Container) {
+func checkArgs(t *testing.T, cmdDir string, c corev1.Container) {
 	t.Helper()
-	defined := flagNames(t, mainGo)
+	defined := flagNames(t, cmdDir)
 	if len(defined) < 5 {
-		t.Fatalf("found only %d flags in %s: the pattern no longer matches its source", len(defined), mainGo)
+		t.Fatalf("found only %d flags in %s: the pattern no longer matches its source", len(defined), cmdDir)
 	}
 	pending := map[string]bool{}
-	for _, f := range pendingFlags[mainGo] {
+	for _, f := range pendingFlags[cmdDir] {
 		if defined[f] {
-			t.Logf("%s defines --%s now: it can leave pendingFlags", mainGo, f)
+			t.Logf("%s defines --%s now: it can leave pendingFlags", cmdDir, f)
 		}
 		pending[f] = true
 	}
@@ -187,9 +196,9 @@ func checkArgs(t *testing.T, mainGo string, c corev1.Container) {
 			t.Errorf("%s: argument %q is not a --flag=value", c.Name, a)
 		case defined[name]:
 		case pending[name]:
-			t.Logf("%s: --%s is agreed but not in %s yet", c.Name, name, mainGo)
+			t.Logf("%s: --%s is agreed but not in %s yet", c.Name, name, cmdDir)
 		default:
-			t.Errorf("%s: --%s is not a flag of %s", c.Name, name, mainGo)
+			t.Errorf("%s: --%s is not a flag of %s", c.Name, name, cmdDir)
 		}
 	}
 }
@@ -244,7 +253,7 @@ func TestManifestsStrict(t *testing.T) {
 		t.Fatalf("agent pod has %d containers", len(ps.Containers))
 	}
 	c := ps.Containers[0]
-	checkArgs(t, "cmd/agent/main.go", c)
+	checkArgs(t, "cmd/agent", c)
 	if ps.AutomountServiceAccountToken == nil || *ps.AutomountServiceAccountToken {
 		t.Error("agent pod mounts a service account token: it needs no Kubernetes API")
 	}
@@ -304,7 +313,7 @@ func TestManifestsStrict(t *testing.T) {
 	// The aggregator.
 	aps := agg.Spec.Template.Spec
 	ac := aps.Containers[0]
-	checkArgs(t, "cmd/aggregator/main.go", ac)
+	checkArgs(t, "cmd/aggregator", ac)
 	if aps.AutomountServiceAccountToken == nil || *aps.AutomountServiceAccountToken {
 		t.Error("aggregator pod mounts a service account token: it needs no Kubernetes API")
 	}
