@@ -15,7 +15,12 @@ import (
 // ExecStart names /usr/local/bin/vigil-agent, which verify wants to exist:
 // the copy checked here points at a stand-in executable.
 func TestSystemdUnit(t *testing.T) {
-	sa := needTool(t, "systemd-analyze")
+	// Where available: systemd is not a prerequisite of the project, so
+	// this skips (even in CI) on a machine without it.
+	sa, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skipf("systemd-analyze not installed (package systemd): the unit is not verified: %v", err)
+	}
 	src, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy/systemd/vigil-agent.service"))
 	if err != nil {
 		t.Fatal(err)

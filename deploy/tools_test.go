@@ -22,12 +22,16 @@ func repoRoot(tb testing.TB) string {
 	return filepath.Dir(filepath.Dir(file))
 }
 
-// needTool returns the path of a command the test runs, skipping with a
-// message when it is missing (scripts/install-prereqs.sh installs it).
+// needTool returns the path of a command the test runs. A missing one
+// skips the test with a message, or fails it under CI=true, where
+// scripts/install-prereqs.sh has installed everything.
 func needTool(tb testing.TB, name string) string {
 	tb.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
+		if os.Getenv("CI") == "true" {
+			tb.Fatalf("%s not installed (scripts/install-prereqs.sh installs it): %v", name, err)
+		}
 		tb.Skipf("%s not installed (scripts/install-prereqs.sh installs it): %v", name, err)
 	}
 	return p
