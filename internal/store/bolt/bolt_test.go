@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ import (
 	"github.com/vigilhq/vigil/internal/store/storetest"
 )
 
-func openTemp(t *testing.T, opts Options) *Store {
+func openTemp(t testing.TB, opts Options) *Store {
 	t.Helper()
 	s, err := Open(filepath.Join(t.TempDir(), "store.db"), opts)
 	if err != nil {
@@ -284,5 +285,65 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	}
 	if !errors.Is(last, store.ErrClosed) {
 		t.Fatalf("unread watch ended with %v; want ErrClosed", last)
+	}
+}
+
+// TestGroupCommitIsolatesRefusals: Txns committed in one batch succeed or
+// fail each on its own: one refused (a missing lease) or canceled applies
+// nothing and takes nothing from the others.
+func TestGroupCommitIsolatesRefusals(t *testing.T) {
+	ctx := context.Background()
+	s := openTemp(t, Options{})
+	id, err := s.Grant(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	const n = 60
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			key := fmt.Sprintf("k%02d", i)
+			switch i % 3 {
+			case 0:
+				_, errs[i] = store.Create(ctx, s, key, []byte("x"), id)
+			case 1:
+				_, errs[i] = store.Create(ctx, s, key, []byte("x"), id+1000) // no such lease
+			case 2:
+				_, errs[i] = store.Create(canceled, s, key, []byte("x"), store.NoLease)
+			}
+		}()
+	}
+	wg.Wait()
+	kvs, rev, err := s.List(ctx, "k", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, err := range errs {
+		switch i % 3 {
+		case 0:
+			if err != nil {
+				t.Errorf("k%02d: %v", i, err)
+			}
+		case 1:
+			if !errors.Is(err, errdefs.ErrNotFound) {
+				t.Errorf("k%02d with a missing lease: %v; want ErrNotFound", i, err)
+			}
+		case 2:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("k%02d with a canceled context: %v", i, err)
+			}
+		}
+	}
+	if len(kvs) != n/3 {
+		t.Fatalf("%d keys; want %d: %v", len(kvs), n/3, kvs)
+	}
+	// Revisions are dense: one per applied Txn, after the Grant's 1.
+	if rev != 1+n/3 {
+		t.Fatalf("revision %d after %d creates", rev, n/3)
 	}
 }
