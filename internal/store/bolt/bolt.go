@@ -345,9 +345,9 @@ func validate(conds []store.Cond, ops []store.Op) error {
 // at its own revision, in one bbolt transaction and one fsync (group
 // commit): the first caller to find no commit in progress commits every
 // Txn queued by then, and hands the next batch to a caller waiting in it.
-// ctx is checked when the Txn is queued and again just before it is
-// applied; once applied, the Txn waits for its commit (one fsync) whatever
-// ctx says, so that its answer is never "unknown".
+// A Txn whose ctx ends while it is queued leaves the queue; once a batch
+// has taken it, it waits for that batch's commit (one fsync) and is applied
+// only if its ctx is still live when its turn in the batch comes.
 func (s *Store) Txn(ctx context.Context, conds []store.Cond, ops []store.Op) (store.TxnResult, error) {
 	if err := s.enter(ctx); err != nil {
 		return store.TxnResult{}, err
@@ -366,6 +366,16 @@ func (s *Store) Txn(ctx context.Context, conds []store.Cond, ops []store.Op) (st
 		case <-r.done:
 			return r.res, r.err
 		case <-r.lead:
+		case <-ctx.Done():
+			if s.unqueue(r) {
+				return store.TxnResult{}, ctx.Err()
+			}
+			// Taken into a batch, or its turn to commit one: see it through.
+			select {
+			case <-r.done:
+				return r.res, r.err
+			case <-r.lead:
+			}
 		}
 	}
 	// This caller commits the batch it is in, then hands on.
@@ -382,6 +392,25 @@ func (s *Store) Txn(ctx context.Context, conds []store.Cond, ops []store.Op) (st
 	}
 	s.pmu.Unlock()
 	return r.res, r.err
+}
+
+// unqueue takes r out of the queue if no batch has taken it and it has not
+// been asked to commit the next one.
+func (s *Store) unqueue(r *txnReq) bool {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	select {
+	case <-r.lead:
+		return false
+	default:
+	}
+	for i, p := range s.pending {
+		if p == r {
+			s.pending = append(s.pending[:i], s.pending[i+1:]...)
+			return true
+		}
+	}
+	return false
 }
 
 // txnReq is one queued Txn: its result is set and done closed by the

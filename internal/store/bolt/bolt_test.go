@@ -347,3 +347,48 @@ func TestGroupCommitIsolatesRefusals(t *testing.T) {
 		t.Fatalf("revision %d after %d creates", rev, n/3)
 	}
 }
+
+// TestQueuedTxnHonoursContext: a Txn queued behind a commit that does not
+// finish returns when its context ends, and is not applied later.
+func TestQueuedTxnHonoursContext(t *testing.T) {
+	ctx := context.Background()
+	s := openTemp(t, Options{})
+	s.mu.Lock() // stands for a commit stuck in fsync
+	first := make(chan error, 1)
+	go func() { _, err := store.PutKey(ctx, s, "first", nil); first <- err }()
+	// Wait until the first Txn is committing (it leads, and blocks on mu).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.pmu.Lock()
+		leading := s.committing && len(s.pending) == 0
+		s.pmu.Unlock()
+		if leading {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("first Txn never started its commit")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	qctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := store.PutKey(qctx, s, "queued", nil)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued Txn past its deadline = %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("queued Txn returned after %v", took)
+	}
+	s.mu.Unlock()
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, "queued"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("Txn that gave up while queued was applied: %v", err)
+	}
+	// The queue still works.
+	if _, err := store.PutKey(ctx, s, "after", nil); err != nil {
+		t.Fatal(err)
+	}
+}
