@@ -1,0 +1,8 @@
+// Package storetest is the conformance suite that every implementation of
+// store.Store passes, in the manner of containerd's snapshotter test suite:
+// an implementation's test calls Run with a function that opens a fresh,
+// empty store, and the suite checks each promise of store.Store's doc
+// comments against it (revisions, create-if-absent under contention,
+// compare-and-swap, transaction atomicity, list and watch by prefix,
+// compaction, leases and their expiry, contexts, Close).
+package storetest
