@@ -17,6 +17,9 @@ import (
 // hundred alerts with annotations stays well below this.
 const MaxWebhookBytes = 1 << 20
 
+// ErrTooLarge: a webhook body over MaxWebhookBytes (it wraps ErrInvalid).
+var ErrTooLarge = fmt.Errorf("webhook body larger than the limit of %d bytes (1 MiB): %w", MaxWebhookBytes, errdefs.ErrInvalid)
+
 // WebhookVersion is the only Alertmanager webhook payload version parsed.
 const WebhookVersion = "4"
 
@@ -96,7 +99,7 @@ func ReadWebhook(r io.Reader) (*Webhook, error) {
 		return nil, fmt.Errorf("reading webhook body: %w", err)
 	}
 	if len(body) > MaxWebhookBytes {
-		return nil, fmt.Errorf("webhook body larger than the limit of %d bytes (1 MiB): %w", MaxWebhookBytes, errdefs.ErrInvalid)
+		return nil, ErrTooLarge
 	}
 	return ParseWebhook(body)
 }
@@ -107,7 +110,7 @@ func ReadWebhook(r io.Reader) (*Webhook, error) {
 // "4" is refused, as its meaning is unknown.
 func ParseWebhook(body []byte) (*Webhook, error) {
 	if len(body) > MaxWebhookBytes {
-		return nil, fmt.Errorf("webhook body of %d bytes is over the limit of %d bytes (1 MiB): %w", len(body), MaxWebhookBytes, errdefs.ErrInvalid)
+		return nil, fmt.Errorf("%d bytes: %w", len(body), ErrTooLarge)
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	var w wireWebhook
