@@ -161,16 +161,22 @@ func (e *Engine) addJournal(t *txn, j JournalEntry) {
 	t.put(key, j)
 }
 
-// readBudget reads the shared budget and target's history.
-func readBudget(ctx context.Context, t *txn, target string) (Budget, error) {
+// readBudget reads the shared budgets that rs enforces and the target's
+// history. A limit turned off is neither read nor written: its key is not
+// a condition of the transaction, and does not grow.
+func readBudget(ctx context.Context, t *txn, rs *Rules, size FleetSize, target string) (Budget, error) {
 	var f fleetValue
 	var n nodesValue
 	var tb TargetBudget
-	if _, err := t.getJSON(ctx, fleetKey, &f); err != nil {
-		return Budget{}, err
+	if rs.MaxActionsPerMinute > 0 {
+		if _, err := t.getJSON(ctx, fleetKey, &f); err != nil {
+			return Budget{}, err
+		}
 	}
-	if _, err := t.getJSON(ctx, nodesKey, &n); err != nil {
-		return Budget{}, err
+	if rs.MaxNodes(size.Nodes) > 0 {
+		if _, err := t.getJSON(ctx, nodesKey, &n); err != nil {
+			return Budget{}, err
+		}
 	}
 	if target != "" {
 		if _, err := t.getJSON(ctx, targetKey(target), &tb); err != nil {
@@ -180,9 +186,13 @@ func readBudget(ctx context.Context, t *txn, target string) (Budget, error) {
 	return Budget{FleetTimes: f.Times, InFlight: n.InFlight, Target: tb}, nil
 }
 
-func writeBudget(t *txn, target string, b Budget) {
-	t.put(fleetKey, fleetValue{Times: b.FleetTimes})
-	t.put(nodesKey, nodesValue{InFlight: b.InFlight})
+func writeBudget(t *txn, rs *Rules, size FleetSize, target string, b Budget) {
+	if rs.MaxActionsPerMinute > 0 {
+		t.put(fleetKey, fleetValue{Times: b.FleetTimes})
+	}
+	if rs.MaxNodes(size.Nodes) > 0 {
+		t.put(nodesKey, nodesValue{InFlight: b.InFlight})
+	}
 	t.put(targetKey(target), b.Target)
 }
 
@@ -227,7 +237,7 @@ func (e *Engine) apply(ctx context.Context, t *txn, rec *Remediation, d Decision
 	cmd := commandValue{State: StatePending, Command: Command{ID: rec.ID, Action: d.Action, Signal: d.Signal, Target: d.Target,
 		Fence: d.Fence, Deadline: rec.Deadline, Reason: rec.Reason}}
 	t.put(commandKey(d.Target.Node, rec.ID), cmd)
-	writeBudget(t, d.Target.Key(), in.Budget.Charge(d, now, rec.ID, rec.Deadline.Add(in.Rules.ResultGrace)))
+	writeBudget(t, in.Rules, in.Fleet, d.Target.Key(), in.Budget.Charge(d, now, rec.ID, rec.Deadline.Add(in.Rules.ResultGrace)))
 	return nil
 }
 
@@ -345,7 +355,7 @@ func (e *Engine) Receive(ctx context.Context, w *Webhook, receivedAt time.Time) 
 			if p.lookupErr == nil {
 				budgetKey = p.target
 			}
-			b, err := readBudget(ctx, t, budgetKey)
+			b, err := readBudget(ctx, t, rs, size, budgetKey)
 			if err != nil {
 				return err
 			}
@@ -430,10 +440,16 @@ func (e *Engine) resolve(ctx context.Context, t *txn, p prepared, now time.Time)
 	return &decided{rec: rec, cancelled: true}, nil
 }
 
+// releaseNode ends command id's count against its node's commands in
+// flight (when the limit was on and counted it).
 func (e *Engine) releaseNode(ctx context.Context, t *txn, node, id string, now time.Time) error {
 	var n nodesValue
-	if _, err := t.getJSON(ctx, nodesKey, &n); err != nil {
+	ok, err := t.getJSON(ctx, nodesKey, &n)
+	if err != nil || !ok {
 		return err
+	}
+	if _, counted := n.InFlight[node][id]; !counted {
+		return nil
 	}
 	t.put(nodesKey, nodesValue{InFlight: release(n.InFlight, node, id, now)})
 	return nil
@@ -544,6 +560,7 @@ func (e *Engine) Request(ctx context.Context, r OperatorRequest) (Remediation, e
 	}
 	st, lerr := e.fleet.Lookup(r.Target)
 	rs := e.rules.Current()
+	size := e.fleet.Size()
 	// An operator naming a host link means it: the rules' allow_host_link is
 	// for alerts.
 	e.mu.Lock()
@@ -556,12 +573,12 @@ func (e *Engine) Request(ctx context.Context, r OperatorRequest) (Remediation, e
 		if lerr == nil {
 			key = st.Target.Key()
 		}
-		b, err := readBudget(ctx, t, key)
+		b, err := readBudget(ctx, t, rs, size, key)
 		if err != nil {
 			return err
 		}
 		in := Input{Now: now, Rules: rs, Action: r.Action, Signal: r.Signal, DryRun: r.DryRun, Ref: r.Target, State: st, LookupErr: lerr,
-			Fleet: e.fleet.Size(), Budget: b}
+			Fleet: size, Budget: b}
 		d := Decide(in)
 		rec = Remediation{ID: newID(now), Source: SourceOperator, RequestedBy: r.Who, Reason: r.Reason, Requested: r.Action, Ref: r.Target, ReceivedAt: received}
 		return e.apply(ctx, t, &rec, d, in, "", intentValue{})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -206,13 +207,17 @@ func TestReopenBetweenClaimAndResult(t *testing.T) {
 // A command sent and never answered is marked unknown at its deadline plus
 // the grace, never sent again; one never sent is expired at its deadline.
 func TestExpireAndUnknown(t *testing.T) {
-	h := newHarness(t, "")
+	h := newHarness(t, strings.Replace(testRules, "max_nodes_in_flight: 0", "max_nodes_in_flight: 5", 1))
 	h.container("n1", "a", OwnerVigil, 0)
 	h.container("n1", "b", OwnerVigil, 0)
 	s := h.receive(alert("Unhealthy", "n1", "a", h.clock.Now()), alert("Unhealthy", "n1", "b", h.clock.Now()))
 	ctx := context.Background()
 	if _, err := h.e.Dispatch(ctx, "n1", s.IDs[0]); err != nil {
 		t.Fatal(err)
+	}
+	var nv0 nodesValue
+	if kv, err := h.st.Get(ctx, nodesKey); err != nil || jsonUnmarshal(kv.Value, &nv0) != nil || len(nv0.InFlight["n1"]) != 2 {
+		t.Fatalf("in flight = %+v, %v", nv0, err)
 	}
 	h.reopen()
 	h.clock.Advance(DefaultCommandDeadline - time.Second)
@@ -249,7 +254,7 @@ func TestExpireAndUnknown(t *testing.T) {
 	if n := testutil.ToFloat64(h.e.m.remediations.WithLabelValues("restart_container", "expired")); n != 1 {
 		t.Errorf("expired counted %v", n)
 	}
-	// The node budget was released by both.
+	// The node budget counted both and released both.
 	var nv nodesValue
 	kv, err := h.st.Get(ctx, nodesKey)
 	if err != nil || jsonUnmarshal(kv.Value, &nv) != nil || len(nv.InFlight) != 0 {
@@ -507,7 +512,7 @@ rules:
 }
 
 func TestSweep(t *testing.T) {
-	h := newHarness(t, "retention: 1h\nmax_actions_per_minute: 0\nmax_nodes_in_flight: 0\nstorm_guard: {share: 0}\n"+testRules[strings_index(testRules, "rules:"):])
+	h := newHarness(t, "retention: 1h\nmax_actions_per_minute: 0\nmax_nodes_in_flight: 0\nstorm_guard: {share: 0}\n"+testRules[strings.Index(testRules, "rules:"):])
 	h.container("n1", "a", OwnerVigil, 0)
 	ctx := context.Background()
 	s := h.receive(alert("Unhealthy", "n1", "a", h.clock.Now()))
@@ -530,11 +535,3 @@ func TestSweep(t *testing.T) {
 	}
 }
 
-func strings_index(s, sub string) int {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return i
-		}
-	}
-	return -1
-}

@@ -26,12 +26,15 @@ type StaticFleet struct {
 	mu         sync.RWMutex
 	nodes      map[string]bool // name → up
 	containers []FleetContainer
+	byID       map[[2]string][]int // node, id → indexes in containers
 }
 
 var _ FleetView = (*StaticFleet)(nil)
 
 // NewStaticFleet returns an empty fleet.
-func NewStaticFleet() *StaticFleet { return &StaticFleet{nodes: map[string]bool{}} }
+func NewStaticFleet() *StaticFleet {
+	return &StaticFleet{nodes: map[string]bool{}, byID: map[[2]string][]int{}}
+}
 
 // SetNode adds or updates a node.
 func (f *StaticFleet) SetNode(name string, up bool) {
@@ -52,10 +55,21 @@ func (f *StaticFleet) Put(c FleetContainer) {
 		if old.Node == c.Node && old.Namespace == c.Namespace &&
 			(old.ID == c.ID || (c.Pod != "" && old.PodNamespace == c.PodNamespace && old.Pod == c.Pod && old.Name == c.Name)) {
 			f.containers[i] = c
+			f.reindex()
 			return
 		}
 	}
 	f.containers = append(f.containers, c)
+	k := [2]string{c.Node, c.ID}
+	f.byID[k] = append(f.byID[k], len(f.containers)-1)
+}
+
+func (f *StaticFleet) reindex() {
+	f.byID = make(map[[2]string][]int, len(f.containers))
+	for i, c := range f.containers {
+		k := [2]string{c.Node, c.ID}
+		f.byID[k] = append(f.byID[k], i)
+	}
 }
 
 // Size implements FleetView.
@@ -82,16 +96,17 @@ func (f *StaticFleet) Lookup(ref TargetRef) (TargetState, error) {
 		return TargetState{Target: Target{Node: ref.Node, Interface: ref.Interface}, NodeUp: up}, nil
 	}
 	var found []FleetContainer
-	for _, c := range f.containers {
-		if c.Node != ref.Node {
-			continue
-		}
-		if ref.Pod != "" {
-			if c.PodNamespace == ref.PodNamespace && c.Pod == ref.Pod && c.Name == ref.Container && (ref.Namespace == "" || ref.Namespace == c.Namespace) {
+	if ref.Pod != "" {
+		for _, c := range f.containers {
+			if c.Node == ref.Node && c.PodNamespace == ref.PodNamespace && c.Pod == ref.Pod && c.Name == ref.Container && (ref.Namespace == "" || ref.Namespace == c.Namespace) {
 				found = append(found, c)
 			}
-		} else if c.ID == ref.Container && (ref.Namespace == "" || c.Namespace == ref.Namespace) {
-			found = append(found, c)
+		}
+	} else {
+		for _, i := range f.byID[[2]string{ref.Node, ref.Container}] {
+			if c := f.containers[i]; ref.Namespace == "" || c.Namespace == ref.Namespace {
+				found = append(found, c)
+			}
 		}
 	}
 	switch len(found) {
