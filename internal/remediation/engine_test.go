@@ -534,4 +534,3 @@ func TestSweep(t *testing.T) {
 		}
 	}
 }
-
