@@ -68,7 +68,10 @@ type Engine struct {
 	now       func() time.Time
 	log       *slog.Logger
 	m         *metrics
-	mu        sync.Mutex   // orders this replica's decisions (not for correctness)
+	mu        sync.Mutex // orders this replica's decisions (not for correctness)
+	gmu       sync.Mutex // guards queue and leading (group commit of webhooks)
+	queue     []*receiveReq
+	leading   bool
 	journalNS atomic.Int64 // the last journal key's time
 	inst      uint32
 	storm     atomic.Bool
@@ -269,121 +272,162 @@ type prepared struct {
 	intent    string
 }
 
-// Receive journals and decides every alert of w in one store transaction,
-// and returns once it is committed: the intents are claimed, the commands
-// in their nodes' outboxes. An error means nothing was written (a store
-// that cannot be written, or kept conflicting): the webhook answers 5xx and
-// Alertmanager delivers again, which is then safe.
+// Receive journals and decides every alert of w, and returns once that is
+// committed: the intents are claimed, the commands in their nodes'
+// outboxes. An error means nothing of w was written (a store that cannot be
+// written, or kept conflicting): the webhook answers 5xx and Alertmanager
+// delivers again, which is then safe.
+//
+// Webhooks received at the same time are committed together, in one store
+// transaction (group commit, as bbolt's Batch does): the cost of a webhook
+// is the store's fsync, shared by all those waiting for it. One caller at a
+// time leads a group and the others wait for it; a group holds at most
+// maxGroupAlerts alerts. Receive blocks until its webhook is committed or
+// failed, whatever ctx does: its webhook may be in a group under way.
 func (e *Engine) Receive(ctx context.Context, w *Webhook, receivedAt time.Time) (Summary, error) {
+	req := &receiveReq{w: w, received: receivedAt, done: make(chan struct{}), lead: make(chan struct{})}
+	e.gmu.Lock()
+	e.queue = append(e.queue, req)
+	leader := !e.leading
+	e.leading = true
+	e.gmu.Unlock()
+	if !leader {
+		select {
+		case <-req.done:
+			return req.sum, req.err
+		case <-req.lead:
+		}
+	}
+	// Lead one group (with this webhook in it), then hand the lead to the
+	// first webhook still waiting, so no caller serves others for long.
+	e.gmu.Lock()
+	var group []*receiveReq
+	alerts := 0
+	for len(e.queue) > 0 && (len(group) == 0 || alerts+len(e.queue[0].w.Alerts) <= maxGroupAlerts) {
+		alerts += len(e.queue[0].w.Alerts)
+		group = append(group, e.queue[0])
+		e.queue = e.queue[1:]
+	}
+	e.gmu.Unlock()
+	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), groupTimeout)
+	e.receiveGroup(gctx, group)
+	cancel()
+	e.gmu.Lock()
+	if len(e.queue) > 0 {
+		close(e.queue[0].lead)
+	} else {
+		e.leading = false
+	}
+	e.gmu.Unlock()
+	<-req.done
+	return req.sum, req.err
+}
+
+// maxGroupAlerts bounds one group commit; groupTimeout bounds its store
+// transaction (the callers waiting for it do not carry their own deadline
+// into it).
+const (
+	maxGroupAlerts = 1000
+	groupTimeout   = 10 * time.Second
+)
+
+type receiveReq struct {
+	w        *Webhook
+	received time.Time
+	sum      Summary
+	err      error
+	done     chan struct{} // closed when sum and err are set
+	lead     chan struct{} // closed when this caller is to lead the next group
+}
+
+// receiveGroup decides the alerts of a group of webhooks in one store
+// transaction and answers each caller.
+func (e *Engine) receiveGroup(ctx context.Context, group []*receiveReq) {
 	rs := e.rules.Current()
 	size := e.fleet.Size()
-	ps := make([]prepared, len(w.Alerts))
-	for i := range w.Alerts {
-		a := &w.Alerts[i]
-		p := prepared{a: a, rule: rs.Match(a.Labels)}
-		if p.rule != nil {
-			p.ref = p.rule.Ref(a.Labels)
-			p.state, p.lookupErr = e.fleet.Lookup(p.ref)
-			p.target = p.ref.String()
-			if p.lookupErr == nil {
-				p.target = p.state.Target.Key()
+	ps := make([][]prepared, len(group))
+	total := 0
+	for g, req := range group {
+		w := req.w
+		total += len(w.Alerts)
+		ps[g] = make([]prepared, len(w.Alerts))
+		for i := range w.Alerts {
+			a := &w.Alerts[i]
+			p := prepared{a: a, rule: rs.Match(a.Labels)}
+			if p.rule != nil {
+				p.ref = p.rule.Ref(a.Labels)
+				p.state, p.lookupErr = e.fleet.Lookup(p.ref)
+				p.target = p.ref.String()
+				if p.lookupErr == nil {
+					p.target = p.state.Target.Key()
+				}
+				p.intent = intentKey(a.Fingerprint, a.StartsAt, p.rule.Action)
 			}
-			p.intent = intentKey(a.Fingerprint, a.StartsAt, p.rule.Action)
+			ps[g][i] = p
 		}
-		ps[i] = p
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	var sum Summary
+	sums := make([]Summary, len(group))
 	var out []decided
 	var storm bool
 	_, err := e.atomically(ctx, func(t *txn) error {
-		sum, out = Summary{Alerts: len(ps)}, out[:0]
+		out = out[:0]
 		now := e.now()
 		firing, err := e.firingTargets(ctx, rs, now)
 		if err != nil {
 			return err
 		}
-		for _, p := range ps {
-			if p.rule != nil && p.a.Status == StatusFiring {
-				firing[p.target] = struct{}{}
+		for _, gp := range ps {
+			for _, p := range gp {
+				if p.rule != nil && p.a.Status == StatusFiring {
+					firing[p.target] = struct{}{}
+				}
 			}
 		}
 		storm = stormActive(rs, len(firing), size)
-		for _, p := range ps {
-			a := p.a
-			j := JournalEntry{Time: now, Kind: JournalAlert, AlertName: a.Name(), Fingerprint: a.Fingerprint, AlertStatus: a.Status,
-				AlertStartsAt: a.StartsAt, Target: p.target}
-			if p.rule == nil {
-				j.Message = "no rule matches"
-				e.addJournal(t, j)
-				sum.Unmatched++
-				continue
-			}
-			j.Action, j.Message = p.rule.Action, "rule "+p.rule.Name
-			e.addJournal(t, j)
-			if a.Status == StatusResolved {
-				t.del(firingKey(p.target))
-				d, err := e.resolve(ctx, t, p, now)
+		for g, gp := range ps {
+			sums[g] = Summary{Alerts: len(gp)}
+			sum := &sums[g]
+			for _, p := range gp {
+				d, err := e.decideAlert(ctx, t, rs, size, p, now, group[g].received, storm, len(firing))
 				if err != nil {
 					return err
 				}
-				if d != nil {
-					out = append(out, *d)
+				switch {
+				case d == nil:
+					sum.Unmatched++
+					continue
+				case d.duplicate:
+					sum.Duplicates++
+				case d.cancelled:
 					sum.Cancelled++
+				case d.rec.State == StatePending:
+					sum.Acted++
+				case d.rec.ID != "":
+					sum.Suppressed++
+				}
+				if d.rec.ID != "" {
 					sum.IDs = append(sum.IDs, d.rec.ID)
 				}
-				continue
-			}
-			t.put(firingKey(p.target), firingValue{Seen: now, Fingerprint: a.Fingerprint})
-			var iv intentValue
-			claimed, err := t.getJSON(ctx, p.intent, &iv)
-			if err != nil {
-				return err
-			}
-			if claimed {
-				iv.LastSeen = now
-				t.put(p.intent, iv)
-				e.addJournal(t, JournalEntry{Time: now, Kind: JournalDuplicate, RemediationID: iv.RemediationID, AlertName: a.Name(),
-					Fingerprint: a.Fingerprint, AlertStartsAt: a.StartsAt, Action: p.rule.Action, Target: p.target, Result: string(ReasonDuplicate),
-					Message: "this alert's intent was claimed at " + iv.CreatedAt.Format(time.RFC3339Nano) + " by remediation " + iv.RemediationID})
-				out = append(out, decided{duplicate: true})
-				sum.Duplicates++
-				continue
-			}
-			budgetKey := ""
-			if p.lookupErr == nil {
-				budgetKey = p.target
-			}
-			b, err := readBudget(ctx, t, rs, size, budgetKey)
-			if err != nil {
-				return err
-			}
-			in := Input{Now: now, Rules: rs, Rule: p.rule, Action: p.rule.Action, Signal: p.rule.Signal, Ref: p.ref, State: p.state,
-				LookupErr: p.lookupErr, AlertContainerID: a.Labels["container_id"], Fleet: size, Budget: b}
-			if storm {
-				in.FiringTargets = len(firing)
-			}
-			d := Decide(in)
-			rec := Remediation{ID: newID(now), Source: SourceAlert, Rule: p.rule.Name, AlertName: a.Name(), Fingerprint: a.Fingerprint,
-				AlertStartsAt: a.StartsAt, Reason: alertReason(a), Requested: p.rule.Action, Ref: p.ref, ReceivedAt: receivedAt}
-			if err := e.apply(ctx, t, &rec, d, in, p.intent, intentValue{Fingerprint: a.Fingerprint, StartsAt: a.StartsAt, Action: p.rule.Action}); err != nil {
-				return err
-			}
-			out = append(out, decided{rec: rec})
-			sum.IDs = append(sum.IDs, rec.ID)
-			if d.Act {
-				sum.Acted++
-			} else {
-				sum.Suppressed++
+				if d.rec.ID != "" || d.duplicate {
+					out = append(out, *d)
+				}
 			}
 		}
 		return nil
 	})
-	if err != nil {
-		return Summary{}, err
+	for g, req := range group {
+		req.sum, req.err = sums[g], err
+		if err != nil {
+			req.sum = Summary{}
+		}
+		close(req.done)
 	}
-	e.setStorm(storm, len(ps))
+	if err != nil {
+		return
+	}
+	e.setStorm(storm, total)
 	for _, d := range out {
 		switch {
 		case d.duplicate:
@@ -399,7 +443,66 @@ func (e *Engine) Receive(ctx context.Context, w *Webhook, receivedAt time.Time) 
 				"target", targetString(&d.rec), "state", string(d.rec.State), "result", d.rec.Result, "message", d.rec.Message)
 		}
 	}
-	return sum, nil
+}
+
+// decideAlert journals one alert and decides it within t. nil: no rule
+// matched; an empty decided: a resolved alert that cancelled nothing.
+func (e *Engine) decideAlert(ctx context.Context, t *txn, rs *Rules, size FleetSize, p prepared, now, received time.Time, storm bool, firing int) (*decided, error) {
+	a := p.a
+	j := JournalEntry{Time: now, Kind: JournalAlert, AlertName: a.Name(), Fingerprint: a.Fingerprint, AlertStatus: a.Status,
+		AlertStartsAt: a.StartsAt, Target: p.target}
+	if p.rule == nil {
+		j.Message = "no rule matches"
+		e.addJournal(t, j)
+		return nil, nil
+	}
+	j.Action, j.Message = p.rule.Action, "rule "+p.rule.Name
+	e.addJournal(t, j)
+	if a.Status == StatusResolved {
+		t.del(firingKey(p.target))
+		d, err := e.resolve(ctx, t, p, now)
+		if err != nil {
+			return nil, err
+		}
+		if d == nil {
+			return &decided{}, nil // nothing to cancel: counted as none
+		}
+		return d, nil
+	}
+	t.put(firingKey(p.target), firingValue{Seen: now, Fingerprint: a.Fingerprint})
+	var iv intentValue
+	claimed, err := t.getJSON(ctx, p.intent, &iv)
+	if err != nil {
+		return nil, err
+	}
+	if claimed {
+		iv.LastSeen = now
+		t.put(p.intent, iv)
+		e.addJournal(t, JournalEntry{Time: now, Kind: JournalDuplicate, RemediationID: iv.RemediationID, AlertName: a.Name(),
+			Fingerprint: a.Fingerprint, AlertStartsAt: a.StartsAt, Action: p.rule.Action, Target: p.target, Result: string(ReasonDuplicate),
+			Message: "this alert's intent was claimed at " + iv.CreatedAt.Format(time.RFC3339Nano) + " by remediation " + iv.RemediationID})
+		return &decided{duplicate: true}, nil
+	}
+	budgetKey := ""
+	if p.lookupErr == nil {
+		budgetKey = p.target
+	}
+	b, err := readBudget(ctx, t, rs, size, budgetKey)
+	if err != nil {
+		return nil, err
+	}
+	in := Input{Now: now, Rules: rs, Rule: p.rule, Action: p.rule.Action, Signal: p.rule.Signal, Ref: p.ref, State: p.state,
+		LookupErr: p.lookupErr, AlertContainerID: a.Labels["container_id"], Fleet: size, Budget: b}
+	if storm {
+		in.FiringTargets = firing
+	}
+	d := Decide(in)
+	rec := Remediation{ID: newID(now), Source: SourceAlert, Rule: p.rule.Name, AlertName: a.Name(), Fingerprint: a.Fingerprint,
+		AlertStartsAt: a.StartsAt, Reason: alertReason(a), Requested: p.rule.Action, Ref: p.ref, ReceivedAt: received}
+	if err := e.apply(ctx, t, &rec, d, in, p.intent, intentValue{Fingerprint: a.Fingerprint, StartsAt: a.StartsAt, Action: p.rule.Action}); err != nil {
+		return nil, err
+	}
+	return &decided{rec: rec}, nil
 }
 
 func alertReason(a *Alert) string {

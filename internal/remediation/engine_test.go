@@ -89,8 +89,12 @@ rules:
 		id := "c" + string(rune('A'+i/26)) + string(rune('a'+i%26))
 		h.container("n1", id, OwnerVigil, 0)
 		wg.Go(func() {
-			if _, err := engines[i%2].Receive(context.Background(), hook(alert("Unhealthy", "n1", id, h.clock.Now())), h.clock.Now()); err != nil {
+			s, err := engines[i%2].Receive(context.Background(), hook(alert("Unhealthy", "n1", id, h.clock.Now())), h.clock.Now())
+			if err != nil {
 				t.Error(err)
+			}
+			if s.Alerts != 1 || s.Acted+s.Suppressed != 1 || len(s.IDs) != 1 {
+				t.Errorf("summary of a webhook in a group = %+v", s)
 			}
 		})
 	}
@@ -341,7 +345,7 @@ func TestResolvedCancelsPending(t *testing.T) {
 	for _, x := range []*Alert{&a, &b} {
 		x.Status, x.EndsAt = StatusResolved, h.clock.Now()
 	}
-	if got := h.receive(a, b); got.Cancelled != 1 {
+	if got := h.receive(a, b); got.Cancelled != 1 || got.Unmatched != 0 || got.Acted+got.Suppressed+got.Duplicates != 0 {
 		t.Fatalf("%+v", got)
 	}
 	if r, _ := h.e.Get(ctx, s.IDs[0]); r.State != StateCancelled || r.Result != "resolved" {
