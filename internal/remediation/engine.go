@@ -596,7 +596,9 @@ func (e *Engine) setStorm(on bool, firingHint int) {
 		e.log.Info("storm guard: storm over, alert-driven actions resume")
 	}
 	now := e.now()
-	_, err := e.atomically(context.Background(), func(t *txn) error {
+	ctx, cancel := context.WithTimeout(context.Background(), groupTimeout)
+	defer cancel()
+	_, err := e.atomically(ctx, func(t *txn) error {
 		msg := "storm over: alert-driven actions resume"
 		if on {
 			msg = "storm: more targets fire at once than the storm guard allows; every alert-driven action is held"
