@@ -144,7 +144,10 @@ type Store interface {
 	// A Txn that changes nothing (only deletes of missing keys) does not
 	// advance the revision. A Txn whose conds hold but that attaches a key
 	// to a lease that does not exist fails with ErrNotFound and applies
-	// nothing.
+	// nothing. A Txn that fails with ErrUnavailable or a context error
+	// may still have been applied (etcd cannot tell a lost answer from a
+	// lost request): conditions make the retry safe, and its conflict
+	// (or a Get) tells.
 	Txn(ctx context.Context, conds []Cond, ops []Op) (TxnResult, error)
 	// Watch streams every change to keys with prefix at revisions after
 	// afterRev, in revision order, until ctx ends (the channel is then

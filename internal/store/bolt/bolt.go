@@ -60,6 +60,10 @@ func (o *Options) setDefaults() {
 	}
 }
 
+// maxKeySize leaves room for the lease index's 8-byte prefix within
+// bbolt's limit.
+const maxKeySize = bbolt.MaxKeySize - 8
+
 // format names this file layout in the meta bucket; Open refuses others.
 const format = "vigil-store-v1"
 
@@ -87,6 +91,11 @@ type Store struct {
 	// events in revision order.
 	mu     sync.Mutex
 	leases map[store.LeaseID]*lease
+
+	// pmu guards the Txns waiting for a commit (group commit).
+	pmu        sync.Mutex
+	pending    []*txnReq
+	committing bool
 
 	closed    atomic.Bool
 	done      chan struct{} // closed by Close: the expiry loop and watchers stop
@@ -318,6 +327,9 @@ func validate(conds []store.Cond, ops []store.Op) error {
 		if op.Key == "" {
 			return fmt.Errorf("txn: op on an empty key: %w", errdefs.ErrInvalid)
 		}
+		if len(op.Key) > maxKeySize {
+			return fmt.Errorf("txn: key of %d bytes, more than %d: %w", len(op.Key), maxKeySize, errdefs.ErrInvalid)
+		}
 		if op.Kind != store.OpPut && op.Kind != store.OpDelete {
 			return fmt.Errorf("txn: op on %q of unknown kind %d: %w", op.Key, op.Kind, errdefs.ErrInvalid)
 		}
@@ -329,7 +341,13 @@ func validate(conds []store.Cond, ops []store.Op) error {
 	return nil
 }
 
-// Txn implements store.Store.
+// Txn implements store.Store. Concurrent Txns are committed together, each
+// at its own revision, in one bbolt transaction and one fsync (group
+// commit): the first caller to find no commit in progress commits every
+// Txn queued by then, and hands the next batch to a caller waiting in it.
+// A Txn whose ctx ends while it is queued leaves the queue; once a batch
+// has taken it, it waits for that batch's commit (one fsync) and is applied
+// only if its ctx is still live when its turn in the batch comes.
 func (s *Store) Txn(ctx context.Context, conds []store.Cond, ops []store.Op) (store.TxnResult, error) {
 	if err := s.enter(ctx); err != nil {
 		return store.TxnResult{}, err
@@ -337,51 +355,160 @@ func (s *Store) Txn(ctx context.Context, conds []store.Cond, ops []store.Op) (st
 	if err := validate(conds, ops); err != nil {
 		return store.TxnResult{}, err
 	}
+	r := &txnReq{ctx: ctx, conds: conds, ops: ops, done: make(chan struct{}), lead: make(chan struct{})}
+	s.pmu.Lock()
+	s.pending = append(s.pending, r)
+	leader := !s.committing
+	s.committing = true
+	s.pmu.Unlock()
+	if !leader {
+		select {
+		case <-r.done:
+			return r.res, r.err
+		case <-r.lead:
+		case <-ctx.Done():
+			if s.unqueue(r) {
+				return store.TxnResult{}, ctx.Err()
+			}
+			// Taken into a batch, or its turn to commit one: see it through.
+			select {
+			case <-r.done:
+				return r.res, r.err
+			case <-r.lead:
+			}
+		}
+	}
+	// This caller commits the batch it is in, then hands on.
+	s.pmu.Lock()
+	batch := s.pending
+	s.pending = nil
+	s.pmu.Unlock()
+	s.commit(batch)
+	s.pmu.Lock()
+	if len(s.pending) > 0 {
+		close(s.pending[0].lead)
+	} else {
+		s.committing = false
+	}
+	s.pmu.Unlock()
+	return r.res, r.err
+}
+
+// unqueue takes r out of the queue if no batch has taken it and it has not
+// been asked to commit the next one.
+func (s *Store) unqueue(r *txnReq) bool {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	select {
+	case <-r.lead:
+		return false
+	default:
+	}
+	for i, p := range s.pending {
+		if p == r {
+			s.pending = append(s.pending[:i], s.pending[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// txnReq is one queued Txn: its result is set and done closed by the
+// caller that commits its batch; lead is closed when it is its caller's
+// turn to commit.
+type txnReq struct {
+	ctx   context.Context
+	conds []store.Cond
+	ops   []store.Op
+	res   store.TxnResult
+	evs   []store.Event
+	err   error
+	done  chan struct{}
+	lead  chan struct{}
+}
+
+// commit applies a batch of Txns in one bbolt transaction, each at the
+// next revision, publishes their events in order and completes them.
+func (s *Store) commit(batch []*txnReq) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	// Waiting for the lock may have taken a while.
-	if err := s.enter(ctx); err != nil {
-		return store.TxnResult{}, err
+	defer func() {
+		for _, r := range batch {
+			close(r.done)
+		}
+	}()
+	if s.closed.Load() {
+		for _, r := range batch {
+			r.err = fmt.Errorf("store %s: %w", s.path, store.ErrClosed)
+		}
+		return
 	}
-	var res store.TxnResult
-	var evs []store.Event
 	now := s.opts.Now()
 	err := s.db.Update(func(tx *bbolt.Tx) error {
-		w := newWriter(tx)
-		res.Revision = w.rev
-		for _, c := range conds {
-			if w.modRevision(c.Key) != c.ModRevision {
-				return nil
+		for _, r := range batch {
+			if err := r.ctx.Err(); err != nil {
+				r.err = err
+				continue
 			}
-		}
-		for _, op := range ops {
-			if op.Kind == store.OpPut && op.Lease != store.NoLease {
-				if l, ok := s.leases[op.Lease]; !ok || !now.Before(l.deadline) {
-					return fmt.Errorf("txn: put %q with lease %x: lease %w", op.Key, int64(op.Lease), errdefs.ErrNotFound)
-				}
-			}
-		}
-		res.Succeeded = true
-		for _, op := range ops {
-			var err error
-			if op.Kind == store.OpPut {
-				err = w.put(op.Key, op.Value, op.Lease)
-			} else {
-				err = w.delete(op.Key)
-			}
-			if err != nil {
+			if err := s.apply(tx, r, now); err != nil {
 				return err
 			}
 		}
-		evs = w.events
-		res.Revision = w.newRev()
-		return w.commit()
+		return nil
 	})
 	if err != nil {
-		return store.TxnResult{}, s.writeErr(err)
+		for _, r := range batch {
+			r.res, r.evs, r.err = store.TxnResult{}, nil, s.writeErr(err)
+		}
+		return
 	}
-	s.hist.publish(res.Revision, evs)
-	return res, nil
+	for _, r := range batch {
+		if r.err == nil {
+			s.hist.publish(r.res.Revision, r.evs)
+		}
+	}
+}
+
+// apply carries out one Txn inside tx. A Txn refused (a missing lease, a
+// damaged record) sets r.err and writes nothing; an error returned is the
+// transaction's and fails the whole batch.
+func (s *Store) apply(tx *bbolt.Tx, r *txnReq, now time.Time) error {
+	w := newWriter(tx)
+	r.res.Revision = w.rev
+	for _, c := range r.conds {
+		if w.modRevision(c.Key) != c.ModRevision {
+			return nil
+		}
+	}
+	for _, op := range r.ops {
+		if op.Kind == store.OpPut && op.Lease != store.NoLease {
+			if l, ok := s.leases[op.Lease]; !ok || !now.Before(l.deadline) {
+				r.err = fmt.Errorf("txn: put %q with lease %x: lease %w", op.Key, int64(op.Lease), errdefs.ErrNotFound)
+				return nil
+			}
+		}
+		if old := w.kv.Get([]byte(op.Key)); old != nil && op.Kind == store.OpPut {
+			if _, err := decodeKV(op.Key, old); err != nil {
+				r.err = fmt.Errorf("store %s: txn: %w", s.path, err)
+				return nil
+			}
+		}
+	}
+	r.res.Succeeded = true
+	for _, op := range r.ops {
+		var err error
+		if op.Kind == store.OpPut {
+			err = w.put(op.Key, op.Value, op.Lease)
+		} else {
+			err = w.delete(op.Key)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	r.evs = w.events
+	r.res.Revision = w.newRev()
+	return w.commit()
 }
 
 // Close implements store.Store: it stops lease expiry, ends every watch with

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ import (
 	"github.com/vigilhq/vigil/internal/store/storetest"
 )
 
-func openTemp(t *testing.T, opts Options) *Store {
+func openTemp(t testing.TB, opts Options) *Store {
 	t.Helper()
 	s, err := Open(filepath.Join(t.TempDir(), "store.db"), opts)
 	if err != nil {
@@ -284,5 +285,110 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	}
 	if !errors.Is(last, store.ErrClosed) {
 		t.Fatalf("unread watch ended with %v; want ErrClosed", last)
+	}
+}
+
+// TestGroupCommitIsolatesRefusals: Txns committed in one batch succeed or
+// fail each on its own: one refused (a missing lease) or canceled applies
+// nothing and takes nothing from the others.
+func TestGroupCommitIsolatesRefusals(t *testing.T) {
+	ctx := context.Background()
+	s := openTemp(t, Options{})
+	id, err := s.Grant(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	const n = 60
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			key := fmt.Sprintf("k%02d", i)
+			switch i % 3 {
+			case 0:
+				_, errs[i] = store.Create(ctx, s, key, []byte("x"), id)
+			case 1:
+				_, errs[i] = store.Create(ctx, s, key, []byte("x"), id+1000) // no such lease
+			case 2:
+				_, errs[i] = store.Create(canceled, s, key, []byte("x"), store.NoLease)
+			}
+		}()
+	}
+	wg.Wait()
+	kvs, rev, err := s.List(ctx, "k", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, err := range errs {
+		switch i % 3 {
+		case 0:
+			if err != nil {
+				t.Errorf("k%02d: %v", i, err)
+			}
+		case 1:
+			if !errors.Is(err, errdefs.ErrNotFound) {
+				t.Errorf("k%02d with a missing lease: %v; want ErrNotFound", i, err)
+			}
+		case 2:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("k%02d with a canceled context: %v", i, err)
+			}
+		}
+	}
+	if len(kvs) != n/3 {
+		t.Fatalf("%d keys; want %d: %v", len(kvs), n/3, kvs)
+	}
+	// Revisions are dense: one per applied Txn, after the Grant's 1.
+	if rev != 1+n/3 {
+		t.Fatalf("revision %d after %d creates", rev, n/3)
+	}
+}
+
+// TestQueuedTxnHonoursContext: a Txn queued behind a commit that does not
+// finish returns when its context ends, and is not applied later.
+func TestQueuedTxnHonoursContext(t *testing.T) {
+	ctx := context.Background()
+	s := openTemp(t, Options{})
+	s.mu.Lock() // stands for a commit stuck in fsync
+	first := make(chan error, 1)
+	go func() { _, err := store.PutKey(ctx, s, "first", nil); first <- err }()
+	// Wait until the first Txn is committing (it leads, and blocks on mu).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.pmu.Lock()
+		leading := s.committing && len(s.pending) == 0
+		s.pmu.Unlock()
+		if leading {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("first Txn never started its commit")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	qctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := store.PutKey(qctx, s, "queued", nil)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued Txn past its deadline = %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("queued Txn returned after %v", took)
+	}
+	s.mu.Unlock()
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, "queued"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("Txn that gave up while queued was applied: %v", err)
+	}
+	// The queue still works.
+	if _, err := store.PutKey(ctx, s, "after", nil); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -5,4 +5,8 @@
 // comments against it (revisions, create-if-absent under contention,
 // compare-and-swap, transaction atomicity, list and watch by prefix,
 // compaction, leases and their expiry, contexts, Close).
+//
+// Revisions are store-wide, so a check expects that nothing else writes to
+// the store while it runs (an etcd test gives each check a prefix of its
+// own on one cluster and runs them one after the other).
 package storetest
