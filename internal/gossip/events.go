@@ -68,10 +68,27 @@ type conflictDelegate struct{ m *Member }
 // dead, or two nodes misconfigured with one name. memberlist ignores the
 // newcomer until the old entry is dead; then DeadNodeReclaimTime lets the
 // new address take the name.
-func (d conflictDelegate) NotifyConflict(existing, other *memberlist.Node) {
+func (d conflictDelegate) NotifyConflict(existing, _ *memberlist.Node) {
 	d.m.stats.conflicts.Add(1)
-	d.m.log.Warn("gossip: two addresses claim one member name; the new one is taken once the old is dead",
-		"name", existing.Name, "known", nodeAddr(existing), "claimant", nodeAddr(other))
+	if existing.Name == d.m.cfg.Name {
+		d.m.selfConflict.Store(true) // joinLoop announces this address again
+	}
+	// memberlist logs each conflict itself ("Conflicting address for ...").
+}
+
+type mergeDelegate struct{ m *Member }
+
+// NotifyMerge sees the full member list of the peer a join talked to. If
+// that peer holds this member's name at another address, or not alive
+// (this node's previous life, not yet dead, or dead and not yet replaced),
+// joinLoop joins again until the peers have this address.
+func (d mergeDelegate) NotifyMerge(peers []*memberlist.Node) error {
+	for _, n := range peers {
+		if n.Name == d.m.cfg.Name && (n.State != memberlist.StateAlive || nodeAddr(n) != d.m.LocalAddr()) {
+			d.m.selfConflict.Store(true)
+		}
+	}
+	return nil
 }
 
 // delegate serves the local metadata; Vigil sends no user messages.

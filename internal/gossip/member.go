@@ -58,6 +58,9 @@ type Member struct {
 	ml      atomic.Pointer[memberlist.Memberlist]
 	tr      atomic.Pointer[countingTransport]
 	crashed atomic.Bool // tests: stopped without leaving, as a kill would
+	// selfConflict: a peer's state gave this member's name another
+	// address (this node's previous life, not yet declared dead).
+	selfConflict atomic.Bool
 
 	stats struct {
 		eventsDropped, resyncs       atomic.Uint64
@@ -157,6 +160,7 @@ func (m *Member) create() (*memberlist.Memberlist, *countingTransport, error) {
 	mc.Events = eventDelegate{m}
 	mc.Ping = pingDelegate{m}
 	mc.Conflict = conflictDelegate{m}
+	mc.Merge = mergeDelegate{m}
 	var inner memberlist.NodeAwareTransport = m.cfg.Transport
 	if inner == nil {
 		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
@@ -379,8 +383,16 @@ func (m *Member) seedAddrs(ctx context.Context) []string {
 // joinLoop joins the seeds while no peer is alive: at start, after a
 // partition that left this member alone, or when seeds are added. It waits
 // JoinBackoffInitial after a failure, doubling up to JoinBackoffMax.
+//
+// It also joins again, every ProbeInterval doubling up to JoinBackoffMax,
+// while the peer it joined holds this member's name at another address or
+// not alive: the node came back with a new address before its old self was
+// declared dead. memberlist ignores the new address until then and does
+// not announce it again by itself; a join (a push/pull with a seed) does,
+// and DeadNodeReclaimTime lets it take the name of the dead entry.
 func (m *Member) joinLoop(ctx context.Context) {
 	backoff := m.cfg.JoinBackoffInitial
+	conflictBackoff := m.cfg.ProbeInterval
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -392,7 +404,8 @@ func (m *Member) joinLoop(ctx context.Context) {
 		}
 		wait := m.cfg.JoinBackoffMax
 		ml := m.ml.Load()
-		if ml.NumMembers() <= 1 {
+		conflicted := m.selfConflict.Swap(false)
+		if ml.NumMembers() <= 1 || conflicted {
 			if seeds := m.seedAddrs(ctx); len(seeds) > 0 {
 				n, err := ml.Join(seeds)
 				if n > 0 {
@@ -406,6 +419,12 @@ func (m *Member) joinLoop(ctx context.Context) {
 					backoff = min(2*backoff, m.cfg.JoinBackoffMax)
 				}
 			}
+		}
+		if m.selfConflict.Load() {
+			wait = min(wait, conflictBackoff)
+			conflictBackoff = min(2*conflictBackoff, m.cfg.JoinBackoffMax)
+		} else if !conflicted {
+			conflictBackoff = m.cfg.ProbeInterval
 		}
 		if !t.Stop() {
 			select {

@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -218,3 +219,178 @@ func TestBadKeyFile(t *testing.T) {
 }
 
 var _ = io.Discard
+
+func TestRestartWithNewAddressIsTheSameMember(t *testing.T) {
+	ms := cluster(t, 3, nil)
+	a, b, c := ms[0], ms[1], ms[2]
+	oldAddr := c.LocalAddr()
+	c.crash()
+	c.stop(t)
+	cfg := loopbackConfig(t, c.Name()) // same name, a new ephemeral port
+	cfg.Seeds = []string{a.LocalAddr().String()}
+	c2 := start(t, cfg)
+	if c2.LocalAddr() == oldAddr {
+		t.Fatalf("the restarted member got the old address %v again", oldAddr)
+	}
+	took := waitFor(t, 45*time.Second, "a and b see node-c alive at its new address", func() bool {
+		for _, o := range []*running{a, b} {
+			v, _ := viewOf(o.Member, c.Name())
+			if v.State != StateAlive || v.Addr != c2.LocalAddr() {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("node-c back at %v (was %v): taken as the same member in %v", c2.LocalAddr(), oldAddr, took)
+	n := 0
+	for _, v := range a.Views() {
+		if v.Name == c.Name() {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("a has %d entries named node-c, want 1", n)
+	}
+	waitFor(t, 20*time.Second, "node-c sees a and b alive", func() bool {
+		return stateOf(c2.Member, a.Name()) == StateAlive && stateOf(c2.Member, b.Name()) == StateAlive
+	})
+}
+
+// writeKeys writes a key file.
+func writeKeys(t testing.TB, path string, keys ...[]byte) {
+	t.Helper()
+	var lines []string
+	for _, k := range keys {
+		lines = append(lines, b64(k))
+	}
+	if err := os.WriteFile(path+".tmp", []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil { // as a Secret volume update swaps it
+		t.Fatal(err)
+	}
+}
+
+func TestMemberWithoutTheKeyCannotJoin(t *testing.T) {
+	dir := t.TempDir()
+	k1, k2 := key(1, 32), key(2, 32)
+	ms := cluster(t, 2, func(c *Config) {
+		c.KeyFile = filepath.Join(dir, c.Name)
+		writeKeys(t, c.KeyFile, k1)
+	})
+	a := ms[0]
+	for _, tc := range []struct {
+		name string
+		keys [][]byte
+	}{{"wrong-key", [][]byte{k2}}, {"no-key", nil}} {
+		cfg := loopbackConfig(t, tc.name)
+		cfg.Seeds = []string{a.LocalAddr().String()}
+		cfg.JoinBackoffMax = 200 * time.Millisecond
+		if tc.keys != nil {
+			cfg.KeyFile = filepath.Join(dir, tc.name)
+			writeKeys(t, cfg.KeyFile, tc.keys...)
+		}
+		x := start(t, cfg)
+		waitFor(t, 20*time.Second, tc.name+" failed to join three times", func() bool { return x.stats.joinFailures.Load() >= 3 })
+		if _, ok := viewOf(a.Member, tc.name); ok {
+			t.Errorf("the cluster let %s in", tc.name)
+		}
+		if vs := x.Views(); len(vs) != 0 {
+			t.Errorf("%s sees peers %v", tc.name, vs)
+		}
+		if x.stats.joins.Load() != 0 {
+			t.Errorf("%s counted a successful join", tc.name)
+		}
+	}
+}
+
+func TestKeyRotationWithoutRestart(t *testing.T) {
+	dir := t.TempDir()
+	k1, k2 := key(1, 32), key(2, 16)
+	ms := cluster(t, 3, func(c *Config) {
+		c.KeyFile = filepath.Join(dir, c.Name)
+		writeKeys(t, c.KeyFile, k1)
+		if c.Name == "node-c" {
+			c.KeyReloadInterval = 100 * time.Millisecond // c finds the changes itself
+		}
+	})
+	a, b, c := ms[0], ms[1], ms[2]
+	reload := func(step string) {
+		t.Helper()
+		for _, m := range []*running{a, b} {
+			if err := m.ReloadKeys(); err != nil {
+				t.Fatalf("%s: %s: ReloadKeys: %v", step, m.Name(), err)
+			}
+		}
+		waitFor(t, 10*time.Second, step+": c reloads its file itself", func() bool {
+			keys, _ := ReadKeyFile(c.cfg.KeyFile)
+			return bytes.Equal(c.ring.GetPrimaryKey(), keys[0]) && len(c.ring.GetKeys()) == len(keys)
+		})
+	}
+	// A metadata change of each member reaches the others: gossip flows.
+	round := 0
+	flows := func(step string) {
+		t.Helper()
+		round++
+		up := round%2 == 1
+		for _, m := range ms {
+			m.SetLocalState(LocalState{StreamUp: up})
+		}
+		waitFor(t, 15*time.Second, step+": every member sees the others' new metadata", func() bool {
+			for _, x := range ms {
+				for _, y := range ms {
+					if v, _ := viewOf(x.Member, y.Name()); x != y && (v.State != StateAlive || v.Meta.StreamUp != up) {
+						return false
+					}
+				}
+			}
+			return true
+		})
+	}
+	for _, m := range ms {
+		writeKeys(t, m.cfg.KeyFile, k1, k2)
+	}
+	reload("1. install k2")
+	flows("1. install k2")
+	writeKeys(t, a.cfg.KeyFile, k2, k1) // a encrypts with k2 first, b and c still with k1
+	if err := a.ReloadKeys(); err != nil {
+		t.Fatal(err)
+	}
+	flows("2. a alone uses k2")
+	for _, m := range ms {
+		writeKeys(t, m.cfg.KeyFile, k2, k1)
+	}
+	reload("2. all use k2")
+	for _, m := range ms {
+		writeKeys(t, m.cfg.KeyFile, k2)
+	}
+	reload("3. k1 removed")
+	flows("3. k1 removed")
+
+	// A bad file on reload changes nothing.
+	os.WriteFile(b.cfg.KeyFile, []byte("garbage!\n"), 0o600)
+	if err := b.ReloadKeys(); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "line 1") {
+		t.Errorf("ReloadKeys of a bad file = %v, want ErrInvalid naming line 1", err)
+	}
+	if got := b.ring.GetKeys(); len(got) != 1 || !bytes.Equal(got[0], k2) {
+		t.Errorf("after a bad reload b's ring has %d keys, want k2 alone", len(got))
+	}
+	flows("after a bad reload")
+
+	// Who holds only k1 is out now; who holds k2 gets in.
+	old := loopbackConfig(t, "old-key")
+	old.Seeds = []string{a.LocalAddr().String()}
+	old.KeyFile = filepath.Join(dir, "old")
+	writeKeys(t, old.KeyFile, k1)
+	o := start(t, old)
+	waitFor(t, 20*time.Second, "a member with only the old key fails to join", func() bool { return o.stats.joinFailures.Load() >= 2 })
+	fresh := loopbackConfig(t, "new-key")
+	fresh.Seeds = []string{a.LocalAddr().String()}
+	fresh.KeyFile = filepath.Join(dir, "new")
+	writeKeys(t, fresh.KeyFile, k2)
+	n := start(t, fresh)
+	waitFor(t, 20*time.Second, "a member with the new key joins", func() bool { return stateOf(a.Member, n.Name()) == StateAlive })
+	if _, ok := viewOf(a.Member, o.Name()); ok {
+		t.Error("the member with the old key got in")
+	}
+}
