@@ -10,7 +10,9 @@ func TestAssess(t *testing.T) {
 	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
 	fresh := now.Add(-5 * time.Second)
 	old := now.Add(-time.Minute)
-	rep := func(s State) PeerReport { return PeerReport{State: s, Since: now.Add(-8 * time.Second), ReportedAt: fresh} }
+	rep := func(s State) PeerReport {
+		return PeerReport{State: s, Since: now.Add(-8 * time.Second), ReportedAt: fresh}
+	}
 	staleRep := func(s State) PeerReport { return PeerReport{State: s, ReportedAt: old} }
 	lastSeen := now.Add(-12 * time.Second)
 	for _, tc := range []struct {

@@ -237,33 +237,34 @@ func (m *Member) expire(now time.Time) bool {
 
 // resync rebuilds the view from memberlist's member list after events
 // were dropped. Members lists alive and suspect members alike: a peer
-// this view holds suspect stays suspect.
+// this view holds suspect stays suspect. Only names are read from it
+// (memberlist changes the listed Nodes in place under its own lock, so
+// their address and metadata cannot be read safely): a peer new to the
+// view gets its address and metadata at its next update.
 func (m *Member) resync() {
 	m.stats.resyncs.Add(1)
 	ml := m.ml.Load()
 	now := time.Now()
-	live := make(map[string]*memberlist.Node)
+	live := make(map[string]bool)
 	for _, n := range ml.Members() {
 		if n.Name != m.cfg.Name {
-			live[n.Name] = n
+			live[n.Name] = true
 		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for name, n := range live {
+	for name := range live {
 		v, ok := m.views[name]
 		if !ok {
 			v = &View{Name: name}
 			m.views[name] = v
 		}
-		v.Addr = nodeAddr(n)
-		v.Meta, v.MetaErr = DecodeMeta(n.Meta)
 		if !v.State.Reachable() {
 			v.State, v.Since = StateAlive, now
 		}
 	}
 	for name, v := range m.views {
-		if _, ok := live[name]; !ok && v.State.Reachable() {
+		if !live[name] && v.State.Reachable() {
 			if v.Meta.Leaving {
 				v.State = StateLeft
 			} else {

@@ -56,6 +56,10 @@ type Member struct {
 	running atomic.Bool
 	ready   chan struct{}
 	ml      atomic.Pointer[memberlist.Memberlist]
+	// localAddr is the advertised address, read once at start: memberlist
+	// changes the Nodes that LocalNode and Members return in place, under
+	// a lock of its own, so reading them later races.
+	localAddr atomic.Pointer[netip.AddrPort]
 	tr      atomic.Pointer[countingTransport]
 	crashed atomic.Bool // tests: stopped without leaving, as a kill would
 	// selfConflict: a peer's state gave this member's name another
@@ -128,6 +132,8 @@ func (m *Member) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	local := nodeAddr(ml.LocalNode()) // read once: memberlist changes its Node in place
+	m.localAddr.Store(&local)
 	m.ml.Store(ml)
 	m.tr.Store(tr)
 	close(m.ready)
@@ -227,11 +233,10 @@ func (m *Member) Name() string { return m.cfg.Name }
 // LocalAddr is the address peers reach this member at; the zero value
 // before Run listens.
 func (m *Member) LocalAddr() netip.AddrPort {
-	ml := m.ml.Load()
-	if ml == nil {
-		return netip.AddrPort{}
+	if a := m.localAddr.Load(); a != nil {
+		return *a
 	}
-	return nodeAddr(ml.LocalNode())
+	return netip.AddrPort{}
 }
 
 func nodeAddr(n *memberlist.Node) netip.AddrPort {
