@@ -60,8 +60,8 @@ type Member struct {
 	// changes the Nodes that LocalNode and Members return in place, under
 	// a lock of its own, so reading them later races.
 	localAddr atomic.Pointer[netip.AddrPort]
-	tr      atomic.Pointer[countingTransport]
-	crashed atomic.Bool // tests: stopped without leaving, as a kill would
+	tr        atomic.Pointer[countingTransport]
+	crashed   atomic.Bool // tests: stopped without leaving, as a kill would
 	// selfConflict: a peer's state gave this member's name another
 	// address (this node's previous life, not yet declared dead).
 	selfConflict atomic.Bool
