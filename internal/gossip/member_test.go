@@ -155,6 +155,7 @@ func cluster(t testing.TB, n int, mod func(*Config)) []*running {
 }
 
 func TestClusterKillAndLeave(t *testing.T) {
+	t.Parallel()
 	ms := cluster(t, 4, nil)
 	a, b, c, d := ms[0], ms[1], ms[2], ms[3]
 	v, _ := viewOf(a.Member, b.Name())
@@ -189,6 +190,7 @@ func TestRunTwice(t *testing.T) {
 }
 
 func TestSetLocalStateReachesPeers(t *testing.T) {
+	t.Parallel()
 	ms := cluster(t, 2, nil)
 	a, b := ms[0], ms[1]
 	b.SetLocalState(LocalState{StreamUp: true, Containerd: HealthOK})
@@ -221,6 +223,7 @@ func TestBadKeyFile(t *testing.T) {
 var _ = io.Discard
 
 func TestRestartWithNewAddressIsTheSameMember(t *testing.T) {
+	t.Parallel()
 	ms := cluster(t, 3, nil)
 	a, b, c := ms[0], ms[1], ms[2]
 	oldAddr := c.LocalAddr()
@@ -272,6 +275,7 @@ func writeKeys(t testing.TB, path string, keys ...[]byte) {
 }
 
 func TestMemberWithoutTheKeyCannotJoin(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	k1, k2 := key(1, 32), key(2, 32)
 	ms := cluster(t, 2, func(c *Config) {
@@ -305,6 +309,7 @@ func TestMemberWithoutTheKeyCannotJoin(t *testing.T) {
 }
 
 func TestKeyRotationWithoutRestart(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	k1, k2 := key(1, 32), key(2, 16)
 	ms := cluster(t, 3, func(c *Config) {

@@ -47,6 +47,7 @@ func (r *fakeResolver) set(host string, ips ...string) {
 }
 
 func TestSeedsFromDNS(t *testing.T) {
+	t.Parallel()
 	a := start(t, loopbackConfig(t, "a"))
 	port := int(a.LocalAddr().Port())
 	res := &fakeResolver{records: map[string][]net.IPAddr{}}
@@ -68,6 +69,7 @@ func TestSeedsFromDNS(t *testing.T) {
 }
 
 func TestAddSeeds(t *testing.T) {
+	t.Parallel()
 	a := start(t, loopbackConfig(t, "a"))
 	b := start(t, loopbackConfig(t, "b"))
 	if err := b.AddSeeds("127.0.0.1:notaport", a.LocalAddr().String()); !errors.Is(err, errdefs.ErrInvalid) {
@@ -120,6 +122,7 @@ func TestFullQueueNeverBlocks(t *testing.T) {
 // TestResyncRebuildsTheView: after an overflow, the view is rebuilt from
 // memberlist's member list, even where the events it had were wrong.
 func TestResyncRebuildsTheView(t *testing.T) {
+	t.Parallel()
 	ms := cluster(t, 3, nil)
 	a, b, c := ms[0], ms[1], ms[2]
 	a.post(event{kind: evLeave, name: b.Name(), addr: b.LocalAddr(), hasNode: true}) // as if b died
@@ -136,6 +139,7 @@ func TestResyncRebuildsTheView(t *testing.T) {
 }
 
 func TestCollect(t *testing.T) {
+	t.Parallel()
 	ms := cluster(t, 3, nil)
 	ms[2].stop(t)
 	waitFor(t, 10*time.Second, "a sees c left", func() bool { return stateOf(ms[0].Member, ms[2].Name()) == StateLeft })
