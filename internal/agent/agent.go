@@ -96,6 +96,10 @@ type tracked struct {
 	// failuresCounted is how many of the prober's failures for the current
 	// task are already in the lifetime counter.
 	failuresCounted uint64
+	// probesReported is the prober's probe count for the current task when
+	// its results were last taken into health: a higher count at the next
+	// sample means new results to report (coalesced, once per interval).
+	probesReported uint64
 	// probedSince is the start time of the task the prober was last given.
 	probedSince time.Time
 

@@ -198,7 +198,12 @@ func (a *Agent) sample(ctx context.Context) {
 		}
 	}
 	a.mu.RUnlock()
-	a.countProbeFailures(probed...)
+	// Probe results and counters between status changes reach the
+	// aggregator once per interval, coalesced: one update per container
+	// whose results or counters changed, not one message per probe.
+	for _, t := range a.refreshProbes(true, probed...) {
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_UPDATED, "probe results and counters", nil, nil)
+	}
 	a.sendNodeStatus()
 }
 

@@ -605,6 +605,12 @@ const (
 	RemediationAction_REMEDIATION_ACTION_KILL RemediationAction = 3
 	// Bring a link up (host or inside a container's namespace).
 	RemediationAction_REMEDIATION_ACTION_LINK_UP RemediationAction = 4
+	// Start a stopped container: clears an explicit stop (STOP, or an
+	// operator's task delete) and starts a new task; restart policies apply
+	// again from then on. A running container is left alone (succeeds).
+	// Only for containers Vigil restarts (not the kubelet's, dockerd's or
+	// containerd's restart monitor's).
+	RemediationAction_REMEDIATION_ACTION_START RemediationAction = 5
 )
 
 // Enum value maps for RemediationAction.
@@ -615,6 +621,7 @@ var (
 		2: "REMEDIATION_ACTION_STOP",
 		3: "REMEDIATION_ACTION_KILL",
 		4: "REMEDIATION_ACTION_LINK_UP",
+		5: "REMEDIATION_ACTION_START",
 	}
 	RemediationAction_value = map[string]int32{
 		"REMEDIATION_ACTION_UNSPECIFIED": 0,
@@ -622,6 +629,7 @@ var (
 		"REMEDIATION_ACTION_STOP":        2,
 		"REMEDIATION_ACTION_KILL":        3,
 		"REMEDIATION_ACTION_LINK_UP":     4,
+		"REMEDIATION_ACTION_START":       5,
 	}
 )
 
@@ -3273,13 +3281,14 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\x10PEER_STATE_ALIVE\x10\x01\x12\x16\n" +
 	"\x12PEER_STATE_SUSPECT\x10\x02\x12\x13\n" +
 	"\x0fPEER_STATE_DEAD\x10\x03\x12\x13\n" +
-	"\x0fPEER_STATE_LEFT\x10\x04*\xb1\x01\n" +
+	"\x0fPEER_STATE_LEFT\x10\x04*\xcf\x01\n" +
 	"\x11RemediationAction\x12\"\n" +
 	"\x1eREMEDIATION_ACTION_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aREMEDIATION_ACTION_RESTART\x10\x01\x12\x1b\n" +
 	"\x17REMEDIATION_ACTION_STOP\x10\x02\x12\x1b\n" +
 	"\x17REMEDIATION_ACTION_KILL\x10\x03\x12\x1e\n" +
-	"\x1aREMEDIATION_ACTION_LINK_UP\x10\x04*\xd7\x01\n" +
+	"\x1aREMEDIATION_ACTION_LINK_UP\x10\x04\x12\x1c\n" +
+	"\x18REMEDIATION_ACTION_START\x10\x05*\xd7\x01\n" +
 	"\x10RemediationState\x12!\n" +
 	"\x1dREMEDIATION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19REMEDIATION_STATE_PENDING\x10\x01\x12 \n" +
