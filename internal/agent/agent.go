@@ -73,6 +73,9 @@ type Agent struct {
 	// Loop goroutine only: containerd's first inventory has been applied,
 	// and releaseStartupMemory has run.
 	inventoryLoaded, startupReleased bool
+	// unflushed: the state holds changes kept in memory only (containers
+	// marked announced), written with the next write or at flushState.
+	unflushed bool
 
 	// restartHook, when set (tests only), wraps the call that replaces a
 	// task, after the restart's durable mark: it may stand for the agent
@@ -124,6 +127,13 @@ type tracked struct {
 	resume bool
 
 	conditions []*vigilv1.Condition
+
+	// lastExit is the last exit the agent saw or inferred, kept in the state
+	// dir: reported when containerd no longer has the exited task (after an
+	// agent restart it lists such a container as created, without an exit).
+	lastExit *runtime.Exit
+	// announced: its ADDED event was sent, by this run or an earlier one.
+	announced bool
 }
 
 // New validates cfg and builds the agent; nothing runs until Run.

@@ -106,6 +106,38 @@ type ContainerRecord struct {
 	// the new task's output there too (the old task, which said so, may be
 	// gone).
 	Output runtime.TaskOutput `json:"output,omitzero"`
+	// LastExit is the container's last exit the agent saw (or inferred): the
+	// next agent reports it, and the container as stopped, when containerd
+	// no longer has the task that exited.
+	LastExit *ExitRecord `json:"last_exit,omitempty"`
+	// Announced is set once the container's ADDED event was sent: the next
+	// agent does not announce it again.
+	Announced bool `json:"announced,omitempty"`
+}
+
+// ExitRecord is a task exit as the state file keeps it (the reason by
+// name, so that the file does not depend on the runtime's numbering).
+type ExitRecord struct {
+	Code   uint32    `json:"code"`
+	Reason string    `json:"reason"`
+	Signal string    `json:"signal,omitempty"`
+	At     time.Time `json:"at,omitzero"`
+}
+
+// exitRecord converts an exit for the state file.
+func exitRecord(e runtime.Exit) *ExitRecord {
+	return &ExitRecord{Code: e.Code, Reason: e.Reason.String(), Signal: e.Signal, At: e.At}
+}
+
+// Exit converts the record back; an unknown reason name is ExitUnknown.
+func (r *ExitRecord) Exit() runtime.Exit {
+	e := runtime.Exit{Code: r.Code, Reason: runtime.ExitUnknown, Signal: r.Signal, At: r.At}
+	for _, x := range []runtime.ExitReason{runtime.ExitCompleted, runtime.ExitError, runtime.ExitSignal, runtime.ExitOOMKilled, runtime.ExitUnknown} {
+		if x.String() == r.Reason {
+			e.Reason = x
+		}
+	}
+	return e
 }
 
 // stateData is the file's content.

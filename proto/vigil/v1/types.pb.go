@@ -156,6 +156,10 @@ const (
 	ExitReason_EXIT_REASON_SIGNAL ExitReason = 3
 	// The kernel's OOM killer killed the task (an OOM event preceded the exit).
 	ExitReason_EXIT_REASON_OOM_KILLED ExitReason = 4
+	// The task ended while the agent was not watching, and containerd no
+	// longer had its exit status (the task was deleted): code 255, as Docker
+	// reports an exit it could not see.
+	ExitReason_EXIT_REASON_UNKNOWN ExitReason = 5
 )
 
 // Enum value maps for ExitReason.
@@ -166,6 +170,7 @@ var (
 		2: "EXIT_REASON_ERROR",
 		3: "EXIT_REASON_SIGNAL",
 		4: "EXIT_REASON_OOM_KILLED",
+		5: "EXIT_REASON_UNKNOWN",
 	}
 	ExitReason_value = map[string]int32{
 		"EXIT_REASON_UNSPECIFIED": 0,
@@ -173,6 +178,7 @@ var (
 		"EXIT_REASON_ERROR":       2,
 		"EXIT_REASON_SIGNAL":      3,
 		"EXIT_REASON_OOM_KILLED":  4,
+		"EXIT_REASON_UNKNOWN":     5,
 	}
 )
 
@@ -3233,14 +3239,15 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\x17CONTAINER_STATE_CREATED\x10\x01\x12\x1b\n" +
 	"\x17CONTAINER_STATE_RUNNING\x10\x02\x12\x1a\n" +
 	"\x16CONTAINER_STATE_PAUSED\x10\x03\x12\x1b\n" +
-	"\x17CONTAINER_STATE_STOPPED\x10\x04*\x8f\x01\n" +
+	"\x17CONTAINER_STATE_STOPPED\x10\x04*\xa8\x01\n" +
 	"\n" +
 	"ExitReason\x12\x1b\n" +
 	"\x17EXIT_REASON_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15EXIT_REASON_COMPLETED\x10\x01\x12\x15\n" +
 	"\x11EXIT_REASON_ERROR\x10\x02\x12\x16\n" +
 	"\x12EXIT_REASON_SIGNAL\x10\x03\x12\x1a\n" +
-	"\x16EXIT_REASON_OOM_KILLED\x10\x04*\x99\x01\n" +
+	"\x16EXIT_REASON_OOM_KILLED\x10\x04\x12\x17\n" +
+	"\x13EXIT_REASON_UNKNOWN\x10\x05*\x99\x01\n" +
 	"\fHealthStatus\x12\x1d\n" +
 	"\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12HEALTH_STATUS_NONE\x10\x01\x12\x1a\n" +
