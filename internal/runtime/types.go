@@ -133,6 +133,10 @@ type Container struct {
 	NetNSInode  uint64    // inode of the task's network namespace; 0 when unknown
 	HostNetwork bool      // shares the host's network namespace
 	Healthcheck *Healthcheck
+	// StopSignal is the signal that asks the container to stop, as its
+	// image or containerd's StopSignalLabel says ("SIGINT", "2"; see
+	// ParseSignal); "" means SIGTERM.
+	StopSignal string
 	// Output is where the current (or last) task's output goes, as
 	// containerd has it; zero when not known.
 	Output TaskOutput
