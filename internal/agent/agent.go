@@ -81,6 +81,9 @@ type Agent struct {
 	// task, after the restart's durable mark: it may stand for the agent
 	// dying mid-restart (not calling restart), or delay what follows it.
 	restartHook func(ctx context.Context, k runtime.Key, restart func(context.Context) error) error
+	// commandHook, when set (tests only), wraps an accepted command's
+	// action: it may stand for the agent dying while carrying it out.
+	commandHook func(ctx context.Context, cmd *vigilv1.Command, run func(context.Context) error) error
 }
 
 // tracked is the agent's state of one container. The loop goroutine writes
@@ -285,6 +288,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("the node restarted since the agent last ran: containers that ran then have lost their tasks",
 			"previous_boot_id", prev, "boot_id", a.kernelBoot)
 	}
+	a.recoverCommands()
 	start("runtime", a.rt.Run)
 	start("health", a.probe.Run)
 	if a.net != nil {

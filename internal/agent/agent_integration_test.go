@@ -471,8 +471,8 @@ func TestPausedContainerIsNotProbed(t *testing.T) {
 	h.stop()
 	h.clearEvents()
 	h.start(nil)
-	h.waitFor("frozen", "found paused", 30*time.Second, func(ev *vigilv1.ContainerEvent) bool {
-		return ev.GetContainer().GetState() == vigilv1.ContainerState_CONTAINER_STATE_PAUSED
+	h.waitState("frozen", "found paused", 30*time.Second, func(c *vigilv1.Container) bool {
+		return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_PAUSED
 	})
 	time.Sleep(4 * time.Second)
 	if n := h.count("frozen", unhealthy) + h.count("frozen", restarted); n != 0 {
@@ -884,7 +884,11 @@ func TestLateDeleteOfPreviousRunsRestart(t *testing.T) {
 	// A long stop window: the late delete lands before this agent's own
 	// restart is due.
 	h.start(func(c *Config) { c.StopWindow = 3 * time.Second })
-	h.waitFor("late", "the exit's decision", 30*time.Second, isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_RESTART))
+	// The exit was decided by the previous run: this one finds the restart
+	// pending (and reports no decision again).
+	h.waitState("late", "its restart pending", 30*time.Second, func(c *vigilv1.Container) bool {
+		return c.GetBackoff().GetNextRestartAt() != nil
+	})
 	h.env.DeleteTask(t, h.ns, "late") // the previous run's delete, landing late
 	ev := h.waitFor("late", "the restart finished", 30*time.Second, restarted)
 	if got := ev.GetContainer().GetRestartCount(); got != 1 {

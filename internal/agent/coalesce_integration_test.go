@@ -20,6 +20,23 @@ import (
 // the harness's agent streaming to it; it returns the aggregator's HTTP
 // address and the agent's.
 func streamingAgent(t *testing.T, h *harness, mod func(*Config)) (aggHTTP, agentHTTP string) {
+	r := streamingAgentWith(t, h, mod)
+	return r.aggHTTP, r.agentHTTP
+}
+
+// streamRig is an agent streaming to a real aggregator over mutual TLS.
+type streamRig struct {
+	aggHTTP, agentHTTP, aggGRPC string
+	agg                         *aggregatorProc
+	// restart is the configuration change that starts the agent again on
+	// the same aggregator: h.start(restart).
+	restart func(*Config)
+	// client are the certificate files of an API client of the aggregator.
+	client pki.Files
+}
+
+// streamingAgentWith is streamingAgent, returning all of the rig.
+func streamingAgentWith(t testing.TB, h *harness, mod func(*Config)) streamRig {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := pki.NewCA("vigil-test-ca")
@@ -34,10 +51,14 @@ func streamingAgent(t *testing.T, h *harness, mod func(*Config)) (aggHTTP, agent
 	if err != nil {
 		t.Fatal(err)
 	}
+	clientFiles, err := ca.WriteFiles(dir, "client", "operator")
+	if err != nil {
+		t.Fatal(err)
+	}
 	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
-	startAggregator(t, srvFiles, grpcAddr, httpAddr)
-	agentHTTP = freeAddr(t)
-	h.start(func(c *Config) {
+	agg := startAggregator(t, srvFiles, grpcAddr, httpAddr)
+	agentHTTP := freeAddr(t)
+	restart := func(c *Config) {
 		c.MetricsListen = agentHTTP
 		c.AggregatorAddress = grpcAddr
 		c.TLS = nodeFiles
@@ -45,8 +66,9 @@ func streamingAgent(t *testing.T, h *harness, mod func(*Config)) (aggHTTP, agent
 		if mod != nil {
 			mod(c)
 		}
-	})
-	return httpAddr, agentHTTP
+	}
+	h.start(restart)
+	return streamRig{aggHTTP: httpAddr, agentHTTP: agentHTTP, aggGRPC: grpcAddr, agg: agg, restart: restart, client: clientFiles}
 }
 
 // aggregatorContainer is container id as the aggregator's JSON API shows

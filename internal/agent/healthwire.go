@@ -170,6 +170,7 @@ func (a *Agent) onHealthChange(ctx context.Context, ch health.Change) {
 func (a *Agent) decideUnhealthy(ctx context.Context, t *tracked, at time.Time) {
 	a.mu.Lock()
 	d := t.tracker.OnUnhealthy(at)
+	spec := a.stopSpecLocked(t)
 	stop := d.Restarts() && !t.inFlight
 	if stop {
 		t.inFlight = true
@@ -181,9 +182,8 @@ func (a *Agent) decideUnhealthy(ctx context.Context, t *tracked, at time.Time) {
 		return
 	}
 	key := t.c.Key()
-	grace := a.cfg.StopGrace
-	a.runAction(actionResult{kind: actionUnhealthyStop, key: key}, func(ctx context.Context) error {
-		return a.rt.Stop(ctx, key, grace)
+	a.runAction(actionResult{kind: actionUnhealthyStop, key: key, grace: spec.grace}, func(ctx context.Context) error {
+		return a.rt.Stop(ctx, key, spec.grace, spec.options()...)
 	})
 }
 

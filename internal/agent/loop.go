@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"time"
@@ -280,6 +281,9 @@ func (a *Agent) configure(t *tracked) {
 	if t.policy, err = restart.Parse(t.c.Labels, a.backoffDefaults(), t.healthCfg != nil); err != nil {
 		a.log.Warn("restart labels rejected; container runs with policy no", "container", t.c.ID, "namespace", t.c.Namespace, "err", err)
 	}
+	if _, errs := parseStopSpec(&t.c, a.cfg.StopGrace); len(errs) > 0 {
+		a.log.Warn("stop signal or timeout rejected; the container is stopped with SIGTERM and --stop-grace", "container", t.c.ID, "namespace", t.c.Namespace, "err", errors.Join(errs...))
+	}
 	managedBy := ""
 	if t.c.Manager != runtime.ManagerVigil {
 		managedBy = t.c.Manager.String()
@@ -399,6 +403,12 @@ func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit) {
 		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED,
 			fmt.Sprintf("exited: %s (code %d)", exit.Reason, exit.Code), exitProto(&exit), nil)
 		a.reportDecision(t, d)
+		if d.Restarts() && exit.Reason == runtime.ExitSignal {
+			// Most often an operator's `ctr task kill`, which alone is a
+			// crash to the policy (Docker's restart manager takes it so too).
+			a.log.Info("a container killed by a signal is restarted by its policy; to stop it for good, delete its task (ctr task rm -f ID, nerdctl stop ID: one act, nothing to race) or send a STOP command through Vigil",
+				"container", t.c.ID, "namespace", t.c.Namespace, "signal", exit.Signal)
+		}
 		return
 	}
 	if d.Restarts() {
@@ -571,6 +581,7 @@ func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
 	t.inFlight = true
 	t.restartFrom = t.tracker.State.RestartCount
 	running := t.c.State == runtime.StateRunning || t.c.State == runtime.StatePaused
+	stop := a.stopSpecLocked(t)
 	t.expectDelete = true
 	resume := t.resume
 	output := t.c.Output
@@ -582,11 +593,11 @@ func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
 		exitAt, chosen = e.At, max(t.tracker.State.Last.Delay, a.cfg.StopWindow)
 	}
 	a.mu.Unlock()
-	a.runAction(actionResult{kind: actionRestart, key: key}, func(ctx context.Context) error {
+	a.runAction(actionResult{kind: actionRestart, key: key, grace: stop.grace}, func(ctx context.Context) error {
 		if running {
 			// An unhealthy restart whose kill has not been seen yet: stop
 			// first.
-			if err := a.rt.Stop(ctx, key, a.cfg.StopGrace); err != nil {
+			if err := a.rt.Stop(ctx, key, stop.grace, stop.options()...); err != nil {
 				return fmt.Errorf("stop before restart: %w", err)
 			}
 		}
