@@ -74,6 +74,7 @@ func BenchmarkExitToAggregator(b *testing.B) {
 				mu      sync.Mutex
 				exitAt  []time.Time     // by arrival
 				toEvent []time.Duration // exit to the event at the client
+				toAgent []time.Duration // exit to the agent's event (its Time)
 			)
 			go func() {
 				for {
@@ -90,6 +91,7 @@ func BenchmarkExitToAggregator(b *testing.B) {
 					mu.Lock()
 					exitAt = append(exitAt, at)
 					toEvent = append(toEvent, now.Sub(at))
+					toAgent = append(toAgent, ev.GetTime().AsTime().Sub(at))
 					mu.Unlock()
 				}
 			}()
@@ -145,6 +147,7 @@ func BenchmarkExitToAggregator(b *testing.B) {
 			mu.Lock()
 			times := slices.Clone(exitAt[:shape.exits])
 			ev := slices.Clone(toEvent[:shape.exits])
+			ag := slices.Clone(toAgent[:shape.exits])
 			mu.Unlock()
 			slices.SortFunc(times, time.Time.Compare)
 			var toMetric []time.Duration
@@ -158,6 +161,7 @@ func BenchmarkExitToAggregator(b *testing.B) {
 				b.ReportMetric(q(0.99), what+"-p99-ms")
 				b.ReportMetric(float64(ds[len(ds)-1])/float64(time.Millisecond), what+"-max-ms")
 			}
+			report(ag, "agent")
 			report(ev, "event")
 			report(toMetric, "metric")
 		})
