@@ -71,10 +71,16 @@ func fixtureExposition(n int) string {
 	line(`vigil_aggregator_streams_connected 1`)
 	line(`vigil_aggregator_ingest_lag_seconds 0.002`)
 	line(`vigil_aggregator_commands_total{result="sent"} %g`, f)
-	line(`vigil_remediations_total{action="restart_container",result="success"} %g`, f)
+	line(`vigil_remediations_total{action="restart_container",result="succeeded"} %g`, f)
 	line(`vigil_remediations_total{action="restart_container",result="failed"} %g`, f)
 	line(`vigil_remediations_suppressed_total{reason="duplicate"} %g`, 2*f)
 	line(`vigil_remediation_storm_active 1`)
+	line(`vigil_remediation_webhook_requests_total{code="200"} %g`, f)
+	for _, le := range []string{"0.01", "0.1", "1", "+Inf"} {
+		line(`vigil_remediation_duration_seconds_bucket{le="%s"} %g`, le, f)
+	}
+	line(`vigil_remediation_duration_seconds_sum %g`, 0.005*f)
+	line(`vigil_remediation_duration_seconds_count %g`, f)
 	return b.String()
 }
 

@@ -63,9 +63,6 @@ var agreedNames = []string{
 	"vigil_container_network_condition",
 	"vigil_node_condition",
 	"vigil_node_agent_dropped_messages_total",
-	"vigil_remediations_total",
-	"vigil_remediations_suppressed_total",
-	"vigil_remediation_storm_active",
 }
 
 var metricLiteral = regexp.MustCompile(`"(vigil_[a-z0-9_]+[a-z0-9])"`)
