@@ -62,12 +62,16 @@ func TestTranslate(t *testing.T) {
 	}
 
 	for name, mutate := range map[string]func(*corev1.PodSpec){
-		"privileged":  func(p *corev1.PodSpec) { p.Containers[0].SecurityContext.Privileged = boolPtr(true) },
-		"command":     func(p *corev1.PodSpec) { p.Containers[0].Command = []string{"/bin/sh"} },
-		"subPath":     func(p *corev1.PodSpec) { p.Containers[0].VolumeMounts[0].SubPath = "a" },
-		"no volume":   func(p *corev1.PodSpec) { p.Volumes = p.Volumes[1:] },
-		"pvc":         func(p *corev1.PodSpec) { p.Volumes[2].ConfigMap, p.Volumes[2].PersistentVolumeClaim = nil, &corev1.PersistentVolumeClaimVolumeSource{} },
-		"env secret":  func(p *corev1.PodSpec) { p.Containers[0].Env[0].ValueFrom = &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{}} },
+		"privileged": func(p *corev1.PodSpec) { p.Containers[0].SecurityContext.Privileged = boolPtr(true) },
+		"command":    func(p *corev1.PodSpec) { p.Containers[0].Command = []string{"/bin/sh"} },
+		"subPath":    func(p *corev1.PodSpec) { p.Containers[0].VolumeMounts[0].SubPath = "a" },
+		"no volume":  func(p *corev1.PodSpec) { p.Volumes = p.Volumes[1:] },
+		"pvc": func(p *corev1.PodSpec) {
+			p.Volumes[2].ConfigMap, p.Volumes[2].PersistentVolumeClaim = nil, &corev1.PersistentVolumeClaimVolumeSource{}
+		},
+		"env secret": func(p *corev1.PodSpec) {
+			p.Containers[0].Env[0].ValueFrom = &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{}}
+		},
 		"no stand-in": func(p *corev1.PodSpec) { p.Containers[0].VolumeMounts[2].Name = "cfg2"; p.Volumes[2].Name = "cfg2" },
 	} {
 		p := *ps.DeepCopy()
