@@ -57,13 +57,21 @@ func agentDaemonSet(t *testing.T) *appsv1.DaemonSet {
 	return &ds
 }
 
-// agentImage builds the agent's release binary and its image with
-// cmd/vigil-image, as `make image` does, and imports it with ctr into ns.
-func agentImage(t *testing.T, e *testenv.Env, ns string) string {
+// releaseBinaries builds the agent, the aggregator and vigil-image as
+// `make build` does, into one directory.
+func releaseBinaries(t *testing.T) string {
 	t.Helper()
 	bin := t.TempDir()
-	testenv.BuildRelease(t, "github.com/vigilhq/vigil/cmd/agent", filepath.Join(bin, "vigil-agent"))
-	testenv.BuildRelease(t, "github.com/vigilhq/vigil/cmd/vigil-image", filepath.Join(bin, "vigil-image"))
+	for name, pkg := range map[string]string{"vigil-agent": "cmd/agent", "vigil-aggregator": "cmd/aggregator", "vigil-image": "cmd/vigil-image"} {
+		testenv.BuildRelease(t, "github.com/vigilhq/vigil/"+pkg, filepath.Join(bin, name))
+	}
+	return bin
+}
+
+// agentImage builds the agent's image from the release binary with
+// cmd/vigil-image, as `make image` does, and imports it with ctr into ns.
+func agentImage(t *testing.T, e *testenv.Env, bin, ns string) string {
+	t.Helper()
 	out := t.TempDir()
 	b, err := exec.Command(filepath.Join(bin, "vigil-image"), "-bin", bin, "-out", out, "-only", "vigil-agent", "-tag", "deploy-test").CombinedOutput()
 	if err != nil {
@@ -76,13 +84,22 @@ func agentImage(t *testing.T, e *testenv.Env, ns string) string {
 	return "ghcr.io/vigilhq/vigil-agent:deploy-test"
 }
 
-// startAggregator runs the aggregator binary on loopback, without TLS:
-// streaming is what is checked here; TLS and bootstrap are the trust
-// work's tests.
-func startAggregator(t *testing.T) (grpcAddr, httpAddr string) {
+// hasFlags says whether a binary's -h lists every flag named.
+func hasFlags(t *testing.T, bin string, flags ...string) bool {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "vigil-aggregator")
-	testenv.BuildRelease(t, "github.com/vigilhq/vigil/cmd/aggregator", bin)
+	out, _ := exec.Command(bin, "-h").CombinedOutput()
+	for _, f := range flags {
+		if !strings.Contains(string(out), "-"+f+" ") && !strings.Contains(string(out), "-"+f+"\n") {
+			return false
+		}
+	}
+	return true
+}
+
+// startAggregator runs the aggregator's release binary on loopback ports
+// with args (its security: TLS and bootstrap, or --insecure).
+func startAggregator(t *testing.T, bin string, args ...string) (grpcAddr, httpAddr string) {
+	t.Helper()
 	var err error
 	if grpcAddr, err = chain.FreeAddr(); err != nil {
 		t.Fatal(err)
@@ -95,7 +112,7 @@ func startAggregator(t *testing.T) (grpcAddr, httpAddr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "--insecure", "--grpc-listen", grpcAddr, "--http-listen", httpAddr)
+	cmd := exec.Command(filepath.Join(bin, "vigil-aggregator"), append([]string{"--grpc-listen", grpcAddr, "--http-listen", httpAddr}, args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -118,28 +135,32 @@ func startAggregator(t *testing.T) (grpcAddr, httpAddr string) {
 	return grpcAddr, httpAddr
 }
 
-// overrideArgs replaces the manifest's aggregator and credentials with the
-// test's (the loopback aggregator without TLS until the bootstrap flags
-// land), puts --metrics-listen on a free loopback port (the host's network
-// is shared with every other test), and adds fast intervals. Every other
-// argument stays as the manifest says.
-func overrideArgs(t *testing.T, args []string, aggregator, metrics string) []string {
+// overrideArgs points the manifest's --aggregator at the test's loopback
+// aggregator and puts --metrics-listen on a free loopback port (the host's
+// network is shared with every other test), and adds fast intervals. Every
+// other argument stays as the manifest says, TLS and bootstrap included;
+// with insecure (binaries without bootstrap yet) the credentials are left
+// out for --insecure.
+func overrideArgs(t *testing.T, args []string, aggregator, metrics string, insecure bool) []string {
 	t.Helper()
 	replace := map[string]string{"aggregator": aggregator, "metrics-listen": metrics}
-	drop := map[string]bool{"tls-ca": true, "tls-server-name": true, "bootstrap-token-file": true}
+	drop := map[string]bool{"tls-ca": insecure, "tls-server-name": insecure, "bootstrap-token-file": insecure}
 	var out []string
 	for _, a := range args {
 		name, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
 		switch {
 		case drop[name]:
-			t.Logf("arg %s: left out (trust flags; the aggregator here runs --insecure)", a)
+			t.Logf("arg %s: left out (the binaries have no bootstrap yet; the aggregator runs --insecure)", a)
 		case replace[name] != "":
 			out = append(out, "--"+name+"="+replace[name])
 		default:
 			out = append(out, a)
 		}
 	}
-	return append(out, "--insecure", "--interval=1s", "--restart-backoff-initial=100ms", "--log-level=debug")
+	if insecure {
+		out = append(out, "--insecure")
+	}
+	return append(out, "--interval=1s", "--restart-backoff-initial=100ms", "--log-level=debug")
 }
 
 // TestAgentAsDaemonSetContainer runs the agent's image as a container with
@@ -158,8 +179,34 @@ func TestAgentAsDaemonSetContainer(t *testing.T) {
 	ds := agentDaemonSet(t)
 	agentNS := fmt.Sprintf("vigil-deploy-agent-%d", os.Getpid())
 	workNS := fmt.Sprintf("vigil-deploy-work-%d", os.Getpid())
-	ref := agentImage(t, e, agentNS)
-	grpcAddr, httpAddr := startAggregator(t)
+	bin := releaseBinaries(t)
+	ref := agentImage(t, e, bin, agentNS)
+
+	// The aggregator as the manifests expect it: TLS with a serving
+	// certificate for the manifest's --tls-server-name, node bootstrap with a
+	// token; or, while the binaries lack bootstrap, --insecure.
+	bootstrap := hasFlags(t, filepath.Join(bin, "vigil-agent"), "bootstrap-token-file") &&
+		hasFlags(t, filepath.Join(bin, "vigil-aggregator"), "ca-cert", "ca-key", "bootstrap-tokens-file", "data-dir")
+	caFiles := map[string]string{"ca.crt": "stand-in\n"}
+	tokenFiles := map[string]string{"token": "stand-in\n"}
+	aggArgs := []string{"--insecure"}
+	if bootstrap {
+		pkiDir := t.TempDir()
+		ca := newTestCA(t, pkiDir)
+		token := fmt.Sprintf("%x", time.Now().UnixNano()) + "-deploy-test-token"
+		tokens := filepath.Join(pkiDir, "bootstrap-tokens")
+		if err := os.WriteFile(tokens, []byte(token+" daemonset\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		caFiles = map[string]string{"ca.crt": string(ca.CertPEM)}
+		tokenFiles = map[string]string{"token": token + "\n"}
+		aggArgs = []string{"--tls-cert", ca.ServerCert, "--tls-key", ca.ServerKey, "--tls-ca", ca.CertFile,
+			"--ca-cert", ca.CertFile, "--ca-key", ca.KeyFile, "--bootstrap-tokens-file", tokens, "--data-dir", t.TempDir()}
+		t.Log("the binaries have node bootstrap: the agent gets its certificate with the manifest's token and CA")
+	} else {
+		t.Log("the binaries have no node bootstrap yet: the aggregator runs --insecure and the agent's credentials are left out")
+	}
+	grpcAddr, httpAddr := startAggregator(t, bin, aggArgs...)
 	metricsAddr, err := chain.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
@@ -196,8 +243,8 @@ func TestAgentAsDaemonSetContainer(t *testing.T) {
 			"/var/lib/vigil":  stateDir,
 		},
 		Volumes: map[string]string{
-			"ca":              stand(map[string]string{"ca.crt": "stand-in\n"}),
-			"bootstrap-token": stand(map[string]string{"token": "stand-in\n"}),
+			"ca":              stand(caFiles),
+			"bootstrap-token": stand(tokenFiles),
 		},
 		NodeName: nodeName,
 	})
@@ -207,7 +254,7 @@ func TestAgentAsDaemonSetContainer(t *testing.T) {
 	if filepath.Base(e.Address) != "containerd.sock" {
 		t.Fatalf("the private containerd's socket is %s: the manifest's --containerd names containerd.sock", e.Address)
 	}
-	args := overrideArgs(t, tr.Args, grpcAddr, metricsAddr)
+	args := overrideArgs(t, tr.Args, grpcAddr, metricsAddr, !bootstrap)
 	sort.Strings(tr.Capabilities)
 	t.Logf("agent args: %q", args)
 	t.Logf("capabilities: %v", tr.Capabilities)
@@ -368,6 +415,13 @@ func TestAgentAsDaemonSetContainer(t *testing.T) {
 		entries, err := os.ReadDir(stateDir)
 		if err != nil || len(entries) == 0 {
 			t.Fatalf("state dir %s holds %d entries (%v): the agent wrote nothing to its hostPath", stateDir, len(entries), err)
+		}
+		if bootstrap {
+			certs, _ := filepath.Glob(filepath.Join(stateDir, "pki", "*"))
+			if len(certs) < 2 {
+				t.Fatalf("state dir has %v under pki/: want the node's key and its issued certificate", certs)
+			}
+			t.Logf("issued by bootstrap, kept in the state dir: %v", certs)
 		}
 	}))
 }
