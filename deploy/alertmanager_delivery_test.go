@@ -129,7 +129,7 @@ func TestAlertmanagerDelivers(t *testing.T) {
 	for old, repl := range map[string]string{
 		"https://vigil-aggregator.vigil-system.svc:7401/api/v1/alerts": "https://" + ln.Addr().String() + "/api/v1/alerts",
 		"/etc/alertmanager/secrets/vigil-api-token/token":              tokenFile,
-		"/etc/alertmanager/configmaps/vigil-ca-bundle/ca.crt":        caFile,
+		"/etc/alertmanager/configmaps/vigil-ca-bundle/ca.crt":          caFile,
 	} {
 		if !strings.Contains(conf, old) {
 			t.Fatalf("alertmanager.yml no longer has %q: update this test", old)
