@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -27,7 +29,10 @@ type Aggregator struct {
 	fleet   *Fleet
 	gateway *Gateway
 	api     *API
+	boot    *BootstrapServer
 	metrics *selfMetrics
+	auth    *authorizer
+	mux     *http.ServeMux
 
 	grpcLis, httpLis net.Listener
 	grpcServer       *grpc.Server
@@ -48,8 +53,20 @@ func New(cfg Config) (*Aggregator, error) {
 		return nil, fmt.Errorf("register self-metrics: %w", err)
 	}
 	a.metrics = m
+	if cfg.Insecure {
+		m.insecure.Set(1)
+	}
+	a.auth = &authorizer{insecure: cfg.Insecure, allowCN: cfg.AllowCommonNameNodes, apiTokens: cfg.APITokens, refused: m.authRefused}
 	a.gateway = newGateway(&a.cfg, a.fleet, m, a.stopping)
 	a.api = NewAPI(a.fleet, cfg.WatchBuffer, a.stopping)
+	a.api.maxWatchers = cfg.MaxWatchers
+	a.api.watchers = m.watchers
+	if cfg.Bootstrap != nil {
+		a.boot, err = newBootstrapServer(cfg.Bootstrap, m, a.log)
+		if err != nil {
+			return nil, err
+		}
+	}
 
 	opts := []grpc.ServerOption{
 		grpc.ForceServerCodec(serverCodec{}),
@@ -62,6 +79,8 @@ func New(cfg Config) (*Aggregator, error) {
 			Time:    cfg.KeepaliveTime,
 			Timeout: cfg.KeepaliveTimeout,
 		}),
+		grpc.ChainUnaryInterceptor(a.auth.unary),
+		grpc.ChainStreamInterceptor(a.auth.stream),
 	}
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
@@ -69,6 +88,11 @@ func New(cfg Config) (*Aggregator, error) {
 	a.grpcServer = grpc.NewServer(opts...)
 	a.grpcServer.RegisterService(&gatewayServiceDesc, a.gateway)
 	vigilv1.RegisterVigilServer(a.grpcServer, a.api)
+	if a.boot != nil {
+		vigilv1.RegisterBootstrapServer(a.grpcServer, a.boot)
+	} else {
+		vigilv1.RegisterBootstrapServer(a.grpcServer, noBootstrap{})
+	}
 
 	a.grpcLis, err = net.Listen("tcp", cfg.GRPCListen)
 	if err != nil {
@@ -79,11 +103,34 @@ func New(cfg Config) (*Aggregator, error) {
 		a.grpcLis.Close()
 		return nil, fmt.Errorf("http listen %s: %v: %w", cfg.HTTPListen, err, errdefs.ErrUnavailable)
 	}
+	if cfg.TLS != nil {
+		httpTLS := cfg.TLS.Clone()
+		httpTLS.NextProtos = []string{"http/1.1"}
+		a.httpLis = newSniffListener(a.httpLis, httpTLS)
+	}
+	a.mux = a.routes()
 	a.httpServer = &http.Server{
-		Handler:           a.Handler(),
+		Handler:           a.mux,
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	return a, nil
+}
+
+// noBootstrap answers the Bootstrap service when bootstrap is off.
+type noBootstrap struct {
+	vigilv1.UnimplementedBootstrapServer
+}
+
+func (noBootstrap) Bootstrap(context.Context, *vigilv1.BootstrapRequest) (*vigilv1.BootstrapResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "node bootstrap is off: the aggregator was started without --bootstrap-tokens-file and --ca-cert/--ca-key")
+}
+
+func (noBootstrap) Renew(context.Context, *vigilv1.RenewRequest) (*vigilv1.RenewResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "node bootstrap is off: renew certificates the way they were issued")
+}
+
+func (noBootstrap) ReleaseNode(context.Context, *vigilv1.ReleaseNodeRequest) (*vigilv1.ReleaseNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "node bootstrap is off: no node name is bound")
 }
 
 // GRPCAddr is the address the gRPC server listens on.
