@@ -302,4 +302,3 @@ func counter2(t *testing.T, h *harness, name, l1, v1, l2, v2 string) float64 {
 	}
 	return 0
 }
-
