@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -135,6 +136,9 @@ func openTokens(path string, parse func([]byte) (map[[sha256.Size]byte]Token, er
 	f := &TokenFile{path: path, parse: parse}
 	f.reload()
 	if f.err != nil {
+		if !errors.Is(f.err, errdefs.ErrInvalid) {
+			return nil, fmt.Errorf("%w: %w", f.err, errdefs.ErrInvalid)
+		}
 		return nil, f.err
 	}
 	return f, nil
