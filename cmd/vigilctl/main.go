@@ -2,6 +2,7 @@
 // API.
 //
 //	vigilctl [global flags] nodes
+//	vigilctl [global flags] nodes release NAME
 //	vigilctl [global flags] containers [--node N] [--namespace NS] [--pod P] [--unhealthy] [--all]
 //	vigilctl [global flags] events [--node N] [--namespace NS]
 //
@@ -37,6 +38,13 @@ import (
 // defaultServer is the aggregator's default gRPC address.
 const defaultServer = "127.0.0.1:7400"
 
+// maxRecvBytes bounds one answer; pageSize is the containers asked for per
+// page (the aggregator caps a page at 5000).
+const (
+	maxRecvBytes = 64 << 20
+	pageSize     = 1000
+)
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -61,6 +69,9 @@ func runAt(ctx context.Context, args []string, stdout, stderr io.Writer, now fun
 	if err != nil {
 		return err
 	}
+	if inv.global.insecure {
+		fmt.Fprintf(stderr, "vigilctl: warning: connecting to %s without TLS: nothing authenticates the aggregator or protects what it answers (demo aggregators only)\n", inv.global.server)
+	}
 	conn, err := dial(inv.global)
 	if err != nil {
 		return err
@@ -70,6 +81,9 @@ func runAt(ctx context.Context, args []string, stdout, stderr io.Writer, now fun
 	out := &printer{w: stdout, errw: stderr, format: inv.global.output, now: now()}
 	switch inv.command {
 	case "nodes":
+		if inv.release != "" {
+			return releaseNode(ctx, vigilv1.NewBootstrapClient(conn), inv, stdout)
+		}
 		return listNodes(ctx, client, inv, out)
 	case "containers":
 		return listContainers(ctx, client, inv, out)
@@ -96,17 +110,22 @@ type invocation struct {
 	// filters of containers and events
 	node, namespace, pod string
 	unhealthy, all       bool
+	// nodes release NAME
+	release string
 }
 
 const usage = `vigilctl: operate a Vigil fleet through the aggregator's API.
 
 Usage:
   vigilctl [flags] nodes
+  vigilctl [flags] nodes release NAME
   vigilctl [flags] containers [--node N] [--namespace NS] [--pod P] [--unhealthy] [--all]
   vigilctl [flags] events [--node N] [--namespace NS]
 
 Commands:
   nodes        list the nodes the aggregator knows
+  nodes release NAME
+               let another machine bootstrap as node NAME (operators only)
   containers   list containers (pod sandboxes only with --all)
   events       print container events as they happen, until interrupted
 
@@ -177,7 +196,12 @@ func parseArgs(args []string, stderr io.Writer, getenv func(string) string) (*in
 	if err := fs.Parse(top.Args()[1:]); err != nil {
 		return nil, flagError(err)
 	}
-	if fs.NArg() > 0 {
+	if inv.command == "nodes" && fs.NArg() > 0 && fs.Arg(0) == "release" {
+		if fs.NArg() != 2 || fs.Arg(1) == "" {
+			return nil, fmt.Errorf("nodes release: want one node name, got %q: %w", fs.Args()[1:], errdefs.ErrInvalid)
+		}
+		inv.release = fs.Arg(1)
+	} else if fs.NArg() > 0 {
 		return nil, fmt.Errorf("%s: unexpected arguments %q: %w", inv.command, fs.Args(), errdefs.ErrInvalid)
 	}
 
@@ -219,7 +243,9 @@ func dial(g globalFlags) (*grpc.ClientConn, error) {
 		}
 		creds = credentials.NewTLS(tc)
 	}
-	conn, err := grpc.NewClient(g.server, grpc.WithTransportCredentials(creds))
+	// A page of containers with labels can pass gRPC's default 4 MiB.
+	conn, err := grpc.NewClient(g.server, grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)))
 	if err != nil {
 		return nil, fmt.Errorf("--server %q: %v: %w", g.server, err, errdefs.ErrInvalid)
 	}
@@ -250,14 +276,29 @@ func listNodes(ctx context.Context, c vigilv1.VigilClient, inv *invocation, out 
 	return out.nodes(resp)
 }
 
+// listContainers pages through the containers (each page with its own
+// deadline) and prints them once all are read.
 func listContainers(ctx context.Context, c vigilv1.VigilClient, inv *invocation, out *printer) error {
-	ctx, cancel := context.WithTimeout(ctx, inv.global.timeout)
-	defer cancel()
-	resp, err := c.ListContainers(ctx, &vigilv1.ListContainersRequest{
+	resp := &vigilv1.ListContainersResponse{}
+	req := &vigilv1.ListContainersRequest{
 		Node: inv.node, Namespace: inv.namespace, Pod: inv.pod, IncludeSandboxes: inv.all,
-	})
-	if err != nil {
-		return callError(inv.global.server, "list containers", inv.global.timeout, err)
+		PageSize: pageSize, IncludeProbeOutput: inv.global.output == "json",
+	}
+	for {
+		pctx, cancel := context.WithTimeout(ctx, inv.global.timeout)
+		page, err := c.ListContainers(pctx, req)
+		cancel()
+		if err != nil {
+			return callError(inv.global.server, "list containers", inv.global.timeout, err)
+		}
+		resp.Containers = append(resp.Containers, page.GetContainers()...)
+		if page.GetNextPageToken() == "" {
+			break
+		}
+		if page.GetNextPageToken() == req.GetPageToken() {
+			return fmt.Errorf("list containers: the aggregator answered the same page token twice: %w", errdefs.ErrUnavailable)
+		}
+		req.PageToken = page.GetNextPageToken()
 	}
 	if inv.unhealthy {
 		kept := resp.GetContainers()[:0]
@@ -269,6 +310,23 @@ func listContainers(ctx context.Context, c vigilv1.VigilClient, inv *invocation,
 		resp.Containers = kept
 	}
 	return out.containers(resp)
+}
+
+// releaseNode asks the aggregator to forget which key node NAME is bound
+// to, so that a replaced machine can bootstrap under the name.
+func releaseNode(ctx context.Context, c vigilv1.BootstrapClient, inv *invocation, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, inv.global.timeout)
+	defer cancel()
+	resp, err := c.ReleaseNode(ctx, &vigilv1.ReleaseNodeRequest{NodeName: inv.release})
+	if err != nil {
+		return callError(inv.global.server, "release node "+inv.release, inv.global.timeout, err)
+	}
+	if !resp.GetReleased() {
+		_, err = fmt.Fprintf(stdout, "node %s was not bound to a key: nothing to release\n", inv.release)
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "node %s released (was bound to key sha256 %s); the next bootstrap under this name binds it again\n", inv.release, resp.GetKeySha256())
+	return err
 }
 
 // unhealthy is what --unhealthy selects: a failing health check, a crash
