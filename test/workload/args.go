@@ -89,7 +89,7 @@ func parseArgs(args []string) (config, error) {
 		}
 		return cfg, nil
 	case modeServe:
-		fs.StringVar(&cfg.httpAddr, "http", "", "HTTP listen address (GET /healthz, /toggle)")
+		fs.StringVar(&cfg.httpAddr, "http", "", "HTTP listen address (GET /healthz, /toggle, /endless-headers)")
 		fs.StringVar(&cfg.tcpAddr, "tcp", "", "TCP listen address, open only while healthy")
 		fs.StringVar(&cfg.grpcAddr, "grpc", "", "gRPC listen address (grpc.health.v1)")
 		fs.DurationVar(&cfg.unhealthyAfter, "unhealthy-after", 0, "turn unhealthy after this long")

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -108,6 +109,29 @@ func (s *server) handler() http.Handler {
 			return
 		}
 		http.Error(w, "unhealthy", http.StatusServiceUnavailable)
+	})
+	// /endless-headers answers a status line and then headers without end,
+	// until the client hangs up: a hostile or broken workload for the HTTP
+	// probe's limits.
+	mux.HandleFunc("/endless-headers", func(w http.ResponseWriter, _ *http.Request) {
+		hj, ok := w.(http.Hijacker)
+		if !ok {
+			http.Error(w, "cannot hijack", http.StatusInternalServerError)
+			return
+		}
+		c, bw, err := hj.Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Time{})
+		_, _ = bw.WriteString("HTTP/1.1 200 OK\r\n")
+		junk := strings.Repeat("x", 1000)
+		for i := 0; ; i++ {
+			if _, err := fmt.Fprintf(bw, "X-Junk-%d: %s\r\n", i, junk); err != nil {
+				return
+			}
+		}
 	})
 	mux.HandleFunc("/toggle", func(w http.ResponseWriter, _ *http.Request) {
 		if s.toggle("/toggle") {

@@ -179,6 +179,20 @@ func TestServeFollowsHealthFlag(t *testing.T) {
 	defer conn.Close()
 	hc := healthpb.NewHealthClient(conn)
 
+	// /endless-headers keeps sending headers: a client with a limit stops.
+	ec, err := net.Dial("tcp", httpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(ec, "GET /endless-headers HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	n, _ := io.Copy(io.Discard, io.LimitReader(ec, 1<<20))
+	ec.Close()
+	if n != 1<<20 {
+		t.Fatalf("/endless-headers sent %d bytes before stopping, want endless", n)
+	}
+
 	check := func(wantHealthy bool) {
 		t.Helper()
 		resp, err := http.Get("http://" + httpAddr + "/healthz")
