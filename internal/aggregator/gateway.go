@@ -383,6 +383,13 @@ func (g *Gateway) recvError(node string, err error) error {
 	if errors.Is(err, io.EOF) {
 		return nil
 	}
+	if q, ok := asQuotaError(err); ok {
+		if node == "" {
+			g.log.Warn("agent stream refused: its hello is over a quota", "cap", q.cap, "value", q.value, "limit", q.limit)
+			return err
+		}
+		return g.quotaExceeded(node, err)
+	}
 	if errors.Is(err, errMalformed) {
 		g.metrics.rejected.WithLabelValues("malformed").Inc()
 		g.log.Warn("malformed agent message", "node", node, "err", err)

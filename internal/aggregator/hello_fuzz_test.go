@@ -29,6 +29,12 @@ func FuzzHello(f *testing.F) {
 		var q Quotas
 		q.setDefaults()
 		q.StringBytes = 256
+		if err := checkWireStrings(frame, agentMessageDesc, q.StringBytes); err != nil {
+			if _, ok := asQuotaError(err); !ok {
+				t.Fatalf("wire check error %v is not a quota error", err)
+			}
+			return
+		}
 		m := &vigilv1.AgentMessage{}
 		if err := proto.Unmarshal(frame, m); err != nil {
 			return // refused by the codec with InvalidArgument

@@ -51,6 +51,9 @@ func FuzzIngest(f *testing.F) {
 		q.setDefaults()
 		fleet.connect(&vigilv1.Hello{NodeName: "n1", InstanceId: "i"}, "agg", time.Unix(0, 0))
 		for i, frame := range [][]byte{first, second} {
+			if err := checkWireStrings(frame, agentMessageDesc, q.StringBytes); err != nil {
+				continue // refused by the stream with ResourceExhausted
+			}
 			m := &vigilv1.AgentMessage{}
 			if err := proto.Unmarshal(frame, m); err != nil {
 				continue // refused by the stream with InvalidArgument
