@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/remediation"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -33,6 +35,8 @@ type Aggregator struct {
 	metrics *selfMetrics
 	auth    *authorizer
 	mux     *http.ServeMux
+	// remediation is nil when Config.Store is.
+	remediation *remediation.Engine
 
 	grpcLis, httpLis net.Listener
 	grpcServer       *grpc.Server
@@ -57,8 +61,14 @@ func New(cfg Config) (*Aggregator, error) {
 		m.insecure.Set(1)
 	}
 	a.auth = &authorizer{insecure: cfg.Insecure, allowCN: cfg.AllowCommonNameNodes, apiTokens: cfg.APITokens, refused: m.authRefused}
+	a.remediation, err = newRemediation(&a.cfg, a.fleet)
+	if err != nil {
+		return nil, err
+	}
 	a.gateway = newGateway(&a.cfg, a.fleet, m, a.stopping)
+	a.gateway.remediation = a.remediation
 	a.api = NewAPI(a.fleet, cfg.WatchBuffer, a.stopping)
+	a.api.remediation = a.remediation
 	a.api.maxWatchers = cfg.MaxWatchers
 	a.api.watchers = m.watchers
 	if cfg.Bootstrap != nil {
@@ -109,6 +119,7 @@ func New(cfg Config) (*Aggregator, error) {
 		a.httpLis = newSniffListener(a.httpLis, httpTLS)
 	}
 	a.mux = a.routes()
+	a.mountRemediation()
 	a.httpServer = &http.Server{
 		Handler:           a.mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -161,12 +172,22 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			errc <- fmt.Errorf("http server: %w", err)
 		}
 	}()
-	sweepDone := make(chan struct{})
+	// The sweep and the remediation engine's housekeeping run until the
+	// servers have stopped.
+	var background sync.WaitGroup
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	background.Add(1)
 	go func() {
-		defer close(sweepDone)
+		defer background.Done()
 		a.sweepLoop(sweepCtx)
 	}()
+	if a.remediation != nil {
+		background.Add(1)
+		go func() {
+			defer background.Done()
+			runRemediation(sweepCtx, a.remediation, a.log)
+		}()
+	}
 	a.ready.Store(true)
 	a.log.Info("aggregator serving", "grpc", a.GRPCAddr().String(), "http", a.HTTPAddr().String(), "mtls", a.cfg.TLS != nil)
 
@@ -197,7 +218,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		<-stopped
 	}
 	stopSweep()
-	<-sweepDone
+	background.Wait()
 	return runErr
 }
 

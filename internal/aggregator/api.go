@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/remediation"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -34,6 +35,10 @@ type API struct {
 	maxWatchers int
 	watching    atomic.Int64
 	watchers    prometheus.Gauge
+
+	// remediation serves ListRemediations and RequestRemediation; nil
+	// when remediation is off.
+	remediation *remediation.Engine
 }
 
 // Page sizes of ListContainers and /api/v1/containers.
@@ -190,16 +195,4 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 			}
 		}
 	}
-}
-
-const remediationNotBuilt = "remediation is not built yet"
-
-// ListRemediations is not built yet.
-func (a *API) ListRemediations(context.Context, *vigilv1.ListRemediationsRequest) (*vigilv1.ListRemediationsResponse, error) {
-	return nil, status.Error(codes.Unimplemented, remediationNotBuilt)
-}
-
-// RequestRemediation is not built yet.
-func (a *API) RequestRemediation(context.Context, *vigilv1.RequestRemediationRequest) (*vigilv1.RequestRemediationResponse, error) {
-	return nil, status.Error(codes.Unimplemented, remediationNotBuilt)
 }

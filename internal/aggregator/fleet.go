@@ -196,7 +196,11 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time, q *Qu
 		n.applySnapshot(b.Snapshot)
 	case *vigilv1.AgentMessage_ContainerEvent:
 		n.applyContainerEvent(b.ContainerEvent)
-		event = b.ContainerEvent
+		// UPDATED carries coalesced probe results and counters: applied,
+		// but no news for WatchEvents' readers.
+		if b.ContainerEvent.GetType() != vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_UPDATED {
+			event = b.ContainerEvent
+		}
 	case *vigilv1.AgentMessage_ResourceSamples:
 		for _, s := range b.ResourceSamples.GetSamples() {
 			k := metrics.ContainerKey{Namespace: s.GetNamespace(), ID: s.GetContainerId()}
