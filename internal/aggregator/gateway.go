@@ -17,8 +17,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
-	"github.com/vigilhq/vigil/internal/remediation"
 	"github.com/vigilhq/vigil/internal/pki"
+	"github.com/vigilhq/vigil/internal/remediation"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
