@@ -5,6 +5,8 @@
 //	vigilctl [global flags] nodes release NAME
 //	vigilctl [global flags] containers [--node N] [--namespace NS] [--pod P] [--unhealthy] [--all]
 //	vigilctl [global flags] events [--node N] [--namespace NS]
+//	vigilctl [global flags] restart|stop|start|kill|link-up TARGET --reason R [--dry-run] [--signal SIG]
+//	vigilctl [global flags] remediations [--node N] [--limit N]
 //
 // Global flags (also accepted after the command): --server (env
 // VIGIL_SERVER, default 127.0.0.1:7400), --tls-cert/--tls-key/--tls-ca
@@ -21,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -89,6 +92,11 @@ func runAt(ctx context.Context, args []string, stdout, stderr io.Writer, now fun
 		return listContainers(ctx, client, inv, out)
 	case "events":
 		return watchEvents(ctx, client, inv, out)
+	case "remediations":
+		return listRemediations(ctx, client, inv, out)
+	}
+	if _, ok := actionCommands[inv.command]; ok {
+		return requestRemediation(ctx, client, inv, out)
 	}
 	return fmt.Errorf("unknown command %q: %w", inv.command, errdefs.ErrInvalid)
 }
@@ -112,6 +120,11 @@ type invocation struct {
 	unhealthy, all       bool
 	// nodes release NAME
 	release string
+	// action commands: the target, the operator's reason, a dry run, the
+	// signal of kill; remediations: how many
+	target, reason, signal string
+	dryRun                 bool
+	limit                  int
 }
 
 const usage = `vigilctl: operate a Vigil fleet through the aggregator's API.
@@ -121,6 +134,8 @@ Usage:
   vigilctl [flags] nodes release NAME
   vigilctl [flags] containers [--node N] [--namespace NS] [--pod P] [--unhealthy] [--all]
   vigilctl [flags] events [--node N] [--namespace NS]
+  vigilctl [flags] restart|stop|start|kill|link-up TARGET --reason R [--dry-run] [--signal SIG]
+  vigilctl [flags] remediations [--node N] [--limit N]
 
 Commands:
   nodes        list the nodes the aggregator knows
@@ -128,6 +143,14 @@ Commands:
                let another machine bootstrap as node NAME (operators only)
   containers   list containers (pod sandboxes only with --all)
   events       print container events as they happen, until interrupted
+  restart, stop, start, kill, link-up TARGET
+               ask for an action (operators only), through the same journal,
+               budgets and fences as alerts; prints the decision. TARGET is
+               NODE/NAMESPACE/CONTAINER_ID, NODE/POD_NAMESPACE/POD/CONTAINER,
+               with %INTERFACE for link-up (NODE%INTERFACE: a host link).
+               stop is for good: the container stays stopped (restart
+               policies included) until start.
+  remediations list what was decided and done, newest first
 
 Flags:
 `
@@ -190,8 +213,18 @@ func parseArgs(args []string, stderr io.Writer, getenv func(string) string) (*in
 	case "events":
 		fs.StringVar(&inv.node, "node", "", "only events of this node")
 		fs.StringVar(&inv.namespace, "namespace", "", "only events of this containerd namespace")
+	case "remediations":
+		fs.StringVar(&inv.node, "node", "", "only remediations of this node")
+		fs.IntVar(&inv.limit, "limit", 0, "at most this many (default: the aggregator's, 100)")
 	default:
-		return nil, fmt.Errorf("unknown command %q: want nodes, containers or events: %w", inv.command, errdefs.ErrInvalid)
+		if _, ok := actionCommands[inv.command]; !ok {
+			return nil, fmt.Errorf("unknown command %q: want nodes, containers, events, remediations, restart, stop, start, kill or link-up: %w", inv.command, errdefs.ErrInvalid)
+		}
+		fs.StringVar(&inv.reason, "reason", "", "why (journaled with the action; required)")
+		fs.BoolVar(&inv.dryRun, "dry-run", false, "decide and journal, do not act")
+		if inv.command == "kill" {
+			fs.StringVar(&inv.signal, "signal", "", "signal to send (name or number; default SIGKILL)")
+		}
 	}
 	if err := fs.Parse(top.Args()[1:]); err != nil {
 		return nil, flagError(err)
@@ -201,8 +234,26 @@ func parseArgs(args []string, stderr io.Writer, getenv func(string) string) (*in
 			return nil, fmt.Errorf("nodes release: want one node name, got %q: %w", fs.Args()[1:], errdefs.ErrInvalid)
 		}
 		inv.release = fs.Arg(1)
+	} else if _, ok := actionCommands[inv.command]; ok {
+		// Flags may follow the target too.
+		if fs.NArg() == 0 {
+			return nil, fmt.Errorf("%s: no target: want NODE/NAMESPACE/CONTAINER_ID or NODE/POD_NAMESPACE/POD/CONTAINER: %w", inv.command, errdefs.ErrInvalid)
+		}
+		inv.target = fs.Arg(0)
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return nil, flagError(err)
+		}
+		if fs.NArg() > 0 {
+			return nil, fmt.Errorf("%s: unexpected arguments %q: %w", inv.command, fs.Args(), errdefs.ErrInvalid)
+		}
+		if strings.TrimSpace(inv.reason) == "" {
+			return nil, fmt.Errorf("%s: --reason is required: it is journaled with the action: %w", inv.command, errdefs.ErrInvalid)
+		}
 	} else if fs.NArg() > 0 {
 		return nil, fmt.Errorf("%s: unexpected arguments %q: %w", inv.command, fs.Args(), errdefs.ErrInvalid)
+	}
+	if inv.limit < 0 {
+		return nil, fmt.Errorf("--limit %d: want 0 or more: %w", inv.limit, errdefs.ErrInvalid)
 	}
 
 	g := &inv.global
