@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,6 +76,7 @@ type Engine struct {
 	journalNS atomic.Int64 // the last journal key's time
 	inst      uint32
 	storm     atomic.Bool
+	firing    firingCache
 	running   atomic.Bool
 }
 
@@ -371,9 +373,11 @@ func (e *Engine) receiveGroup(ctx context.Context, group []*receiveReq) {
 	sums := make([]Summary, len(group))
 	var out []decided
 	var storm bool
+	var committedAt time.Time
 	_, err := e.atomically(ctx, func(t *txn) error {
 		out = out[:0]
 		now := e.now()
+		committedAt = now
 		firing, err := e.firingTargets(ctx, rs, now)
 		if err != nil {
 			return err
@@ -427,6 +431,19 @@ func (e *Engine) receiveGroup(ctx context.Context, group []*receiveReq) {
 	if err != nil {
 		return
 	}
+	var fired, resolved []string
+	for _, gp := range ps {
+		for _, p := range gp {
+			switch {
+			case p.rule == nil:
+			case p.a.Status == StatusFiring:
+				fired = append(fired, p.target)
+			default:
+				resolved = append(resolved, p.target)
+			}
+		}
+	}
+	e.noteFiring(fired, resolved, committedAt)
 	e.setStorm(storm, total)
 	for _, d := range out {
 		switch {
@@ -558,26 +575,68 @@ func (e *Engine) releaseNode(ctx context.Context, t *txn, node, id string, now t
 	return nil
 }
 
-// firingTargets reads the targets with firing alerts within the storm
-// window. Not a condition of the transaction: the storm guard is a
-// threshold over a moving set, and a decision a few milliseconds stale is
-// as good.
+// firingRefresh: how stale this replica's view of the firing marks may
+// be. Other replicas' marks are seen within it; this replica's own at once.
+const firingRefresh = time.Second
+
+// firingCache is this replica's view of /remediation/firing/: target →
+// when it was last seen firing.
+type firingCache struct {
+	mu   sync.Mutex
+	at   time.Time // when listed from the store
+	seen map[string]time.Time
+}
+
+// firingTargets returns the targets with firing alerts within the storm
+// window, from the store at most firingRefresh ago plus what this replica
+// wrote since. Not a condition of the transaction: the storm guard is a
+// threshold over a moving set, and a view a second stale is as good; it
+// spares each webhook a listing of every firing target.
 func (e *Engine) firingTargets(ctx context.Context, rs *Rules, now time.Time) (map[string]struct{}, error) {
 	out := map[string]struct{}{}
 	if rs.StormShare == 0 {
 		return out, nil
 	}
-	kvs, _, err := e.st.List(ctx, firingPrefix, 0)
-	if err != nil {
-		return nil, fmt.Errorf("reading firing targets: %w", err)
+	fc := &e.firing
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if fc.seen == nil || now.Sub(fc.at) >= firingRefresh || now.Before(fc.at) {
+		kvs, _, err := e.st.List(ctx, firingPrefix, 0)
+		if err != nil {
+			return nil, fmt.Errorf("reading firing targets: %w", err)
+		}
+		fc.seen, fc.at = make(map[string]time.Time, len(kvs)), now
+		for _, kv := range kvs {
+			var f firingValue
+			target, err := url.PathUnescape(kv.Key[len(firingPrefix):])
+			if err == nil && jsonUnmarshal(kv.Value, &f) == nil {
+				fc.seen[target] = f.Seen
+			}
+		}
 	}
-	for _, kv := range kvs {
-		var f firingValue
-		if jsonUnmarshal(kv.Value, &f) == nil && now.Sub(f.Seen) < rs.StormWindow {
-			out[kv.Key[len(firingPrefix):]] = struct{}{}
+	for target, seen := range fc.seen {
+		if now.Sub(seen) < rs.StormWindow {
+			out[target] = struct{}{}
 		}
 	}
 	return out, nil
+}
+
+// noteFiring records in this replica's view the marks a committed group
+// wrote: firing targets seen at now, resolved ones gone.
+func (e *Engine) noteFiring(firing []string, resolved []string, now time.Time) {
+	fc := &e.firing
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if fc.seen == nil {
+		return
+	}
+	for _, t := range firing {
+		fc.seen[t] = now
+	}
+	for _, t := range resolved {
+		delete(fc.seen, t)
+	}
 }
 
 func stormActive(rs *Rules, firing int, size FleetSize) bool {

@@ -485,6 +485,18 @@ rules:
 	if s := h.receive(alerts[:3]...); s.Acted != 3 {
 		t.Fatalf("3 of 12 is not a storm: %+v", s)
 	}
+	// The same three again (another replica's view, after a refresh, and
+	// this one's): still three targets, not six.
+	other := h.engine()
+	h.clock.Advance(firingRefresh)
+	for _, e := range []*Engine{h.e, other} {
+		if _, err := e.Receive(context.Background(), hook(alerts[:3]...), h.clock.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if testutil.ToFloat64(e.m.storm) != 0 {
+			t.Fatal("the same targets firing again counted twice")
+		}
+	}
 	if s := h.receive(alerts[3:5]...); s.Suppressed != 2 || suppressedCount(h, ReasonStorm) != 2 {
 		t.Fatalf("5 of 12: %+v", s)
 	}
