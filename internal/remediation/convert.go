@@ -80,12 +80,22 @@ func OutcomeFromProto(p vigilv1.CommandOutcome) (Outcome, error) {
 }
 
 // ResultFromProto takes an agent's CommandResult apart for RecordResult.
+// An outcome this version does not know (from a newer agent) is recorded
+// as failed, its name kept in the message, rather than dropped: a dropped
+// result would leave the command waiting until it is marked unknown.
+// UNSPECIFIED and a missing id are ErrInvalid.
 func ResultFromProto(r *vigilv1.CommandResult) (id string, o Outcome, message string, err error) {
 	if r.GetCommandId() == "" {
 		return "", "", "", fmt.Errorf("command result without a command id: %w", errdefs.ErrInvalid)
 	}
+	if r.GetOutcome() == vigilv1.CommandOutcome_COMMAND_OUTCOME_UNSPECIFIED {
+		return "", "", "", fmt.Errorf("command %s: result without an outcome: %w", clip(r.GetCommandId()), errdefs.ErrInvalid)
+	}
 	o, err = OutcomeFromProto(r.GetOutcome())
-	return r.GetCommandId(), o, r.GetMessage(), err
+	if err != nil {
+		return r.GetCommandId(), OutcomeFailed, join(r.GetOutcome().String(), r.GetMessage()), nil
+	}
+	return r.GetCommandId(), o, r.GetMessage(), nil
 }
 
 // TargetToProto converts a resolved target.

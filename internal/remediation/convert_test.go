@@ -102,6 +102,13 @@ func TestConvertMessages(t *testing.T) {
 	if id != "c1" || o != OutcomeFenced || msg != "m" || err != nil {
 		t.Errorf("result = %s %s %s %v", id, o, msg, err)
 	}
+	id, o, msg, err = ResultFromProto(&vigilv1.CommandResult{CommandId: "c2", Outcome: vigilv1.CommandOutcome(99), Message: "from a newer agent"})
+	if id != "c2" || o != OutcomeFailed || msg != "99; from a newer agent" || err != nil {
+		t.Errorf("unknown outcome = %s %s %q %v", id, o, msg, err)
+	}
+	if _, _, _, err := ResultFromProto(&vigilv1.CommandResult{CommandId: "c3"}); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("no outcome: %v", err)
+	}
 	if f := ListFilterFromProto(&vigilv1.ListRemediationsRequest{Node: "n", Limit: 1 << 30}); f.Limit != MaxListLimit || f.Node != "n" {
 		t.Errorf("filter = %+v", f)
 	}
