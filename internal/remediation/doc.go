@@ -78,7 +78,11 @@
 //
 // The FleetView is the aggregator's read model in domain types (Lookup of
 // a container by namespace and id or by pod, with its owner, restart count
-// and whether its node is up; Size). StaticFleet is a fake shipped with it.
+// and whether its node is up; Size). Over the aggregator's protobuf
+// containers it is a few lines: the node's containers that
+// ContainerMatches(ref, node, c) (ErrNotFound for none, ErrInvalid for
+// more than one), answered with ContainerTargetState(ref, node, c, up).
+// StaticFleet is a fake shipped with the interface.
 //
 // Key layout in the store: see keys.go. Metrics: vigil_remediations_total,
 // vigil_remediations_suppressed_total, vigil_remediation_webhook_requests_total,
