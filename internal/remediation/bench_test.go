@@ -2,9 +2,13 @@ package remediation
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -198,5 +202,82 @@ func BenchmarkDecide(b *testing.B) {
 		if d := Decide(in); !d.Act {
 			b.Fatal(d.Message)
 		}
+	}
+}
+
+// BenchmarkWebhookToResult: one alert at a time, from the HTTP POST on
+// loopback to its result recorded: the webhook's answer (the claim
+// committed), the outbox watch firing in Deliver, Dispatch, the command
+// handed to a stand-in for the node's stream, and RecordResult as the
+// agent's answer arrives. The gRPC stream and the agent's own work are
+// not in it. Reports p50 and p99 of the webhook's answer and of the whole.
+func BenchmarkWebhookToResult(b *testing.B) {
+	e, _ := benchEngine(b, benchRulesActing, 1000)
+	srv := httptest.NewServer(e.AlertsHandler())
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type result struct {
+		id string
+		at time.Time
+	}
+	results := make(chan result, 64)
+	stream := make(chan Command, 64)
+	var wg sync.WaitGroup
+	for n := range 10 {
+		wg.Go(func() {
+			_ = e.Deliver(ctx, fmt.Sprintf("n%d", n), func(c Command) error { stream <- c; return nil })
+		})
+	}
+	wg.Go(func() { // the agents, answering at once
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case c := <-stream:
+				if err := e.RecordResult(context.Background(), c.ID, OutcomeSucceeded, ""); err != nil {
+					b.Error(err)
+				}
+				results <- result{c.ID, time.Now()}
+			}
+		}
+	})
+	client := srv.Client()
+	answer := make([]time.Duration, 0, b.N)
+	whole := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		a := benchAlerts(1, 1000)[0]
+		body := fmt.Sprintf(`{"version":"4","groupKey":"g","status":"firing","receiver":"vigil","alerts":[{"status":"firing","labels":{"alertname":"Unhealthy","node":%q,"namespace":"default","container":%q},"startsAt":%q,"fingerprint":%q}]}`,
+			a.Labels["node"], a.Labels["container"], a.StartsAt.Format(time.RFC3339Nano), a.Fingerprint)
+		start := time.Now()
+		resp, err := client.Post(srv.URL, "application/json", strings.NewReader(body))
+		if err != nil {
+			b.Fatal(err)
+		}
+		var sum Summary
+		err = json.NewDecoder(resp.Body).Decode(&sum)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || len(sum.IDs) != 1 {
+			b.Fatalf("%d %+v %v", resp.StatusCode, sum, err)
+		}
+		answer = append(answer, time.Since(start))
+		for r := range results {
+			if r.id == sum.IDs[0] {
+				whole = append(whole, r.at.Sub(start))
+				break
+			}
+		}
+	}
+	b.StopTimer()
+	cancel()
+	wg.Wait()
+	for _, m := range []struct {
+		name string
+		d    []time.Duration
+	}{{"answer", answer}, {"result", whole}} {
+		slices.Sort(m.d)
+		b.ReportMetric(float64(m.d[len(m.d)/2].Microseconds())/1000, m.name+"-p50-ms")
+		b.ReportMetric(float64(m.d[len(m.d)*99/100].Microseconds())/1000, m.name+"-p99-ms")
 	}
 }
