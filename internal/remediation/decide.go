@@ -114,10 +114,11 @@ type Decision struct {
 	Target    Target
 	Fence     Fence
 	// Claim: the intent is claimed for good, so that a later delivery of
-	// the same alert is a duplicate. Held decisions (budget, cooldown,
-	// storm, node down, unknown target) are not claimed: Alertmanager's
-	// next delivery of a still-firing alert is decided again, so limits
-	// delay an action rather than drop it.
+	// the same alert is a duplicate (acting, dry run, owner, fenced: the
+	// answer for this firing will not change). Held decisions (budget,
+	// cooldown, storm, node down, unknown target, escalated) are not
+	// claimed: Alertmanager's next delivery of a still-firing alert is
+	// decided again, so limits delay an action rather than drop it.
 	Claim bool
 	// Charge: the action counts against the budgets (acting, not dry run).
 	Charge bool
@@ -151,7 +152,10 @@ func Decide(in Input) Decision {
 	d := Decision{Action: in.Action, Signal: in.Signal, Target: st.Target}
 	if in.Action.onContainer() {
 		if in.AlertContainerID != "" && in.AlertContainerID != st.Target.ContainerID {
-			return suppress(ReasonFenced, "the alert saw container %s, the fleet now has %s in its place", clip(in.AlertContainerID), st.Target.ContainerID)
+			// Claimed: this firing was about a container that is gone.
+			d := suppress(ReasonFenced, "the alert saw container %s, the fleet now has %s in its place", clip(in.AlertContainerID), st.Target.ContainerID)
+			d.Claim = true
+			return d
 		}
 		d.Fence = Fence{ContainerID: st.Target.ContainerID, RestartCount: st.RestartCount, HasRestartCount: st.HasRestartCount}
 	}

@@ -56,7 +56,7 @@ func TestDecide(t *testing.T) {
 			want{reason: ReasonTargetUnknown}},
 		{"node down", func(in *Input) { in.State.NodeUp = false }, want{reason: ReasonNodeDown, message: "node n1 is down"}},
 		{"container replaced since the alert", func(in *Input) { in.AlertContainerID = "web-old" },
-			want{reason: ReasonFenced, message: "the alert saw container web-old"}},
+			want{reason: ReasonFenced, claim: true, message: "the alert saw container web-old"}},
 		{"same container as the alert", func(in *Input) { in.AlertContainerID = "web" }, want{act: true, action: ActionRestart, claim: true}},
 		{"kubelet's container: restart is a kill", func(in *Input) { in.State.Owner = OwnerKubelet },
 			want{act: true, action: ActionKill, signal: 9, claim: true, message: "kubelet owns the container: kill it"}},

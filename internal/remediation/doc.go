@@ -33,7 +33,8 @@
 //
 // # What is claimed, what is held
 //
-// Acting, dry run, and refusing to fight an owner claim the intent: later
+// Acting, dry run, refusing to fight an owner, and an alert fenced because
+// it saw a container since replaced claim the intent: later
 // deliveries of the same firing are duplicates. Limits hold without
 // claiming (cooldown, budget, storm, node down, unknown target, escalated):
 // the decision is journaled, and Alertmanager's next delivery of a
