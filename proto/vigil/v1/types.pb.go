@@ -156,6 +156,10 @@ const (
 	ExitReason_EXIT_REASON_SIGNAL ExitReason = 3
 	// The kernel's OOM killer killed the task (an OOM event preceded the exit).
 	ExitReason_EXIT_REASON_OOM_KILLED ExitReason = 4
+	// The task ended while the agent was not watching, and containerd no
+	// longer had its exit status (the task was deleted): code 255, as Docker
+	// reports an exit it could not see.
+	ExitReason_EXIT_REASON_UNKNOWN ExitReason = 5
 )
 
 // Enum value maps for ExitReason.
@@ -166,6 +170,7 @@ var (
 		2: "EXIT_REASON_ERROR",
 		3: "EXIT_REASON_SIGNAL",
 		4: "EXIT_REASON_OOM_KILLED",
+		5: "EXIT_REASON_UNKNOWN",
 	}
 	ExitReason_value = map[string]int32{
 		"EXIT_REASON_UNSPECIFIED": 0,
@@ -173,6 +178,7 @@ var (
 		"EXIT_REASON_ERROR":       2,
 		"EXIT_REASON_SIGNAL":      3,
 		"EXIT_REASON_OOM_KILLED":  4,
+		"EXIT_REASON_UNKNOWN":     5,
 	}
 )
 
@@ -605,6 +611,12 @@ const (
 	RemediationAction_REMEDIATION_ACTION_KILL RemediationAction = 3
 	// Bring a link up (host or inside a container's namespace).
 	RemediationAction_REMEDIATION_ACTION_LINK_UP RemediationAction = 4
+	// Start a stopped container: clears an explicit stop (STOP, or an
+	// operator's task delete) and starts a new task; restart policies apply
+	// again from then on. A running container is left alone (succeeds).
+	// Only for containers Vigil restarts (not the kubelet's, dockerd's or
+	// containerd's restart monitor's).
+	RemediationAction_REMEDIATION_ACTION_START RemediationAction = 5
 )
 
 // Enum value maps for RemediationAction.
@@ -615,6 +627,7 @@ var (
 		2: "REMEDIATION_ACTION_STOP",
 		3: "REMEDIATION_ACTION_KILL",
 		4: "REMEDIATION_ACTION_LINK_UP",
+		5: "REMEDIATION_ACTION_START",
 	}
 	RemediationAction_value = map[string]int32{
 		"REMEDIATION_ACTION_UNSPECIFIED": 0,
@@ -622,6 +635,7 @@ var (
 		"REMEDIATION_ACTION_STOP":        2,
 		"REMEDIATION_ACTION_KILL":        3,
 		"REMEDIATION_ACTION_LINK_UP":     4,
+		"REMEDIATION_ACTION_START":       5,
 	}
 )
 
@@ -3367,14 +3381,15 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\x17CONTAINER_STATE_CREATED\x10\x01\x12\x1b\n" +
 	"\x17CONTAINER_STATE_RUNNING\x10\x02\x12\x1a\n" +
 	"\x16CONTAINER_STATE_PAUSED\x10\x03\x12\x1b\n" +
-	"\x17CONTAINER_STATE_STOPPED\x10\x04*\x8f\x01\n" +
+	"\x17CONTAINER_STATE_STOPPED\x10\x04*\xa8\x01\n" +
 	"\n" +
 	"ExitReason\x12\x1b\n" +
 	"\x17EXIT_REASON_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15EXIT_REASON_COMPLETED\x10\x01\x12\x15\n" +
 	"\x11EXIT_REASON_ERROR\x10\x02\x12\x16\n" +
 	"\x12EXIT_REASON_SIGNAL\x10\x03\x12\x1a\n" +
-	"\x16EXIT_REASON_OOM_KILLED\x10\x04*\x99\x01\n" +
+	"\x16EXIT_REASON_OOM_KILLED\x10\x04\x12\x17\n" +
+	"\x13EXIT_REASON_UNKNOWN\x10\x05*\x99\x01\n" +
 	"\fHealthStatus\x12\x1d\n" +
 	"\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12HEALTH_STATUS_NONE\x10\x01\x12\x1a\n" +
@@ -3415,13 +3430,14 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\x10PEER_STATE_ALIVE\x10\x01\x12\x16\n" +
 	"\x12PEER_STATE_SUSPECT\x10\x02\x12\x13\n" +
 	"\x0fPEER_STATE_DEAD\x10\x03\x12\x13\n" +
-	"\x0fPEER_STATE_LEFT\x10\x04*\xb1\x01\n" +
+	"\x0fPEER_STATE_LEFT\x10\x04*\xcf\x01\n" +
 	"\x11RemediationAction\x12\"\n" +
 	"\x1eREMEDIATION_ACTION_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aREMEDIATION_ACTION_RESTART\x10\x01\x12\x1b\n" +
 	"\x17REMEDIATION_ACTION_STOP\x10\x02\x12\x1b\n" +
 	"\x17REMEDIATION_ACTION_KILL\x10\x03\x12\x1e\n" +
-	"\x1aREMEDIATION_ACTION_LINK_UP\x10\x04*\xb6\x02\n" +
+	"\x1aREMEDIATION_ACTION_LINK_UP\x10\x04\x12\x1c\n" +
+	"\x18REMEDIATION_ACTION_START\x10\x05*\xb6\x02\n" +
 	"\x10RemediationState\x12!\n" +
 	"\x1dREMEDIATION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19REMEDIATION_STATE_PENDING\x10\x01\x12 \n" +
