@@ -117,8 +117,11 @@ func (e *Engine) end(ctx context.Context, t *txn, ck, id, node string, st State,
 // ended counts a command's end.
 func (e *Engine) ended(rec Remediation) {
 	e.m.remediations.WithLabelValues(rec.Action.String(), rec.Result).Inc()
-	if rec.Result == string(OutcomeFenced) {
+	switch rec.Result {
+	case string(OutcomeFenced):
 		e.m.suppressed.WithLabelValues(string(ReasonFenced)).Inc()
+	case string(OutcomeRefused):
+		e.m.suppressed.WithLabelValues(string(ReasonRefused)).Inc()
 	}
 	if !rec.ReceivedAt.IsZero() {
 		e.m.duration.Observe(e.now().Sub(rec.ReceivedAt).Seconds())

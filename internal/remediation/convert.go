@@ -17,6 +17,7 @@ var actionToProto = map[Action]vigilv1.RemediationAction{
 	ActionStop:    vigilv1.RemediationAction_REMEDIATION_ACTION_STOP,
 	ActionKill:    vigilv1.RemediationAction_REMEDIATION_ACTION_KILL,
 	ActionLinkUp:  vigilv1.RemediationAction_REMEDIATION_ACTION_LINK_UP,
+	ActionStart:   vigilv1.RemediationAction_REMEDIATION_ACTION_START,
 }
 
 // ActionToProto converts an action (UNSPECIFIED for an unknown one).
@@ -64,6 +65,7 @@ var outcomeToProto = map[Outcome]vigilv1.CommandOutcome{
 	OutcomeExpired:   vigilv1.CommandOutcome_COMMAND_OUTCOME_EXPIRED,
 	OutcomeDuplicate: vigilv1.CommandOutcome_COMMAND_OUTCOME_DUPLICATE,
 	OutcomeNotFound:  vigilv1.CommandOutcome_COMMAND_OUTCOME_NOT_FOUND,
+	OutcomeRefused:   vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED,
 }
 
 // OutcomeToProto converts an outcome.

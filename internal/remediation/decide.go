@@ -47,11 +47,14 @@ const (
 	// ReasonStoreUnavailable: the store could not be written; nothing was
 	// decided (the webhook answered 5xx for Alertmanager to retry).
 	ReasonStoreUnavailable Reason = "store_unavailable"
+	// ReasonRefused: the agent refused the command (its allowlist, a host
+	// link, more than a kill for another manager's container).
+	ReasonRefused Reason = "refused"
 )
 
 // Reasons lists every suppression reason (metric label values).
 var Reasons = []Reason{ReasonDuplicate, ReasonCooldown, ReasonBudget, ReasonStorm, ReasonFenced, ReasonDryRun,
-	ReasonTargetUnknown, ReasonNodeDown, ReasonResolved, ReasonOwner, ReasonEscalated, ReasonStoreUnavailable}
+	ReasonTargetUnknown, ReasonNodeDown, ReasonResolved, ReasonOwner, ReasonEscalated, ReasonStoreUnavailable, ReasonRefused}
 
 // Budget is the shared state that limits actions, as read from the store
 // at the revision a decision is conditioned on.
@@ -160,8 +163,8 @@ func Decide(in Input) Decision {
 		d.Fence = Fence{ContainerID: st.Target.ContainerID, RestartCount: st.RestartCount, HasRestartCount: st.HasRestartCount}
 	}
 	owned := in.Action.onContainer() && st.Owner != OwnerVigil
-	if owned && in.Action == ActionStop {
-		d := suppress(ReasonOwner, "%s owns container %s and would start it again: stopping it would fight its owner", ownerName(st.Owner), st.Target.ContainerID)
+	if owned && (in.Action == ActionStop || in.Action == ActionStart) {
+		d := suppress(ReasonOwner, "%s owns container %s: %s would fight its owner", ownerName(st.Owner), st.Target.ContainerID, in.Action)
 		d.Claim = true
 		return d
 	}
@@ -189,8 +192,8 @@ func Decide(in Input) Decision {
 	if e := escalation(in.Rule); e != nil && len(hour) >= e.After {
 		d.Action, d.Signal, d.Escalated = e.Action, e.Signal, true
 		d.Message = fmt.Sprintf("%d actions on %s within the hour: escalated from %s to %s", len(hour), st.Target.Key(), in.Action, e.Action)
-		if e.Action == ActionStop && owned {
-			d := suppress(ReasonOwner, "escalation to stop_container: %s owns container %s and would start it again; left to a human", ownerName(st.Owner), st.Target.ContainerID)
+		if (e.Action == ActionStop || e.Action == ActionStart) && owned {
+			d := suppress(ReasonOwner, "escalation to %s: %s owns container %s; left to a human", e.Action, ownerName(st.Owner), st.Target.ContainerID)
 			d.Claim = true
 			return d
 		}

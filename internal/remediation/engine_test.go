@@ -294,6 +294,21 @@ func TestFence(t *testing.T) {
 	if suppressedCount(h, ReasonFenced) != 1 {
 		t.Error("fenced not counted")
 	}
+	// The agent's policy refuses a command: suppressed, counted.
+	s2 := h.receive(alert("Unhealthy", "n1", "web", h.clock.Now().Add(time.Millisecond)))
+	c2, err := h.e.Dispatch(ctx, "n1", s2.IDs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.e.RecordResult(ctx, c2.ID, OutcomeRefused, "namespace default is not in --command-namespaces"); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := h.e.Get(ctx, c2.ID); r.State != StateSuppressed || r.Result != "refused" || !strings.Contains(r.Message, "command-namespaces") {
+		t.Errorf("refused record = %+v", r)
+	}
+	if suppressedCount(h, ReasonRefused) != 1 {
+		t.Error("refused not counted")
+	}
 	// The alert carries the container id it saw; the container was
 	// replaced since.
 	b := alert("Unhealthy", "n1", "web", h.clock.Now().Add(time.Second))

@@ -25,7 +25,7 @@ type OperatorRequest struct {
 
 func (r OperatorRequest) validate() error {
 	switch {
-	case r.Action < ActionRestart || r.Action > ActionLinkUp:
+	case r.Action < ActionRestart || r.Action > ActionStart:
 		return fmt.Errorf("request: unknown action %d: %w", int(r.Action), errdefs.ErrInvalid)
 	case r.Target.Node == "":
 		return fmt.Errorf("request: the target names no node: %w", errdefs.ErrInvalid)
