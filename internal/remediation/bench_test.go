@@ -22,6 +22,10 @@ import (
 // benchEngine is an engine on a fresh bbolt file with targets containers
 // on 10 nodes, real clock.
 func benchEngine(b *testing.B, rulesYAML string, targets int) (*Engine, *bolt.Store) {
+	return benchEngineOps(b, rulesYAML, targets, 5000)
+}
+
+func benchEngineOps(b *testing.B, rulesYAML string, targets, maxTxnOps int) (*Engine, *bolt.Store) {
 	b.Helper()
 	st, err := bolt.Open(filepath.Join(b.TempDir(), "state.db"), bolt.Options{})
 	if err != nil {
@@ -36,7 +40,7 @@ func benchEngine(b *testing.B, rulesYAML string, targets int) (*Engine, *bolt.St
 	for i := range targets {
 		fleet.Put(FleetContainer{Node: fmt.Sprintf("n%d", i%10), Namespace: "default", ID: fmt.Sprintf("c%d", i), Owner: OwnerVigil})
 	}
-	e, err := New(Config{Store: st, Fleet: fleet, Rules: StaticRuleSet(rs), Registry: prometheus.NewRegistry()})
+	e, err := New(Config{Store: st, Fleet: fleet, Rules: StaticRuleSet(rs), Registry: prometheus.NewRegistry(), MaxTxnOps: maxTxnOps})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -106,6 +110,26 @@ func BenchmarkReceive(b *testing.B) {
 			})
 		}
 	}
+}
+
+// BenchmarkReceiveSplit: 100-alert webhooks with MaxTxnOps at its default
+// (100, for etcd), so each is about ten transactions on bbolt, against
+// BenchmarkReceive/rules=acting/alerts=100's one.
+func BenchmarkReceiveSplit(b *testing.B) {
+	e, _ := benchEngineOps(b, benchRulesActing, 1000, 0)
+	ctx := context.Background()
+	hooks := make([]*Webhook, b.N)
+	for i := range hooks {
+		hooks[i] = hook(benchAlerts(100, 1000)...)
+	}
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		if _, err := e.Receive(ctx, hooks[i], time.Now()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*100)/time.Since(start).Seconds(), "alerts/s")
 }
 
 // BenchmarkReceiveParallel: one-alert webhooks from 8 goroutines at once, as

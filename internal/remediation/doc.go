@@ -59,7 +59,8 @@
 //	rules, err := remediation.NewRuleSet(path)        // "" = no rule; SIGHUP: rules.Reload()
 //	eng, err := remediation.New(remediation.Config{
 //		Store: st, Fleet: fleetView, Rules: rules, Registry: reg,
-//		Leader: nil, // or the etcd election's IsLeader with several replicas
+//		Leader: nil,     // or the etcd election's IsLeader with several replicas
+//		MaxTxnOps: 5000, // with bbolt only: etcd takes at most 128 (default 100)
 //	})
 //	go eng.Run(ctx)                                   // expiry, storm gauge, sweep
 //	mux.Handle("POST /api/v1/alerts", auth(eng.AlertsHandler()))

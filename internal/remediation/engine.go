@@ -43,6 +43,13 @@ type Config struct {
 	// (the sweep). Default nil: always (one replica on bbolt). With etcd,
 	// the aggregator passes its election's answer.
 	Leader func() bool
+	// MaxTxnOps bounds the writes, and the conditions, of one store
+	// transaction: a group of webhooks that needs more is committed in
+	// several. Default 100, under etcd's limit (--max-txn-ops, 128 by
+	// default). bbolt has no such limit, and each transaction costs an
+	// fsync: with bbolt set it high (5000) so that a large webhook is one
+	// transaction. At least 32.
+	MaxTxnOps int
 	// MaxAttempts of one decision's store transaction when other writers
 	// changed what it read (another replica, or this one's Expire);
 	// default 32. Past it the webhook answers 503 and Alertmanager retries.
@@ -103,6 +110,12 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = 10 * time.Minute
+	}
+	if cfg.MaxTxnOps <= 0 {
+		cfg.MaxTxnOps = 100
+	}
+	if cfg.MaxTxnOps < 32 {
+		return nil, fmt.Errorf("remediation: MaxTxnOps %d is under 32: %w", cfg.MaxTxnOps, errdefs.ErrInvalid)
 	}
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 32

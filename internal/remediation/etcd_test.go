@@ -168,3 +168,70 @@ rules:
 		return code == http.StatusOK
 	})
 }
+
+// A webhook of 150 alerts is more than etcd takes in one transaction (128
+// writes): it is committed in several, and answered once all are; the
+// sweep deletes in batches etcd takes too.
+func TestLargeWebhookOnEtcd(t *testing.T) {
+	testenv.Require(t)
+	c := etcdtest.StartCluster(t, 1)
+	st, err := etcd.New(etcd.Config{Endpoints: c.Endpoints(), Prefix: fmt.Sprintf("/test/%s/", t.Name())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	rs, err := ParseRules([]byte("retention: 1h\n"+benchRulesActing), "etcd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet := NewStaticFleet()
+	var alerts []Alert
+	clk := &clock{t: time.Now()}
+	for i := range 150 {
+		id := fmt.Sprintf("c%d", i)
+		fleet.Put(FleetContainer{Node: fmt.Sprintf("n%d", i%5), Namespace: "default", ID: id, Owner: OwnerVigil})
+		alerts = append(alerts, alert("Unhealthy", fmt.Sprintf("n%d", i%5), id, clk.Now()))
+	}
+	e, err := New(Config{Store: st, Fleet: fleet, Rules: StaticRuleSet(rs), Registry: prometheus.NewRegistry(), Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	s, err := e.Receive(ctx, hook(alerts...), clk.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Acted != 150 || len(s.IDs) != 150 {
+		t.Fatalf("summary %+v", s)
+	}
+	if s, err := e.Receive(ctx, hook(alerts...), clk.Now()); err != nil || s.Duplicates != 150 {
+		t.Fatalf("again: %+v, %v", s, err)
+	}
+	kvs, _, err := st.List(ctx, commandsPrefix, 0)
+	if err != nil || len(kvs) != 150 {
+		t.Fatalf("%d commands, %v", len(kvs), err)
+	}
+	for _, id := range s.IDs {
+		r, err := e.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := e.Dispatch(ctx, r.Target.Node, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.RecordResult(ctx, c.ID, OutcomeSucceeded, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clk.Advance(2 * time.Hour)
+	n, err := e.Sweep(ctx)
+	if err != nil || n < 600 {
+		t.Fatalf("swept %d, %v", n, err)
+	}
+	for _, p := range []string{journalPrefix, recordsPrefix, intentsPrefix, firingPrefix, targetsPrefix, commandsPrefix} {
+		if kvs, _, _ := st.List(ctx, p, 0); len(kvs) != 0 {
+			t.Errorf("%s still holds %d keys", p, len(kvs))
+		}
+	}
+}

@@ -36,8 +36,9 @@ type prepared struct {
 // delivers again, which is then safe.
 //
 // Webhooks received at the same time are committed together, in one store
-// transaction (group commit, as bbolt's Batch does): the cost of a webhook
-// is the store's fsync, shared by all those waiting for it. One caller at a
+// transaction (group commit, as bbolt's Batch does; several for a group
+// larger than the store takes in one, see Config.MaxTxnOps): the cost of a webhook is
+// the store's fsync, shared by all those waiting for it. One caller at a
 // time leads a group and the others wait for it; a group holds at most
 // maxGroupAlerts alerts. Receive blocks until its webhook is committed or
 // failed, whatever ctx does: its webhook may be in a group under way.
@@ -97,17 +98,31 @@ type receiveReq struct {
 	lead     chan struct{} // closed when this caller is to lead the next group
 }
 
-// receiveGroup decides the alerts of a group of webhooks in one store
-// transaction and answers each caller.
+// A group whose alerts need more writes or conditions than
+// Config.MaxTxnOps is committed in several transactions, one after
+// another; a caller is answered 2xx only once all of its alerts are
+// committed. If a later transaction fails, the alerts committed before it
+// stay (Alertmanager's retry finds them claimed: duplicates), which is what
+// makes the split safe.
+
+// full reports whether t should take no more alerts (an alert adds at
+// most about a dozen writes and conditions).
+func (t *txn) full(limit int) bool { return len(t.order) > limit-16 || len(t.reads) > limit-16 }
+
+type groupItem struct {
+	g int // index of the webhook in the group
+	p prepared
+}
+
+// receiveGroup decides the alerts of a group of webhooks, in as few store
+// transactions as etcd allows (one, for all but large groups), and answers
+// each caller.
 func (e *Engine) receiveGroup(ctx context.Context, group []*receiveReq) {
 	rs := e.rules.Current()
 	size := e.fleet.Size()
-	ps := make([][]prepared, len(group))
-	total := 0
+	var items []groupItem
 	for g, req := range group {
 		w := req.w
-		total += len(w.Alerts)
-		ps[g] = make([]prepared, len(w.Alerts))
 		for i := range w.Alerts {
 			a := &w.Alerts[i]
 			p := prepared{a: a, rule: rs.Match(a.Labels)}
@@ -120,39 +135,47 @@ func (e *Engine) receiveGroup(ctx context.Context, group []*receiveReq) {
 				}
 				p.intent = intentKey(a.Fingerprint, a.StartsAt, p.rule.Action)
 			}
-			ps[g][i] = p
+			items = append(items, groupItem{g: g, p: p})
 		}
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	sums := make([]Summary, len(group))
-	var out []decided
-	var storm bool
-	var committedAt time.Time
-	_, err := e.atomically(ctx, func(t *txn) error {
-		out = out[:0]
-		now := e.now()
-		committedAt = now
-		firing, err := e.firingTargets(ctx, rs, now)
-		if err != nil {
-			return err
+	for g, req := range group {
+		sums[g].Alerts = len(req.w.Alerts)
+	}
+	failedFrom := len(items)
+	var err error
+	// The storm guard is evaluated once for the group: the firing marks
+	// (not a condition of the transactions, see firingTargets) and the
+	// group's own firing targets.
+	firing, err := e.firingTargets(ctx, rs, e.now())
+	if err != nil {
+		failedFrom = 0
+	}
+	for _, it := range items {
+		if err == nil && it.p.rule != nil && it.p.a.Status == StatusFiring {
+			firing[it.p.target] = struct{}{}
 		}
-		for _, gp := range ps {
-			for _, p := range gp {
-				if p.rule != nil && p.a.Status == StatusFiring {
-					firing[p.target] = struct{}{}
-				}
-			}
-		}
-		storm = stormActive(rs, len(firing), size)
-		for g, gp := range ps {
-			sums[g] = Summary{Alerts: len(gp)}
-			sum := &sums[g]
-			for _, p := range gp {
-				d, err := e.decideAlert(ctx, t, rs, size, p, now, group[g].received, storm, len(firing))
+	}
+	storm := err == nil && stormActive(rs, len(firing), size)
+	for pos := 0; err == nil && pos < len(items); {
+		var out []decided
+		var n int
+		var chunk []Summary
+		var committedAt time.Time
+		_, err = e.atomically(ctx, func(t *txn) error {
+			out, n, chunk = out[:0], 0, make([]Summary, len(group))
+			now := e.now()
+			committedAt = now
+			for pos+n < len(items) && (n == 0 || !t.full(e.cfg.MaxTxnOps)) {
+				it := items[pos+n]
+				n++
+				d, err := e.decideAlert(ctx, t, rs, size, it.p, now, group[it.g].received, storm, len(firing))
 				if err != nil {
 					return err
 				}
+				sum := &chunk[it.g]
 				switch {
 				case d == nil:
 					sum.Unmatched++
@@ -173,33 +196,51 @@ func (e *Engine) receiveGroup(ctx context.Context, group []*receiveReq) {
 					out = append(out, *d)
 				}
 			}
-		}
-		return nil
-	})
-	for g, req := range group {
-		req.sum, req.err = sums[g], err
+			return nil
+		})
 		if err != nil {
-			req.sum = Summary{}
+			failedFrom = pos
+			break
+		}
+		for g := range chunk {
+			c, s := chunk[g], &sums[g]
+			s.Acted, s.Suppressed, s.Duplicates, s.Cancelled, s.Unmatched = s.Acted+c.Acted, s.Suppressed+c.Suppressed,
+				s.Duplicates+c.Duplicates, s.Cancelled+c.Cancelled, s.Unmatched+c.Unmatched
+			s.IDs = append(s.IDs, c.IDs...)
+		}
+		e.committed(items[pos:pos+n], out, committedAt)
+		pos += n
+	}
+	failed := make([]bool, len(group))
+	for _, it := range items[failedFrom:] {
+		failed[it.g] = true
+	}
+	for g, req := range group {
+		req.sum = sums[g]
+		if failed[g] {
+			req.sum, req.err = Summary{}, err
 		}
 		close(req.done)
 	}
-	if err != nil {
-		return
+	if err == nil {
+		e.setStorm(storm, len(items))
 	}
+}
+
+// committed updates this replica's view of the firing targets and the
+// metrics after a transaction of a group committed.
+func (e *Engine) committed(items []groupItem, out []decided, at time.Time) {
 	var fired, resolved []string
-	for _, gp := range ps {
-		for _, p := range gp {
-			switch {
-			case p.rule == nil:
-			case p.a.Status == StatusFiring:
-				fired = append(fired, p.target)
-			default:
-				resolved = append(resolved, p.target)
-			}
+	for _, it := range items {
+		switch {
+		case it.p.rule == nil:
+		case it.p.a.Status == StatusFiring:
+			fired = append(fired, it.p.target)
+		default:
+			resolved = append(resolved, it.p.target)
 		}
 	}
-	e.noteFiring(fired, resolved, committedAt)
-	e.setStorm(storm, total)
+	e.noteFiring(fired, resolved, at)
 	for _, d := range out {
 		switch {
 		case d.duplicate:
