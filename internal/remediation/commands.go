@@ -227,34 +227,49 @@ func (e *Engine) Expire(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// Deliver sends node's commands with send until ctx ends: those in the
-// outbox now, then each one written later (a watch on Outbox(node)). Each
-// goes through Dispatch first, so no two replicas or calls send the same
-// command. When send fails the command goes back to the outbox and Deliver
-// returns send's error: the stream is gone, and the next Deliver for the
-// node will send it. The aggregator runs one Deliver per node stream it
-// holds, under the stream's context; send must not block for long (queue
-// the command on the stream).
+// Deliver sends node's commands with send until ctx ends, then returns
+// nil: those in the outbox now, then each one written later (a watch on
+// Outbox(node)). Each goes through Dispatch first, so no two replicas or
+// calls send the same command. When send fails (the stream's queue is
+// full, the stream is ending) the command goes back to the outbox, and
+// Deliver tries again after a backoff (100 ms doubling to 5 s), as it does
+// when the store fails (etcd without quorum): while ctx lives, nothing is
+// left behind. The aggregator runs one Deliver per node stream it holds,
+// under the stream's context, and need not restart it; send must not block
+// for long (it queues the command on the stream).
 func (e *Engine) Deliver(ctx context.Context, node string, send func(Command) error) error {
 	prefix := Outbox(node)
-	for {
-		kvs, rev, err := e.st.List(ctx, prefix, 0)
-		if err != nil {
-			return err
-		}
-		for _, kv := range kvs {
-			if err := e.deliverOne(ctx, node, kv, send); err != nil {
-				return err
-			}
-		}
-		err = e.watchOutbox(ctx, node, prefix, rev, send)
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := e.deliverFrom(ctx, node, prefix, send)
 		if ctx.Err() != nil {
-			return nil
+			break
 		}
-		if !errors.Is(err, store.ErrCompacted) {
+		if errors.Is(err, store.ErrCompacted) {
+			continue // list again and watch from there
+		}
+		e.log.Warn("delivering commands: trying again", "node", node, "in", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	return nil
+}
+
+// deliverFrom sends what is in the outbox, then what comes, until an error.
+func (e *Engine) deliverFrom(ctx context.Context, node, prefix string, send func(Command) error) error {
+	kvs, rev, err := e.st.List(ctx, prefix, 0)
+	if err != nil {
+		return err
+	}
+	for _, kv := range kvs {
+		if err := e.deliverOne(ctx, node, kv, send); err != nil {
 			return err
 		}
 	}
+	return e.watchOutbox(ctx, node, prefix, rev, send)
 }
 
 func (e *Engine) watchOutbox(ctx context.Context, node, prefix string, rev int64, send func(Command) error) error {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -422,21 +423,41 @@ func TestDeliver(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Deliver ended with %v", err)
 	}
-	// A stream that cannot take it: back to pending, Deliver returns.
+	// A stream that cannot take it at first (its queue full): the command
+	// goes back to the outbox, and Deliver sends it once the stream takes
+	// it, once.
 	h.receive(alert("Unhealthy", "n1", "c", h.clock.Now()))
-	errStream := errors.New("stream ended")
-	err := h.e.Deliver(context.Background(), "n1", func(Command) error { return errStream })
-	if !errors.Is(err, errStream) {
-		t.Fatalf("Deliver = %v", err)
+	var calls atomic.Int32
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	done2 := make(chan error, 1)
+	go func() {
+		done2 <- h.e.Deliver(ctx2, "n1", func(c Command) error {
+			if calls.Add(1) == 1 {
+				return errors.New("queue full")
+			}
+			sent <- c
+			return nil
+		})
+	}()
+	if c := recv(); c.Target.ContainerID != "c" {
+		t.Fatalf("delivered %+v", c)
 	}
-	pending := 0
-	for _, c := range h.outbox() {
-		if c.Target.Node == "n1" && c.State == StatePending {
-			pending++
+	cancel2()
+	if err := <-done2; err != nil {
+		t.Fatalf("Deliver ended with %v", err)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Errorf("send called %d times, want a failure and a success", n)
+	}
+	returned := 0
+	for _, j := range h.journal("") {
+		if j.Kind == JournalReturned && strings.Contains(j.Message, "queue full") {
+			returned++
 		}
 	}
-	if pending != 1 {
-		t.Errorf("%d pending on n1 after a failed send, want 1: %+v", pending, h.outbox())
+	if returned != 1 {
+		t.Errorf("%d returned journal lines", returned)
 	}
 }
 
