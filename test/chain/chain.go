@@ -136,6 +136,9 @@ func (c *Chain) AgentCommand() []string {
 		"--containerd", c.cfg.ContainerdAddress,
 		"--aggregator", c.cfg.AggregatorGRPC,
 		"--insecure",
+		// The chain's aggregator is on loopback without TLS: the agent
+		// carries out its commands (remediation) only when told to.
+		"--accept-commands",
 		"--metrics-listen", c.cfg.AgentMetrics,
 	}
 	if c.cfg.Interval > 0 {

@@ -37,7 +37,9 @@ func TestRemediation(t *testing.T) {
 			t.Skipf("%s not installed: %v", bin, err)
 		}
 	}
-	ns := fmt.Sprintf("e2e-remediation-%d", os.Getpid())
+	// The shipped remediation rules act on the namespaces default, prod-*
+	// and k8s.io.
+	ns := fmt.Sprintf("prod-e2e-%d", os.Getpid())
 	env.WorkloadImage(t, ns)
 	netns := testenv.NewNetNS(t)
 	bin := buildBinaries(t)
