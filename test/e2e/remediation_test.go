@@ -39,7 +39,7 @@ func TestRemediation(t *testing.T) {
 	}
 	// The shipped remediation rules act on the namespaces default, prod-*
 	// and k8s.io.
-	ns := fmt.Sprintf("prod-e2e-%d", os.Getpid())
+	ns := fmt.Sprintf("%se2e-%d", chain.SickNamespacePrefix, os.Getpid())
 	env.WorkloadImage(t, ns)
 	netns := testenv.NewNetNS(t)
 	bin := buildBinaries(t)
@@ -92,24 +92,14 @@ func TestRemediation(t *testing.T) {
 		}
 	}
 
-	sick := chain.Container{
-		ID:        "sick",
-		Image:     chain.WorkloadRef,
-		Namespace: ns,
-		Args:      []string{"/workload", "serve", "--http", ":8090", "--unhealthy-after", "3s", "--unhealthy-once", "/was-unhealthy"},
-		Labels: map[string]string{
-			"vigil.io/health-http":          "http://:8090/healthz",
-			"vigil.io/health-interval":      "1s",
-			"vigil.io/health-timeout":       "1s",
-			"vigil.io/health-retries":       "3",
-			"vigil.io/health-start-period":  "5s",
-			"vigil.io/restart-policy":       "always",
-			"vigil.io/restart-on-unhealthy": "false",
-		},
-		NetNSPath:    netns.Path,
-		CgroupParent: filepath.Join(env.CgroupParent, ns),
-		LogPath:      filepath.Join(dir, "logs", "sick.log"),
-	}
+	sick := chain.SickStory(chain.StoryOptions{
+		Namespace:      ns,
+		NetNSPath:      netns.Path,
+		LogDir:         filepath.Join(dir, "logs"),
+		CgroupParent:   filepath.Join(env.CgroupParent, ns),
+		UnhealthyAfter: 3 * time.Second,
+		HealthInterval: time.Second,
+	})
 	if err := chain.RunContainer(ctx, env.Address, sick); err != nil {
 		t.Fatal(err)
 	}
