@@ -114,9 +114,15 @@ func (d *demo) redeliver(ctx context.Context) {
 	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	resp.Body.Close()
 	fmt.Fprintf(d.out, "    %s %s\n", resp.Status, strings.TrimSpace(string(answer)))
-	d.say("Suppressed as a duplicate, not acted on again:")
+	d.say("Suppressed as a duplicate, not acted on again (the aggregator's non-zero remediation counters):")
 	for _, line := range d.aggregatorSeries(ctx, "vigil_remediations_suppressed_total", "vigil_remediations_total{") {
-		fmt.Fprintln(d.out, "    "+line)
+		if !strings.HasSuffix(line, " 0") {
+			fmt.Fprintln(d.out, "    "+line)
+		}
+	}
+	fmt.Fprintf(d.out, "    $ bin/vigilctl --server %s --insecure remediations\n", aggregatorGRPC)
+	if out, err := d.chain.Vigilctl(ctx, "remediations"); err == nil {
+		d.out.Write(out)
 	}
 }
 
