@@ -162,8 +162,12 @@ type applyResult struct {
 }
 
 // apply applies one agent message of the node's current instance, at most
-// once per sequence number. Messages must have been validated.
-func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time) (applyResult, error) {
+// once per sequence number. Messages must have been validated (and checked
+// against q.checkMessage). A message that would take the node over a cap
+// of q that depends on what it holds (containers, interfaces of a
+// namespace) is not applied: the error is a *quotaError. q nil checks
+// nothing.
+func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time, q *Quotas) (applyResult, error) {
 	n := f.get(name)
 	if n == nil {
 		return applyResult{}, fmt.Errorf("node %q is not connected: %w", name, errdefs.ErrUnavailable)
@@ -180,13 +184,23 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time) (appl
 		n.mu.Unlock()
 		return applyResult{acked: acked}, nil
 	}
+	if q != nil {
+		if err := n.checkQuotas(m, q); err != nil {
+			n.mu.Unlock()
+			return applyResult{}, err
+		}
+	}
 	n.lastSeq = m.GetSeq()
 	switch b := m.GetBody().(type) {
 	case *vigilv1.AgentMessage_Snapshot:
 		n.applySnapshot(b.Snapshot)
 	case *vigilv1.AgentMessage_ContainerEvent:
 		n.applyContainerEvent(b.ContainerEvent)
-		event = b.ContainerEvent
+		// UPDATED carries coalesced probe results and counters: applied,
+		// but no news for WatchEvents' readers.
+		if b.ContainerEvent.GetType() != vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_UPDATED {
+			event = b.ContainerEvent
+		}
 	case *vigilv1.AgentMessage_ResourceSamples:
 		for _, s := range b.ResourceSamples.GetSamples() {
 			k := metrics.ContainerKey{Namespace: s.GetNamespace(), ID: s.GetContainerId()}
@@ -215,6 +229,34 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time) (appl
 		f.events.publish(name, event)
 	}
 	return applyResult{applied: true, acked: acked}, nil
+}
+
+// checkQuotas checks the caps that depend on what the node holds; n.mu is
+// held.
+func (n *node) checkQuotas(m *vigilv1.AgentMessage, q *Quotas) error {
+	switch b := m.GetBody().(type) {
+	case *vigilv1.AgentMessage_ContainerEvent:
+		c := b.ContainerEvent.GetContainer()
+		k := metrics.ContainerKey{Namespace: c.GetNamespace(), ID: c.GetId()}
+		if _, held := n.containers[k]; !held && b.ContainerEvent.GetType() != vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_REMOVED && len(n.containers) >= q.Containers {
+			return &quotaError{cap: capContainers, value: len(n.containers) + 1, limit: q.Containers, where: "containers of the node"}
+		}
+	case *vigilv1.AgentMessage_NetworkEvent:
+		ifc := b.NetworkEvent.GetInterface()
+		for _, ns := range n.network {
+			if (ifc.GetNetnsInode() == 0 && ns.GetHost()) || (ifc.GetNetnsInode() != 0 && ns.GetInode() == ifc.GetNetnsInode()) {
+				count := len(ns.GetInterfaces())
+				if !slices.ContainsFunc(ns.GetInterfaces(), func(old *vigilv1.Interface) bool { return old.GetIndex() == ifc.GetIndex() }) {
+					count++
+				}
+				if count > q.InterfacesPerNamespace {
+					return &quotaError{cap: capInterfacesPerNamespace, value: count, limit: q.InterfacesPerNamespace, where: fmt.Sprintf("interfaces of network namespace %d", ns.GetInode())}
+				}
+				break
+			}
+		}
+	}
+	return nil
 }
 
 // addResult stores a command result, replacing the stored result of the same

@@ -2,9 +2,13 @@ package remediation
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +22,10 @@ import (
 // benchEngine is an engine on a fresh bbolt file with targets containers
 // on 10 nodes, real clock.
 func benchEngine(b *testing.B, rulesYAML string, targets int) (*Engine, *bolt.Store) {
+	return benchEngineOps(b, rulesYAML, targets, 5000)
+}
+
+func benchEngineOps(b *testing.B, rulesYAML string, targets, maxTxnOps int) (*Engine, *bolt.Store) {
 	b.Helper()
 	st, err := bolt.Open(filepath.Join(b.TempDir(), "state.db"), bolt.Options{})
 	if err != nil {
@@ -32,7 +40,7 @@ func benchEngine(b *testing.B, rulesYAML string, targets int) (*Engine, *bolt.St
 	for i := range targets {
 		fleet.Put(FleetContainer{Node: fmt.Sprintf("n%d", i%10), Namespace: "default", ID: fmt.Sprintf("c%d", i), Owner: OwnerVigil})
 	}
-	e, err := New(Config{Store: st, Fleet: fleet, Rules: StaticRuleSet(rs), Registry: prometheus.NewRegistry()})
+	e, err := New(Config{Store: st, Fleet: fleet, Rules: StaticRuleSet(rs), Registry: prometheus.NewRegistry(), MaxTxnOps: maxTxnOps})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -102,6 +110,26 @@ func BenchmarkReceive(b *testing.B) {
 			})
 		}
 	}
+}
+
+// BenchmarkReceiveSplit: 100-alert webhooks with MaxTxnOps at its default
+// (100, for etcd), so each is about ten transactions on bbolt, against
+// BenchmarkReceive/rules=acting/alerts=100's one.
+func BenchmarkReceiveSplit(b *testing.B) {
+	e, _ := benchEngineOps(b, benchRulesActing, 1000, 0)
+	ctx := context.Background()
+	hooks := make([]*Webhook, b.N)
+	for i := range hooks {
+		hooks[i] = hook(benchAlerts(100, 1000)...)
+	}
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		if _, err := e.Receive(ctx, hooks[i], time.Now()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*100)/time.Since(start).Seconds(), "alerts/s")
 }
 
 // BenchmarkReceiveParallel: one-alert webhooks from 8 goroutines at once, as
@@ -198,5 +226,82 @@ func BenchmarkDecide(b *testing.B) {
 		if d := Decide(in); !d.Act {
 			b.Fatal(d.Message)
 		}
+	}
+}
+
+// BenchmarkWebhookToResult: one alert at a time, from the HTTP POST on
+// loopback to its result recorded: the webhook's answer (the claim
+// committed), the outbox watch firing in Deliver, Dispatch, the command
+// handed to a stand-in for the node's stream, and RecordResult as the
+// agent's answer arrives. The gRPC stream and the agent's own work are
+// not in it. Reports p50 and p99 of the webhook's answer and of the whole.
+func BenchmarkWebhookToResult(b *testing.B) {
+	e, _ := benchEngine(b, benchRulesActing, 1000)
+	srv := httptest.NewServer(e.AlertsHandler())
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type result struct {
+		id string
+		at time.Time
+	}
+	results := make(chan result, 64)
+	stream := make(chan Command, 64)
+	var wg sync.WaitGroup
+	for n := range 10 {
+		wg.Go(func() {
+			_ = e.Deliver(ctx, fmt.Sprintf("n%d", n), func(c Command) error { stream <- c; return nil })
+		})
+	}
+	wg.Go(func() { // the agents, answering at once
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case c := <-stream:
+				if err := e.RecordResult(context.Background(), c.ID, OutcomeSucceeded, ""); err != nil {
+					b.Error(err)
+				}
+				results <- result{c.ID, time.Now()}
+			}
+		}
+	})
+	client := srv.Client()
+	answer := make([]time.Duration, 0, b.N)
+	whole := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		a := benchAlerts(1, 1000)[0]
+		body := fmt.Sprintf(`{"version":"4","groupKey":"g","status":"firing","receiver":"vigil","alerts":[{"status":"firing","labels":{"alertname":"Unhealthy","node":%q,"namespace":"default","container":%q},"startsAt":%q,"fingerprint":%q}]}`,
+			a.Labels["node"], a.Labels["container"], a.StartsAt.Format(time.RFC3339Nano), a.Fingerprint)
+		start := time.Now()
+		resp, err := client.Post(srv.URL, "application/json", strings.NewReader(body))
+		if err != nil {
+			b.Fatal(err)
+		}
+		var sum Summary
+		err = json.NewDecoder(resp.Body).Decode(&sum)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || len(sum.IDs) != 1 {
+			b.Fatalf("%d %+v %v", resp.StatusCode, sum, err)
+		}
+		answer = append(answer, time.Since(start))
+		for r := range results {
+			if r.id == sum.IDs[0] {
+				whole = append(whole, r.at.Sub(start))
+				break
+			}
+		}
+	}
+	b.StopTimer()
+	cancel()
+	wg.Wait()
+	for _, m := range []struct {
+		name string
+		d    []time.Duration
+	}{{"answer", answer}, {"result", whole}} {
+		slices.Sort(m.d)
+		b.ReportMetric(float64(m.d[len(m.d)/2].Microseconds())/1000, m.name+"-p50-ms")
+		b.ReportMetric(float64(m.d[len(m.d)*99/100].Microseconds())/1000, m.name+"-p99-ms")
 	}
 }

@@ -17,6 +17,7 @@ var actionToProto = map[Action]vigilv1.RemediationAction{
 	ActionStop:    vigilv1.RemediationAction_REMEDIATION_ACTION_STOP,
 	ActionKill:    vigilv1.RemediationAction_REMEDIATION_ACTION_KILL,
 	ActionLinkUp:  vigilv1.RemediationAction_REMEDIATION_ACTION_LINK_UP,
+	ActionStart:   vigilv1.RemediationAction_REMEDIATION_ACTION_START,
 }
 
 // ActionToProto converts an action (UNSPECIFIED for an unknown one).
@@ -64,6 +65,7 @@ var outcomeToProto = map[Outcome]vigilv1.CommandOutcome{
 	OutcomeExpired:   vigilv1.CommandOutcome_COMMAND_OUTCOME_EXPIRED,
 	OutcomeDuplicate: vigilv1.CommandOutcome_COMMAND_OUTCOME_DUPLICATE,
 	OutcomeNotFound:  vigilv1.CommandOutcome_COMMAND_OUTCOME_NOT_FOUND,
+	OutcomeRefused:   vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED,
 }
 
 // OutcomeToProto converts an outcome.
@@ -80,12 +82,22 @@ func OutcomeFromProto(p vigilv1.CommandOutcome) (Outcome, error) {
 }
 
 // ResultFromProto takes an agent's CommandResult apart for RecordResult.
+// An outcome this version does not know (from a newer agent) is recorded
+// as failed, its name kept in the message, rather than dropped: a dropped
+// result would leave the command waiting until it is marked unknown.
+// UNSPECIFIED and a missing id are ErrInvalid.
 func ResultFromProto(r *vigilv1.CommandResult) (id string, o Outcome, message string, err error) {
 	if r.GetCommandId() == "" {
 		return "", "", "", fmt.Errorf("command result without a command id: %w", errdefs.ErrInvalid)
 	}
+	if r.GetOutcome() == vigilv1.CommandOutcome_COMMAND_OUTCOME_UNSPECIFIED {
+		return "", "", "", fmt.Errorf("command %s: result without an outcome: %w", clip(r.GetCommandId()), errdefs.ErrInvalid)
+	}
 	o, err = OutcomeFromProto(r.GetOutcome())
-	return r.GetCommandId(), o, r.GetMessage(), err
+	if err != nil {
+		return r.GetCommandId(), OutcomeFailed, join(r.GetOutcome().String(), r.GetMessage()), nil
+	}
+	return r.GetCommandId(), o, r.GetMessage(), nil
 }
 
 // TargetToProto converts a resolved target.
@@ -160,4 +172,65 @@ func RequestFromProto(r *vigilv1.RequestRemediationRequest, who string) (Operato
 // ListFilterFromProto converts ListRemediations' request.
 func ListFilterFromProto(r *vigilv1.ListRemediationsRequest) ListFilter {
 	return ListFilter{Node: r.GetNode(), Limit: int(min(r.GetLimit(), MaxListLimit))}
+}
+
+var ownerToProto = map[Owner]vigilv1.Manager{
+	OwnerUnknown:    vigilv1.Manager_MANAGER_UNSPECIFIED,
+	OwnerVigil:      vigilv1.Manager_MANAGER_VIGIL,
+	OwnerKubelet:    vigilv1.Manager_MANAGER_KUBELET,
+	OwnerDocker:     vigilv1.Manager_MANAGER_DOCKER,
+	OwnerContainerd: vigilv1.Manager_MANAGER_CONTAINERD,
+}
+
+// OwnerToProto converts an owner.
+func OwnerToProto(o Owner) vigilv1.Manager { return ownerToProto[o] }
+
+// OwnerFromProto converts a container's manager; a value this version does
+// not know is OwnerUnknown, which the engine treats as another manager's
+// (never more than a kill).
+func OwnerFromProto(m vigilv1.Manager) Owner {
+	for o, v := range ownerToProto {
+		if v == m {
+			return o
+		}
+	}
+	return OwnerUnknown
+}
+
+// ContainerMatches reports whether container c on node is the container
+// ref names: by pod namespace, pod and container name when ref names a
+// pod, else by containerd id; ref.Namespace, when set, must match too. A
+// pod's sandbox never matches. For the aggregator's FleetView.
+func ContainerMatches(ref TargetRef, node string, c *vigilv1.Container) bool {
+	if node != ref.Node || (ref.Namespace != "" && ref.Namespace != c.GetNamespace()) {
+		return false
+	}
+	if p := c.GetPod(); p.GetSandbox() {
+		return false
+	}
+	if ref.Pod != "" {
+		p := c.GetPod()
+		return p.GetNamespace() == ref.PodNamespace && p.GetName() == ref.Pod && p.GetContainerName() == ref.Container
+	}
+	return c.GetId() == ref.Container
+}
+
+// ContainerTargetState is what a FleetView answers for container c on node
+// (nodeUp: whether the node is up). With ref.Interface set, the target is
+// that link in the container's network namespace (the host's when the
+// container shares it).
+func ContainerTargetState(ref TargetRef, node string, c *vigilv1.Container, nodeUp bool) TargetState {
+	st := TargetState{
+		Target: Target{Node: node, Namespace: c.GetNamespace(), ContainerID: c.GetId(), PodNamespace: c.GetPod().GetNamespace(),
+			Pod: c.GetPod().GetName(), Container: c.GetPod().GetContainerName()},
+		Owner: OwnerFromProto(c.GetManager()), RestartCount: c.GetRestartCount(), HasRestartCount: true, NodeUp: nodeUp,
+	}
+	if ref.Interface != "" {
+		st.Target.Interface = ref.Interface
+		if !c.GetHostNetwork() {
+			st.Target.NetnsInode = c.GetNetnsInode()
+		}
+		st.Owner, st.RestartCount, st.HasRestartCount = OwnerUnknown, 0, false
+	}
+	return st
 }

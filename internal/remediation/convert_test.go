@@ -71,6 +71,57 @@ func TestConvertEnumsBothWays(t *testing.T) {
 	}
 }
 
+func TestConvertOwners(t *testing.T) {
+	for n, name := range vigilv1.Manager_name {
+		m := vigilv1.Manager(n)
+		if o := OwnerFromProto(m); OwnerToProto(o) != m {
+			t.Errorf("manager %s → %q → %v", name, o, OwnerToProto(o))
+		}
+	}
+	for _, o := range Owners {
+		if OwnerFromProto(OwnerToProto(o)) != o {
+			t.Errorf("owner %q does not come back", o)
+		}
+	}
+	if OwnerFromProto(vigilv1.Manager(99)) != OwnerUnknown {
+		t.Error("an unknown manager is not OwnerUnknown")
+	}
+}
+
+func TestContainerMatches(t *testing.T) {
+	pod := &vigilv1.Container{Id: "abc", Namespace: "k8s.io", Manager: vigilv1.Manager_MANAGER_KUBELET, RestartCount: 4, NetnsInode: 77,
+		Pod: &vigilv1.PodIdentity{Namespace: "shop", Name: "frontend", ContainerName: "app"}}
+	sandbox := &vigilv1.Container{Id: "pause", Namespace: "k8s.io", Pod: &vigilv1.PodIdentity{Namespace: "shop", Name: "frontend", Sandbox: true}}
+	plain := &vigilv1.Container{Id: "web", Namespace: "default", Manager: vigilv1.Manager_MANAGER_VIGIL}
+	for _, tc := range []struct {
+		ref  TargetRef
+		c    *vigilv1.Container
+		want bool
+	}{
+		{TargetRef{Node: "n", PodNamespace: "shop", Pod: "frontend", Container: "app"}, pod, true},
+		{TargetRef{Node: "n", Namespace: "k8s.io", PodNamespace: "shop", Pod: "frontend", Container: "app"}, pod, true},
+		{TargetRef{Node: "n", Namespace: "moby", PodNamespace: "shop", Pod: "frontend", Container: "app"}, pod, false},
+		{TargetRef{Node: "m", PodNamespace: "shop", Pod: "frontend", Container: "app"}, pod, false},
+		{TargetRef{Node: "n", PodNamespace: "shop", Pod: "frontend", Container: "other"}, pod, false},
+		{TargetRef{Node: "n", Namespace: "k8s.io", Container: "abc"}, pod, true},
+		{TargetRef{Node: "n", Namespace: "k8s.io", Container: "pause"}, sandbox, false},
+		{TargetRef{Node: "n", Namespace: "default", Container: "web"}, plain, true},
+		{TargetRef{Node: "n", Container: "web"}, plain, true},
+	} {
+		if got := ContainerMatches(tc.ref, "n", tc.c); got != tc.want {
+			t.Errorf("%s matches %s: %v", tc.ref, tc.c.GetId(), got)
+		}
+	}
+	st := ContainerTargetState(TargetRef{Node: "n", PodNamespace: "shop", Pod: "frontend", Container: "app"}, "n", pod, true)
+	if st.Owner != OwnerKubelet || st.RestartCount != 4 || !st.HasRestartCount || st.Target.ContainerID != "abc" || st.Target.Pod != "frontend" || !st.NodeUp {
+		t.Errorf("state = %+v", st)
+	}
+	link := ContainerTargetState(TargetRef{Node: "n", PodNamespace: "shop", Pod: "frontend", Container: "app", Interface: "eth0"}, "n", pod, false)
+	if link.Target.Interface != "eth0" || link.Target.NetnsInode != 77 || link.HasRestartCount || link.NodeUp {
+		t.Errorf("link state = %+v", link)
+	}
+}
+
 func TestConvertMessages(t *testing.T) {
 	dl := time.Date(2026, 12, 2, 12, 2, 0, 0, time.UTC)
 	c := Command{ID: "id", Action: ActionKill, Signal: 15, Deadline: dl, Reason: "r",
@@ -101,6 +152,13 @@ func TestConvertMessages(t *testing.T) {
 	id, o, msg, err := ResultFromProto(&vigilv1.CommandResult{CommandId: "c1", Outcome: vigilv1.CommandOutcome_COMMAND_OUTCOME_FENCED, Message: "m"})
 	if id != "c1" || o != OutcomeFenced || msg != "m" || err != nil {
 		t.Errorf("result = %s %s %s %v", id, o, msg, err)
+	}
+	id, o, msg, err = ResultFromProto(&vigilv1.CommandResult{CommandId: "c2", Outcome: vigilv1.CommandOutcome(99), Message: "from a newer agent"})
+	if id != "c2" || o != OutcomeFailed || msg != "99; from a newer agent" || err != nil {
+		t.Errorf("unknown outcome = %s %s %q %v", id, o, msg, err)
+	}
+	if _, _, _, err := ResultFromProto(&vigilv1.CommandResult{CommandId: "c3"}); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("no outcome: %v", err)
 	}
 	if f := ListFilterFromProto(&vigilv1.ListRemediationsRequest{Node: "n", Limit: 1 << 30}); f.Limit != MaxListLimit || f.Node != "n" {
 		t.Errorf("filter = %+v", f)

@@ -47,11 +47,14 @@ const (
 	// ReasonStoreUnavailable: the store could not be written; nothing was
 	// decided (the webhook answered 5xx for Alertmanager to retry).
 	ReasonStoreUnavailable Reason = "store_unavailable"
+	// ReasonRefused: the agent refused the command (its allowlist, a host
+	// link, more than a kill for another manager's container).
+	ReasonRefused Reason = "refused"
 )
 
 // Reasons lists every suppression reason (metric label values).
 var Reasons = []Reason{ReasonDuplicate, ReasonCooldown, ReasonBudget, ReasonStorm, ReasonFenced, ReasonDryRun,
-	ReasonTargetUnknown, ReasonNodeDown, ReasonResolved, ReasonOwner, ReasonEscalated, ReasonStoreUnavailable}
+	ReasonTargetUnknown, ReasonNodeDown, ReasonResolved, ReasonOwner, ReasonEscalated, ReasonStoreUnavailable, ReasonRefused}
 
 // Budget is the shared state that limits actions, as read from the store
 // at the revision a decision is conditioned on.
@@ -114,10 +117,11 @@ type Decision struct {
 	Target    Target
 	Fence     Fence
 	// Claim: the intent is claimed for good, so that a later delivery of
-	// the same alert is a duplicate. Held decisions (budget, cooldown,
-	// storm, node down, unknown target) are not claimed: Alertmanager's
-	// next delivery of a still-firing alert is decided again, so limits
-	// delay an action rather than drop it.
+	// the same alert is a duplicate (acting, dry run, owner, fenced: the
+	// answer for this firing will not change). Held decisions (budget,
+	// cooldown, storm, node down, unknown target, escalated) are not
+	// claimed: Alertmanager's next delivery of a still-firing alert is
+	// decided again, so limits delay an action rather than drop it.
 	Claim bool
 	// Charge: the action counts against the budgets (acting, not dry run).
 	Charge bool
@@ -151,13 +155,16 @@ func Decide(in Input) Decision {
 	d := Decision{Action: in.Action, Signal: in.Signal, Target: st.Target}
 	if in.Action.onContainer() {
 		if in.AlertContainerID != "" && in.AlertContainerID != st.Target.ContainerID {
-			return suppress(ReasonFenced, "the alert saw container %s, the fleet now has %s in its place", clip(in.AlertContainerID), st.Target.ContainerID)
+			// Claimed: this firing was about a container that is gone.
+			d := suppress(ReasonFenced, "the alert saw container %s, the fleet now has %s in its place", clip(in.AlertContainerID), st.Target.ContainerID)
+			d.Claim = true
+			return d
 		}
 		d.Fence = Fence{ContainerID: st.Target.ContainerID, RestartCount: st.RestartCount, HasRestartCount: st.HasRestartCount}
 	}
 	owned := in.Action.onContainer() && st.Owner != OwnerVigil
-	if owned && in.Action == ActionStop {
-		d := suppress(ReasonOwner, "%s owns container %s and would start it again: stopping it would fight its owner", ownerName(st.Owner), st.Target.ContainerID)
+	if owned && (in.Action == ActionStop || in.Action == ActionStart) {
+		d := suppress(ReasonOwner, "%s owns container %s: %s would fight its owner", ownerName(st.Owner), st.Target.ContainerID, in.Action)
 		d.Claim = true
 		return d
 	}
@@ -185,8 +192,8 @@ func Decide(in Input) Decision {
 	if e := escalation(in.Rule); e != nil && len(hour) >= e.After {
 		d.Action, d.Signal, d.Escalated = e.Action, e.Signal, true
 		d.Message = fmt.Sprintf("%d actions on %s within the hour: escalated from %s to %s", len(hour), st.Target.Key(), in.Action, e.Action)
-		if e.Action == ActionStop && owned {
-			d := suppress(ReasonOwner, "escalation to stop_container: %s owns container %s and would start it again; left to a human", ownerName(st.Owner), st.Target.ContainerID)
+		if (e.Action == ActionStop || e.Action == ActionStart) && owned {
+			d := suppress(ReasonOwner, "escalation to %s: %s owns container %s; left to a human", e.Action, ownerName(st.Owner), st.Target.ContainerID)
 			d.Claim = true
 			return d
 		}

@@ -33,7 +33,8 @@
 //
 // # What is claimed, what is held
 //
-// Acting, dry run, and refusing to fight an owner claim the intent: later
+// Acting, dry run, refusing to fight an owner, and an alert fenced because
+// it saw a container since replaced claim the intent: later
 // deliveries of the same firing are duplicates. Limits hold without
 // claiming (cooldown, budget, storm, node down, unknown target, escalated):
 // the decision is journaled, and Alertmanager's next delivery of a
@@ -58,7 +59,8 @@
 //	rules, err := remediation.NewRuleSet(path)        // "" = no rule; SIGHUP: rules.Reload()
 //	eng, err := remediation.New(remediation.Config{
 //		Store: st, Fleet: fleetView, Rules: rules, Registry: reg,
-//		Leader: nil, // or the etcd election's IsLeader with several replicas
+//		Leader: nil,     // or the etcd election's IsLeader with several replicas
+//		MaxTxnOps: 5000, // with bbolt only: etcd takes at most 128 (default 100)
 //	})
 //	go eng.Run(ctx)                                   // expiry, storm gauge, sweep
 //	mux.Handle("POST /api/v1/alerts", auth(eng.AlertsHandler()))
@@ -78,7 +80,11 @@
 //
 // The FleetView is the aggregator's read model in domain types (Lookup of
 // a container by namespace and id or by pod, with its owner, restart count
-// and whether its node is up; Size). StaticFleet is a fake shipped with it.
+// and whether its node is up; Size). Over the aggregator's protobuf
+// containers it is a few lines: the node's containers that
+// ContainerMatches(ref, node, c) (ErrNotFound for none, ErrInvalid for
+// more than one), answered with ContainerTargetState(ref, node, c, up).
+// StaticFleet is a fake shipped with the interface.
 //
 // Key layout in the store: see keys.go. Metrics: vigil_remediations_total,
 // vigil_remediations_suppressed_total, vigil_remediation_webhook_requests_total,

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -294,6 +295,21 @@ func TestFence(t *testing.T) {
 	if suppressedCount(h, ReasonFenced) != 1 {
 		t.Error("fenced not counted")
 	}
+	// The agent's policy refuses a command: suppressed, counted.
+	s2 := h.receive(alert("Unhealthy", "n1", "web", h.clock.Now().Add(time.Millisecond)))
+	c2, err := h.e.Dispatch(ctx, "n1", s2.IDs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.e.RecordResult(ctx, c2.ID, OutcomeRefused, "namespace default is not in --command-namespaces"); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := h.e.Get(ctx, c2.ID); r.State != StateSuppressed || r.Result != "refused" || !strings.Contains(r.Message, "command-namespaces") {
+		t.Errorf("refused record = %+v", r)
+	}
+	if suppressedCount(h, ReasonRefused) != 1 {
+		t.Error("refused not counted")
+	}
 	// The alert carries the container id it saw; the container was
 	// replaced since.
 	b := alert("Unhealthy", "n1", "web", h.clock.Now().Add(time.Second))
@@ -407,21 +423,41 @@ func TestDeliver(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Deliver ended with %v", err)
 	}
-	// A stream that cannot take it: back to pending, Deliver returns.
+	// A stream that cannot take it at first (its queue full): the command
+	// goes back to the outbox, and Deliver sends it once the stream takes
+	// it, once.
 	h.receive(alert("Unhealthy", "n1", "c", h.clock.Now()))
-	errStream := errors.New("stream ended")
-	err := h.e.Deliver(context.Background(), "n1", func(Command) error { return errStream })
-	if !errors.Is(err, errStream) {
-		t.Fatalf("Deliver = %v", err)
+	var calls atomic.Int32
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	done2 := make(chan error, 1)
+	go func() {
+		done2 <- h.e.Deliver(ctx2, "n1", func(c Command) error {
+			if calls.Add(1) == 1 {
+				return errors.New("queue full")
+			}
+			sent <- c
+			return nil
+		})
+	}()
+	if c := recv(); c.Target.ContainerID != "c" {
+		t.Fatalf("delivered %+v", c)
 	}
-	pending := 0
-	for _, c := range h.outbox() {
-		if c.Target.Node == "n1" && c.State == StatePending {
-			pending++
+	cancel2()
+	if err := <-done2; err != nil {
+		t.Fatalf("Deliver ended with %v", err)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Errorf("send called %d times, want a failure and a success", n)
+	}
+	returned := 0
+	for _, j := range h.journal("") {
+		if j.Kind == JournalReturned && strings.Contains(j.Message, "queue full") {
+			returned++
 		}
 	}
-	if pending != 1 {
-		t.Errorf("%d pending on n1 after a failed send, want 1: %+v", pending, h.outbox())
+	if returned != 1 {
+		t.Errorf("%d returned journal lines", returned)
 	}
 }
 
@@ -484,6 +520,18 @@ rules:
 	}
 	if s := h.receive(alerts[:3]...); s.Acted != 3 {
 		t.Fatalf("3 of 12 is not a storm: %+v", s)
+	}
+	// The same three again (another replica's view, after a refresh, and
+	// this one's): still three targets, not six.
+	other := h.engine()
+	h.clock.Advance(firingRefresh)
+	for _, e := range []*Engine{h.e, other} {
+		if _, err := e.Receive(context.Background(), hook(alerts[:3]...), h.clock.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if testutil.ToFloat64(e.m.storm) != 0 {
+			t.Fatal("the same targets firing again counted twice")
+		}
 	}
 	if s := h.receive(alerts[3:5]...); s.Suppressed != 2 || suppressedCount(h, ReasonStorm) != 2 {
 		t.Fatalf("5 of 12: %+v", s)

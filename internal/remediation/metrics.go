@@ -19,7 +19,7 @@ type metrics struct {
 
 // results are the values of vigil_remediations_total's result label.
 var results = []string{string(OutcomeSucceeded), string(OutcomeFailed), string(OutcomeFenced), string(OutcomeExpired),
-	string(OutcomeDuplicate), string(OutcomeNotFound), ResultUnknown, ResultCancelled}
+	string(OutcomeDuplicate), string(OutcomeNotFound), string(OutcomeRefused), ResultUnknown, ResultCancelled}
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
@@ -29,7 +29,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"action", "result"}),
 		suppressed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_remediations_suppressed_total",
-			Help: "Alerts and requests that made no command, by reason (duplicate, cooldown, budget, storm, fenced, dry_run, target_unknown, node_down, resolved, owner, escalated, store_unavailable).",
+			Help: "Alerts and requests that made no command, by reason (duplicate, cooldown, budget, storm, fenced, dry_run, target_unknown, node_down, resolved, owner, escalated, store_unavailable, refused).",
 		}, []string{"reason"}),
 		webhook: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_remediation_webhook_requests_total",

@@ -146,7 +146,7 @@ func (e *Engine) Sweep(ctx context.Context) (int, error) {
 				continue
 			}
 			batch = append(batch, store.Cond{Key: kv.Key, ModRevision: kv.ModRevision})
-			if len(batch) == 256 {
+			if len(batch) >= e.cfg.MaxTxnOps {
 				if err := flush(); err != nil {
 					return err
 				}

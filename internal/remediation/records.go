@@ -20,7 +20,8 @@ const (
 	// StateFailed: the agent tried and failed, or found no such target.
 	StateFailed State = "failed"
 	// StateSuppressed: decided not to act (Result is the Reason), or the
-	// agent refused it because its fence no longer held (Result fenced).
+	// agent did not carry it out because its fence no longer held (Result
+	// fenced) or its policy refused it (Result refused).
 	StateSuppressed State = "suppressed"
 	// StateCancelled: the alert resolved before the command was sent.
 	StateCancelled State = "cancelled"
@@ -52,10 +53,14 @@ const (
 	OutcomeDuplicate Outcome = "duplicate"
 	// OutcomeNotFound: no such target on the node.
 	OutcomeNotFound Outcome = "not_found"
+	// OutcomeRefused: the agent refused it (not from this aggregator, a
+	// namespace not allowed, more than a kill for another manager's
+	// container, a host link); the message says which.
+	OutcomeRefused Outcome = "refused"
 )
 
 // Outcomes lists every outcome.
-var Outcomes = []Outcome{OutcomeSucceeded, OutcomeFailed, OutcomeFenced, OutcomeExpired, OutcomeDuplicate, OutcomeNotFound}
+var Outcomes = []Outcome{OutcomeSucceeded, OutcomeFailed, OutcomeFenced, OutcomeExpired, OutcomeDuplicate, OutcomeNotFound, OutcomeRefused}
 
 // ParseOutcome checks an outcome's name.
 func ParseOutcome(s string) (Outcome, error) {
@@ -72,7 +77,7 @@ func (o Outcome) state() State {
 	switch o {
 	case OutcomeSucceeded, OutcomeDuplicate:
 		return StateSucceeded
-	case OutcomeFenced:
+	case OutcomeFenced, OutcomeRefused:
 		return StateSuppressed
 	case OutcomeExpired:
 		return StateExpired

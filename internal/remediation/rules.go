@@ -661,7 +661,7 @@ func (p *ruleParser) action(n *yaml.Node, what string) (Action, error) {
 	}
 	a, err := ParseAction(s)
 	if err != nil {
-		return 0, p.errf(n, "%s: unknown action %q (known: restart_container, stop_container, kill_container, set_link_up)", what, clip(s))
+		return 0, p.errf(n, "%s: unknown action %q (known: restart_container, stop_container, kill_container, set_link_up, start_container)", what, clip(s))
 	}
 	return a, nil
 }

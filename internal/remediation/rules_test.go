@@ -28,11 +28,11 @@ func TestExampleRules(t *testing.T) {
 	if len(rs.Rules) != 3 {
 		t.Fatalf("%d rules", len(rs.Rules))
 	}
-	r := rs.Match(map[string]string{"alertname": "VigilContainerUnhealthy", "namespace": "prod-eu", "node": "n1", "container": "web"})
+	r := rs.Match(map[string]string{"alertname": "VigilContainerUnhealthy", "vigil_action": "restart_container", "namespace": "prod-eu", "node": "n1", "container": "web"})
 	if r == nil || r.Name != "restart-unhealthy" || r.Action != ActionRestart || r.Escalate == nil || r.Escalate.Action != ActionStop || r.Escalate.After != 3 {
 		t.Fatalf("match = %+v", r)
 	}
-	if rs.Match(map[string]string{"alertname": "VigilContainerUnhealthy", "namespace": "kube-system"}) != nil {
+	if rs.Match(map[string]string{"alertname": "VigilContainerUnhealthy", "vigil_action": "restart_container", "namespace": "kube-system"}) != nil {
 		t.Error("match_re is not anchored or not applied")
 	}
 	term := rs.Rules[1]

@@ -25,6 +25,10 @@ const (
 	// ActionLinkUp sets a link up, in a container's network namespace or,
 	// where a rule allows it, on the host.
 	ActionLinkUp
+	// ActionStart starts a stopped container and clears an explicit stop
+	// (an operator's, or a stop_container's), as docker start does; a
+	// running one is left alone. Only for containers Vigil restarts.
+	ActionStart
 )
 
 var actionNames = map[Action]string{
@@ -32,10 +36,11 @@ var actionNames = map[Action]string{
 	ActionStop:    "stop_container",
 	ActionKill:    "kill_container",
 	ActionLinkUp:  "set_link_up",
+	ActionStart:   "start_container",
 }
 
 // Actions lists every action, in order.
-var Actions = []Action{ActionRestart, ActionStop, ActionKill, ActionLinkUp}
+var Actions = []Action{ActionRestart, ActionStop, ActionKill, ActionLinkUp, ActionStart}
 
 // String is the action's name in rules, the journal and metric labels.
 func (a Action) String() string {
@@ -46,14 +51,14 @@ func (a Action) String() string {
 }
 
 // ParseAction parses an action's name (restart_container, stop_container,
-// kill_container, set_link_up).
+// kill_container, set_link_up, start_container).
 func ParseAction(s string) (Action, error) {
 	for _, a := range Actions {
 		if actionNames[a] == s {
 			return a, nil
 		}
 	}
-	return 0, fmt.Errorf("unknown action %q (known: restart_container, stop_container, kill_container, set_link_up): %w", clip(s), errdefs.ErrInvalid)
+	return 0, fmt.Errorf("unknown action %q (known: restart_container, stop_container, kill_container, set_link_up, start_container): %w", clip(s), errdefs.ErrInvalid)
 }
 
 // MarshalText writes the action's name (JSON of journal records).
@@ -69,7 +74,7 @@ func (a *Action) UnmarshalText(b []byte) error {
 	return nil
 }
 
-func (a Action) onContainer() bool { return a == ActionRestart || a == ActionStop || a == ActionKill }
+func (a Action) onContainer() bool { return a != ActionLinkUp }
 
 // Owner is who restarts a container when its task ends.
 type Owner string

@@ -119,8 +119,17 @@ type ListContainersRequest struct {
 	Health HealthStatus `protobuf:"varint,5,opt,name=health,proto3,enum=vigil.v1.HealthStatus" json:"health,omitempty"`
 	// Include pod sandbox containers (excluded by default).
 	IncludeSandboxes bool `protobuf:"varint,6,opt,name=include_sandboxes,json=includeSandboxes,proto3" json:"include_sandboxes,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// At most this many containers in the response; 0 for the server's
+	// default (500). The server caps it (5000).
+	PageSize uint32 `protobuf:"varint,7,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Where to continue: the next_page_token of the previous response, with
+	// the same filters; empty for the first page.
+	PageToken string `protobuf:"bytes,8,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Include health probe output (health.last_results[].output), left out
+	// by default: it is most of a container's size.
+	IncludeProbeOutput bool `protobuf:"varint,9,opt,name=include_probe_output,json=includeProbeOutput,proto3" json:"include_probe_output,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ListContainersRequest) Reset() {
@@ -195,6 +204,27 @@ func (x *ListContainersRequest) GetIncludeSandboxes() bool {
 	return false
 }
 
+func (x *ListContainersRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListContainersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListContainersRequest) GetIncludeProbeOutput() bool {
+	if x != nil {
+		return x.IncludeProbeOutput
+	}
+	return false
+}
+
 // NodeContainer is a container with the node it runs on.
 type NodeContainer struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -254,7 +284,10 @@ func (x *NodeContainer) GetContainer() *Container {
 type ListContainersResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The containers.
-	Containers    []*NodeContainer `protobuf:"bytes,1,rep,name=containers,proto3" json:"containers,omitempty"`
+	Containers []*NodeContainer `protobuf:"bytes,1,rep,name=containers,proto3" json:"containers,omitempty"`
+	// Set when more containers match: pass it as page_token for the next
+	// page. Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -294,6 +327,13 @@ func (x *ListContainersResponse) GetContainers() []*NodeContainer {
 		return x.Containers
 	}
 	return nil
+}
+
+func (x *ListContainersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // GetContainerRequest names one container.
@@ -752,21 +792,26 @@ const file_vigil_v1_vigil_proto_rawDesc = "" +
 	"\x14vigil/v1/vigil.proto\x12\bvigil.v1\x1a\x16vigil/v1/gateway.proto\x1a\x14vigil/v1/types.proto\"\x12\n" +
 	"\x10ListNodesRequest\"9\n" +
 	"\x11ListNodesResponse\x12$\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x0e.vigil.v1.NodeR\x05nodes\"\xe8\x01\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x0e.vigil.v1.NodeR\x05nodes\"\xd6\x02\n" +
 	"\x15ListContainersRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x10\n" +
 	"\x03pod\x18\x03 \x01(\tR\x03pod\x12.\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x18.vigil.v1.ContainerStateR\x05state\x12.\n" +
 	"\x06health\x18\x05 \x01(\x0e2\x16.vigil.v1.HealthStatusR\x06health\x12+\n" +
-	"\x11include_sandboxes\x18\x06 \x01(\bR\x10includeSandboxes\"V\n" +
+	"\x11include_sandboxes\x18\x06 \x01(\bR\x10includeSandboxes\x12\x1b\n" +
+	"\tpage_size\x18\a \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\b \x01(\tR\tpageToken\x120\n" +
+	"\x14include_probe_output\x18\t \x01(\bR\x12includeProbeOutput\"V\n" +
 	"\rNodeContainer\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x121\n" +
-	"\tcontainer\x18\x02 \x01(\v2\x13.vigil.v1.ContainerR\tcontainer\"Q\n" +
+	"\tcontainer\x18\x02 \x01(\v2\x13.vigil.v1.ContainerR\tcontainer\"y\n" +
 	"\x16ListContainersResponse\x127\n" +
 	"\n" +
 	"containers\x18\x01 \x03(\v2\x17.vigil.v1.NodeContainerR\n" +
-	"containers\"W\n" +
+	"containers\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"W\n" +
 	"\x13GetContainerRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x0e\n" +
