@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/store"
 	"github.com/vigilhq/vigil/internal/store/etcd/etcdtest"
 	"github.com/vigilhq/vigil/internal/store/storetest"
@@ -223,5 +226,63 @@ func TestQuorum(t *testing.T) {
 	}
 	for i := range c.Size() {
 		c.WaitServing(i)
+	}
+}
+
+// TestTLS: a cluster that serves clients over TLS and requires client
+// certificates answers a store with the right certificate, and refuses
+// one without TLS or with a certificate from another CA.
+func TestTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.NewCA("etcd test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ca.WriteFiles(filepath.Join(dir, "server"), "server", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientFiles, err := ca.WriteFiles(filepath.Join(dir, "client"), "client", "vigil-aggregator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientTLS, err := pki.ClientConfig(clientFiles, "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := etcdtest.StartCluster(t, 1, etcdtest.WithClientTLS(server, clientTLS))
+	ctx := context.Background()
+	s := newStore(t, c, Config{TLS: clientTLS})
+	if _, err := store.Create(ctx, s, "k", []byte("x"), store.NoLease); err != nil {
+		t.Fatalf("Create over TLS: %v", err)
+	}
+
+	plain := Config{RequestTimeout: time.Second, Endpoints: []string{strings.Replace(c.Endpoint(0), "https://", "http://", 1)}}
+	other, err := pki.NewCA("another CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	strangerFiles, err := other.WriteFiles(filepath.Join(dir, "stranger"), "stranger", "stranger")
+	if err != nil {
+		t.Fatal(err)
+	}
+	strangerFiles.CA = clientFiles.CA // it trusts the server, the server does not trust it
+	strangerTLS, err := pki.ClientConfig(strangerFiles, "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, cfg := range map[string]Config{
+		"plain":                     plain,
+		"certificate of another CA": {RequestTimeout: time.Second, Endpoints: c.Endpoints(), TLS: strangerTLS},
+	} {
+		bad, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = bad.Get(ctx, "k")
+		bad.Close()
+		if !errors.Is(err, errdefs.ErrUnavailable) {
+			t.Errorf("%s: Get = %v; want ErrUnavailable", name, err)
+		}
 	}
 }
