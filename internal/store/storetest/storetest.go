@@ -892,8 +892,8 @@ func checkLeaseKeepAlive(t *testing.T, c *config, s store.Store) {
 	if _, err := store.Create(ctx, s, "held", []byte("x"), id); err != nil {
 		t.Fatal(err)
 	}
-	// Renewed every quarter TTL for three TTLs, the key stays.
-	end := time.Now().Add(3 * c.ttl)
+	// Renewed every quarter TTL for two TTLs, the key stays.
+	end := time.Now().Add(2 * c.ttl)
 	for time.Now().Before(end) {
 		if err := s.KeepAlive(ctx, id); err != nil {
 			t.Fatalf("KeepAlive: %v", err)
