@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/store"
@@ -286,5 +288,45 @@ func TestTLS(t *testing.T) {
 		if !errors.Is(err, errdefs.ErrUnavailable) {
 			t.Errorf("%s: Get = %v; want ErrUnavailable", name, err)
 		}
+	}
+}
+
+// TestCloseStopsGoroutines: Close ends the store's watches, read or not,
+// with ErrClosed, and leaves no goroutine of the store or its client.
+func TestCloseStopsGoroutines(t *testing.T) {
+	c := etcdtest.StartCluster(t, 1)
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	ctx := context.Background()
+	s, err := New(Config{Endpoints: c.Endpoints(), Prefix: "/leak/", WatchBuffer: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := store.PutKey(ctx, s, "k", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unread := s.Watch(ctx, "", rev) // never read before Close
+	for range 5 {
+		if _, err := store.PutKey(ctx, s, "k", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Wait until the watch has filled its buffer of one.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(unread) < cap(unread) {
+		if time.Now().After(deadline) {
+			t.Fatal("watch never delivered")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var last error
+	for resp := range unread {
+		last = resp.Err
+	}
+	if !errors.Is(last, store.ErrClosed) {
+		t.Fatalf("unread watch ended with %v; want ErrClosed", last)
 	}
 }
