@@ -34,6 +34,9 @@ const (
 	// healthcheckRepo is the repository of HealthcheckImage; the tag is a
 	// hash of the healthcheck.
 	healthcheckRepo = "docker.io/vigil/healthcheck"
+	// stopSignalRepo is the repository of StopSignalImage; the tag is a hash
+	// of the signal.
+	stopSignalRepo = "docker.io/vigil/stopsignal"
 	// CRINamespace is the containerd namespace of the CRI plugin.
 	CRINamespace = "k8s.io"
 	snapshotter  = "overlayfs"
@@ -61,6 +64,7 @@ type imageDef struct {
 	env         []string
 	healthcheck *DockerHealthcheck
 	labels      map[string]string
+	stopSignal  string
 }
 
 type layer struct {
@@ -102,6 +106,23 @@ func (e *Env) WorkloadImage(tb testing.TB, namespace string) string {
 func (e *Env) HealthcheckImage(tb testing.TB, namespace string, hc DockerHealthcheck) string {
 	tb.Helper()
 	return e.mustImport(tb, namespace, func() (imageDef, error) { return workloadImage(&hc) })
+}
+
+// StopSignalImage imports a busybox image whose config carries StopSignal
+// sig (Docker's STOPSIGNAL: "SIGINT", "INT" or a number) and returns its
+// reference (one tag per signal).
+func (e *Env) StopSignalImage(tb testing.TB, namespace, sig string) string {
+	tb.Helper()
+	return e.mustImport(tb, namespace, func() (imageDef, error) {
+		def, err := busyboxImage()
+		if err != nil {
+			return def, err
+		}
+		sum := sha256.Sum256([]byte(sig))
+		def.ref = stopSignalRepo + ":" + hex.EncodeToString(sum[:6])
+		def.stopSignal = sig
+		return def, nil
+	})
 }
 
 func (e *Env) mustImport(tb testing.TB, namespace string, build func() (imageDef, error)) string {
@@ -390,6 +411,7 @@ type dockerRunConfig struct {
 	WorkingDir  string             `json:"WorkingDir,omitempty"`
 	Labels      map[string]string  `json:"Labels,omitempty"`
 	Healthcheck *DockerHealthcheck `json:"Healthcheck,omitempty"`
+	StopSignal  string             `json:"StopSignal,omitempty"`
 }
 
 // dockerArchive renders the image as `docker save` does: manifest.json, the
@@ -406,6 +428,7 @@ func (d imageDef) dockerArchive() ([]byte, error) {
 		WorkingDir:  "/",
 		Labels:      d.labels,
 		Healthcheck: d.healthcheck,
+		StopSignal:  d.stopSignal,
 	}
 	if len(cfg.Config.Env) == 0 {
 		cfg.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}

@@ -1,0 +1,134 @@
+package gossip
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+var benchWindow = flag.Duration("gossip.window", 30*time.Second,
+	"how long BenchmarkGossip measures steady-state traffic per cluster size (30s covers one push/pull interval)")
+
+// BenchmarkGossip runs n members in one process on memNet, encrypted as in
+// production, with the default tunables: the time for all to see each other,
+// the traffic per member in steady state over -gossip.window, and, after
+// one member is killed (taken off the network without leaving), the time
+// until two peers see it dead (NodeDown's quorum) and until all do. The
+// baseline in the same run is memberlist's LAN default SuspicionMult 4 at
+// 50 members. Run it with -benchtime 1x.
+//
+//	go test -run '^$' -bench BenchmarkGossip -benchtime 1x ./internal/gossip
+func BenchmarkGossip(b *testing.B) {
+	for _, tc := range []struct {
+		name      string
+		n, mult   int
+		bandwidth bool
+	}{
+		{"n=5", 5, 0, true},
+		{"n=20", 20, 0, true},
+		{"n=50", 50, 0, true},
+		{"n=50/memberlist-default-SuspicionMult-4", 50, 4, false},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			for range b.N {
+				benchCluster(b, tc.n, tc.mult, tc.bandwidth)
+			}
+		})
+	}
+}
+
+func benchCluster(b *testing.B, n, suspicionMult int, bandwidth bool) {
+	b.StopTimer()
+	keyFile := filepath.Join(b.TempDir(), "keys")
+	writeKeys(b, keyFile, key(5, 32))
+	var mn memNet
+	ms := make([]*Member, n)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, n)
+	defer func() {
+		cancel()
+		for range n {
+			<-done
+		}
+	}()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	begin := time.Now()
+	for i := range n {
+		tr := mn.transport()
+		cfg := Config{Name: fmt.Sprintf("m%02d", i), AgentVersion: "v1.0.0", Transport: tr, KeyFile: keyFile,
+			Logger: quiet, SuspicionMult: suspicionMult, JoinBackoffInitial: 100 * time.Millisecond, JoinBackoffMax: time.Second}
+		if i > 0 {
+			cfg.Seeds = []string{ms[0].LocalAddr().String()}
+		}
+		m, err := New(cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ms[i] = m
+		go func() { _ = m.Run(ctx); done <- struct{}{} }()
+		<-m.Ready()
+	}
+	converged := func() bool {
+		for _, m := range ms {
+			alive := 0
+			for _, v := range m.Views() {
+				if v.State == StateAlive {
+					alive++
+				}
+			}
+			if alive != n-1 {
+				return false
+			}
+		}
+		return true
+	}
+	waitFor(b, 60*time.Second, "all members see each other alive", converged)
+	b.ReportMetric(time.Since(begin).Seconds(), "s-converge")
+
+	if bandwidth {
+		before := make([]Traffic, n)
+		for i, m := range ms {
+			before[i] = m.Traffic()
+		}
+		start := time.Now()
+		time.Sleep(*benchWindow) // the measured window
+		secs := time.Since(start).Seconds()
+		var sent, recv, packets uint64
+		for i, m := range ms {
+			t := m.Traffic()
+			sent += t.BytesSent() - before[i].BytesSent()
+			recv += t.BytesReceived() - before[i].BytesReceived()
+			packets += t.PacketsSent - before[i].PacketsSent
+		}
+		perMember := float64(sent) / secs / float64(n)
+		b.ReportMetric(perMember, "B/s-sent/member")
+		b.ReportMetric(float64(recv)/secs/float64(n), "B/s-recv/member")
+		b.ReportMetric(perMember*8/1000, "kbit/s-sent/member")
+		b.ReportMetric(float64(packets)/secs/float64(n), "pkt/s-sent/member")
+	}
+
+	// A kill: the victim leaves the network without a word.
+	victim := ms[n-1]
+	killed := time.Now()
+	victim.crash()
+	var quorum time.Duration
+	waitFor(b, 120*time.Second, "every member sees the killed one dead", func() bool {
+		dead := 0
+		for _, m := range ms[:n-1] {
+			if v, _ := viewOf(m, victim.Name()); v.State == StateDead {
+				dead++
+			}
+		}
+		if dead >= 2 && quorum == 0 {
+			quorum = time.Since(killed)
+		}
+		return dead == n-1
+	})
+	b.ReportMetric(quorum.Seconds(), "s-to-2-dead")
+	b.ReportMetric(time.Since(killed).Seconds(), "s-to-all-dead")
+}

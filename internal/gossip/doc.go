@@ -1,0 +1,39 @@
+// Package gossip is the agents' membership protocol: every agent joins a
+// memberlist (SWIM) cluster of its peers, so that a node that died can be
+// told from one that only lost its path to the aggregator.
+//
+// A Member wraps one memberlist instance: it joins seeds (a list, a DNS name
+// such as a headless Service, or seeds learned later with AddSeeds) and keeps
+// retrying in the background, encrypts gossip with keys from a file that it
+// reloads without a restart, advertises a few bytes of metadata (Meta), and
+// keeps a view of every peer (alive, suspect, dead, left, since when) that
+// the agent reports upstream.
+//
+// memberlist calls its delegates while it holds its own locks. The delegates
+// here only post to a bounded queue (see Config.EventQueue for what happens
+// when it is full); one goroutine owned by Member.Run applies the events to
+// the view. Nothing of the agent's is locked from memberlist's goroutines.
+//
+// condition.go holds the pure decision logic on top of those views: the
+// aggregator's node condition (Assess), the fleet-level guard against blaming
+// nodes for the aggregator's own failure (Fleet), and the agent's own
+// Isolated rule (Local).
+//
+// # Key rotation
+//
+// The key file holds one base64 key per line (16, 24 or 32 bytes: AES-128,
+// -192, -256); the first line is the primary key, used to encrypt, and every
+// line is tried to decrypt. The file is read again every
+// Config.KeyReloadInterval (and by ReloadKeys), and the keyring is changed in
+// place: new keys installed, the first line made primary, keys no longer in
+// the file removed. To rotate without a restart and without a partition:
+//
+//  1. append the new key as a second line on every node, and wait until every
+//     agent has reloaded (all can now decrypt it);
+//  2. swap the lines on every node, so the new key is first (all now encrypt
+//     with it, and still accept the old one from nodes not yet swapped);
+//  3. remove the old line everywhere.
+//
+// A file that cannot be read or parsed on reload is logged, counted, and
+// changes nothing: the keys in use stay.
+package gossip
