@@ -79,8 +79,11 @@ var (
 
 // Store is a store.Store on one bbolt file. Its methods are safe for
 // concurrent use. Writes (Txn, Grant, KeepAlive, Revoke, lease expiry) are
-// serialized, each one committed with fsync; Get and List read a snapshot
-// without waiting for writers.
+// serialized, each one committed with fsync (concurrent Txns share one);
+// Get and List read a snapshot without waiting for writers. A write waits
+// for the commit in progress to finish, even past its ctx: a local fsync
+// has no "unreachable" to give up on, and the commit's outcome must be
+// known.
 type Store struct {
 	path string
 	opts Options
