@@ -395,3 +395,35 @@ func TestQueuedTxnHonoursContext(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFaultyConforms: storetest.Faulty without a fault is the store it
+// wraps (the suite passes through it), and an injected fault fails exactly
+// the calls it matches, applying nothing.
+func TestFaultyConforms(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		return storetest.NewFaulty(openTemp(t, Options{History: 200, WatchBuffer: 16}))
+	}, storetest.WithTTL(time.Second))
+
+	ctx := context.Background()
+	f := storetest.NewFaulty(openTemp(t, Options{}))
+	diskGone := fmt.Errorf("disk gone: %w", errdefs.ErrUnavailable)
+	f.Inject(func(c storetest.Call) error {
+		if c.Method == "Txn" && strings.HasPrefix(c.Keys[0], "journal/") {
+			return diskGone
+		}
+		return nil
+	})
+	if _, err := store.Create(ctx, f, "journal/1", nil, store.NoLease); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("Create under an injected fault = %v", err)
+	}
+	if _, err := store.Create(ctx, f, "other/1", nil, store.NoLease); err != nil {
+		t.Fatalf("Create the fault does not match: %v", err)
+	}
+	f.Inject(nil)
+	if _, err := f.Get(ctx, "journal/1"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("a refused Create was applied: %v", err)
+	}
+	if _, err := store.Create(ctx, f, "journal/1", nil, store.NoLease); err != nil {
+		t.Fatalf("Create once the fault is cleared: %v", err)
+	}
+}
