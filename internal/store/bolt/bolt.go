@@ -79,8 +79,11 @@ var (
 
 // Store is a store.Store on one bbolt file. Its methods are safe for
 // concurrent use. Writes (Txn, Grant, KeepAlive, Revoke, lease expiry) are
-// serialized, each one committed with fsync; Get and List read a snapshot
-// without waiting for writers.
+// serialized, each one committed with fsync (concurrent Txns share one);
+// Get and List read a snapshot without waiting for writers. Grant,
+// KeepAlive, Revoke and a Txn already taken into a batch wait for the
+// commit in progress (one fsync) even past their ctx, so that their outcome
+// is known; a Txn still queued leaves the queue when its ctx ends.
 type Store struct {
 	path string
 	opts Options

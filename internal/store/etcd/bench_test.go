@@ -19,6 +19,9 @@ func BenchmarkCreate(b *testing.B) {
 					storetest.BenchCreate(b, newStore(b, c, Config{}), workers)
 				})
 			}
+			b.Run("at500PerSecond", func(b *testing.B) {
+				storetest.BenchCreateAtRate(b, newStore(b, c, Config{}), 500)
+			})
 		})
 	}
 }

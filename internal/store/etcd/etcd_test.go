@@ -4,11 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/store"
 	"github.com/vigilhq/vigil/internal/store/etcd/etcdtest"
 	"github.com/vigilhq/vigil/internal/store/storetest"
@@ -34,7 +39,9 @@ func newStore(t testing.TB, c *etcdtest.Cluster, cfg Config) *Store {
 func TestConformance(t *testing.T) {
 	c := etcdtest.StartCluster(t, 1)
 	storetest.Run(t, func(t *testing.T) store.Store { return newStore(t, c, Config{}) },
-		storetest.WithTTL(time.Second),
+		// etcd's minimum with etcdtest's timing is 1 s; 2 s leaves a
+		// KeepAlive every quarter TTL room for a loaded machine.
+		storetest.WithTTL(2*time.Second),
 		storetest.WithCompact(func(ctx context.Context, s store.Store, rev int64) error {
 			return s.(*Store).Compact(ctx, rev)
 		}),
@@ -223,5 +230,103 @@ func TestQuorum(t *testing.T) {
 	}
 	for i := range c.Size() {
 		c.WaitServing(i)
+	}
+}
+
+// TestTLS: a cluster that serves clients over TLS and requires client
+// certificates answers a store with the right certificate, and refuses
+// one without TLS or with a certificate from another CA.
+func TestTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.NewCA("etcd test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ca.WriteFiles(filepath.Join(dir, "server"), "server", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientFiles, err := ca.WriteFiles(filepath.Join(dir, "client"), "client", "vigil-aggregator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientTLS, err := pki.ClientConfig(clientFiles, "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := etcdtest.StartCluster(t, 1, etcdtest.WithClientTLS(server, clientTLS))
+	ctx := context.Background()
+	s := newStore(t, c, Config{TLS: clientTLS})
+	if _, err := store.Create(ctx, s, "k", []byte("x"), store.NoLease); err != nil {
+		t.Fatalf("Create over TLS: %v", err)
+	}
+
+	plain := Config{RequestTimeout: time.Second, Endpoints: []string{strings.Replace(c.Endpoint(0), "https://", "http://", 1)}}
+	other, err := pki.NewCA("another CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	strangerFiles, err := other.WriteFiles(filepath.Join(dir, "stranger"), "stranger", "stranger")
+	if err != nil {
+		t.Fatal(err)
+	}
+	strangerFiles.CA = clientFiles.CA // it trusts the server, the server does not trust it
+	strangerTLS, err := pki.ClientConfig(strangerFiles, "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, cfg := range map[string]Config{
+		"plain":                     plain,
+		"certificate of another CA": {RequestTimeout: time.Second, Endpoints: c.Endpoints(), TLS: strangerTLS},
+	} {
+		bad, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = bad.Get(ctx, "k")
+		bad.Close()
+		if !errors.Is(err, errdefs.ErrUnavailable) {
+			t.Errorf("%s: Get = %v; want ErrUnavailable", name, err)
+		}
+	}
+}
+
+// TestCloseStopsGoroutines: Close ends the store's watches, read or not,
+// with ErrClosed, and leaves no goroutine of the store or its client.
+func TestCloseStopsGoroutines(t *testing.T) {
+	c := etcdtest.StartCluster(t, 1)
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	ctx := context.Background()
+	s, err := New(Config{Endpoints: c.Endpoints(), Prefix: "/leak/", WatchBuffer: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := store.PutKey(ctx, s, "k", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unread := s.Watch(ctx, "", rev) // never read before Close
+	for range 5 {
+		if _, err := store.PutKey(ctx, s, "k", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Wait until the watch has filled its buffer of one.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(unread) < cap(unread) {
+		if time.Now().After(deadline) {
+			t.Fatal("watch never delivered")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var last error
+	for resp := range unread {
+		last = resp.Err
+	}
+	if !errors.Is(last, store.ErrClosed) {
+		t.Fatalf("unread watch ended with %v; want ErrClosed", last)
 	}
 }

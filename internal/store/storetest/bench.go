@@ -102,3 +102,38 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// BenchCreateAtRate starts b.N create-if-absent Txns at perSecond, each in
+// a goroutine of its own whether or not the earlier ones are done (open
+// loop, as webhooks arrive), and reports each one's latency at p50 and p99
+// and the rate achieved: the figure behind "500 alerts/s journaled, p99
+// under 25 ms".
+func BenchCreateAtRate(b *testing.B, s store.Store, perSecond int) {
+	ctx := context.Background()
+	value := make([]byte, 200)
+	lat := make([]time.Duration, b.N)
+	interval := time.Second / time.Duration(perSecond)
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for i := range b.N {
+		// Due times, not sleeps between starts: a late start does not
+		// lower the rate that follows.
+		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
+			time.Sleep(d)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t0 := time.Now()
+			if _, err := store.Create(ctx, s, fmt.Sprintf("bench/rate/%09d", i), value, store.NoLease); err != nil {
+				b.Error(err)
+			}
+			lat[i] = time.Since(t0)
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	reportLatency(b, lat, elapsed)
+}

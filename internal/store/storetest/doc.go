@@ -9,4 +9,10 @@
 // Revisions are store-wide, so a check expects that nothing else writes to
 // the store while it runs (an etcd test gives each check a prefix of its
 // own on one cluster and runs them one after the other).
+//
+// It also ships Faulty, a wrapper that fails a real store's calls on
+// demand, for tests of what the aggregator does when its store stops
+// answering at an exact moment (the journal unwritable, quorum lost).
+// Benchmarks of the operations remediation waits on (BenchCreate,
+// BenchCreateAtRate, BenchWatch) run the same loops on every store.
 package storetest

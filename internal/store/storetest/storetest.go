@@ -77,6 +77,7 @@ func Run(t *testing.T, open Open, opts ...Option) {
 		{"WatchContextEnd", checkWatchContextEnd},
 		{"WatchSlowConsumer", checkWatchSlowConsumer},
 		{"WatchClose", checkWatchClose},
+		{"WatchReplay", checkWatchReplay},
 		{"Lease", checkLease},
 		{"LeaseExpiry", checkLeaseExpiry},
 		{"LeaseKeepAlive", checkLeaseKeepAlive},
@@ -892,8 +893,8 @@ func checkLeaseKeepAlive(t *testing.T, c *config, s store.Store) {
 	if _, err := store.Create(ctx, s, "held", []byte("x"), id); err != nil {
 		t.Fatal(err)
 	}
-	// Renewed every quarter TTL for three TTLs, the key stays.
-	end := time.Now().Add(3 * c.ttl)
+	// Renewed every quarter TTL for two TTLs, the key stays.
+	end := time.Now().Add(2 * c.ttl)
 	for time.Now().Before(end) {
 		if err := s.KeepAlive(ctx, id); err != nil {
 			t.Fatalf("KeepAlive: %v", err)
@@ -1057,4 +1058,100 @@ func checkReopen(t *testing.T, c *config, s store.Store) {
 		t.Fatal(err)
 	}
 	mustMissing(t, ctx, s, "p/leased")
+}
+
+// checkWatchReplay has writers race random Txns (puts, deletes, CAS,
+// leased keys and a revoke) while a watcher records every change: the
+// changes replayed in order rebuild exactly what List then shows, and
+// revisions only grow.
+func checkWatchReplay(t *testing.T, c *config, s store.Store) {
+	ctx := ctxFor(t, c)
+	r0 := put(t, ctx, s, "init", "x")
+	ch := s.Watch(ctx, "r/", r0)
+	id, err := s.Grant(ctx, 30*c.ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writers, each = 6, 25
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rnd := rand.New(rand.NewSource(int64(w)))
+			for i := range each {
+				k1 := fmt.Sprintf("r/%d", rnd.Intn(8))
+				k2 := fmt.Sprintf("r/%d", 8+rnd.Intn(4))
+				v := fmt.Sprintf("%d.%d", w, i)
+				var err error
+				switch rnd.Intn(5) {
+				case 0:
+					err = store.DeleteKey(ctx, s, k1)
+				case 1:
+					kv, gerr := s.Get(ctx, k1)
+					if gerr != nil && !errors.Is(gerr, errdefs.ErrNotFound) {
+						err = gerr
+						break
+					}
+					_, err = store.CompareAndSwap(ctx, s, k1, []byte(v), kv.ModRevision)
+					if store.IsConflict(err) {
+						err = nil
+					}
+				case 2:
+					_, err = s.Txn(ctx, nil, []store.Op{store.PutWithLease(k1, []byte(v), id), store.Put(k2, []byte(v))})
+				default:
+					_, err = s.Txn(ctx, nil, []store.Op{store.Put(k1, []byte(v)), store.Delete(k2)})
+				}
+				if err != nil {
+					t.Errorf("writer %d: %v", w, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := s.Revoke(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	want, rev, err := s.List(ctx, "r/", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := make(map[string]store.KV)
+	last := r0
+	deadline := time.After(c.timeout)
+	for last < rev {
+		select {
+		case resp, ok := <-ch:
+			if !ok || resp.Err != nil {
+				t.Fatalf("watch ended at revision %d of %d: %v", last, rev, resp.Err)
+			}
+			for _, ev := range resp.Events {
+				if ev.KV.ModRevision < last {
+					t.Fatalf("event at revision %d after one at %d", ev.KV.ModRevision, last)
+				}
+				last = ev.KV.ModRevision
+				if ev.Type == store.EventDelete {
+					delete(state, ev.KV.Key)
+				} else {
+					state[ev.KV.Key] = ev.KV
+				}
+			}
+		case <-deadline:
+			t.Fatalf("watch reached revision %d of %d", last, rev)
+		}
+	}
+	if last != rev {
+		t.Fatalf("watch passed the listed revision %d: %d", rev, last)
+	}
+	if len(state) != len(want) {
+		t.Fatalf("replay has %d keys, List %d", len(state), len(want))
+	}
+	for _, kv := range want {
+		got, ok := state[kv.Key]
+		if !ok || !bytes.Equal(got.Value, kv.Value) || got.ModRevision != kv.ModRevision ||
+			got.CreateRevision != kv.CreateRevision || got.Lease != kv.Lease {
+			t.Fatalf("%s: replay %+v, List %+v", kv.Key, got, kv)
+		}
+	}
 }

@@ -3,6 +3,7 @@ package etcdtest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -17,6 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/testenv"
 )
 
@@ -38,7 +40,24 @@ const healthTimeout = 30 * time.Second
 type Cluster struct {
 	t       testing.TB
 	bin     string
+	tls     *tls.Config // the health check's, when clients speak TLS
 	members []*member
+}
+
+// Option changes the cluster StartCluster starts.
+type Option func(*options)
+
+type options struct {
+	server pki.Files
+	client *tls.Config
+}
+
+// WithClientTLS makes the members serve clients over TLS only, with
+// server's certificate, and require a client certificate signed by
+// server.CA. client is the configuration the health check connects with.
+// (Members talk to each other in plain HTTP on loopback.)
+func WithClientTLS(server pki.Files, client *tls.Config) Option {
+	return func(o *options) { o.server, o.client = server, client }
 }
 
 type member struct {
@@ -56,9 +75,17 @@ type member struct {
 // until each member serves linearizable reads. It skips the test where
 // integration tests cannot run (testenv.Require) and stops every member
 // when the test ends, showing each member's log if the test failed.
-func StartCluster(t testing.TB, n int) *Cluster {
+func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	t.Helper()
 	testenv.Require(t)
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	scheme := "http"
+	if o.client != nil {
+		scheme = "https"
+	}
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
 		t.Fatalf("etcd not found (scripts/install-prereqs.sh installs Debian's etcd-server): %v", err)
@@ -69,10 +96,10 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	for i := range n {
 		initial = append(initial, fmt.Sprintf("m%d=http://127.0.0.1:%d", i, ports[2*i+1]))
 	}
-	c := &Cluster{t: t, bin: bin}
+	c := &Cluster{t: t, bin: bin, tls: o.client}
 	for i := range n {
 		name := fmt.Sprintf("m%d", i)
-		clientURL := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i])
+		clientURL := fmt.Sprintf("%s://127.0.0.1:%d", scheme, ports[2*i])
 		peerURL := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1])
 		c.members = append(c.members, &member{
 			name:      name,
@@ -94,6 +121,11 @@ func StartCluster(t testing.TB, n int) *Cluster {
 				"--log-level", "info",
 			},
 		})
+		if o.client != nil {
+			m := c.members[i]
+			m.args = append(m.args, "--cert-file", o.server.Cert, "--key-file", o.server.Key,
+				"--client-cert-auth", "--trusted-ca-file", o.server.CA)
+		}
 	}
 	t.Cleanup(func() {
 		for i := range c.members {
@@ -219,7 +251,7 @@ func (c *Cluster) Restart(i int) {
 func (c *Cluster) WaitServing(i int) {
 	c.t.Helper()
 	m := c.members[i]
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.clientURL}, DialTimeout: time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.clientURL}, TLS: c.tls, DialTimeout: time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		c.t.Fatal(err)
 	}
