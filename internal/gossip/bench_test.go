@@ -42,6 +42,16 @@ func BenchmarkGossip(b *testing.B) {
 	}
 }
 
+// waitUntil polls cond every 50ms for at most timeout.
+func waitUntil(timeout time.Duration, cond func() bool) bool {
+	for end := time.Now().Add(timeout); !cond(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(end) {
+			return false
+		}
+	}
+	return true
+}
+
 func benchCluster(b *testing.B, n, suspicionMult int, bandwidth bool) {
 	b.StopTimer()
 	keyFile := filepath.Join(b.TempDir(), "keys")
@@ -87,7 +97,22 @@ func benchCluster(b *testing.B, n, suspicionMult int, bandwidth bool) {
 		}
 		return true
 	}
-	waitFor(b, 60*time.Second, "all members see each other alive", converged)
+	if !waitUntil(60*time.Second, converged) {
+		worst, lagging := n, 0
+		for _, m := range ms {
+			alive := 0
+			for _, v := range m.Views() {
+				if v.State == StateAlive {
+					alive++
+				}
+			}
+			if alive < n-1 {
+				lagging++
+				worst = min(worst, alive)
+			}
+		}
+		b.Fatalf("after 60s, %d members do not see all %d others alive (the worst sees %d)", lagging, n-1, worst)
+	}
 	b.ReportMetric(time.Since(begin).Seconds(), "s-converge")
 
 	if bandwidth {
