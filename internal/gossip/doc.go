@@ -14,6 +14,15 @@
 // when it is full); one goroutine owned by Member.Run applies the events to
 // the view. Nothing of the agent's is locked from memberlist's goroutines.
 //
+// memberlist tells its delegates of joins, leaves (dead or left alike) and
+// metadata updates, not of suspicions. A member learns of its own
+// suspicions from memberlist's log line ("Suspect X has failed, no acks
+// received", turned into an event by the logger it gives memberlist), and
+// pings its suspects every probe interval to see them alive again; it
+// tells "left" from "dead" by the Leaving flag a member puts in its
+// metadata before it leaves. A suspicion gossiped by another member is not
+// seen.
+//
 // condition.go holds the pure decision logic on top of those views: the
 // aggregator's node condition (Assess), the fleet-level guard against blaming
 // nodes for the aggregator's own failure (Fleet), and the agent's own
