@@ -87,16 +87,19 @@ func TestLocal(t *testing.T) {
 		name     string
 		streamUp bool
 		views    []View
+		answered int
 		want     Condition
 	}{
-		{"stream up, alone", true, nil, Healthy},
-		{"stream up, peers dead", true, []View{v("b", StateDead)}, Healthy},
-		{"stream down, a peer alive", false, []View{v("b", StateDead), v("c", StateAlive)}, AggregatorPartitioned},
-		{"stream down, peers only suspect or dead", false, []View{v("b", StateSuspect), v("c", StateDead), v("d", StateLeft)}, Isolated},
-		{"stream down, no peer known", false, nil, Isolated},
+		{"stream up, alone", true, nil, -1, Healthy},
+		{"stream up, peers dead, none answered", true, []View{v("b", StateDead)}, 0, Healthy},
+		{"stream down, a peer alive in the view", false, []View{v("b", StateDead), v("c", StateAlive)}, -1, AggregatorPartitioned},
+		{"stream down, peers only suspect or dead", false, []View{v("b", StateSuspect), v("c", StateDead), v("d", StateLeft)}, -1, Isolated},
+		{"stream down, no peer known", false, nil, -1, Isolated},
+		{"stream down, the view lags but no probe answered", false, []View{v("b", StateAlive), v("c", StateAlive)}, 0, Isolated},
+		{"stream down, a probe answered", false, []View{v("b", StateAlive), v("c", StateSuspect)}, 1, AggregatorPartitioned},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got, reason := Local(tc.streamUp, tc.views); got != tc.want {
+			if got, reason := Local(tc.streamUp, tc.views, tc.answered); got != tc.want {
 				t.Errorf("Local = %v (%s), want %v", got, reason, tc.want)
 			}
 		})

@@ -484,6 +484,42 @@ func (m *Member) verifyLoop(ctx context.Context) {
 	}
 }
 
+// ProbePeers pings up to k of the peers this member holds alive, at once
+// and directly (as memberlist's own probes do), and returns how many
+// answered. It blocks for at most ProbeTimeout. The agent calls it when
+// its stream is down to tell Isolated from AggregatorPartitioned at once
+// (see Local): the view alone notices isolation only once this member's
+// own probes have suspected every peer, which takes tens of seconds
+// (memberlist stretches its probe interval while its probes fail). Before
+// Run listens, and with no alive peer, it returns 0.
+func (m *Member) ProbePeers(k int) int {
+	ml := m.ml.Load()
+	if ml == nil || k <= 0 {
+		return 0
+	}
+	var peers []View
+	m.mu.RLock()
+	for _, v := range m.views { // map order: a different sample each time
+		if v.State == StateAlive && v.Addr.IsValid() && len(peers) < k {
+			peers = append(peers, *v)
+		}
+	}
+	m.mu.RUnlock()
+	var answered atomic.Int32
+	var wg sync.WaitGroup
+	for _, v := range peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := ml.Ping(v.Name, net.UDPAddrFromAddrPort(v.Addr)); err == nil {
+				answered.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return int(answered.Load())
+}
+
 // keyLoop reloads the key file every KeyReloadInterval.
 func (m *Member) keyLoop(ctx context.Context) {
 	if m.ring == nil {
