@@ -167,9 +167,16 @@ func TestClusterKillAndLeave(t *testing.T) {
 	// A kill: memberlist stopped without leaving.
 	c.crash()
 	limit := SuspicionTimeouts(DefaultTunables, 4).Max + 3*DefaultProbeInterval
+	suspected := false // seen through memberlist's log line: this catches a memberlist that words it otherwise
 	took := waitFor(t, limit, "a, b and d see c dead", func() bool {
+		for _, o := range []*running{a, b, d} {
+			suspected = suspected || stateOf(o.Member, c.Name()) == StateSuspect
+		}
 		return stateOf(a.Member, c.Name()) == StateDead && stateOf(b.Member, c.Name()) == StateDead && stateOf(d.Member, c.Name()) == StateDead
 	})
+	if !suspected {
+		t.Error("no member saw the killed one suspect before dead (the timer runs at least 3 s)")
+	}
 	t.Logf("killed member seen dead by all in %v (timer min %v, max %v)", took,
 		SuspicionTimeouts(DefaultTunables, 4).Min, SuspicionTimeouts(DefaultTunables, 4).Max)
 
