@@ -627,7 +627,9 @@ type RequestRemediationRequest struct {
 	// Operator's reason, journaled.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Decide and journal, but do not send.
-	DryRun        bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// The signal for KILL (1-64); 0 means SIGKILL. Only for KILL.
+	Signal        uint32 `protobuf:"varint,5,opt,name=signal,proto3" json:"signal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -688,6 +690,13 @@ func (x *RequestRemediationRequest) GetDryRun() bool {
 		return x.DryRun
 	}
 	return false
+}
+
+func (x *RequestRemediationRequest) GetSignal() uint32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
 }
 
 // RequestRemediationResponse returns the journaled decision.
@@ -774,12 +783,13 @@ const file_vigil_v1_vigil_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\"U\n" +
 	"\x18ListRemediationsResponse\x129\n" +
-	"\fremediations\x18\x01 \x03(\v2\x15.vigil.v1.RemediationR\fremediations\"\xab\x01\n" +
+	"\fremediations\x18\x01 \x03(\v2\x15.vigil.v1.RemediationR\fremediations\"\xc3\x01\n" +
 	"\x19RequestRemediationRequest\x123\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x1b.vigil.v1.RemediationActionR\x06action\x12(\n" +
 	"\x06target\x18\x02 \x01(\v2\x10.vigil.v1.TargetR\x06target\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x17\n" +
-	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"U\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\x12\x16\n" +
+	"\x06signal\x18\x05 \x01(\rR\x06signal\"U\n" +
 	"\x1aRequestRemediationResponse\x127\n" +
 	"\vremediation\x18\x01 \x01(\v2\x15.vigil.v1.RemediationR\vremediation2\xfb\x03\n" +
 	"\x05Vigil\x12D\n" +
