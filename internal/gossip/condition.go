@@ -177,6 +177,36 @@ func Local(streamUp bool, views []View, answered int) (Condition, string) {
 	return AggregatorPartitioned, fmt.Sprintf("stream down; %d peers alive (%s)", len(alive), names(alive))
 }
 
+// Isolation is the agent's last isolation episode, for its report
+// upstream (PeerView's isolated_since and isolated_until): an isolated
+// agent cannot tell the aggregator, so it tells it afterwards. The zero
+// value is "never isolated". Not safe for concurrent use: the agent
+// observes its condition from one goroutine.
+type Isolation struct {
+	// Since is when the last episode began; zero if none has.
+	Since time.Time
+	// Until is when it ended; zero while it lasts.
+	Until time.Time
+}
+
+// Ongoing reports whether the agent is isolated now.
+func (i Isolation) Ongoing() bool { return !i.Since.IsZero() && i.Until.IsZero() }
+
+// Observe records the agent's condition (Local's) at now: Isolated starts
+// an episode, or continues the one under way; any other condition ends
+// it. It reports whether the episode changed (something to send).
+func (i *Isolation) Observe(c Condition, now time.Time) bool {
+	switch isolated := c == Isolated; {
+	case isolated && !i.Ongoing():
+		i.Since, i.Until = now, time.Time{}
+		return true
+	case !isolated && i.Ongoing():
+		i.Until = now
+		return true
+	}
+	return false
+}
+
 // FleetConfig tunes Fleet.
 type FleetConfig struct {
 	// MinNodes is the smallest fleet the guard applies to; default 3 (in

@@ -170,3 +170,38 @@ func TestSuspicionTimeouts(t *testing.T) {
 		}
 	}
 }
+
+func TestIsolation(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	var iso Isolation
+	for _, step := range []struct {
+		at           int
+		c            Condition
+		changed      bool
+		since, until int // -1: zero
+		ongoing      bool
+	}{
+		{0, Healthy, false, -1, -1, false},
+		{1, AggregatorPartitioned, false, -1, -1, false},
+		{2, Isolated, true, 2, -1, true},
+		{3, Isolated, false, 2, -1, true},
+		{9, AggregatorPartitioned, true, 2, 9, false},
+		{10, Healthy, false, 2, 9, false},
+		{20, Isolated, true, 20, -1, true},
+		{25, Healthy, true, 20, 25, false},
+	} {
+		if got := iso.Observe(step.c, at(step.at)); got != step.changed {
+			t.Errorf("t=%d %v: changed %v, want %v", step.at, step.c, got, step.changed)
+		}
+		want := func(s int) time.Time {
+			if s < 0 {
+				return time.Time{}
+			}
+			return at(s)
+		}
+		if !iso.Since.Equal(want(step.since)) || !iso.Until.Equal(want(step.until)) || iso.Ongoing() != step.ongoing {
+			t.Errorf("t=%d %v: %+v (ongoing %v), want since %d until %d ongoing %v", step.at, step.c, iso, iso.Ongoing(), step.since, step.until, step.ongoing)
+		}
+	}
+}
