@@ -26,7 +26,7 @@ const (
 	// node is dead (or left).
 	NodeDown
 	// Isolated: the agent reaches neither the aggregator nor any peer. Only
-	// the agent can tell (Local); seen from outside, an isolated node and a
+	// the agent can tell (Local, with Member.ProbePeers); seen from outside, an isolated node and a
 	// dead one look the same (NodeDown), and the agent reports its
 	// isolation when its stream returns.
 	Isolated
@@ -148,12 +148,14 @@ func Assess(streamUp bool, lastSeen time.Time, peers map[string]PeerReport, now 
 		down, gone, len(suspect), len(stale), cfg.ReportMaxAge, cfg.DeadQuorum)
 }
 
-// Local is the agent's own condition: Isolated when its stream is down
-// and no peer is alive in its view (suspect ones do not answer it either);
-// the agent refuses remote actions while Isolated. With the stream down
-// and a peer alive it is AggregatorPartitioned; with the stream up,
-// Healthy.
-func Local(streamUp bool, views []View) (Condition, string) {
+// Local is the agent's own condition. With the stream up it is Healthy.
+// With the stream down, answered is how many peers answered a direct probe
+// just now (Member.ProbePeers), or -1 when the agent did not probe: any
+// answer makes it AggregatorPartitioned, none makes it Isolated. Without
+// a probe the view decides: a peer alive in it is AggregatorPartitioned,
+// none (suspect ones do not answer this member either) Isolated. The
+// agent refuses remote actions while Isolated.
+func Local(streamUp bool, views []View, answered int) (Condition, string) {
 	if streamUp {
 		return Healthy, "stream up"
 	}
@@ -163,11 +165,46 @@ func Local(streamUp bool, views []View) (Condition, string) {
 			alive = append(alive, v.Name)
 		}
 	}
-	if len(alive) == 0 {
+	slices.Sort(alive)
+	switch {
+	case answered > 0:
+		return AggregatorPartitioned, fmt.Sprintf("stream down; %d peers answered a probe just now", answered)
+	case answered == 0:
+		return Isolated, fmt.Sprintf("stream down and no peer answered a probe (%d alive in the view)", len(alive))
+	case len(alive) == 0:
 		return Isolated, fmt.Sprintf("stream down and none of %d known peers alive", len(views))
 	}
-	slices.Sort(alive)
 	return AggregatorPartitioned, fmt.Sprintf("stream down; %d peers alive (%s)", len(alive), names(alive))
+}
+
+// Isolation is the agent's last isolation episode, for its report
+// upstream (PeerView's isolated_since and isolated_until): an isolated
+// agent cannot tell the aggregator, so it tells it afterwards. The zero
+// value is "never isolated". Not safe for concurrent use: the agent
+// observes its condition from one goroutine.
+type Isolation struct {
+	// Since is when the last episode began; zero if none has.
+	Since time.Time
+	// Until is when it ended; zero while it lasts.
+	Until time.Time
+}
+
+// Ongoing reports whether the agent is isolated now.
+func (i Isolation) Ongoing() bool { return !i.Since.IsZero() && i.Until.IsZero() }
+
+// Observe records the agent's condition (Local's) at now: Isolated starts
+// an episode, or continues the one under way; any other condition ends
+// it. It reports whether the episode changed (something to send).
+func (i *Isolation) Observe(c Condition, now time.Time) bool {
+	switch isolated := c == Isolated; {
+	case isolated && !i.Ongoing():
+		i.Since, i.Until = now, time.Time{}
+		return true
+	case !isolated && i.Ongoing():
+		i.Until = now
+		return true
+	}
+	return false
 }
 
 // FleetConfig tunes Fleet.

@@ -87,16 +87,19 @@ func TestLocal(t *testing.T) {
 		name     string
 		streamUp bool
 		views    []View
+		answered int
 		want     Condition
 	}{
-		{"stream up, alone", true, nil, Healthy},
-		{"stream up, peers dead", true, []View{v("b", StateDead)}, Healthy},
-		{"stream down, a peer alive", false, []View{v("b", StateDead), v("c", StateAlive)}, AggregatorPartitioned},
-		{"stream down, peers only suspect or dead", false, []View{v("b", StateSuspect), v("c", StateDead), v("d", StateLeft)}, Isolated},
-		{"stream down, no peer known", false, nil, Isolated},
+		{"stream up, alone", true, nil, -1, Healthy},
+		{"stream up, peers dead, none answered", true, []View{v("b", StateDead)}, 0, Healthy},
+		{"stream down, a peer alive in the view", false, []View{v("b", StateDead), v("c", StateAlive)}, -1, AggregatorPartitioned},
+		{"stream down, peers only suspect or dead", false, []View{v("b", StateSuspect), v("c", StateDead), v("d", StateLeft)}, -1, Isolated},
+		{"stream down, no peer known", false, nil, -1, Isolated},
+		{"stream down, the view lags but no probe answered", false, []View{v("b", StateAlive), v("c", StateAlive)}, 0, Isolated},
+		{"stream down, a probe answered", false, []View{v("b", StateAlive), v("c", StateSuspect)}, 1, AggregatorPartitioned},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got, reason := Local(tc.streamUp, tc.views); got != tc.want {
+			if got, reason := Local(tc.streamUp, tc.views, tc.answered); got != tc.want {
 				t.Errorf("Local = %v (%s), want %v", got, reason, tc.want)
 			}
 		})
@@ -164,6 +167,41 @@ func TestSuspicionTimeouts(t *testing.T) {
 		s := SuspicionTimeouts(DefaultTunables, tc.n)
 		if s.Min != tc.min || s.Max != tc.max || s.K != tc.k {
 			t.Errorf("n=%d: %+v, want min %v max %v k %d", tc.n, s, tc.min, tc.max, tc.k)
+		}
+	}
+}
+
+func TestIsolation(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	var iso Isolation
+	for _, step := range []struct {
+		at           int
+		c            Condition
+		changed      bool
+		since, until int // -1: zero
+		ongoing      bool
+	}{
+		{0, Healthy, false, -1, -1, false},
+		{1, AggregatorPartitioned, false, -1, -1, false},
+		{2, Isolated, true, 2, -1, true},
+		{3, Isolated, false, 2, -1, true},
+		{9, AggregatorPartitioned, true, 2, 9, false},
+		{10, Healthy, false, 2, 9, false},
+		{20, Isolated, true, 20, -1, true},
+		{25, Healthy, true, 20, 25, false},
+	} {
+		if got := iso.Observe(step.c, at(step.at)); got != step.changed {
+			t.Errorf("t=%d %v: changed %v, want %v", step.at, step.c, got, step.changed)
+		}
+		want := func(s int) time.Time {
+			if s < 0 {
+				return time.Time{}
+			}
+			return at(s)
+		}
+		if !iso.Since.Equal(want(step.since)) || !iso.Until.Equal(want(step.until)) || iso.Ongoing() != step.ongoing {
+			t.Errorf("t=%d %v: %+v (ongoing %v), want since %d until %d ongoing %v", step.at, step.c, iso, iso.Ongoing(), step.since, step.until, step.ongoing)
 		}
 	}
 }

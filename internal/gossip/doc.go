@@ -14,10 +14,39 @@
 // when it is full); one goroutine owned by Member.Run applies the events to
 // the view. Nothing of the agent's is locked from memberlist's goroutines.
 //
+// memberlist tells its delegates of joins, leaves (dead or left alike) and
+// metadata updates, not of suspicions. A member learns of its own
+// suspicions from memberlist's log line ("Suspect X has failed, no acks
+// received", turned into an event by the logger it gives memberlist), and
+// pings its suspects every probe interval to see them alive again; it
+// tells "left" from "dead" by the Leaving flag a member puts in its
+// metadata before it leaves. A suspicion gossiped by another member is not
+// seen.
+//
 // condition.go holds the pure decision logic on top of those views: the
 // aggregator's node condition (Assess), the fleet-level guard against blaming
 // nodes for the aggregator's own failure (Fleet), and the agent's own
 // Isolated rule (Local).
+//
+// # Wiring
+//
+// The agent: New(Config{Name: node, AgentVersion, BindAddr, AdvertiseAddr
+// (the node or pod address), Seeds, SeedDNS (the headless Service),
+// KeyFile, Logger}); Run(ctx) in its errgroup; register the Member on its
+// self-metrics registry (Collect); AddSeeds with seeds from the
+// aggregator's hello reply; SetLocalState when its stream or containerd's
+// health changes; ReloadKeys on SIGHUP. On every receive from Changed (and
+// periodically) it sends Views upstream as a PeerView (observer: its node
+// name; per peer: name, Addr, State, Since). While its stream is down it
+// calls Local(false, Views(), ProbePeers(3)) and refuses remote actions
+// while that is Isolated; Isolation keeps the episode for PeerView's
+// isolated_since and isolated_until.
+//
+// The aggregator: for each node, the PeerReport of every observer that
+// mentions it (state, since, and when that observer's view arrived);
+// Assess(streamUp, lastSeen, reports, now, ConditionConfig{}) gives the
+// node's condition and reason; Fleet over the previous and new conditions
+// of all nodes says when to blame itself or the network instead.
 //
 // # Key rotation
 //

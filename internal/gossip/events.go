@@ -127,11 +127,14 @@ func (s logSink) Write(p []byte) (int, error) {
 }
 
 // levelOf maps memberlist's "[LEVEL] text" to a slog level and the text.
+// memberlist's errors are a failure detector's daily business (a peer that
+// died does not answer a TCP ping, a packet to it fails): they are logged
+// as warnings, so that an agent's error log stays about the agent.
 func levelOf(line string) (level slog.Level, msg string) {
 	for _, l := range []struct {
 		tag   string
 		level slog.Level
-	}{{"[DEBUG] ", slog.LevelDebug}, {"[INFO] ", slog.LevelInfo}, {"[WARN] ", slog.LevelWarn}, {"[ERR] ", slog.LevelError}, {"[ERROR] ", slog.LevelError}} {
+	}{{"[DEBUG] ", slog.LevelDebug}, {"[INFO] ", slog.LevelInfo}, {"[WARN] ", slog.LevelWarn}, {"[ERR] ", slog.LevelWarn}, {"[ERROR] ", slog.LevelWarn}} {
 		if msg, ok := strings.CutPrefix(line, l.tag); ok {
 			return l.level, msg
 		}

@@ -85,3 +85,33 @@ func TestApplyKeys(t *testing.T) {
 		t.Error("applying the same keys again changed the ring")
 	}
 }
+
+// FuzzParseKeys: any key file content parses to valid keys or to an error
+// wrapping ErrInvalid that names the file; never a panic.
+func FuzzParseKeys(f *testing.F) {
+	f.Add([]byte(b64(key(1, 16)) + "\n" + b64(key(2, 32)) + "\n"))
+	f.Add([]byte("# comment\r\n\r\n" + b64(key(3, 24))))
+	f.Add([]byte("not base64\n"))
+	f.Add([]byte(b64(key(4, 20))))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		keys, err := ParseKeys("k", data)
+		if err != nil {
+			if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "gossip key file k") {
+				t.Fatalf("error %q does not wrap ErrInvalid naming the file", err)
+			}
+			return
+		}
+		if len(keys) == 0 {
+			t.Fatal("no error and no key")
+		}
+		for _, k := range keys {
+			if memberlist.ValidateKey(k) != nil {
+				t.Fatalf("invalid key of %d bytes accepted", len(k))
+			}
+		}
+		if _, err := memberlist.NewKeyring(keys[1:], keys[0]); err != nil {
+			t.Fatalf("keys do not make a keyring: %v", err)
+		}
+	})
+}

@@ -141,7 +141,7 @@ func (m *Member) Run(ctx context.Context) error {
 
 	loops, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){m.pump, m.joinLoop, m.metaLoop, m.keyLoop} {
+	for _, loop := range []func(context.Context){m.pump, m.joinLoop, m.metaLoop, m.keyLoop, m.verifyLoop} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -439,6 +439,85 @@ func (m *Member) joinLoop(ctx context.Context) {
 		}
 		t.Reset(wait)
 	}
+}
+
+// maxVerify bounds the pings verifyLoop sends per round.
+const maxVerify = 16
+
+// verifyLoop pings, once per ProbeInterval, the peers this member holds
+// suspect (at most maxVerify per round, at once), and sees those that
+// answer alive again. memberlist tells nobody when a suspect refutes (its
+// alive message changes no metadata, so no event), and its own next probe
+// of the peer comes only after it has probed every other member; without
+// this, a peer refuted long ago would stay suspect in the view until the
+// suspicion expires (see expire). A peer that does not answer stays
+// suspect until memberlist declares it dead or the suspicion expires.
+func (m *Member) verifyLoop(ctx context.Context) {
+	t := time.NewTicker(m.cfg.ProbeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var suspects []View
+		m.mu.RLock()
+		for _, v := range m.views {
+			if v.State == StateSuspect && v.Addr.IsValid() && len(suspects) < maxVerify {
+				suspects = append(suspects, *v)
+			}
+		}
+		m.mu.RUnlock()
+		ml := m.ml.Load()
+		var wg sync.WaitGroup
+		for _, v := range suspects {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := ml.Ping(v.Name, net.UDPAddrFromAddrPort(v.Addr)); err == nil {
+					m.post(event{kind: evAck, name: v.Name})
+				}
+			}()
+		}
+		wg.Wait() // each Ping returns within ProbeTimeout
+	}
+}
+
+// ProbePeers pings up to k of the peers this member holds alive, at once
+// and directly (as memberlist's own probes do), and returns how many
+// answered. It blocks for at most ProbeTimeout. The agent calls it when
+// its stream is down to tell Isolated from AggregatorPartitioned at once
+// (see Local): the view alone notices isolation only once this member's
+// own probes have suspected every peer, which takes tens of seconds
+// (memberlist stretches its probe interval while its probes fail). Before
+// Run listens, and with no alive peer, it returns 0.
+func (m *Member) ProbePeers(k int) int {
+	ml := m.ml.Load()
+	if ml == nil || k <= 0 {
+		return 0
+	}
+	var peers []View
+	m.mu.RLock()
+	for _, v := range m.views { // map order: a different sample each time
+		if v.State == StateAlive && v.Addr.IsValid() && len(peers) < k {
+			peers = append(peers, *v)
+		}
+	}
+	m.mu.RUnlock()
+	var answered atomic.Int32
+	var wg sync.WaitGroup
+	for _, v := range peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := ml.Ping(v.Name, net.UDPAddrFromAddrPort(v.Addr)); err == nil {
+				answered.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return int(answered.Load())
 }
 
 // keyLoop reloads the key file every KeyReloadInterval.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -12,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
@@ -166,9 +167,16 @@ func TestClusterKillAndLeave(t *testing.T) {
 	// A kill: memberlist stopped without leaving.
 	c.crash()
 	limit := SuspicionTimeouts(DefaultTunables, 4).Max + 3*DefaultProbeInterval
+	suspected := false // seen through memberlist's log line: this catches a memberlist that words it otherwise
 	took := waitFor(t, limit, "a, b and d see c dead", func() bool {
+		for _, o := range []*running{a, b, d} {
+			suspected = suspected || stateOf(o.Member, c.Name()) == StateSuspect
+		}
 		return stateOf(a.Member, c.Name()) == StateDead && stateOf(b.Member, c.Name()) == StateDead && stateOf(d.Member, c.Name()) == StateDead
 	})
+	if !suspected {
+		t.Error("no member saw the killed one suspect before dead (the timer runs at least 3 s)")
+	}
 	t.Logf("killed member seen dead by all in %v (timer min %v, max %v)", took,
 		SuspicionTimeouts(DefaultTunables, 4).Min, SuspicionTimeouts(DefaultTunables, 4).Max)
 
@@ -193,10 +201,14 @@ func TestSetLocalStateReachesPeers(t *testing.T) {
 	t.Parallel()
 	ms := cluster(t, 2, nil)
 	a, b := ms[0], ms[1]
+	for len(a.Changed()) > 0 { // drain the join's signal
+		<-a.Changed()
+	}
 	b.SetLocalState(LocalState{StreamUp: true, Containerd: HealthOK})
 	select {
 	case <-a.Changed():
 	case <-time.After(10 * time.Second):
+		t.Fatal("a's Changed did not fire within 10s of b's new metadata")
 	}
 	waitFor(t, 10*time.Second, "a sees b's new metadata", func() bool {
 		v, _ := viewOf(a.Member, b.Name())
@@ -219,8 +231,6 @@ func TestBadKeyFile(t *testing.T) {
 		t.Errorf("New with a missing key file = %v, want ErrNotFound", err)
 	}
 }
-
-var _ = io.Discard
 
 func TestRestartWithNewAddressIsTheSameMember(t *testing.T) {
 	t.Parallel()
@@ -398,4 +408,24 @@ func TestKeyRotationWithoutRestart(t *testing.T) {
 	if _, ok := viewOf(a.Member, o.Name()); ok {
 		t.Error("the member with the old key got in")
 	}
+}
+
+// TestRunLeavesNoGoroutine: every goroutine a member starts (its loops,
+// memberlist's, the transport's) ends when Run returns. Not parallel, so
+// that no other test's goroutines are counted.
+func TestRunLeavesNoGoroutine(t *testing.T) {
+	opts := goleak.IgnoreCurrent()
+	ms := cluster(t, 2, nil)
+	ms[1].crash() // the kill path too
+	ms[1].stop(t)
+	ms[0].stop(t)
+	// memberlist's suspicion timers and the net package's resolver may
+	// take a moment to end after Shutdown.
+	var err error
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if err = goleak.Find(opts); err == nil {
+			return
+		}
+	}
+	t.Error(err)
 }

@@ -40,11 +40,14 @@ type childConfig struct {
 
 // childView is one line of a child's output.
 type childView struct {
-	Views []struct {
-		Name  string
-		State string
-		Since time.Time
-	}
+	Views   []childPeer
+	IsProbe bool // an answer to "probe": Probed is set, Views not
+	Probed  int
+}
+
+type childPeer struct {
+	Name, State, Addr string
+	Since             time.Time
 }
 
 func childMain() int {
@@ -65,19 +68,29 @@ func childMain() int {
 		return 2
 	}
 	out := json.NewEncoder(os.Stdout)
+	var outMu sync.Mutex
+	emit := func(v any) {
+		outMu.Lock()
+		defer outMu.Unlock()
+		_ = out.Encode(v)
+	}
+	go func() { // "probe" on stdin: answer how many peers answered a direct probe
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			if sc.Text() == "probe" {
+				emit(childView{Probed: m.ProbePeers(3), IsProbe: true})
+			}
+		}
+	}()
 	go func() {
 		tick := time.NewTicker(500 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			var cv childView
 			for _, v := range m.Views() {
-				cv.Views = append(cv.Views, struct {
-					Name  string
-					State string
-					Since time.Time
-				}{v.Name, v.State.String(), v.Since})
+				cv.Views = append(cv.Views, childPeer{Name: v.Name, State: v.State.String(), Addr: v.Addr.Addr().String(), Since: v.Since})
 			}
-			_ = out.Encode(cv)
+			emit(cv)
 			select {
 			case <-ctx.Done():
 				return
@@ -103,6 +116,9 @@ type child struct {
 	mu     sync.Mutex
 	exited bool // its output ended: its reports stop, as they would reach the aggregator no more
 	view   map[string]State
+	addrs  map[string]string // peers' addresses
+	stdin  io.WriteCloser
+	probed chan int // answers to "probe"
 	// worst is the worst state each peer was ever seen in (alive <
 	// suspect < dead), reset by resetWorst.
 	worst map[string]State
@@ -112,6 +128,28 @@ func (c *child) state(peer string) State {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.view[peer]
+}
+
+// probe asks the child to probe its peers (ProbePeers) and returns how
+// many answered.
+func (c *child) probe(t *testing.T) int {
+	t.Helper()
+	if _, err := io.WriteString(c.stdin, "probe\n"); err != nil {
+		t.Fatalf("%s: %v", c.name, err)
+	}
+	select {
+	case n := <-c.probed:
+		return n
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s did not answer a probe request within 10s", c.name)
+		return 0
+	}
+}
+
+func (c *child) addrOf(peer string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.addrs[peer]
 }
 
 func (c *child) views() []View {
@@ -154,12 +192,20 @@ func (c *child) read(r io.Reader) {
 		if json.Unmarshal(sc.Bytes(), &cv) != nil {
 			continue
 		}
-		view := map[string]State{}
+		if cv.IsProbe {
+			select {
+			case c.probed <- cv.Probed:
+			default:
+			}
+			continue
+		}
+		view, addrs := map[string]State{}, map[string]string{}
 		for _, v := range cv.Views {
 			view[v.Name] = parseState(v.State)
+			addrs[v.Name] = v.Addr
 		}
 		c.mu.Lock()
-		c.view = view
+		c.view, c.addrs = view, addrs
 		for n, s := range view {
 			if s > c.worst[n] {
 				c.worst[n] = s
@@ -176,6 +222,7 @@ func (c *child) read(r io.Reader) {
 type netnsCluster struct {
 	t        *testing.T
 	sw       *testenv.NetNS // holds the bridge
+	keyFile  string
 	children []*child
 }
 
@@ -196,26 +243,29 @@ func newNetnsCluster(t *testing.T, n int) *netnsCluster {
 	if err := swh.LinkSetUp(br); err != nil {
 		t.Fatal(err)
 	}
+	c.keyFile = filepath.Join(t.TempDir(), "keys")
+	writeKeys(t, c.keyFile, key(7, 32))
 	for i := range n {
-		ns := testenv.NewNetNS(t)
-		name := fmt.Sprintf("m%d", i)
-		addr := fmt.Sprintf("%s.%d", netnsSubnet, 10+i)
-		hostVeth := fmt.Sprintf("vgg%d-%d", os.Getpid()%100000, i)
-		c.wire(ns, hostVeth, addr)
-		c.children = append(c.children, &child{name: name, addr: addr, ns: ns, hostVeth: hostVeth,
-			view: map[string]State{}, worst: map[string]State{}})
-	}
-	seed := c.children[0].addr + ":7946"
-	keyFile := filepath.Join(t.TempDir(), "keys")
-	writeKeys(t, keyFile, key(7, 32))
-	for i, ch := range c.children {
-		var seeds []string
-		if i > 0 {
-			seeds = []string{seed}
-		}
-		c.start(ch, childConfig{Name: ch.name, Addr: ch.addr, Seeds: seeds, KeyFile: keyFile})
+		c.children = append(c.children, c.add(fmt.Sprintf("m%d", i), 10+i))
 	}
 	return c
+}
+
+// add starts member name in a new namespace with the address host number
+// hostNum, joining the first member (unless it is the first).
+func (c *netnsCluster) add(name string, hostNum int) *child {
+	ns := testenv.NewNetNS(c.t)
+	addr := fmt.Sprintf("%s.%d", netnsSubnet, hostNum)
+	hostVeth := fmt.Sprintf("vgg%d-%d", os.Getpid()%100000, hostNum)
+	c.wire(ns, hostVeth, addr)
+	ch := &child{name: name, addr: addr, ns: ns, hostVeth: hostVeth, view: map[string]State{}, worst: map[string]State{},
+		probed: make(chan int, 1)}
+	var seeds []string
+	if len(c.children) > 0 {
+		seeds = []string{c.children[0].addr + ":7946"}
+	}
+	c.start(ch, childConfig{Name: name, Addr: addr, Seeds: seeds, KeyFile: c.keyFile})
+	return ch
 }
 
 func (c *netnsCluster) handle(ns *testenv.NetNS) *netlink.Handle {
@@ -311,6 +361,9 @@ func (c *netnsCluster) start(ch *child, cc childConfig) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if ch.stdin, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", ch.name, err)
 	}
@@ -386,15 +439,29 @@ func TestNetnsMembers(t *testing.T) {
 		for _, o := range c.others(e) {
 			o.resetWorst()
 		}
-		pause := timer.Min - 500*time.Millisecond
+		// Stopped until a peer suspects it (its suspicion timer then runs),
+		// and then for hold more: resumed hold+ before the timer's shortest
+		// term (Min) ends. The scene proves nothing unless the suspicion
+		// happened, hence the wait for it.
+		hold := timer.Min - 1500*time.Millisecond
 		if err := e.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
 		}
 		stopped := time.Now()
-		time.Sleep(pause) // the scene itself: how long the member stays stopped
+		waitFor(t, 15*time.Second, "a peer suspects the stopped member", func() bool {
+			for _, o := range c.others(e) {
+				if o.state(e.name) == StateSuspect {
+					return true
+				}
+			}
+			return false
+		})
+		suspected := time.Since(stopped)
+		time.Sleep(hold) // the scene itself: how long it stays stopped, suspected
 		if err := e.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 			t.Fatal(err)
 		}
+		pause := time.Since(stopped)
 		// Had the stop been fatal, the timer (Min after the first failed
 		// probe) would fire within a few seconds of the resume.
 		observe := time.Now().Add(timer.Min + 3*DefaultProbeInterval)
@@ -421,7 +488,8 @@ func TestNetnsMembers(t *testing.T) {
 				t.Errorf("%s saw the stopped member %v", o.name, s)
 			}
 		}
-		t.Logf("stopped %v (suspicion timer min %v): worst state seen by its peers: %v", pause, timer.Min, worst)
+		t.Logf("stopped %v, suspected after %v and resumed %v later (suspicion timer min %v, max %v): worst state seen by its peers: %v",
+			pause.Round(time.Millisecond), suspected.Round(time.Millisecond), (pause - suspected).Round(time.Millisecond), timer.Min, timer.Max, worst)
 	})
 
 	t.Run("killed: seen dead within the documented time", func(t *testing.T) {
@@ -446,6 +514,24 @@ func TestNetnsMembers(t *testing.T) {
 		}
 		t.Logf("killed member seen dead by %d watchers after %v (timer min %v, max %v)", len(watchers), took, timer.Min, timer.Max)
 	})
+	t.Run("back in a new namespace with a new address: the same member", func(t *testing.T) {
+		old := c.children[2] // killed above
+		back := c.add(old.name, 30)
+		took := waitFor(t, 30*time.Second, "every live member sees it alive at its new address", func() bool {
+			for _, o := range c.others(old) {
+				if o == back {
+					continue
+				}
+				if o.state(old.name) != StateAlive || o.addrOf(old.name) != back.addr {
+					return false
+				}
+			}
+			return true
+		})
+		t.Logf("%s back at %s (was %s): alive to all after %v", old.name, back.addr, old.addr, took)
+		c.children[2] = back
+	})
+
 	t.Run("link cut: the others see it dead, it sees itself isolated", func(t *testing.T) {
 		d := c.children[3] // m2 is dead since the previous step
 		swh := c.handle(c.sw)
@@ -464,14 +550,23 @@ func TestNetnsMembers(t *testing.T) {
 		})
 		_, reason := Assess(false, cut, c.reports(d), time.Now(), ConditionConfig{})
 		t.Logf("link cut: NodeDown after %v (%s)", took, reason)
-		took = waitFor(t, 30*time.Second, "the cut member sees itself isolated", func() bool {
-			cond, _ := Local(false, d.views())
-			return cond == Isolated
-		})
-		t.Logf("link cut: the member itself is Isolated after %v", time.Since(cut).Round(time.Millisecond))
+		// The cut member probes its peers: none answers, it is Isolated,
+		// whatever its view still says.
+		if cond, reason := Local(false, d.views(), d.probe(t)); cond != Isolated {
+			t.Errorf("the cut member: Local = %v (%s), want Isolated", cond, reason)
+		}
+		// A member that is not cut reaches its peers.
+		if cond, reason := Local(false, c.children[0].views(), c.children[0].probe(t)); cond != AggregatorPartitioned {
+			t.Errorf("a member on the bridge, its stream down: Local = %v (%s), want AggregatorPartitioned", cond, reason)
+		}
 		if err := swh.LinkSetUp(link); err != nil {
 			t.Fatal(err)
 		}
+		took = waitFor(t, 30*time.Second, "the member back on the bridge reaches a peer again", func() bool {
+			cond, _ := Local(false, d.views(), d.probe(t))
+			return cond == AggregatorPartitioned
+		})
+		t.Logf("link up again: the member reaches its peers after %v", took)
 	})
 
 }

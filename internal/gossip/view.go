@@ -17,9 +17,10 @@ const (
 	// StateSuspect: this member's own probe of the peer failed, directly
 	// and through IndirectChecks others; memberlist's suspicion timer runs.
 	// Only this member's suspicions are seen (memberlist exposes no event
-	// for a suspicion gossiped by another member); a suspect peer that
-	// refutes is seen alive again at its next ack, update, or when the
-	// longest suspicion timeout has passed without it being declared dead.
+	// for a suspicion gossiped by another member, and none for a refuted
+	// one); the member pings its suspects every ProbeInterval and sees
+	// one alive again when it answers (or sends new metadata, or when the
+	// longest suspicion timeout passed without it being declared dead).
 	StateSuspect
 	// StateDead: declared dead by the protocol (its suspicion timed out).
 	StateDead

@@ -2683,7 +2683,16 @@ type PeerView struct {
 	// The observing node.
 	Observer string `protobuf:"bytes,1,opt,name=observer,proto3" json:"observer,omitempty"`
 	// Its peers.
-	Peers         []*PeerStatus `protobuf:"bytes,2,rep,name=peers,proto3" json:"peers,omitempty"`
+	Peers []*PeerStatus `protobuf:"bytes,2,rep,name=peers,proto3" json:"peers,omitempty"`
+	// When the observer last found itself isolated: its stream to the
+	// aggregator down and no peer answering its probes (it then refuses
+	// remote actions). Unset if it has not been since the agent started. An
+	// isolated agent cannot send, so the aggregator learns of an isolation
+	// when the stream returns, and shows the node Isolated for it.
+	IsolatedSince *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=isolated_since,json=isolatedSince,proto3" json:"isolated_since,omitempty"`
+	// When that isolation ended: the agent reached a peer or the aggregator
+	// again. Unset while it lasts, and with isolated_since.
+	IsolatedUntil *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=isolated_until,json=isolatedUntil,proto3" json:"isolated_until,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2728,6 +2737,20 @@ func (x *PeerView) GetObserver() string {
 func (x *PeerView) GetPeers() []*PeerStatus {
 	if x != nil {
 		return x.Peers
+	}
+	return nil
+}
+
+func (x *PeerView) GetIsolatedSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IsolatedSince
+	}
+	return nil
+}
+
+func (x *PeerView) GetIsolatedUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IsolatedUntil
 	}
 	return nil
 }
@@ -3329,10 +3352,12 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12)\n" +
 	"\x05state\x18\x03 \x01(\x0e2\x13.vigil.v1.PeerStateR\x05state\x120\n" +
-	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"R\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\xd8\x01\n" +
 	"\bPeerView\x12\x1a\n" +
 	"\bobserver\x18\x01 \x01(\tR\bobserver\x12*\n" +
-	"\x05peers\x18\x02 \x03(\v2\x14.vigil.v1.PeerStatusR\x05peers\"\xf1\x01\n" +
+	"\x05peers\x18\x02 \x03(\v2\x14.vigil.v1.PeerStatusR\x05peers\x12A\n" +
+	"\x0eisolated_since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\risolatedSince\x12A\n" +
+	"\x0eisolated_until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\risolatedUntil\"\xf1\x01\n" +
 	"\x06Target\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12!\n" +
@@ -3545,20 +3570,22 @@ var file_vigil_v1_types_proto_depIdxs = []int32{
 	8,  // 41: vigil.v1.PeerStatus.state:type_name -> vigil.v1.PeerState
 	33, // 42: vigil.v1.PeerStatus.since:type_name -> google.protobuf.Timestamp
 	27, // 43: vigil.v1.PeerView.peers:type_name -> vigil.v1.PeerStatus
-	9,  // 44: vigil.v1.Remediation.action:type_name -> vigil.v1.RemediationAction
-	29, // 45: vigil.v1.Remediation.target:type_name -> vigil.v1.Target
-	33, // 46: vigil.v1.Remediation.alert_starts_at:type_name -> google.protobuf.Timestamp
-	10, // 47: vigil.v1.Remediation.state:type_name -> vigil.v1.RemediationState
-	33, // 48: vigil.v1.Remediation.created_at:type_name -> google.protobuf.Timestamp
-	33, // 49: vigil.v1.Remediation.updated_at:type_name -> google.protobuf.Timestamp
-	9,  // 50: vigil.v1.Remediation.requested_action:type_name -> vigil.v1.RemediationAction
-	30, // 51: vigil.v1.Remediation.fence:type_name -> vigil.v1.Fence
-	33, // 52: vigil.v1.Remediation.deadline:type_name -> google.protobuf.Timestamp
-	53, // [53:53] is the sub-list for method output_type
-	53, // [53:53] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	33, // 44: vigil.v1.PeerView.isolated_since:type_name -> google.protobuf.Timestamp
+	33, // 45: vigil.v1.PeerView.isolated_until:type_name -> google.protobuf.Timestamp
+	9,  // 46: vigil.v1.Remediation.action:type_name -> vigil.v1.RemediationAction
+	29, // 47: vigil.v1.Remediation.target:type_name -> vigil.v1.Target
+	33, // 48: vigil.v1.Remediation.alert_starts_at:type_name -> google.protobuf.Timestamp
+	10, // 49: vigil.v1.Remediation.state:type_name -> vigil.v1.RemediationState
+	33, // 50: vigil.v1.Remediation.created_at:type_name -> google.protobuf.Timestamp
+	33, // 51: vigil.v1.Remediation.updated_at:type_name -> google.protobuf.Timestamp
+	9,  // 52: vigil.v1.Remediation.requested_action:type_name -> vigil.v1.RemediationAction
+	30, // 53: vigil.v1.Remediation.fence:type_name -> vigil.v1.Fence
+	33, // 54: vigil.v1.Remediation.deadline:type_name -> google.protobuf.Timestamp
+	55, // [55:55] is the sub-list for method output_type
+	55, // [55:55] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_vigil_v1_types_proto_init() }
