@@ -227,6 +227,11 @@ func (a *Aggregator) sweepLoop(ctx context.Context) {
 	every := min(max(min(a.cfg.StaleAfter, a.cfg.ForgetAfter)/4, 10*time.Millisecond), time.Second)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	conditions := &conditionAssessor{
+		cfg:         a.cfg.Conditions,
+		log:         a.log,
+		suspectSelf: func(on bool) { a.metrics.suspectSelf.Set(boolGauge(on)) },
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -235,6 +240,14 @@ func (a *Aggregator) sweepLoop(ctx context.Context) {
 			for _, name := range a.fleet.sweep(now, a.cfg.StaleAfter, a.cfg.ForgetAfter) {
 				a.log.Info("forgot node: down longer than forget-after", "node", name, "forget_after", a.cfg.ForgetAfter)
 			}
+			conditions.assess(a.fleet, now)
 		}
 	}
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

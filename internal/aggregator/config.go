@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/gossip"
 	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/remediation"
 	"github.com/vigilhq/vigil/internal/store"
@@ -59,6 +60,11 @@ type Config struct {
 	// MetricsRequireAuth puts /metrics behind the same TLS and credential
 	// check as /api/v1 (role viewer). /healthz and /readyz stay plain.
 	MetricsRequireAuth bool
+	// Conditions tunes how a node's condition is assessed from its stream
+	// and its gossip peers' reports (gossip.ConditionConfig: how many peers
+	// must agree a node is dead, how old a report may be); zero fields take
+	// gossip's defaults.
+	Conditions gossip.ConditionConfig
 	// DataDir is the directory of the aggregator's files, as the command
 	// line gave it; the package reads only Store, which the command opens
 	// there.

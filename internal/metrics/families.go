@@ -43,6 +43,7 @@ const (
 	famNodeNetUp
 	famNodeNetCarrierChanges
 	famNodePeerReachable
+	famNodeCondition
 	numFamilies
 )
 
@@ -81,6 +82,7 @@ var families = [numFamilies]family{
 	famNodeNetUp:             {"vigil_node_network_up", "gauge", "1 when the host interface is operationally up."},
 	famNodeNetCarrierChanges: {"vigil_node_network_carrier_changes_total", "counter", "Carrier changes of a host interface since it was created."},
 	famNodePeerReachable:     {"vigil_node_peer_reachable", "gauge", "1 when the observing node's gossip sees the peer alive, 0 otherwise."},
+	famNodeCondition:         {"vigil_node_condition", "gauge", "1 for the node condition's current status (true, false or unknown), as kube-state-metrics' kube_node_status_condition: Healthy, AggregatorPartitioned, NodeDown, Isolated from the stream and the gossip peers' views; RuntimeAvailable from the agent."},
 }
 
 // healthStatuses are the label values of vigil_container_health_status, one

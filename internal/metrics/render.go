@@ -38,7 +38,17 @@ type NodeInput struct {
 	Network []*vigilv1.NetworkNamespace
 	// Peers is the node's gossip view; nil means none.
 	Peers *vigilv1.PeerView
+	// Condition is the node's condition (one of NodeConditions, or
+	// "Unknown"); "" renders no gossip condition series.
+	Condition string
+	// Status is the agent's last node status; nil renders
+	// RuntimeAvailable as unknown.
+	Status *vigilv1.NodeStatus
 }
+
+// NodeConditions are the gossip conditions of vigil_node_condition, one
+// true at a time ("Unknown" makes each of them unknown).
+var NodeConditions = [...]string{"Healthy", "AggregatorPartitioned", "NodeDown", "Isolated"}
 
 // Rendered is one node's series in the text exposition format, grouped by
 // metric family. It is immutable and safe for concurrent use.
@@ -467,6 +477,39 @@ func (s *scratch) nodeSeries(in NodeInput, node []byte) {
 		l = appendLabelValue(l, p.GetName())
 		l = append(l, '"')
 		s.gauge(famNodePeerReachable, l, boolValue(p.GetState() == vigilv1.PeerState_PEER_STATE_ALIVE))
+	}
+
+	// Conditions, kube-state-metrics style: three series per condition,
+	// the current status 1.
+	condition := func(name, status string) {
+		for _, st := range [...]string{"true", "false", "unknown"} {
+			l := append(slices.Clone(nl), `,condition="`...)
+			l = append(l, name...)
+			l = append(l, `",status="`...)
+			l = append(l, st...)
+			l = append(l, '"')
+			s.gauge(famNodeCondition, l, boolValue(st == status))
+		}
+	}
+	if in.Condition != "" {
+		for _, c := range NodeConditions {
+			switch {
+			case in.Condition == c:
+				condition(c, "true")
+			case in.Condition == "Unknown":
+				condition(c, "unknown")
+			default:
+				condition(c, "false")
+			}
+		}
+	}
+	switch {
+	case in.Status == nil:
+		condition("RuntimeAvailable", "unknown")
+	case in.Status.GetRuntimeAvailable():
+		condition("RuntimeAvailable", "true")
+	default:
+		condition("RuntimeAvailable", "false")
 	}
 }
 

@@ -773,9 +773,17 @@ type Node struct {
 	// The node's gossip view of its peers, if gossip is enabled.
 	PeerView *PeerView `protobuf:"bytes,11,opt,name=peer_view,json=peerView,proto3" json:"peer_view,omitempty"`
 	// Agent self-measurement, as last reported.
-	AgentStatus   *AgentStatus `protobuf:"bytes,12,opt,name=agent_status,json=agentStatus,proto3" json:"agent_status,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AgentStatus *AgentStatus `protobuf:"bytes,12,opt,name=agent_status,json=agentStatus,proto3" json:"agent_status,omitempty"`
+	// The node's condition, combining the aggregator's stream with the gossip
+	// peers' views of the node: Healthy, AggregatorPartitioned, NodeDown,
+	// Isolated or Unknown (internal/gossip Assess).
+	Condition string `protobuf:"bytes,13,opt,name=condition,proto3" json:"condition,omitempty"`
+	// Why, in words: what the stream and the peers said.
+	ConditionReason string `protobuf:"bytes,14,opt,name=condition_reason,json=conditionReason,proto3" json:"condition_reason,omitempty"`
+	// Since when the condition holds (as this aggregator saw it change).
+	ConditionSince *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=condition_since,json=conditionSince,proto3" json:"condition_since,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -888,6 +896,27 @@ func (x *Node) GetPeerView() *PeerView {
 func (x *Node) GetAgentStatus() *AgentStatus {
 	if x != nil {
 		return x.AgentStatus
+	}
+	return nil
+}
+
+func (x *Node) GetCondition() string {
+	if x != nil {
+		return x.Condition
+	}
+	return ""
+}
+
+func (x *Node) GetConditionReason() string {
+	if x != nil {
+		return x.ConditionReason
+	}
+	return ""
+}
+
+func (x *Node) GetConditionSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ConditionSince
 	}
 	return nil
 }
@@ -3160,7 +3189,7 @@ var File_vigil_v1_types_proto protoreflect.FileDescriptor
 
 const file_vigil_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x14vigil/v1/types.proto\x12\bvigil.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x04\n" +
+	"\x14vigil/v1/types.proto\x12\bvigil.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x05\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12\x17\n" +
@@ -3174,7 +3203,10 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\fcapabilities\x18\n" +
 	" \x03(\tR\fcapabilities\x12/\n" +
 	"\tpeer_view\x18\v \x01(\v2\x12.vigil.v1.PeerViewR\bpeerView\x128\n" +
-	"\fagent_status\x18\f \x01(\v2\x15.vigil.v1.AgentStatusR\vagentStatus\"\xbc\x03\n" +
+	"\fagent_status\x18\f \x01(\v2\x15.vigil.v1.AgentStatusR\vagentStatus\x12\x1c\n" +
+	"\tcondition\x18\r \x01(\tR\tcondition\x12)\n" +
+	"\x10condition_reason\x18\x0e \x01(\tR\x0fconditionReason\x12C\n" +
+	"\x0fcondition_since\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x0econditionSince\"\xbc\x03\n" +
 	"\vAgentStatus\x12\x1f\n" +
 	"\vcpu_seconds\x18\x01 \x01(\x01R\n" +
 	"cpuSeconds\x12\x1b\n" +
@@ -3531,61 +3563,62 @@ var file_vigil_v1_types_proto_depIdxs = []int32{
 	33, // 2: vigil.v1.Node.connected_since:type_name -> google.protobuf.Timestamp
 	28, // 3: vigil.v1.Node.peer_view:type_name -> vigil.v1.PeerView
 	12, // 4: vigil.v1.Node.agent_status:type_name -> vigil.v1.AgentStatus
-	34, // 5: vigil.v1.AgentStatus.last_collection_duration:type_name -> google.protobuf.Duration
-	34, // 6: vigil.v1.AgentStatus.runtime_latency:type_name -> google.protobuf.Duration
-	2,  // 7: vigil.v1.ExitStatus.reason:type_name -> vigil.v1.ExitReason
-	33, // 8: vigil.v1.ExitStatus.exited_at:type_name -> google.protobuf.Timestamp
-	5,  // 9: vigil.v1.RestartPolicy.kind:type_name -> vigil.v1.RestartPolicyKind
-	34, // 10: vigil.v1.RestartPolicy.backoff_initial:type_name -> google.protobuf.Duration
-	34, // 11: vigil.v1.RestartPolicy.backoff_max:type_name -> google.protobuf.Duration
-	34, // 12: vigil.v1.RestartPolicy.backoff_reset_after:type_name -> google.protobuf.Duration
-	34, // 13: vigil.v1.BackoffState.current_delay:type_name -> google.protobuf.Duration
-	33, // 14: vigil.v1.BackoffState.next_restart_at:type_name -> google.protobuf.Timestamp
-	33, // 15: vigil.v1.ProbeResult.start:type_name -> google.protobuf.Timestamp
-	34, // 16: vigil.v1.ProbeResult.duration:type_name -> google.protobuf.Duration
-	3,  // 17: vigil.v1.Health.status:type_name -> vigil.v1.HealthStatus
-	16, // 18: vigil.v1.Health.last_results:type_name -> vigil.v1.ProbeResult
-	2,  // 19: vigil.v1.ExitCount.reason:type_name -> vigil.v1.ExitReason
-	19, // 20: vigil.v1.ContainerCounters.exits:type_name -> vigil.v1.ExitCount
-	18, // 21: vigil.v1.Container.pod:type_name -> vigil.v1.PodIdentity
-	32, // 22: vigil.v1.Container.labels:type_name -> vigil.v1.Container.LabelsEntry
-	1,  // 23: vigil.v1.Container.state:type_name -> vigil.v1.ContainerState
-	33, // 24: vigil.v1.Container.created_at:type_name -> google.protobuf.Timestamp
-	33, // 25: vigil.v1.Container.started_at:type_name -> google.protobuf.Timestamp
-	13, // 26: vigil.v1.Container.last_exit:type_name -> vigil.v1.ExitStatus
-	4,  // 27: vigil.v1.Container.manager:type_name -> vigil.v1.Manager
-	14, // 28: vigil.v1.Container.restart_policy:type_name -> vigil.v1.RestartPolicy
-	15, // 29: vigil.v1.Container.backoff:type_name -> vigil.v1.BackoffState
-	17, // 30: vigil.v1.Container.health:type_name -> vigil.v1.Health
-	20, // 31: vigil.v1.Container.counters:type_name -> vigil.v1.ContainerCounters
-	24, // 32: vigil.v1.Container.conditions:type_name -> vigil.v1.Condition
-	33, // 33: vigil.v1.ResourceSample.timestamp:type_name -> google.protobuf.Timestamp
-	6,  // 34: vigil.v1.Interface.oper_state:type_name -> vigil.v1.LinkOperState
-	7,  // 35: vigil.v1.Condition.type:type_name -> vigil.v1.ConditionType
-	33, // 36: vigil.v1.Condition.since:type_name -> google.protobuf.Timestamp
-	26, // 37: vigil.v1.NetworkNamespace.containers:type_name -> vigil.v1.ContainerRef
-	23, // 38: vigil.v1.NetworkNamespace.interfaces:type_name -> vigil.v1.Interface
-	24, // 39: vigil.v1.NetworkNamespace.conditions:type_name -> vigil.v1.Condition
-	33, // 40: vigil.v1.NetworkNamespace.timestamp:type_name -> google.protobuf.Timestamp
-	8,  // 41: vigil.v1.PeerStatus.state:type_name -> vigil.v1.PeerState
-	33, // 42: vigil.v1.PeerStatus.since:type_name -> google.protobuf.Timestamp
-	27, // 43: vigil.v1.PeerView.peers:type_name -> vigil.v1.PeerStatus
-	33, // 44: vigil.v1.PeerView.isolated_since:type_name -> google.protobuf.Timestamp
-	33, // 45: vigil.v1.PeerView.isolated_until:type_name -> google.protobuf.Timestamp
-	9,  // 46: vigil.v1.Remediation.action:type_name -> vigil.v1.RemediationAction
-	29, // 47: vigil.v1.Remediation.target:type_name -> vigil.v1.Target
-	33, // 48: vigil.v1.Remediation.alert_starts_at:type_name -> google.protobuf.Timestamp
-	10, // 49: vigil.v1.Remediation.state:type_name -> vigil.v1.RemediationState
-	33, // 50: vigil.v1.Remediation.created_at:type_name -> google.protobuf.Timestamp
-	33, // 51: vigil.v1.Remediation.updated_at:type_name -> google.protobuf.Timestamp
-	9,  // 52: vigil.v1.Remediation.requested_action:type_name -> vigil.v1.RemediationAction
-	30, // 53: vigil.v1.Remediation.fence:type_name -> vigil.v1.Fence
-	33, // 54: vigil.v1.Remediation.deadline:type_name -> google.protobuf.Timestamp
-	55, // [55:55] is the sub-list for method output_type
-	55, // [55:55] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	33, // 5: vigil.v1.Node.condition_since:type_name -> google.protobuf.Timestamp
+	34, // 6: vigil.v1.AgentStatus.last_collection_duration:type_name -> google.protobuf.Duration
+	34, // 7: vigil.v1.AgentStatus.runtime_latency:type_name -> google.protobuf.Duration
+	2,  // 8: vigil.v1.ExitStatus.reason:type_name -> vigil.v1.ExitReason
+	33, // 9: vigil.v1.ExitStatus.exited_at:type_name -> google.protobuf.Timestamp
+	5,  // 10: vigil.v1.RestartPolicy.kind:type_name -> vigil.v1.RestartPolicyKind
+	34, // 11: vigil.v1.RestartPolicy.backoff_initial:type_name -> google.protobuf.Duration
+	34, // 12: vigil.v1.RestartPolicy.backoff_max:type_name -> google.protobuf.Duration
+	34, // 13: vigil.v1.RestartPolicy.backoff_reset_after:type_name -> google.protobuf.Duration
+	34, // 14: vigil.v1.BackoffState.current_delay:type_name -> google.protobuf.Duration
+	33, // 15: vigil.v1.BackoffState.next_restart_at:type_name -> google.protobuf.Timestamp
+	33, // 16: vigil.v1.ProbeResult.start:type_name -> google.protobuf.Timestamp
+	34, // 17: vigil.v1.ProbeResult.duration:type_name -> google.protobuf.Duration
+	3,  // 18: vigil.v1.Health.status:type_name -> vigil.v1.HealthStatus
+	16, // 19: vigil.v1.Health.last_results:type_name -> vigil.v1.ProbeResult
+	2,  // 20: vigil.v1.ExitCount.reason:type_name -> vigil.v1.ExitReason
+	19, // 21: vigil.v1.ContainerCounters.exits:type_name -> vigil.v1.ExitCount
+	18, // 22: vigil.v1.Container.pod:type_name -> vigil.v1.PodIdentity
+	32, // 23: vigil.v1.Container.labels:type_name -> vigil.v1.Container.LabelsEntry
+	1,  // 24: vigil.v1.Container.state:type_name -> vigil.v1.ContainerState
+	33, // 25: vigil.v1.Container.created_at:type_name -> google.protobuf.Timestamp
+	33, // 26: vigil.v1.Container.started_at:type_name -> google.protobuf.Timestamp
+	13, // 27: vigil.v1.Container.last_exit:type_name -> vigil.v1.ExitStatus
+	4,  // 28: vigil.v1.Container.manager:type_name -> vigil.v1.Manager
+	14, // 29: vigil.v1.Container.restart_policy:type_name -> vigil.v1.RestartPolicy
+	15, // 30: vigil.v1.Container.backoff:type_name -> vigil.v1.BackoffState
+	17, // 31: vigil.v1.Container.health:type_name -> vigil.v1.Health
+	20, // 32: vigil.v1.Container.counters:type_name -> vigil.v1.ContainerCounters
+	24, // 33: vigil.v1.Container.conditions:type_name -> vigil.v1.Condition
+	33, // 34: vigil.v1.ResourceSample.timestamp:type_name -> google.protobuf.Timestamp
+	6,  // 35: vigil.v1.Interface.oper_state:type_name -> vigil.v1.LinkOperState
+	7,  // 36: vigil.v1.Condition.type:type_name -> vigil.v1.ConditionType
+	33, // 37: vigil.v1.Condition.since:type_name -> google.protobuf.Timestamp
+	26, // 38: vigil.v1.NetworkNamespace.containers:type_name -> vigil.v1.ContainerRef
+	23, // 39: vigil.v1.NetworkNamespace.interfaces:type_name -> vigil.v1.Interface
+	24, // 40: vigil.v1.NetworkNamespace.conditions:type_name -> vigil.v1.Condition
+	33, // 41: vigil.v1.NetworkNamespace.timestamp:type_name -> google.protobuf.Timestamp
+	8,  // 42: vigil.v1.PeerStatus.state:type_name -> vigil.v1.PeerState
+	33, // 43: vigil.v1.PeerStatus.since:type_name -> google.protobuf.Timestamp
+	27, // 44: vigil.v1.PeerView.peers:type_name -> vigil.v1.PeerStatus
+	33, // 45: vigil.v1.PeerView.isolated_since:type_name -> google.protobuf.Timestamp
+	33, // 46: vigil.v1.PeerView.isolated_until:type_name -> google.protobuf.Timestamp
+	9,  // 47: vigil.v1.Remediation.action:type_name -> vigil.v1.RemediationAction
+	29, // 48: vigil.v1.Remediation.target:type_name -> vigil.v1.Target
+	33, // 49: vigil.v1.Remediation.alert_starts_at:type_name -> google.protobuf.Timestamp
+	10, // 50: vigil.v1.Remediation.state:type_name -> vigil.v1.RemediationState
+	33, // 51: vigil.v1.Remediation.created_at:type_name -> google.protobuf.Timestamp
+	33, // 52: vigil.v1.Remediation.updated_at:type_name -> google.protobuf.Timestamp
+	9,  // 53: vigil.v1.Remediation.requested_action:type_name -> vigil.v1.RemediationAction
+	30, // 54: vigil.v1.Remediation.fence:type_name -> vigil.v1.Fence
+	33, // 55: vigil.v1.Remediation.deadline:type_name -> google.protobuf.Timestamp
+	56, // [56:56] is the sub-list for method output_type
+	56, // [56:56] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_vigil_v1_types_proto_init() }
