@@ -90,11 +90,11 @@ func (d *demo) newChain() (*chain.Chain, error) {
 		// The shipped route and rules, as a user deploys them.
 		AlertmanagerConfig: "deploy/demo/alertmanager.yml",
 		RemediationRules:   "deploy/remediation/rules.yaml",
-		Interval:          2 * time.Second,
-		BackoffInitial:    time.Second,
-		BackoffMax:        30 * time.Second,
-		BackoffReset:      time.Minute,
-		Detach:            true,
+		Interval:           2 * time.Second,
+		BackoffInitial:     time.Second,
+		BackoffMax:         30 * time.Second,
+		BackoffReset:       time.Minute,
+		Detach:             true,
 	})
 }
 
