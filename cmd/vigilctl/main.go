@@ -4,7 +4,7 @@
 //	vigilctl [global flags] nodes
 //	vigilctl [global flags] nodes release NAME
 //	vigilctl [global flags] containers [--node N] [--namespace NS] [--pod P] [--unhealthy] [--all]
-//	vigilctl [global flags] events [--node N] [--namespace NS]
+//	vigilctl [global flags] events [--node N] [--namespace NS] [--since DURATION]
 //	vigilctl [global flags] restart|stop|start|kill|link-up TARGET --reason R [--dry-run] [--signal SIG]
 //	vigilctl [global flags] remediations [--node N] [--limit N]
 //
@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/pki"
@@ -125,6 +126,8 @@ type invocation struct {
 	target, reason, signal string
 	dryRun                 bool
 	limit                  int
+	// events --since
+	since time.Duration
 }
 
 const usage = `vigilctl: operate a Vigil fleet through the aggregator's API.
@@ -133,7 +136,7 @@ Usage:
   vigilctl [flags] nodes
   vigilctl [flags] nodes release NAME
   vigilctl [flags] containers [--node N] [--namespace NS] [--pod P] [--unhealthy] [--all]
-  vigilctl [flags] events [--node N] [--namespace NS]
+  vigilctl [flags] events [--node N] [--namespace NS] [--since DURATION]
   vigilctl [flags] restart|stop|start|kill|link-up TARGET --reason R [--dry-run] [--signal SIG]
   vigilctl [flags] remediations [--node N] [--limit N]
 
@@ -142,7 +145,8 @@ Commands:
   nodes release NAME
                let another machine bootstrap as node NAME (operators only)
   containers   list containers (pod sandboxes only with --all)
-  events       print container events as they happen, until interrupted
+  events       print container events as they happen, until interrupted;
+               --since 1h first prints the last hour's from the aggregator's history
   restart, stop, start, kill, link-up TARGET
                ask for an action (operators only), through the same journal,
                budgets and fences as alerts; prints the decision. TARGET is
@@ -213,6 +217,7 @@ func parseArgs(args []string, stderr io.Writer, getenv func(string) string) (*in
 	case "events":
 		fs.StringVar(&inv.node, "node", "", "only events of this node")
 		fs.StringVar(&inv.namespace, "namespace", "", "only events of this containerd namespace")
+		fs.DurationVar(&inv.since, "since", 0, "first print the events of this long ago to now from the aggregator's history (e.g. 1h), then follow")
 	case "remediations":
 		fs.StringVar(&inv.node, "node", "", "only remediations of this node")
 		fs.IntVar(&inv.limit, "limit", 0, "at most this many (default: the aggregator's, 100)")
@@ -251,6 +256,9 @@ func parseArgs(args []string, stderr io.Writer, getenv func(string) string) (*in
 		}
 	} else if fs.NArg() > 0 {
 		return nil, fmt.Errorf("%s: unexpected arguments %q: %w", inv.command, fs.Args(), errdefs.ErrInvalid)
+	}
+	if inv.since < 0 {
+		return nil, fmt.Errorf("--since %s: want a positive duration: %w", inv.since, errdefs.ErrInvalid)
 	}
 	if inv.limit < 0 {
 		return nil, fmt.Errorf("--limit %d: want 0 or more: %w", inv.limit, errdefs.ErrInvalid)
@@ -389,7 +397,11 @@ func unhealthy(c *vigilv1.Container) bool {
 
 // watchEvents prints events until ctx ends (nil) or the stream fails.
 func watchEvents(ctx context.Context, c vigilv1.VigilClient, inv *invocation, out *printer) error {
-	stream, err := c.WatchEvents(ctx, &vigilv1.WatchEventsRequest{Node: inv.node, Namespace: inv.namespace})
+	req := &vigilv1.WatchEventsRequest{Node: inv.node, Namespace: inv.namespace}
+	if inv.since > 0 {
+		req.Since = timestamppb.New(time.Now().Add(-inv.since))
+	}
+	stream, err := c.WatchEvents(ctx, req)
 	if err != nil {
 		return callError(inv.global.server, "watch events", inv.global.timeout, err)
 	}

@@ -35,8 +35,9 @@ type Aggregator struct {
 	metrics *selfMetrics
 	auth    *authorizer
 	mux     *http.ServeMux
-	// remediation is nil when Config.Store is.
+	// remediation and history are nil when Config.Store is.
 	remediation *remediation.Engine
+	history     *history
 
 	grpcLis, httpLis net.Listener
 	grpcServer       *grpc.Server
@@ -65,10 +66,15 @@ func New(cfg Config) (*Aggregator, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Store != nil {
+		a.history = newHistory(cfg.Store, a.log.With("component", "history"), cfg.HistoryPerNode, cfg.HistoryMaxAge, m.historyDrop)
+		a.fleet.events.record = a.history.record
+	}
 	a.gateway = newGateway(&a.cfg, a.fleet, m, a.stopping)
 	a.gateway.remediation = a.remediation
 	a.api = NewAPI(a.fleet, cfg.WatchBuffer, a.stopping)
 	a.api.remediation = a.remediation
+	a.api.history = a.history
 	a.api.maxWatchers = cfg.MaxWatchers
 	a.api.watchers = m.watchers
 	if cfg.Bootstrap != nil {
@@ -186,6 +192,15 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		go func() {
 			defer background.Done()
 			runRemediation(sweepCtx, a.remediation, a.log)
+		}()
+	}
+	if a.history != nil {
+		// Stopped with the sweep, after the servers: the last events are
+		// written.
+		background.Add(1)
+		go func() {
+			defer background.Done()
+			a.history.run(sweepCtx)
 		}()
 	}
 	a.ready.Store(true)

@@ -39,6 +39,8 @@ type API struct {
 	// remediation serves ListRemediations and RequestRemediation; nil
 	// when remediation is off.
 	remediation *remediation.Engine
+	// history serves WatchEvents' since; nil without a store.
+	history *history
 }
 
 // Page sizes of ListContainers and /api/v1/containers.
@@ -174,6 +176,9 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 			a.watchers.Dec()
 		}
 	}()
+	if req.GetSince() != nil && a.history == nil {
+		return status.Error(codes.FailedPrecondition, "no event history: the aggregator runs without a store (start it with --data-dir); watch without since")
+	}
 	sub := a.fleet.events.subscribe(req.GetNode(), req.GetNamespace(), a.watchBuffer)
 	defer a.fleet.events.unsubscribe(sub)
 	// The header tells the client that the subscription is in place.
@@ -181,6 +186,22 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 		return err
 	}
 	ctx := stream.Context()
+	// The history first, then live events; an event in both (recorded
+	// after the subscription began) is sent once.
+	var replayed map[string]bool
+	if since := req.GetSince(); since != nil {
+		past, err := a.history.since(ctx, since.AsTime(), req.GetNode(), req.GetNamespace())
+		if err != nil {
+			return errdefs.GRPC(err)
+		}
+		replayed = make(map[string]bool, len(past))
+		for _, ev := range past {
+			replayed[eventKey(ev)] = true
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -190,6 +211,9 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 		case <-sub.dropped:
 			return status.Errorf(codes.ResourceExhausted, "event subscriber too slow: more than %d events waiting, dropped", a.watchBuffer)
 		case ev := <-sub.ch:
+			if replayed != nil && replayed[eventKey(ev)] {
+				continue
+			}
 			if err := stream.Send(ev); err != nil {
 				return err
 			}

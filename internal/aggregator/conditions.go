@@ -93,11 +93,16 @@ func (c *conditionAssessor) assess(f *Fleet, now time.Time) {
 	}
 	if c.prev != nil && len(changes) > 0 {
 		v := gossip.Fleet(c.prev, next, c.fleetCfg)
-		if v.SuspectSelf {
-			c.log.Warn("most of the fleet changed condition at once: the aggregator's or the network's failure, not the nodes'", "detail", v.Message)
-		}
 		if c.suspectSelf != nil {
 			c.suspectSelf(v.SuspectSelf)
+		}
+		if v.SuspectSelf {
+			// Most of the fleet turning worse at once is the aggregator's
+			// or the network's failure: the nodes keep their conditions
+			// (and no remediation is held as node_down for it) until the
+			// change is no longer the fleet's as a whole.
+			c.log.Warn("most of the fleet changed condition at once: taken as the aggregator's or the network's failure, not the nodes'; conditions held", "detail", v.Message)
+			return
 		}
 	}
 	for _, ch := range changes {

@@ -80,6 +80,11 @@ type Config struct {
 	// SIGHUP); nil means the built-in default (no rule: every alert is
 	// journaled as unmatched, operators' requests still act).
 	Rules *remediation.RuleSet
+	// HistoryPerNode and HistoryMaxAge bound the event history kept in
+	// Store for WatchEvents' since (vigilctl events --since): at most this
+	// many events per node, none older; defaults 1000 and 24h.
+	HistoryPerNode int
+	HistoryMaxAge  time.Duration
 	// Leader reports whether this replica runs the housekeeping that must
 	// run once (the journal's retention sweep); nil means always (one
 	// aggregator).
