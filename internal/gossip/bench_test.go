@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -40,6 +41,15 @@ func BenchmarkGossip(b *testing.B) {
 			}
 		})
 	}
+}
+
+// processCPU is the process's user and system CPU time so far.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // waitUntil polls cond every 50ms for at most timeout.
@@ -121,9 +131,11 @@ func benchCluster(b *testing.B, n, suspicionMult int, bandwidth bool) {
 		for i, m := range ms {
 			before[i] = m.Traffic()
 		}
+		cpu0 := processCPU(b)
 		start := time.Now()
 		time.Sleep(*benchWindow) // the measured window
 		secs := time.Since(start).Seconds()
+		cpu := processCPU(b) - cpu0
 		var sent, recv, packets uint64
 		for i, m := range ms {
 			t := m.Traffic()
@@ -136,6 +148,9 @@ func benchCluster(b *testing.B, n, suspicionMult int, bandwidth bool) {
 		b.ReportMetric(float64(recv)/secs/float64(n), "B/s-recv/member")
 		b.ReportMetric(perMember*8/1000, "kbit/s-sent/member")
 		b.ReportMetric(float64(packets)/secs/float64(n), "pkt/s-sent/member")
+		// The whole process's CPU over the window, shared out: every
+		// member's memberlist, view and encryption, plus memNet's copies.
+		b.ReportMetric(100*cpu.Seconds()/secs/float64(n), "%core/member")
 	}
 
 	// A kill: the victim leaves the network without a word.

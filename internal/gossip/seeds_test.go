@@ -187,3 +187,27 @@ func TestCollect(t *testing.T) {
 		t.Errorf("packets received = %v, want some", v)
 	}
 }
+
+// TestJoinRetriedUntilASeedAnswers: a member whose only seed is not up yet
+// keeps trying, with backoff, and joins once the seed listens; Run's
+// caller is not held up meanwhile (start returns at Ready).
+func TestJoinRetriedUntilASeedAnswers(t *testing.T) {
+	t.Parallel()
+	l, err := net.ListenPacket("udp", "127.0.0.1:0") // a free port for the seed to come
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.LocalAddr().(*net.UDPAddr).Port
+	l.Close()
+	cfg := loopbackConfig(t, "early")
+	cfg.Seeds = []string{net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
+	cfg.JoinBackoffMax = 300 * time.Millisecond
+	early := start(t, cfg)
+	waitFor(t, 10*time.Second, "two failed join attempts", func() bool { return early.stats.joinFailures.Load() >= 2 })
+	seedCfg := loopbackConfig(t, "seed")
+	seedCfg.BindPort = port
+	seed := start(t, seedCfg)
+	waitFor(t, 10*time.Second, "the early member joins the seed once it listens", func() bool {
+		return stateOf(seed.Member, "early") == StateAlive && stateOf(early.Member, "seed") == StateAlive
+	})
+}
