@@ -290,6 +290,8 @@ func (s *scratch) container(ch *chosen, samples map[ContainerKey]*vigilv1.Resour
 	b = appendLabelValue(b, c.GetId())
 	b = append(b, `",image="`...)
 	b = appendLabelValue(b, c.GetImage())
+	b = append(b, `",image_id="`...)
+	b = appendLabelValue(b, c.GetImageDigest())
 	b = append(b, `"} 1`...)
 	s.end(famContainerInfo, b)
 
@@ -329,6 +331,15 @@ func (s *scratch) container(ch *chosen, samples map[ContainerKey]*vigilv1.Resour
 	}
 	s.uint(famRestarts, l, counters.GetRestartsTotal())
 	s.float(famBackoff, l, c.GetBackoff().GetCurrentDelay().AsDuration().Seconds())
+	s.gauge(famCrashLooping, l, boolValue(c.GetBackoff().GetCrashLooping()))
+	s.gauge(famGaveUp, l, boolValue(c.GetBackoff().GetGaveUp()))
+	if e := c.GetLastExit(); e != nil {
+		b := s.begin(famLastTerminated, l)
+		b = append(b, `,reason="`...)
+		b = append(b, exitReason(e.GetReason())...)
+		b = append(b, `"} 1`...)
+		s.end(famLastTerminated, b)
+	}
 
 	current := healthStatus(c.GetHealth().GetStatus())
 	for _, st := range healthStatuses {
