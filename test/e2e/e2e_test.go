@@ -82,7 +82,10 @@ func TestDataPath(t *testing.T) {
 		BackoffReset:      time.Minute,
 		// Failed probes are logged at debug level: the log then says why a
 		// probe of the healthy server failed, should one.
-		AgentArgs: []string{"--log-level", "debug"},
+		// Its own namespaces only: TestRemediation's agent runs on the same
+		// containerd at the same time, and two agents enforcing one
+		// container's policy would both restart it.
+		AgentArgs: []string{"--log-level", "debug", "--namespaces", ns + "," + chain.CRINamespace},
 	})
 	if err != nil {
 		t.Fatal(err)
