@@ -208,6 +208,10 @@ func TestDataPath(t *testing.T) {
 	waitValue(ctx, t, c, `vigil_container_running{pod_namespace="shop",pod="frontend",container="nginx",node="e2e-node"}`,
 		func(v float64) bool { return v == 1 })
 
+	// Every query of docs/metrics.md's porting table runs, with data where
+	// the scene has some.
+	checkPortingTable(ctx, t, c, root)
+
 	// vigilctl lists them all.
 	out, err := c.Vigilctl(ctx, "containers", "-o", "json")
 	if err != nil {
