@@ -211,6 +211,8 @@ func TestDataPath(t *testing.T) {
 	// Every query of docs/metrics.md's porting table runs, with data where
 	// the scene has some.
 	checkPortingTable(ctx, t, c, root)
+	// So does every query of the shipped dashboards.
+	checkDashboards(ctx, t, c, root, "e2e-node", ns, chain.WebID)
 
 	// vigilctl lists them all.
 	out, err := c.Vigilctl(ctx, "containers", "-o", "json")
