@@ -64,7 +64,7 @@ func dashboardQueries(t *testing.T, dir string) []dashboardQuery {
 
 var (
 	// a series selector: a name and its label matchers, if any
-	selector = regexp.MustCompile(`\bvigil_[a-z_]+\b(\{[^}]*\})?`)
+	selector   = regexp.MustCompile(`\bvigil_[a-z_]+\b(\{[^}]*\})?`)
 	comparison = regexp.MustCompile(`==|!=|>=|<=|\s>\s|\s<\s`)
 )
 
