@@ -173,12 +173,21 @@ func Decide(in Input) Decision {
 		return suppress(ReasonStorm, "storm guard: %d of %d targets have firing alerts (over %.0f%%): every alert-driven action is held",
 			in.FiringTargets, in.Fleet.Targets, rs.StormShare*100)
 	}
+	// The target's own limits (escalated, cooldown, per hour) hold back
+	// automation that loops on a flapping target. An operator's request is
+	// a person's decision, made looking at the target: it passes them (a
+	// `vigilctl stop` then `start` must round-trip), and is still journaled,
+	// fenced, refused against an owner, and counted in the fleet's budget.
+	// What it does is charged to the target, so the alerts that follow wait
+	// for the cooldown.
 	cooldown, perHour := rs.Cooldown, rs.MaxPerHour
 	if in.Rule != nil {
 		cooldown, perHour = in.Rule.Cooldown, in.Rule.MaxPerHour
+	} else {
+		cooldown, perHour = 0, 0
 	}
 	tb := in.Budget.Target
-	if !tb.EscalatedAt.IsZero() && in.Now.Sub(tb.EscalatedAt) < time.Hour {
+	if in.Rule != nil && !tb.EscalatedAt.IsZero() && in.Now.Sub(tb.EscalatedAt) < time.Hour {
 		return suppress(ReasonEscalated, "target %s was escalated at %s and is left to a human until %s",
 			st.Target.Key(), tb.EscalatedAt.Format(time.RFC3339), tb.EscalatedAt.Add(time.Hour).Format(time.RFC3339))
 	}

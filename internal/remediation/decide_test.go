@@ -81,10 +81,19 @@ func TestDecide(t *testing.T) {
 			want{reason: ReasonCooldown, message: "cooldown 10m0s until 2026-12-02T12:05:00Z"}},
 		{"cooldown over", func(in *Input) { in.Budget.Target.Times = []time.Time{ago(10 * time.Minute)} },
 			want{act: true, action: ActionRestart, claim: true}},
-		{"operator's cooldown from the defaults", func(in *Input) {
+		{"an operator passes the target's cooldown", func(in *Input) {
 			in.Rule, in.Rules = nil, rules(func(r *Rules) { r.Cooldown = time.Hour })
 			in.Budget.Target.Times = []time.Time{ago(30 * time.Minute)}
-		}, want{reason: ReasonCooldown}},
+		}, want{act: true, action: ActionRestart, claim: true}},
+		{"an operator passes the target's hourly maximum and its escalation", func(in *Input) {
+			in.Rule = nil
+			in.Budget.Target.Times = []time.Time{ago(50 * time.Minute), ago(40 * time.Minute), ago(30 * time.Minute)}
+			in.Budget.Target.EscalatedAt = ago(10 * time.Minute)
+		}, want{act: true, action: ActionRestart, claim: true}},
+		{"an operator is held by the fleet's budget", func(in *Input) {
+			in.Rule, in.Rules = nil, rules(func(r *Rules) { r.MaxActionsPerMinute = 2 })
+			in.Budget.FleetTimes = []time.Time{ago(10 * time.Second), ago(20 * time.Second)}
+		}, want{reason: ReasonBudget, message: "max_actions_per_minute 2"}},
 		{"max per hour", func(in *Input) {
 			in.Budget.Target.Times = []time.Time{ago(50 * time.Minute), ago(40 * time.Minute), ago(30 * time.Minute)}
 		}, want{reason: ReasonBudget, message: "3 actions within the hour (max_per_hour 3)"}},

@@ -86,7 +86,9 @@ func checkDashboards(ctx context.Context, t *testing.T, c *chain.Chain, root, no
 		if v, ok := present[sel]; ok {
 			return v
 		}
-		res, err := c.Query(ctx, "count("+sel+")")
+		// Series with at least two samples in the last minute: a rate
+		// over a series that has just appeared is rightly empty.
+		res, err := c.Query(ctx, "count(count_over_time("+sel+"[1m]) >= 2)")
 		present[sel] = err == nil && len(res) > 0
 		return present[sel]
 	}

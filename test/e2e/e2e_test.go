@@ -208,6 +208,34 @@ func TestDataPath(t *testing.T) {
 	waitValue(ctx, t, c, `vigil_container_running{pod_namespace="shop",pod="frontend",container="nginx",node="e2e-node"}`,
 		func(v float64) bool { return v == 1 })
 
+	// An operator's restart of the kubelet's container is a kill, which its
+	// owner (a kubelet, absent here) would answer: Vigil does not restart
+	// it.
+	if out, err := c.Vigilctl(ctx, "restart", "e2e-node/shop/frontend/nginx", "--reason", "e2e: owner's container"); err != nil {
+		t.Fatalf("vigilctl restart of the pod's container: %v\n%s", err, out)
+	}
+	nginx := `{pod_namespace="shop",pod="frontend",container="nginx",node="e2e-node"}`
+	waitValue(ctx, t, c, `vigil_container_last_terminated_reason{pod_namespace="shop",pod="frontend",container="nginx",node="e2e-node",reason="signal"}`,
+		func(v float64) bool { return v == 1 })
+	assertValue(ctx, t, c, "vigil_container_restarts_total"+nginx, 0)
+
+	// An operator's stop is for good, until the operator's start (issue 22:
+	// the stop that cannot race a restart policy; web's is always).
+	web := `{container="web",node="e2e-node"}`
+	if out, err := c.Vigilctl(ctx, "stop", "e2e-node/"+ns+"/web", "--reason", "e2e: maintenance"); err != nil {
+		t.Fatalf("vigilctl stop: %v\n%s", err, out)
+	}
+	waitValue(ctx, t, c, "vigil_container_running"+web, func(v float64) bool { return v == 0 })
+	time.Sleep(3 * time.Second) // its policy must not bring it back: two scrapes
+	assertValue(ctx, t, c, "vigil_container_running"+web, 0)
+	if out, err := c.Vigilctl(ctx, "start", "e2e-node/"+ns+"/web", "--reason", "e2e: maintenance over"); err != nil {
+		t.Fatalf("vigilctl start: %v\n%s", err, out)
+	}
+	waitValue(ctx, t, c, "vigil_container_running"+web, func(v float64) bool { return v == 1 })
+	if out, err := c.Vigilctl(ctx, "remediations"); err != nil || strings.Count(string(out), "succeeded") < 3 {
+		t.Errorf("vigilctl remediations after the kill, the stop and the start: %v\n%s", err, out)
+	}
+
 	// Every query of docs/metrics.md's porting table runs, with data where
 	// the scene has some.
 	checkPortingTable(ctx, t, c, root)

@@ -200,4 +200,6 @@ func TestRemediation(t *testing.T) {
 	waitValue(ctx, t, c, `sum(vigil_remediations_suppressed_total{reason="duplicate"})`, func(v float64) bool { return v >= 1 })
 	time.Sleep(3 * time.Second) // two scrapes: a second restart would show
 	assertValue(ctx, t, c, "vigil_container_restarts_total"+sel, 1)
+
 }
+
