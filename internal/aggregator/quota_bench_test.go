@@ -20,9 +20,9 @@ func quotaBenchMessages() map[string]*vigilv1.AgentMessage {
 		id := fmt.Sprintf("%064x", i)
 		samples.Samples = append(samples.Samples, &vigilv1.ResourceSample{Namespace: "k8s.io", ContainerId: id, CpuUsageSeconds: 1, MemoryWorkingSetBytes: 1 << 20})
 		snap.Containers = append(snap.Containers, &vigilv1.Container{Id: id, Namespace: "k8s.io", Image: "registry.example/app:1.2.3",
-			Pod:    &vigilv1.PodIdentity{Namespace: "shop", Name: fmt.Sprintf("cart-%d", i), Uid: id[:36], ContainerName: "cart"},
-			Labels: map[string]string{"io.kubernetes.pod.name": "cart", "io.kubernetes.pod.namespace": "shop", "io.kubernetes.container.name": "cart", "vigil.io/restart-policy": "always"},
-			Health: &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY, LastResults: []*vigilv1.ProbeResult{{Ok: true, Output: "HTTP 200 OK\nok"}}},
+			Pod:      &vigilv1.PodIdentity{Namespace: "shop", Name: fmt.Sprintf("cart-%d", i), Uid: id[:36], ContainerName: "cart"},
+			Labels:   map[string]string{"io.kubernetes.pod.name": "cart", "io.kubernetes.pod.namespace": "shop", "io.kubernetes.container.name": "cart", "vigil.io/restart-policy": "always"},
+			Health:   &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY, LastResults: []*vigilv1.ProbeResult{{Ok: true, Output: "HTTP 200 OK\nok"}}},
 			Counters: &vigilv1.ContainerCounters{Exits: []*vigilv1.ExitCount{{Reason: vigilv1.ExitReason_EXIT_REASON_ERROR, Code: 1, Count: 3}}}})
 		netw.Namespaces = append(netw.Namespaces, &vigilv1.NetworkNamespace{Inode: uint64(4026530000 + i),
 			Containers: []*vigilv1.ContainerRef{{Namespace: "k8s.io", Id: id}},
