@@ -50,7 +50,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	cfg.Version = version
 	fs := flag.NewFlagSet("vigil-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var namespaces string
+	var namespaces, commandNamespaces string
 	var pf processFlags
 	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's name in the fleet (default: host name; env NODE_NAME)")
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory for lifetime counters and restart state")
@@ -78,6 +78,10 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	fs.DurationVar(&cfg.StopWindow, "stop-window", cfg.StopWindow, "least time between an exit and a policy restart, so an operator's kill-then-delete stop is seen as explicit")
 	fs.BoolVar(&cfg.Network, "network", cfg.Network, "monitor host and container networks through netlink")
 	fs.BoolVar(&cfg.NetworkAffectsHealth, "network-affects-health", false, "a container with a link down or no default route is unhealthy (restarted under restart-on-unhealthy)")
+	// Commands from the aggregator: what the agent obeys.
+	fs.BoolVar(&cfg.AcceptCommands, "accept-commands", false, "with --insecure, carry out commands from the aggregator anyway (it cannot be authenticated); refused otherwise")
+	fs.StringVar(&commandNamespaces, "command-namespaces", "", "comma-separated containerd namespaces in which commands may act (default: all)")
+	fs.BoolVar(&cfg.AllowHostLinkCommands, "allow-host-link-commands", false, "let LINK_UP commands act on host links, not only containers' links")
 	fs.StringVar(&pf.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.IntVar(&pf.maxProcs, "max-procs", 2, "at most this many OS threads run Go code at once (GOMAXPROCS), unless the GOMAXPROCS environment variable is set; see docs/benchmarks.md#agent-memory")
 	fs.IntVar(&pf.gcPercent, "gc-percent", 50, "Go GC target percentage (GOGC), unless the GOGC environment variable is set; see docs/benchmarks.md#agent-memory")
@@ -90,13 +94,8 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	if fs.NArg() > 0 {
 		return cfg, pf, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
-	if namespaces != "" {
-		for _, ns := range strings.Split(namespaces, ",") {
-			if ns = strings.TrimSpace(ns); ns != "" {
-				cfg.Namespaces = append(cfg.Namespaces, ns)
-			}
-		}
-	}
+	cfg.Namespaces = splitList(namespaces)
+	cfg.CommandNamespaces = splitList(commandNamespaces)
 	if err := pf.bootstrap.apply(&cfg); err != nil {
 		return cfg, pf, err
 	}
@@ -158,4 +157,16 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	err = a.Run(ctx)
 	stopKeeper()
 	return errors.Join(err, <-kdone)
+}
+
+// splitList splits a comma-separated flag value, dropping empty items; nil
+// for an empty value.
+func splitList(v string) []string {
+	var out []string
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }

@@ -79,6 +79,15 @@ func parseFlags(args []string, stderr io.Writer) (aggregator.Config, int, error)
 	if err := sec.apply(&cfg); err != nil {
 		return cfg, gcPercent, err
 	}
+	if sec.rulesFile != "" && sec.dataDir == "" {
+		return cfg, gcPercent, fmt.Errorf("--rules-file needs --data-dir (the remediation journal lives there): %w", errdefs.ErrInvalid)
+	}
+	rules, err := loadRules(sec.rulesFile)
+	if err != nil {
+		return cfg, gcPercent, err
+	}
+	cfg.Rules = rules
+	cfg.DataDir = sec.dataDir
 	anyTLS := tlsFiles.Cert != "" || tlsFiles.Key != "" || tlsFiles.CA != ""
 	switch {
 	case anyTLS && cfg.Insecure:
@@ -118,9 +127,17 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			"any client may report as any node. Use --tls-cert/--tls-key/--tls-ca outside local demos.",
 		}, " "))
 	}
+	closeJournal, err := withRemediation(&cfg, cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer closeJournal()
 	agg, err := aggregator.New(cfg)
 	if err != nil {
 		return err
 	}
+	hupCtx, stopHUP := context.WithCancel(ctx)
+	defer stopHUP()
+	go reloadRulesOnHUP(hupCtx, cfg.Rules, cfg.Logger)
 	return agg.Run(ctx)
 }

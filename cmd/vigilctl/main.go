@@ -4,7 +4,9 @@
 //	vigilctl [global flags] nodes
 //	vigilctl [global flags] nodes release NAME
 //	vigilctl [global flags] containers [--node N] [--namespace NS] [--pod P] [--unhealthy] [--all]
-//	vigilctl [global flags] events [--node N] [--namespace NS]
+//	vigilctl [global flags] events [--node N] [--namespace NS] [--since DURATION]
+//	vigilctl [global flags] restart|stop|start|kill|link-up TARGET --reason R [--dry-run] [--signal SIG]
+//	vigilctl [global flags] remediations [--node N] [--limit N]
 //
 // Global flags (also accepted after the command): --server (env
 // VIGIL_SERVER, default 127.0.0.1:7400), --tls-cert/--tls-key/--tls-ca
@@ -21,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,6 +32,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/pki"
@@ -89,6 +93,11 @@ func runAt(ctx context.Context, args []string, stdout, stderr io.Writer, now fun
 		return listContainers(ctx, client, inv, out)
 	case "events":
 		return watchEvents(ctx, client, inv, out)
+	case "remediations":
+		return listRemediations(ctx, client, inv, out)
+	}
+	if _, ok := actionCommands[inv.command]; ok {
+		return requestRemediation(ctx, client, inv, out)
 	}
 	return fmt.Errorf("unknown command %q: %w", inv.command, errdefs.ErrInvalid)
 }
@@ -112,6 +121,13 @@ type invocation struct {
 	unhealthy, all       bool
 	// nodes release NAME
 	release string
+	// action commands: the target, the operator's reason, a dry run, the
+	// signal of kill; remediations: how many
+	target, reason, signal string
+	dryRun                 bool
+	limit                  int
+	// events --since
+	since time.Duration
 }
 
 const usage = `vigilctl: operate a Vigil fleet through the aggregator's API.
@@ -120,14 +136,25 @@ Usage:
   vigilctl [flags] nodes
   vigilctl [flags] nodes release NAME
   vigilctl [flags] containers [--node N] [--namespace NS] [--pod P] [--unhealthy] [--all]
-  vigilctl [flags] events [--node N] [--namespace NS]
+  vigilctl [flags] events [--node N] [--namespace NS] [--since DURATION]
+  vigilctl [flags] restart|stop|start|kill|link-up TARGET --reason R [--dry-run] [--signal SIG]
+  vigilctl [flags] remediations [--node N] [--limit N]
 
 Commands:
   nodes        list the nodes the aggregator knows
   nodes release NAME
                let another machine bootstrap as node NAME (operators only)
   containers   list containers (pod sandboxes only with --all)
-  events       print container events as they happen, until interrupted
+  events       print container events as they happen, until interrupted;
+               --since 1h first prints the last hour's from the aggregator's history
+  restart, stop, start, kill, link-up TARGET
+               ask for an action (operators only), through the same journal,
+               budgets and fences as alerts; prints the decision. TARGET is
+               NODE/NAMESPACE/CONTAINER_ID, NODE/POD_NAMESPACE/POD/CONTAINER,
+               with %INTERFACE for link-up (NODE%INTERFACE: a host link).
+               stop is for good: the container stays stopped (restart
+               policies included) until start.
+  remediations list what was decided and done, newest first
 
 Flags:
 `
@@ -190,8 +217,19 @@ func parseArgs(args []string, stderr io.Writer, getenv func(string) string) (*in
 	case "events":
 		fs.StringVar(&inv.node, "node", "", "only events of this node")
 		fs.StringVar(&inv.namespace, "namespace", "", "only events of this containerd namespace")
+		fs.DurationVar(&inv.since, "since", 0, "first print the events of this long ago to now from the aggregator's history (e.g. 1h), then follow")
+	case "remediations":
+		fs.StringVar(&inv.node, "node", "", "only remediations of this node")
+		fs.IntVar(&inv.limit, "limit", 0, "at most this many (default: the aggregator's, 100)")
 	default:
-		return nil, fmt.Errorf("unknown command %q: want nodes, containers or events: %w", inv.command, errdefs.ErrInvalid)
+		if _, ok := actionCommands[inv.command]; !ok {
+			return nil, fmt.Errorf("unknown command %q: want nodes, containers, events, remediations, restart, stop, start, kill or link-up: %w", inv.command, errdefs.ErrInvalid)
+		}
+		fs.StringVar(&inv.reason, "reason", "", "why (journaled with the action; required)")
+		fs.BoolVar(&inv.dryRun, "dry-run", false, "decide and journal, do not act")
+		if inv.command == "kill" {
+			fs.StringVar(&inv.signal, "signal", "", "signal to send (name or number; default SIGKILL)")
+		}
 	}
 	if err := fs.Parse(top.Args()[1:]); err != nil {
 		return nil, flagError(err)
@@ -201,8 +239,29 @@ func parseArgs(args []string, stderr io.Writer, getenv func(string) string) (*in
 			return nil, fmt.Errorf("nodes release: want one node name, got %q: %w", fs.Args()[1:], errdefs.ErrInvalid)
 		}
 		inv.release = fs.Arg(1)
+	} else if _, ok := actionCommands[inv.command]; ok {
+		// Flags may follow the target too.
+		if fs.NArg() == 0 {
+			return nil, fmt.Errorf("%s: no target: want NODE/NAMESPACE/CONTAINER_ID or NODE/POD_NAMESPACE/POD/CONTAINER: %w", inv.command, errdefs.ErrInvalid)
+		}
+		inv.target = fs.Arg(0)
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return nil, flagError(err)
+		}
+		if fs.NArg() > 0 {
+			return nil, fmt.Errorf("%s: unexpected arguments %q: %w", inv.command, fs.Args(), errdefs.ErrInvalid)
+		}
+		if strings.TrimSpace(inv.reason) == "" {
+			return nil, fmt.Errorf("%s: --reason is required: it is journaled with the action: %w", inv.command, errdefs.ErrInvalid)
+		}
 	} else if fs.NArg() > 0 {
 		return nil, fmt.Errorf("%s: unexpected arguments %q: %w", inv.command, fs.Args(), errdefs.ErrInvalid)
+	}
+	if inv.since < 0 {
+		return nil, fmt.Errorf("--since %s: want a positive duration: %w", inv.since, errdefs.ErrInvalid)
+	}
+	if inv.limit < 0 {
+		return nil, fmt.Errorf("--limit %d: want 0 or more: %w", inv.limit, errdefs.ErrInvalid)
 	}
 
 	g := &inv.global
@@ -338,7 +397,11 @@ func unhealthy(c *vigilv1.Container) bool {
 
 // watchEvents prints events until ctx ends (nil) or the stream fails.
 func watchEvents(ctx context.Context, c vigilv1.VigilClient, inv *invocation, out *printer) error {
-	stream, err := c.WatchEvents(ctx, &vigilv1.WatchEventsRequest{Node: inv.node, Namespace: inv.namespace})
+	req := &vigilv1.WatchEventsRequest{Node: inv.node, Namespace: inv.namespace}
+	if inv.since > 0 {
+		req.Since = timestamppb.New(time.Now().Add(-inv.since))
+	}
+	stream, err := c.WatchEvents(ctx, req)
 	if err != nil {
 		return callError(inv.global.server, "watch events", inv.global.timeout, err)
 	}

@@ -73,11 +73,17 @@ type Agent struct {
 	// Loop goroutine only: containerd's first inventory has been applied,
 	// and releaseStartupMemory has run.
 	inventoryLoaded, startupReleased bool
+	// unflushed: the state holds changes kept in memory only (containers
+	// marked announced), written with the next write or at flushState.
+	unflushed bool
 
 	// restartHook, when set (tests only), wraps the call that replaces a
 	// task, after the restart's durable mark: it may stand for the agent
 	// dying mid-restart (not calling restart), or delay what follows it.
 	restartHook func(ctx context.Context, k runtime.Key, restart func(context.Context) error) error
+	// commandHook, when set (tests only), wraps an accepted command's
+	// action: it may stand for the agent dying while carrying it out.
+	commandHook func(ctx context.Context, cmd *vigilv1.Command, run func(context.Context) error) error
 }
 
 // tracked is the agent's state of one container. The loop goroutine writes
@@ -96,6 +102,10 @@ type tracked struct {
 	// failuresCounted is how many of the prober's failures for the current
 	// task are already in the lifetime counter.
 	failuresCounted uint64
+	// probesReported is the prober's probe count for the current task when
+	// its results were last taken into health: a higher count at the next
+	// sample means new results to report (coalesced, once per interval).
+	probesReported uint64
 	// probedSince is the start time of the task the prober was last given.
 	probedSince time.Time
 
@@ -120,6 +130,13 @@ type tracked struct {
 	resume bool
 
 	conditions []*vigilv1.Condition
+
+	// lastExit is the last exit the agent saw or inferred, kept in the state
+	// dir: reported when containerd no longer has the exited task (after an
+	// agent restart it lists such a container as created, without an exit).
+	lastExit *runtime.Exit
+	// announced: its ADDED event was sent, by this run or an earlier one.
+	announced bool
 }
 
 // New validates cfg and builds the agent; nothing runs until Run.
@@ -271,6 +288,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("the node restarted since the agent last ran: containers that ran then have lost their tasks",
 			"previous_boot_id", prev, "boot_id", a.kernelBoot)
 	}
+	a.recoverCommands()
 	start("runtime", a.rt.Run)
 	start("health", a.probe.Run)
 	if a.net != nil {

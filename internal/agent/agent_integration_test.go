@@ -53,6 +53,41 @@ type harness struct {
 	done   chan error
 	// hook, when set, is applied to each agent start makes, before it runs.
 	hook func(*Agent)
+	// agent is the agent start made last.
+	agent *Agent
+}
+
+// containerState is container id as the running agent would report it in a
+// snapshot; nil when the agent does not know it (yet).
+func (h *harness) containerState(id string) *vigilv1.Container {
+	h.mu.Lock()
+	a := h.agent
+	h.mu.Unlock()
+	if a == nil {
+		return nil
+	}
+	for _, c := range a.snapshot().GetContainers() {
+		if c.GetId() == id {
+			return c
+		}
+	}
+	return nil
+}
+
+// waitState waits until the running agent reports container id in a state
+// that satisfies pred, and returns it.
+func (h *harness) waitState(id, what string, timeout time.Duration, pred func(*vigilv1.Container) bool) *vigilv1.Container {
+	h.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if c := h.containerState(id); c != nil && pred(c) {
+			return c
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("container %s: not %s within %v; now %v; events:\n%s", id, what, timeout, h.containerState(id), h.describe(id))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func newHarness(t testing.TB) *harness {
@@ -100,6 +135,9 @@ func (h *harness) start(mod func(*Config)) {
 		h.t.Fatal(err)
 	}
 	h.lastRegistry = expotest.Gatherer{a.Registry()}
+	h.mu.Lock()
+	h.agent = a
+	h.mu.Unlock()
 	if h.hook != nil {
 		h.hook(a)
 	}
@@ -433,8 +471,8 @@ func TestPausedContainerIsNotProbed(t *testing.T) {
 	h.stop()
 	h.clearEvents()
 	h.start(nil)
-	h.waitFor("frozen", "found paused", 30*time.Second, func(ev *vigilv1.ContainerEvent) bool {
-		return ev.GetContainer().GetState() == vigilv1.ContainerState_CONTAINER_STATE_PAUSED
+	h.waitState("frozen", "found paused", 30*time.Second, func(c *vigilv1.Container) bool {
+		return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_PAUSED
 	})
 	time.Sleep(4 * time.Second)
 	if n := h.count("frozen", unhealthy) + h.count("frozen", restarted); n != 0 {
@@ -585,10 +623,7 @@ func TestAgentRestartKeepsCountsAndStops(t *testing.T) {
 	if got := evs[len(evs)-1].ev.GetContainer().GetRestartCount(); got != 10 {
 		t.Fatalf("restart count = %d at give-up, want 10 across the agent restart\n%s", got, h.describe("counted"))
 	}
-	st2 := h.waitFor("stopped", "report after agent restart", 30*time.Second, func(*vigilv1.ContainerEvent) bool { return true })
-	if !st2.GetContainer().GetExplicitlyStopped() {
-		t.Fatal("explicit stop forgotten across an agent restart")
-	}
+	h.waitState("stopped", "explicitly stopped after the agent restart", 30*time.Second, (*vigilv1.Container).GetExplicitlyStopped)
 	time.Sleep(2 * time.Second)
 	if n := h.count("stopped", restarted); n != 0 {
 		t.Fatalf("explicitly stopped container restarted after the agent restart\n%s", h.describe("stopped"))
@@ -849,7 +884,11 @@ func TestLateDeleteOfPreviousRunsRestart(t *testing.T) {
 	// A long stop window: the late delete lands before this agent's own
 	// restart is due.
 	h.start(func(c *Config) { c.StopWindow = 3 * time.Second })
-	h.waitFor("late", "the exit's decision", 30*time.Second, isDecision(vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_RESTART))
+	// The exit was decided by the previous run: this one finds the restart
+	// pending (and reports no decision again).
+	h.waitState("late", "its restart pending", 30*time.Second, func(c *vigilv1.Container) bool {
+		return c.GetBackoff().GetNextRestartAt() != nil
+	})
 	h.env.DeleteTask(t, h.ns, "late") // the previous run's delete, landing late
 	ev := h.waitFor("late", "the restart finished", 30*time.Second, restarted)
 	if got := ev.GetContainer().GetRestartCount(); got != 1 {
@@ -980,7 +1019,7 @@ func TestNodeRestartLosesTasks(t *testing.T) {
 	h.stop()
 	h.clearEvents()
 	h.start(nil)
-	h.waitFor("nopolicy", "report after the agent's restart", 30*time.Second, func(*vigilv1.ContainerEvent) bool { return true })
+	h.waitState("nopolicy", "known after the agent's restart", 30*time.Second, func(*vigilv1.Container) bool { return true })
 	time.Sleep(2 * time.Second)
 	if n := h.count("nopolicy", exited); n != 0 {
 		t.Errorf("an exit counted again on the same boot\n%s", h.describe("nopolicy"))

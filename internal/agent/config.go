@@ -87,6 +87,24 @@ type Config struct {
 	// without a route out is broken.
 	NetworkAffectsHealth bool
 
+	// AcceptCommands accepts commands from an aggregator reached without
+	// TLS (Insecure), which could be anyone who can answer on its address.
+	// Without it, such commands are refused. Commands from an aggregator
+	// authenticated by TLS are always accepted.
+	AcceptCommands bool
+	// CommandNamespaces are the containerd namespaces in which commands may
+	// act; empty: all. A command for another namespace is refused.
+	CommandNamespaces []string
+	// AllowHostLinkCommands lets LINK_UP act on links outside every
+	// container's network namespace (the host's). Off: only containers'
+	// links.
+	AllowHostLinkCommands bool
+
+	// CommandResultSink, when set, receives every command result the agent
+	// reports, on the decision loop (as EventSink). For tests and
+	// embedding; nil: none.
+	CommandResultSink func(*vigilv1.CommandResult)
+
 	// EventSink, when set, receives every container event the agent
 	// produces, on the agent's decision loop: it must return quickly and must
 	// not modify the event. For tests and embedding; nil: none.
@@ -187,6 +205,14 @@ func (c *Config) Validate() error {
 	}
 	if c.StopWindow < 0 || c.StopWindow > time.Minute {
 		bad("stop window %v must be between 0 and 1m", c.StopWindow)
+	}
+	if c.AcceptCommands && !c.Insecure {
+		bad("accepting commands without authentication is only for an aggregator reached without TLS (insecure); with TLS, commands are accepted")
+	}
+	for _, ns := range c.CommandNamespaces {
+		if strings.TrimSpace(ns) == "" {
+			bad("command namespaces hold an empty name")
+		}
 	}
 	if c.NetworkAffectsHealth && !c.Network {
 		bad("network-affects-health needs network monitoring (--network)")

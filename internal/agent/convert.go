@@ -74,6 +74,8 @@ func exitReasonProto(r runtime.ExitReason) vigilv1.ExitReason {
 		return vigilv1.ExitReason_EXIT_REASON_SIGNAL
 	case runtime.ExitOOMKilled:
 		return vigilv1.ExitReason_EXIT_REASON_OOM_KILLED
+	case runtime.ExitUnknown:
+		return vigilv1.ExitReason_EXIT_REASON_UNKNOWN
 	}
 	return vigilv1.ExitReason_EXIT_REASON_UNSPECIFIED
 }
@@ -165,7 +167,7 @@ func countersProto(c *Counters) *vigilv1.ContainerCounters {
 }
 
 func exitReasonFromString(s string) vigilv1.ExitReason {
-	for _, r := range []runtime.ExitReason{runtime.ExitCompleted, runtime.ExitError, runtime.ExitSignal, runtime.ExitOOMKilled} {
+	for _, r := range []runtime.ExitReason{runtime.ExitCompleted, runtime.ExitError, runtime.ExitSignal, runtime.ExitOOMKilled, runtime.ExitUnknown} {
 		if r.String() == s {
 			return exitReasonProto(r)
 		}

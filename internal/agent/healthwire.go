@@ -37,6 +37,7 @@ func (a *Agent) startProbing(t *tracked) {
 	}
 	t.netCause = "" // a new task: its network is judged at the next read
 	t.probeHealth = nil
+	t.probesReported = 0
 	if cfg != nil {
 		t.probeHealth = &vigilv1.Health{
 			Status: vigilv1.HealthStatus_HEALTH_STATUS_STARTING,
@@ -79,25 +80,47 @@ func (a *Agent) stopProbing(t *tracked) {
 // countProbeFailures adds the probe failures not yet counted to the
 // container's lifetime counter.
 func (a *Agent) countProbeFailures(ts ...*tracked) {
+	a.refreshProbes(false, ts...)
+}
+
+// refreshProbes adds the probe failures not yet counted to the containers'
+// lifetime counters and, with results, takes the prober's latest results
+// and failing streak into the reported health (the status stays the one of
+// the last transition the loop applied: a transition on its way is applied
+// by onHealthChange). It returns the containers whose reported state
+// changed, for one coalesced update each.
+func (a *Agent) refreshProbes(results bool, ts ...*tracked) []*tracked {
 	type add struct {
 		identity string
 		n        uint64
 	}
 	var adds []add
+	var changed []*tracked
 	for _, t := range ts {
 		h, ok := a.probe.Health(t.c.Key())
 		if !ok {
 			continue
 		}
 		a.mu.Lock()
+		dirty := false
 		if h.Failures > t.failuresCounted {
 			adds = append(adds, add{t.identity, h.Failures - t.failuresCounted})
 			t.failuresCounted = h.Failures
+			dirty = true
+		}
+		if results && t.probeHealth != nil && h.Probes != t.probesReported && healthStatusProto(h.Status) == t.probeHealth.GetStatus() {
+			t.probeHealth = healthProto(h)
+			t.health = a.effectiveHealth(t)
+			t.probesReported = h.Probes
+			dirty = true
 		}
 		a.mu.Unlock()
+		if dirty {
+			changed = append(changed, t)
+		}
 	}
 	if len(adds) == 0 {
-		return
+		return changed
 	}
 	if err := a.store.Update(func(tx Tx) error {
 		for _, x := range adds {
@@ -107,6 +130,7 @@ func (a *Agent) countProbeFailures(ts ...*tracked) {
 	}); err != nil {
 		a.log.Error("cannot write probe failure counts to the state dir", "err", err)
 	}
+	return changed
 }
 
 // onHealthChange applies a health transition: report it, and let the
@@ -119,6 +143,7 @@ func (a *Agent) onHealthChange(ctx context.Context, ch health.Change) {
 		return // a late transition of a container that is gone or stopped
 	}
 	t.probeHealth = healthProto(ch.Health)
+	t.probesReported = ch.Health.Probes
 	t.health = a.effectiveHealth(t)
 	netDown := t.netCause != ""
 	if ch.To == health.StatusHealthy && !netDown {
@@ -145,6 +170,7 @@ func (a *Agent) onHealthChange(ctx context.Context, ch health.Change) {
 func (a *Agent) decideUnhealthy(ctx context.Context, t *tracked, at time.Time) {
 	a.mu.Lock()
 	d := t.tracker.OnUnhealthy(at)
+	spec := a.stopSpecLocked(t)
 	stop := d.Restarts() && !t.inFlight
 	if stop {
 		t.inFlight = true
@@ -156,9 +182,8 @@ func (a *Agent) decideUnhealthy(ctx context.Context, t *tracked, at time.Time) {
 		return
 	}
 	key := t.c.Key()
-	grace := a.cfg.StopGrace
-	a.runAction(actionResult{kind: actionUnhealthyStop, key: key}, func(ctx context.Context) error {
-		return a.rt.Stop(ctx, key, grace)
+	a.runAction(actionResult{kind: actionUnhealthyStop, key: key, grace: spec.grace}, func(ctx context.Context) error {
+		return a.rt.Stop(ctx, key, spec.grace, spec.options()...)
 	})
 }
 
@@ -250,7 +275,7 @@ func (a *Agent) applyNetworkHealth(ctx context.Context, t *tracked) {
 // after it is built, so it may be shared by the events that carry it.
 func healthProto(h health.Health) *vigilv1.Health {
 	out := &vigilv1.Health{
-		Status:        vigilv1.HealthStatus(h.Status),
+		Status:        healthStatusProto(h.Status),
 		FailingStreak: uint32(h.FailingStreak),
 		Source:        h.Source,
 	}
@@ -267,4 +292,20 @@ func healthProto(h health.Health) *vigilv1.Health {
 		})
 	}
 	return out
+}
+
+// healthStatusProto converts a health status; an unknown one is
+// UNSPECIFIED.
+func healthStatusProto(s health.Status) vigilv1.HealthStatus {
+	switch s {
+	case health.StatusNone:
+		return vigilv1.HealthStatus_HEALTH_STATUS_NONE
+	case health.StatusStarting:
+		return vigilv1.HealthStatus_HEALTH_STATUS_STARTING
+	case health.StatusHealthy:
+		return vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY
+	case health.StatusUnhealthy:
+		return vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY
+	}
+	return vigilv1.HealthStatus_HEALTH_STATUS_UNSPECIFIED
 }

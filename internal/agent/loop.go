@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"time"
@@ -68,6 +69,7 @@ func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 			a.sample(ctx)
 			a.releaseStartupMemory()
 		case <-tick.C:
+			a.flushState()
 			a.settle()
 			a.sample(ctx)
 			a.releaseStartupMemory()
@@ -116,6 +118,7 @@ func (a *Agent) onRuntimeEvent(ctx context.Context, ev runtime.Event) {
 		if ev.Type == runtime.EventAvailable {
 			a.inventoryLoaded = true // the inventory's events came before this one
 			a.recordBoot()
+			a.flushState()
 		}
 		a.log.Info("containerd "+ev.Type.String(), "version", a.rt.Version())
 		a.sendNodeStatus()
@@ -139,10 +142,16 @@ func (a *Agent) onRuntimeEvent(ctx context.Context, ev runtime.Event) {
 
 	switch ev.Type {
 	case runtime.EventAdded:
-		if isNew {
+		if isNew && !t.announced {
+			// Once per container, not once per agent run: the state dir
+			// remembers that it was announced.
 			a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_ADDED, "container added", nil, nil)
+			a.markAnnounced(t)
 		}
 		if c.State == runtime.StateRunning || c.State == runtime.StatePaused {
+			if isNew {
+				a.checkUnseenRestart(t)
+			}
 			a.onStarted(ctx, t, now, false)
 		} else if c.State == runtime.StateStopped && c.LastExit != nil {
 			// Exited while we were not watching (agent down or containerd
@@ -187,6 +196,7 @@ func (a *Agent) upsert(c runtime.Container) (*tracked, bool) {
 	if ok {
 		labelsChanged := !sameLabels(t.c.Labels, c.Labels)
 		t.c = c
+		t.showLastExit()
 		if labelsChanged {
 			a.configure(t)
 		}
@@ -203,6 +213,11 @@ func (a *Agent) upsert(c runtime.Container) (*tracked, bool) {
 	a.store.View(func(tx Tx) {
 		if r, ok := tx.d.Containers[containerKey(c.Key())]; ok {
 			saved = r.Restart
+			t.announced = r.Announced
+			if r.LastExit != nil {
+				e := r.LastExit.Exit()
+				t.lastExit = &e
+			}
 		}
 	})
 	if len(saved) > 0 {
@@ -210,11 +225,49 @@ func (a *Agent) upsert(c runtime.Container) (*tracked, bool) {
 			a.log.Warn("restart state unreadable, starting fresh", "container", c.ID, "namespace", c.Namespace, "err", err)
 		}
 	}
+	t.showLastExit()
 	a.mu.Lock()
 	a.containers[c.Key()] = t
 	a.mu.Unlock()
 	a.touchCounters(t)
 	return t, true
+}
+
+// showLastExit completes the runtime's view of a container whose exited
+// task containerd no longer has (deleted, and listed anew by this agent run
+// as created without an exit): it is reported stopped, with the last exit
+// the agent saw, as it was before the agent restarted. Called with a.mu
+// held, or before t is published.
+func (t *tracked) showLastExit() {
+	if t.c.State != runtime.StateCreated || t.c.Pid != 0 || t.c.LastExit != nil || t.lastExit == nil || t.tracker.State.Running {
+		return
+	}
+	e := *t.lastExit
+	t.c.State, t.c.LastExit = runtime.StateStopped, &e
+}
+
+// markAnnounced records that t's ADDED event was sent. It is kept in
+// memory and reaches the disk with the next write (flushState after the
+// first inventory: one write for every container found).
+func (a *Agent) markAnnounced(t *tracked) {
+	t.announced = true
+	_ = a.store.UpdateIf(func(tx Tx) bool {
+		tx.Container(containerKey(t.c.Key())).Announced = true
+		return false
+	})
+	a.unflushed = true
+}
+
+// flushState writes what the state holds in memory only, if anything.
+func (a *Agent) flushState() {
+	if !a.unflushed {
+		return
+	}
+	if err := a.store.Update(func(Tx) error { return nil }); err != nil {
+		a.log.Error("cannot write to the state dir", "err", err)
+		return
+	}
+	a.unflushed = false
 }
 
 // configure parses the container's labels (and image healthcheck) into its
@@ -227,6 +280,9 @@ func (a *Agent) configure(t *tracked) {
 	}
 	if t.policy, err = restart.Parse(t.c.Labels, a.backoffDefaults(), t.healthCfg != nil); err != nil {
 		a.log.Warn("restart labels rejected; container runs with policy no", "container", t.c.ID, "namespace", t.c.Namespace, "err", err)
+	}
+	if _, errs := parseStopSpec(&t.c, a.cfg.StopGrace); len(errs) > 0 {
+		a.log.Warn("stop signal or timeout rejected; the container is stopped with SIGTERM and --stop-grace", "container", t.c.ID, "namespace", t.c.Namespace, "err", errors.Join(errs...))
 	}
 	managedBy := ""
 	if t.c.Manager != runtime.ManagerVigil {
@@ -330,9 +386,14 @@ func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit) {
 			return // already counted (replayed after a reconnect or our restart)
 		}
 		rec.LastExitSeen = exit.At
+		rec.LastExit = exitRecord(exit)
 		tx.Counters(t.identity).Exits[ExitKey{exit.Reason.String(), exit.Code}]++
 		counted = true
 	})
+	a.mu.Lock()
+	e := exit
+	t.lastExit = &e
+	a.mu.Unlock()
 	if d.Restarts() {
 		a.armRestart(t, d)
 	}
@@ -341,9 +402,20 @@ func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit) {
 			"code", exit.Code, "reason", exit.Reason.String(), "signal", exit.Signal)
 		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED,
 			fmt.Sprintf("exited: %s (code %d)", exit.Reason, exit.Code), exitProto(&exit), nil)
-	}
-	if counted || d.Restarts() {
 		a.reportDecision(t, d)
+		if d.Restarts() && exit.Reason == runtime.ExitSignal {
+			// Most often an operator's `ctr task kill`, which alone is a
+			// crash to the policy (Docker's restart manager takes it so too).
+			a.log.Info("a container killed by a signal is restarted by its policy; to stop it for good, delete its task (ctr task rm -f ID, nerdctl stop ID: one act, nothing to race) or send a STOP command through Vigil",
+				"container", t.c.ID, "namespace", t.c.Namespace, "signal", exit.Signal)
+		}
+		return
+	}
+	if d.Restarts() {
+		// An exit counted before (this agent's previous run): its restart
+		// is still pending, due when it was; nothing new was decided.
+		a.log.Info("a restart decided before the agent restarted is still pending", "container", t.c.ID, "namespace", t.c.Namespace,
+			"due_in", max(0, time.Until(d.At)).Round(time.Millisecond), "reason", d.Reason)
 	}
 }
 
@@ -358,9 +430,12 @@ func (a *Agent) onOOM(t *tracked) {
 func (a *Agent) onTaskDeleted(t *tracked) {
 	a.mu.Lock()
 	if t.expectDelete || t.inFlight {
+		// Ours, or an operator's racing our restart: the restart's result
+		// says which (restarted, or an explicit stop when the operator's
+		// delete came first), so no event is sent for the delete itself.
 		t.expectDelete = false
 		a.mu.Unlock()
-		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "task deleted by vigil for a restart", nil, nil)
+		a.log.Debug("task deleted while a restart or stop of ours is in flight", "container", t.c.ID, "namespace", t.c.Namespace)
 		return
 	}
 	pending := t.tracker.State.Pending
@@ -506,6 +581,7 @@ func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
 	t.inFlight = true
 	t.restartFrom = t.tracker.State.RestartCount
 	running := t.c.State == runtime.StateRunning || t.c.State == runtime.StatePaused
+	stop := a.stopSpecLocked(t)
 	t.expectDelete = true
 	resume := t.resume
 	output := t.c.Output
@@ -517,11 +593,11 @@ func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
 		exitAt, chosen = e.At, max(t.tracker.State.Last.Delay, a.cfg.StopWindow)
 	}
 	a.mu.Unlock()
-	a.runAction(actionResult{kind: actionRestart, key: key}, func(ctx context.Context) error {
+	a.runAction(actionResult{kind: actionRestart, key: key, grace: stop.grace}, func(ctx context.Context) error {
 		if running {
 			// An unhealthy restart whose kill has not been seen yet: stop
 			// first.
-			if err := a.rt.Stop(ctx, key, a.cfg.StopGrace); err != nil {
+			if err := a.rt.Stop(ctx, key, stop.grace, stop.options()...); err != nil {
 				return fmt.Errorf("stop before restart: %w", err)
 			}
 		}
@@ -592,7 +668,71 @@ func (a *Agent) onFoundWithoutTask(ctx context.Context, t *tracked) {
 		a.onExited(ctx, t, runtime.Exit{Code: 255, Reason: runtime.ExitError, At: at})
 	case st.Pending && t.c.Pid == 0:
 		a.explicitStop(t, "the exited task was deleted while the agent was down, before its restart")
+	case st.Running && t.c.Pid == 0:
+		// It ran when the agent last looked, and its task is gone: it
+		// exited, unseen, and someone deleted the task. The exit is counted
+		// (its status went with the task), and the delete is an operator's
+		// stop, as when it happens live.
+		a.countUnseenExit(t, a.now(), "the task ended and was deleted while the agent was down")
+		a.explicitStop(t, "the task ended and was deleted while the agent was down: taken as an operator's stop")
 	}
+}
+
+// unseenRestartSlack is how far apart two start times of one task may be
+// and still be the same run: a start time read from /proc is only accurate
+// to about a second.
+const unseenRestartSlack = 2 * time.Second
+
+// checkUnseenRestart handles a container found running, at the agent's
+// start, with another task than the one the saved state says was running:
+// the old task exited (and was replaced by an operator or containerd's
+// restart monitor) while the agent was down. That exit is counted once,
+// with an unknown status.
+func (a *Agent) checkUnseenRestart(t *tracked) {
+	a.mu.RLock()
+	st := t.tracker.State
+	startedAt := t.c.StartedAt
+	a.mu.RUnlock()
+	if !st.Running || st.Pending || st.StartedAt.IsZero() || startedAt.IsZero() || startedAt.Sub(st.StartedAt) <= unseenRestartSlack {
+		return
+	}
+	a.countUnseenExit(t, startedAt, "the task that ran when the agent last looked ended while the agent was down, and another started")
+	a.log.Info("a task started while the agent was down replaced the one it knew", "container", t.c.ID, "namespace", t.c.Namespace,
+		"previous_start", st.StartedAt.Format(time.RFC3339Nano), "start", startedAt.Format(time.RFC3339Nano))
+}
+
+// countUnseenExit counts, once, an exit that happened while the agent was
+// down and whose status containerd no longer has: reason unknown, code 255
+// (Docker's code for an exit it could not see), at the time given (no
+// later than the exit could be known). The tracker stops running; what the
+// missing task means is the caller's to decide.
+func (a *Agent) countUnseenExit(t *tracked, at time.Time, why string) {
+	exit := runtime.Exit{Code: 255, Reason: runtime.ExitUnknown, At: at}
+	a.mu.Lock()
+	t.tracker.OnUnseenExit(at)
+	e := exit
+	t.lastExit = &e
+	a.mu.Unlock()
+	counted := false
+	a.save(t, func(tx Tx, rec *ContainerRecord) {
+		if !at.After(rec.LastExitSeen) {
+			return
+		}
+		rec.LastExitSeen = at
+		rec.LastExit = exitRecord(exit)
+		tx.Counters(t.identity).Exits[ExitKey{exit.Reason.String(), exit.Code}]++
+		counted = true
+	})
+	if !counted {
+		return
+	}
+	a.mu.Lock()
+	t.showLastExit()
+	a.mu.Unlock()
+	a.log.Info("container exited while the agent was down; its exit status is gone: counted as unknown (code 255)",
+		"container", t.c.ID, "namespace", t.c.Namespace, "why", why)
+	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED,
+		"exited while the agent was down: "+why+"; status unknown (code 255)", exitProto(&exit), nil)
 }
 
 // countRestartMadeAway counts a restart that the agent's previous run

@@ -35,11 +35,15 @@ func (a *Agent) containerProto(t *tracked) *vigilv1.Container {
 			BackoffMax:         dur(t.policy.Backoff.Max),
 			BackoffResetAfter:  dur(t.policy.Backoff.ResetAfter),
 		}
-		pb.Backoff = &vigilv1.BackoffState{
-			CurrentDelay:        dur(st.CurrentDelay),
-			ConsecutiveRestarts: uint32(st.ConsecutiveRestarts),
-			CrashLooping:        st.CrashLooping,
-			GaveUp:              st.GaveUp,
+		pb.Backoff = &vigilv1.BackoffState{GaveUp: st.GaveUp}
+		if st.Pending || st.Running {
+			// A backoff is shown only where it is in force: a restart is
+			// pending, or the running task's next failure would wait it. A
+			// stopped container (an operator's stop, a policy that gave up
+			// or said no) has none, whatever its last restarts were.
+			pb.Backoff.CurrentDelay = dur(st.CurrentDelay)
+			pb.Backoff.ConsecutiveRestarts = uint32(st.ConsecutiveRestarts)
+			pb.Backoff.CrashLooping = st.CrashLooping
 		}
 		if st.Pending {
 			pb.Backoff.NextRestartAt = ts(st.NextRestartAt)
@@ -198,7 +202,12 @@ func (a *Agent) sample(ctx context.Context) {
 		}
 	}
 	a.mu.RUnlock()
-	a.countProbeFailures(probed...)
+	// Probe results and counters between status changes reach the
+	// aggregator once per interval, coalesced: one update per container
+	// whose results or counters changed, not one message per probe.
+	for _, t := range a.refreshProbes(true, probed...) {
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_UPDATED, "probe results and counters", nil, nil)
+	}
 	a.sendNodeStatus()
 }
 

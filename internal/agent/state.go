@@ -106,6 +106,38 @@ type ContainerRecord struct {
 	// the new task's output there too (the old task, which said so, may be
 	// gone).
 	Output runtime.TaskOutput `json:"output,omitzero"`
+	// LastExit is the container's last exit the agent saw (or inferred): the
+	// next agent reports it, and the container as stopped, when containerd
+	// no longer has the task that exited.
+	LastExit *ExitRecord `json:"last_exit,omitempty"`
+	// Announced is set once the container's ADDED event was sent: the next
+	// agent does not announce it again.
+	Announced bool `json:"announced,omitempty"`
+}
+
+// ExitRecord is a task exit as the state file keeps it (the reason by
+// name, so that the file does not depend on the runtime's numbering).
+type ExitRecord struct {
+	Code   uint32    `json:"code"`
+	Reason string    `json:"reason"`
+	Signal string    `json:"signal,omitempty"`
+	At     time.Time `json:"at,omitzero"`
+}
+
+// exitRecord converts an exit for the state file.
+func exitRecord(e runtime.Exit) *ExitRecord {
+	return &ExitRecord{Code: e.Code, Reason: e.Reason.String(), Signal: e.Signal, At: e.At}
+}
+
+// Exit converts the record back; an unknown reason name is ExitUnknown.
+func (r *ExitRecord) Exit() runtime.Exit {
+	e := runtime.Exit{Code: r.Code, Reason: runtime.ExitUnknown, Signal: r.Signal, At: r.At}
+	for _, x := range []runtime.ExitReason{runtime.ExitCompleted, runtime.ExitError, runtime.ExitSignal, runtime.ExitOOMKilled, runtime.ExitUnknown} {
+		if x.String() == r.Reason {
+			e.Reason = x
+		}
+	}
+	return e
 }
 
 // stateData is the file's content.
@@ -113,9 +145,10 @@ type stateData struct {
 	Version    int                         `json:"version"`
 	Counters   map[string]*Counters        `json:"counters"`
 	Containers map[string]*ContainerRecord `json:"containers"`
-	// Commands holds the ids of commands already carried out, with when, so
-	// that a command delivered twice runs once.
-	Commands map[string]time.Time `json:"commands"`
+	// Commands holds the commands the agent accepted, by id, so that a
+	// command delivered twice (or replayed after a crash of either side)
+	// runs at most once and its result can be reported again.
+	Commands map[string]*CommandRecord `json:"commands"`
 	// BootID is the kernel's boot id when the agent last started and had
 	// looked at every container: a different one at the next start means
 	// the node restarted in between.
@@ -147,7 +180,7 @@ func OpenStore(dir string) (*Store, error) {
 		Version:    stateVersion,
 		Counters:   map[string]*Counters{},
 		Containers: map[string]*ContainerRecord{},
-		Commands:   map[string]time.Time{},
+		Commands:   map[string]*CommandRecord{},
 	}
 	b, err := os.ReadFile(s.path)
 	switch {
@@ -212,11 +245,60 @@ func (tx Tx) Container(key string) *ContainerRecord {
 // DeleteContainer forgets a container's record.
 func (tx Tx) DeleteContainer(key string) { delete(tx.d.Containers, key) }
 
-// CommandDone reports whether a command id was already carried out.
-func (tx Tx) CommandDone(id string) bool { _, ok := tx.d.Commands[id]; return ok }
+// Command returns the record of command id, nil when the agent never
+// accepted it. The record may be modified inside Update.
+func (tx Tx) Command(id string) *CommandRecord { return tx.d.Commands[id] }
 
-// MarkCommand records a command id as carried out.
-func (tx Tx) MarkCommand(id string, at time.Time) { tx.d.Commands[id] = at }
+// AcceptCommand records command id as accepted at at, before it is carried
+// out, and returns its record.
+func (tx Tx) AcceptCommand(id string, at time.Time) *CommandRecord {
+	r := &CommandRecord{Accepted: at}
+	tx.d.Commands[id] = r
+	return r
+}
+
+// Commands calls fn for every command record.
+func (tx Tx) Commands(fn func(id string, r *CommandRecord)) {
+	for id, r := range tx.d.Commands {
+		fn(id, r)
+	}
+}
+
+// CommandRecord is what the agent keeps of one command: written durably
+// when it is accepted (before anything is done), and again with its
+// outcome.
+type CommandRecord struct {
+	// Accepted is when the agent accepted the command.
+	Accepted time.Time `json:"accepted"`
+	// Finished is when it ended; zero while it is carried out (or when the
+	// agent stopped in the middle).
+	Finished time.Time `json:"finished,omitzero"`
+	// Outcome is the protocol's CommandOutcome name
+	// ("COMMAND_OUTCOME_SUCCEEDED"), set with Finished.
+	Outcome string `json:"outcome,omitempty"`
+	// Message is the outcome's detail.
+	Message string `json:"message,omitempty"`
+}
+
+// UnmarshalJSON also reads the format of state files before commands had
+// records: the time the command was carried out, and nothing else.
+func (r *CommandRecord) UnmarshalJSON(b []byte) error {
+	var at time.Time
+	if err := json.Unmarshal(b, &at); err == nil {
+		*r = CommandRecord{Accepted: at, Finished: at, Outcome: "COMMAND_OUTCOME_SUCCEEDED", Message: "carried out by an earlier agent version (outcome not recorded)"}
+		return nil
+	}
+	type plain CommandRecord
+	return json.Unmarshal(b, (*plain)(r))
+}
+
+// last is the record's latest time.
+func (r *CommandRecord) last() time.Time {
+	if r.Finished.After(r.Accepted) {
+		return r.Finished
+	}
+	return r.Accepted
+}
 
 // Update runs fn on the state and writes the result durably. If fn returns
 // an error nothing is written (but in-memory changes fn made stay: fn should
@@ -280,8 +362,8 @@ func (s *Store) Prune(live map[string]bool, liveContainers map[string]bool, cuto
 				delete(tx.d.Containers, k)
 			}
 		}
-		for id, at := range tx.d.Commands {
-			if at.Before(cutoff) {
+		for id, r := range tx.d.Commands {
+			if !r.Finished.IsZero() && r.last().Before(cutoff) {
 				delete(tx.d.Commands, id)
 			}
 		}

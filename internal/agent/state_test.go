@@ -28,7 +28,7 @@ func TestStoreSurvivesReopen(t *testing.T) {
 		r.Restart = json.RawMessage(`{"restart_count":4}`)
 		r.LastExitSeen = now
 		r.RestartBegun = now.Add(time.Second)
-		tx.MarkCommand("cmd-1", now)
+		tx.AcceptCommand("cmd-1", now).Finished = now
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -53,7 +53,7 @@ func TestStoreSurvivesReopen(t *testing.T) {
 		if string(r.Restart) != `{"restart_count":4}` || !r.LastExitSeen.Equal(now) || !r.RestartBegun.Equal(now.Add(time.Second)) {
 			t.Errorf("record after reopen = %+v", r)
 		}
-		if !tx.CommandDone("cmd-1") || tx.CommandDone("cmd-2") {
+		if tx.Command("cmd-1") == nil || tx.Command("cmd-2") != nil {
 			t.Error("command ids not kept")
 		}
 	})
@@ -152,8 +152,9 @@ func TestStorePrune(t *testing.T) {
 		tx.Counters("recent").LastSeen = time.Now()
 		tx.Container("ns/gone")
 		tx.Container("ns/live")
-		tx.MarkCommand("old", old)
-		tx.MarkCommand("new", time.Now())
+		r := tx.AcceptCommand("old", old)
+		r.Finished = old
+		tx.AcceptCommand("new", time.Now()).Finished = time.Now()
 		return nil
 	})
 	if err := s.Prune(map[string]bool{"live": true}, map[string]bool{"ns/live": true}, time.Now().Add(-24*time.Hour)); err != nil {
@@ -171,7 +172,7 @@ func TestStorePrune(t *testing.T) {
 		if _, ok := tx.d.Containers["ns/gone"]; ok {
 			t.Error("record of a gone container kept")
 		}
-		if tx.CommandDone("old") || !tx.CommandDone("new") {
+		if tx.Command("old") != nil || tx.Command("new") == nil {
 			t.Error("command ids pruned wrongly")
 		}
 	})

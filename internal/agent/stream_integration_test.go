@@ -23,14 +23,14 @@ import (
 // addresses, so that it can be killed and started again where agents expect
 // it.
 type aggregatorProc struct {
-	t      *testing.T
+	t      testing.TB
 	cfg    aggregator.Config
 	agg    *aggregator.Aggregator
 	cancel context.CancelFunc
 	done   chan error
 }
 
-func startAggregator(t *testing.T, files pki.Files, grpcAddr, httpAddr string) *aggregatorProc {
+func startAggregator(t testing.TB, files pki.Files, grpcAddr, httpAddr string) *aggregatorProc {
 	t.Helper()
 	tlsCfg, err := pki.ServerConfig(files)
 	if err != nil {
@@ -218,7 +218,7 @@ func TestStreamToAggregatorLosesNoExit(t *testing.T) {
 	}
 }
 
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -230,7 +230,7 @@ func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() boo
 }
 
 // freeAddr returns a loopback address with a port free right now.
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

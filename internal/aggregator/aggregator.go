@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/remediation"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -33,6 +35,9 @@ type Aggregator struct {
 	metrics *selfMetrics
 	auth    *authorizer
 	mux     *http.ServeMux
+	// remediation and history are nil when Config.Store is.
+	remediation *remediation.Engine
+	history     *history
 
 	grpcLis, httpLis net.Listener
 	grpcServer       *grpc.Server
@@ -57,8 +62,19 @@ func New(cfg Config) (*Aggregator, error) {
 		m.insecure.Set(1)
 	}
 	a.auth = &authorizer{insecure: cfg.Insecure, allowCN: cfg.AllowCommonNameNodes, apiTokens: cfg.APITokens, refused: m.authRefused}
+	a.remediation, err = newRemediation(&a.cfg, a.fleet)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Store != nil {
+		a.history = newHistory(cfg.Store, a.log.With("component", "history"), cfg.HistoryPerNode, cfg.HistoryMaxAge, m.historyDrop)
+		a.fleet.events.record = a.history.record
+	}
 	a.gateway = newGateway(&a.cfg, a.fleet, m, a.stopping)
+	a.gateway.remediation = a.remediation
 	a.api = NewAPI(a.fleet, cfg.WatchBuffer, a.stopping)
+	a.api.remediation = a.remediation
+	a.api.history = a.history
 	a.api.maxWatchers = cfg.MaxWatchers
 	a.api.watchers = m.watchers
 	if cfg.Bootstrap != nil {
@@ -109,6 +125,7 @@ func New(cfg Config) (*Aggregator, error) {
 		a.httpLis = newSniffListener(a.httpLis, httpTLS)
 	}
 	a.mux = a.routes()
+	a.mountRemediation()
 	a.httpServer = &http.Server{
 		Handler:           a.mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -161,12 +178,31 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			errc <- fmt.Errorf("http server: %w", err)
 		}
 	}()
-	sweepDone := make(chan struct{})
+	// The sweep and the remediation engine's housekeeping run until the
+	// servers have stopped.
+	var background sync.WaitGroup
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	background.Add(1)
 	go func() {
-		defer close(sweepDone)
+		defer background.Done()
 		a.sweepLoop(sweepCtx)
 	}()
+	if a.remediation != nil {
+		background.Add(1)
+		go func() {
+			defer background.Done()
+			runRemediation(sweepCtx, a.remediation, a.log)
+		}()
+	}
+	if a.history != nil {
+		// Stopped with the sweep, after the servers: the last events are
+		// written.
+		background.Add(1)
+		go func() {
+			defer background.Done()
+			a.history.run(sweepCtx)
+		}()
+	}
 	a.ready.Store(true)
 	a.log.Info("aggregator serving", "grpc", a.GRPCAddr().String(), "http", a.HTTPAddr().String(), "mtls", a.cfg.TLS != nil)
 
@@ -197,7 +233,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		<-stopped
 	}
 	stopSweep()
-	<-sweepDone
+	background.Wait()
 	return runErr
 }
 
@@ -206,6 +242,11 @@ func (a *Aggregator) sweepLoop(ctx context.Context) {
 	every := min(max(min(a.cfg.StaleAfter, a.cfg.ForgetAfter)/4, 10*time.Millisecond), time.Second)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	conditions := &conditionAssessor{
+		cfg:         a.cfg.Conditions,
+		log:         a.log,
+		suspectSelf: func(on bool) { a.metrics.suspectSelf.Set(boolGauge(on)) },
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -214,6 +255,14 @@ func (a *Aggregator) sweepLoop(ctx context.Context) {
 			for _, name := range a.fleet.sweep(now, a.cfg.StaleAfter, a.cfg.ForgetAfter) {
 				a.log.Info("forgot node: down longer than forget-after", "node", name, "forget_after", a.cfg.ForgetAfter)
 			}
+			conditions.assess(a.fleet, now)
 		}
 	}
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

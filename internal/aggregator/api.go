@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/remediation"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -34,6 +35,12 @@ type API struct {
 	maxWatchers int
 	watching    atomic.Int64
 	watchers    prometheus.Gauge
+
+	// remediation serves ListRemediations and RequestRemediation; nil
+	// when remediation is off.
+	remediation *remediation.Engine
+	// history serves WatchEvents' since; nil without a store.
+	history *history
 }
 
 // Page sizes of ListContainers and /api/v1/containers.
@@ -169,6 +176,9 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 			a.watchers.Dec()
 		}
 	}()
+	if req.GetSince() != nil && a.history == nil {
+		return status.Error(codes.FailedPrecondition, "no event history: the aggregator runs without a store (start it with --data-dir); watch without since")
+	}
 	sub := a.fleet.events.subscribe(req.GetNode(), req.GetNamespace(), a.watchBuffer)
 	defer a.fleet.events.unsubscribe(sub)
 	// The header tells the client that the subscription is in place.
@@ -176,6 +186,22 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 		return err
 	}
 	ctx := stream.Context()
+	// The history first, then live events; an event in both (recorded
+	// after the subscription began) is sent once.
+	var replayed map[string]bool
+	if since := req.GetSince(); since != nil {
+		past, err := a.history.since(ctx, since.AsTime(), req.GetNode(), req.GetNamespace())
+		if err != nil {
+			return errdefs.GRPC(err)
+		}
+		replayed = make(map[string]bool, len(past))
+		for _, ev := range past {
+			replayed[eventKey(ev)] = true
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -185,21 +211,12 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 		case <-sub.dropped:
 			return status.Errorf(codes.ResourceExhausted, "event subscriber too slow: more than %d events waiting, dropped", a.watchBuffer)
 		case ev := <-sub.ch:
+			if replayed != nil && replayed[eventKey(ev)] {
+				continue
+			}
 			if err := stream.Send(ev); err != nil {
 				return err
 			}
 		}
 	}
-}
-
-const remediationNotBuilt = "remediation is not built yet"
-
-// ListRemediations is not built yet.
-func (a *API) ListRemediations(context.Context, *vigilv1.ListRemediationsRequest) (*vigilv1.ListRemediationsResponse, error) {
-	return nil, status.Error(codes.Unimplemented, remediationNotBuilt)
-}
-
-// RequestRemediation is not built yet.
-func (a *API) RequestRemediation(context.Context, *vigilv1.RequestRemediationRequest) (*vigilv1.RequestRemediationResponse, error) {
-	return nil, status.Error(codes.Unimplemented, remediationNotBuilt)
 }

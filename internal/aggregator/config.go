@@ -12,7 +12,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/gossip"
 	"github.com/vigilhq/vigil/internal/pki"
+	"github.com/vigilhq/vigil/internal/remediation"
+	"github.com/vigilhq/vigil/internal/store"
 )
 
 // Defaults of Config.
@@ -57,6 +60,35 @@ type Config struct {
 	// MetricsRequireAuth puts /metrics behind the same TLS and credential
 	// check as /api/v1 (role viewer). /healthz and /readyz stay plain.
 	MetricsRequireAuth bool
+	// Conditions tunes how a node's condition is assessed from its stream
+	// and its gossip peers' reports (gossip.ConditionConfig: how many peers
+	// must agree a node is dead, how old a report may be); zero fields take
+	// gossip's defaults.
+	Conditions gossip.ConditionConfig
+	// DataDir is the directory of the aggregator's files, as the command
+	// line gave it; the package reads only Store, which the command opens
+	// there.
+	DataDir string
+	// Store holds the aggregator's durable state: the remediation journal,
+	// the intents claimed from alerts, budgets and cooldowns, and each
+	// node's outbox of commands (bolt.Open on a file under --data-dir, or
+	// an etcd store shared by replicas). nil turns remediation off: the
+	// webhook and the remediation calls answer that it is off. The caller
+	// owns it and closes it after Run returns.
+	Store store.Store
+	// Rules are the remediation rules (remediation.NewRuleSet; Reload on
+	// SIGHUP); nil means the built-in default (no rule: every alert is
+	// journaled as unmatched, operators' requests still act).
+	Rules *remediation.RuleSet
+	// HistoryPerNode and HistoryMaxAge bound the event history kept in
+	// Store for WatchEvents' since (vigilctl events --since): at most this
+	// many events per node, none older; defaults 1000 and 24h.
+	HistoryPerNode int
+	HistoryMaxAge  time.Duration
+	// Leader reports whether this replica runs the housekeeping that must
+	// run once (the journal's retention sweep); nil means always (one
+	// aggregator).
+	Leader func() bool
 	// Bootstrap issues node certificates to agents holding a bootstrap
 	// token; nil: Bootstrap and Renew answer Unimplemented (nodes bring
 	// their own certificates).

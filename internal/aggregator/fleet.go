@@ -56,8 +56,15 @@ type node struct {
 	network        []*vigilv1.NetworkNamespace
 	status         *vigilv1.NodeStatus
 	peers          *vigilv1.PeerView
-	results        []*vigilv1.CommandResult // one per command id, by first arrival
-	version        uint64                   // bumped on every change that shows in the series
+	peersAt        time.Time // when peers arrived
+	// condition is the node's condition (gossip.Assess over its stream
+	// and the other nodes' views of it; "" until first assessed), why, and
+	// since when.
+	condition       string
+	conditionReason string
+	conditionSince  time.Time
+	results         []*vigilv1.CommandResult // one per command id, by first arrival
+	version         uint64                   // bumped on every change that shows in the series
 
 	cache atomic.Pointer[renderedNode]
 }
@@ -196,7 +203,11 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time, q *Qu
 		n.applySnapshot(b.Snapshot)
 	case *vigilv1.AgentMessage_ContainerEvent:
 		n.applyContainerEvent(b.ContainerEvent)
-		event = b.ContainerEvent
+		// UPDATED carries coalesced probe results and counters: applied,
+		// but no news for WatchEvents' readers.
+		if b.ContainerEvent.GetType() != vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_UPDATED {
+			event = b.ContainerEvent
+		}
 	case *vigilv1.AgentMessage_ResourceSamples:
 		for _, s := range b.ResourceSamples.GetSamples() {
 			k := metrics.ContainerKey{Namespace: s.GetNamespace(), ID: s.GetContainerId()}
@@ -212,8 +223,12 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time, q *Qu
 		n.applyNetworkEvent(b.NetworkEvent)
 	case *vigilv1.AgentMessage_PeerView:
 		n.peers = b.PeerView
+		n.peersAt = now
 		n.version++
 	case *vigilv1.AgentMessage_NodeStatus:
+		if n.status == nil || n.status.GetRuntimeAvailable() != b.NodeStatus.GetRuntimeAvailable() {
+			n.version++ // vigil_node_condition{condition="RuntimeAvailable"}
+		}
 		n.status = b.NodeStatus
 	case *vigilv1.AgentMessage_CommandResult:
 		n.addResult(b.CommandResult)
@@ -391,6 +406,8 @@ func (n *node) rendered() *metrics.Rendered {
 		Samples:    make(map[metrics.ContainerKey]*vigilv1.ResourceSample, len(n.samples)),
 		Network:    n.network,
 		Peers:      n.peers,
+		Condition:  n.condition,
+		Status:     n.status,
 	}
 	for _, c := range n.containers {
 		in.Containers = append(in.Containers, c)
@@ -431,6 +448,10 @@ func (n *node) nodeProto() *vigilv1.Node {
 	}
 	if !n.connectedSince.IsZero() {
 		out.ConnectedSince = timestamppb.New(n.connectedSince)
+	}
+	out.Condition, out.ConditionReason = n.condition, n.conditionReason
+	if !n.conditionSince.IsZero() {
+		out.ConditionSince = timestamppb.New(n.conditionSince)
 	}
 	if s := n.status; s != nil {
 		out.RuntimeVersion = s.GetRuntimeVersion()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/pki"
+	"github.com/vigilhq/vigil/internal/remediation"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -47,6 +48,9 @@ type Gateway struct {
 	quotas          Quotas
 	now             func() time.Time
 	stopping        <-chan struct{} // closed when the aggregator shuts down
+	// remediation, when set, delivers each held node's outbox on its
+	// stream and journals the agents' command results.
+	remediation *remediation.Engine
 
 	mu      sync.Mutex
 	streams map[string]*agentStream
@@ -194,6 +198,10 @@ func (g *Gateway) serveConn(stream agentConn) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); g.sendLoop(ctx, stream, s) }()
+	if g.remediation != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); g.deliverCommands(ctx, s) }()
+	}
 	msgs := make(chan sized)
 	recvErr := make(chan error, 1)
 	go func() {
@@ -283,6 +291,11 @@ func (g *Gateway) serve(ctx context.Context, s *agentStream, msgs <-chan sized, 
 			}
 			if err := g.quotas.checkMessage(m); err != nil {
 				return g.quotaExceeded(s.node, err)
+			}
+			if r := m.GetCommandResult(); r != nil && g.remediation != nil {
+				if err := g.recordResult(ctx, s.node, r); err != nil {
+					return err
+				}
 			}
 			now := g.now()
 			res, err := g.fleet.apply(s.node, m, now, &g.quotas)

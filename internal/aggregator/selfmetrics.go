@@ -34,6 +34,8 @@ type selfMetrics struct {
 	authRefused *prometheus.CounterVec
 	quota       *prometheus.CounterVec
 	insecure    prometheus.Gauge
+	suspectSelf prometheus.Gauge
+	historyDrop prometheus.Counter
 	issued      *prometheus.CounterVec
 	bootRefused *prometheus.CounterVec
 	watchers    prometheus.Gauge
@@ -91,6 +93,14 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 			Name: "vigil_aggregator_bootstrap_refused_total",
 			Help: "Bootstrap and renewal requests refused, by reason: token (unknown or revoked), csr (malformed), bound (the node name is bound to another key), identity (renewal for another node).",
 		}, []string{"reason"}),
+		historyDrop: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_aggregator_event_history_dropped_total",
+			Help: "Container events not kept in the event history (vigilctl events --since): its write queue was full or the store refused the write. Live watchers still got them.",
+		}),
+		suspectSelf: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vigil_aggregator_fleet_condition_suspect",
+			Help: "1 when more than half the nodes last changed condition together: the aggregator's or the network's failure is likelier than the nodes' (see its log), else 0.",
+		}),
 		watchers: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "vigil_aggregator_watchers",
 			Help: "WatchEvents subscribers connected.",
@@ -111,7 +121,7 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 	}
 	for _, c := range []prometheus.Collector{
 		m.streams, m.messages, m.bytes, m.rejected, m.lag, m.acks, m.commands,
-		m.expositions, fleetCollector{fleet}, m.authRefused, m.quota, m.insecure, m.issued, m.bootRefused, m.watchers,
+		m.expositions, fleetCollector{fleet}, m.authRefused, m.quota, m.insecure, m.suspectSelf, m.historyDrop, m.issued, m.bootRefused, m.watchers,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"reflect"
 	"slices"
 	"sync"
@@ -63,9 +62,13 @@ type Change struct {
 
 // Scheduler runs the health checks of many containers: one goroutine keeps
 // a timer heap of due probes and hands them to a bounded pool of workers;
-// nothing runs per container between probes. Each container's first probe
-// comes at a random point within its first interval, so that containers
-// added together do not probe together; later probes keep that phase.
+// nothing runs per container between probes. As in Docker, a container's
+// first probe comes one interval after its task started, and later probes
+// keep that phase (StartedAt + n*Interval): an image HEALTHCHECK with
+// Docker's defaults turns unhealthy after 90 s, as it does under Docker. A
+// container found already running (an agent restart) is probed at the
+// next point of its own phase, so containers started at different times
+// do not probe together.
 //
 // Add, Update, Remove, Health and Changes are safe for concurrent use, before
 // and while Run runs.
@@ -162,7 +165,7 @@ func (s *Scheduler) Add(key runtime.Key, cfg Config, tgt Target) error {
 		return fmt.Errorf("health check of %s/%s: %w: already added", key.Namespace, key.ID, errdefs.ErrConflict)
 	}
 	e := &entry{key: key, cfg: cfg, target: tgt, machine: NewMachine(cfg, tgt.StartedAt), index: -1}
-	e.at = now.Add(rand.N(cfg.Interval))
+	e.at = nextInPhase(tgt.StartedAt, cfg.Interval, now)
 	s.entries[key] = e
 	heap.Push(&s.due, e)
 	s.poke()
@@ -209,7 +212,7 @@ func (s *Scheduler) Update(key runtime.Key, cfg Config, tgt Target) error {
 	e.cfg, e.target = cfg, tgt
 	e.gen++
 	if e.index >= 0 {
-		e.at = now.Add(rand.N(cfg.Interval))
+		e.at = nextInPhase(tgt.StartedAt, cfg.Interval, now)
 		heap.Fix(&s.due, e.index)
 		s.poke()
 	}
@@ -442,7 +445,7 @@ func (s *Scheduler) probe(ctx context.Context, e *entry) bool {
 	}
 	if e.gen != gen {
 		// Updated while probing: start over on the new configuration.
-		e.at = time.Now().Add(rand.N(e.cfg.Interval))
+		e.at = nextInPhase(e.target.StartedAt, e.cfg.Interval, time.Now())
 	} else {
 		// Keep the phase; a probe that overran its interval pushes the next
 		// one to an interval after it ended.
@@ -454,6 +457,22 @@ func (s *Scheduler) probe(ctx context.Context, e *entry) bool {
 	heap.Push(&s.due, e)
 	s.poke()
 	return true
+}
+
+// nextInPhase is the first probe time of a task started at start with
+// interval iv that is not before now: start + n*iv with n >= 1, as Docker
+// times its probes (the first one interval after the start). A start time
+// in the future (clocks apart) counts from now.
+func nextInPhase(start time.Time, iv time.Duration, now time.Time) time.Time {
+	if start.After(now) {
+		start = now
+	}
+	first := start.Add(iv)
+	if !first.Before(now) {
+		return first
+	}
+	n := (now.Sub(first) + iv - 1) / iv
+	return first.Add(n * iv)
 }
 
 // pausedCheckTimeout bounds the question whether a container whose probe

@@ -482,3 +482,81 @@ func gathered(t *testing.T, g expotest.Gatherer, name string) (float64, bool) {
 	}
 	return expotest.Value(mfs, name)
 }
+
+// TestFirstProbeOneIntervalAfterStart: as in Docker, a new task's first
+// probe comes one interval after it started (not at a random point of the
+// first interval), and a task found already running is probed on its own
+// phase: start + n*interval.
+func TestFirstProbeOneIntervalAfterStart(t *testing.T) {
+	const interval = 600 * time.Millisecond
+	s := startScheduler(t, SchedulerConfig{Workers: 2})
+	var mu sync.Mutex
+	hits := map[string][]time.Time{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits[r.URL.Path] = append(hits[r.URL.Path], time.Now())
+		mu.Unlock()
+	}))
+	t.Cleanup(srv.Close)
+	addr := netip.MustParseAddrPort(strings.TrimPrefix(srv.URL, "http://"))
+	cfg := func(path string) Config {
+		c := httpConfig(addr, interval)
+		c.Path = path
+		return c
+	}
+	fresh := time.Now()
+	// A task that started 1.5 intervals ago: its next point is at 2.
+	old := fresh.Add(-3 * interval / 2)
+	if err := s.Add(runtime.Key{Namespace: "t", ID: "fresh"}, cfg("/fresh"), Target{StartedAt: fresh}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Add(runtime.Key{Namespace: "t", ID: "old"}, cfg("/old"), Target{StartedAt: old}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		nf, no := len(hits["/fresh"]), len(hits["/old"])
+		mu.Unlock()
+		if nf >= 2 && no >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("probes after 20s: fresh %d, old %d", nf, no)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	check := func(name string, start time.Time, n int, at time.Time) {
+		want := start.Add(time.Duration(n) * interval)
+		// Never early; late only by scheduling (a loaded machine).
+		if at.Before(want.Add(-5*time.Millisecond)) || at.After(want.Add(interval/2)) {
+			t.Errorf("%s: probe %d at %v after start, want %v", name, n, at.Sub(start), want.Sub(start))
+		}
+	}
+	check("fresh", fresh, 1, hits["/fresh"][0])
+	check("fresh", fresh, 2, hits["/fresh"][1])
+	check("old", old, 2, hits["/old"][0])
+	check("old", old, 3, hits["/old"][1])
+}
+
+func TestNextInPhase(t *testing.T) {
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	iv := 10 * time.Second
+	for _, tc := range []struct {
+		now  time.Duration // after start
+		want time.Duration
+	}{
+		{0, 10 * time.Second},
+		{3 * time.Second, 10 * time.Second},
+		{10 * time.Second, 10 * time.Second},
+		{10*time.Second + 1, 20 * time.Second},
+		{95 * time.Second, 100 * time.Second},
+		{-5 * time.Second, 5 * time.Second}, // start in the future: from now
+	} {
+		if got := nextInPhase(start, iv, start.Add(tc.now)).Sub(start); got != tc.want {
+			t.Errorf("now start%+v: next at start+%v, want start+%v", tc.now, got, tc.want)
+		}
+	}
+}

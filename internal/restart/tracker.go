@@ -204,6 +204,15 @@ func (t *Tracker) operatorStart() {
 	t.resetBackoff()
 }
 
+// OnUnseenExit records that the running task ended while no one watched
+// (the agent was down) and is gone, its exit status with it: the tracker
+// is no longer running, and nothing is decided (the agent decides what the
+// missing task means: an operator's stop, or a lost task after a reboot).
+func (t *Tracker) OnUnseenExit(now time.Time) {
+	s := &t.State
+	s.Running, s.HealthySince = false, time.Time{}
+}
+
 // OnExplicitStop records an operator's stop: no policy restarts the
 // container until it is started again, and a pending restart is cancelled
 // (the agent cancels its timer).

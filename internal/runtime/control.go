@@ -172,11 +172,31 @@ func (r *Runtime) Paused(ctx context.Context, k Key) (bool, error) {
 	return p.Status == tasktypes.Status_PAUSED || p.Status == tasktypes.Status_PAUSING, nil
 }
 
-// Stop sends SIGTERM, waits up to grace for the task to exit, then sends
-// SIGKILL and waits until it exits or ctx ends. A paused task is resumed
-// first (a frozen process cannot handle SIGTERM). Stopping a task that has
-// already exited is a no-op; the task is not deleted.
-func (r *Runtime) Stop(ctx context.Context, k Key, grace time.Duration) error {
+// StopOption changes how Stop asks a task to stop.
+type StopOption func(*stopOptions)
+
+type stopOptions struct{ signal syscall.Signal }
+
+// WithStopSignal makes Stop send sig first instead of SIGTERM (the image's
+// STOPSIGNAL: a shell as PID 1 ignores SIGTERM). 0 keeps SIGTERM.
+func WithStopSignal(sig syscall.Signal) StopOption {
+	return func(o *stopOptions) {
+		if sig != 0 {
+			o.signal = sig
+		}
+	}
+}
+
+// Stop sends SIGTERM (or WithStopSignal's signal), waits up to grace for
+// the task to exit, then sends SIGKILL and waits until it exits or ctx
+// ends. A paused task is resumed first (a frozen process cannot handle a
+// signal). Stopping a task that has already exited is a no-op; the task is
+// not deleted.
+func (r *Runtime) Stop(ctx context.Context, k Key, grace time.Duration, opts ...StopOption) error {
+	o := stopOptions{signal: syscall.SIGTERM}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	c, err := r.connected()
 	if err != nil {
 		return err
@@ -208,7 +228,7 @@ func (r *Runtime) Stop(ctx context.Context, k Key, grace time.Duration) error {
 			return err
 		})
 	}
-	if err := kill(syscall.SIGTERM); err != nil {
+	if err := kill(o.signal); err != nil {
 		return err
 	}
 	t := time.NewTimer(grace)

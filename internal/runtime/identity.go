@@ -209,10 +209,11 @@ func signalName(s syscall.Signal) string {
 }
 
 // imageConfig is the part of an image config (Docker or OCI, JSON) that
-// carries Docker's Healthcheck. Durations are in nanoseconds, as Docker
-// writes them.
+// carries Docker's Healthcheck and StopSignal. Durations are in
+// nanoseconds, as Docker writes them.
 type imageConfig struct {
 	Config struct {
+		StopSignal  string `json:"StopSignal"`
 		Healthcheck *struct {
 			Test        []string `json:"Test"`
 			Interval    int64    `json:"Interval"`
@@ -227,10 +228,24 @@ type imageConfig struct {
 // when the image has none (or an empty Test, which means "inherit", i.e.
 // none here). Negative durations or retries are invalid input.
 func parseHealthcheck(b []byte) (*Healthcheck, error) {
+	h, _, err := parseImageConfig(b)
+	return h, err
+}
+
+// parseImageConfig reads the Healthcheck (as parseHealthcheck) and the
+// StopSignal (as written: "SIGINT", "INT", "2"; "" when none) of an image
+// config.
+func parseImageConfig(b []byte) (*Healthcheck, string, error) {
 	var c imageConfig
 	if err := json.Unmarshal(b, &c); err != nil {
-		return nil, fmt.Errorf("image config: %w: %v", errdefs.ErrInvalid, err)
+		return nil, "", fmt.Errorf("image config: %w: %v", errdefs.ErrInvalid, err)
 	}
+	h, err := healthcheckOf(&c)
+	return h, strings.TrimSpace(c.Config.StopSignal), err
+}
+
+// healthcheckOf validates and converts the config's Healthcheck.
+func healthcheckOf(c *imageConfig) (*Healthcheck, error) {
 	h := c.Config.Healthcheck
 	if h == nil || len(h.Test) == 0 {
 		return nil, nil
@@ -250,4 +265,33 @@ func parseHealthcheck(b []byte) (*Healthcheck, error) {
 		StartPeriod: time.Duration(h.StartPeriod),
 		Retries:     h.Retries,
 	}, nil
+}
+
+// StopSignalLabel is the container label in which containerd's client
+// (ctr, nerdctl: WithImageStopSignal) records the image's STOPSIGNAL; it
+// wins over the image config.
+const StopSignalLabel = "io.containerd.image.config.stop-signal"
+
+// ParseSignal reads a signal as Docker's STOPSIGNAL and --stop-signal take
+// it: a name with or without "SIG", in any case ("SIGINT", "int"), or a
+// number from 1 to 64.
+func ParseSignal(s string) (syscall.Signal, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, fmt.Errorf("signal is empty: %w", errdefs.ErrInvalid)
+	}
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 1 || n > 64 {
+			return 0, fmt.Errorf("signal %d: want 1 to 64: %w", n, errdefs.ErrInvalid)
+		}
+		return syscall.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("signal %q: not a signal name or number: %w", s, errdefs.ErrInvalid)
 }

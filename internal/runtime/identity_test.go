@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"errors"
+	"syscall"
 	"testing"
 	"time"
 
@@ -136,5 +137,31 @@ func TestParseHealthcheck(t *testing.T) {
 		if _, err := parseHealthcheck([]byte(bad)); !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("parseHealthcheck(%s): err = %v, want ErrInvalid", bad, err)
 		}
+	}
+}
+
+func TestParseSignal(t *testing.T) {
+	for in, want := range map[string]syscall.Signal{
+		"SIGINT": syscall.SIGINT, "INT": syscall.SIGINT, "int": syscall.SIGINT, " SIGTERM ": syscall.SIGTERM,
+		"9": syscall.SIGKILL, "64": syscall.Signal(64),
+	} {
+		if got, err := ParseSignal(in); err != nil || got != want {
+			t.Errorf("ParseSignal(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "0", "65", "-1", "SIGNOPE", "KILLME"} {
+		if _, err := ParseSignal(bad); !errors.Is(err, errdefs.ErrInvalid) {
+			t.Errorf("ParseSignal(%q): err = %v, want ErrInvalid", bad, err)
+		}
+	}
+}
+
+func TestParseImageConfigStopSignal(t *testing.T) {
+	_, sig, err := parseImageConfig([]byte(`{"config":{"StopSignal":"SIGINT","Healthcheck":{"Test":["NONE"]}}}`))
+	if err != nil || sig != "SIGINT" {
+		t.Fatalf("stop signal %q, %v; want SIGINT", sig, err)
+	}
+	if _, sig, err := parseImageConfig([]byte(`{"config":{}}`)); err != nil || sig != "" {
+		t.Fatalf("no stop signal: %q, %v", sig, err)
 	}
 }

@@ -46,11 +46,17 @@ func (c *Container) clone() Container {
 	return out
 }
 
-// imageInfo is what the inventory takes from an image: its digest and its
-// Docker healthcheck.
+// imageInfo is what the inventory takes from an image: its digest, its
+// Docker healthcheck and its stop signal.
 type imageInfo struct {
-	digest      string
+	digest string
+	imageMeta
+}
+
+// imageMeta is what an image's config says that the inventory keeps.
+type imageMeta struct {
 	healthcheck *Healthcheck
+	stopSignal  string
 }
 
 // imageCache remembers the healthcheck parsed from an image's config, keyed
@@ -59,7 +65,7 @@ type imageInfo struct {
 // clears it, which bounds it by the images in use.
 type imageCache struct {
 	mu      sync.Mutex
-	entries map[string]*Healthcheck
+	entries map[string]imageMeta
 }
 
 func (ic *imageCache) reset() {
@@ -96,10 +102,10 @@ func (r *Runtime) image(ctx context.Context, c *apiClient, ns, name string) imag
 	}
 	info := imageInfo{digest: target.digest}
 	r.images.mu.Lock()
-	hc, ok := r.images.entries[info.digest]
+	meta, ok := r.images.entries[info.digest]
 	r.images.mu.Unlock()
 	if ok {
-		info.healthcheck = hc
+		info.imageMeta = meta
 		return info
 	}
 	var cfg []byte
@@ -110,14 +116,14 @@ func (r *Runtime) image(ctx context.Context, c *apiClient, ns, name string) imag
 		return err
 	})
 	if err == nil {
-		info.healthcheck, err = parseHealthcheck(cfg)
+		info.healthcheck, info.stopSignal, err = parseImageConfig(cfg)
 	}
 	if err != nil {
 		r.log.Debug("image config unavailable", "namespace", ns, "image", name, "digest", info.digest, "err", err)
 		return imageInfo{digest: info.digest}
 	}
 	r.images.mu.Lock()
-	r.images.entries[info.digest] = info.healthcheck
+	r.images.entries[info.digest] = info.imageMeta
 	r.images.mu.Unlock()
 	return info
 }
@@ -145,6 +151,10 @@ func (r *Runtime) describe(ctx context.Context, c *apiClient, ns string, cc *con
 	img := r.image(ctx, c, ns, cc.Image)
 	e.c.ImageDigest = img.digest
 	e.c.Healthcheck = img.healthcheck
+	e.c.StopSignal = img.stopSignal
+	if s := cc.Labels[StopSignalLabel]; s != "" {
+		e.c.StopSignal = s
+	}
 	e.c.Manager = managerOf(ns, cc.Labels)
 
 	var annotations map[string]string

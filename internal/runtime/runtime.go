@@ -140,7 +140,7 @@ func New(cfg Config) (*Runtime, error) {
 		metrics: newSelfMetrics(),
 		inv:     make(map[Key]*entry),
 	}
-	r.images.entries = make(map[string]*Healthcheck)
+	r.images.entries = make(map[string]imageMeta)
 	if ino, err := statInode("/proc/thread-self/ns/net"); err == nil {
 		r.hostNetNS = ino
 	}

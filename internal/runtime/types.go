@@ -40,6 +40,9 @@ const (
 	ExitError                // non-zero code below 128
 	ExitSignal               // 128+n: killed by signal n
 	ExitOOMKilled            // an OOM event for the task preceded its exit
+	// ExitUnknown: the task ended unseen and its status is gone (deleted
+	// while the agent was down); the code is 255, as Docker reports it.
+	ExitUnknown
 )
 
 func (r ExitReason) String() string {
@@ -52,6 +55,8 @@ func (r ExitReason) String() string {
 		return "signal"
 	case ExitOOMKilled:
 		return "oom_killed"
+	case ExitUnknown:
+		return "unknown"
 	}
 	return "none"
 }
@@ -128,6 +133,10 @@ type Container struct {
 	NetNSInode  uint64    // inode of the task's network namespace; 0 when unknown
 	HostNetwork bool      // shares the host's network namespace
 	Healthcheck *Healthcheck
+	// StopSignal is the signal that asks the container to stop, as its
+	// image or containerd's StopSignalLabel says ("SIGINT", "2"; see
+	// ParseSignal); "" means SIGTERM.
+	StopSignal string
 	// Output is where the current (or last) task's output goes, as
 	// containerd has it; zero when not known.
 	Output TaskOutput

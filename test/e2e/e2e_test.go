@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,7 +17,13 @@ import (
 	"github.com/vigilhq/vigil/test/chain"
 )
 
-func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
+func TestMain(m *testing.M) {
+	code := testenv.Run(m)
+	if builtDir != "" {
+		os.RemoveAll(builtDir)
+	}
+	os.Exit(code)
+}
 
 // The crash-looper runs this many times: once, then crashRestarts restarts
 // under on-failure:crashRestarts, each run exiting 1 after crashAfter. These
@@ -32,6 +39,7 @@ const (
 // health reach the user, and that killing the agent and then the aggregator
 // loses no exit.
 func TestDataPath(t *testing.T) {
+	t.Parallel()
 	env := testenv.Containerd(t)
 	prometheus, err := exec.LookPath("prometheus")
 	if err != nil {
@@ -309,14 +317,33 @@ func buildBinaries(t *testing.T) string {
 		t.Logf("using the binaries in VIGIL_E2E_BIN=%s", dir)
 		return dir
 	}
-	out := t.TempDir()
-	for _, b := range []struct{ name, pkg string }{
-		{"vigil-agent", "cmd/agent"}, {"vigil-aggregator", "cmd/aggregator"}, {"vigilctl", "cmd/vigilctl"},
-	} {
-		testenv.BuildRelease(t, "github.com/vigilhq/vigil/"+b.pkg, filepath.Join(out, b.name))
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "vigil-e2e-bin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		builtDir = dir
+		for _, b := range []struct{ name, pkg string }{
+			{"vigil-agent", "cmd/agent"}, {"vigil-aggregator", "cmd/aggregator"}, {"vigilctl", "cmd/vigilctl"},
+		} {
+			testenv.BuildRelease(t, "github.com/vigilhq/vigil/"+b.pkg, filepath.Join(dir, b.name))
+		}
+		built = true
+	})
+	if !built {
+		t.Fatal("building the binaries failed (see the test that built them)")
 	}
-	return out
+	return builtDir
 }
+
+// The binaries are built once for the package's tests, which run in
+// parallel (each chain takes a minute or more, mostly waiting), and removed
+// by TestMain.
+var (
+	buildOnce sync.Once
+	builtDir  string
+	built     bool
+)
 
 func repoRoot(t *testing.T) string {
 	t.Helper()

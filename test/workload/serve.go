@@ -73,7 +73,14 @@ func serve(ctx context.Context, cfg config, say func(string, ...any), usr1 <-cha
 	say("serve: healthy")
 
 	var unhealthyC, crashC <-chan time.Time
-	if cfg.unhealthyAfter > 0 {
+	once := true
+	if cfg.unhealthyOnce != "" {
+		if _, err := os.Stat(cfg.unhealthyOnce); err == nil {
+			once = false
+			say("serve: %s exists: staying healthy (--unhealthy-once)", cfg.unhealthyOnce)
+		}
+	}
+	if cfg.unhealthyAfter > 0 && once {
 		t := time.NewTimer(cfg.unhealthyAfter)
 		defer t.Stop()
 		unhealthyC = t.C
@@ -91,6 +98,11 @@ func serve(ctx context.Context, cfg config, say func(string, ...any), usr1 <-cha
 		case <-usr1:
 			s.toggle("SIGUSR1")
 		case <-unhealthyC:
+			if cfg.unhealthyOnce != "" {
+				if err := os.WriteFile(cfg.unhealthyOnce, nil, 0o644); err != nil {
+					return 1, fmt.Errorf("--unhealthy-once: %w", err)
+				}
+			}
 			s.set(false, "--unhealthy-after")
 		case <-crashC:
 			say("serve: crashing with code %d", cfg.code)

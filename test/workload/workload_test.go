@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -262,5 +263,25 @@ func TestServeUnhealthyAfterThenCrash(t *testing.T) {
 	joined := strings.Join(l.all, "\n")
 	if !strings.Contains(joined, "serve: unhealthy (--unhealthy-after)") || !strings.Contains(joined, "serve: crashing with code 9") {
 		t.Fatalf("state lines:\n%s", joined)
+	}
+}
+
+// TestServeUnhealthyOnce: the first run turns unhealthy and leaves its mark;
+// the next run (a restart on the same root filesystem) stays healthy.
+func TestServeUnhealthyOnce(t *testing.T) {
+	mark := filepath.Join(t.TempDir(), "was-unhealthy")
+	run := func() string {
+		l := &lines{ch: make(chan string, 100)}
+		cfg := config{mode: modeServe, httpAddr: "127.0.0.1:0", unhealthyAfter: 20 * time.Millisecond, unhealthyOnce: mark, crashAfter: 150 * time.Millisecond, code: 9}
+		if code, err := serve(context.Background(), cfg, l.say, make(chan os.Signal)); err != nil || code != 9 {
+			t.Fatalf("serve = %d, %v; want exit code 9", code, err)
+		}
+		return strings.Join(l.all, "\n")
+	}
+	if first := run(); !strings.Contains(first, "serve: unhealthy (--unhealthy-after)") {
+		t.Fatalf("first run did not turn unhealthy:\n%s", first)
+	}
+	if second := run(); strings.Contains(second, "unhealthy (--unhealthy-after)") || !strings.Contains(second, "staying healthy") {
+		t.Fatalf("second run:\n%s", second)
 	}
 }

@@ -47,21 +47,29 @@ const (
 	ContainerEventType_CONTAINER_EVENT_TYPE_RESTART_DECISION ContainerEventType = 8
 	// Conditions on the container changed.
 	ContainerEventType_CONTAINER_EVENT_TYPE_CONDITIONS_CHANGED ContainerEventType = 9
+	// No lifecycle change: a coalesced refresh of the container's state
+	// (probe results, failing streak, lifetime counters) that changed since
+	// the last event, sent at most once per sampling interval per container.
+	// The aggregator applies its container as for any event; it is not news
+	// for people: WatchEvents need not pass it on, and it is not counted as
+	// an event of the container's life.
+	ContainerEventType_CONTAINER_EVENT_TYPE_UPDATED ContainerEventType = 10
 )
 
 // Enum value maps for ContainerEventType.
 var (
 	ContainerEventType_name = map[int32]string{
-		0: "CONTAINER_EVENT_TYPE_UNSPECIFIED",
-		1: "CONTAINER_EVENT_TYPE_ADDED",
-		2: "CONTAINER_EVENT_TYPE_REMOVED",
-		3: "CONTAINER_EVENT_TYPE_STATE_CHANGED",
-		4: "CONTAINER_EVENT_TYPE_HEALTH_CHANGED",
-		5: "CONTAINER_EVENT_TYPE_EXITED",
-		6: "CONTAINER_EVENT_TYPE_RESTARTED",
-		7: "CONTAINER_EVENT_TYPE_OOM",
-		8: "CONTAINER_EVENT_TYPE_RESTART_DECISION",
-		9: "CONTAINER_EVENT_TYPE_CONDITIONS_CHANGED",
+		0:  "CONTAINER_EVENT_TYPE_UNSPECIFIED",
+		1:  "CONTAINER_EVENT_TYPE_ADDED",
+		2:  "CONTAINER_EVENT_TYPE_REMOVED",
+		3:  "CONTAINER_EVENT_TYPE_STATE_CHANGED",
+		4:  "CONTAINER_EVENT_TYPE_HEALTH_CHANGED",
+		5:  "CONTAINER_EVENT_TYPE_EXITED",
+		6:  "CONTAINER_EVENT_TYPE_RESTARTED",
+		7:  "CONTAINER_EVENT_TYPE_OOM",
+		8:  "CONTAINER_EVENT_TYPE_RESTART_DECISION",
+		9:  "CONTAINER_EVENT_TYPE_CONDITIONS_CHANGED",
+		10: "CONTAINER_EVENT_TYPE_UPDATED",
 	}
 	ContainerEventType_value = map[string]int32{
 		"CONTAINER_EVENT_TYPE_UNSPECIFIED":        0,
@@ -74,6 +82,7 @@ var (
 		"CONTAINER_EVENT_TYPE_OOM":                7,
 		"CONTAINER_EVENT_TYPE_RESTART_DECISION":   8,
 		"CONTAINER_EVENT_TYPE_CONDITIONS_CHANGED": 9,
+		"CONTAINER_EVENT_TYPE_UPDATED":            10,
 	}
 )
 
@@ -248,6 +257,10 @@ const (
 	CommandOutcome_COMMAND_OUTCOME_DUPLICATE CommandOutcome = 5
 	// Not carried out: the target does not exist.
 	CommandOutcome_COMMAND_OUTCOME_NOT_FOUND CommandOutcome = 6
+	// The agent refused the command: not accepted from this aggregator,
+	// namespace not allowed, more than a kill for a container another manager
+	// owns, or a host link. The message says which.
+	CommandOutcome_COMMAND_OUTCOME_REFUSED CommandOutcome = 7
 )
 
 // Enum value maps for CommandOutcome.
@@ -260,6 +273,7 @@ var (
 		4: "COMMAND_OUTCOME_EXPIRED",
 		5: "COMMAND_OUTCOME_DUPLICATE",
 		6: "COMMAND_OUTCOME_NOT_FOUND",
+		7: "COMMAND_OUTCOME_REFUSED",
 	}
 	CommandOutcome_value = map[string]int32{
 		"COMMAND_OUTCOME_UNSPECIFIED": 0,
@@ -269,6 +283,7 @@ var (
 		"COMMAND_OUTCOME_EXPIRED":     4,
 		"COMMAND_OUTCOME_DUPLICATE":   5,
 		"COMMAND_OUTCOME_NOT_FOUND":   6,
+		"COMMAND_OUTCOME_REFUSED":     7,
 	}
 )
 
@@ -1445,7 +1460,9 @@ type Command struct {
 	// After this moment the agent must not start the command.
 	Deadline *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=deadline,proto3" json:"deadline,omitempty"`
 	// Why, for the agent's log.
-	Reason        string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The signal for KILL; 0 means SIGKILL (9), as before this field.
+	Signal        uint32 `protobuf:"varint,7,opt,name=signal,proto3" json:"signal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1520,6 +1537,13 @@ func (x *Command) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *Command) GetSignal() uint32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
 }
 
 // ConfigPush carries settings from the aggregator; unset fields leave the
@@ -1661,17 +1685,18 @@ const file_vigil_v1_gateway_proto_rawDesc = "" +
 	"\x11snapshot_required\x18\x03 \x01(\bR\x10snapshotRequired\x12#\n" +
 	"\raggregator_id\x18\x04 \x01(\tR\faggregatorId\"\x17\n" +
 	"\x03Ack\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xef\x01\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\x87\x02\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x123\n" +
 	"\x06action\x18\x02 \x01(\x0e2\x1b.vigil.v1.RemediationActionR\x06action\x12(\n" +
 	"\x06target\x18\x03 \x01(\v2\x10.vigil.v1.TargetR\x06target\x12%\n" +
 	"\x05fence\x18\x04 \x01(\v2\x0f.vigil.v1.FenceR\x05fence\x126\n" +
 	"\bdeadline\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12\x16\n" +
-	"\x06reason\x18\x06 \x01(\tR\x06reason\"P\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06signal\x18\a \x01(\rR\x06signal\"P\n" +
 	"\n" +
 	"ConfigPush\x12B\n" +
-	"\x0fsample_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0esampleInterval*\x88\x03\n" +
+	"\x0fsample_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0esampleInterval*\xaa\x03\n" +
 	"\x12ContainerEventType\x12$\n" +
 	" CONTAINER_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aCONTAINER_EVENT_TYPE_ADDED\x10\x01\x12 \n" +
@@ -1682,7 +1707,9 @@ const file_vigil_v1_gateway_proto_rawDesc = "" +
 	"\x1eCONTAINER_EVENT_TYPE_RESTARTED\x10\x06\x12\x1c\n" +
 	"\x18CONTAINER_EVENT_TYPE_OOM\x10\a\x12)\n" +
 	"%CONTAINER_EVENT_TYPE_RESTART_DECISION\x10\b\x12+\n" +
-	"'CONTAINER_EVENT_TYPE_CONDITIONS_CHANGED\x10\t*\x9b\x02\n" +
+	"'CONTAINER_EVENT_TYPE_CONDITIONS_CHANGED\x10\t\x12 \n" +
+	"\x1cCONTAINER_EVENT_TYPE_UPDATED\x10\n" +
+	"*\x9b\x02\n" +
 	"\x13RestartDecisionKind\x12%\n" +
 	"!RESTART_DECISION_KIND_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dRESTART_DECISION_KIND_RESTART\x10\x01\x12!\n" +
@@ -1695,7 +1722,7 @@ const file_vigil_v1_gateway_proto_rawDesc = "" +
 	"\x1eNETWORK_EVENT_TYPE_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dNETWORK_EVENT_TYPE_LINK_ADDED\x10\x01\x12#\n" +
 	"\x1fNETWORK_EVENT_TYPE_LINK_REMOVED\x10\x02\x12#\n" +
-	"\x1fNETWORK_EVENT_TYPE_LINK_CHANGED\x10\x03*\xe3\x01\n" +
+	"\x1fNETWORK_EVENT_TYPE_LINK_CHANGED\x10\x03*\x80\x02\n" +
 	"\x0eCommandOutcome\x12\x1f\n" +
 	"\x1bCOMMAND_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n" +
@@ -1703,7 +1730,8 @@ const file_vigil_v1_gateway_proto_rawDesc = "" +
 	"\x16COMMAND_OUTCOME_FENCED\x10\x03\x12\x1b\n" +
 	"\x17COMMAND_OUTCOME_EXPIRED\x10\x04\x12\x1d\n" +
 	"\x19COMMAND_OUTCOME_DUPLICATE\x10\x05\x12\x1d\n" +
-	"\x19COMMAND_OUTCOME_NOT_FOUND\x10\x062R\n" +
+	"\x19COMMAND_OUTCOME_NOT_FOUND\x10\x06\x12\x1b\n" +
+	"\x17COMMAND_OUTCOME_REFUSED\x10\a2R\n" +
 	"\fAgentGateway\x12B\n" +
 	"\aConnect\x12\x16.vigil.v1.AgentMessage\x1a\x1b.vigil.v1.AggregatorMessage(\x010\x01B1Z/github.com/vigilhq/vigil/proto/vigil/v1;vigilv1b\x06proto3"
 

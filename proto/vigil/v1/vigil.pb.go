@@ -9,6 +9,7 @@ package vigilv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -452,7 +453,13 @@ type WatchEventsRequest struct {
 	// Node name.
 	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	// containerd namespace.
-	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Replay the events the aggregator's history holds from this time on
+	// (oldest first), then follow live ones. The history is bounded (per
+	// node, by count and age) and kept in the aggregator's store, so it
+	// survives an aggregator restart; without a store the call fails with
+	// FailedPrecondition. Unset: live events only.
+	Since         *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -499,6 +506,13 @@ func (x *WatchEventsRequest) GetNamespace() string {
 		return x.Namespace
 	}
 	return ""
+}
+
+func (x *WatchEventsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
 }
 
 // WatchEventsResponse is one event.
@@ -667,7 +681,9 @@ type RequestRemediationRequest struct {
 	// Operator's reason, journaled.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Decide and journal, but do not send.
-	DryRun        bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// The signal for KILL (1-64); 0 means SIGKILL. Only for KILL.
+	Signal        uint32 `protobuf:"varint,5,opt,name=signal,proto3" json:"signal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -730,6 +746,13 @@ func (x *RequestRemediationRequest) GetDryRun() bool {
 	return false
 }
 
+func (x *RequestRemediationRequest) GetSignal() uint32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
+}
+
 // RequestRemediationResponse returns the journaled decision.
 type RequestRemediationResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -780,7 +803,7 @@ var File_vigil_v1_vigil_proto protoreflect.FileDescriptor
 
 const file_vigil_v1_vigil_proto_rawDesc = "" +
 	"\n" +
-	"\x14vigil/v1/vigil.proto\x12\bvigil.v1\x1a\x16vigil/v1/gateway.proto\x1a\x14vigil/v1/types.proto\"\x12\n" +
+	"\x14vigil/v1/vigil.proto\x12\bvigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16vigil/v1/gateway.proto\x1a\x14vigil/v1/types.proto\"\x12\n" +
 	"\x10ListNodesRequest\"9\n" +
 	"\x11ListNodesResponse\x12$\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x0e.vigil.v1.NodeR\x05nodes\"\xd6\x02\n" +
@@ -808,10 +831,11 @@ const file_vigil_v1_vigil_proto_rawDesc = "" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x0e\n" +
 	"\x02id\x18\x03 \x01(\tR\x02id\"M\n" +
 	"\x14GetContainerResponse\x125\n" +
-	"\tcontainer\x18\x01 \x01(\v2\x17.vigil.v1.NodeContainerR\tcontainer\"F\n" +
+	"\tcontainer\x18\x01 \x01(\v2\x17.vigil.v1.NodeContainerR\tcontainer\"x\n" +
 	"\x12WatchEventsRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1c\n" +
-	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"Y\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x120\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"Y\n" +
 	"\x13WatchEventsResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12.\n" +
 	"\x05event\x18\x02 \x01(\v2\x18.vigil.v1.ContainerEventR\x05event\"C\n" +
@@ -819,12 +843,13 @@ const file_vigil_v1_vigil_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\"U\n" +
 	"\x18ListRemediationsResponse\x129\n" +
-	"\fremediations\x18\x01 \x03(\v2\x15.vigil.v1.RemediationR\fremediations\"\xab\x01\n" +
+	"\fremediations\x18\x01 \x03(\v2\x15.vigil.v1.RemediationR\fremediations\"\xc3\x01\n" +
 	"\x19RequestRemediationRequest\x123\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x1b.vigil.v1.RemediationActionR\x06action\x12(\n" +
 	"\x06target\x18\x02 \x01(\v2\x10.vigil.v1.TargetR\x06target\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x17\n" +
-	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"U\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\x12\x16\n" +
+	"\x06signal\x18\x05 \x01(\rR\x06signal\"U\n" +
 	"\x1aRequestRemediationResponse\x127\n" +
 	"\vremediation\x18\x01 \x01(\v2\x15.vigil.v1.RemediationR\vremediation2\xfb\x03\n" +
 	"\x05Vigil\x12D\n" +
@@ -866,10 +891,11 @@ var file_vigil_v1_vigil_proto_goTypes = []any{
 	(ContainerState)(0),                // 14: vigil.v1.ContainerState
 	(HealthStatus)(0),                  // 15: vigil.v1.HealthStatus
 	(*Container)(nil),                  // 16: vigil.v1.Container
-	(*ContainerEvent)(nil),             // 17: vigil.v1.ContainerEvent
-	(*Remediation)(nil),                // 18: vigil.v1.Remediation
-	(RemediationAction)(0),             // 19: vigil.v1.RemediationAction
-	(*Target)(nil),                     // 20: vigil.v1.Target
+	(*timestamppb.Timestamp)(nil),      // 17: google.protobuf.Timestamp
+	(*ContainerEvent)(nil),             // 18: vigil.v1.ContainerEvent
+	(*Remediation)(nil),                // 19: vigil.v1.Remediation
+	(RemediationAction)(0),             // 20: vigil.v1.RemediationAction
+	(*Target)(nil),                     // 21: vigil.v1.Target
 }
 var file_vigil_v1_vigil_proto_depIdxs = []int32{
 	13, // 0: vigil.v1.ListNodesResponse.nodes:type_name -> vigil.v1.Node
@@ -878,28 +904,29 @@ var file_vigil_v1_vigil_proto_depIdxs = []int32{
 	16, // 3: vigil.v1.NodeContainer.container:type_name -> vigil.v1.Container
 	3,  // 4: vigil.v1.ListContainersResponse.containers:type_name -> vigil.v1.NodeContainer
 	3,  // 5: vigil.v1.GetContainerResponse.container:type_name -> vigil.v1.NodeContainer
-	17, // 6: vigil.v1.WatchEventsResponse.event:type_name -> vigil.v1.ContainerEvent
-	18, // 7: vigil.v1.ListRemediationsResponse.remediations:type_name -> vigil.v1.Remediation
-	19, // 8: vigil.v1.RequestRemediationRequest.action:type_name -> vigil.v1.RemediationAction
-	20, // 9: vigil.v1.RequestRemediationRequest.target:type_name -> vigil.v1.Target
-	18, // 10: vigil.v1.RequestRemediationResponse.remediation:type_name -> vigil.v1.Remediation
-	0,  // 11: vigil.v1.Vigil.ListNodes:input_type -> vigil.v1.ListNodesRequest
-	2,  // 12: vigil.v1.Vigil.ListContainers:input_type -> vigil.v1.ListContainersRequest
-	5,  // 13: vigil.v1.Vigil.GetContainer:input_type -> vigil.v1.GetContainerRequest
-	7,  // 14: vigil.v1.Vigil.WatchEvents:input_type -> vigil.v1.WatchEventsRequest
-	9,  // 15: vigil.v1.Vigil.ListRemediations:input_type -> vigil.v1.ListRemediationsRequest
-	11, // 16: vigil.v1.Vigil.RequestRemediation:input_type -> vigil.v1.RequestRemediationRequest
-	1,  // 17: vigil.v1.Vigil.ListNodes:output_type -> vigil.v1.ListNodesResponse
-	4,  // 18: vigil.v1.Vigil.ListContainers:output_type -> vigil.v1.ListContainersResponse
-	6,  // 19: vigil.v1.Vigil.GetContainer:output_type -> vigil.v1.GetContainerResponse
-	8,  // 20: vigil.v1.Vigil.WatchEvents:output_type -> vigil.v1.WatchEventsResponse
-	10, // 21: vigil.v1.Vigil.ListRemediations:output_type -> vigil.v1.ListRemediationsResponse
-	12, // 22: vigil.v1.Vigil.RequestRemediation:output_type -> vigil.v1.RequestRemediationResponse
-	17, // [17:23] is the sub-list for method output_type
-	11, // [11:17] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	17, // 6: vigil.v1.WatchEventsRequest.since:type_name -> google.protobuf.Timestamp
+	18, // 7: vigil.v1.WatchEventsResponse.event:type_name -> vigil.v1.ContainerEvent
+	19, // 8: vigil.v1.ListRemediationsResponse.remediations:type_name -> vigil.v1.Remediation
+	20, // 9: vigil.v1.RequestRemediationRequest.action:type_name -> vigil.v1.RemediationAction
+	21, // 10: vigil.v1.RequestRemediationRequest.target:type_name -> vigil.v1.Target
+	19, // 11: vigil.v1.RequestRemediationResponse.remediation:type_name -> vigil.v1.Remediation
+	0,  // 12: vigil.v1.Vigil.ListNodes:input_type -> vigil.v1.ListNodesRequest
+	2,  // 13: vigil.v1.Vigil.ListContainers:input_type -> vigil.v1.ListContainersRequest
+	5,  // 14: vigil.v1.Vigil.GetContainer:input_type -> vigil.v1.GetContainerRequest
+	7,  // 15: vigil.v1.Vigil.WatchEvents:input_type -> vigil.v1.WatchEventsRequest
+	9,  // 16: vigil.v1.Vigil.ListRemediations:input_type -> vigil.v1.ListRemediationsRequest
+	11, // 17: vigil.v1.Vigil.RequestRemediation:input_type -> vigil.v1.RequestRemediationRequest
+	1,  // 18: vigil.v1.Vigil.ListNodes:output_type -> vigil.v1.ListNodesResponse
+	4,  // 19: vigil.v1.Vigil.ListContainers:output_type -> vigil.v1.ListContainersResponse
+	6,  // 20: vigil.v1.Vigil.GetContainer:output_type -> vigil.v1.GetContainerResponse
+	8,  // 21: vigil.v1.Vigil.WatchEvents:output_type -> vigil.v1.WatchEventsResponse
+	10, // 22: vigil.v1.Vigil.ListRemediations:output_type -> vigil.v1.ListRemediationsResponse
+	12, // 23: vigil.v1.Vigil.RequestRemediation:output_type -> vigil.v1.RequestRemediationResponse
+	18, // [18:24] is the sub-list for method output_type
+	12, // [12:18] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_vigil_v1_vigil_proto_init() }

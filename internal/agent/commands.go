@@ -1,0 +1,434 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"syscall"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/runtime"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// Commands from the aggregator run at most once: the agent checks what it
+// may do (commandPolicy), durably marks the command accepted in its state
+// dir before it does anything, and records the outcome. A command id seen
+// again (a redelivery, or a replay after a crash of either side) is never
+// carried out again: its recorded result is reported again; one that an
+// earlier run accepted and did not finish (the agent died in the middle)
+// is reported as failed, and not retried, since what it did is unknown.
+
+// resultsResentAfter bounds the results the agent reports again at its
+// start: those of commands finished within this long (their first report
+// may have died in the uplink's memory with the previous run).
+const resultsResentAfter = time.Hour
+
+// commandPolicy is what the agent obeys, from its configuration.
+type commandPolicy struct {
+	// authenticated: the aggregator proved who it is (TLS), or the operator
+	// accepted commands without it (AcceptCommands).
+	authenticated bool
+	// namespaces are the containerd namespaces commands may act in; nil
+	// means all.
+	namespaces []string
+	// hostLinks allows LINK_UP on links that are not a container's.
+	hostLinks bool
+}
+
+func (a *Agent) commandPolicy() commandPolicy {
+	return commandPolicy{
+		authenticated: !a.cfg.Insecure || a.cfg.AcceptCommands,
+		namespaces:    a.cfg.CommandNamespaces,
+		hostLinks:     a.cfg.AllowHostLinkCommands,
+	}
+}
+
+// commandTarget is what the agent knows of a command's target when it
+// decides whether to obey.
+type commandTarget struct {
+	// namespace is the target container's containerd namespace; for a link
+	// command, that of the container whose network namespace holds the
+	// link ("" for a host link or a namespace of no known container).
+	namespace string
+	// found: the container (or, for a link, a container owning the network
+	// namespace) is known.
+	found bool
+	// manager owns the target container.
+	manager runtime.Manager
+}
+
+// refusal says why the agent refuses action on target, "" when it may go
+// on. It decides on who asks, where, and on what: not on the container's
+// state (that is the fence's job, and the action's).
+func (p commandPolicy) refusal(action vigilv1.RemediationAction, t commandTarget) string {
+	if !p.authenticated {
+		return "commands are not accepted from an aggregator the agent cannot authenticate (--insecure); --accept-commands accepts them"
+	}
+	if action == vigilv1.RemediationAction_REMEDIATION_ACTION_LINK_UP {
+		if !t.found {
+			if p.hostLinks {
+				return ""
+			}
+			return "the link is not in a container's network namespace; host links need --allow-host-link-commands"
+		}
+		if !p.allows(t.namespace) {
+			return fmt.Sprintf("namespace %q is not in --command-namespaces", t.namespace)
+		}
+		return ""
+	}
+	if !p.allows(t.namespace) {
+		return fmt.Sprintf("namespace %q is not in --command-namespaces", t.namespace)
+	}
+	if !t.found || t.manager == runtime.ManagerVigil {
+		return ""
+	}
+	switch action {
+	case vigilv1.RemediationAction_REMEDIATION_ACTION_KILL, vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART:
+		return "" // a RESTART of another manager's container is a kill: its owner restarts it
+	}
+	return fmt.Sprintf("the container is managed by %s: the agent does no more than kill it (KILL or RESTART), and its owner restarts it", t.manager)
+}
+
+func (p commandPolicy) allows(namespace string) bool {
+	return p.namespaces == nil || slices.Contains(p.namespaces, namespace)
+}
+
+// recoverCommands runs once at start-up, before the loop: commands an
+// earlier run accepted and did not finish are finished as failed (never
+// carried out again), and the results of recent commands are reported
+// again.
+func (a *Agent) recoverCommands() {
+	now := a.now()
+	var interrupted []string
+	if err := a.store.UpdateIf(func(tx Tx) bool {
+		tx.Commands(func(id string, r *CommandRecord) {
+			if r.Finished.IsZero() {
+				r.Finished = now
+				r.Outcome = vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED.String()
+				r.Message = "the agent stopped while carrying out this command; it is not carried out again (check the container's state)"
+				interrupted = append(interrupted, id)
+			}
+		})
+		return len(interrupted) > 0
+	}); err != nil {
+		a.log.Error("cannot write to the state dir", "err", err)
+	}
+	for _, id := range interrupted {
+		a.log.Warn("a command was interrupted by the agent's stop; it is reported failed, not carried out again", "command_id", id)
+	}
+	var results []*vigilv1.CommandResult
+	a.store.View(func(tx Tx) {
+		tx.Commands(func(id string, r *CommandRecord) {
+			if !r.Finished.IsZero() && now.Sub(r.Finished) <= resultsResentAfter {
+				results = append(results, commandResult(id, r))
+			}
+		})
+	})
+	slices.SortFunc(results, func(x, y *vigilv1.CommandResult) int {
+		return x.GetFinishedAt().AsTime().Compare(y.GetFinishedAt().AsTime())
+	})
+	for _, r := range results {
+		a.sendCommandResult(r)
+	}
+}
+
+func commandResult(id string, r *CommandRecord) *vigilv1.CommandResult {
+	return &vigilv1.CommandResult{
+		CommandId:  id,
+		Outcome:    vigilv1.CommandOutcome(vigilv1.CommandOutcome_value[r.Outcome]),
+		Message:    r.Message,
+		FinishedAt: timestamppb.New(r.Finished),
+	}
+}
+
+// onCommand checks a command from the aggregator (seen before, deadline,
+// who may ask for what, target, fence), marks it accepted durably and
+// carries it out.
+func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
+	if cmd == nil || cmd.GetId() == "" {
+		return
+	}
+	id := cmd.GetId()
+	var seen *CommandRecord
+	a.store.View(func(tx Tx) {
+		if r := tx.Command(id); r != nil {
+			c := *r
+			seen = &c
+		}
+	})
+	if seen != nil {
+		if seen.Finished.IsZero() {
+			a.log.Info("command delivered again while it is carried out; its result follows", "command_id", id)
+			return
+		}
+		a.log.Info("command delivered again; not carried out again, its result is sent again", "command_id", id, "outcome", seen.Outcome)
+		a.sendCommandResult(commandResult(id, seen))
+		return
+	}
+	reply := func(o vigilv1.CommandOutcome, msg string) {
+		a.finishCommand(ctx, actionResult{kind: actionCommand, command: cmd, outcome: o, err: errorIf(o != vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED, msg)})
+	}
+	if dl := cmd.GetDeadline(); dl != nil && a.now().After(dl.AsTime()) {
+		reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_EXPIRED, "deadline passed before the agent could start it")
+		return
+	}
+	target := cmd.GetTarget()
+	policy := a.commandPolicy()
+	action := cmd.GetAction()
+
+	if action == vigilv1.RemediationAction_REMEDIATION_ACTION_LINK_UP {
+		tgt := a.linkTarget(target.GetNetnsInode())
+		if why := policy.refusal(action, tgt); why != "" {
+			reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED, why)
+			return
+		}
+		if a.net == nil {
+			reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED, "network monitoring is disabled on this agent")
+			return
+		}
+		if !a.acceptCommand(ctx, cmd) {
+			return
+		}
+		a.runCommand(actionResult{kind: actionCommand, command: cmd}, func(ctx context.Context) error {
+			return a.net.LinkUp(ctx, target.GetNetnsInode(), target.GetInterface())
+		})
+		return
+	}
+
+	key := runtime.Key{Namespace: target.GetNamespace(), ID: target.GetContainerId()}
+	a.mu.RLock()
+	t, ok := a.containers[key]
+	tgt := commandTarget{namespace: key.Namespace, found: ok}
+	if ok {
+		tgt.manager = t.c.Manager
+	}
+	a.mu.RUnlock()
+	// Who may ask for what comes before whether the container exists: a
+	// refused namespace learns nothing of its containers.
+	if why := policy.refusal(action, tgt); why != "" {
+		reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED, why)
+		return
+	}
+	if !ok {
+		reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_NOT_FOUND, fmt.Sprintf("no container %s/%s on this node", key.Namespace, key.ID))
+		return
+	}
+	switch action {
+	case vigilv1.RemediationAction_REMEDIATION_ACTION_KILL, vigilv1.RemediationAction_REMEDIATION_ACTION_STOP,
+		vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART, vigilv1.RemediationAction_REMEDIATION_ACTION_START:
+	default:
+		reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED, fmt.Sprintf("action %v is not supported by this agent", action))
+		return
+	}
+	a.mu.RLock()
+	fenced := fenceBroken(cmd.GetFence(), key, a.restartCountLocked(t))
+	a.mu.RUnlock()
+	if fenced != "" {
+		reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_FENCED, fenced)
+		return
+	}
+	if !a.acceptCommand(ctx, cmd) {
+		return
+	}
+
+	a.mu.Lock()
+	vigilOwned := t.c.Manager == runtime.ManagerVigil
+	running := t.c.State == runtime.StateRunning || t.c.State == runtime.StatePaused
+	stop := a.stopSpecLocked(t)
+	switch action {
+	case vigilv1.RemediationAction_REMEDIATION_ACTION_STOP:
+		// A stop through Vigil is explicit: policies leave it stopped.
+		t.tracker.OnExplicitStop(a.now())
+		a.cancelRestartLocked(t)
+		t.inFlight = true
+	case vigilv1.RemediationAction_REMEDIATION_ACTION_START:
+		// An explicit start clears an explicit stop, as docker start does.
+		t.tracker.OnExplicitStart(a.now())
+		a.cancelRestartLocked(t)
+		if !running {
+			t.inFlight = true
+			t.expectDelete = true
+		}
+	case vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART:
+		if vigilOwned {
+			t.inFlight = true
+			t.expectDelete = true
+		}
+	}
+	a.mu.Unlock()
+	a.persist(t)
+
+	a.runCommand(actionResult{kind: actionCommand, command: cmd, key: key, grace: stop.grace}, func(ctx context.Context) error {
+		switch action {
+		case vigilv1.RemediationAction_REMEDIATION_ACTION_KILL:
+			return a.rt.Kill(ctx, key, syscall.SIGKILL)
+		case vigilv1.RemediationAction_REMEDIATION_ACTION_STOP:
+			return a.rt.Stop(ctx, key, stop.grace, stop.options()...)
+		case vigilv1.RemediationAction_REMEDIATION_ACTION_START:
+			if running {
+				return nil
+			}
+			return a.rt.Restart(ctx, key)
+		case vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART:
+			if !vigilOwned {
+				// Never fight the owner: kill the task and let it restart it.
+				return a.rt.Kill(ctx, key, syscall.SIGKILL)
+			}
+			if err := a.rt.Stop(ctx, key, stop.grace, stop.options()...); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+				return err
+			}
+			return a.rt.Restart(ctx, key)
+		}
+		return fmt.Errorf("action %v is not supported by this agent: %w", action, errdefs.ErrInvalid)
+	})
+}
+
+// fenceBroken says why a command's fence no longer holds, "" when it
+// holds (or there is none).
+func fenceBroken(f *vigilv1.Fence, key runtime.Key, restartCount uint32) string {
+	if f == nil {
+		return ""
+	}
+	if f.GetContainerId() != "" && f.GetContainerId() != key.ID {
+		return "container id changed since the alert"
+	}
+	if f.GetHasRestartCount() && f.GetRestartCount() != restartCount {
+		return fmt.Sprintf("restart count is %d, the alert saw %d: it restarted since", restartCount, f.GetRestartCount())
+	}
+	return ""
+}
+
+// linkTarget is the container whose network namespace has inode (0: the
+// host's).
+func (a *Agent) linkTarget(inode uint64) commandTarget {
+	if inode == 0 {
+		return commandTarget{}
+	}
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	for _, t := range a.containers {
+		if t.c.NetNSInode == inode && !t.c.HostNetwork {
+			return commandTarget{namespace: t.c.Namespace, found: true, manager: t.c.Manager}
+		}
+	}
+	return commandTarget{}
+}
+
+// cancelRestartLocked cancels t's pending restart timer. Called with a.mu
+// held.
+func (a *Agent) cancelRestartLocked(t *tracked) {
+	if t.timer != nil {
+		t.timer.Stop()
+		t.timer = nil
+	}
+	t.dueWhileBusy = false
+	t.resume = false
+}
+
+// acceptCommand durably marks cmd accepted before anything is done. When
+// that cannot be written, the command is answered as failed and not
+// carried out: without the mark, a crash could carry it out twice.
+func (a *Agent) acceptCommand(ctx context.Context, cmd *vigilv1.Command) bool {
+	if err := a.store.Update(func(tx Tx) error {
+		tx.AcceptCommand(cmd.GetId(), a.now())
+		return nil
+	}); err != nil {
+		a.log.Error("cannot mark a command accepted in the state dir; not carried out", "command_id", cmd.GetId(), "err", err)
+		a.sendCommandResult(&vigilv1.CommandResult{
+			CommandId:  cmd.GetId(),
+			Outcome:    vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED,
+			Message:    "not carried out: the agent cannot record it in its state dir: " + err.Error(),
+			FinishedAt: timestamppb.New(a.now()),
+		})
+		return false
+	}
+	a.log.Info("command accepted", "command_id", cmd.GetId(), "action", cmd.GetAction().String(),
+		"namespace", cmd.GetTarget().GetNamespace(), "container", cmd.GetTarget().GetContainerId(), "reason", cmd.GetReason())
+	return true
+}
+
+// runCommand carries out an accepted command on its own goroutine, through
+// commandHook when a test set one.
+func (a *Agent) runCommand(res actionResult, fn func(context.Context) error) {
+	if hook := a.commandHook; hook != nil {
+		cmd := res.command
+		a.runAction(res, func(ctx context.Context) error { return hook(ctx, cmd, fn) })
+		return
+	}
+	a.runAction(res, fn)
+}
+
+// finishCommand records a command's outcome durably (a redelivery is then
+// answered with it) and reports it upstream. A restart of the container
+// that came due while the command was in flight runs now.
+func (a *Agent) finishCommand(ctx context.Context, res actionResult) {
+	cmd := res.command
+	outcome := res.outcome
+	if outcome == vigilv1.CommandOutcome_COMMAND_OUTCOME_UNSPECIFIED {
+		outcome = vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED
+		if res.err != nil {
+			outcome = vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED
+			if errors.Is(res.err, errdefs.ErrNotFound) {
+				outcome = vigilv1.CommandOutcome_COMMAND_OUTCOME_NOT_FOUND
+			}
+		}
+	}
+	due := false
+	if res.key.ID != "" {
+		a.mu.Lock()
+		if t, ok := a.containers[res.key]; ok {
+			t.inFlight = false
+			due = t.dueWhileBusy && !t.tracker.State.ExplicitlyStopped
+			t.dueWhileBusy = false
+		}
+		a.mu.Unlock()
+	}
+	msg := ""
+	if res.err != nil {
+		msg = res.err.Error()
+	}
+	now := a.now()
+	if err := a.store.Update(func(tx Tx) error {
+		r := tx.Command(cmd.GetId())
+		if r == nil {
+			r = tx.AcceptCommand(cmd.GetId(), now) // answered without being carried out
+		}
+		r.Finished, r.Outcome, r.Message = now, outcome.String(), msg
+		return nil
+	}); err != nil {
+		a.log.Error("cannot record a command's outcome in the state dir", "command_id", cmd.GetId(), "err", err)
+	}
+	a.log.Info("command finished", "command_id", cmd.GetId(), "action", cmd.GetAction().String(), "outcome", outcome.String(), "detail", msg)
+	a.sendCommandResult(&vigilv1.CommandResult{
+		CommandId:  cmd.GetId(),
+		Outcome:    outcome,
+		Message:    msg,
+		FinishedAt: timestamppb.New(now),
+	})
+	if due {
+		a.onRestartDue(ctx, res.key)
+	}
+}
+
+func (a *Agent) sendCommandResult(r *vigilv1.CommandResult) {
+	if a.cfg.CommandResultSink != nil {
+		a.cfg.CommandResultSink(r)
+	}
+	if a.up != nil {
+		if err := a.up.SendCommandResult(r); err != nil {
+			a.log.Warn("command result not sent upstream", "command_id", r.GetCommandId(), "err", err)
+		}
+	}
+}
+
+func errorIf(cond bool, msg string) error {
+	if !cond {
+		return nil
+	}
+	return errors.New(msg)
+}

@@ -1,0 +1,311 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/testenv"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// commandRig is an agent streaming to a real aggregator, with the commands'
+// results the agent reported.
+type commandRig struct {
+	t       *testing.T
+	h       *harness
+	agg     *aggregatorProc
+	restart func(*Config)
+
+	mu      sync.Mutex
+	results []*vigilv1.CommandResult
+}
+
+func newCommandRig(t *testing.T, mod func(*Config)) *commandRig {
+	r := &commandRig{t: t, h: newHarness(t)}
+	rig := streamingAgentWith(t, r.h, func(c *Config) {
+		c.CommandResultSink = func(res *vigilv1.CommandResult) {
+			r.mu.Lock()
+			r.results = append(r.results, res)
+			r.mu.Unlock()
+		}
+		if mod != nil {
+			mod(c)
+		}
+	})
+	r.agg, r.restart = rig.agg, rig.restart
+	return r
+}
+
+// send hands cmd to the aggregator for the agent, once the agent's stream
+// is up.
+func (r *commandRig) send(cmd *vigilv1.Command) {
+	r.t.Helper()
+	waitUntil(r.t, 30*time.Second, "the aggregator to take the command", func() bool {
+		err := r.agg.agg.Gateway().SendCommand("test-node", cmd)
+		if err != nil && !errors.Is(err, errdefs.ErrUnavailable) {
+			r.t.Fatal(err)
+		}
+		return err == nil
+	})
+}
+
+// reported counts the results the agent reported for id so far.
+func (r *commandRig) reported(id string) []*vigilv1.CommandResult {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*vigilv1.CommandResult
+	for _, res := range r.results {
+		if res.GetCommandId() == id {
+			out = append(out, res)
+		}
+	}
+	return out
+}
+
+// atAggregator waits until the aggregator holds a result for id satisfying
+// pred and returns it.
+func (r *commandRig) atAggregator(id string, pred func(*vigilv1.CommandResult) bool) *vigilv1.CommandResult {
+	r.t.Helper()
+	var got *vigilv1.CommandResult
+	waitUntil(r.t, 30*time.Second, "the result of "+id+" at the aggregator", func() bool {
+		for _, res := range r.agg.agg.Fleet().CommandResults("test-node") {
+			if res.GetCommandId() == id && pred(res) {
+				got = res
+				return true
+			}
+		}
+		return false
+	})
+	return got
+}
+
+func outcomeIs(o vigilv1.CommandOutcome) func(*vigilv1.CommandResult) bool {
+	return func(r *vigilv1.CommandResult) bool { return r.GetOutcome() == o }
+}
+
+var taskStarted = func(ev *vigilv1.ContainerEvent) bool {
+	return ev.GetType() == vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED && ev.GetMessage() == "task started"
+}
+
+// TestCommandRunsOnce (issues 21 and 20): a RESTART command delivered
+// twice, and once more after an agent restart, restarts the container once;
+// the redeliveries are answered with the recorded result (not a DUPLICATE
+// that would overwrite it at the aggregator), and the next agent reports it
+// again.
+func TestCommandRunsOnce(t *testing.T) {
+	r := newCommandRig(t, nil)
+	h := r.h
+	h.run("target", map[string]string{"vigil.io/restart-policy": "no"}, "sleep")
+	h.waitState("target", "running", 30*time.Second, func(c *vigilv1.Container) bool {
+		return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_RUNNING
+	})
+	cmd := &vigilv1.Command{Id: "restart-once", Action: vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART,
+		Target: &vigilv1.Target{Namespace: h.ns, ContainerId: "target"}, Reason: "test"}
+	h.waitFor("target", "its first task", 30*time.Second, taskStarted)
+	h.clearEvents()
+	// Delivered twice at once (the second while the first is carried out:
+	// its result follows), then once more after it finished (answered
+	// with the recorded result).
+	r.send(cmd)
+	r.send(cmd)
+	r.atAggregator(cmd.Id, outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED))
+	n := len(r.reported(cmd.Id))
+	r.send(cmd)
+	waitUntil(t, 30*time.Second, "the redelivery answered", func() bool { return len(r.reported(cmd.Id)) > n })
+	h.waitFor("target", "the restart's new task", 30*time.Second, taskStarted)
+	time.Sleep(time.Second)
+	if n := h.count("target", taskStarted); n != 1 {
+		t.Fatalf("the command started %d tasks, want 1\n%s", n, h.describe("target"))
+	}
+	for _, res := range r.reported(cmd.Id) {
+		if res.GetOutcome() != vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
+			t.Errorf("a delivery was answered %v, want the recorded SUCCEEDED", res.GetOutcome())
+		}
+	}
+
+	h.stop()
+	h.clearEvents()
+	r.mu.Lock()
+	r.results = nil
+	r.mu.Unlock()
+	h.start(r.restart)
+	// The next agent reports the result again at its start, and answers a
+	// third delivery with it.
+	waitUntil(t, 30*time.Second, "the result reported again after the agent restart", func() bool { return len(r.reported(cmd.Id)) >= 1 })
+	n = len(r.reported(cmd.Id))
+	r.send(cmd)
+	waitUntil(t, 30*time.Second, "the third delivery answered", func() bool { return len(r.reported(cmd.Id)) > n })
+	time.Sleep(time.Second)
+	if n := h.count("target", taskStarted); n != 0 {
+		t.Fatalf("the command was carried out again after the agent restart\n%s", h.describe("target"))
+	}
+	if res := r.atAggregator(cmd.Id, func(*vigilv1.CommandResult) bool { return true }); res.GetOutcome() != vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
+		t.Fatalf("the aggregator holds %v for the command, want SUCCEEDED", res)
+	}
+}
+
+// TestCommandInterruptedNotRepeated: a command the agent was carrying out
+// when it died is never carried out again: the next agent reports it
+// failed, and answers its redelivery with that result.
+func TestCommandInterruptedNotRepeated(t *testing.T) {
+	reached := make(chan struct{}, 1)
+	r := newCommandRig(t, func(c *Config) { c.ShutdownGrace = 0 })
+	h := r.h
+	h.run("target", map[string]string{"vigil.io/restart-policy": "no"}, "sleep")
+	h.waitState("target", "running", 30*time.Second, func(c *vigilv1.Container) bool {
+		return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_RUNNING
+	})
+	// The agent dies after accepting the command, before acting: the
+	// hook stands for that (it never acts, and waits for the end).
+	h.stop()
+	h.hook = func(a *Agent) {
+		a.commandHook = func(ctx context.Context, _ *vigilv1.Command, _ func(context.Context) error) error {
+			reached <- struct{}{}
+			<-ctx.Done()
+			return ctx.Err()
+		}
+	}
+	h.start(r.restart)
+	cmd := &vigilv1.Command{Id: "interrupted", Action: vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART,
+		Target: &vigilv1.Target{Namespace: h.ns, ContainerId: "target"}}
+	r.send(cmd)
+	select {
+	case <-reached:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the command was not accepted")
+	}
+	h.stop()
+	h.hook = nil
+	h.clearEvents()
+	h.start(r.restart)
+	res := r.atAggregator(cmd.Id, outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED))
+	if !strings.Contains(res.GetMessage(), "not carried out again") {
+		t.Errorf("interrupted command's result says %q", res.GetMessage())
+	}
+	r.send(cmd)
+	waitUntil(t, 30*time.Second, "the redelivery answered", func() bool {
+		n := 0
+		for _, x := range r.reported(cmd.Id) {
+			if x.GetOutcome() == vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED {
+				n++
+			}
+		}
+		return n >= 2
+	})
+	time.Sleep(time.Second)
+	if n := h.count("target", taskStarted); n != 0 {
+		t.Fatalf("an interrupted command was carried out by the next agent\n%s", h.describe("target"))
+	}
+}
+
+// TestStopThenStartCommands: STOP stops a container for good (its policy
+// does not bring it back); START clears that and starts it, and the policy
+// is in force again. A command outside --command-namespaces is refused
+// with the reason.
+func TestStopThenStartCommands(t *testing.T) {
+	r := newCommandRig(t, func(c *Config) { c.StopGrace = 5 * time.Second })
+	h := r.h
+	h.run("svc", map[string]string{"vigil.io/restart-policy": "always"}, "sleep")
+	h.waitState("svc", "running", 30*time.Second, func(c *vigilv1.Container) bool {
+		return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_RUNNING
+	})
+	h.waitFor("svc", "its first task", 30*time.Second, taskStarted)
+	h.clearEvents()
+	target := &vigilv1.Target{Namespace: h.ns, ContainerId: "svc"}
+	r.send(&vigilv1.Command{Id: "stop-1", Action: vigilv1.RemediationAction_REMEDIATION_ACTION_STOP, Target: target})
+	r.atAggregator("stop-1", outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED))
+	h.waitState("svc", "stopped for good", 30*time.Second, func(c *vigilv1.Container) bool {
+		return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_STOPPED && c.GetExplicitlyStopped()
+	})
+	time.Sleep(2 * time.Second)
+	if n := h.count("svc", taskStarted) + h.count("svc", restarted); n != 0 {
+		t.Fatalf("restarted after STOP\n%s", h.describe("svc"))
+	}
+
+	r.send(&vigilv1.Command{Id: "start-1", Action: vigilv1.RemediationAction_REMEDIATION_ACTION_START, Target: target})
+	r.atAggregator("start-1", outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED))
+	h.waitState("svc", "running again, no longer stopped", 30*time.Second, func(c *vigilv1.Container) bool {
+		return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_RUNNING && !c.GetExplicitlyStopped()
+	})
+	// The policy is in force again: a crash is restarted.
+	cl := h.env.Client(t)
+	ctx := namespaces.WithNamespace(context.Background(), h.ns)
+	cont, err := cl.LoadContainer(ctx, "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, err := cont.Task(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tk.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("svc", "a policy restart after START", 30*time.Second, restarted)
+
+	r.send(&vigilv1.Command{Id: "kill-elsewhere", Action: vigilv1.RemediationAction_REMEDIATION_ACTION_KILL,
+		Target: &vigilv1.Target{Namespace: "not-allowed", ContainerId: "svc"}})
+	// Every namespace is allowed by default: a container not found there.
+	r.atAggregator("kill-elsewhere", outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_NOT_FOUND))
+}
+
+// TestCommandNamespacesRefused: with --command-namespaces, a command for
+// another namespace is refused with the reason, and nothing is done.
+func TestCommandNamespacesRefused(t *testing.T) {
+	r := newCommandRig(t, func(c *Config) { c.CommandNamespaces = []string{"only-this-one"} })
+	h := r.h
+	h.run("svc", map[string]string{"vigil.io/restart-policy": "no"}, "sleep")
+	h.waitState("svc", "running", 30*time.Second, func(c *vigilv1.Container) bool {
+		return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_RUNNING
+	})
+	r.send(&vigilv1.Command{Id: "kill-1", Action: vigilv1.RemediationAction_REMEDIATION_ACTION_KILL,
+		Target: &vigilv1.Target{Namespace: h.ns, ContainerId: "svc"}})
+	res := r.atAggregator("kill-1", outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED))
+	if !strings.Contains(res.GetMessage(), "--command-namespaces") {
+		t.Errorf("refusal says %q", res.GetMessage())
+	}
+	time.Sleep(time.Second)
+	if c := h.containerState("svc"); c.GetState() != vigilv1.ContainerState_CONTAINER_STATE_RUNNING {
+		t.Fatalf("a refused kill stopped the container: %v", c.GetState())
+	}
+}
+
+// TestStopSignalFromImage (issue 22, item 5): the agent stops a task with
+// its image's STOPSIGNAL. The container's shell ignores SIGTERM and exits
+// 3 on SIGINT; with a stop timeout of 60s, a stop by SIGTERM would end in
+// SIGKILL (137) only after a minute.
+func TestStopSignalFromImage(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(nil)
+	img := h.env.StopSignalImage(t, h.ns, "SIGINT")
+	h.env.RunContainer(t, testenv.ContainerSpec{
+		Namespace: h.ns,
+		ID:        "shell",
+		Image:     img,
+		Args:      []string{"sh", "-c", `trap "exit 3" INT; trap "" TERM; while :; do sleep 0.1; done`},
+		Labels: map[string]string{
+			"vigil.io/restart-policy":  "always",
+			"vigil.io/health-cmd":      "false",
+			"vigil.io/health-interval": "1s",
+			"vigil.io/health-retries":  "1",
+			LabelStopTimeout:           "60",
+		},
+	})
+	ev := h.waitFor("shell", "the exit of the unhealthy restart's stop", 40*time.Second, exited)
+	if got := ev.GetExit().GetCode(); got != 3 {
+		t.Fatalf("stopped with exit code %d, want 3 (SIGINT, the image's STOPSIGNAL)\n%s", got, h.describe("shell"))
+	}
+	if c := ev.GetContainer(); c.GetId() != "shell" {
+		t.Fatal(fmt.Sprint(c))
+	}
+}

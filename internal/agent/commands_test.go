@@ -1,0 +1,109 @@
+package agent
+
+import (
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vigilhq/vigil/internal/runtime"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+func TestCommandPolicyRefusal(t *testing.T) {
+	const (
+		kill    = vigilv1.RemediationAction_REMEDIATION_ACTION_KILL
+		stop    = vigilv1.RemediationAction_REMEDIATION_ACTION_STOP
+		restart = vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART
+		start   = vigilv1.RemediationAction_REMEDIATION_ACTION_START
+		linkUp  = vigilv1.RemediationAction_REMEDIATION_ACTION_LINK_UP
+	)
+	open := commandPolicy{authenticated: true}
+	vigil := commandTarget{namespace: "default", found: true, manager: runtime.ManagerVigil}
+	kubelet := commandTarget{namespace: "k8s.io", found: true, manager: runtime.ManagerKubelet}
+	docker := commandTarget{namespace: "moby", found: true, manager: runtime.ManagerDocker}
+	monitor := commandTarget{namespace: "default", found: true, manager: runtime.ManagerContainerd}
+	for _, tc := range []struct {
+		name   string
+		policy commandPolicy
+		action vigilv1.RemediationAction
+		target commandTarget
+		refuse string // substring of the refusal; "" for obeyed
+	}{
+		{"authenticated restart", open, restart, vigil, ""},
+		{"authenticated stop", open, stop, vigil, ""},
+		{"start", open, start, vigil, ""},
+		{"insecure without accept-commands", commandPolicy{}, kill, vigil, "--accept-commands"},
+		{"insecure link", commandPolicy{hostLinks: true}, linkUp, commandTarget{}, "--accept-commands"},
+		{"namespace not allowed", commandPolicy{authenticated: true, namespaces: []string{"prod"}}, kill, vigil, "--command-namespaces"},
+		{"namespace allowed", commandPolicy{authenticated: true, namespaces: []string{"default"}}, kill, vigil, ""},
+		{"unknown container, allowed namespace", open, kill, commandTarget{namespace: "default"}, ""},
+		{"kubelet kill", open, kill, kubelet, ""},
+		{"kubelet restart is a kill", open, restart, kubelet, ""},
+		{"kubelet stop", open, stop, kubelet, "managed by kubelet"},
+		{"kubelet start", open, start, kubelet, "managed by kubelet"},
+		{"dockerd stop", open, stop, docker, "managed by docker"},
+		{"restart monitor stop", open, stop, monitor, "managed by containerd"},
+		{"container link", open, linkUp, vigil, ""},
+		{"kubelet pod's link", open, linkUp, kubelet, ""},
+		{"host link refused", open, linkUp, commandTarget{}, "--allow-host-link-commands"},
+		{"host link allowed", commandPolicy{authenticated: true, hostLinks: true}, linkUp, commandTarget{}, ""},
+		{"container link outside the allowlist", commandPolicy{authenticated: true, namespaces: []string{"prod"}}, linkUp, vigil, "--command-namespaces"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := tc.policy.refusal(tc.action, tc.target)
+			switch {
+			case tc.refuse == "" && got != "":
+				t.Errorf("refused: %q", got)
+			case tc.refuse != "" && !strings.Contains(got, tc.refuse):
+				t.Errorf("refusal %q, want one naming %q", got, tc.refuse)
+			}
+		})
+	}
+}
+
+func TestFenceBroken(t *testing.T) {
+	k := runtime.Key{Namespace: "default", ID: "web"}
+	for _, tc := range []struct {
+		fence *vigilv1.Fence
+		count uint32
+		want  string
+	}{
+		{nil, 3, ""},
+		{&vigilv1.Fence{ContainerId: "web"}, 3, ""},
+		{&vigilv1.Fence{ContainerId: "other"}, 3, "container id changed"},
+		{&vigilv1.Fence{HasRestartCount: true, RestartCount: 3}, 3, ""},
+		{&vigilv1.Fence{HasRestartCount: true, RestartCount: 2}, 3, "restart count is 3, the alert saw 2"},
+	} {
+		got := fenceBroken(tc.fence, k, tc.count)
+		if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+			t.Errorf("fence %v, count %d: %q, want %q", tc.fence, tc.count, got, tc.want)
+		}
+	}
+}
+
+func TestParseStopSpec(t *testing.T) {
+	for _, tc := range []struct {
+		signal, timeout string
+		want            stopSpec
+		errs            int
+	}{
+		{"", "", stopSpec{syscall.SIGTERM, 10 * time.Second}, 0},
+		{"SIGINT", "", stopSpec{syscall.SIGINT, 10 * time.Second}, 0},
+		{"quit", "30", stopSpec{syscall.SIGQUIT, 30 * time.Second}, 0},
+		{"9", "1m30s", stopSpec{syscall.SIGKILL, 90 * time.Second}, 0},
+		{"SIGNOPE", "forever", stopSpec{syscall.SIGTERM, 10 * time.Second}, 2},
+		{"", "11m", stopSpec{syscall.SIGTERM, 10 * time.Second}, 1},
+		{"", "-1s", stopSpec{syscall.SIGTERM, 10 * time.Second}, 1},
+		{"65", "0", stopSpec{syscall.SIGTERM, 0}, 1},
+	} {
+		c := runtime.Container{StopSignal: tc.signal, Labels: map[string]string{}}
+		if tc.timeout != "" {
+			c.Labels[LabelStopTimeout] = tc.timeout
+		}
+		got, errs := parseStopSpec(&c, 10*time.Second)
+		if got != tc.want || len(errs) != tc.errs {
+			t.Errorf("signal %q timeout %q: %+v with %d errors %v, want %+v with %d", tc.signal, tc.timeout, got, len(errs), errs, tc.want, tc.errs)
+		}
+	}
+}
