@@ -47,29 +47,14 @@ func (v fleetView) Lookup(ref remediation.TargetRef) (remediation.TargetState, e
 		if ref.Interface == "" {
 			return remediation.TargetState{}, fmt.Errorf("target %s names no container or interface: %w", ref, errdefs.ErrInvalid)
 		}
-		for _, ns := range n.network {
-			if !ns.GetHost() {
-				continue
-			}
-			for _, i := range ns.GetInterfaces() {
-				if i.GetName() == ref.Interface {
-					return remediation.TargetState{Target: remediation.Target{Node: ref.Node, Interface: ref.Interface}, NodeUp: up}, nil
-				}
-			}
+		if n.hasInterface(0, ref.Interface) {
+			return remediation.TargetState{Target: remediation.Target{Node: ref.Node, Interface: ref.Interface}, NodeUp: up}, nil
 		}
 		return remediation.TargetState{}, fmt.Errorf("node %s has no host interface %q: %w", ref.Node, ref.Interface, errdefs.ErrNotFound)
 	}
 	var found []*vigilv1.Container
-	for k, c := range n.containers {
-		if ref.Namespace != "" && k.Namespace != ref.Namespace {
-			continue
-		}
-		p := c.GetPod()
-		if ref.Pod != "" {
-			if !p.GetSandbox() && p.GetNamespace() == ref.PodNamespace && p.GetName() == ref.Pod && p.GetContainerName() == ref.Container {
-				found = append(found, c)
-			}
-		} else if k.ID == ref.Container {
+	for _, c := range n.containers {
+		if remediation.ContainerMatches(ref, ref.Node, c) {
 			found = append(found, c)
 		}
 	}
@@ -92,53 +77,24 @@ func (v fleetView) Lookup(ref remediation.TargetRef) (remediation.TargetState, e
 	case len(found) > 1:
 		return remediation.TargetState{}, fmt.Errorf("%d containers match %s: name the containerd namespace: %w", len(found), ref, errdefs.ErrInvalid)
 	}
-	c := found[0]
-	p := c.GetPod()
-	st := remediation.TargetState{
-		Target: remediation.Target{
-			Node: ref.Node, Namespace: c.GetNamespace(), ContainerID: c.GetId(),
-			PodNamespace: p.GetNamespace(), Pod: p.GetName(), Container: p.GetContainerName(),
-		},
-		Owner:           ownerOf(c.GetManager()),
-		RestartCount:    c.GetRestartCount(),
-		HasRestartCount: true,
-		NodeUp:          up,
-	}
-	if c.GetManager() == vigilv1.Manager_MANAGER_KUBELET && p != nil {
-		st.RestartCount = p.GetKubeletRestartCount()
-	}
-	if ref.Interface != "" {
-		inode := c.GetNetnsInode()
-		known := false
-		for _, ns := range n.network {
-			if ns.GetInode() != inode || inode == 0 {
-				continue
-			}
-			for _, i := range ns.GetInterfaces() {
-				known = known || i.GetName() == ref.Interface
-			}
-		}
-		if !known {
-			return remediation.TargetState{}, fmt.Errorf("container %s has no interface %q in its network namespace: %w", ref, ref.Interface, errdefs.ErrNotFound)
-		}
-		st.Target.Interface, st.Target.NetnsInode = ref.Interface, inode
-		st.Owner, st.HasRestartCount, st.RestartCount = remediation.OwnerUnknown, false, 0
+	st := remediation.ContainerTargetState(ref, ref.Node, found[0], up)
+	if ref.Interface != "" && !n.hasInterface(st.Target.NetnsInode, ref.Interface) {
+		return remediation.TargetState{}, fmt.Errorf("container %s has no interface %q in its network namespace: %w", ref, ref.Interface, errdefs.ErrNotFound)
 	}
 	return st, nil
 }
 
-// ownerOf maps the protocol's manager onto the engine's owner.
-func ownerOf(m vigilv1.Manager) remediation.Owner {
-	switch m {
-	case vigilv1.Manager_MANAGER_VIGIL:
-		return remediation.OwnerVigil
-	case vigilv1.Manager_MANAGER_KUBELET:
-		return remediation.OwnerKubelet
-	case vigilv1.Manager_MANAGER_DOCKER:
-		return remediation.OwnerDocker
-	case vigilv1.Manager_MANAGER_CONTAINERD:
-		return remediation.OwnerContainerd
-	default:
-		return remediation.OwnerUnknown
+// hasInterface reports whether the network namespace with inode (0: the
+// host's) holds a link called name, as the node last reported; n.mu held.
+func (n *node) hasInterface(inode uint64, name string) bool {
+	for _, ns := range n.network {
+		if (inode == 0 && ns.GetHost()) || (inode != 0 && ns.GetInode() == inode) {
+			for _, i := range ns.GetInterfaces() {
+				if i.GetName() == name {
+					return true
+				}
+			}
+		}
 	}
+	return false
 }

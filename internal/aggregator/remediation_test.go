@@ -269,3 +269,61 @@ func TestDispatchedCommandNotResent(t *testing.T) {
 		t.Fatalf("command %s on the new stream, want %s (and never %s again)", c.GetId(), second, first)
 	}
 }
+
+// TestRequestTargets: operators' targets are resolved against the fleet
+// the agents reported: a pod's container by its names (the running one of
+// a re-created container), a link in a container's namespace and on the
+// host; unknown and ambiguous targets are refused with the reason.
+func TestRequestTargets(t *testing.T) {
+	h, _ := startRemediating(t, "")
+	a := h.mustConnect("n1", "i1")
+	pod := func(id string, state vigilv1.ContainerState) *vigilv1.Container {
+		c := plainContainer(id, state, 0)
+		c.Namespace = "k8s.io"
+		c.Manager = vigilv1.Manager_MANAGER_KUBELET
+		c.Pod = &vigilv1.PodIdentity{Namespace: "shop", Name: "web-1", ContainerName: "nginx"}
+		c.NetnsInode = 77
+		return c
+	}
+	other := vigilContainer("db", 0)
+	other.Namespace = "other"
+	snap := snapshotMsg(pod("nginx-old", vigilv1.ContainerState_CONTAINER_STATE_STOPPED), pod("nginx-new", vigilv1.ContainerState_CONTAINER_STATE_RUNNING),
+		vigilContainer("db", 0), other)
+	snap.GetSnapshot().Network = []*vigilv1.NetworkNamespace{
+		{Host: true, Interfaces: []*vigilv1.Interface{{Name: "eth0"}}},
+		{Inode: 77, Interfaces: []*vigilv1.Interface{{Name: "eth0"}}},
+	}
+	a.send(1, snap)
+	a.waitAck(1)
+	op := vigilv1.NewVigilClient(h.dial("operator/alice"))
+	ask := func(action vigilv1.RemediationAction, target *vigilv1.Target) (*vigilv1.Remediation, error) {
+		resp, err := op.RequestRemediation(context.Background(), &vigilv1.RequestRemediationRequest{Action: action, Target: target, Reason: "test", DryRun: true})
+		return resp.GetRemediation(), err
+	}
+	restart, linkUp := vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART, vigilv1.RemediationAction_REMEDIATION_ACTION_LINK_UP
+	r, err := ask(restart, &vigilv1.Target{Node: "n1", PodNamespace: "shop", Pod: "web-1", Container: "nginx"})
+	if err != nil || r.GetTarget().GetContainerId() != "nginx-new" {
+		t.Errorf("a pod's container by name: %v, %v; want nginx-new, the running one", r.GetTarget(), err)
+	}
+	r, err = ask(linkUp, &vigilv1.Target{Node: "n1", PodNamespace: "shop", Pod: "web-1", Container: "nginx", Interface: "eth0"})
+	if err != nil || r.GetTarget().GetNetnsInode() != 77 {
+		t.Errorf("a pod's link: %v, %v; want eth0 in netns 77", r.GetTarget(), err)
+	}
+	// Unknown and ambiguous targets are journaled as suppressed, with why.
+	for _, tc := range []struct {
+		target *vigilv1.Target
+		action vigilv1.RemediationAction
+		why    string
+	}{
+		{&vigilv1.Target{Node: "n1", Namespace: "default", ContainerId: "gone"}, restart, "no container"},
+		{&vigilv1.Target{Node: "n9", Namespace: "default", ContainerId: "db"}, restart, `no node "n9"`},
+		{&vigilv1.Target{Node: "n1", ContainerId: "db"}, restart, "2 containers match"},
+		{&vigilv1.Target{Node: "n1", PodNamespace: "shop", Pod: "web-1", Container: "nginx", Interface: "eth9"}, linkUp, `no interface "eth9"`},
+	} {
+		r, err := ask(tc.action, tc.target)
+		if err != nil || r.GetState() != vigilv1.RemediationState_REMEDIATION_STATE_SUPPRESSED || r.GetResult() != "target_unknown" ||
+			!strings.Contains(r.GetMessage(), tc.why) {
+			t.Errorf("%v: %v %s %q, %v; want suppressed as target_unknown saying %q", tc.target, r.GetState(), r.GetResult(), r.GetMessage(), err, tc.why)
+		}
+	}
+}

@@ -68,6 +68,9 @@ func TestRemediation(t *testing.T) {
 		AlertmanagerConfig: filepath.Join(root, "deploy", "demo", "alertmanager.yml"),
 		RemediationRules:   filepath.Join(root, "deploy", "remediation", "rules.yaml"),
 		Interval:           time.Second,
+		// Its own namespace only: TestDataPath's agent runs on the same
+		// containerd at the same time.
+		AgentArgs: []string{"--namespaces", ns},
 	})
 	if err != nil {
 		t.Fatal(err)
