@@ -29,6 +29,7 @@ func (s *securityFlags) register(fs *flag.FlagSet, cfg *aggregator.Config) {
 	fs.StringVar(&s.rulesFile, "rules-file", "", "remediation rules (YAML, deploy/remediation/rules.yaml); checked at start, reloaded on SIGHUP (a bad file keeps the rules in force); none: alerts are journaled as unmatched")
 	cfg.Bootstrap = &aggregator.BootstrapConfig{NodeCertTTL: aggregator.DefaultNodeCertTTL}
 	fs.DurationVar(&cfg.Bootstrap.NodeCertTTL, "node-cert-ttl", aggregator.DefaultNodeCertTTL, "lifetime of node certificates issued at bootstrap (renewed at 2/3)")
+	fs.IntVar(&cfg.Bootstrap.MaxBindings, "max-node-bindings", aggregator.DefaultMaxStreams, "node names bound to keys at once; a bootstrap of a new name beyond it is refused")
 	fs.BoolVar(&cfg.AllowCommonNameNodes, "allow-cn-nodes", false, "accept a client certificate without a spiffe://vigil/ROLE/NAME URI SAN as the node named by its common name (certificates issued before roles)")
 	fs.BoolVar(&cfg.MetricsRequireAuth, "metrics-require-auth", false, "/metrics needs TLS and a viewer credential, as /api/v1 does (/healthz and /readyz stay plain)")
 	q := &cfg.Quotas

@@ -2,6 +2,7 @@ package aggregator_test
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net/http"
 	"os"
@@ -301,4 +302,43 @@ func counter2(t *testing.T, h *harness, name, l1, v1, l2, v2 string) float64 {
 		}
 	}
 	return 0
+}
+
+// TestServingCertificateReloaded: the aggregator's serving certificate,
+// replaced on disk (as cert-manager does), is presented by the next
+// connection on both listeners, without a restart; live calls go on.
+func TestServingCertificateReloaded(t *testing.T) {
+	h := startAggregator(t, nil)
+	viewer := vigilv1.NewVigilClient(h.dial("viewer/v"))
+	if _, err := viewer.ListNodes(context.Background(), &vigilv1.ListNodesRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	served := func(addr string) string {
+		t.Helper()
+		tc, err := h.clientTLS("viewer/v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.NextProtos = []string{"h2", "http/1.1"}
+		c, err := tls.Dial("tcp", addr, tc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].Subject.CommonName
+	}
+	if cn := served(h.agg.GRPCAddr().String()); cn != "aggregator" {
+		t.Fatalf("serving certificate %q", cn)
+	}
+	if _, err := h.ca.WriteServer(h.dir, "aggregator", "aggregator-renewed"); err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range []string{h.agg.GRPCAddr().String(), h.agg.HTTPAddr().String()} {
+		if cn := served(addr); cn != "aggregator-renewed" {
+			t.Fatalf("%s after the files changed: serving certificate %q, want aggregator-renewed", addr, cn)
+		}
+	}
+	if _, err := viewer.ListNodes(context.Background(), &vigilv1.ListNodesRequest{}); err != nil {
+		t.Fatalf("the connection opened before the change: %v", err)
+	}
 }

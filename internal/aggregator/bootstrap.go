@@ -38,7 +38,7 @@ type BootstrapServer struct {
 var _ vigilv1.BootstrapServer = (*BootstrapServer)(nil)
 
 func newBootstrapServer(cfg *BootstrapConfig, m *selfMetrics, log *slog.Logger) (*BootstrapServer, error) {
-	b, err := openBindings(cfg.BindingsFile)
+	b, err := openBindings(cfg.BindingsFile, cfg.MaxBindings)
 	if err != nil {
 		return nil, err
 	}
@@ -150,13 +150,14 @@ type bindingsFile struct {
 // concurrent use.
 type bindings struct {
 	path string
+	max  int
 
 	mu    sync.Mutex
 	nodes map[string]binding
 }
 
-func openBindings(path string) (*bindings, error) {
-	b := &bindings{path: path, nodes: make(map[string]binding)}
+func openBindings(path string, max int) (*bindings, error) {
+	b := &bindings{path: path, max: max, nodes: make(map[string]binding)}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return b, nil
@@ -184,6 +185,9 @@ func (b *bindings) bind(name, fp, by string, rebind bool) error {
 	old, bound := b.nodes[name]
 	if bound && old.KeySHA256 == fp {
 		return nil
+	}
+	if !bound && b.max > 0 && len(b.nodes) >= b.max {
+		return status.Errorf(codes.ResourceExhausted, "%d node names are bound, the cap; node %s is refused (release names with vigilctl nodes release)", b.max, name)
 	}
 	if bound && !rebind {
 		return status.Errorf(codes.AlreadyExists, "node name %s is bound to another key (sha256 %.16s…, since %s); an operator must release it first: vigilctl nodes release %s", name, old.KeySHA256, old.BoundAt.Format(time.RFC3339), name)

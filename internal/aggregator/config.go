@@ -158,6 +158,11 @@ type BootstrapConfig struct {
 	// BindingsFile keeps which key each node name is bound to (JSON,
 	// written atomically); the durable store can take it over later.
 	BindingsFile string
+	// MaxBindings bounds the node names bound at once: a leaked token
+	// cannot bind names without end. A bootstrap of a new name beyond it is
+	// refused with ResourceExhausted until an operator releases names.
+	// Default DefaultMaxStreams.
+	MaxBindings int
 }
 
 // DefaultConfig returns a Config with every default filled in and neither
@@ -201,6 +206,7 @@ func (c *Config) setDefaults() {
 	c.Quotas.setDefaults()
 	if c.Bootstrap != nil {
 		def(&c.Bootstrap.NodeCertTTL, DefaultNodeCertTTL)
+		defInt(&c.Bootstrap.MaxBindings, DefaultMaxStreams)
 	}
 	if c.AggregatorID == "" {
 		c.AggregatorID, _ = os.Hostname()
