@@ -202,4 +202,3 @@ func TestRemediation(t *testing.T) {
 	assertValue(ctx, t, c, "vigil_container_restarts_total"+sel, 1)
 
 }
-
