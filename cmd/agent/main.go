@@ -60,7 +60,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	fs.StringVar(&cfg.StatsSource, "stats-source", cfg.StatsSource, "resource usage source: cgroup, or metrics-api for VM-isolated runtimes")
 	fs.DurationVar(&cfg.RuntimeCallTimeout, "runtime-timeout", cfg.RuntimeCallTimeout, "timeout of each containerd call")
 	fs.DurationVar(&cfg.SampleInterval, "interval", cfg.SampleInterval, "resource and network sampling interval")
-	fs.StringVar(&cfg.AggregatorAddress, "aggregator", "", "aggregator gRPC address host:port (empty: run standalone)")
+	fs.StringVar(&cfg.AggregatorAddress, "aggregator", "", "aggregator gRPC address host:port, or several (replicas) separated by commas, tried in turn when a stream fails; dns:///NAME:PORT takes a DNS name's addresses (empty: run standalone)")
 	fs.StringVar(&cfg.TLS.Cert, "tls-cert", "", "client certificate, URI SAN spiffe://vigil/node/NODE (reloaded when the file changes); or use --bootstrap-token-file")
 	fs.StringVar(&cfg.TLS.Key, "tls-key", "", "client private key")
 	fs.StringVar(&cfg.TLS.CA, "tls-ca", "", "CA bundle that signed the aggregator's certificate")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -175,5 +176,73 @@ func TestAgainstRealAggregatorAcrossRestart(t *testing.T) {
 	nodes := agg.Fleet().Nodes()
 	if len(nodes) != 1 || nodes[0].GetName() != node || nodes[0].GetState() != vigilv1.NodeState_NODE_STATE_UP {
 		t.Errorf("nodes = %v, want %s UP", nodes, node)
+	}
+}
+
+// TestFailsOverToAnotherReplica: an uplink given several aggregator
+// addresses (replicas) streams to one; when it stops, the uplink goes to
+// the next, which asks for a snapshot and counts every exit once. An
+// address that answers nothing is passed over.
+func TestFailsOverToAnotherReplica(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.NewCA("vigil test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sf, err := ca.WriteFiles(dir, "aggregator", "aggregator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := ca.WriteFiles(dir, "node-a", node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverTLS, err := pki.ServerConfig(sf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientTLS, err := pki.ClientConfig(cf, "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, stopA := startAggregator(t, "127.0.0.1:0", serverTLS)
+	b, _ := startAggregator(t, "127.0.0.1:0", serverTLS)
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close() // nothing listens there any more
+
+	st := &exitCounter{containers: map[string]*vigilv1.Container{}}
+	cfg := testConfig(t, deadAddr+", "+a.GRPCAddr().String()+","+b.GRPCAddr().String())
+	cfg.TLS = clientTLS
+	u, err := uplink.New(cfg, st.snapshot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, u)
+	waitReady(t, u)
+	held := func(agg *aggregator.Aggregator) uint64 {
+		var sum uint64
+		for _, nc := range agg.Fleet().Containers(&vigilv1.ListContainersRequest{Node: node}) {
+			for _, ec := range nc.GetContainer().GetCounters().GetExits() {
+				sum += ec.GetCount()
+			}
+		}
+		return sum
+	}
+	for range 20 {
+		st.exit(t, u, "app-0")
+	}
+	waitFor(t, "20 exits at the first live replica", func() bool { return held(a) == 20 })
+	stopA()
+	for range 20 {
+		st.exit(t, u, "app-0")
+	}
+	// The dead address comes next, then b.
+	waitFor(t, "40 exits at the second replica", func() bool { return held(b) == 40 })
+	if _, err := uplink.New(testConfig(t, " , "), st.snapshot); err == nil {
+		t.Error("an address list with no address was accepted")
 	}
 }

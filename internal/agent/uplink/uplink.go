@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,7 +33,10 @@ const ProtocolVersion = 1
 // named on each field.
 type Config struct {
 	// Address of the aggregator's AgentGateway (host:port, or any gRPC
-	// target). Required.
+	// target such as dns:///name:port), or several of them separated by
+	// commas (the replicas of an aggregator): each stream goes to one, and
+	// after a stream fails or ends the next one is tried, with the usual
+	// backoff and jitter. Required.
 	Address string
 	// TLS is the client configuration (pki.ClientConfig). nil dials without
 	// TLS; the caller is expected to warn about it. The Uplink clones it.
@@ -145,6 +149,10 @@ type Uplink struct {
 	log        *slog.Logger
 	instanceID string
 	backoff    backoff
+	// addrs are Address's targets; next is the index of the one the next
+	// stream dials (Run's goroutine only).
+	addrs []string
+	next  int
 
 	commands chan *vigilv1.Command
 	// wake has room for one token: a Send leaves one so the transmitter
@@ -187,11 +195,21 @@ func New(cfg Config, snapshot func() *vigilv1.Snapshot) (*Uplink, error) {
 	if snapshot == nil {
 		return nil, fmt.Errorf("uplink: a snapshot function is required: %w", errdefs.ErrInvalid)
 	}
+	var addrs []string
+	for _, a := range strings.Split(cfg.Address, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("uplink: aggregator address %q names no address: %w", cfg.Address, errdefs.ErrInvalid)
+	}
 	var id [16]byte
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, fmt.Errorf("uplink: instance id: %w", err)
 	}
 	return &Uplink{
+		addrs:        addrs,
 		cfg:          cfg,
 		snapshot:     snapshot,
 		log:          cfg.Logger.With("component", "uplink", "aggregator", cfg.Address),
@@ -410,6 +428,9 @@ func (u *Uplink) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		// The next stream goes to the next replica: the one that just
+		// failed (or ended a stream) may be gone.
+		u.next = (u.next + 1) % len(u.addrs)
 		if established && time.Since(start) >= u.cfg.BackoffMax {
 			attempt = 0
 		}
@@ -445,9 +466,10 @@ var (
 // HelloAck was received. The stream's context is cancelled and its
 // goroutines have returned when session returns.
 func (u *Uplink) session(ctx context.Context) (established bool, err error) {
-	conn, err := grpc.NewClient(u.cfg.Address, u.dialOptions()...)
+	addr := u.addrs[u.next]
+	conn, err := grpc.NewClient(addr, u.dialOptions()...)
 	if err != nil {
-		return false, fmt.Errorf("dial %s: %v: %w", u.cfg.Address, err, errdefs.ErrInvalid)
+		return false, fmt.Errorf("dial %s: %v: %w", addr, err, errdefs.ErrInvalid)
 	}
 	defer conn.Close()
 	sctx, cancel := context.WithCancelCause(ctx)
@@ -457,7 +479,7 @@ func (u *Uplink) session(ctx context.Context) (established bool, err error) {
 	defer helloTimer.Stop()
 	stream, err := vigilv1.NewAgentGatewayClient(conn).Connect(sctx)
 	if err != nil {
-		return false, causeOr(sctx, fmt.Errorf("cannot reach aggregator at %s: %w", u.cfg.Address, err))
+		return false, causeOr(sctx, fmt.Errorf("cannot reach aggregator at %s: %w", addr, err))
 	}
 	u.mu.Lock()
 	acked := u.buf.acked
