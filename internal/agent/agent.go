@@ -22,6 +22,7 @@ import (
 	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/statedir"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -35,7 +36,7 @@ import (
 type Agent struct {
 	cfg   Config
 	log   *slog.Logger
-	store *Store
+	store *statedir.Store
 	rt    *runtime.Runtime
 	up    *uplink.Uplink // nil when standalone
 	probe *health.Scheduler
@@ -73,9 +74,6 @@ type Agent struct {
 	// Loop goroutine only: containerd's first inventory has been applied,
 	// and releaseStartupMemory has run.
 	inventoryLoaded, startupReleased bool
-	// unflushed: the state holds changes kept in memory only (containers
-	// marked announced), written with the next write or at flushState.
-	unflushed bool
 
 	// restartHook, when set (tests only), wraps the call that replaces a
 	// task, after the restart's durable mark: it may stand for the agent
@@ -148,10 +146,17 @@ func New(cfg Config) (*Agent, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	store, err := OpenStore(cfg.StateDir)
+	store, err := statedir.Open(statedir.Config{Dir: cfg.StateDir, Logger: log.With("component", "statedir")})
 	if err != nil {
 		return nil, err
 	}
+	// What New opened is released when a later step fails.
+	ok := false
+	defer func() {
+		if !ok {
+			store.Close()
+		}
+	}()
 	a := &Agent{
 		cfg:        cfg,
 		log:        log,
@@ -238,6 +243,7 @@ func New(cfg Config) (*Agent, error) {
 	if a.up != nil {
 		a.reg.Register(a.up.Collector())
 	}
+	ok = true
 	return a, nil
 }
 
@@ -332,6 +338,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	stopWork()
 	a.wg.Wait()
 	wg.Wait()
+	if err := a.store.Close(); err != nil {
+		a.log.Error("cannot write to the state dir at exit", "err", err)
+	}
 	a.log.Info("vigil agent stopped")
 	return loopErr
 }

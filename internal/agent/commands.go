@@ -12,6 +12,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/statedir"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -105,8 +106,8 @@ func (p commandPolicy) allows(namespace string) bool {
 func (a *Agent) recoverCommands() {
 	now := a.now()
 	var interrupted []string
-	if err := a.store.UpdateIf(func(tx Tx) bool {
-		tx.Commands(func(id string, r *CommandRecord) {
+	if err := a.store.UpdateIf(func(tx statedir.Tx) bool {
+		tx.Commands(func(id string, r *statedir.CommandRecord) {
 			if r.Finished.IsZero() {
 				r.Finished = now
 				r.Outcome = vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED.String()
@@ -122,8 +123,8 @@ func (a *Agent) recoverCommands() {
 		a.log.Warn("a command was interrupted by the agent's stop; it is reported failed, not carried out again", "command_id", id)
 	}
 	var results []*vigilv1.CommandResult
-	a.store.View(func(tx Tx) {
-		tx.Commands(func(id string, r *CommandRecord) {
+	a.store.View(func(tx statedir.Tx) {
+		tx.Commands(func(id string, r *statedir.CommandRecord) {
 			if !r.Finished.IsZero() && now.Sub(r.Finished) <= resultsResentAfter {
 				results = append(results, commandResult(id, r))
 			}
@@ -137,7 +138,7 @@ func (a *Agent) recoverCommands() {
 	}
 }
 
-func commandResult(id string, r *CommandRecord) *vigilv1.CommandResult {
+func commandResult(id string, r *statedir.CommandRecord) *vigilv1.CommandResult {
 	return &vigilv1.CommandResult{
 		CommandId:  id,
 		Outcome:    vigilv1.CommandOutcome(vigilv1.CommandOutcome_value[r.Outcome]),
@@ -154,8 +155,8 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 		return
 	}
 	id := cmd.GetId()
-	var seen *CommandRecord
-	a.store.View(func(tx Tx) {
+	var seen *statedir.CommandRecord
+	a.store.View(func(tx statedir.Tx) {
 		if r := tx.Command(id); r != nil {
 			c := *r
 			seen = &c
@@ -334,7 +335,7 @@ func (a *Agent) cancelRestartLocked(t *tracked) {
 // that cannot be written, the command is answered as failed and not
 // carried out: without the mark, a crash could carry it out twice.
 func (a *Agent) acceptCommand(ctx context.Context, cmd *vigilv1.Command) bool {
-	if err := a.store.Update(func(tx Tx) error {
+	if err := a.store.Update(func(tx statedir.Tx) error {
 		tx.AcceptCommand(cmd.GetId(), a.now())
 		return nil
 	}); err != nil {
@@ -393,7 +394,7 @@ func (a *Agent) finishCommand(ctx context.Context, res actionResult) {
 		msg = res.err.Error()
 	}
 	now := a.now()
-	if err := a.store.Update(func(tx Tx) error {
+	if err := a.store.Update(func(tx statedir.Tx) error {
 		r := tx.Command(cmd.GetId())
 		if r == nil {
 			r = tx.AcceptCommand(cmd.GetId(), now) // answered without being carried out

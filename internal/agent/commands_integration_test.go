@@ -58,6 +58,25 @@ func (r *commandRig) send(cmd *vigilv1.Command) {
 	})
 }
 
+// sendUntil sends cmd, and again every 2 s (a command queued for a stream
+// that has just ended is dropped by the aggregator: its caller retries, as
+// remediation will), until cond holds; it fails after 30 s.
+func (r *commandRig) sendUntil(cmd *vigilv1.Command, what string, cond func() bool) {
+	r.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r.send(cmd)
+		for next := time.Now().Add(2 * time.Second); time.Now().Before(next); time.Sleep(50 * time.Millisecond) {
+			if cond() {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
 // reported counts the results the agent reported for id so far.
 func (r *commandRig) reported(id string) []*vigilv1.CommandResult {
 	r.mu.Lock()
@@ -142,8 +161,7 @@ func TestCommandRunsOnce(t *testing.T) {
 	// third delivery with it.
 	waitUntil(t, 30*time.Second, "the result reported again after the agent restart", func() bool { return len(r.reported(cmd.Id)) >= 1 })
 	n = len(r.reported(cmd.Id))
-	r.send(cmd)
-	waitUntil(t, 30*time.Second, "the third delivery answered", func() bool { return len(r.reported(cmd.Id)) > n })
+	r.sendUntil(cmd, "the third delivery answered", func() bool { return len(r.reported(cmd.Id)) > n })
 	time.Sleep(time.Second)
 	if n := h.count("target", taskStarted); n != 0 {
 		t.Fatalf("the command was carried out again after the agent restart\n%s", h.describe("target"))
@@ -177,12 +195,15 @@ func TestCommandInterruptedNotRepeated(t *testing.T) {
 	h.start(r.restart)
 	cmd := &vigilv1.Command{Id: "interrupted", Action: vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART,
 		Target: &vigilv1.Target{Namespace: h.ns, ContainerId: "target"}}
-	r.send(cmd)
-	select {
-	case <-reached:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the command was not accepted")
-	}
+	accepted := false
+	r.sendUntil(cmd, "the command accepted", func() bool {
+		select {
+		case <-reached:
+			accepted = true
+		default:
+		}
+		return accepted
+	})
 	h.stop()
 	h.hook = nil
 	h.clearEvents()
@@ -191,8 +212,7 @@ func TestCommandInterruptedNotRepeated(t *testing.T) {
 	if !strings.Contains(res.GetMessage(), "not carried out again") {
 		t.Errorf("interrupted command's result says %q", res.GetMessage())
 	}
-	r.send(cmd)
-	waitUntil(t, 30*time.Second, "the redelivery answered", func() bool {
+	r.sendUntil(cmd, "the redelivery answered", func() bool {
 		n := 0
 		for _, x := range r.reported(cmd.Id) {
 			if x.GetOutcome() == vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED {

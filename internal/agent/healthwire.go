@@ -11,6 +11,7 @@ import (
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/health"
 	"github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/statedir"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -122,7 +123,7 @@ func (a *Agent) refreshProbes(results bool, ts ...*tracked) []*tracked {
 	if len(adds) == 0 {
 		return changed
 	}
-	if err := a.store.Update(func(tx Tx) error {
+	if err := a.store.Update(func(tx statedir.Tx) error {
 		for _, x := range adds {
 			tx.Counters(x.identity).ProbeFailures += x.n
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/vigilhq/vigil/internal/procstat"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/statedir"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -210,12 +211,12 @@ func (a *Agent) upsert(c runtime.Container) (*tracked, bool) {
 	t = &tracked{c: c, identity: identity(&c)}
 	a.configure(t)
 	var saved json.RawMessage
-	a.store.View(func(tx Tx) {
-		if r, ok := tx.d.Containers[containerKey(c.Key())]; ok {
+	a.store.View(func(tx statedir.Tx) {
+		if r, ok := tx.LookupContainer(containerKey(c.Key())); ok {
 			saved = r.Restart
 			t.announced = r.Announced
 			if r.LastExit != nil {
-				e := r.LastExit.Exit()
+				e := exitFromRecord(r.LastExit)
 				t.lastExit = &e
 			}
 		}
@@ -251,23 +252,19 @@ func (t *tracked) showLastExit() {
 // first inventory: one write for every container found).
 func (a *Agent) markAnnounced(t *tracked) {
 	t.announced = true
-	_ = a.store.UpdateIf(func(tx Tx) bool {
+	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
 		tx.Container(containerKey(t.c.Key())).Announced = true
 		return false
 	})
-	a.unflushed = true
 }
 
-// flushState writes what the state holds in memory only, if anything.
+// flushState writes what the state holds in memory only, if anything: a
+// change kept unwritten on purpose, or one whose write failed (retried so,
+// once per sampling interval).
 func (a *Agent) flushState() {
-	if !a.unflushed {
-		return
+	if err := a.store.Flush(); err != nil {
+		a.log.Error("cannot write to the state dir; the state is kept in memory and the write retried", "err", err)
 	}
-	if err := a.store.Update(func(Tx) error { return nil }); err != nil {
-		a.log.Error("cannot write to the state dir", "err", err)
-		return
-	}
-	a.unflushed = false
 }
 
 // configure parses the container's labels (and image healthcheck) into its
@@ -340,7 +337,7 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 		t.timer = nil
 	}
 	a.mu.Unlock()
-	a.save(t, func(tx Tx, _ *ContainerRecord) {
+	a.save(t, func(tx statedir.Tx, _ *statedir.ContainerRecord) {
 		if restarted {
 			tx.Counters(t.identity).Restarts++
 		}
@@ -381,13 +378,13 @@ func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit) {
 	d := t.tracker.OnExit(exit.Code, exit.Reason.String(), exit.At)
 	a.mu.Unlock()
 	counted := false
-	a.save(t, func(tx Tx, rec *ContainerRecord) {
+	a.save(t, func(tx statedir.Tx, rec *statedir.ContainerRecord) {
 		if !exit.At.IsZero() && !exit.At.After(rec.LastExitSeen) {
 			return // already counted (replayed after a reconnect or our restart)
 		}
 		rec.LastExitSeen = exit.At
 		rec.LastExit = exitRecord(exit)
-		tx.Counters(t.identity).Exits[ExitKey{exit.Reason.String(), exit.Code}]++
+		tx.Counters(t.identity).Exits[statedir.ExitKey{Reason: exit.Reason.String(), Code: exit.Code}]++
 		counted = true
 	})
 	a.mu.Lock()
@@ -420,7 +417,7 @@ func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit) {
 }
 
 func (a *Agent) onOOM(t *tracked) {
-	a.bumpCounters(t, func(c *Counters) { c.OOMEvents++ })
+	a.bumpCounters(t, func(c *statedir.Counters) { c.OOMEvents++ })
 	a.log.Warn("container OOM-killed a process", "container", t.c.ID, "namespace", t.c.Namespace)
 	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_OOM, "the kernel OOM killer killed a process in the container", nil, nil)
 }
@@ -508,7 +505,7 @@ func (a *Agent) removeContainer(key runtime.Key, ev runtime.Event) {
 	}
 	a.stopProbing(t)
 	a.detachNetwork(t)
-	if err := a.store.Update(func(tx Tx) error {
+	if err := a.store.Update(func(tx statedir.Tx) error {
 		tx.DeleteContainer(containerKey(key))
 		tx.Counters(t.identity).LastSeen = a.now()
 		return nil
@@ -714,13 +711,13 @@ func (a *Agent) countUnseenExit(t *tracked, at time.Time, why string) {
 	t.lastExit = &e
 	a.mu.Unlock()
 	counted := false
-	a.save(t, func(tx Tx, rec *ContainerRecord) {
+	a.save(t, func(tx statedir.Tx, rec *statedir.ContainerRecord) {
 		if !at.After(rec.LastExitSeen) {
 			return
 		}
 		rec.LastExitSeen = at
 		rec.LastExit = exitRecord(exit)
-		tx.Counters(t.identity).Exits[ExitKey{exit.Reason.String(), exit.Code}]++
+		tx.Counters(t.identity).Exits[statedir.ExitKey{Reason: exit.Reason.String(), Code: exit.Code}]++
 		counted = true
 	})
 	if !counted {
@@ -755,7 +752,7 @@ func (a *Agent) countRestartMadeAway(t *tracked, exitAt time.Time) {
 	t.tracker.OnStart(begun) // a pending restart's start: counted
 	n := t.tracker.State.RestartCount
 	a.mu.Unlock()
-	a.save(t, func(tx Tx, _ *ContainerRecord) { tx.Counters(t.identity).Restarts++ })
+	a.save(t, func(tx statedir.Tx, _ *statedir.ContainerRecord) { tx.Counters(t.identity).Restarts++ })
 	a.log.Info("counted a restart the agent's previous run made before it stopped; that task has exited since",
 		"container", t.c.ID, "namespace", t.c.Namespace, "restart_count", n, "begun", begun.Format(time.RFC3339Nano))
 }
@@ -764,8 +761,8 @@ func (a *Agent) countRestartMadeAway(t *tracked, exitAt time.Time) {
 // there is none.
 func (a *Agent) restartBegun(t *tracked) time.Time {
 	var begun time.Time
-	a.store.View(func(tx Tx) {
-		if r, ok := tx.d.Containers[containerKey(t.c.Key())]; ok {
+	a.store.View(func(tx statedir.Tx) {
+		if r, ok := tx.LookupContainer(containerKey(t.c.Key())); ok {
 			begun = r.RestartBegun
 		}
 	})
@@ -804,14 +801,14 @@ func (a *Agent) recordBoot() {
 // are the loop's.
 func (a *Agent) markRestartBegun(key runtime.Key, out runtime.TaskOutput) runtime.TaskOutput {
 	now := a.now()
-	if err := a.store.UpdateIf(func(tx Tx) bool {
-		r, ok := tx.d.Containers[containerKey(key)]
+	if err := a.store.UpdateIf(func(tx statedir.Tx) bool {
+		r, ok := tx.LookupContainer(containerKey(key))
 		if ok {
 			r.RestartBegun = now
 			if out != (runtime.TaskOutput{}) {
-				r.Output = out
+				r.Output = statedir.TaskOutput(out)
 			}
-			out = r.Output
+			out = runtime.TaskOutput(r.Output)
 		}
 		return ok
 	}); err != nil {
@@ -826,7 +823,7 @@ func (a *Agent) persist(t *tracked) { a.save(t, nil) }
 // save writes the container's restart state, and whatever fn changes along
 // with it (counters, the exit bookkeeping), in one durable write. It runs on
 // the loop goroutine, which alone writes t.c.
-func (a *Agent) save(t *tracked, fn func(tx Tx, rec *ContainerRecord)) {
+func (a *Agent) save(t *tracked, fn func(tx statedir.Tx, rec *statedir.ContainerRecord)) {
 	a.mu.RLock()
 	state, err := json.Marshal(&t.tracker.State)
 	pending := t.tracker.State.Pending
@@ -835,11 +832,11 @@ func (a *Agent) save(t *tracked, fn func(tx Tx, rec *ContainerRecord)) {
 		a.log.Error("encode restart state", "container", t.c.ID, "err", err)
 		return
 	}
-	if err := a.store.Update(func(tx Tx) error {
+	if err := a.store.Update(func(tx statedir.Tx) error {
 		rec := tx.Container(containerKey(t.c.Key()))
 		rec.Restart = state
 		if !pending {
-			rec.RestartBegun, rec.Output = time.Time{}, runtime.TaskOutput{}
+			rec.RestartBegun, rec.Output = time.Time{}, statedir.TaskOutput{}
 		}
 		if fn != nil {
 			fn(tx, rec)
@@ -857,7 +854,7 @@ func (a *Agent) save(t *tracked, fn func(tx Tx, rec *ContainerRecord)) {
 // containers must not rewrite the state file once per container for a
 // LastSeen that the next write (or the hourly prune) carries anyway.
 func (a *Agent) touchCounters(t *tracked) {
-	if err := a.store.UpdateIf(func(tx Tx) bool {
+	if err := a.store.UpdateIf(func(tx statedir.Tx) bool {
 		c := tx.Counters(t.identity)
 		c.LastSeen = a.now()
 		if t.c.Pod == nil || t.c.Pod.Sandbox || t.c.Manager != runtime.ManagerKubelet {
@@ -879,8 +876,8 @@ func (a *Agent) touchCounters(t *tracked) {
 	}
 }
 
-func (a *Agent) bumpCounters(t *tracked, fn func(*Counters)) {
-	if err := a.store.Update(func(tx Tx) error {
+func (a *Agent) bumpCounters(t *tracked, fn func(*statedir.Counters)) {
+	if err := a.store.Update(func(tx statedir.Tx) error {
 		c := tx.Counters(t.identity)
 		fn(c)
 		c.LastSeen = a.now()

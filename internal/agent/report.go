@@ -15,6 +15,7 @@ import (
 	"github.com/vigilhq/vigil/internal/procstat"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/statedir"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -57,8 +58,8 @@ func (a *Agent) containerProto(t *tracked) *vigilv1.Container {
 	identity := t.identity
 	a.mu.RUnlock()
 
-	a.store.View(func(tx Tx) {
-		if c, ok := tx.d.Counters[identity]; ok {
+	a.store.View(func(tx statedir.Tx) {
+		if c, ok := tx.LookupCounters(identity); ok {
 			pb.Counters = countersProto(c)
 		}
 	})
@@ -131,6 +132,9 @@ func (a *Agent) nodeStatus() *vigilv1.NodeStatus {
 	if a.net != nil {
 		st.Agent.NetnsHandles = uint32(a.net.OpenNamespaces())
 	}
+	ss := a.store.Stats()
+	st.Agent.StateWriteFailuresTotal = ss.WriteFailures
+	st.Agent.StateRecoveredFrom = ss.Recovered
 	if !st.RuntimeAvailable {
 		st.Conditions = append(st.Conditions, &vigilv1.Condition{
 			Type:    vigilv1.ConditionType_CONDITION_TYPE_RUNTIME_UNAVAILABLE,
@@ -327,8 +331,11 @@ type selfMetrics struct {
 	statsBuf []runtime.Stats
 
 	contDesc *metrics.Desc
-	collHist *metrics.Histogram
-	lastColl atomic.Int64 // nanoseconds of the last collection cycle
+	// The state dir's writes (ok / error), fsyncs, whether unwritten
+	// changes are held, and where its state came from at start.
+	stateWrites, stateFsyncs, stateDirty, stateRecovered *metrics.Desc
+	collHist                                             *metrics.Histogram
+	lastColl                                             atomic.Int64 // nanoseconds of the last collection cycle
 	// restartHist is the time spent in containerd's delete, create and start
 	// of a policy restart; restartLag the time from the exit (containerd's
 	// timestamp) to the new task running, backoff included.
@@ -344,6 +351,14 @@ func newSelfMetrics(a *Agent) *selfMetrics {
 	return &selfMetrics{
 		a:        a,
 		contDesc: metrics.NewDesc("vigil_agent_containers", "Containers the agent tracks, by containerd namespace and manager.", metrics.GaugeType, "namespace", "manager"),
+		stateWrites: metrics.NewDesc("vigil_agent_state_writes_total",
+			"Writes of the agent's state dir, by result (ok, error); a failed write is kept in memory and retried.", metrics.CounterType, "result"),
+		stateFsyncs: metrics.NewDesc("vigil_agent_state_fsyncs_total",
+			"fsync calls of the state dir's writes (the file's and the directory's).", metrics.CounterType),
+		stateDirty: metrics.NewDesc("vigil_agent_state_unwritten",
+			"1 while the state holds changes not yet on disk (a failed write waiting for its retry, or changes kept for the next write).", metrics.GaugeType),
+		stateRecovered: metrics.NewDesc("vigil_agent_state_recovered",
+			"1 when the agent's state came, at its start, from the last good copy (the state file was corrupt or missing: its last write may be missing) or from nothing (counters restarted from zero).", metrics.GaugeType, "from"),
 		collHist: metrics.NewHistogram("vigil_agent_collection_duration_seconds",
 			"Wall time of one resource and network collection cycle.",
 			[]float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}),
@@ -379,8 +394,23 @@ func (s *selfMetrics) Collect(w *metrics.Writer) {
 	for key, n := range counts {
 		w.Sample(s.contDesc, float64(n), key.ns, key.mgr)
 	}
+	st := s.a.store.Stats()
+	w.Sample(s.stateWrites, float64(st.Writes), "ok")
+	w.Sample(s.stateWrites, float64(st.WriteFailures), "error")
+	w.Sample(s.stateFsyncs, float64(st.Fsyncs))
+	w.Sample(s.stateDirty, b2f(st.Dirty))
+	if st.Recovered != "" {
+		w.Sample(s.stateRecovered, 1, st.Recovered)
+	}
 	s.collHist.Collect(w)
 	s.restartHist.Collect(w)
 	s.restartLag.Collect(w)
 	s.restartOverhead.Collect(w)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
