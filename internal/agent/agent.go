@@ -61,10 +61,11 @@ type Agent struct {
 	lastNet    []*vigilv1.NetworkNamespace
 	lastStats  map[runtime.Key]*vigilv1.ResourceSample
 
-	due     chan runtime.Key  // restart timers fire here
-	actions chan actionResult // restarts, stops and commands report here
-	done    chan struct{}     // closed when the loop ends
-	wg      sync.WaitGroup    // action goroutines
+	due       chan runtime.Key  // restart timers fire here
+	flushKick chan struct{}     // the state holds changes for the flusher
+	actions   chan actionResult // restarts, stops and commands report here
+	done      chan struct{}     // closed when the loop ends
+	wg        sync.WaitGroup    // action goroutines
 	// work is the context of the runtime and of actions: it outlives the
 	// loop's by up to ShutdownGrace, so that actions in flight finish.
 	work           context.Context
@@ -165,6 +166,7 @@ func New(cfg Config) (*Agent, error) {
 		containers: map[runtime.Key]*tracked{},
 		lastStats:  map[runtime.Key]*vigilv1.ResourceSample{},
 		due:        make(chan runtime.Key, 256),
+		flushKick:  make(chan struct{}, 1),
 		actions:    make(chan actionResult, 256),
 		done:       make(chan struct{}),
 		nowFunc:    time.Now,
@@ -297,6 +299,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.recoverCommands()
 	start("runtime", a.rt.Run)
 	start("health", a.probe.Run)
+	start("statedir", a.flusher)
 	if a.net != nil {
 		start("network", a.net.Run)
 	}

@@ -793,7 +793,7 @@ func (a *Agent) recordBoot() {
 	a.bootRecorded, a.rebooted = true, false
 }
 
-// markRestartBegun durably records, before the old task is touched, that
+// markRestartBegun records, before the old task is touched, that
 // the container's pending restart is being carried out, with where the old
 // task's output goes (out, when known; an earlier mark's otherwise: a
 // resumed restart has no old task to read it from). It returns the output
@@ -801,7 +801,13 @@ func (a *Agent) recordBoot() {
 // are the loop's.
 func (a *Agent) markRestartBegun(key runtime.Key, out runtime.TaskOutput) runtime.TaskOutput {
 	now := a.now()
-	if err := a.store.UpdateIf(func(tx statedir.Tx) bool {
+	// In the file before the old task is touched, without waiting for the
+	// disk: the mark is for an agent that dies and restarts on this boot
+	// (the page cache survives it); after the node restarts, the boot id
+	// tells the next agent that every task was lost, mark or not. The
+	// flusher makes it durable shortly after.
+	defer a.kickFlush()
+	if err := a.store.UpdateUnsynced(func(tx statedir.Tx) bool {
 		r, ok := tx.LookupContainer(containerKey(key))
 		if ok {
 			r.RestartBegun = now
@@ -820,9 +826,16 @@ func (a *Agent) markRestartBegun(key runtime.Key, out runtime.TaskOutput) runtim
 // persist writes the container's restart state to the state dir.
 func (a *Agent) persist(t *tracked) { a.save(t, nil) }
 
-// save writes the container's restart state, and whatever fn changes along
-// with it (counters, the exit bookkeeping), in one durable write. It runs on
-// the loop goroutine, which alone writes t.c.
+// save records the container's restart state, and whatever fn changes along
+// with it (counters, the exit bookkeeping), as one change, and has the
+// flusher commit it (a group commit: see flusher). It does not wait for the
+// disk. It runs on the loop goroutine, which alone writes t.c.
+//
+// Counting an exit exactly once does not need the count on disk before the
+// loop goes on: until it is, containerd still has the exited task, and an
+// agent that died in between counts the exit again from it, to the same
+// total. What removes that evidence waits for the disk: a restart writes
+// its begun mark (with every change before it) before it deletes the task.
 func (a *Agent) save(t *tracked, fn func(tx statedir.Tx, rec *statedir.ContainerRecord)) {
 	a.mu.RLock()
 	state, err := json.Marshal(&t.tracker.State)
@@ -832,7 +845,7 @@ func (a *Agent) save(t *tracked, fn func(tx statedir.Tx, rec *statedir.Container
 		a.log.Error("encode restart state", "container", t.c.ID, "err", err)
 		return
 	}
-	if err := a.store.Update(func(tx statedir.Tx) error {
+	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
 		rec := tx.Container(containerKey(t.c.Key()))
 		rec.Restart = state
 		if !pending {
@@ -842,9 +855,47 @@ func (a *Agent) save(t *tracked, fn func(tx statedir.Tx, rec *statedir.Container
 			fn(tx, rec)
 		}
 		tx.Counters(t.identity).LastSeen = a.now()
-		return nil
-	}); err != nil {
-		a.log.Error("cannot write to the state dir", "container", t.c.ID, "err", err)
+		return false
+	})
+	a.kickFlush()
+}
+
+// commitDelay is how long the flusher waits after the first change before
+// it writes: the changes of a burst (exits of many containers at once) made
+// meanwhile share its fsyncs, and a restart's begun mark, written at once by
+// the restart, usually carries the exit's change before the flusher does.
+const commitDelay = 10 * time.Millisecond
+
+// kickFlush tells the flusher that the state holds changes to commit. It
+// never blocks.
+func (a *Agent) kickFlush() {
+	select {
+	case a.flushKick <- struct{}{}:
+	default: // a commit is already due; it carries these changes too
+	}
+}
+
+// flusher commits the state's changes (Store.Flush) commitDelay after they
+// are made, off the loop, so that the loop never waits for the disk. A
+// failed write is retried at the next change and every sampling interval
+// (flushState); what is left when the agent stops is written by the
+// store's Close.
+func (a *Agent) flusher(ctx context.Context) error {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.flushKick:
+		}
+		t.Reset(commitDelay)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		a.flushState()
 	}
 }
 
@@ -877,14 +928,13 @@ func (a *Agent) touchCounters(t *tracked) {
 }
 
 func (a *Agent) bumpCounters(t *tracked, fn func(*statedir.Counters)) {
-	if err := a.store.Update(func(tx statedir.Tx) error {
+	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
 		c := tx.Counters(t.identity)
 		fn(c)
 		c.LastSeen = a.now()
-		return nil
-	}); err != nil {
-		a.log.Error("cannot write counters to the state dir", "container", t.c.ID, "err", err)
-	}
+		return false
+	})
+	a.kickFlush()
 }
 
 // settle lets every running container's tracker reset its backoff when the

@@ -69,6 +69,12 @@ type Stats struct {
 // a failed write leaves the change in memory (never lost while the agent
 // runs), is counted, and is retried by the next write or Flush.
 //
+// Writes are group commits: the state is encoded under the store's lock,
+// and written (the fsyncs) outside it, one write at a time; an Update or
+// Flush whose changes a write that began after them has already made
+// durable returns without writing again. So concurrent Updates share
+// fsyncs, and readers (View) never wait for a disk.
+//
 // Store is safe for concurrent use. Close releases the directory's lock.
 type Store struct {
 	dir  string
@@ -77,10 +83,15 @@ type Store struct {
 	now  func() time.Time
 	lock *os.File
 
+	wmu sync.Mutex // one write at a time; taken before mu
+
 	mu     sync.Mutex
 	d      data
 	stats  Stats
 	closed bool
+	// gen counts changes to d; durable is the gen of the last successful
+	// write (every change up to it is on disk).
+	gen, durable uint64
 }
 
 // Open locks the directory and loads the state: the state file, or its
@@ -161,9 +172,8 @@ func (s *Store) load() error {
 			s.d = lg
 			s.stats.Recovered = "last-good"
 			s.log.Warn("state file missing; started from its last good copy (the changes of the last write may be missing)", "state_dir", s.dir)
-			return s.writeLocked()
 		}
-		return s.writeLocked()
+		return s.flush(true)
 	case err != nil:
 		return fmt.Errorf("read state: %w", err)
 	}
@@ -190,7 +200,7 @@ func (s *Store) load() error {
 		s.log.Error("state file corrupt and no readable last good copy: set aside, counters start from zero",
 			"set_aside", aside, "err", derr)
 	}
-	return s.writeLocked()
+	return s.flush(true)
 }
 
 func (s *Store) readLastGood() (data, bool) {
@@ -224,16 +234,13 @@ func (s *Store) noteVersion(b []byte, newer bool) {
 // Close releases the directory (its lock). The state is flushed first when
 // it holds unwritten changes. Safe to call twice.
 func (s *Store) Close() error {
+	err := s.Flush()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil
 	}
 	s.closed = true
-	var err error
-	if s.stats.Dirty {
-		err = s.writeLocked()
-	}
 	s.unlock()
 	return err
 }
@@ -251,35 +258,108 @@ func (s *Store) Stats() Stats {
 // stays in memory and is written by the next write or Flush.
 func (s *Store) Update(fn func(Tx) error) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if err := fn(Tx{&s.d}); err != nil {
+		s.mu.Unlock()
 		return err
 	}
-	return s.writeLocked()
+	s.gen++
+	s.stats.Dirty = true
+	s.mu.Unlock()
+	return s.flush(false)
 }
 
 // UpdateIf runs fn on the state and writes it only when fn reports a change
-// that must survive a crash. Changes fn makes without reporting them stay
-// in memory and reach the disk with the next write (or Flush).
+// that must survive a crash before UpdateIf returns. Changes fn makes
+// without reporting them stay in memory and reach the disk with the next
+// write (or Flush).
 func (s *Store) UpdateIf(fn func(Tx) bool) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !fn(Tx{&s.d}) {
-		s.stats.Dirty = true
+	write := fn(Tx{&s.d})
+	s.gen++
+	s.stats.Dirty = true
+	s.mu.Unlock()
+	if !write {
 		return nil
 	}
-	return s.writeLocked()
+	return s.flush(false)
+}
+
+// UpdateUnsynced runs fn on the state and, when fn reports a change, writes
+// the state file (atomically, by rename) without fsync: the change survives
+// the agent's death, not the node's, and the next Flush makes it durable.
+// It is for marks that only an agent restarted on the same boot needs (a
+// node that restarted has lost every task anyway), and that must be in the
+// file before the agent acts, without paying for a disk flush on that path.
+func (s *Store) UpdateUnsynced(fn func(Tx) bool) error {
+	s.mu.Lock()
+	write := fn(Tx{&s.d})
+	s.gen++
+	s.stats.Dirty = true
+	s.mu.Unlock()
+	if !write {
+		return nil
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.mu.Lock()
+	s.d.Version = Version
+	b, err := json.Marshal(&s.d)
+	s.mu.Unlock()
+	if err == nil {
+		err = s.write(b, false)
+	} else {
+		err = fmt.Errorf("encode state: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.stats.WriteFailures++
+		return err
+	}
+	s.stats.Writes++
+	return nil
 }
 
 // Flush writes the state when the memory holds changes not on disk (kept by
-// UpdateIf, or by a write that failed). It is how a failed write is retried.
+// UpdateIf, or by a write that failed). It is how a failed write is retried,
+// and how changes kept in memory are committed in a group.
 func (s *Store) Flush() error {
+	return s.flush(false)
+}
+
+// flush writes the state unless every change made before it was called is
+// already durable (force: write anyway). See Store on group commits.
+func (s *Store) flush(force bool) error {
+	s.mu.Lock()
+	want := s.gen
+	s.mu.Unlock()
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.mu.Lock()
+	if !force && s.durable >= want {
+		s.mu.Unlock()
+		return nil // a write that began after our changes carried them
+	}
+	gen := s.gen
+	s.d.Version = Version
+	b, err := json.Marshal(&s.d)
+	s.mu.Unlock()
+	if err == nil {
+		err = s.write(b, true)
+	} else {
+		err = fmt.Errorf("encode state: %w", err)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.stats.Dirty {
-		return nil
+	if err != nil {
+		s.stats.WriteFailures++
+		s.stats.Dirty = true
+		return err
 	}
-	return s.writeLocked()
+	s.stats.Writes++
+	s.durable = gen
+	s.stats.Dirty = s.gen != gen
+	return nil
 }
 
 // View runs fn on the state without writing. fn must not modify it.
@@ -329,27 +409,13 @@ func (s *Store) Prune(live map[string]bool, liveContainers map[string]bool, cuto
 	})
 }
 
-// writeLocked writes the state atomically: a temporary file, fsync, the
+// write writes b as the state atomically: a temporary file, fsync, the
 // current file renamed to the last good copy, the temporary renamed into
 // place, fsync of the directory. A crash at any point leaves the current
 // file or, between the renames, the last good copy, which Open reads.
-func (s *Store) writeLocked() error {
-	if err := s.write(); err != nil {
-		s.stats.Dirty = true
-		s.stats.WriteFailures++
-		return err
-	}
-	s.stats.Dirty = false
-	s.stats.Writes++
-	return nil
-}
-
-func (s *Store) write() error {
-	s.d.Version = Version
-	b, err := json.Marshal(&s.d)
-	if err != nil {
-		return fmt.Errorf("encode state: %w", err)
-	}
+// Without sync, the fsyncs are left out (see UpdateUnsynced). Called with
+// wmu held.
+func (s *Store) write(b []byte, sync bool) error {
 	tmp := s.path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -359,10 +425,12 @@ func (s *Store) write() error {
 		f.Close()
 		return fmt.Errorf("write state: %w", err)
 	}
-	s.stats.Fsyncs++
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync state: %w", err)
+	if sync {
+		s.countFsync()
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return fmt.Errorf("sync state: %w", err)
+		}
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("close state: %w", err)
@@ -373,16 +441,25 @@ func (s *Store) write() error {
 	if err := os.Rename(tmp, s.path); err != nil {
 		return fmt.Errorf("replace state: %w", err)
 	}
+	if !sync {
+		return nil
+	}
 	d, err := os.Open(s.dir)
 	if err != nil {
 		return fmt.Errorf("sync state dir: %w", err)
 	}
 	defer d.Close()
-	s.stats.Fsyncs++
+	s.countFsync()
 	if err := d.Sync(); err != nil {
 		return fmt.Errorf("sync state dir: %w", err)
 	}
 	return nil
+}
+
+func (s *Store) countFsync() {
+	s.mu.Lock()
+	s.stats.Fsyncs++
+	s.mu.Unlock()
 }
 
 // Tx is the view of the state inside Update, UpdateIf and View. Records it

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -291,4 +292,82 @@ func TestPrune(t *testing.T) {
 			t.Error("command records pruned wrongly")
 		}
 	})
+}
+
+// TestGroupCommit: changes kept in memory are written together by one
+// Flush; a Flush with nothing new writes nothing; concurrent Updates are
+// all durable when they return, with no more writes than Updates.
+func TestGroupCommit(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	base := s.Stats()
+	for i := range 10 {
+		_ = s.UpdateIf(func(tx Tx) bool {
+			tx.Counters(fmt.Sprint("id", i)).Restarts++
+			return false
+		})
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	st := s.Stats()
+	if w, f := st.Writes-base.Writes, st.Fsyncs-base.Fsyncs; w != 1 || f != 2 {
+		t.Fatalf("10 changes and two flushes: %d writes, %d fsyncs; want 1 and 2", w, f)
+	}
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Go(func() {
+			if err := s.Update(func(tx Tx) error {
+				tx.Counters(fmt.Sprint("c", i)).Restarts++
+				return nil
+			}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("50 concurrent updates: %d writes", s.Stats().Writes-st.Writes)
+	if w := s.Stats().Writes - st.Writes; w > 50 || w < 1 {
+		t.Fatalf("50 concurrent updates made %d writes", w)
+	}
+	s.Close()
+	s2 := open(t, dir)
+	s2.View(func(tx Tx) {
+		for i := range 50 {
+			if c, ok := tx.LookupCounters(fmt.Sprint("c", i)); !ok || c.Restarts != 1 {
+				t.Errorf("update %d not durable", i)
+			}
+		}
+	})
+}
+
+// TestUpdateUnsynced: the change is in the file at once (a new Open reads
+// it) without an fsync; the next Flush makes it durable with one.
+func TestUpdateUnsynced(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	base := s.Stats()
+	if err := s.UpdateUnsynced(func(tx Tx) bool {
+		tx.Container("ns/c").RestartBegun = time.Unix(100, 0)
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	st := s.Stats()
+	if st.Fsyncs != base.Fsyncs || st.Writes != base.Writes+1 || !st.Dirty {
+		t.Fatalf("after an unsynced update: %+v (before %+v); want one write, no fsync, still dirty", st, base)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, FileName))
+	if !strings.Contains(string(b), "restart_begun") {
+		t.Fatalf("the unsynced change is not in the file: %s", b)
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.Fsyncs != base.Fsyncs+2 || st.Dirty {
+		t.Fatalf("after Flush: %+v", st)
+	}
 }
