@@ -31,6 +31,9 @@ type actionResult struct {
 	// grace is the stop timeout of a stop the action makes: its deadline
 	// is actionTimeout beyond it.
 	grace time.Duration
+	// recorded: the command's outcome was written to the state dir by its
+	// action (runCommand).
+	recorded bool
 }
 
 // runAction runs fn on its own goroutine (task control takes containerd

@@ -63,6 +63,10 @@ type Agent struct {
 
 	due       chan runtime.Key  // restart timers fire here
 	flushKick chan struct{}     // the state holds changes for the flusher
+	samples   chan sampleResult // the sampler's results for the loop
+	// heartbeat is when the loop last turned (unix nanoseconds): /healthz
+	// fails when it is old.
+	heartbeat atomic.Int64
 	actions   chan actionResult // restarts, stops and commands report here
 	done      chan struct{}     // closed when the loop ends
 	wg        sync.WaitGroup    // action goroutines
@@ -167,6 +171,7 @@ func New(cfg Config) (*Agent, error) {
 		lastStats:  map[runtime.Key]*vigilv1.ResourceSample{},
 		due:        make(chan runtime.Key, 256),
 		flushKick:  make(chan struct{}, 1),
+		samples:    make(chan sampleResult, 1),
 		actions:    make(chan actionResult, 256),
 		done:       make(chan struct{}),
 		nowFunc:    time.Now,
@@ -300,6 +305,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	start("runtime", a.rt.Run)
 	start("health", a.probe.Run)
 	start("statedir", a.flusher)
+	start("sampler", a.sampler)
 	if a.net != nil {
 		start("network", a.net.Run)
 	}

@@ -18,7 +18,13 @@ import (
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
-// loop is the agent's one decision-making goroutine.
+// loop is the agent's one decision-making goroutine. It never waits on
+// containerd, netlink or the disk: actions, sampling (sampler) and the state
+// dir's commits (flusher) run on goroutines of their own and post their
+// results here; its reads of the state are of memory. (Accepting a command
+// still writes the state dir synchronously, on purpose: nothing is done
+// before the mark is durable.) It stores the time of each turn for
+// /healthz (heartbeat).
 func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 	defer close(a.done)
 	tick := time.NewTicker(a.cfg.SampleInterval)
@@ -36,11 +42,8 @@ func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 	if a.up != nil {
 		commands = a.up.Commands()
 	}
-	// A first sample soon after start, so the aggregator has numbers before
-	// the first full interval.
-	first := time.After(time.Second)
-
 	for {
+		a.heartbeat.Store(time.Now().UnixNano())
 		select {
 		case <-ctx.Done():
 			return nil
@@ -66,14 +69,12 @@ func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 				continue
 			}
 			a.onNetworkEvent(ne)
-		case <-first:
-			a.sample(ctx)
+		case res := <-a.samples:
+			a.onSample(ctx, res)
 			a.releaseStartupMemory()
 		case <-tick.C:
 			a.flushState()
 			a.settle()
-			a.sample(ctx)
-			a.releaseStartupMemory()
 		case <-prune.C:
 			a.pruneStore()
 		}
@@ -505,13 +506,12 @@ func (a *Agent) removeContainer(key runtime.Key, ev runtime.Event) {
 	}
 	a.stopProbing(t)
 	a.detachNetwork(t)
-	if err := a.store.Update(func(tx statedir.Tx) error {
+	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
 		tx.DeleteContainer(containerKey(key))
 		tx.Counters(t.identity).LastSeen = a.now()
-		return nil
-	}); err != nil {
-		a.log.Error("cannot write to the state dir", "container", t.c.ID, "err", err)
-	}
+		return false
+	})
+	a.kickFlush()
 	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_REMOVED, "container removed", nil, nil)
 }
 
