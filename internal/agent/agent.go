@@ -131,6 +131,9 @@ type tracked struct {
 	// that an earlier run began and did not finish: it is finished without
 	// requiring the old task (which that run may have deleted already).
 	resume bool
+	// createRetries counts the tries of the pending restart that an earlier,
+	// interrupted create blocked (createRetry).
+	createRetries int
 
 	conditions []*vigilv1.Condition
 

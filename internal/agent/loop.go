@@ -333,6 +333,7 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 	restarted := t.tracker.State.RestartCount > before
 	t.expectDelete = false
 	t.resume = false
+	t.createRetries = 0
 	if t.timer != nil && !t.tracker.State.Pending {
 		t.timer.Stop()
 		t.timer = nil
