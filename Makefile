@@ -23,7 +23,7 @@ FUZZTIME ?= 30s
 # the same list for the tests that build the binaries.
 GO_BUILD_FLAGS := -trimpath -tags grpcnotrace
 
-.PHONY: all build tools gen lint test test-unit prereqs fuzz bench demo demo-down clean
+.PHONY: all build image tools gen lint test test-unit prereqs fuzz bench demo demo-down clean
 
 all: build
 
@@ -32,6 +32,16 @@ build:
 	CGO_ENABLED=0 $(GO) build $(GO_BUILD_FLAGS) -o $(BIN)/vigil-agent ./cmd/agent
 	CGO_ENABLED=0 $(GO) build $(GO_BUILD_FLAGS) -o $(BIN)/vigil-aggregator ./cmd/aggregator
 	CGO_ENABLED=0 $(GO) build $(GO_BUILD_FLAGS) -o $(BIN)/vigilctl ./cmd/vigilctl
+
+# image: one reproducible OCI image layout tarball per binary under
+# bin/images (no Docker, no registry): `ctr -n k8s.io images import
+# bin/images/vigil-agent.tar`, `podman load`, `skopeo copy oci-archive:...`.
+# IMAGE_REPO and IMAGE_TAG name them. deploy/docker has Dockerfiles for
+# those who build with Docker.
+IMAGE_REPO ?= ghcr.io/vigilhq
+IMAGE_TAG ?= dev
+image: build
+	$(GO) run ./cmd/vigil-image -bin $(BIN) -out $(BIN)/images -repo $(IMAGE_REPO) -tag $(IMAGE_TAG)
 
 $(TOOLS)/buf:
 	GOBIN=$(TOOLS) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)

@@ -12,6 +12,8 @@ have prometheus || need+=(prometheus)
 have prometheus-alertmanager || need+=(prometheus-alertmanager)
 have ip || need+=(iproute2)
 have kubectl || need+=(kubectl)
+have etcd || need+=(etcd-server)
+have etcdctl || need+=(etcd-client)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

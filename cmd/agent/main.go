@@ -41,6 +41,7 @@ type processFlags struct {
 	logLevel  string
 	gcPercent int
 	maxProcs  int
+	bootstrap bootstrapFlags
 }
 
 // parseFlags turns the command line into a validated config.
@@ -60,11 +61,12 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	fs.DurationVar(&cfg.RuntimeCallTimeout, "runtime-timeout", cfg.RuntimeCallTimeout, "timeout of each containerd call")
 	fs.DurationVar(&cfg.SampleInterval, "interval", cfg.SampleInterval, "resource and network sampling interval")
 	fs.StringVar(&cfg.AggregatorAddress, "aggregator", "", "aggregator gRPC address host:port (empty: run standalone)")
-	fs.StringVar(&cfg.TLS.Cert, "tls-cert", "", "client certificate (its common name must be the node name)")
+	fs.StringVar(&cfg.TLS.Cert, "tls-cert", "", "client certificate, URI SAN spiffe://vigil/node/NODE (reloaded when the file changes); or use --bootstrap-token-file")
 	fs.StringVar(&cfg.TLS.Key, "tls-key", "", "client private key")
 	fs.StringVar(&cfg.TLS.CA, "tls-ca", "", "CA bundle that signed the aggregator's certificate")
 	fs.StringVar(&cfg.TLSServerName, "tls-server-name", "", "name expected in the aggregator's certificate (default: the dialed host)")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "talk to the aggregator without TLS (demos only)")
+	pf.bootstrap.register(fs)
 	fs.IntVar(&cfg.BufferSize, "buffer-size", cfg.BufferSize, "messages kept until the aggregator acknowledges them")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve this node's /metrics and /healthz here (e.g. 127.0.0.1:7402)")
 	fs.IntVar(&cfg.HealthWorkers, "health-workers", cfg.HealthWorkers, "concurrent health probes at most")
@@ -94,6 +96,9 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	}
 	cfg.Namespaces = splitList(namespaces)
 	cfg.CommandNamespaces = splitList(commandNamespaces)
+	if err := pf.bootstrap.apply(&cfg); err != nil {
+		return cfg, pf, err
+	}
 	if pf.maxProcs < 1 {
 		return cfg, pf, fmt.Errorf("--max-procs %d: want 1 or more: %w", pf.maxProcs, errdefs.ErrInvalid)
 	}
@@ -132,11 +137,26 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if cfg.AggregatorAddress != "" && cfg.Insecure {
 		cfg.Logger.Warn("INSECURE: talking to the aggregator without TLS; anyone on the path can read and forge this node's reports. Use --tls-cert/--tls-key/--tls-ca in production.")
 	}
+	keeper, err := pf.bootstrap.keeper(cfg)
+	if err != nil {
+		return err
+	}
 	a, err := agent.New(cfg)
 	if err != nil {
 		return err
 	}
-	return a.Run(ctx)
+	if keeper == nil {
+		return a.Run(ctx)
+	}
+	// The keeper runs beside the agent, which never waits for it: until
+	// the first certificate exists the uplink's handshakes fail and retry,
+	// while health checks and restart policies run.
+	kctx, stopKeeper := context.WithCancel(ctx)
+	kdone := make(chan error, 1)
+	go func() { kdone <- keeper.Run(kctx) }()
+	err = a.Run(ctx)
+	stopKeeper()
+	return errors.Join(err, <-kdone)
 }
 
 // splitList splits a comma-separated flag value, dropping empty items; nil

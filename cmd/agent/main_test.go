@@ -33,6 +33,9 @@ func TestParseFlagsRejectsBadConfig(t *testing.T) {
 		{[]string{"--gc-percent", "5"}, "--gc-percent 5: want 10 or more"},
 		{[]string{"--max-procs", "0"}, "--max-procs 0: want 1 or more"},
 		{[]string{"--shutdown-grace", "-1s"}, "shutdown grace must not be negative, got -1s"},
+		{[]string{"--bootstrap-token-file", "t"}, "--bootstrap-token-file needs --aggregator"},
+		{[]string{"--bootstrap-token-file", "t", "--aggregator", "127.0.0.1:7400"}, "needs --tls-ca"},
+		{[]string{"--bootstrap-token-file", "t", "--aggregator", "127.0.0.1:7400", "--tls-ca", "ca", "--tls-cert", "c"}, "choose one"},
 	} {
 		_, _, err := parseFlags(tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -43,6 +46,21 @@ func TestParseFlagsRejectsBadConfig(t *testing.T) {
 	_, _, err := parseFlags([]string{"--state-dir", "", "--interval", "1ms"}, &bytes.Buffer{})
 	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "state dir") || !strings.Contains(err.Error(), "interval") {
 		t.Errorf("err = %v, want both problems and ErrInvalid", err)
+	}
+}
+
+func TestParseFlagsBootstrap(t *testing.T) {
+	dir := t.TempDir()
+	cfg, pf, err := parseFlags([]string{"--node-name", "n1", "--state-dir", dir, "--aggregator", "127.0.0.1:7400",
+		"--tls-ca", "/etc/vigil/ca.crt", "--bootstrap-token-file", "/etc/vigil/token"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.TLS.Cert != filepath.Join(dir, "pki", "node.crt") || cfg.TLS.Key != filepath.Join(dir, "pki", "node.key") || !cfg.TLS.Pending {
+		t.Fatalf("TLS files = %+v, want the state dir's pki/ and pending", cfg.TLS)
+	}
+	if k, err := pf.bootstrap.keeper(cfg); err != nil || k == nil || k.Files().Cert != cfg.TLS.Cert {
+		t.Fatalf("keeper = %v, %v", k, err)
 	}
 }
 

@@ -2,9 +2,12 @@
 // serves the operator API, and exposes the fleet to Prometheus.
 //
 // Defaults: agents and the Vigil API on 127.0.0.1:7400 (gRPC), /metrics,
-// /healthz, /readyz and /api/v1 on 127.0.0.1:7401 (HTTP). Give
-// --tls-cert/--tls-key/--tls-ca for mutual TLS (production), or --insecure
-// for a local demo; it refuses to start with neither.
+// /healthz, /readyz and /api/v1 on 127.0.0.1:7401 (HTTP and HTTPS on the
+// same port). Give --tls-cert/--tls-key/--tls-ca for TLS (production), or
+// --insecure for a local demo on loopback; it refuses to start with
+// neither. --ca-cert/--ca-key, --bootstrap-tokens-file and --data-dir turn
+// on node bootstrap; --api-tokens-file gives the HTTP API bearer tokens.
+// The README's Security section says who may do what.
 package main
 
 import (
@@ -46,12 +49,14 @@ func parseFlags(args []string, stderr io.Writer) (aggregator.Config, int, error)
 	var tlsFiles pki.Files
 	var logLevel string
 	var gcPercent int
+	var sec securityFlags
+	sec.register(fs, &cfg)
 	fs.StringVar(&cfg.GRPCListen, "grpc-listen", cfg.GRPCListen, "address of the agents' stream and the Vigil gRPC API")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "address of /metrics, /healthz, /readyz and /api/v1")
-	fs.StringVar(&tlsFiles.Cert, "tls-cert", "", "server certificate (mutual TLS)")
-	fs.StringVar(&tlsFiles.Key, "tls-key", "", "server private key")
-	fs.StringVar(&tlsFiles.CA, "tls-ca", "", "CA bundle that signs the agents' client certificates")
-	fs.BoolVar(&cfg.Insecure, "insecure", false, "serve agents without TLS: any agent may claim any node (demos only)")
+	fs.StringVar(&tlsFiles.Cert, "tls-cert", "", "serving certificate of both listeners (reloaded when the file changes)")
+	fs.StringVar(&tlsFiles.Key, "tls-key", "", "serving private key")
+	fs.StringVar(&tlsFiles.CA, "tls-ca", "", "CA bundle that verifies client certificates (agents, operators, viewers); include --ca-cert's certificate when bootstrapping")
+	fs.BoolVar(&cfg.Insecure, "insecure", false, "serve without TLS and allow every call: any client may claim any node (demos only; loopback addresses only)")
 	fs.IntVar(&cfg.MaxMessageBytes, "max-message-bytes", cfg.MaxMessageBytes, "largest agent message accepted; a larger one fails its stream")
 	fs.DurationVar(&cfg.StaleAfter, "stale-after", cfg.StaleAfter, "silence after which a connected node is marked stale")
 	fs.DurationVar(&cfg.ForgetAfter, "forget-after", cfg.ForgetAfter, "grace period a down node and its containers' series are kept before it is forgotten")
@@ -71,6 +76,18 @@ func parseFlags(args []string, stderr io.Writer) (aggregator.Config, int, error)
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
+	if err := sec.apply(&cfg); err != nil {
+		return cfg, gcPercent, err
+	}
+	if sec.rulesFile != "" && sec.dataDir == "" {
+		return cfg, gcPercent, fmt.Errorf("--rules-file needs --data-dir (the remediation journal lives there): %w", errdefs.ErrInvalid)
+	}
+	rules, err := loadRules(sec.rulesFile)
+	if err != nil {
+		return cfg, gcPercent, err
+	}
+	cfg.Rules = rules
+	cfg.DataDir = sec.dataDir
 	anyTLS := tlsFiles.Cert != "" || tlsFiles.Key != "" || tlsFiles.CA != ""
 	switch {
 	case anyTLS && cfg.Insecure:
@@ -110,9 +127,17 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			"any client may report as any node. Use --tls-cert/--tls-key/--tls-ca outside local demos.",
 		}, " "))
 	}
+	closeJournal, err := withRemediation(&cfg, cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer closeJournal()
 	agg, err := aggregator.New(cfg)
 	if err != nil {
 		return err
 	}
+	hupCtx, stopHUP := context.WithCancel(ctx)
+	defer stopHUP()
+	go reloadRulesOnHUP(hupCtx, cfg.Rules, cfg.Logger)
 	return agg.Run(ctx)
 }

@@ -27,6 +27,10 @@ func TestFlagsRefuseWithoutTransportSecurity(t *testing.T) {
 		{[]string{"--insecure", "--stale-after", "-1s"}, "stale-after -1s is negative"},
 		{[]string{"--insecure", "extra"}, "unexpected arguments"},
 		{[]string{"--insecure", "--gc-percent", "5"}, "--gc-percent 5"},
+		{[]string{"--insecure", "--grpc-listen", "0.0.0.0:7400"}, "insecure mode serves loopback only"},
+		{[]string{"--insecure", "--ca-cert", "x"}, "needs --ca-cert, --ca-key, --bootstrap-tokens-file and --data-dir together"},
+		{[]string{"--insecure", "--api-tokens-file", "/nonexistent"}, "--api-tokens-file"},
+		{[]string{"--insecure", "--max-string-bytes", "10"}, "string bytes at least 256"},
 	} {
 		_, _, err := parseFlags(tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -2,7 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +14,8 @@ import (
 
 	"github.com/vigilhq/vigil/internal/agent/uplink"
 	"github.com/vigilhq/vigil/internal/aggregator"
+	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/pki"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -86,5 +92,154 @@ func TestAgainstRealAggregator(t *testing.T) {
 	}
 	if line := events.String(); !strings.Contains(line, "node-a") || !strings.Contains(line, "error(3)") {
 		t.Errorf("event output:\n%s", line)
+	}
+}
+
+// vigilctl pages through more containers than one page holds, and leaves
+// probe output out of tables.
+func TestPagesThroughContainers(t *testing.T) {
+	quiet := slog.New(slog.DiscardHandler)
+	agg, err := aggregator.New(aggregator.Config{GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Insecure: true,
+		ShutdownTimeout: 2 * time.Second, Logger: quiet, Quotas: aggregator.Quotas{Containers: 3000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = agg.Run(ctx) }()
+	addr := agg.GRPCAddr().String()
+
+	const n = 2500 // three pages of 1000
+	var containers []*vigilv1.Container
+	for i := range n {
+		containers = append(containers, &vigilv1.Container{Id: fmt.Sprintf("c%04d", i), Namespace: "default",
+			State: vigilv1.ContainerState_CONTAINER_STATE_RUNNING, Manager: vigilv1.Manager_MANAGER_VIGIL,
+			Health: &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY,
+				LastResults: []*vigilv1.ProbeResult{{Ok: true, Output: strings.Repeat("o", 4000)}}}})
+	}
+	u, err := uplink.New(uplink.Config{Address: addr, NodeName: "node-a", AgentVersion: "v-test", Logger: quiet, MaxMessageBytes: 16 << 20},
+		func() *vigilv1.Snapshot { return &vigilv1.Snapshot{Containers: containers} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = u.Run(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for len(agg.Fleet().Containers(&vigilv1.ListContainersRequest{})) < n {
+		if time.Now().After(deadline) {
+			t.Fatal("the snapshot never arrived")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	out, _, err := runTest(ctx, "--server", addr, "--insecure", "containers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Count(out, "\n"); lines != n+1 {
+		t.Fatalf("containers printed %d lines, want %d and a header", lines, n)
+	}
+	if !strings.Contains(out, "c0000") || !strings.Contains(out, "c2499") {
+		t.Fatalf("first or last container missing")
+	}
+	// JSON asks for the probe output: about 10 MB in all, more than gRPC's
+	// default 4 MiB receive limit for one page.
+	out, _, err = runTest(ctx, "--server", addr, "--insecure", "-o", "json", "containers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Count(out, strings.Repeat("o", 4000)); got != n {
+		t.Fatalf("json output carries %d probe outputs, want %d", got, n)
+	}
+}
+
+// nodes release against a real aggregator over mutual TLS: an operator
+// releases a name, a viewer is refused with the role it lacks.
+func TestNodesRelease(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.NewCA("vigil test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sf, err := ca.WriteServer(dir, "aggregator", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, caKey, err := ca.WriteCA(dir, "signer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := pki.LoadCA(caCert, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := filepath.Join(dir, "tokens")
+	if err := os.WriteFile(tokens, []byte("bootstrap-token-0123456789 ds\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tf, err := pki.OpenBootstrapTokens(tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverTLS, err := pki.ServerConfig(sf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agg, err := aggregator.New(aggregator.Config{GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", TLS: serverTLS,
+		ShutdownTimeout: 2 * time.Second, Logger: slog.New(slog.DiscardHandler),
+		Bootstrap: &aggregator.BootstrapConfig{CA: signer, Tokens: tf, BindingsFile: filepath.Join(dir, "bindings.json")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = agg.Run(ctx) }()
+	addr := agg.GRPCAddr().String()
+
+	// node-a bootstraps, binding its name to its key.
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("bootstrap-token-0123456789"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k, err := uplink.NewKeeper(uplink.KeeperConfig{Address: addr, ServerName: "localhost", CAFile: sf.CA, TokenFile: tokenFile,
+		Dir: filepath.Join(dir, "node-a"), NodeName: "node-a", RetryInitial: 10 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kctx, stopK := context.WithCancel(ctx)
+	kdone := make(chan error, 1)
+	go func() { kdone <- k.Run(kctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for k.Issued() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("node-a did not bootstrap")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopK()
+	<-kdone
+
+	as := func(id pki.Identity, args ...string) (string, error) {
+		f, err := ca.WriteIdentity(dir, string(id.Role), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _, err := runTest(ctx, append([]string{"--server", addr, "--tls-server-name", "localhost", "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA}, args...)...)
+		return out, err
+	}
+	_, err = as(pki.Identity{Role: pki.RoleViewer, Name: "bob"}, "nodes", "release", "node-a")
+	if !errors.Is(err, errdefs.ErrPermission) || !strings.Contains(err.Error(), "needs role operator") {
+		t.Fatalf("viewer release: %v, want permission denied naming role operator", err)
+	}
+	out, err := as(pki.Identity{Role: pki.RoleOperator, Name: "alice"}, "nodes", "release", "node-a")
+	if err != nil || !strings.Contains(out, "node node-a released") {
+		t.Fatalf("operator release: %q, %v", out, err)
+	}
+	out, err = as(pki.Identity{Role: pki.RoleOperator, Name: "alice"}, "nodes", "release", "node-a")
+	if err != nil || !strings.Contains(out, "was not bound") {
+		t.Fatalf("second release: %q, %v", out, err)
 	}
 }

@@ -2,8 +2,11 @@
 // API.
 //
 //	vigilctl [global flags] nodes
+//	vigilctl [global flags] nodes release NAME
 //	vigilctl [global flags] containers [--node N] [--namespace NS] [--pod P] [--unhealthy] [--all]
-//	vigilctl [global flags] events [--node N] [--namespace NS]
+//	vigilctl [global flags] events [--node N] [--namespace NS] [--since DURATION]
+//	vigilctl [global flags] restart|stop|start|kill|link-up TARGET --reason R [--dry-run] [--signal SIG]
+//	vigilctl [global flags] remediations [--node N] [--limit N]
 //
 // Global flags (also accepted after the command): --server (env
 // VIGIL_SERVER, default 127.0.0.1:7400), --tls-cert/--tls-key/--tls-ca
@@ -20,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -28,6 +32,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/pki"
@@ -36,6 +41,13 @@ import (
 
 // defaultServer is the aggregator's default gRPC address.
 const defaultServer = "127.0.0.1:7400"
+
+// maxRecvBytes bounds one answer; pageSize is the containers asked for per
+// page (the aggregator caps a page at 5000).
+const (
+	maxRecvBytes = 64 << 20
+	pageSize     = 1000
+)
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -61,6 +73,9 @@ func runAt(ctx context.Context, args []string, stdout, stderr io.Writer, now fun
 	if err != nil {
 		return err
 	}
+	if inv.global.insecure {
+		fmt.Fprintf(stderr, "vigilctl: warning: connecting to %s without TLS: nothing authenticates the aggregator or protects what it answers (demo aggregators only)\n", inv.global.server)
+	}
 	conn, err := dial(inv.global)
 	if err != nil {
 		return err
@@ -70,11 +85,19 @@ func runAt(ctx context.Context, args []string, stdout, stderr io.Writer, now fun
 	out := &printer{w: stdout, errw: stderr, format: inv.global.output, now: now()}
 	switch inv.command {
 	case "nodes":
+		if inv.release != "" {
+			return releaseNode(ctx, vigilv1.NewBootstrapClient(conn), inv, stdout)
+		}
 		return listNodes(ctx, client, inv, out)
 	case "containers":
 		return listContainers(ctx, client, inv, out)
 	case "events":
 		return watchEvents(ctx, client, inv, out)
+	case "remediations":
+		return listRemediations(ctx, client, inv, out)
+	}
+	if _, ok := actionCommands[inv.command]; ok {
+		return requestRemediation(ctx, client, inv, out)
 	}
 	return fmt.Errorf("unknown command %q: %w", inv.command, errdefs.ErrInvalid)
 }
@@ -96,19 +119,42 @@ type invocation struct {
 	// filters of containers and events
 	node, namespace, pod string
 	unhealthy, all       bool
+	// nodes release NAME
+	release string
+	// action commands: the target, the operator's reason, a dry run, the
+	// signal of kill; remediations: how many
+	target, reason, signal string
+	dryRun                 bool
+	limit                  int
+	// events --since
+	since time.Duration
 }
 
 const usage = `vigilctl: operate a Vigil fleet through the aggregator's API.
 
 Usage:
   vigilctl [flags] nodes
+  vigilctl [flags] nodes release NAME
   vigilctl [flags] containers [--node N] [--namespace NS] [--pod P] [--unhealthy] [--all]
-  vigilctl [flags] events [--node N] [--namespace NS]
+  vigilctl [flags] events [--node N] [--namespace NS] [--since DURATION]
+  vigilctl [flags] restart|stop|start|kill|link-up TARGET --reason R [--dry-run] [--signal SIG]
+  vigilctl [flags] remediations [--node N] [--limit N]
 
 Commands:
   nodes        list the nodes the aggregator knows
+  nodes release NAME
+               let another machine bootstrap as node NAME (operators only)
   containers   list containers (pod sandboxes only with --all)
-  events       print container events as they happen, until interrupted
+  events       print container events as they happen, until interrupted;
+               --since 1h first prints the last hour's from the aggregator's history
+  restart, stop, start, kill, link-up TARGET
+               ask for an action (operators only), through the same journal,
+               budgets and fences as alerts; prints the decision. TARGET is
+               NODE/NAMESPACE/CONTAINER_ID, NODE/POD_NAMESPACE/POD/CONTAINER,
+               with %INTERFACE for link-up (NODE%INTERFACE: a host link).
+               stop is for good: the container stays stopped (restart
+               policies included) until start.
+  remediations list what was decided and done, newest first
 
 Flags:
 `
@@ -171,14 +217,51 @@ func parseArgs(args []string, stderr io.Writer, getenv func(string) string) (*in
 	case "events":
 		fs.StringVar(&inv.node, "node", "", "only events of this node")
 		fs.StringVar(&inv.namespace, "namespace", "", "only events of this containerd namespace")
+		fs.DurationVar(&inv.since, "since", 0, "first print the events of this long ago to now from the aggregator's history (e.g. 1h), then follow")
+	case "remediations":
+		fs.StringVar(&inv.node, "node", "", "only remediations of this node")
+		fs.IntVar(&inv.limit, "limit", 0, "at most this many (default: the aggregator's, 100)")
 	default:
-		return nil, fmt.Errorf("unknown command %q: want nodes, containers or events: %w", inv.command, errdefs.ErrInvalid)
+		if _, ok := actionCommands[inv.command]; !ok {
+			return nil, fmt.Errorf("unknown command %q: want nodes, containers, events, remediations, restart, stop, start, kill or link-up: %w", inv.command, errdefs.ErrInvalid)
+		}
+		fs.StringVar(&inv.reason, "reason", "", "why (journaled with the action; required)")
+		fs.BoolVar(&inv.dryRun, "dry-run", false, "decide and journal, do not act")
+		if inv.command == "kill" {
+			fs.StringVar(&inv.signal, "signal", "", "signal to send (name or number; default SIGKILL)")
+		}
 	}
 	if err := fs.Parse(top.Args()[1:]); err != nil {
 		return nil, flagError(err)
 	}
-	if fs.NArg() > 0 {
+	if inv.command == "nodes" && fs.NArg() > 0 && fs.Arg(0) == "release" {
+		if fs.NArg() != 2 || fs.Arg(1) == "" {
+			return nil, fmt.Errorf("nodes release: want one node name, got %q: %w", fs.Args()[1:], errdefs.ErrInvalid)
+		}
+		inv.release = fs.Arg(1)
+	} else if _, ok := actionCommands[inv.command]; ok {
+		// Flags may follow the target too.
+		if fs.NArg() == 0 {
+			return nil, fmt.Errorf("%s: no target: want NODE/NAMESPACE/CONTAINER_ID or NODE/POD_NAMESPACE/POD/CONTAINER: %w", inv.command, errdefs.ErrInvalid)
+		}
+		inv.target = fs.Arg(0)
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return nil, flagError(err)
+		}
+		if fs.NArg() > 0 {
+			return nil, fmt.Errorf("%s: unexpected arguments %q: %w", inv.command, fs.Args(), errdefs.ErrInvalid)
+		}
+		if strings.TrimSpace(inv.reason) == "" {
+			return nil, fmt.Errorf("%s: --reason is required: it is journaled with the action: %w", inv.command, errdefs.ErrInvalid)
+		}
+	} else if fs.NArg() > 0 {
 		return nil, fmt.Errorf("%s: unexpected arguments %q: %w", inv.command, fs.Args(), errdefs.ErrInvalid)
+	}
+	if inv.since < 0 {
+		return nil, fmt.Errorf("--since %s: want a positive duration: %w", inv.since, errdefs.ErrInvalid)
+	}
+	if inv.limit < 0 {
+		return nil, fmt.Errorf("--limit %d: want 0 or more: %w", inv.limit, errdefs.ErrInvalid)
 	}
 
 	g := &inv.global
@@ -219,7 +302,9 @@ func dial(g globalFlags) (*grpc.ClientConn, error) {
 		}
 		creds = credentials.NewTLS(tc)
 	}
-	conn, err := grpc.NewClient(g.server, grpc.WithTransportCredentials(creds))
+	// A page of containers with labels can pass gRPC's default 4 MiB.
+	conn, err := grpc.NewClient(g.server, grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)))
 	if err != nil {
 		return nil, fmt.Errorf("--server %q: %v: %w", g.server, err, errdefs.ErrInvalid)
 	}
@@ -250,14 +335,29 @@ func listNodes(ctx context.Context, c vigilv1.VigilClient, inv *invocation, out 
 	return out.nodes(resp)
 }
 
+// listContainers pages through the containers (each page with its own
+// deadline) and prints them once all are read.
 func listContainers(ctx context.Context, c vigilv1.VigilClient, inv *invocation, out *printer) error {
-	ctx, cancel := context.WithTimeout(ctx, inv.global.timeout)
-	defer cancel()
-	resp, err := c.ListContainers(ctx, &vigilv1.ListContainersRequest{
+	resp := &vigilv1.ListContainersResponse{}
+	req := &vigilv1.ListContainersRequest{
 		Node: inv.node, Namespace: inv.namespace, Pod: inv.pod, IncludeSandboxes: inv.all,
-	})
-	if err != nil {
-		return callError(inv.global.server, "list containers", inv.global.timeout, err)
+		PageSize: pageSize, IncludeProbeOutput: inv.global.output == "json",
+	}
+	for {
+		pctx, cancel := context.WithTimeout(ctx, inv.global.timeout)
+		page, err := c.ListContainers(pctx, req)
+		cancel()
+		if err != nil {
+			return callError(inv.global.server, "list containers", inv.global.timeout, err)
+		}
+		resp.Containers = append(resp.Containers, page.GetContainers()...)
+		if page.GetNextPageToken() == "" {
+			break
+		}
+		if page.GetNextPageToken() == req.GetPageToken() {
+			return fmt.Errorf("list containers: the aggregator answered the same page token twice: %w", errdefs.ErrUnavailable)
+		}
+		req.PageToken = page.GetNextPageToken()
 	}
 	if inv.unhealthy {
 		kept := resp.GetContainers()[:0]
@@ -271,6 +371,23 @@ func listContainers(ctx context.Context, c vigilv1.VigilClient, inv *invocation,
 	return out.containers(resp)
 }
 
+// releaseNode asks the aggregator to forget which key node NAME is bound
+// to, so that a replaced machine can bootstrap under the name.
+func releaseNode(ctx context.Context, c vigilv1.BootstrapClient, inv *invocation, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, inv.global.timeout)
+	defer cancel()
+	resp, err := c.ReleaseNode(ctx, &vigilv1.ReleaseNodeRequest{NodeName: inv.release})
+	if err != nil {
+		return callError(inv.global.server, "release node "+inv.release, inv.global.timeout, err)
+	}
+	if !resp.GetReleased() {
+		_, err = fmt.Fprintf(stdout, "node %s was not bound to a key: nothing to release\n", inv.release)
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "node %s released (was bound to key sha256 %s); the next bootstrap under this name binds it again\n", inv.release, resp.GetKeySha256())
+	return err
+}
+
 // unhealthy is what --unhealthy selects: a failing health check, a crash
 // loop, or a restart policy that gave up.
 func unhealthy(c *vigilv1.Container) bool {
@@ -280,7 +397,11 @@ func unhealthy(c *vigilv1.Container) bool {
 
 // watchEvents prints events until ctx ends (nil) or the stream fails.
 func watchEvents(ctx context.Context, c vigilv1.VigilClient, inv *invocation, out *printer) error {
-	stream, err := c.WatchEvents(ctx, &vigilv1.WatchEventsRequest{Node: inv.node, Namespace: inv.namespace})
+	req := &vigilv1.WatchEventsRequest{Node: inv.node, Namespace: inv.namespace}
+	if inv.since > 0 {
+		req.Since = timestamppb.New(time.Now().Add(-inv.since))
+	}
+	stream, err := c.WatchEvents(ctx, req)
 	if err != nil {
 		return callError(inv.global.server, "watch events", inv.global.timeout, err)
 	}

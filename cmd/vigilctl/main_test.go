@@ -248,7 +248,7 @@ func TestContainerFiltersReachTheServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &vigilv1.ListContainersRequest{Node: "node-b", Namespace: "k8s.io", Pod: "coredns-5d78c9869d-x7k2p", IncludeSandboxes: true}
+	want := &vigilv1.ListContainersRequest{Node: "node-b", Namespace: "k8s.io", Pod: "coredns-5d78c9869d-x7k2p", IncludeSandboxes: true, PageSize: pageSize}
 	if !proto.Equal(f.lastList, want) {
 		t.Errorf("request = %v, want %v", f.lastList, want)
 	}
@@ -257,7 +257,7 @@ func TestContainerFiltersReachTheServer(t *testing.T) {
 func TestNoResults(t *testing.T) {
 	addr := serve(t, &fakeVigil{})
 	out, errOut, err := runTest(context.Background(), "--server", addr, "--insecure", "containers")
-	if err != nil || out != "" || errOut != "No containers found.\n" {
+	if err != nil || out != "" || !strings.HasSuffix(errOut, "No containers found.\n") || !strings.HasPrefix(errOut, "vigilctl: warning: connecting to "+addr+" without TLS") {
 		t.Errorf("containers on an empty fleet: out %q, stderr %q, err %v", out, errOut, err)
 	}
 	out, _, err = runTest(context.Background(), "--server", addr, "--insecure", "-o", "json", "nodes")
@@ -336,11 +336,11 @@ func TestMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sf, err := ca.WriteFiles(dir, "aggregator", "aggregator")
+	sf, err := ca.WriteServer(dir, "aggregator", "aggregator")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cf, err := ca.WriteFiles(dir, "operator", "operator")
+	cf, err := ca.WriteIdentity(dir, "operator", pki.Identity{Role: pki.RoleOperator, Name: "alice"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +382,9 @@ func TestBadCommandLines(t *testing.T) {
 		{[]string{"--insecure", "nodes", "extra"}, `unexpected arguments ["extra"]`},
 		{[]string{"--insecure", "--timeout", "0s", "nodes"}, "want a positive duration"},
 		{[]string{"--insecure", "--server", "", "nodes"}, "--server is empty"},
-		{[]string{"--tls-cert", "/nonexistent.crt", "--tls-key", "k", "--tls-ca", "c", "nodes"}, "load key pair"},
+		{[]string{"--tls-cert", "/nonexistent.crt", "--tls-key", "k", "--tls-ca", "c", "nodes"}, "no certificate at /nonexistent.crt"},
+		{[]string{"--insecure", "nodes", "release"}, "nodes release: want one node name"},
+		{[]string{"--insecure", "nodes", "release", "a", "b"}, "nodes release: want one node name"},
 	} {
 		_, _, err := runTest(context.Background(), tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, errdefs.ErrInvalid) {

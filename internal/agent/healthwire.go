@@ -32,7 +32,7 @@ func (a *Agent) startProbing(t *tracked) {
 	a.countProbeFailures(t)
 	a.mu.Lock()
 	cfg := t.healthCfg
-	tgt := health.Target{Key: t.c.Key(), StartedAt: t.c.StartedAt}
+	tgt := health.Target{Key: t.c.Key(), StartedAt: t.c.StartedAt, OwnNetNS: !t.c.HostNetwork}
 	if !t.c.HostNetwork && t.c.Pid != 0 {
 		tgt.NetNS = health.NetNSOfPid(t.c.Pid)
 	}

@@ -137,7 +137,7 @@ func TestStreamToAggregatorLosesNoExit(t *testing.T) {
 		n, _ := exitsInMetrics(t, httpAddr, "single")
 		return n == 1
 	})
-	resp, err := http.Get("http://" + httpAddr + "/api/v1/containers?node=test-node")
+	resp, err := apiGet(t, ca, httpAddr, "/api/v1/containers?node=test-node")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,14 +7,18 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/remediation"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -27,7 +31,13 @@ type Aggregator struct {
 	fleet   *Fleet
 	gateway *Gateway
 	api     *API
+	boot    *BootstrapServer
 	metrics *selfMetrics
+	auth    *authorizer
+	mux     *http.ServeMux
+	// remediation and history are nil when Config.Store is.
+	remediation *remediation.Engine
+	history     *history
 
 	grpcLis, httpLis net.Listener
 	grpcServer       *grpc.Server
@@ -48,8 +58,31 @@ func New(cfg Config) (*Aggregator, error) {
 		return nil, fmt.Errorf("register self-metrics: %w", err)
 	}
 	a.metrics = m
+	if cfg.Insecure {
+		m.insecure.Set(1)
+	}
+	a.auth = &authorizer{insecure: cfg.Insecure, allowCN: cfg.AllowCommonNameNodes, apiTokens: cfg.APITokens, refused: m.authRefused}
+	a.remediation, err = newRemediation(&a.cfg, a.fleet)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Store != nil {
+		a.history = newHistory(cfg.Store, a.log.With("component", "history"), cfg.HistoryPerNode, cfg.HistoryMaxAge, m.historyDrop)
+		a.fleet.events.record = a.history.record
+	}
 	a.gateway = newGateway(&a.cfg, a.fleet, m, a.stopping)
+	a.gateway.remediation = a.remediation
 	a.api = NewAPI(a.fleet, cfg.WatchBuffer, a.stopping)
+	a.api.remediation = a.remediation
+	a.api.history = a.history
+	a.api.maxWatchers = cfg.MaxWatchers
+	a.api.watchers = m.watchers
+	if cfg.Bootstrap != nil {
+		a.boot, err = newBootstrapServer(cfg.Bootstrap, m, a.log)
+		if err != nil {
+			return nil, err
+		}
+	}
 
 	opts := []grpc.ServerOption{
 		grpc.ForceServerCodec(serverCodec{}),
@@ -62,6 +95,8 @@ func New(cfg Config) (*Aggregator, error) {
 			Time:    cfg.KeepaliveTime,
 			Timeout: cfg.KeepaliveTimeout,
 		}),
+		grpc.ChainUnaryInterceptor(a.auth.unary),
+		grpc.ChainStreamInterceptor(a.auth.stream),
 	}
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
@@ -69,6 +104,11 @@ func New(cfg Config) (*Aggregator, error) {
 	a.grpcServer = grpc.NewServer(opts...)
 	a.grpcServer.RegisterService(&gatewayServiceDesc, a.gateway)
 	vigilv1.RegisterVigilServer(a.grpcServer, a.api)
+	if a.boot != nil {
+		vigilv1.RegisterBootstrapServer(a.grpcServer, a.boot)
+	} else {
+		vigilv1.RegisterBootstrapServer(a.grpcServer, noBootstrap{})
+	}
 
 	a.grpcLis, err = net.Listen("tcp", cfg.GRPCListen)
 	if err != nil {
@@ -79,11 +119,35 @@ func New(cfg Config) (*Aggregator, error) {
 		a.grpcLis.Close()
 		return nil, fmt.Errorf("http listen %s: %v: %w", cfg.HTTPListen, err, errdefs.ErrUnavailable)
 	}
+	if cfg.TLS != nil {
+		httpTLS := cfg.TLS.Clone()
+		httpTLS.NextProtos = []string{"http/1.1"}
+		a.httpLis = newSniffListener(a.httpLis, httpTLS)
+	}
+	a.mux = a.routes()
+	a.mountRemediation()
 	a.httpServer = &http.Server{
-		Handler:           a.Handler(),
+		Handler:           a.mux,
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	return a, nil
+}
+
+// noBootstrap answers the Bootstrap service when bootstrap is off.
+type noBootstrap struct {
+	vigilv1.UnimplementedBootstrapServer
+}
+
+func (noBootstrap) Bootstrap(context.Context, *vigilv1.BootstrapRequest) (*vigilv1.BootstrapResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "node bootstrap is off: the aggregator was started without --bootstrap-tokens-file and --ca-cert/--ca-key")
+}
+
+func (noBootstrap) Renew(context.Context, *vigilv1.RenewRequest) (*vigilv1.RenewResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "node bootstrap is off: renew certificates the way they were issued")
+}
+
+func (noBootstrap) ReleaseNode(context.Context, *vigilv1.ReleaseNodeRequest) (*vigilv1.ReleaseNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "node bootstrap is off: no node name is bound")
 }
 
 // GRPCAddr is the address the gRPC server listens on.
@@ -114,12 +178,31 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			errc <- fmt.Errorf("http server: %w", err)
 		}
 	}()
-	sweepDone := make(chan struct{})
+	// The sweep and the remediation engine's housekeeping run until the
+	// servers have stopped.
+	var background sync.WaitGroup
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	background.Add(1)
 	go func() {
-		defer close(sweepDone)
+		defer background.Done()
 		a.sweepLoop(sweepCtx)
 	}()
+	if a.remediation != nil {
+		background.Add(1)
+		go func() {
+			defer background.Done()
+			runRemediation(sweepCtx, a.remediation, a.log)
+		}()
+	}
+	if a.history != nil {
+		// Stopped with the sweep, after the servers: the last events are
+		// written.
+		background.Add(1)
+		go func() {
+			defer background.Done()
+			a.history.run(sweepCtx)
+		}()
+	}
 	a.ready.Store(true)
 	a.log.Info("aggregator serving", "grpc", a.GRPCAddr().String(), "http", a.HTTPAddr().String(), "mtls", a.cfg.TLS != nil)
 
@@ -150,7 +233,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		<-stopped
 	}
 	stopSweep()
-	<-sweepDone
+	background.Wait()
 	return runErr
 }
 
@@ -159,6 +242,11 @@ func (a *Aggregator) sweepLoop(ctx context.Context) {
 	every := min(max(min(a.cfg.StaleAfter, a.cfg.ForgetAfter)/4, 10*time.Millisecond), time.Second)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	conditions := &conditionAssessor{
+		cfg:         a.cfg.Conditions,
+		log:         a.log,
+		suspectSelf: func(on bool) { a.metrics.suspectSelf.Set(boolGauge(on)) },
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -167,6 +255,14 @@ func (a *Aggregator) sweepLoop(ctx context.Context) {
 			for _, name := range a.fleet.sweep(now, a.cfg.StaleAfter, a.cfg.ForgetAfter) {
 				a.log.Info("forgot node: down longer than forget-after", "node", name, "forget_after", a.cfg.ForgetAfter)
 			}
+			conditions.assess(a.fleet, now)
 		}
 	}
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

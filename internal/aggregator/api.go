@@ -1,14 +1,23 @@
 package aggregator
 
 import (
+	"cmp"
 	"context"
+	"encoding/base64"
 	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/remediation"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -20,7 +29,25 @@ type API struct {
 	fleet       *Fleet
 	watchBuffer int
 	stopping    <-chan struct{}
+
+	// maxWatchers bounds WatchEvents subscribers (0: no bound); watching
+	// counts them, watchers (optional) shows the count.
+	maxWatchers int
+	watching    atomic.Int64
+	watchers    prometheus.Gauge
+
+	// remediation serves ListRemediations and RequestRemediation; nil
+	// when remediation is off.
+	remediation *remediation.Engine
+	// history serves WatchEvents' since; nil without a store.
+	history *history
 }
+
+// Page sizes of ListContainers and /api/v1/containers.
+const (
+	DefaultPageSize = 500
+	MaxPageSize     = 5000
+)
 
 var _ vigilv1.VigilServer = (*API)(nil)
 
@@ -37,12 +64,76 @@ func (a *API) ListNodes(context.Context, *vigilv1.ListNodesRequest) (*vigilv1.Li
 	return &vigilv1.ListNodesResponse{Nodes: a.fleet.Nodes()}, nil
 }
 
-// ListContainers returns the containers matching the request's filters.
+// ListContainers returns one page of the containers matching the
+// request's filters, without probe output unless asked.
 func (a *API) ListContainers(_ context.Context, req *vigilv1.ListContainersRequest) (*vigilv1.ListContainersResponse, error) {
+	resp, err := a.listContainers(req)
+	return resp, errdefs.GRPC(err)
+}
+
+// listContainers pages through the fleet's containers (sorted by node,
+// namespace, id): a page starts after the container its token names, so a
+// container added or removed between pages moves no other one.
+func (a *API) listContainers(req *vigilv1.ListContainersRequest) (*vigilv1.ListContainersResponse, error) {
 	if err := validateListContainers(req); err != nil {
-		return nil, errdefs.GRPC(err)
+		return nil, err
 	}
-	return &vigilv1.ListContainersResponse{Containers: a.fleet.Containers(req)}, nil
+	size := int(req.GetPageSize())
+	switch {
+	case size == 0:
+		size = DefaultPageSize
+	case size > MaxPageSize:
+		size = MaxPageSize
+	}
+	var after []string
+	if t := req.GetPageToken(); t != "" {
+		raw, err := base64.RawURLEncoding.DecodeString(t)
+		if err != nil {
+			return nil, fmt.Errorf("page_token is not a token this server gave: %w", errdefs.ErrInvalid)
+		}
+		after = strings.Split(string(raw), "\x00")
+		if len(after) != 3 {
+			return nil, fmt.Errorf("page_token is not a token this server gave: %w", errdefs.ErrInvalid)
+		}
+	}
+	all := a.fleet.Containers(req)
+	start := 0
+	if after != nil {
+		start, _ = slices.BinarySearchFunc(all, after, func(nc *vigilv1.NodeContainer, key []string) int {
+			return cmp.Or(cmp.Compare(nc.GetNode(), key[0]), cmp.Compare(nc.GetContainer().GetNamespace(), key[1]), cmp.Compare(nc.GetContainer().GetId(), key[2]))
+		})
+		if start < len(all) && all[start].GetNode() == after[0] && all[start].GetContainer().GetNamespace() == after[1] && all[start].GetContainer().GetId() == after[2] {
+			start++
+		}
+	}
+	page := all[start:min(len(all), start+size)]
+	out := &vigilv1.ListContainersResponse{Containers: make([]*vigilv1.NodeContainer, 0, len(page))}
+	for _, nc := range page {
+		if !req.GetIncludeProbeOutput() {
+			nc = withoutProbeOutput(nc)
+		}
+		out.Containers = append(out.Containers, nc)
+	}
+	if start+size < len(all) {
+		last := page[len(page)-1]
+		out.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(last.GetNode() + "\x00" + last.GetContainer().GetNamespace() + "\x00" + last.GetContainer().GetId()))
+	}
+	return out, nil
+}
+
+// withoutProbeOutput returns nc without health probe output; the fleet's
+// message is shared and never modified, so a container with output is
+// copied.
+func withoutProbeOutput(nc *vigilv1.NodeContainer) *vigilv1.NodeContainer {
+	has := slices.ContainsFunc(nc.GetContainer().GetHealth().GetLastResults(), func(r *vigilv1.ProbeResult) bool { return r.GetOutput() != "" })
+	if !has {
+		return nc
+	}
+	c := proto.Clone(nc.GetContainer()).(*vigilv1.Container)
+	for _, r := range c.GetHealth().GetLastResults() {
+		r.Output = ""
+	}
+	return &vigilv1.NodeContainer{Node: nc.GetNode(), Container: c}
 }
 
 func validateListContainers(req *vigilv1.ListContainersRequest) error {
@@ -72,6 +163,22 @@ func (a *API) GetContainer(_ context.Context, req *vigilv1.GetContainerRequest) 
 // that falls more than the watch buffer behind is dropped with
 // ResourceExhausted; ingest never waits for it.
 func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_WatchEventsServer) error {
+	if n := a.watching.Add(1); a.maxWatchers > 0 && n > int64(a.maxWatchers) {
+		a.watching.Add(-1)
+		return status.Errorf(codes.ResourceExhausted, "the aggregator serves %d event watchers, its cap (--max-watchers)", a.maxWatchers)
+	}
+	if a.watchers != nil {
+		a.watchers.Inc()
+	}
+	defer func() {
+		a.watching.Add(-1)
+		if a.watchers != nil {
+			a.watchers.Dec()
+		}
+	}()
+	if req.GetSince() != nil && a.history == nil {
+		return status.Error(codes.FailedPrecondition, "no event history: the aggregator runs without a store (start it with --data-dir); watch without since")
+	}
 	sub := a.fleet.events.subscribe(req.GetNode(), req.GetNamespace(), a.watchBuffer)
 	defer a.fleet.events.unsubscribe(sub)
 	// The header tells the client that the subscription is in place.
@@ -79,6 +186,22 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 		return err
 	}
 	ctx := stream.Context()
+	// The history first, then live events; an event in both (recorded
+	// after the subscription began) is sent once.
+	var replayed map[string]bool
+	if since := req.GetSince(); since != nil {
+		past, err := a.history.since(ctx, since.AsTime(), req.GetNode(), req.GetNamespace())
+		if err != nil {
+			return errdefs.GRPC(err)
+		}
+		replayed = make(map[string]bool, len(past))
+		for _, ev := range past {
+			replayed[eventKey(ev)] = true
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -88,21 +211,12 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 		case <-sub.dropped:
 			return status.Errorf(codes.ResourceExhausted, "event subscriber too slow: more than %d events waiting, dropped", a.watchBuffer)
 		case ev := <-sub.ch:
+			if replayed != nil && replayed[eventKey(ev)] {
+				continue
+			}
 			if err := stream.Send(ev); err != nil {
 				return err
 			}
 		}
 	}
-}
-
-const remediationNotBuilt = "remediation is not built yet"
-
-// ListRemediations is not built yet.
-func (a *API) ListRemediations(context.Context, *vigilv1.ListRemediationsRequest) (*vigilv1.ListRemediationsResponse, error) {
-	return nil, status.Error(codes.Unimplemented, remediationNotBuilt)
-}
-
-// RequestRemediation is not built yet.
-func (a *API) RequestRemediation(context.Context, *vigilv1.RequestRemediationRequest) (*vigilv1.RequestRemediationResponse, error) {
-	return nil, status.Error(codes.Unimplemented, remediationNotBuilt)
 }

@@ -59,8 +59,13 @@ type agentConn interface {
 	recv() (*vigilv1.AgentMessage, int, error)
 }
 
-// rawConn decodes frames itself.
-type rawConn struct{ grpc.ServerStream }
+// rawConn decodes frames itself, after checking their strings against
+// stringBytes (Quotas.StringBytes): a frame with a longer one is refused
+// with a *quotaError before it is decoded.
+type rawConn struct {
+	grpc.ServerStream
+	stringBytes int
+}
 
 func (c rawConn) Send(m *vigilv1.AggregatorMessage) error { return c.SendMsg(m) }
 
@@ -68,6 +73,9 @@ func (c rawConn) recv() (*vigilv1.AgentMessage, int, error) {
 	var f rawFrame
 	if err := c.RecvMsg(&f); err != nil {
 		return nil, 0, err
+	}
+	if err := checkWireStrings(f.b, agentMessageDesc, c.stringBytes); err != nil {
+		return nil, len(f.b), err
 	}
 	m := new(vigilv1.AgentMessage)
 	if err := proto.Unmarshal(f.b, m); err != nil {
@@ -84,7 +92,8 @@ var gatewayServiceDesc = grpc.ServiceDesc{
 	Streams: []grpc.StreamDesc{{
 		StreamName: "Connect",
 		Handler: func(srv any, stream grpc.ServerStream) error {
-			return errdefs.GRPC(srv.(*Gateway).serveConn(rawConn{stream}))
+			g := srv.(*Gateway)
+			return errdefs.GRPC(g.serveConn(rawConn{ServerStream: stream, stringBytes: g.quotas.StringBytes}))
 		},
 		ServerStreams: true,
 		ClientStreams: true,

@@ -5,12 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/gossip"
+	"github.com/vigilhq/vigil/internal/pki"
+	"github.com/vigilhq/vigil/internal/remediation"
+	"github.com/vigilhq/vigil/internal/store"
 )
 
 // Defaults of Config.
@@ -25,6 +30,9 @@ const (
 	DefaultCommandQueue    = 64
 	DefaultWatchBuffer     = 256
 	DefaultShutdownTimeout = 10 * time.Second
+	DefaultMaxStreams      = 10000
+	DefaultMaxWatchers     = 256
+	DefaultNodeCertTTL     = 24 * time.Hour
 )
 
 // Config configures an Aggregator. The zero value of every field except TLS
@@ -37,9 +45,62 @@ type Config struct {
 	// TLS is the server's mutual-TLS configuration (pki.ServerConfig). When
 	// set, every agent's hello must name the node of its client certificate.
 	TLS *tls.Config
-	// Insecure allows serving without TLS: any agent may claim any node.
-	// Exactly one of TLS and Insecure must be set.
+	// Insecure allows serving without TLS: any agent may claim any node and
+	// every call is allowed. Exactly one of TLS and Insecure must be set;
+	// with Insecure both listen addresses must be loopback addresses.
 	Insecure bool
+	// AllowCommonNameNodes accepts a client certificate that names no
+	// spiffe://vigil/ROLE/NAME URI SAN as the node of its Common Name
+	// (certificates issued before roles existed). Off by default: with it,
+	// any certificate the CA ever signed for another purpose is a node.
+	AllowCommonNameNodes bool
+	// APITokens are the bearer tokens of the HTTP API (pki.OpenAPITokens),
+	// reloaded when the file changes; nil: client certificates only.
+	APITokens *pki.TokenFile
+	// MetricsRequireAuth puts /metrics behind the same TLS and credential
+	// check as /api/v1 (role viewer). /healthz and /readyz stay plain.
+	MetricsRequireAuth bool
+	// Conditions tunes how a node's condition is assessed from its stream
+	// and its gossip peers' reports (gossip.ConditionConfig: how many peers
+	// must agree a node is dead, how old a report may be); zero fields take
+	// gossip's defaults.
+	Conditions gossip.ConditionConfig
+	// DataDir is the directory of the aggregator's files, as the command
+	// line gave it; the package reads only Store, which the command opens
+	// there.
+	DataDir string
+	// Store holds the aggregator's durable state: the remediation journal,
+	// the intents claimed from alerts, budgets and cooldowns, and each
+	// node's outbox of commands (bolt.Open on a file under --data-dir, or
+	// an etcd store shared by replicas). nil turns remediation off: the
+	// webhook and the remediation calls answer that it is off. The caller
+	// owns it and closes it after Run returns.
+	Store store.Store
+	// Rules are the remediation rules (remediation.NewRuleSet; Reload on
+	// SIGHUP); nil means the built-in default (no rule: every alert is
+	// journaled as unmatched, operators' requests still act).
+	Rules *remediation.RuleSet
+	// HistoryPerNode and HistoryMaxAge bound the event history kept in
+	// Store for WatchEvents' since (vigilctl events --since): at most this
+	// many events per node, none older; defaults 1000 and 24h.
+	HistoryPerNode int
+	HistoryMaxAge  time.Duration
+	// Leader reports whether this replica runs the housekeeping that must
+	// run once (the journal's retention sweep); nil means always (one
+	// aggregator).
+	Leader func() bool
+	// Bootstrap issues node certificates to agents holding a bootstrap
+	// token; nil: Bootstrap and Renew answer Unimplemented (nodes bring
+	// their own certificates).
+	Bootstrap *BootstrapConfig
+	// Quotas bound what one node may make the aggregator hold.
+	Quotas Quotas
+	// MaxStreams bounds the agent streams connected at once; one more is
+	// refused with ResourceExhausted. Default 10000.
+	MaxStreams int
+	// MaxWatchers bounds the WatchEvents subscribers at once; one more is
+	// refused with ResourceExhausted. Default 256.
+	MaxWatchers int
 	// MaxMessageBytes bounds one received gRPC message; a larger one fails
 	// only its stream, with ResourceExhausted.
 	MaxMessageBytes int
@@ -83,6 +144,22 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// BootstrapConfig configures node bootstrap (the Bootstrap service).
+type BootstrapConfig struct {
+	// CA signs node certificates (pki.LoadCA of --ca-cert/--ca-key). Its
+	// certificate must be in the bundle that verifies clients (TLS's
+	// ClientCAs).
+	CA *pki.CA
+	// Tokens are the bootstrap tokens (pki.OpenBootstrapTokens), reloaded
+	// when the file changes: deleting a line revokes its token.
+	Tokens *pki.TokenFile
+	// NodeCertTTL is the lifetime of a node certificate. Default 24h.
+	NodeCertTTL time.Duration
+	// BindingsFile keeps which key each node name is bound to (JSON,
+	// written atomically); the durable store can take it over later.
+	BindingsFile string
+}
+
 // DefaultConfig returns a Config with every default filled in and neither
 // TLS nor Insecure set.
 func DefaultConfig() Config {
@@ -119,6 +196,12 @@ func (c *Config) setDefaults() {
 	def(&c.KeepaliveTime, 30*time.Second)
 	def(&c.KeepaliveTimeout, 10*time.Second)
 	def(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	defInt(&c.MaxStreams, DefaultMaxStreams)
+	defInt(&c.MaxWatchers, DefaultMaxWatchers)
+	c.Quotas.setDefaults()
+	if c.Bootstrap != nil {
+		def(&c.Bootstrap.NodeCertTTL, DefaultNodeCertTTL)
+	}
 	if c.AggregatorID == "" {
 		c.AggregatorID, _ = os.Hostname()
 	}
@@ -144,6 +227,32 @@ func (c *Config) Validate() error {
 	case c.TLS != nil && c.Insecure:
 		bad("both TLS and insecure mode are set: choose one")
 	}
+	if c.Insecure {
+		for _, l := range []struct{ flag, addr string }{{"grpc listen", c.GRPCListen}, {"http listen", c.HTTPListen}} {
+			if err := loopbackOnly(l.addr); err != nil {
+				bad("insecure mode serves loopback only: %s address %s: %v", l.flag, l.addr, err)
+			}
+		}
+	}
+	if c.Bootstrap != nil {
+		b := c.Bootstrap
+		switch {
+		case c.TLS == nil:
+			bad("node bootstrap needs TLS (the token travels over it)")
+		case b.CA == nil || b.Tokens == nil:
+			bad("node bootstrap needs a CA (--ca-cert/--ca-key) and a bootstrap token file")
+		case b.BindingsFile == "":
+			bad("node bootstrap needs a file for the node name bindings (--data-dir)")
+		case b.NodeCertTTL < 2*time.Second:
+			bad("node certificate lifetime %v is below 2s", b.NodeCertTTL)
+		}
+	}
+	if err := c.Quotas.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MaxStreams < 1 || c.MaxWatchers < 1 {
+		bad("max streams and max watchers must be positive (got %d, %d)", c.MaxStreams, c.MaxWatchers)
+	}
 	if c.MaxMessageBytes < 1<<10 {
 		bad("max message bytes %d is below 1024", c.MaxMessageBytes)
 	}
@@ -164,6 +273,22 @@ func (c *Config) Validate() error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("aggregator config: %w: %w", err, errdefs.ErrInvalid)
+	}
+	return nil
+}
+
+// loopbackOnly checks that a listen address binds a loopback address only.
+func loopbackOnly(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q is not a loopback address (127.0.0.0/8, ::1, localhost)", host)
 	}
 	return nil
 }

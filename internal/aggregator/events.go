@@ -13,6 +13,9 @@ import (
 type broadcaster struct {
 	mu   sync.Mutex
 	subs map[*subscriber]struct{}
+	// record, when set, also gets every event (the durable history); it
+	// must not block. Set before the first publish.
+	record func(*vigilv1.WatchEventsResponse)
 }
 
 type subscriber struct {
@@ -49,6 +52,9 @@ func (b *broadcaster) unsubscribe(s *subscriber) {
 
 // publish offers an event to every matching subscriber without blocking.
 func (b *broadcaster) publish(node string, e *vigilv1.ContainerEvent) {
+	if b.record != nil {
+		b.record(&vigilv1.WatchEventsResponse{Node: node, Event: e})
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if len(b.subs) == 0 {

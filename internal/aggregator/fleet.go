@@ -56,8 +56,15 @@ type node struct {
 	network        []*vigilv1.NetworkNamespace
 	status         *vigilv1.NodeStatus
 	peers          *vigilv1.PeerView
-	results        []*vigilv1.CommandResult // one per command id, by first arrival
-	version        uint64                   // bumped on every change that shows in the series
+	peersAt        time.Time // when peers arrived
+	// condition is the node's condition (gossip.Assess over its stream
+	// and the other nodes' views of it; "" until first assessed), why, and
+	// since when.
+	condition       string
+	conditionReason string
+	conditionSince  time.Time
+	results         []*vigilv1.CommandResult // one per command id, by first arrival
+	version         uint64                   // bumped on every change that shows in the series
 
 	cache atomic.Pointer[renderedNode]
 }
@@ -162,8 +169,12 @@ type applyResult struct {
 }
 
 // apply applies one agent message of the node's current instance, at most
-// once per sequence number. Messages must have been validated.
-func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time) (applyResult, error) {
+// once per sequence number. Messages must have been validated (and checked
+// against q.checkMessage). A message that would take the node over a cap
+// of q that depends on what it holds (containers, interfaces of a
+// namespace) is not applied: the error is a *quotaError. q nil checks
+// nothing.
+func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time, q *Quotas) (applyResult, error) {
 	n := f.get(name)
 	if n == nil {
 		return applyResult{}, fmt.Errorf("node %q is not connected: %w", name, errdefs.ErrUnavailable)
@@ -180,13 +191,23 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time) (appl
 		n.mu.Unlock()
 		return applyResult{acked: acked}, nil
 	}
+	if q != nil {
+		if err := n.checkQuotas(m, q); err != nil {
+			n.mu.Unlock()
+			return applyResult{}, err
+		}
+	}
 	n.lastSeq = m.GetSeq()
 	switch b := m.GetBody().(type) {
 	case *vigilv1.AgentMessage_Snapshot:
 		n.applySnapshot(b.Snapshot)
 	case *vigilv1.AgentMessage_ContainerEvent:
 		n.applyContainerEvent(b.ContainerEvent)
-		event = b.ContainerEvent
+		// UPDATED carries coalesced probe results and counters: applied,
+		// but no news for WatchEvents' readers.
+		if b.ContainerEvent.GetType() != vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_UPDATED {
+			event = b.ContainerEvent
+		}
 	case *vigilv1.AgentMessage_ResourceSamples:
 		for _, s := range b.ResourceSamples.GetSamples() {
 			k := metrics.ContainerKey{Namespace: s.GetNamespace(), ID: s.GetContainerId()}
@@ -202,8 +223,12 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time) (appl
 		n.applyNetworkEvent(b.NetworkEvent)
 	case *vigilv1.AgentMessage_PeerView:
 		n.peers = b.PeerView
+		n.peersAt = now
 		n.version++
 	case *vigilv1.AgentMessage_NodeStatus:
+		if n.status == nil || n.status.GetRuntimeAvailable() != b.NodeStatus.GetRuntimeAvailable() {
+			n.version++ // vigil_node_condition{condition="RuntimeAvailable"}
+		}
 		n.status = b.NodeStatus
 	case *vigilv1.AgentMessage_CommandResult:
 		n.addResult(b.CommandResult)
@@ -215,6 +240,34 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time) (appl
 		f.events.publish(name, event)
 	}
 	return applyResult{applied: true, acked: acked}, nil
+}
+
+// checkQuotas checks the caps that depend on what the node holds; n.mu is
+// held.
+func (n *node) checkQuotas(m *vigilv1.AgentMessage, q *Quotas) error {
+	switch b := m.GetBody().(type) {
+	case *vigilv1.AgentMessage_ContainerEvent:
+		c := b.ContainerEvent.GetContainer()
+		k := metrics.ContainerKey{Namespace: c.GetNamespace(), ID: c.GetId()}
+		if _, held := n.containers[k]; !held && b.ContainerEvent.GetType() != vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_REMOVED && len(n.containers) >= q.Containers {
+			return &quotaError{cap: capContainers, value: len(n.containers) + 1, limit: q.Containers, where: "containers of the node"}
+		}
+	case *vigilv1.AgentMessage_NetworkEvent:
+		ifc := b.NetworkEvent.GetInterface()
+		for _, ns := range n.network {
+			if (ifc.GetNetnsInode() == 0 && ns.GetHost()) || (ifc.GetNetnsInode() != 0 && ns.GetInode() == ifc.GetNetnsInode()) {
+				count := len(ns.GetInterfaces())
+				if !slices.ContainsFunc(ns.GetInterfaces(), func(old *vigilv1.Interface) bool { return old.GetIndex() == ifc.GetIndex() }) {
+					count++
+				}
+				if count > q.InterfacesPerNamespace {
+					return &quotaError{cap: capInterfacesPerNamespace, value: count, limit: q.InterfacesPerNamespace, where: fmt.Sprintf("interfaces of network namespace %d", ns.GetInode())}
+				}
+				break
+			}
+		}
+	}
+	return nil
 }
 
 // addResult stores a command result, replacing the stored result of the same
@@ -353,6 +406,8 @@ func (n *node) rendered() *metrics.Rendered {
 		Samples:    make(map[metrics.ContainerKey]*vigilv1.ResourceSample, len(n.samples)),
 		Network:    n.network,
 		Peers:      n.peers,
+		Condition:  n.condition,
+		Status:     n.status,
 	}
 	for _, c := range n.containers {
 		in.Containers = append(in.Containers, c)
@@ -393,6 +448,10 @@ func (n *node) nodeProto() *vigilv1.Node {
 	}
 	if !n.connectedSince.IsZero() {
 		out.ConnectedSince = timestamppb.New(n.connectedSince)
+	}
+	out.Condition, out.ConditionReason = n.condition, n.conditionReason
+	if !n.conditionSince.IsZero() {
+		out.ConditionSince = timestamppb.New(n.conditionSince)
 	}
 	if s := n.status; s != nil {
 		out.RuntimeVersion = s.GetRuntimeVersion()

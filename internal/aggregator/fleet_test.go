@@ -23,7 +23,7 @@ func TestCommandResultsKeyedByCommand(t *testing.T) {
 		if err := validate(m); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.apply("n1", m, time.Unix(int64(seq), 0)); err != nil {
+		if _, err := f.apply("n1", m, time.Unix(int64(seq), 0), nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/pki"
+	"github.com/vigilhq/vigil/internal/remediation"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -43,8 +44,13 @@ type Gateway struct {
 	ackInterval     time.Duration
 	ackEvery        int
 	commandQueue    int
+	maxStreams      int
+	quotas          Quotas
 	now             func() time.Time
 	stopping        <-chan struct{} // closed when the aggregator shuts down
+	// remediation, when set, delivers each held node's outbox on its
+	// stream and journals the agents' command results.
+	remediation *remediation.Engine
 
 	mu      sync.Mutex
 	streams map[string]*agentStream
@@ -75,6 +81,8 @@ func newGateway(cfg *Config, fleet *Fleet, m *selfMetrics, stopping <-chan struc
 		ackInterval:     cfg.AckInterval,
 		ackEvery:        cfg.AckEvery,
 		commandQueue:    cfg.CommandQueue,
+		maxStreams:      cfg.MaxStreams,
+		quotas:          cfg.Quotas,
 		now:             time.Now,
 		streams:         make(map[string]*agentStream),
 	}
@@ -121,26 +129,29 @@ func (g *Gateway) serveConn(stream agentConn) error {
 		return g.recvError("", err)
 	}
 	g.count(first, size)
-	hello := first.GetHello()
-	if hello == nil {
-		g.metrics.rejected.WithLabelValues("no_hello").Inc()
-		return fmt.Errorf("the first message of a stream must be a Hello, got %s: %w", kindOf(first), errdefs.ErrInvalid)
-	}
-	if err := validNodeName(hello.GetNodeName()); err != nil {
-		g.metrics.rejected.WithLabelValues("invalid").Inc()
-		return fmt.Errorf("hello: %w", err)
+	hello, err := checkHello(first, &g.quotas)
+	if err != nil {
+		if first.GetHello() == nil {
+			g.metrics.rejected.WithLabelValues("no_hello").Inc()
+		} else if _, ok := asQuotaError(err); ok {
+			return g.quotaExceeded(first.GetHello().GetNodeName(), err)
+		} else {
+			g.metrics.rejected.WithLabelValues("invalid").Inc()
+		}
+		return err
 	}
 	node := hello.GetNodeName()
 	if g.requireIdentity {
-		id, err := pki.PeerIdentity(stream.Context())
-		if err != nil {
+		// The interceptor admitted only node certificates to Connect.
+		id, ok := Caller(stream.Context())
+		if !ok || id.Role != pki.RoleNode {
 			g.metrics.rejected.WithLabelValues("identity").Inc()
-			return fmt.Errorf("hello claims node %q: %w", node, err)
+			return fmt.Errorf("hello claims node %q without a node certificate: %w", node, errdefs.ErrPermission)
 		}
-		if id != node {
+		if id.Name != node {
 			g.metrics.rejected.WithLabelValues("identity").Inc()
-			g.log.Warn("refused agent stream: hello names another node than the certificate", "certificate", id, "hello", node)
-			return fmt.Errorf("certificate is for %s, hello claims %s: %w", id, node, errdefs.ErrPermission)
+			g.log.Warn("refused agent stream: hello names another node than the certificate", "certificate", id.Name, "hello", node)
+			return fmt.Errorf("certificate is for %s, hello claims %s: %w", id.Name, node, errdefs.ErrPermission)
 		}
 	}
 
@@ -154,7 +165,9 @@ func (g *Gateway) serveConn(stream agentConn) error {
 		wake:     make(chan struct{}, 1),
 	}
 	defer close(s.done)
-	g.replace(s)
+	if err := g.replace(s); err != nil {
+		return err
+	}
 	g.metrics.streams.Inc()
 	defer func() {
 		g.metrics.streams.Dec()
@@ -185,6 +198,10 @@ func (g *Gateway) serveConn(stream agentConn) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); g.sendLoop(ctx, stream, s) }()
+	if g.remediation != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); g.deliverCommands(ctx, s) }()
+	}
 	msgs := make(chan sized)
 	recvErr := make(chan error, 1)
 	go func() {
@@ -220,14 +237,20 @@ func (g *Gateway) serveConn(stream agentConn) error {
 }
 
 // replace registers s as its node's live stream, ending the previous one
-// and waiting (a bounded time) for it to finish applying.
-func (g *Gateway) replace(s *agentStream) {
+// and waiting (a bounded time) for it to finish applying. A stream of a new
+// node beyond MaxStreams is refused with ResourceExhausted.
+func (g *Gateway) replace(s *agentStream) error {
 	g.mu.Lock()
 	old := g.streams[s.node]
+	if old == nil && len(g.streams) >= g.maxStreams {
+		g.mu.Unlock()
+		g.metrics.rejected.WithLabelValues("too_many_streams").Inc()
+		return status.Errorf(codes.ResourceExhausted, "the aggregator serves %d agent streams, its cap (--max-streams); node %s is refused", g.maxStreams, s.node)
+	}
 	g.streams[s.node] = s
 	g.mu.Unlock()
 	if old == nil {
-		return
+		return nil
 	}
 	g.log.Info("agent reconnected: replacing its previous stream", "node", s.node)
 	old.cancel(errReplaced)
@@ -236,6 +259,17 @@ func (g *Gateway) replace(s *agentStream) {
 	case <-time.After(replaceWait):
 		g.log.Warn("previous stream did not end in time; continuing", "node", s.node)
 	}
+	return nil
+}
+
+// quotaExceeded counts and logs a node over a cap; the error ends the
+// node's stream with ResourceExhausted naming the cap and the value.
+func (g *Gateway) quotaExceeded(node string, err error) error {
+	if q, ok := asQuotaError(err); ok {
+		g.metrics.quota.WithLabelValues(node, q.cap).Inc()
+		g.log.Warn("agent stream cut off: over a quota", "node", node, "cap", q.cap, "value", q.value, "limit", q.limit)
+	}
+	return err
 }
 
 // serve applies messages until the stream ends; nil means the agent closed it.
@@ -255,9 +289,20 @@ func (g *Gateway) serve(ctx context.Context, s *agentStream, msgs <-chan sized, 
 				g.metrics.rejected.WithLabelValues("invalid").Inc()
 				return err
 			}
+			if err := g.quotas.checkMessage(m); err != nil {
+				return g.quotaExceeded(s.node, err)
+			}
+			if r := m.GetCommandResult(); r != nil && g.remediation != nil {
+				if err := g.recordResult(ctx, s.node, r); err != nil {
+					return err
+				}
+			}
 			now := g.now()
-			res, err := g.fleet.apply(s.node, m, now)
+			res, err := g.fleet.apply(s.node, m, now, &g.quotas)
 			if err != nil {
+				if _, ok := asQuotaError(err); ok {
+					return g.quotaExceeded(s.node, err)
+				}
 				return err
 			}
 			if !res.applied {
@@ -351,6 +396,13 @@ func (g *Gateway) recvError(node string, err error) error {
 	if errors.Is(err, io.EOF) {
 		return nil
 	}
+	if q, ok := asQuotaError(err); ok {
+		if node == "" {
+			g.log.Warn("agent stream refused: its hello is over a quota", "cap", q.cap, "value", q.value, "limit", q.limit)
+			return err
+		}
+		return g.quotaExceeded(node, err)
+	}
 	if errors.Is(err, errMalformed) {
 		g.metrics.rejected.WithLabelValues("malformed").Inc()
 		g.log.Warn("malformed agent message", "node", node, "err", err)
@@ -364,11 +416,34 @@ func (g *Gateway) recvError(node string, err error) error {
 	case st.Code() == codes.ResourceExhausted:
 		g.metrics.rejected.WithLabelValues("oversized").Inc()
 		g.log.Warn("agent message over the size limit", "node", node, "limit", g.maxMessageBytes, "err", st.Message())
+		if node != "" {
+			g.metrics.quota.WithLabelValues(node, capMessageBytes).Inc()
+		}
 		// gRPC has already ended the stream with its own status
 		// ("received message larger than max (N vs. LIMIT)").
-		return status.Errorf(codes.ResourceExhausted, "message over the aggregator's limit of %d bytes (%s)", g.maxMessageBytes, st.Message())
+		return status.Errorf(codes.ResourceExhausted, "quota %s exceeded: message over the aggregator's limit of %d bytes (%s; %s)", capMessageBytes, g.maxMessageBytes, st.Message(), flagOf[capMessageBytes])
 	}
 	return err
+}
+
+// checkHello checks the first message of a stream: a Hello with a valid
+// node name, whose strings are within the quotas. Errors wrap
+// errdefs.ErrInvalid or are a *quotaError.
+func checkHello(first *vigilv1.AgentMessage, q *Quotas) (*vigilv1.Hello, error) {
+	hello := first.GetHello()
+	if hello == nil {
+		return nil, fmt.Errorf("the first message of a stream must be a Hello, got %s: %w", kindOf(first), errdefs.ErrInvalid)
+	}
+	if err := validNodeName(hello.GetNodeName()); err != nil {
+		return nil, fmt.Errorf("hello: %w", err)
+	}
+	if n := len(hello.GetCapabilities()); n > 64 {
+		return nil, fmt.Errorf("hello: %d capabilities, at most 64: %w", n, errdefs.ErrInvalid)
+	}
+	if err := q.checkMessage(first); err != nil {
+		return nil, err
+	}
+	return hello, nil
 }
 
 // validNodeName checks a node name: 1 to 253 bytes of printable UTF-8.

@@ -149,7 +149,7 @@ func counterValue(t *testing.T, h *harness, name, label, value string) float64 {
 
 func TestResumeAppliesEachSeqOnce(t *testing.T) {
 	h := startAggregator(t, nil)
-	api := vigilv1.NewVigilClient(h.dial("operator"))
+	api := vigilv1.NewVigilClient(h.dial("viewer/op"))
 	watch, err := api.WatchEvents(context.Background(), &vigilv1.WatchEventsRequest{Node: "n1"})
 	if err != nil {
 		t.Fatal(err)
@@ -324,11 +324,13 @@ func TestStaleDownForget(t *testing.T) {
 	}
 }
 
-func TestWatchEventsAndRemediationUnimplemented(t *testing.T) {
+// TestWatchEventsAndRemediationOff: without a store, the remediation calls
+// say remediation is off and how to turn it on.
+func TestWatchEventsAndRemediationOff(t *testing.T) {
 	h := startAggregator(t, nil)
-	api := vigilv1.NewVigilClient(h.dial("operator"))
+	api := vigilv1.NewVigilClient(h.dial("operator/op"))
 	_, err := api.ListRemediations(context.Background(), &vigilv1.ListRemediationsRequest{})
-	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "remediation is not built yet") {
+	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "remediation is off") || !strings.Contains(err.Error(), "--data-dir") {
 		t.Fatalf("ListRemediations: %v", err)
 	}
 	_, err = api.RequestRemediation(context.Background(), &vigilv1.RequestRemediationRequest{})

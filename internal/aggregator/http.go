@@ -20,10 +20,12 @@ import (
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/metrics"
+	"github.com/vigilhq/vigil/internal/pki"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
-// Handler returns the aggregator's HTTP endpoints:
+// Handler returns the aggregator's HTTP endpoints (the handler of its
+// HTTP listener; HandleAPI adds routes to it):
 //
 //	GET /metrics[?shard=I&shards=N]  fleet series of the nodes in shard I of N
 //	                                 (all nodes without parameters); shard 0
@@ -35,10 +37,35 @@ import (
 //	GET /api/v1/nodes                ListNodesResponse as JSON.
 //	GET /api/v1/containers           ListContainersResponse as JSON; query
 //	                                 parameters node, namespace, pod, state,
-//	                                 health, include_sandboxes.
-func (a *Aggregator) Handler() http.Handler {
+//	                                 health, include_sandboxes, page_size,
+//	                                 page_token, include_probe_output.
+//
+// /api/v1/* needs TLS and a credential (a client certificate with a role,
+// or a bearer token from Config.APITokens): 401 without one, 403 with one
+// whose role is not enough (viewer for these reads). /metrics, /healthz
+// and /readyz are plain, as Prometheus exporters' are, unless
+// Config.MetricsRequireAuth puts /metrics behind the same check.
+// In insecure mode nothing is checked (loopback only).
+func (a *Aggregator) Handler() http.Handler { return a.mux }
+
+// HandleAPI adds a route to the HTTP listener behind the same TLS and
+// credential check as /api/v1/*, needing role need (an operator may do
+// what a viewer or the alertmanager role may). pattern is an
+// http.ServeMux pattern ("POST /api/v1/alerts"). The handler finds the
+// caller with Caller(r.Context()). Call it before Run; it panics, as
+// ServeMux does, on a pattern that conflicts with one registered.
+func (a *Aggregator) HandleAPI(pattern string, need pki.Role, h http.Handler) {
+	a.mux.Handle(pattern, a.auth.requireHTTP(pattern, need, h))
+}
+
+func (a *Aggregator) routes() *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /metrics", a.serveMetrics)
+	a.mux = mux
+	var metricsHandler http.Handler = http.HandlerFunc(a.serveMetrics)
+	if a.cfg.MetricsRequireAuth {
+		metricsHandler = a.auth.requireHTTP("GET /metrics", pki.RoleViewer, metricsHandler)
+	}
+	mux.Handle("GET /metrics", metricsHandler)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
@@ -49,21 +76,26 @@ func (a *Aggregator) Handler() http.Handler {
 		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
-	mux.HandleFunc("GET /api/v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+	a.HandleAPI("GET /api/v1/nodes", pki.RoleViewer, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if len(r.URL.Query()) > 0 {
 			writeJSONError(w, http.StatusBadRequest, "/api/v1/nodes takes no query parameters")
 			return
 		}
 		writeProtoJSON(w, &vigilv1.ListNodesResponse{Nodes: a.fleet.Nodes()})
-	})
-	mux.HandleFunc("GET /api/v1/containers", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	a.HandleAPI("GET /api/v1/containers", pki.RoleViewer, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q, err := ParseContainerQuery(r.URL.Query())
 		if err != nil {
 			writeJSONError(w, http.StatusBadRequest, err.Error())
 			return
 		}
-		writeProtoJSON(w, &vigilv1.ListContainersResponse{Containers: a.fleet.Containers(q)})
-	})
+		resp, err := a.api.listContainers(q)
+		if err != nil {
+			writeJSONError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		writeProtoJSON(w, resp)
+	}))
 	return mux
 }
 
@@ -121,14 +153,26 @@ func ParseContainerQuery(v url.Values) (*vigilv1.ListContainersRequest, error) {
 				return nil, fmt.Errorf("health: %w", err)
 			}
 			q.Health = vigilv1.HealthStatus(h)
-		case "include_sandboxes":
+		case "include_sandboxes", "include_probe_output":
 			b, err := strconv.ParseBool(val)
 			if err != nil {
-				return nil, fmt.Errorf("include_sandboxes=%q is not a boolean (true or false): %w", val, errdefs.ErrInvalid)
+				return nil, fmt.Errorf("%s=%q is not a boolean (true or false): %w", k, val, errdefs.ErrInvalid)
 			}
-			q.IncludeSandboxes = b
+			if k == "include_sandboxes" {
+				q.IncludeSandboxes = b
+			} else {
+				q.IncludeProbeOutput = b
+			}
+		case "page_size":
+			n, err := strconv.ParseUint(val, 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("page_size=%q is not a number from 0 to %d: %w", val, MaxPageSize, errdefs.ErrInvalid)
+			}
+			q.PageSize = uint32(n)
+		case "page_token":
+			q.PageToken = val
 		default:
-			return nil, fmt.Errorf("unknown query parameter %q (known: node, namespace, pod, state, health, include_sandboxes): %w", k, errdefs.ErrInvalid)
+			return nil, fmt.Errorf("unknown query parameter %q (known: node, namespace, pod, state, health, include_sandboxes, page_size, page_token, include_probe_output): %w", k, errdefs.ErrInvalid)
 		}
 	}
 	return q, nil

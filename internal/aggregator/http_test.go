@@ -52,7 +52,7 @@ func ids(cs []*vigilv1.NodeContainer) []string {
 func TestListContainersFilters(t *testing.T) {
 	h := startAggregator(t, nil)
 	filterScene(h)
-	api := vigilv1.NewVigilClient(h.dial("operator"))
+	api := vigilv1.NewVigilClient(h.dial("viewer/op"))
 	for _, tc := range []struct {
 		name string
 		req  *vigilv1.ListContainersRequest
@@ -85,9 +85,10 @@ func TestListContainersFilters(t *testing.T) {
 	}
 }
 
+// getJSON GETs path over HTTPS as a viewer.
 func getJSON(t *testing.T, h *harness, path string) (int, []byte) {
 	t.Helper()
-	resp, err := http.Get(h.url(path))
+	resp, err := h.httpsClient("viewer/v").Get(h.httpsURL(path))
 	if err != nil {
 		t.Fatal(err)
 	}

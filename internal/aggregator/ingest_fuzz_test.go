@@ -47,8 +47,13 @@ func FuzzIngest(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, first, second []byte) {
 		fleet := NewFleet()
+		var q Quotas
+		q.setDefaults()
 		fleet.connect(&vigilv1.Hello{NodeName: "n1", InstanceId: "i"}, "agg", time.Unix(0, 0))
 		for i, frame := range [][]byte{first, second} {
+			if err := checkWireStrings(frame, agentMessageDesc, q.StringBytes); err != nil {
+				continue // refused by the stream with ResourceExhausted
+			}
 			m := &vigilv1.AgentMessage{}
 			if err := proto.Unmarshal(frame, m); err != nil {
 				continue // refused by the stream with InvalidArgument
@@ -56,7 +61,16 @@ func FuzzIngest(f *testing.F) {
 			if err := validate(m); err != nil {
 				continue
 			}
-			if _, err := fleet.apply("n1", m, time.Unix(int64(i), 0)); err != nil {
+			if err := q.checkMessage(m); err != nil {
+				if _, ok := asQuotaError(err); !ok {
+					t.Fatalf("quota check error %v is not a quota error", err)
+				}
+				continue
+			}
+			if _, err := fleet.apply("n1", m, time.Unix(int64(i), 0), &q); err != nil {
+				if _, ok := asQuotaError(err); ok {
+					continue
+				}
 				t.Fatalf("apply of a validated message: %v", err)
 			}
 		}

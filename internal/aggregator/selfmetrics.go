@@ -17,7 +17,7 @@ var messageKinds = []string{
 
 // Reasons a message or stream is rejected (label reason).
 var rejectReasons = []string{
-	"duplicate", "malformed", "oversized", "invalid", "no_hello", "identity", "replaced",
+	"duplicate", "malformed", "oversized", "invalid", "no_hello", "identity", "replaced", "too_many_streams",
 }
 
 // selfMetrics are the aggregator's own metrics, built with client_golang on
@@ -31,6 +31,14 @@ type selfMetrics struct {
 	acks        prometheus.Counter
 	commands    *prometheus.CounterVec
 	expositions *expositionStats
+	authRefused *prometheus.CounterVec
+	quota       *prometheus.CounterVec
+	insecure    prometheus.Gauge
+	suspectSelf prometheus.Gauge
+	historyDrop prometheus.Counter
+	issued      *prometheus.CounterVec
+	bootRefused *prometheus.CounterVec
+	watchers    prometheus.Gauge
 }
 
 func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, error) {
@@ -65,6 +73,44 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 			Help: "Commands offered to agents, by result: queued, unavailable (node not connected or queue full), sent.",
 		}, []string{"result"}),
 		expositions: newExpositionStats(time.Now),
+		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_aggregator_auth_refused_total",
+			Help: "Calls refused by the role check, by the caller's role (none: no usable credential; unknown: a method outside the role table) and gRPC method or HTTP route.",
+		}, []string{"role", "method"}),
+		quota: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_aggregator_quota_exceeded_total",
+			Help: "Agent streams cut off for going over a quota, by node and cap (containers, network_namespaces, interfaces_per_namespace, exit_pairs, labels, string_bytes, message_bytes).",
+		}, []string{"node", "cap"}),
+		insecure: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vigil_aggregator_insecure",
+			Help: "1 when the aggregator serves without TLS (--insecure: every call allowed, loopback only), else 0.",
+		}),
+		issued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_aggregator_node_certificates_issued_total",
+			Help: "Node certificates signed, by kind: bootstrap (with a token) or renew (with the node's certificate).",
+		}, []string{"kind"}),
+		bootRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_aggregator_bootstrap_refused_total",
+			Help: "Bootstrap and renewal requests refused, by reason: token (unknown or revoked), csr (malformed), bound (the node name is bound to another key), identity (renewal for another node).",
+		}, []string{"reason"}),
+		historyDrop: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_aggregator_event_history_dropped_total",
+			Help: "Container events not kept in the event history (vigilctl events --since): its write queue was full or the store refused the write. Live watchers still got them.",
+		}),
+		suspectSelf: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vigil_aggregator_fleet_condition_suspect",
+			Help: "1 when more than half the nodes last changed condition together: the aggregator's or the network's failure is likelier than the nodes' (see its log), else 0.",
+		}),
+		watchers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vigil_aggregator_watchers",
+			Help: "WatchEvents subscribers connected.",
+		}),
+	}
+	for _, k := range []string{"bootstrap", "renew"} {
+		m.issued.WithLabelValues(k)
+	}
+	for _, r := range []string{"token", "csr", "bound", "identity"} {
+		m.bootRefused.WithLabelValues(r)
 	}
 	for _, k := range messageKinds {
 		m.messages.WithLabelValues(k)
@@ -75,7 +121,7 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 	}
 	for _, c := range []prometheus.Collector{
 		m.streams, m.messages, m.bytes, m.rejected, m.lag, m.acks, m.commands,
-		m.expositions, fleetCollector{fleet},
+		m.expositions, fleetCollector{fleet}, m.authRefused, m.quota, m.insecure, m.suspectSelf, m.historyDrop, m.issued, m.bootRefused, m.watchers,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

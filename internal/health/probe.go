@@ -41,41 +41,81 @@ type Target struct {
 	// StartedAt is when the container's task started; the start period
 	// counts from it. Zero means when the target is added.
 	StartedAt time.Time
+	// OwnNetNS says the container has a network namespace of its own (it
+	// is not on the host's network). A network probe of such a target
+	// with an empty NetNS (its task's pid is not known) is refused rather
+	// than run in the agent's own namespace, where it could reach the
+	// host's services instead of the container's.
+	OwnNetNS bool
 }
 
 // DefaultOutputCap is how much output a probe result keeps.
 const DefaultOutputCap = 4096
 
+// Probe limits.
+const (
+	// MaxHTTPResponseHead bounds what an HTTP probe reads of a response's
+	// status line and headers; a response whose head is longer fails the
+	// probe (it is not an answer a health check expects, and an endless
+	// one must not grow the agent's heap).
+	MaxHTTPResponseHead = 64 << 10
+	// DefaultMaxTimeout caps every probe's timeout, whatever a label or an
+	// image asks: a probe holds a worker for its timeout, and workloads
+	// that hang must not starve the others. A timeout is also cut to the
+	// probe's interval.
+	DefaultMaxTimeout = time.Minute
+)
+
 // prober runs single probes. It is safe for concurrent use.
 type prober struct {
-	exec      Execer
-	outputCap int
+	exec       Execer
+	outputCap  int
+	maxTimeout time.Duration
 }
 
 func newProber(exec Execer, outputCap int) *prober {
-	return &prober{exec: exec, outputCap: outputCap}
+	return &prober{exec: exec, outputCap: outputCap, maxTimeout: DefaultMaxTimeout}
 }
+
+// timeout is cfg's timeout, cut to its interval and to the prober's cap.
+func (p *prober) timeout(cfg *Config) time.Duration {
+	t := cfg.Timeout
+	if cfg.Interval > 0 && t > cfg.Interval {
+		t = cfg.Interval
+	}
+	if p.maxTimeout > 0 && t > p.maxTimeout {
+		t = p.maxTimeout
+	}
+	return t
+}
+
+// errNoNetNS refuses a network probe of a container whose namespace is not
+// known.
+var errNoNetNS = errors.New("the container has a network namespace of its own but its task's pid is not known: the probe is not run in the agent's namespace")
 
 // errTimeout marks a probe that ran out of time, for the failure metric.
 var errTimeout = errors.New("probe timed out")
 
-// run runs one probe of cfg against tgt, bounded by cfg.Timeout, and
+// run runs one probe of cfg against tgt, bounded by its timeout (timeout), and
 // returns its result; failed says why it failed when it did ("timeout",
 // "error": the probe could not be carried out, "unhealthy": the check
 // answered no).
 func (p *prober) run(ctx context.Context, cfg *Config, tgt *Target) (r Result, failed string) {
-	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	timeout := p.timeout(cfg)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	r.Start = time.Now()
 	var err error
-	switch cfg.Kind {
-	case KindExec:
+	switch {
+	case cfg.Kind != KindExec && tgt.OwnNetNS && tgt.NetNS == "":
+		err = errNoNetNS
+	case cfg.Kind == KindExec:
 		r.Code, r.Output, err = p.execProbe(ctx, cfg, tgt)
-	case KindHTTP:
+	case cfg.Kind == KindHTTP:
 		r.Code, r.Output, err = p.httpProbe(ctx, cfg, tgt)
-	case KindTCP:
+	case cfg.Kind == KindTCP:
 		r.Code, r.Output, err = p.tcpProbe(ctx, cfg, tgt)
-	case KindGRPC:
+	case cfg.Kind == KindGRPC:
 		r.Code, r.Output, err = p.grpcProbe(ctx, cfg, tgt)
 	default:
 		err = fmt.Errorf("unknown probe kind %d", int(cfg.Kind))
@@ -89,7 +129,7 @@ func (p *prober) run(ctx context.Context, cfg *Config, tgt *Target) (r Result, f
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, errTimeout):
 		failed = "timeout"
 		r.Code = -1
-		r.Output = p.capOutput(fmt.Sprintf("timed out after %s: %v", cfg.Timeout, err))
+		r.Output = p.capOutput(fmt.Sprintf("timed out after %s: %v", timeout, err))
 	default:
 		failed = "error"
 		r.Code = -1
@@ -167,13 +207,25 @@ func (p *prober) httpProbe(ctx context.Context, cfg *Config, tgt *Target) (int, 
 	if _, err := io.WriteString(conn, req); err != nil {
 		return -1, "", p.ctxErr(ctx, err)
 	}
-	resp, err := http.ReadResponse(bufio.NewReaderSize(conn, 2048), nil)
+	return p.readHTTPResult(ctx, conn)
+}
+
+// readHTTPResult reads an HTTP probe's response from r and judges it: the
+// head (status line and headers) is read through a limit of
+// MaxHTTPResponseHead, past which the probe fails with a clear output; the
+// body only up to the output cap, for the operator (a body that stops
+// short, or hangs until the timeout, changes nothing).
+func (p *prober) readHTTPResult(ctx context.Context, r io.Reader) (int, string, error) {
+	head := &io.LimitedReader{R: r, N: MaxHTTPResponseHead}
+	resp, err := http.ReadResponse(bufio.NewReaderSize(head, 2048), nil)
 	if err != nil {
+		if head.N <= 0 {
+			return -1, "", fmt.Errorf("the HTTP response's status line and headers exceed %d KiB: not read further", MaxHTTPResponseHead>>10)
+		}
 		return -1, "", p.ctxErr(ctx, fmt.Errorf("read HTTP response: %w", err))
 	}
 	defer resp.Body.Close()
-	// The status line decides; the body is only kept for the operator, and
-	// a body that stops short (or hangs until the timeout) changes nothing.
+	head.N += int64(p.outputCap) // the body's share
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, int64(p.outputCap)))
 	out := p.capOutput(fmt.Sprintf("HTTP %s\n%s", resp.Status, body))
 	if resp.StatusCode < 200 || resp.StatusCode >= 400 {

@@ -207,7 +207,8 @@ func TestSchedulerBusyWorkers(t *testing.T) {
 	t.Cleanup(slow.Close)
 	slowAddr := netip.MustParseAddrPort(strings.TrimPrefix(slow.URL, "http://"))
 	for i := range 2 {
-		cfg := httpConfig(slowAddr, 100*time.Millisecond)
+		// A timeout is cut to the interval (prober.timeout): both 300ms.
+		cfg := httpConfig(slowAddr, 300*time.Millisecond)
 		cfg.Timeout, cfg.Retries = 300*time.Millisecond, 1
 		if err := s.Add(runtime.Key{Namespace: "test", ID: fmt.Sprint("hung", i)}, cfg, Target{}); err != nil {
 			t.Fatal(err)

@@ -21,6 +21,9 @@ const (
 	famExits
 	famRestarts
 	famBackoff
+	famCrashLooping
+	famGaveUp
+	famLastTerminated
 	famHealth
 	famProbeFailures
 	famNetRxBytes
@@ -43,11 +46,12 @@ const (
 	famNodeNetUp
 	famNodeNetCarrierChanges
 	famNodePeerReachable
+	famNodeCondition
 	numFamilies
 )
 
 var families = [numFamilies]family{
-	famContainerInfo:         {"vigil_container_info", "gauge", "Container identity: always 1; container_id and image are labels of this series only."},
+	famContainerInfo:         {"vigil_container_info", "gauge", "Container identity: always 1; container_id, image and image_id (the image's digest, as cAdvisor and kube-state-metrics name it) are labels of this series only."},
 	famContainerRunning:      {"vigil_container_running", "gauge", "1 when the container's task is running (or paused), 0 otherwise."},
 	famCPUUsage:              {"vigil_container_cpu_usage_seconds_total", "counter", "CPU time used by the container's cgroup, user and system, in seconds."},
 	famCPUThrottled:          {"vigil_container_cpu_cfs_throttled_seconds_total", "counter", "Time the container's cgroup was throttled by the CFS quota, in seconds."},
@@ -59,6 +63,9 @@ var families = [numFamilies]family{
 	famExits:                 {"vigil_container_exits_total", "counter", "Task exits of the workload by reason and exit code, counted by the agent over the workload's lifetime."},
 	famRestarts:              {"vigil_container_restarts_total", "counter", "Restarts of the workload performed by Vigil or observed from its owner."},
 	famBackoff:               {"vigil_container_restart_backoff_seconds", "gauge", "Current restart backoff delay of the container; 0 when none."},
+	famCrashLooping:          {"vigil_container_crash_looping", "gauge", "1 while the agent restarts the container with a growing backoff because it keeps exiting soon after it starts, 0 otherwise."},
+	famGaveUp:                {"vigil_container_restart_gave_up", "gauge", "1 when the container's restart policy reached its limit (on-failure:N) and the agent no longer restarts it, 0 otherwise."},
+	famLastTerminated:        {"vigil_container_last_terminated_reason", "gauge", "1 for the reason the container's task last ended (completed, error, signal, oom_killed, unknown), as kube-state-metrics' kube_pod_container_status_last_terminated_reason; absent until it first ended."},
 	famHealth:                {"vigil_container_health_status", "gauge", "Health-check status of the container: 1 for the current status, 0 for the others."},
 	famProbeFailures:         {"vigil_container_health_probe_failures_total", "counter", "Failed health probes of the workload, not counting those within its start period (as Docker counts them)."},
 	famNetRxBytes:            {"vigil_container_network_receive_bytes_total", "counter", "Bytes received on an interface of the container's (or pod's) network namespace."},
@@ -81,6 +88,7 @@ var families = [numFamilies]family{
 	famNodeNetUp:             {"vigil_node_network_up", "gauge", "1 when the host interface is operationally up."},
 	famNodeNetCarrierChanges: {"vigil_node_network_carrier_changes_total", "counter", "Carrier changes of a host interface since it was created."},
 	famNodePeerReachable:     {"vigil_node_peer_reachable", "gauge", "1 when the observing node's gossip sees the peer alive, 0 otherwise."},
+	famNodeCondition:         {"vigil_node_condition", "gauge", "1 for the node condition's current status (true, false or unknown), as kube-state-metrics' kube_node_status_condition: Healthy, AggregatorPartitioned, NodeDown, Isolated from the stream and the gossip peers' views; RuntimeAvailable from the agent."},
 }
 
 // healthStatuses are the label values of vigil_container_health_status, one

@@ -38,7 +38,17 @@ type NodeInput struct {
 	Network []*vigilv1.NetworkNamespace
 	// Peers is the node's gossip view; nil means none.
 	Peers *vigilv1.PeerView
+	// Condition is the node's condition (one of NodeConditions, or
+	// "Unknown"); "" renders no gossip condition series.
+	Condition string
+	// Status is the agent's last node status; nil renders
+	// RuntimeAvailable as unknown.
+	Status *vigilv1.NodeStatus
 }
+
+// NodeConditions are the gossip conditions of vigil_node_condition, one
+// true at a time ("Unknown" makes each of them unknown).
+var NodeConditions = [...]string{"Healthy", "AggregatorPartitioned", "NodeDown", "Isolated"}
 
 // Rendered is one node's series in the text exposition format, grouped by
 // metric family. It is immutable and safe for concurrent use.
@@ -280,6 +290,8 @@ func (s *scratch) container(ch *chosen, samples map[ContainerKey]*vigilv1.Resour
 	b = appendLabelValue(b, c.GetId())
 	b = append(b, `",image="`...)
 	b = appendLabelValue(b, c.GetImage())
+	b = append(b, `",image_id="`...)
+	b = appendLabelValue(b, c.GetImageDigest())
 	b = append(b, `"} 1`...)
 	s.end(famContainerInfo, b)
 
@@ -319,6 +331,15 @@ func (s *scratch) container(ch *chosen, samples map[ContainerKey]*vigilv1.Resour
 	}
 	s.uint(famRestarts, l, counters.GetRestartsTotal())
 	s.float(famBackoff, l, c.GetBackoff().GetCurrentDelay().AsDuration().Seconds())
+	s.gauge(famCrashLooping, l, boolValue(c.GetBackoff().GetCrashLooping()))
+	s.gauge(famGaveUp, l, boolValue(c.GetBackoff().GetGaveUp()))
+	if e := c.GetLastExit(); e != nil {
+		b := s.begin(famLastTerminated, l)
+		b = append(b, `,reason="`...)
+		b = append(b, exitReason(e.GetReason())...)
+		b = append(b, `"} 1`...)
+		s.end(famLastTerminated, b)
+	}
 
 	current := healthStatus(c.GetHealth().GetStatus())
 	for _, st := range healthStatuses {
@@ -467,6 +488,39 @@ func (s *scratch) nodeSeries(in NodeInput, node []byte) {
 		l = appendLabelValue(l, p.GetName())
 		l = append(l, '"')
 		s.gauge(famNodePeerReachable, l, boolValue(p.GetState() == vigilv1.PeerState_PEER_STATE_ALIVE))
+	}
+
+	// Conditions, kube-state-metrics style: three series per condition,
+	// the current status 1.
+	condition := func(name, status string) {
+		for _, st := range [...]string{"true", "false", "unknown"} {
+			l := append(slices.Clone(nl), `,condition="`...)
+			l = append(l, name...)
+			l = append(l, `",status="`...)
+			l = append(l, st...)
+			l = append(l, '"')
+			s.gauge(famNodeCondition, l, boolValue(st == status))
+		}
+	}
+	if in.Condition != "" {
+		for _, c := range NodeConditions {
+			switch {
+			case in.Condition == c:
+				condition(c, "true")
+			case in.Condition == "Unknown":
+				condition(c, "unknown")
+			default:
+				condition(c, "false")
+			}
+		}
+	}
+	switch {
+	case in.Status == nil:
+		condition("RuntimeAvailable", "unknown")
+	case in.Status.GetRuntimeAvailable():
+		condition("RuntimeAvailable", "true")
+	default:
+		condition("RuntimeAvailable", "false")
 	}
 }
 

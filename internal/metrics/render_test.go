@@ -45,13 +45,15 @@ func sceneNode() metrics.NodeInput {
 		{Id: "nginx-old", Namespace: "k8s.io", Pod: pod("nginx", false), State: stopped, Image: "nginx:1.24", CreatedAt: t0,
 			Counters: &vigilv1.ContainerCounters{RestartsTotal: 1}},
 		{Id: "nginx-new", Namespace: "k8s.io", Pod: pod("nginx", false), State: running, Image: "nginx:1.25", CreatedAt: t1,
-			Health: &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY},
+			ImageDigest: "sha256:4f2a",
+			Health:      &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY},
 			Counters: &vigilv1.ContainerCounters{RestartsTotal: 1, ProbeFailuresTotal: 4, Exits: []*vigilv1.ExitCount{
 				{Reason: vigilv1.ExitReason_EXIT_REASON_SIGNAL, Code: 137, Count: 1},
 			}}},
 		{Id: "db", Namespace: "default", State: running, Image: `reg.example/db:"quoted"\path`, CreatedAt: t0,
-			Health:  &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY},
-			Backoff: &vigilv1.BackoffState{CurrentDelay: durationpb.New(2500 * time.Millisecond)},
+			Health:   &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY},
+			Backoff:  &vigilv1.BackoffState{CurrentDelay: durationpb.New(2500 * time.Millisecond), CrashLooping: true},
+			LastExit: &vigilv1.ExitStatus{Code: 137, Reason: vigilv1.ExitReason_EXIT_REASON_OOM_KILLED},
 			Counters: &vigilv1.ContainerCounters{RestartsTotal: 3, OomEventsTotal: 1, Exits: []*vigilv1.ExitCount{
 				{Reason: vigilv1.ExitReason_EXIT_REASON_OOM_KILLED, Code: 137, Count: 1},
 				{Reason: vigilv1.ExitReason_EXIT_REASON_ERROR, Code: 1, Count: 2},
@@ -146,7 +148,10 @@ func TestRenderNodeRules(t *testing.T) {
 	}
 	for _, tc := range []struct{ what, needle string }{
 		{"pod network labelled with the pod, container empty", `vigil_container_network_receive_bytes_total{node="node-1",namespace="k8s.io",pod_namespace="shop",pod="web-1",container="",interface="eth0"} 2000`},
-		{"pod container named by the kubelet's name", `vigil_container_info{node="node-1",namespace="k8s.io",pod_namespace="shop",pod="web-1",container="nginx",container_id="nginx-new",image="nginx:1.25"} 1`},
+		{"pod container named by the kubelet's name", `vigil_container_info{node="node-1",namespace="k8s.io",pod_namespace="shop",pod="web-1",container="nginx",container_id="nginx-new",image="nginx:1.25",image_id="sha256:4f2a"} 1`},
+		{"crash-looping", `vigil_container_crash_looping{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 1`},
+		{"last terminated by the OOM killer", `vigil_container_last_terminated_reason{node="node-1",namespace="default",pod_namespace="",pod="",container="db",reason="oom_killed"} 1`},
+		{"last terminated, completed", `vigil_container_last_terminated_reason{node="node-1",namespace="default",pod_namespace="",pod="",container="batch",reason="completed"} 1`},
 		{"escaped image", `image="reg.example/db:\"quoted\"\\path"`},
 		{"health one-hot", `vigil_container_health_status{node="node-1",namespace="default",pod_namespace="",pod="",container="db",status="unhealthy"} 1`},
 		{"exits by reason and code", `vigil_container_exits_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db",reason="oom_killed",exit_code="137"} 1`},

@@ -109,7 +109,10 @@ func (c *rtnlConn) exchange(buf, req []byte, fn func(typ uint16, payload []byte)
 		return fmt.Errorf("netlink send: %w", err)
 	}
 	return readReplies(func() ([]byte, error) {
-		n, err := recv(c.fd, buf, unix.MSG_TRUNC)
+		n, fromKernel, err := recv(c.fd, buf, unix.MSG_TRUNC)
+		for err == nil && !fromKernel {
+			n, fromKernel, err = recv(c.fd, buf, unix.MSG_TRUNC) // not the kernel's: dropped
+		}
 		if err != nil {
 			return nil, fmt.Errorf("netlink receive: %w", err)
 		}
@@ -460,14 +463,18 @@ func openSubscription() (*subscription, error) {
 	return &subscription{fd: fd}, nil
 }
 
-// receive takes the next notification datagram, without waiting, and copies
-// it into buf (not empty). truncated reports a datagram larger than buf (its
-// tail is lost). It returns unix.EAGAIN when none is queued and unix.ENOBUFS
+// receive takes the next notification datagram from the kernel, without
+// waiting, and copies it into buf (not empty); datagrams another process
+// sent are dropped. truncated reports a datagram larger than buf (its tail
+// is lost). It returns unix.EAGAIN when none is queued and unix.ENOBUFS
 // when the kernel dropped notifications. Must not be called after close.
 func (s *subscription) receive(buf []byte) (n int, truncated bool, err error) {
-	n, err = recv(s.fd, buf, unix.MSG_TRUNC|unix.MSG_DONTWAIT)
-	if err != nil {
-		return 0, false, err
+	fromKernel := false
+	for !fromKernel {
+		n, fromKernel, err = recv(s.fd, buf, unix.MSG_TRUNC|unix.MSG_DONTWAIT)
+		if err != nil {
+			return 0, false, err
+		}
 	}
 	if n > len(buf) {
 		return len(buf), true, nil
@@ -475,21 +482,26 @@ func (s *subscription) receive(buf []byte) (n int, truncated bool, err error) {
 	return n, false, nil
 }
 
-// recv is recvfrom(2) without a source address (unix.Recvfrom allocates
-// one per datagram, and every dump and notification comes through here),
-// retried on EINTR. buf must not be empty. With MSG_TRUNC, netlink returns
-// the datagram's real length, which may exceed len(buf).
-func recv(fd int, buf []byte, flags int) (int, error) {
+// recv is recvfrom(2) with the sender's address read into a stack value
+// (unix.Recvfrom allocates one per datagram, and every dump and
+// notification comes through here), retried on EINTR. buf must not be
+// empty. With MSG_TRUNC, netlink returns the datagram's real length, which
+// may exceed len(buf). fromKernel is false for a datagram another process
+// sent to this socket (its sender port is not 0): callers drop those, so
+// that no local process can forge link state or dump replies.
+func recv(fd int, buf []byte, flags int) (n int, fromKernel bool, err error) {
 	for {
+		var from unix.RawSockaddrNetlink
+		fromLen := uint32(unsafe.Sizeof(from))
 		r, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
-			uintptr(flags), 0, 0)
+			uintptr(flags), uintptr(unsafe.Pointer(&from)), uintptr(unsafe.Pointer(&fromLen)))
 		if errno == unix.EINTR {
 			continue
 		}
 		if errno != 0 {
-			return 0, errno
+			return 0, false, errno
 		}
-		return int(r), nil
+		return int(r), from.Family == unix.AF_NETLINK && from.Pid == 0, nil
 	}
 }
 

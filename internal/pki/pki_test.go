@@ -17,11 +17,11 @@ import (
 // connection.
 type identityServer struct {
 	healthpb.UnimplementedHealthServer
-	got chan string
+	got chan Identity
 }
 
 func (s *identityServer) Check(ctx context.Context, _ *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
-	id, err := PeerIdentity(ctx)
+	id, err := PeerIdentity(ctx, false)
 	if err != nil {
 		return nil, errdefs.GRPC(err)
 	}
@@ -52,7 +52,7 @@ func TestMutualTLSIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := grpc.NewServer(grpc.Creds(credentials.NewTLS(srvTLS)))
-	is := &identityServer{got: make(chan string, 1)}
+	is := &identityServer{got: make(chan Identity, 1)}
 	healthpb.RegisterHealthServer(s, is)
 	go func() { _ = s.Serve(lis) }()
 	t.Cleanup(s.Stop)
@@ -69,8 +69,8 @@ func TestMutualTLSIdentity(t *testing.T) {
 	if _, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatalf("check over mTLS: %v", err)
 	}
-	if got := <-is.got; got != "node-a" {
-		t.Fatalf("identity = %q, want node-a", got)
+	if got := <-is.got; got != NodeIdentity("node-a") {
+		t.Fatalf("identity = %v, want node/node-a", got)
 	}
 
 	// A client from another CA is refused at the handshake.
@@ -98,7 +98,7 @@ func TestMutualTLSIdentity(t *testing.T) {
 }
 
 func TestPeerIdentityWithoutTLS(t *testing.T) {
-	if _, err := PeerIdentity(context.Background()); !errors.Is(err, errdefs.ErrPermission) {
+	if _, err := PeerIdentity(context.Background(), true); !errors.Is(err, errdefs.ErrPermission) {
 		t.Fatalf("err = %v, want ErrPermission", err)
 	}
 }

@@ -708,6 +708,13 @@ func TestRestartResumesInterrupted(t *testing.T) {
 		env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: id, Image: image, Args: []string{"sh", "-c", "echo ran; exec sleep 600 <&-"}})
 		k := Key{ns, id}
 		outputs[id] = w.waitForKey(k, EventStarted).Container.Output
+		// The shim copies the task's output to the log asynchronously: a
+		// kill and delete before it has copied "ran" lose it (seen under
+		// load, where the log then held only the second run's line).
+		eventually(t, 10*time.Second, id+": first run's output in its log", func() bool {
+			b, _ := os.ReadFile(env.LogPathOf(ns, id))
+			return string(b) == "ran\n"
+		})
 		if err := w.Kill(ctx, k, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -769,6 +776,9 @@ func TestRestartResumesInterrupted(t *testing.T) {
 	eventually(t, 10*time.Second, "previous: both runs' output in the container's log", func() bool {
 		b, _ := os.ReadFile(env.LogPathOf(ns, "previous"))
 		return string(b) == "ran\nran\n"
+	}, func() string {
+		b, err := os.ReadFile(env.LogPathOf(ns, "previous"))
+		return fmt.Sprintf("log holds %q (%v)", b, err)
 	})
 	if _, err := os.Stat(filepath.Join(logDir, ns, "previous.log")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("previous: a log in LogDir (%v), want none", err)

@@ -138,16 +138,26 @@ type Store interface {
 	// limit > 0 returns at most that many keys (the first ones).
 	List(ctx context.Context, prefix string, limit int) ([]KV, int64, error)
 	// Txn applies ops atomically if every cond holds, and nothing otherwise.
-	// A Txn with no ops only compares. Ops on the same key are applied in
-	// order. A Txn attaching a key to a lease that does not exist fails
-	// with ErrNotFound and applies nothing.
+	// A Txn with no ops only compares. An Op may name a key at most once
+	// in a Txn (etcd refuses a second write of one key in a transaction):
+	// a Txn naming a key twice fails with ErrInvalid and applies nothing.
+	// A Txn that changes nothing (only deletes of missing keys) does not
+	// advance the revision. A Txn whose conds hold but that attaches a key
+	// to a lease that does not exist fails with ErrNotFound and applies
+	// nothing. A Txn that fails with ErrUnavailable or a context error
+	// may still have been applied (etcd cannot tell a lost answer from a
+	// lost request): conditions make the retry safe, and its conflict
+	// (or a Get) tells.
 	Txn(ctx context.Context, conds []Cond, ops []Op) (TxnResult, error)
 	// Watch streams every change to keys with prefix at revisions after
 	// afterRev, in revision order, until ctx ends (the channel is then
 	// closed without an error) or the watch fails (a last response carries
-	// Err). afterRev older than the store keeps gives ErrCompacted in the
-	// first response. The channel is buffered; a consumer that does not
-	// read holds the watch back, never other watchers.
+	// Err). afterRev is a revision the caller read (from List, Get or a
+	// Txn); one older than the store keeps gives ErrCompacted in the first
+	// response. All events of one revision arrive in one response. The
+	// channel is buffered; a consumer that does not read holds the watch
+	// back, never writers or other watchers (a store that cannot keep a
+	// slow watch's changes ends it with ErrCompacted, never skips any).
 	Watch(ctx context.Context, prefix string, afterRev int64) <-chan WatchResponse
 	// Grant creates a lease that expires ttl after its last KeepAlive.
 	// Keys attached to it are deleted when it expires or is revoked.

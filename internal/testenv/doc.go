@@ -22,7 +22,8 @@
 // the containers, pods and shims inside. A test binary that died before
 // teardown (a -timeout panic) is cleaned up by the next one to start an
 // instance. The workload binary is cached in $TMPDIR/vigil-testenv-cache,
-// keyed by a hash of its sources.
+// keyed by a hash of its sources. Layers are built with internal/ociimage
+// (the release images' code): sorted entries, fixed times, reproducible.
 //
 // Under the testing.TB API is a layer for programs that are not tests (the
 // demo, through test/chain): NewInstance starts a containerd in a given or

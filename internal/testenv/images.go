@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -21,6 +20,7 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/ociimage"
 )
 
 // Image references of the images this package builds.
@@ -282,9 +282,9 @@ func workloadImage(hc *DockerHealthcheck) (imageDef, error) {
 			workloadLayer.err = err
 			return
 		}
-		var t tarWriter
-		t.file("workload", 0o755, bin)
-		workloadLayer.l, workloadLayer.err = t.layer()
+		var l ociimage.LayerBuilder
+		l.File("workload", 0o755, bin)
+		workloadLayer.l, workloadLayer.err = newLayer(l.Layer())
 	})
 	if workloadLayer.err != nil {
 		return def, workloadLayer.err
@@ -317,79 +317,31 @@ func buildBusyboxLayer() (*layer, error) {
 	}
 	applets := strings.Fields(string(out))
 	sort.Strings(applets)
-	var t tarWriter
+	var l ociimage.LayerBuilder
 	for _, d := range []string{"bin", "etc", "root", "proc", "sys", "dev", "var", "usr", "usr/bin", "sbin"} {
-		t.dir(d, 0o755)
+		l.Dir(d, 0o755, 0, 0)
 	}
-	t.dir("tmp", 0o1777)
-	t.file("bin/busybox", 0o755, bin)
+	l.Dir("tmp", 0o1777, 0, 0)
+	l.File("bin/busybox", 0o755, bin)
 	for _, a := range applets {
 		if a == "busybox" || strings.Contains(a, "/") {
 			continue
 		}
-		t.symlink("bin/"+a, "busybox")
+		l.Symlink("bin/"+a, "busybox")
 	}
-	t.file("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"))
-	t.file("etc/group", 0o644, []byte("root:x:0:\nnogroup:x:65534:\n"))
-	return t.layer()
+	l.File("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"))
+	l.File("etc/group", 0o644, []byte("root:x:0:\nnogroup:x:65534:\n"))
+	return newLayer(l.Layer())
 }
 
-// epoch is the timestamp of every file and image: builds are reproducible,
-// so a second import of the same image is a no-op.
-var epoch = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
-
-// tarWriter builds a layer tar in memory; the first error sticks.
-type tarWriter struct {
-	buf bytes.Buffer
-	tw  *tar.Writer
-	err error
-}
-
-func (t *tarWriter) header(h *tar.Header, data []byte) {
-	if t.tw == nil {
-		t.tw = tar.NewWriter(&t.buf)
-	}
-	if t.err != nil {
-		return
-	}
-	h.ModTime, h.Format = epoch, tar.FormatPAX
-	if t.err = t.tw.WriteHeader(h); t.err == nil && len(data) > 0 {
-		_, t.err = t.tw.Write(data)
-	}
-}
-
-func (t *tarWriter) dir(name string, mode int64) {
-	t.header(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: mode}, nil)
-}
-
-func (t *tarWriter) file(name string, mode int64, data []byte) {
-	t.header(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(data))}, data)
-}
-
-func (t *tarWriter) symlink(name, target string) {
-	t.header(&tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: target, Mode: 0o777}, nil)
-}
-
-func (t *tarWriter) bytes() ([]byte, error) {
-	if t.tw == nil {
-		t.tw = tar.NewWriter(&t.buf)
-	}
-	if t.err != nil {
-		return nil, t.err
-	}
-	if err := t.tw.Close(); err != nil {
-		return nil, err
-	}
-	return t.buf.Bytes(), nil
-}
-
-func (t *tarWriter) layer() (*layer, error) {
-	b, err := t.bytes()
+// newLayer keeps a layer built by ociimage (sorted entries, fixed times:
+// reproducible, so a second import of the same image is a no-op) with its
+// diff ID.
+func newLayer(l ociimage.Layer, err error) (*layer, error) {
 	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(b)
-	return &layer{data: b, diffID: "sha256:" + hex.EncodeToString(sum[:])}, nil
+	return &layer{data: l.Tar, diffID: l.DiffID().String()}, nil
 }
 
 // dockerConfig is the part of a Docker image config this package writes.
@@ -420,7 +372,7 @@ func (d imageDef) dockerArchive() ([]byte, error) {
 	if len(d.layers) == 0 {
 		return nil, fmt.Errorf("image %s has no layers", d.ref)
 	}
-	cfg := dockerConfig{Architecture: runtime.GOARCH, OS: "linux", Created: epoch}
+	cfg := dockerConfig{Architecture: runtime.GOARCH, OS: "linux", Created: ociimage.Epoch}
 	cfg.Config = dockerRunConfig{
 		Entrypoint:  d.entrypoint,
 		Cmd:         d.cmd,
@@ -444,16 +396,14 @@ func (d imageDef) dockerArchive() ([]byte, error) {
 	csum := sha256.Sum256(cb)
 	configName := hex.EncodeToString(csum[:]) + ".json"
 
-	var t tarWriter
+	var t ociimage.LayerBuilder
 	var layerNames []string
 	for _, l := range d.layers {
-		dir := strings.TrimPrefix(l.diffID, "sha256:")
-		t.dir(dir, 0o755)
-		name := path.Join(dir, "layer.tar")
-		t.file(name, 0o644, l.data)
+		name := path.Join(strings.TrimPrefix(l.diffID, "sha256:"), "layer.tar")
+		t.File(name, 0o644, l.data)
 		layerNames = append(layerNames, name)
 	}
-	t.file(configName, 0o644, cb)
+	t.File(configName, 0o644, cb)
 	manifest := []map[string]any{{
 		"Config":   configName,
 		"RepoTags": []string{strings.TrimPrefix(d.ref, "docker.io/")},
@@ -463,6 +413,7 @@ func (d imageDef) dockerArchive() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	t.file("manifest.json", 0o644, mb)
-	return t.bytes()
+	t.File("manifest.json", 0o644, mb)
+	archive, err := t.Layer()
+	return archive.Tar, err
 }

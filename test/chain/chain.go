@@ -38,6 +38,9 @@ type Config struct {
 	AggregatorHTTP string // aggregator's /metrics and JSON API
 	AgentMetrics   string // agent's own /metrics and /healthz
 	Prometheus     string // Prometheus's web listen address
+	// Alertmanager is Alertmanager's web listen address; "" runs none,
+	// and Prometheus then sends its alerts nowhere.
+	Alertmanager string
 
 	// PrometheusConfig is the shipped configuration (deploy/demo/prometheus.yml);
 	// the chain rewrites its targets to the addresses above.
@@ -45,6 +48,13 @@ type Config struct {
 	// RulesDir holds the shipped alerting and recording rules (deploy/prometheus);
 	// rule files in it that exist are loaded.
 	RulesDir string
+	// AlertmanagerConfig is the demo's Alertmanager configuration
+	// (deploy/demo/alertmanager.yml); the chain rewrites its webhook to the
+	// aggregator's address.
+	AlertmanagerConfig string
+	// RemediationRules is the aggregator's --rules-file; "" runs it with no
+	// rule (alerts journaled as unmatched; operators' requests act).
+	RemediationRules string
 
 	// Agent tuning: its sampling interval and restart backoff.
 	Interval                                 time.Duration
@@ -63,7 +73,7 @@ type Config struct {
 type Chain struct {
 	cfg Config
 
-	Aggregator, Agent, Prometheus *Process
+	Aggregator, Agent, Prometheus, Alertmanager *Process
 }
 
 // New checks cfg and creates the chain's directories. It starts nothing.
@@ -100,13 +110,20 @@ func (c *Chain) AgentStateDir() string { return filepath.Join(c.cfg.Dir, "agent-
 // Bin returns the path of one of the binaries.
 func (c *Chain) Bin(name string) string { return filepath.Join(c.cfg.BinDir, name) }
 
+// AggregatorDataDir is the aggregator's --data-dir (its journal).
+func (c *Chain) AggregatorDataDir() string { return filepath.Join(c.cfg.Dir, "aggregator-data") }
+
 // AggregatorCommand is the aggregator's command line: insecure (no TLS), on
-// the chain's loopback addresses.
+// the chain's loopback addresses, with its journal in AggregatorDataDir.
 func (c *Chain) AggregatorCommand() []string {
 	args := []string{
 		"--grpc-listen", c.cfg.AggregatorGRPC,
 		"--http-listen", c.cfg.AggregatorHTTP,
 		"--insecure",
+		"--data-dir", c.AggregatorDataDir(),
+	}
+	if c.cfg.RemediationRules != "" {
+		args = append(args, "--rules-file", c.cfg.RemediationRules)
 	}
 	return append(args, c.cfg.AggregatorArgs...)
 }
@@ -119,6 +136,9 @@ func (c *Chain) AgentCommand() []string {
 		"--containerd", c.cfg.ContainerdAddress,
 		"--aggregator", c.cfg.AggregatorGRPC,
 		"--insecure",
+		// The chain's aggregator is on loopback without TLS: the agent
+		// carries out its commands (remediation) only when told to.
+		"--accept-commands",
 		"--metrics-listen", c.cfg.AgentMetrics,
 	}
 	if c.cfg.Interval > 0 {
@@ -174,6 +194,9 @@ func (c *Chain) StartPrometheus(ctx context.Context) error {
 	}
 	conf, err := RenderPrometheusConfig(string(tmpl), c.cfg.AggregatorHTTP, c.cfg.AgentMetrics, c.cfg.RulesDir)
 	if err != nil {
+		return err
+	}
+	if conf, err = renderAlerting(conf, c.cfg.Alertmanager); err != nil {
 		return err
 	}
 	if err := os.WriteFile(c.PrometheusConfigPath(), []byte(conf), 0o644); err != nil {
@@ -259,7 +282,7 @@ func waitHTTP(ctx context.Context, p *Process, url string) error {
 	}
 }
 
-// Stop stops the agent, Prometheus and the aggregator (SIGTERM, then
+// Stop stops the agent, Prometheus, Alertmanager and the aggregator (SIGTERM, then
 // SIGKILL after a grace period), started by this program or recorded in Dir
 // by another. It keeps going after errors; safe when nothing runs.
 func (c *Chain) Stop() error {
@@ -269,7 +292,7 @@ func (c *Chain) Stop() error {
 // StopRecorded stops the chain's processes recorded in dir/run.
 func StopRecorded(dir string) error {
 	var errs []error
-	for _, name := range []string{NameAgent, NamePrometheus, NameAggregator} {
+	for _, name := range []string{NameAgent, NamePrometheus, NameAlertmanager, NameAggregator} {
 		p, ok, err := LoadProcess(dir, name)
 		if err != nil {
 			errs = append(errs, err)

@@ -105,3 +105,40 @@ func StoryPod(logDir, cgroupParent string) testenv.PodSpec {
 		Containers:   []testenv.PodContainer{{Name: "nginx", Image: WorkloadRef, Args: []string{"serve", "--http", ":8080"}}},
 	}
 }
+
+// SickID is the remediation story's container: it turns unhealthy once
+// (its mark survives a restart, on the same root filesystem), and its own
+// policy does not restart it (restart-on-unhealthy=false), so only a
+// remediation through Alertmanager and the aggregator can.
+const SickID = "sick"
+
+// SickNamespacePrefix: the shipped remediation rules
+// (deploy/remediation/rules.yaml) act on the namespaces default, prod-*
+// and k8s.io; the story's namespace starts with it.
+const SickNamespacePrefix = "prod-"
+
+// SickStory returns the remediation story's container in namespace (which
+// must start with SickNamespacePrefix), serving on port 8090 in NetNSPath.
+func SickStory(o StoryOptions) Container {
+	c := Container{
+		ID:        SickID,
+		Image:     WorkloadRef,
+		Namespace: o.Namespace,
+		Args:      []string{"/workload", "serve", "--http", ":8090", "--unhealthy-after", o.UnhealthyAfter.String(), "--unhealthy-once", "/was-unhealthy"},
+		Labels: map[string]string{
+			"vigil.io/health-http":          "http://:8090/healthz",
+			"vigil.io/health-interval":      o.HealthInterval.String(),
+			"vigil.io/health-timeout":       "1s",
+			"vigil.io/health-retries":       "3",
+			"vigil.io/health-start-period":  (5 * o.HealthInterval).String(),
+			"vigil.io/restart-policy":       "always",
+			"vigil.io/restart-on-unhealthy": "false",
+		},
+		NetNSPath:    o.NetNSPath,
+		CgroupParent: o.CgroupParent,
+	}
+	if o.LogDir != "" {
+		c.LogPath = filepath.Join(o.LogDir, c.ID+".log")
+	}
+	return c
+}

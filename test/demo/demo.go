@@ -26,6 +26,7 @@ const (
 	aggregatorHTTP = "127.0.0.1:17401"
 	agentMetrics   = "127.0.0.1:17402"
 	prometheusAddr = "127.0.0.1:17490"
+	alertmanagerAd = "127.0.0.1:17493"
 
 	nodeName = "demo-node"
 	// namespace is the containerd namespace of the demo's containers: its
@@ -36,6 +37,9 @@ const (
 	bridgeName   = "vigil-demo0"
 	podSubnet    = "10.199.74.0/24"
 	cgroupParent = "/vigil-demo"
+	// sickNamespace holds the remediation story's container: the shipped
+	// remediation rules act on prod-* namespaces.
+	sickNamespace = chain.SickNamespacePrefix + "demo"
 )
 
 type options struct {
@@ -80,13 +84,17 @@ func (d *demo) newChain() (*chain.Chain, error) {
 		AggregatorHTTP:    aggregatorHTTP,
 		AgentMetrics:      agentMetrics,
 		Prometheus:        prometheusAddr,
+		Alertmanager:      alertmanagerAd,
 		PrometheusConfig:  "deploy/demo/prometheus.yml",
 		RulesDir:          "deploy/prometheus",
-		Interval:          2 * time.Second,
-		BackoffInitial:    time.Second,
-		BackoffMax:        30 * time.Second,
-		BackoffReset:      time.Minute,
-		Detach:            true,
+		// The shipped route and rules, as a user deploys them.
+		AlertmanagerConfig: "deploy/demo/alertmanager.yml",
+		RemediationRules:   "deploy/remediation/rules.yaml",
+		Interval:           2 * time.Second,
+		BackoffInitial:     time.Second,
+		BackoffMax:         30 * time.Second,
+		BackoffReset:       time.Minute,
+		Detach:             true,
 	})
 }
 
@@ -108,14 +116,16 @@ func (d *demo) up(ctx context.Context) error {
 		return err
 	}
 	d.say("Building the test workload (test/workload, the program inside the demo containers) and importing the demo images without a registry: %s, %s, %s", chain.BusyboxRef, chain.WorkloadRef, chain.PauseRef)
-	if err := d.containerd.ImportImages(ctx, namespace); err != nil {
-		return err
+	for _, ns := range []string{namespace, sickNamespace} {
+		if err := d.containerd.ImportImages(ctx, ns); err != nil {
+			return err
+		}
 	}
 	if err := chain.CreateNetNS(ctx, netnsName); err != nil {
 		return err
 	}
 
-	d.say("Starting vigil-aggregator: gRPC %s, HTTP %s (INSECURE: no TLS, loopback only; production uses mTLS)", aggregatorGRPC, aggregatorHTTP)
+	d.say("Starting vigil-aggregator: gRPC %s, HTTP %s (INSECURE: no TLS, loopback only; production uses mTLS), its journal in %s, the remediation rules of deploy/remediation/rules.yaml", aggregatorGRPC, aggregatorHTTP, c.AggregatorDataDir())
 	if err := c.StartAggregator(ctx); err != nil {
 		return err
 	}
@@ -123,7 +133,11 @@ func (d *demo) up(ctx context.Context) error {
 	if err := c.StartAgent(ctx); err != nil {
 		return err
 	}
-	d.say("Starting Prometheus on http://%s, scraping the aggregator every 2s", prometheusAddr)
+	d.say("Starting Alertmanager on http://%s with the shipped route: alerts with a vigil_action label go to the aggregator's webhook after 5s", alertmanagerAd)
+	if err := c.StartAlertmanager(ctx); err != nil {
+		return err
+	}
+	d.say("Starting Prometheus on http://%s, scraping the aggregator every 2s, with the shipped rules (deploy/prometheus) and that Alertmanager", prometheusAddr)
 	if err := c.StartPrometheus(ctx); err != nil {
 		return err
 	}
@@ -137,6 +151,14 @@ func (d *demo) up(ctx context.Context) error {
 		UnhealthyAfter: 15 * time.Second,
 		HealthInterval: 2 * time.Second,
 	})
+	stories = append(stories, chain.SickStory(chain.StoryOptions{
+		Namespace:      sickNamespace,
+		NetNSPath:      chain.NetNSPath(netnsName),
+		LogDir:         d.logDir,
+		CgroupParent:   cgroupParent,
+		UnhealthyAfter: 5 * time.Second,
+		HealthInterval: 2 * time.Second,
+	}))
 	d.say("Running the demo containers with ctr, the way you would:")
 	for _, s := range stories {
 		fmt.Fprintf(d.out, "    %s\n", shellQuote(append([]string{"ctr"}, s.CtrArgs(d.containerd.Address)...)))
@@ -148,14 +170,19 @@ func (d *demo) up(ctx context.Context) error {
     web        serves HTTP; health-http probes /healthz inside its network namespace: stays healthy
     crashloop  exits 1 after 3s; restart-policy on-failure restarts it, each time after a longer backoff
     flaky      turns its /healthz to 503 after 15s; 3 failed probes make it unhealthy and
-               restart-on-unhealthy restarts it (healthy again for 15s, and so on)`)
+               restart-on-unhealthy restarts it (healthy again for 15s, and so on)
+    sick       (namespace `+sickNamespace+`) turns unhealthy once after 5s, and its own policy does not
+               restart it (restart-on-unhealthy=false). The shipped alert VigilContainerUnhealthy fires
+               after 1m, Alertmanager posts it to the aggregator, the journal decides (rule
+               restart-unhealthy), the agent restarts it: about a minute and a half`)
 	pod := chain.StoryPod(d.logDir, cgroupParent)
 	d.say("Running a Kubernetes-style pod %s/%s through CRI (the kubelet's labels; Vigil observes it, the kubelet would own its restarts)", pod.Namespace, pod.Name)
 	if _, err := testenv.RunPod(ctx, d.containerd.Address, pod); err != nil {
 		return err
 	}
-	d.say("Everything is up after %s. Watching for %s (Ctrl-C stops watching, not the demo):", time.Since(start).Round(time.Second), d.o.watch)
+	d.say("Everything is up after %s. Watching for %s, and until the remediation is done (Ctrl-C stops watching, not the demo):", time.Since(start).Round(time.Second), d.o.watch)
 	d.watch(ctx, d.o.watch)
+	d.redeliver(ctx)
 	d.where()
 	return nil
 }
@@ -163,14 +190,14 @@ func (d *demo) up(ctx context.Context) error {
 // preflight refuses to start over a running demo or on taken ports, and
 // checks the binaries are built.
 func (d *demo) preflight() error {
-	for _, name := range []string{chain.NameContainerd, chain.NameAggregator, chain.NameAgent, chain.NamePrometheus} {
+	for _, name := range []string{chain.NameContainerd, chain.NameAggregator, chain.NameAgent, chain.NamePrometheus, chain.NameAlertmanager} {
 		if p, ok, _ := chain.LoadProcess(d.o.dir, name); ok && p.Running() {
 			return fmt.Errorf("a demo is already running (%s, pid %d): `make demo-down` first, or look at it with `bash scripts/demo.sh status`", name, p.PID)
 		}
 	}
 	for _, p := range []struct{ addr, what string }{
 		{aggregatorGRPC, "aggregator gRPC"}, {aggregatorHTTP, "aggregator HTTP"},
-		{agentMetrics, "agent metrics"}, {prometheusAddr, "Prometheus"},
+		{agentMetrics, "agent metrics"}, {prometheusAddr, "Prometheus"}, {alertmanagerAd, "Alertmanager"},
 	} {
 		if err := chain.CheckFree(p.addr, p.what); err != nil {
 			return err
@@ -181,7 +208,7 @@ func (d *demo) preflight() error {
 			return fmt.Errorf("%s not built: run `make build` (or `make demo`, which builds first): %w", b, err)
 		}
 	}
-	for _, tool := range []string{"containerd", "ctr", "prometheus", "ip"} {
+	for _, tool := range []string{"containerd", "ctr", "prometheus", chain.AlertmanagerBinary, "ip"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s not found: run `make prereqs` (scripts/install-prereqs.sh)", tool)
 		}
@@ -215,7 +242,10 @@ func (d *demo) watch(ctx context.Context, total time.Duration) {
 		}
 		fmt.Fprintln(d.out, "     as Prometheus sees them:")
 		d.promTable(ctx)
-		if time.Since(start) >= total {
+		done := d.remediationStatus(ctx)
+		// Past the watch time, go on until the remediation has ended, for
+		// at most three more minutes.
+		if el := time.Since(start); el >= total && (done || el >= total+3*time.Minute) {
 			return
 		}
 	}
@@ -224,7 +254,7 @@ func (d *demo) watch(ctx context.Context, total time.Duration) {
 // promTable prints health, restarts, backoff and exits of the story
 // containers from Prometheus.
 func (d *demo) promTable(ctx context.Context) {
-	sel := `{container=~"web|crashloop|flaky|nginx"}`
+	sel := `{container=~"web|crashloop|flaky|nginx|sick"}`
 	query := func(q string) map[string]string {
 		res, err := d.chain.Query(ctx, q)
 		if err != nil {
@@ -249,7 +279,7 @@ func (d *demo) promTable(ctx context.Context) {
 	probeFailures := query(`vigil_container_health_probe_failures_total` + sel)
 	tw := tabwriter.NewWriter(d.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "     CONTAINER\tRUNNING\tHEALTH\tFAILED PROBES\tRESTARTS\tBACKOFF(s)\tEXITS")
-	names := []string{"web", "crashloop", "flaky", "nginx"}
+	names := []string{"web", "crashloop", "flaky", "nginx", "sick"}
 	sort.Strings(names)
 	for _, n := range names {
 		fmt.Fprintf(tw, "     %s\t%s\t%s\t%s\t%s\t%s\t%s\n", n, dash(running[n]), dash(health[n]), dash(probeFailures[n]), dash(restarts[n]), dash(backoff[n]), dash(exits[n]))
@@ -290,18 +320,23 @@ func (d *demo) where() {
   JSON API     curl -s http://%[6]s/api/v1/containers
   metrics      curl -s http://%[6]s/metrics | grep '^vigil_container'
   containers   ctr -a %[7]s -n %[9]s tasks ls
-  logs         %[8]s/{agent,aggregator,prometheus,containerd}.log
-               %[8]s/{web,crashloop,flaky}.log (the containers' output)
+  remediation  bin/vigilctl --server %[5]s --insecure remediations    (the journal; -o wide adds the fence)
+               bin/vigilctl --server %[5]s --insecure restart %[10]s/%[11]s/web --reason "try it"
+               http://%[12]s   (Alertmanager: the alerts and where they went)
+               ALERTS{alertstate="firing"}                   (in Prometheus)
+  logs         %[8]s/{agent,aggregator,prometheus,alertmanager,containerd}.log
+               %[8]s/{web,crashloop,flaky,sick}.log (the containers' output)
   status       bash scripts/demo.sh status
   stop         make demo-down   (removes everything the demo started)
 `, prometheusAddr, q("vigil_container_restarts_total"), q("sum by (reason) (vigil_container_exits_total)"),
-		q(`max_over_time(vigil_container_health_status{status="unhealthy"}[5m]) == 1`), aggregatorGRPC, aggregatorHTTP, d.containerd.Address, d.logDir, namespace)
+		q(`max_over_time(vigil_container_health_status{status="unhealthy"}[5m]) == 1`), aggregatorGRPC, aggregatorHTTP, d.containerd.Address, d.logDir, namespace,
+		nodeName, namespace, alertmanagerAd)
 }
 
 // status prints the demo's processes and containers.
 func (d *demo) status(ctx context.Context) error {
 	running := false
-	for _, name := range []string{chain.NameContainerd, chain.NameAggregator, chain.NameAgent, chain.NamePrometheus} {
+	for _, name := range []string{chain.NameContainerd, chain.NameAggregator, chain.NameAgent, chain.NamePrometheus, chain.NameAlertmanager} {
 		p, ok, err := chain.LoadProcess(d.o.dir, name)
 		switch {
 		case err != nil:
@@ -337,7 +372,7 @@ func (d *demo) status(ctx context.Context) error {
 
 // down stops and removes everything up started, whatever state it is in.
 func (d *demo) down(ctx context.Context) error {
-	d.say("Stopping the agent, Prometheus and the aggregator (by their recorded pids)")
+	d.say("Stopping the agent, Prometheus, Alertmanager and the aggregator (by their recorded pids)")
 	errs := []error{chain.StopRecorded(d.o.dir)}
 	d.say("Removing the demo's containers, tasks and CRI pod, and stopping its containerd")
 	errs = append(errs, d.containerd.Teardown(ctx))

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,7 +17,13 @@ import (
 	"github.com/vigilhq/vigil/test/chain"
 )
 
-func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
+func TestMain(m *testing.M) {
+	code := testenv.Run(m)
+	if builtDir != "" {
+		os.RemoveAll(builtDir)
+	}
+	os.Exit(code)
+}
 
 // The crash-looper runs this many times: once, then crashRestarts restarts
 // under on-failure:crashRestarts, each run exiting 1 after crashAfter. These
@@ -32,6 +39,7 @@ const (
 // health reach the user, and that killing the agent and then the aggregator
 // loses no exit.
 func TestDataPath(t *testing.T) {
+	t.Parallel()
 	env := testenv.Containerd(t)
 	prometheus, err := exec.LookPath("prometheus")
 	if err != nil {
@@ -74,7 +82,10 @@ func TestDataPath(t *testing.T) {
 		BackoffReset:      time.Minute,
 		// Failed probes are logged at debug level: the log then says why a
 		// probe of the healthy server failed, should one.
-		AgentArgs: []string{"--log-level", "debug"},
+		// Its own namespaces only: TestRemediation's agent runs on the same
+		// containerd at the same time, and two agents enforcing one
+		// container's policy would both restart it.
+		AgentArgs: []string{"--log-level", "debug", "--namespaces", ns + "," + chain.CRINamespace},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -197,6 +208,12 @@ func TestDataPath(t *testing.T) {
 	waitValue(ctx, t, c, `vigil_container_running{pod_namespace="shop",pod="frontend",container="nginx",node="e2e-node"}`,
 		func(v float64) bool { return v == 1 })
 
+	// Every query of docs/metrics.md's porting table runs, with data where
+	// the scene has some.
+	checkPortingTable(ctx, t, c, root)
+	// So does every query of the shipped dashboards.
+	checkDashboards(ctx, t, c, root, "e2e-node", ns, chain.WebID)
+
 	// vigilctl lists them all.
 	out, err := c.Vigilctl(ctx, "containers", "-o", "json")
 	if err != nil {
@@ -309,14 +326,33 @@ func buildBinaries(t *testing.T) string {
 		t.Logf("using the binaries in VIGIL_E2E_BIN=%s", dir)
 		return dir
 	}
-	out := t.TempDir()
-	for _, b := range []struct{ name, pkg string }{
-		{"vigil-agent", "cmd/agent"}, {"vigil-aggregator", "cmd/aggregator"}, {"vigilctl", "cmd/vigilctl"},
-	} {
-		testenv.BuildRelease(t, "github.com/vigilhq/vigil/"+b.pkg, filepath.Join(out, b.name))
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "vigil-e2e-bin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		builtDir = dir
+		for _, b := range []struct{ name, pkg string }{
+			{"vigil-agent", "cmd/agent"}, {"vigil-aggregator", "cmd/aggregator"}, {"vigilctl", "cmd/vigilctl"},
+		} {
+			testenv.BuildRelease(t, "github.com/vigilhq/vigil/"+b.pkg, filepath.Join(dir, b.name))
+		}
+		built = true
+	})
+	if !built {
+		t.Fatal("building the binaries failed (see the test that built them)")
 	}
-	return out
+	return builtDir
 }
+
+// The binaries are built once for the package's tests, which run in
+// parallel (each chain takes a minute or more, mostly waiting), and removed
+// by TestMain.
+var (
+	buildOnce sync.Once
+	builtDir  string
+	built     bool
+)
 
 func repoRoot(t *testing.T) string {
 	t.Helper()

@@ -30,6 +30,7 @@ type config struct {
 	// serve
 	httpAddr, tcpAddr, grpcAddr string
 	unhealthyAfter              time.Duration // 0: stay healthy
+	unhealthyOnce               string        // "": every run turns unhealthy
 	crashAfter                  time.Duration // 0: never crash
 
 	// oom
@@ -41,7 +42,7 @@ type config struct {
 
 const usage = `usage:
   workload exit CODE [--after DUR]
-  workload serve [--http :P] [--tcp :P] [--grpc :P] [--unhealthy-after DUR] [--crash-after DUR --code N]
+  workload serve [--http :P] [--tcp :P] [--grpc :P] [--unhealthy-after DUR [--unhealthy-once FILE]] [--crash-after DUR --code N]
   workload oom [--mb N]
   workload spin [--threads N]
   workload sleep`
@@ -89,10 +90,11 @@ func parseArgs(args []string) (config, error) {
 		}
 		return cfg, nil
 	case modeServe:
-		fs.StringVar(&cfg.httpAddr, "http", "", "HTTP listen address (GET /healthz, /toggle)")
+		fs.StringVar(&cfg.httpAddr, "http", "", "HTTP listen address (GET /healthz, /toggle, /endless-headers)")
 		fs.StringVar(&cfg.tcpAddr, "tcp", "", "TCP listen address, open only while healthy")
 		fs.StringVar(&cfg.grpcAddr, "grpc", "", "gRPC listen address (grpc.health.v1)")
 		fs.DurationVar(&cfg.unhealthyAfter, "unhealthy-after", 0, "turn unhealthy after this long")
+		fs.StringVar(&cfg.unhealthyOnce, "unhealthy-once", "", "with --unhealthy-after: turn unhealthy only if this file does not exist, and create it then (a restarted container, same root filesystem, stays healthy)")
 		fs.DurationVar(&cfg.crashAfter, "crash-after", 0, "exit with --code after this long")
 		fs.IntVar(&cfg.code, "code", 1, "exit code of --crash-after")
 	case modeOOM:

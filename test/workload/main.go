@@ -4,7 +4,7 @@
 // It prints one line to stdout per change of state.
 //
 //	workload exit CODE [--after DUR]
-//	workload serve [--http :P] [--tcp :P] [--grpc :P] [--unhealthy-after DUR] [--crash-after DUR --code N]
+//	workload serve [--http :P] [--tcp :P] [--grpc :P] [--unhealthy-after DUR [--unhealthy-once FILE]] [--crash-after DUR --code N]
 //	workload oom [--mb N]
 //	workload spin [--threads N]
 //	workload sleep

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -72,7 +73,14 @@ func serve(ctx context.Context, cfg config, say func(string, ...any), usr1 <-cha
 	say("serve: healthy")
 
 	var unhealthyC, crashC <-chan time.Time
-	if cfg.unhealthyAfter > 0 {
+	once := true
+	if cfg.unhealthyOnce != "" {
+		if _, err := os.Stat(cfg.unhealthyOnce); err == nil {
+			once = false
+			say("serve: %s exists: staying healthy (--unhealthy-once)", cfg.unhealthyOnce)
+		}
+	}
+	if cfg.unhealthyAfter > 0 && once {
 		t := time.NewTimer(cfg.unhealthyAfter)
 		defer t.Stop()
 		unhealthyC = t.C
@@ -90,6 +98,11 @@ func serve(ctx context.Context, cfg config, say func(string, ...any), usr1 <-cha
 		case <-usr1:
 			s.toggle("SIGUSR1")
 		case <-unhealthyC:
+			if cfg.unhealthyOnce != "" {
+				if err := os.WriteFile(cfg.unhealthyOnce, nil, 0o644); err != nil {
+					return 1, fmt.Errorf("--unhealthy-once: %w", err)
+				}
+			}
 			s.set(false, "--unhealthy-after")
 		case <-crashC:
 			say("serve: crashing with code %d", cfg.code)
@@ -108,6 +121,29 @@ func (s *server) handler() http.Handler {
 			return
 		}
 		http.Error(w, "unhealthy", http.StatusServiceUnavailable)
+	})
+	// /endless-headers answers a status line and then headers without end,
+	// until the client hangs up: a hostile or broken workload for the HTTP
+	// probe's limits.
+	mux.HandleFunc("/endless-headers", func(w http.ResponseWriter, _ *http.Request) {
+		hj, ok := w.(http.Hijacker)
+		if !ok {
+			http.Error(w, "cannot hijack", http.StatusInternalServerError)
+			return
+		}
+		c, bw, err := hj.Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Time{})
+		_, _ = bw.WriteString("HTTP/1.1 200 OK\r\n")
+		junk := strings.Repeat("x", 1000)
+		for i := 0; ; i++ {
+			if _, err := fmt.Fprintf(bw, "X-Junk-%d: %s\r\n", i, junk); err != nil {
+				return
+			}
+		}
 	})
 	mux.HandleFunc("/toggle", func(w http.ResponseWriter, _ *http.Request) {
 		if s.toggle("/toggle") {

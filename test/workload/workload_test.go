@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -179,6 +180,20 @@ func TestServeFollowsHealthFlag(t *testing.T) {
 	defer conn.Close()
 	hc := healthpb.NewHealthClient(conn)
 
+	// /endless-headers keeps sending headers: a client with a limit stops.
+	ec, err := net.Dial("tcp", httpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(ec, "GET /endless-headers HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	n, _ := io.Copy(io.Discard, io.LimitReader(ec, 1<<20))
+	ec.Close()
+	if n != 1<<20 {
+		t.Fatalf("/endless-headers sent %d bytes before stopping, want endless", n)
+	}
+
 	check := func(wantHealthy bool) {
 		t.Helper()
 		resp, err := http.Get("http://" + httpAddr + "/healthz")
@@ -248,5 +263,25 @@ func TestServeUnhealthyAfterThenCrash(t *testing.T) {
 	joined := strings.Join(l.all, "\n")
 	if !strings.Contains(joined, "serve: unhealthy (--unhealthy-after)") || !strings.Contains(joined, "serve: crashing with code 9") {
 		t.Fatalf("state lines:\n%s", joined)
+	}
+}
+
+// TestServeUnhealthyOnce: the first run turns unhealthy and leaves its mark;
+// the next run (a restart on the same root filesystem) stays healthy.
+func TestServeUnhealthyOnce(t *testing.T) {
+	mark := filepath.Join(t.TempDir(), "was-unhealthy")
+	run := func() string {
+		l := &lines{ch: make(chan string, 100)}
+		cfg := config{mode: modeServe, httpAddr: "127.0.0.1:0", unhealthyAfter: 20 * time.Millisecond, unhealthyOnce: mark, crashAfter: 150 * time.Millisecond, code: 9}
+		if code, err := serve(context.Background(), cfg, l.say, make(chan os.Signal)); err != nil || code != 9 {
+			t.Fatalf("serve = %d, %v; want exit code 9", code, err)
+		}
+		return strings.Join(l.all, "\n")
+	}
+	if first := run(); !strings.Contains(first, "serve: unhealthy (--unhealthy-after)") {
+		t.Fatalf("first run did not turn unhealthy:\n%s", first)
+	}
+	if second := run(); strings.Contains(second, "unhealthy (--unhealthy-after)") || !strings.Contains(second, "staying healthy") {
+		t.Fatalf("second run:\n%s", second)
 	}
 }

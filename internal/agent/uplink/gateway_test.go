@@ -175,11 +175,11 @@ func (g *gateway) Connect(stream grpc.BidiStreamingServer[vigilv1.AgentMessage, 
 		return status.Error(codes.InvalidArgument, "the first message must be a Hello with a node name and an instance id")
 	}
 	if g.tls != nil {
-		who, err := pki.PeerIdentity(ctx)
+		who, err := pki.PeerIdentity(ctx, false)
 		if err != nil {
 			return status.Error(codes.PermissionDenied, err.Error())
 		}
-		if who != hello.GetNodeName() {
+		if who != pki.NodeIdentity(hello.GetNodeName()) {
 			return status.Errorf(codes.PermissionDenied, "certificate of %q cannot speak for node %q", who, hello.GetNodeName())
 		}
 	}

@@ -1460,7 +1460,9 @@ type Command struct {
 	// After this moment the agent must not start the command.
 	Deadline *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=deadline,proto3" json:"deadline,omitempty"`
 	// Why, for the agent's log.
-	Reason        string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The signal for KILL; 0 means SIGKILL (9), as before this field.
+	Signal        uint32 `protobuf:"varint,7,opt,name=signal,proto3" json:"signal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1535,6 +1537,13 @@ func (x *Command) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *Command) GetSignal() uint32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
 }
 
 // ConfigPush carries settings from the aggregator; unset fields leave the
@@ -1676,14 +1685,15 @@ const file_vigil_v1_gateway_proto_rawDesc = "" +
 	"\x11snapshot_required\x18\x03 \x01(\bR\x10snapshotRequired\x12#\n" +
 	"\raggregator_id\x18\x04 \x01(\tR\faggregatorId\"\x17\n" +
 	"\x03Ack\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xef\x01\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\x87\x02\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x123\n" +
 	"\x06action\x18\x02 \x01(\x0e2\x1b.vigil.v1.RemediationActionR\x06action\x12(\n" +
 	"\x06target\x18\x03 \x01(\v2\x10.vigil.v1.TargetR\x06target\x12%\n" +
 	"\x05fence\x18\x04 \x01(\v2\x0f.vigil.v1.FenceR\x05fence\x126\n" +
 	"\bdeadline\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12\x16\n" +
-	"\x06reason\x18\x06 \x01(\tR\x06reason\"P\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06signal\x18\a \x01(\rR\x06signal\"P\n" +
 	"\n" +
 	"ConfigPush\x12B\n" +
 	"\x0fsample_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0esampleInterval*\xaa\x03\n" +

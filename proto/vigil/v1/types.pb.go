@@ -682,6 +682,14 @@ const (
 	RemediationState_REMEDIATION_STATE_FAILED RemediationState = 4
 	// Not carried out: duplicate, fenced, over budget, in cooldown, dry run.
 	RemediationState_REMEDIATION_STATE_SUPPRESSED RemediationState = 5
+	// Not carried out: the alert resolved before the command was sent.
+	RemediationState_REMEDIATION_STATE_CANCELLED RemediationState = 6
+	// Not carried out: its deadline passed before it was sent, or the agent
+	// received it too late.
+	RemediationState_REMEDIATION_STATE_EXPIRED RemediationState = 7
+	// Sent, and no result came by its deadline plus a grace: it may have run.
+	// It is never sent again.
+	RemediationState_REMEDIATION_STATE_UNKNOWN RemediationState = 8
 )
 
 // Enum value maps for RemediationState.
@@ -693,6 +701,9 @@ var (
 		3: "REMEDIATION_STATE_SUCCEEDED",
 		4: "REMEDIATION_STATE_FAILED",
 		5: "REMEDIATION_STATE_SUPPRESSED",
+		6: "REMEDIATION_STATE_CANCELLED",
+		7: "REMEDIATION_STATE_EXPIRED",
+		8: "REMEDIATION_STATE_UNKNOWN",
 	}
 	RemediationState_value = map[string]int32{
 		"REMEDIATION_STATE_UNSPECIFIED": 0,
@@ -701,6 +712,9 @@ var (
 		"REMEDIATION_STATE_SUCCEEDED":   3,
 		"REMEDIATION_STATE_FAILED":      4,
 		"REMEDIATION_STATE_SUPPRESSED":  5,
+		"REMEDIATION_STATE_CANCELLED":   6,
+		"REMEDIATION_STATE_EXPIRED":     7,
+		"REMEDIATION_STATE_UNKNOWN":     8,
 	}
 )
 
@@ -759,9 +773,17 @@ type Node struct {
 	// The node's gossip view of its peers, if gossip is enabled.
 	PeerView *PeerView `protobuf:"bytes,11,opt,name=peer_view,json=peerView,proto3" json:"peer_view,omitempty"`
 	// Agent self-measurement, as last reported.
-	AgentStatus   *AgentStatus `protobuf:"bytes,12,opt,name=agent_status,json=agentStatus,proto3" json:"agent_status,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AgentStatus *AgentStatus `protobuf:"bytes,12,opt,name=agent_status,json=agentStatus,proto3" json:"agent_status,omitempty"`
+	// The node's condition, combining the aggregator's stream with the gossip
+	// peers' views of the node: Healthy, AggregatorPartitioned, NodeDown,
+	// Isolated or Unknown (internal/gossip Assess).
+	Condition string `protobuf:"bytes,13,opt,name=condition,proto3" json:"condition,omitempty"`
+	// Why, in words: what the stream and the peers said.
+	ConditionReason string `protobuf:"bytes,14,opt,name=condition_reason,json=conditionReason,proto3" json:"condition_reason,omitempty"`
+	// Since when the condition holds (as this aggregator saw it change).
+	ConditionSince *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=condition_since,json=conditionSince,proto3" json:"condition_since,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -874,6 +896,27 @@ func (x *Node) GetPeerView() *PeerView {
 func (x *Node) GetAgentStatus() *AgentStatus {
 	if x != nil {
 		return x.AgentStatus
+	}
+	return nil
+}
+
+func (x *Node) GetCondition() string {
+	if x != nil {
+		return x.Condition
+	}
+	return ""
+}
+
+func (x *Node) GetConditionReason() string {
+	if x != nil {
+		return x.ConditionReason
+	}
+	return ""
+}
+
+func (x *Node) GetConditionSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ConditionSince
 	}
 	return nil
 }
@@ -2692,7 +2735,16 @@ type PeerView struct {
 	// The observing node.
 	Observer string `protobuf:"bytes,1,opt,name=observer,proto3" json:"observer,omitempty"`
 	// Its peers.
-	Peers         []*PeerStatus `protobuf:"bytes,2,rep,name=peers,proto3" json:"peers,omitempty"`
+	Peers []*PeerStatus `protobuf:"bytes,2,rep,name=peers,proto3" json:"peers,omitempty"`
+	// When the observer last found itself isolated: its stream to the
+	// aggregator down and no peer answering its probes (it then refuses
+	// remote actions). Unset if it has not been since the agent started. An
+	// isolated agent cannot send, so the aggregator learns of an isolation
+	// when the stream returns, and shows the node Isolated for it.
+	IsolatedSince *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=isolated_since,json=isolatedSince,proto3" json:"isolated_since,omitempty"`
+	// When that isolation ended: the agent reached a peer or the aggregator
+	// again. Unset while it lasts, and with isolated_since.
+	IsolatedUntil *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=isolated_until,json=isolatedUntil,proto3" json:"isolated_until,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2741,6 +2793,20 @@ func (x *PeerView) GetPeers() []*PeerStatus {
 	return nil
 }
 
+func (x *PeerView) GetIsolatedSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IsolatedSince
+	}
+	return nil
+}
+
+func (x *PeerView) GetIsolatedUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IsolatedUntil
+	}
+	return nil
+}
+
 // Target names what a command or remediation acts on.
 type Target struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2753,7 +2819,15 @@ type Target struct {
 	// Interface name, for LINK_UP.
 	Interface string `protobuf:"bytes,4,opt,name=interface,proto3" json:"interface,omitempty"`
 	// Network namespace inode for LINK_UP inside a container; 0 for the host.
-	NetnsInode    uint64 `protobuf:"varint,5,opt,name=netns_inode,json=netnsInode,proto3" json:"netns_inode,omitempty"`
+	NetnsInode uint64 `protobuf:"varint,5,opt,name=netns_inode,json=netnsInode,proto3" json:"netns_inode,omitempty"`
+	// Kubernetes namespace of the pod, for a pod's container (with pod and
+	// container naming it instead of container_id); empty otherwise.
+	PodNamespace string `protobuf:"bytes,6,opt,name=pod_namespace,json=podNamespace,proto3" json:"pod_namespace,omitempty"`
+	// Pod name, for a pod's container; empty otherwise.
+	Pod string `protobuf:"bytes,7,opt,name=pod,proto3" json:"pod,omitempty"`
+	// The container's name in its pod (with pod_namespace and pod); empty
+	// otherwise.
+	Container     string `protobuf:"bytes,8,opt,name=container,proto3" json:"container,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2823,6 +2897,27 @@ func (x *Target) GetNetnsInode() uint64 {
 	return 0
 }
 
+func (x *Target) GetPodNamespace() string {
+	if x != nil {
+		return x.PodNamespace
+	}
+	return ""
+}
+
+func (x *Target) GetPod() string {
+	if x != nil {
+		return x.Pod
+	}
+	return ""
+}
+
+func (x *Target) GetContainer() string {
+	if x != nil {
+		return x.Container
+	}
+	return ""
+}
+
 // Fence is what must still hold on the node for a command to run; a command
 // whose fence no longer holds is rejected, not carried out.
 type Fence struct {
@@ -2834,8 +2929,13 @@ type Fence struct {
 	RestartCount uint32 `protobuf:"varint,2,opt,name=restart_count,json=restartCount,proto3" json:"restart_count,omitempty"`
 	// Whether restart_count is set.
 	HasRestartCount bool `protobuf:"varint,3,opt,name=has_restart_count,json=hasRestartCount,proto3" json:"has_restart_count,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The store revision at which the remediation's intent was claimed: it
+	// orders the commands for one target across aggregator replicas (a
+	// command older than one the agent already ran for the target is stale).
+	// 0 when not known.
+	IntentRevision int64 `protobuf:"varint,4,opt,name=intent_revision,json=intentRevision,proto3" json:"intent_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Fence) Reset() {
@@ -2889,6 +2989,13 @@ func (x *Fence) GetHasRestartCount() bool {
 	return false
 }
 
+func (x *Fence) GetIntentRevision() int64 {
+	if x != nil {
+		return x.IntentRevision
+	}
+	return 0
+}
+
 // Remediation is one journaled decision and its outcome.
 type Remediation struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2914,7 +3021,26 @@ type Remediation struct {
 	// When decided.
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// When the state last changed.
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// The rule that matched the alert; empty for operator requests.
+	Rule string `protobuf:"bytes,12,opt,name=rule,proto3" json:"rule,omitempty"`
+	// The operator who asked (the identity of their credential); empty for
+	// alerts.
+	RequestedBy string `protobuf:"bytes,13,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
+	// The action asked for, before escalation or the kill that replaces a
+	// restart of a container another manager owns; action is what was sent.
+	RequestedAction RemediationAction `protobuf:"varint,14,opt,name=requested_action,json=requestedAction,proto3,enum=vigil.v1.RemediationAction" json:"requested_action,omitempty"`
+	// What the command required still to hold on the node.
+	Fence *Fence `protobuf:"bytes,15,opt,name=fence,proto3" json:"fence,omitempty"`
+	// The signal of a KILL (9 = SIGKILL); 0 for other actions.
+	Signal uint32 `protobuf:"varint,16,opt,name=signal,proto3" json:"signal,omitempty"`
+	// The rule's escalation replaced the action (too many within the hour).
+	Escalated bool `protobuf:"varint,17,opt,name=escalated,proto3" json:"escalated,omitempty"`
+	// The decision's explanation, then the agent's detail.
+	Message string `protobuf:"bytes,18,opt,name=message,proto3" json:"message,omitempty"`
+	// After this moment the agent must not start the command; unset when no
+	// command was made.
+	Deadline      *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=deadline,proto3" json:"deadline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3026,11 +3152,67 @@ func (x *Remediation) GetUpdatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Remediation) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *Remediation) GetRequestedBy() string {
+	if x != nil {
+		return x.RequestedBy
+	}
+	return ""
+}
+
+func (x *Remediation) GetRequestedAction() RemediationAction {
+	if x != nil {
+		return x.RequestedAction
+	}
+	return RemediationAction_REMEDIATION_ACTION_UNSPECIFIED
+}
+
+func (x *Remediation) GetFence() *Fence {
+	if x != nil {
+		return x.Fence
+	}
+	return nil
+}
+
+func (x *Remediation) GetSignal() uint32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
+}
+
+func (x *Remediation) GetEscalated() bool {
+	if x != nil {
+		return x.Escalated
+	}
+	return false
+}
+
+func (x *Remediation) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Remediation) GetDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
 var File_vigil_v1_types_proto protoreflect.FileDescriptor
 
 const file_vigil_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x14vigil/v1/types.proto\x12\bvigil.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x04\n" +
+	"\x14vigil/v1/types.proto\x12\bvigil.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x05\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12\x17\n" +
@@ -3044,7 +3226,10 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\fcapabilities\x18\n" +
 	" \x03(\tR\fcapabilities\x12/\n" +
 	"\tpeer_view\x18\v \x01(\v2\x12.vigil.v1.PeerViewR\bpeerView\x128\n" +
-	"\fagent_status\x18\f \x01(\v2\x15.vigil.v1.AgentStatusR\vagentStatus\"\xab\x04\n" +
+	"\fagent_status\x18\f \x01(\v2\x15.vigil.v1.AgentStatusR\vagentStatus\x12\x1c\n" +
+	"\tcondition\x18\r \x01(\tR\tcondition\x12)\n" +
+	"\x10condition_reason\x18\x0e \x01(\tR\x0fconditionReason\x12C\n" +
+	"\x0fcondition_since\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x0econditionSince\"\xab\x04\n" +
 	"\vAgentStatus\x12\x1f\n" +
 	"\vcpu_seconds\x18\x01 \x01(\x01R\n" +
 	"cpuSeconds\x12\x1b\n" +
@@ -3225,21 +3410,27 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12)\n" +
 	"\x05state\x18\x03 \x01(\x0e2\x13.vigil.v1.PeerStateR\x05state\x120\n" +
-	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"R\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\xd8\x01\n" +
 	"\bPeerView\x12\x1a\n" +
 	"\bobserver\x18\x01 \x01(\tR\bobserver\x12*\n" +
-	"\x05peers\x18\x02 \x03(\v2\x14.vigil.v1.PeerStatusR\x05peers\"\x9c\x01\n" +
+	"\x05peers\x18\x02 \x03(\v2\x14.vigil.v1.PeerStatusR\x05peers\x12A\n" +
+	"\x0eisolated_since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\risolatedSince\x12A\n" +
+	"\x0eisolated_until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\risolatedUntil\"\xf1\x01\n" +
 	"\x06Target\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12!\n" +
 	"\fcontainer_id\x18\x03 \x01(\tR\vcontainerId\x12\x1c\n" +
 	"\tinterface\x18\x04 \x01(\tR\tinterface\x12\x1f\n" +
 	"\vnetns_inode\x18\x05 \x01(\x04R\n" +
-	"netnsInode\"{\n" +
+	"netnsInode\x12#\n" +
+	"\rpod_namespace\x18\x06 \x01(\tR\fpodNamespace\x12\x10\n" +
+	"\x03pod\x18\a \x01(\tR\x03pod\x12\x1c\n" +
+	"\tcontainer\x18\b \x01(\tR\tcontainer\"\xa4\x01\n" +
 	"\x05Fence\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12#\n" +
 	"\rrestart_count\x18\x02 \x01(\rR\frestartCount\x12*\n" +
-	"\x11has_restart_count\x18\x03 \x01(\bR\x0fhasRestartCount\"\xde\x03\n" +
+	"\x11has_restart_count\x18\x03 \x01(\bR\x0fhasRestartCount\x12'\n" +
+	"\x0fintent_revision\x18\x04 \x01(\x03R\x0eintentRevision\"\x8c\x06\n" +
 	"\vRemediation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x123\n" +
 	"\x06action\x18\x02 \x01(\x0e2\x1b.vigil.v1.RemediationActionR\x06action\x12(\n" +
@@ -3254,7 +3445,15 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"created_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt*e\n" +
+	"updated_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x12\n" +
+	"\x04rule\x18\f \x01(\tR\x04rule\x12!\n" +
+	"\frequested_by\x18\r \x01(\tR\vrequestedBy\x12F\n" +
+	"\x10requested_action\x18\x0e \x01(\x0e2\x1b.vigil.v1.RemediationActionR\x0frequestedAction\x12%\n" +
+	"\x05fence\x18\x0f \x01(\v2\x0f.vigil.v1.FenceR\x05fence\x12\x16\n" +
+	"\x06signal\x18\x10 \x01(\rR\x06signal\x12\x1c\n" +
+	"\tescalated\x18\x11 \x01(\bR\tescalated\x12\x18\n" +
+	"\amessage\x18\x12 \x01(\tR\amessage\x126\n" +
+	"\bdeadline\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline*e\n" +
 	"\tNodeState\x12\x1a\n" +
 	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rNODE_STATE_UP\x10\x01\x12\x14\n" +
@@ -3321,14 +3520,17 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\x17REMEDIATION_ACTION_STOP\x10\x02\x12\x1b\n" +
 	"\x17REMEDIATION_ACTION_KILL\x10\x03\x12\x1e\n" +
 	"\x1aREMEDIATION_ACTION_LINK_UP\x10\x04\x12\x1c\n" +
-	"\x18REMEDIATION_ACTION_START\x10\x05*\xd7\x01\n" +
+	"\x18REMEDIATION_ACTION_START\x10\x05*\xb6\x02\n" +
 	"\x10RemediationState\x12!\n" +
 	"\x1dREMEDIATION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19REMEDIATION_STATE_PENDING\x10\x01\x12 \n" +
 	"\x1cREMEDIATION_STATE_DISPATCHED\x10\x02\x12\x1f\n" +
 	"\x1bREMEDIATION_STATE_SUCCEEDED\x10\x03\x12\x1c\n" +
 	"\x18REMEDIATION_STATE_FAILED\x10\x04\x12 \n" +
-	"\x1cREMEDIATION_STATE_SUPPRESSED\x10\x05B1Z/github.com/vigilhq/vigil/proto/vigil/v1;vigilv1b\x06proto3"
+	"\x1cREMEDIATION_STATE_SUPPRESSED\x10\x05\x12\x1f\n" +
+	"\x1bREMEDIATION_STATE_CANCELLED\x10\x06\x12\x1d\n" +
+	"\x19REMEDIATION_STATE_EXPIRED\x10\a\x12\x1d\n" +
+	"\x19REMEDIATION_STATE_UNKNOWN\x10\bB1Z/github.com/vigilhq/vigil/proto/vigil/v1;vigilv1b\x06proto3"
 
 var (
 	file_vigil_v1_types_proto_rawDescOnce sync.Once
@@ -3387,56 +3589,62 @@ var file_vigil_v1_types_proto_depIdxs = []int32{
 	33, // 2: vigil.v1.Node.connected_since:type_name -> google.protobuf.Timestamp
 	28, // 3: vigil.v1.Node.peer_view:type_name -> vigil.v1.PeerView
 	12, // 4: vigil.v1.Node.agent_status:type_name -> vigil.v1.AgentStatus
-	34, // 5: vigil.v1.AgentStatus.last_collection_duration:type_name -> google.protobuf.Duration
-	34, // 6: vigil.v1.AgentStatus.runtime_latency:type_name -> google.protobuf.Duration
-	2,  // 7: vigil.v1.ExitStatus.reason:type_name -> vigil.v1.ExitReason
-	33, // 8: vigil.v1.ExitStatus.exited_at:type_name -> google.protobuf.Timestamp
-	5,  // 9: vigil.v1.RestartPolicy.kind:type_name -> vigil.v1.RestartPolicyKind
-	34, // 10: vigil.v1.RestartPolicy.backoff_initial:type_name -> google.protobuf.Duration
-	34, // 11: vigil.v1.RestartPolicy.backoff_max:type_name -> google.protobuf.Duration
-	34, // 12: vigil.v1.RestartPolicy.backoff_reset_after:type_name -> google.protobuf.Duration
-	34, // 13: vigil.v1.BackoffState.current_delay:type_name -> google.protobuf.Duration
-	33, // 14: vigil.v1.BackoffState.next_restart_at:type_name -> google.protobuf.Timestamp
-	33, // 15: vigil.v1.ProbeResult.start:type_name -> google.protobuf.Timestamp
-	34, // 16: vigil.v1.ProbeResult.duration:type_name -> google.protobuf.Duration
-	3,  // 17: vigil.v1.Health.status:type_name -> vigil.v1.HealthStatus
-	16, // 18: vigil.v1.Health.last_results:type_name -> vigil.v1.ProbeResult
-	2,  // 19: vigil.v1.ExitCount.reason:type_name -> vigil.v1.ExitReason
-	19, // 20: vigil.v1.ContainerCounters.exits:type_name -> vigil.v1.ExitCount
-	18, // 21: vigil.v1.Container.pod:type_name -> vigil.v1.PodIdentity
-	32, // 22: vigil.v1.Container.labels:type_name -> vigil.v1.Container.LabelsEntry
-	1,  // 23: vigil.v1.Container.state:type_name -> vigil.v1.ContainerState
-	33, // 24: vigil.v1.Container.created_at:type_name -> google.protobuf.Timestamp
-	33, // 25: vigil.v1.Container.started_at:type_name -> google.protobuf.Timestamp
-	13, // 26: vigil.v1.Container.last_exit:type_name -> vigil.v1.ExitStatus
-	4,  // 27: vigil.v1.Container.manager:type_name -> vigil.v1.Manager
-	14, // 28: vigil.v1.Container.restart_policy:type_name -> vigil.v1.RestartPolicy
-	15, // 29: vigil.v1.Container.backoff:type_name -> vigil.v1.BackoffState
-	17, // 30: vigil.v1.Container.health:type_name -> vigil.v1.Health
-	20, // 31: vigil.v1.Container.counters:type_name -> vigil.v1.ContainerCounters
-	24, // 32: vigil.v1.Container.conditions:type_name -> vigil.v1.Condition
-	33, // 33: vigil.v1.ResourceSample.timestamp:type_name -> google.protobuf.Timestamp
-	6,  // 34: vigil.v1.Interface.oper_state:type_name -> vigil.v1.LinkOperState
-	7,  // 35: vigil.v1.Condition.type:type_name -> vigil.v1.ConditionType
-	33, // 36: vigil.v1.Condition.since:type_name -> google.protobuf.Timestamp
-	26, // 37: vigil.v1.NetworkNamespace.containers:type_name -> vigil.v1.ContainerRef
-	23, // 38: vigil.v1.NetworkNamespace.interfaces:type_name -> vigil.v1.Interface
-	24, // 39: vigil.v1.NetworkNamespace.conditions:type_name -> vigil.v1.Condition
-	33, // 40: vigil.v1.NetworkNamespace.timestamp:type_name -> google.protobuf.Timestamp
-	8,  // 41: vigil.v1.PeerStatus.state:type_name -> vigil.v1.PeerState
-	33, // 42: vigil.v1.PeerStatus.since:type_name -> google.protobuf.Timestamp
-	27, // 43: vigil.v1.PeerView.peers:type_name -> vigil.v1.PeerStatus
-	9,  // 44: vigil.v1.Remediation.action:type_name -> vigil.v1.RemediationAction
-	29, // 45: vigil.v1.Remediation.target:type_name -> vigil.v1.Target
-	33, // 46: vigil.v1.Remediation.alert_starts_at:type_name -> google.protobuf.Timestamp
-	10, // 47: vigil.v1.Remediation.state:type_name -> vigil.v1.RemediationState
-	33, // 48: vigil.v1.Remediation.created_at:type_name -> google.protobuf.Timestamp
-	33, // 49: vigil.v1.Remediation.updated_at:type_name -> google.protobuf.Timestamp
-	50, // [50:50] is the sub-list for method output_type
-	50, // [50:50] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	33, // 5: vigil.v1.Node.condition_since:type_name -> google.protobuf.Timestamp
+	34, // 6: vigil.v1.AgentStatus.last_collection_duration:type_name -> google.protobuf.Duration
+	34, // 7: vigil.v1.AgentStatus.runtime_latency:type_name -> google.protobuf.Duration
+	2,  // 8: vigil.v1.ExitStatus.reason:type_name -> vigil.v1.ExitReason
+	33, // 9: vigil.v1.ExitStatus.exited_at:type_name -> google.protobuf.Timestamp
+	5,  // 10: vigil.v1.RestartPolicy.kind:type_name -> vigil.v1.RestartPolicyKind
+	34, // 11: vigil.v1.RestartPolicy.backoff_initial:type_name -> google.protobuf.Duration
+	34, // 12: vigil.v1.RestartPolicy.backoff_max:type_name -> google.protobuf.Duration
+	34, // 13: vigil.v1.RestartPolicy.backoff_reset_after:type_name -> google.protobuf.Duration
+	34, // 14: vigil.v1.BackoffState.current_delay:type_name -> google.protobuf.Duration
+	33, // 15: vigil.v1.BackoffState.next_restart_at:type_name -> google.protobuf.Timestamp
+	33, // 16: vigil.v1.ProbeResult.start:type_name -> google.protobuf.Timestamp
+	34, // 17: vigil.v1.ProbeResult.duration:type_name -> google.protobuf.Duration
+	3,  // 18: vigil.v1.Health.status:type_name -> vigil.v1.HealthStatus
+	16, // 19: vigil.v1.Health.last_results:type_name -> vigil.v1.ProbeResult
+	2,  // 20: vigil.v1.ExitCount.reason:type_name -> vigil.v1.ExitReason
+	19, // 21: vigil.v1.ContainerCounters.exits:type_name -> vigil.v1.ExitCount
+	18, // 22: vigil.v1.Container.pod:type_name -> vigil.v1.PodIdentity
+	32, // 23: vigil.v1.Container.labels:type_name -> vigil.v1.Container.LabelsEntry
+	1,  // 24: vigil.v1.Container.state:type_name -> vigil.v1.ContainerState
+	33, // 25: vigil.v1.Container.created_at:type_name -> google.protobuf.Timestamp
+	33, // 26: vigil.v1.Container.started_at:type_name -> google.protobuf.Timestamp
+	13, // 27: vigil.v1.Container.last_exit:type_name -> vigil.v1.ExitStatus
+	4,  // 28: vigil.v1.Container.manager:type_name -> vigil.v1.Manager
+	14, // 29: vigil.v1.Container.restart_policy:type_name -> vigil.v1.RestartPolicy
+	15, // 30: vigil.v1.Container.backoff:type_name -> vigil.v1.BackoffState
+	17, // 31: vigil.v1.Container.health:type_name -> vigil.v1.Health
+	20, // 32: vigil.v1.Container.counters:type_name -> vigil.v1.ContainerCounters
+	24, // 33: vigil.v1.Container.conditions:type_name -> vigil.v1.Condition
+	33, // 34: vigil.v1.ResourceSample.timestamp:type_name -> google.protobuf.Timestamp
+	6,  // 35: vigil.v1.Interface.oper_state:type_name -> vigil.v1.LinkOperState
+	7,  // 36: vigil.v1.Condition.type:type_name -> vigil.v1.ConditionType
+	33, // 37: vigil.v1.Condition.since:type_name -> google.protobuf.Timestamp
+	26, // 38: vigil.v1.NetworkNamespace.containers:type_name -> vigil.v1.ContainerRef
+	23, // 39: vigil.v1.NetworkNamespace.interfaces:type_name -> vigil.v1.Interface
+	24, // 40: vigil.v1.NetworkNamespace.conditions:type_name -> vigil.v1.Condition
+	33, // 41: vigil.v1.NetworkNamespace.timestamp:type_name -> google.protobuf.Timestamp
+	8,  // 42: vigil.v1.PeerStatus.state:type_name -> vigil.v1.PeerState
+	33, // 43: vigil.v1.PeerStatus.since:type_name -> google.protobuf.Timestamp
+	27, // 44: vigil.v1.PeerView.peers:type_name -> vigil.v1.PeerStatus
+	33, // 45: vigil.v1.PeerView.isolated_since:type_name -> google.protobuf.Timestamp
+	33, // 46: vigil.v1.PeerView.isolated_until:type_name -> google.protobuf.Timestamp
+	9,  // 47: vigil.v1.Remediation.action:type_name -> vigil.v1.RemediationAction
+	29, // 48: vigil.v1.Remediation.target:type_name -> vigil.v1.Target
+	33, // 49: vigil.v1.Remediation.alert_starts_at:type_name -> google.protobuf.Timestamp
+	10, // 50: vigil.v1.Remediation.state:type_name -> vigil.v1.RemediationState
+	33, // 51: vigil.v1.Remediation.created_at:type_name -> google.protobuf.Timestamp
+	33, // 52: vigil.v1.Remediation.updated_at:type_name -> google.protobuf.Timestamp
+	9,  // 53: vigil.v1.Remediation.requested_action:type_name -> vigil.v1.RemediationAction
+	30, // 54: vigil.v1.Remediation.fence:type_name -> vigil.v1.Fence
+	33, // 55: vigil.v1.Remediation.deadline:type_name -> google.protobuf.Timestamp
+	56, // [56:56] is the sub-list for method output_type
+	56, // [56:56] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_vigil_v1_types_proto_init() }

@@ -9,6 +9,7 @@ package vigilv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -119,8 +120,17 @@ type ListContainersRequest struct {
 	Health HealthStatus `protobuf:"varint,5,opt,name=health,proto3,enum=vigil.v1.HealthStatus" json:"health,omitempty"`
 	// Include pod sandbox containers (excluded by default).
 	IncludeSandboxes bool `protobuf:"varint,6,opt,name=include_sandboxes,json=includeSandboxes,proto3" json:"include_sandboxes,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// At most this many containers in the response; 0 for the server's
+	// default (500). The server caps it (5000).
+	PageSize uint32 `protobuf:"varint,7,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Where to continue: the next_page_token of the previous response, with
+	// the same filters; empty for the first page.
+	PageToken string `protobuf:"bytes,8,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Include health probe output (health.last_results[].output), left out
+	// by default: it is most of a container's size.
+	IncludeProbeOutput bool `protobuf:"varint,9,opt,name=include_probe_output,json=includeProbeOutput,proto3" json:"include_probe_output,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ListContainersRequest) Reset() {
@@ -195,6 +205,27 @@ func (x *ListContainersRequest) GetIncludeSandboxes() bool {
 	return false
 }
 
+func (x *ListContainersRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListContainersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListContainersRequest) GetIncludeProbeOutput() bool {
+	if x != nil {
+		return x.IncludeProbeOutput
+	}
+	return false
+}
+
 // NodeContainer is a container with the node it runs on.
 type NodeContainer struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -254,7 +285,10 @@ func (x *NodeContainer) GetContainer() *Container {
 type ListContainersResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The containers.
-	Containers    []*NodeContainer `protobuf:"bytes,1,rep,name=containers,proto3" json:"containers,omitempty"`
+	Containers []*NodeContainer `protobuf:"bytes,1,rep,name=containers,proto3" json:"containers,omitempty"`
+	// Set when more containers match: pass it as page_token for the next
+	// page. Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -294,6 +328,13 @@ func (x *ListContainersResponse) GetContainers() []*NodeContainer {
 		return x.Containers
 	}
 	return nil
+}
+
+func (x *ListContainersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // GetContainerRequest names one container.
@@ -412,7 +453,13 @@ type WatchEventsRequest struct {
 	// Node name.
 	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	// containerd namespace.
-	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Replay the events the aggregator's history holds from this time on
+	// (oldest first), then follow live ones. The history is bounded (per
+	// node, by count and age) and kept in the aggregator's store, so it
+	// survives an aggregator restart; without a store the call fails with
+	// FailedPrecondition. Unset: live events only.
+	Since         *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -459,6 +506,13 @@ func (x *WatchEventsRequest) GetNamespace() string {
 		return x.Namespace
 	}
 	return ""
+}
+
+func (x *WatchEventsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
 }
 
 // WatchEventsResponse is one event.
@@ -627,7 +681,9 @@ type RequestRemediationRequest struct {
 	// Operator's reason, journaled.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Decide and journal, but do not send.
-	DryRun        bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// The signal for KILL (1-64); 0 means SIGKILL. Only for KILL.
+	Signal        uint32 `protobuf:"varint,5,opt,name=signal,proto3" json:"signal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -690,6 +746,13 @@ func (x *RequestRemediationRequest) GetDryRun() bool {
 	return false
 }
 
+func (x *RequestRemediationRequest) GetSignal() uint32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
+}
+
 // RequestRemediationResponse returns the journaled decision.
 type RequestRemediationResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -740,33 +803,39 @@ var File_vigil_v1_vigil_proto protoreflect.FileDescriptor
 
 const file_vigil_v1_vigil_proto_rawDesc = "" +
 	"\n" +
-	"\x14vigil/v1/vigil.proto\x12\bvigil.v1\x1a\x16vigil/v1/gateway.proto\x1a\x14vigil/v1/types.proto\"\x12\n" +
+	"\x14vigil/v1/vigil.proto\x12\bvigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16vigil/v1/gateway.proto\x1a\x14vigil/v1/types.proto\"\x12\n" +
 	"\x10ListNodesRequest\"9\n" +
 	"\x11ListNodesResponse\x12$\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x0e.vigil.v1.NodeR\x05nodes\"\xe8\x01\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x0e.vigil.v1.NodeR\x05nodes\"\xd6\x02\n" +
 	"\x15ListContainersRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x10\n" +
 	"\x03pod\x18\x03 \x01(\tR\x03pod\x12.\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x18.vigil.v1.ContainerStateR\x05state\x12.\n" +
 	"\x06health\x18\x05 \x01(\x0e2\x16.vigil.v1.HealthStatusR\x06health\x12+\n" +
-	"\x11include_sandboxes\x18\x06 \x01(\bR\x10includeSandboxes\"V\n" +
+	"\x11include_sandboxes\x18\x06 \x01(\bR\x10includeSandboxes\x12\x1b\n" +
+	"\tpage_size\x18\a \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\b \x01(\tR\tpageToken\x120\n" +
+	"\x14include_probe_output\x18\t \x01(\bR\x12includeProbeOutput\"V\n" +
 	"\rNodeContainer\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x121\n" +
-	"\tcontainer\x18\x02 \x01(\v2\x13.vigil.v1.ContainerR\tcontainer\"Q\n" +
+	"\tcontainer\x18\x02 \x01(\v2\x13.vigil.v1.ContainerR\tcontainer\"y\n" +
 	"\x16ListContainersResponse\x127\n" +
 	"\n" +
 	"containers\x18\x01 \x03(\v2\x17.vigil.v1.NodeContainerR\n" +
-	"containers\"W\n" +
+	"containers\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"W\n" +
 	"\x13GetContainerRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x0e\n" +
 	"\x02id\x18\x03 \x01(\tR\x02id\"M\n" +
 	"\x14GetContainerResponse\x125\n" +
-	"\tcontainer\x18\x01 \x01(\v2\x17.vigil.v1.NodeContainerR\tcontainer\"F\n" +
+	"\tcontainer\x18\x01 \x01(\v2\x17.vigil.v1.NodeContainerR\tcontainer\"x\n" +
 	"\x12WatchEventsRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1c\n" +
-	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"Y\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x120\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"Y\n" +
 	"\x13WatchEventsResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12.\n" +
 	"\x05event\x18\x02 \x01(\v2\x18.vigil.v1.ContainerEventR\x05event\"C\n" +
@@ -774,12 +843,13 @@ const file_vigil_v1_vigil_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\"U\n" +
 	"\x18ListRemediationsResponse\x129\n" +
-	"\fremediations\x18\x01 \x03(\v2\x15.vigil.v1.RemediationR\fremediations\"\xab\x01\n" +
+	"\fremediations\x18\x01 \x03(\v2\x15.vigil.v1.RemediationR\fremediations\"\xc3\x01\n" +
 	"\x19RequestRemediationRequest\x123\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x1b.vigil.v1.RemediationActionR\x06action\x12(\n" +
 	"\x06target\x18\x02 \x01(\v2\x10.vigil.v1.TargetR\x06target\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x17\n" +
-	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"U\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\x12\x16\n" +
+	"\x06signal\x18\x05 \x01(\rR\x06signal\"U\n" +
 	"\x1aRequestRemediationResponse\x127\n" +
 	"\vremediation\x18\x01 \x01(\v2\x15.vigil.v1.RemediationR\vremediation2\xfb\x03\n" +
 	"\x05Vigil\x12D\n" +
@@ -821,10 +891,11 @@ var file_vigil_v1_vigil_proto_goTypes = []any{
 	(ContainerState)(0),                // 14: vigil.v1.ContainerState
 	(HealthStatus)(0),                  // 15: vigil.v1.HealthStatus
 	(*Container)(nil),                  // 16: vigil.v1.Container
-	(*ContainerEvent)(nil),             // 17: vigil.v1.ContainerEvent
-	(*Remediation)(nil),                // 18: vigil.v1.Remediation
-	(RemediationAction)(0),             // 19: vigil.v1.RemediationAction
-	(*Target)(nil),                     // 20: vigil.v1.Target
+	(*timestamppb.Timestamp)(nil),      // 17: google.protobuf.Timestamp
+	(*ContainerEvent)(nil),             // 18: vigil.v1.ContainerEvent
+	(*Remediation)(nil),                // 19: vigil.v1.Remediation
+	(RemediationAction)(0),             // 20: vigil.v1.RemediationAction
+	(*Target)(nil),                     // 21: vigil.v1.Target
 }
 var file_vigil_v1_vigil_proto_depIdxs = []int32{
 	13, // 0: vigil.v1.ListNodesResponse.nodes:type_name -> vigil.v1.Node
@@ -833,28 +904,29 @@ var file_vigil_v1_vigil_proto_depIdxs = []int32{
 	16, // 3: vigil.v1.NodeContainer.container:type_name -> vigil.v1.Container
 	3,  // 4: vigil.v1.ListContainersResponse.containers:type_name -> vigil.v1.NodeContainer
 	3,  // 5: vigil.v1.GetContainerResponse.container:type_name -> vigil.v1.NodeContainer
-	17, // 6: vigil.v1.WatchEventsResponse.event:type_name -> vigil.v1.ContainerEvent
-	18, // 7: vigil.v1.ListRemediationsResponse.remediations:type_name -> vigil.v1.Remediation
-	19, // 8: vigil.v1.RequestRemediationRequest.action:type_name -> vigil.v1.RemediationAction
-	20, // 9: vigil.v1.RequestRemediationRequest.target:type_name -> vigil.v1.Target
-	18, // 10: vigil.v1.RequestRemediationResponse.remediation:type_name -> vigil.v1.Remediation
-	0,  // 11: vigil.v1.Vigil.ListNodes:input_type -> vigil.v1.ListNodesRequest
-	2,  // 12: vigil.v1.Vigil.ListContainers:input_type -> vigil.v1.ListContainersRequest
-	5,  // 13: vigil.v1.Vigil.GetContainer:input_type -> vigil.v1.GetContainerRequest
-	7,  // 14: vigil.v1.Vigil.WatchEvents:input_type -> vigil.v1.WatchEventsRequest
-	9,  // 15: vigil.v1.Vigil.ListRemediations:input_type -> vigil.v1.ListRemediationsRequest
-	11, // 16: vigil.v1.Vigil.RequestRemediation:input_type -> vigil.v1.RequestRemediationRequest
-	1,  // 17: vigil.v1.Vigil.ListNodes:output_type -> vigil.v1.ListNodesResponse
-	4,  // 18: vigil.v1.Vigil.ListContainers:output_type -> vigil.v1.ListContainersResponse
-	6,  // 19: vigil.v1.Vigil.GetContainer:output_type -> vigil.v1.GetContainerResponse
-	8,  // 20: vigil.v1.Vigil.WatchEvents:output_type -> vigil.v1.WatchEventsResponse
-	10, // 21: vigil.v1.Vigil.ListRemediations:output_type -> vigil.v1.ListRemediationsResponse
-	12, // 22: vigil.v1.Vigil.RequestRemediation:output_type -> vigil.v1.RequestRemediationResponse
-	17, // [17:23] is the sub-list for method output_type
-	11, // [11:17] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	17, // 6: vigil.v1.WatchEventsRequest.since:type_name -> google.protobuf.Timestamp
+	18, // 7: vigil.v1.WatchEventsResponse.event:type_name -> vigil.v1.ContainerEvent
+	19, // 8: vigil.v1.ListRemediationsResponse.remediations:type_name -> vigil.v1.Remediation
+	20, // 9: vigil.v1.RequestRemediationRequest.action:type_name -> vigil.v1.RemediationAction
+	21, // 10: vigil.v1.RequestRemediationRequest.target:type_name -> vigil.v1.Target
+	19, // 11: vigil.v1.RequestRemediationResponse.remediation:type_name -> vigil.v1.Remediation
+	0,  // 12: vigil.v1.Vigil.ListNodes:input_type -> vigil.v1.ListNodesRequest
+	2,  // 13: vigil.v1.Vigil.ListContainers:input_type -> vigil.v1.ListContainersRequest
+	5,  // 14: vigil.v1.Vigil.GetContainer:input_type -> vigil.v1.GetContainerRequest
+	7,  // 15: vigil.v1.Vigil.WatchEvents:input_type -> vigil.v1.WatchEventsRequest
+	9,  // 16: vigil.v1.Vigil.ListRemediations:input_type -> vigil.v1.ListRemediationsRequest
+	11, // 17: vigil.v1.Vigil.RequestRemediation:input_type -> vigil.v1.RequestRemediationRequest
+	1,  // 18: vigil.v1.Vigil.ListNodes:output_type -> vigil.v1.ListNodesResponse
+	4,  // 19: vigil.v1.Vigil.ListContainers:output_type -> vigil.v1.ListContainersResponse
+	6,  // 20: vigil.v1.Vigil.GetContainer:output_type -> vigil.v1.GetContainerResponse
+	8,  // 21: vigil.v1.Vigil.WatchEvents:output_type -> vigil.v1.WatchEventsResponse
+	10, // 22: vigil.v1.Vigil.ListRemediations:output_type -> vigil.v1.ListRemediationsResponse
+	12, // 23: vigil.v1.Vigil.RequestRemediation:output_type -> vigil.v1.RequestRemediationResponse
+	18, // [18:24] is the sub-list for method output_type
+	12, // [12:18] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_vigil_v1_vigil_proto_init() }

@@ -1,0 +1,263 @@
+package aggregator
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/store"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// Defaults of the event history.
+const (
+	DefaultHistoryPerNode = 1000
+	DefaultHistoryMaxAge  = 24 * time.Hour
+	historyPrefix         = "/events/"
+	historyQueue          = 4096
+	historyBatch          = 100 // ops in one Txn: etcd takes at most 128
+	historyFlushEvery     = 100 * time.Millisecond
+)
+
+// history keeps each node's recent container events (exits, restarts,
+// health changes, the agent's decisions) in the store, so that
+// `vigilctl events --since 1h` shows the timeline that led to an action,
+// also after an aggregator restart. It is bounded per node by count and
+// age. Events are written in batches off the ingest path: record never
+// blocks, and an event that finds the queue full is dropped and counted
+// (vigil_aggregator_event_history_dropped_total), never waited for.
+//
+// Keys: /events/NODE/UNIXNANO(20 digits)-SEQ(8 digits), so that a listing
+// of one node is in time order. Values: a marshalled WatchEventsResponse.
+type history struct {
+	st         store.Store
+	log        *slog.Logger
+	perNode    int
+	maxAge     time.Duration
+	in         chan *vigilv1.WatchEventsResponse
+	dropped    prometheus.Counter
+	now        func() time.Time
+	seq        uint64
+	keys       map[string][]historyKey // node → its keys, oldest first; loaded on first use
+	loadFailed map[string]bool
+}
+
+type historyKey struct {
+	key string
+	at  time.Time
+}
+
+func newHistory(st store.Store, log *slog.Logger, perNode int, maxAge time.Duration, dropped prometheus.Counter) *history {
+	if perNode <= 0 {
+		perNode = DefaultHistoryPerNode
+	}
+	if maxAge <= 0 {
+		maxAge = DefaultHistoryMaxAge
+	}
+	return &history{st: st, log: log, perNode: perNode, maxAge: maxAge, in: make(chan *vigilv1.WatchEventsResponse, historyQueue),
+		dropped: dropped, now: time.Now, keys: map[string][]historyKey{}, loadFailed: map[string]bool{}}
+}
+
+// record queues an event for the history without blocking.
+func (h *history) record(msg *vigilv1.WatchEventsResponse) {
+	select {
+	case h.in <- msg:
+	default:
+		h.dropped.Inc()
+	}
+}
+
+// run writes queued events in batches until ctx ends, then writes what is
+// queued (bounded by a short deadline).
+func (h *history) run(ctx context.Context) {
+	for {
+		var first *vigilv1.WatchEventsResponse
+		select {
+		case <-ctx.Done():
+			h.drain()
+			return
+		case first = <-h.in:
+		}
+		batch := []*vigilv1.WatchEventsResponse{first}
+		timer := time.NewTimer(historyFlushEvery)
+	collect:
+		for len(batch) < historyBatch/2 {
+			select {
+			case m := <-h.in:
+				batch = append(batch, m)
+			case <-timer.C:
+				break collect
+			case <-ctx.Done():
+				break collect
+			}
+		}
+		timer.Stop()
+		h.write(ctx, batch)
+	}
+}
+
+func (h *history) drain() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for {
+		var batch []*vigilv1.WatchEventsResponse
+	fill:
+		for len(batch) < historyBatch/2 {
+			select {
+			case m := <-h.in:
+				batch = append(batch, m)
+			default:
+				break fill
+			}
+		}
+		if len(batch) == 0 || ctx.Err() != nil {
+			return
+		}
+		h.write(ctx, batch)
+	}
+}
+
+// write puts a batch, and deletes what it pushes out of each node's bound,
+// in one transaction.
+func (h *history) write(ctx context.Context, batch []*vigilv1.WatchEventsResponse) {
+	var ops []store.Op
+	now := h.now()
+	touched := map[string]bool{}
+	for _, m := range batch {
+		node := m.GetNode()
+		if node == "" || strings.Contains(node, "/") {
+			continue
+		}
+		h.load(ctx, node)
+		at := m.GetEvent().GetTime().AsTime()
+		if m.GetEvent().GetTime() == nil {
+			at = now
+		}
+		h.seq++
+		key := fmt.Sprintf("%s%s/%020d-%08d", historyPrefix, node, at.UnixNano(), h.seq%100000000)
+		b, err := proto.Marshal(m)
+		if err != nil {
+			continue
+		}
+		ops = append(ops, store.Put(key, b))
+		h.keys[node] = append(h.keys[node], historyKey{key, at})
+		touched[node] = true
+	}
+	for node := range touched {
+		ks := h.keys[node]
+		slices.SortFunc(ks, func(a, b historyKey) int { return strings.Compare(a.key, b.key) })
+		cut := 0
+		for cut < len(ks) && (len(ks)-cut > h.perNode || now.Sub(ks[cut].at) > h.maxAge) {
+			ops = append(ops, store.Delete(ks[cut].key))
+			cut++
+		}
+		h.keys[node] = ks[cut:]
+	}
+	// A key put and deleted in one batch (over the bound at once) may be
+	// named once only: keep the delete.
+	ops = dedupeOps(ops)
+	for len(ops) > 0 {
+		n := min(len(ops), historyBatch)
+		if _, err := h.st.Txn(ctx, nil, ops[:n]); err != nil {
+			h.dropped.Add(float64(countPuts(ops[:n])))
+			h.log.Warn("event history not written", "events", countPuts(ops[:n]), "err", err)
+		}
+		ops = ops[n:]
+	}
+}
+
+func dedupeOps(ops []store.Op) []store.Op {
+	last := map[string]int{}
+	for i, op := range ops {
+		last[op.Key] = i
+	}
+	out := ops[:0:0]
+	for i, op := range ops {
+		if last[op.Key] == i {
+			out = append(out, op)
+		}
+	}
+	return out
+}
+
+func countPuts(ops []store.Op) int {
+	n := 0
+	for _, op := range ops {
+		if op.Kind == store.OpPut {
+			n++
+		}
+	}
+	return n
+}
+
+// load reads a node's keys from the store the first time the node is
+// written after a start, so that the bounds hold across restarts.
+func (h *history) load(ctx context.Context, node string) {
+	if _, ok := h.keys[node]; ok || h.loadFailed[node] {
+		return
+	}
+	kvs, _, err := h.st.List(ctx, historyPrefix+node+"/", 0)
+	if err != nil {
+		h.loadFailed[node] = true
+		h.log.Warn("event history of a node not read; its old events are pruned only by later writes", "node", node, "err", err)
+		return
+	}
+	ks := make([]historyKey, 0, len(kvs))
+	for _, kv := range kvs {
+		var ns int64
+		rest := strings.TrimPrefix(kv.Key, historyPrefix+node+"/")
+		if _, err := fmt.Sscanf(rest, "%020d-", &ns); err != nil {
+			continue
+		}
+		ks = append(ks, historyKey{kv.Key, time.Unix(0, ns)})
+	}
+	h.keys[node] = ks
+}
+
+// since returns the recorded events at or after t, of node (all nodes for
+// "") and namespace (all for ""), oldest first.
+func (h *history) since(ctx context.Context, t time.Time, node, namespace string) ([]*vigilv1.WatchEventsResponse, error) {
+	if strings.Contains(node, "/") {
+		return nil, fmt.Errorf("node %q: %w", node, errdefs.ErrInvalid)
+	}
+	prefix := historyPrefix
+	if node != "" {
+		prefix += node + "/"
+	}
+	kvs, _, err := h.st.List(ctx, prefix, 0)
+	if err != nil {
+		return nil, fmt.Errorf("event history: %w", err)
+	}
+	var out []*vigilv1.WatchEventsResponse
+	for _, kv := range kvs {
+		m := &vigilv1.WatchEventsResponse{}
+		if err := proto.Unmarshal(kv.Value, m); err != nil {
+			continue
+		}
+		if m.GetEvent().GetTime().AsTime().Before(t) {
+			continue
+		}
+		if namespace != "" && m.GetEvent().GetContainer().GetNamespace() != namespace {
+			continue
+		}
+		out = append(out, m)
+	}
+	slices.SortStableFunc(out, func(a, b *vigilv1.WatchEventsResponse) int {
+		return a.GetEvent().GetTime().AsTime().Compare(b.GetEvent().GetTime().AsTime())
+	})
+	return out, nil
+}
+
+// eventKey identifies an event for the replay's deduplication against the
+// live stream.
+func eventKey(m *vigilv1.WatchEventsResponse) string {
+	e := m.GetEvent()
+	return fmt.Sprintf("%s|%s|%s|%d|%d", m.GetNode(), e.GetContainer().GetNamespace(), e.GetContainer().GetId(), e.GetType(), e.GetTime().AsTime().UnixNano())
+}

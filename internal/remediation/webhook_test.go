@@ -1,0 +1,124 @@
+package remediation
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+)
+
+func TestParseWebhookAlertmanager(t *testing.T) {
+	// Captured from Debian's prometheus-alertmanager 0.25 (webhook_config,
+	// send_resolved: true): a firing group, the same group with one alert
+	// resolved, and a link alert.
+	body, err := os.ReadFile("testdata/alertmanager-0.25-1.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := ParseWebhook(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Version != "4" || w.Receiver != "vigil" || w.Status != StatusFiring || !strings.Contains(w.GroupKey, "VigilContainerUnhealthy") {
+		t.Errorf("envelope = %+v", w)
+	}
+	if len(w.Alerts) != 2 {
+		t.Fatalf("%d alerts, want 2", len(w.Alerts))
+	}
+	r, f := w.Alerts[0], w.Alerts[1]
+	if r.Status != StatusResolved || r.Fingerprint != "8ed93102b093bc39" || r.Labels["container"] != "web-1" || r.Name() != "VigilContainerUnhealthy" {
+		t.Errorf("resolved alert = %+v", r)
+	}
+	wantStart := time.Date(2026, 12, 2, 14, 26, 50, 250783058, time.UTC)
+	if !r.StartsAt.Equal(wantStart) || !r.EndsAt.Equal(time.Date(2026, 12, 2, 14, 26, 53, 0, time.UTC)) {
+		t.Errorf("resolved alert times = %v .. %v", r.StartsAt, r.EndsAt)
+	}
+	if f.Status != StatusFiring || !f.EndsAt.IsZero() || f.Labels["pod"] != "frontend-7d9f" || f.Annotations["summary"] != "frontend unhealthy" {
+		t.Errorf("firing alert = %+v", f)
+	}
+}
+
+func TestParseWebhookErrors(t *testing.T) {
+	alert := func(fields string) string {
+		return `{"version":"4","groupKey":"g","status":"firing","alerts":[{` + fields + `}]}`
+	}
+	for _, tc := range []struct {
+		name, body, want string
+	}{
+		{"empty", ``, "empty body"},
+		{"not json", `hello`, "malformed JSON at byte 1"},
+		{"truncated", `{"version":"4"`, "truncated JSON"},
+		{"trailing data", `{"version":"4","groupKey":"g","status":"firing","alerts":[]}{}`, "data after the JSON object"},
+		{"no version", `{"groupKey":"g","status":"firing","alerts":[]}`, `no "version"`},
+		{"version 3", `{"version":"3","groupKey":"g","status":"firing","alerts":[]}`, `version "3" is not supported`},
+		{"version as number", `{"version":4,"groupKey":"g","status":"firing","alerts":[]}`, `field "version" is a JSON number, want string`},
+		{"no group key", `{"version":"4","status":"firing","alerts":[]}`, `no "groupKey"`},
+		{"bad status", `{"version":"4","groupKey":"g","status":"burning","alerts":[]}`, `"status": "burning" is neither`},
+		{"no alerts", `{"version":"4","groupKey":"g","status":"firing"}`, `no "alerts"`},
+		{"negative truncated", `{"version":"4","groupKey":"g","status":"firing","alerts":[],"truncatedAlerts":-1}`, `"truncatedAlerts" is -1`},
+		{"labels not strings", alert(`"status":"firing","labels":{"a":1},"startsAt":"2024-01-01T00:00:00Z","fingerprint":"f"`), `field "alerts.labels" is a JSON number, want string`},
+		{"alert without fingerprint", alert(`"status":"firing","labels":{"a":"b"},"startsAt":"2024-01-01T00:00:00Z"`), `alerts[0]: no "fingerprint"`},
+		{"alert without labels", alert(`"status":"firing","startsAt":"2024-01-01T00:00:00Z","fingerprint":"f"`), `alert f has no "labels"`},
+		{"alert without startsAt", alert(`"status":"firing","labels":{"a":"b"},"fingerprint":"f"`), `alert f has no "startsAt"`},
+		{"alert bad startsAt", alert(`"status":"firing","labels":{"a":"b"},"startsAt":"yesterday","fingerprint":"f"`), `"startsAt" "yesterday" is not an RFC 3339 time`},
+		{"alert zero startsAt", alert(`"status":"firing","labels":{"a":"b"},"startsAt":"0001-01-01T00:00:00Z","fingerprint":"f"`), `"startsAt" "0001-01-01T00:00:00Z"`},
+		{"alert bad endsAt", alert(`"status":"firing","labels":{"a":"b"},"startsAt":"2024-01-01T00:00:00Z","endsAt":"soon","fingerprint":"f"`), `"endsAt" "soon"`},
+		{"resolved without endsAt", alert(`"status":"resolved","labels":{"a":"b"},"startsAt":"2024-01-01T00:00:00Z","fingerprint":"f"`), `resolved but has no "endsAt"`},
+		{"alert bad status", alert(`"status":"","labels":{"a":"b"},"startsAt":"2024-01-01T00:00:00Z","fingerprint":"f"`), `alerts[0]: "status": missing`},
+		{"long value clipped", `{"version":"` + strings.Repeat("x", 1000) + `","groupKey":"g","status":"firing","alerts":[]}`, `xxx..." is not supported`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseWebhook([]byte(tc.body))
+			if err == nil {
+				t.Fatalf("no error for %s", tc.body)
+			}
+			if !errors.Is(err, errdefs.ErrInvalid) {
+				t.Errorf("error %v does not wrap ErrInvalid", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not say %q", err, tc.want)
+			}
+			if len(err.Error()) > 300 {
+				t.Errorf("error is %d bytes long", len(err.Error()))
+			}
+		})
+	}
+}
+
+func TestReadWebhookLimit(t *testing.T) {
+	big := `{"version":"4","groupKey":"g","status":"firing","alerts":[],"receiver":"` + strings.Repeat("r", MaxWebhookBytes) + `"}`
+	_, err := ReadWebhook(strings.NewReader(big))
+	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "limit of 1048576 bytes (1 MiB)") {
+		t.Fatalf("err = %v, want the body limit named", err)
+	}
+	w, err := ReadWebhook(strings.NewReader(`{"version":"4","groupKey":"g","status":"resolved","alerts":[],"futureField":{"x":1}}`))
+	if err != nil || w.Status != StatusResolved {
+		t.Fatalf("a small body with an unknown field: %v, %+v", err, w)
+	}
+}
+
+func FuzzParseWebhook(f *testing.F) {
+	f.Fuzz(func(t *testing.T, body []byte) {
+		w, err := ParseWebhook(body)
+		if err != nil {
+			if !errors.Is(err, errdefs.ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		if w.Version != WebhookVersion || (w.Status != StatusFiring && w.Status != StatusResolved) {
+			t.Fatalf("accepted envelope %+v", w)
+		}
+		for _, a := range w.Alerts {
+			if a.Fingerprint == "" || a.StartsAt.IsZero() || len(a.Labels) == 0 {
+				t.Fatalf("accepted alert %+v", a)
+			}
+			if a.Status == StatusResolved && a.EndsAt.IsZero() {
+				t.Fatalf("accepted resolved alert without an end %+v", a)
+			}
+		}
+	})
+}
