@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vigilhq/vigil/internal/agent/uplink"
+	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/health"
 	"github.com/vigilhq/vigil/internal/metrics"
 	"github.com/vigilhq/vigil/internal/network"
@@ -67,6 +68,7 @@ type Agent struct {
 	// heartbeat is when the loop last turned (unix nanoseconds): /healthz
 	// fails when it is old.
 	heartbeat atomic.Int64
+	runCalled atomic.Bool
 	actions   chan actionResult // restarts, stops and commands report here
 	done      chan struct{}     // closed when the loop ends
 	wg        sync.WaitGroup    // action goroutines
@@ -269,8 +271,12 @@ func (a *Agent) capabilities() []string {
 func (a *Agent) Registry() *metrics.Registry { return a.reg }
 
 // Run runs the agent until ctx ends. It returns nil on a clean shutdown, or
-// the first error of a part that cannot go on.
+// the first error of a part that cannot go on. It may be called once: a
+// second call fails (the state dir is released when the first returns).
 func (a *Agent) Run(ctx context.Context) error {
+	if !a.runCalled.CompareAndSwap(false, true) {
+		return fmt.Errorf("agent: Run called twice: %w", errdefs.ErrConflict)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	a.log.Info("vigil agent starting", "node", a.cfg.NodeName, "version", a.cfg.Version,
