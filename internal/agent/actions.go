@@ -13,6 +13,23 @@ import (
 // actionTimeout bounds one restart, stop or command.
 const actionTimeout = 2 * time.Minute
 
+// createRetry is how long to wait before trying again a restart that an
+// earlier, interrupted create blocks (tries made so far: tries), 0 when it
+// is a failed restart like any other. A create that was still going on
+// (runtime.ErrCreateRaced) shows its task within seconds: a second, up to
+// 10 times. A bundle that containerd kept (runtime.ErrBundleLeft) stays until
+// containerd restarts: every 30 s, for as long as it takes, so that the
+// container comes back then instead of the policy giving up.
+func createRetry(err error, tries int) time.Duration {
+	switch {
+	case errors.Is(err, runtime.ErrCreateRaced) && tries < 10:
+		return time.Second
+	case errors.Is(err, runtime.ErrBundleLeft):
+		return 30 * time.Second
+	}
+	return 0
+}
+
 type actionKind int
 
 const (
@@ -31,6 +48,9 @@ type actionResult struct {
 	// grace is the stop timeout of a stop the action makes: its deadline
 	// is actionTimeout beyond it.
 	grace time.Duration
+	// recorded: the command's outcome was written to the state dir by its
+	// action (runCommand).
+	recorded bool
 }
 
 // runAction runs fn on its own goroutine (task control takes containerd
@@ -80,6 +100,27 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 	case actionRestart:
 		if res.err == nil {
 			return // the task-start event reports the restart
+		}
+		if retry := createRetry(res.err, t.createRetries); retry > 0 {
+			// What an interrupted restart left in containerd, not a failed
+			// run: the same restart is tried again, as a resumed one (a task
+			// it finds then, created and never started, is replaced),
+			// without counting against the policy.
+			a.mu.Lock()
+			t.createRetries++
+			t.resume, t.expectDelete = true, false
+			d := t.tracker.State.Last
+			d.At = a.now().Add(retry)
+			n := t.createRetries
+			a.mu.Unlock()
+			log := a.log.Info
+			if errors.Is(res.err, runtime.ErrBundleLeft) {
+				log = a.log.Error
+			}
+			log("restart blocked by an earlier, interrupted create in containerd; trying again", "container", res.key.ID, "namespace", res.key.Namespace,
+				"attempt", n, "in", retry, "err", res.err)
+			a.armRestart(t, d)
+			return
 		}
 		if errors.Is(res.err, runtime.ErrTaskGone) {
 			// An operator deleted the exited task before we could replace

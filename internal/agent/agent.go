@@ -16,12 +16,14 @@ import (
 	"time"
 
 	"github.com/vigilhq/vigil/internal/agent/uplink"
+	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/health"
 	"github.com/vigilhq/vigil/internal/metrics"
 	"github.com/vigilhq/vigil/internal/network"
 	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/statedir"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -35,7 +37,7 @@ import (
 type Agent struct {
 	cfg   Config
 	log   *slog.Logger
-	store *Store
+	store *statedir.Store
 	rt    *runtime.Runtime
 	up    *uplink.Uplink // nil when standalone
 	probe *health.Scheduler
@@ -60,10 +62,16 @@ type Agent struct {
 	lastNet    []*vigilv1.NetworkNamespace
 	lastStats  map[runtime.Key]*vigilv1.ResourceSample
 
-	due     chan runtime.Key  // restart timers fire here
-	actions chan actionResult // restarts, stops and commands report here
-	done    chan struct{}     // closed when the loop ends
-	wg      sync.WaitGroup    // action goroutines
+	due       chan runtime.Key  // restart timers fire here
+	flushKick chan struct{}     // the state holds changes for the flusher
+	samples   chan sampleResult // the sampler's results for the loop
+	// heartbeat is when the loop last turned (unix nanoseconds): /healthz
+	// fails when it is old.
+	heartbeat atomic.Int64
+	runCalled atomic.Bool
+	actions   chan actionResult // restarts, stops and commands report here
+	done      chan struct{}     // closed when the loop ends
+	wg        sync.WaitGroup    // action goroutines
 	// work is the context of the runtime and of actions: it outlives the
 	// loop's by up to ShutdownGrace, so that actions in flight finish.
 	work           context.Context
@@ -73,9 +81,6 @@ type Agent struct {
 	// Loop goroutine only: containerd's first inventory has been applied,
 	// and releaseStartupMemory has run.
 	inventoryLoaded, startupReleased bool
-	// unflushed: the state holds changes kept in memory only (containers
-	// marked announced), written with the next write or at flushState.
-	unflushed bool
 
 	// restartHook, when set (tests only), wraps the call that replaces a
 	// task, after the restart's durable mark: it may stand for the agent
@@ -128,6 +133,9 @@ type tracked struct {
 	// that an earlier run began and did not finish: it is finished without
 	// requiring the old task (which that run may have deleted already).
 	resume bool
+	// createRetries counts the tries of the pending restart that an earlier,
+	// interrupted create blocked (createRetry).
+	createRetries int
 
 	conditions []*vigilv1.Condition
 
@@ -148,10 +156,17 @@ func New(cfg Config) (*Agent, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	store, err := OpenStore(cfg.StateDir)
+	store, err := statedir.Open(statedir.Config{Dir: cfg.StateDir, Logger: log.With("component", "statedir")})
 	if err != nil {
 		return nil, err
 	}
+	// What New opened is released when a later step fails.
+	ok := false
+	defer func() {
+		if !ok {
+			store.Close()
+		}
+	}()
 	a := &Agent{
 		cfg:        cfg,
 		log:        log,
@@ -160,6 +175,8 @@ func New(cfg Config) (*Agent, error) {
 		containers: map[runtime.Key]*tracked{},
 		lastStats:  map[runtime.Key]*vigilv1.ResourceSample{},
 		due:        make(chan runtime.Key, 256),
+		flushKick:  make(chan struct{}, 1),
+		samples:    make(chan sampleResult, 1),
 		actions:    make(chan actionResult, 256),
 		done:       make(chan struct{}),
 		nowFunc:    time.Now,
@@ -238,6 +255,7 @@ func New(cfg Config) (*Agent, error) {
 	if a.up != nil {
 		a.reg.Register(a.up.Collector())
 	}
+	ok = true
 	return a, nil
 }
 
@@ -253,8 +271,12 @@ func (a *Agent) capabilities() []string {
 func (a *Agent) Registry() *metrics.Registry { return a.reg }
 
 // Run runs the agent until ctx ends. It returns nil on a clean shutdown, or
-// the first error of a part that cannot go on.
+// the first error of a part that cannot go on. It may be called once: a
+// second call fails (the state dir is released when the first returns).
 func (a *Agent) Run(ctx context.Context) error {
+	if !a.runCalled.CompareAndSwap(false, true) {
+		return fmt.Errorf("agent: Run called twice: %w", errdefs.ErrConflict)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	a.log.Info("vigil agent starting", "node", a.cfg.NodeName, "version", a.cfg.Version,
@@ -291,6 +313,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.recoverCommands()
 	start("runtime", a.rt.Run)
 	start("health", a.probe.Run)
+	start("statedir", a.flusher)
+	start("sampler", a.sampler)
 	if a.net != nil {
 		start("network", a.net.Run)
 	}
@@ -332,6 +356,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	stopWork()
 	a.wg.Wait()
 	wg.Wait()
+	if err := a.store.Close(); err != nil {
+		a.log.Error("cannot write to the state dir at exit", "err", err)
+	}
 	a.log.Info("vigil agent stopped")
 	return loopErr
 }

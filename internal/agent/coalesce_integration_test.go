@@ -19,9 +19,9 @@ import (
 // streamingAgent starts a real aggregator on loopback with mutual TLS and
 // the harness's agent streaming to it; it returns the aggregator's HTTP
 // address and the agent's.
-func streamingAgent(t *testing.T, h *harness, mod func(*Config)) (aggHTTP, agentHTTP string) {
+func streamingAgent(t *testing.T, h *harness, mod func(*Config)) (aggHTTP, agentHTTP string, ca *pki.CA) {
 	r := streamingAgentWith(t, h, mod)
-	return r.aggHTTP, r.agentHTTP
+	return r.aggHTTP, r.agentHTTP, r.ca
 }
 
 // streamRig is an agent streaming to a real aggregator over mutual TLS.
@@ -31,8 +31,11 @@ type streamRig struct {
 	// restart is the configuration change that starts the agent again on
 	// the same aggregator: h.start(restart).
 	restart func(*Config)
-	// client are the certificate files of an API client of the aggregator.
+	// client are the certificate files of an API client of the aggregator
+	// (a viewer).
 	client pki.Files
+	// ca signed every certificate of the rig.
+	ca *pki.CA
 }
 
 // streamingAgentWith is streamingAgent, returning all of the rig.
@@ -51,7 +54,7 @@ func streamingAgentWith(t testing.TB, h *harness, mod func(*Config)) streamRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clientFiles, err := ca.WriteFiles(dir, "client", "operator")
+	clientFiles, err := ca.WriteIdentity(dir, "client", pki.Identity{Role: pki.RoleViewer, Name: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,14 +71,14 @@ func streamingAgentWith(t testing.TB, h *harness, mod func(*Config)) streamRig {
 		}
 	}
 	h.start(restart)
-	return streamRig{aggHTTP: httpAddr, agentHTTP: agentHTTP, aggGRPC: grpcAddr, agg: agg, restart: restart, client: clientFiles}
+	return streamRig{aggHTTP: httpAddr, agentHTTP: agentHTTP, aggGRPC: grpcAddr, agg: agg, restart: restart, client: clientFiles, ca: ca}
 }
 
 // aggregatorContainer is container id as the aggregator's JSON API shows
 // it; nil when it does not.
-func aggregatorContainer(t *testing.T, httpAddr, id string) *vigilv1.Container {
+func aggregatorContainer(t *testing.T, ca *pki.CA, httpAddr, id string) *vigilv1.Container {
 	t.Helper()
-	resp, err := http.Get("http://" + httpAddr + "/api/v1/containers?node=test-node")
+	resp, err := apiGet(t, ca, httpAddr, "/api/v1/containers?node=test-node")
 	if err != nil {
 		return nil
 	}
@@ -129,7 +132,7 @@ func probeFailuresInMetrics(t *testing.T, addr, id string) int {
 // read 0); one failing inside a long start period shows its results.
 func TestAggregatorFollowsProbesBetweenChanges(t *testing.T) {
 	h := newHarness(t)
-	aggHTTP, agentHTTP := streamingAgent(t, h, nil) // sampling every 1s
+	aggHTTP, agentHTTP, ca := streamingAgent(t, h, nil) // sampling every 1s
 	probe := func(cmd, startPeriod, retries string) map[string]string {
 		return map[string]string{
 			"vigil.io/health-cmd":          cmd,
@@ -146,14 +149,14 @@ func TestAggregatorFollowsProbesBetweenChanges(t *testing.T) {
 	results := func(c *vigilv1.Container) int { return len(c.GetHealth().GetLastResults()) }
 	var last string
 	waitUntil(t, 30*time.Second, "probe results and failures at the aggregator between status changes", func() bool {
-		hc, fc, bc := aggregatorContainer(t, aggHTTP, "healthy"), aggregatorContainer(t, aggHTTP, "failing"), aggregatorContainer(t, aggHTTP, "booting")
+		hc, fc, bc := aggregatorContainer(t, ca, aggHTTP, "healthy"), aggregatorContainer(t, ca, aggHTTP, "failing"), aggregatorContainer(t, ca, aggHTTP, "booting")
 		aggFail := probeFailuresInMetrics(t, aggHTTP, "failing")
 		last = fmt.Sprintf("healthy: %d results; failing: %d results, streak %d, %d failures at the aggregator, %d on the agent; booting: %d results, status %v",
 			results(hc), results(fc), fc.GetHealth().GetFailingStreak(), aggFail, probeFailuresInMetrics(t, agentHTTP, "failing"), results(bc), bc.GetHealth().GetStatus())
 		return results(hc) >= 4 && results(fc) >= 4 && fc.GetHealth().GetFailingStreak() >= 4 && aggFail >= 4 && results(bc) >= 4
 	})
 	t.Log(last)
-	if c := aggregatorContainer(t, aggHTTP, "booting"); c.GetHealth().GetStatus() != vigilv1.HealthStatus_HEALTH_STATUS_STARTING {
+	if c := aggregatorContainer(t, ca, aggHTTP, "booting"); c.GetHealth().GetStatus() != vigilv1.HealthStatus_HEALTH_STATUS_STARTING {
 		t.Errorf("booting: status %v at the aggregator, want STARTING (failures in the start period)", c.GetHealth().GetStatus())
 	}
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/statedir"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -105,8 +106,8 @@ func (p commandPolicy) allows(namespace string) bool {
 func (a *Agent) recoverCommands() {
 	now := a.now()
 	var interrupted []string
-	if err := a.store.UpdateIf(func(tx Tx) bool {
-		tx.Commands(func(id string, r *CommandRecord) {
+	if err := a.store.UpdateIf(func(tx statedir.Tx) bool {
+		tx.Commands(func(id string, r *statedir.CommandRecord) {
 			if r.Finished.IsZero() {
 				r.Finished = now
 				r.Outcome = vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED.String()
@@ -122,8 +123,8 @@ func (a *Agent) recoverCommands() {
 		a.log.Warn("a command was interrupted by the agent's stop; it is reported failed, not carried out again", "command_id", id)
 	}
 	var results []*vigilv1.CommandResult
-	a.store.View(func(tx Tx) {
-		tx.Commands(func(id string, r *CommandRecord) {
+	a.store.View(func(tx statedir.Tx) {
+		tx.Commands(func(id string, r *statedir.CommandRecord) {
 			if !r.Finished.IsZero() && now.Sub(r.Finished) <= resultsResentAfter {
 				results = append(results, commandResult(id, r))
 			}
@@ -137,7 +138,7 @@ func (a *Agent) recoverCommands() {
 	}
 }
 
-func commandResult(id string, r *CommandRecord) *vigilv1.CommandResult {
+func commandResult(id string, r *statedir.CommandRecord) *vigilv1.CommandResult {
 	return &vigilv1.CommandResult{
 		CommandId:  id,
 		Outcome:    vigilv1.CommandOutcome(vigilv1.CommandOutcome_value[r.Outcome]),
@@ -154,8 +155,8 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 		return
 	}
 	id := cmd.GetId()
-	var seen *CommandRecord
-	a.store.View(func(tx Tx) {
+	var seen *statedir.CommandRecord
+	a.store.View(func(tx statedir.Tx) {
 		if r := tx.Command(id); r != nil {
 			c := *r
 			seen = &c
@@ -330,54 +331,90 @@ func (a *Agent) cancelRestartLocked(t *tracked) {
 	t.resume = false
 }
 
-// acceptCommand durably marks cmd accepted before anything is done. When
-// that cannot be written, the command is answered as failed and not
-// carried out: without the mark, a crash could carry it out twice.
+// acceptCommand marks cmd accepted in the state, at once in memory (a
+// redelivery on the loop sees it). It reaches the disk before the command
+// acts: runCommand's goroutine flushes the state first, and carries
+// nothing out when that fails. So the loop never waits for the disk.
 func (a *Agent) acceptCommand(ctx context.Context, cmd *vigilv1.Command) bool {
-	if err := a.store.Update(func(tx Tx) error {
+	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
 		tx.AcceptCommand(cmd.GetId(), a.now())
-		return nil
-	}); err != nil {
-		a.log.Error("cannot mark a command accepted in the state dir; not carried out", "command_id", cmd.GetId(), "err", err)
-		a.sendCommandResult(&vigilv1.CommandResult{
-			CommandId:  cmd.GetId(),
-			Outcome:    vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED,
-			Message:    "not carried out: the agent cannot record it in its state dir: " + err.Error(),
-			FinishedAt: timestamppb.New(a.now()),
-		})
 		return false
-	}
+	})
 	a.log.Info("command accepted", "command_id", cmd.GetId(), "action", cmd.GetAction().String(),
 		"namespace", cmd.GetTarget().GetNamespace(), "container", cmd.GetTarget().GetContainerId(), "reason", cmd.GetReason())
 	return true
 }
 
-// runCommand carries out an accepted command on its own goroutine, through
-// commandHook when a test set one.
+// runCommand carries out an accepted command on its own goroutine: it
+// makes the acceptance durable first (and does nothing when it cannot),
+// then acts (through commandHook when a test set one), then records the
+// outcome durably, before the loop reports it: a result reported is never
+// replaced by "interrupted" after a crash.
 func (a *Agent) runCommand(res actionResult, fn func(context.Context) error) {
-	if hook := a.commandHook; hook != nil {
-		cmd := res.command
-		a.runAction(res, func(ctx context.Context) error { return hook(ctx, cmd, fn) })
-		return
-	}
-	a.runAction(res, fn)
+	cmd := res.command
+	res.recorded = true
+	a.runAction(res, func(ctx context.Context) (err error) {
+		defer func() {
+			o, msg := commandOutcome(vigilv1.CommandOutcome_COMMAND_OUTCOME_UNSPECIFIED, err)
+			a.recordOutcome(cmd.GetId(), o, msg, true)
+		}()
+		if err := a.store.Flush(); err != nil {
+			a.log.Error("cannot record a command's acceptance in the state dir; not carried out", "command_id", cmd.GetId(), "err", err)
+			return fmt.Errorf("not carried out: the agent cannot record it in its state dir: %w", err)
+		}
+		if hook := a.commandHook; hook != nil {
+			return hook(ctx, cmd, fn)
+		}
+		return fn(ctx)
+	})
 }
 
-// finishCommand records a command's outcome durably (a redelivery is then
-// answered with it) and reports it upstream. A restart of the container
-// that came due while the command was in flight runs now.
+// commandOutcome is the outcome of a command that ended with err, unless
+// one was decided (not UNSPECIFIED), and its message.
+func commandOutcome(decided vigilv1.CommandOutcome, err error) (vigilv1.CommandOutcome, string) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	if decided != vigilv1.CommandOutcome_COMMAND_OUTCOME_UNSPECIFIED {
+		return decided, msg
+	}
+	switch {
+	case err == nil:
+		return vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED, msg
+	case errors.Is(err, errdefs.ErrNotFound):
+		return vigilv1.CommandOutcome_COMMAND_OUTCOME_NOT_FOUND, msg
+	}
+	return vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED, msg
+}
+
+// recordOutcome records a command's outcome in the state: durably (the
+// action's goroutine), or in memory for the flusher (answers the loop gave
+// without acting: a lost one is decided the same way again).
+func (a *Agent) recordOutcome(id string, o vigilv1.CommandOutcome, msg string, durable bool) {
+	now := a.now()
+	record := func(tx statedir.Tx) bool {
+		r := tx.Command(id)
+		if r == nil {
+			r = tx.AcceptCommand(id, now) // answered without being carried out
+		}
+		r.Finished, r.Outcome, r.Message = now, o.String(), msg
+		return durable
+	}
+	if err := a.store.UpdateIf(record); err != nil {
+		a.log.Error("cannot record a command's outcome in the state dir", "command_id", id, "err", err)
+	}
+	if !durable {
+		a.kickFlush()
+	}
+}
+
+// finishCommand reports a command's outcome upstream (recording it first
+// when its action did not). A restart of the container that came due while
+// the command was in flight runs now.
 func (a *Agent) finishCommand(ctx context.Context, res actionResult) {
 	cmd := res.command
-	outcome := res.outcome
-	if outcome == vigilv1.CommandOutcome_COMMAND_OUTCOME_UNSPECIFIED {
-		outcome = vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED
-		if res.err != nil {
-			outcome = vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED
-			if errors.Is(res.err, errdefs.ErrNotFound) {
-				outcome = vigilv1.CommandOutcome_COMMAND_OUTCOME_NOT_FOUND
-			}
-		}
-	}
+	outcome, msg := commandOutcome(res.outcome, res.err)
 	due := false
 	if res.key.ID != "" {
 		a.mu.Lock()
@@ -388,27 +425,15 @@ func (a *Agent) finishCommand(ctx context.Context, res actionResult) {
 		}
 		a.mu.Unlock()
 	}
-	msg := ""
-	if res.err != nil {
-		msg = res.err.Error()
-	}
-	now := a.now()
-	if err := a.store.Update(func(tx Tx) error {
-		r := tx.Command(cmd.GetId())
-		if r == nil {
-			r = tx.AcceptCommand(cmd.GetId(), now) // answered without being carried out
-		}
-		r.Finished, r.Outcome, r.Message = now, outcome.String(), msg
-		return nil
-	}); err != nil {
-		a.log.Error("cannot record a command's outcome in the state dir", "command_id", cmd.GetId(), "err", err)
+	if !res.recorded {
+		a.recordOutcome(cmd.GetId(), outcome, msg, false)
 	}
 	a.log.Info("command finished", "command_id", cmd.GetId(), "action", cmd.GetAction().String(), "outcome", outcome.String(), "detail", msg)
 	a.sendCommandResult(&vigilv1.CommandResult{
 		CommandId:  cmd.GetId(),
 		Outcome:    outcome,
 		Message:    msg,
-		FinishedAt: timestamppb.New(now),
+		FinishedAt: timestamppb.New(a.now()),
 	})
 	if due {
 		a.onRestartDue(ctx, res.key)

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/statedir"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -145,7 +146,7 @@ func baseContainerProto(c *runtime.Container) *vigilv1.Container {
 	}
 }
 
-func countersProto(c *Counters) *vigilv1.ContainerCounters {
+func countersProto(c *statedir.Counters) *vigilv1.ContainerCounters {
 	if c == nil {
 		return &vigilv1.ContainerCounters{}
 	}
@@ -200,4 +201,21 @@ func statsProto(s *runtime.Stats) *vigilv1.ResourceSample {
 		BlkioReadOps:           s.BlkioReadOps,
 		BlkioWriteOps:          s.BlkioWriteOps,
 	}
+}
+
+// exitRecord converts an exit for the state dir.
+func exitRecord(e runtime.Exit) *statedir.ExitRecord {
+	return &statedir.ExitRecord{Code: e.Code, Reason: e.Reason.String(), Signal: e.Signal, At: e.At}
+}
+
+// exitFromRecord converts a state dir's exit back; an unknown reason name
+// is ExitUnknown.
+func exitFromRecord(r *statedir.ExitRecord) runtime.Exit {
+	e := runtime.Exit{Code: r.Code, Reason: runtime.ExitUnknown, Signal: r.Signal, At: r.At}
+	for _, x := range []runtime.ExitReason{runtime.ExitCompleted, runtime.ExitError, runtime.ExitSignal, runtime.ExitOOMKilled, runtime.ExitUnknown} {
+		if x.String() == r.Reason {
+			e.Reason = x
+		}
+	}
+	return e
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/health"
 	"github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/statedir"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -122,14 +123,13 @@ func (a *Agent) refreshProbes(results bool, ts ...*tracked) []*tracked {
 	if len(adds) == 0 {
 		return changed
 	}
-	if err := a.store.Update(func(tx Tx) error {
+	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
 		for _, x := range adds {
 			tx.Counters(x.identity).ProbeFailures += x.n
 		}
-		return nil
-	}); err != nil {
-		a.log.Error("cannot write probe failure counts to the state dir", "err", err)
-	}
+		return false
+	})
+	a.kickFlush()
 	return changed
 }
 

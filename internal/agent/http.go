@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/vigilhq/vigil/internal/metrics"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -14,20 +15,37 @@ import (
 //	/metrics       this node's container and network series (the same names
 //	               as the aggregator's), for clusters that prefer per-node scraping
 //	/metrics/self  the agent's own metrics (collection and probe cost, buffer, reconnects)
-//	/healthz       200 while the agent runs, with containerd's availability in the body
+//	/healthz       200 while the decision loop turns, with containerd's
+//	               availability in the body; 503 when the loop has not turned
+//	               for loopStallAfter (it turns at least every sampling interval)
 func (a *Agent) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/metrics", a.serveNodeMetrics)
 	mux.HandleFunc("/metrics/self", a.serveSelfMetrics)
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if a.rt.Available() {
-			_, _ = w.Write([]byte("ok\ncontainerd: available\n"))
-			return
-		}
-		_, _ = w.Write([]byte("ok\ncontainerd: unavailable\n"))
-	})
+	mux.HandleFunc("/healthz", a.serveHealthz)
 	return mux
+}
+
+// loopStallAfter is how long the decision loop may go without turning
+// before /healthz fails: three sampling intervals, and at least 30 s.
+func (a *Agent) loopStallAfter() time.Duration {
+	return max(3*a.cfg.SampleInterval, 30*time.Second)
+}
+
+func (a *Agent) serveHealthz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	rt := "containerd: unavailable\n"
+	if a.rt.Available() {
+		rt = "containerd: available\n"
+	}
+	last := a.heartbeat.Load()
+	since := time.Since(time.Unix(0, last))
+	if last == 0 || since > a.loopStallAfter() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = fmt.Fprintf(w, "stalled: the decision loop has not turned for %v (limit %v)\n%s", since.Round(time.Second), a.loopStallAfter(), rt)
+		return
+	}
+	_, _ = w.Write([]byte("ok\n" + rt))
 }
 
 // serveSelfMetrics writes what it can collect; a family that cannot be

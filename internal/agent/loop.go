@@ -14,10 +14,17 @@ import (
 	"github.com/vigilhq/vigil/internal/procstat"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/statedir"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
-// loop is the agent's one decision-making goroutine.
+// loop is the agent's one decision-making goroutine. It never waits on
+// containerd, netlink or the disk: actions, sampling (sampler) and the state
+// dir's commits (flusher) run on goroutines of their own and post their
+// results here; its reads of the state are of memory. (Accepting a command
+// still writes the state dir synchronously, on purpose: nothing is done
+// before the mark is durable.) It stores the time of each turn for
+// /healthz (heartbeat).
 func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 	defer close(a.done)
 	tick := time.NewTicker(a.cfg.SampleInterval)
@@ -35,11 +42,8 @@ func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 	if a.up != nil {
 		commands = a.up.Commands()
 	}
-	// A first sample soon after start, so the aggregator has numbers before
-	// the first full interval.
-	first := time.After(time.Second)
-
 	for {
+		a.heartbeat.Store(time.Now().UnixNano())
 		select {
 		case <-ctx.Done():
 			return nil
@@ -65,14 +69,12 @@ func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 				continue
 			}
 			a.onNetworkEvent(ne)
-		case <-first:
-			a.sample(ctx)
+		case res := <-a.samples:
+			a.onSample(ctx, res)
 			a.releaseStartupMemory()
 		case <-tick.C:
 			a.flushState()
 			a.settle()
-			a.sample(ctx)
-			a.releaseStartupMemory()
 		case <-prune.C:
 			a.pruneStore()
 		}
@@ -210,12 +212,12 @@ func (a *Agent) upsert(c runtime.Container) (*tracked, bool) {
 	t = &tracked{c: c, identity: identity(&c)}
 	a.configure(t)
 	var saved json.RawMessage
-	a.store.View(func(tx Tx) {
-		if r, ok := tx.d.Containers[containerKey(c.Key())]; ok {
+	a.store.View(func(tx statedir.Tx) {
+		if r, ok := tx.LookupContainer(containerKey(c.Key())); ok {
 			saved = r.Restart
 			t.announced = r.Announced
 			if r.LastExit != nil {
-				e := r.LastExit.Exit()
+				e := exitFromRecord(r.LastExit)
 				t.lastExit = &e
 			}
 		}
@@ -251,23 +253,19 @@ func (t *tracked) showLastExit() {
 // first inventory: one write for every container found).
 func (a *Agent) markAnnounced(t *tracked) {
 	t.announced = true
-	_ = a.store.UpdateIf(func(tx Tx) bool {
+	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
 		tx.Container(containerKey(t.c.Key())).Announced = true
 		return false
 	})
-	a.unflushed = true
 }
 
-// flushState writes what the state holds in memory only, if anything.
+// flushState writes what the state holds in memory only, if anything: a
+// change kept unwritten on purpose, or one whose write failed (retried so,
+// once per sampling interval).
 func (a *Agent) flushState() {
-	if !a.unflushed {
-		return
+	if err := a.store.Flush(); err != nil {
+		a.log.Error("cannot write to the state dir; the state is kept in memory and the write retried", "err", err)
 	}
-	if err := a.store.Update(func(Tx) error { return nil }); err != nil {
-		a.log.Error("cannot write to the state dir", "err", err)
-		return
-	}
-	a.unflushed = false
 }
 
 // configure parses the container's labels (and image healthcheck) into its
@@ -335,12 +333,13 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 	restarted := t.tracker.State.RestartCount > before
 	t.expectDelete = false
 	t.resume = false
+	t.createRetries = 0
 	if t.timer != nil && !t.tracker.State.Pending {
 		t.timer.Stop()
 		t.timer = nil
 	}
 	a.mu.Unlock()
-	a.save(t, func(tx Tx, _ *ContainerRecord) {
+	a.save(t, func(tx statedir.Tx, _ *statedir.ContainerRecord) {
 		if restarted {
 			tx.Counters(t.identity).Restarts++
 		}
@@ -381,13 +380,13 @@ func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit) {
 	d := t.tracker.OnExit(exit.Code, exit.Reason.String(), exit.At)
 	a.mu.Unlock()
 	counted := false
-	a.save(t, func(tx Tx, rec *ContainerRecord) {
+	a.save(t, func(tx statedir.Tx, rec *statedir.ContainerRecord) {
 		if !exit.At.IsZero() && !exit.At.After(rec.LastExitSeen) {
 			return // already counted (replayed after a reconnect or our restart)
 		}
 		rec.LastExitSeen = exit.At
 		rec.LastExit = exitRecord(exit)
-		tx.Counters(t.identity).Exits[ExitKey{exit.Reason.String(), exit.Code}]++
+		tx.Counters(t.identity).Exits[statedir.ExitKey{Reason: exit.Reason.String(), Code: exit.Code}]++
 		counted = true
 	})
 	a.mu.Lock()
@@ -420,7 +419,7 @@ func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit) {
 }
 
 func (a *Agent) onOOM(t *tracked) {
-	a.bumpCounters(t, func(c *Counters) { c.OOMEvents++ })
+	a.bumpCounters(t, func(c *statedir.Counters) { c.OOMEvents++ })
 	a.log.Warn("container OOM-killed a process", "container", t.c.ID, "namespace", t.c.Namespace)
 	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_OOM, "the kernel OOM killer killed a process in the container", nil, nil)
 }
@@ -508,13 +507,12 @@ func (a *Agent) removeContainer(key runtime.Key, ev runtime.Event) {
 	}
 	a.stopProbing(t)
 	a.detachNetwork(t)
-	if err := a.store.Update(func(tx Tx) error {
+	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
 		tx.DeleteContainer(containerKey(key))
 		tx.Counters(t.identity).LastSeen = a.now()
-		return nil
-	}); err != nil {
-		a.log.Error("cannot write to the state dir", "container", t.c.ID, "err", err)
-	}
+		return false
+	})
+	a.kickFlush()
 	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_REMOVED, "container removed", nil, nil)
 }
 
@@ -714,13 +712,13 @@ func (a *Agent) countUnseenExit(t *tracked, at time.Time, why string) {
 	t.lastExit = &e
 	a.mu.Unlock()
 	counted := false
-	a.save(t, func(tx Tx, rec *ContainerRecord) {
+	a.save(t, func(tx statedir.Tx, rec *statedir.ContainerRecord) {
 		if !at.After(rec.LastExitSeen) {
 			return
 		}
 		rec.LastExitSeen = at
 		rec.LastExit = exitRecord(exit)
-		tx.Counters(t.identity).Exits[ExitKey{exit.Reason.String(), exit.Code}]++
+		tx.Counters(t.identity).Exits[statedir.ExitKey{Reason: exit.Reason.String(), Code: exit.Code}]++
 		counted = true
 	})
 	if !counted {
@@ -755,7 +753,7 @@ func (a *Agent) countRestartMadeAway(t *tracked, exitAt time.Time) {
 	t.tracker.OnStart(begun) // a pending restart's start: counted
 	n := t.tracker.State.RestartCount
 	a.mu.Unlock()
-	a.save(t, func(tx Tx, _ *ContainerRecord) { tx.Counters(t.identity).Restarts++ })
+	a.save(t, func(tx statedir.Tx, _ *statedir.ContainerRecord) { tx.Counters(t.identity).Restarts++ })
 	a.log.Info("counted a restart the agent's previous run made before it stopped; that task has exited since",
 		"container", t.c.ID, "namespace", t.c.Namespace, "restart_count", n, "begun", begun.Format(time.RFC3339Nano))
 }
@@ -764,8 +762,8 @@ func (a *Agent) countRestartMadeAway(t *tracked, exitAt time.Time) {
 // there is none.
 func (a *Agent) restartBegun(t *tracked) time.Time {
 	var begun time.Time
-	a.store.View(func(tx Tx) {
-		if r, ok := tx.d.Containers[containerKey(t.c.Key())]; ok {
+	a.store.View(func(tx statedir.Tx) {
+		if r, ok := tx.LookupContainer(containerKey(t.c.Key())); ok {
 			begun = r.RestartBegun
 		}
 	})
@@ -796,7 +794,7 @@ func (a *Agent) recordBoot() {
 	a.bootRecorded, a.rebooted = true, false
 }
 
-// markRestartBegun durably records, before the old task is touched, that
+// markRestartBegun records, before the old task is touched, that
 // the container's pending restart is being carried out, with where the old
 // task's output goes (out, when known; an earlier mark's otherwise: a
 // resumed restart has no old task to read it from). It returns the output
@@ -804,14 +802,20 @@ func (a *Agent) recordBoot() {
 // are the loop's.
 func (a *Agent) markRestartBegun(key runtime.Key, out runtime.TaskOutput) runtime.TaskOutput {
 	now := a.now()
-	if err := a.store.UpdateIf(func(tx Tx) bool {
-		r, ok := tx.d.Containers[containerKey(key)]
+	// In the file before the old task is touched, without waiting for the
+	// disk: the mark is for an agent that dies and restarts on this boot
+	// (the page cache survives it); after the node restarts, the boot id
+	// tells the next agent that every task was lost, mark or not. The
+	// flusher makes it durable shortly after.
+	defer a.kickFlush()
+	if err := a.store.UpdateUnsynced(func(tx statedir.Tx) bool {
+		r, ok := tx.LookupContainer(containerKey(key))
 		if ok {
 			r.RestartBegun = now
 			if out != (runtime.TaskOutput{}) {
-				r.Output = out
+				r.Output = statedir.TaskOutput(out)
 			}
-			out = r.Output
+			out = runtime.TaskOutput(r.Output)
 		}
 		return ok
 	}); err != nil {
@@ -823,10 +827,17 @@ func (a *Agent) markRestartBegun(key runtime.Key, out runtime.TaskOutput) runtim
 // persist writes the container's restart state to the state dir.
 func (a *Agent) persist(t *tracked) { a.save(t, nil) }
 
-// save writes the container's restart state, and whatever fn changes along
-// with it (counters, the exit bookkeeping), in one durable write. It runs on
-// the loop goroutine, which alone writes t.c.
-func (a *Agent) save(t *tracked, fn func(tx Tx, rec *ContainerRecord)) {
+// save records the container's restart state, and whatever fn changes along
+// with it (counters, the exit bookkeeping), as one change, and has the
+// flusher commit it (a group commit: see flusher). It does not wait for the
+// disk. It runs on the loop goroutine, which alone writes t.c.
+//
+// Counting an exit exactly once does not need the count on disk before the
+// loop goes on: until it is, containerd still has the exited task, and an
+// agent that died in between counts the exit again from it, to the same
+// total. What removes that evidence waits for the disk: a restart writes
+// its begun mark (with every change before it) before it deletes the task.
+func (a *Agent) save(t *tracked, fn func(tx statedir.Tx, rec *statedir.ContainerRecord)) {
 	a.mu.RLock()
 	state, err := json.Marshal(&t.tracker.State)
 	pending := t.tracker.State.Pending
@@ -835,19 +846,57 @@ func (a *Agent) save(t *tracked, fn func(tx Tx, rec *ContainerRecord)) {
 		a.log.Error("encode restart state", "container", t.c.ID, "err", err)
 		return
 	}
-	if err := a.store.Update(func(tx Tx) error {
+	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
 		rec := tx.Container(containerKey(t.c.Key()))
 		rec.Restart = state
 		if !pending {
-			rec.RestartBegun, rec.Output = time.Time{}, runtime.TaskOutput{}
+			rec.RestartBegun, rec.Output = time.Time{}, statedir.TaskOutput{}
 		}
 		if fn != nil {
 			fn(tx, rec)
 		}
 		tx.Counters(t.identity).LastSeen = a.now()
-		return nil
-	}); err != nil {
-		a.log.Error("cannot write to the state dir", "container", t.c.ID, "err", err)
+		return false
+	})
+	a.kickFlush()
+}
+
+// commitDelay is how long the flusher waits after the first change before
+// it writes: the changes of a burst (exits of many containers at once) made
+// meanwhile share its fsyncs, and a restart's begun mark, written at once by
+// the restart, usually carries the exit's change before the flusher does.
+const commitDelay = 10 * time.Millisecond
+
+// kickFlush tells the flusher that the state holds changes to commit. It
+// never blocks.
+func (a *Agent) kickFlush() {
+	select {
+	case a.flushKick <- struct{}{}:
+	default: // a commit is already due; it carries these changes too
+	}
+}
+
+// flusher commits the state's changes (Store.Flush) commitDelay after they
+// are made, off the loop, so that the loop never waits for the disk. A
+// failed write is retried at the next change and every sampling interval
+// (flushState); what is left when the agent stops is written by the
+// store's Close.
+func (a *Agent) flusher(ctx context.Context) error {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.flushKick:
+		}
+		t.Reset(commitDelay)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		a.flushState()
 	}
 }
 
@@ -857,7 +906,7 @@ func (a *Agent) save(t *tracked, fn func(tx Tx, rec *ContainerRecord)) {
 // containers must not rewrite the state file once per container for a
 // LastSeen that the next write (or the hourly prune) carries anyway.
 func (a *Agent) touchCounters(t *tracked) {
-	if err := a.store.UpdateIf(func(tx Tx) bool {
+	if err := a.store.UpdateIf(func(tx statedir.Tx) bool {
 		c := tx.Counters(t.identity)
 		c.LastSeen = a.now()
 		if t.c.Pod == nil || t.c.Pod.Sandbox || t.c.Manager != runtime.ManagerKubelet {
@@ -879,15 +928,14 @@ func (a *Agent) touchCounters(t *tracked) {
 	}
 }
 
-func (a *Agent) bumpCounters(t *tracked, fn func(*Counters)) {
-	if err := a.store.Update(func(tx Tx) error {
+func (a *Agent) bumpCounters(t *tracked, fn func(*statedir.Counters)) {
+	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
 		c := tx.Counters(t.identity)
 		fn(c)
 		c.LastSeen = a.now()
-		return nil
-	}); err != nil {
-		a.log.Error("cannot write counters to the state dir", "container", t.c.ID, "err", err)
-	}
+		return false
+	})
+	a.kickFlush()
 }
 
 // settle lets every running container's tracker reset its backoff when the

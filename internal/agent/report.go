@@ -4,6 +4,7 @@ import (
 	"context"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/vigilhq/vigil/internal/procstat"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/statedir"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -57,8 +59,8 @@ func (a *Agent) containerProto(t *tracked) *vigilv1.Container {
 	identity := t.identity
 	a.mu.RUnlock()
 
-	a.store.View(func(tx Tx) {
-		if c, ok := tx.d.Counters[identity]; ok {
+	a.store.View(func(tx statedir.Tx) {
+		if c, ok := tx.LookupCounters(identity); ok {
 			pb.Counters = countersProto(c)
 		}
 	})
@@ -131,6 +133,9 @@ func (a *Agent) nodeStatus() *vigilv1.NodeStatus {
 	if a.net != nil {
 		st.Agent.NetnsHandles = uint32(a.net.OpenNamespaces())
 	}
+	ss := a.store.Stats()
+	st.Agent.StateWriteFailuresTotal = ss.WriteFailures
+	st.Agent.StateRecoveredFrom = ss.Recovered
 	if !st.RuntimeAvailable {
 		st.Conditions = append(st.Conditions, &vigilv1.Condition{
 			Type:    vigilv1.ConditionType_CONDITION_TYPE_RUNTIME_UNAVAILABLE,
@@ -145,70 +150,6 @@ func (a *Agent) sendNodeStatus() {
 	if a.up != nil {
 		a.up.SendNodeStatus(a.nodeStatus())
 	}
-}
-
-// sample reads resources and networks once and sends them.
-func (a *Agent) sample(ctx context.Context) {
-	start := time.Now()
-	stats, err := a.rt.Stats(ctx, a.self.statsBuf[:0])
-	if err != nil {
-		a.log.Warn("resource stats", "err", err)
-	}
-	a.self.statsBuf = stats
-	batch := &vigilv1.ResourceSamples{Samples: make([]*vigilv1.ResourceSample, 0, len(stats))}
-	latest := make(map[runtime.Key]*vigilv1.ResourceSample, len(stats))
-	for i := range stats {
-		s := statsProto(&stats[i])
-		batch.Samples = append(batch.Samples, s)
-		latest[stats[i].Key] = s
-	}
-	resDur := time.Since(start)
-	batch.CollectionDuration = durationpb.New(resDur)
-	a.mu.Lock()
-	a.lastStats = latest
-	a.mu.Unlock()
-	if a.up != nil {
-		a.up.SendResourceSamples(batch)
-	}
-
-	if a.net != nil {
-		nstart := time.Now()
-		snap, err := a.net.Read(ctx)
-		if err != nil {
-			a.log.Warn("network read", "err", err)
-		} else {
-			for _, e := range snap.Errors {
-				a.log.Debug("network namespace not read", "err", e)
-			}
-			ns := make([]*vigilv1.NetworkNamespace, 0, len(snap.Namespaces))
-			for i := range snap.Namespaces {
-				ns = append(ns, snap.Namespaces[i].Proto())
-			}
-			a.applyConditions(ctx, snap)
-			a.mu.Lock()
-			a.lastNet = ns
-			a.mu.Unlock()
-			if a.up != nil {
-				a.up.SendNetworkSamples(&vigilv1.NetworkSamples{Namespaces: ns, CollectionDuration: durationpb.New(time.Since(nstart))})
-			}
-		}
-	}
-	a.self.observeCollection(time.Since(start))
-	a.mu.RLock()
-	probed := make([]*tracked, 0, len(a.containers))
-	for _, t := range a.containers {
-		if t.healthCfg != nil && t.c.State == runtime.StateRunning {
-			probed = append(probed, t)
-		}
-	}
-	a.mu.RUnlock()
-	// Probe results and counters between status changes reach the
-	// aggregator once per interval, coalesced: one update per container
-	// whose results or counters changed, not one message per probe.
-	for _, t := range a.refreshProbes(true, probed...) {
-		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_UPDATED, "probe results and counters", nil, nil)
-	}
-	a.sendNodeStatus()
 }
 
 // applyConditions copies each namespace's network conditions onto the
@@ -327,8 +268,16 @@ type selfMetrics struct {
 	statsBuf []runtime.Stats
 
 	contDesc *metrics.Desc
-	collHist *metrics.Histogram
-	lastColl atomic.Int64 // nanoseconds of the last collection cycle
+	// The state dir's writes (ok / error), fsyncs, whether unwritten
+	// changes are held, and where its state came from at start.
+	stateWrites, stateFsyncs, stateDirty, stateRecovered *metrics.Desc
+	collHist                                             *metrics.Histogram
+	// Per collector (resources, network): whether its last run succeeded
+	// and how long it took, as node_exporter reports its collectors.
+	collSuccess, collDuration *metrics.Desc
+	collMu                    sync.Mutex
+	collLast                  map[string]collectorRun
+	lastColl                  atomic.Int64 // nanoseconds of the last collection cycle
 	// restartHist is the time spent in containerd's delete, create and start
 	// of a policy restart; restartLag the time from the exit (containerd's
 	// timestamp) to the new task running, backoff included.
@@ -340,10 +289,37 @@ type selfMetrics struct {
 	restartOverhead *metrics.Histogram
 }
 
+// collectorRun is a collector's last run.
+type collectorRun struct {
+	ok  bool
+	dur time.Duration
+}
+
+// observeCollector records a collector's run (sampler goroutine; read by
+// scrapes).
+func (s *selfMetrics) observeCollector(name string, ok bool, d time.Duration) {
+	s.collMu.Lock()
+	s.collLast[name] = collectorRun{ok, d}
+	s.collMu.Unlock()
+}
+
 func newSelfMetrics(a *Agent) *selfMetrics {
 	return &selfMetrics{
 		a:        a,
+		collLast: map[string]collectorRun{},
+		collSuccess: metrics.NewDesc("vigil_agent_collector_success",
+			"Whether the collector's last run succeeded (1) or failed (0): resources (cgroup files or containerd's metrics API), network (netlink).", metrics.GaugeType, "collector"),
+		collDuration: metrics.NewDesc("vigil_agent_collector_duration_seconds",
+			"Wall time of the collector's last run.", metrics.GaugeType, "collector"),
 		contDesc: metrics.NewDesc("vigil_agent_containers", "Containers the agent tracks, by containerd namespace and manager.", metrics.GaugeType, "namespace", "manager"),
+		stateWrites: metrics.NewDesc("vigil_agent_state_writes_total",
+			"Writes of the agent's state dir, by result (ok, error); a failed write is kept in memory and retried.", metrics.CounterType, "result"),
+		stateFsyncs: metrics.NewDesc("vigil_agent_state_fsyncs_total",
+			"fsync calls of the state dir's writes (the file's and the directory's).", metrics.CounterType),
+		stateDirty: metrics.NewDesc("vigil_agent_state_unwritten",
+			"1 while the state holds changes not yet on disk (a failed write waiting for its retry, or changes kept for the next write).", metrics.GaugeType),
+		stateRecovered: metrics.NewDesc("vigil_agent_state_recovered",
+			"1 when the agent's state came, at its start, from the last good copy (the state file was corrupt or missing: its last write may be missing) or from nothing (counters restarted from zero).", metrics.GaugeType, "from"),
 		collHist: metrics.NewHistogram("vigil_agent_collection_duration_seconds",
 			"Wall time of one resource and network collection cycle.",
 			[]float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}),
@@ -379,8 +355,29 @@ func (s *selfMetrics) Collect(w *metrics.Writer) {
 	for key, n := range counts {
 		w.Sample(s.contDesc, float64(n), key.ns, key.mgr)
 	}
+	s.collMu.Lock()
+	for name, run := range s.collLast {
+		w.Sample(s.collSuccess, b2f(run.ok), name)
+		w.Sample(s.collDuration, run.dur.Seconds(), name)
+	}
+	s.collMu.Unlock()
+	st := s.a.store.Stats()
+	w.Sample(s.stateWrites, float64(st.Writes), "ok")
+	w.Sample(s.stateWrites, float64(st.WriteFailures), "error")
+	w.Sample(s.stateFsyncs, float64(st.Fsyncs))
+	w.Sample(s.stateDirty, b2f(st.Dirty))
+	if st.Recovered != "" {
+		w.Sample(s.stateRecovered, 1, st.Recovered)
+	}
 	s.collHist.Collect(w)
 	s.restartHist.Collect(w)
 	s.restartLag.Collect(w)
 	s.restartOverhead.Collect(w)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

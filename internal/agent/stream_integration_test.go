@@ -178,7 +178,7 @@ func TestStreamToAggregatorLosesNoExit(t *testing.T) {
 		t.Fatalf("agent /metrics has no vigil_node_up for its node:\n%s", get("/metrics"))
 	}
 	self := get("/metrics/self")
-	for _, name := range []string{"vigil_agent_collection_duration_seconds", "vigil_agent_restart_overhead_seconds", "vigil_agent_uplink_", "vigil_agent_runtime_", "vigil_agent_health_", "process_resident_memory_bytes"} {
+	for _, name := range []string{"vigil_agent_collection_duration_seconds", "vigil_agent_collector_success{collector=\"resources\"} 1", "vigil_agent_state_writes_total", "vigil_agent_restart_overhead_seconds", "vigil_agent_uplink_", "vigil_agent_runtime_", "vigil_agent_health_", "process_resident_memory_bytes"} {
 		if !strings.Contains(self, name) {
 			t.Errorf("agent /metrics/self lacks %s", name)
 		}

@@ -354,6 +354,12 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 		})
 		return err
 	}); err != nil {
+		switch {
+		case strings.Contains(err.Error(), "file exists"):
+			return fmt.Errorf("restart %s/%s: create task: %w: %v", k.Namespace, k.ID, ErrBundleLeft, err)
+		case strings.Contains(err.Error(), "already exists"):
+			return fmt.Errorf("restart %s/%s: create task: %w: %v", k.Namespace, k.ID, ErrCreateRaced, err)
+		}
 		return fmt.Errorf("restart %s/%s: create task: %w", k.Namespace, k.ID, err)
 	}
 	if err := r.call(ctx, "task_start", func(ctx context.Context) error {
@@ -666,6 +672,20 @@ func (b *cappedBuffer) Bytes() []byte {
 // ErrTaskGone: Restart with RequireTask found no exited task to replace,
 // because someone else deleted it. It wraps errdefs.ErrNotFound.
 var ErrTaskGone = fmt.Errorf("the exited task was deleted by someone else: %w", errdefs.ErrNotFound)
+
+// ErrBundleLeft: containerd still has the bundle directory of an earlier
+// create of the container's task ("mkdir .../io.containerd.runtime.v2.task/
+// NS/ID: file exists"). Seen with containerd 1.6.20 when the client of a
+// task create dies in the middle of it (the agent SIGKILLed during a
+// restart): every later create of that container fails so, for at least
+// 30 s (test/crash), until containerd restarts and cleans its state.
+var ErrBundleLeft = fmt.Errorf("containerd still holds the bundle of an earlier, interrupted create of this task (restarting containerd clears it): %w", errdefs.ErrConflict)
+
+// ErrCreateRaced: a task of the container appeared between Restart's look
+// and its create ("task ID: already exists"): an earlier create whose
+// client died (the agent SIGKILLed during a restart) was still going on in
+// containerd. Trying again finds that task.
+var ErrCreateRaced = fmt.Errorf("a task of this container appeared during the restart (an earlier, interrupted create still going on in containerd): %w", errdefs.ErrConflict)
 
 // RestartOption modifies Restart.
 type RestartOption func(*restartOptions)

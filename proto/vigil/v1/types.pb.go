@@ -941,9 +941,18 @@ type AgentStatus struct {
 	// Latency of the last successful containerd API call.
 	RuntimeLatency *durationpb.Duration `protobuf:"bytes,8,opt,name=runtime_latency,json=runtimeLatency,proto3" json:"runtime_latency,omitempty"`
 	// Open network namespace handles the agent holds.
-	NetnsHandles  uint32 `protobuf:"varint,9,opt,name=netns_handles,json=netnsHandles,proto3" json:"netns_handles,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NetnsHandles uint32 `protobuf:"varint,9,opt,name=netns_handles,json=netnsHandles,proto3" json:"netns_handles,omitempty"`
+	// Writes of the agent's state dir that failed since the agent started
+	// (each kept in memory and retried); a rising value means counters and
+	// restart state are not reaching the disk.
+	StateWriteFailuresTotal uint64 `protobuf:"varint,10,opt,name=state_write_failures_total,json=stateWriteFailuresTotal,proto3" json:"state_write_failures_total,omitempty"`
+	// Where the agent's state came from at its start when not from its state
+	// file: "last-good" (the file was corrupt or missing: the changes of its
+	// last write may be missing) or "empty" (nothing readable: counters
+	// restarted from zero); empty when the state file was read.
+	StateRecoveredFrom string `protobuf:"bytes,11,opt,name=state_recovered_from,json=stateRecoveredFrom,proto3" json:"state_recovered_from,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *AgentStatus) Reset() {
@@ -1037,6 +1046,20 @@ func (x *AgentStatus) GetNetnsHandles() uint32 {
 		return x.NetnsHandles
 	}
 	return 0
+}
+
+func (x *AgentStatus) GetStateWriteFailuresTotal() uint64 {
+	if x != nil {
+		return x.StateWriteFailuresTotal
+	}
+	return 0
+}
+
+func (x *AgentStatus) GetStateRecoveredFrom() string {
+	if x != nil {
+		return x.StateRecoveredFrom
+	}
+	return ""
 }
 
 // ExitStatus describes how a task ended.
@@ -3206,7 +3229,7 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\fagent_status\x18\f \x01(\v2\x15.vigil.v1.AgentStatusR\vagentStatus\x12\x1c\n" +
 	"\tcondition\x18\r \x01(\tR\tcondition\x12)\n" +
 	"\x10condition_reason\x18\x0e \x01(\tR\x0fconditionReason\x12C\n" +
-	"\x0fcondition_since\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x0econditionSince\"\xbc\x03\n" +
+	"\x0fcondition_since\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x0econditionSince\"\xab\x04\n" +
 	"\vAgentStatus\x12\x1f\n" +
 	"\vcpu_seconds\x18\x01 \x01(\x01R\n" +
 	"cpuSeconds\x12\x1b\n" +
@@ -3217,7 +3240,10 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\x10reconnects_total\x18\x06 \x01(\x04R\x0freconnectsTotal\x12S\n" +
 	"\x18last_collection_duration\x18\a \x01(\v2\x19.google.protobuf.DurationR\x16lastCollectionDuration\x12B\n" +
 	"\x0fruntime_latency\x18\b \x01(\v2\x19.google.protobuf.DurationR\x0eruntimeLatency\x12#\n" +
-	"\rnetns_handles\x18\t \x01(\rR\fnetnsHandles\"\x9f\x01\n" +
+	"\rnetns_handles\x18\t \x01(\rR\fnetnsHandles\x12;\n" +
+	"\x1astate_write_failures_total\x18\n" +
+	" \x01(\x04R\x17stateWriteFailuresTotal\x120\n" +
+	"\x14state_recovered_from\x18\v \x01(\tR\x12stateRecoveredFrom\"\x9f\x01\n" +
 	"\n" +
 	"ExitStatus\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12,\n" +

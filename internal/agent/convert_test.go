@@ -1,0 +1,74 @@
+package agent
+
+import (
+	"testing"
+
+	"github.com/vigilhq/vigil/internal/health"
+	"github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/statedir"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+)
+
+// TestEnumConversions: every domain value maps to its own protocol value
+// (none to UNSPECIFIED, no two to the same), and exit reasons survive the
+// state file's names both ways.
+func TestEnumConversions(t *testing.T) {
+	seen := map[vigilv1.ExitReason]runtime.ExitReason{}
+	for _, r := range []runtime.ExitReason{runtime.ExitCompleted, runtime.ExitError, runtime.ExitSignal, runtime.ExitOOMKilled, runtime.ExitUnknown} {
+		p := exitReasonProto(r)
+		if p == vigilv1.ExitReason_EXIT_REASON_UNSPECIFIED {
+			t.Errorf("exit reason %v maps to UNSPECIFIED", r)
+		}
+		if other, dup := seen[p]; dup {
+			t.Errorf("exit reasons %v and %v both map to %v", r, other, p)
+		}
+		seen[p] = r
+		if back := exitReasonFromString(r.String()); back != p {
+			t.Errorf("exit reason %v: by name %v, want %v", r, back, p)
+		}
+		e := exitFromRecord(exitRecord(runtime.Exit{Code: 3, Reason: r, Signal: "TERM"}))
+		if e.Reason != r || e.Code != 3 || e.Signal != "TERM" {
+			t.Errorf("exit reason %v through the state file: %+v", r, e)
+		}
+	}
+	if len(seen) != len(vigilv1.ExitReason_name)-1 {
+		t.Errorf("%d exit reasons map to %d of the protocol's %d (UNSPECIFIED aside)", len(seen), len(seen), len(vigilv1.ExitReason_name)-1)
+	}
+	if e := exitFromRecord(&statedir.ExitRecord{Reason: "from-the-future"}); e.Reason != runtime.ExitUnknown {
+		t.Errorf("an unknown reason name reads as %v, want unknown", e.Reason)
+	}
+
+	hs := map[vigilv1.HealthStatus]bool{}
+	for _, s := range []health.Status{health.StatusNone, health.StatusStarting, health.StatusHealthy, health.StatusUnhealthy} {
+		p := healthStatusProto(s)
+		if p == vigilv1.HealthStatus_HEALTH_STATUS_UNSPECIFIED || hs[p] || p.String() != "HEALTH_STATUS_"+map[health.Status]string{
+			health.StatusNone: "NONE", health.StatusStarting: "STARTING", health.StatusHealthy: "HEALTHY", health.StatusUnhealthy: "UNHEALTHY"}[s] {
+			t.Errorf("health status %v maps to %v", s, p)
+		}
+		hs[p] = true
+	}
+	if len(hs) != len(vigilv1.HealthStatus_name)-1 {
+		t.Errorf("health statuses cover %d of the protocol's %d", len(hs), len(vigilv1.HealthStatus_name)-1)
+	}
+
+	st := map[vigilv1.ContainerState]bool{}
+	for _, s := range []runtime.State{runtime.StateCreated, runtime.StateRunning, runtime.StatePaused, runtime.StateStopped} {
+		p := stateProto(s)
+		if p == vigilv1.ContainerState_CONTAINER_STATE_UNSPECIFIED || st[p] {
+			t.Errorf("state %v maps to %v", s, p)
+		}
+		st[p] = true
+	}
+	if len(st) != len(vigilv1.ContainerState_name)-1 {
+		t.Errorf("states cover %d of the protocol's %d", len(st), len(vigilv1.ContainerState_name)-1)
+	}
+
+	ms := map[vigilv1.Manager]bool{}
+	for _, m := range []runtime.Manager{runtime.ManagerVigil, runtime.ManagerKubelet, runtime.ManagerDocker, runtime.ManagerContainerd} {
+		p := managerProto(m)
+		if ms[p] {
+			t.Errorf("manager %v maps to %v twice", m, p)
+		}
+		ms[p] = true
+	}
+}

@@ -1,0 +1,521 @@
+package statedir
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vigilhq/vigil/internal/errdefs"
+)
+
+// File names inside the directory.
+const (
+	// FileName is the state.
+	FileName = "state.json"
+	// LastGoodName is the state as it was before the latest write: read
+	// when FileName is missing or corrupt.
+	LastGoodName = "state.json.last-good"
+	// LockName is the file whose exclusive lock the agent holds, with its
+	// pid inside.
+	LockName = "lock"
+)
+
+func errVersion(v int) error {
+	return fmt.Errorf("state file version %d is not one this agent knows: %w", v, errdefs.ErrInvalid)
+}
+
+// Config configures Open.
+type Config struct {
+	// Dir is the state directory, created (0700) when missing. Required.
+	Dir string
+	// Logger receives what the store recovered from; nil: slog.Default().
+	Logger *slog.Logger
+	// Now is the clock (tests); nil: time.Now.
+	Now func() time.Time
+}
+
+// Stats are the store's counts since Open, for self-metrics.
+type Stats struct {
+	// Writes counts successful writes of the state file.
+	Writes uint64
+	// WriteFailures counts writes that failed (each kept in memory and
+	// retried by the next write or Flush).
+	WriteFailures uint64
+	// Fsyncs counts fsync calls (the file's and the directory's).
+	Fsyncs uint64
+	// Dirty is true while the memory holds changes not yet on disk.
+	Dirty bool
+	// Recovered says where the state came from at Open when it was not the
+	// state file: "last-good" (the file was corrupt or missing), "empty"
+	// (neither was readable); "" otherwise.
+	Recovered string
+	// SetAside is the path a corrupt state file was moved to at Open, "".
+	SetAside string
+	// Migrated is the version the file had when it was older than Version,
+	// 0 otherwise.
+	Migrated int
+}
+
+// Store is the agent's durable state. Every Update is written to disk
+// (atomically, with fsync of the file and the directory) before it returns;
+// a failed write leaves the change in memory (never lost while the agent
+// runs), is counted, and is retried by the next write or Flush.
+//
+// Writes are group commits: the state is encoded under the store's lock,
+// and written (the fsyncs) outside it, one write at a time; an Update or
+// Flush whose changes a write that began after them has already made
+// durable returns without writing again. So concurrent Updates share
+// fsyncs, and readers (View) never wait for a disk.
+//
+// Store is safe for concurrent use. Close releases the directory's lock.
+type Store struct {
+	dir  string
+	path string
+	log  *slog.Logger
+	now  func() time.Time
+	lock *os.File
+
+	wmu sync.Mutex // one write at a time; taken before mu
+
+	mu     sync.Mutex
+	d      data
+	stats  Stats
+	closed bool
+	// gen counts changes to d; durable is the gen of the last successful
+	// write (every change up to it is on disk).
+	gen, durable uint64
+}
+
+// Open locks the directory and loads the state: the state file, or its
+// last-good copy when the file is missing or corrupt (the corrupt file is
+// set aside, never deleted), or an empty state when neither is readable.
+// It fails with an error wrapping errdefs.ErrConflict, naming the pid, when
+// another process holds the directory.
+func Open(cfg Config) (*Store, error) {
+	if cfg.Dir == "" {
+		return nil, fmt.Errorf("state dir is empty: %w", errdefs.ErrInvalid)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	s := &Store{dir: cfg.Dir, path: filepath.Join(cfg.Dir, FileName), log: cfg.Logger, now: cfg.Now}
+	lock, err := lockDir(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	s.lock = lock
+	if err := s.load(); err != nil {
+		s.unlock()
+		return nil, err
+	}
+	return s, nil
+}
+
+// lockDir takes the exclusive lock of dir and writes this process's pid
+// into the lock file. The kernel releases the lock when the process dies,
+// however it dies.
+func lockDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, LockName)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open state dir lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(path)
+		f.Close()
+		holder := strings.TrimSpace(string(b))
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			if _, perr := strconv.Atoi(holder); perr != nil {
+				holder = "unknown"
+			}
+			return nil, fmt.Errorf("state dir %s is in use by another agent (pid %s): %w", dir, holder, errdefs.ErrConflict)
+		}
+		return nil, fmt.Errorf("lock state dir %s: %w", dir, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return f, nil
+}
+
+func (s *Store) unlock() {
+	if s.lock != nil {
+		_ = syscall.Flock(int(s.lock.Fd()), syscall.LOCK_UN)
+		s.lock.Close()
+		s.lock = nil
+	}
+}
+
+// load reads the state (see Open).
+func (s *Store) load() error {
+	s.d = newData()
+	b, err := os.ReadFile(s.path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		// A new directory, or a crash between the two renames of a write:
+		// then the last good copy is the newest state.
+		if lg, ok := s.readLastGood(); ok {
+			s.d = lg
+			s.stats.Recovered = "last-good"
+			s.log.Warn("state file missing; started from its last good copy (the changes of the last write may be missing)", "state_dir", s.dir)
+		}
+		return s.flush(true)
+	case err != nil:
+		return fmt.Errorf("read state: %w", err)
+	}
+	d, newer, derr := decode(b)
+	if derr == nil {
+		s.d = d
+		s.noteVersion(b, newer)
+		return nil
+	}
+	// Corrupt: kept aside for the operator, never deleted; the last good
+	// copy is the state, a write behind at most.
+	aside := s.path + ".corrupt-" + s.now().UTC().Format("20060102T150405.000000000")
+	if err := os.Rename(s.path, aside); err != nil {
+		return fmt.Errorf("state file %s is corrupt (%v) and cannot be set aside: %w", s.path, derr, err)
+	}
+	s.stats.SetAside = aside
+	if lg, ok := s.readLastGood(); ok {
+		s.d = lg
+		s.stats.Recovered = "last-good"
+		s.log.Error("state file corrupt: set aside, started from its last good copy; the changes of its last write (an exit or restart count, a command's outcome) may be missing",
+			"set_aside", aside, "err", derr)
+	} else {
+		s.stats.Recovered = "empty"
+		s.log.Error("state file corrupt and no readable last good copy: set aside, counters start from zero",
+			"set_aside", aside, "err", derr)
+	}
+	return s.flush(true)
+}
+
+func (s *Store) readLastGood() (data, bool) {
+	b, err := os.ReadFile(filepath.Join(s.dir, LastGoodName))
+	if err != nil {
+		return data{}, false
+	}
+	d, _, err := decode(b)
+	if err != nil {
+		s.log.Warn("last good copy of the state is unreadable too", "err", err)
+		return data{}, false
+	}
+	return d, true
+}
+
+func (s *Store) noteVersion(b []byte, newer bool) {
+	var v struct {
+		Version int `json:"version"`
+	}
+	_ = json.Unmarshal(b, &v)
+	switch {
+	case newer:
+		s.log.Warn("state file was written by a newer agent: read what this one understands; fields it does not know are lost at its next write",
+			"file_version", v.Version, "version", Version)
+	case v.Version < Version:
+		s.stats.Migrated = v.Version
+		s.log.Info("state file migrated from an older format", "from_version", v.Version, "to_version", Version)
+	}
+}
+
+// Close releases the directory (its lock). The state is flushed first when
+// it holds unwritten changes. Safe to call twice.
+func (s *Store) Close() error {
+	err := s.Flush()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	s.unlock()
+	return err
+}
+
+// Stats returns the store's counts.
+func (s *Store) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+// Update runs fn on the state and writes the result durably. If fn returns
+// an error nothing is written (but in-memory changes fn made stay: fn should
+// validate before mutating). A failed write returns its error; the change
+// stays in memory and is written by the next write or Flush.
+func (s *Store) Update(fn func(Tx) error) error {
+	s.mu.Lock()
+	if err := fn(Tx{&s.d}); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	s.gen++
+	s.stats.Dirty = true
+	s.mu.Unlock()
+	return s.flush(false)
+}
+
+// UpdateIf runs fn on the state and writes it only when fn reports a change
+// that must survive a crash before UpdateIf returns. Changes fn makes
+// without reporting them stay in memory and reach the disk with the next
+// write (or Flush).
+func (s *Store) UpdateIf(fn func(Tx) bool) error {
+	s.mu.Lock()
+	write := fn(Tx{&s.d})
+	s.gen++
+	s.stats.Dirty = true
+	s.mu.Unlock()
+	if !write {
+		return nil
+	}
+	return s.flush(false)
+}
+
+// UpdateUnsynced runs fn on the state and, when fn reports a change, writes
+// the state file (atomically, by rename) without fsync: the change survives
+// the agent's death, not the node's, and the next Flush makes it durable.
+// It is for marks that only an agent restarted on the same boot needs (a
+// node that restarted has lost every task anyway), and that must be in the
+// file before the agent acts, without paying for a disk flush on that path.
+func (s *Store) UpdateUnsynced(fn func(Tx) bool) error {
+	s.mu.Lock()
+	write := fn(Tx{&s.d})
+	s.gen++
+	s.stats.Dirty = true
+	s.mu.Unlock()
+	if !write {
+		return nil
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.mu.Lock()
+	s.d.Version = Version
+	b, err := json.Marshal(&s.d)
+	s.mu.Unlock()
+	if err == nil {
+		err = s.write(b, false)
+	} else {
+		err = fmt.Errorf("encode state: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.stats.WriteFailures++
+		return err
+	}
+	s.stats.Writes++
+	return nil
+}
+
+// Flush writes the state when the memory holds changes not on disk (kept by
+// UpdateIf, or by a write that failed). It is how a failed write is retried,
+// and how changes kept in memory are committed in a group.
+func (s *Store) Flush() error {
+	return s.flush(false)
+}
+
+// flush writes the state unless every change made before it was called is
+// already durable (force: write anyway). See Store on group commits.
+func (s *Store) flush(force bool) error {
+	s.mu.Lock()
+	want := s.gen
+	s.mu.Unlock()
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.mu.Lock()
+	if !force && s.durable >= want {
+		s.mu.Unlock()
+		return nil // a write that began after our changes carried them
+	}
+	gen := s.gen
+	s.d.Version = Version
+	b, err := json.Marshal(&s.d)
+	s.mu.Unlock()
+	if err == nil {
+		err = s.write(b, true)
+	} else {
+		err = fmt.Errorf("encode state: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.stats.WriteFailures++
+		s.stats.Dirty = true
+		return err
+	}
+	s.stats.Writes++
+	s.durable = gen
+	s.stats.Dirty = s.gen != gen
+	return nil
+}
+
+// View runs fn on the state without writing. fn must not modify it.
+func (s *Store) View(fn func(Tx)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fn(Tx{&s.d})
+}
+
+// BootID returns the boot id last recorded with SetBootID.
+func (s *Store) BootID() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.d.BootID
+}
+
+// SetBootID records the kernel's boot id, durably when it changed.
+func (s *Store) SetBootID(id string) error {
+	return s.UpdateIf(func(tx Tx) bool {
+		changed := tx.d.BootID != id
+		tx.d.BootID = id
+		return changed
+	})
+}
+
+// Prune forgets counters not seen since before cutoff whose identity is not
+// in live, container records not in liveContainers, and finished commands
+// older than cutoff, then writes.
+func (s *Store) Prune(live map[string]bool, liveContainers map[string]bool, cutoff time.Time) error {
+	return s.Update(func(tx Tx) error {
+		for id, c := range tx.d.Counters {
+			if !live[id] && c.LastSeen.Before(cutoff) {
+				delete(tx.d.Counters, id)
+			}
+		}
+		for k := range tx.d.Containers {
+			if !liveContainers[k] {
+				delete(tx.d.Containers, k)
+			}
+		}
+		for id, r := range tx.d.Commands {
+			if !r.Finished.IsZero() && r.last().Before(cutoff) {
+				delete(tx.d.Commands, id)
+			}
+		}
+		return nil
+	})
+}
+
+// write writes b as the state atomically: a temporary file, fsync, the
+// current file renamed to the last good copy, the temporary renamed into
+// place, fsync of the directory. A crash at any point leaves the current
+// file or, between the renames, the last good copy, which Open reads.
+// Without sync, the fsyncs are left out (see UpdateUnsynced). Called with
+// wmu held.
+func (s *Store) write(b []byte, sync bool) error {
+	tmp := s.path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return fmt.Errorf("write state: %w", err)
+	}
+	if sync {
+		s.countFsync()
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return fmt.Errorf("sync state: %w", err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close state: %w", err)
+	}
+	if err := os.Rename(s.path, filepath.Join(s.dir, LastGoodName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("keep last good state: %w", err)
+	}
+	if err := os.Rename(tmp, s.path); err != nil {
+		return fmt.Errorf("replace state: %w", err)
+	}
+	if !sync {
+		return nil
+	}
+	d, err := os.Open(s.dir)
+	if err != nil {
+		return fmt.Errorf("sync state dir: %w", err)
+	}
+	defer d.Close()
+	s.countFsync()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync state dir: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) countFsync() {
+	s.mu.Lock()
+	s.stats.Fsyncs++
+	s.mu.Unlock()
+}
+
+// Tx is the view of the state inside Update, UpdateIf and View. Records it
+// returns may be modified inside Update and UpdateIf only, and must not be
+// kept past fn.
+type Tx struct{ d *data }
+
+// Counters returns the counters of a workload identity, creating them.
+func (tx Tx) Counters(identity string) *Counters {
+	c := tx.d.Counters[identity]
+	if c == nil {
+		c = &Counters{Exits: map[ExitKey]uint64{}}
+		tx.d.Counters[identity] = c
+	}
+	return c
+}
+
+// LookupCounters returns the counters of a workload identity, if any.
+func (tx Tx) LookupCounters(identity string) (*Counters, bool) {
+	c, ok := tx.d.Counters[identity]
+	return c, ok
+}
+
+// Container returns the record of a container key ("namespace/id"),
+// creating it.
+func (tx Tx) Container(key string) *ContainerRecord {
+	r := tx.d.Containers[key]
+	if r == nil {
+		r = &ContainerRecord{}
+		tx.d.Containers[key] = r
+	}
+	return r
+}
+
+// LookupContainer returns the record of a container key, if any.
+func (tx Tx) LookupContainer(key string) (*ContainerRecord, bool) {
+	r, ok := tx.d.Containers[key]
+	return r, ok
+}
+
+// DeleteContainer forgets a container's record.
+func (tx Tx) DeleteContainer(key string) { delete(tx.d.Containers, key) }
+
+// Command returns the record of command id, nil when it was never accepted.
+func (tx Tx) Command(id string) *CommandRecord { return tx.d.Commands[id] }
+
+// AcceptCommand records command id as accepted at at and returns its record.
+func (tx Tx) AcceptCommand(id string, at time.Time) *CommandRecord {
+	r := &CommandRecord{Accepted: at}
+	tx.d.Commands[id] = r
+	return r
+}
+
+// Commands calls fn for every command record.
+func (tx Tx) Commands(fn func(id string, r *CommandRecord)) {
+	for id, r := range tx.d.Commands {
+		fn(id, r)
+	}
+}
