@@ -75,6 +75,7 @@ func New(cfg Config) (*Aggregator, error) {
 	}
 	a.gateway = newGateway(&a.cfg, a.fleet, m, a.stopping)
 	a.gateway.remediation = a.remediation
+	a.gateway.holdCommands = cfg.HoldCommands
 	a.api = NewAPI(a.fleet, cfg.WatchBuffer, a.stopping)
 	a.api.remediation = a.remediation
 	a.api.history = a.history

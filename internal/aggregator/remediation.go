@@ -51,6 +51,9 @@ func newRemediation(cfg *Config, fleet *Fleet) (*remediation.Engine, error) {
 // decided while the node was away is delivered when it connects. A store
 // error is retried with backoff; the loop ends with ctx.
 func (g *Gateway) deliverCommands(ctx context.Context, s *agentStream) {
+	if g.holdCommands {
+		return // Config.HoldCommands: they wait in the outbox
+	}
 	send := func(c remediation.Command) error {
 		select {
 		case s.commands <- remediation.CommandToProto(c):
