@@ -42,13 +42,14 @@ func main() {
 
 // parseFlags turns the command line into a validated config and the GC
 // target.
-func parseFlags(args []string, stderr io.Writer) (aggregator.Config, int, error) {
+func parseFlags(args []string, stderr io.Writer) (aggregator.Config, options, error) {
 	cfg := aggregator.DefaultConfig()
 	fs := flag.NewFlagSet("vigil-aggregator", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var tlsFiles pki.Files
 	var logLevel string
-	var gcPercent int
+	var opts options
+	opts.etcd.register(fs)
 	var sec securityFlags
 	sec.register(fs, &cfg)
 	fs.StringVar(&cfg.GRPCListen, "grpc-listen", cfg.GRPCListen, "address of the agents' stream and the Vigil gRPC API")
@@ -64,55 +65,55 @@ func parseFlags(args []string, stderr io.Writer) (aggregator.Config, int, error)
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "bound of the graceful shutdown")
 	fs.BoolVar(&cfg.HoldCommands, "hold-commands", false, "decide and journal remediations but deliver no command: they wait in their node's outbox (until their deadline) for an aggregator without this flag")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.IntVar(&gcPercent, "gc-percent", 50, "Go GC target percentage (GOGC), unless the GOGC environment variable is set; see docs/benchmarks/aggregator.md")
+	fs.IntVar(&opts.gcPercent, "gc-percent", 50, "Go GC target percentage (GOGC), unless the GOGC environment variable is set; see docs/benchmarks/aggregator.md")
 	if err := fs.Parse(args); err != nil {
-		return cfg, gcPercent, err
+		return cfg, opts, err
 	}
 	if fs.NArg() > 0 {
-		return cfg, gcPercent, fmt.Errorf("unexpected arguments %q: %w", fs.Args(), errdefs.ErrInvalid)
+		return cfg, opts, fmt.Errorf("unexpected arguments %q: %w", fs.Args(), errdefs.ErrInvalid)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		return cfg, gcPercent, fmt.Errorf("--log-level %q: want debug, info, warn or error: %w", logLevel, errdefs.ErrInvalid)
+		return cfg, opts, fmt.Errorf("--log-level %q: want debug, info, warn or error: %w", logLevel, errdefs.ErrInvalid)
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	if err := sec.apply(&cfg); err != nil {
-		return cfg, gcPercent, err
+		return cfg, opts, err
 	}
-	if sec.rulesFile != "" && sec.dataDir == "" {
-		return cfg, gcPercent, fmt.Errorf("--rules-file needs --data-dir (the remediation journal lives there): %w", errdefs.ErrInvalid)
+	if sec.rulesFile != "" && sec.dataDir == "" && opts.etcd.endpoints == "" {
+		return cfg, opts, fmt.Errorf("--rules-file needs --data-dir or --etcd-endpoints (where the remediation journal lives): %w", errdefs.ErrInvalid)
 	}
 	rules, err := loadRules(sec.rulesFile)
 	if err != nil {
-		return cfg, gcPercent, err
+		return cfg, opts, err
 	}
 	cfg.Rules = rules
 	cfg.DataDir = sec.dataDir
 	anyTLS := tlsFiles.Cert != "" || tlsFiles.Key != "" || tlsFiles.CA != ""
 	switch {
 	case anyTLS && cfg.Insecure:
-		return cfg, gcPercent, fmt.Errorf("--insecure and --tls-* are both given: choose one: %w", errdefs.ErrInvalid)
+		return cfg, opts, fmt.Errorf("--insecure and --tls-* are both given: choose one: %w", errdefs.ErrInvalid)
 	case anyTLS:
 		tc, err := pki.ServerConfig(tlsFiles)
 		if err != nil {
-			return cfg, gcPercent, fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
+			return cfg, opts, fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
 		}
 		cfg.TLS = tc
 	case !cfg.Insecure:
-		return cfg, gcPercent, fmt.Errorf("no transport security: give --tls-cert, --tls-key and --tls-ca (mutual TLS), or --insecure for a local demo: %w", errdefs.ErrInvalid)
+		return cfg, opts, fmt.Errorf("no transport security: give --tls-cert, --tls-key and --tls-ca (mutual TLS), or --insecure for a local demo: %w", errdefs.ErrInvalid)
 	}
-	if gcPercent < 10 {
-		return cfg, gcPercent, fmt.Errorf("--gc-percent %d: want 10 or more: %w", gcPercent, errdefs.ErrInvalid)
+	if opts.gcPercent < 10 {
+		return cfg, opts, fmt.Errorf("--gc-percent %d: want 10 or more: %w", opts.gcPercent, errdefs.ErrInvalid)
 	}
 	if err := cfg.Validate(); err != nil {
-		return cfg, gcPercent, err
+		return cfg, opts, err
 	}
-	return cfg, gcPercent, nil
+	return cfg, opts, nil
 }
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {
-	cfg, gcPercent, err := parseFlags(args, stderr)
+	cfg, opts, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
 	}
@@ -120,7 +121,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		// The fleet state is a large, long-lived heap with a low allocation
 		// rate: a lower GC target keeps RSS nearer the live heap for little
 		// CPU (measured in docs/benchmarks/aggregator.md).
-		debug.SetGCPercent(gcPercent)
+		debug.SetGCPercent(opts.gcPercent)
 	}
 	if cfg.Insecure {
 		cfg.Logger.Warn(strings.Join([]string{
@@ -128,7 +129,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			"any client may report as any node. Use --tls-cert/--tls-key/--tls-ca outside local demos.",
 		}, " "))
 	}
-	closeJournal, err := withRemediation(&cfg, cfg.DataDir)
+	closeJournal, err := withRemediation(&cfg, cfg.DataDir, opts.etcd)
 	if err != nil {
 		return err
 	}

@@ -2,17 +2,24 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/vigilhq/vigil/internal/aggregator"
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/remediation"
+	"github.com/vigilhq/vigil/internal/store"
 	"github.com/vigilhq/vigil/internal/store/bolt"
+	"github.com/vigilhq/vigil/internal/store/etcd"
 )
 
 // journalFile is the bbolt file under --data-dir that holds the remediation
@@ -65,15 +72,84 @@ func reloadRulesOnHUP(ctx context.Context, rs *remediation.RuleSet, log *slog.Lo
 	}
 }
 
-// withRemediation opens the journal and wires the store and rules into cfg;
-// the returned close releases the store after the aggregator has stopped.
-func withRemediation(cfg *aggregator.Config, dataDir string) (func(), error) {
-	st, err := openJournal(dataDir)
+// options are the command's settings that are not the aggregator's config.
+type options struct {
+	gcPercent int
+	etcd      etcdFlags
+}
+
+// etcdFlags put the aggregator's durable state (the journal, intents,
+// budgets, outboxes, the event history) in an etcd cluster instead of the
+// bbolt file under --data-dir.
+type etcdFlags struct {
+	endpoints, prefix, ca, cert, key string
+	requestTimeout                   time.Duration
+}
+
+func (e *etcdFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&e.endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs: keep the journal, intents, budgets and outboxes in etcd instead of --data-dir's vigil.db (aggregator replicas share them)")
+	fs.StringVar(&e.prefix, "etcd-prefix", "/vigil/", "prefix of every key Vigil writes in etcd")
+	fs.StringVar(&e.ca, "etcd-ca", "", "CA bundle that verifies the etcd members (https endpoints)")
+	fs.StringVar(&e.cert, "etcd-cert", "", "client certificate for etcd, when it asks for one")
+	fs.StringVar(&e.key, "etcd-key", "", "private key of --etcd-cert")
+	fs.DurationVar(&e.requestTimeout, "etcd-request-timeout", 5*time.Second, "bound of every etcd call: a cluster without quorum answers unavailable within it")
+}
+
+// open connects to etcd; nil when no endpoint is given.
+func (e *etcdFlags) open(log *slog.Logger) (store.Store, error) {
+	if e.endpoints == "" {
+		return nil, nil
+	}
+	var eps []string
+	for _, ep := range strings.Split(e.endpoints, ",") {
+		if ep = strings.TrimSpace(ep); ep != "" {
+			eps = append(eps, ep)
+		}
+	}
+	cfg := etcd.Config{Endpoints: eps, Prefix: e.prefix, RequestTimeout: e.requestTimeout}
+	if e.ca != "" || e.cert != "" || e.key != "" {
+		var tc *tls.Config
+		var err error
+		switch {
+		case e.cert != "" || e.key != "":
+			tc, err = pki.ClientConfig(pki.Files{Cert: e.cert, Key: e.key, CA: e.ca}, "")
+		default:
+			tc, err = pki.ServerOnlyConfig(e.ca, "")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--etcd-ca/--etcd-cert/--etcd-key: %w", err)
+		}
+		cfg.TLS = tc
+	}
+	st, err := etcd.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("--etcd-endpoints: %w", err)
+	}
+	log.Info("durable state in etcd", "endpoints", eps, "prefix", e.prefix)
+	return st, nil
+}
+
+// withRemediation opens the store (etcd when --etcd-endpoints is given,
+// else the bbolt file under --data-dir) and wires it and the rules into
+// cfg; the returned close releases the store after the aggregator has
+// stopped.
+func withRemediation(cfg *aggregator.Config, dataDir string, ef etcdFlags) (func(), error) {
+	var st store.Store
+	var err error
+	if ef.endpoints != "" {
+		st, err = ef.open(cfg.Logger)
+	} else {
+		var b *bolt.Store
+		b, err = openJournal(dataDir)
+		if b != nil {
+			st = b
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
 	if st == nil {
-		cfg.Logger.Warn("remediation is off: no --data-dir for its journal; POST /api/v1/alerts and vigilctl restart/stop/kill answer that it is off")
+		cfg.Logger.Warn("remediation is off: no --data-dir or --etcd-endpoints for its journal; POST /api/v1/alerts and vigilctl restart/stop/kill answer that it is off")
 		return func() {}, nil
 	}
 	cfg.Store = st
