@@ -19,18 +19,23 @@ import (
 type cgroupFile int
 
 const (
-	fCPUAcctUsage cgroupFile = iota // v1 cpuacct.usage
-	fCPUAcctStat                    // v1 cpuacct.stat
-	fCPUStat                        // v1 cpu/cpu.stat, v2 cpu.stat
-	fMemUsage                       // v1 memory.usage_in_bytes, v2 memory.current
-	fMemLimit                       // v1 memory.limit_in_bytes, v2 memory.max
-	fMemFailcnt                     // v1 memory.failcnt
-	fMemStat                        // memory.stat
-	fMemOOM                         // v1 memory.oom_control, v2 memory.events
-	fPidsCurrent                    // pids.current
-	fPidsMax                        // pids.max
-	fBlkioBytes                     // v1 blkio.throttle.io_service_bytes_recursive, v2 io.stat
-	fBlkioOps                       // v1 blkio.throttle.io_serviced_recursive
+	fCPUAcctUsage   cgroupFile = iota // v1 cpuacct.usage
+	fCPUAcctStat                      // v1 cpuacct.stat
+	fCPUStat                          // v1 cpu/cpu.stat, v2 cpu.stat
+	fMemUsage                         // v1 memory.usage_in_bytes, v2 memory.current
+	fMemLimit                         // v1 memory.limit_in_bytes, v2 memory.max
+	fMemFailcnt                       // v1 memory.failcnt
+	fMemStat                          // memory.stat
+	fMemOOM                           // v1 memory.oom_control, v2 memory.events
+	fPidsCurrent                      // pids.current
+	fPidsMax                          // pids.max
+	fBlkioBytes                       // v1 blkio.throttle.io_service_bytes_recursive, v2 io.stat
+	fBlkioOps                         // v1 blkio.throttle.io_serviced_recursive
+	fCPUQuota                         // v1 cpu.cfs_quota_us, v2 cpu.max (quota and period)
+	fCPUPeriod                        // v1 cpu.cfs_period_us
+	fCPUShares                        // v1 cpu.shares, v2 cpu.weight
+	fMemReservation                   // v1 memory.soft_limit_in_bytes, v2 memory.low
+	fMemSwap                          // v2 memory.swap.current (v1: total_swap of memory.stat)
 	nCgroupFiles
 )
 
@@ -55,6 +60,10 @@ func cgroupFiles(l cgroupLayout, rel string) [nCgroupFiles]string {
 		p[fPidsCurrent] = at(u, "pids.current")
 		p[fPidsMax] = at(u, "pids.max")
 		p[fBlkioBytes] = at(u, "io.stat")
+		p[fCPUQuota] = at(u, "cpu.max")
+		p[fCPUShares] = at(u, "cpu.weight")
+		p[fMemReservation] = at(u, "memory.low")
+		p[fMemSwap] = at(u, "memory.swap.current")
 		return p
 	}
 	p[fCPUAcctUsage] = at(l.cpuacct, "cpuacct.usage")
@@ -69,6 +78,10 @@ func cgroupFiles(l cgroupLayout, rel string) [nCgroupFiles]string {
 	p[fPidsMax] = at(l.pids, "pids.max")
 	p[fBlkioBytes] = at(l.blkio, "blkio.throttle.io_service_bytes_recursive")
 	p[fBlkioOps] = at(l.blkio, "blkio.throttle.io_serviced_recursive")
+	p[fCPUQuota] = at(l.cpu, "cpu.cfs_quota_us")
+	p[fCPUPeriod] = at(l.cpu, "cpu.cfs_period_us")
+	p[fCPUShares] = at(l.cpu, "cpu.shares")
+	p[fMemReservation] = at(l.memory, "memory.soft_limit_in_bytes")
 	return p
 }
 
@@ -198,6 +211,23 @@ func (r *cgroupReader) read(s *Stats, buf *[]byte, now time.Time) error {
 		ev := parseMemoryEventsV2(b)
 		s.MemoryFailcnt = ev.Max
 		s.OOMKills = ev.OOMKill
+		s.MemoryHighEvents, s.MemoryOOMEvents = ev.High, ev.OOM
+		if b, err = r.readFile(fCPUQuota, buf); err != nil {
+			return err
+		}
+		s.CPUQuotaMicros, s.CPUPeriodMicros = parseCPUMax(b)
+		if b, err = r.readFile(fCPUShares, buf); err != nil {
+			return err
+		}
+		s.CPUShares = weightToShares(parseValue(b))
+		if b, err = r.readFile(fMemReservation, buf); err != nil {
+			return err
+		}
+		s.MemoryReservationBytes = parseLimit(b)
+		if b, err = r.readFile(fMemSwap, buf); err != nil {
+			return err
+		}
+		s.MemorySwapBytes = parseValue(b)
 		if b, err = r.readFile(fBlkioBytes, buf); err != nil {
 			return err
 		}
@@ -236,6 +266,23 @@ func (r *cgroupReader) read(s *Stats, buf *[]byte, now time.Time) error {
 			return err
 		}
 		s.BlkioReadOps, s.BlkioWriteOps = parseBlkioV1(b)
+		if b, err = r.readFile(fCPUQuota, buf); err != nil {
+			return err
+		}
+		s.CPUQuotaMicros = parseLimit(b) // -1: no quota
+		if b, err = r.readFile(fCPUPeriod, buf); err != nil {
+			return err
+		}
+		s.CPUPeriodMicros = parseValue(b)
+		if b, err = r.readFile(fCPUShares, buf); err != nil {
+			return err
+		}
+		s.CPUShares = sharesOrDefault(parseValue(b))
+		if b, err = r.readFile(fMemReservation, buf); err != nil {
+			return err
+		}
+		s.MemoryReservationBytes = parseLimit(b)
+		s.MemorySwapBytes = ms.Swap
 	}
 	s.MemoryRSSBytes = ms.RSS
 	s.MemoryCacheBytes = ms.Cache

@@ -535,6 +535,73 @@ func TestStats(t *testing.T) {
 	}
 }
 
+// TestStatsSpec: a container with a memory limit (set by its OCI spec)
+// and a CPU quota, shares and memory reservation (written into its cgroup,
+// as an update would: testenv's container spec sets only the memory limit)
+// shows them in its cgroup reading, and a spinning container under a 0.2
+// CPU quota shows throttled periods.
+func TestStatsSpec(t *testing.T) {
+	t.Parallel()
+	env := testenv.Containerd(t)
+	ns := uniqueNS(t)
+	image := env.WorkloadImage(t, ns)
+	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
+	const limit, reservation = 64 << 20, 32 << 20
+	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "capped", Image: image, Args: []string{"spin"}, MemoryLimit: limit})
+	k := Key{ns, "capped"}
+	w.waitForKey(k, EventStarted)
+
+	l, err := detectCgroupLayout(env.CgroupRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := cgroupFiles(l, filepath.Join("/", env.CgroupParent, ns, "capped"))
+	write := func(f cgroupFile, v string) {
+		t.Helper()
+		if err := os.WriteFile(files[f], []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantShares := uint64(512)
+	if l.version == cgroupV2 {
+		write(fCPUQuota, "20000 100000")
+		write(fCPUShares, "20") // weight 20 is 500 shares as cAdvisor converts
+		wantShares = 500
+	} else {
+		write(fCPUPeriod, "100000")
+		write(fCPUQuota, "20000")
+		write(fCPUShares, "512")
+	}
+	write(fMemReservation, fmt.Sprint(reservation))
+
+	ctx := context.Background()
+	var last Stats
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st, err := w.Stats(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st) == 1 && st[0].Key == k {
+			last = st[0]
+			if last.CPUThrottledPeriods > 0 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a spinning container under a 0.2 CPU quota shows no throttled period in 20 s: %+v", last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if last.CPUQuotaMicros != 20000 || last.CPUPeriodMicros != 100000 || last.CPUShares != wantShares ||
+		last.MemoryLimitBytes != limit || last.MemoryReservationBytes != reservation ||
+		last.CPUPeriods < last.CPUThrottledPeriods {
+		t.Errorf("spec in the reading: quota %d period %d shares %d (want %d) limit %d reservation %d periods %d throttled %d",
+			last.CPUQuotaMicros, last.CPUPeriodMicros, last.CPUShares, wantShares, last.MemoryLimitBytes, last.MemoryReservationBytes,
+			last.CPUPeriods, last.CPUThrottledPeriods)
+	}
+}
+
 func absDiff(a, b uint64) uint64 {
 	if a > b {
 		return a - b
