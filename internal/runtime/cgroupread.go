@@ -13,7 +13,9 @@ import (
 // once, kept open, and re-read each cycle with one pread at offset 0 into a
 // buffer shared by all files (BenchmarkCgroupRead, docs/benchmarks/runtime.md:
 // 34.7 µs per container kept open against 207 µs when reopening its files
-// each time). Only the files behind the exported figures are opened.
+// each time). Only the files behind the exported figures are opened: 16
+// on v1 since the CPU quota, period, shares and memory reservation were
+// added (about +5 µs per container per cycle, docs/benchmarks.md).
 
 // cgroupFile names one file the reader keeps open.
 type cgroupFile int
