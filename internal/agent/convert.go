@@ -200,6 +200,13 @@ func statsProto(s *runtime.Stats) *vigilv1.ResourceSample {
 		BlkioWriteBytes:        s.BlkioWriteBytes,
 		BlkioReadOps:           s.BlkioReadOps,
 		BlkioWriteOps:          s.BlkioWriteOps,
+		CpuCfsQuotaUs:          s.CPUQuotaMicros,
+		CpuCfsPeriodUs:         s.CPUPeriodMicros,
+		CpuShares:              s.CPUShares,
+		MemorySwapBytes:        s.MemorySwapBytes,
+		MemoryReservationBytes: s.MemoryReservationBytes,
+		MemoryHighEvents:       s.MemoryHighEvents,
+		MemoryOomEvents:        s.MemoryOOMEvents,
 	}
 }
 

@@ -13,10 +13,25 @@ const (
 	famContainerRunning
 	famCPUUsage
 	famCPUThrottled
+	famCPUPeriods
+	famCPUThrottledPeriods
+	famSpecCPUQuota
+	famSpecCPUPeriod
+	famSpecCPUShares
 	famMemWorkingSet
 	famMemRSS
+	famMemCache
+	famMemSwap
 	famMemLimit
+	famSpecMemReservation
+	famMemFailcnt
+	famMemEvents
 	famPids
+	famPidsLimit
+	famFsReadBytes
+	famFsWriteBytes
+	famFsReads
+	famFsWrites
 	famOOM
 	famExits
 	famRestarts
@@ -55,10 +70,25 @@ var families = [numFamilies]family{
 	famContainerRunning:      {"vigil_container_running", "gauge", "1 when the container's task is running (or paused), 0 otherwise."},
 	famCPUUsage:              {"vigil_container_cpu_usage_seconds_total", "counter", "CPU time used by the container's cgroup, user and system, in seconds."},
 	famCPUThrottled:          {"vigil_container_cpu_cfs_throttled_seconds_total", "counter", "Time the container's cgroup was throttled by the CFS quota, in seconds."},
+	famCPUPeriods:            {"vigil_container_cpu_cfs_periods_total", "counter", "CFS enforcement periods elapsed for the container's cgroup; only while it has a CPU quota."},
+	famCPUThrottledPeriods:   {"vigil_container_cpu_cfs_throttled_periods_total", "counter", "CFS periods in which the container's cgroup was throttled; only while it has a CPU quota."},
+	famSpecCPUQuota:          {"vigil_container_spec_cpu_quota_seconds", "gauge", "CPU time the container's cgroup may use per CFS period, in seconds (cAdvisor's container_spec_cpu_quota is in microseconds); only while it has a quota."},
+	famSpecCPUPeriod:         {"vigil_container_spec_cpu_period_seconds", "gauge", "CFS period of the container's cgroup, in seconds (cAdvisor's is in microseconds); only while it has a CPU quota. Quota over period is the limit in cores."},
+	famSpecCPUShares:         {"vigil_container_spec_cpu_shares", "gauge", "CPU shares of the container's cgroup (cgroup v2 cpu.weight converted to shares as cAdvisor does); only when not the kernel's default (1024 shares, weight 100)."},
 	famMemWorkingSet:         {"vigil_container_memory_working_set_bytes", "gauge", "Memory usage minus inactive file cache, as the kubelet computes it."},
 	famMemRSS:                {"vigil_container_memory_rss_bytes", "gauge", "Anonymous memory of the container's cgroup."},
+	famMemCache:              {"vigil_container_memory_cache_bytes", "gauge", "Page cache of the container's cgroup (v1 total_cache, v2 file)."},
+	famMemSwap:               {"vigil_container_memory_swap_bytes", "gauge", "Swap used by the container's cgroup; only when non-zero."},
 	famMemLimit:              {"vigil_container_memory_limit_bytes", "gauge", "Memory limit of the container's cgroup; 0 when unlimited."},
+	famSpecMemReservation:    {"vigil_container_spec_memory_reservation_limit_bytes", "gauge", "Memory reservation of the container's cgroup (v1 memory.soft_limit_in_bytes, v2 memory.low); only when set."},
+	famMemFailcnt:            {"vigil_container_memory_failcnt_total", "counter", "Times the container's cgroup hit its memory limit (v1 memory.failcnt, v2 memory.events max); only while it has a limit."},
+	famMemEvents:             {"vigil_container_memory_events_total", "counter", "cgroup v2 memory.events of the container by event: high (usage went over memory.high and was throttled), oom (the OOM killer was invoked); each only once non-zero. max is vigil_container_memory_failcnt_total, oom_kill vigil_container_oom_events_total."},
 	famPids:                  {"vigil_container_pids", "gauge", "Processes and threads in the container's cgroup."},
+	famPidsLimit:             {"vigil_container_pids_limit", "gauge", "Most processes and threads the container's cgroup may hold (pids.max); only when limited."},
+	famFsReadBytes:           {"vigil_container_fs_reads_bytes_total", "counter", "Bytes read from block devices by the container's cgroup, all devices summed; the four block I/O series only once the cgroup did block I/O."},
+	famFsWriteBytes:          {"vigil_container_fs_writes_bytes_total", "counter", "Bytes written to block devices by the container's cgroup, all devices summed."},
+	famFsReads:               {"vigil_container_fs_reads_total", "counter", "Read operations on block devices by the container's cgroup, all devices summed."},
+	famFsWrites:              {"vigil_container_fs_writes_total", "counter", "Write operations on block devices by the container's cgroup, all devices summed."},
 	famOOM:                   {"vigil_container_oom_events_total", "counter", "OOM kill events of the workload, counted by the agent over the workload's lifetime."},
 	famExits:                 {"vigil_container_exits_total", "counter", "Task exits of the workload by reason and exit code, counted by the agent over the workload's lifetime."},
 	famRestarts:              {"vigil_container_restarts_total", "counter", "Restarts of the workload performed by Vigil or observed from its owner."},

@@ -63,15 +63,11 @@ func sceneNode() metrics.NodeInput {
 			Counters: &vigilv1.ContainerCounters{Exits: []*vigilv1.ExitCount{{Reason: vigilv1.ExitReason_EXIT_REASON_COMPLETED, Code: 0, Count: 1}}}},
 		{Id: "hostnet", Namespace: "default", State: running, Image: "agent", HostNetwork: true, CreatedAt: t0},
 	}
-	sample := func(ns, id string, cpu float64) *vigilv1.ResourceSample {
-		return &vigilv1.ResourceSample{Namespace: ns, ContainerId: id, CpuUsageSeconds: cpu, CpuCfsThrottledSeconds: 0.25,
-			MemoryWorkingSetBytes: 10 << 20, MemoryRssBytes: 8 << 20, MemoryLimitBytes: 64 << 20, PidsCurrent: 3}
-	}
 	samples := map[metrics.ContainerKey]*vigilv1.ResourceSample{
-		{Namespace: "k8s.io", ID: "nginx-new"}: sample("k8s.io", "nginx-new", 12.5),
-		{Namespace: "k8s.io", ID: "nginx-old"}: sample("k8s.io", "nginx-old", 99), // stopped: not exposed
-		{Namespace: "default", ID: "db"}:       sample("default", "db", 1e-3),
-		{Namespace: "default", ID: "hostnet"}:  sample("default", "hostnet", 7),
+		{Namespace: "k8s.io", ID: "nginx-new"}: plainSample("k8s.io", "nginx-new", 12.5),
+		{Namespace: "k8s.io", ID: "nginx-old"}: plainSample("k8s.io", "nginx-old", 99), // stopped: not exposed
+		{Namespace: "default", ID: "db"}:       limited(plainSample("default", "db", 1e-3)),
+		{Namespace: "default", ID: "hostnet"}:  plainSample("default", "hostnet", 7),
 	}
 	link := func(name string, rx uint64) *vigilv1.Interface {
 		return &vigilv1.Interface{Name: name, Kind: "veth", OperState: vigilv1.LinkOperState_LINK_OPER_STATE_UP, AdminUp: true, Carrier: true,
@@ -96,6 +92,30 @@ func sceneNode() metrics.NodeInput {
 			{Name: "node-3", State: vigilv1.PeerState_PEER_STATE_SUSPECT},
 		}},
 	}
+}
+
+// plainSample is a running container's sample with a memory limit and no
+// other: no CPU quota, default shares, no swap, no block I/O yet.
+func plainSample(ns, id string, cpu float64) *vigilv1.ResourceSample {
+	return &vigilv1.ResourceSample{Namespace: ns, ContainerId: id, CpuUsageSeconds: cpu, CpuCfsThrottledSeconds: 0.25,
+		MemoryWorkingSetBytes: 10 << 20, MemoryRssBytes: 8 << 20, MemoryCacheBytes: 2 << 20, MemoryLimitBytes: 64 << 20, PidsCurrent: 3,
+		CpuCfsPeriodUs: 100000}
+}
+
+// limited gives a sample everything the conditional series wait for: a
+// 0.5-CPU quota with throttling, shares, a reservation, swap, v2 memory
+// events, a pids limit and block I/O.
+func limited(sm *vigilv1.ResourceSample) *vigilv1.ResourceSample {
+	sm.CpuCfsQuotaUs, sm.CpuCfsPeriodUs = 50000, 100000
+	sm.CpuCfsPeriods, sm.CpuCfsThrottledPeriods = 1200, 300
+	sm.CpuShares = 512
+	sm.MemoryReservationBytes = 32 << 20
+	sm.MemorySwapBytes = 4096
+	sm.MemoryFailcnt = 7
+	sm.MemoryHighEvents, sm.MemoryOomEvents = 5, 1
+	sm.PidsLimit = 64
+	sm.BlkioReadBytes, sm.BlkioWriteBytes, sm.BlkioReadOps, sm.BlkioWriteOps = 4096, 8192, 1, 2
+	return sm
 }
 
 func TestRenderNodeGolden(t *testing.T) {
@@ -141,6 +161,13 @@ func TestRenderNodeRules(t *testing.T) {
 		{"container veth on the host is left out", `vigil_node_network_receive_bytes_total{node="node-1",interface="veth1"}`},
 		{"namespace of an unknown container is left out", `receive_bytes_total{node="node-1",namespace="default",pod_namespace="",pod="",container="gone"`},
 		{"image only on info", `vigil_container_running{node="node-1",namespace="default",pod_namespace="",pod="",container="db",image`},
+		{"no quota, no CFS periods", `vigil_container_cpu_cfs_periods_total{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
+		{"no quota, no spec period", `vigil_container_spec_cpu_period_seconds{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
+		{"default shares left out", `vigil_container_spec_cpu_shares{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
+		{"no swap, no swap series", `vigil_container_memory_swap_bytes{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
+		{"no block I/O yet, no fs series", `vigil_container_fs_reads_total{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
+		{"no pids limit", `vigil_container_pids_limit{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
+		{"memory events only once non-zero", `vigil_container_memory_events_total{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"`},
 	} {
 		if strings.Contains(text, tc.needle) {
 			t.Errorf("%s: found %s", tc.what, tc.needle)
@@ -156,6 +183,22 @@ func TestRenderNodeRules(t *testing.T) {
 		{"health one-hot", `vigil_container_health_status{node="node-1",namespace="default",pod_namespace="",pod="",container="db",status="unhealthy"} 1`},
 		{"exits by reason and code", `vigil_container_exits_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db",reason="oom_killed",exit_code="137"} 1`},
 		{"backoff in seconds", `vigil_container_restart_backoff_seconds{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 2.5`},
+		{"CPU quota in seconds", `vigil_container_spec_cpu_quota_seconds{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 0.05`},
+		{"CFS period in seconds", `vigil_container_spec_cpu_period_seconds{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 0.1`},
+		{"CFS periods", `vigil_container_cpu_cfs_periods_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 1200`},
+		{"throttled periods", `vigil_container_cpu_cfs_throttled_periods_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 300`},
+		{"shares", `vigil_container_spec_cpu_shares{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 512`},
+		{"cache always", `vigil_container_memory_cache_bytes{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"} 2097152`},
+		{"swap", `vigil_container_memory_swap_bytes{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 4096`},
+		{"reservation", `vigil_container_spec_memory_reservation_limit_bytes{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 33554432`},
+		{"failcnt under a limit", `vigil_container_memory_failcnt_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 7`},
+		{"memory.events high", `vigil_container_memory_events_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db",event="high"} 5`},
+		{"memory.events oom", `vigil_container_memory_events_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db",event="oom"} 1`},
+		{"pids limit", `vigil_container_pids_limit{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 64`},
+		{"bytes read", `vigil_container_fs_reads_bytes_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 4096`},
+		{"bytes written", `vigil_container_fs_writes_bytes_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 8192`},
+		{"reads", `vigil_container_fs_reads_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 1`},
+		{"writes", `vigil_container_fs_writes_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 2`},
 		{"host link down", `vigil_node_network_up{node="node-1",interface="eth1"} 0`},
 		{"loopback up", `vigil_node_network_up{node="node-1",interface="lo"} 1`},
 		{"peer suspect", `vigil_node_peer_reachable{node="node-1",peer="node-3"} 0`},
@@ -309,5 +352,35 @@ func TestExitsMergedOnTheirLabels(t *testing.T) {
 	}
 	if got["unknown"] != 3 || got["error"] != 12 || len(got) != 2 {
 		t.Fatalf("exits by reason = %v, want unknown 3 and error 12\n%s", got, buf.String())
+	}
+}
+
+// TestSeriesPerContainer renders one running container with one interface
+// (and loopback), plain and then with every limit and counter set, against
+// the same node without it, and logs the series it adds (the count is
+// written in docs/benchmarks.md). It checks the plain container gets none
+// of the conditional series: exactly the limited one's count minus the 14
+// that wait for a limit, a counter or block I/O.
+func TestSeriesPerContainer(t *testing.T) {
+	node := func(sm *vigilv1.ResourceSample) metrics.NodeInput {
+		in := metrics.NodeInput{Name: "n", Up: true}
+		if sm == nil {
+			return in
+		}
+		in.Containers = []*vigilv1.Container{{Id: "c", Namespace: "default", State: vigilv1.ContainerState_CONTAINER_STATE_RUNNING, Image: "i"}}
+		in.Samples = map[metrics.ContainerKey]*vigilv1.ResourceSample{{Namespace: "default", ID: "c"}: sm}
+		in.Network = []*vigilv1.NetworkNamespace{{Inode: 2, Containers: []*vigilv1.ContainerRef{{Namespace: "default", Id: "c"}},
+			Interfaces: []*vigilv1.Interface{{Name: "lo", Kind: "loopback"}, {Name: "eth0", Kind: "veth"}}}}
+		return in
+	}
+	base := metrics.RenderNode(node(nil)).Series()
+	plain := metrics.RenderNode(node(plainSample("default", "c", 1))).Series() - base
+	full := metrics.RenderNode(node(limited(plainSample("default", "c", 1)))).Series() - base
+	t.Logf("series per running container with one interface: %d plain (no quota, no I/O yet), %d with every limit, swap, memory events and block I/O", plain, full)
+	// quota, period, CFS periods, throttled periods, shares, swap,
+	// reservation, failcnt, 2 memory events, pids limit, 4 block I/O = 15;
+	// failcnt is in both (the plain sample has a memory limit).
+	if full-plain != 14 {
+		t.Errorf("the limited container adds %d series over the plain one, want 14", full-plain)
 	}
 }

@@ -136,6 +136,13 @@ func TestCgroupV1Fixture(t *testing.T) {
 		BlkioWriteBytes:       20971520,
 		BlkioReadOps:          3,
 		BlkioWriteOps:         160,
+		// The spec files: a 0.5-CPU quota, half the default shares, a
+		// 32 MiB soft limit; swap from memory.stat's total_swap.
+		CPUQuotaMicros:         50000,
+		CPUPeriodMicros:        100000,
+		CPUShares:              512,
+		MemoryReservationBytes: 33554432,
+		MemorySwapBytes:        8192,
 	}
 	if got != want {
 		t.Errorf("v1 stats:\n got %+v\nwant %+v", got, want)
@@ -168,6 +175,16 @@ func TestCgroupV2Fixture(t *testing.T) {
 		BlkioWriteBytes:       8388608,
 		BlkioReadOps:          42,
 		BlkioWriteOps:         256,
+		// cpu.max "25000 100000"; cpu.weight 39 (what the kubelet writes
+		// for 1024 shares) back to shares as cAdvisor converts it;
+		// memory.low; memory.swap.current; memory.events high and oom.
+		CPUQuotaMicros:         25000,
+		CPUPeriodMicros:        100000,
+		CPUShares:              998,
+		MemoryReservationBytes: 16777216,
+		MemorySwapBytes:        2097152,
+		MemoryHighEvents:       5,
+		MemoryOOMEvents:        2,
 	}
 	if got != want {
 		t.Errorf("v2 stats:\n got %+v\nwant %+v", got, want)
@@ -176,6 +193,10 @@ func TestCgroupV2Fixture(t *testing.T) {
 	web := readFixture(t, "testdata/cgroup/v2", "/default/web")
 	if web.MemoryLimitBytes != 0 || web.MemoryWorkingSetBytes != 0 || web.PidsLimit != 4096 || web.CPUUsageSeconds != 1.5 {
 		t.Errorf("v2 /default/web = %+v (want unlimited memory, working set floored at 0, pids limit 4096, 1.5 s CPU)", web)
+	}
+	// cpu.max "max 100000", the default weight, no memory.low nor swap file.
+	if web.CPUQuotaMicros != 0 || web.CPUPeriodMicros != 100000 || web.CPUShares != 0 || web.MemoryReservationBytes != 0 || web.MemorySwapBytes != 0 {
+		t.Errorf("v2 /default/web spec = %+v (want no quota, period 100000, default shares as 0, no reservation, no swap)", web)
 	}
 }
 
@@ -227,6 +248,33 @@ func TestParsersSkipOddLines(t *testing.T) {
 	}
 	if workingSet(10, 20) != 0 || workingSet(20, 5) != 15 {
 		t.Error("workingSet does not floor at 0")
+	}
+}
+
+func TestParseCPUSpec(t *testing.T) {
+	for _, tc := range []struct {
+		in            string
+		quota, period uint64
+	}{
+		{"max 100000\n", 0, 100000},
+		{"50000 100000\n", 50000, 100000},
+		{"50000\n", 50000, 0},
+		{"", 0, 0},
+		{"junk 100000", 0, 100000},
+	} {
+		if q, p := parseCPUMax([]byte(tc.in)); q != tc.quota || p != tc.period {
+			t.Errorf("parseCPUMax(%q) = %d, %d; want %d, %d", tc.in, q, p, tc.quota, tc.period)
+		}
+	}
+	for _, tc := range []struct{ weight, shares uint64 }{
+		{1, 2}, {10000, 262144}, {39, 998}, {100, 0}, {0, 0}, {10001, 0},
+	} {
+		if got := weightToShares(tc.weight); got != tc.shares {
+			t.Errorf("weightToShares(%d) = %d, want %d", tc.weight, got, tc.shares)
+		}
+	}
+	if sharesOrDefault(1024) != 0 || sharesOrDefault(2048) != 2048 {
+		t.Error("sharesOrDefault: 1024 is the default (0), others pass through")
 	}
 }
 

@@ -156,6 +156,7 @@ func parseCPUStat(b []byte) (s cpuStat) {
 // hierarchical figures total_*; v2 names them anon, file, inactive_file.
 type memoryStat struct {
 	RSS, Cache, InactiveFile uint64
+	Swap                     uint64 // v1 total_swap (0 without swap accounting)
 }
 
 func parseMemoryStatV1(b []byte) (s memoryStat) {
@@ -167,6 +168,8 @@ func parseMemoryStatV1(b []byte) (s memoryStat) {
 			s.Cache = v
 		case "total_inactive_file":
 			s.InactiveFile = v
+		case "total_swap":
+			s.Swap = v
 		}
 	})
 	return s
@@ -197,14 +200,20 @@ func parseOOMKill(b []byte) (n uint64) {
 	return n
 }
 
-// memoryEventsV2 is the part of v2 memory.events we export.
-type memoryEventsV2 struct{ Max, OOMKill uint64 }
+// memoryEventsV2 is the part of v2 memory.events we export: times usage
+// hit memory.high (throttled and reclaimed) and memory.max, times the OOM
+// killer was invoked, and processes it killed.
+type memoryEventsV2 struct{ High, Max, OOM, OOMKill uint64 }
 
 func parseMemoryEventsV2(b []byte) (e memoryEventsV2) {
 	forEachKeyValue(b, func(k []byte, v uint64) {
 		switch string(k) {
+		case "high":
+			e.High = v
 		case "max":
 			e.Max = v
+		case "oom":
+			e.OOM = v
 		case "oom_kill":
 			e.OOMKill = v
 		}
@@ -290,4 +299,37 @@ func parseIOStatV2(b []byte) (s ioStatV2) {
 		}
 	}
 	return s
+}
+
+// parseCPUMax parses v2 cpu.max, "$QUOTA $PERIOD" in microseconds with
+// "max" for no quota. The quota is 0 when there is none (or it does not
+// parse); the period is read either way.
+func parseCPUMax(b []byte) (quota, period uint64) {
+	q, rest := nextField(trimSpace(b))
+	quota = parseLimit(q)
+	period = parseValue(rest)
+	return quota, period
+}
+
+// defaultShares is the kernel's default v1 cpu.shares (and the v2 default
+// cpu.weight of 100 stands for it); a cgroup at the default reports 0.
+const defaultShares = 1024
+
+// sharesOrDefault returns v1 cpu.shares, 0 at the kernel default.
+func sharesOrDefault(shares uint64) uint64 {
+	if shares == defaultShares {
+		return 0
+	}
+	return shares
+}
+
+// weightToShares converts v2 cpu.weight ([1, 10000]) to v1 shares ([2,
+// 262144]) the way cAdvisor does (2 + (weight-1)*262142/9999), so that
+// container_spec_cpu_shares queries carry over. The default weight (100)
+// and a value out of range (or unreadable) read as 0.
+func weightToShares(weight uint64) uint64 {
+	if weight == 100 || weight < 1 || weight > 10000 {
+		return 0
+	}
+	return 2 + (weight-1)*262142/9999
 }

@@ -22,6 +22,7 @@ func FuzzCgroupFiles(f *testing.F) {
 	f.Add([]byte("8:0 Read 4096\n8:0 Write 5\nTotal 4101\n"))
 	f.Add([]byte("253:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\n"))
 	f.Add([]byte("max\n"))
+	f.Add([]byte("50000 100000\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		// Oracle: strconv on the same bytes (decimal digits only, no
 		// sign, overflow refused) after the files' whitespace trim.
@@ -43,6 +44,12 @@ func FuzzCgroupFiles(f *testing.F) {
 		ms1, ms2 := parseMemoryStatV1(b), parseMemoryStatV2(b)
 		parseOOMKill(b)
 		parseMemoryEventsV2(b)
+		if q, _ := parseCPUMax(b); q >= unlimited {
+			t.Fatalf("parseCPUMax(%q) quota %d: not a limit", b, q)
+		}
+		if sh := weightToShares(parseValue(b)); sh > 262144 {
+			t.Fatalf("weightToShares of %q = %d, above the v1 maximum", b, sh)
+		}
 		parseBlkioV1(b)
 		parseIOStatV2(b)
 		for _, ms := range []memoryStat{ms1, ms2} {

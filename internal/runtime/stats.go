@@ -222,6 +222,9 @@ func decodeMetrics(typeURL string, b []byte, st *Stats) error {
 		}
 		if mem := m.Memory; mem != nil {
 			st.MemoryRSSBytes, st.MemoryCacheBytes = mem.TotalRSS, mem.TotalCache
+			if sw, u := mem.Swap, mem.Usage; sw != nil && u != nil && sw.Usage > u.Usage {
+				st.MemorySwapBytes = sw.Usage - u.Usage // memsw counts memory and swap
+			}
 			if u := mem.Usage; u != nil {
 				st.MemoryUsageBytes = u.Usage
 				st.MemoryFailcnt = u.Failcnt
@@ -263,10 +266,12 @@ func decodeMetrics(typeURL string, b []byte, st *Stats) error {
 				st.MemoryLimitBytes = mem.UsageLimit
 			}
 			st.MemoryRSSBytes, st.MemoryCacheBytes = mem.Anon, mem.File
+			st.MemorySwapBytes = mem.SwapUsage
 			st.MemoryWorkingSetBytes = workingSet(mem.Usage, mem.InactiveFile)
 		}
 		if ev := m.MemoryEvents; ev != nil {
 			st.MemoryFailcnt, st.OOMKills = ev.Max, ev.OomKill
+			st.MemoryHighEvents, st.MemoryOOMEvents = ev.High, ev.Oom
 		}
 		if p := m.Pids; p != nil {
 			st.PidsCurrent = p.Current

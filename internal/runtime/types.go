@@ -235,6 +235,25 @@ type Stats struct {
 	BlkioWriteBytes       uint64
 	BlkioReadOps          uint64
 	BlkioWriteOps         uint64
+
+	// CPUQuotaMicros is the CFS quota per period (v1 cpu.cfs_quota_us, v2
+	// cpu.max); 0: no quota.
+	CPUQuotaMicros uint64
+	// CPUPeriodMicros is the CFS period (v1 cpu.cfs_period_us, v2 cpu.max).
+	CPUPeriodMicros uint64
+	// CPUShares is v1 cpu.shares, or v2 cpu.weight converted to shares as
+	// cAdvisor does; 0: the kernel's default (1024 shares, weight 100).
+	CPUShares uint64
+	// MemorySwapBytes is swap used (v1 memory.stat total_swap, 0 without
+	// swap accounting; v2 memory.swap.current).
+	MemorySwapBytes uint64
+	// MemoryReservationBytes is the soft limit (v1
+	// memory.soft_limit_in_bytes) or protection (v2 memory.low); 0: none.
+	MemoryReservationBytes uint64
+	// MemoryHighEvents and MemoryOOMEvents are v2 memory.events high and
+	// oom (0 on v1, which has neither).
+	MemoryHighEvents uint64
+	MemoryOOMEvents  uint64
 }
 
 // ExecResult is the outcome of a command run inside a container.

@@ -1982,8 +1982,27 @@ type ResourceSample struct {
 	BlkioReadOps uint64 `protobuf:"varint,21,opt,name=blkio_read_ops,json=blkioReadOps,proto3" json:"blkio_read_ops,omitempty"`
 	// Block IO write operations.
 	BlkioWriteOps uint64 `protobuf:"varint,22,opt,name=blkio_write_ops,json=blkioWriteOps,proto3" json:"blkio_write_ops,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// CFS quota per period, microseconds (v1 cpu.cfs_quota_us, v2 cpu.max);
+	// 0 when there is no quota.
+	CpuCfsQuotaUs uint64 `protobuf:"varint,23,opt,name=cpu_cfs_quota_us,json=cpuCfsQuotaUs,proto3" json:"cpu_cfs_quota_us,omitempty"`
+	// CFS period, microseconds (v1 cpu.cfs_period_us, v2 cpu.max).
+	CpuCfsPeriodUs uint64 `protobuf:"varint,24,opt,name=cpu_cfs_period_us,json=cpuCfsPeriodUs,proto3" json:"cpu_cfs_period_us,omitempty"`
+	// CPU shares (v1 cpu.shares; v2 cpu.weight converted to shares as
+	// cAdvisor does); 0 at the kernel's default (1024 shares, weight 100).
+	CpuShares uint64 `protobuf:"varint,25,opt,name=cpu_shares,json=cpuShares,proto3" json:"cpu_shares,omitempty"`
+	// Swap used (v1 memory.stat total_swap, 0 without swap accounting; v2
+	// memory.swap.current).
+	MemorySwapBytes uint64 `protobuf:"varint,26,opt,name=memory_swap_bytes,json=memorySwapBytes,proto3" json:"memory_swap_bytes,omitempty"`
+	// Memory reservation: v1 memory.soft_limit_in_bytes, v2 memory.low; 0
+	// when none.
+	MemoryReservationBytes uint64 `protobuf:"varint,27,opt,name=memory_reservation_bytes,json=memoryReservationBytes,proto3" json:"memory_reservation_bytes,omitempty"`
+	// Times usage went over memory.high (v2 memory.events high; 0 on v1).
+	MemoryHighEvents uint64 `protobuf:"varint,28,opt,name=memory_high_events,json=memoryHighEvents,proto3" json:"memory_high_events,omitempty"`
+	// Times the OOM killer was invoked for the cgroup (v2 memory.events oom;
+	// 0 on v1).
+	MemoryOomEvents uint64 `protobuf:"varint,29,opt,name=memory_oom_events,json=memoryOomEvents,proto3" json:"memory_oom_events,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ResourceSample) Reset() {
@@ -2166,6 +2185,55 @@ func (x *ResourceSample) GetBlkioReadOps() uint64 {
 func (x *ResourceSample) GetBlkioWriteOps() uint64 {
 	if x != nil {
 		return x.BlkioWriteOps
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetCpuCfsQuotaUs() uint64 {
+	if x != nil {
+		return x.CpuCfsQuotaUs
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetCpuCfsPeriodUs() uint64 {
+	if x != nil {
+		return x.CpuCfsPeriodUs
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetCpuShares() uint64 {
+	if x != nil {
+		return x.CpuShares
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetMemorySwapBytes() uint64 {
+	if x != nil {
+		return x.MemorySwapBytes
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetMemoryReservationBytes() uint64 {
+	if x != nil {
+		return x.MemoryReservationBytes
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetMemoryHighEvents() uint64 {
+	if x != nil {
+		return x.MemoryHighEvents
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetMemoryOomEvents() uint64 {
+	if x != nil {
+		return x.MemoryOomEvents
 	}
 	return 0
 }
@@ -3323,7 +3391,7 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"conditions\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc4\a\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf7\t\n" +
 	"\x0eResourceSample\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12!\n" +
 	"\fcontainer_id\x18\x02 \x01(\tR\vcontainerId\x128\n" +
@@ -3348,7 +3416,15 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\x10blkio_read_bytes\x18\x13 \x01(\x04R\x0eblkioReadBytes\x12*\n" +
 	"\x11blkio_write_bytes\x18\x14 \x01(\x04R\x0fblkioWriteBytes\x12$\n" +
 	"\x0eblkio_read_ops\x18\x15 \x01(\x04R\fblkioReadOps\x12&\n" +
-	"\x0fblkio_write_ops\x18\x16 \x01(\x04R\rblkioWriteOps\"\xa4\x05\n" +
+	"\x0fblkio_write_ops\x18\x16 \x01(\x04R\rblkioWriteOps\x12'\n" +
+	"\x10cpu_cfs_quota_us\x18\x17 \x01(\x04R\rcpuCfsQuotaUs\x12)\n" +
+	"\x11cpu_cfs_period_us\x18\x18 \x01(\x04R\x0ecpuCfsPeriodUs\x12\x1d\n" +
+	"\n" +
+	"cpu_shares\x18\x19 \x01(\x04R\tcpuShares\x12*\n" +
+	"\x11memory_swap_bytes\x18\x1a \x01(\x04R\x0fmemorySwapBytes\x128\n" +
+	"\x18memory_reservation_bytes\x18\x1b \x01(\x04R\x16memoryReservationBytes\x12,\n" +
+	"\x12memory_high_events\x18\x1c \x01(\x04R\x10memoryHighEvents\x12*\n" +
+	"\x11memory_oom_events\x18\x1d \x01(\x04R\x0fmemoryOomEvents\"\xa4\x05\n" +
 	"\tInterface\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x05R\x05index\x12\x12\n" +
