@@ -36,6 +36,12 @@ func TestParseFlagsRejectsBadConfig(t *testing.T) {
 		{[]string{"--bootstrap-token-file", "t"}, "--bootstrap-token-file needs --aggregator"},
 		{[]string{"--bootstrap-token-file", "t", "--aggregator", "127.0.0.1:7400"}, "needs --tls-ca"},
 		{[]string{"--bootstrap-token-file", "t", "--aggregator", "127.0.0.1:7400", "--tls-ca", "ca", "--tls-cert", "c"}, "choose one"},
+		{[]string{"--gossip-listen", "0.0.0.0:7946"}, "--gossip-listen needs --gossip-key-file (gossip is encrypted), or --gossip-insecure"},
+		{[]string{"--gossip-listen", "0.0.0.0:7946", "--gossip-insecure", "--gossip-key-file", "k"}, "--gossip-key-file and --gossip-insecure are both set"},
+		{[]string{"--gossip-seeds", "10.0.0.1:7946"}, "need --gossip-listen (gossip is off without it)"},
+		{[]string{"--gossip-listen", "node-a:7946", "--gossip-insecure"}, `gossip listen address "node-a:7946": want an IP address`},
+		{[]string{"--gossip-listen", "0.0.0.0", "--gossip-insecure"}, `gossip listen address "0.0.0.0"`},
+		{[]string{"--gossip-listen", "0.0.0.0:7946", "--gossip-insecure", "--gossip-advertise", "node-a"}, `gossip advertise address "node-a": want an IP address`},
 	} {
 		_, _, err := parseFlags(tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -61,6 +67,24 @@ func TestParseFlagsBootstrap(t *testing.T) {
 	}
 	if k, err := pf.bootstrap.keeper(cfg); err != nil || k == nil || k.Files().Cert != cfg.TLS.Cert {
 		t.Fatalf("keeper = %v, %v", k, err)
+	}
+}
+
+func TestParseFlagsGossip(t *testing.T) {
+	cfg, _, err := parseFlags([]string{"--state-dir", t.TempDir(), "--gossip-listen", "0.0.0.0:7946", "--gossip-advertise", "10.0.0.5",
+		"--gossip-seeds", "10.0.0.6:7946, 10.0.0.7", "--gossip-seed-dns", "vigil-agent-gossip.vigil-system.svc:7946",
+		"--gossip-key-file", "/etc/vigil/gossip/keys"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := cfg.Gossip
+	if g.Listen != "0.0.0.0:7946" || g.Advertise != "10.0.0.5" || len(g.Seeds) != 2 || g.Seeds[1] != "10.0.0.7" ||
+		g.SeedDNS != "vigil-agent-gossip.vigil-system.svc:7946" || g.KeyFile != "/etc/vigil/gossip/keys" || g.Insecure {
+		t.Fatalf("gossip config = %+v", g)
+	}
+	cfg, _, err = parseFlags([]string{"--state-dir", t.TempDir()}, &bytes.Buffer{})
+	if err != nil || cfg.Gossip.Listen != "" {
+		t.Fatalf("gossip must be off by default: %+v, %v", cfg.Gossip, err)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/agent/uplink"
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/gossip"
 	"github.com/vigilhq/vigil/internal/health"
 	"github.com/vigilhq/vigil/internal/metrics"
 	"github.com/vigilhq/vigil/internal/network"
@@ -42,6 +43,7 @@ type Agent struct {
 	up    *uplink.Uplink // nil when standalone
 	probe *health.Scheduler
 	net   *network.Monitor // nil when network monitoring is off
+	gm    *gossip.Member   // nil when gossip is off
 	reg   *metrics.Registry
 	self  *selfMetrics
 
@@ -69,6 +71,10 @@ type Agent struct {
 	// fails when it is old.
 	heartbeat atomic.Int64
 	runCalled atomic.Bool
+	// isolated holds why the agent is Isolated (its stream down and no
+	// gossip peer answering), nil when it is not; written by gossipLoop,
+	// read by onCommand, which refuses remote commands meanwhile.
+	isolated atomic.Pointer[string]
 	actions   chan actionResult // restarts, stops and commands report here
 	done      chan struct{}     // closed when the loop ends
 	wg        sync.WaitGroup    // action goroutines
@@ -242,6 +248,12 @@ func New(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 	}
+	if cfg.Gossip.enabled() {
+		a.gm, err = newGossip(cfg)
+		if err != nil {
+			return nil, err
+		}
+	}
 	a.self = newSelfMetrics(a)
 	a.reg.Register(
 		metrics.ProcessCollector(),
@@ -255,6 +267,9 @@ func New(cfg Config) (*Agent, error) {
 	if a.up != nil {
 		a.reg.Register(a.up.Collector())
 	}
+	if a.gm != nil {
+		a.reg.Register(a.gm)
+	}
 	ok = true
 	return a, nil
 }
@@ -263,6 +278,9 @@ func (a *Agent) capabilities() []string {
 	caps := []string{"health", "restart"}
 	if a.cfg.Network {
 		caps = append(caps, "network")
+	}
+	if a.cfg.Gossip.enabled() {
+		caps = append(caps, "gossip")
 	}
 	return caps
 }
@@ -320,6 +338,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.up != nil {
 		start("uplink", a.up.Run)
+	}
+	if a.gm != nil {
+		// The member leaves the cluster gracefully when ctx ends (peers
+		// see this node "left", not "dead"), within its LeaveTimeout.
+		start("gossip", a.gm.Run)
+		start("gossip-report", a.gossipLoop)
 	}
 	var srv *http.Server
 	if a.cfg.MetricsListen != "" {
