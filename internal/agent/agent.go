@@ -75,9 +75,9 @@ type Agent struct {
 	// gossip peer answering), nil when it is not; written by gossipLoop,
 	// read by onCommand, which refuses remote commands meanwhile.
 	isolated atomic.Pointer[string]
-	actions   chan actionResult // restarts, stops and commands report here
-	done      chan struct{}     // closed when the loop ends
-	wg        sync.WaitGroup    // action goroutines
+	actions  chan actionResult // restarts, stops and commands report here
+	done     chan struct{}     // closed when the loop ends
+	wg       sync.WaitGroup    // action goroutines
 	// work is the context of the runtime and of actions: it outlives the
 	// loop's by up to ShutdownGrace, so that actions in flight finish.
 	work           context.Context
