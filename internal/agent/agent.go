@@ -71,18 +71,19 @@ type Agent struct {
 	// fails when it is old.
 	heartbeat atomic.Int64
 	runCalled atomic.Bool
-	// isolated holds why the agent is Isolated (its stream down and no
-	// gossip peer answering), nil when it is not; written by gossipLoop,
-	// read by onCommand, which refuses remote commands meanwhile.
-	isolated atomic.Pointer[string]
-	actions  chan actionResult // restarts, stops and commands report here
-	done     chan struct{}     // closed when the loop ends
-	wg       sync.WaitGroup    // action goroutines
+	actions   chan actionResult // restarts, stops and commands report here
+	done      chan struct{}     // closed when the loop ends
+	wg        sync.WaitGroup    // action goroutines
 	// work is the context of the runtime and of actions: it outlives the
 	// loop's by up to ShutdownGrace, so that actions in flight finish.
 	work           context.Context
 	actionsRunning atomic.Int32
 	nowFunc        func() time.Time // clock, for tests
+
+	// isolated holds why the agent is Isolated (its stream down and no
+	// gossip peer answering), nil when it is not; written by gossipLoop,
+	// read by onCommand, which refuses remote commands meanwhile.
+	isolated atomic.Pointer[string]
 
 	// Loop goroutine only: containerd's first inventory has been applied,
 	// and releaseStartupMemory has run.
