@@ -119,6 +119,11 @@ func newGossip(cfg Config) (*gossip.Member, error) {
 // the least time between two reports of the view that changed.
 const gossipPoll = time.Second
 
+// gossipStartGrace is how long after start a stream that is not up yet is
+// taken for one still connecting, not for one down: the agent judges its
+// own condition (Isolated or not) only after it.
+const gossipStartGrace = 5 * time.Second
+
 // gossipLoop owns the agent's side of gossip, beside the member's own Run:
 // it keeps the member's metadata (stream up, containerd's health) current,
 // reports the member's view upstream, and decides whether the agent is
@@ -140,6 +145,7 @@ func (a *Agent) gossipLoop(ctx context.Context) error {
 	poll := time.NewTicker(gossipPoll)
 	defer poll.Stop()
 	var (
+		started  = a.now()
 		changed  = true
 		lastSent time.Time
 		iso      gossip.Isolation
@@ -165,7 +171,11 @@ func (a *Agent) gossipLoop(ctx context.Context) error {
 		}
 
 		next, reason := gossip.Healthy, "stream up"
-		if !streamUp {
+		switch {
+		case streamUp:
+		case now.Sub(started) < gossipStartGrace && cond == gossip.ConditionUnknown:
+			next, reason = cond, "stream connecting"
+		default:
 			next, reason = gossip.Local(false, a.gm.Views(), a.gm.ProbePeers(3))
 		}
 		if next != cond {

@@ -3,18 +3,22 @@ package agent
 import (
 	"crypto/rand"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vigilhq/vigil/internal/pki"
+	"github.com/vigilhq/vigil/internal/testenv"
 )
 
 // cutProxy forwards TCP connections from a loopback address to target until
@@ -129,11 +133,13 @@ next:
 	return out
 }
 
-// nodeConditionAt is the node's current condition on the aggregator's
-// /metrics (the vigil_node_condition series whose status="true" is 1), ""
-// when none.
+// nodeConditionAt is the node's current gossip condition on the
+// aggregator's /metrics (the vigil_node_condition series of Healthy,
+// AggregatorPartitioned, NodeDown, Isolated or Unknown whose status="true"
+// is 1; RuntimeAvailable, the agent's own, is another matter), "" when
+// none.
 func nodeConditionAt(addr, node string) string {
-	re := regexp.MustCompile(`condition="([^"]+)"`)
+	re := regexp.MustCompile(`condition="(Healthy|AggregatorPartitioned|NodeDown|Isolated|Unknown)"`)
 	for labels, v := range aggregatorSeries(addr, "vigil_node_condition", `node="`+node+`"`, `status="true"`) {
 		if v == "1" {
 			if m := re.FindStringSubmatch(labels); m != nil {
@@ -160,17 +166,7 @@ func nodeConditionAt(addr, node string) string {
 //     its side (and would refuse commands); its path mended, it is
 //     Healthy again and no longer isolated.
 func TestGossipNodeConditions(t *testing.T) {
-	dir := t.TempDir()
-	ca, err := pki.NewCA("vigil-test-ca")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvFiles, err := ca.WriteFiles(dir, "aggregator", "aggregator")
-	if err != nil {
-		t.Fatal(err)
-	}
-	grpcAddr, aggHTTP := freeAddr(t), freeAddr(t)
-	startAggregator(t, srvFiles, grpcAddr, aggHTTP)
+	ca, dir, grpcAddr, aggHTTP := gossipAggregator(t)
 	proxy := newCutProxy(t, grpcAddr)
 	key := gossipKeyFile(t)
 
@@ -202,23 +198,7 @@ func TestGossipNodeConditions(t *testing.T) {
 		})
 	}
 
-	waitUntil(t, 30*time.Second, "all three Healthy at the aggregator, each seeing the two others", func() bool {
-		for _, n := range names {
-			if nodeConditionAt(aggHTTP, n) != "Healthy" {
-				return false
-			}
-			reach := aggregatorSeries(aggHTTP, "vigil_node_peer_reachable", `node="`+n+`"`)
-			if len(reach) != 2 {
-				return false
-			}
-			for _, v := range reach {
-				if v != "1" {
-					return false
-				}
-			}
-		}
-		return true
-	})
+	waitGossipHealthy(t, aggHTTP, names)
 
 	// Stop gossip-a: its stream ends and its member leaves; b and c say so.
 	stopped := time.Now()
@@ -252,4 +232,142 @@ func TestGossipNodeConditions(t *testing.T) {
 	waitUntil(t, 30*time.Second, "gossip-c Healthy again and no longer isolated", func() bool {
 		return nodeConditionAt(aggHTTP, "gossip-c") == "Healthy" && hs[2].agent.isolation() == ""
 	})
+}
+
+// gossipAggregator starts a real aggregator on loopback with mutual TLS;
+// it returns the CA that signed its certificate (and signs the nodes'),
+// the directory of the certificates, and its gRPC and HTTP addresses.
+func gossipAggregator(t *testing.T) (ca *pki.CA, dir, grpcAddr, aggHTTP string) {
+	t.Helper()
+	dir = t.TempDir()
+	ca, err := pki.NewCA("vigil-test-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvFiles, err := ca.WriteFiles(dir, "aggregator", "aggregator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcAddr, aggHTTP = freeAddr(t), freeAddr(t)
+	startAggregator(t, srvFiles, grpcAddr, aggHTTP)
+	return ca, dir, grpcAddr, aggHTTP
+}
+
+// waitGossipHealthy waits until every node of names is Healthy at the
+// aggregator and sees every other one reachable.
+func waitGossipHealthy(t *testing.T, aggHTTP string, names []string) {
+	t.Helper()
+	waitUntil(t, 30*time.Second, fmt.Sprintf("all %d Healthy at the aggregator, each seeing the others", len(names)), func() bool {
+		for _, n := range names {
+			if nodeConditionAt(aggHTTP, n) != "Healthy" {
+				return false
+			}
+			reach := aggregatorSeries(aggHTTP, "vigil_node_peer_reachable", `node="`+n+`"`)
+			if len(reach) != len(names)-1 {
+				return false
+			}
+			for _, v := range reach {
+				if v != "1" {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+// TestGossipKilledAgentIsNodeDown (issue 25): a killed agent (SIGKILL: no
+// leave, no stream goodbye) is NodeDown at the aggregator once its two
+// peers' gossip declares it dead, within the suspicion timer (3 s at 3
+// members, docs/benchmarks/gossip.md) plus probing and reporting: 20 s
+// here, on a loaded machine. Two agents run in the test; the third is the
+// release binary in a process of its own, with the flags an operator
+// gives it.
+func TestGossipKilledAgentIsNodeDown(t *testing.T) {
+	ca, dir, grpcAddr, aggHTTP := gossipAggregator(t)
+	key := gossipKeyFile(t)
+	names := []string{"gossip-a", "gossip-b", "gossip-c"}
+	gossipAddrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
+	seedsOf := func(i int) []string {
+		var seeds []string
+		for j, a := range gossipAddrs {
+			if j != i {
+				seeds = append(seeds, a)
+			}
+		}
+		return seeds
+	}
+	for i, name := range names[:2] {
+		files, err := ca.WriteFiles(dir, name, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := newHarness(t)
+		h.start(func(c *Config) {
+			c.NodeName = name
+			c.AggregatorAddress = grpcAddr
+			c.TLS = files
+			c.TLSServerName = "localhost"
+			c.Gossip = GossipConfig{Listen: gossipAddrs[i], Advertise: "127.0.0.1", Seeds: seedsOf(i), KeyFile: key}
+		})
+	}
+
+	bin := filepath.Join(t.TempDir(), "vigil-agent")
+	testenv.BuildRelease(t, "github.com/vigilhq/vigil/cmd/agent", bin)
+	files, err := ca.WriteFiles(dir, "gossip-c", "gossip-c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := newHarness(t) // its containerd namespace and state dir
+	logPath := filepath.Join(t.TempDir(), "agent.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, "--node-name=gossip-c", "--state-dir="+victim.stateDir,
+		"--containerd="+victim.env.Address, "--namespaces="+victim.ns, "--network=false", "--interval=1s",
+		"--aggregator="+grpcAddr, "--tls-cert="+files.Cert, "--tls-key="+files.Key, "--tls-ca="+files.CA,
+		"--tls-server-name=localhost",
+		"--gossip-listen="+gossipAddrs[2], "--gossip-advertise=127.0.0.1",
+		"--gossip-seeds="+strings.Join(seedsOf(2), ","), "--gossip-key-file="+key)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("gossip-c's log:\n%s", b)
+		}
+	})
+
+	waitGossipHealthy(t, aggHTTP, names)
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-exited
+	killed := time.Now()
+	waitUntil(t, 20*time.Second, "gossip-c NodeDown at the aggregator", func() bool {
+		return nodeConditionAt(aggHTTP, "gossip-c") == "NodeDown"
+	})
+	t.Logf("gossip-c NodeDown %v after SIGKILL", time.Since(killed).Round(time.Millisecond))
+	resp, err := apiGet(t, ca, aggHTTP, "/api/v1/nodes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "2 peers see it dead (gossip-a, gossip-b)") {
+		t.Errorf("gossip-c's condition reason does not say its two peers see it dead:\n%s", body)
+	}
+	for _, n := range names[:2] {
+		if c := nodeConditionAt(aggHTTP, n); c != "Healthy" {
+			t.Errorf("%s is %q after gossip-c was killed, want Healthy", n, c)
+		}
+	}
 }
