@@ -88,7 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	fs.StringVar(&cfg.Gossip.Advertise, "gossip-advertise", "", "address peers use to reach this agent's gossip (the node's IP; default: the listen address, or the first private address when that is 0.0.0.0)")
 	fs.StringVar(&gossipSeeds, "gossip-seeds", "", "comma-separated gossip peers to join, host:port or host")
 	fs.StringVar(&cfg.Gossip.SeedDNS, "gossip-seed-dns", "", "DNS name whose addresses are gossip seeds (the agents' headless Service), name or name:port")
-	fs.StringVar(&cfg.Gossip.KeyFile, "gossip-key-file", "", "gossip encryption keys, one base64 AES key per line, the first used to encrypt; read again every 10s (rotation without a restart)")
+	fs.StringVar(&cfg.Gossip.KeyFile, "gossip-key-file", "", "gossip encryption keys, one base64 AES key per line, the first used to encrypt; read again every 10s and on SIGHUP (rotation without a restart)")
 	fs.BoolVar(&cfg.Gossip.Insecure, "gossip-insecure", false, "gossip without encryption: anyone reaching the port can join and forge views (test clusters only)")
 	fs.StringVar(&pf.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.IntVar(&pf.maxProcs, "max-procs", 2, "at most this many OS threads run Go code at once (GOMAXPROCS), unless the GOMAXPROCS environment variable is set; see docs/benchmarks.md#agent-memory")
@@ -157,6 +157,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go reloadOnHUP(ctx, hup, a.ReloadGossipKeys, cfg.Logger)
 	if keeper == nil {
 		return a.Run(ctx)
 	}
@@ -198,4 +202,21 @@ func gossipFlagsCheck(g agent.GossipConfig) error {
 		return fmt.Errorf("--gossip-key-file and --gossip-insecure are both set: choose one: %w", errdefs.ErrInvalid)
 	}
 	return nil
+}
+
+// reloadOnHUP calls reload (the gossip keys) on every signal received from
+// hup until ctx ends; a failure is logged, and the keys in use stay.
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, reload func() error, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := reload(); err != nil {
+				log.Error("SIGHUP: gossip keys not reloaded; the keys in use stay", "err", err)
+				continue
+			}
+			log.Info("SIGHUP: gossip keys reloaded")
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -168,4 +170,49 @@ func (w *syncWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.Write(p)
+}
+
+func TestReloadOnHUP(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	hup := make(chan os.Signal)
+	calls := make(chan struct{}, 2)
+	errs := []error{errors.New("bad key file"), nil}
+	var buf syncBuffer
+	done := make(chan struct{})
+	go func() {
+		reloadOnHUP(ctx, hup, func() error {
+			err := errs[0]
+			errs = errs[1:]
+			calls <- struct{}{}
+			return err
+		}, slog.New(slog.NewTextHandler(&buf, nil)))
+		close(done)
+	}()
+	for i := 0; i < 2; i++ {
+		hup <- syscall.SIGHUP
+		<-calls
+	}
+	cancel()
+	<-done
+	if log := buf.String(); !strings.Contains(log, "gossip keys not reloaded; the keys in use stay") || !strings.Contains(log, "bad key file") || !strings.Contains(log, "SIGHUP: gossip keys reloaded") {
+		t.Fatalf("log:\n%s", log)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

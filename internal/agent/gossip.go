@@ -206,6 +206,17 @@ func (a *Agent) gossipLoop(ctx context.Context) error {
 	}
 }
 
+// ReloadGossipKeys reads the gossip key file again at once (the member
+// also does every 10 s); the main calls it on SIGHUP. A file that cannot
+// be read or parsed changes nothing and its error is returned. Without
+// gossip, or without a key file, it does nothing.
+func (a *Agent) ReloadGossipKeys() error {
+	if a.gm == nil {
+		return nil
+	}
+	return a.gm.ReloadKeys()
+}
+
 // isolation returns why the agent is isolated, "" when it is not.
 func (a *Agent) isolation() string {
 	if r := a.isolated.Load(); r != nil {
