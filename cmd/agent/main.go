@@ -16,6 +16,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/vigilhq/vigil/internal/agent"
 	"github.com/vigilhq/vigil/internal/errdefs"
@@ -70,6 +71,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	fs.IntVar(&cfg.BufferSize, "buffer-size", cfg.BufferSize, "messages kept until the aggregator acknowledges them")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve this node's /metrics and /healthz here (e.g. 127.0.0.1:7402)")
 	fs.IntVar(&cfg.HealthWorkers, "health-workers", cfg.HealthWorkers, "concurrent health probes at most")
+	fs.DurationVar(&cfg.MaxProbeTimeout, "max-probe-timeout", time.Minute, "cap of every health probe's timeout, whatever a label or an image asks (a probe holds a worker that long); a timeout is also cut to the probe's interval")
 	fs.DurationVar(&cfg.BackoffInitial, "restart-backoff-initial", cfg.BackoffInitial, "first restart delay (doubles at each restart)")
 	fs.DurationVar(&cfg.BackoffMax, "restart-backoff-max", cfg.BackoffMax, "restart delay cap")
 	fs.DurationVar(&cfg.BackoffReset, "restart-backoff-reset", cfg.BackoffReset, "a run this long resets the backoff")

@@ -62,6 +62,7 @@ func parseFlags(args []string, stderr io.Writer) (aggregator.Config, int, error)
 	fs.DurationVar(&cfg.ForgetAfter, "forget-after", cfg.ForgetAfter, "grace period a down node and its containers' series are kept before it is forgotten")
 	fs.BoolVar(&cfg.MetricsGzip, "metrics-gzip", false, "gzip /metrics for scrapers that accept it (costs more CPU than rendering)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "bound of the graceful shutdown")
+	fs.BoolVar(&cfg.HoldCommands, "hold-commands", false, "decide and journal remediations but deliver no command: they wait in their node's outbox (until their deadline) for an aggregator without this flag")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.IntVar(&gcPercent, "gc-percent", 50, "Go GC target percentage (GOGC), unless the GOGC environment variable is set; see docs/benchmarks/aggregator.md")
 	if err := fs.Parse(args); err != nil {

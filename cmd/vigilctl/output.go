@@ -163,16 +163,44 @@ func (p *printer) event(ev *vigilv1.WatchEventsResponse) error {
 			return err
 		}
 	}
-	e := ev.GetEvent()
-	c := e.GetContainer()
 	loc := p.loc
 	if loc == nil {
 		loc = time.Local
 	}
-	when := none
-	if e.GetTime() != nil {
-		when = e.GetTime().AsTime().In(loc).Format("15:04:05")
+	at := func(ts *timestamppb.Timestamp) string {
+		if ts == nil {
+			return none
+		}
+		return ts.AsTime().In(loc).Format("15:04:05")
 	}
+	if n := ev.GetNodeEvent(); n != nil {
+		kind := "node " + n.GetCondition()
+		_, err := fmt.Fprintf(p.w, eventFormat, at(n.GetTime()), cell(ev.GetNode()), none, none, kind, cell(n.GetReason()))
+		return err
+	}
+	if r := ev.GetRemediation(); r != nil {
+		t := r.GetTarget()
+		name := t.GetContainerId()
+		if t.GetPod() != "" {
+			name = t.GetPodNamespace() + "/" + t.GetPod() + "/" + t.GetContainer()
+		}
+		if t.GetInterface() != "" {
+			name += "%" + t.GetInterface()
+		}
+		kind := enumWord(r.GetAction().String(), "REMEDIATION_ACTION_") + " " + enumWord(r.GetState().String(), "REMEDIATION_STATE_")
+		detail := r.GetResult()
+		if by := r.GetRequestedBy(); by != "" {
+			detail += " by " + by
+		} else if r.GetRule() != "" {
+			detail += " rule " + r.GetRule()
+		}
+		detail = strings.TrimSpace(detail + " " + clean(r.GetMessage()))
+		_, err := fmt.Fprintf(p.w, eventFormat, at(r.GetUpdatedAt()), cell(ev.GetNode()), cell(t.GetNamespace()), cell(name), "remediation "+kind, cell(detail))
+		return err
+	}
+	e := ev.GetEvent()
+	c := e.GetContainer()
+	when := at(e.GetTime())
 	name := containerName(c, false)
 	if pod := c.GetPod(); pod.GetName() != "" {
 		name = podName(pod) + "/" + name

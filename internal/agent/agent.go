@@ -209,10 +209,11 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.probe, err = health.NewScheduler(health.SchedulerConfig{
-		Workers: cfg.HealthWorkers,
-		Exec:    a.rt,
-		Paused:  a.rt.Paused,
-		Logger:  log.With("component", "health"),
+		Workers:    cfg.HealthWorkers,
+		MaxTimeout: cfg.MaxProbeTimeout,
+		Exec:       a.rt,
+		Paused:     a.rt.Paused,
+		Logger:     log.With("component", "health"),
 	})
 	if err != nil {
 		return nil, err

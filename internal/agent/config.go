@@ -57,6 +57,9 @@ type Config struct {
 
 	// HealthWorkers bounds concurrent health probes.
 	HealthWorkers int
+	// MaxProbeTimeout caps every health probe's timeout (0: the health
+	// package's default, a minute).
+	MaxProbeTimeout time.Duration
 	// BackoffInitial, BackoffMax and BackoffReset are the restart backoff
 	// defaults; containers may override them with labels.
 	BackoffInitial time.Duration
@@ -194,6 +197,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HealthWorkers < 1 {
 		bad("health workers must be at least 1, got %d", c.HealthWorkers)
+	}
+	if c.MaxProbeTimeout < 0 {
+		bad("the probe timeout cap must not be negative, got %v", c.MaxProbeTimeout)
 	}
 	if c.BackoffInitial <= 0 || c.BackoffMax < c.BackoffInitial {
 		bad("backoff: initial %v must be positive and not above max %v", c.BackoffInitial, c.BackoffMax)

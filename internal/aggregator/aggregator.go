@@ -44,6 +44,9 @@ type Aggregator struct {
 	httpServer       *http.Server
 	ready            atomic.Bool
 	stopping         chan struct{}
+	closeOnce        sync.Once
+	closed           atomic.Bool
+	closeErr         error
 }
 
 // New validates cfg, registers the self-metrics and binds both listeners
@@ -72,6 +75,7 @@ func New(cfg Config) (*Aggregator, error) {
 	}
 	a.gateway = newGateway(&a.cfg, a.fleet, m, a.stopping)
 	a.gateway.remediation = a.remediation
+	a.gateway.holdCommands = cfg.HoldCommands
 	a.api = NewAPI(a.fleet, cfg.WatchBuffer, a.stopping)
 	a.api.remediation = a.remediation
 	a.api.history = a.history
@@ -150,6 +154,25 @@ func (noBootstrap) ReleaseNode(context.Context, *vigilv1.ReleaseNodeRequest) (*v
 	return nil, status.Error(codes.Unimplemented, "node bootstrap is off: no node name is bound")
 }
 
+// Close releases the listeners New bound, for an Aggregator whose Run was
+// never called or has returned (Run stops its servers itself; the store in
+// Config is the caller's to close). It is safe to call more than once; it
+// must not be called while Run runs (cancel Run's context instead).
+func (a *Aggregator) Close() error {
+	a.closeOnce.Do(func() {
+		a.closed.Store(true)
+		a.closeErr = errors.Join(ignoreClosed(a.grpcLis.Close()), ignoreClosed(a.httpLis.Close()))
+	})
+	return a.closeErr
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
 // GRPCAddr is the address the gRPC server listens on.
 func (a *Aggregator) GRPCAddr() net.Addr { return a.grpcLis.Addr() }
 
@@ -167,6 +190,9 @@ func (a *Aggregator) Fleet() *Fleet { return a.fleet }
 // by ShutdownTimeout (after which connections are closed). It returns nil
 // after a clean shutdown. Run must be called once.
 func (a *Aggregator) Run(ctx context.Context) error {
+	if a.closed.Load() {
+		return fmt.Errorf("aggregator: Run after Close: %w", errdefs.ErrConflict)
+	}
 	errc := make(chan error, 2)
 	go func() {
 		if err := a.grpcServer.Serve(a.grpcLis); err != nil {

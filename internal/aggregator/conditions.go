@@ -4,6 +4,8 @@ import (
 	"log/slog"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/vigilhq/vigil/internal/gossip"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
@@ -114,6 +116,9 @@ func (c *conditionAssessor) assess(f *Fleet, now time.Time) {
 		if from != "" {
 			c.log.Info("node condition changed", "node", ch.n.name, "from", from, "to", ch.cond, "reason", ch.reason)
 		}
+		f.events.publishMsg(&vigilv1.WatchEventsResponse{Node: ch.n.name, NodeEvent: &vigilv1.NodeEvent{
+			Time: timestamppb.New(now), Condition: ch.cond, Previous: from, Reason: ch.reason,
+		}})
 	}
 	c.prev = next
 }

@@ -85,6 +85,12 @@ type Config struct {
 	// many events per node, none older; defaults 1000 and 24h.
 	HistoryPerNode int
 	HistoryMaxAge  time.Duration
+	// HoldCommands keeps every remediation command in its node's outbox
+	// instead of delivering it: decisions are still made and journaled,
+	// and commands still expire at their deadline. For pausing remediation
+	// while an operator looks, and for tests that stop the aggregator
+	// between a decision and its delivery.
+	HoldCommands bool
 	// Leader reports whether this replica runs the housekeeping that must
 	// run once (the journal's retention sweep); nil means always (one
 	// aggregator).

@@ -50,19 +50,39 @@ func (b *broadcaster) unsubscribe(s *subscriber) {
 	b.mu.Unlock()
 }
 
-// publish offers an event to every matching subscriber without blocking.
+// publish offers a container's event to every matching subscriber without
+// blocking.
 func (b *broadcaster) publish(node string, e *vigilv1.ContainerEvent) {
+	b.publishMsg(&vigilv1.WatchEventsResponse{Node: node, Event: e})
+}
+
+// eventNamespace is the containerd namespace a change concerns, "" for a
+// node's (which only watchers without a namespace filter get).
+func eventNamespace(m *vigilv1.WatchEventsResponse) string {
+	switch {
+	case m.GetEvent() != nil:
+		return m.GetEvent().GetContainer().GetNamespace()
+	case m.GetRemediation() != nil:
+		return m.GetRemediation().GetTarget().GetNamespace()
+	}
+	return ""
+}
+
+// publishMsg offers any change (a container's event, a node's, a
+// remediation's) to every matching subscriber without blocking, and to the
+// history.
+func (b *broadcaster) publishMsg(msg *vigilv1.WatchEventsResponse) {
 	if b.record != nil {
-		b.record(&vigilv1.WatchEventsResponse{Node: node, Event: e})
+		b.record(msg)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if len(b.subs) == 0 {
 		return
 	}
-	msg := &vigilv1.WatchEventsResponse{Node: node, Event: e}
+	ns := eventNamespace(msg)
 	for s := range b.subs {
-		if (s.node != "" && s.node != node) || (s.namespace != "" && s.namespace != e.GetContainer().GetNamespace()) {
+		if (s.node != "" && s.node != msg.GetNode()) || (s.namespace != "" && s.namespace != ns) {
 			continue
 		}
 		select {

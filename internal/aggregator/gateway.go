@@ -49,8 +49,9 @@ type Gateway struct {
 	now             func() time.Time
 	stopping        <-chan struct{} // closed when the aggregator shuts down
 	// remediation, when set, delivers each held node's outbox on its
-	// stream and journals the agents' command results.
-	remediation *remediation.Engine
+	// stream (unless holdCommands) and journals the agents' command results.
+	remediation  *remediation.Engine
+	holdCommands bool
 
 	mu      sync.Mutex
 	streams map[string]*agentStream

@@ -136,8 +136,8 @@ func (h *history) write(ctx context.Context, batch []*vigilv1.WatchEventsRespons
 			continue
 		}
 		h.load(ctx, node)
-		at := m.GetEvent().GetTime().AsTime()
-		if m.GetEvent().GetTime() == nil {
+		at := eventTime(m)
+		if at.IsZero() || at.Unix() <= 0 {
 			at = now
 		}
 		h.seq++
@@ -241,23 +241,44 @@ func (h *history) since(ctx context.Context, t time.Time, node, namespace string
 		if err := proto.Unmarshal(kv.Value, m); err != nil {
 			continue
 		}
-		if m.GetEvent().GetTime().AsTime().Before(t) {
+		if eventTime(m).Before(t) {
 			continue
 		}
-		if namespace != "" && m.GetEvent().GetContainer().GetNamespace() != namespace {
+		if namespace != "" && eventNamespace(m) != namespace {
 			continue
 		}
 		out = append(out, m)
 	}
 	slices.SortStableFunc(out, func(a, b *vigilv1.WatchEventsResponse) int {
-		return a.GetEvent().GetTime().AsTime().Compare(b.GetEvent().GetTime().AsTime())
+		return eventTime(a).Compare(eventTime(b))
 	})
 	return out, nil
 }
 
-// eventKey identifies an event for the replay's deduplication against the
+// eventTime is when a change happened: a container event's time, a node
+// event's, a remediation's last update.
+func eventTime(m *vigilv1.WatchEventsResponse) time.Time {
+	switch {
+	case m.GetEvent() != nil:
+		return m.GetEvent().GetTime().AsTime()
+	case m.GetNodeEvent() != nil:
+		return m.GetNodeEvent().GetTime().AsTime()
+	case m.GetRemediation() != nil:
+		return m.GetRemediation().GetUpdatedAt().AsTime()
+	}
+	return time.Time{}
+}
+
+// eventKey identifies a change for the replay's deduplication against the
 // live stream.
 func eventKey(m *vigilv1.WatchEventsResponse) string {
+	switch {
+	case m.GetNodeEvent() != nil:
+		return fmt.Sprintf("node|%s|%s|%d", m.GetNode(), m.GetNodeEvent().GetCondition(), eventTime(m).UnixNano())
+	case m.GetRemediation() != nil:
+		r := m.GetRemediation()
+		return fmt.Sprintf("remediation|%s|%d|%d", r.GetId(), r.GetState(), eventTime(m).UnixNano())
+	}
 	e := m.GetEvent()
 	return fmt.Sprintf("%s|%s|%s|%d|%d", m.GetNode(), e.GetContainer().GetNamespace(), e.GetContainer().GetId(), e.GetType(), e.GetTime().AsTime().UnixNano())
 }

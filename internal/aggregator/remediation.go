@@ -34,6 +34,11 @@ func newRemediation(cfg *Config, fleet *Fleet) (*remediation.Engine, error) {
 		Registry: cfg.Registry,
 		Logger:   cfg.Logger.With("component", "remediation"),
 		Leader:   cfg.Leader,
+		// The change feed: decisions and ends reach WatchEvents (vigilctl
+		// events) and the event history.
+		OnChange: func(r remediation.Remediation) {
+			fleet.events.publishMsg(&vigilv1.WatchEventsResponse{Node: r.Target.Node, Remediation: remediation.RemediationToProto(r)})
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("remediation: %w", err)
@@ -46,6 +51,9 @@ func newRemediation(cfg *Config, fleet *Fleet) (*remediation.Engine, error) {
 // decided while the node was away is delivered when it connects. A store
 // error is retried with backoff; the loop ends with ctx.
 func (g *Gateway) deliverCommands(ctx context.Context, s *agentStream) {
+	if g.holdCommands {
+		return // Config.HoldCommands: they wait in the outbox
+	}
 	send := func(c remediation.Command) error {
 		select {
 		case s.commands <- remediation.CommandToProto(c):

@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vigilhq/vigil/internal/aggregator"
 	"github.com/vigilhq/vigil/internal/remediation"
@@ -326,4 +327,78 @@ func TestRequestTargets(t *testing.T) {
 			t.Errorf("%v: %v %s %q, %v; want suppressed as target_unknown saying %q", tc.target, r.GetState(), r.GetResult(), r.GetMessage(), err, tc.why)
 		}
 	}
+}
+
+// TestChangeFeed: WatchEvents carries more than containers' events: a
+// node's condition changes, and each remediation decided and ended, also
+// from the history (since).
+func TestChangeFeed(t *testing.T) {
+	h, _ := startRemediating(t, "")
+	viewer := vigilv1.NewVigilClient(h.dial("viewer/v"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w, err := viewer.WatchEvents(ctx, &vigilv1.WatchEventsRequest{Node: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Header(); err != nil {
+		t.Fatal(err)
+	}
+	a := h.mustConnect("n1", "i1")
+	a.send(1, snapshotMsg(vigilContainer("app", 0)))
+	a.waitAck(1)
+	op := vigilv1.NewVigilClient(h.dial("operator/alice"))
+	if _, err := op.RequestRemediation(ctx, &vigilv1.RequestRemediationRequest{Action: vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART,
+		Target: &vigilv1.Target{Node: "n1", Namespace: "default", ContainerId: "app"}, Reason: "feed"}); err != nil {
+		t.Fatal(err)
+	}
+	cmd := a.nextCommand(10 * time.Second)
+	a.send(2, &vigilv1.AgentMessage{Body: &vigilv1.AgentMessage_CommandResult{CommandResult: &vigilv1.CommandResult{
+		CommandId: cmd.GetId(), Outcome: vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED}}})
+	a.waitAck(2)
+
+	var sawNode, sawPending, sawSucceeded bool
+	deadline := time.After(15 * time.Second)
+	got := make(chan *vigilv1.WatchEventsResponse)
+	go func() {
+		for {
+			ev, err := w.Recv()
+			if err != nil {
+				return
+			}
+			got <- ev
+		}
+	}()
+	for !(sawNode && sawPending && sawSucceeded) {
+		select {
+		case ev := <-got:
+			if n := ev.GetNodeEvent(); n != nil && n.GetCondition() == "Healthy" {
+				sawNode = true
+			}
+			if r := ev.GetRemediation(); r != nil && r.GetId() == cmd.GetId() {
+				sawPending = sawPending || r.GetState() == vigilv1.RemediationState_REMEDIATION_STATE_PENDING
+				sawSucceeded = sawSucceeded || r.GetState() == vigilv1.RemediationState_REMEDIATION_STATE_SUCCEEDED
+			}
+		case <-deadline:
+			t.Fatalf("feed: node condition %v, remediation pending %v, succeeded %v", sawNode, sawPending, sawSucceeded)
+		}
+	}
+	// The history has them too.
+	waitFor(t, 10*time.Second, "the remediation's end in the history", func() bool {
+		hctx, hcancel := context.WithTimeout(ctx, time.Second)
+		defer hcancel()
+		s, err := viewer.WatchEvents(hctx, &vigilv1.WatchEventsRequest{Node: "n1", Since: timestamppb.New(time.Now().Add(-time.Hour))})
+		if err != nil {
+			return false
+		}
+		for {
+			ev, err := s.Recv()
+			if err != nil {
+				return false
+			}
+			if r := ev.GetRemediation(); r != nil && r.GetState() == vigilv1.RemediationState_REMEDIATION_STATE_SUCCEEDED {
+				return true
+			}
+		}
+	})
 }

@@ -173,7 +173,7 @@ func TestContainerProbes(t *testing.T) {
 		Interval: time.Second, Timeout: 2 * time.Second, Retries: 2}
 
 	exec := &ctrExec{c: c}
-	p := newProber(exec, 64)
+	p := newProber(exec, 64, 0)
 	// The workload may need a moment to listen.
 	var r Result
 	var failed string
@@ -292,7 +292,7 @@ func TestFailuresWhilePausedDiscarded(t *testing.T) {
 	}
 	// The frozen server answers again, then is flipped unhealthy: that
 	// failure is the workload's, and counts.
-	p := newProber(nil, 64)
+	p := newProber(nil, 64, 0)
 	toggle := Config{Kind: KindHTTP, Addr: cfg.Addr, Path: "/toggle", Timeout: 2 * time.Second}
 	tgt := Target{Key: key, NetNS: NetNSOfPid(task.Pid())}
 	if r, _ := p.run(context.Background(), &toggle, &tgt); r.Code != http.StatusOK {

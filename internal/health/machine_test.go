@@ -99,7 +99,7 @@ func TestMachineHistory(t *testing.T) {
 }
 
 func TestCapOutput(t *testing.T) {
-	p := newProber(nil, 5)
+	p := newProber(nil, 5, 0)
 	for in, want := range map[string]string{
 		"abc":       "abc",
 		"abcdefgh":  "abcde",

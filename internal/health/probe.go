@@ -73,8 +73,12 @@ type prober struct {
 	maxTimeout time.Duration
 }
 
-func newProber(exec Execer, outputCap int) *prober {
-	return &prober{exec: exec, outputCap: outputCap, maxTimeout: DefaultMaxTimeout}
+// newProber returns a prober; maxTimeout 0 means DefaultMaxTimeout.
+func newProber(exec Execer, outputCap int, maxTimeout time.Duration) *prober {
+	if maxTimeout <= 0 {
+		maxTimeout = DefaultMaxTimeout
+	}
+	return &prober{exec: exec, outputCap: outputCap, maxTimeout: maxTimeout}
 }
 
 // timeout is cfg's timeout, cut to its interval and to the prober's cap.

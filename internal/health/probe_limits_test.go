@@ -53,7 +53,7 @@ func endlessHeaders(t *testing.T) netip.AddrPort {
 // and again.
 func TestHTTPProbeEndlessHeaders(t *testing.T) {
 	addr := endlessHeaders(t)
-	p := newProber(nil, DefaultOutputCap)
+	p := newProber(nil, DefaultOutputCap, 0)
 	cfg := Config{Kind: KindHTTP, Addr: addr, Path: "/healthz", Timeout: 10 * time.Second, Interval: 30 * time.Second, Retries: 1}
 
 	runtime.GC()
@@ -118,7 +118,7 @@ func TestProbeWithoutNetNSIsRefused(t *testing.T) {
 	}
 	defer ln.Close()
 	addr := netip.MustParseAddrPort(ln.Addr().String())
-	p := newProber(nil, DefaultOutputCap)
+	p := newProber(nil, DefaultOutputCap, 0)
 	for _, kind := range []Kind{KindHTTP, KindTCP, KindGRPC} {
 		cfg := Config{Kind: kind, Addr: addr, Path: "/", Timeout: time.Second, Interval: time.Second, Retries: 1}
 		r, failed := p.run(context.Background(), &cfg, &Target{OwnNetNS: true})
@@ -158,7 +158,7 @@ func TestProbeTimeoutCapped(t *testing.T) {
 		}
 	}()
 	addr := netip.MustParseAddrPort(ln.Addr().String())
-	p := newProber(nil, DefaultOutputCap)
+	p := newProber(nil, DefaultOutputCap, 0)
 	for _, tc := range []struct {
 		name              string
 		timeout, interval time.Duration
@@ -194,7 +194,7 @@ func FuzzHTTPResponse(f *testing.F) {
 	f.Add([]byte("HTTP/1.0 200\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"))
 	f.Add([]byte("garbage"))
 	f.Fuzz(func(t *testing.T, resp []byte) {
-		p := newProber(nil, 256)
+		p := newProber(nil, 256, 0)
 		code, out, err := p.readHTTPResult(context.Background(), strings.NewReader(string(resp)))
 		if len(out) > 256 || !utf8.ValidString(out) {
 			t.Fatalf("output of %d bytes (valid UTF-8: %v)", len(out), utf8.ValidString(out))
@@ -203,4 +203,22 @@ func FuzzHTTPResponse(f *testing.F) {
 			t.Fatalf("status %d judged healthy", code)
 		}
 	})
+}
+
+// TestSchedulerMaxTimeout: the scheduler's cap reaches its prober (the
+// agent's --max-probe-timeout), 0 takes the default, a negative one is
+// refused.
+func TestSchedulerMaxTimeout(t *testing.T) {
+	for _, tc := range []struct{ in, want time.Duration }{{0, DefaultMaxTimeout}, {5 * time.Second, 5 * time.Second}} {
+		s, err := NewScheduler(SchedulerConfig{MaxTimeout: tc.in})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.prober.timeout(&Config{Timeout: time.Hour, Interval: 2 * time.Hour}); got != tc.want {
+			t.Errorf("MaxTimeout %v: a probe's timeout of an hour is cut to %v, want %v", tc.in, got, tc.want)
+		}
+	}
+	if _, err := NewScheduler(SchedulerConfig{MaxTimeout: -time.Second}); err == nil {
+		t.Error("a negative MaxTimeout was accepted")
+	}
 }

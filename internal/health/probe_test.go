@@ -197,7 +197,7 @@ func TestNetworkProbes(t *testing.T) {
 		{name: "grpc hung server", cfg: Config{Kind: KindGRPC, Addr: hung}, wantFailed: "timeout", wantCode: -1},
 		{name: "grpc refused", cfg: Config{Kind: KindGRPC, Addr: closed}, wantFailed: "error", wantCode: -1},
 	}
-	p := newProber(nil, 256)
+	p := newProber(nil, 256, 0)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()

@@ -41,6 +41,10 @@ type SchedulerConfig struct {
 	Workers int
 	// OutputCap is how many bytes of output a result keeps (default 4096).
 	OutputCap int
+	// MaxTimeout caps every probe's timeout, whatever a label or an image
+	// asks (a probe holds a worker for its timeout); 0 means
+	// DefaultMaxTimeout. A timeout is also cut to the probe's interval.
+	MaxTimeout time.Duration
 	// ChangeBuffer is the capacity of the Changes channel (default 256).
 	ChangeBuffer int
 	// Logger receives status transitions and failed probes at debug level
@@ -108,7 +112,7 @@ type entry struct {
 
 // NewScheduler returns a scheduler; Run starts it.
 func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
-	if cfg.Workers < 0 || cfg.OutputCap < 0 || cfg.ChangeBuffer < 0 {
+	if cfg.Workers < 0 || cfg.OutputCap < 0 || cfg.ChangeBuffer < 0 || cfg.MaxTimeout < 0 {
 		return nil, fmt.Errorf("health scheduler: negative workers %d, output cap %d or change buffer %d: %w",
 			cfg.Workers, cfg.OutputCap, cfg.ChangeBuffer, errdefs.ErrInvalid)
 	}
@@ -128,7 +132,7 @@ func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
 		log:     cfg.Logger,
 		paused:  cfg.Paused,
 		workers: cfg.Workers,
-		prober:  newProber(cfg.Exec, cfg.OutputCap),
+		prober:  newProber(cfg.Exec, cfg.OutputCap, cfg.MaxTimeout),
 		changes: make(chan Change, cfg.ChangeBuffer),
 		wake:    make(chan struct{}, 1),
 		work:    make(chan *entry),

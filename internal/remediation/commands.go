@@ -128,6 +128,9 @@ func (e *Engine) ended(rec Remediation) {
 	}
 	e.log.Info("remediation ended", "id", rec.ID, "action", rec.Action.String(), "target", targetString(&rec), "state", string(rec.State),
 		"result", rec.Result, "message", rec.Message)
+	if e.cfg.OnChange != nil {
+		e.cfg.OnChange(rec)
+	}
 }
 
 // RecordResult records an agent's answer to command id. It is idempotent:

@@ -50,6 +50,12 @@ type Config struct {
 	// fsync: with bbolt set it high (5000) so that a large webhook is one
 	// transaction. At least 32.
 	MaxTxnOps int
+	// OnChange, when set, is told of every remediation decided (whatever
+	// its state: pending, suppressed, dry run) and of every one that ended,
+	// after the store has it: the aggregator's change feed (WatchEvents,
+	// vigilctl events). Called from the engine's goroutines, possibly under
+	// its locks: it must not block nor call the engine.
+	OnChange func(Remediation)
 	// MaxAttempts of one decision's store transaction when other writers
 	// changed what it read (another replica, or this one's Expire);
 	// default 32. Past it the webhook answers 503 and Alertmanager retries.

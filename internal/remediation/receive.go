@@ -254,6 +254,9 @@ func (e *Engine) committed(items []groupItem, out []decided, at time.Time) {
 		if d.rec.ID != "" {
 			e.log.Info("remediation decided", "id", d.rec.ID, "rule", d.rec.Rule, "alert", d.rec.AlertName, "action", d.rec.Action.String(),
 				"target", targetString(&d.rec), "state", string(d.rec.State), "result", d.rec.Result, "message", d.rec.Message)
+			if e.cfg.OnChange != nil && !d.duplicate {
+				e.cfg.OnChange(d.rec)
+			}
 		}
 	}
 }

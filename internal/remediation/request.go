@@ -92,5 +92,8 @@ func (e *Engine) Request(ctx context.Context, r OperatorRequest) (Remediation, e
 	}
 	e.log.Info("operator's remediation decided", "id", rec.ID, "who", rec.RequestedBy, "action", rec.Action.String(),
 		"target", targetString(&rec), "state", string(rec.State), "result", rec.Result, "message", rec.Message)
+	if e.cfg.OnChange != nil {
+		e.cfg.OnChange(rec)
+	}
 	return rec, nil
 }

@@ -110,6 +110,10 @@ func (c *Chain) AgentStateDir() string { return filepath.Join(c.cfg.Dir, "agent-
 // Bin returns the path of one of the binaries.
 func (c *Chain) Bin(name string) string { return filepath.Join(c.cfg.BinDir, name) }
 
+// SetAggregatorArgs replaces Config.AggregatorArgs for the aggregator's
+// next start (a test that restarts it with other flags).
+func (c *Chain) SetAggregatorArgs(args ...string) { c.cfg.AggregatorArgs = args }
+
 // AggregatorDataDir is the aggregator's --data-dir (its journal).
 func (c *Chain) AggregatorDataDir() string { return filepath.Join(c.cfg.Dir, "aggregator-data") }
 

@@ -71,6 +71,10 @@ func TestRemediation(t *testing.T) {
 		// Its own namespace only: TestDataPath's agent runs on the same
 		// containerd at the same time.
 		AgentArgs: []string{"--namespaces", ns},
+		// The first aggregator decides and journals but delivers nothing:
+		// it is SIGKILLed with the command in its journal, and the next
+		// one delivers it.
+		AggregatorArgs: []string{"--hold-commands"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -118,8 +122,21 @@ func TestRemediation(t *testing.T) {
 	waitValue(ctx, t, c, firing, func(v float64) bool { return v == 1 })
 	t.Log("VigilContainerUnhealthy is firing")
 
-	// 3. Alertmanager delivered it: the aggregator counted the webhook.
+	// 3. Alertmanager delivered it: the aggregator counted the webhook, and
+	// journaled the decision; its command waits (--hold-commands).
 	waitValue(ctx, t, c, `sum(vigil_remediation_webhook_requests_total{code="200"})`, func(v float64) bool { return v >= 1 })
+	waitJournal(ctx, t, c, "REMEDIATION_STATE_PENDING")
+
+	// The aggregator dies between the journal and the result (SIGKILL); the
+	// next one, on the same data dir, delivers the command once.
+	if err := c.Aggregator.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	c.SetAggregatorArgs()
+	if err := c.StartAggregator(ctx); err != nil {
+		t.Fatalf("aggregator after SIGKILL: %v", err)
+	}
+	t.Log("the aggregator was SIGKILLed with the command journaled, and started again")
 
 	// 4. Restarted once, by the remediation; healthy again (it turns
 	// unhealthy only once).
@@ -127,43 +144,8 @@ func TestRemediation(t *testing.T) {
 	waitValue(ctx, t, c, `vigil_container_health_status{container="sick",node="e2e-remediation",status="healthy"}`, func(v float64) bool { return v == 1 })
 	t.Log("sick was restarted and is healthy")
 
-	// 5. The journal says so, through vigilctl.
-	var rem struct {
-		ID               string `json:"id"`
-		State            string `json:"state"`
-		Rule             string `json:"rule"`
-		AlertFingerprint string `json:"alertFingerprint"`
-		AlertStartsAt    string `json:"alertStartsAt"`
-		Target           struct {
-			ContainerID string `json:"containerId"`
-		} `json:"target"`
-	}
-	for {
-		out, err := c.Vigilctl(ctx, "-o", "json", "remediations")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var list struct {
-			Remediations []json.RawMessage `json:"remediations"`
-		}
-		if err := json.Unmarshal(out, &list); err != nil {
-			t.Fatalf("vigilctl remediations -o json: %v\n%s", err, out)
-		}
-		if len(list.Remediations) != 1 {
-			t.Fatalf("vigilctl remediations lists %d, want 1:\n%s", len(list.Remediations), out)
-		}
-		if err := json.Unmarshal(list.Remediations[0], &rem); err != nil {
-			t.Fatal(err)
-		}
-		if rem.State == "REMEDIATION_STATE_SUCCEEDED" {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("the remediation did not succeed in time: %s", out)
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
+	// 5. The journal says so, through vigilctl: one remediation, succeeded.
+	rem := waitJournal(ctx, t, c, "REMEDIATION_STATE_SUCCEEDED")
 	if rem.Rule != "restart-unhealthy" || rem.Target.ContainerID != "sick" || rem.AlertFingerprint == "" {
 		t.Errorf("journal entry %+v: want rule restart-unhealthy on sick, with the alert's fingerprint", rem)
 	}
@@ -201,4 +183,45 @@ func TestRemediation(t *testing.T) {
 	time.Sleep(3 * time.Second) // two scrapes: a second restart would show
 	assertValue(ctx, t, c, "vigil_container_restarts_total"+sel, 1)
 
+}
+
+// journaled is what the test reads of a remediation in vigilctl's JSON.
+type journaled struct {
+	ID               string `json:"id"`
+	State            string `json:"state"`
+	Rule             string `json:"rule"`
+	AlertFingerprint string `json:"alertFingerprint"`
+	AlertStartsAt    string `json:"alertStartsAt"`
+	Target           struct {
+		ContainerID string `json:"containerId"`
+	} `json:"target"`
+}
+
+// waitJournal waits until vigilctl remediations lists exactly one
+// remediation, in state, and returns it.
+func waitJournal(ctx context.Context, t *testing.T, c *chain.Chain, state string) journaled {
+	t.Helper()
+	for {
+		out, err := c.Vigilctl(ctx, "-o", "json", "remediations")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var list struct {
+			Remediations []journaled `json:"remediations"`
+		}
+		if err := json.Unmarshal(out, &list); err != nil {
+			t.Fatalf("vigilctl remediations -o json: %v\n%s", err, out)
+		}
+		if len(list.Remediations) > 1 {
+			t.Fatalf("vigilctl remediations lists %d, want 1:\n%s", len(list.Remediations), out)
+		}
+		if len(list.Remediations) == 1 && list.Remediations[0].State == state {
+			return list.Remediations[0]
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no remediation in state %s in time: %s", state, out)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }

@@ -518,10 +518,19 @@ func (x *WatchEventsRequest) GetSince() *timestamppb.Timestamp {
 // WatchEventsResponse is one event.
 type WatchEventsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Node the event came from.
+	// Node the event came from (or concerns).
 	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	// The event.
-	Event         *ContainerEvent `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	// A container's event. Exactly one of event, node_event and remediation
+	// is set.
+	Event *ContainerEvent `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	// The node's condition changed (Healthy, AggregatorPartitioned,
+	// NodeDown, Unknown), as the aggregator assesses it from the stream and
+	// the gossip peers. Sent to watchers without a namespace filter.
+	NodeEvent *NodeEvent `protobuf:"bytes,3,opt,name=node_event,json=nodeEvent,proto3" json:"node_event,omitempty"`
+	// A remediation was decided, or ended, on the node: the timeline that
+	// led to an action and what came of it. Sent to watchers without a
+	// namespace filter, or whose namespace is the target's.
+	Remediation   *Remediation `protobuf:"bytes,4,opt,name=remediation,proto3" json:"remediation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -570,6 +579,93 @@ func (x *WatchEventsResponse) GetEvent() *ContainerEvent {
 	return nil
 }
 
+func (x *WatchEventsResponse) GetNodeEvent() *NodeEvent {
+	if x != nil {
+		return x.NodeEvent
+	}
+	return nil
+}
+
+func (x *WatchEventsResponse) GetRemediation() *Remediation {
+	if x != nil {
+		return x.Remediation
+	}
+	return nil
+}
+
+// NodeEvent is a change of a node's condition.
+type NodeEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the aggregator saw the change.
+	Time *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	// The condition now.
+	Condition string `protobuf:"bytes,2,opt,name=condition,proto3" json:"condition,omitempty"`
+	// The condition before ("" the first time the node was assessed).
+	Previous string `protobuf:"bytes,3,opt,name=previous,proto3" json:"previous,omitempty"`
+	// Why, in words.
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeEvent) Reset() {
+	*x = NodeEvent{}
+	mi := &file_vigil_v1_vigil_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeEvent) ProtoMessage() {}
+
+func (x *NodeEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_vigil_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeEvent.ProtoReflect.Descriptor instead.
+func (*NodeEvent) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_vigil_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *NodeEvent) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *NodeEvent) GetCondition() string {
+	if x != nil {
+		return x.Condition
+	}
+	return ""
+}
+
+func (x *NodeEvent) GetPrevious() string {
+	if x != nil {
+		return x.Previous
+	}
+	return ""
+}
+
+func (x *NodeEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // ListRemediationsRequest filters remediations.
 type ListRemediationsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -583,7 +679,7 @@ type ListRemediationsRequest struct {
 
 func (x *ListRemediationsRequest) Reset() {
 	*x = ListRemediationsRequest{}
-	mi := &file_vigil_v1_vigil_proto_msgTypes[9]
+	mi := &file_vigil_v1_vigil_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -595,7 +691,7 @@ func (x *ListRemediationsRequest) String() string {
 func (*ListRemediationsRequest) ProtoMessage() {}
 
 func (x *ListRemediationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_vigil_proto_msgTypes[9]
+	mi := &file_vigil_v1_vigil_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -608,7 +704,7 @@ func (x *ListRemediationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRemediationsRequest.ProtoReflect.Descriptor instead.
 func (*ListRemediationsRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_vigil_proto_rawDescGZIP(), []int{9}
+	return file_vigil_v1_vigil_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListRemediationsRequest) GetNode() string {
@@ -636,7 +732,7 @@ type ListRemediationsResponse struct {
 
 func (x *ListRemediationsResponse) Reset() {
 	*x = ListRemediationsResponse{}
-	mi := &file_vigil_v1_vigil_proto_msgTypes[10]
+	mi := &file_vigil_v1_vigil_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +744,7 @@ func (x *ListRemediationsResponse) String() string {
 func (*ListRemediationsResponse) ProtoMessage() {}
 
 func (x *ListRemediationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_vigil_proto_msgTypes[10]
+	mi := &file_vigil_v1_vigil_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +757,7 @@ func (x *ListRemediationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRemediationsResponse.ProtoReflect.Descriptor instead.
 func (*ListRemediationsResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_vigil_proto_rawDescGZIP(), []int{10}
+	return file_vigil_v1_vigil_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListRemediationsResponse) GetRemediations() []*Remediation {
@@ -690,7 +786,7 @@ type RequestRemediationRequest struct {
 
 func (x *RequestRemediationRequest) Reset() {
 	*x = RequestRemediationRequest{}
-	mi := &file_vigil_v1_vigil_proto_msgTypes[11]
+	mi := &file_vigil_v1_vigil_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +798,7 @@ func (x *RequestRemediationRequest) String() string {
 func (*RequestRemediationRequest) ProtoMessage() {}
 
 func (x *RequestRemediationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_vigil_proto_msgTypes[11]
+	mi := &file_vigil_v1_vigil_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +811,7 @@ func (x *RequestRemediationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRemediationRequest.ProtoReflect.Descriptor instead.
 func (*RequestRemediationRequest) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_vigil_proto_rawDescGZIP(), []int{11}
+	return file_vigil_v1_vigil_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RequestRemediationRequest) GetAction() RemediationAction {
@@ -764,7 +860,7 @@ type RequestRemediationResponse struct {
 
 func (x *RequestRemediationResponse) Reset() {
 	*x = RequestRemediationResponse{}
-	mi := &file_vigil_v1_vigil_proto_msgTypes[12]
+	mi := &file_vigil_v1_vigil_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -776,7 +872,7 @@ func (x *RequestRemediationResponse) String() string {
 func (*RequestRemediationResponse) ProtoMessage() {}
 
 func (x *RequestRemediationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_vigil_proto_msgTypes[12]
+	mi := &file_vigil_v1_vigil_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -789,7 +885,7 @@ func (x *RequestRemediationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRemediationResponse.ProtoReflect.Descriptor instead.
 func (*RequestRemediationResponse) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_vigil_proto_rawDescGZIP(), []int{12}
+	return file_vigil_v1_vigil_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RequestRemediationResponse) GetRemediation() *Remediation {
@@ -835,10 +931,18 @@ const file_vigil_v1_vigil_proto_rawDesc = "" +
 	"\x12WatchEventsRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x120\n" +
-	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"Y\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\xc6\x01\n" +
 	"\x13WatchEventsResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12.\n" +
-	"\x05event\x18\x02 \x01(\v2\x18.vigil.v1.ContainerEventR\x05event\"C\n" +
+	"\x05event\x18\x02 \x01(\v2\x18.vigil.v1.ContainerEventR\x05event\x122\n" +
+	"\n" +
+	"node_event\x18\x03 \x01(\v2\x13.vigil.v1.NodeEventR\tnodeEvent\x127\n" +
+	"\vremediation\x18\x04 \x01(\v2\x15.vigil.v1.RemediationR\vremediation\"\x8d\x01\n" +
+	"\tNodeEvent\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1c\n" +
+	"\tcondition\x18\x02 \x01(\tR\tcondition\x12\x1a\n" +
+	"\bprevious\x18\x03 \x01(\tR\bprevious\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"C\n" +
 	"\x17ListRemediationsRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\"U\n" +
@@ -872,7 +976,7 @@ func file_vigil_v1_vigil_proto_rawDescGZIP() []byte {
 	return file_vigil_v1_vigil_proto_rawDescData
 }
 
-var file_vigil_v1_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_vigil_v1_vigil_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_vigil_v1_vigil_proto_goTypes = []any{
 	(*ListNodesRequest)(nil),           // 0: vigil.v1.ListNodesRequest
 	(*ListNodesResponse)(nil),          // 1: vigil.v1.ListNodesResponse
@@ -883,50 +987,54 @@ var file_vigil_v1_vigil_proto_goTypes = []any{
 	(*GetContainerResponse)(nil),       // 6: vigil.v1.GetContainerResponse
 	(*WatchEventsRequest)(nil),         // 7: vigil.v1.WatchEventsRequest
 	(*WatchEventsResponse)(nil),        // 8: vigil.v1.WatchEventsResponse
-	(*ListRemediationsRequest)(nil),    // 9: vigil.v1.ListRemediationsRequest
-	(*ListRemediationsResponse)(nil),   // 10: vigil.v1.ListRemediationsResponse
-	(*RequestRemediationRequest)(nil),  // 11: vigil.v1.RequestRemediationRequest
-	(*RequestRemediationResponse)(nil), // 12: vigil.v1.RequestRemediationResponse
-	(*Node)(nil),                       // 13: vigil.v1.Node
-	(ContainerState)(0),                // 14: vigil.v1.ContainerState
-	(HealthStatus)(0),                  // 15: vigil.v1.HealthStatus
-	(*Container)(nil),                  // 16: vigil.v1.Container
-	(*timestamppb.Timestamp)(nil),      // 17: google.protobuf.Timestamp
-	(*ContainerEvent)(nil),             // 18: vigil.v1.ContainerEvent
-	(*Remediation)(nil),                // 19: vigil.v1.Remediation
-	(RemediationAction)(0),             // 20: vigil.v1.RemediationAction
-	(*Target)(nil),                     // 21: vigil.v1.Target
+	(*NodeEvent)(nil),                  // 9: vigil.v1.NodeEvent
+	(*ListRemediationsRequest)(nil),    // 10: vigil.v1.ListRemediationsRequest
+	(*ListRemediationsResponse)(nil),   // 11: vigil.v1.ListRemediationsResponse
+	(*RequestRemediationRequest)(nil),  // 12: vigil.v1.RequestRemediationRequest
+	(*RequestRemediationResponse)(nil), // 13: vigil.v1.RequestRemediationResponse
+	(*Node)(nil),                       // 14: vigil.v1.Node
+	(ContainerState)(0),                // 15: vigil.v1.ContainerState
+	(HealthStatus)(0),                  // 16: vigil.v1.HealthStatus
+	(*Container)(nil),                  // 17: vigil.v1.Container
+	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
+	(*ContainerEvent)(nil),             // 19: vigil.v1.ContainerEvent
+	(*Remediation)(nil),                // 20: vigil.v1.Remediation
+	(RemediationAction)(0),             // 21: vigil.v1.RemediationAction
+	(*Target)(nil),                     // 22: vigil.v1.Target
 }
 var file_vigil_v1_vigil_proto_depIdxs = []int32{
-	13, // 0: vigil.v1.ListNodesResponse.nodes:type_name -> vigil.v1.Node
-	14, // 1: vigil.v1.ListContainersRequest.state:type_name -> vigil.v1.ContainerState
-	15, // 2: vigil.v1.ListContainersRequest.health:type_name -> vigil.v1.HealthStatus
-	16, // 3: vigil.v1.NodeContainer.container:type_name -> vigil.v1.Container
+	14, // 0: vigil.v1.ListNodesResponse.nodes:type_name -> vigil.v1.Node
+	15, // 1: vigil.v1.ListContainersRequest.state:type_name -> vigil.v1.ContainerState
+	16, // 2: vigil.v1.ListContainersRequest.health:type_name -> vigil.v1.HealthStatus
+	17, // 3: vigil.v1.NodeContainer.container:type_name -> vigil.v1.Container
 	3,  // 4: vigil.v1.ListContainersResponse.containers:type_name -> vigil.v1.NodeContainer
 	3,  // 5: vigil.v1.GetContainerResponse.container:type_name -> vigil.v1.NodeContainer
-	17, // 6: vigil.v1.WatchEventsRequest.since:type_name -> google.protobuf.Timestamp
-	18, // 7: vigil.v1.WatchEventsResponse.event:type_name -> vigil.v1.ContainerEvent
-	19, // 8: vigil.v1.ListRemediationsResponse.remediations:type_name -> vigil.v1.Remediation
-	20, // 9: vigil.v1.RequestRemediationRequest.action:type_name -> vigil.v1.RemediationAction
-	21, // 10: vigil.v1.RequestRemediationRequest.target:type_name -> vigil.v1.Target
-	19, // 11: vigil.v1.RequestRemediationResponse.remediation:type_name -> vigil.v1.Remediation
-	0,  // 12: vigil.v1.Vigil.ListNodes:input_type -> vigil.v1.ListNodesRequest
-	2,  // 13: vigil.v1.Vigil.ListContainers:input_type -> vigil.v1.ListContainersRequest
-	5,  // 14: vigil.v1.Vigil.GetContainer:input_type -> vigil.v1.GetContainerRequest
-	7,  // 15: vigil.v1.Vigil.WatchEvents:input_type -> vigil.v1.WatchEventsRequest
-	9,  // 16: vigil.v1.Vigil.ListRemediations:input_type -> vigil.v1.ListRemediationsRequest
-	11, // 17: vigil.v1.Vigil.RequestRemediation:input_type -> vigil.v1.RequestRemediationRequest
-	1,  // 18: vigil.v1.Vigil.ListNodes:output_type -> vigil.v1.ListNodesResponse
-	4,  // 19: vigil.v1.Vigil.ListContainers:output_type -> vigil.v1.ListContainersResponse
-	6,  // 20: vigil.v1.Vigil.GetContainer:output_type -> vigil.v1.GetContainerResponse
-	8,  // 21: vigil.v1.Vigil.WatchEvents:output_type -> vigil.v1.WatchEventsResponse
-	10, // 22: vigil.v1.Vigil.ListRemediations:output_type -> vigil.v1.ListRemediationsResponse
-	12, // 23: vigil.v1.Vigil.RequestRemediation:output_type -> vigil.v1.RequestRemediationResponse
-	18, // [18:24] is the sub-list for method output_type
-	12, // [12:18] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	18, // 6: vigil.v1.WatchEventsRequest.since:type_name -> google.protobuf.Timestamp
+	19, // 7: vigil.v1.WatchEventsResponse.event:type_name -> vigil.v1.ContainerEvent
+	9,  // 8: vigil.v1.WatchEventsResponse.node_event:type_name -> vigil.v1.NodeEvent
+	20, // 9: vigil.v1.WatchEventsResponse.remediation:type_name -> vigil.v1.Remediation
+	18, // 10: vigil.v1.NodeEvent.time:type_name -> google.protobuf.Timestamp
+	20, // 11: vigil.v1.ListRemediationsResponse.remediations:type_name -> vigil.v1.Remediation
+	21, // 12: vigil.v1.RequestRemediationRequest.action:type_name -> vigil.v1.RemediationAction
+	22, // 13: vigil.v1.RequestRemediationRequest.target:type_name -> vigil.v1.Target
+	20, // 14: vigil.v1.RequestRemediationResponse.remediation:type_name -> vigil.v1.Remediation
+	0,  // 15: vigil.v1.Vigil.ListNodes:input_type -> vigil.v1.ListNodesRequest
+	2,  // 16: vigil.v1.Vigil.ListContainers:input_type -> vigil.v1.ListContainersRequest
+	5,  // 17: vigil.v1.Vigil.GetContainer:input_type -> vigil.v1.GetContainerRequest
+	7,  // 18: vigil.v1.Vigil.WatchEvents:input_type -> vigil.v1.WatchEventsRequest
+	10, // 19: vigil.v1.Vigil.ListRemediations:input_type -> vigil.v1.ListRemediationsRequest
+	12, // 20: vigil.v1.Vigil.RequestRemediation:input_type -> vigil.v1.RequestRemediationRequest
+	1,  // 21: vigil.v1.Vigil.ListNodes:output_type -> vigil.v1.ListNodesResponse
+	4,  // 22: vigil.v1.Vigil.ListContainers:output_type -> vigil.v1.ListContainersResponse
+	6,  // 23: vigil.v1.Vigil.GetContainer:output_type -> vigil.v1.GetContainerResponse
+	8,  // 24: vigil.v1.Vigil.WatchEvents:output_type -> vigil.v1.WatchEventsResponse
+	11, // 25: vigil.v1.Vigil.ListRemediations:output_type -> vigil.v1.ListRemediationsResponse
+	13, // 26: vigil.v1.Vigil.RequestRemediation:output_type -> vigil.v1.RequestRemediationResponse
+	21, // [21:27] is the sub-list for method output_type
+	15, // [15:21] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_vigil_v1_vigil_proto_init() }
@@ -942,7 +1050,7 @@ func file_vigil_v1_vigil_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_v1_vigil_proto_rawDesc), len(file_vigil_v1_vigil_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
