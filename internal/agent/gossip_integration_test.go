@@ -371,3 +371,36 @@ func TestGossipKilledAgentIsNodeDown(t *testing.T) {
 		}
 	}
 }
+
+// TestGossipPortTakenStopsTheAgent: an agent whose gossip port is taken
+// does not go on without gossip unseen: Run returns the error.
+func TestGossipPortTakenStopsTheAgent(t *testing.T) {
+	h := newHarness(t)
+	taken, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	cfg := DefaultConfig()
+	cfg.NodeName = "gossip-port-taken"
+	cfg.StateDir = h.stateDir
+	cfg.ContainerdAddress = h.env.Address
+	cfg.Namespaces = []string{h.ns}
+	cfg.Network = false
+	cfg.Gossip = GossipConfig{Listen: taken.LocalAddr().String(), Insecure: true}
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(t.Context()) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "gossip") {
+			t.Fatalf("Run = %v, want the gossip member's error", err)
+		}
+		t.Log(err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent runs although its gossip port is taken")
+	}
+}
