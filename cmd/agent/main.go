@@ -84,6 +84,14 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	fs.BoolVar(&cfg.AcceptCommands, "accept-commands", false, "with --insecure, carry out commands from the aggregator anyway (it cannot be authenticated); refused otherwise")
 	fs.StringVar(&commandNamespaces, "command-namespaces", "", "comma-separated containerd namespaces in which commands may act (default: all)")
 	fs.BoolVar(&cfg.AllowHostLinkCommands, "allow-host-link-commands", false, "let LINK_UP commands act on host links, not only containers' links")
+	// Gossip among the agents (off unless --gossip-listen is set).
+	var gossipSeeds string
+	fs.StringVar(&cfg.Gossip.Listen, "gossip-listen", "", "join the agents' gossip on this IP:port, UDP and TCP (e.g. 0.0.0.0:7946; empty: gossip off)")
+	fs.StringVar(&cfg.Gossip.Advertise, "gossip-advertise", "", "address peers use to reach this agent's gossip (the node's IP; default: the listen address, or the first private address when that is 0.0.0.0)")
+	fs.StringVar(&gossipSeeds, "gossip-seeds", "", "comma-separated gossip peers to join, host:port or host")
+	fs.StringVar(&cfg.Gossip.SeedDNS, "gossip-seed-dns", "", "DNS name whose addresses are gossip seeds (the agents' headless Service), name or name:port")
+	fs.StringVar(&cfg.Gossip.KeyFile, "gossip-key-file", "", "gossip encryption keys, one base64 AES key per line, the first used to encrypt; read again every 10s and on SIGHUP (rotation without a restart)")
+	fs.BoolVar(&cfg.Gossip.Insecure, "gossip-insecure", false, "gossip without encryption: anyone reaching the port can join and forge views (test clusters only)")
 	fs.StringVar(&pf.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.IntVar(&pf.maxProcs, "max-procs", 2, "at most this many OS threads run Go code at once (GOMAXPROCS), unless the GOMAXPROCS environment variable is set; see docs/benchmarks.md#agent-memory")
 	fs.IntVar(&pf.gcPercent, "gc-percent", 50, "Go GC target percentage (GOGC), unless the GOGC environment variable is set; see docs/benchmarks.md#agent-memory")
@@ -98,6 +106,10 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	}
 	cfg.Namespaces = splitList(namespaces)
 	cfg.CommandNamespaces = splitList(commandNamespaces)
+	cfg.Gossip.Seeds = splitList(gossipSeeds)
+	if err := gossipFlagsCheck(cfg.Gossip); err != nil {
+		return cfg, pf, err
+	}
 	if err := pf.bootstrap.apply(&cfg); err != nil {
 		return cfg, pf, err
 	}
@@ -147,6 +159,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go reloadOnHUP(ctx, hup, a.ReloadGossipKeys, cfg.Logger)
 	if keeper == nil {
 		return a.Run(ctx)
 	}
@@ -171,4 +187,38 @@ func splitList(v string) []string {
 		}
 	}
 	return out
+}
+
+// gossipFlagsCheck names the flags for the gossip mistakes the agent's own
+// validation reports without them.
+func gossipFlagsCheck(g agent.GossipConfig) error {
+	set := g.Advertise != "" || len(g.Seeds) > 0 || g.SeedDNS != "" || g.KeyFile != "" || g.Insecure
+	switch {
+	case g.Listen == "" && set:
+		return fmt.Errorf("--gossip-advertise, --gossip-seeds, --gossip-seed-dns, --gossip-key-file and --gossip-insecure need --gossip-listen (gossip is off without it): %w", errdefs.ErrInvalid)
+	case g.Listen == "":
+		return nil
+	case g.KeyFile == "" && !g.Insecure:
+		return fmt.Errorf("--gossip-listen needs --gossip-key-file (gossip is encrypted), or --gossip-insecure for a test cluster: %w", errdefs.ErrInvalid)
+	case g.KeyFile != "" && g.Insecure:
+		return fmt.Errorf("--gossip-key-file and --gossip-insecure are both set: choose one: %w", errdefs.ErrInvalid)
+	}
+	return nil
+}
+
+// reloadOnHUP calls reload (the gossip keys) on every signal received from
+// hup until ctx ends; a failure is logged, and the keys in use stay.
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, reload func() error, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := reload(); err != nil {
+				log.Error("SIGHUP: gossip keys not reloaded; the keys in use stay", "err", err)
+				continue
+			}
+			log.Info("SIGHUP: gossip keys reloaded")
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,6 +38,12 @@ func TestParseFlagsRejectsBadConfig(t *testing.T) {
 		{[]string{"--bootstrap-token-file", "t"}, "--bootstrap-token-file needs --aggregator"},
 		{[]string{"--bootstrap-token-file", "t", "--aggregator", "127.0.0.1:7400"}, "needs --tls-ca"},
 		{[]string{"--bootstrap-token-file", "t", "--aggregator", "127.0.0.1:7400", "--tls-ca", "ca", "--tls-cert", "c"}, "choose one"},
+		{[]string{"--gossip-listen", "0.0.0.0:7946"}, "--gossip-listen needs --gossip-key-file (gossip is encrypted), or --gossip-insecure"},
+		{[]string{"--gossip-listen", "0.0.0.0:7946", "--gossip-insecure", "--gossip-key-file", "k"}, "--gossip-key-file and --gossip-insecure are both set"},
+		{[]string{"--gossip-seeds", "10.0.0.1:7946"}, "need --gossip-listen (gossip is off without it)"},
+		{[]string{"--gossip-listen", "node-a:7946", "--gossip-insecure"}, `gossip listen address "node-a:7946": want an IP address`},
+		{[]string{"--gossip-listen", "0.0.0.0", "--gossip-insecure"}, `gossip listen address "0.0.0.0"`},
+		{[]string{"--gossip-listen", "0.0.0.0:7946", "--gossip-insecure", "--gossip-advertise", "node-a"}, `gossip advertise address "node-a": want an IP address`},
 	} {
 		_, _, err := parseFlags(tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -61,6 +69,24 @@ func TestParseFlagsBootstrap(t *testing.T) {
 	}
 	if k, err := pf.bootstrap.keeper(cfg); err != nil || k == nil || k.Files().Cert != cfg.TLS.Cert {
 		t.Fatalf("keeper = %v, %v", k, err)
+	}
+}
+
+func TestParseFlagsGossip(t *testing.T) {
+	cfg, _, err := parseFlags([]string{"--state-dir", t.TempDir(), "--gossip-listen", "0.0.0.0:7946", "--gossip-advertise", "10.0.0.5",
+		"--gossip-seeds", "10.0.0.6:7946, 10.0.0.7", "--gossip-seed-dns", "vigil-agent-gossip.vigil-system.svc:7946",
+		"--gossip-key-file", "/etc/vigil/gossip/keys"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := cfg.Gossip
+	if g.Listen != "0.0.0.0:7946" || g.Advertise != "10.0.0.5" || len(g.Seeds) != 2 || g.Seeds[1] != "10.0.0.7" ||
+		g.SeedDNS != "vigil-agent-gossip.vigil-system.svc:7946" || g.KeyFile != "/etc/vigil/gossip/keys" || g.Insecure {
+		t.Fatalf("gossip config = %+v", g)
+	}
+	cfg, _, err = parseFlags([]string{"--state-dir", t.TempDir()}, &bytes.Buffer{})
+	if err != nil || cfg.Gossip.Listen != "" {
+		t.Fatalf("gossip must be off by default: %+v, %v", cfg.Gossip, err)
 	}
 }
 
@@ -144,4 +170,49 @@ func (w *syncWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.Write(p)
+}
+
+func TestReloadOnHUP(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	hup := make(chan os.Signal)
+	calls := make(chan struct{}, 2)
+	errs := []error{errors.New("bad key file"), nil}
+	var buf syncBuffer
+	done := make(chan struct{})
+	go func() {
+		reloadOnHUP(ctx, hup, func() error {
+			err := errs[0]
+			errs = errs[1:]
+			calls <- struct{}{}
+			return err
+		}, slog.New(slog.NewTextHandler(&buf, nil)))
+		close(done)
+	}()
+	for i := 0; i < 2; i++ {
+		hup <- syscall.SIGHUP
+		<-calls
+	}
+	cancel()
+	<-done
+	if log := buf.String(); !strings.Contains(log, "gossip keys not reloaded; the keys in use stay") || !strings.Contains(log, "bad key file") || !strings.Contains(log, "SIGHUP: gossip keys reloaded") {
+		t.Fatalf("log:\n%s", log)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

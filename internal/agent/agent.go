@@ -17,6 +17,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/agent/uplink"
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/gossip"
 	"github.com/vigilhq/vigil/internal/health"
 	"github.com/vigilhq/vigil/internal/metrics"
 	"github.com/vigilhq/vigil/internal/network"
@@ -42,6 +43,7 @@ type Agent struct {
 	up    *uplink.Uplink // nil when standalone
 	probe *health.Scheduler
 	net   *network.Monitor // nil when network monitoring is off
+	gm    *gossip.Member   // nil when gossip is off
 	reg   *metrics.Registry
 	self  *selfMetrics
 
@@ -77,6 +79,11 @@ type Agent struct {
 	work           context.Context
 	actionsRunning atomic.Int32
 	nowFunc        func() time.Time // clock, for tests
+
+	// isolated holds why the agent is Isolated (its stream down and no
+	// gossip peer answering), nil when it is not; written by gossipLoop,
+	// read by onCommand, which refuses remote commands meanwhile.
+	isolated atomic.Pointer[string]
 
 	// Loop goroutine only: containerd's first inventory has been applied,
 	// and releaseStartupMemory has run.
@@ -243,6 +250,12 @@ func New(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 	}
+	if cfg.Gossip.enabled() {
+		a.gm, err = newGossip(cfg)
+		if err != nil {
+			return nil, err
+		}
+	}
 	a.self = newSelfMetrics(a)
 	a.reg.Register(
 		metrics.ProcessCollector(),
@@ -256,6 +269,9 @@ func New(cfg Config) (*Agent, error) {
 	if a.up != nil {
 		a.reg.Register(a.up.Collector())
 	}
+	if a.gm != nil {
+		a.reg.Register(a.gm)
+	}
 	ok = true
 	return a, nil
 }
@@ -264,6 +280,9 @@ func (a *Agent) capabilities() []string {
 	caps := []string{"health", "restart"}
 	if a.cfg.Network {
 		caps = append(caps, "network")
+	}
+	if a.cfg.Gossip.enabled() {
+		caps = append(caps, "gossip")
 	}
 	return caps
 }
@@ -321,6 +340,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.up != nil {
 		start("uplink", a.up.Run)
+	}
+	if a.gm != nil {
+		// The member leaves the cluster gracefully when ctx ends (peers
+		// see this node "left", not "dead"), within its LeaveTimeout.
+		start("gossip", a.gm.Run)
+		start("gossip-report", a.gossipLoop)
 	}
 	var srv *http.Server
 	if a.cfg.MetricsListen != "" {

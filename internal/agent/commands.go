@@ -178,6 +178,19 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 		reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_EXPIRED, "deadline passed before the agent could start it")
 		return
 	}
+	// An isolated agent (its stream down, no gossip peer answering) acts
+	// on no remote command: the aggregator that sent it cannot see what
+	// follows, and may have given the node up (NodeDown) and acted
+	// elsewhere. Commands only arrive over a stream, so what meets this
+	// is a command the stream delivered just before it dropped, still
+	// queued for the loop. It is refused and its result (REFUSED, kept in
+	// the state dir like any outcome) is sent when the stream returns; a
+	// redelivery gets that result, and the aggregator decides anew.
+	if why := a.isolation(); why != "" {
+		a.log.Warn("command refused: this node is isolated", "command_id", id, "reason", why)
+		reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED, "isolated: "+why)
+		return
+	}
 	target := cmd.GetTarget()
 	policy := a.commandPolicy()
 	action := cmd.GetAction()

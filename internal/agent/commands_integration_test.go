@@ -371,3 +371,36 @@ func TestCommandFoundInterruptedAtStart(t *testing.T) {
 		t.Fatalf("result %v; want killed-midway FAILED, not carried out again", r)
 	}
 }
+
+// TestIsolatedAgentRefusesCommands (issue 25): an agent that finds itself
+// isolated refuses remote commands, with the reason, and acts on none. A
+// real agent and aggregator; the isolation is set by hand (the one fault
+// here: with gossip, isolation means the stream is down, so a command can
+// only meet it when the stream delivered it just before dropping; the
+// gossip loop, off in this agent, would otherwise set it).
+// TestGossipNodeConditions shows the agent find itself isolated.
+func TestIsolatedAgentRefusesCommands(t *testing.T) {
+	r := newCommandRig(t, nil)
+	h := r.h
+	h.run("svc", map[string]string{"vigil.io/restart-policy": "no"}, "sleep")
+	h.waitState("svc", "running", 30*time.Second, func(c *vigilv1.Container) bool {
+		return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_RUNNING
+	})
+	why := "stream down and no peer answered a probe (0 alive in the view)"
+	h.agent.isolated.Store(&why)
+	r.send(&vigilv1.Command{Id: "kill-iso", Action: vigilv1.RemediationAction_REMEDIATION_ACTION_KILL,
+		Target: &vigilv1.Target{Namespace: h.ns, ContainerId: "svc"}})
+	res := r.atAggregator("kill-iso", outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED))
+	if res.GetMessage() != "isolated: "+why {
+		t.Errorf("refusal says %q", res.GetMessage())
+	}
+	if c := h.containerState("svc"); c.GetState() != vigilv1.ContainerState_CONTAINER_STATE_RUNNING {
+		t.Fatalf("a refused kill stopped the container: %v", c.GetState())
+	}
+
+	// No longer isolated: the next command is carried out.
+	h.agent.isolated.Store(nil)
+	r.send(&vigilv1.Command{Id: "kill-after", Action: vigilv1.RemediationAction_REMEDIATION_ACTION_KILL,
+		Target: &vigilv1.Target{Namespace: h.ns, ContainerId: "svc"}})
+	r.atAggregator("kill-after", outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED))
+}

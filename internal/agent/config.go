@@ -103,6 +103,10 @@ type Config struct {
 	// links.
 	AllowHostLinkCommands bool
 
+	// Gossip is the agent's membership among its peers; the zero value is
+	// off. See GossipConfig.
+	Gossip GossipConfig
+
 	// CommandResultSink, when set, receives every command result the agent
 	// reports, on the decision loop (as EventSink). For tests and
 	// embedding; nil: none.
@@ -219,6 +223,9 @@ func (c *Config) Validate() error {
 		if strings.TrimSpace(ns) == "" {
 			bad("command namespaces hold an empty name")
 		}
+	}
+	if c.Gossip.enabled() {
+		errs = append(errs, c.Gossip.validate()...)
 	}
 	if c.NetworkAffectsHealth && !c.Network {
 		bad("network-affects-health needs network monitoring (--network)")

@@ -136,14 +136,20 @@ func startAggregator(t *testing.T, bin string, args ...string) (grpcAddr, httpAd
 }
 
 // overrideArgs points the manifest's --aggregator at the test's loopback
-// aggregator and puts --metrics-listen on a free loopback port (the host's
-// network is shared with every other test), and adds fast intervals. Every
+// aggregator and puts --metrics-listen and --gossip-listen on free loopback
+// ports (the host's network is shared with every other test; the gossip
+// seeds' DNS name resolves nowhere here, which the agent only logs), and
+// adds fast intervals. Every
 // other argument stays as the manifest says, TLS and bootstrap included;
 // with insecure (binaries without bootstrap yet) the credentials are left
 // out for --insecure.
 func overrideArgs(t *testing.T, args []string, aggregator, metrics string, insecure bool) []string {
 	t.Helper()
-	replace := map[string]string{"aggregator": aggregator, "metrics-listen": metrics}
+	gossipAddr, err := chain.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	replace := map[string]string{"aggregator": aggregator, "metrics-listen": metrics, "gossip-listen": gossipAddr}
 	drop := map[string]bool{"tls-ca": insecure, "tls-server-name": insecure, "bootstrap-token-file": insecure}
 	var out []string
 	for _, a := range args {
@@ -245,8 +251,10 @@ func TestAgentAsDaemonSetContainer(t *testing.T) {
 		Volumes: map[string]string{
 			"ca":              stand(caFiles),
 			"bootstrap-token": stand(tokenFiles),
+			"gossip-key":      stand(map[string]string{"keys": "9Mll7ZCGr63gQrdv6ckJy0Ztn1zwa6VAKTu7H6FyCGM=\n"}),
 		},
 		NodeName: nodeName,
+		PodIP:    "127.0.0.1",
 	})
 	if err != nil {
 		t.Fatalf("translate the DaemonSet's pod spec: %v", err)
@@ -409,6 +417,20 @@ func TestAgentAsDaemonSetContainer(t *testing.T) {
 					series(body, "vigil_container_info", `node="`+nodeName+`"`, `container="web"`) != "",
 				grepLines(body, "vigil_node_up") + grepLines(body, "vigil_container_restarts_total")
 		})
+	}))
+
+	must(t, t.Run("gossips with the manifest's key and port", func(t *testing.T) {
+		// Alone here: no peer answers, so the agent's own gossip metrics
+		// say it runs (encrypted with the Secret's key: it would not have
+		// started with an unreadable one) and its view is empty.
+		waitFor(t, 30*time.Second, "the agent's gossip member on its /metrics", func() (bool, string) {
+			body, _ := get(agentURL + "/metrics/self")
+			return strings.HasSuffix(series(body, "vigil_agent_gossip_members", `state="alive"`), " 0"),
+				grepLines(body, "vigil_agent_gossip_members") + chain.LogTail(logPath, 20)
+		})
+		if log := chain.LogTail(logPath, 400); !strings.Contains(log, `msg="gossip started"`) || !strings.Contains(log, "encrypted=true") {
+			t.Fatalf("the agent's log does not say gossip started encrypted:\n%s", log)
+		}
 	}))
 
 	must(t, t.Run("keeps its state in the host's state dir", func(t *testing.T) {

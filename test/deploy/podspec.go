@@ -49,6 +49,9 @@ type Host struct {
 	Volumes map[string]string
 	// NodeName is what spec.nodeName resolves to in the container's env.
 	NodeName string
+	// PodIP is what status.podIP resolves to (with hostNetwork, the
+	// node's address).
+	PodIP string
 }
 
 // mapPath rewrites p when it is (under) a host path that Paths maps.
@@ -88,7 +91,7 @@ var defaultCapabilities = []string{
 // as the kubelet and containerd's CRI plugin do for the parts the agent's
 // pod uses: host PID and network namespaces, hostPath, secret, configMap
 // and emptyDir volumes (bind mounts, recursive as CRI makes them; tmpfs for
-// a memory emptyDir), readOnly mounts, env from spec.nodeName and values,
+// a memory emptyDir), readOnly mounts, env from spec.nodeName, status.podIP and values,
 // the security context's user, capabilities (the runtime's defaults, minus
 // drop, plus add), allowPrivilegeEscalation (no_new_privs),
 // readOnlyRootFilesystem and seccomp RuntimeDefault (containerd's default
@@ -199,6 +202,8 @@ func Translate(ps corev1.PodSpec, name string, h Host) (Translated, error) {
 			env = append(env, e.Name+"="+e.Value)
 		case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName":
 			env = append(env, e.Name+"="+h.NodeName)
+		case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "status.podIP" && h.PodIP != "":
+			env = append(env, e.Name+"="+h.PodIP)
 		default:
 			return tr, fmt.Errorf("env %s: source not translated", e.Name)
 		}
