@@ -96,7 +96,7 @@ var families = [numFamilies]family{
 	famCrashLooping:          {"vigil_container_crash_looping", "gauge", "1 while the agent restarts the container with a growing backoff because it keeps exiting soon after it starts, 0 otherwise."},
 	famGaveUp:                {"vigil_container_restart_gave_up", "gauge", "1 when the container's restart policy reached its limit (on-failure:N) and the agent no longer restarts it, 0 otherwise."},
 	famLastTerminated:        {"vigil_container_last_terminated_reason", "gauge", "1 for the reason the container's task last ended (completed, error, signal, oom_killed, unknown), as kube-state-metrics' kube_pod_container_status_last_terminated_reason; absent until it first ended."},
-	famHealth:                {"vigil_container_health_status", "gauge", "Health-check status of the container: 1 for the current status, 0 for the others."},
+	famHealth:                {"vigil_container_health_status", "gauge", "Health-check status of the container: 1 for the current status, 0 for the others; absent for a container without a health check."},
 	famProbeFailures:         {"vigil_container_health_probe_failures_total", "counter", "Failed health probes of the workload, not counting those within its start period (as Docker counts them)."},
 	famNetRxBytes:            {"vigil_container_network_receive_bytes_total", "counter", "Bytes received on an interface of the container's (or pod's) network namespace."},
 	famNetRxPackets:          {"vigil_container_network_receive_packets_total", "counter", "Packets received on an interface of the container's (or pod's) network namespace."},
@@ -123,4 +123,6 @@ var families = [numFamilies]family{
 
 // healthStatuses are the label values of vigil_container_health_status, one
 // series each (like kube-state-metrics' status series).
-var healthStatuses = [...]string{"none", "starting", "healthy", "unhealthy"}
+// A container without a health check has none ("none" is not rendered:
+// it would always be 0 beside the others).
+var healthStatuses = [...]string{"starting", "healthy", "unhealthy"}

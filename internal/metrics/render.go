@@ -336,8 +336,14 @@ func (s *scratch) container(ch *chosen, samples map[ContainerKey]*vigilv1.Resour
 		s.end(famLastTerminated, b)
 	}
 
+	// One series per status, the current one 1, for a container with a
+	// health check; none for one without (four series of zeros would be
+	// most of a plain container's budget, and say nothing).
 	current := healthStatus(c.GetHealth().GetStatus())
 	for _, st := range healthStatuses {
+		if current == "none" || current == "" { // no check, or a status this build does not know
+			break
+		}
 		b := s.begin(famHealth, l)
 		b = append(b, `,status="`...)
 		b = append(b, st...)

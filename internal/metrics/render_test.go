@@ -161,6 +161,7 @@ func TestRenderNodeRules(t *testing.T) {
 		{"container veth on the host is left out", `vigil_node_network_receive_bytes_total{node="node-1",interface="veth1"}`},
 		{"namespace of an unknown container is left out", `receive_bytes_total{node="node-1",namespace="default",pod_namespace="",pod="",container="gone"`},
 		{"image only on info", `vigil_container_running{node="node-1",namespace="default",pod_namespace="",pod="",container="db",image`},
+		{"no health series without a health check", `vigil_container_health_status{node="node-1",namespace="default",pod_namespace="",pod="",container="batch"`},
 		{"no quota, no CFS periods", `vigil_container_cpu_cfs_periods_total{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
 		{"no quota, no spec period", `vigil_container_spec_cpu_period_seconds{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
 		{"default shares left out", `vigil_container_spec_cpu_shares{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
