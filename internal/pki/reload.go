@@ -8,16 +8,22 @@ import (
 	"io/fs"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
-// fileStamp is what decides whether a file changed: its modification time
-// and size (a stat per handshake, no read).
+// fileStamp is what decides whether a file changed: its modification time,
+// size, inode and change time (a stat per handshake, no read). The inode
+// and change time catch a file replaced by one of the same size within the
+// same clock tick (an atomic rename: a revoked token swapped for another
+// of the same length), which time and size alone missed.
 type fileStamp struct {
-	mod  time.Time
-	size int64
+	mod   time.Time
+	size  int64
+	ino   uint64
+	ctime int64
 }
 
 func stamp(path string) (fileStamp, error) {
@@ -25,7 +31,11 @@ func stamp(path string) (fileStamp, error) {
 	if err != nil {
 		return fileStamp{}, err
 	}
-	return fileStamp{mod: fi.ModTime(), size: fi.Size()}, nil
+	st := fileStamp{mod: fi.ModTime(), size: fi.Size()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.ino, st.ctime = sys.Ino, sys.Ctim.Nano()
+	}
+	return st, nil
 }
 
 // keyPair is a certificate and key kept in files and reloaded when either

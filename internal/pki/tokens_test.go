@@ -127,3 +127,32 @@ func TestParseCSR(t *testing.T) {
 		t.Fatalf("RSA-1024 CSR: err = %v", err)
 	}
 }
+
+// TestTokenSwappedForOneOfTheSameSize: a token file replaced at once by one
+// of the same size (a revoked token swapped for another of its length, in
+// the same clock tick) is read again: the revoked token is refused. Time
+// and size alone missed it in most runs.
+func TestTokenSwappedForOneOfTheSameSize(t *testing.T) {
+	for i := range 30 {
+		path := filepath.Join(t.TempDir(), "tokens")
+		if err := WriteFileAtomic(path, []byte("0123456789abcdef first\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		f, err := OpenBootstrapTokens(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok, _ := f.Lookup("0123456789abcdef"); !ok {
+			t.Fatal("the first token is not granted")
+		}
+		if err := WriteFileAtomic(path, []byte("fedcba9876543210 first\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok, _ := f.Lookup("0123456789abcdef"); ok {
+			t.Fatalf("run %d: the revoked token is still granted after a same-size rewrite", i)
+		}
+		if _, ok, _ := f.Lookup("fedcba9876543210"); !ok {
+			t.Fatalf("run %d: the new token is not granted", i)
+		}
+	}
+}
