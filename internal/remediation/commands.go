@@ -170,10 +170,7 @@ func (e *Engine) RecordResult(ctx context.Context, id string, o Outcome, message
 }
 
 func clip1k(s string) string {
-	if len(s) <= 1024 {
-		return s
-	}
-	return s[:1024] + "..."
+	return clipN(s, 1024)
 }
 
 // Expire ends the commands whose time is up: pending past their deadline

@@ -164,6 +164,12 @@ func ParseWebhook(body []byte) (*Webhook, error) {
 	return out, nil
 }
 
+// Bounds of an alert's identifying fields.
+const (
+	maxFingerprint = 64
+	maxLabelBytes  = 1024
+)
+
 func parseAlert(wa wireAlert) (Alert, error) {
 	st, err := parseStatus(wa.Status)
 	if err != nil {
@@ -172,8 +178,19 @@ func parseAlert(wa wireAlert) (Alert, error) {
 	if wa.Fingerprint == "" {
 		return Alert{}, fmt.Errorf("no \"fingerprint\" (Alertmanager 0.19 and later send one; it identifies the alert): %w", errdefs.ErrInvalid)
 	}
+	if len(wa.Fingerprint) > maxFingerprint {
+		return Alert{}, fmt.Errorf("alert \"fingerprint\" is %d bytes, more than %d (Alertmanager sends 16 hex digits): %w", len(wa.Fingerprint), maxFingerprint, errdefs.ErrInvalid)
+	}
 	if len(wa.Labels) == 0 {
 		return Alert{}, fmt.Errorf("alert %s has no \"labels\": %w", clip(wa.Fingerprint), errdefs.ErrInvalid)
+	}
+	// Labels are copied into the intent, the record, the journal and the
+	// command: bound them, or one alert makes a store transaction too big
+	// to ever commit (etcd's request limit), and every retry fails alike.
+	for k, v := range wa.Labels {
+		if len(k) > maxLabelBytes || len(v) > maxLabelBytes {
+			return Alert{}, fmt.Errorf("alert %s label %q is longer than %d bytes: %w", clip(wa.Fingerprint), clip(k), maxLabelBytes, errdefs.ErrInvalid)
+		}
 	}
 	if wa.StartsAt == nil {
 		return Alert{}, fmt.Errorf("alert %s has no \"startsAt\": %w", clip(wa.Fingerprint), errdefs.ErrInvalid)
@@ -236,8 +253,11 @@ func jsonError(err error) string {
 
 // clip bounds a value quoted in an error message, so that a hostile body
 // does not turn into a huge log line.
-func clip(s string) string {
-	const max = 64
+func clip(s string) string { return clipN(s, 64) }
+
+// clipN cuts s to max bytes without splitting a rune (protobuf strings
+// must be valid UTF-8), marking the cut.
+func clipN(s string, max int) string {
 	if len(s) <= max {
 		return s
 	}

@@ -68,6 +68,8 @@ func TestParseWebhookErrors(t *testing.T) {
 		{"alert bad endsAt", alert(`"status":"firing","labels":{"a":"b"},"startsAt":"2024-01-01T00:00:00Z","endsAt":"soon","fingerprint":"f"`), `"endsAt" "soon"`},
 		{"resolved without endsAt", alert(`"status":"resolved","labels":{"a":"b"},"startsAt":"2024-01-01T00:00:00Z","fingerprint":"f"`), `resolved but has no "endsAt"`},
 		{"alert bad status", alert(`"status":"","labels":{"a":"b"},"startsAt":"2024-01-01T00:00:00Z","fingerprint":"f"`), `alerts[0]: "status": missing`},
+		{"fingerprint too long", alert(`"status":"firing","labels":{"a":"b"},"startsAt":"2024-01-01T00:00:00Z","fingerprint":"` + strings.Repeat("f", 65) + `"`), `"fingerprint" is 65 bytes, more than 64`},
+		{"label value too long", alert(`"status":"firing","labels":{"a":"` + strings.Repeat("v", 1025) + `"},"startsAt":"2024-01-01T00:00:00Z","fingerprint":"f"`), `label "a" is longer than 1024 bytes`},
 		{"long value clipped", `{"version":"` + strings.Repeat("x", 1000) + `","groupKey":"g","status":"firing","alerts":[]}`, `xxx..." is not supported`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
