@@ -162,7 +162,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	go reloadOnHUP(ctx, hup, a.ReloadGossipKeys, cfg.Logger)
+	// Owned here: it ends when run returns, whatever ctx does.
+	hctx, stopHUP := context.WithCancel(ctx)
+	defer stopHUP()
+	go reloadOnHUP(hctx, hup, a.ReloadGossipKeys, cfg.Logger)
 	if keeper == nil {
 		return a.Run(ctx)
 	}

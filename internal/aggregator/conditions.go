@@ -65,11 +65,25 @@ type conditionAssessor struct {
 	// suspectSelf is set while the last change was the fleet's as a whole.
 	suspectSelf func(bool)
 	prev        map[string]gossip.Condition
+	// gen and at are the fleet's condGen and the time of the last full
+	// assessment: without a change, one every assessEvery is enough (peer
+	// reports age out in tens of seconds).
+	gen uint64
+	at  time.Time
 }
+
+// assessEvery bounds how long an assessment is skipped when nothing it
+// reads changed.
+const assessEvery = 5 * time.Second
 
 // assess recomputes every node's condition at now, and records changes on
 // the nodes (bumping their version, so their series are rendered again).
 func (c *conditionAssessor) assess(f *Fleet, now time.Time) {
+	gen := f.condGen.Load()
+	if c.prev != nil && gen == c.gen && now.Sub(c.at) < assessEvery {
+		return
+	}
+	c.gen, c.at = gen, now
 	reports := f.peerReports()
 	next := make(map[string]gossip.Condition, len(c.prev))
 	type change struct {

@@ -34,6 +34,10 @@ type Fleet struct {
 	nodes map[string]*node
 
 	events *broadcaster
+	// condGen changes whenever something a node condition reads changes
+	// (a stream connects or ends, a peer view arrives), so that the
+	// assessor need not read every view when nothing changed.
+	condGen atomic.Uint64
 }
 
 // node is one node's state. Fields below mu are guarded by it.
@@ -135,6 +139,7 @@ func (f *Fleet) connect(h *vigilv1.Hello, aggregatorID string, now time.Time) *v
 	n.connectedSince = now
 	n.downSince = time.Time{}
 	n.setState(vigilv1.NodeState_NODE_STATE_UP)
+	f.condGen.Add(1)
 	return &vigilv1.HelloAck{
 		NodeName:         n.name,
 		ResumeAfterSeq:   n.lastSeq,
@@ -153,6 +158,7 @@ func (f *Fleet) disconnect(name string, now time.Time) {
 	defer n.mu.Unlock()
 	n.downSince = now
 	n.setState(vigilv1.NodeState_NODE_STATE_DOWN)
+	f.condGen.Add(1)
 }
 
 func (n *node) setState(s vigilv1.NodeState) {
@@ -160,6 +166,18 @@ func (n *node) setState(s vigilv1.NodeState) {
 		n.state = s
 		n.version++
 	}
+}
+
+// applied reports whether the node's current instance has applied sequence
+// number seq already (a message re-sent after a reconnect).
+func (f *Fleet) applied(name string, seq uint64) bool {
+	n := f.get(name)
+	if n == nil {
+		return false
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return seq <= n.lastSeq
 }
 
 // applyResult says what apply did.
@@ -225,6 +243,7 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time, q *Qu
 		n.peers = b.PeerView
 		n.peersAt = now
 		n.version++
+		f.condGen.Add(1)
 	case *vigilv1.AgentMessage_NodeStatus:
 		if n.status == nil || n.status.GetRuntimeAvailable() != b.NodeStatus.GetRuntimeAvailable() {
 			n.version++ // vigil_node_condition{condition="RuntimeAvailable"}

@@ -2,6 +2,8 @@ package aggregator
 
 import (
 	"fmt"
+	"sync/atomic"
+	"time"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/remediation"
@@ -11,13 +13,36 @@ import (
 // fleetView is the remediation engine's read-only view of the fleet, in
 // domain types, over the read model the agents' streams keep. It takes one
 // node's lock at a time and never blocks on I/O.
-type fleetView struct{ f *Fleet }
+type fleetView struct {
+	f *Fleet
+	// size caches Size for sizeFor: a count walks every container of the
+	// fleet, and each webhook group and each engine tick asks for it.
+	size atomic.Pointer[cachedSize]
+}
 
-var _ remediation.FleetView = fleetView{}
+type cachedSize struct {
+	s  remediation.FleetSize
+	at time.Time
+}
+
+const sizeFor = time.Second
+
+var _ remediation.FleetView = (*fleetView)(nil)
 
 // Size implements remediation.FleetView: nodes known and their containers
-// (sandboxes left out: the storm guard counts workloads).
-func (v fleetView) Size() remediation.FleetSize {
+// (sandboxes left out: the storm guard counts workloads), at most sizeFor
+// old.
+func (v *fleetView) Size() remediation.FleetSize {
+	now := time.Now()
+	if c := v.size.Load(); c != nil && now.Sub(c.at) < sizeFor {
+		return c.s
+	}
+	s := v.count()
+	v.size.Store(&cachedSize{s, now})
+	return s
+}
+
+func (v *fleetView) count() remediation.FleetSize {
 	var s remediation.FleetSize
 	for _, n := range v.f.list() {
 		s.Nodes++
@@ -33,7 +58,7 @@ func (v fleetView) Size() remediation.FleetSize {
 }
 
 // Lookup implements remediation.FleetView.
-func (v fleetView) Lookup(ref remediation.TargetRef) (remediation.TargetState, error) {
+func (v *fleetView) Lookup(ref remediation.TargetRef) (remediation.TargetState, error) {
 	n := v.f.get(ref.Node)
 	if n == nil {
 		return remediation.TargetState{}, fmt.Errorf("no node %q in the fleet: %w", ref.Node, errdefs.ErrNotFound)

@@ -293,7 +293,9 @@ func (g *Gateway) serve(ctx context.Context, s *agentStream, msgs <-chan sized, 
 			if err := g.quotas.checkMessage(m); err != nil {
 				return g.quotaExceeded(s.node, err)
 			}
-			if r := m.GetCommandResult(); r != nil && g.remediation != nil {
+			// Journaled before the ack; a message re-sent after a reconnect
+			// that was applied already is not journaled again.
+			if r := m.GetCommandResult(); r != nil && g.remediation != nil && !g.fleet.applied(s.node, m.GetSeq()) {
 				if err := g.recordResult(ctx, s.node, r); err != nil {
 					return err
 				}

@@ -14,6 +14,7 @@ import (
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/remediation"
+	"github.com/vigilhq/vigil/internal/store/bolt"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -27,13 +28,21 @@ func newRemediation(cfg *Config, fleet *Fleet) (*remediation.Engine, error) {
 	if cfg.Store == nil {
 		return nil, nil
 	}
+	// bbolt has no limit on a transaction's writes and pays an fsync per
+	// transaction: a large webhook is one transaction (the engine's
+	// default, 100, is etcd's).
+	maxOps := 0
+	if _, ok := cfg.Store.(*bolt.Store); ok {
+		maxOps = 5000
+	}
 	eng, err := remediation.New(remediation.Config{
-		Store:    cfg.Store,
-		Fleet:    fleetView{fleet},
-		Rules:    cfg.Rules,
-		Registry: cfg.Registry,
-		Logger:   cfg.Logger.With("component", "remediation"),
-		Leader:   cfg.Leader,
+		MaxTxnOps: maxOps,
+		Store:     cfg.Store,
+		Fleet:     &fleetView{f: fleet},
+		Rules:     cfg.Rules,
+		Registry:  cfg.Registry,
+		Logger:    cfg.Logger.With("component", "remediation"),
+		Leader:    cfg.Leader,
 		// The change feed: decisions and ends reach WatchEvents (vigilctl
 		// events) and the event history.
 		OnChange: func(r remediation.Remediation) {
@@ -48,8 +57,8 @@ func newRemediation(cfg *Config, fleet *Fleet) (*remediation.Engine, error) {
 
 // deliverCommands sends the node's pending commands on its stream while ctx
 // (the stream's) lives: the outbox is listed, then watched, so a command
-// decided while the node was away is delivered when it connects. A store
-// error is retried with backoff; the loop ends with ctx.
+// decided while the node was away is delivered when it connects. It returns
+// when ctx ends.
 func (g *Gateway) deliverCommands(ctx context.Context, s *agentStream) {
 	if g.holdCommands {
 		return // Config.HoldCommands: they wait in the outbox
@@ -64,20 +73,8 @@ func (g *Gateway) deliverCommands(ctx context.Context, s *agentStream) {
 			return fmt.Errorf("command queue of node %s is full (%d): %w", s.node, cap(s.commands), errdefs.ErrUnavailable)
 		}
 	}
-	backoff := 100 * time.Millisecond
-	for {
-		err := g.remediation.Deliver(ctx, s.node, send)
-		if ctx.Err() != nil {
-			return
-		}
-		g.log.Warn("delivering remediation commands failed; retrying", "node", s.node, "err", err, "in", backoff)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 10*time.Second)
-	}
+	// Deliver retries store errors and refused sends itself, until ctx ends.
+	_ = g.remediation.Deliver(ctx, s.node, send)
 }
 
 // recordResult journals an agent's command result before the message is

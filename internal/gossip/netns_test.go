@@ -232,6 +232,9 @@ func newNetnsCluster(t *testing.T, n int) *netnsCluster {
 	t.Helper()
 	testenv.Require(t)
 	if _, err := exec.LookPath("ip"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("ip (iproute2) not installed (scripts/install-prereqs.sh installs it): %v", err)
+		}
 		t.Skip("ip (iproute2) not installed")
 	}
 	c := &netnsCluster{t: t, sw: testenv.NewNetNS(t)}
