@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/testenv"
 	"github.com/vigilhq/vigil/test/chain"
 )
 
@@ -88,7 +89,7 @@ func TestAlertmanagerDelivers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts Alertmanager")
 	}
-	am := needTool(t, "prometheus-alertmanager")
+	am := testenv.LookPath(t, "prometheus-alertmanager")
 	root := repoRoot(t)
 	src, err := os.ReadFile(filepath.Join(root, "deploy/alertmanager/alertmanager.yml"))
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vigilhq/vigil/internal/testenv"
 	"sigs.k8s.io/yaml"
 )
 
@@ -15,7 +16,7 @@ import (
 // alert (to the people only). It also checks the settings the remediation
 // path depends on.
 func TestAlertmanagerConfig(t *testing.T) {
-	amtool := needTool(t, "amtool")
+	amtool := testenv.LookPath(t, "amtool")
 	root := repoRoot(t)
 	const file = "deploy/alertmanager/alertmanager.yml"
 	out := runTool(t, root, amtool, "check-config", file)

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	monv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	"github.com/vigilhq/vigil/internal/testenv"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -442,7 +443,7 @@ func checkMounts(t *testing.T, who string, ps corev1.PodSpec, claims ...string) 
 // decodes the result strictly: the namespace and images it sets, and every
 // object of the base in it.
 func TestKustomize(t *testing.T) {
-	kubectl := needTool(t, "kubectl")
+	kubectl := testenv.LookPath(t, "kubectl")
 	root := repoRoot(t)
 	out := runTool(t, root, kubectl, "kustomize", "deploy/daemonset")
 	docs := splitYAML([]byte(out))

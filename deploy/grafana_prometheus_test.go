@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/testenv"
 	"github.com/vigilhq/vigil/test/chain"
 )
 
@@ -101,13 +102,7 @@ func TestDashboardQueriesOnPrometheus(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts Prometheus")
 	}
-	prometheus, err := exec.LookPath("prometheus")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("prometheus not installed (scripts/install-prereqs.sh installs it): %v", err)
-		}
-		t.Skipf("prometheus not installed: %v", err)
-	}
+	prometheus := testenv.LookPath(t, "prometheus")
 	var scrapes atomic.Int64
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

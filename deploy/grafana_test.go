@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vigilhq/vigil/internal/testenv"
 	"sigs.k8s.io/yaml"
 )
 
@@ -251,7 +252,7 @@ func TestGrafanaDashboards(t *testing.T) {
 	if len(rules) < 40 {
 		t.Errorf("found %d queries; the dashboards lost some", len(rules))
 	}
-	promtool := needTool(t, "promtool")
+	promtool := testenv.LookPath(t, "promtool")
 	b, err := yaml.Marshal(map[string]any{"groups": []any{map[string]any{"name": "dashboards", "rules": rules}}})
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vigilhq/vigil/internal/testenv"
 	"sigs.k8s.io/yaml"
 )
 
@@ -64,7 +65,7 @@ func loadRules(t *testing.T) ruleFile {
 // TestPromtoolRules checks the rules with Prometheus's own parser and runs
 // their unit tests (vigil-rules.test.yml).
 func TestPromtoolRules(t *testing.T) {
-	promtool := needTool(t, "promtool")
+	promtool := testenv.LookPath(t, "promtool")
 	dir := filepath.Join(repoRoot(t), "deploy/prometheus")
 	runTool(t, dir, promtool, "check", "rules", "vigil-rules.yml")
 	out := runTool(t, dir, promtool, "test", "rules", "vigil-rules.test.yml")
@@ -76,7 +77,7 @@ func TestPromtoolRules(t *testing.T) {
 // TestPrometheusConfigs checks the shipped scrape configurations (which load
 // the rules) with promtool.
 func TestPrometheusConfigs(t *testing.T) {
-	promtool := needTool(t, "promtool")
+	promtool := testenv.LookPath(t, "promtool")
 	root := repoRoot(t)
 	for _, f := range []string{"deploy/prometheus/prometheus.yml", "deploy/prometheus/prometheus-sharded.yml", "deploy/demo/prometheus.yml"} {
 		runTool(t, root, promtool, "check", "config", f)

@@ -22,21 +22,6 @@ func repoRoot(tb testing.TB) string {
 	return filepath.Dir(filepath.Dir(file))
 }
 
-// needTool returns the path of a command the test runs. A missing one
-// skips the test with a message, or fails it under CI=true, where
-// scripts/install-prereqs.sh has installed everything.
-func needTool(tb testing.TB, name string) string {
-	tb.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			tb.Fatalf("%s not installed (scripts/install-prereqs.sh installs it): %v", name, err)
-		}
-		tb.Skipf("%s not installed (scripts/install-prereqs.sh installs it): %v", name, err)
-	}
-	return p
-}
-
 // runTool runs a command in dir and fails the test with its output when it
 // fails. It returns stdout.
 func runTool(tb testing.TB, dir, name string, args ...string) string {

@@ -42,6 +42,19 @@ func Require(tb testing.TB) {
 	}
 }
 
+// LookPath returns the path of the program name, or skips the test when it
+// is not installed, failing it instead under CI=true, where
+// scripts/install-prereqs.sh has installed everything. It does not run the
+// install script: use it for programs a test needs beyond containerd.
+func LookPath(tb testing.TB, name string) string {
+	tb.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		unavailable(tb, fmt.Sprintf("%s not installed (scripts/install-prereqs.sh installs it): %v", name, err))
+	}
+	return p
+}
+
 // unavailable skips, or fails under CI=true, with the reason.
 func unavailable(tb testing.TB, reason string) {
 	tb.Helper()

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -41,13 +40,7 @@ const (
 func TestDataPath(t *testing.T) {
 	t.Parallel()
 	env := testenv.Containerd(t)
-	prometheus, err := exec.LookPath("prometheus")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("prometheus not installed (scripts/install-prereqs.sh installs it): %v", err)
-		}
-		t.Skipf("prometheus not installed: %v", err)
-	}
+	prometheus := testenv.LookPath(t, "prometheus")
 	t.Logf("prometheus: %s", prometheus)
 	// A namespace of its own: runc's state (/run/containerd/runc/NS/ID) is
 	// shared by every containerd on the host, demo and other tests included.
@@ -59,6 +52,7 @@ func TestDataPath(t *testing.T) {
 
 	dir := t.TempDir()
 	addrs := make([]string, 4)
+	var err error
 	for i := range addrs {
 		if addrs[i], err = chain.FreeAddr(); err != nil {
 			t.Fatal(err)
