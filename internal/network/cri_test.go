@@ -40,7 +40,7 @@ func TestCRIPodVethMapsToPod(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap := read(t, m)
-	podNS := mustNS(t, snap, id.ino)
+	podNS := mustNS(t, snap, id.Ino)
 	eth0 := mustLink(t, podNS, "eth0")
 	if !slices.Contains(eth0.Addresses, pod.IP+"/24") {
 		t.Errorf("pod eth0 addresses = %v, want %s/24 among them", eth0.Addresses, pod.IP)
@@ -49,8 +49,8 @@ func TestCRIPodVethMapsToPod(t *testing.T) {
 		t.Fatalf("pod eth0 peer = %+v, want a host link", eth0.Peer)
 	}
 	hostEnd := mustLink(t, snap.Host(), eth0.Peer.Name)
-	if hostEnd.Peer == nil || hostEnd.Peer.Owner != sandbox || hostEnd.Peer.NetNSInode != id.ino {
-		t.Errorf("host %s peer = %+v, want owner %v in namespace %d", hostEnd.Name, hostEnd.Peer, sandbox, id.ino)
+	if hostEnd.Peer == nil || hostEnd.Peer.Owner != sandbox || hostEnd.Peer.NetNSInode != id.Ino {
+		t.Errorf("host %s peer = %+v, want owner %v in namespace %d", hostEnd.Name, hostEnd.Peer, sandbox, id.Ino)
 	}
 	if hostEnd.Kind != "veth" {
 		t.Errorf("host end %s kind = %q, want veth", hostEnd.Name, hostEnd.Kind)

@@ -8,12 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -220,7 +220,7 @@ func New(cfg Config) (*Monitor, error) {
 		return nil, fmt.Errorf("network monitor: %w", err)
 	}
 	if cfg.HostNetNSPath == "" {
-		m.host, err = m.openNamespace("/proc/thread-self/ns/net", true)
+		m.host, err = m.openNamespace(netns.Self, true)
 	} else {
 		m.host, err = m.openNamespace(cfg.HostNetNSPath, true)
 	}
@@ -244,7 +244,7 @@ func (m *Monitor) openNamespace(path string, host bool) (*namespace, error) {
 	}
 	defer h.Close()
 	var socks nsSockets
-	if self, serr := statNS("/proc/thread-self/ns/net"); serr == nil && self == id {
+	if self, serr := statNS(netns.Self); serr == nil && self == id {
 		socks, err = openSockets()
 	} else {
 		socks, err = openSocketsIn(h)
@@ -291,7 +291,7 @@ func (m *Monitor) seedKnown(ns *namespace) error {
 	ns.mu.Lock()
 	if ns.closed {
 		ns.mu.Unlock()
-		return fmt.Errorf("network namespace %d closed: %w", ns.id.ino, errdefs.ErrUnavailable)
+		return fmt.Errorf("network namespace %d closed: %w", ns.id.Ino, errdefs.ErrUnavailable)
 	}
 	m.dumpMu.Lock()
 	err := ns.conn.dump(m.dumpBuf, unix.RTM_GETLINK, linkDumpBody, func(typ uint16, p []byte) {
@@ -302,7 +302,7 @@ func (m *Monitor) seedKnown(ns *namespace) error {
 	m.dumpMu.Unlock()
 	ns.mu.Unlock()
 	if err != nil && !errors.Is(err, errDumpInterrupted) {
-		return fmt.Errorf("list links in network namespace %d: %w", ns.id.ino, err)
+		return fmt.Errorf("list links in network namespace %d: %w", ns.id.Ino, err)
 	}
 	ns.knownMu.Lock()
 	ns.known = known
@@ -344,7 +344,7 @@ func (m *Monitor) Attach(ref ContainerRef, src Source) error {
 	}
 	path := src.Path
 	if path == "" && src.PID != 0 {
-		path = "/proc/" + strconv.FormatUint(uint64(src.PID), 10) + "/ns/net"
+		path = netns.OfPid(src.PID)
 	}
 	if path == "" && !src.HostNetwork {
 		return fmt.Errorf("attach %s: no pid, namespace path or host network: %w", ref, errdefs.ErrInvalid)
@@ -367,8 +367,8 @@ func (m *Monitor) Attach(ref ContainerRef, src Source) error {
 		case id == m.host.id:
 			ns = m.host
 			path = "" // a host-network container: nothing to watch for
-		case m.namespaces[id.ino] != nil && m.namespaces[id.ino].id == id:
-			ns = m.namespaces[id.ino]
+		case m.namespaces[id.Ino] != nil && m.namespaces[id.Ino].id == id:
+			ns = m.namespaces[id.Ino]
 		}
 		m.mu.Unlock()
 		if closed {
@@ -388,7 +388,7 @@ func (m *Monitor) Attach(ref ContainerRef, src Source) error {
 				m.closeNamespace(ns)
 				return fmt.Errorf("attach %s: monitor closed: %w", ref, errdefs.ErrUnavailable)
 			}
-			m.namespaces[id.ino] = ns
+			m.namespaces[id.Ino] = ns
 			m.mu.Unlock()
 		}
 	}
@@ -441,8 +441,8 @@ func (m *Monitor) removeLocked(a *attachment) *namespace {
 	if ns.host || len(ns.containers) > 0 {
 		return nil
 	}
-	if m.namespaces[ns.id.ino] == ns {
-		delete(m.namespaces, ns.id.ino)
+	if m.namespaces[ns.id.Ino] == ns {
+		delete(m.namespaces, ns.id.Ino)
 	}
 	return ns
 }
@@ -456,11 +456,11 @@ func (m *Monitor) closeNamespace(ns *namespace) {
 	m.stats.closed.Add(1)
 	m.evMu.Lock()
 	for k := range m.pending {
-		if k.inode == ns.id.ino {
+		if k.inode == ns.id.Ino {
 			delete(m.pending, k)
 		}
 	}
-	m.queue = slices.DeleteFunc(m.queue, func(k eventKey) bool { return k.inode == ns.id.ino })
+	m.queue = slices.DeleteFunc(m.queue, func(k eventKey) bool { return k.inode == ns.id.Ino })
 	m.evMu.Unlock()
 }
 
@@ -552,7 +552,7 @@ func (m *Monitor) OpenDescriptors() int {
 func (m *Monitor) openSockets() int { return 2 * m.OpenNamespaces() }
 
 // HostInode returns the inode of the namespace treated as the host's.
-func (m *Monitor) HostInode() uint64 { return m.host.id.ino }
+func (m *Monitor) HostInode() uint64 { return m.host.id.Ino }
 
 // Events returns the channel link events are delivered on while Run runs.
 // It is closed when Run returns. Consumers that fall behind lose nothing
@@ -663,7 +663,7 @@ func (m *Monitor) linkNotification(ns *namespace, removed bool, rl *rawLink, now
 	}
 	ns.knownMu.Unlock()
 	m.push(Event{
-		Type: typ, Time: now, NetNSInode: ns.id.ino, Host: ns.host,
+		Type: typ, Time: now, NetNSInode: ns.id.Ino, Host: ns.host,
 		Containers: m.containersOf(ns),
 		Link:       rawToLink(rl, internedLink{}),
 	})
@@ -677,9 +677,9 @@ func (m *Monitor) resync(ns *namespace, now time.Time) {
 	ns.addrsDirty.Store(true)
 	ns.routesDirty.Store(true)
 	if err := m.seedKnown(ns); err != nil {
-		m.log.Warn("re-learning links after lost notifications", "netns_inode", ns.id.ino, "err", err)
+		m.log.Warn("re-learning links after lost notifications", "netns_inode", ns.id.Ino, "err", err)
 	}
-	m.push(Event{Type: Resync, Time: now, NetNSInode: ns.id.ino, Host: ns.host, Containers: m.containersOf(ns)})
+	m.push(Event{Type: Resync, Time: now, NetNSInode: ns.id.Ino, Host: ns.host, Containers: m.containersOf(ns)})
 }
 
 func (m *Monitor) containersOf(ns *namespace) []ContainerRef {
@@ -794,7 +794,7 @@ func (m *Monitor) Read(ctx context.Context) (*Snapshot, error) {
 	for _, ns := range m.namespaces {
 		items = append(items, item{ns: ns})
 	}
-	slices.SortFunc(items[1:], func(a, b item) int { return cmp.Compare(a.ns.id.ino, b.ns.id.ino) })
+	slices.SortFunc(items[1:], func(a, b item) int { return cmp.Compare(a.ns.id.Ino, b.ns.id.Ino) })
 	for i := range items {
 		ns := items[i].ns
 		if len(ns.containers) > 0 {
@@ -814,10 +814,10 @@ func (m *Monitor) Read(ctx context.Context) (*Snapshot, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		st := NamespaceState{Inode: it.ns.id.ino, Host: it.ns.host, Containers: it.containers}
+		st := NamespaceState{Inode: it.ns.id.Ino, Host: it.ns.host, Containers: it.containers}
 		if err := m.readNamespace(it.ns, &st); err != nil {
 			m.stats.readErrors.Add(1)
-			snap.Errors = append(snap.Errors, fmt.Errorf("network namespace %d (%s): %w", it.ns.id.ino, it.ns.path, err))
+			snap.Errors = append(snap.Errors, fmt.Errorf("network namespace %d (%s): %w", it.ns.id.Ino, it.ns.path, err))
 			continue
 		}
 		snap.Namespaces = append(snap.Namespaces, st)
@@ -992,7 +992,7 @@ func (m *Monitor) LinkUp(ctx context.Context, netnsInode uint64, ifname string) 
 		return fmt.Errorf("link up %s: monitor closed: %w", ifname, errdefs.ErrUnavailable)
 	}
 	ns := m.host
-	if netnsInode != 0 && netnsInode != m.host.id.ino {
+	if netnsInode != 0 && netnsInode != m.host.id.Ino {
 		ns = m.namespaces[netnsInode]
 	}
 	m.mu.Unlock()
@@ -1011,9 +1011,9 @@ func (m *Monitor) LinkUp(ctx context.Context, netnsInode uint64, ifname string) 
 	case err == nil:
 		return nil
 	case errors.Is(err, unix.ENODEV):
-		return fmt.Errorf("link up %s in network namespace %d: %w: %w", ifname, ns.id.ino, errdefs.ErrNotFound, err)
+		return fmt.Errorf("link up %s in network namespace %d: %w: %w", ifname, ns.id.Ino, errdefs.ErrNotFound, err)
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
-		return fmt.Errorf("link up %s in network namespace %d: %w: %w", ifname, ns.id.ino, errdefs.ErrPermission, err)
+		return fmt.Errorf("link up %s in network namespace %d: %w: %w", ifname, ns.id.Ino, errdefs.ErrPermission, err)
 	}
-	return fmt.Errorf("link up %s in network namespace %d: %w", ifname, ns.id.ino, err)
+	return fmt.Errorf("link up %s in network namespace %d: %w", ifname, ns.id.Ino, err)
 }

@@ -471,7 +471,7 @@ func waitNetNS(t *testing.T, pid int, inode uint64) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		if id, err := statNS("/proc/" + strconv.Itoa(pid) + "/ns/net"); err == nil && id.ino == inode {
+		if id, err := statNS("/proc/" + strconv.Itoa(pid) + "/ns/net"); err == nil && id.Ino == inode {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -520,8 +520,8 @@ func TestReadsTheRealHostNamespace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if host.Inode != self.ino {
-		t.Errorf("host inode = %d, want the agent's own %d", host.Inode, self.ino)
+	if host.Inode != self.Ino {
+		t.Errorf("host inode = %d, want the agent's own %d", host.Inode, self.Ino)
 	}
 	if lo := host.Link("lo"); lo == nil || lo.Kind != "loopback" || len(lo.Addresses) == 0 {
 		t.Errorf("host lo = %+v, want the loopback with addresses", lo)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/netns"
 )
 
 // Stats sources.
@@ -141,8 +142,8 @@ func New(cfg Config) (*Runtime, error) {
 		inv:     make(map[Key]*entry),
 	}
 	r.images.entries = make(map[string]imageMeta)
-	if ino, err := statInode("/proc/thread-self/ns/net"); err == nil {
-		r.hostNetNS = ino
+	if id, err := netns.IDOf(netns.Self); err == nil {
+		r.hostNetNS = id.Ino
 	}
 	r.stats.readers = make(map[Key]*statsReader)
 	return r, nil
@@ -204,7 +205,7 @@ func (r *Runtime) NetNSPath(k Key) string {
 	if !ok || e.c.Pid == 0 || (e.c.State != StateRunning && e.c.State != StatePaused) {
 		return ""
 	}
-	return fmt.Sprintf("/proc/%d/ns/net", e.c.Pid)
+	return netns.OfPid(e.c.Pid)
 }
 
 // Run connects to containerd, subscribes to its events first, then lists
