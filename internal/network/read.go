@@ -30,8 +30,8 @@ func rawToLink(rl *rawLink, in internedLink) Link {
 		Carrier:        rl.flags&unix.IFF_LOWER_UP != 0,
 		CarrierChanges: uint64(rl.carrierChanges),
 		Counters:       rl.counters,
-		PeerIndex:      rl.link,
-		PeerNetNSID:    rl.netnsid,
+		LinkIndex:      rl.link,
+		LinkNetNSID:    rl.netnsid,
 	}
 	if string(rl.name) == in.name {
 		l.Name = in.name
@@ -76,7 +76,7 @@ func macEqual(s string, b []byte) bool {
 
 // Read reads every open namespace once: links with counters, addresses
 // (re-read only after an address notification), the default route
-// (re-read only after a route or link notification), veth peers across
+// (re-read only after a route or link notification), veth link partners across
 // namespaces and the conditions that hold. A namespace that cannot be read
 // is left out and its error added to Snapshot.Errors; Read itself fails
 // only when ctx is done or the monitor is closed (errdefs.ErrUnavailable).
@@ -135,7 +135,7 @@ func (m *Monitor) Read(ctx context.Context) (*Snapshot, error) {
 		owners[st.Inode] = it.owner
 		read = append(read, it.ns)
 	}
-	linkPeers(snap, owners)
+	matchPartners(snap, owners)
 	for i := range snap.Namespaces {
 		st, ns := &snap.Namespaces[i], read[i]
 		st.Conditions = deriveConditions(st, ns.samples, m.cfg.Limits)
