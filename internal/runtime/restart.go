@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
@@ -16,6 +17,8 @@ import (
 	apitypes "github.com/containerd/containerd/api/types"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
@@ -37,6 +40,16 @@ import (
 // began and did not end (the agent was killed in the middle of it): the
 // container may have no task left, or a new task that was created and never
 // started, which is replaced.
+//
+// Whatever an earlier create of the container's task, interrupted inside
+// containerd, left in the way is cleared (see createTask): an earlier
+// create still going on is waited for (up to 10 s, then ErrBundleLeft), a
+// shim without a task is deleted, and with ResumeInterrupted a created or
+// stopped task is replaced. So a Restart that returns nil has made and
+// started a task of its own; a failed Restart leaves no task of its own
+// making behind (a created task whose start failed is deleted). Restart is
+// safe to call again after it failed or after its caller died: with
+// ResumeInterrupted it finishes what the earlier call began.
 //
 // The new task is made as containerd's client makes one: the rootfs is the
 // mounts of the container's snapshot, and containerd applies the
@@ -114,21 +127,7 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 	if err != nil {
 		return fmt.Errorf("restart %s/%s: rootfs: %w", k.Namespace, k.ID, err)
 	}
-	if err := r.call(ctx, "task_create", func(ctx context.Context) error {
-		_, err := c.tasks.Create(ctx, &tasksapi.CreateTaskRequest{
-			ContainerID: k.ID,
-			Rootfs:      rootfs,
-			Stdout:      stdout,
-			Stderr:      stderr,
-		})
-		return err
-	}); err != nil {
-		switch {
-		case strings.Contains(err.Error(), "file exists"):
-			return fmt.Errorf("restart %s/%s: create task: %w: %v", k.Namespace, k.ID, ErrBundleLeft, err)
-		case strings.Contains(err.Error(), "already exists"):
-			return fmt.Errorf("restart %s/%s: create task: %w: %v", k.Namespace, k.ID, ErrCreateRaced, err)
-		}
+	if err := r.createTask(ctx, c, k, rootfs, stdout, stderr, o.resume); err != nil {
 		return fmt.Errorf("restart %s/%s: create task: %w", k.Namespace, k.ID, err)
 	}
 	if err := r.call(ctx, "task_start", func(ctx context.Context) error {
@@ -145,6 +144,117 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 		return fmt.Errorf("restart %s/%s: start task: %w", k.Namespace, k.ID, err)
 	}
 	return nil
+}
+
+// Bounds of createTask's clean-ups: how many leftovers it clears before
+// giving up, and how long it waits for an earlier create still going on in
+// containerd (its bundle in the way) to end.
+const (
+	maxCreateCleanups  = 5
+	leftoverCreateWait = 10 * time.Second
+	leftoverCreatePoll = 100 * time.Millisecond
+)
+
+// createTask creates k's task, clearing what an earlier, interrupted create
+// of it left in containerd (the agent SIGKILLed in the middle of a restart,
+// while containerd went on with the create):
+//
+//   - "task ID: already exists" while Get finds no task: containerd holds a
+//     shim for the container whose task was never created (Get answers
+//     "container not created"). Nobody can start it; it is deleted (which
+//     stops the shim and removes its bundle) and the create made again.
+//   - "already exists" with a task that Get finds created and never started,
+//     or stopped: with resume, it is the interrupted restart's own and is
+//     deleted (runc kills a created task's waiting process) and made again;
+//     without, it is someone else's and the error wraps ErrCreateRaced.
+//   - "already exists" with a running or paused task: ErrCreateRaced.
+//   - "mkdir ...: file exists": the earlier create is still going on (its
+//     bundle directory exists, its shim is not registered yet). createTask
+//     waits for it to end (up to leftoverCreateWait), then handles what it
+//     left as above; if it does not end, the error wraps ErrBundleLeft.
+//
+// It returns nil once a task it made is created; ctx bounds the waits.
+func (r *Runtime) createTask(ctx context.Context, c *apiClient, k Key, rootfs []*apitypes.Mount, stdout, stderr string, resume bool) error {
+	var bundleSince time.Time
+	for cleanups := 0; ; {
+		err := r.call(ctx, "task_create", func(ctx context.Context) error {
+			_, err := c.tasks.Create(ctx, &tasksapi.CreateTaskRequest{
+				ContainerID: k.ID,
+				Rootfs:      rootfs,
+				Stdout:      stdout,
+				Stderr:      stderr,
+			})
+			return err
+		})
+		if err == nil {
+			return nil
+		}
+		switch {
+		case strings.Contains(err.Error(), "file exists"):
+			if bundleSince.IsZero() {
+				bundleSince = time.Now()
+			}
+			if time.Since(bundleSince) > leftoverCreateWait {
+				return fmt.Errorf("%w: %v", ErrBundleLeft, err)
+			}
+			r.metrics.countLeftover("bundle_wait")
+			if err := sleepCtx(ctx, leftoverCreatePoll); err != nil {
+				return fmt.Errorf("%w: %w", ErrBundleLeft, err)
+			}
+			continue
+		case !strings.Contains(err.Error(), "already exists"):
+			return err
+		}
+		if cleanups >= maxCreateCleanups {
+			return fmt.Errorf("%w: still there after %d clean-ups: %v", ErrCreateRaced, cleanups, err)
+		}
+		cleanups++
+		left, gerr := r.loadTask(ctx, c, k)
+		switch {
+		case errors.Is(gerr, errdefs.ErrNotFound):
+			// A shim without a task.
+			r.metrics.countLeftover("shim")
+			r.log.Info("restart: deleting what an interrupted task create left (a shim without a task)", "namespace", k.Namespace, "id", k.ID)
+		case gerr != nil:
+			return gerr
+		case resume && (left.Status == tasktypes.Status_CREATED || left.Status == tasktypes.Status_STOPPED || left.Status == tasktypes.Status_UNKNOWN):
+			r.metrics.countLeftover("task")
+			r.log.Info("restart: replacing the task an interrupted restart created", "namespace", k.Namespace, "id", k.ID, "status", strings.ToLower(left.Status.String()), "pid", left.Pid)
+		default:
+			return fmt.Errorf("%w: a %s task (pid %d): %v", ErrCreateRaced, strings.ToLower(left.Status.String()), left.Pid, err)
+		}
+		if derr := r.deleteLeftover(ctx, c, k); derr != nil {
+			return fmt.Errorf("%w: deleting it: %w", ErrCreateRaced, derr)
+		}
+	}
+}
+
+// deleteLeftover kills (a created task's waiting process) and deletes k's
+// task, or the shim containerd holds for it; gone already is fine.
+func (r *Runtime) deleteLeftover(ctx context.Context, c *apiClient, k Key) error {
+	err := r.call(ctx, "task_delete", func(ctx context.Context) error {
+		if err := killAndWait(ctx, c, k.ID, ""); err != nil && status.Code(err) != codes.NotFound {
+			return err
+		}
+		_, err := c.tasks.Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: k.ID})
+		return err
+	})
+	if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+// sleepCtx waits d or until ctx ends (its error).
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // rootfs returns the mounts of container cc's snapshot (none when it has no
@@ -272,16 +382,19 @@ var ErrTaskGone = fmt.Errorf("the exited task was deleted by someone else: %w", 
 
 // ErrBundleLeft: containerd still has the bundle directory of an earlier
 // create of the container's task ("mkdir .../io.containerd.runtime.v2.task/
-// NS/ID: file exists"). Seen with containerd 1.6.20 when the client of a
-// task create dies in the middle of it (the agent SIGKILLed during a
-// restart): every later create of that container fails so, for at least
-// 30 s (test/crash), until containerd restarts and cleans its state.
+// NS/ID: file exists") after Restart waited 10 s for that create to end.
+// Seen with containerd 1.6.20 when the client of a task create dies in the
+// middle of it (the agent SIGKILLed during a restart): the create goes on
+// in containerd, and its bundle is in the way until it ends (a fraction of
+// a second in TestRestartAfterInterruptedCreate; test/crash saw 30 s and
+// more, until containerd restarts and cleans its state).
 var ErrBundleLeft = fmt.Errorf("containerd still holds the bundle of an earlier, interrupted create of this task (restarting containerd clears it): %w", errdefs.ErrConflict)
 
-// ErrCreateRaced: a task of the container appeared between Restart's look
-// and its create ("task ID: already exists"): an earlier create whose
-// client died (the agent SIGKILLed during a restart) was still going on in
-// containerd. Trying again finds that task.
+// ErrCreateRaced: a task of the container that Restart may not replace is
+// in the way of its create ("task ID: already exists"): a running or
+// paused task, or, without ResumeInterrupted, a created or stopped one
+// (someone else's create). Also when a leftover keeps coming back after
+// five clean-ups.
 var ErrCreateRaced = fmt.Errorf("a task of this container appeared during the restart (an earlier, interrupted create still going on in containerd): %w", errdefs.ErrConflict)
 
 // RestartOption modifies Restart.
