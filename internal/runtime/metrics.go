@@ -18,6 +18,7 @@ type selfMetrics struct {
 	cycle        *metrics.Histogram
 	leftovers    *metrics.CounterVec
 	openFiles    atomic.Int64
+	logRotations atomic.Int64
 }
 
 var (
@@ -25,6 +26,8 @@ var (
 		"Times the connection to containerd was lost or could not be made and was retried.", metrics.CounterType)
 	descOpenFiles = metrics.NewDesc("vigil_agent_runtime_cgroup_files_open",
 		"cgroup files held open by the stats collector.", metrics.GaugeType)
+	descLogRotations = metrics.NewDesc("vigil_agent_runtime_log_rotations_total",
+		"Container log files under the agent's log directory rotated at their size cap.", metrics.CounterType)
 	descAvailable = metrics.NewDesc("vigil_agent_runtime_available",
 		"1 when containerd answers and the inventory is in sync with it, else 0.", metrics.GaugeType)
 	descLatency = metrics.NewDesc("vigil_agent_runtime_probe_latency_seconds",
@@ -79,6 +82,7 @@ func (c *runtimeCollector) Collect(w *metrics.Writer) {
 	m.leftovers.Collect(w)
 	w.Sample(descReconnects, float64(m.reconnects.Load()))
 	w.Sample(descOpenFiles, float64(m.openFiles.Load()))
+	w.Sample(descLogRotations, float64(m.logRotations.Load()))
 	avail := 0.0
 	if r.Available() {
 		avail = 1
