@@ -395,7 +395,7 @@ var ErrBundleLeft = fmt.Errorf("containerd still holds the bundle of an earlier,
 // paused task, or, without ResumeInterrupted, a created or stopped one
 // (someone else's create). Also when a leftover keeps coming back after
 // five clean-ups.
-var ErrCreateRaced = fmt.Errorf("a task of this container appeared during the restart (an earlier, interrupted create still going on in containerd): %w", errdefs.ErrConflict)
+var ErrCreateRaced = fmt.Errorf("a task of this container that the restart may not replace is in the way of its create (running, or made by someone else): %w", errdefs.ErrConflict)
 
 // RestartOption modifies Restart.
 type RestartOption func(*restartOptions)
