@@ -23,7 +23,7 @@ var (
 	descTargets = metrics.NewDesc("vigil_agent_health_targets",
 		"Containers the agent is health-checking.", metrics.GaugeType)
 	descWorkers = metrics.NewDesc("vigil_agent_health_workers",
-		"Probe workers started: they start when a probe is due and every started one is busy, up to --health-workers.", metrics.GaugeType)
+		"Probe workers started: they start when a probe is due and every started one is busy, up to the scheduler's worker limit.", metrics.GaugeType)
 )
 
 func newMetrics(count, workers func() int) *probeMetrics {

@@ -7,19 +7,16 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	goruntime "runtime"
-	"strconv"
 	"syscall"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/netns"
 	"golang.org/x/sys/unix"
 )
 
 // NetNSOfPid returns the path of the network namespace of process pid, for
-// Target.NetNS.
-func NetNSOfPid(pid uint32) string {
-	return "/proc/" + strconv.FormatUint(uint64(pid), 10) + "/ns/net"
-}
+// Target.NetNS (netns.OfPid).
+func NetNSOfPid(pid uint32) string { return netns.OfPid(pid) }
 
 // dialTCP connects to addr inside the network namespace at nsPath ("" is
 // the agent's own), honouring ctx's deadline and cancellation.
@@ -46,59 +43,26 @@ func dialTCP(ctx context.Context, nsPath string, addr netip.AddrPort) (net.Conn,
 }
 
 // socketIn creates a non-blocking TCP socket inside the network namespace at
-// nsPath.
-//
-// It runs on a new goroutine locked to its thread: the thread enters the
-// namespace, creates the socket and goes back to its original namespace. If
-// it cannot go back, the goroutine exits still locked, and the Go runtime
-// then terminates the thread instead of reusing it: no other goroutine ever
-// runs in the wrong namespace.
+// nsPath, through netns.Do: only the socket(2) call runs on a thread moved
+// into the namespace.
 func socketIn(nsPath string, family int) (int, error) {
-	type result struct {
-		fd  int
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		goruntime.LockOSThread()
-		fd, restored, err := socketOnThisThread(nsPath, family)
-		ch <- result{fd, err}
-		if restored {
-			goruntime.UnlockOSThread()
+	fd := -1
+	err := netns.Do(nsPath, func() error {
+		var err error
+		fd, err = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+		if err != nil {
+			fd = -1
+			return fmt.Errorf("socket in network namespace %s: %w", nsPath, err)
 		}
-	}()
-	r := <-ch
-	return r.fd, r.err
-}
-
-// socketOnThisThread does socketIn's work on the calling, locked thread.
-// restored is false only when the thread could not return to its original
-// namespace.
-func socketOnThisThread(nsPath string, family int) (fd int, restored bool, err error) {
-	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		return nil
+	})
 	if err != nil {
-		return -1, true, fmt.Errorf("open own network namespace: %w", err)
-	}
-	defer unix.Close(orig)
-	target, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, true, fmt.Errorf("open network namespace %s: %w", nsPath, err)
-	}
-	defer unix.Close(target)
-	if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-		return -1, true, fmt.Errorf("enter network namespace %s: %w", nsPath, err)
-	}
-	fd, serr := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
-	if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-		if serr == nil {
-			unix.Close(fd)
+		if fd >= 0 {
+			unix.Close(fd) // made, but the thread could not go back
 		}
-		return -1, false, fmt.Errorf("return from network namespace %s: %w", nsPath, err)
+		return -1, err
 	}
-	if serr != nil {
-		return -1, true, fmt.Errorf("socket in network namespace %s: %w", nsPath, serr)
-	}
-	return fd, true, nil
+	return fd, nil
 }
 
 // longAgo is a deadline in the past, to interrupt a pending connect.

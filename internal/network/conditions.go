@@ -38,7 +38,7 @@ func significant(l *Link) bool {
 // the container owns nothing else. On the host a link that is
 // administratively down is the operator's choice (spare ports, unused
 // devices) and is ignored; a link that is up but operationally down (no
-// carrier, the veth peer down, the port down) is a condition. Anywhere, a
+// carrier, the veth partner down, the port down) is a condition. Anywhere, a
 // bridge that is up but operationally down is not: a bridge has no carrier
 // of its own until a port is up (docker0 or cni0 with no containers), and
 // its ports report for themselves.
@@ -80,9 +80,9 @@ func needsDefaultRoute(ns *NamespaceState) bool {
 	return false
 }
 
-// mtuMismatch reports whether a veth whose peer was found has a different MTU.
+// mtuMismatch reports whether a veth whose link partner was found has a different MTU.
 func mtuMismatch(l *Link) bool {
-	return l.Peer != nil && l.Peer.MTU != 0 && l.MTU != 0 && l.Peer.MTU != l.MTU
+	return l.Partner != nil && l.Partner.MTU != 0 && l.MTU != 0 && l.Partner.MTU != l.MTU
 }
 
 // counterSample is the part of a link's counters that rates are computed on.
@@ -125,9 +125,9 @@ func deriveConditions(ns *NamespaceState, prev map[int32]counterSample, lim Limi
 		}
 		// A pair across namespaces is reported once, on the container's end;
 		// a pair inside one namespace on the end with the lower index.
-		if mtuMismatch(l) && ((!ns.Host && l.Peer.Host) || (l.Peer.NetNSInode == ns.Inode && l.Index < l.Peer.Index)) {
-			add(ConditionMTUMismatch, ReasonMTUMismatch, l.Name, fmt.Sprintf("MTU %d on %s, %d on its veth peer %s",
-				l.MTU, l.Name, l.Peer.MTU, l.Peer.Name))
+		if mtuMismatch(l) && ((!ns.Host && l.Partner.Host) || (l.Partner.NetNSInode == ns.Inode && l.Index < l.Partner.Index)) {
+			add(ConditionMTUMismatch, ReasonMTUMismatch, l.Name, fmt.Sprintf("MTU %d on %s, %d on its veth partner %s",
+				l.MTU, l.Name, l.Partner.MTU, l.Partner.Name))
 		}
 		p, ok := prev[l.Index]
 		if !ok {

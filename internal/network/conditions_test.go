@@ -64,7 +64,7 @@ func TestDeriveConditions(t *testing.T) {
 		return Link{Index: 2, Name: name, Kind: kind, AdminUp: true, OperState: OperUp, MTU: 1500}
 	}
 	lo := Link{Index: 1, Name: "lo", Kind: "loopback", AdminUp: true, OperState: OperUnknown}
-	withPeer := func(l Link, peer PeerRef) Link { l.Peer = &peer; return l }
+	withPartner := func(l Link, peer LinkPartner) Link { l.Partner = &peer; return l }
 	withCounters := func(l Link, c Counters) Link { l.Counters = c; return l }
 	type want struct {
 		typ    ConditionType
@@ -103,7 +103,7 @@ func TestDeriveConditions(t *testing.T) {
 		{
 			name: "mtu mismatch reported on the container end",
 			ns: NamespaceState{Inode: 9, HasDefaultRoute: true, Links: []Link{
-				withPeer(up("eth0", "veth"), PeerRef{Host: true, NetNSInode: 1, Index: 12, Name: "veth12", MTU: 1450}),
+				withPartner(up("eth0", "veth"), LinkPartner{Host: true, NetNSInode: 1, Index: 12, Name: "veth12", MTU: 1450}),
 			}},
 			lim:  lim,
 			want: []want{{ConditionMTUMismatch, "eth0", ReasonMTUMismatch}},
@@ -111,15 +111,15 @@ func TestDeriveConditions(t *testing.T) {
 		{
 			name: "mtu mismatch not repeated on the host end",
 			ns: NamespaceState{Inode: 1, Host: true, Links: []Link{
-				withPeer(up("veth12", "veth"), PeerRef{NetNSInode: 9, Index: 2, Name: "eth0", MTU: 1450}),
+				withPartner(up("veth12", "veth"), LinkPartner{NetNSInode: 9, Index: 2, Name: "eth0", MTU: 1450}),
 			}},
 			lim: lim,
 		},
 		{
 			name: "same-namespace pair reported once",
 			ns: NamespaceState{Inode: 1, Host: true, Links: []Link{
-				{Index: 3, Name: "a", Kind: "veth", AdminUp: true, MTU: 1500, Peer: &PeerRef{NetNSInode: 1, Host: true, Index: 4, Name: "b", MTU: 9000}},
-				{Index: 4, Name: "b", Kind: "veth", AdminUp: true, MTU: 9000, Peer: &PeerRef{NetNSInode: 1, Host: true, Index: 3, Name: "a", MTU: 1500}},
+				{Index: 3, Name: "a", Kind: "veth", AdminUp: true, MTU: 1500, Partner: &LinkPartner{NetNSInode: 1, Host: true, Index: 4, Name: "b", MTU: 9000}},
+				{Index: 4, Name: "b", Kind: "veth", AdminUp: true, MTU: 9000, Partner: &LinkPartner{NetNSInode: 1, Host: true, Index: 3, Name: "a", MTU: 1500}},
 			}},
 			lim:  lim,
 			want: []want{{ConditionMTUMismatch, "a", ReasonMTUMismatch}},
@@ -127,7 +127,7 @@ func TestDeriveConditions(t *testing.T) {
 		{
 			name: "matching mtu",
 			ns: NamespaceState{Inode: 9, HasDefaultRoute: true, Links: []Link{
-				withPeer(up("eth0", "veth"), PeerRef{Host: true, NetNSInode: 1, Index: 12, Name: "veth12", MTU: 1500}),
+				withPartner(up("eth0", "veth"), LinkPartner{Host: true, NetNSInode: 1, Index: 12, Name: "veth12", MTU: 1500}),
 			}},
 			lim: lim,
 		},
@@ -220,9 +220,9 @@ func TestStampSince(t *testing.T) {
 	}
 }
 
-func TestLinkPeers(t *testing.T) {
+func TestMatchPartners(t *testing.T) {
 	veth := func(index int32, name string, peer int32, nsid int32, mtu uint32) Link {
-		return Link{Index: index, Name: name, Kind: "veth", PeerIndex: peer, PeerNetNSID: nsid, MTU: mtu}
+		return Link{Index: index, Name: name, Kind: "veth", LinkIndex: peer, LinkNetNSID: nsid, MTU: mtu}
 	}
 	podA, podB := ContainerRef{"k8s.io", "sandbox-a"}, ContainerRef{"k8s.io", "sandbox-b"}
 	snap := &Snapshot{Namespaces: []NamespaceState{
@@ -233,7 +233,7 @@ func TestLinkPeers(t *testing.T) {
 			veth(12, "vethX", 5, 2, 1500), // peer in a namespace not read
 			veth(20, "inner1", 21, -1, 1500),
 			veth(21, "inner2", 20, -1, 9000),
-			{Index: 30, Name: "vlan30", Kind: "vlan", PeerIndex: 10, PeerNetNSID: -1},
+			{Index: 30, Name: "vlan30", Kind: "vlan", LinkIndex: 10, LinkNetNSID: -1},
 		}},
 		{Inode: 100, Links: []Link{{Index: 1, Name: "lo", Kind: "loopback"}, veth(2, "eth0", 10, 0, 1450)}},
 		{Inode: 200, Links: []Link{{Index: 1, Name: "lo", Kind: "loopback"}, veth(2, "eth0", 11, 0, 1500)}},
@@ -241,38 +241,38 @@ func TestLinkPeers(t *testing.T) {
 		// (vethA's peer is namespace 100's eth0). Two claims on vethA: neither matched.
 		{Inode: 300, Links: []Link{veth(2, "eth0", 10, 3, 1500)}},
 	}}
-	linkPeers(snap, map[uint64]ContainerRef{100: podA, 200: podB})
+	matchPartners(snap, map[uint64]ContainerRef{100: podA, 200: podB})
 	host := snap.Host()
-	check := func(ns *NamespaceState, name string, want *PeerRef) {
+	check := func(ns *NamespaceState, name string, want *LinkPartner) {
 		t.Helper()
 		l := ns.Link(name)
 		switch {
-		case want == nil && l.Peer != nil:
-			t.Errorf("ns %d %s: peer %+v, want none", ns.Inode, name, l.Peer)
-		case want != nil && (l.Peer == nil || *l.Peer != *want):
-			t.Errorf("ns %d %s: peer %+v, want %+v", ns.Inode, name, l.Peer, want)
+		case want == nil && l.Partner != nil:
+			t.Errorf("ns %d %s: peer %+v, want none", ns.Inode, name, l.Partner)
+		case want != nil && (l.Partner == nil || *l.Partner != *want):
+			t.Errorf("ns %d %s: peer %+v, want %+v", ns.Inode, name, l.Partner, want)
 		}
 	}
 	check(host, "vethA", nil) // claimed by namespaces 100 and 300
 	check(snap.Namespace(100), "eth0", nil)
 	check(snap.Namespace(300), "eth0", nil)
-	check(host, "vethB", &PeerRef{NetNSInode: 200, Index: 2, Name: "eth0", MTU: 1500, Owner: podB})
-	check(snap.Namespace(200), "eth0", &PeerRef{NetNSInode: 1, Host: true, Index: 11, Name: "vethB", MTU: 1500})
+	check(host, "vethB", &LinkPartner{NetNSInode: 200, Index: 2, Name: "eth0", MTU: 1500, Owner: podB})
+	check(snap.Namespace(200), "eth0", &LinkPartner{NetNSInode: 1, Host: true, Index: 11, Name: "vethB", MTU: 1500})
 	check(host, "vethX", nil)
-	check(host, "inner1", &PeerRef{NetNSInode: 1, Host: true, Index: 21, Name: "inner2", MTU: 9000})
-	check(host, "inner2", &PeerRef{NetNSInode: 1, Host: true, Index: 20, Name: "inner1", MTU: 1500})
+	check(host, "inner1", &LinkPartner{NetNSInode: 1, Host: true, Index: 21, Name: "inner2", MTU: 9000})
+	check(host, "inner2", &LinkPartner{NetNSInode: 1, Host: true, Index: 20, Name: "inner1", MTU: 1500})
 	check(host, "vlan30", nil)
 
 	// Without the colliding namespace, vethA pairs with namespace 100.
 	snap.Namespaces = snap.Namespaces[:3]
 	for i := range snap.Namespaces {
 		for j := range snap.Namespaces[i].Links {
-			snap.Namespaces[i].Links[j].Peer = nil
+			snap.Namespaces[i].Links[j].Partner = nil
 		}
 	}
-	linkPeers(snap, map[uint64]ContainerRef{100: podA, 200: podB})
-	check(host, "vethA", &PeerRef{NetNSInode: 100, Index: 2, Name: "eth0", MTU: 1450, Owner: podA})
-	check(snap.Namespace(100), "eth0", &PeerRef{NetNSInode: 1, Host: true, Index: 10, Name: "vethA", MTU: 1500})
+	matchPartners(snap, map[uint64]ContainerRef{100: podA, 200: podB})
+	check(host, "vethA", &LinkPartner{NetNSInode: 100, Index: 2, Name: "eth0", MTU: 1450, Owner: podA})
+	check(snap.Namespace(100), "eth0", &LinkPartner{NetNSInode: 1, Host: true, Index: 10, Name: "vethA", MTU: 1500})
 }
 
 // TestEventsCoalesceAndDrop checks the pending-event queue behind the

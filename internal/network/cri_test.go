@@ -40,17 +40,17 @@ func TestCRIPodVethMapsToPod(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap := read(t, m)
-	podNS := mustNS(t, snap, id.ino)
+	podNS := mustNS(t, snap, id.Ino)
 	eth0 := mustLink(t, podNS, "eth0")
 	if !slices.Contains(eth0.Addresses, pod.IP+"/24") {
 		t.Errorf("pod eth0 addresses = %v, want %s/24 among them", eth0.Addresses, pod.IP)
 	}
-	if eth0.Peer == nil || !eth0.Peer.Host {
-		t.Fatalf("pod eth0 peer = %+v, want a host link", eth0.Peer)
+	if eth0.Partner == nil || !eth0.Partner.Host {
+		t.Fatalf("pod eth0 peer = %+v, want a host link", eth0.Partner)
 	}
-	hostEnd := mustLink(t, snap.Host(), eth0.Peer.Name)
-	if hostEnd.Peer == nil || hostEnd.Peer.Owner != sandbox || hostEnd.Peer.NetNSInode != id.ino {
-		t.Errorf("host %s peer = %+v, want owner %v in namespace %d", hostEnd.Name, hostEnd.Peer, sandbox, id.ino)
+	hostEnd := mustLink(t, snap.Host(), eth0.Partner.Name)
+	if hostEnd.Partner == nil || hostEnd.Partner.Owner != sandbox || hostEnd.Partner.NetNSInode != id.Ino {
+		t.Errorf("host %s peer = %+v, want owner %v in namespace %d", hostEnd.Name, hostEnd.Partner, sandbox, id.Ino)
 	}
 	if hostEnd.Kind != "veth" {
 		t.Errorf("host end %s kind = %q, want veth", hostEnd.Name, hostEnd.Kind)

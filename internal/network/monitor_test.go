@@ -120,15 +120,15 @@ func TestReadSceneLinksPeersAndCounters(t *testing.T) {
 		t.Errorf("healthy namespace a has conditions %+v", nsA.Conditions)
 	}
 	// The veth pair is matched both ways, and the host end names its pod.
-	if eth0.Peer == nil || !eth0.Peer.Host || eth0.Peer.Name != a.host {
-		t.Errorf("eth0 peer = %+v, want host link %s", eth0.Peer, a.host)
+	if eth0.Partner == nil || !eth0.Partner.Host || eth0.Partner.Name != a.host {
+		t.Errorf("eth0 peer = %+v, want host link %s", eth0.Partner, a.host)
 	}
 	hostA := mustLink(t, host, a.host)
-	if hostA.Peer == nil || hostA.Peer.NetNSInode != a.inode || hostA.Peer.Owner != refA || hostA.Peer.Name != "eth0" {
-		t.Errorf("host %s peer = %+v, want eth0 in %d owned by %v", a.host, hostA.Peer, a.inode, refA)
+	if hostA.Partner == nil || hostA.Partner.NetNSInode != a.inode || hostA.Partner.Owner != refA || hostA.Partner.Name != "eth0" {
+		t.Errorf("host %s peer = %+v, want eth0 in %d owned by %v", a.host, hostA.Partner, a.inode, refA)
 	}
-	if hostB := mustLink(t, host, b.host); hostB.Peer == nil || hostB.Peer.Owner != refB {
-		t.Errorf("host %s peer = %+v, want owner %v", b.host, hostB.Peer, refB)
+	if hostB := mustLink(t, host, b.host); hostB.Partner == nil || hostB.Partner.Owner != refB {
+		t.Errorf("host %s peer = %+v, want owner %v", b.host, hostB.Partner, refB)
 	}
 
 	// Traffic from a to b moves the counters of a's eth0 (tx), b's eth0 (rx)
@@ -366,8 +366,8 @@ func TestSharedAndHostNetworkNamespacesAreNotDoubleCounted(t *testing.T) {
 		t.Errorf("host containers = %v, want the two host-network ones", got)
 	}
 	// The primary container (the sandbox) names the host end.
-	if l := mustLink(t, snap.Host(), a.host); l.Peer == nil || l.Peer.Owner != sandbox {
-		t.Errorf("host %s peer = %+v, want owner %v", a.host, l.Peer, sandbox)
+	if l := mustLink(t, snap.Host(), a.host); l.Partner == nil || l.Partner.Owner != sandbox {
+		t.Errorf("host %s peer = %+v, want owner %v", a.host, l.Partner, sandbox)
 	}
 	// Detaching one of two containers keeps the namespace open.
 	m.Detach(sandbox)
@@ -471,7 +471,7 @@ func waitNetNS(t *testing.T, pid int, inode uint64) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		if id, err := statNS("/proc/" + strconv.Itoa(pid) + "/ns/net"); err == nil && id.ino == inode {
+		if id, err := statNS("/proc/" + strconv.Itoa(pid) + "/ns/net"); err == nil && id.Ino == inode {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -520,8 +520,8 @@ func TestReadsTheRealHostNamespace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if host.Inode != self.ino {
-		t.Errorf("host inode = %d, want the agent's own %d", host.Inode, self.ino)
+	if host.Inode != self.Ino {
+		t.Errorf("host inode = %d, want the agent's own %d", host.Inode, self.Ino)
 	}
 	if lo := host.Link("lo"); lo == nil || lo.Kind != "loopback" || len(lo.Addresses) == 0 {
 		t.Errorf("host lo = %+v, want the loopback with addresses", lo)

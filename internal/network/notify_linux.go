@@ -251,7 +251,7 @@ func (r *notifyReader) drain(id uint64) {
 		if err != nil {
 			// Not expected from a netlink socket. Stop watching it rather
 			// than have a level-triggered epoll report it forever.
-			m.log.Warn("network namespace notifications stopped", "netns_inode", ns.id.ino, "err", err)
+			m.log.Warn("network namespace notifications stopped", "netns_inode", ns.id.Ino, "err", err)
 			m.notify.remove(ns)
 			break
 		}

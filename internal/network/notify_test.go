@@ -74,7 +74,7 @@ func nsHandles(t *testing.T, paths []string) ([]*netlink.Handle, []netlink.Link,
 		if err != nil {
 			t.Fatal(err)
 		}
-		inodes[i] = id.ino
+		inodes[i] = id.Ino
 	}
 	return handles, eth0, inodes
 }

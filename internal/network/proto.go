@@ -62,12 +62,12 @@ func (l *Link) Proto(netnsInode uint64) *vigilv1.Interface {
 		Addresses:      l.Addresses,
 	}
 	if l.Kind == "veth" {
-		out.PeerIndex = l.PeerIndex
+		out.PeerIndex = l.LinkIndex
 	}
-	if l.Peer != nil {
-		out.PeerIndex = l.Peer.Index
-		out.OwnerNamespace = l.Peer.Owner.Namespace
-		out.OwnerContainerId = l.Peer.Owner.ID
+	if l.Partner != nil {
+		out.PeerIndex = l.Partner.Index
+		out.OwnerNamespace = l.Partner.Owner.Namespace
+		out.OwnerContainerId = l.Partner.Owner.ID
 	}
 	return out
 }

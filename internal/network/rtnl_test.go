@@ -79,12 +79,12 @@ func TestParseLink(t *testing.T) {
 	l := rawToLink(&rl, internedLink{})
 	want := Link{
 		Index: 7, Name: "eth0", Kind: "veth", MAC: "02:42:ac:11:00:02", MTU: 1450, OperState: OperUp,
-		AdminUp: true, Carrier: true, CarrierChanges: 3, PeerIndex: 12, PeerNetNSID: 0,
+		AdminUp: true, Carrier: true, CarrierChanges: 3, LinkIndex: 12, LinkNetNSID: 0,
 		Counters: Counters{RxPackets: 10, TxPackets: 20, RxBytes: 1000, TxBytes: 2000, RxErrors: 1, TxErrors: 2, RxDropped: 3, TxDropped: 4},
 	}
 	if l.Index != want.Index || l.Name != want.Name || l.Kind != want.Kind || l.MAC != want.MAC || l.MTU != want.MTU ||
 		l.OperState != want.OperState || l.AdminUp != want.AdminUp || l.Carrier != want.Carrier ||
-		l.CarrierChanges != want.CarrierChanges || l.PeerIndex != want.PeerIndex || l.PeerNetNSID != want.PeerNetNSID ||
+		l.CarrierChanges != want.CarrierChanges || l.LinkIndex != want.LinkIndex || l.LinkNetNSID != want.LinkNetNSID ||
 		l.Counters != want.Counters {
 		t.Errorf("parsed %+v\nwant   %+v", l, want)
 	}
@@ -104,7 +104,7 @@ func TestParseLink(t *testing.T) {
 		t.Fatal(err)
 	}
 	l = rawToLink(&rl, internedLink{})
-	if l.Kind != "loopback" || l.PeerNetNSID != -1 || l.Counters.RxPackets != 5 || l.Counters.TxBytes != 8 || l.MAC != "" || l.Carrier {
+	if l.Kind != "loopback" || l.LinkNetNSID != -1 || l.Counters.RxPackets != 5 || l.Counters.TxBytes != 8 || l.MAC != "" || l.Carrier {
 		t.Errorf("loopback parsed as %+v", l)
 	}
 	if err := parseLink(make([]byte, 4), &rl); err == nil {

@@ -119,7 +119,7 @@ func (s *scene) addContainer(suffix string) *container {
 	if err != nil {
 		s.tb.Fatal(err)
 	}
-	c.inode = id.ino
+	c.inode = id.Ino
 	return c
 }
 

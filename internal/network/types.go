@@ -75,26 +75,29 @@ type Link struct {
 	CarrierChanges uint64
 	Counters       Counters
 	Addresses      []string // CIDR form, v4 and v6
-	// PeerIndex is IFLA_LINK: for a veth the peer's index (in the peer's
-	// namespace when PeerNetNSID >= 0); for a vlan or macvlan its lower
-	// device. 0 when absent.
-	PeerIndex int32
-	// PeerNetNSID is IFLA_LINK_NETNSID: the id, as this namespace numbers
-	// it, of the namespace holding the peer; -1 when the peer is local.
-	PeerNetNSID int32
-	// Peer is the other end of a veth pair when the monitor found it in a
-	// namespace it reads; nil otherwise.
-	Peer *PeerRef
+	// LinkIndex is IFLA_LINK: for a veth its link partner's index (in the
+	// partner's namespace when LinkNetNSID >= 0); for a vlan or macvlan its
+	// lower device. 0 when absent.
+	LinkIndex int32
+	// LinkNetNSID is IFLA_LINK_NETNSID: the id, as this namespace numbers
+	// it, of the namespace holding the link partner; -1 when it is local.
+	LinkNetNSID int32
+	// Partner is the other end of a veth pair (its link partner: for a
+	// container's eth0 the host end, for a host veth the container end) when
+	// the monitor found it in a namespace it reads; nil otherwise. Not to be
+	// confused with gossip peers (internal/gossip), which are nodes.
+	Partner *LinkPartner
 }
 
-// PeerRef names the other end of a veth pair.
-type PeerRef struct {
-	NetNSInode uint64 // namespace holding the peer
-	Host       bool   // the peer is in the host namespace
+// LinkPartner names the other end of a veth pair. On the wire (vigil.v1.
+// Link) it is still spelled peer_index; only the Go names changed.
+type LinkPartner struct {
+	NetNSInode uint64 // namespace holding the partner
+	Host       bool   // the partner is the host end
 	Index      int32
 	Name       string
 	MTU        uint32
-	// Owner is, for a host link whose peer is in a container namespace, the
+	// Owner is, for a host link whose partner is in a container namespace, the
 	// container that names that namespace (a pod's sandbox when attached as
 	// primary, else the earliest attached container). Zero otherwise.
 	Owner ContainerRef
@@ -144,7 +147,7 @@ func (t ConditionType) String() string {
 const (
 	ReasonAdminDown      = "AdminDown"      // IFF_UP cleared
 	ReasonOperDown       = "OperDown"       // admin up, operational state down or not present
-	ReasonLowerLayerDown = "LowerLayerDown" // admin up, a lower layer (the veth peer, the port) is down
+	ReasonLowerLayerDown = "LowerLayerDown" // admin up, a lower layer (the veth partner, the port) is down
 	ReasonNoDefaultRoute = "NoDefaultRoute" // no IPv4 or IPv6 default route in the main table
 	ReasonMTUMismatch    = "MTUMismatch"    // the two ends of a veth pair differ
 	ReasonErrorsRising   = "ErrorsRising"   // rx+tx errors per second above the limit

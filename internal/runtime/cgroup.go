@@ -7,7 +7,6 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
@@ -168,14 +167,4 @@ func expandSlice(slice string) (string, error) {
 		b.WriteString(".slice")
 	}
 	return b.String(), nil
-}
-
-// statInode returns the inode of the file at p (for /proc/PID/ns/net: the
-// network namespace's identity).
-func statInode(p string) (uint64, error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(p, &st); err != nil {
-		return 0, err
-	}
-	return st.Ino, nil
 }

@@ -12,6 +12,7 @@ import (
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/netns"
 	"github.com/vigilhq/vigil/internal/procstat"
 )
 
@@ -207,9 +208,9 @@ func (r *Runtime) setRunning(e *entry, pid uint32, startedAt time.Time) {
 	if pid == 0 {
 		return
 	}
-	if ino, err := statInode("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/ns/net"); err == nil {
-		e.c.NetNSInode = ino
-		e.c.HostNetwork = r.hostNetNS != 0 && ino == r.hostNetNS
+	if id, err := netns.IDOf(netns.OfPid(pid)); err == nil {
+		e.c.NetNSInode = id.Ino
+		e.c.HostNetwork = r.hostNetNS != 0 && id.Ino == r.hostNetNS
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/netns"
 )
 
 // Stats sources.
@@ -56,6 +57,14 @@ type Config struct {
 	// (LogDir/<namespace>/<id>.log) when the old task's IO cannot be
 	// reused; empty discards the output in that case.
 	LogDir string
+	// LogMaxBytes caps each log file Restart makes under LogDir (default
+	// 10 MiB): a file over it is rotated to <id>.log.1 (one older
+	// generation is kept), so a container takes at most about twice the
+	// cap. Files a task's creator chose are never rotated. Files of a
+	// container are removed when it is deleted.
+	LogMaxBytes int64
+	// LogRotateInterval is how often the sizes are checked (default 10s).
+	LogRotateInterval time.Duration
 	// EventBuffer is the capacity of the Events channel (default 1024).
 	EventBuffer int
 	// Logger receives the runtime's logs; nil means slog.Default().
@@ -83,8 +92,14 @@ func (c *Config) validate() error {
 	if c.CgroupRoot == "" {
 		c.CgroupRoot = DefaultCgroupRoot
 	}
-	if c.CallTimeout < 0 || c.ProbeInterval < 0 || c.EventBuffer < 0 {
-		return fmt.Errorf("runtime config: CallTimeout, ProbeInterval and EventBuffer must not be negative: %w", errdefs.ErrInvalid)
+	if c.CallTimeout < 0 || c.ProbeInterval < 0 || c.EventBuffer < 0 || c.LogMaxBytes < 0 || c.LogRotateInterval < 0 {
+		return fmt.Errorf("runtime config: CallTimeout, ProbeInterval, EventBuffer, LogMaxBytes and LogRotateInterval must not be negative: %w", errdefs.ErrInvalid)
+	}
+	if c.LogMaxBytes == 0 {
+		c.LogMaxBytes = DefaultLogMaxBytes
+	}
+	if c.LogRotateInterval == 0 {
+		c.LogRotateInterval = DefaultLogRotateInterval
 	}
 	if c.CallTimeout == 0 {
 		c.CallTimeout = DefaultCallTimeout
@@ -141,8 +156,8 @@ func New(cfg Config) (*Runtime, error) {
 		inv:     make(map[Key]*entry),
 	}
 	r.images.entries = make(map[string]imageMeta)
-	if ino, err := statInode("/proc/thread-self/ns/net"); err == nil {
-		r.hostNetNS = ino
+	if id, err := netns.IDOf(netns.Self); err == nil {
+		r.hostNetNS = id.Ino
 	}
 	r.stats.readers = make(map[Key]*statsReader)
 	return r, nil
@@ -204,7 +219,7 @@ func (r *Runtime) NetNSPath(k Key) string {
 	if !ok || e.c.Pid == 0 || (e.c.State != StateRunning && e.c.State != StatePaused) {
 		return ""
 	}
-	return fmt.Sprintf("/proc/%d/ns/net", e.c.Pid)
+	return netns.OfPid(e.c.Pid)
 }
 
 // Run connects to containerd, subscribes to its events first, then lists
@@ -220,6 +235,16 @@ func (r *Runtime) Run(ctx context.Context) error {
 	}
 	defer close(r.events)
 	defer r.stats.closeAll(&r.metrics.openFiles)
+	lctx, stopLogs := context.WithCancel(ctx)
+	logsDone := make(chan struct{})
+	go func() {
+		defer close(logsDone)
+		r.runLogRotation(lctx)
+	}()
+	defer func() {
+		stopLogs()
+		<-logsDone
+	}()
 	backoff := defaultMinBackoff
 	reported := false // EventUnavailable sent since the runtime was last available
 	for {
@@ -254,6 +279,9 @@ func (r *Runtime) Run(ctx context.Context) error {
 // ends.
 func (r *Runtime) emit(ctx context.Context, ev Event) {
 	r.metrics.countEvent(ev.Type)
+	if ev.Type == EventRemoved {
+		r.removeLogs(ev.Key)
+	}
 	select {
 	case r.events <- ev:
 	case <-ctx.Done():
