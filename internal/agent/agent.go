@@ -42,10 +42,15 @@ type Agent struct {
 	rt    *runtime.Runtime
 	up    *uplink.Uplink // nil when standalone
 	probe *health.Scheduler
-	net   *network.Monitor // nil when network monitoring is off
-	gm    *gossip.Member   // nil when gossip is off
-	reg   *metrics.Registry
-	self  *selfMetrics
+	// What the apply steps use (apply.go): rt, probe and up (nil when
+	// standalone) behind the agent's own interfaces.
+	tasks    taskControl
+	prober   prober
+	reporter reporter
+	net      *network.Monitor // nil when network monitoring is off
+	gm       *gossip.Member   // nil when gossip is off
+	reg      *metrics.Registry
+	self     *selfMetrics
 
 	bootID string
 	// kernelBoot is the kernel's boot id, "" when unknown; rebooted is set
@@ -218,6 +223,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.tasks, a.prober = a.rt, a.probe
 	if cfg.Network {
 		ncfg := network.DefaultConfig()
 		ncfg.Logger = log // the monitor names itself
@@ -249,6 +255,7 @@ func New(cfg Config) (*Agent, error) {
 		if err != nil {
 			return nil, err
 		}
+		a.reporter = a.up
 	}
 	if cfg.Gossip.enabled() {
 		a.gm, err = newGossip(cfg)

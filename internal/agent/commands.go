@@ -280,23 +280,23 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 	a.runCommand(actionResult{kind: actionCommand, command: cmd, key: key, grace: stop.grace}, func(ctx context.Context) error {
 		switch action {
 		case vigilv1.RemediationAction_REMEDIATION_ACTION_KILL:
-			return a.rt.Kill(ctx, key, syscall.SIGKILL)
+			return a.tasks.Kill(ctx, key, syscall.SIGKILL)
 		case vigilv1.RemediationAction_REMEDIATION_ACTION_STOP:
-			return a.rt.Stop(ctx, key, stop.grace, stop.options()...)
+			return a.tasks.Stop(ctx, key, stop.grace, stop.options()...)
 		case vigilv1.RemediationAction_REMEDIATION_ACTION_START:
 			if running {
 				return nil
 			}
-			return a.rt.Restart(ctx, key)
+			return a.tasks.Restart(ctx, key)
 		case vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART:
 			if !vigilOwned {
 				// Never fight the owner: kill the task and let it restart it.
-				return a.rt.Kill(ctx, key, syscall.SIGKILL)
+				return a.tasks.Kill(ctx, key, syscall.SIGKILL)
 			}
-			if err := a.rt.Stop(ctx, key, stop.grace, stop.options()...); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			if err := a.tasks.Stop(ctx, key, stop.grace, stop.options()...); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 				return err
 			}
-			return a.rt.Restart(ctx, key)
+			return a.tasks.Restart(ctx, key)
 		}
 		return fmt.Errorf("action %v is not supported by this agent: %w", action, errdefs.ErrInvalid)
 	})
@@ -457,8 +457,8 @@ func (a *Agent) sendCommandResult(r *vigilv1.CommandResult) {
 	if a.cfg.CommandResultSink != nil {
 		a.cfg.CommandResultSink(r)
 	}
-	if a.up != nil {
-		if err := a.up.SendCommandResult(r); err != nil {
+	if a.reporter != nil {
+		if err := a.reporter.SendCommandResult(r); err != nil {
 			a.log.Warn("command result not sent upstream", "command_id", r.GetCommandId(), "err", err)
 		}
 	}

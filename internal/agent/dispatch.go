@@ -98,8 +98,8 @@ func (a *Agent) sendEvent(ev *vigilv1.ContainerEvent) {
 	if a.cfg.EventSink != nil {
 		a.cfg.EventSink(ev)
 	}
-	if a.up != nil {
-		if err := a.up.SendContainerEvent(ev); err != nil {
+	if a.reporter != nil {
+		if err := a.reporter.SendContainerEvent(ev); err != nil {
 			a.log.Warn("event not sent upstream", "type", ev.GetType().String(), "err", err)
 		}
 	}

@@ -53,10 +53,10 @@ func (a *Agent) startProbing(t *tracked) {
 	}
 	// The prober counts failures anew on Add, and on Update for a new task
 	// (another start time); otherwise it keeps counting and so must we.
-	err := a.probe.Add(tgt.Key, *cfg, tgt)
+	err := a.prober.Add(tgt.Key, *cfg, tgt)
 	fresh := err == nil
 	if errors.Is(err, errdefs.ErrConflict) {
-		err = a.probe.Update(tgt.Key, *cfg, tgt)
+		err = a.prober.Update(tgt.Key, *cfg, tgt)
 		fresh = err == nil && !tgt.StartedAt.Equal(t.probedSince)
 	}
 	if err != nil {
@@ -75,7 +75,7 @@ func (a *Agent) startProbing(t *tracked) {
 // stays visible until the next start.
 func (a *Agent) stopProbing(t *tracked) {
 	a.countProbeFailures(t)
-	a.probe.Remove(t.c.Key())
+	a.prober.Remove(t.c.Key())
 }
 
 // countProbeFailures adds the probe failures not yet counted to the
@@ -98,7 +98,7 @@ func (a *Agent) refreshProbes(results bool, ts ...*tracked) []*tracked {
 	var adds []add
 	var changed []*tracked
 	for _, t := range ts {
-		h, ok := a.probe.Health(t.c.Key())
+		h, ok := a.prober.Health(t.c.Key())
 		if !ok {
 			continue
 		}
@@ -146,10 +146,13 @@ func (a *Agent) onHealthChange(ctx context.Context, ch health.Change) {
 	t.probesReported = ch.Health.Probes
 	t.health = a.effectiveHealth(t)
 	netDown := t.netCause != ""
-	if ch.To == health.StatusHealthy && !netDown {
-		t.tracker.OnHealthy(ch.Time)
-	}
 	a.mu.Unlock()
+	if ch.To == health.StatusHealthy && !netDown {
+		dec := decideHealthy(a.view(t), ch.Time)
+		a.mu.Lock()
+		t.tracker.State = dec.Tracker.State
+		a.mu.Unlock()
+	}
 
 	a.countProbeFailures(t)
 	a.log.Info("health changed", "container", t.c.ID, "namespace", t.c.Namespace, "from", ch.From.String(), "to", ch.To.String())
@@ -168,10 +171,11 @@ func (a *Agent) onHealthChange(ctx context.Context, ch health.Change) {
 // when the decision is due (the exit the kill causes repeats the pending
 // decision).
 func (a *Agent) decideUnhealthy(ctx context.Context, t *tracked, at time.Time) {
+	dec := decideUnhealthy(a.view(t), at)
+	d, stop := dec.Decision, dec.Stop
 	a.mu.Lock()
-	d := t.tracker.OnUnhealthy(at)
+	t.tracker.State = dec.Tracker.State
 	spec := a.stopSpecLocked(t)
-	stop := d.Restarts() && !t.inFlight
 	if stop {
 		t.inFlight = true
 		t.expectDelete = true
@@ -183,7 +187,7 @@ func (a *Agent) decideUnhealthy(ctx context.Context, t *tracked, at time.Time) {
 	}
 	key := t.c.Key()
 	a.runAction(actionResult{kind: actionUnhealthyStop, key: key, grace: spec.grace}, func(ctx context.Context) error {
-		return a.rt.Stop(ctx, key, spec.grace, spec.options()...)
+		return a.tasks.Stop(ctx, key, spec.grace, spec.options()...)
 	})
 }
 
@@ -253,10 +257,14 @@ func (a *Agent) applyNetworkHealth(ctx context.Context, t *tracked) {
 	t.netCause = cause
 	t.health = a.effectiveHealth(t)
 	probeStatus := t.probeHealth.GetStatus()
-	if cause == "" && (probeStatus == vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY || t.probeHealth == nil) {
-		t.tracker.OnHealthy(a.now())
-	}
+	healthy := cause == "" && (probeStatus == vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY || t.probeHealth == nil)
 	a.mu.Unlock()
+	if healthy {
+		dec := decideHealthy(a.view(t), a.now())
+		a.mu.Lock()
+		t.tracker.State = dec.Tracker.State
+		a.mu.Unlock()
+	}
 
 	if cause != "" {
 		a.log.Info("network makes container unhealthy", "container", t.c.ID, "namespace", t.c.Namespace, "why", cause)

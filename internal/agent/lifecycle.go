@@ -78,10 +78,10 @@ func (a *Agent) onRuntimeEvent(ctx context.Context, ev runtime.Event) {
 	case runtime.EventPaused, runtime.EventResumed:
 		// A frozen task cannot answer probes: that is an operator's pause,
 		// not a failure. Probing waits, and starts again from "starting".
-		if ev.Type == runtime.EventPaused {
-			a.stopProbing(t)
-		} else {
+		if decidePause(ev.Type == runtime.EventPaused) {
 			a.startProbing(t)
+		} else {
+			a.stopProbing(t)
 		}
 		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "task "+ev.Type.String(), nil, nil)
 	case runtime.EventTaskDeleted:
@@ -251,38 +251,43 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 }
 
 // onExited counts an exit exactly once and asks the restart policy what to
-// do.
+// do (decideExit).
 func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit) {
 	a.stopProbing(t)
-	// Decide first, then write the exit count and the restart state in one
-	// durable write: the restart waits for nothing else.
+	v := a.view(t)
+	dec := decideExit(v, exit)
+	if dec.NotARun {
+		a.log.Info("the task an interrupted restart of ours created exited without having started; the pending restart replaces it",
+			"container", t.c.ID, "namespace", t.c.Namespace, "code", exit.Code, "begun", v.Begun.Format(time.RFC3339Nano))
+		return
+	}
+	// Decide first, then record the exit count and the restart state as
+	// one change (the flusher commits it): the restart waits for nothing
+	// else.
 	a.mu.Lock()
-	d := t.tracker.OnExit(exit.Code, exit.Reason.String(), exit.At)
+	t.tracker.State = dec.Tracker.State
+	e := exit
+	t.lastExit = &e
 	a.mu.Unlock()
-	counted := false
 	a.save(t, func(tx statedir.Tx, rec *statedir.ContainerRecord) {
-		if !exit.At.IsZero() && !exit.At.After(rec.LastExitSeen) {
+		if !dec.Count {
 			return // already counted (replayed after a reconnect or our restart)
 		}
 		rec.LastExitSeen = exit.At
 		rec.LastExit = exitRecord(exit)
 		tx.Counters(t.identity).Exits[statedir.ExitKey{Reason: exit.Reason.String(), Code: exit.Code}]++
-		counted = true
 	})
-	a.mu.Lock()
-	e := exit
-	t.lastExit = &e
-	a.mu.Unlock()
+	d := dec.Decision
 	if d.Restarts() {
 		a.armRestart(t, d)
 	}
-	if counted {
+	if dec.Count {
 		a.log.Info("container exited", "container", t.c.ID, "namespace", t.c.Namespace,
 			"code", exit.Code, "reason", exit.Reason.String(), "signal", exit.Signal)
 		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED,
 			fmt.Sprintf("exited: %s (code %d)", exit.Reason, exit.Code), exitProto(&exit), nil)
 		a.reportDecision(t, d)
-		if d.Restarts() && exit.Reason == runtime.ExitSignal {
+		if dec.SignalHint {
 			// Most often an operator's `ctr task kill`, which alone is a
 			// crash to the policy (Docker's restart manager takes it so too).
 			a.log.Info("a container killed by a signal is restarted by its policy; to stop it for good, delete its task (ctr task rm -f ID, nerdctl stop ID: one act, nothing to race) or send a STOP command through Vigil",
@@ -294,7 +299,7 @@ func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit) {
 		// An exit counted before (this agent's previous run): its restart
 		// is still pending, due when it was; nothing new was decided.
 		a.log.Info("a restart decided before the agent restarted is still pending", "container", t.c.ID, "namespace", t.c.Namespace,
-			"due_in", max(0, time.Until(d.At)).Round(time.Millisecond), "reason", d.Reason)
+			"due_in", max(0, d.At.Sub(a.now())).Round(time.Millisecond), "reason", d.Reason)
 	}
 }
 
@@ -304,42 +309,31 @@ func (a *Agent) onOOM(t *tracked) {
 	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_OOM, "the kernel OOM killer killed a process in the container", nil, nil)
 }
 
-// onTaskDeleted: a task deleted by someone other than us, after it ran, is
-// an operator's stop (docker stop / ctr task rm): policies leave it down.
+// onTaskDeleted applies decideTaskDeleted.
 func (a *Agent) onTaskDeleted(t *tracked) {
-	a.mu.Lock()
-	if t.expectDelete || t.inFlight {
+	v := a.view(t)
+	switch decideTaskDeleted(v) {
+	case deleteOurs:
 		// Ours, or an operator's racing our restart: the restart's result
 		// says which (restarted, or an explicit stop when the operator's
 		// delete came first), so no event is sent for the delete itself.
+		a.mu.Lock()
 		t.expectDelete = false
 		a.mu.Unlock()
 		a.log.Debug("task deleted while a restart or stop of ours is in flight", "container", t.c.ID, "namespace", t.c.Namespace)
-		return
-	}
-	pending := t.tracker.State.Pending
-	a.mu.Unlock()
-	if pending {
-		// The delete of a restart that the agent's previous run began
-		// (marked before this run started) and did not see through: its
-		// call reached containerd and completed after this run listed the
-		// task. Ours, not an operator's: the restart is finished.
-		if begun := a.restartBegun(t); !begun.IsZero() && begun.Before(a.started) {
-			a.mu.Lock()
-			t.resume = true
-			armed := t.timer != nil
-			d := t.tracker.State.Last
-			a.mu.Unlock()
-			a.log.Info("the previous run's restart deleted the task late; finishing that restart", "container", t.c.ID, "namespace", t.c.Namespace,
-				"begun", begun.Format(time.RFC3339Nano))
-			a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "task deleted by vigil for a restart", nil, nil)
-			if !armed {
-				a.armRestart(t, d)
-			}
-			return
+	case deleteOurRestart:
+		a.mu.Lock()
+		t.resume = true
+		a.mu.Unlock()
+		a.log.Info("a task of a restart of ours that has begun was deleted outside its call (the previous run's late delete, or the cleanup of an interrupted create); finishing that restart",
+			"container", t.c.ID, "namespace", t.c.Namespace, "begun", v.Begun.Format(time.RFC3339Nano))
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "task deleted by vigil for a restart", nil, nil)
+		if !v.Timer {
+			a.armRestart(t, v.Tracker.State.Last)
 		}
+	case deleteOperatorStop:
+		a.explicitStop(t, "the task was deleted by an operator")
 	}
-	a.explicitStop(t, "the task was deleted by an operator")
 }
 
 // explicitStop records an operator's stop: restart policies leave the
@@ -439,69 +433,39 @@ func (a *Agent) reportDecision(t *tracked, d restart.Decision) {
 	})
 }
 
-// onRestartDue starts the restart of a container whose backoff elapsed.
+// onRestartDue starts the restart of a container whose backoff elapsed
+// (decideRestartDue), through task control on an action's goroutine.
 func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
-	a.mu.Lock()
+	a.mu.RLock()
 	t, ok := a.containers[key]
-	if !ok || !t.tracker.State.Pending || t.tracker.State.ExplicitlyStopped {
-		a.mu.Unlock()
+	a.mu.RUnlock()
+	if !ok {
 		return
 	}
-	t.timer = nil
-	if t.inFlight {
-		// Our stop (before an unhealthy restart) is still running: restart
-		// when it is done.
+	v := a.view(t)
+	a.mu.Lock()
+	verdict, plan := decideRestartDue(v, t.c.LastExit, a.cfg.StopWindow)
+	switch verdict {
+	case dueSkip:
+		a.mu.Unlock()
+		return
+	case dueLater:
+		// Our stop (before an unhealthy restart), or a command, is still
+		// running: restart when it is done.
+		t.timer = nil
 		t.dueWhileBusy = true
 		a.mu.Unlock()
 		return
 	}
+	t.timer = nil
 	t.dueWhileBusy = false
 	t.inFlight = true
 	t.restartFrom = t.tracker.State.RestartCount
-	running := t.c.State == runtime.StateRunning || t.c.State == runtime.StatePaused
-	stop := a.stopSpecLocked(t)
 	t.expectDelete = true
-	resume := t.resume
+	stop := a.stopSpecLocked(t)
 	output := t.c.Output
-	// The overhead runs from the exit to the call that replaces the task,
-	// less the delay chosen; only for a live exit, not a resumed restart.
-	var exitAt time.Time
-	var chosen time.Duration
-	if e := t.c.LastExit; e != nil && !e.At.IsZero() && !running && !resume {
-		exitAt, chosen = e.At, max(t.tracker.State.Last.Delay, a.cfg.StopWindow)
-	}
 	a.mu.Unlock()
 	a.runAction(actionResult{kind: actionRestart, key: key, grace: stop.grace}, func(ctx context.Context) error {
-		if running {
-			// An unhealthy restart whose kill has not been seen yet: stop
-			// first.
-			if err := a.rt.Stop(ctx, key, stop.grace, stop.options()...); err != nil {
-				return fmt.Errorf("stop before restart: %w", err)
-			}
-		}
-		saved := a.markRestartBegun(key, output)
-		if !exitAt.IsZero() {
-			if over := a.now().Sub(exitAt) - chosen; over >= 0 {
-				a.self.restartOverhead.Observe(over.Seconds())
-			}
-		}
-		opts := []runtime.RestartOption{runtime.RequireTask()}
-		if resume {
-			// The old task may be gone, and with it where its output went:
-			// the mark's record of it says.
-			opts = []runtime.RestartOption{runtime.ResumeInterrupted(), runtime.PreviousOutput(saved)}
-		}
-		replace := func(ctx context.Context) error {
-			start := time.Now()
-			err := a.rt.Restart(ctx, key, opts...)
-			if err == nil {
-				a.self.restartHist.Observe(time.Since(start).Seconds())
-			}
-			return err
-		}
-		if a.restartHook != nil {
-			return a.restartHook(ctx, key, replace)
-		}
-		return replace(ctx)
+		return a.applyRestart(ctx, key, plan, stop, output)
 	})
 }

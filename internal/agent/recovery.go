@@ -24,21 +24,14 @@ import (
 //   - otherwise, with a restart pending, someone deleted the exited task
 //     while the agent was down: an operator's stop, as when it happens live.
 func (a *Agent) onFoundWithoutTask(ctx context.Context, t *tracked) {
-	a.mu.RLock()
-	ours := t.c.Manager == runtime.ManagerVigil && !t.inFlight && t.timer == nil
-	st := t.tracker.State
-	a.mu.RUnlock()
-	if !ours || st.ExplicitlyStopped || (!st.Pending && !st.Running) {
-		return
-	}
-	begun := a.restartBegun(t)
-	lost := a.rebooted && t.c.Pid == 0
-	switch {
-	case st.Pending && !begun.IsZero():
-		a.resumeRestart(t, st.Last, "finishing a restart the agent's previous run began and did not end", "begun", begun.Format(time.RFC3339Nano))
-	case st.Pending && lost:
+	v := a.view(t)
+	st := v.Tracker.State
+	switch decideFound(v, a.runFacts()) {
+	case foundResume:
+		a.resumeRestart(t, st.Last, "finishing a restart the agent's previous run began and did not end", "begun", v.Begun.Format(time.RFC3339Nano))
+	case foundRebootPending:
 		a.resumeRestart(t, st.Last, "the node restarted while a restart was pending: carrying it out")
-	case st.Running && lost:
+	case foundRebootLost:
 		a.mu.Lock()
 		t.resume = true // no old task to replace
 		a.mu.Unlock()
@@ -49,9 +42,9 @@ func (a *Agent) onFoundWithoutTask(ctx context.Context, t *tracked) {
 		a.log.Info("the node restarted since the container last ran and its task was lost: taken as an exit with code 255",
 			"container", t.c.ID, "namespace", t.c.Namespace, "last_started", st.StartedAt.Format(time.RFC3339))
 		a.onExited(ctx, t, runtime.Exit{Code: 255, Reason: runtime.ExitError, At: at})
-	case st.Pending && t.c.Pid == 0:
+	case foundDeletedBeforeRestart:
 		a.explicitStop(t, "the exited task was deleted while the agent was down, before its restart")
-	case st.Running && t.c.Pid == 0:
+	case foundExitedAndDeleted:
 		// It ran when the agent last looked, and its task is gone: it
 		// exited, unseen, and someone deleted the task. The exit is counted
 		// (its status went with the task), and the delete is an operator's
@@ -72,13 +65,11 @@ const unseenRestartSlack = 2 * time.Second
 // restart monitor) while the agent was down. That exit is counted once,
 // with an unknown status.
 func (a *Agent) checkUnseenRestart(t *tracked) {
-	a.mu.RLock()
-	st := t.tracker.State
-	startedAt := t.c.StartedAt
-	a.mu.RUnlock()
-	if !st.Running || st.Pending || st.StartedAt.IsZero() || startedAt.IsZero() || startedAt.Sub(st.StartedAt) <= unseenRestartSlack {
+	v := a.view(t)
+	if !decideUnseenRestart(v) {
 		return
 	}
+	st, startedAt := v.Tracker.State, v.StartedAt
 	a.countUnseenExit(t, startedAt, "the task that ran when the agent last looked ended while the agent was down, and another started")
 	a.log.Info("a task started while the agent was down replaced the one it knew", "container", t.c.ID, "namespace", t.c.Namespace,
 		"previous_start", st.StartedAt.Format(time.RFC3339Nano), "start", startedAt.Format(time.RFC3339Nano))
@@ -124,16 +115,11 @@ func (a *Agent) countUnseenExit(t *tracked, at time.Time, why string) {
 // exit. The exit then gets its own decision instead of repeating the
 // pending one, and the restart count stays true.
 func (a *Agent) countRestartMadeAway(t *tracked, exitAt time.Time) {
-	a.mu.RLock()
-	pending := t.tracker.State.Pending
-	a.mu.RUnlock()
-	if !pending || exitAt.IsZero() {
-		return
-	}
-	begun := a.restartBegun(t)
-	if begun.IsZero() || !exitAt.After(begun) {
+	v := a.view(t)
+	if !decideRestartMadeAway(v, exitAt) {
 		return // the exit is the old task's: the restart has not happened
 	}
+	begun := v.Begun
 	a.mu.Lock()
 	t.tracker.OnStart(begun) // a pending restart's start: counted
 	n := t.tracker.State.RestartCount
@@ -141,18 +127,6 @@ func (a *Agent) countRestartMadeAway(t *tracked, exitAt time.Time) {
 	a.save(t, func(tx statedir.Tx, _ *statedir.ContainerRecord) { tx.Counters(t.identity).Restarts++ })
 	a.log.Info("counted a restart the agent's previous run made before it stopped; that task has exited since",
 		"container", t.c.ID, "namespace", t.c.Namespace, "restart_count", n, "begun", begun.Format(time.RFC3339Nano))
-}
-
-// restartBegun is the durable mark of t's restart in progress, zero when
-// there is none.
-func (a *Agent) restartBegun(t *tracked) time.Time {
-	var begun time.Time
-	a.store.View(func(tx statedir.Tx) {
-		if r, ok := tx.LookupContainer(containerKey(t.c.Key())); ok {
-			begun = r.RestartBegun
-		}
-	})
-	return begun
 }
 
 // resumeRestart arms the pending restart d of t, to be carried out without
