@@ -69,7 +69,11 @@ type Agent struct {
 	lastNet    []*vigilv1.NetworkNamespace
 	lastStats  map[runtime.Key]*vigilv1.ResourceSample
 
-	due       chan runtime.Key  // restart timers fire here
+	due chan runtime.Key // restart timers fire here
+	// replies wait for the state dir to hold what they report
+	// (replyWhenDurable).
+	replyMu   sync.Mutex
+	replies   []durableReply
 	flushKick chan struct{}     // the state holds changes for the flusher
 	samples   chan sampleResult // the sampler's results for the loop
 	// heartbeat is when the loop last turned (unix nanoseconds): /healthz

@@ -108,8 +108,10 @@ type Config struct {
 	Gossip GossipConfig
 
 	// CommandResultSink, when set, receives every command result the agent
-	// reports, on the decision loop (as EventSink). For tests and
-	// embedding; nil: none.
+	// reports, from the decision loop or, for a result that waits until the
+	// state dir holds it durably, from the state dir's flusher: it must be
+	// safe for concurrent use and return quickly. For tests and embedding;
+	// nil: none.
 	CommandResultSink func(*vigilv1.CommandResult)
 
 	// EventSink, when set, receives every container event the agent

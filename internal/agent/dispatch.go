@@ -13,10 +13,13 @@ import (
 // loop is the agent's one decision-making goroutine. It never waits on
 // containerd, netlink or the disk: actions, sampling (sampler) and the state
 // dir's commits (flusher) run on goroutines of their own and post their
-// results here; its reads of the state are of memory. (Accepting a command
-// still writes the state dir synchronously, on purpose: nothing is done
-// before the mark is durable.) It stores the time of each turn for
-// /healthz (heartbeat).
+// results here; its reads and writes of the state are of memory, and the
+// flusher commits them in groups. What must be durable before it happens
+// waits for the disk elsewhere: a command's action makes its acceptance
+// durable first on its own goroutine, and a reply given without acting
+// (refused, fenced, expired...) is sent by the flusher once it is written
+// (replyWhenDurable). It stores the time of each turn for /healthz
+// (heartbeat).
 func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 	defer close(a.done)
 	tick := time.NewTicker(a.cfg.SampleInterval)
@@ -65,7 +68,7 @@ func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 			a.onSample(ctx, res)
 			a.releaseStartupMemory()
 		case <-tick.C:
-			a.flushState()
+			a.kickFlush() // retries a failed write, if any; never waits for it
 			a.settle()
 		case <-prune.C:
 			a.pruneStore()

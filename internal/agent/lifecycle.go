@@ -19,8 +19,7 @@ func (a *Agent) onRuntimeEvent(ctx context.Context, ev runtime.Event) {
 	case runtime.EventUnavailable, runtime.EventAvailable:
 		if ev.Type == runtime.EventAvailable {
 			a.inventoryLoaded = true // the inventory's events came before this one
-			a.recordBoot()
-			a.flushState()
+			a.recordBoot()           // kicks the flusher: one write for every container found
 		}
 		a.log.Info("containerd "+ev.Type.String(), "version", a.rt.Version())
 		a.sendNodeStatus()

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/runtime"
 	"github.com/vigilhq/vigil/internal/statedir"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
 // markAnnounced records that t's ADDED event was sent. It is kept in
@@ -82,10 +83,11 @@ func (a *Agent) kickFlush() {
 }
 
 // flusher commits the state's changes (Store.Flush) commitDelay after they
-// are made, off the loop, so that the loop never waits for the disk. A
-// failed write is retried at the next change and every sampling interval
-// (flushState); what is left when the agent stops is written by the
-// store's Close.
+// are made, off the loop, so that the loop never waits for the disk, then
+// sends the replies that waited for them (replyWhenDurable). A failed
+// write is retried at the next change and every sampling interval (the
+// loop's tick kicks it); what is left when the agent stops is written by
+// the store's Close.
 func (a *Agent) flusher(ctx context.Context) error {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
@@ -102,16 +104,65 @@ func (a *Agent) flusher(ctx context.Context) error {
 		case <-t.C:
 		}
 		a.flushState()
+		a.releaseReplies()
+	}
+}
+
+// durableReply is a command result to send once the state that records it
+// is durable (mark: statedir.Store.Mark when it was recorded).
+type durableReply struct {
+	mark uint64
+	r    *vigilv1.CommandResult
+}
+
+// replyWhenDurable sends r once every change to the state made so far is
+// on disk: at once when it is, else after the flusher's next successful
+// write (retried every sampling interval when writes fail). A reply that
+// no agent acted on (REFUSED, FENCED, NOT_FOUND, EXPIRED) is so never seen
+// upstream before the agent can answer a redelivery the same way after a
+// crash; one whose record failed to write is not sent as if it were
+// durable.
+func (a *Agent) replyWhenDurable(r *vigilv1.CommandResult) {
+	mark := a.store.Mark()
+	if a.store.Durable(mark) {
+		a.sendCommandResult(r)
+		return
+	}
+	a.replyMu.Lock()
+	a.replies = append(a.replies, durableReply{mark: mark, r: r})
+	a.replyMu.Unlock()
+	a.kickFlush()
+}
+
+// releaseReplies sends, in order, the replies whose state is durable now.
+// Flusher goroutine.
+func (a *Agent) releaseReplies() {
+	a.replyMu.Lock()
+	var ready []*vigilv1.CommandResult
+	keep := a.replies[:0]
+	for _, x := range a.replies {
+		if a.store.Durable(x.mark) {
+			ready = append(ready, x.r)
+		} else {
+			keep = append(keep, x)
+		}
+	}
+	a.replies = keep
+	a.replyMu.Unlock()
+	for _, r := range ready {
+		a.sendCommandResult(r)
 	}
 }
 
 // touchCounters marks the identity as live and, for kubelet containers,
-// folds the kubelet's restart count into the lifetime restarts. Only the
-// latter is written through at once: a start-up that finds hundreds of
-// containers must not rewrite the state file once per container for a
-// LastSeen that the next write (or the hourly prune) carries anyway.
+// folds the kubelet's restart count into the lifetime restarts. Both are
+// changes in memory: the latter kicks the flusher (its count and the
+// kubelet's count it came from are written together, so an agent that dies
+// before the write folds it again, to the same total); a LastSeen alone
+// waits for the next write.
 func (a *Agent) touchCounters(t *tracked) {
-	if err := a.store.UpdateIf(func(tx statedir.Tx) bool {
+	changed := false
+	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
 		c := tx.Counters(t.identity)
 		c.LastSeen = a.now()
 		if t.c.Pod == nil || t.c.Pod.Sandbox || t.c.Manager != runtime.ManagerKubelet {
@@ -127,9 +178,11 @@ func (a *Agent) touchCounters(t *tracked) {
 			c.Restarts += uint64(n) // a new pod with the same name
 		}
 		c.KubeletRestartsSeen = n
-		return true
-	}); err != nil {
-		a.log.Error("cannot write to the state dir", "container", t.c.ID, "err", err)
+		changed = true
+		return false
+	})
+	if changed {
+		a.kickFlush()
 	}
 }
 
@@ -152,7 +205,6 @@ func (a *Agent) pruneStore() {
 		liveContainers[containerKey(k)] = true
 	}
 	a.mu.RUnlock()
-	if err := a.store.Prune(live, liveContainers, a.now().Add(-24*time.Hour)); err != nil {
-		a.log.Warn("prune state dir", "err", err)
-	}
+	a.store.Prune(live, liveContainers, a.now().Add(-24*time.Hour))
+	a.kickFlush()
 }

@@ -146,10 +146,8 @@ func (a *Agent) recordBoot() {
 	if a.bootRecorded || a.kernelBoot == "" {
 		return
 	}
-	if err := a.store.SetBootID(a.kernelBoot); err != nil {
-		a.log.Error("cannot write to the state dir", "err", err)
-		return
-	}
+	a.store.SetBootID(a.kernelBoot) // in memory, written with the inventory's changes
+	a.kickFlush()
 	a.bootRecorded, a.rebooted = true, false
 }
 
