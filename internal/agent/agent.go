@@ -116,10 +116,10 @@ type tracked struct {
 	policy  restart.Policy
 	tracker *restart.Tracker
 
-	healthCfg   *health.Config  // nil: not probed
-	health      *vigilv1.Health // what is reported: nil means no health check; never modified once set
-	probeHealth *vigilv1.Health // the prober's view; nil: not probed
-	netCause    string          // why the network makes it unhealthy (NetworkAffectsHealth); "" when it does not
+	healthCfg   *health.Config // nil: not probed
+	probeHealth *health.Health // the prober's view, as last taken in; nil: not probed
+	netCause    string         // why the network makes it unhealthy (NetworkAffectsHealth); "" when it does not
+	netCauseAt  time.Time      // when netCause was last judged
 	// failuresCounted is how many of the prober's failures for the current
 	// task are already in the lifetime counter.
 	failuresCounted uint64
@@ -153,7 +153,9 @@ type tracked struct {
 	// interrupted create blocked (createRetry).
 	createRetries int
 
-	conditions []*vigilv1.Condition
+	// conditions are its network namespace's conditions (domain values;
+	// the protocol's are built in containerProto).
+	conditions []network.Condition
 
 	// lastExit is the last exit the agent saw or inferred, kept in the state
 	// dir: reported when containerd no longer has the exited task (after an

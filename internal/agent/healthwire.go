@@ -10,6 +10,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/health"
+	"github.com/vigilhq/vigil/internal/network"
 	"github.com/vigilhq/vigil/internal/runtime"
 	"github.com/vigilhq/vigil/internal/statedir"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -40,13 +41,8 @@ func (a *Agent) startProbing(t *tracked) {
 	t.probeHealth = nil
 	t.probesReported = 0
 	if cfg != nil {
-		t.probeHealth = &vigilv1.Health{
-			Status: vigilv1.HealthStatus_HEALTH_STATUS_STARTING,
-			Probe:  cfg.Kind.String(),
-			Source: cfg.Source,
-		}
+		t.probeHealth = &health.Health{Status: health.StatusStarting, Kind: cfg.Kind, Source: cfg.Source}
 	}
-	t.health = t.probeHealth
 	a.mu.Unlock()
 	if cfg == nil {
 		return
@@ -109,9 +105,8 @@ func (a *Agent) refreshProbes(results bool, ts ...*tracked) []*tracked {
 			t.failuresCounted = h.Failures
 			dirty = true
 		}
-		if results && t.probeHealth != nil && h.Probes != t.probesReported && healthStatusProto(h.Status) == t.probeHealth.GetStatus() {
-			t.probeHealth = healthProto(h)
-			t.health = a.effectiveHealth(t)
+		if results && t.probeHealth != nil && h.Probes != t.probesReported && h.Status == t.probeHealth.Status {
+			t.probeHealth = &h
 			t.probesReported = h.Probes
 			dirty = true
 		}
@@ -142,9 +137,9 @@ func (a *Agent) onHealthChange(ctx context.Context, ch health.Change) {
 		a.mu.Unlock()
 		return // a late transition of a container that is gone or stopped
 	}
-	t.probeHealth = healthProto(ch.Health)
+	h := ch.Health
+	t.probeHealth = &h
 	t.probesReported = ch.Health.Probes
-	t.health = a.effectiveHealth(t)
 	netDown := t.netCause != ""
 	a.mu.Unlock()
 	if ch.To == health.StatusHealthy && !netDown {
@@ -191,27 +186,32 @@ func (a *Agent) decideUnhealthy(ctx context.Context, t *tracked, at time.Time) {
 	})
 }
 
-// effectiveHealth is the health reported for a container: the prober's,
-// unless its network makes it unhealthy (NetworkAffectsHealth). Called with
-// a.mu held.
-func (a *Agent) effectiveHealth(t *tracked) *vigilv1.Health {
+// healthReportLocked is the health reported for a container, built for
+// the protocol here, at the edge: the prober's, unless its network makes it
+// unhealthy (NetworkAffectsHealth); noHealth without a health check.
+// Called with a.mu held.
+func healthReportLocked(t *tracked) *vigilv1.Health {
 	if t.netCause == "" {
-		return t.probeHealth
+		if t.probeHealth == nil {
+			return noHealth
+		}
+		return healthProto(*t.probeHealth)
 	}
 	h := &vigilv1.Health{
 		Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY,
 		Probe:  "network",
 		Source: "network",
 		LastResults: []*vigilv1.ProbeResult{{
-			Start:  ts(a.now()),
+			Start:  ts(t.netCauseAt),
 			Ok:     false,
 			Code:   -1,
 			Output: t.netCause,
 		}},
 	}
-	if p := t.probeHealth; p != nil {
+	if t.probeHealth != nil {
+		p := healthProto(*t.probeHealth)
 		h.Probe, h.Source, h.FailingStreak = p.GetProbe()+"+network", p.GetSource(), p.GetFailingStreak()
-		h.LastResults = append(append([]*vigilv1.ProbeResult(nil), p.GetLastResults()...), h.LastResults...)
+		h.LastResults = append(p.GetLastResults(), h.LastResults...)
 	}
 	return h
 }
@@ -219,14 +219,14 @@ func (a *Agent) effectiveHealth(t *tracked) *vigilv1.Health {
 // connectivityLost returns why a container's network makes it unhealthy:
 // a link down or no default route in its namespace. MTU mismatches and
 // rising errors or drops are reported, not acted on.
-func connectivityLost(cs []*vigilv1.Condition) string {
+func connectivityLost(cs []network.Condition) string {
 	var why []string
 	for _, c := range cs {
-		switch c.GetType() {
-		case vigilv1.ConditionType_CONDITION_TYPE_LINK_DOWN, vigilv1.ConditionType_CONDITION_TYPE_NO_DEFAULT_ROUTE:
-			w := c.GetReason()
-			if c.GetInterface() != "" {
-				w += " " + c.GetInterface()
+		switch c.Type {
+		case network.ConditionLinkDown, network.ConditionNoDefaultRoute:
+			w := c.Reason
+			if c.Interface != "" {
+				w += " " + c.Interface
 			}
 			why = append(why, w)
 		}
@@ -248,16 +248,20 @@ func (a *Agent) applyNetworkHealth(ctx context.Context, t *tracked) {
 	}
 	cause := connectivityLost(t.conditions)
 	was := t.netCause
+	if cause != was {
+		t.netCauseAt = a.now()
+	}
 	if (cause == "") == (was == "") {
 		t.netCause = cause
-		t.health = a.effectiveHealth(t)
 		a.mu.Unlock()
 		return
 	}
 	t.netCause = cause
-	t.health = a.effectiveHealth(t)
-	probeStatus := t.probeHealth.GetStatus()
-	healthy := cause == "" && (probeStatus == vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY || t.probeHealth == nil)
+	probeStatus := health.StatusNone
+	if t.probeHealth != nil {
+		probeStatus = t.probeHealth.Status
+	}
+	healthy := cause == "" && (probeStatus == health.StatusHealthy || t.probeHealth == nil)
 	a.mu.Unlock()
 	if healthy {
 		dec := decideHealthy(a.view(t), a.now())
@@ -269,7 +273,7 @@ func (a *Agent) applyNetworkHealth(ctx context.Context, t *tracked) {
 	if cause != "" {
 		a.log.Info("network makes container unhealthy", "container", t.c.ID, "namespace", t.c.Namespace, "why", cause)
 		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_HEALTH_CHANGED, "health: unhealthy (network: "+cause+")", nil, nil)
-		if probeStatus != vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY {
+		if probeStatus != health.StatusUnhealthy {
 			a.decideUnhealthy(ctx, t, a.now())
 		}
 		return

@@ -426,7 +426,7 @@ func (a *Agent) reportDecision(t *tracked, d restart.Decision) {
 	}
 	a.log.Info("restart decision", "container", t.c.ID, "namespace", t.c.Namespace, "decision", d.Kind.String(), "delay", d.Delay, "reason", d.Reason)
 	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTART_DECISION, d.Reason, nil, &vigilv1.RestartDecision{
-		Kind:   vigilv1.RestartDecisionKind(d.Kind),
+		Kind:   restartDecisionKindProto(d.Kind),
 		Delay:  dur(d.Delay),
 		Reason: d.Reason,
 	})
