@@ -102,7 +102,7 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 	}
 	switch res.kind {
 	case actionRestart:
-		verdict, retry := decideRestartResult(a.view(t), res.err)
+		verdict, retry, resume := decideRestartResult(a.view(t), res.err)
 		switch verdict {
 		case resultDone:
 			return // the task-start event reports the restart
@@ -113,7 +113,7 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 			// without counting against the policy.
 			a.mu.Lock()
 			t.createRetries++
-			t.resume, t.expectDelete = true, false
+			t.resume, t.expectDelete = resume, false
 			d := t.tracker.State.Last
 			d.At = a.now().Add(retry)
 			n := t.createRetries
@@ -135,6 +135,7 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 		a.log.Warn("restart failed", "container", res.key.ID, "namespace", res.key.Namespace, "err", res.err)
 		a.mu.Lock()
 		t.expectDelete = false
+		t.resume = resume
 		d := t.tracker.OnRestartFailed(res.err.Error(), a.now())
 		a.mu.Unlock()
 		a.applyDecision(t, d)

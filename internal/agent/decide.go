@@ -241,17 +241,23 @@ const (
 
 // decideRestartResult: the result of a restart action. A create that an
 // earlier, interrupted one blocks is tried again (createRetry) without
-// counting against the policy, for as long as it takes.
-func decideRestartResult(v ctrView, err error) (resultVerdict, time.Duration) {
+// counting against the policy, for as long as it takes. A restart that
+// failed after its begun mark (a create that timed out on a loaded node,
+// say) may have deleted the old task already: the next try (resume) is a
+// resumed one, which requires no old task and replaces a task that the
+// failed create may still have made. (It required the old task, failed
+// with ErrTaskGone and took its own delete for an operator's stop: the
+// container stayed down.)
+func decideRestartResult(v ctrView, err error) (verdict resultVerdict, retryIn time.Duration, resume bool) {
 	switch {
 	case err == nil:
-		return resultDone, 0
+		return resultDone, 0, false
 	case createRetry(err, v.CreateRetries) > 0:
-		return resultRetryCreate, createRetry(err, v.CreateRetries)
+		return resultRetryCreate, createRetry(err, v.CreateRetries), true
 	case errors.Is(err, runtime.ErrTaskGone):
-		return resultOperatorStop, 0
+		return resultOperatorStop, 0, false
 	}
-	return resultFailed, 0
+	return resultFailed, 0, !v.Begun.IsZero()
 }
 
 // pauseVerdict: a frozen task cannot answer probes: that is an operator's

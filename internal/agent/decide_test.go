@@ -237,22 +237,28 @@ func TestDecideRestartResult(t *testing.T) {
 		name    string
 		err     error
 		tries   int
+		begun   time.Time
 		want    resultVerdict
 		retryIn time.Duration
+		resume  bool
 	}{
-		{"done", nil, 0, resultDone, 0},
-		{"a create raced: again in a second", raced, 0, resultRetryCreate, time.Second},
+		{"done", nil, 0, t0, resultDone, 0, false},
+		{"a create raced: again in a second", raced, 0, t0, resultRetryCreate, time.Second, true},
 		// test/crash: the policy gave up after 10 and left the container
 		// down; it keeps trying, every 30 s, off the policy.
-		{"a create still raced after 10 tries: every 30 s, never given up", raced, 10, resultRetryCreate, 30 * time.Second},
-		{"a bundle left: every 30 s", fmt.Errorf("x: %w", runtime.ErrBundleLeft), 50, resultRetryCreate, 30 * time.Second},
-		{"the exited task deleted first: an operator's stop (TestOperatorStopRacingRestartNoMisleadingEvent)", fmt.Errorf("x: %w", runtime.ErrTaskGone), 0, resultOperatorStop, 0},
-		{"another failure: the policy decides", errors.New("boom"), 0, resultFailed, 0},
+		{"a create still raced after 10 tries: every 30 s, never given up", raced, 10, t0, resultRetryCreate, 30 * time.Second, true},
+		{"a bundle left: every 30 s", fmt.Errorf("x: %w", runtime.ErrBundleLeft), 50, t0, resultRetryCreate, 30 * time.Second, true},
+		{"the exited task deleted first: an operator's stop (TestOperatorStopRacingRestartNoMisleadingEvent)", fmt.Errorf("x: %w", runtime.ErrTaskGone), 0, t0, resultOperatorStop, 0, false},
+		{"another failure before the mark: the policy decides, the old task is still there", errors.New("stop before restart: boom"), 0, time.Time{}, resultFailed, 0, false},
+		// TestBootstrapRenewsDuringExitBurst on a loaded machine: a create
+		// timed out after the old task's delete; the next try required it,
+		// and the container was taken for stopped by an operator.
+		{"a failure after the mark: the policy decides, the next try resumes", errors.New("create task: no answer within 10s"), 0, t0, resultFailed, 0, true},
 	} {
-		v.CreateRetries = r.tries
-		got, in := decideRestartResult(v, r.err)
-		if got != r.want || in != r.retryIn {
-			t.Errorf("%s: %v in %v, want %v in %v", r.name, got, in, r.want, r.retryIn)
+		v.CreateRetries, v.Begun = r.tries, r.begun
+		got, in, resume := decideRestartResult(v, r.err)
+		if got != r.want || in != r.retryIn || resume != r.resume {
+			t.Errorf("%s: %v in %v resume %v, want %v in %v resume %v", r.name, got, in, resume, r.want, r.retryIn, r.resume)
 		}
 	}
 }
