@@ -15,16 +15,20 @@ const actionTimeout = 2 * time.Minute
 
 // createRetry is how long to wait before trying again a restart that an
 // earlier, interrupted create blocks (tries made so far: tries), 0 when it
-// is a failed restart like any other. A create that was still going on
-// (runtime.ErrCreateRaced) shows its task within seconds: a second, up to
-// 10 times. A bundle that containerd kept (runtime.ErrBundleLeft) stays until
-// containerd restarts: every 30 s, for as long as it takes, so that the
-// container comes back then instead of the policy giving up.
+// is a failed restart like any other. Neither counts against the policy:
+// what blocks it is containerd's leftover of our own restart, not the
+// container's failure. A create that was still going on
+// (runtime.ErrCreateRaced) shows its task within seconds: every second, 10
+// times; a create that containerd still holds past that ("already exists"
+// while its Get says NotFound) is tried every 30 s, as a bundle that
+// containerd kept (runtime.ErrBundleLeft), which stays until containerd
+// restarts: for as long as it takes, so that the container comes back then
+// instead of the policy giving up after 10 tries (it used to).
 func createRetry(err error, tries int) time.Duration {
 	switch {
 	case errors.Is(err, runtime.ErrCreateRaced) && tries < 10:
 		return time.Second
-	case errors.Is(err, runtime.ErrBundleLeft):
+	case errors.Is(err, runtime.ErrCreateRaced), errors.Is(err, runtime.ErrBundleLeft):
 		return 30 * time.Second
 	}
 	return 0
@@ -98,31 +102,31 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 	}
 	switch res.kind {
 	case actionRestart:
-		if res.err == nil {
+		verdict, retry, resume := decideRestartResult(a.view(t), res.err)
+		switch verdict {
+		case resultDone:
 			return // the task-start event reports the restart
-		}
-		if retry := createRetry(res.err, t.createRetries); retry > 0 {
+		case resultRetryCreate:
 			// What an interrupted restart left in containerd, not a failed
 			// run: the same restart is tried again, as a resumed one (a task
 			// it finds then, created and never started, is replaced),
 			// without counting against the policy.
 			a.mu.Lock()
 			t.createRetries++
-			t.resume, t.expectDelete = true, false
+			t.resume, t.expectDelete = resume, false
 			d := t.tracker.State.Last
 			d.At = a.now().Add(retry)
 			n := t.createRetries
 			a.mu.Unlock()
 			log := a.log.Info
-			if errors.Is(res.err, runtime.ErrBundleLeft) {
+			if errors.Is(res.err, runtime.ErrBundleLeft) || n > 10 {
 				log = a.log.Error
 			}
 			log("restart blocked by an earlier, interrupted create in containerd; trying again", "container", res.key.ID, "namespace", res.key.Namespace,
 				"attempt", n, "in", retry, "err", res.err)
 			a.armRestart(t, d)
 			return
-		}
-		if errors.Is(res.err, runtime.ErrTaskGone) {
+		case resultOperatorStop:
 			// An operator deleted the exited task before we could replace
 			// it: that is an explicit stop.
 			a.explicitStop(t, "the exited task was deleted by an operator before its restart")
@@ -131,6 +135,7 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 		a.log.Warn("restart failed", "container", res.key.ID, "namespace", res.key.Namespace, "err", res.err)
 		a.mu.Lock()
 		t.expectDelete = false
+		t.resume = resume
 		d := t.tracker.OnRestartFailed(res.err.Error(), a.now())
 		a.mu.Unlock()
 		a.applyDecision(t, d)

@@ -42,10 +42,15 @@ type Agent struct {
 	rt    *runtime.Runtime
 	up    *uplink.Uplink // nil when standalone
 	probe *health.Scheduler
-	net   *network.Monitor // nil when network monitoring is off
-	gm    *gossip.Member   // nil when gossip is off
-	reg   *metrics.Registry
-	self  *selfMetrics
+	// What the apply steps use (apply.go): rt, probe and up (nil when
+	// standalone) behind the agent's own interfaces.
+	tasks    taskControl
+	prober   prober
+	reporter reporter
+	net      *network.Monitor // nil when network monitoring is off
+	gm       *gossip.Member   // nil when gossip is off
+	reg      *metrics.Registry
+	self     *selfMetrics
 
 	bootID string
 	// kernelBoot is the kernel's boot id, "" when unknown; rebooted is set
@@ -64,7 +69,11 @@ type Agent struct {
 	lastNet    []*vigilv1.NetworkNamespace
 	lastStats  map[runtime.Key]*vigilv1.ResourceSample
 
-	due       chan runtime.Key  // restart timers fire here
+	due chan runtime.Key // restart timers fire here
+	// replies wait for the state dir to hold what they report
+	// (replyWhenDurable).
+	replyMu   sync.Mutex
+	replies   []durableReply
 	flushKick chan struct{}     // the state holds changes for the flusher
 	samples   chan sampleResult // the sampler's results for the loop
 	// heartbeat is when the loop last turned (unix nanoseconds): /healthz
@@ -107,10 +116,10 @@ type tracked struct {
 	policy  restart.Policy
 	tracker *restart.Tracker
 
-	healthCfg   *health.Config  // nil: not probed
-	health      *vigilv1.Health // what is reported: nil means no health check; never modified once set
-	probeHealth *vigilv1.Health // the prober's view; nil: not probed
-	netCause    string          // why the network makes it unhealthy (NetworkAffectsHealth); "" when it does not
+	healthCfg   *health.Config // nil: not probed
+	probeHealth *health.Health // the prober's view, as last taken in; nil: not probed
+	netCause    string         // why the network makes it unhealthy (NetworkAffectsHealth); "" when it does not
+	netCauseAt  time.Time      // when netCause was last judged
 	// failuresCounted is how many of the prober's failures for the current
 	// task are already in the lifetime counter.
 	failuresCounted uint64
@@ -144,7 +153,9 @@ type tracked struct {
 	// interrupted create blocked (createRetry).
 	createRetries int
 
-	conditions []*vigilv1.Condition
+	// conditions are its network namespace's conditions (domain values;
+	// the protocol's are built in containerProto).
+	conditions []network.Condition
 
 	// lastExit is the last exit the agent saw or inferred, kept in the state
 	// dir: reported when containerd no longer has the exited task (after an
@@ -218,6 +229,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.tasks, a.prober = a.rt, a.probe
 	if cfg.Network {
 		ncfg := network.DefaultConfig()
 		ncfg.Logger = log // the monitor names itself
@@ -249,6 +261,7 @@ func New(cfg Config) (*Agent, error) {
 		if err != nil {
 			return nil, err
 		}
+		a.reporter = a.up
 	}
 	if cfg.Gossip.enabled() {
 		a.gm, err = newGossip(cfg)

@@ -102,11 +102,12 @@ func (p commandPolicy) allows(namespace string) bool {
 // recoverCommands runs once at start-up, before the loop: commands an
 // earlier run accepted and did not finish are finished as failed (never
 // carried out again), and the results of recent commands are reported
-// again.
+// again, once the state holds them durably (replyWhenDurable: it does not
+// write itself).
 func (a *Agent) recoverCommands() {
 	now := a.now()
 	var interrupted []string
-	if err := a.store.UpdateIf(func(tx statedir.Tx) bool {
+	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
 		tx.Commands(func(id string, r *statedir.CommandRecord) {
 			if r.Finished.IsZero() {
 				r.Finished = now
@@ -115,10 +116,8 @@ func (a *Agent) recoverCommands() {
 				interrupted = append(interrupted, id)
 			}
 		})
-		return len(interrupted) > 0
-	}); err != nil {
-		a.log.Error("cannot write to the state dir", "err", err)
-	}
+		return false
+	})
 	for _, id := range interrupted {
 		a.log.Warn("a command was interrupted by the agent's stop; it is reported failed, not carried out again", "command_id", id)
 	}
@@ -134,7 +133,7 @@ func (a *Agent) recoverCommands() {
 		return x.GetFinishedAt().AsTime().Compare(y.GetFinishedAt().AsTime())
 	})
 	for _, r := range results {
-		a.sendCommandResult(r)
+		a.replyWhenDurable(r)
 	}
 }
 
@@ -168,7 +167,7 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 			return
 		}
 		a.log.Info("command delivered again; not carried out again, its result is sent again", "command_id", id, "outcome", seen.Outcome)
-		a.sendCommandResult(commandResult(id, seen))
+		a.replyWhenDurable(commandResult(id, seen))
 		return
 	}
 	reply := func(o vigilv1.CommandOutcome, msg string) {
@@ -205,9 +204,7 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 			reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED, "network monitoring is disabled on this agent")
 			return
 		}
-		if !a.acceptCommand(ctx, cmd) {
-			return
-		}
+		a.acceptCommand(cmd)
 		a.runCommand(actionResult{kind: actionCommand, command: cmd}, func(ctx context.Context) error {
 			return a.net.LinkUp(ctx, target.GetNetnsInode(), target.GetInterface())
 		})
@@ -246,9 +243,7 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 		reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_FENCED, fenced)
 		return
 	}
-	if !a.acceptCommand(ctx, cmd) {
-		return
-	}
+	a.acceptCommand(cmd)
 
 	a.mu.Lock()
 	vigilOwned := t.c.Manager == runtime.ManagerVigil
@@ -280,23 +275,23 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 	a.runCommand(actionResult{kind: actionCommand, command: cmd, key: key, grace: stop.grace}, func(ctx context.Context) error {
 		switch action {
 		case vigilv1.RemediationAction_REMEDIATION_ACTION_KILL:
-			return a.rt.Kill(ctx, key, syscall.SIGKILL)
+			return a.tasks.Kill(ctx, key, syscall.SIGKILL)
 		case vigilv1.RemediationAction_REMEDIATION_ACTION_STOP:
-			return a.rt.Stop(ctx, key, stop.grace, stop.options()...)
+			return a.tasks.Stop(ctx, key, stop.grace, stop.options()...)
 		case vigilv1.RemediationAction_REMEDIATION_ACTION_START:
 			if running {
 				return nil
 			}
-			return a.rt.Restart(ctx, key)
+			return a.tasks.Restart(ctx, key)
 		case vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART:
 			if !vigilOwned {
 				// Never fight the owner: kill the task and let it restart it.
-				return a.rt.Kill(ctx, key, syscall.SIGKILL)
+				return a.tasks.Kill(ctx, key, syscall.SIGKILL)
 			}
-			if err := a.rt.Stop(ctx, key, stop.grace, stop.options()...); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			if err := a.tasks.Stop(ctx, key, stop.grace, stop.options()...); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 				return err
 			}
-			return a.rt.Restart(ctx, key)
+			return a.tasks.Restart(ctx, key)
 		}
 		return fmt.Errorf("action %v is not supported by this agent: %w", action, errdefs.ErrInvalid)
 	})
@@ -348,14 +343,21 @@ func (a *Agent) cancelRestartLocked(t *tracked) {
 // redelivery on the loop sees it). It reaches the disk before the command
 // acts: runCommand's goroutine flushes the state first, and carries
 // nothing out when that fails. So the loop never waits for the disk.
-func (a *Agent) acceptCommand(ctx context.Context, cmd *vigilv1.Command) bool {
+func (a *Agent) acceptCommand(cmd *vigilv1.Command) {
 	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
-		tx.AcceptCommand(cmd.GetId(), a.now())
+		tx.AcceptCommand(cmd.GetId(), a.now(), commandDeadline(cmd))
 		return false
 	})
 	a.log.Info("command accepted", "command_id", cmd.GetId(), "action", cmd.GetAction().String(),
 		"namespace", cmd.GetTarget().GetNamespace(), "container", cmd.GetTarget().GetContainerId(), "reason", cmd.GetReason())
-	return true
+}
+
+// commandDeadline is cmd's deadline, zero when it has none.
+func commandDeadline(cmd *vigilv1.Command) time.Time {
+	if dl := cmd.GetDeadline(); dl != nil {
+		return dl.AsTime()
+	}
+	return time.Time{}
 }
 
 // runCommand carries out an accepted command on its own goroutine: it
@@ -369,7 +371,11 @@ func (a *Agent) runCommand(res actionResult, fn func(context.Context) error) {
 	a.runAction(res, func(ctx context.Context) (err error) {
 		defer func() {
 			o, msg := commandOutcome(vigilv1.CommandOutcome_COMMAND_OUTCOME_UNSPECIFIED, err)
-			a.recordOutcome(cmd.GetId(), o, msg, true)
+			if werr := a.recordOutcome(cmd, o, msg, true); werr != nil {
+				// In memory, and written by a later flush: the result
+				// waits for it (finishCommand).
+				err = &unrecordedError{err: err}
+			}
 		}()
 		if err := a.store.Flush(); err != nil {
 			a.log.Error("cannot record a command's acceptance in the state dir; not carried out", "command_id", cmd.GetId(), "err", err)
@@ -402,31 +408,50 @@ func commandOutcome(decided vigilv1.CommandOutcome, err error) (vigilv1.CommandO
 }
 
 // recordOutcome records a command's outcome in the state: durably (the
-// action's goroutine), or in memory for the flusher (answers the loop gave
-// without acting: a lost one is decided the same way again).
-func (a *Agent) recordOutcome(id string, o vigilv1.CommandOutcome, msg string, durable bool) {
-	now := a.now()
+// action's goroutine: it returns the write's error, the outcome staying in
+// memory for a later write), or in memory (answers the loop gave without
+// acting: their reply waits for the flusher, replyWhenDurable).
+func (a *Agent) recordOutcome(cmd *vigilv1.Command, o vigilv1.CommandOutcome, msg string, durable bool) error {
+	id, now := cmd.GetId(), a.now()
 	record := func(tx statedir.Tx) bool {
 		r := tx.Command(id)
 		if r == nil {
-			r = tx.AcceptCommand(id, now) // answered without being carried out
+			r = tx.AcceptCommand(id, now, commandDeadline(cmd)) // answered without being carried out
 		}
 		r.Finished, r.Outcome, r.Message = now, o.String(), msg
 		return durable
 	}
-	if err := a.store.UpdateIf(record); err != nil {
-		a.log.Error("cannot record a command's outcome in the state dir", "command_id", id, "err", err)
+	err := a.store.UpdateIf(record)
+	if err != nil {
+		a.log.Error("cannot record a command's outcome in the state dir; its result waits until a write succeeds", "command_id", id, "err", err)
 	}
-	if !durable {
-		a.kickFlush()
-	}
+	return err
 }
+
+// unrecordedError marks a command's error (nil: it succeeded) whose
+// outcome could not be written durably: its result waits for a write that
+// succeeds (replyWhenDurable).
+type unrecordedError struct{ err error }
+
+func (e *unrecordedError) Error() string {
+	if e.err == nil {
+		return "succeeded (outcome not yet written)"
+	}
+	return e.err.Error()
+}
+
+func (e *unrecordedError) Unwrap() error { return e.err }
 
 // finishCommand reports a command's outcome upstream (recording it first
 // when its action did not). A restart of the container that came due while
 // the command was in flight runs now.
 func (a *Agent) finishCommand(ctx context.Context, res actionResult) {
 	cmd := res.command
+	durable := res.recorded
+	var unrec *unrecordedError
+	if errors.As(res.err, &unrec) {
+		durable, res.err = false, unrec.err
+	}
 	outcome, msg := commandOutcome(res.outcome, res.err)
 	due := false
 	if res.key.ID != "" {
@@ -439,15 +464,20 @@ func (a *Agent) finishCommand(ctx context.Context, res actionResult) {
 		a.mu.Unlock()
 	}
 	if !res.recorded {
-		a.recordOutcome(cmd.GetId(), outcome, msg, false)
+		_ = a.recordOutcome(cmd, outcome, msg, false)
 	}
 	a.log.Info("command finished", "command_id", cmd.GetId(), "action", cmd.GetAction().String(), "outcome", outcome.String(), "detail", msg)
-	a.sendCommandResult(&vigilv1.CommandResult{
+	r := &vigilv1.CommandResult{
 		CommandId:  cmd.GetId(),
 		Outcome:    outcome,
 		Message:    msg,
 		FinishedAt: timestamppb.New(a.now()),
-	})
+	}
+	if durable {
+		a.sendCommandResult(r) // its action wrote the outcome durably
+	} else {
+		a.replyWhenDurable(r)
+	}
 	if due {
 		a.onRestartDue(ctx, res.key)
 	}
@@ -457,8 +487,8 @@ func (a *Agent) sendCommandResult(r *vigilv1.CommandResult) {
 	if a.cfg.CommandResultSink != nil {
 		a.cfg.CommandResultSink(r)
 	}
-	if a.up != nil {
-		if err := a.up.SendCommandResult(r); err != nil {
+	if a.reporter != nil {
+		if err := a.reporter.SendCommandResult(r); err != nil {
 			a.log.Warn("command result not sent upstream", "command_id", r.GetCommandId(), "err", err)
 		}
 	}

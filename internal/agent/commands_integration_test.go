@@ -344,7 +344,7 @@ func TestCommandFoundInterruptedAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := s.Update(func(tx statedir.Tx) error {
-		tx.AcceptCommand("killed-midway", time.Now().Add(-time.Minute))
+		tx.AcceptCommand("killed-midway", time.Now().Add(-time.Minute), time.Time{})
 		return nil
 	}); err != nil {
 		t.Fatal(err)

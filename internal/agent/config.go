@@ -108,8 +108,10 @@ type Config struct {
 	Gossip GossipConfig
 
 	// CommandResultSink, when set, receives every command result the agent
-	// reports, on the decision loop (as EventSink). For tests and
-	// embedding; nil: none.
+	// reports, from the decision loop or, for a result that waits until the
+	// state dir holds it durably, from the state dir's flusher: it must be
+	// safe for concurrent use and return quickly. For tests and embedding;
+	// nil: none.
 	CommandResultSink func(*vigilv1.CommandResult)
 
 	// EventSink, when set, receives every container event the agent
@@ -156,13 +158,13 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf(format, args...))
 	}
 	if strings.TrimSpace(c.NodeName) == "" {
-		bad("node name is empty (set --node-name)")
+		bad("node name is empty")
 	}
 	if c.StateDir == "" {
-		bad("state dir is empty (set --state-dir)")
+		bad("state dir is empty")
 	}
 	if c.ContainerdAddress == "" {
-		bad("containerd address is empty (set --containerd)")
+		bad("containerd address is empty")
 	}
 	switch c.StatsSource {
 	case "cgroup", "metrics-api":
@@ -182,9 +184,9 @@ func (c *Config) Validate() error {
 		tlsSet := c.TLS.Cert != "" || c.TLS.Key != "" || c.TLS.CA != ""
 		switch {
 		case c.Insecure && tlsSet:
-			bad("--insecure and --tls-* are both set: choose one")
+			bad("insecure and TLS files are both set: choose one")
 		case !c.Insecure && (c.TLS.Cert == "" || c.TLS.Key == "" || c.TLS.CA == ""):
-			bad("talking to an aggregator needs --tls-cert, --tls-key and --tls-ca (or --insecure for a demo)")
+			bad("talking to an aggregator needs a TLS certificate, key and CA (or insecure, for a demo)")
 		}
 	}
 	if c.BufferSize < 100 {
@@ -228,7 +230,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, c.Gossip.validate()...)
 	}
 	if c.NetworkAffectsHealth && !c.Network {
-		bad("network-affects-health needs network monitoring (--network)")
+		bad("network affecting health needs network monitoring")
 	}
 	if len(errs) > 0 {
 		msgs := make([]string, len(errs))

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
 	"github.com/vigilhq/vigil/internal/statedir"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -225,4 +226,40 @@ func exitFromRecord(r *statedir.ExitRecord) runtime.Exit {
 		}
 	}
 	return e
+}
+
+// restartPolicyKindProto converts a restart policy kind; an unknown one is
+// UNSPECIFIED.
+func restartPolicyKindProto(k restart.Kind) vigilv1.RestartPolicyKind {
+	switch k {
+	case restart.KindNo:
+		return vigilv1.RestartPolicyKind_RESTART_POLICY_KIND_NO
+	case restart.KindAlways:
+		return vigilv1.RestartPolicyKind_RESTART_POLICY_KIND_ALWAYS
+	case restart.KindOnFailure:
+		return vigilv1.RestartPolicyKind_RESTART_POLICY_KIND_ON_FAILURE
+	case restart.KindUnlessStopped:
+		return vigilv1.RestartPolicyKind_RESTART_POLICY_KIND_UNLESS_STOPPED
+	}
+	return vigilv1.RestartPolicyKind_RESTART_POLICY_KIND_UNSPECIFIED
+}
+
+// restartDecisionKindProto converts a restart decision's kind; an unknown
+// one is UNSPECIFIED.
+func restartDecisionKindProto(k restart.DecisionKind) vigilv1.RestartDecisionKind {
+	switch k {
+	case restart.DecisionRestart:
+		return vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_RESTART
+	case restart.DecisionBackoff:
+		return vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_BACKOFF
+	case restart.DecisionNone:
+		return vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_NONE
+	case restart.DecisionGiveUp:
+		return vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_GIVE_UP
+	case restart.DecisionSkipExplicitStop:
+		return vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_SKIP_EXPLICIT_STOP
+	case restart.DecisionSkipManaged:
+		return vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_SKIP_MANAGED
+	}
+	return vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_UNSPECIFIED
 }

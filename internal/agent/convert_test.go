@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/vigilhq/vigil/internal/health"
+	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
 	"github.com/vigilhq/vigil/internal/statedir"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -70,5 +72,48 @@ func TestEnumConversions(t *testing.T) {
 			t.Errorf("manager %v maps to %v twice", m, p)
 		}
 		ms[p] = true
+	}
+}
+
+// TestRestartEnumConversions: every restart policy kind and decision kind
+// maps to its own protocol value, and every protocol value but UNSPECIFIED
+// is reached: the conversions are bijective, whatever the numbers (they
+// are switches, not casts). An unknown domain value is UNSPECIFIED.
+func TestRestartEnumConversions(t *testing.T) {
+	pk := map[vigilv1.RestartPolicyKind]restart.Kind{}
+	for _, k := range []restart.Kind{restart.KindNo, restart.KindAlways, restart.KindOnFailure, restart.KindUnlessStopped} {
+		p := restartPolicyKindProto(k)
+		if other, dup := pk[p]; dup || p == vigilv1.RestartPolicyKind_RESTART_POLICY_KIND_UNSPECIFIED {
+			t.Errorf("policy kind %v maps to %v (also %v)", k, p, other)
+		}
+		if want := "RESTART_POLICY_KIND_" + strings.ToUpper(strings.ReplaceAll(k.String(), "-", "_")); p.String() != want {
+			t.Errorf("policy kind %v maps to %v, want %s", k, p, want)
+		}
+		pk[p] = k
+	}
+	if len(pk) != len(vigilv1.RestartPolicyKind_name)-1 {
+		t.Errorf("policy kinds reach %d of the protocol's %d", len(pk), len(vigilv1.RestartPolicyKind_name)-1)
+	}
+	if p := restartPolicyKindProto(restart.Kind(99)); p != vigilv1.RestartPolicyKind_RESTART_POLICY_KIND_UNSPECIFIED {
+		t.Errorf("an unknown policy kind maps to %v", p)
+	}
+
+	dk := map[vigilv1.RestartDecisionKind]restart.DecisionKind{}
+	for _, k := range []restart.DecisionKind{restart.DecisionRestart, restart.DecisionBackoff, restart.DecisionNone,
+		restart.DecisionGiveUp, restart.DecisionSkipExplicitStop, restart.DecisionSkipManaged} {
+		p := restartDecisionKindProto(k)
+		if other, dup := dk[p]; dup || p == vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_UNSPECIFIED {
+			t.Errorf("decision kind %v maps to %v (also %v)", k, p, other)
+		}
+		if want := "RESTART_DECISION_KIND_" + strings.ToUpper(k.String()); p.String() != want {
+			t.Errorf("decision kind %v maps to %v, want %s", k, p, want)
+		}
+		dk[p] = k
+	}
+	if len(dk) != len(vigilv1.RestartDecisionKind_name)-1 {
+		t.Errorf("decision kinds reach %d of the protocol's %d", len(dk), len(vigilv1.RestartDecisionKind_name)-1)
+	}
+	if p := restartDecisionKindProto(0); p != vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_UNSPECIFIED {
+		t.Errorf("no decision maps to %v", p)
 	}
 }

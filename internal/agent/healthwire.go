@@ -10,6 +10,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/health"
+	"github.com/vigilhq/vigil/internal/network"
 	"github.com/vigilhq/vigil/internal/runtime"
 	"github.com/vigilhq/vigil/internal/statedir"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -40,23 +41,18 @@ func (a *Agent) startProbing(t *tracked) {
 	t.probeHealth = nil
 	t.probesReported = 0
 	if cfg != nil {
-		t.probeHealth = &vigilv1.Health{
-			Status: vigilv1.HealthStatus_HEALTH_STATUS_STARTING,
-			Probe:  cfg.Kind.String(),
-			Source: cfg.Source,
-		}
+		t.probeHealth = &health.Health{Status: health.StatusStarting, Kind: cfg.Kind, Source: cfg.Source}
 	}
-	t.health = t.probeHealth
 	a.mu.Unlock()
 	if cfg == nil {
 		return
 	}
 	// The prober counts failures anew on Add, and on Update for a new task
 	// (another start time); otherwise it keeps counting and so must we.
-	err := a.probe.Add(tgt.Key, *cfg, tgt)
+	err := a.prober.Add(tgt.Key, *cfg, tgt)
 	fresh := err == nil
 	if errors.Is(err, errdefs.ErrConflict) {
-		err = a.probe.Update(tgt.Key, *cfg, tgt)
+		err = a.prober.Update(tgt.Key, *cfg, tgt)
 		fresh = err == nil && !tgt.StartedAt.Equal(t.probedSince)
 	}
 	if err != nil {
@@ -75,7 +71,7 @@ func (a *Agent) startProbing(t *tracked) {
 // stays visible until the next start.
 func (a *Agent) stopProbing(t *tracked) {
 	a.countProbeFailures(t)
-	a.probe.Remove(t.c.Key())
+	a.prober.Remove(t.c.Key())
 }
 
 // countProbeFailures adds the probe failures not yet counted to the
@@ -98,7 +94,7 @@ func (a *Agent) refreshProbes(results bool, ts ...*tracked) []*tracked {
 	var adds []add
 	var changed []*tracked
 	for _, t := range ts {
-		h, ok := a.probe.Health(t.c.Key())
+		h, ok := a.prober.Health(t.c.Key())
 		if !ok {
 			continue
 		}
@@ -109,9 +105,8 @@ func (a *Agent) refreshProbes(results bool, ts ...*tracked) []*tracked {
 			t.failuresCounted = h.Failures
 			dirty = true
 		}
-		if results && t.probeHealth != nil && h.Probes != t.probesReported && healthStatusProto(h.Status) == t.probeHealth.GetStatus() {
-			t.probeHealth = healthProto(h)
-			t.health = a.effectiveHealth(t)
+		if results && t.probeHealth != nil && h.Probes != t.probesReported && h.Status == t.probeHealth.Status {
+			t.probeHealth = &h
 			t.probesReported = h.Probes
 			dirty = true
 		}
@@ -142,14 +137,17 @@ func (a *Agent) onHealthChange(ctx context.Context, ch health.Change) {
 		a.mu.Unlock()
 		return // a late transition of a container that is gone or stopped
 	}
-	t.probeHealth = healthProto(ch.Health)
+	h := ch.Health
+	t.probeHealth = &h
 	t.probesReported = ch.Health.Probes
-	t.health = a.effectiveHealth(t)
 	netDown := t.netCause != ""
-	if ch.To == health.StatusHealthy && !netDown {
-		t.tracker.OnHealthy(ch.Time)
-	}
 	a.mu.Unlock()
+	if ch.To == health.StatusHealthy && !netDown {
+		dec := decideHealthy(a.view(t), ch.Time)
+		a.mu.Lock()
+		t.tracker.State = dec.Tracker.State
+		a.mu.Unlock()
+	}
 
 	a.countProbeFailures(t)
 	a.log.Info("health changed", "container", t.c.ID, "namespace", t.c.Namespace, "from", ch.From.String(), "to", ch.To.String())
@@ -168,10 +166,11 @@ func (a *Agent) onHealthChange(ctx context.Context, ch health.Change) {
 // when the decision is due (the exit the kill causes repeats the pending
 // decision).
 func (a *Agent) decideUnhealthy(ctx context.Context, t *tracked, at time.Time) {
+	dec := decideUnhealthy(a.view(t), at)
+	d, stop := dec.Decision, dec.Stop
 	a.mu.Lock()
-	d := t.tracker.OnUnhealthy(at)
+	t.tracker.State = dec.Tracker.State
 	spec := a.stopSpecLocked(t)
-	stop := d.Restarts() && !t.inFlight
 	if stop {
 		t.inFlight = true
 		t.expectDelete = true
@@ -183,31 +182,36 @@ func (a *Agent) decideUnhealthy(ctx context.Context, t *tracked, at time.Time) {
 	}
 	key := t.c.Key()
 	a.runAction(actionResult{kind: actionUnhealthyStop, key: key, grace: spec.grace}, func(ctx context.Context) error {
-		return a.rt.Stop(ctx, key, spec.grace, spec.options()...)
+		return a.tasks.Stop(ctx, key, spec.grace, spec.options()...)
 	})
 }
 
-// effectiveHealth is the health reported for a container: the prober's,
-// unless its network makes it unhealthy (NetworkAffectsHealth). Called with
-// a.mu held.
-func (a *Agent) effectiveHealth(t *tracked) *vigilv1.Health {
+// healthReportLocked is the health reported for a container, built for
+// the protocol here, at the edge: the prober's, unless its network makes it
+// unhealthy (NetworkAffectsHealth); noHealth without a health check.
+// Called with a.mu held.
+func healthReportLocked(t *tracked) *vigilv1.Health {
 	if t.netCause == "" {
-		return t.probeHealth
+		if t.probeHealth == nil {
+			return noHealth
+		}
+		return healthProto(*t.probeHealth)
 	}
 	h := &vigilv1.Health{
 		Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY,
 		Probe:  "network",
 		Source: "network",
 		LastResults: []*vigilv1.ProbeResult{{
-			Start:  ts(a.now()),
+			Start:  ts(t.netCauseAt),
 			Ok:     false,
 			Code:   -1,
 			Output: t.netCause,
 		}},
 	}
-	if p := t.probeHealth; p != nil {
+	if t.probeHealth != nil {
+		p := healthProto(*t.probeHealth)
 		h.Probe, h.Source, h.FailingStreak = p.GetProbe()+"+network", p.GetSource(), p.GetFailingStreak()
-		h.LastResults = append(append([]*vigilv1.ProbeResult(nil), p.GetLastResults()...), h.LastResults...)
+		h.LastResults = append(p.GetLastResults(), h.LastResults...)
 	}
 	return h
 }
@@ -215,14 +219,14 @@ func (a *Agent) effectiveHealth(t *tracked) *vigilv1.Health {
 // connectivityLost returns why a container's network makes it unhealthy:
 // a link down or no default route in its namespace. MTU mismatches and
 // rising errors or drops are reported, not acted on.
-func connectivityLost(cs []*vigilv1.Condition) string {
+func connectivityLost(cs []network.Condition) string {
 	var why []string
 	for _, c := range cs {
-		switch c.GetType() {
-		case vigilv1.ConditionType_CONDITION_TYPE_LINK_DOWN, vigilv1.ConditionType_CONDITION_TYPE_NO_DEFAULT_ROUTE:
-			w := c.GetReason()
-			if c.GetInterface() != "" {
-				w += " " + c.GetInterface()
+		switch c.Type {
+		case network.ConditionLinkDown, network.ConditionNoDefaultRoute:
+			w := c.Reason
+			if c.Interface != "" {
+				w += " " + c.Interface
 			}
 			why = append(why, w)
 		}
@@ -244,24 +248,32 @@ func (a *Agent) applyNetworkHealth(ctx context.Context, t *tracked) {
 	}
 	cause := connectivityLost(t.conditions)
 	was := t.netCause
+	if cause != was {
+		t.netCauseAt = a.now()
+	}
 	if (cause == "") == (was == "") {
 		t.netCause = cause
-		t.health = a.effectiveHealth(t)
 		a.mu.Unlock()
 		return
 	}
 	t.netCause = cause
-	t.health = a.effectiveHealth(t)
-	probeStatus := t.probeHealth.GetStatus()
-	if cause == "" && (probeStatus == vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY || t.probeHealth == nil) {
-		t.tracker.OnHealthy(a.now())
+	probeStatus := health.StatusNone
+	if t.probeHealth != nil {
+		probeStatus = t.probeHealth.Status
 	}
+	healthy := cause == "" && (probeStatus == health.StatusHealthy || t.probeHealth == nil)
 	a.mu.Unlock()
+	if healthy {
+		dec := decideHealthy(a.view(t), a.now())
+		a.mu.Lock()
+		t.tracker.State = dec.Tracker.State
+		a.mu.Unlock()
+	}
 
 	if cause != "" {
 		a.log.Info("network makes container unhealthy", "container", t.c.ID, "namespace", t.c.Namespace, "why", cause)
 		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_HEALTH_CHANGED, "health: unhealthy (network: "+cause+")", nil, nil)
-		if probeStatus != vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY {
+		if probeStatus != health.StatusUnhealthy {
 			a.decideUnhealthy(ctx, t, a.now())
 		}
 		return

@@ -30,7 +30,7 @@ func (a *Agent) containerProto(t *tracked) *vigilv1.Container {
 	pb.ExplicitlyStopped = st.ExplicitlyStopped
 	if t.c.Manager == runtime.ManagerVigil {
 		pb.RestartPolicy = &vigilv1.RestartPolicy{
-			Kind:               vigilv1.RestartPolicyKind(policyKindOrNo(t.policy.Kind)),
+			Kind:               restartPolicyKindProto(policyKindOrNo(t.policy.Kind)),
 			MaxRetries:         uint32(t.policy.MaxRetries),
 			RestartOnUnhealthy: t.policy.RestartOnUnhealthy,
 			BackoffInitial:     dur(t.policy.Backoff.Initial),
@@ -51,11 +51,10 @@ func (a *Agent) containerProto(t *tracked) *vigilv1.Container {
 			pb.Backoff.NextRestartAt = ts(st.NextRestartAt)
 		}
 	}
-	pb.Health = t.health
-	if pb.Health == nil {
-		pb.Health = noHealth
+	pb.Health = healthReportLocked(t)
+	for i := range t.conditions {
+		pb.Conditions = append(pb.Conditions, t.conditions[i].Proto())
 	}
-	pb.Conditions = append(pb.Conditions, t.conditions...)
 	identity := t.identity
 	a.mu.RUnlock()
 
@@ -155,7 +154,7 @@ func (a *Agent) sendNodeStatus() {
 // applyConditions copies each namespace's network conditions onto the
 // containers living in it, and reports containers whose conditions changed.
 func (a *Agent) applyConditions(ctx context.Context, snap *network.Snapshot) {
-	byContainer := map[runtime.Key][]*vigilv1.Condition{}
+	byContainer := map[runtime.Key][]network.Condition{}
 	for i := range snap.Namespaces {
 		ns := &snap.Namespaces[i]
 		if ns.Host {
@@ -164,7 +163,7 @@ func (a *Agent) applyConditions(ctx context.Context, snap *network.Snapshot) {
 		for _, ref := range ns.Containers {
 			k := runtime.Key{Namespace: ref.Namespace, ID: ref.ID}
 			for j := range ns.Conditions {
-				byContainer[k] = append(byContainer[k], ns.Conditions[j].Proto())
+				byContainer[k] = append(byContainer[k], ns.Conditions[j])
 			}
 		}
 	}
@@ -189,27 +188,27 @@ func (a *Agent) applyConditions(ctx context.Context, snap *network.Snapshot) {
 	}
 }
 
-func sameConditions(x, y []*vigilv1.Condition) bool {
+func sameConditions(x, y []network.Condition) bool {
 	if len(x) != len(y) {
 		return false
 	}
 	for i := range x {
-		if x[i].GetType() != y[i].GetType() || x[i].GetReason() != y[i].GetReason() || x[i].GetInterface() != y[i].GetInterface() {
+		if x[i].Type != y[i].Type || x[i].Reason != y[i].Reason || x[i].Interface != y[i].Interface {
 			return false
 		}
 	}
 	return true
 }
 
-func conditionSummary(cs []*vigilv1.Condition) string {
+func conditionSummary(cs []network.Condition) string {
 	if len(cs) == 0 {
 		return "network conditions cleared"
 	}
 	parts := make([]string, 0, len(cs))
 	for _, c := range cs {
-		p := c.GetReason()
-		if c.GetInterface() != "" {
-			p += " (" + c.GetInterface() + ")"
+		p := c.Reason
+		if c.Interface != "" {
+			p += " (" + c.Interface + ")"
 		}
 		parts = append(parts, p)
 	}

@@ -5,8 +5,8 @@
 //
 // Writes are atomic (a temporary file, fsync, rename, fsync of the
 // directory), one agent at a time holds the directory (an exclusive lock
-// that names the holder's pid), the previous good file is kept as a
-// last-good copy that a corrupt file falls back to (counters kept, what may
-// be missing logged and counted), older formats are migrated on read, and a
-// write that fails is kept in memory, counted and retried by Flush.
+// that names the holder's pid), every write also replaces a last-good copy
+// with the same content that a corrupt file falls back to (nothing lost;
+// the recovery logged and counted), older formats are migrated on read, and
+// a write that fails is kept in memory, counted and retried by Flush.
 package statedir

@@ -120,6 +120,9 @@ type ContainerRecord struct {
 type CommandRecord struct {
 	// Accepted is when the agent accepted the command.
 	Accepted time.Time `json:"accepted"`
+	// Deadline is the command's deadline, zero when it had none (see
+	// Prune).
+	Deadline time.Time `json:"deadline,omitzero"`
 	// Finished is when it ended; zero while it is carried out (or when the
 	// agent stopped in the middle).
 	Finished time.Time `json:"finished,omitzero"`

@@ -20,8 +20,8 @@ import (
 const (
 	// FileName is the state.
 	FileName = "state.json"
-	// LastGoodName is the state as it was before the latest write: read
-	// when FileName is missing or corrupt.
+	// LastGoodName is a second copy of the state, written after FileName
+	// by every write: read when FileName is missing or corrupt.
 	LastGoodName = "state.json.last-good"
 	// LockName is the file whose exclusive lock the agent holds, with its
 	// pid inside.
@@ -92,6 +92,8 @@ type Store struct {
 	// gen counts changes to d; durable is the gen of the last successful
 	// write (every change up to it is on disk).
 	gen, durable uint64
+	// writeHook, when set (tests), runs before each write, outside mu.
+	writeHook func()
 }
 
 // Open locks the directory and loads the state: the state file, or its
@@ -299,25 +301,7 @@ func (s *Store) UpdateUnsynced(fn func(Tx) bool) error {
 	if !write {
 		return nil
 	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	s.mu.Lock()
-	s.d.Version = Version
-	b, err := json.Marshal(&s.d)
-	s.mu.Unlock()
-	if err == nil {
-		err = s.write(b, false)
-	} else {
-		err = fmt.Errorf("encode state: %w", err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err != nil {
-		s.stats.WriteFailures++
-		return err
-	}
-	s.stats.Writes++
-	return nil
+	return s.commit(false, true)
 }
 
 // Flush writes the state when the memory holds changes not on disk (kept by
@@ -327,16 +311,24 @@ func (s *Store) Flush() error {
 	return s.flush(false)
 }
 
-// flush writes the state unless every change made before it was called is
-// already durable (force: write anyway). See Store on group commits.
-func (s *Store) flush(force bool) error {
+// flush writes the state durably unless every change made before it was
+// called is already durable (force: write anyway). See Store on group
+// commits.
+func (s *Store) flush(force bool) error { return s.commit(true, force) }
+
+// commit encodes the state under mu and writes it outside mu, one write at a
+// time (wmu). A durable commit (sync) returns at once when a write that
+// began after the caller's changes carried them (unless force); an
+// unsynced one always writes, and leaves the state dirty until a durable
+// write.
+func (s *Store) commit(sync, force bool) error {
 	s.mu.Lock()
 	want := s.gen
 	s.mu.Unlock()
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.mu.Lock()
-	if !force && s.durable >= want {
+	if sync && !force && s.durable >= want {
 		s.mu.Unlock()
 		return nil // a write that began after our changes carried them
 	}
@@ -345,7 +337,10 @@ func (s *Store) flush(force bool) error {
 	b, err := json.Marshal(&s.d)
 	s.mu.Unlock()
 	if err == nil {
-		err = s.write(b, true)
+		if s.writeHook != nil {
+			s.writeHook()
+		}
+		err = s.write(b, sync)
 	} else {
 		err = fmt.Errorf("encode state: %w", err)
 	}
@@ -357,9 +352,26 @@ func (s *Store) flush(force bool) error {
 		return err
 	}
 	s.stats.Writes++
-	s.durable = gen
-	s.stats.Dirty = s.gen != gen
+	if sync {
+		s.durable = gen
+		s.stats.Dirty = s.gen != gen
+	}
 	return nil
+}
+
+// Mark is the state's change count now: every change made so far is durable
+// once Durable(mark) says so.
+func (s *Store) Mark() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen
+}
+
+// Durable reports whether every change made up to mark (Mark) is on disk.
+func (s *Store) Durable(mark uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.durable >= mark
 }
 
 // View runs fn on the state without writing. fn must not modify it.
@@ -376,20 +388,31 @@ func (s *Store) BootID() string {
 	return s.d.BootID
 }
 
-// SetBootID records the kernel's boot id, durably when it changed.
-func (s *Store) SetBootID(id string) error {
-	return s.UpdateIf(func(tx Tx) bool {
-		changed := tx.d.BootID != id
+// SetBootID records the kernel's boot id in memory: the next write (Flush)
+// carries it, with every change made before it.
+func (s *Store) SetBootID(id string) {
+	_ = s.UpdateIf(func(tx Tx) bool {
 		tx.d.BootID = id
-		return changed
+		return false
 	})
 }
 
-// Prune forgets counters not seen since before cutoff whose identity is not
-// in live, container records not in liveContainers, and finished commands
-// older than cutoff, then writes.
-func (s *Store) Prune(live map[string]bool, liveContainers map[string]bool, cutoff time.Time) error {
-	return s.Update(func(tx Tx) error {
+// NoDeadlineRetention is how long the record of a finished command that had
+// no deadline is kept: the aggregator may deliver such a command again
+// until it has the result, and a command whose record is gone would be
+// carried out again. A command with a deadline cannot be carried out after
+// it (it is answered EXPIRED), so its record goes once the deadline is
+// older than Prune's cutoff.
+const NoDeadlineRetention = 30 * 24 * time.Hour
+
+// Prune forgets, in memory (the next Flush writes it), counters not seen
+// since before cutoff whose identity is not in live, container records not
+// in liveContainers, and the records of finished commands: with a deadline,
+// once the command finished and its deadline passed before cutoff; without
+// one, NoDeadlineRetention after it finished. A command not finished is
+// never forgotten.
+func (s *Store) Prune(live map[string]bool, liveContainers map[string]bool, cutoff time.Time) {
+	_ = s.UpdateIf(func(tx Tx) bool {
 		for id, c := range tx.d.Counters {
 			if !live[id] && c.LastSeen.Before(cutoff) {
 				delete(tx.d.Counters, id)
@@ -401,22 +424,58 @@ func (s *Store) Prune(live map[string]bool, liveContainers map[string]bool, cuto
 			}
 		}
 		for id, r := range tx.d.Commands {
-			if !r.Finished.IsZero() && r.last().Before(cutoff) {
+			if r.Finished.IsZero() {
+				continue
+			}
+			if r.Deadline.IsZero() {
+				if r.last().Before(cutoff.Add(-NoDeadlineRetention)) {
+					delete(tx.d.Commands, id)
+				}
+				continue
+			}
+			if r.last().Before(cutoff) && r.Deadline.Before(cutoff) {
 				delete(tx.d.Commands, id)
 			}
 		}
-		return nil
+		return false
 	})
 }
 
-// write writes b as the state atomically: a temporary file, fsync, the
-// current file renamed to the last good copy, the temporary renamed into
-// place, fsync of the directory. A crash at any point leaves the current
-// file or, between the renames, the last good copy, which Open reads.
-// Without sync, the fsyncs are left out (see UpdateUnsynced). Called with
-// wmu held.
+// write writes b as the state atomically, twice: the state file and its
+// last-good copy each get b through a temporary file, fsync and rename,
+// then the directory is fsynced. A crash at any point leaves at least one
+// of the two whole and no older than the write before; a state file
+// corrupted later (a disk, an operator's editor) leaves its copy, with the
+// same content: Open starts from it and loses no change (with the copy one
+// write behind, an exit counted by the last write and whose task a restart
+// had replaced was lost, and counted again as unknown). Without sync, the
+// fsyncs are left out (see UpdateUnsynced). Called with wmu held.
 func (s *Store) write(b []byte, sync bool) error {
-	tmp := s.path + ".tmp"
+	if err := s.writeFile(s.path, b, sync); err != nil {
+		return err
+	}
+	if err := s.writeFile(filepath.Join(s.dir, LastGoodName), b, sync); err != nil {
+		return fmt.Errorf("keep last good state: %w", err)
+	}
+	if !sync {
+		return nil
+	}
+	d, err := os.Open(s.dir)
+	if err != nil {
+		return fmt.Errorf("sync state dir: %w", err)
+	}
+	defer d.Close()
+	s.countFsync()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync state dir: %w", err)
+	}
+	return nil
+}
+
+// writeFile replaces path with b atomically: a temporary file, its fsync
+// (sync), a rename.
+func (s *Store) writeFile(path string, b []byte, sync bool) error {
+	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("write state: %w", err)
@@ -435,23 +494,8 @@ func (s *Store) write(b []byte, sync bool) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("close state: %w", err)
 	}
-	if err := os.Rename(s.path, filepath.Join(s.dir, LastGoodName)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("keep last good state: %w", err)
-	}
-	if err := os.Rename(tmp, s.path); err != nil {
+	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("replace state: %w", err)
-	}
-	if !sync {
-		return nil
-	}
-	d, err := os.Open(s.dir)
-	if err != nil {
-		return fmt.Errorf("sync state dir: %w", err)
-	}
-	defer d.Close()
-	s.countFsync()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync state dir: %w", err)
 	}
 	return nil
 }
@@ -506,9 +550,10 @@ func (tx Tx) DeleteContainer(key string) { delete(tx.d.Containers, key) }
 // Command returns the record of command id, nil when it was never accepted.
 func (tx Tx) Command(id string) *CommandRecord { return tx.d.Commands[id] }
 
-// AcceptCommand records command id as accepted at at and returns its record.
-func (tx Tx) AcceptCommand(id string, at time.Time) *CommandRecord {
-	r := &CommandRecord{Accepted: at}
+// AcceptCommand records command id, whose deadline is deadline (zero: none),
+// as accepted at at and returns its record.
+func (tx Tx) AcceptCommand(id string, at, deadline time.Time) *CommandRecord {
+	r := &CommandRecord{Accepted: at, Deadline: deadline}
 	tx.d.Commands[id] = r
 	return r
 }

@@ -39,14 +39,12 @@ func TestStoreSurvivesReopen(t *testing.T) {
 		r.LastExitSeen = now
 		r.RestartBegun = now.Add(time.Second)
 		r.LastExit = &ExitRecord{Code: 3, Reason: "error", At: now}
-		tx.AcceptCommand("cmd-1", now).Finished = now
+		tx.AcceptCommand("cmd-1", now, time.Time{}).Finished = now
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetBootID("boot-1"); err != nil {
-		t.Fatal(err)
-	}
+	s.SetBootID("boot-1") // in memory: Close writes it
 	s.Close()
 
 	s2 := open(t, dir)
@@ -106,8 +104,9 @@ func exits(s *Store) uint64 {
 }
 
 // TestCorruptFileFallsBackToLastGood: a corrupt state file is set aside
-// and the store starts from the last good copy (a write behind), not from
-// zero; Stats say so.
+// and the store starts from the last good copy, which every write keeps
+// with the same content: nothing is lost (with a copy one write behind, the
+// fifth exit was); Stats say so.
 func TestCorruptFileFallsBackToLastGood(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir)
@@ -119,8 +118,8 @@ func TestCorruptFileFallsBackToLastGood(t *testing.T) {
 		t.Fatal(err)
 	}
 	s2 := open(t, dir)
-	if n := exits(s2); n != 4 {
-		t.Errorf("exits after a corrupt file = %d, want 4 (the last good copy, one write behind)", n)
+	if n := exits(s2); n != 5 {
+		t.Errorf("exits after a corrupt file = %d, want 5 (the last good copy, as new as the file)", n)
 	}
 	st := s2.Stats()
 	if st.Recovered != "last-good" || st.SetAside == "" {
@@ -132,13 +131,13 @@ func TestCorruptFileFallsBackToLastGood(t *testing.T) {
 	// It goes on from there, and the next open reads the new file.
 	addExit(t, s2)
 	s2.Close()
-	if n := exits(open(t, dir)); n != 5 {
-		t.Errorf("exits after reopen = %d, want 5", n)
+	if n := exits(open(t, dir)); n != 6 {
+		t.Errorf("exits after reopen = %d, want 6", n)
 	}
 }
 
-// TestMissingFileFallsBackToLastGood: a crash between the write's two
-// renames leaves only the last good copy.
+// TestMissingFileFallsBackToLastGood: a state file gone (removed by hand)
+// leaves the last good copy, as new as it.
 func TestMissingFileFallsBackToLastGood(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir)
@@ -149,8 +148,8 @@ func TestMissingFileFallsBackToLastGood(t *testing.T) {
 		t.Fatal(err)
 	}
 	s2 := open(t, dir)
-	if n := exits(s2); n != 1 || s2.Stats().Recovered != "last-good" {
-		t.Errorf("exits %d, recovered %q; want 1 from last-good", n, s2.Stats().Recovered)
+	if n := exits(s2); n != 2 || s2.Stats().Recovered != "last-good" {
+		t.Errorf("exits %d, recovered %q; want 2 from last-good", n, s2.Stats().Recovered)
 	}
 }
 
@@ -268,13 +267,21 @@ func TestPrune(t *testing.T) {
 		tx.Counters("recent").LastSeen = time.Now()
 		tx.Container("ns/gone")
 		tx.Container("ns/live")
-		tx.AcceptCommand("old", old).Finished = old
-		tx.AcceptCommand("running", old)
-		tx.AcceptCommand("new", time.Now()).Finished = time.Now()
+		tx.AcceptCommand("old", old, old.Add(time.Minute)).Finished = old
+		tx.AcceptCommand("running", old, time.Time{})
+		tx.AcceptCommand("new", time.Now(), time.Now().Add(time.Minute)).Finished = time.Now()
+		// Without a deadline the aggregator may deliver it again: kept
+		// past the cutoff, until NoDeadlineRetention.
+		tx.AcceptCommand("no-deadline", old, time.Time{}).Finished = old
+		tx.AcceptCommand("no-deadline-ancient", old.Add(-NoDeadlineRetention), time.Time{}).Finished = old.Add(-NoDeadlineRetention)
+		// Its deadline not yet past the cutoff: kept.
+		tx.AcceptCommand("late-deadline", old, time.Now()).Finished = old
 		return nil
 	})
-	if err := s.Prune(map[string]bool{"live": true}, map[string]bool{"ns/live": true}, time.Now().Add(-24*time.Hour)); err != nil {
-		t.Fatal(err)
+	base := s.Stats()
+	s.Prune(map[string]bool{"live": true}, map[string]bool{"ns/live": true}, time.Now().Add(-24*time.Hour))
+	if st := s.Stats(); st.Writes != base.Writes || !st.Dirty {
+		t.Errorf("Prune wrote (%d writes, dirty %v): it changes memory only, for the flusher", st.Writes-base.Writes, st.Dirty)
 	}
 	s.View(func(tx Tx) {
 		if _, ok := tx.LookupCounters("gone"); ok {
@@ -290,6 +297,12 @@ func TestPrune(t *testing.T) {
 		}
 		if tx.Command("old") != nil || tx.Command("new") == nil || tx.Command("running") == nil {
 			t.Error("command records pruned wrongly")
+		}
+		if tx.Command("no-deadline") == nil || tx.Command("late-deadline") == nil {
+			t.Error("a finished command without a deadline, or with one not yet past, pruned at 24 h")
+		}
+		if tx.Command("no-deadline-ancient") != nil {
+			t.Error("a command without a deadline kept past NoDeadlineRetention")
 		}
 	})
 }
@@ -314,24 +327,44 @@ func TestGroupCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := s.Stats()
-	if w, f := st.Writes-base.Writes, st.Fsyncs-base.Fsyncs; w != 1 || f != 2 {
-		t.Fatalf("10 changes and two flushes: %d writes, %d fsyncs; want 1 and 2", w, f)
+	if w, f := st.Writes-base.Writes, st.Fsyncs-base.Fsyncs; w != 1 || f != 3 {
+		t.Fatalf("10 changes and two flushes: %d writes, %d fsyncs; want 1 and 3 (the file, its copy, the directory)", w, f)
 	}
+	// A write held in the middle: 50 Updates made meanwhile wait for it,
+	// and the first to write after it carries them all. Without group
+	// commit it would be 51 writes.
+	hold, held := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	s.writeHook = func() { once.Do(func() { close(held); <-hold }) }
+	var first sync.WaitGroup
+	first.Go(func() {
+		if err := s.Update(func(tx Tx) error { tx.Counters("first").Restarts++; return nil }); err != nil {
+			t.Error(err)
+		}
+	})
+	<-held
 	var wg sync.WaitGroup
+	var started sync.WaitGroup
 	for i := range 50 {
+		started.Add(1)
 		wg.Go(func() {
 			if err := s.Update(func(tx Tx) error {
 				tx.Counters(fmt.Sprint("c", i)).Restarts++
+				started.Done()
 				return nil
 			}); err != nil {
 				t.Error(err)
 			}
 		})
 	}
+	started.Wait() // every change is made; each Update now waits to write
+	close(hold)
+	first.Wait()
 	wg.Wait()
-	t.Logf("50 concurrent updates: %d writes", s.Stats().Writes-st.Writes)
-	if w := s.Stats().Writes - st.Writes; w > 50 || w < 1 {
-		t.Fatalf("50 concurrent updates made %d writes", w)
+	s.writeHook = nil
+	t.Logf("50 updates during a write: %d writes", s.Stats().Writes-st.Writes)
+	if w := s.Stats().Writes - st.Writes; w != 2 {
+		t.Fatalf("one write held and 50 updates made meanwhile: %d writes, want 2 (the held one, and one carrying the 50)", w)
 	}
 	s.Close()
 	s2 := open(t, dir)
@@ -367,7 +400,7 @@ func TestUpdateUnsynced(t *testing.T) {
 	if err := s.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if st := s.Stats(); st.Fsyncs != base.Fsyncs+2 || st.Dirty {
+	if st := s.Stats(); st.Fsyncs != base.Fsyncs+3 || st.Dirty {
 		t.Fatalf("after Flush: %+v", st)
 	}
 }

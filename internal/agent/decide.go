@@ -1,0 +1,293 @@
+package agent
+
+import (
+	"errors"
+	"time"
+
+	"github.com/vigilhq/vigil/internal/restart"
+	"github.com/vigilhq/vigil/internal/runtime"
+)
+
+// Decide, then apply. Every rule about a container's lifecycle is a pure
+// function here: from the agent's domain state of one container (ctrView, a
+// copy taken under a.mu with the durable marks the state dir holds) and an
+// event, to a decision value that says what to record and what to do. The
+// handlers in lifecycle.go and recovery.go take the view, call the function
+// and apply its decision: change the tracked state, record it (persistence),
+// report it, and hand task control to an action (taskControl, in apply.go).
+// It is containerd's restart monitor's change.apply without its sleep loop:
+// the loop reacts to events and timers, and never waits.
+//
+// The decision functions read no clock, no disk and no containerd: they are
+// tested row by row in decide_test.go. Each rule that an integration test
+// proves against a real containerd has a row there naming that test.
+
+// ctrView is what a decision reads of one container.
+type ctrView struct {
+	// State, Pid, StartedAt and Manager are the runtime's view of the
+	// container as the handler found it (before the event, for an exit).
+	State     runtime.State
+	Pid       uint32
+	StartedAt time.Time
+	Manager   runtime.Manager
+	// Tracker is a copy of the container's restart tracker: a decision that
+	// changes it returns the new one.
+	Tracker restart.Tracker
+	// Timer: a restart timer is armed. InFlight: a restart, stop or command
+	// of ours is running; ExpectDelete: that action deletes the task.
+	Timer, InFlight, ExpectDelete bool
+	// Resume: the pending restart finishes an interrupted one.
+	Resume bool
+	// Begun is the durable mark of the pending restart being carried out
+	// (zero when none); LastExitSeen the exit time last counted.
+	Begun, LastExitSeen time.Time
+	// CreateRetries counts the tries an interrupted create blocked.
+	CreateRetries int
+}
+
+func (v ctrView) vigils() bool { return v.Manager == runtime.ManagerVigil }
+
+// runFacts are what a decision reads of this agent run.
+type runFacts struct {
+	// Started is when Run began: a mark older than it is a previous run's.
+	Started time.Time
+	// Rebooted: the node restarted since the agent last ran.
+	Rebooted bool
+	// Now is the time of the decision.
+	Now time.Time
+}
+
+// exitDecision is what an exit means.
+type exitDecision struct {
+	// NotARun: the task that exited never started under Vigil: the task an
+	// interrupted restart of ours created (a restart is pending and marked
+	// begun, and the tracker saw no start since). Nothing is counted and
+	// nothing decided: the pending restart replaces it.
+	NotARun bool
+	// Count: a new exit, counted once (the exit time becomes LastExitSeen).
+	Count bool
+	// Tracker is the restart tracker after the exit; Decision the policy's.
+	Tracker  restart.Tracker
+	Decision restart.Decision
+	// SignalHint: a kill by a signal that the policy restarts (most often
+	// an operator's ctr task kill): the log says how to stop for good.
+	SignalHint bool
+}
+
+// decideExit: an exit is counted once (a replay after a reconnect or an
+// agent restart is not: LastExitSeen), and the policy decides on it.
+func decideExit(v ctrView, exit runtime.Exit) exitDecision {
+	st := v.Tracker.State
+	if !st.Running && st.Pending && !v.Begun.IsZero() && exit.At.After(v.Begun) && !st.StartedAt.After(v.Begun) {
+		return exitDecision{NotARun: true, Tracker: v.Tracker}
+	}
+	tr := v.Tracker
+	d := tr.OnExit(exit.Code, exit.Reason.String(), exit.At)
+	count := exit.At.IsZero() || exit.At.After(v.LastExitSeen)
+	return exitDecision{
+		Count:      count,
+		Tracker:    tr,
+		Decision:   d,
+		SignalHint: count && d.Restarts() && exit.Reason == runtime.ExitSignal,
+	}
+}
+
+// deleteVerdict is what a task's delete means.
+type deleteVerdict int
+
+const (
+	// deleteOurs: our restart or stop in flight deleted it (or an
+	// operator's racing it: the action's result says). Nothing is done.
+	deleteOurs deleteVerdict = iota + 1
+	// deleteOurRestart: the delete of a restart of ours carried out outside
+	// an action (the previous run's late delete, or the cleanup of a create
+	// it interrupted): the restart is finished (armed when it is not).
+	deleteOurRestart
+	// deleteOperatorStop: someone else deleted the task: an explicit stop.
+	deleteOperatorStop
+)
+
+// decideTaskDeleted: a task deleted by someone other than us, after it
+// ran, is an operator's stop (docker stop, ctr task rm): policies leave it
+// down. A restart of ours that has begun (its durable mark) and has not
+// started its task since owns any delete of the container's task: the
+// previous run's delete that landed late, or containerd's cleanup of a
+// create that run interrupted; taking those for an operator's stop left
+// containers down.
+func decideTaskDeleted(v ctrView) deleteVerdict {
+	if v.ExpectDelete || v.InFlight {
+		return deleteOurs
+	}
+	st := v.Tracker.State
+	if st.Pending && !v.Begun.IsZero() && !st.ExplicitlyStopped && !st.StartedAt.After(v.Begun) {
+		return deleteOurRestart
+	}
+	return deleteOperatorStop
+}
+
+// foundVerdict is what a container found at start-up without a started
+// task means.
+type foundVerdict int
+
+const (
+	foundNothing foundVerdict = iota
+	// foundResume: the previous run began the pending restart (its mark)
+	// and died in the middle: the restart is finished.
+	foundResume
+	// foundRebootPending: the node restarted with a restart pending: it is
+	// carried out.
+	foundRebootPending
+	// foundRebootLost: the node restarted and took the running task with
+	// it: an exit with code 255 at boot time, for the policy to decide on.
+	foundRebootLost
+	// foundDeletedBeforeRestart: an operator deleted the exited task while
+	// the agent was down, before its restart: an explicit stop.
+	foundDeletedBeforeRestart
+	// foundExitedAndDeleted: it ran, and its task exited and was deleted
+	// while the agent was down: the exit is counted (unknown, 255) and the
+	// delete is an operator's stop.
+	foundExitedAndDeleted
+)
+
+// decideFound: a container found without a started task (none, or one
+// created and never started) whose saved restart state says it ran or had
+// a restart pending, when the agent is not already at work on it.
+func decideFound(v ctrView, r runFacts) foundVerdict {
+	st := v.Tracker.State
+	if !v.vigils() || v.InFlight || v.Timer || st.ExplicitlyStopped || (!st.Pending && !st.Running) {
+		return foundNothing
+	}
+	lost := r.Rebooted && v.Pid == 0
+	switch {
+	case st.Pending && !v.Begun.IsZero():
+		return foundResume
+	case st.Pending && lost:
+		return foundRebootPending
+	case st.Running && lost:
+		return foundRebootLost
+	case st.Pending && v.Pid == 0:
+		return foundDeletedBeforeRestart
+	case st.Running && v.Pid == 0:
+		return foundExitedAndDeleted
+	}
+	return foundNothing
+}
+
+// decideUnseenRestart: a container found running at start-up with another
+// task than the one the saved state says ran (started more than
+// unseenRestartSlack later): the old task exited while the agent was down,
+// and that exit is counted once.
+func decideUnseenRestart(v ctrView) bool {
+	st := v.Tracker.State
+	return st.Running && !st.Pending && !st.StartedAt.IsZero() && !v.StartedAt.IsZero() && v.StartedAt.Sub(st.StartedAt) > unseenRestartSlack
+}
+
+// decideRestartMadeAway: a container found stopped at start-up, with a
+// restart pending and marked begun before its task's exit, was restarted by
+// the previous run just before it died, and that task has exited since:
+// the restart is counted (as started at the mark), and the exit gets its
+// own decision.
+func decideRestartMadeAway(v ctrView, exitAt time.Time) bool {
+	return v.Tracker.State.Pending && !exitAt.IsZero() && !v.Begun.IsZero() && exitAt.After(v.Begun)
+}
+
+// dueVerdict is what a restart timer's firing means.
+type dueVerdict int
+
+const (
+	dueSkip  dueVerdict = iota + 1 // no restart pending any more, or stopped
+	dueLater                       // an action of ours runs: when it ends
+	dueRun                         // carry it out now
+)
+
+// restartPlan is how a due restart is carried out.
+type restartPlan struct {
+	// StopFirst: the task still runs (an unhealthy restart whose kill was
+	// not seen yet).
+	StopFirst bool
+	// Resume: finish an interrupted restart (no old task to require).
+	Resume bool
+	// MeasureFrom is the exit the restart's overhead is measured from
+	// (zero: not measured), Chosen the delay that was chosen.
+	MeasureFrom time.Time
+	Chosen      time.Duration
+}
+
+// decideRestartDue: a restart timer fired.
+func decideRestartDue(v ctrView, lastExit *runtime.Exit, stopWindow time.Duration) (dueVerdict, restartPlan) {
+	st := v.Tracker.State
+	if !st.Pending || st.ExplicitlyStopped {
+		return dueSkip, restartPlan{}
+	}
+	if v.InFlight {
+		return dueLater, restartPlan{}
+	}
+	p := restartPlan{StopFirst: v.State == runtime.StateRunning || v.State == runtime.StatePaused, Resume: v.Resume}
+	if lastExit != nil && !lastExit.At.IsZero() && !p.StopFirst && !p.Resume {
+		p.MeasureFrom, p.Chosen = lastExit.At, max(st.Last.Delay, stopWindow)
+	}
+	return dueRun, p
+}
+
+// resultVerdict is what a failed restart means.
+type resultVerdict int
+
+const (
+	resultDone         resultVerdict = iota + 1 // it worked: the start event reports it
+	resultRetryCreate                           // an interrupted create blocks it: again, as a resumed restart, off the policy
+	resultOperatorStop                          // the exited task was deleted by someone else first
+	resultFailed                                // a failure like any other: the policy decides
+)
+
+// decideRestartResult: the result of a restart action. A create that an
+// earlier, interrupted one blocks is tried again (createRetry) without
+// counting against the policy, for as long as it takes. A restart that
+// failed after its begun mark (a create that timed out on a loaded node,
+// say) may have deleted the old task already: the next try (resume) is a
+// resumed one, which requires no old task and replaces a task that the
+// failed create may still have made. (It required the old task, failed
+// with ErrTaskGone and took its own delete for an operator's stop: the
+// container stayed down.)
+func decideRestartResult(v ctrView, err error) (verdict resultVerdict, retryIn time.Duration, resume bool) {
+	switch {
+	case err == nil:
+		return resultDone, 0, false
+	case createRetry(err, v.CreateRetries) > 0:
+		return resultRetryCreate, createRetry(err, v.CreateRetries), true
+	case errors.Is(err, runtime.ErrTaskGone):
+		return resultOperatorStop, 0, false
+	}
+	return resultFailed, 0, !v.Begun.IsZero()
+}
+
+// pauseVerdict: a frozen task cannot answer probes: that is an operator's
+// pause, not a failure. Probing waits, and starts again from "starting".
+func decidePause(paused bool) (probe bool) { return !paused }
+
+// healthDecision is what a health transition means.
+type healthDecision struct {
+	// Tracker after the transition; Decision the policy's on unhealthy
+	// (zero otherwise).
+	Tracker  restart.Tracker
+	Decision restart.Decision
+	// Stop: kill the task now for the decided restart (not when an action
+	// of ours already runs).
+	Stop bool
+}
+
+// decideUnhealthy: a container that turned unhealthy (by its probes or its
+// network) gets the policy's decision; a restart kills the task at once,
+// and the restart follows when due.
+func decideUnhealthy(v ctrView, at time.Time) healthDecision {
+	tr := v.Tracker
+	d := tr.OnUnhealthy(at)
+	return healthDecision{Tracker: tr, Decision: d, Stop: d.Restarts() && !v.InFlight}
+}
+
+// decideHealthy: healthy again (and its network fine): the run counts
+// toward resetting the backoff.
+func decideHealthy(v ctrView, at time.Time) healthDecision {
+	tr := v.Tracker
+	tr.OnHealthy(at)
+	return healthDecision{Tracker: tr}
+}

@@ -1,0 +1,291 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/vigilhq/vigil/internal/restart"
+	"github.com/vigilhq/vigil/internal/runtime"
+)
+
+// The decision functions' table tests. Each row names the integration test
+// (against a real containerd) that proves the same rule end to end, or
+// "table only" for a rule no integration test reaches on demand. The
+// mapping, rule by rule:
+//
+//	decideExit        TestOnFailureRestartsExactlyNTimes, TestOnFailureIgnoresCleanExit,
+//	                  TestAlwaysRestartsAfterCleanExit, TestNeverFightsTheKubelet,
+//	                  TestUnlessStoppedHonoursExplicitStop, TestAgentRestartKeepsCountsAndStops,
+//	                  TestPendingRestartNotDecidedAgain, TestFinishesAnInterruptedRestart ("created")
+//	decideTaskDeleted TestUnlessStoppedHonoursExplicitStop, TestOperatorStopRacingRestartNoMisleadingEvent,
+//	                  TestLateDeleteOfPreviousRunsRestart, test/crash TestAgentKilledAtRandom
+//	decideFound       TestFinishesAnInterruptedRestart ("deleted", "created"), TestNodeRestartLosesTasks,
+//	                  TestTaskDeletedWhileAgentDown, TestExitWhileAgentDownCounted, TestAgentRestartKeepsStoppedState
+//	decideUnseenRestart   TestExitWhileAgentDownCounted (replaced task)
+//	decideRestartMadeAway TestFinishesAnInterruptedRestart ("started")
+//	decideRestartDue  TestUnhealthyContainerIsRestarted (stop first), TestRestartDueBeforeResult,
+//	                  TestFinishesAnInterruptedRestart (resume), TestStopThenStartCommands (explicit stop)
+//	decideRestartResult TestOperatorStopRacingRestartNoMisleadingEvent (task gone), table only (create retries)
+//	decidePause       TestPausedContainerIsNotProbed
+//	decideUnhealthy / decideHealthy TestUnhealthyContainerIsRestarted, TestNetworkConditionMakesUnhealthy
+//	decideCommand     TestCommandRunsOnce, TestCommandInterruptedNotRepeated, TestCommandNamespacesRefused,
+//	                  TestStopThenStartCommands, TestIsolatedAgentRefusesCommands (commands_test.go)
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func tracker(kind restart.Kind, max int, st restart.State) restart.Tracker {
+	b := restart.DefaultBackoff()
+	b.Initial, b.Max = 100*time.Millisecond, time.Second
+	return restart.Tracker{Policy: restart.Policy{Kind: kind, MaxRetries: max, Backoff: b}, State: st}
+}
+
+func running(at time.Time) restart.State { return restart.State{Running: true, StartedAt: at} }
+
+// pending is the state after an exit at t0 decided a restart.
+func pending(kind restart.Kind) restart.State {
+	tr := tracker(kind, 0, running(t0.Add(-time.Minute)))
+	tr.OnExit(1, "error", t0)
+	return tr.State
+}
+
+func TestDecideExit(t *testing.T) {
+	exit := func(code uint32, at time.Time) runtime.Exit {
+		r := runtime.ExitError
+		if code == 0 {
+			r = runtime.ExitCompleted
+		}
+		return runtime.Exit{Code: code, Reason: r, At: at}
+	}
+	onFailure3 := tracker(restart.KindOnFailure, 3, running(t0.Add(-time.Minute)))
+	onFailure3.State.Retries = 3
+	kubelet := tracker(restart.KindAlways, 0, running(t0.Add(-time.Minute)))
+	kubelet.ManagedBy = "kubelet"
+	stopped := tracker(restart.KindUnlessStopped, 0, running(t0.Add(-time.Minute)))
+	stopped.State.ExplicitlyStopped = true
+	rows := []struct {
+		name, proves string
+		v            ctrView
+		exit         runtime.Exit
+		notARun      bool
+		count        bool
+		kind         restart.DecisionKind
+	}{
+		{"a failure under on-failure restarts", "TestOnFailureRestartsExactlyNTimes",
+			ctrView{Tracker: tracker(restart.KindOnFailure, 3, running(t0.Add(-time.Minute)))}, exit(1, t0), false, true, restart.DecisionRestart},
+		{"on-failure:3 gives up after 3 restarts", "TestOnFailureRestartsExactlyNTimes",
+			ctrView{Tracker: onFailure3}, exit(1, t0), false, true, restart.DecisionGiveUp},
+		{"a clean exit under on-failure is not restarted", "TestOnFailureIgnoresCleanExit",
+			ctrView{Tracker: tracker(restart.KindOnFailure, 0, running(t0.Add(-time.Minute)))}, exit(0, t0), false, true, restart.DecisionNone},
+		{"always restarts after a clean exit", "TestAlwaysRestartsAfterCleanExit",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0.Add(-time.Minute)))}, exit(0, t0), false, true, restart.DecisionRestart},
+		{"the kubelet's container is never restarted", "TestNeverFightsTheKubelet",
+			ctrView{Tracker: kubelet, Manager: runtime.ManagerKubelet}, exit(1, t0), false, true, restart.DecisionSkipManaged},
+		{"an explicitly stopped container stays down", "TestUnlessStoppedHonoursExplicitStop",
+			ctrView{Tracker: stopped}, exit(1, t0), false, true, restart.DecisionSkipExplicitStop},
+		{"an exit already counted is not counted again", "TestAgentRestartKeepsCountsAndStops",
+			ctrView{Tracker: tracker(restart.KindNo, 0, running(t0.Add(-time.Minute))), LastExitSeen: t0}, exit(1, t0), false, false, restart.DecisionNone},
+		{"a pending restart's exit replayed after an agent restart repeats it, uncounted", "TestPendingRestartNotDecidedAgain",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), LastExitSeen: t0}, exit(1, t0), false, false, restart.DecisionRestart},
+		{"the created task of an interrupted restart exiting is not a run", "TestFinishesAnInterruptedRestart (created), test/crash",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), LastExitSeen: t0, Begun: t0.Add(time.Second)}, exit(137, t0.Add(2*time.Second)), true, false, 0},
+		{"the old task's exit (before the mark) is not taken for the created task's", "TestFinishesAnInterruptedRestart",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), LastExitSeen: t0, Begun: t0.Add(time.Second)}, exit(1, t0), false, false, restart.DecisionRestart},
+	}
+	for _, r := range rows {
+		t.Run(r.name, func(t *testing.T) {
+			before := r.v.Tracker.State
+			d := decideExit(r.v, r.exit)
+			if d.NotARun != r.notARun || d.Count != r.count || d.Decision.Kind != r.kind {
+				t.Errorf("%s: got notARun %v count %v decision %v; want %v %v %v", r.proves, d.NotARun, d.Count, d.Decision.Kind, r.notARun, r.count, r.kind)
+			}
+			if r.v.Tracker.State != before {
+				t.Errorf("deciding changed the view's tracker")
+			}
+		})
+	}
+}
+
+func TestDecideTaskDeleted(t *testing.T) {
+	begun := t0.Add(time.Second)
+	rows := []struct {
+		name, proves string
+		v            ctrView
+		want         deleteVerdict
+	}{
+		{"a delete while it runs is an operator's stop", "TestUnlessStoppedHonoursExplicitStop",
+			ctrView{Tracker: tracker(restart.KindUnlessStopped, 0, running(t0))}, deleteOperatorStop},
+		{"a delete while our restart is in flight is ours (its result says more)", "TestOperatorStopRacingRestartNoMisleadingEvent",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), InFlight: true, ExpectDelete: true}, deleteOurs},
+		{"the previous run's delete landing late finishes its restart", "TestLateDeleteOfPreviousRunsRestart",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), Begun: begun, Timer: true}, deleteOurRestart},
+		{"containerd's cleanup of a create we interrupted, between retries, is ours", "test/crash TestAgentKilledAtRandom",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), Begun: begun, Resume: true, CreateRetries: 1}, deleteOurRestart},
+		{"a pending restart not begun: the delete of the exited task is an operator's stop", "TestTaskDeletedWhileAgentDown",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}, deleteOperatorStop},
+	}
+	for _, r := range rows {
+		if got := decideTaskDeleted(r.v); got != r.want {
+			t.Errorf("%s (%s): %v, want %v", r.name, r.proves, got, r.want)
+		}
+	}
+}
+
+func TestDecideFound(t *testing.T) {
+	run := runFacts{Started: t0.Add(time.Hour), Now: t0.Add(time.Hour)}
+	rebooted := run
+	rebooted.Rebooted = true
+	stopped := pending(restart.KindAlways)
+	stopped.Pending, stopped.ExplicitlyStopped = false, true
+	rows := []struct {
+		name, proves string
+		v            ctrView
+		r            runFacts
+		want         foundVerdict
+	}{
+		{"a restart begun by the previous run, its old task deleted: finished", "TestFinishesAnInterruptedRestart (deleted)",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), Begun: t0}, run, foundResume},
+		{"a restart begun by the previous run, its new task created and never started: finished", "TestFinishesAnInterruptedRestart (created)",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), Begun: t0, State: runtime.StateCreated, Pid: 42}, run, foundResume},
+		{"after a reboot, a pending restart is carried out", "TestNodeRestartLosesTasks",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}, rebooted, foundRebootPending},
+		{"after a reboot, a running task is lost: an exit", "TestNodeRestartLosesTasks",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0))}, rebooted, foundRebootLost},
+		{"after a reboot, an operator's stop stays", "TestNodeRestartLosesTasks",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, stopped)}, rebooted, foundNothing},
+		{"a pending restart whose exited task was deleted while the agent was down: an operator's stop", "TestTaskDeletedWhileAgentDown",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}, run, foundDeletedBeforeRestart},
+		{"a running task gone while the agent was down: exit counted, operator's stop", "TestExitWhileAgentDownCounted",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0))}, run, foundExitedAndDeleted},
+		{"a stopped container with nothing pending: nothing", "TestAgentRestartKeepsStoppedState",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, stopped)}, run, foundNothing},
+		{"another manager's container: nothing", "TestNeverFightsTheKubelet",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0)), Manager: runtime.ManagerKubelet}, rebooted, foundNothing},
+		{"already at work on it (a timer armed): nothing", "table only",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), Timer: true}, run, foundNothing},
+	}
+	for _, r := range rows {
+		if got := decideFound(r.v, r.r); got != r.want {
+			t.Errorf("%s (%s): %v, want %v", r.name, r.proves, got, r.want)
+		}
+	}
+}
+
+func TestDecideUnseenRestartAndMadeAway(t *testing.T) {
+	// TestExitWhileAgentDownCounted: a task replaced while the agent was down.
+	v := ctrView{Tracker: tracker(restart.KindNo, 0, running(t0)), StartedAt: t0.Add(time.Minute)}
+	if !decideUnseenRestart(v) {
+		t.Error("a task started a minute after the saved one is not taken for an unseen restart")
+	}
+	v.StartedAt = t0.Add(time.Second) // the same task, its start read from /proc
+	if decideUnseenRestart(v) {
+		t.Error("the same task (start time within the slack) taken for an unseen restart")
+	}
+	// TestFinishesAnInterruptedRestart ("started"): the restart made away.
+	p := ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), Begun: t0.Add(time.Second)}
+	if !decideRestartMadeAway(p, t0.Add(2*time.Second)) {
+		t.Error("an exit after the mark is not taken for the made-away restart's task")
+	}
+	if decideRestartMadeAway(p, t0) {
+		t.Error("the old task's exit (before the mark) taken for a restart made away")
+	}
+	p.Begun = time.Time{}
+	if decideRestartMadeAway(p, t0.Add(2*time.Second)) {
+		t.Error("a restart never begun counted as made away")
+	}
+}
+
+func TestDecideRestartDue(t *testing.T) {
+	exit := &runtime.Exit{Code: 1, At: t0}
+	stoppedState := pending(restart.KindAlways)
+	stoppedState.ExplicitlyStopped = true
+	rows := []struct {
+		name, proves string
+		v            ctrView
+		want         dueVerdict
+		plan         restartPlan
+	}{
+		{"a pending restart runs, its overhead measured from the exit", "TestOnFailureRestartsExactlyNTimes",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), State: runtime.StateStopped}, dueRun,
+			restartPlan{MeasureFrom: t0}}, // the first restart: no delay chosen
+		{"an unhealthy restart stops the running task first", "TestUnhealthyContainerIsRestarted",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), State: runtime.StateRunning}, dueRun,
+			restartPlan{StopFirst: true}},
+		{"a resumed restart requires no old task", "TestFinishesAnInterruptedRestart",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), Resume: true}, dueRun,
+			restartPlan{Resume: true}},
+		{"due while an action runs: when it ends", "TestRestartDueBeforeResult",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), InFlight: true}, dueLater, restartPlan{}},
+		{"stopped explicitly since: skipped", "TestStopThenStartCommands",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, stoppedState)}, dueSkip, restartPlan{}},
+		{"nothing pending: skipped", "table only",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0))}, dueSkip, restartPlan{}},
+	}
+	for _, r := range rows {
+		got, plan := decideRestartDue(r.v, exit, 0)
+		if got != r.want || plan != r.plan {
+			t.Errorf("%s (%s): %v %+v, want %v %+v", r.name, r.proves, got, plan, r.want, r.plan)
+		}
+	}
+}
+
+func TestDecideRestartResult(t *testing.T) {
+	v := ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}
+	raced := fmt.Errorf("create: %w", runtime.ErrCreateRaced)
+	for _, r := range []struct {
+		name    string
+		err     error
+		tries   int
+		begun   time.Time
+		want    resultVerdict
+		retryIn time.Duration
+		resume  bool
+	}{
+		{"done", nil, 0, t0, resultDone, 0, false},
+		{"a create raced: again in a second", raced, 0, t0, resultRetryCreate, time.Second, true},
+		// test/crash: the policy gave up after 10 and left the container
+		// down; it keeps trying, every 30 s, off the policy.
+		{"a create still raced after 10 tries: every 30 s, never given up", raced, 10, t0, resultRetryCreate, 30 * time.Second, true},
+		{"a bundle left: every 30 s", fmt.Errorf("x: %w", runtime.ErrBundleLeft), 50, t0, resultRetryCreate, 30 * time.Second, true},
+		{"the exited task deleted first: an operator's stop (TestOperatorStopRacingRestartNoMisleadingEvent)", fmt.Errorf("x: %w", runtime.ErrTaskGone), 0, t0, resultOperatorStop, 0, false},
+		{"another failure before the mark: the policy decides, the old task is still there", errors.New("stop before restart: boom"), 0, time.Time{}, resultFailed, 0, false},
+		// TestBootstrapRenewsDuringExitBurst on a loaded machine: a create
+		// timed out after the old task's delete; the next try required it,
+		// and the container was taken for stopped by an operator.
+		{"a failure after the mark: the policy decides, the next try resumes", errors.New("create task: no answer within 10s"), 0, t0, resultFailed, 0, true},
+	} {
+		v.CreateRetries, v.Begun = r.tries, r.begun
+		got, in, resume := decideRestartResult(v, r.err)
+		if got != r.want || in != r.retryIn || resume != r.resume {
+			t.Errorf("%s: %v in %v resume %v, want %v in %v resume %v", r.name, got, in, resume, r.want, r.retryIn, r.resume)
+		}
+	}
+}
+
+func TestDecideHealthAndPause(t *testing.T) {
+	// TestPausedContainerIsNotProbed.
+	if decidePause(true) || !decidePause(false) {
+		t.Error("a paused container is probed, or a resumed one is not")
+	}
+	// TestUnhealthyContainerIsRestarted: restart on unhealthy kills at once.
+	tr := tracker(restart.KindAlways, 0, running(t0))
+	tr.Policy.RestartOnUnhealthy = true
+	d := decideUnhealthy(ctrView{Tracker: tr}, t0.Add(time.Minute))
+	if !d.Decision.Restarts() || !d.Stop || !d.Tracker.State.Pending {
+		t.Errorf("unhealthy under restart-on-unhealthy: %+v", d)
+	}
+	// The same while an action of ours runs: decided, no second stop.
+	if d := decideUnhealthy(ctrView{Tracker: tr, InFlight: true}, t0.Add(time.Minute)); d.Stop || !d.Decision.Restarts() {
+		t.Errorf("unhealthy while in flight: %+v", d)
+	}
+	tr.Policy.RestartOnUnhealthy = false
+	if d := decideUnhealthy(ctrView{Tracker: tr}, t0.Add(time.Minute)); d.Stop || d.Decision.Kind != restart.DecisionNone {
+		t.Errorf("unhealthy without restart-on-unhealthy: %+v", d)
+	}
+	// TestNetworkConditionMakesUnhealthy: healthy again counts toward the
+	// backoff's reset.
+	if h := decideHealthy(ctrView{Tracker: tr}, t0.Add(time.Minute)); !h.Tracker.State.HealthySince.Equal(t0.Add(time.Minute)) {
+		t.Errorf("healthy: %+v", h.Tracker.State)
+	}
+}
