@@ -464,6 +464,36 @@ func (s *scratch) containerNetwork(in NodeInput, node []byte) {
 			s.uint(famNetTxErrors, l, ifc.GetTxErrors())
 			s.uint(famNetTxDropped, l, ifc.GetTxDropped())
 		}
+		s.networkConditions(famNetCondition, labels, e.ns.GetConditions())
+	}
+}
+
+// networkConditions renders the conditions that hold in one namespace, one
+// series per (interface, condition), status="true" only: a condition that
+// does not hold has no series, which keeps a container within its budget.
+func (s *scratch) networkConditions(f int, labels []byte, conds []*vigilv1.Condition) {
+	type key struct{ iface, name string }
+	keys := make([]key, 0, len(conds))
+	for _, c := range conds {
+		name, ok := conditionNames[c.GetType()]
+		if !ok {
+			continue
+		}
+		keys = append(keys, key{shown(c.GetInterface()), name})
+	}
+	if len(keys) == 0 {
+		return
+	}
+	slices.SortFunc(keys, func(a, b key) int { return cmp.Or(cmp.Compare(a.iface, b.iface), cmp.Compare(a.name, b.name)) })
+	keys = slices.Compact(keys)
+	for _, k := range keys {
+		b := s.begin(f, labels)
+		b = append(b, `,interface="`...)
+		b = appendLabelValue(b, k.iface)
+		b = append(b, `",condition="`...)
+		b = append(b, k.name...)
+		b = append(b, `",status="true"} 1`...)
+		s.end(f, b)
 	}
 }
 
@@ -534,6 +564,7 @@ func (s *scratch) nodeSeries(in NodeInput, node []byte) {
 			s.gauge(famNodeNetUp, l, boolValue(linkUp(ifc)))
 			s.uint(famNodeNetCarrierChanges, l, ifc.GetCarrierChanges())
 		}
+		s.networkConditions(famNodeNetCondition, nl, ns.GetConditions())
 		break // one host namespace
 	}
 
@@ -573,6 +604,7 @@ func (s *scratch) nodeSeries(in NodeInput, node []byte) {
 			}
 		}
 	}
+	s.agentStatus(nl, in.Status.GetAgent())
 	switch {
 	case in.Status == nil:
 		condition("RuntimeAvailable", "unknown")
@@ -581,6 +613,35 @@ func (s *scratch) nodeSeries(in NodeInput, node []byte) {
 	default:
 		condition("RuntimeAvailable", "false")
 	}
+}
+
+// agentStatus renders the node agent's own health and loss counters as it
+// last reported them (NodeStatus.agent); nothing before its first report.
+func (s *scratch) agentStatus(nl []byte, a *vigilv1.AgentStatus) {
+	if a == nil {
+		return
+	}
+	s.uint(famNodeAgentBuffered, nl, uint64(a.GetBufferedMessages()))
+	s.uint(famNodeAgentBufferCapacity, nl, uint64(a.GetBufferCapacity()))
+	s.uint(famNodeAgentDropped, nl, a.GetBufferDroppedTotal())
+	s.uint(famNodeAgentReconnects, nl, a.GetReconnectsTotal())
+	s.uint(famNodeAgentStateWriteFailures, nl, a.GetStateWriteFailuresTotal())
+	if from := a.GetStateRecoveredFrom(); slices.Contains(stateRecoveredFrom[:], from) {
+		b := s.begin(famNodeAgentStateRecovered, nl)
+		b = append(b, `,from="`...)
+		b = append(b, from...)
+		b = append(b, `"} 1`...)
+		s.end(famNodeAgentStateRecovered, b)
+	}
+	s.float(famNodeAgentCPU, nl, a.GetCpuSeconds())
+	s.uint(famNodeAgentRSS, nl, a.GetRssBytes())
+	if d := a.GetRuntimeLatency(); d != nil {
+		s.float(famNodeAgentRuntimeLatency, nl, d.AsDuration().Seconds())
+	}
+	if d := a.GetLastCollectionDuration(); d != nil {
+		s.float(famNodeAgentCollectionDuration, nl, d.AsDuration().Seconds())
+	}
+	s.uint(famNodeAgentNetnsHandles, nl, uint64(a.GetNetnsHandles()))
 }
 
 // linkUp follows node_exporter's node_network_up (operstate "up"), and
