@@ -88,7 +88,7 @@ func sceneNode() metrics.NodeInput {
 				{Type: vigilv1.ConditionType_CONDITION_TYPE_NO_DEFAULT_ROUTE, Reason: "NoDefaultRoute"},
 				{Type: vigilv1.ConditionType_CONDITION_TYPE_LINK_DOWN, Reason: "OperDown", Interface: "eth0"},
 				{Type: vigilv1.ConditionType_CONDITION_TYPE_LINK_DOWN, Reason: "AdminDown", Interface: "eth0"}, // one series
-				{Type: vigilv1.ConditionType(99), Interface: "eth0"},                                             // unknown: none
+				{Type: vigilv1.ConditionType(99), Interface: "eth0"},                                           // unknown: none
 			}},
 		{Inode: 4, Containers: []*vigilv1.ContainerRef{{Namespace: "default", Id: "gone"}}, Interfaces: []*vigilv1.Interface{link("eth0", 1)}},
 	}
