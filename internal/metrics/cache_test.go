@@ -235,3 +235,56 @@ func TestNodeCacheFollowsEveryRenderedField(t *testing.T) {
 		t.Run(tc.what, func(t *testing.T) { cacheWrite(t, &c, in) })
 	}
 }
+
+// TestSeriesBudget counts the series of one running container with one
+// interface (besides loopback) and no health check, as it gains limits:
+// the figures of docs/metrics.md, "Series budget".
+func TestSeriesBudget(t *testing.T) {
+	ct := &vigilv1.Container{Id: "c", Namespace: "default", State: vigilv1.ContainerState_CONTAINER_STATE_RUNNING, Image: "busybox",
+		Counters: &vigilv1.ContainerCounters{}}
+	eth := &vigilv1.Interface{Name: "eth0", Kind: "veth", OperState: vigilv1.LinkOperState_LINK_OPER_STATE_UP}
+	lo := &vigilv1.Interface{Name: "lo", Kind: "loopback"}
+	count := func(sm *vigilv1.ResourceSample, c *vigilv1.Container) int {
+		in := metrics.NodeInput{Name: "n", Containers: []*vigilv1.Container{c},
+			Samples: map[metrics.ContainerKey]*vigilv1.ResourceSample{{Namespace: "default", ID: "c"}: sm},
+			Network: []*vigilv1.NetworkNamespace{{Inode: 2, Containers: []*vigilv1.ContainerRef{{Namespace: "default", Id: "c"}}, Interfaces: []*vigilv1.Interface{lo, eth}}}}
+		empty := metrics.RenderNode(metrics.NodeInput{Name: "n"}).Series() // the node's own
+		return metrics.RenderNode(in).Series() - empty
+	}
+	plain := &vigilv1.ResourceSample{CpuUsageSeconds: 1, MemoryWorkingSetBytes: 1}
+	memLimit := proto.Clone(plain).(*vigilv1.ResourceSample)
+	memLimit.MemoryLimitBytes = 64 << 20
+	cpuMem := proto.Clone(memLimit).(*vigilv1.ResourceSample)
+	cpuMem.CpuCfsQuotaUs, cpuMem.CpuCfsPeriodUs, cpuMem.CpuShares = 50000, 100000, 512
+	all := proto.Clone(cpuMem).(*vigilv1.ResourceSample)
+	all.MemoryReservationBytes, all.PidsLimit, all.BlkioWriteBytes = 32<<20, 100, 4096
+	checked := proto.Clone(ct).(*vigilv1.Container)
+	checked.Health = &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY}
+	checked.LastExit = &vigilv1.ExitStatus{Reason: vigilv1.ExitReason_EXIT_REASON_ERROR, Code: 1}
+	checked.Counters = &vigilv1.ContainerCounters{Exits: []*vigilv1.ExitCount{{Reason: vigilv1.ExitReason_EXIT_REASON_ERROR, Code: 1, Count: 1}}}
+	for _, tc := range []struct {
+		what string
+		sm   *vigilv1.ResourceSample
+		c    *vigilv1.Container
+		want int
+	}{
+		{"plain", plain, ct, 23},
+		{"memory limit", memLimit, ct, 24},
+		{"CPU quota, shares and a memory limit", cpuMem, ct, 29},
+		{"and a reservation, a pids limit, block I/O", all, ct, 35},
+		{"and a health check, an exit", all, checked, 40},
+	} {
+		if got := count(tc.sm, tc.c); got != tc.want {
+			t.Errorf("%s: %d series, docs/metrics.md says %d", tc.what, got, tc.want)
+		}
+	}
+	// A node's own: vigil_node_up, ten per host interface, three per
+	// condition (four from gossip, RuntimeAvailable), ten of its agent.
+	node := metrics.NodeInput{Name: "n", Up: true, Condition: "Healthy",
+		Status: &vigilv1.NodeStatus{RuntimeAvailable: true, Agent: &vigilv1.AgentStatus{
+			RuntimeLatency: durationpb.New(time.Millisecond), LastCollectionDuration: durationpb.New(time.Millisecond)}},
+		Network: []*vigilv1.NetworkNamespace{{Host: true, Inode: 1, Interfaces: []*vigilv1.Interface{eth}}}}
+	if got := metrics.RenderNode(node).Series(); got != 1+10+15+10 {
+		t.Errorf("a node with one host interface: %d series, docs/metrics.md says %d", got, 1+10+15+10)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -143,11 +144,12 @@ func TestSignals(t *testing.T) {
 	sel := func(container string) string { return fmt.Sprintf(`{node=%q,namespace=%q,container=%q}`, node, ns, container) }
 	ge := func(min float64) func(float64) bool { return func(v float64) bool { return v >= min } }
 	eq := func(want float64) func(float64) bool { return func(v float64) bool { return v == want } }
+	near := func(want float64) func(float64) bool { return func(v float64) bool { return math.Abs(v-want) < 1e-9 } }
 
 	// Through PromQL against the real Prometheus.
 	waitValue(ctx, t, c, "vigil_container_cpu_cfs_throttled_periods_total"+sel("capped"), ge(1))
 	waitValue(ctx, t, c, "rate(vigil_container_cpu_cfs_throttled_seconds_total"+sel("capped")+"[30s])", ge(0))
-	waitValue(ctx, t, c, "vigil_container_spec_cpu_quota_seconds"+sel("capped")+" / vigil_container_spec_cpu_period_seconds"+sel("capped"), eq(0.2))
+	waitValue(ctx, t, c, "vigil_container_spec_cpu_quota_seconds"+sel("capped")+" / vigil_container_spec_cpu_period_seconds"+sel("capped"), near(0.2))
 	waitValue(ctx, t, c, "vigil_container_memory_limit_bytes"+sel("capped"), eq(limit))
 	waitValue(ctx, t, c, "vigil_container_memory_failcnt_total"+sel("capped"), ge(0))
 	// The porting table's throttling ratio has data.
