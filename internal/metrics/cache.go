@@ -270,5 +270,6 @@ func appendSampleValues(b []byte, sm *vigilv1.ResourceSample) []byte {
 	u(sm.GetMemoryReservationBytes())
 	u(sm.GetMemoryHighEvents())
 	u(sm.GetMemoryOomEvents())
+	u(sm.GetFsUsageBytes())
 	return b
 }

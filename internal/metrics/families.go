@@ -30,6 +30,7 @@ const (
 	famMemEvents
 	famPids
 	famPidsLimit
+	famFsUsage
 	famFsReadBytes
 	famFsWriteBytes
 	famFsReads
@@ -100,6 +101,7 @@ var families = [numFamilies]family{
 	famMemEvents:                   {"vigil_container_memory_events_total", "counter", "cgroup v2 memory.events of the container by event: high (usage went over memory.high and was throttled), oom (the OOM killer was invoked); each only once non-zero. max is vigil_container_memory_failcnt_total, oom_kill vigil_container_oom_events_total."},
 	famPids:                        {"vigil_container_pids", "gauge", "Processes and threads in the container's cgroup."},
 	famPidsLimit:                   {"vigil_container_pids_limit", "gauge", "Most processes and threads the container's cgroup may hold (pids.max); only when limited."},
+	famFsUsage:                     {"vigil_container_fs_usage_bytes", "gauge", "Disk space used by the container's writable layer (what it wrote into its root filesystem), measured less often than the other series (a walk of the layer); only once measured."},
 	famFsReadBytes:                 {"vigil_container_fs_reads_bytes_total", "counter", "Bytes read from block devices by the container's cgroup, all devices summed; the four block I/O series only once the cgroup did block I/O."},
 	famFsWriteBytes:                {"vigil_container_fs_writes_bytes_total", "counter", "Bytes written to block devices by the container's cgroup, all devices summed."},
 	famFsReads:                     {"vigil_container_fs_reads_total", "counter", "Read operations on block devices by the container's cgroup, all devices summed."},

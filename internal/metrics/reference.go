@@ -41,6 +41,7 @@ var reference = [numFamilies]struct{ labels, replaces string }{
 	famMemEvents:                   {identityLabels + ", event", ""},
 	famPids:                        {identityLabels, "container_processes / container_threads"},
 	famPidsLimit:                   {identityLabels, "container_threads_max"},
+	famFsUsage:                     {identityLabels, "container_fs_usage_bytes (the writable layer only)"},
 	famFsReadBytes:                 {identityLabels, "container_fs_reads_bytes_total (summed over device)"},
 	famFsWriteBytes:                {identityLabels, "container_fs_writes_bytes_total (summed over device)"},
 	famFsReads:                     {identityLabels, "container_fs_reads_total (summed over device)"},

@@ -415,6 +415,9 @@ func (s *scratch) resources(l []byte, sm *vigilv1.ResourceSample) {
 	if v := sm.GetPidsLimit(); v > 0 {
 		s.uint(famPidsLimit, l, v)
 	}
+	if v := sm.GetFsUsageBytes(); v > 0 {
+		s.uint(famFsUsage, l, v)
+	}
 	if sm.GetBlkioReadBytes()|sm.GetBlkioWriteBytes()|sm.GetBlkioReadOps()|sm.GetBlkioWriteOps() != 0 {
 		s.uint(famFsReadBytes, l, sm.GetBlkioReadBytes())
 		s.uint(famFsWriteBytes, l, sm.GetBlkioWriteBytes())

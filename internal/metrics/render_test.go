@@ -127,6 +127,7 @@ func limited(sm *vigilv1.ResourceSample) *vigilv1.ResourceSample {
 	sm.MemoryHighEvents, sm.MemoryOomEvents = 5, 1
 	sm.PidsLimit = 64
 	sm.BlkioReadBytes, sm.BlkioWriteBytes, sm.BlkioReadOps, sm.BlkioWriteOps = 4096, 8192, 1, 2
+	sm.FsUsageBytes = 1 << 20
 	return sm
 }
 
@@ -179,6 +180,7 @@ func TestRenderNodeRules(t *testing.T) {
 		{"default shares left out", `vigil_container_spec_cpu_shares{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
 		{"no swap, no swap series", `vigil_container_memory_swap_bytes{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
 		{"no block I/O yet, no fs series", `vigil_container_fs_reads_total{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
+		{"writable layer not measured", `vigil_container_fs_usage_bytes{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
 		{"no pids limit", `vigil_container_pids_limit{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
 		{"a condition of an unknown type is not rendered", `condition=""`},
 		{"a pod's healthy network has no condition series", `vigil_container_network_condition{node="node-1",namespace="k8s.io"`},
@@ -210,6 +212,7 @@ func TestRenderNodeRules(t *testing.T) {
 		{"memory.events high", `vigil_container_memory_events_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db",event="high"} 5`},
 		{"memory.events oom", `vigil_container_memory_events_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db",event="oom"} 1`},
 		{"pids limit", `vigil_container_pids_limit{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 64`},
+		{"writable layer", `vigil_container_fs_usage_bytes{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 1048576`},
 		{"bytes read", `vigil_container_fs_reads_bytes_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 4096`},
 		{"bytes written", `vigil_container_fs_writes_bytes_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 8192`},
 		{"reads", `vigil_container_fs_reads_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 1`},
@@ -384,8 +387,8 @@ func TestExitsMergedOnTheirLabels(t *testing.T) {
 // (and loopback), plain and then with every limit and counter set, against
 // the same node without it, and logs the series it adds (the count is
 // written in docs/benchmarks.md). It checks the plain container gets none
-// of the conditional series: exactly the limited one's count minus the 14
-// that wait for a limit, a counter or block I/O.
+// of the conditional series: exactly the limited one's count minus the 15
+// that wait for a limit, a counter, block I/O or a writable-layer reading.
 func TestSeriesPerContainer(t *testing.T) {
 	node := func(sm *vigilv1.ResourceSample) metrics.NodeInput {
 		in := metrics.NodeInput{Name: "n", Up: true}
@@ -403,9 +406,10 @@ func TestSeriesPerContainer(t *testing.T) {
 	full := metrics.RenderNode(node(limited(plainSample("default", "c", 1)))).Series() - base
 	t.Logf("series per running container with one interface: %d plain (no quota, no I/O yet), %d with every limit, swap, memory events and block I/O", plain, full)
 	// quota, period, CFS periods, throttled periods, shares, swap,
-	// reservation, failcnt, 2 memory events, pids limit, 4 block I/O = 15;
-	// failcnt is in both (the plain sample has a memory limit).
-	if full-plain != 14 {
-		t.Errorf("the limited container adds %d series over the plain one, want 14", full-plain)
+	// reservation, failcnt, 2 memory events, pids limit, 4 block I/O,
+	// writable layer = 16; failcnt is in both (the plain sample has a
+	// memory limit).
+	if full-plain != 15 {
+		t.Errorf("the limited container adds %d series over the plain one, want 15", full-plain)
 	}
 }

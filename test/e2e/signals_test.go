@@ -141,7 +141,9 @@ func TestSignals(t *testing.T) {
 		}
 	}
 
-	sel := func(container string) string { return fmt.Sprintf(`{node=%q,namespace=%q,container=%q}`, node, ns, container) }
+	sel := func(container string) string {
+		return fmt.Sprintf(`{node=%q,namespace=%q,container=%q}`, node, ns, container)
+	}
 	ge := func(min float64) func(float64) bool { return func(v float64) bool { return v >= min } }
 	eq := func(want float64) func(float64) bool { return func(v float64) bool { return v == want } }
 	near := func(want float64) func(float64) bool { return func(v float64) bool { return math.Abs(v-want) < 1e-9 } }
