@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -189,4 +190,21 @@ func TestWritableLayerUsageCost(t *testing.T) {
 	}
 	measure("walk of the upper dir (DirUsage)", func(i int) (LayerUsage, error) { return DirUsage(uppers[i]) })
 	measure("snapshotter Usage API (SnapshotUsage)", func(i int) (LayerUsage, error) { return w.SnapshotUsage(ctx, keys[i]) })
+}
+
+// FuzzUpperDirOf: any mount options (joined by commas here) give an
+// absolute upper directory or an error wrapping errdefs.ErrInvalid, never
+// a panic.
+func FuzzUpperDirOf(f *testing.F) {
+	f.Add("index=off,workdir=/s/1/work,upperdir=/s/1/fs,lowerdir=/s/0/fs")
+	f.Add("rbind,ro")
+	f.Fuzz(func(t *testing.T, opts string) {
+		dir, err := upperDirOf(strings.Split(opts, ","))
+		switch {
+		case err != nil && !errors.Is(err, errdefs.ErrInvalid):
+			t.Fatalf("upperDirOf(%q): %v, not invalid", opts, err)
+		case err == nil && !filepath.IsAbs(dir):
+			t.Fatalf("upperDirOf(%q) = %q, not absolute", opts, dir)
+		}
+	})
 }
