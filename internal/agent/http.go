@@ -60,14 +60,20 @@ func (a *Agent) serveSelfMetrics(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveNodeMetrics writes the node's series through cache, which renders
-// again only the containers that changed since the last scrape.
+// again only the containers that changed since the last scrape. The cache
+// serves one scrape at a time, so a scraper that stops reading is cut off
+// after metricsWriteTimeout rather than holding the others back.
 func (a *Agent) serveNodeMetrics(w http.ResponseWriter, r *http.Request, cache *metrics.NodeCache) {
 	in := a.nodeInput()
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(metricsWriteTimeout))
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	if _, err := cache.Write(w, in); err != nil {
 		a.log.Debug("write /metrics", "err", err)
 	}
 }
+
+// metricsWriteTimeout bounds the writing of one local /metrics response.
+const metricsWriteTimeout = 10 * time.Second
 
 // nodeInput is this node's state in the form the exposition renders.
 func (a *Agent) nodeInput() metrics.NodeInput {
