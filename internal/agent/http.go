@@ -20,7 +20,8 @@ import (
 //	               for loopStallAfter (it turns at least every sampling interval)
 func (a *Agent) httpHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/metrics", a.serveNodeMetrics)
+	cache := new(metrics.NodeCache) // this node's series, kept between scrapes
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) { a.serveNodeMetrics(w, r, cache) })
 	mux.HandleFunc("/metrics/self", a.serveSelfMetrics)
 	mux.HandleFunc("/healthz", a.serveHealthz)
 	return mux
@@ -58,13 +59,21 @@ func (a *Agent) serveSelfMetrics(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (a *Agent) serveNodeMetrics(w http.ResponseWriter, r *http.Request) {
+// serveNodeMetrics writes the node's series through cache, which renders
+// again only the containers that changed since the last scrape. The cache
+// serves one scrape at a time, so a scraper that stops reading is cut off
+// after metricsWriteTimeout rather than holding the others back.
+func (a *Agent) serveNodeMetrics(w http.ResponseWriter, r *http.Request, cache *metrics.NodeCache) {
 	in := a.nodeInput()
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(metricsWriteTimeout))
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	if err := metrics.WriteNode(w, in); err != nil {
+	if _, err := cache.Write(w, in); err != nil {
 		a.log.Debug("write /metrics", "err", err)
 	}
 }
+
+// metricsWriteTimeout bounds the writing of one local /metrics response.
+const metricsWriteTimeout = 10 * time.Second
 
 // nodeInput is this node's state in the form the exposition renders.
 func (a *Agent) nodeInput() metrics.NodeInput {
@@ -81,5 +90,6 @@ func (a *Agent) nodeInput() metrics.NodeInput {
 		Containers: snap.Containers,
 		Samples:    samples,
 		Network:    snap.Network,
+		Status:     snap.Status,
 	}
 }

@@ -70,6 +70,17 @@ func (r *Rendered) part(f int) []byte { return r.buf[r.off[f]:r.off[f+1]] }
 type scratch struct {
 	parts [numFamilies][]byte
 	lines int
+	// Kept between renderings so that one allocates little.
+	known   map[ContainerKey]*vigilv1.Container
+	seen    map[identity]bool
+	entries []nsEntry
+	ifaces  []*vigilv1.Interface
+	lb, il  []byte // label buffers: identity, identity and interface
+}
+
+type nsEntry struct {
+	id identity
+	ns *vigilv1.NetworkNamespace
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -141,17 +152,15 @@ func WriteFamilies(w io.Writer, nodes []*Rendered) (int64, error) {
 
 func writeHeader(w *bufio.Writer, f int) (int, error) {
 	fam := families[f]
-	var b []byte
-	b = append(b, "# HELP "...)
-	b = append(b, fam.name...)
-	b = append(b, ' ')
-	b = append(b, fam.help...)
-	b = append(b, "\n# TYPE "...)
-	b = append(b, fam.name...)
-	b = append(b, ' ')
-	b = append(b, fam.typ...)
-	b = append(b, '\n')
-	return w.Write(b)
+	n := 0
+	for _, p := range [...]string{"# HELP ", fam.name, " ", fam.help, "\n# TYPE ", fam.name, " ", fam.typ, "\n"} {
+		m, err := w.WriteString(p)
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // WriteNode renders one node and writes it as a complete exposition; this is
@@ -249,7 +258,7 @@ func (s *scratch) render(in NodeInput) {
 	for i := range list {
 		ch := &list[i]
 		ch.labels = appendIdentityLabels(nil, node, ch.id)
-		s.container(ch, in.Samples)
+		s.container(ch, in.Samples[ContainerKey{ch.c.GetNamespace(), ch.c.GetId()}])
 	}
 
 	s.containerNetwork(in, node)
@@ -280,7 +289,9 @@ func appendIdentityLabels(b, node []byte, id identity) []byte {
 	return b
 }
 
-func (s *scratch) container(ch *chosen, samples map[ContainerKey]*vigilv1.ResourceSample) {
+// container renders one container's series; sm is its latest sample (nil
+// for none), exposed only while the container is running or paused.
+func (s *scratch) container(ch *chosen, sm *vigilv1.ResourceSample) {
 	c := ch.c
 	l := ch.labels
 
@@ -297,7 +308,7 @@ func (s *scratch) container(ch *chosen, samples map[ContainerKey]*vigilv1.Resour
 
 	s.gauge(famContainerRunning, l, boolValue(isActive(c)))
 
-	if sm := samples[ContainerKey{c.GetNamespace(), c.GetId()}]; sm != nil && isActive(c) {
+	if sm != nil && isActive(c) {
 		s.resources(l, sm)
 	}
 
@@ -404,6 +415,9 @@ func (s *scratch) resources(l []byte, sm *vigilv1.ResourceSample) {
 	if v := sm.GetPidsLimit(); v > 0 {
 		s.uint(famPidsLimit, l, v)
 	}
+	if v := sm.GetFsUsageBytes(); v > 0 {
+		s.uint(famFsUsage, l, v)
+	}
 	if sm.GetBlkioReadBytes()|sm.GetBlkioWriteBytes()|sm.GetBlkioReadOps()|sm.GetBlkioWriteOps() != 0 {
 		s.uint(famFsReadBytes, l, sm.GetBlkioReadBytes())
 		s.uint(famFsWriteBytes, l, sm.GetBlkioWriteBytes())
@@ -418,18 +432,19 @@ func (s *scratch) containerNetwork(in NodeInput, node []byte) {
 	if len(in.Network) == 0 {
 		return
 	}
-	known := make(map[ContainerKey]*vigilv1.Container, len(in.Containers))
+	if s.known == nil {
+		s.known = make(map[ContainerKey]*vigilv1.Container, len(in.Containers))
+		s.seen = make(map[identity]bool)
+	}
+	clear(s.known)
+	clear(s.seen)
+	known, seen := s.known, s.seen
 	for _, c := range in.Containers {
 		if c != nil {
 			known[ContainerKey{c.GetNamespace(), c.GetId()}] = c
 		}
 	}
-	type nsEntry struct {
-		id identity
-		ns *vigilv1.NetworkNamespace
-	}
-	var entries []nsEntry
-	seen := make(map[identity]bool)
+	entries := s.entries[:0]
 	for _, ns := range in.Network {
 		if ns == nil || ns.GetHost() {
 			continue
@@ -441,10 +456,13 @@ func (s *scratch) containerNetwork(in NodeInput, node []byte) {
 		seen[id] = true
 		entries = append(entries, nsEntry{id, ns})
 	}
+	s.entries = entries
 	slices.SortFunc(entries, func(a, b nsEntry) int { return compareIdentity(a.id, b.id) })
 	for _, e := range entries {
-		labels := appendIdentityLabels(nil, node, e.id)
-		ifaces := sortedInterfaces(e.ns.GetInterfaces())
+		s.lb = appendIdentityLabels(s.lb[:0], node, e.id)
+		labels := s.lb
+		s.ifaces = sortedInterfaces(s.ifaces[:0], e.ns.GetInterfaces())
+		ifaces := s.ifaces
 		for i, ifc := range ifaces {
 			if ifc.GetKind() == "loopback" || ifc.GetName() == "lo" {
 				continue
@@ -452,9 +470,11 @@ func (s *scratch) containerNetwork(in NodeInput, node []byte) {
 			if i > 0 && shown(ifaces[i-1].GetName()) == shown(ifc.GetName()) {
 				continue
 			}
-			l := append(slices.Clone(labels), `,interface="`...)
+			l := append(s.il[:0], labels...)
+			l = append(l, `,interface="`...)
 			l = appendLabelValue(l, ifc.GetName())
 			l = append(l, '"')
+			s.il = l
 			s.uint(famNetRxBytes, l, ifc.GetRxBytes())
 			s.uint(famNetRxPackets, l, ifc.GetRxPackets())
 			s.uint(famNetRxErrors, l, ifc.GetRxErrors())
@@ -464,6 +484,36 @@ func (s *scratch) containerNetwork(in NodeInput, node []byte) {
 			s.uint(famNetTxErrors, l, ifc.GetTxErrors())
 			s.uint(famNetTxDropped, l, ifc.GetTxDropped())
 		}
+		s.networkConditions(famNetCondition, labels, e.ns.GetConditions())
+	}
+}
+
+// networkConditions renders the conditions that hold in one namespace, one
+// series per (interface, condition), status="true" only: a condition that
+// does not hold has no series, which keeps a container within its budget.
+func (s *scratch) networkConditions(f int, labels []byte, conds []*vigilv1.Condition) {
+	type key struct{ iface, name string }
+	keys := make([]key, 0, len(conds))
+	for _, c := range conds {
+		name, ok := conditionNames[c.GetType()]
+		if !ok {
+			continue
+		}
+		keys = append(keys, key{shown(c.GetInterface()), name})
+	}
+	if len(keys) == 0 {
+		return
+	}
+	slices.SortFunc(keys, func(a, b key) int { return cmp.Or(cmp.Compare(a.iface, b.iface), cmp.Compare(a.name, b.name)) })
+	keys = slices.Compact(keys)
+	for _, k := range keys {
+		b := s.begin(f, labels)
+		b = append(b, `,interface="`...)
+		b = appendLabelValue(b, k.iface)
+		b = append(b, `",condition="`...)
+		b = append(b, k.name...)
+		b = append(b, `",status="true"} 1`...)
+		s.end(f, b)
 	}
 }
 
@@ -492,8 +542,9 @@ func networkOwner(ns *vigilv1.NetworkNamespace, known map[ContainerKey]*vigilv1.
 	return identity{shown(lone.GetNamespace()), "", "", shown(lone.GetId())}, true
 }
 
-func sortedInterfaces(in []*vigilv1.Interface) []*vigilv1.Interface {
-	out := make([]*vigilv1.Interface, 0, len(in))
+// sortedInterfaces appends the named interfaces of in to out, sorted by
+// name as shown.
+func sortedInterfaces(out, in []*vigilv1.Interface) []*vigilv1.Interface {
 	for _, ifc := range in {
 		if ifc != nil && ifc.GetName() != "" {
 			out = append(out, ifc)
@@ -512,7 +563,7 @@ func (s *scratch) nodeSeries(in NodeInput, node []byte) {
 		if ns == nil || !ns.GetHost() {
 			continue
 		}
-		ifaces := sortedInterfaces(ns.GetInterfaces())
+		ifaces := sortedInterfaces(nil, ns.GetInterfaces())
 		for i, ifc := range ifaces {
 			if ifc.GetOwnerContainerId() != "" {
 				continue // a container's veth: counted inside the container
@@ -534,6 +585,7 @@ func (s *scratch) nodeSeries(in NodeInput, node []byte) {
 			s.gauge(famNodeNetUp, l, boolValue(linkUp(ifc)))
 			s.uint(famNodeNetCarrierChanges, l, ifc.GetCarrierChanges())
 		}
+		s.networkConditions(famNodeNetCondition, nl, ns.GetConditions())
 		break // one host namespace
 	}
 
@@ -573,6 +625,7 @@ func (s *scratch) nodeSeries(in NodeInput, node []byte) {
 			}
 		}
 	}
+	s.agentStatus(nl, in.Status.GetAgent())
 	switch {
 	case in.Status == nil:
 		condition("RuntimeAvailable", "unknown")
@@ -581,6 +634,35 @@ func (s *scratch) nodeSeries(in NodeInput, node []byte) {
 	default:
 		condition("RuntimeAvailable", "false")
 	}
+}
+
+// agentStatus renders the node agent's own health and loss counters as it
+// last reported them (NodeStatus.agent); nothing before its first report.
+func (s *scratch) agentStatus(nl []byte, a *vigilv1.AgentStatus) {
+	if a == nil {
+		return
+	}
+	s.uint(famNodeAgentBuffered, nl, uint64(a.GetBufferedMessages()))
+	s.uint(famNodeAgentBufferCapacity, nl, uint64(a.GetBufferCapacity()))
+	s.uint(famNodeAgentDropped, nl, a.GetBufferDroppedTotal())
+	s.uint(famNodeAgentReconnects, nl, a.GetReconnectsTotal())
+	s.uint(famNodeAgentStateWriteFailures, nl, a.GetStateWriteFailuresTotal())
+	if from := a.GetStateRecoveredFrom(); slices.Contains(stateRecoveredFrom[:], from) {
+		b := s.begin(famNodeAgentStateRecovered, nl)
+		b = append(b, `,from="`...)
+		b = append(b, from...)
+		b = append(b, `"} 1`...)
+		s.end(famNodeAgentStateRecovered, b)
+	}
+	s.float(famNodeAgentCPU, nl, a.GetCpuSeconds())
+	s.uint(famNodeAgentRSS, nl, a.GetRssBytes())
+	if d := a.GetRuntimeLatency(); d != nil {
+		s.float(famNodeAgentRuntimeLatency, nl, d.AsDuration().Seconds())
+	}
+	if d := a.GetLastCollectionDuration(); d != nil {
+		s.float(famNodeAgentCollectionDuration, nl, d.AsDuration().Seconds())
+	}
+	s.uint(famNodeAgentNetnsHandles, nl, uint64(a.GetNetnsHandles()))
 }
 
 // linkUp follows node_exporter's node_network_up (operstate "up"), and

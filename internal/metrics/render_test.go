@@ -79,14 +79,26 @@ func sceneNode() metrics.NodeInput {
 	down := link("eth1", 0)
 	down.OperState = vigilv1.LinkOperState_LINK_OPER_STATE_DOWN
 	network := []*vigilv1.NetworkNamespace{
-		{Host: true, Inode: 1, Interfaces: []*vigilv1.Interface{lo, link("eth0", 1000), veth, down}},
+		{Host: true, Inode: 1, Interfaces: []*vigilv1.Interface{lo, link("eth0", 1000), veth, down},
+			Conditions: []*vigilv1.Condition{{Type: vigilv1.ConditionType_CONDITION_TYPE_LINK_DOWN, Reason: "OperDown", Interface: "eth1"}}},
 		{Inode: 2, Containers: []*vigilv1.ContainerRef{{Namespace: "k8s.io", Id: "sb1"}, {Namespace: "k8s.io", Id: "nginx-new"}},
 			Interfaces: []*vigilv1.Interface{lo, link("eth0", 2000)}},
-		{Inode: 3, Containers: []*vigilv1.ContainerRef{{Namespace: "default", Id: "db"}}, Interfaces: []*vigilv1.Interface{link("eth0", 3000)}},
+		{Inode: 3, Containers: []*vigilv1.ContainerRef{{Namespace: "default", Id: "db"}}, Interfaces: []*vigilv1.Interface{link("eth0", 3000)},
+			Conditions: []*vigilv1.Condition{
+				{Type: vigilv1.ConditionType_CONDITION_TYPE_NO_DEFAULT_ROUTE, Reason: "NoDefaultRoute"},
+				{Type: vigilv1.ConditionType_CONDITION_TYPE_LINK_DOWN, Reason: "OperDown", Interface: "eth0"},
+				{Type: vigilv1.ConditionType_CONDITION_TYPE_LINK_DOWN, Reason: "AdminDown", Interface: "eth0"}, // one series
+				{Type: vigilv1.ConditionType(99), Interface: "eth0"},                                           // unknown: none
+			}},
 		{Inode: 4, Containers: []*vigilv1.ContainerRef{{Namespace: "default", Id: "gone"}}, Interfaces: []*vigilv1.Interface{link("eth0", 1)}},
 	}
 	return metrics.NodeInput{
 		Name: "node-1", Up: true, Containers: containers, Samples: samples, Network: network,
+		Status: &vigilv1.NodeStatus{RuntimeAvailable: true, Agent: &vigilv1.AgentStatus{
+			CpuSeconds: 12.5, RssBytes: 20 << 20, BufferedMessages: 3, BufferCapacity: 4096, BufferDroppedTotal: 7,
+			ReconnectsTotal: 2, StateWriteFailuresTotal: 1, StateRecoveredFrom: "last-good",
+			RuntimeLatency: durationpb.New(3 * time.Millisecond), LastCollectionDuration: durationpb.New(8 * time.Millisecond), NetnsHandles: 4,
+		}},
 		Peers: &vigilv1.PeerView{Observer: "node-1", Peers: []*vigilv1.PeerStatus{
 			{Name: "node-2", State: vigilv1.PeerState_PEER_STATE_ALIVE},
 			{Name: "node-3", State: vigilv1.PeerState_PEER_STATE_SUSPECT},
@@ -115,6 +127,7 @@ func limited(sm *vigilv1.ResourceSample) *vigilv1.ResourceSample {
 	sm.MemoryHighEvents, sm.MemoryOomEvents = 5, 1
 	sm.PidsLimit = 64
 	sm.BlkioReadBytes, sm.BlkioWriteBytes, sm.BlkioReadOps, sm.BlkioWriteOps = 4096, 8192, 1, 2
+	sm.FsUsageBytes = 1 << 20
 	return sm
 }
 
@@ -167,7 +180,10 @@ func TestRenderNodeRules(t *testing.T) {
 		{"default shares left out", `vigil_container_spec_cpu_shares{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
 		{"no swap, no swap series", `vigil_container_memory_swap_bytes{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
 		{"no block I/O yet, no fs series", `vigil_container_fs_reads_total{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
+		{"writable layer not measured", `vigil_container_fs_usage_bytes{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
 		{"no pids limit", `vigil_container_pids_limit{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
+		{"a condition of an unknown type is not rendered", `condition=""`},
+		{"a pod's healthy network has no condition series", `vigil_container_network_condition{node="node-1",namespace="k8s.io"`},
 		{"memory events only once non-zero", `vigil_container_memory_events_total{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"`},
 	} {
 		if strings.Contains(text, tc.needle) {
@@ -196,6 +212,7 @@ func TestRenderNodeRules(t *testing.T) {
 		{"memory.events high", `vigil_container_memory_events_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db",event="high"} 5`},
 		{"memory.events oom", `vigil_container_memory_events_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db",event="oom"} 1`},
 		{"pids limit", `vigil_container_pids_limit{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 64`},
+		{"writable layer", `vigil_container_fs_usage_bytes{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 1048576`},
 		{"bytes read", `vigil_container_fs_reads_bytes_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 4096`},
 		{"bytes written", `vigil_container_fs_writes_bytes_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 8192`},
 		{"reads", `vigil_container_fs_reads_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 1`},
@@ -203,6 +220,16 @@ func TestRenderNodeRules(t *testing.T) {
 		{"host link down", `vigil_node_network_up{node="node-1",interface="eth1"} 0`},
 		{"loopback up", `vigil_node_network_up{node="node-1",interface="lo"} 1`},
 		{"peer suspect", `vigil_node_peer_reachable{node="node-1",peer="node-3"} 0`},
+		{"container link down", `vigil_container_network_condition{node="node-1",namespace="default",pod_namespace="",pod="",container="db",interface="eth0",condition="LinkDown",status="true"} 1`},
+		{"container without a default route", `vigil_container_network_condition{node="node-1",namespace="default",pod_namespace="",pod="",container="db",interface="",condition="NoDefaultRoute",status="true"} 1`},
+		{"host link down", `vigil_node_network_condition{node="node-1",interface="eth1",condition="LinkDown",status="true"} 1`},
+		{"agent's dropped messages", `vigil_node_agent_dropped_messages_total{node="node-1"} 7`},
+		{"agent's reconnects", `vigil_node_agent_reconnects_total{node="node-1"} 2`},
+		{"agent's state write failures", `vigil_node_agent_state_write_failures_total{node="node-1"} 1`},
+		{"agent's state recovered", `vigil_node_agent_state_recovered{node="node-1",from="last-good"} 1`},
+		{"agent's buffer", `vigil_node_agent_buffer_messages{node="node-1"} 3`},
+		{"containerd latency", `vigil_node_agent_runtime_latency_seconds{node="node-1"} 0.003`},
+		{"runtime available", `vigil_node_condition{node="node-1",condition="RuntimeAvailable",status="true"} 1`},
 	} {
 		if !strings.Contains(text, tc.needle) {
 			t.Errorf("%s: missing %s", tc.what, tc.needle)
@@ -360,8 +387,8 @@ func TestExitsMergedOnTheirLabels(t *testing.T) {
 // (and loopback), plain and then with every limit and counter set, against
 // the same node without it, and logs the series it adds (the count is
 // written in docs/benchmarks.md). It checks the plain container gets none
-// of the conditional series: exactly the limited one's count minus the 14
-// that wait for a limit, a counter or block I/O.
+// of the conditional series: exactly the limited one's count minus the 15
+// that wait for a limit, a counter, block I/O or a writable-layer reading.
 func TestSeriesPerContainer(t *testing.T) {
 	node := func(sm *vigilv1.ResourceSample) metrics.NodeInput {
 		in := metrics.NodeInput{Name: "n", Up: true}
@@ -379,9 +406,10 @@ func TestSeriesPerContainer(t *testing.T) {
 	full := metrics.RenderNode(node(limited(plainSample("default", "c", 1)))).Series() - base
 	t.Logf("series per running container with one interface: %d plain (no quota, no I/O yet), %d with every limit, swap, memory events and block I/O", plain, full)
 	// quota, period, CFS periods, throttled periods, shares, swap,
-	// reservation, failcnt, 2 memory events, pids limit, 4 block I/O = 15;
-	// failcnt is in both (the plain sample has a memory limit).
-	if full-plain != 14 {
-		t.Errorf("the limited container adds %d series over the plain one, want 14", full-plain)
+	// reservation, failcnt, 2 memory events, pids limit, 4 block I/O,
+	// writable layer = 16; failcnt is in both (the plain sample has a
+	// memory limit).
+	if full-plain != 15 {
+		t.Errorf("the limited container adds %d series over the plain one, want 15", full-plain)
 	}
 }

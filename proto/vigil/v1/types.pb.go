@@ -2001,8 +2001,14 @@ type ResourceSample struct {
 	// Times the OOM killer was invoked for the cgroup (v2 memory.events oom;
 	// 0 on v1).
 	MemoryOomEvents uint64 `protobuf:"varint,29,opt,name=memory_oom_events,json=memoryOomEvents,proto3" json:"memory_oom_events,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Disk space of the container's writable layer (what it wrote into its
+	// root filesystem: the snapshot's upper directory, hard links once), as
+	// last measured; the agent measures it less often than it samples (it
+	// walks the layer), so it may be older than timestamp. 0 when not
+	// measured (no snapshot, not an overlay snapshot, or not read yet).
+	FsUsageBytes  uint64 `protobuf:"varint,30,opt,name=fs_usage_bytes,json=fsUsageBytes,proto3" json:"fs_usage_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ResourceSample) Reset() {
@@ -2234,6 +2240,13 @@ func (x *ResourceSample) GetMemoryHighEvents() uint64 {
 func (x *ResourceSample) GetMemoryOomEvents() uint64 {
 	if x != nil {
 		return x.MemoryOomEvents
+	}
+	return 0
+}
+
+func (x *ResourceSample) GetFsUsageBytes() uint64 {
+	if x != nil {
+		return x.FsUsageBytes
 	}
 	return 0
 }
@@ -3391,7 +3404,8 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"conditions\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf7\t\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9d\n" +
+	"\n" +
 	"\x0eResourceSample\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12!\n" +
 	"\fcontainer_id\x18\x02 \x01(\tR\vcontainerId\x128\n" +
@@ -3424,7 +3438,8 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\x11memory_swap_bytes\x18\x1a \x01(\x04R\x0fmemorySwapBytes\x128\n" +
 	"\x18memory_reservation_bytes\x18\x1b \x01(\x04R\x16memoryReservationBytes\x12,\n" +
 	"\x12memory_high_events\x18\x1c \x01(\x04R\x10memoryHighEvents\x12*\n" +
-	"\x11memory_oom_events\x18\x1d \x01(\x04R\x0fmemoryOomEvents\"\xa4\x05\n" +
+	"\x11memory_oom_events\x18\x1d \x01(\x04R\x0fmemoryOomEvents\x12$\n" +
+	"\x0efs_usage_bytes\x18\x1e \x01(\x04R\ffsUsageBytes\"\xa4\x05\n" +
 	"\tInterface\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x05R\x05index\x12\x12\n" +
