@@ -60,6 +60,8 @@ lint: tools prereqs
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@big=$$(git ls-files -z | xargs -0 stat -c '%s %n' 2>/dev/null | awk '$$1 > 1048576 {print $$2}'); \
+	  if [ -n "$$big" ]; then echo "files over 1 MiB are tracked (a binary built in the tree?):"; echo "$$big"; exit 1; fi
 	buf lint
 	@if command -v kubectl >/dev/null; then kubectl kustomize deploy/daemonset >/dev/null && echo "deploy/daemonset renders"; \
 	  else echo "kubectl not installed: deploy/daemonset not checked (make prereqs installs it)"; fi

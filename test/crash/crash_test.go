@@ -93,7 +93,7 @@ func TestAgentKilledAtRandom(t *testing.T) {
 			_ = agent.Process.Signal(syscall.SIGTERM)
 			_ = agent.Wait()
 		}
-		if t.Failed() {
+		if t.Failed() || os.Getenv("VIGIL_CRASH_KEEP") != "" {
 			b, _ := os.ReadFile(filepath.Join(logDir, "agent.log"))
 			t.Logf("agent log (last lines):\n%s", lastLines(string(b), 60))
 			if dst := os.Getenv("VIGIL_CRASH_KEEP"); dst != "" {
