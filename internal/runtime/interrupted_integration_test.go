@@ -221,6 +221,17 @@ func TestRestartClearsLeftoverOnAlreadyExists(t *testing.T) {
 			if n := shimsOf(t, ns, k.ID); n != 1 {
 				t.Errorf("%d shims serve %s, want 1", n, k.ID)
 			}
+			if tc.through {
+				// The replaced created task's exit is the next exit of
+				// the container: marked as the leftover it was.
+				ev := w.waitForKey(k, EventExited)
+				if !ev.Leftover {
+					t.Errorf("the replaced leftover's exit %+v is not marked Leftover", ev.Exit)
+				}
+				if ev := w.waitForKey(k, EventStarted); ev.Leftover {
+					t.Errorf("the new task's start is marked Leftover")
+				}
+			}
 		})
 	}
 }
