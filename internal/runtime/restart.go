@@ -47,10 +47,12 @@ import (
 // create still going on is waited for (up to 10 s, then ErrBundleLeft), a
 // shim without a task is deleted, and with ResumeInterrupted a created or
 // stopped task is replaced. So a Restart that returns nil has made and
-// started a task of its own; a failed Restart leaves no task of its own
-// making behind (a created task whose start failed is deleted). Restart is
-// safe to call again after it failed or after its caller died: with
-// ResumeInterrupted it finishes what the earlier call began.
+// started a task of its own, and the task it replaced (and any leftover it
+// cleared, whose events carry Event.Leftover) is gone. A Restart that fails
+// deletes a task it created and could not start; only when ctx ends (or
+// its caller dies) inside the create can containerd still finish that
+// create: Restart is safe to call again then, and with ResumeInterrupted it
+// finishes what the earlier call began.
 //
 // The new task is made as containerd's client makes one: the rootfs is the
 // mounts of the container's snapshot, and containerd applies the
