@@ -44,8 +44,9 @@ func IDOf(path string) (ID, error) {
 // Handle is an open namespace file. It keeps the namespace alive while
 // open. The zero Handle is not valid; Close is safe to call twice.
 type Handle struct {
-	fd int
-	id ID
+	fd   int
+	id   ID
+	path string
 }
 
 // Open opens the namespace file at path and reads its ID from the open
@@ -69,7 +70,7 @@ func Open(path string) (*Handle, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("%s is not a network namespace: %w", path, errdefs.ErrInvalid)
 	}
-	return &Handle{fd: fd, id: ID{Dev: st.Dev, Ino: st.Ino}}, nil
+	return &Handle{fd: fd, id: ID{Dev: st.Dev, Ino: st.Ino}, path: path}, nil
 }
 
 // ID returns the namespace's ID.
@@ -137,6 +138,14 @@ func (h *Handle) Do(fn func() error) error {
 	if h == nil || h.fd < 0 {
 		return fmt.Errorf("network namespace handle closed: %w", errdefs.ErrInvalid)
 	}
+	if err := h.do(fn); err != nil {
+		return fmt.Errorf("network namespace %s: %w", h.path, err)
+	}
+	return nil
+}
+
+// do is Do on an open handle, with errors that do not name it.
+func (h *Handle) do(fn func() error) error {
 	type result struct {
 		err   error
 		panic any

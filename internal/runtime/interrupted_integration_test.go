@@ -25,7 +25,7 @@ import (
 // TestRestartAfterInterruptedCreate: a restart whose task create was
 // interrupted inside containerd (the agent SIGKILLed while containerd went
 // on with the create: here, the create's context ends after d, for d swept
-// from 0 to 190 ms so that the interruption lands before, during and after
+// from 0 to 180 ms in 20 ms steps, so that the interruption lands before, during and after
 // the shim's start and runc's create) is finished by ONE Restart call with
 // ResumeInterrupted, whatever containerd was left holding: its bundle
 // ("mkdir ...: file exists", the create still going on), a shim without a
@@ -35,13 +35,13 @@ import (
 // ErrBundleLeft or ErrCreateRaced at most delays here.
 func TestRestartAfterInterruptedCreate(t *testing.T) {
 	if testing.Short() {
-		t.Skip("sweeps 20 interrupted creates against containerd")
+		t.Skip("sweeps 10 interrupted creates against containerd")
 	}
 	t.Parallel()
 	env := testenv.Containerd(t)
 	ns := uniqueNS(t)
 	image := env.BusyboxImage(t, ns)
-	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: t.TempDir()})
+	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: t.TempDir(), CallTimeout: 30 * time.Second})
 	ctx := namespaces.WithNamespace(context.Background(), ns)
 	const id = "c"
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: id, Image: image, Args: []string{"sh", "-c", "exec sleep 600 <&-"}})
@@ -59,7 +59,7 @@ func TestRestartAfterInterruptedCreate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for d := time.Duration(0); d < 200*time.Millisecond; d += 10 * time.Millisecond {
+	for d := time.Duration(0); d < 200*time.Millisecond; d += 20 * time.Millisecond {
 		if err := w.Kill(ctx, k, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -159,7 +159,7 @@ func TestRestartClearsLeftoverOnAlreadyExists(t *testing.T) {
 	env := testenv.Containerd(t)
 	ns := uniqueNS(t)
 	image := env.BusyboxImage(t, ns)
-	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: t.TempDir()})
+	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: t.TempDir(), CallTimeout: 30 * time.Second})
 	ctx := namespaces.WithNamespace(context.Background(), ns)
 	real, err := w.connected()
 	if err != nil {
@@ -220,6 +220,17 @@ func TestRestartClearsLeftoverOnAlreadyExists(t *testing.T) {
 			}
 			if n := shimsOf(t, ns, k.ID); n != 1 {
 				t.Errorf("%d shims serve %s, want 1", n, k.ID)
+			}
+			if tc.through {
+				// The replaced created task's exit is the next exit of
+				// the container: marked as the leftover it was.
+				ev := w.waitForKey(k, EventExited)
+				if !ev.Leftover {
+					t.Errorf("the replaced leftover's exit %+v is not marked Leftover", ev.Exit)
+				}
+				if ev := w.waitForKey(k, EventStarted); ev.Leftover {
+					t.Errorf("the new task's start is marked Leftover")
+				}
 			}
 		})
 	}

@@ -28,7 +28,7 @@ func TestRestartLogRotatedAndRemoved(t *testing.T) {
 	image := env.BusyboxImage(t, ns)
 	logDir := t.TempDir()
 	const capBytes, chunk, chunks = 32 << 10, 8 << 10, 40
-	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: logDir, LogMaxBytes: capBytes, LogRotateInterval: 100 * time.Millisecond})
+	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: logDir, LogMaxBytes: capBytes, LogRotateInterval: 100 * time.Millisecond, CallTimeout: 30 * time.Second})
 	const id = "chatty"
 	script := fmt.Sprintf(`[ -e /tmp/second ] || { touch /tmp/second; exit 0; }; i=0; while [ $i -lt %d ]; do head -c %d /dev/zero | tr '\000' x; i=$((i+1)); sleep 0.2; done; echo; echo done; exec sleep 600`, chunks, chunk-1)
 	cont, _ := env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: id, Image: image, Args: []string{"sh", "-c", script}})

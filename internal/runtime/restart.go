@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -46,10 +47,12 @@ import (
 // create still going on is waited for (up to 10 s, then ErrBundleLeft), a
 // shim without a task is deleted, and with ResumeInterrupted a created or
 // stopped task is replaced. So a Restart that returns nil has made and
-// started a task of its own; a failed Restart leaves no task of its own
-// making behind (a created task whose start failed is deleted). Restart is
-// safe to call again after it failed or after its caller died: with
-// ResumeInterrupted it finishes what the earlier call began.
+// started a task of its own, and the task it replaced (and any leftover it
+// cleared, whose events carry Event.Leftover) is gone. A Restart that fails
+// deletes a task it created and could not start; only when ctx ends (or
+// its caller dies) inside the create can containerd still finish that
+// create: Restart is safe to call again then, and with ResumeInterrupted it
+// finishes what the earlier call began.
 //
 // The new task is made as containerd's client makes one: the rootfs is the
 // mounts of the container's snapshot, and containerd applies the
@@ -109,6 +112,9 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 	stdout, stderr, err := r.restartIO(k, from)
 	if err != nil {
 		return err
+	}
+	if old != nil && old.Status == tasktypes.Status_CREATED && old.Pid != 0 && o.resume {
+		r.leftovers.mark(k, old.Pid)
 	}
 	if old != nil {
 		err := r.call(ctx, "task_delete", func(ctx context.Context) error {
@@ -219,6 +225,7 @@ func (r *Runtime) createTask(ctx context.Context, c *apiClient, k Key, rootfs []
 			return gerr
 		case resume && (left.Status == tasktypes.Status_CREATED || left.Status == tasktypes.Status_STOPPED || left.Status == tasktypes.Status_UNKNOWN):
 			r.metrics.countLeftover("task")
+			r.leftovers.mark(k, left.Pid)
 			r.log.Info("restart: replacing the task an interrupted restart created", "namespace", k.Namespace, "id", k.ID, "status", strings.ToLower(left.Status.String()), "pid", left.Pid)
 		default:
 			return fmt.Errorf("%w: a %s task (pid %d): %v", ErrCreateRaced, strings.ToLower(left.Status.String()), left.Pid, err)
@@ -424,4 +431,52 @@ func ResumeInterrupted() RestartOption { return func(o *restartOptions) { o.resu
 // LogDir.
 func PreviousOutput(out TaskOutput) RestartOption {
 	return func(o *restartOptions) { o.previous = &out }
+}
+
+// leftoverTTL bounds how long a leftover's mark waits for its events.
+const leftoverTTL = 2 * time.Minute
+
+// leftoverMarks are the tasks Restart is clearing as leftovers, by
+// container and pid, so that their exit and delete events are marked
+// Event.Leftover. Bounded by the containers restarted within leftoverTTL.
+type leftoverMarks struct {
+	mu sync.Mutex
+	m  map[Key]leftoverMark
+}
+
+type leftoverMark struct {
+	pid uint32
+	at  time.Time
+}
+
+// mark records that k's task pid is being cleared as a leftover.
+func (l *leftoverMarks) mark(k Key, pid uint32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = make(map[Key]leftoverMark)
+	}
+	now := time.Now()
+	for key, m := range l.m {
+		if now.Sub(m.at) > leftoverTTL {
+			delete(l.m, key)
+		}
+	}
+	l.m[k] = leftoverMark{pid: pid, at: now}
+}
+
+// is reports whether an event of k's task pid is a leftover's; forget
+// drops the mark (the task's delete is its last event). A pid of 0 (not in
+// the event) matches the mark of the container.
+func (l *leftoverMarks) is(k Key, pid uint32, forget bool) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	m, ok := l.m[k]
+	if !ok || time.Since(m.at) > leftoverTTL || (pid != 0 && m.pid != 0 && pid != m.pid) {
+		return false
+	}
+	if forget {
+		delete(l.m, k)
+	}
+	return true
 }

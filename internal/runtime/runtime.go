@@ -138,6 +138,8 @@ type Runtime struct {
 
 	images imageCache
 
+	leftovers leftoverMarks // tasks Restart clears, for Event.Leftover
+
 	hostNetNS uint64 // inode of the agent's own network namespace
 
 	stats statsState

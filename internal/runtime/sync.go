@@ -379,7 +379,8 @@ func (r *Runtime) handle(ctx context.Context, c *apiClient, env *apitypes.Envelo
 		if e.ID != "" && e.ID != e.ContainerID {
 			return nil // an exec'd process
 		}
-		return r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+		k := Key{ns, e.ContainerID}
+		return r.onTaskOf(ctx, c, k, at, r.leftovers.is(k, e.Pid, false), func(en *entry) (EventType, *Exit) {
 			return r.exited(en, e.ExitStatus, e.ExitedAt.AsTime())
 		})
 	case *eventtypes.TaskOOM:
@@ -407,7 +408,9 @@ func (r *Runtime) handle(ctx context.Context, c *apiClient, env *apitypes.Envelo
 		if e.ID != "" && e.ID != e.ContainerID {
 			return nil
 		}
-		err := r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+		k := Key{ns, e.ContainerID}
+		leftover := r.leftovers.is(k, e.Pid, true)
+		err := r.onTaskOf(ctx, c, k, at, leftover, func(en *entry) (EventType, *Exit) {
 			if en.c.State == StateRunning || en.c.State == StatePaused {
 				// The exit event was not seen (or came after the delete):
 				// the delete carries the status.
@@ -418,7 +421,7 @@ func (r *Runtime) handle(ctx context.Context, c *apiClient, env *apitypes.Envelo
 		if err != nil {
 			return err
 		}
-		return r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+		return r.onTaskOf(ctx, c, k, at, leftover, func(en *entry) (EventType, *Exit) {
 			if !en.taskPresent {
 				return 0, nil
 			}
@@ -488,6 +491,11 @@ func (r *Runtime) onContainer(ctx context.Context, c *apiClient, k Key, at time.
 // emits the event it returns (0: none). A container not yet known (its
 // create event came before we listed) is read from containerd first.
 func (r *Runtime) onTask(ctx context.Context, c *apiClient, k Key, at time.Time, fn func(*entry) (EventType, *Exit)) error {
+	return r.onTaskOf(ctx, c, k, at, false, fn)
+}
+
+// onTaskOf is onTask, with the event marked Leftover when leftover is set.
+func (r *Runtime) onTaskOf(ctx context.Context, c *apiClient, k Key, at time.Time, leftover bool, fn func(*entry) (EventType, *Exit)) error {
 	r.mu.RLock()
 	_, known := r.inv[k]
 	r.mu.RUnlock()
@@ -509,7 +517,7 @@ func (r *Runtime) onTask(ctx context.Context, c *apiClient, k Key, at time.Time,
 	}
 	r.mu.Unlock()
 	if t != 0 {
-		r.emit(ctx, Event{Type: t, Time: at, Key: k, Container: &cp, Exit: exit})
+		r.emit(ctx, Event{Type: t, Time: at, Key: k, Container: &cp, Exit: exit, Leftover: leftover})
 	}
 	return nil
 }

@@ -209,6 +209,12 @@ type Event struct {
 	Key       Key
 	Container *Container
 	Exit      *Exit // for EventExited
+	// Leftover marks the EventExited and EventTaskDeleted of a task that
+	// Restart itself killed and deleted because it was in the way: the
+	// created, never started task of an interrupted restart, replaced under
+	// ResumeInterrupted. It is neither a workload's exit nor anyone's stop.
+	// Set when the event arrives within two minutes of the clean-up.
+	Leftover bool
 }
 
 // Stats is one reading of a running container's cgroup. Counters are
