@@ -4,7 +4,12 @@
 // aggregator, prints the aggregator's flags, and issues each simulated node
 // its own client certificate.
 //
-//	vigil-loadgen --insecure --target 127.0.0.1:7400 --nodes 1000 --containers 100 --interval 10s --duration 5m
+// Given several addresses (the replicas of an aggregator), the nodes are
+// spread over them evenly, and each node fails over as an agent does: when
+// its replica goes, it reconnects to the next address of its list.
+//
+//	vigil-loadgen --insecure --aggregator 127.0.0.1:7400 --nodes 1000 --containers 100 --interval 10s --duration 5m
+//	vigil-loadgen --insecure --aggregator 127.0.0.1:7400,127.0.0.1:7410,127.0.0.1:7420 --nodes 2000
 package main
 
 import (
@@ -17,6 +22,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -39,6 +45,7 @@ func main() {
 
 type options struct {
 	cfg         loadgen.Config
+	addrs       []string // the aggregator's addresses (several: replicas)
 	insecure    bool
 	tlsDir      string
 	reportEvery time.Duration
@@ -48,7 +55,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("vigil-loadgen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.cfg.Target, "target", "127.0.0.1:7400", "aggregator gRPC address")
+	fs.StringVar(&o.cfg.Target, "aggregator", "127.0.0.1:7400", "aggregator gRPC address host:port, or several (replicas) separated by commas: the nodes are spread over them evenly and each fails over to the next when its own goes")
+	fs.StringVar(&o.cfg.Target, "target", "127.0.0.1:7400", "the same as --aggregator (older name)")
 	fs.IntVar(&o.cfg.Nodes, "nodes", 100, "simulated agents (N)")
 	fs.IntVar(&o.cfg.Containers, "containers", 100, "application containers per node (M)")
 	fs.DurationVar(&o.cfg.Interval, "interval", 10*time.Second, "sample interval of every agent")
@@ -67,8 +75,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	case o.cfg.Nodes < 1 || o.cfg.Containers < 0 || o.cfg.Interval <= 0 || o.reportEvery <= 0:
 		return o, fmt.Errorf("--nodes must be at least 1, --containers not negative, --interval and --report-every positive: %w", errdefs.ErrInvalid)
 	}
-	if _, _, err := net.SplitHostPort(o.cfg.Target); err != nil {
-		return o, fmt.Errorf("--target %q: %v: %w", o.cfg.Target, err, errdefs.ErrInvalid)
+	for _, a := range strings.Split(o.cfg.Target, ",") {
+		a = strings.TrimSpace(a)
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return o, fmt.Errorf("--aggregator %q: %v: %w", a, err, errdefs.ErrInvalid)
+		}
+		o.addrs = append(o.addrs, a)
 	}
 	return o, nil
 }
@@ -106,6 +118,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
+	if len(o.addrs) > 1 {
+		o.cfg.Target = registerSpread(o.addrs)
+	}
 	var stats loadgen.Stats
 	start := time.Now()
 	done := make(chan error, 1)
