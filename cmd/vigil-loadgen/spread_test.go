@@ -8,9 +8,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 )
 
 // replica is a real gRPC server on loopback that counts the calls it
@@ -67,12 +69,21 @@ func TestSpreadOverReplicas(t *testing.T) {
 		conns = append(conns, c)
 	}
 	// Which replica serves each node: the one whose count its call raised
-	// (one call at a time).
+	// (one call at a time). A call sent on a connection that its server
+	// just closed fails with Unavailable before the channel notices; it is
+	// tried again, as the load generator opens a new stream after a failed
+	// one.
 	servedBy := func(c *grpc.ClientConn) int {
 		t.Helper()
 		before := []int{reps[0].calls(), reps[1].calls(), reps[2].calls()}
-		if _, err := healthpb.NewHealthClient(c).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true)); err != nil {
-			t.Fatal(err)
+		for {
+			_, err := healthpb.NewHealthClient(c).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+			if err == nil {
+				break
+			}
+			if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+				t.Fatal(err)
+			}
 		}
 		for i, r := range reps {
 			if r.calls() != before[i] {

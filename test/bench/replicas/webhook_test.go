@@ -3,6 +3,7 @@ package replicasbench
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -82,8 +83,50 @@ func BenchmarkWebhookToAgent(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer st.Close()
+		before := etcdCalls(b, cluster.Endpoints())
 		webhookToAgent(b, st)
+		after := etcdCalls(b, cluster.Endpoints())
+		// What each alert asked of etcd (its webhook, dispatch and result,
+		// plus the baseline's one Txn): each call is a round through the
+		// raft leader, reads included (they are linearizable).
+		for _, m := range []string{"Range", "Txn", "Put"} {
+			b.ReportMetric((after[m]-before[m])/float64(b.N), "etcd-"+strings.ToLower(m)+"/alert")
+		}
 	})
+}
+
+// etcdCalls sums the KV calls every member of a cluster has answered, by
+// method (etcd's grpc_server_handled_total on its client URL's /metrics).
+func etcdCalls(b *testing.B, endpoints []string) map[string]float64 {
+	b.Helper()
+	calls := map[string]float64{}
+	for _, ep := range endpoints {
+		resp, err := http.Get(ep + "/metrics")
+		if err != nil {
+			b.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, line := range strings.Split(string(body), "\n") {
+			if !strings.HasPrefix(line, "grpc_server_handled_total{") || !strings.Contains(line, `grpc_service="etcdserverpb.KV"`) {
+				continue
+			}
+			_, rest, _ := strings.Cut(line, `grpc_method="`)
+			method, _, _ := strings.Cut(rest, `"`)
+			var v float64
+			if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err != nil {
+				b.Fatalf("etcd metrics line %q: %v", line, err)
+			}
+			calls[method] += v
+		}
+	}
+	if len(calls) == 0 {
+		b.Fatal("no etcd KV call counts in the members' /metrics")
+	}
+	return calls
 }
 
 func webhookToAgent(b *testing.B, st store.Store) {
