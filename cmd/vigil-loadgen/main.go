@@ -44,11 +44,12 @@ func main() {
 }
 
 type options struct {
-	cfg         loadgen.Config
-	addrs       []string // the aggregator's addresses (several: replicas)
-	insecure    bool
-	tlsDir      string
-	reportEvery time.Duration
+	cfg          loadgen.Config
+	addrs        []string // the aggregator's addresses (several: replicas)
+	insecure     bool
+	waitReplicas time.Duration
+	tlsDir       string
+	reportEvery  time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -57,6 +58,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.cfg.Target, "aggregator", "127.0.0.1:7400", "aggregator gRPC address host:port, or several (replicas) separated by commas: the nodes are spread over them evenly and each fails over to the next when its own goes")
 	fs.StringVar(&o.cfg.Target, "target", "127.0.0.1:7400", "the same as --aggregator (older name)")
+	fs.DurationVar(&o.waitReplicas, "wait-replicas", 5*time.Minute, "with several --aggregator addresses, wait this long for every one to take TCP connections before the load starts")
 	fs.IntVar(&o.cfg.Nodes, "nodes", 100, "simulated agents (N)")
 	fs.IntVar(&o.cfg.Containers, "containers", 100, "application containers per node (M)")
 	fs.DurationVar(&o.cfg.Interval, "interval", 10*time.Second, "sample interval of every agent")
@@ -113,12 +115,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return nil, err
 			}
+			// The node's own certificate: ClientConfig's callback would
+			// present the aggregator's (the files it was given), and a
+			// callback wins over Certificates.
+			tc.GetClientCertificate = nil
 			tc.Certificates = []tls.Certificate{cert}
 			return tc, nil
 		}
 	}
 
 	if len(o.addrs) > 1 {
+		// A node whose replica is not up yet would settle on the next
+		// one for good (pick_first stays while its connection lives):
+		// start once every replica takes connections, so the spread is
+		// even.
+		if err := waitListening(ctx, o.addrs, o.waitReplicas, stderr); err != nil {
+			return err
+		}
 		o.cfg.Target = registerSpread(o.addrs)
 	}
 	var stats loadgen.Stats
@@ -145,4 +158,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			lastMsgs, lastSamples, last = m, s, now
 		}
 	}
+}
+
+// waitListening waits until every address takes a TCP connection, or
+// fails after timeout.
+func waitListening(ctx context.Context, addrs []string, timeout time.Duration, log io.Writer) error {
+	deadline := time.Now().Add(timeout)
+	for _, a := range addrs {
+		for {
+			c, err := net.DialTimeout("tcp", a, time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("aggregator %s takes no connections after %s: %v: %w", a, timeout, err, errdefs.ErrUnavailable)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	fmt.Fprintf(log, "all %d aggregators take connections\n", len(addrs))
+	return nil
 }
