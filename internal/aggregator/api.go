@@ -29,8 +29,8 @@ type API struct {
 	fleet       *Fleet
 	watchBuffer int
 	// peers, with replicas, makes the reads fleet-wide (peers.go).
-	peers *peerClients
-	stopping    <-chan struct{}
+	peers    *peerClients
+	stopping <-chan struct{}
 
 	// maxWatchers bounds WatchEvents subscribers (0: no bound); watching
 	// counts them, watchers (optional) shows the count.
