@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -21,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vigilhq/vigil/internal/aggregator"
+	"github.com/vigilhq/vigil/internal/remediation"
 	"github.com/vigilhq/vigil/internal/store"
 	"github.com/vigilhq/vigil/internal/store/etcd"
 	"github.com/vigilhq/vigil/internal/store/etcd/etcdtest"
@@ -41,23 +44,23 @@ type replica struct {
 
 // startReplicas starts n aggregators (insecure, loopback) sharing prefix
 // of cluster, with a lease TTL of ttl.
-func startReplicas(t *testing.T, cluster *etcdtest.Cluster, n int, ttl time.Duration) []*replica {
+func startReplicas(t *testing.T, cluster *etcdtest.Cluster, n int, ttl time.Duration, mutate func(*aggregator.Config)) []*replica {
 	t.Helper()
 	prefix := fmt.Sprintf("/vigil-replicas-%d/", replicaPrefixes.Add(1))
 	var out []*replica
 	for i := range n {
-		out = append(out, startReplica(t, cluster, prefix, fmt.Sprintf("r%d", i), ttl))
+		out = append(out, startReplica(t, cluster, prefix, fmt.Sprintf("r%d", i), ttl, mutate))
 	}
 	return out
 }
 
-func startReplica(t *testing.T, cluster *etcdtest.Cluster, prefix, id string, ttl time.Duration) *replica {
+func startReplica(t *testing.T, cluster *etcdtest.Cluster, prefix, id string, ttl time.Duration, mutate func(*aggregator.Config)) *replica {
 	t.Helper()
 	st, err := etcd.New(etcd.Config{Endpoints: cluster.Endpoints(), Prefix: prefix, RequestTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	agg, err := aggregator.New(aggregator.Config{
+	cfg := aggregator.Config{
 		GRPCListen:      "127.0.0.1:0",
 		HTTPListen:      "127.0.0.1:0",
 		Insecure:        true,
@@ -69,7 +72,11 @@ func startReplica(t *testing.T, cluster *etcdtest.Cluster, prefix, id string, tt
 		Replicated:      true,
 		LeaseTTL:        ttl,
 		AggregatorID:    id,
-	})
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	agg, err := aggregator.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +194,7 @@ func nodeSeries(text, node string) int {
 // first one stops exposing it.
 func TestReplicasHoldNodes(t *testing.T) {
 	cluster := etcdtest.StartCluster(t, 3)
-	rs := startReplicas(t, cluster, 3, 3*time.Second)
+	rs := startReplicas(t, cluster, 3, 3*time.Second, nil)
 	a, b, c := rs[0], rs[1], rs[2]
 
 	n1, err := a.connectAgent("n1", "i1")
@@ -317,7 +324,7 @@ func TestReplicasHoldNodes(t *testing.T) {
 // new lease by itself.
 func TestReplicaLeaseLost(t *testing.T) {
 	cluster := etcdtest.StartCluster(t, 3)
-	rs := startReplicas(t, cluster, 2, 3*time.Second)
+	rs := startReplicas(t, cluster, 2, 3*time.Second, nil)
 	a, b := rs[0], rs[1]
 	n1, err := a.connectAgent("n1", "i1")
 	if err != nil {
@@ -349,4 +356,133 @@ func TestReplicaLeaseLost(t *testing.T) {
 	if nodeSeries(b.scrape(), "n1") == 0 {
 		t.Fatal("r1 does not expose n1")
 	}
+}
+
+// withTestRules gives every replica the test rules (restart an unhealthy
+// container, 100 actions a minute across the fleet).
+func withTestRules(t *testing.T) func(*aggregator.Config) {
+	path := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(path, []byte(testRules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return func(c *aggregator.Config) {
+		rs, err := remediation.NewRuleSet(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Rules = rs
+	}
+}
+
+func (r *replica) postAlerts(body string) (int, string) {
+	resp, err := http.Post(r.url("/api/v1/alerts"), "application/json", strings.NewReader(body))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestReplicasRemediateAcrossReplicas: an alert posted to one replica
+// restarts a container on a node another replica holds (the command goes
+// through the node's outbox to its holder), once, whichever replicas the
+// same firing is posted to; the result is journaled and listed by all.
+func TestReplicasRemediateAcrossReplicas(t *testing.T) {
+	cluster := etcdtest.StartCluster(t, 3)
+	rs := startReplicas(t, cluster, 3, 3*time.Second, withTestRules(t))
+	a, b, c := rs[0], rs[1], rs[2]
+	n1, err := a.connectAgent("n1", "i1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n1.send(1, snapshotMsg(vigilContainer("web", 2)))
+	n1.waitAck(1)
+
+	body := webhookBody("fp-web", time.Now().Add(-time.Minute).UTC().Format(time.RFC3339Nano), "n1", "web")
+	if code, msg := b.postAlerts(body); code != http.StatusOK || !strings.Contains(msg, `"acted":1`) {
+		t.Fatalf("webhook on r1: %d %s", code, msg)
+	}
+	cmd := n1.nextCommand(10 * time.Second)
+	if cmd.GetAction() != vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART || cmd.GetTarget().GetContainerId() != "web" || cmd.GetFence().GetRestartCount() != 2 {
+		t.Fatalf("command %v, want a restart of web fenced at restart count 2", cmd)
+	}
+	for _, r := range []*replica{a, c} {
+		if code, msg := r.postAlerts(body); code != http.StatusOK {
+			t.Fatalf("webhook on %s: %d %s", r.id, code, msg)
+		}
+	}
+	n1.noCommand(time.Second)
+	n1.send(2, &vigilv1.AgentMessage{Body: &vigilv1.AgentMessage_CommandResult{CommandResult: &vigilv1.CommandResult{
+		CommandId: cmd.GetId(), Outcome: vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED, Message: "restarted",
+	}}})
+	n1.waitAck(2)
+	waitFor(t, 10*time.Second, "one remediation, succeeded, listed by r2", func() bool {
+		resp, err := c.api().ListRemediations(context.Background(), &vigilv1.ListRemediationsRequest{})
+		return err == nil && len(resp.GetRemediations()) == 1 && resp.GetRemediations()[0].GetId() == cmd.GetId() &&
+			resp.GetRemediations()[0].GetState() == vigilv1.RemediationState_REMEDIATION_STATE_SUCCEEDED
+	})
+}
+
+// TestReplicasQuorumLoss: with one etcd member of three down nothing
+// changes; with two down, ingest and exposition go on on the replica
+// holding the node, webhooks are refused (503) and counted as suppressed
+// with reason store_unavailable, and once the members are back the next
+// delivery of the alert acts, on the same stream (the lease survived).
+func TestReplicasQuorumLoss(t *testing.T) {
+	cluster := etcdtest.StartCluster(t, 3)
+	rs := startReplicas(t, cluster, 2, 3*time.Second, withTestRules(t))
+	a, b := rs[0], rs[1]
+	n1, err := a.connectAgent("n1", "i1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n1.send(1, snapshotMsg(vigilContainer("web", 0), vigilContainer("api", 0)))
+	n1.waitAck(1)
+
+	// One member down: an alert acts as before.
+	cluster.Kill(2)
+	body := webhookBody("fp-web", time.Now().Add(-time.Minute).UTC().Format(time.RFC3339Nano), "n1", "web")
+	waitFor(t, 20*time.Second, "webhook accepted with one member down", func() bool {
+		code, _ := b.postAlerts(body)
+		return code == http.StatusOK
+	})
+	if cmd := n1.nextCommand(10 * time.Second); cmd.GetTarget().GetContainerId() != "web" {
+		t.Fatalf("command %v, want web's restart", cmd)
+	}
+
+	// Two down: no quorum.
+	cluster.Kill(1)
+	seq := uint64(2)
+	for range 20 {
+		n1.send(seq, eventMsg(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_UPDATED, vigilContainer("api", 0)))
+		seq++
+	}
+	n1.waitAck(seq - 1)
+	api := webhookBody("fp-api", time.Now().Add(-time.Minute).UTC().Format(time.RFC3339Nano), "n1", "api")
+	waitFor(t, 30*time.Second, "webhook refused without quorum, counted as store_unavailable", func() bool {
+		code, _ := b.postAlerts(api)
+		return code == http.StatusServiceUnavailable &&
+			len(seriesLines(b.scrape(), `vigil_remediations_suppressed_total{reason="store_unavailable"}`)) == 1 &&
+			!strings.HasSuffix(seriesLines(b.scrape(), `vigil_remediations_suppressed_total{reason="store_unavailable"}`)[0], " 0")
+	})
+	if nodeSeries(a.scrape(), "n1") == 0 {
+		t.Fatal("r0 stopped exposing n1 without quorum")
+	}
+	n1.send(seq, eventMsg(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_UPDATED, vigilContainer("api", 0)))
+	n1.waitAck(seq)
+	seq++
+
+	// Back: the next delivery acts, on the same stream.
+	cluster.Restart(1)
+	cluster.Restart(2)
+	waitFor(t, 60*time.Second, "webhook accepted once quorum is back", func() bool {
+		code, _ := b.postAlerts(api)
+		return code == http.StatusOK
+	})
+	if cmd := n1.nextCommand(20 * time.Second); cmd.GetTarget().GetContainerId() != "api" {
+		t.Fatalf("command %v, want api's restart", cmd)
+	}
+	n1.send(seq, eventMsg(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_UPDATED, vigilContainer("api", 0)))
+	n1.waitAck(seq)
 }
