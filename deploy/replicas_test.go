@@ -16,9 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// replicaFlags are the aggregator's flags for replicas agreed with the
-// replicas work (issue 27), which deploy/replicas uses. checkArgs accepts
-// them as pending until cmd/aggregator defines them, and logs when it does.
+// replicaFlags are the aggregator's flags of a replica (issue 27).
 var replicaFlags = []string{"replica-id", "lease-ttl", "advertise-api"}
 
 // renderReplicas renders deploy/replicas with kubectl's kustomize and
@@ -113,10 +111,7 @@ func TestReplicasOverlay(t *testing.T) {
 		t.Fatalf("aggregator pod has %d containers", len(ps.Containers))
 	}
 	c := ps.Containers[0]
-	saved := pendingFlags["cmd/aggregator"]
-	pendingFlags["cmd/aggregator"] = append(append([]string(nil), saved...), replicaFlags...)
 	checkArgs(t, "cmd/aggregator", c)
-	pendingFlags["cmd/aggregator"] = saved
 	for _, f := range append([]string{"etcd-endpoints", "etcd-prefix", "etcd-ca", "etcd-cert", "etcd-key"}, replicaFlags...) {
 		if argValue(c.Args, f) == "" {
 			t.Errorf("aggregator has no --%s", f)
