@@ -48,6 +48,7 @@ type options struct {
 	addrs        []string // the aggregator's addresses (several: replicas)
 	insecure     bool
 	waitReplicas time.Duration
+	ramp         int
 	tlsDir       string
 	reportEvery  time.Duration
 }
@@ -58,6 +59,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.cfg.Target, "aggregator", "127.0.0.1:7400", "aggregator gRPC address host:port, or several (replicas) separated by commas: the nodes are spread over them evenly and each fails over to the next when its own goes")
 	fs.StringVar(&o.cfg.Target, "target", "127.0.0.1:7400", "the same as --aggregator (older name)")
+	fs.IntVar(&o.ramp, "ramp", 0, "connect the nodes in batches of this many, each once the one before is connected (at most 30 s later): thousands of TLS handshakes at once on a small machine time out and retry without end (0: all at once)")
 	fs.DurationVar(&o.waitReplicas, "wait-replicas", 5*time.Minute, "with several --aggregator addresses, wait this long for every one to take TCP connections before the load starts")
 	fs.IntVar(&o.cfg.Nodes, "nodes", 100, "simulated agents (N)")
 	fs.IntVar(&o.cfg.Containers, "containers", 100, "application containers per node (M)")
@@ -74,8 +76,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	switch {
 	case o.insecure == (o.tlsDir != ""):
 		return o, fmt.Errorf("give exactly one of --insecure and --tls-dir: %w", errdefs.ErrInvalid)
-	case o.cfg.Nodes < 1 || o.cfg.Containers < 0 || o.cfg.Interval <= 0 || o.reportEvery <= 0:
-		return o, fmt.Errorf("--nodes must be at least 1, --containers not negative, --interval and --report-every positive: %w", errdefs.ErrInvalid)
+	case o.cfg.Nodes < 1 || o.cfg.Containers < 0 || o.cfg.Interval <= 0 || o.reportEvery <= 0 || o.ramp < 0:
+		return o, fmt.Errorf("--nodes must be at least 1, --containers and --ramp not negative, --interval and --report-every positive: %w", errdefs.ErrInvalid)
 	}
 	for _, a := range strings.Split(o.cfg.Target, ",") {
 		a = strings.TrimSpace(a)
@@ -137,7 +139,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var stats loadgen.Stats
 	start := time.Now()
 	done := make(chan error, 1)
-	go func() { done <- loadgen.Run(ctx, o.cfg, &stats) }()
+	if o.ramp > 0 && o.ramp < o.cfg.Nodes {
+		go func() { done <- runRamped(ctx, o.cfg, o.ramp, &stats, stdout) }()
+	} else {
+		go func() { done <- loadgen.Run(ctx, o.cfg, &stats) }()
+	}
 	t := time.NewTicker(o.reportEvery)
 	defer t.Stop()
 	var lastMsgs, lastSamples uint64
@@ -183,4 +189,53 @@ func waitListening(ctx context.Context, addrs []string, timeout time.Duration, l
 	}
 	fmt.Fprintf(log, "all %d aggregators take connections\n", len(addrs))
 	return nil
+}
+
+// runRamped runs the fleet as batches of ramp nodes (named PREFIX bNNN-
+// INDEX), each started once the nodes before it are connected or 30 s
+// after the one before; cfg.Duration then counts from the last batch.
+func runRamped(ctx context.Context, cfg loadgen.Config, ramp int, stats *loadgen.Stats, log io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	prefix := cfg.NodePrefix
+	if prefix == "" {
+		prefix = "loadgen-"
+	}
+	errs := make(chan error, cfg.Nodes/ramp+1)
+	batches := 0
+	for start := 0; start < cfg.Nodes; start += ramp {
+		b := cfg
+		b.Nodes = min(ramp, cfg.Nodes-start)
+		b.NodePrefix = fmt.Sprintf("%sb%03d-", prefix, batches)
+		b.Duration = 0
+		batches++
+		go func() { errs <- loadgen.Run(ctx, b, stats) }()
+		deadline := time.Now().Add(30 * time.Second)
+		for stats.Connected.Load() < int64(start+b.Nodes) && time.Now().Before(deadline) {
+			select {
+			case <-ctx.Done():
+				return nil
+			case err := <-errs:
+				return err // a setup error: Run returned early
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		fmt.Fprintf(log, "%s ramp: %d of %d nodes started, %d connected\n", time.Now().Format(time.TimeOnly), start+b.Nodes, cfg.Nodes, stats.Connected.Load())
+	}
+	if cfg.Duration > 0 {
+		select {
+		case <-time.After(cfg.Duration):
+		case <-ctx.Done():
+		}
+	} else {
+		<-ctx.Done()
+	}
+	cancel()
+	var first error
+	for range batches {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }

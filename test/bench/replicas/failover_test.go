@@ -83,6 +83,22 @@ func TestFailover(t *testing.T) {
 		}
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = u.Run(ctx) }()
+		// Samples every 10 s, as the agent's default interval: a node
+		// that says nothing for a minute is stale, and not up.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(10 * time.Second)
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+					_ = u.SendResourceSamples(&vigilv1.ResourceSamples{})
+				}
+			}
+		}()
 	}
 
 	// holders scrapes every live replica: which one exposes each node up.

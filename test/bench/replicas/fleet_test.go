@@ -21,6 +21,7 @@ var (
 	fleetWindow     = flag.Duration("fleet-window", time.Minute, "the ingest window over which CPU is measured")
 	fleetSettle     = flag.Duration("fleet-settle", 15*time.Second, "wait after every node connected, before the window")
 	fleetShards     = flag.Int("fleet-shards", 10, "shards each replica is scraped in")
+	fleetRamp       = flag.Int("fleet-ramp", 100, "the load generator's --ramp: nodes connect in batches of this many")
 	fleetConnect    = flag.Duration("fleet-connect", 10*time.Minute, "how long the nodes may take to connect")
 	reportFlag      = flag.String("report", "", "append the results as Markdown to this file")
 	leaseTTL        = flag.Duration("lease-ttl", 10*time.Second, "the replicas' --lease-ttl, when the aggregator has the flag")
@@ -161,7 +162,7 @@ func runFleet(t *testing.T, aggBin, genBin string, endpoints []string, etcdPids 
 	}
 	gen := startProc(t, dir, "loadgen", genBin, "--tls-dir", tlsDir, "--aggregator", strings.Join(addrs, ","),
 		"--nodes", strconv.Itoa(*fleetNodes), "--containers", strconv.Itoa(*fleetContainers),
-		"--interval", "10s", "--duration", "0", "--report-every", "30s")
+		"--interval", "10s", "--duration", "0", "--report-every", "30s", "--ramp", strconv.Itoa(*fleetRamp))
 	waitFor(t, 30*time.Second, "the load generator's TLS files", func() error {
 		_, err := os.Stat(filepath.Join(tlsDir, "aggregator.key"))
 		return err
