@@ -17,12 +17,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vigilhq/vigil/internal/aggregator"
+	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/remediation"
 	"github.com/vigilhq/vigil/internal/store"
 	"github.com/vigilhq/vigil/internal/store/etcd"
@@ -353,6 +355,15 @@ func TestReplicaLeaseLost(t *testing.T) {
 		return true
 	})
 	waitFor(t, 10*time.Second, "r0 registered again with a new lease", a.registered)
+	waitFor(t, 10*time.Second, "one leader after the lease's end", func() bool {
+		leaders := 0
+		for _, r := range rs {
+			if l := seriesLines(r.scrape(), "vigil_aggregator_leader"); len(l) == 1 && l[0] == "vigil_aggregator_leader 1" {
+				leaders++
+			}
+		}
+		return leaders == 1
+	})
 	if nodeSeries(b.scrape(), "n1") == 0 {
 		t.Fatal("r1 does not expose n1")
 	}
@@ -485,4 +496,80 @@ func TestReplicasQuorumLoss(t *testing.T) {
 	}
 	n1.send(seq, eventMsg(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_UPDATED, vigilContainer("api", 0)))
 	n1.waitAck(seq)
+}
+
+// TestReplicasFleetWideWithTLS: with mutual TLS, each replica's serving
+// certificate has a viewer identity and serves as its client certificate
+// toward the others: a viewer's ListNodes on one replica shows the node
+// another holds, and a replica without such credentials says the answer is
+// partial.
+func TestReplicasFleetWideWithTLS(t *testing.T) {
+	cluster := etcdtest.StartCluster(t, 1)
+	ca, err := pki.NewCA("vigil-test-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	files := func(id pki.Identity) pki.Files {
+		f, err := ca.WriteIdentity(dir, string(id.Role)+"_"+id.Name, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	withTLS := func(peer bool) func(*aggregator.Config) {
+		return func(c *aggregator.Config) {
+			f := files(pki.Identity{Role: pki.RoleViewer, Name: "aggregator-" + c.AggregatorID})
+			tc, err := pki.ServerConfig(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.TLS, c.Insecure = tc, false
+			if peer {
+				if c.PeerTLS, err = pki.ClientConfig(f, ""); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	prefix := fmt.Sprintf("/vigil-replicas-%d/", replicaPrefixes.Add(1))
+	r0 := startReplica(t, cluster, prefix, "r0", 3*time.Second, withTLS(true))
+	r1 := startReplica(t, cluster, prefix, "r1", 3*time.Second, withTLS(true))
+	r2 := startReplica(t, cluster, prefix, "r2", 3*time.Second, withTLS(false))
+	dial := func(r *replica, id pki.Identity) *grpc.ClientConn {
+		tc, err := pki.ClientConfig(files(id), "localhost")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := grpc.NewClient(r.agg.GRPCAddr().String(), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := vigilv1.NewAgentGatewayClient(dial(r0, pki.NodeIdentity("n1"))).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&vigilv1.AgentMessage{Body: &vigilv1.AgentMessage_Hello{Hello: &vigilv1.Hello{NodeName: "n1", InstanceId: "i1", ProtocolVersion: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := s.Recv(); err != nil || m.GetHelloAck() == nil {
+		t.Fatalf("hello: %v %v", m, err)
+	}
+	viewer := pki.Identity{Role: pki.RoleViewer, Name: "v"}
+	waitFor(t, 10*time.Second, "r1 lists n1, held by r0, over mTLS", func() bool {
+		var hdr metadata.MD
+		resp, err := vigilv1.NewVigilClient(dial(r1, viewer)).ListNodes(context.Background(), &vigilv1.ListNodesRequest{}, grpc.Header(&hdr))
+		return err == nil && len(resp.GetNodes()) == 1 && resp.GetNodes()[0].GetName() == "n1" && len(hdr.Get(aggregator.PartialHeader)) == 0
+	})
+	var hdr metadata.MD
+	resp, err := vigilv1.NewVigilClient(dial(r2, viewer)).ListNodes(context.Background(), &vigilv1.ListNodesRequest{}, grpc.Header(&hdr))
+	if err != nil || len(resp.GetNodes()) != 0 || len(hdr.Get(aggregator.PartialHeader)) != 1 ||
+		!strings.Contains(hdr.Get(aggregator.PartialHeader)[0], "no client credentials") {
+		t.Fatalf("a replica without peer credentials: %v, partial %v, %v", resp.GetNodes(), hdr.Get(aggregator.PartialHeader), err)
+	}
 }
