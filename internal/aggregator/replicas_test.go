@@ -573,3 +573,112 @@ func TestReplicasFleetWideWithTLS(t *testing.T) {
 		t.Fatalf("a replica without peer credentials: %v, partial %v, %v", resp.GetNodes(), hdr.Get(aggregator.PartialHeader), err)
 	}
 }
+
+const budgetRules = `
+max_actions_per_minute: 10
+max_nodes_in_flight: 100%
+storm_guard:
+  share: 0
+rules:
+  - name: restart-unhealthy
+    match:
+      alertname: VigilContainerUnhealthy
+    action: restart_container
+    target:
+      node: node
+      namespace: namespace
+      container: container
+`
+
+// TestReplicasFleetBudget: 100 alerts on 100 containers of four nodes held
+// by three replicas, posted to the three replicas at once, make exactly the
+// 10 actions of the fleet-wide budget (max_actions_per_minute: 10); the 90
+// others are suppressed for the budget.
+func TestReplicasFleetBudget(t *testing.T) {
+	cluster := etcdtest.StartCluster(t, 3)
+	path := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(path, []byte(budgetRules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rs := startReplicas(t, cluster, 3, 3*time.Second, func(c *aggregator.Config) {
+		rules, err := remediation.NewRuleSet(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Rules = rules
+	})
+	var agents []*testAgent
+	for i := range 4 {
+		a, err := rs[i%3].connectAgent(fmt.Sprintf("n%d", i), "i1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cs []*vigilv1.Container
+		for j := range 25 {
+			cs = append(cs, vigilContainer(fmt.Sprintf("c%02d", j), 0))
+		}
+		a.send(1, snapshotMsg(cs...))
+		a.waitAck(1)
+		agents = append(agents, a)
+	}
+	// Every replica sees the whole fleet before the storm.
+	for _, r := range rs {
+		waitFor(t, 10*time.Second, r.id+" lists 100 containers", func() bool {
+			resp, err := r.api().ListContainers(context.Background(), &vigilv1.ListContainersRequest{PageSize: 1000})
+			return err == nil && len(resp.GetContainers()) == 100
+		})
+	}
+	startsAt := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339Nano)
+	type summary struct{ Acted, Suppressed int }
+	sums := make(chan summary, 100)
+	sem := make(chan struct{}, 12)
+	for i := range 100 {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			body := webhookBody(fmt.Sprintf("fp-%03d", i), startsAt, fmt.Sprintf("n%d", i%4), fmt.Sprintf("c%02d", i/4))
+			for attempt := 0; ; attempt++ {
+				code, msg := rs[i%3].postAlerts(body)
+				if code == http.StatusServiceUnavailable && attempt < 50 {
+					time.Sleep(50 * time.Millisecond)
+					continue // contention: Alertmanager would retry
+				}
+				var s summary
+				if code != http.StatusOK || json.Unmarshal([]byte(msg), &s) != nil {
+					t.Errorf("webhook %d: %d %s", i, code, msg)
+				}
+				sums <- s
+				return
+			}
+		}()
+	}
+	acted, suppressed := 0, 0
+	for range 100 {
+		s := <-sums
+		acted += s.Acted
+		suppressed += s.Suppressed
+	}
+	if acted != 10 || suppressed != 90 {
+		t.Fatalf("100 alerts across 3 replicas: %d acted, %d suppressed; want 10 and 90", acted, suppressed)
+	}
+	got := 0
+	deadline := time.Now().Add(15 * time.Second)
+	for got < 10 && time.Now().Before(deadline) {
+		for _, a := range agents {
+			select {
+			case m := <-a.msgs:
+				if m.GetCommand() != nil {
+					got++
+				}
+			default:
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, a := range agents {
+		a.noCommand(300 * time.Millisecond)
+	}
+	if got != 10 {
+		t.Fatalf("the agents got %d commands, want 10", got)
+	}
+}
