@@ -281,6 +281,41 @@ func TestReplicasHoldNodes(t *testing.T) {
 		}
 	}
 
+	// Live events of a node another replica holds reach a watcher.
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel()
+	watch, err := c.api().WatchEvents(wctx, &vigilv1.WatchEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Header(); err != nil {
+		t.Fatal(err)
+	}
+	n1.send(2, eventMsg(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED, plainContainer("web", vigilv1.ContainerState_CONTAINER_STATE_STOPPED, 8)))
+	n1.waitAck(2)
+	got := make(chan *vigilv1.WatchEventsResponse, 1)
+	go func() {
+		for {
+			m, err := watch.Recv()
+			if err != nil {
+				return
+			}
+			if m.GetEvent() != nil {
+				got <- m
+				return
+			}
+		}
+	}()
+	select {
+	case m := <-got:
+		if m.GetNode() != "n1" || m.GetEvent().GetType() != vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED {
+			t.Fatalf("r2's watcher got %v, want n1's exit", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("r2's watcher got no event of n1 (held by r0) within 10s")
+	}
+	wcancel()
+
 	// A replica registered but not answering: the reads say so.
 	ghost, _ := json.Marshal(map[string]string{"id": "ghost", "api": "127.0.0.1:1"})
 	lease, err := b.st.Grant(context.Background(), 5*time.Second)
@@ -311,8 +346,8 @@ func TestReplicasHoldNodes(t *testing.T) {
 	if !moved.ack.GetSnapshotRequired() {
 		t.Fatal("a node claimed from another replica is not asked for a snapshot")
 	}
-	moved.send(2, snapshotMsg(plainContainer("web", vigilv1.ContainerState_CONTAINER_STATE_RUNNING, 9)))
-	moved.waitAck(2)
+	moved.send(3, snapshotMsg(plainContainer("web", vigilv1.ContainerState_CONTAINER_STATE_RUNNING, 9)))
+	moved.waitAck(3)
 	waitFor(t, 10*time.Second, "n1 exposed by r1 only, with its cumulative exits", func() bool {
 		exits := seriesLines(b.scrape(), "vigil_container_exits_total")
 		return nodeSeries(a.scrape(), "n1") == 0 && nodeSeries(c.scrape(), "n1") == 0 &&
