@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -95,6 +96,9 @@ func New(cfg Config) (*Aggregator, error) {
 		a.gateway.replicas = a.replicas
 		a.replicas.drop = a.gateway.dropStream
 		a.replicas.moved = a.gateway.nodeMoved
+		if a.history != nil {
+			a.gateway.claimed = a.history.reload
+		}
 	}
 	a.api = NewAPI(a.fleet, cfg.WatchBuffer, a.stopping)
 	a.api.remediation = a.remediation
@@ -141,6 +145,9 @@ func New(cfg Config) (*Aggregator, error) {
 	}
 	if a.replicas != nil && a.replicas.advertise == "" {
 		a.replicas.advertise = a.grpcLis.Addr().String()
+		if ap, err := netip.ParseAddrPort(a.replicas.advertise); err == nil && ap.Addr().IsUnspecified() {
+			a.log.Warn("the other replicas are told to reach this one at a wildcard address: set --advertise-api (the fleet-wide reads will be partial)", "address", a.replicas.advertise)
+		}
 	}
 	a.httpLis, err = net.Listen("tcp", cfg.HTTPListen)
 	if err != nil {

@@ -207,6 +207,19 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 			}
 		}
 	}
+	// With replicas, the other replicas' changes come through the shared
+	// history; a change seen both ways is sent once.
+	var remote <-chan *vigilv1.WatchEventsResponse
+	var sent sentKeys
+	if a.peers != nil && a.history != nil && !localOnly(ctx) {
+		rctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		ch, err := a.remoteEvents(rctx, req.GetNode(), req.GetNamespace())
+		if err != nil {
+			return errdefs.GRPC(fmt.Errorf("the other replicas' events: %w", err))
+		}
+		remote = ch
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -215,8 +228,18 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 			return errdefs.GRPC(fmt.Errorf("aggregator shutting down: %w", errdefs.ErrUnavailable))
 		case <-sub.dropped:
 			return status.Errorf(codes.ResourceExhausted, "event subscriber too slow: more than %d events waiting, dropped", a.watchBuffer)
+		case ev, ok := <-remote:
+			if !ok {
+				return status.Error(codes.Unavailable, "the shared store's watch of the other replicas' events ended: watch again (with since, to miss nothing)")
+			}
+			if (replayed != nil && replayed[eventKey(ev)]) || sent.seen(eventKey(ev)) {
+				continue
+			}
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
 		case ev := <-sub.ch:
-			if replayed != nil && replayed[eventKey(ev)] {
+			if (replayed != nil && replayed[eventKey(ev)]) || (remote != nil && sent.seen(eventKey(ev))) {
 				continue
 			}
 			if err := stream.Send(ev); err != nil {

@@ -55,6 +55,8 @@ type Gateway struct {
 	// replicas, when the store is shared (Config.Replicated), claims each
 	// node's stream under the replica's lease before it is served.
 	replicas *replicas
+	// claimed is told of a node just claimed from another replica.
+	claimed func(node string)
 
 	mu      sync.Mutex
 	streams map[string]*agentStream
@@ -179,6 +181,9 @@ func (g *Gateway) serveConn(stream agentConn) error {
 			return err
 		}
 		defer g.replicas.release(node, s)
+		if fresh && g.claimed != nil {
+			g.claimed(node)
+		}
 	}
 	if err := g.replace(s); err != nil {
 		return err

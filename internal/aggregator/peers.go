@@ -20,6 +20,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/remediation"
+	"github.com/vigilhq/vigil/internal/store"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -391,4 +392,69 @@ func (v *peerFleetView) Lookup(ref remediation.TargetRef) (remediation.TargetSta
 		}
 	}
 	return st, err
+}
+
+// remoteEvents streams the changes the other replicas write to the event
+// history (their nodes' events, their remediations' decisions and ends)
+// from now on, for a fleet-wide WatchEvents: the history is in the shared
+// store, and each replica writes its own nodes' events there within about
+// historyFlushEvery. The channel closes when ctx ends or the watch fails
+// (the caller's stream then ends with Unavailable and the client watches
+// again, with since to miss nothing).
+func (a *API) remoteEvents(ctx context.Context, node, namespace string) (<-chan *vigilv1.WatchEventsResponse, error) {
+	prefix := historyPrefix
+	if node != "" {
+		prefix += node + "/"
+	}
+	_, rev, err := a.history.st.List(ctx, prefix, 1)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan *vigilv1.WatchEventsResponse, a.watchBuffer)
+	go func() {
+		defer close(out)
+		for resp := range a.history.st.Watch(ctx, prefix, rev) {
+			if resp.Err != nil {
+				return
+			}
+			for _, ev := range resp.Events {
+				if ev.Type != store.EventPut {
+					continue
+				}
+				m := &vigilv1.WatchEventsResponse{}
+				if proto.Unmarshal(ev.KV.Value, m) != nil {
+					continue
+				}
+				if namespace != "" && eventNamespace(m) != namespace {
+					continue
+				}
+				select {
+				case out <- m:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}
+
+// sentKeys remembers the changes a WatchEvents stream sent (bounded), so
+// that one that arrives both live and through the shared history is sent
+// once.
+type sentKeys struct {
+	cur, prev map[string]bool
+}
+
+const sentKeysMax = 4096
+
+func (s *sentKeys) seen(k string) bool {
+	if s.cur[k] || s.prev[k] {
+		return true
+	}
+	if s.cur == nil || len(s.cur) >= sentKeysMax {
+		s.prev, s.cur = s.cur, make(map[string]bool, sentKeysMax)
+	}
+	s.cur[k] = true
+	return false
 }

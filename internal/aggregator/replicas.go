@@ -382,6 +382,9 @@ func (r *replicas) tick(ctx context.Context) {
 			if ctx.Err() == nil {
 				r.log.Warn("renewing the replica lease failed; keeping the streams until the store answers", "err", err)
 			}
+			// A leader that cannot renew its lease for a TTL stops
+			// counting as one (another may be elected meanwhile).
+			r.m.leader.Set(boolGauge(r.leader()))
 			return
 		}
 		r.mu.Lock()
@@ -416,8 +419,8 @@ func (r *replicas) elect(ctx context.Context, lease store.LeaseID) {
 		r.isLeader = leader
 	}
 	r.mu.Unlock()
+	r.m.leader.Set(boolGauge(r.leader()))
 	if changed {
-		r.m.leader.Set(boolGauge(leader))
 		r.log.Info("replica leadership changed", "replica", r.id, "leader", leader)
 	}
 }

@@ -17,12 +17,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vigilhq/vigil/internal/aggregator"
+	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/remediation"
 	"github.com/vigilhq/vigil/internal/store"
 	"github.com/vigilhq/vigil/internal/store/etcd"
@@ -279,6 +281,41 @@ func TestReplicasHoldNodes(t *testing.T) {
 		}
 	}
 
+	// Live events of a node another replica holds reach a watcher.
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel()
+	watch, err := c.api().WatchEvents(wctx, &vigilv1.WatchEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Header(); err != nil {
+		t.Fatal(err)
+	}
+	n1.send(2, eventMsg(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED, plainContainer("web", vigilv1.ContainerState_CONTAINER_STATE_STOPPED, 8)))
+	n1.waitAck(2)
+	got := make(chan *vigilv1.WatchEventsResponse, 1)
+	go func() {
+		for {
+			m, err := watch.Recv()
+			if err != nil {
+				return
+			}
+			if m.GetEvent() != nil {
+				got <- m
+				return
+			}
+		}
+	}()
+	select {
+	case m := <-got:
+		if m.GetNode() != "n1" || m.GetEvent().GetType() != vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED {
+			t.Fatalf("r2's watcher got %v, want n1's exit", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("r2's watcher got no event of n1 (held by r0) within 10s")
+	}
+	wcancel()
+
 	// A replica registered but not answering: the reads say so.
 	ghost, _ := json.Marshal(map[string]string{"id": "ghost", "api": "127.0.0.1:1"})
 	lease, err := b.st.Grant(context.Background(), 5*time.Second)
@@ -309,8 +346,8 @@ func TestReplicasHoldNodes(t *testing.T) {
 	if !moved.ack.GetSnapshotRequired() {
 		t.Fatal("a node claimed from another replica is not asked for a snapshot")
 	}
-	moved.send(2, snapshotMsg(plainContainer("web", vigilv1.ContainerState_CONTAINER_STATE_RUNNING, 9)))
-	moved.waitAck(2)
+	moved.send(3, snapshotMsg(plainContainer("web", vigilv1.ContainerState_CONTAINER_STATE_RUNNING, 9)))
+	moved.waitAck(3)
 	waitFor(t, 10*time.Second, "n1 exposed by r1 only, with its cumulative exits", func() bool {
 		exits := seriesLines(b.scrape(), "vigil_container_exits_total")
 		return nodeSeries(a.scrape(), "n1") == 0 && nodeSeries(c.scrape(), "n1") == 0 &&
@@ -353,6 +390,15 @@ func TestReplicaLeaseLost(t *testing.T) {
 		return true
 	})
 	waitFor(t, 10*time.Second, "r0 registered again with a new lease", a.registered)
+	waitFor(t, 10*time.Second, "one leader after the lease's end", func() bool {
+		leaders := 0
+		for _, r := range rs {
+			if l := seriesLines(r.scrape(), "vigil_aggregator_leader"); len(l) == 1 && l[0] == "vigil_aggregator_leader 1" {
+				leaders++
+			}
+		}
+		return leaders == 1
+	})
 	if nodeSeries(b.scrape(), "n1") == 0 {
 		t.Fatal("r1 does not expose n1")
 	}
@@ -485,4 +531,189 @@ func TestReplicasQuorumLoss(t *testing.T) {
 	}
 	n1.send(seq, eventMsg(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_UPDATED, vigilContainer("api", 0)))
 	n1.waitAck(seq)
+}
+
+// TestReplicasFleetWideWithTLS: with mutual TLS, each replica's serving
+// certificate has a viewer identity and serves as its client certificate
+// toward the others: a viewer's ListNodes on one replica shows the node
+// another holds, and a replica without such credentials says the answer is
+// partial.
+func TestReplicasFleetWideWithTLS(t *testing.T) {
+	cluster := etcdtest.StartCluster(t, 1)
+	ca, err := pki.NewCA("vigil-test-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	files := func(id pki.Identity) pki.Files {
+		f, err := ca.WriteIdentity(dir, string(id.Role)+"_"+id.Name, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	withTLS := func(peer bool) func(*aggregator.Config) {
+		return func(c *aggregator.Config) {
+			f := files(pki.Identity{Role: pki.RoleViewer, Name: "aggregator-" + c.AggregatorID})
+			tc, err := pki.ServerConfig(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.TLS, c.Insecure = tc, false
+			if peer {
+				if c.PeerTLS, err = pki.ClientConfig(f, ""); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	prefix := fmt.Sprintf("/vigil-replicas-%d/", replicaPrefixes.Add(1))
+	r0 := startReplica(t, cluster, prefix, "r0", 3*time.Second, withTLS(true))
+	r1 := startReplica(t, cluster, prefix, "r1", 3*time.Second, withTLS(true))
+	r2 := startReplica(t, cluster, prefix, "r2", 3*time.Second, withTLS(false))
+	dial := func(r *replica, id pki.Identity) *grpc.ClientConn {
+		tc, err := pki.ClientConfig(files(id), "localhost")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := grpc.NewClient(r.agg.GRPCAddr().String(), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := vigilv1.NewAgentGatewayClient(dial(r0, pki.NodeIdentity("n1"))).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&vigilv1.AgentMessage{Body: &vigilv1.AgentMessage_Hello{Hello: &vigilv1.Hello{NodeName: "n1", InstanceId: "i1", ProtocolVersion: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := s.Recv(); err != nil || m.GetHelloAck() == nil {
+		t.Fatalf("hello: %v %v", m, err)
+	}
+	viewer := pki.Identity{Role: pki.RoleViewer, Name: "v"}
+	waitFor(t, 10*time.Second, "r1 lists n1, held by r0, over mTLS", func() bool {
+		var hdr metadata.MD
+		resp, err := vigilv1.NewVigilClient(dial(r1, viewer)).ListNodes(context.Background(), &vigilv1.ListNodesRequest{}, grpc.Header(&hdr))
+		return err == nil && len(resp.GetNodes()) == 1 && resp.GetNodes()[0].GetName() == "n1" && len(hdr.Get(aggregator.PartialHeader)) == 0
+	})
+	var hdr metadata.MD
+	resp, err := vigilv1.NewVigilClient(dial(r2, viewer)).ListNodes(context.Background(), &vigilv1.ListNodesRequest{}, grpc.Header(&hdr))
+	if err != nil || len(resp.GetNodes()) != 0 || len(hdr.Get(aggregator.PartialHeader)) != 1 ||
+		!strings.Contains(hdr.Get(aggregator.PartialHeader)[0], "no client credentials") {
+		t.Fatalf("a replica without peer credentials: %v, partial %v, %v", resp.GetNodes(), hdr.Get(aggregator.PartialHeader), err)
+	}
+}
+
+const budgetRules = `
+max_actions_per_minute: 10
+max_nodes_in_flight: 100%
+storm_guard:
+  share: 0
+rules:
+  - name: restart-unhealthy
+    match:
+      alertname: VigilContainerUnhealthy
+    action: restart_container
+    target:
+      node: node
+      namespace: namespace
+      container: container
+`
+
+// TestReplicasFleetBudget: 100 alerts on 100 containers of four nodes held
+// by three replicas, posted to the three replicas at once, make exactly the
+// 10 actions of the fleet-wide budget (max_actions_per_minute: 10); the 90
+// others are suppressed for the budget.
+func TestReplicasFleetBudget(t *testing.T) {
+	cluster := etcdtest.StartCluster(t, 3)
+	path := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(path, []byte(budgetRules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rs := startReplicas(t, cluster, 3, 3*time.Second, func(c *aggregator.Config) {
+		rules, err := remediation.NewRuleSet(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Rules = rules
+	})
+	var agents []*testAgent
+	for i := range 4 {
+		a, err := rs[i%3].connectAgent(fmt.Sprintf("n%d", i), "i1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cs []*vigilv1.Container
+		for j := range 25 {
+			cs = append(cs, vigilContainer(fmt.Sprintf("c%02d", j), 0))
+		}
+		a.send(1, snapshotMsg(cs...))
+		a.waitAck(1)
+		agents = append(agents, a)
+	}
+	// Every replica sees the whole fleet before the storm.
+	for _, r := range rs {
+		waitFor(t, 10*time.Second, r.id+" lists 100 containers", func() bool {
+			resp, err := r.api().ListContainers(context.Background(), &vigilv1.ListContainersRequest{PageSize: 1000})
+			return err == nil && len(resp.GetContainers()) == 100
+		})
+	}
+	startsAt := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339Nano)
+	type summary struct{ Acted, Suppressed int }
+	sums := make(chan summary, 100)
+	sem := make(chan struct{}, 12)
+	for i := range 100 {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			body := webhookBody(fmt.Sprintf("fp-%03d", i), startsAt, fmt.Sprintf("n%d", i%4), fmt.Sprintf("c%02d", i/4))
+			for attempt := 0; ; attempt++ {
+				code, msg := rs[i%3].postAlerts(body)
+				if code == http.StatusServiceUnavailable && attempt < 50 {
+					time.Sleep(50 * time.Millisecond)
+					continue // contention: Alertmanager would retry
+				}
+				var s summary
+				if code != http.StatusOK || json.Unmarshal([]byte(msg), &s) != nil {
+					t.Errorf("webhook %d: %d %s", i, code, msg)
+				}
+				sums <- s
+				return
+			}
+		}()
+	}
+	acted, suppressed := 0, 0
+	for range 100 {
+		s := <-sums
+		acted += s.Acted
+		suppressed += s.Suppressed
+	}
+	if acted != 10 || suppressed != 90 {
+		t.Fatalf("100 alerts across 3 replicas: %d acted, %d suppressed; want 10 and 90", acted, suppressed)
+	}
+	got := 0
+	deadline := time.Now().Add(15 * time.Second)
+	for got < 10 && time.Now().Before(deadline) {
+		for _, a := range agents {
+			select {
+			case m := <-a.msgs:
+				if m.GetCommand() != nil {
+					got++
+				}
+			default:
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, a := range agents {
+		a.noCommand(300 * time.Millisecond)
+	}
+	if got != 10 {
+		t.Fatalf("the agents got %d commands, want 10", got)
+	}
 }
