@@ -111,4 +111,12 @@ if [ "${BENCH_FULL:-}" = 1 ]; then
   fleet 2000 100 | tee "$out/fleet-2000x100.txt"
 fi
 
+say "replicas: webhook to agent on bbolt and a 3-member etcd; failover of a killed replica's nodes"
+go test -run '^$' -bench WebhookToAgent -benchtime 500x -count 2 ./test/bench/replicas | tee "$out/replicas-webhook.txt"
+go test -timeout 20m -v -run TestFailover ./test/bench/replicas -failover-runs 4 -report "$out/replicas-failover.md" | grep -v '^ *{"level' | tee "$out/replicas-failover.txt"
+if [ "${BENCH_FULL:-}" = 1 ]; then
+  say "replicas: the loadgen fleet over 1 and 3 replicas on etcd"
+  go test -timeout 80m -v -run TestFleet ./test/bench/replicas -fleet-replicas 1,3 -fleet-nodes 2000 -report "$out/replicas-fleet.md" | grep -v '^ *{"level' | tee "$out/replicas-fleet.txt"
+fi
+
 say "done: results in $out/, write-ups in docs/benchmarks.md"

@@ -64,6 +64,9 @@ func parseFlags(args []string, stderr io.Writer) (aggregator.Config, options, er
 	fs.BoolVar(&cfg.MetricsGzip, "metrics-gzip", false, "gzip /metrics for scrapers that accept it (costs more CPU than rendering)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "bound of the graceful shutdown")
 	fs.BoolVar(&cfg.HoldCommands, "hold-commands", false, "decide and journal remediations but deliver no command: they wait in their node's outbox (until their deadline) for an aggregator without this flag")
+	fs.StringVar(&cfg.AggregatorID, "replica-id", cfg.AggregatorID, "name of this aggregator replica (its holder keys, its registration, HelloAck); unique among the replicas sharing --etcd-endpoints")
+	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "with --etcd-endpoints: TTL of this replica's lease, under which it holds its nodes' streams; a replica that dies frees its nodes within it")
+	fs.StringVar(&cfg.AdvertiseAPI, "advertise-api", "", "with --etcd-endpoints: the address the other replicas reach this replica's gRPC API on, for the fleet-wide reads (default: the --grpc-listen address bound)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.IntVar(&opts.gcPercent, "gc-percent", 50, "Go GC target percentage (GOGC), unless the GOGC environment variable is set; see docs/benchmarks/aggregator.md")
 	if err := fs.Parse(args); err != nil {
@@ -100,8 +103,24 @@ func parseFlags(args []string, stderr io.Writer) (aggregator.Config, options, er
 			return cfg, opts, fmt.Errorf("--tls-cert/--tls-key/--tls-ca: %w", err)
 		}
 		cfg.TLS = tc
+		if opts.etcd.endpoints != "" {
+			// The replicas ask each other for their nodes with the
+			// aggregator's own certificate (it needs role viewer).
+			pc, err := pki.ClientConfig(tlsFiles, "")
+			if err != nil {
+				return cfg, opts, fmt.Errorf("--tls-cert/--tls-key as the client certificate toward the other replicas: %w", err)
+			}
+			cfg.PeerTLS = pc
+		}
 	case !cfg.Insecure:
 		return cfg, opts, fmt.Errorf("no transport security: give --tls-cert, --tls-key and --tls-ca (mutual TLS), or --insecure for a local demo: %w", errdefs.ErrInvalid)
+	}
+	if opts.etcd.endpoints == "" {
+		for _, f := range []string{"lease-ttl", "advertise-api"} {
+			if flagGiven(fs, f) {
+				return cfg, opts, fmt.Errorf("--%s needs --etcd-endpoints (replicas share their state there): %w", f, errdefs.ErrInvalid)
+			}
+		}
 	}
 	if opts.gcPercent < 10 {
 		return cfg, opts, fmt.Errorf("--gc-percent %d: want 10 or more: %w", opts.gcPercent, errdefs.ErrInvalid)
@@ -142,4 +161,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	defer stopHUP()
 	go reloadRulesOnHUP(hupCtx, cfg.Rules, cfg.Logger)
 	return agg.Run(ctx)
+}
+
+// flagGiven reports whether the command line set flag name.
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == name {
+			given = true
+		}
+	})
+	return given
 }

@@ -31,6 +31,8 @@ func TestFlagsRefuseWithoutTransportSecurity(t *testing.T) {
 		{[]string{"--insecure", "--ca-cert", "x"}, "needs --ca-cert, --ca-key, --bootstrap-tokens-file and --data-dir together"},
 		{[]string{"--insecure", "--api-tokens-file", "/nonexistent"}, "--api-tokens-file"},
 		{[]string{"--insecure", "--max-string-bytes", "10"}, "string bytes at least 256"},
+		{[]string{"--insecure", "--lease-ttl", "5s"}, "--lease-ttl needs --etcd-endpoints"},
+		{[]string{"--insecure", "--advertise-api", "10.0.0.1:7400"}, "--advertise-api needs --etcd-endpoints"},
 	} {
 		_, _, err := parseFlags(tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

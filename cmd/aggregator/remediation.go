@@ -153,6 +153,8 @@ func withRemediation(cfg *aggregator.Config, dataDir string, ef etcdFlags) (func
 		return func() {}, nil
 	}
 	cfg.Store = st
+	// etcd is shared: this aggregator is one of its replicas.
+	cfg.Replicated = ef.endpoints != ""
 	return func() {
 		if err := st.Close(); err != nil {
 			cfg.Logger.Error("closing the journal", "err", err)

@@ -4,7 +4,12 @@
 // aggregator, prints the aggregator's flags, and issues each simulated node
 // its own client certificate.
 //
-//	vigil-loadgen --insecure --target 127.0.0.1:7400 --nodes 1000 --containers 100 --interval 10s --duration 5m
+// Given several addresses (the replicas of an aggregator), the nodes are
+// spread over them evenly, and each node fails over as an agent does: when
+// its replica goes, it reconnects to the next address of its list.
+//
+//	vigil-loadgen --insecure --aggregator 127.0.0.1:7400 --nodes 1000 --containers 100 --interval 10s --duration 5m
+//	vigil-loadgen --insecure --aggregator 127.0.0.1:7400,127.0.0.1:7410,127.0.0.1:7420 --nodes 2000
 package main
 
 import (
@@ -17,6 +22,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -38,17 +44,23 @@ func main() {
 }
 
 type options struct {
-	cfg         loadgen.Config
-	insecure    bool
-	tlsDir      string
-	reportEvery time.Duration
+	cfg          loadgen.Config
+	addrs        []string // the aggregator's addresses (several: replicas)
+	insecure     bool
+	waitReplicas time.Duration
+	ramp         int
+	tlsDir       string
+	reportEvery  time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("vigil-loadgen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.cfg.Target, "target", "127.0.0.1:7400", "aggregator gRPC address")
+	fs.StringVar(&o.cfg.Target, "aggregator", "127.0.0.1:7400", "aggregator gRPC address host:port, or several (replicas) separated by commas: the nodes are spread over them evenly and each fails over to the next when its own goes")
+	fs.StringVar(&o.cfg.Target, "target", "127.0.0.1:7400", "the same as --aggregator (older name)")
+	fs.IntVar(&o.ramp, "ramp", 0, "connect the nodes in batches of this many, each once the one before is connected (at most 30 s later): thousands of TLS handshakes at once on a small machine time out and retry without end (0: all at once)")
+	fs.DurationVar(&o.waitReplicas, "wait-replicas", 5*time.Minute, "with several --aggregator addresses, wait this long for every one to take TCP connections before the load starts")
 	fs.IntVar(&o.cfg.Nodes, "nodes", 100, "simulated agents (N)")
 	fs.IntVar(&o.cfg.Containers, "containers", 100, "application containers per node (M)")
 	fs.DurationVar(&o.cfg.Interval, "interval", 10*time.Second, "sample interval of every agent")
@@ -64,11 +76,15 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	switch {
 	case o.insecure == (o.tlsDir != ""):
 		return o, fmt.Errorf("give exactly one of --insecure and --tls-dir: %w", errdefs.ErrInvalid)
-	case o.cfg.Nodes < 1 || o.cfg.Containers < 0 || o.cfg.Interval <= 0 || o.reportEvery <= 0:
-		return o, fmt.Errorf("--nodes must be at least 1, --containers not negative, --interval and --report-every positive: %w", errdefs.ErrInvalid)
+	case o.cfg.Nodes < 1 || o.cfg.Containers < 0 || o.cfg.Interval <= 0 || o.reportEvery <= 0 || o.ramp < 0:
+		return o, fmt.Errorf("--nodes must be at least 1, --containers and --ramp not negative, --interval and --report-every positive: %w", errdefs.ErrInvalid)
 	}
-	if _, _, err := net.SplitHostPort(o.cfg.Target); err != nil {
-		return o, fmt.Errorf("--target %q: %v: %w", o.cfg.Target, err, errdefs.ErrInvalid)
+	for _, a := range strings.Split(o.cfg.Target, ",") {
+		a = strings.TrimSpace(a)
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return o, fmt.Errorf("--aggregator %q: %v: %w", a, err, errdefs.ErrInvalid)
+		}
+		o.addrs = append(o.addrs, a)
 	}
 	return o, nil
 }
@@ -101,15 +117,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return nil, err
 			}
+			// The node's own certificate: ClientConfig's callback would
+			// present the aggregator's (the files it was given), and a
+			// callback wins over Certificates.
+			tc.GetClientCertificate = nil
 			tc.Certificates = []tls.Certificate{cert}
 			return tc, nil
 		}
 	}
 
+	if len(o.addrs) > 1 {
+		// A node whose replica is not up yet would settle on the next
+		// one for good (pick_first stays while its connection lives):
+		// start once every replica takes connections, so the spread is
+		// even.
+		if err := waitListening(ctx, o.addrs, o.waitReplicas, stderr); err != nil {
+			return err
+		}
+		o.cfg.Target = registerSpread(o.addrs)
+	}
 	var stats loadgen.Stats
 	start := time.Now()
 	done := make(chan error, 1)
-	go func() { done <- loadgen.Run(ctx, o.cfg, &stats) }()
+	if o.ramp > 0 && o.ramp < o.cfg.Nodes {
+		go func() { done <- runRamped(ctx, o.cfg, o.ramp, &stats, stdout) }()
+	} else {
+		go func() { done <- loadgen.Run(ctx, o.cfg, &stats) }()
+	}
 	t := time.NewTicker(o.reportEvery)
 	defer t.Stop()
 	var lastMsgs, lastSamples uint64
@@ -130,4 +164,78 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			lastMsgs, lastSamples, last = m, s, now
 		}
 	}
+}
+
+// waitListening waits until every address takes a TCP connection, or
+// fails after timeout.
+func waitListening(ctx context.Context, addrs []string, timeout time.Duration, log io.Writer) error {
+	deadline := time.Now().Add(timeout)
+	for _, a := range addrs {
+		for {
+			c, err := net.DialTimeout("tcp", a, time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("aggregator %s takes no connections after %s: %v: %w", a, timeout, err, errdefs.ErrUnavailable)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	fmt.Fprintf(log, "all %d aggregators take connections\n", len(addrs))
+	return nil
+}
+
+// runRamped runs the fleet as batches of ramp nodes (named PREFIX bNNN-
+// INDEX), each started once the nodes before it are connected or 30 s
+// after the one before; cfg.Duration then counts from the last batch.
+func runRamped(ctx context.Context, cfg loadgen.Config, ramp int, stats *loadgen.Stats, log io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	prefix := cfg.NodePrefix
+	if prefix == "" {
+		prefix = "loadgen-"
+	}
+	errs := make(chan error, cfg.Nodes/ramp+1)
+	batches := 0
+	for start := 0; start < cfg.Nodes; start += ramp {
+		b := cfg
+		b.Nodes = min(ramp, cfg.Nodes-start)
+		b.NodePrefix = fmt.Sprintf("%sb%03d-", prefix, batches)
+		b.Duration = 0
+		batches++
+		go func() { errs <- loadgen.Run(ctx, b, stats) }()
+		deadline := time.Now().Add(30 * time.Second)
+		for stats.Connected.Load() < int64(start+b.Nodes) && time.Now().Before(deadline) {
+			select {
+			case <-ctx.Done():
+				return nil
+			case err := <-errs:
+				return err // a setup error: Run returned early
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		fmt.Fprintf(log, "%s ramp: %d of %d nodes started, %d connected\n", time.Now().Format(time.TimeOnly), start+b.Nodes, cfg.Nodes, stats.Connected.Load())
+	}
+	if cfg.Duration > 0 {
+		select {
+		case <-time.After(cfg.Duration):
+		case <-ctx.Done():
+		}
+	} else {
+		<-ctx.Done()
+	}
+	cancel()
+	var first error
+	for range batches {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }

@@ -178,8 +178,14 @@ func (c *Config) Validate() error {
 		bad("runtime call timeout must be positive, got %v", c.RuntimeCallTimeout)
 	}
 	if c.AggregatorAddress != "" {
-		if _, _, err := net.SplitHostPort(c.AggregatorAddress); err != nil {
-			bad("aggregator address %q: %v", c.AggregatorAddress, err)
+		// Several replicas separated by commas; dns:///NAME:PORT.
+		for _, a := range strings.Split(c.AggregatorAddress, ",") {
+			if a = strings.TrimSpace(a); a == "" {
+				continue
+			}
+			if _, _, err := net.SplitHostPort(strings.TrimPrefix(a, "dns:///")); err != nil {
+				bad("aggregator address %q: %v", a, err)
+			}
 		}
 		tlsSet := c.TLS.Cert != "" || c.TLS.Key != "" || c.TLS.CA != ""
 		switch {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,9 @@ type Aggregator struct {
 	// remediation and history are nil when Config.Store is.
 	remediation *remediation.Engine
 	history     *history
+	// replicas is nil unless Config.Replicated.
+	replicas *replicas
+	peers    *peerClients
 
 	grpcLis, httpLis net.Listener
 	grpcServer       *grpc.Server
@@ -65,7 +69,19 @@ func New(cfg Config) (*Aggregator, error) {
 		m.insecure.Set(1)
 	}
 	a.auth = &authorizer{insecure: cfg.Insecure, allowCN: cfg.AllowCommonNameNodes, apiTokens: cfg.APITokens, refused: m.authRefused}
-	a.remediation, err = newRemediation(&a.cfg, a.fleet)
+	if cfg.Replicated {
+		advertise := cfg.AdvertiseAPI
+		a.replicas = newReplicas(cfg.Store, cfg.AggregatorID, cfg.LeaseTTL, advertise, a.log.With("component", "replicas"), m)
+		if a.cfg.Leader == nil {
+			a.cfg.Leader = a.replicas.leader
+		}
+	} else {
+		m.leader.Set(1)
+	}
+	if a.replicas != nil {
+		a.peers = newPeerClients(a.replicas, cfg.PeerTLS, cfg.Insecure, cfg.PeerTimeout, m)
+	}
+	a.remediation, err = newRemediation(&a.cfg, a.fleet, a.peers)
 	if err != nil {
 		return nil, err
 	}
@@ -76,8 +92,17 @@ func New(cfg Config) (*Aggregator, error) {
 	a.gateway = newGateway(&a.cfg, a.fleet, m, a.stopping)
 	a.gateway.remediation = a.remediation
 	a.gateway.holdCommands = cfg.HoldCommands
+	if a.replicas != nil {
+		a.gateway.replicas = a.replicas
+		a.replicas.drop = a.gateway.dropStream
+		a.replicas.moved = a.gateway.nodeMoved
+		if a.history != nil {
+			a.gateway.claimed = a.history.reload
+		}
+	}
 	a.api = NewAPI(a.fleet, cfg.WatchBuffer, a.stopping)
 	a.api.remediation = a.remediation
+	a.api.peers = a.peers
 	a.api.history = a.history
 	a.api.maxWatchers = cfg.MaxWatchers
 	a.api.watchers = m.watchers
@@ -117,6 +142,12 @@ func New(cfg Config) (*Aggregator, error) {
 	a.grpcLis, err = net.Listen("tcp", cfg.GRPCListen)
 	if err != nil {
 		return nil, fmt.Errorf("grpc listen %s: %v: %w", cfg.GRPCListen, err, errdefs.ErrUnavailable)
+	}
+	if a.replicas != nil && a.replicas.advertise == "" {
+		a.replicas.advertise = a.grpcLis.Addr().String()
+		if ap, err := netip.ParseAddrPort(a.replicas.advertise); err == nil && ap.Addr().IsUnspecified() {
+			a.log.Warn("the other replicas are told to reach this one at a wildcard address: set --advertise-api (the fleet-wide reads will be partial)", "address", a.replicas.advertise)
+		}
 	}
 	a.httpLis, err = net.Listen("tcp", cfg.HTTPListen)
 	if err != nil {
@@ -229,6 +260,13 @@ func (a *Aggregator) Run(ctx context.Context) error {
 			a.history.run(sweepCtx)
 		}()
 	}
+	if a.replicas != nil {
+		background.Add(1)
+		go func() {
+			defer background.Done()
+			a.replicas.run(sweepCtx)
+		}()
+	}
 	a.ready.Store(true)
 	a.log.Info("aggregator serving", "grpc", a.GRPCAddr().String(), "http", a.HTTPAddr().String(), "mtls", a.cfg.TLS != nil)
 
@@ -260,6 +298,9 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	}
 	stopSweep()
 	background.Wait()
+	if a.peers != nil {
+		a.peers.close()
+	}
 	return runErr
 }
 

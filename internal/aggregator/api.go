@@ -28,7 +28,9 @@ type API struct {
 
 	fleet       *Fleet
 	watchBuffer int
-	stopping    <-chan struct{}
+	// peers, with replicas, makes the reads fleet-wide (peers.go).
+	peers    *peerClients
+	stopping <-chan struct{}
 
 	// maxWatchers bounds WatchEvents subscribers (0: no bound); watching
 	// counts them, watchers (optional) shows the count.
@@ -60,23 +62,26 @@ func NewAPI(fleet *Fleet, watchBuffer int, stopping <-chan struct{}) *API {
 
 // ListNodes returns every node sorted by name, down nodes included until
 // they are forgotten.
-func (a *API) ListNodes(context.Context, *vigilv1.ListNodesRequest) (*vigilv1.ListNodesResponse, error) {
-	return &vigilv1.ListNodesResponse{Nodes: a.fleet.Nodes()}, nil
+func (a *API) ListNodes(ctx context.Context, _ *vigilv1.ListNodesRequest) (*vigilv1.ListNodesResponse, error) {
+	nodes, partial := a.fleetNodes(ctx)
+	setPartial(ctx, partial)
+	return &vigilv1.ListNodesResponse{Nodes: nodes}, nil
 }
 
 // ListContainers returns one page of the containers matching the
 // request's filters, without probe output unless asked.
-func (a *API) ListContainers(_ context.Context, req *vigilv1.ListContainersRequest) (*vigilv1.ListContainersResponse, error) {
-	resp, err := a.listContainers(req)
+func (a *API) ListContainers(ctx context.Context, req *vigilv1.ListContainersRequest) (*vigilv1.ListContainersResponse, error) {
+	resp, partial, err := a.listContainers(ctx, req)
+	setPartial(ctx, partial)
 	return resp, errdefs.GRPC(err)
 }
 
 // listContainers pages through the fleet's containers (sorted by node,
 // namespace, id): a page starts after the container its token names, so a
 // container added or removed between pages moves no other one.
-func (a *API) listContainers(req *vigilv1.ListContainersRequest) (*vigilv1.ListContainersResponse, error) {
+func (a *API) listContainers(ctx context.Context, req *vigilv1.ListContainersRequest) (_ *vigilv1.ListContainersResponse, partial string, _ error) {
 	if err := validateListContainers(req); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	size := int(req.GetPageSize())
 	switch {
@@ -89,14 +94,14 @@ func (a *API) listContainers(req *vigilv1.ListContainersRequest) (*vigilv1.ListC
 	if t := req.GetPageToken(); t != "" {
 		raw, err := base64.RawURLEncoding.DecodeString(t)
 		if err != nil {
-			return nil, fmt.Errorf("page_token is not a token this server gave: %w", errdefs.ErrInvalid)
+			return nil, "", fmt.Errorf("page_token is not a token this server gave: %w", errdefs.ErrInvalid)
 		}
 		after = strings.Split(string(raw), "\x00")
 		if len(after) != 3 {
-			return nil, fmt.Errorf("page_token is not a token this server gave: %w", errdefs.ErrInvalid)
+			return nil, "", fmt.Errorf("page_token is not a token this server gave: %w", errdefs.ErrInvalid)
 		}
 	}
-	all := a.fleet.Containers(req)
+	all, partial := a.fleetContainers(ctx, req)
 	start := 0
 	if after != nil {
 		start, _ = slices.BinarySearchFunc(all, after, func(nc *vigilv1.NodeContainer, key []string) int {
@@ -118,7 +123,7 @@ func (a *API) listContainers(req *vigilv1.ListContainersRequest) (*vigilv1.ListC
 		last := page[len(page)-1]
 		out.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(last.GetNode() + "\x00" + last.GetContainer().GetNamespace() + "\x00" + last.GetContainer().GetId()))
 	}
-	return out, nil
+	return out, partial, nil
 }
 
 // withoutProbeOutput returns nc without health probe output; the fleet's
@@ -148,11 +153,11 @@ func validateListContainers(req *vigilv1.ListContainersRequest) error {
 
 // GetContainer returns one container; NotFound when the node or the
 // container is unknown.
-func (a *API) GetContainer(_ context.Context, req *vigilv1.GetContainerRequest) (*vigilv1.GetContainerResponse, error) {
+func (a *API) GetContainer(ctx context.Context, req *vigilv1.GetContainerRequest) (*vigilv1.GetContainerResponse, error) {
 	if req.GetNode() == "" || req.GetNamespace() == "" || req.GetId() == "" {
 		return nil, errdefs.GRPC(fmt.Errorf("node, namespace and id are all required (got node=%q namespace=%q id=%q): %w", req.GetNode(), req.GetNamespace(), req.GetId(), errdefs.ErrInvalid))
 	}
-	c, err := a.fleet.Container(req.GetNode(), req.GetNamespace(), req.GetId())
+	c, err := a.fleetContainer(ctx, req.GetNode(), req.GetNamespace(), req.GetId())
 	if err != nil {
 		return nil, errdefs.GRPC(err)
 	}
@@ -202,6 +207,19 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 			}
 		}
 	}
+	// With replicas, the other replicas' changes come through the shared
+	// history; a change seen both ways is sent once.
+	var remote <-chan *vigilv1.WatchEventsResponse
+	var sent sentKeys
+	if a.peers != nil && a.history != nil && !localOnly(ctx) {
+		rctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		ch, err := a.remoteEvents(rctx, req.GetNode(), req.GetNamespace())
+		if err != nil {
+			return errdefs.GRPC(fmt.Errorf("the other replicas' events: %w", err))
+		}
+		remote = ch
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -210,8 +228,18 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 			return errdefs.GRPC(fmt.Errorf("aggregator shutting down: %w", errdefs.ErrUnavailable))
 		case <-sub.dropped:
 			return status.Errorf(codes.ResourceExhausted, "event subscriber too slow: more than %d events waiting, dropped", a.watchBuffer)
+		case ev, ok := <-remote:
+			if !ok {
+				return status.Error(codes.Unavailable, "the shared store's watch of the other replicas' events ended: watch again (with since, to miss nothing)")
+			}
+			if (replayed != nil && replayed[eventKey(ev)]) || sent.seen(eventKey(ev)) {
+				continue
+			}
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
 		case ev := <-sub.ch:
-			if replayed != nil && replayed[eventKey(ev)] {
+			if (replayed != nil && replayed[eventKey(ev)]) || (remote != nil && sent.seen(eventKey(ev))) {
 				continue
 			}
 			if err := stream.Send(ev); err != nil {

@@ -91,6 +91,27 @@ type Config struct {
 	// while an operator looks, and for tests that stop the aggregator
 	// between a decision and its delivery.
 	HoldCommands bool
+	// Replicated says Store is shared by several aggregator replicas (etcd):
+	// each holds the streams of its nodes under a lease of LeaseTTL,
+	// exposes only those, registers AdvertiseAPI for the others' fleet-wide
+	// reads, and the housekeeping that must run once runs on the elected
+	// replica. Off (bbolt, one aggregator): nothing of this happens.
+	Replicated bool
+	// LeaseTTL is the replica's lease in the shared store: a replica that
+	// dies frees its nodes within it. Default 10s.
+	LeaseTTL time.Duration
+	// AdvertiseAPI is the address the other replicas reach this replica's
+	// gRPC API on (fleet-wide reads); default the gRPC listen address.
+	AdvertiseAPI string
+	// PeerTLS is the client TLS configuration of the calls to the other
+	// replicas (their CA, and a client certificate of role viewer or
+	// operator); nil with TLS means those calls cannot be made (the reads
+	// show this replica's nodes and say the result is partial).
+	PeerTLS *tls.Config
+	// PeerTimeout bounds one replica's answer to a fleet-wide read; a
+	// replica that does not answer in time leaves the result partial.
+	// Default 2s.
+	PeerTimeout time.Duration
 	// Leader reports whether this replica runs the housekeeping that must
 	// run once (the journal's retention sweep); nil means always (one
 	// aggregator).
@@ -197,6 +218,8 @@ func (c *Config) setDefaults() {
 		c.HTTPListen = DefaultHTTPListen
 	}
 	defInt(&c.MaxMessageBytes, DefaultMaxMessageBytes)
+	def(&c.LeaseTTL, DefaultLeaseTTL)
+	def(&c.PeerTimeout, 2*time.Second)
 	def(&c.StaleAfter, DefaultStaleAfter)
 	def(&c.ForgetAfter, DefaultForgetAfter)
 	def(&c.AckInterval, DefaultAckInterval)
@@ -279,6 +302,12 @@ func (c *Config) Validate() error {
 		if d.v < 0 {
 			bad("%s %v is negative", d.name, d.v)
 		}
+	}
+	if c.Replicated && c.Store == nil {
+		bad("replicas need a shared store (--etcd-endpoints)")
+	}
+	if c.Replicated && c.LeaseTTL < 2*time.Second {
+		bad("lease TTL %v is below 2s (etcd's minimum)", c.LeaseTTL)
 	}
 	if c.AckEvery < 1 || c.CommandQueue < 1 || c.WatchBuffer < 1 {
 		bad("ack-every, command queue and watch buffer must be positive (got %d, %d, %d)", c.AckEvery, c.CommandQueue, c.WatchBuffer)

@@ -123,11 +123,15 @@ func (f *Fleet) list() []*node {
 // connect records a hello and answers it: resume after the last sequence
 // number applied for this instance, and ask for a snapshot when the fleet
 // holds no state for the node or the instance changed.
-func (f *Fleet) connect(h *vigilv1.Hello, aggregatorID string, now time.Time) *vigilv1.HelloAck {
+//
+// fresh says another replica may have applied messages of the node since
+// this fleet last did (it was just claimed here): what is kept is not
+// trusted, and a snapshot is asked for.
+func (f *Fleet) connect(h *vigilv1.Hello, aggregatorID string, now time.Time, fresh bool) *vigilv1.HelloAck {
 	n := f.getOrCreate(h.GetNodeName())
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.instance != h.GetInstanceId() {
+	if n.instance != h.GetInstanceId() || fresh {
 		n.instance = h.GetInstanceId()
 		n.lastSeq = 0
 		n.needSnapshot = true
@@ -145,6 +149,18 @@ func (f *Fleet) connect(h *vigilv1.Hello, aggregatorID string, now time.Time) *v
 		ResumeAfterSeq:   n.lastSeq,
 		SnapshotRequired: n.needSnapshot,
 		AggregatorId:     aggregatorID,
+	}
+}
+
+// forget removes a node and its state at once (its series go from the
+// exposition): another replica holds it now.
+func (f *Fleet) forget(name string) {
+	f.mu.Lock()
+	_, ok := f.nodes[name]
+	delete(f.nodes, name)
+	f.mu.Unlock()
+	if ok {
+		f.condGen.Add(1)
 	}
 }
 

@@ -14,7 +14,7 @@ import (
 // the oldest commands are dropped past maxCommandResults.
 func TestCommandResultsKeyedByCommand(t *testing.T) {
 	f := NewFleet()
-	f.connect(&vigilv1.Hello{NodeName: "n1", InstanceId: "i"}, "agg", time.Unix(0, 0))
+	f.connect(&vigilv1.Hello{NodeName: "n1", InstanceId: "i"}, "agg", time.Unix(0, 0), false)
 	seq := uint64(0)
 	result := func(id string, o vigilv1.CommandOutcome) {
 		t.Helper()

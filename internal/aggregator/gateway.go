@@ -52,6 +52,11 @@ type Gateway struct {
 	// stream (unless holdCommands) and journals the agents' command results.
 	remediation  *remediation.Engine
 	holdCommands bool
+	// replicas, when the store is shared (Config.Replicated), claims each
+	// node's stream under the replica's lease before it is served.
+	replicas *replicas
+	// claimed is told of a node just claimed from another replica.
+	claimed func(node string)
 
 	mu      sync.Mutex
 	streams map[string]*agentStream
@@ -166,12 +171,32 @@ func (g *Gateway) serveConn(stream agentConn) error {
 		wake:     make(chan struct{}, 1),
 	}
 	defer close(s.done)
+	fresh := false
+	if g.replicas != nil {
+		// Claimed before the stream is registered: a node held by another
+		// replica is refused (Unavailable) and the agent tries another
+		// address.
+		if fresh, err = g.replicas.claim(ctx, node, s); err != nil {
+			g.log.Info("agent stream refused: its node is held elsewhere", "node", node, "err", err)
+			return err
+		}
+		defer g.replicas.release(node, s)
+		if fresh && g.claimed != nil {
+			g.claimed(node)
+		}
+	}
 	if err := g.replace(s); err != nil {
 		return err
 	}
 	g.metrics.streams.Inc()
+	if g.replicas == nil {
+		g.metrics.heldNodes.Inc()
+	}
 	defer func() {
 		g.metrics.streams.Dec()
+		if g.replicas == nil {
+			g.metrics.heldNodes.Dec()
+		}
 		// The node is marked down under g.mu: a newer stream of the node
 		// registers itself (replace) under g.mu before fleet.connect, so
 		// it cannot connect between this stream leaving g.streams and the
@@ -181,11 +206,16 @@ func (g *Gateway) serveConn(stream agentConn) error {
 		defer g.mu.Unlock()
 		if g.streams[node] == s {
 			delete(g.streams, node)
-			g.fleet.disconnect(node, g.now())
+			if c := context.Cause(ctx); errors.Is(c, errLeaseLost) || errors.Is(c, errHeldElsewhere) {
+				// Another replica may hold the node now: stop exposing it.
+				g.fleet.forget(node)
+			} else {
+				g.fleet.disconnect(node, g.now())
+			}
 		}
 	}()
 
-	ack := g.fleet.connect(hello, g.aggregatorID, g.now())
+	ack := g.fleet.connect(hello, g.aggregatorID, g.now(), fresh)
 	s.applied.Store(ack.GetResumeAfterSeq())
 	if err := stream.Send(&vigilv1.AggregatorMessage{Body: &vigilv1.AggregatorMessage_HelloAck{HelloAck: ack}}); err != nil {
 		return err
@@ -229,6 +259,9 @@ func (g *Gateway) serveConn(stream agentConn) error {
 		g.metrics.rejected.WithLabelValues("replaced").Inc()
 		return status.Errorf(codes.Aborted, "stream of node %s %v", node, errReplaced)
 	}
+	if c := context.Cause(ctx); errors.Is(c, errLeaseLost) || errors.Is(c, errHeldElsewhere) {
+		return status.Errorf(codes.Unavailable, "stream of node %s dropped: %v; connect to another replica", node, c)
+	}
 	if err != nil {
 		g.log.Info("agent stream ended", "node", node, "err", err)
 	} else {
@@ -261,6 +294,24 @@ func (g *Gateway) replace(s *agentStream) error {
 		g.log.Warn("previous stream did not end in time; continuing", "node", s.node)
 	}
 	return nil
+}
+
+// dropStream ends s (a stream of node) with cause, if it still runs.
+func (g *Gateway) dropStream(node string, s *agentStream, cause error) {
+	if s != nil {
+		s.cancel(cause)
+	}
+}
+
+// nodeMoved forgets node here when another replica holds it now and no
+// stream of it is held here: its series and state are that replica's to
+// show (no duplicate series, no stale ones).
+func (g *Gateway) nodeMoved(node string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.streams[node] == nil && !g.replicas.holds(node) {
+		g.fleet.forget(node)
+	}
 }
 
 // quotaExceeded counts and logs a node over a cap; the error ends the

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,7 +48,14 @@ type history struct {
 	seq        uint64
 	keys       map[string][]historyKey // node → its keys, oldest first; loaded on first use
 	loadFailed map[string]bool
+	// stale names nodes whose keys are to be read again before the next
+	// write: another replica wrote their events while it held them.
+	stale sync.Map
 }
+
+// reload makes the next write of node's events read its keys again (the
+// node was just claimed from another replica, which wrote some).
+func (h *history) reload(node string) { h.stale.Store(node, true) }
 
 type historyKey struct {
 	key string
@@ -200,6 +208,10 @@ func countPuts(ops []store.Op) int {
 // load reads a node's keys from the store the first time the node is
 // written after a start, so that the bounds hold across restarts.
 func (h *history) load(ctx context.Context, node string) {
+	if _, stale := h.stale.LoadAndDelete(node); stale {
+		delete(h.keys, node)
+		delete(h.loadFailed, node)
+	}
 	if _, ok := h.keys[node]; ok || h.loadFailed[node] {
 		return
 	}

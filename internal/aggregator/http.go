@@ -81,7 +81,11 @@ func (a *Aggregator) routes() *http.ServeMux {
 			writeJSONError(w, http.StatusBadRequest, "/api/v1/nodes takes no query parameters")
 			return
 		}
-		writeProtoJSON(w, &vigilv1.ListNodesResponse{Nodes: a.fleet.Nodes()})
+		nodes, partial := a.api.fleetNodes(r.Context())
+		if partial != "" {
+			w.Header().Set(partialHTTPHeader, partial)
+		}
+		writeProtoJSON(w, &vigilv1.ListNodesResponse{Nodes: nodes})
 	}))
 	a.HandleAPI("GET /api/v1/containers", pki.RoleViewer, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q, err := ParseContainerQuery(r.URL.Query())
@@ -89,10 +93,13 @@ func (a *Aggregator) routes() *http.ServeMux {
 			writeJSONError(w, http.StatusBadRequest, err.Error())
 			return
 		}
-		resp, err := a.api.listContainers(q)
+		resp, partial, err := a.api.listContainers(r.Context(), q)
 		if err != nil {
 			writeJSONError(w, http.StatusBadRequest, err.Error())
 			return
+		}
+		if partial != "" {
+			w.Header().Set(partialHTTPHeader, partial)
 		}
 		writeProtoJSON(w, resp)
 	}))

@@ -49,7 +49,7 @@ func FuzzIngest(f *testing.F) {
 		fleet := NewFleet()
 		var q Quotas
 		q.setDefaults()
-		fleet.connect(&vigilv1.Hello{NodeName: "n1", InstanceId: "i"}, "agg", time.Unix(0, 0))
+		fleet.connect(&vigilv1.Hello{NodeName: "n1", InstanceId: "i"}, "agg", time.Unix(0, 0), false)
 		for i, frame := range [][]byte{first, second} {
 			if err := checkWireStrings(frame, agentMessageDesc, q.StringBytes); err != nil {
 				continue // refused by the stream with ResourceExhausted

@@ -24,9 +24,14 @@ const remediationOff = "remediation is off: the aggregator runs without a journa
 
 // newRemediation builds the engine over the fleet's read model when cfg has
 // a store; nil otherwise.
-func newRemediation(cfg *Config, fleet *Fleet) (*remediation.Engine, error) {
+func newRemediation(cfg *Config, fleet *Fleet, peers *peerClients) (*remediation.Engine, error) {
 	if cfg.Store == nil {
 		return nil, nil
+	}
+	var view remediation.FleetView = &fleetView{f: fleet}
+	if peers != nil {
+		// A target on a node another replica holds is looked up there.
+		view = &peerFleetView{local: view.(*fleetView), peers: peers}
 	}
 	// bbolt has no limit on a transaction's writes and pays an fsync per
 	// transaction: a large webhook is one transaction (the engine's
@@ -38,7 +43,7 @@ func newRemediation(cfg *Config, fleet *Fleet) (*remediation.Engine, error) {
 	eng, err := remediation.New(remediation.Config{
 		MaxTxnOps: maxOps,
 		Store:     cfg.Store,
-		Fleet:     &fleetView{f: fleet},
+		Fleet:     view,
 		Rules:     cfg.Rules,
 		Registry:  cfg.Registry,
 		Logger:    cfg.Logger.With("component", "remediation"),

@@ -17,7 +17,7 @@ var messageKinds = []string{
 
 // Reasons a message or stream is rejected (label reason).
 var rejectReasons = []string{
-	"duplicate", "malformed", "oversized", "invalid", "no_hello", "identity", "replaced", "too_many_streams",
+	"duplicate", "malformed", "oversized", "invalid", "no_hello", "identity", "replaced", "too_many_streams", "held_elsewhere",
 }
 
 // selfMetrics are the aggregator's own metrics, built with client_golang on
@@ -39,6 +39,9 @@ type selfMetrics struct {
 	issued      *prometheus.CounterVec
 	bootRefused *prometheus.CounterVec
 	watchers    prometheus.Gauge
+	leader      prometheus.Gauge
+	heldNodes   prometheus.Gauge
+	peerErrors  *prometheus.CounterVec
 }
 
 func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, error) {
@@ -57,7 +60,7 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 		}, []string{"kind"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_aggregator_messages_rejected_total",
-			Help: "Agent messages not applied, by reason: duplicate (already applied), malformed, oversized, invalid, no_hello, identity (hello for another node than the certificate), replaced (stream replaced by a newer one).",
+			Help: "Agent messages not applied, by reason: duplicate (already applied), malformed, oversized, invalid, no_hello, identity (hello for another node than the certificate), replaced (stream replaced by a newer one), held_elsewhere (another replica holds the node).",
 		}, []string{"reason"}),
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "vigil_aggregator_ingest_lag_seconds",
@@ -105,6 +108,18 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 			Name: "vigil_aggregator_watchers",
 			Help: "WatchEvents subscribers connected.",
 		}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vigil_aggregator_leader",
+			Help: "1 when this replica runs the housekeeping that must run once (the elected replica with etcd; always with bbolt), else 0.",
+		}),
+		heldNodes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vigil_aggregator_held_nodes",
+			Help: "Nodes whose stream this replica holds under its lease in the shared store (with bbolt: the nodes connected).",
+		}),
+		peerErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_aggregator_peer_errors_total",
+			Help: "Fleet-wide reads that got no answer from another replica (the result was partial), by replica.",
+		}, []string{"replica"}),
 	}
 	for _, k := range []string{"bootstrap", "renew"} {
 		m.issued.WithLabelValues(k)
@@ -122,6 +137,7 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 	for _, c := range []prometheus.Collector{
 		m.streams, m.messages, m.bytes, m.rejected, m.lag, m.acks, m.commands,
 		m.expositions, fleetCollector{fleet}, m.authRefused, m.quota, m.insecure, m.suspectSelf, m.historyDrop, m.issued, m.bootRefused, m.watchers,
+		m.leader, m.heldNodes, m.peerErrors,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
