@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	monv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	"github.com/vigilhq/vigil/internal/testenv"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -24,7 +25,7 @@ var replicaFlags = []string{"replica-id", "lease-ttl", "advertise-api"}
 // fail), checking the namespace and the part-of label on each.
 func renderReplicas(t *testing.T) []any {
 	t.Helper()
-	kubectl := needTool(t, "kubectl")
+	kubectl := testenv.LookPath(t, "kubectl")
 	out := runTool(t, repoRoot(t), kubectl, "kustomize", "deploy/replicas")
 	var objs []any
 	for i, doc := range splitYAML([]byte(out)) {
