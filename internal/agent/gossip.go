@@ -196,6 +196,7 @@ func (a *Agent) gossipLoop(ctx context.Context) error {
 		} else {
 			a.isolated.Store(nil)
 		}
+		a.gm.SetIsolated(iso.Ongoing())
 
 		if (changed && now.Sub(lastSent) >= gossipPoll) || now.Sub(lastSent) >= a.cfg.SampleInterval {
 			if err := a.up.SendPeerView(peerViewProto(a.cfg.NodeName, a.gm.Views(), iso)); err != nil {

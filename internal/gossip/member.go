@@ -65,6 +65,9 @@ type Member struct {
 	// selfConflict: a peer's state gave this member's name another
 	// address (this node's previous life, not yet declared dead).
 	selfConflict atomic.Bool
+	// isolated is the agent's verdict on itself (SetIsolated), shown in
+	// the self-metrics.
+	isolated atomic.Bool
 
 	stats struct {
 		eventsDropped, resyncs       atomic.Uint64
@@ -289,6 +292,12 @@ func (m *Member) SetLocalState(s LocalState) {
 	default:
 	}
 }
+
+// SetIsolated records whether the agent finds itself Isolated (its stream
+// down and no peer answering its probes): the self-metric
+// vigil_agent_gossip_isolated shows it, so that the node's own /metrics/self
+// says so while the aggregator cannot hear of it.
+func (m *Member) SetIsolated(on bool) { m.isolated.Store(on) }
 
 // metaLoop broadcasts the local metadata when it changes.
 func (m *Member) metaLoop(ctx context.Context) {
