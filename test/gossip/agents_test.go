@@ -381,6 +381,9 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // cut stream ends within seconds; the agents run with their defaults
 // (gossip tunables included) but --interval=1s.
 func TestAgents(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the agent and runs five of them for about a minute (skipped with -short)")
+	}
 	c := newCluster(t)
 	a := c.startAgent("a", 10, nil, "", false, "")
 	b := c.startAgent("b", 11, []int{10}, "", false, "")
