@@ -404,3 +404,35 @@ func TestGossipPortTakenStopsTheAgent(t *testing.T) {
 		t.Fatal("the agent runs although its gossip port is taken")
 	}
 }
+
+// TestGossipSeedsFromHello (issue 25): an agent started with gossip on but
+// no seeds of its own finds its peers through the aggregator's hello reply
+// (HelloAck.gossip_seeds, from the other agents' PeerViews): two agents
+// that know each other stream their views; a third, given only the
+// aggregator's address, joins them, and all three are Healthy at the
+// aggregator, each seeing the two others.
+func TestGossipSeedsFromHello(t *testing.T) {
+	ca, dir, grpcAddr, aggHTTP := gossipAggregator(t)
+	key := gossipKeyFile(t)
+	names := []string{"seeded-a", "seeded-b", "seedless-c"}
+	gossipAddrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
+	start := func(i int, seeds []string) {
+		files, err := ca.WriteFiles(dir, names[i], names[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := newHarness(t)
+		h.start(func(c *Config) {
+			c.NodeName = names[i]
+			c.AggregatorAddress = grpcAddr
+			c.TLS = files
+			c.TLSServerName = "localhost"
+			c.Gossip = GossipConfig{Listen: gossipAddrs[i], Advertise: "127.0.0.1", Seeds: seeds, KeyFile: key}
+		})
+	}
+	start(0, []string{gossipAddrs[1]})
+	start(1, []string{gossipAddrs[0]})
+	waitGossipHealthy(t, aggHTTP, names[:2])
+	start(2, nil)
+	waitGossipHealthy(t, aggHTTP, names)
+}
