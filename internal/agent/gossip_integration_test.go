@@ -436,3 +436,54 @@ func TestGossipSeedsFromHello(t *testing.T) {
 	start(2, nil)
 	waitGossipHealthy(t, aggHTTP, names)
 }
+
+// TestGossipCrossCheck: the agent's hook of "beyond any peer": with
+// CrossCheckPeers set, GossipCrossCheck asks the peer to reach an address
+// (a listener here: reached, verdict "node"; closed: "pod"); with it unset,
+// no one is asked. The scene where the asker's own path is cut is
+// internal/gossip's TestNetnsCrossCheck.
+func TestGossipCrossCheck(t *testing.T) {
+	key := gossipKeyFile(t)
+	addrs := []string{freeAddr(t), freeAddr(t)}
+	hs := make([]*harness, 2)
+	for i := range hs {
+		hs[i] = newHarness(t)
+		hs[i].start(func(c *Config) {
+			c.NodeName = fmt.Sprintf("cross-%d", i)
+			c.Gossip = GossipConfig{Listen: addrs[i], Advertise: "127.0.0.1", Seeds: []string{addrs[1-i]}, KeyFile: key, CrossCheckPeers: 2 * i}
+		})
+	}
+	waitUntil(t, 30*time.Second, "the two members see each other", func() bool {
+		for _, h := range hs {
+			if v := h.agent.gm.Views(); len(v) != 1 || !v[0].State.Reachable() {
+				return false
+			}
+		}
+		return true
+	})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	if _, on := hs[0].agent.GossipCrossCheck(t.Context(), lis.Addr().String()); on {
+		t.Error("cross-check ran with CrossCheckPeers 0")
+	}
+	res, on := hs[1].agent.GossipCrossCheck(t.Context(), lis.Addr().String())
+	if !on || res.Asked != 1 || res.Reachable != 1 || res.Verdict() != "node" {
+		t.Errorf("listener up: %+v (on %v, %s), want 1 asked, 1 reached: node", res, on, res.Verdict())
+	}
+	lis.Close()
+	res, on = hs[1].agent.GossipCrossCheck(t.Context(), lis.Addr().String())
+	if !on || res.Answered != 1 || res.Reachable != 0 || res.Verdict() != "pod" {
+		t.Errorf("listener closed: %+v (on %v, %s), want 1 answered, none reached: pod", res, on, res.Verdict())
+	}
+}

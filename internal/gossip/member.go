@@ -68,6 +68,8 @@ type Member struct {
 	// isolated is the agent's verdict on itself (SetIsolated), shown in
 	// the self-metrics.
 	isolated atomic.Bool
+	// cross is the member's side of cross-checks (crosscheck.go).
+	cross crossState
 
 	stats struct {
 		eventsDropped, resyncs       atomic.Uint64
@@ -96,6 +98,7 @@ func New(cfg Config) (*Member, error) {
 		seeds:    slices.Clone(cfg.Seeds),
 		seedPoke: make(chan struct{}, 1),
 		ready:    make(chan struct{}),
+		cross:    newCrossState(),
 	}
 	enc := m.local.Encode()
 	m.meta.Store(&enc)
@@ -144,7 +147,7 @@ func (m *Member) Run(ctx context.Context) error {
 
 	loops, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){m.pump, m.joinLoop, m.metaLoop, m.keyLoop, m.verifyLoop} {
+	for _, loop := range []func(context.Context){m.pump, m.joinLoop, m.metaLoop, m.keyLoop, m.verifyLoop, m.crossLoop} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
