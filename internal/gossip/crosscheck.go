@@ -202,8 +202,10 @@ func (r CrossResult) Verdict() string {
 // to addr ("IP:port", e.g. a pod's probe address) from their side, and
 // returns what they found. It waits until every asked peer answered,
 // CrossProbeTimeout plus a second passed, or ctx ended. Without Run, or
-// with no alive peer, it asks no one. addr must be an IP address and port
-// (errdefs-free: a bad addr asks no one and is an error).
+// with no alive peer, it asks no one. addr must be an IP address and
+// port; anything else is an error and asks no one. Any member holding the
+// gossip key can make its peers open such connections (bounded as above):
+// the key is the trust boundary, as for the views.
 func (m *Member) CrossCheck(ctx context.Context, addr string, k int) (CrossResult, error) {
 	var res CrossResult
 	if ap, err := netip.ParseAddrPort(addr); err != nil || ap.Port() == 0 {
