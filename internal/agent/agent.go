@@ -245,6 +245,7 @@ func New(cfg Config) (*Agent, error) {
 			AgentVersion: cfg.Version,
 			BootID:       a.bootID,
 			Capabilities: a.capabilities(),
+			OnHelloAck:   a.gossipSeedsFromHello, // gossip_seeds.go
 			BufferSize:   cfg.BufferSize,
 			// The aggregator's default limit: a snapshot of a few hundred
 			// containers with probe output can pass the uplink's own 4 MiB.

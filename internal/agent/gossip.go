@@ -41,6 +41,13 @@ type GossipConfig struct {
 	// port can join and forge views (test clusters only).
 	Insecure bool
 
+	// CrossCheckPeers, when above 0, turns on "beyond any peer" (opt-in):
+	// before a failed network probe makes a container unhealthy, the
+	// health code asks this many peers to reach the same address
+	// (GossipCrossCheck) and reports whether the pod or this node's
+	// network is broken. 0: off.
+	CrossCheckPeers int
+
 	// Tune, when set, adjusts the member's configuration before it is
 	// built (tests: shorter timers). nil: the gossip package's defaults.
 	Tune func(*gossip.Config)
@@ -196,6 +203,7 @@ func (a *Agent) gossipLoop(ctx context.Context) error {
 		} else {
 			a.isolated.Store(nil)
 		}
+		a.gm.SetIsolated(iso.Ongoing())
 
 		if (changed && now.Sub(lastSent) >= gossipPoll) || now.Sub(lastSent) >= a.cfg.SampleInterval {
 			if err := a.up.SendPeerView(peerViewProto(a.cfg.NodeName, a.gm.Views(), iso)); err != nil {

@@ -404,3 +404,86 @@ func TestGossipPortTakenStopsTheAgent(t *testing.T) {
 		t.Fatal("the agent runs although its gossip port is taken")
 	}
 }
+
+// TestGossipSeedsFromHello (issue 25): an agent started with gossip on but
+// no seeds of its own finds its peers through the aggregator's hello reply
+// (HelloAck.gossip_seeds, from the other agents' PeerViews): two agents
+// that know each other stream their views; a third, given only the
+// aggregator's address, joins them, and all three are Healthy at the
+// aggregator, each seeing the two others.
+func TestGossipSeedsFromHello(t *testing.T) {
+	ca, dir, grpcAddr, aggHTTP := gossipAggregator(t)
+	key := gossipKeyFile(t)
+	names := []string{"seeded-a", "seeded-b", "seedless-c"}
+	gossipAddrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
+	start := func(i int, seeds []string) {
+		files, err := ca.WriteFiles(dir, names[i], names[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := newHarness(t)
+		h.start(func(c *Config) {
+			c.NodeName = names[i]
+			c.AggregatorAddress = grpcAddr
+			c.TLS = files
+			c.TLSServerName = "localhost"
+			c.Gossip = GossipConfig{Listen: gossipAddrs[i], Advertise: "127.0.0.1", Seeds: seeds, KeyFile: key}
+		})
+	}
+	start(0, []string{gossipAddrs[1]})
+	start(1, []string{gossipAddrs[0]})
+	waitGossipHealthy(t, aggHTTP, names[:2])
+	start(2, nil)
+	waitGossipHealthy(t, aggHTTP, names)
+}
+
+// TestGossipCrossCheck: the agent's hook of "beyond any peer": with
+// CrossCheckPeers set, GossipCrossCheck asks the peer to reach an address
+// (a listener here: reached, verdict "node"; closed: "pod"); with it unset,
+// no one is asked. The scene where the asker's own path is cut is
+// internal/gossip's TestNetnsCrossCheck.
+func TestGossipCrossCheck(t *testing.T) {
+	key := gossipKeyFile(t)
+	addrs := []string{freeAddr(t), freeAddr(t)}
+	hs := make([]*harness, 2)
+	for i := range hs {
+		hs[i] = newHarness(t)
+		hs[i].start(func(c *Config) {
+			c.NodeName = fmt.Sprintf("cross-%d", i)
+			c.Gossip = GossipConfig{Listen: addrs[i], Advertise: "127.0.0.1", Seeds: []string{addrs[1-i]}, KeyFile: key, CrossCheckPeers: 2 * i}
+		})
+	}
+	waitUntil(t, 30*time.Second, "the two members see each other", func() bool {
+		for _, h := range hs {
+			if v := h.agent.gm.Views(); len(v) != 1 || !v[0].State.Reachable() {
+				return false
+			}
+		}
+		return true
+	})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	if _, on := hs[0].agent.GossipCrossCheck(t.Context(), lis.Addr().String()); on {
+		t.Error("cross-check ran with CrossCheckPeers 0")
+	}
+	res, on := hs[1].agent.GossipCrossCheck(t.Context(), lis.Addr().String())
+	if !on || res.Asked != 1 || res.Reachable != 1 || res.Verdict() != "node" {
+		t.Errorf("listener up: %+v (on %v, %s), want 1 asked, 1 reached: node", res, on, res.Verdict())
+	}
+	lis.Close()
+	res, on = hs[1].agent.GossipCrossCheck(t.Context(), lis.Addr().String())
+	if !on || res.Answered != 1 || res.Reachable != 0 || res.Verdict() != "pod" {
+		t.Errorf("listener closed: %+v (on %v, %s), want 1 answered, none reached: pod", res, on, res.Verdict())
+	}
+}

@@ -216,6 +216,7 @@ func (g *Gateway) serveConn(stream agentConn) error {
 	}()
 
 	ack := g.fleet.connect(hello, g.aggregatorID, g.now(), fresh)
+	ack.GossipSeeds = g.fleet.gossipSeeds(node, g.now()) // gossipseeds.go
 	s.applied.Store(ack.GetResumeAfterSeq())
 	if err := stream.Send(&vigilv1.AggregatorMessage{Body: &vigilv1.AggregatorMessage_HelloAck{HelloAck: ack}}); err != nil {
 		return err

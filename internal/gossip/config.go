@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -246,7 +247,9 @@ func (c Config) validate() error {
 }
 
 // splitSeed splits "host[:port]" into host and port, defaultPort when none
-// is given.
+// is given. host is an IP address (IPv6 in brackets when a port follows)
+// or a DNS name; anything else (a stray colon or bracket, spaces, an empty
+// label) is an error rather than a name that could never resolve.
 func splitSeed(s string, defaultPort int) (string, int, error) {
 	if s == "" {
 		return "", 0, fmt.Errorf("empty")
@@ -256,6 +259,9 @@ func splitSeed(s string, defaultPort int) (string, int, error) {
 	}
 	host, portStr, err := net.SplitHostPort(s)
 	if err != nil {
+		if !validHostName(s) {
+			return "", 0, fmt.Errorf("want host, host:port, an IP address or [IPv6]:port")
+		}
 		return s, defaultPort, nil // a bare name
 	}
 	port, err := strconv.Atoi(portStr)
@@ -265,7 +271,37 @@ func splitSeed(s string, defaultPort int) (string, int, error) {
 	if host == "" {
 		return "", 0, fmt.Errorf("no host")
 	}
+	if addr, err := netip.ParseAddr(host); err == nil {
+		return addr.String(), port, nil
+	}
+	if strings.HasPrefix(s, "[") { // brackets are for IPv6 addresses
+		return "", 0, fmt.Errorf("%q in brackets is not an IPv6 address", host)
+	}
+	if !validHostName(host) {
+		return "", 0, fmt.Errorf("host %q is neither an IP address nor a DNS name", host)
+	}
 	return host, port, nil
+}
+
+// validHostName reports whether h has the form of a DNS name: at most 253
+// bytes (a final dot aside) of labels of 1 to 63 letters, digits, '-' and
+// '_' separated by dots.
+func validHostName(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // memberlistConfig translates c (with its defaults) into memberlist's.

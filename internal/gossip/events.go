@@ -91,7 +91,8 @@ func (d mergeDelegate) NotifyMerge(peers []*memberlist.Node) error {
 	return nil
 }
 
-// delegate serves the local metadata; Vigil sends no user messages.
+// delegate serves the local metadata and posts user messages (cross-checks,
+// crosscheck.go) to their queue.
 type delegate struct{ m *Member }
 
 func (d delegate) NodeMeta(limit int) []byte {
@@ -101,7 +102,7 @@ func (d delegate) NodeMeta(limit int) []byte {
 	}
 	return b
 }
-func (delegate) NotifyMsg([]byte)                {}
+func (d delegate) NotifyMsg(b []byte)            { d.m.postUserMsg(b) }
 func (delegate) GetBroadcasts(int, int) [][]byte { return nil }
 func (delegate) LocalState(bool) []byte          { return nil }
 func (delegate) MergeRemoteState([]byte, bool)   {}

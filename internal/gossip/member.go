@@ -65,6 +65,11 @@ type Member struct {
 	// selfConflict: a peer's state gave this member's name another
 	// address (this node's previous life, not yet declared dead).
 	selfConflict atomic.Bool
+	// isolated is the agent's verdict on itself (SetIsolated), shown in
+	// the self-metrics.
+	isolated atomic.Bool
+	// cross is the member's side of cross-checks (crosscheck.go).
+	cross crossState
 
 	stats struct {
 		eventsDropped, resyncs       atomic.Uint64
@@ -93,6 +98,7 @@ func New(cfg Config) (*Member, error) {
 		seeds:    slices.Clone(cfg.Seeds),
 		seedPoke: make(chan struct{}, 1),
 		ready:    make(chan struct{}),
+		cross:    newCrossState(),
 	}
 	enc := m.local.Encode()
 	m.meta.Store(&enc)
@@ -141,7 +147,7 @@ func (m *Member) Run(ctx context.Context) error {
 
 	loops, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){m.pump, m.joinLoop, m.metaLoop, m.keyLoop, m.verifyLoop} {
+	for _, loop := range []func(context.Context){m.pump, m.joinLoop, m.metaLoop, m.keyLoop, m.verifyLoop, m.crossLoop} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -289,6 +295,12 @@ func (m *Member) SetLocalState(s LocalState) {
 	default:
 	}
 }
+
+// SetIsolated records whether the agent finds itself Isolated (its stream
+// down and no peer answering its probes): the self-metric
+// vigil_agent_gossip_isolated shows it, so that the node's own /metrics/self
+// says so while the aggregator cannot hear of it.
+func (m *Member) SetIsolated(on bool) { m.isolated.Store(on) }
 
 // metaLoop broadcasts the local metadata when it changes.
 func (m *Member) metaLoop(ctx context.Context) {

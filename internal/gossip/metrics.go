@@ -29,6 +29,8 @@ var (
 		"Times two addresses claimed one member name (a node back with a new address before its old self was declared dead, or a misconfiguration).", metrics.CounterType)
 	keyReloadsDesc = metrics.NewDesc("vigil_agent_gossip_key_reloads_total",
 		"Reloads of the gossip key file that changed the keyring, by result (ok, error: the keys in use stayed).", metrics.CounterType, "result")
+	isolatedDesc = metrics.NewDesc("vigil_agent_gossip_isolated",
+		"1 while this agent finds itself Isolated: its stream to the aggregator down and no gossip peer answering its probes (it then refuses remote commands).", metrics.GaugeType)
 	healthDesc = metrics.NewDesc("vigil_agent_gossip_health_score",
 		"memberlist's awareness score: 0 is healthy; higher means this agent misses its own probes' deadlines (a slow or overloaded node) and stretches its timeouts.", metrics.GaugeType)
 )
@@ -68,4 +70,9 @@ func (m *Member) Collect(w *metrics.Writer) {
 		score = ml.GetHealthScore()
 	}
 	w.Sample(healthDesc, float64(score))
+	isolated := 0.0
+	if m.isolated.Load() {
+		isolated = 1
+	}
+	w.Sample(isolatedDesc, isolated)
 }

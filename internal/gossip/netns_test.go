@@ -43,6 +43,8 @@ type childView struct {
 	Views   []childPeer
 	IsProbe bool // an answer to "probe": Probed is set, Views not
 	Probed  int
+	IsCross bool // an answer to "cross ADDR K": Cross is set
+	Cross   CrossResult
 }
 
 type childPeer struct {
@@ -80,6 +82,15 @@ func childMain() int {
 			if sc.Text() == "probe" {
 				emit(childView{Probed: m.ProbePeers(3), IsProbe: true})
 			}
+			var addr string
+			var k int
+			if n, _ := fmt.Sscanf(sc.Text(), "cross %s %d", &addr, &k); n == 2 {
+				r, err := m.CrossCheck(ctx, addr, k)
+				if err != nil {
+					fmt.Fprintln(os.Stderr, "cross:", err)
+				}
+				emit(childView{IsCross: true, Cross: r})
+			}
 		}
 	}()
 	go func() {
@@ -113,12 +124,13 @@ type child struct {
 	hostVeth   string // its link's end in the switch namespace
 	cmd        *exec.Cmd
 
-	mu     sync.Mutex
-	exited bool // its output ended: its reports stop, as they would reach the aggregator no more
-	view   map[string]State
-	addrs  map[string]string // peers' addresses
-	stdin  io.WriteCloser
-	probed chan int // answers to "probe"
+	mu      sync.Mutex
+	exited  bool // its output ended: its reports stop, as they would reach the aggregator no more
+	view    map[string]State
+	addrs   map[string]string // peers' addresses
+	stdin   io.WriteCloser
+	probed  chan int         // answers to "probe"
+	crossed chan CrossResult // answers to "cross"
 	// worst is the worst state each peer was ever seen in (alive <
 	// suspect < dead), reset by resetWorst.
 	worst map[string]State
@@ -192,6 +204,13 @@ func (c *child) read(r io.Reader) {
 		if json.Unmarshal(sc.Bytes(), &cv) != nil {
 			continue
 		}
+		if cv.IsCross {
+			select {
+			case c.crossed <- cv.Cross:
+			default:
+			}
+			continue
+		}
 		if cv.IsProbe {
 			select {
 			case c.probed <- cv.Probed:
@@ -262,7 +281,7 @@ func (c *netnsCluster) add(name string, hostNum int) *child {
 	hostVeth := fmt.Sprintf("vgg%d-%d", os.Getpid()%100000, hostNum)
 	c.wire(ns, hostVeth, addr)
 	ch := &child{name: name, addr: addr, ns: ns, hostVeth: hostVeth, view: map[string]State{}, worst: map[string]State{},
-		probed: make(chan int, 1)}
+		probed: make(chan int, 1), crossed: make(chan CrossResult, 1)}
 	var seeds []string
 	if len(c.children) > 0 {
 		seeds = []string{c.children[0].addr + ":7946"}

@@ -48,6 +48,9 @@ type Config struct {
 	AgentVersion, BootID string
 	// Capabilities announced in every Hello ("health", "restart", ...).
 	Capabilities []string
+	// OnHelloAck, when set, is called with each stream's HelloAck (on the
+	// stream's goroutine: it must not block), e.g. for its gossip seeds.
+	OnHelloAck func(*vigilv1.HelloAck)
 	// BufferSize is how many messages are held until acknowledged.
 	// Default 10000.
 	BufferSize int
@@ -508,6 +511,9 @@ func (u *Uplink) session(ctx context.Context) (established bool, err error) {
 		return false, context.Cause(sctx)
 	}
 	u.onHelloAck(ack)
+	if u.cfg.OnHelloAck != nil {
+		u.cfg.OnHelloAck(ack)
+	}
 	u.connected.Store(true)
 	defer u.connected.Store(false)
 

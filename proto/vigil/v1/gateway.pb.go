@@ -1336,7 +1336,12 @@ type HelloAck struct {
 	// send a Snapshot before anything else.
 	SnapshotRequired bool `protobuf:"varint,3,opt,name=snapshot_required,json=snapshotRequired,proto3" json:"snapshot_required,omitempty"`
 	// Identity of the aggregator replica (for logs).
-	AggregatorId  string `protobuf:"bytes,4,opt,name=aggregator_id,json=aggregatorId,proto3" json:"aggregator_id,omitempty"`
+	AggregatorId string `protobuf:"bytes,4,opt,name=aggregator_id,json=aggregatorId,proto3" json:"aggregator_id,omitempty"`
+	// Gossip addresses ("host:port") of a few other agents that their peers
+	// last reported alive, from the agents' PeerViews: an agent started
+	// without gossip seeds of its own joins them. Empty when the aggregator
+	// knows none (gossip off, or no view reported yet).
+	GossipSeeds   []string `protobuf:"bytes,5,rep,name=gossip_seeds,json=gossipSeeds,proto3" json:"gossip_seeds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1397,6 +1402,13 @@ func (x *HelloAck) GetAggregatorId() string {
 		return x.AggregatorId
 	}
 	return ""
+}
+
+func (x *HelloAck) GetGossipSeeds() []string {
+	if x != nil {
+		return x.GossipSeeds
+	}
+	return nil
 }
 
 // Ack acknowledges every message up to and including seq.
@@ -1678,12 +1690,13 @@ const file_vigil_v1_gateway_proto_rawDesc = "" +
 	"\x03ack\x18\v \x01(\v2\r.vigil.v1.AckH\x00R\x03ack\x12-\n" +
 	"\acommand\x18\f \x01(\v2\x11.vigil.v1.CommandH\x00R\acommand\x12.\n" +
 	"\x06config\x18\r \x01(\v2\x14.vigil.v1.ConfigPushH\x00R\x06configB\x06\n" +
-	"\x04body\"\xa3\x01\n" +
+	"\x04body\"\xc6\x01\n" +
 	"\bHelloAck\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12(\n" +
 	"\x10resume_after_seq\x18\x02 \x01(\x04R\x0eresumeAfterSeq\x12+\n" +
 	"\x11snapshot_required\x18\x03 \x01(\bR\x10snapshotRequired\x12#\n" +
-	"\raggregator_id\x18\x04 \x01(\tR\faggregatorId\"\x17\n" +
+	"\raggregator_id\x18\x04 \x01(\tR\faggregatorId\x12!\n" +
+	"\fgossip_seeds\x18\x05 \x03(\tR\vgossipSeeds\"\x17\n" +
 	"\x03Ack\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\x87\x02\n" +
 	"\aCommand\x12\x0e\n" +
