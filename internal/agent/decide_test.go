@@ -30,8 +30,10 @@ import (
 //	decideRestartResult TestOperatorStopRacingRestartNoMisleadingEvent (task gone), table only (create retries)
 //	decidePause       TestPausedContainerIsNotProbed
 //	decideUnhealthy / decideHealthy TestUnhealthyContainerIsRestarted, TestNetworkConditionMakesUnhealthy
-//	decideCommand     TestCommandRunsOnce, TestCommandInterruptedNotRepeated, TestCommandNamespacesRefused,
-//	                  TestStopThenStartCommands, TestIsolatedAgentRefusesCommands (commands_test.go)
+//	decideCommand     TestCommandRunsOnce, TestCommandNamespacesRefused, TestStopThenStartCommands,
+//	                  TestIsolatedAgentRefusesCommands (rows in TestDecideCommand, commands_test.go;
+//	                  a command seen before, and one interrupted by a crash, are the state dir's
+//	                  records: TestCommandRunsOnce, TestCommandInterruptedNotRepeated)
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
