@@ -153,6 +153,21 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 	if cmd == nil || cmd.GetId() == "" {
 		return
 	}
+	if !a.inventoryLoaded {
+		// containerd's first inventory is not applied yet: a container
+		// that exists would be answered NOT_FOUND, and that answer, kept
+		// in the state dir, given to every redelivery. Held until it is
+		// (once per id, at most 1,000: the aggregator delivers again).
+		for _, h := range a.heldCommands {
+			if h.GetId() == cmd.GetId() {
+				return
+			}
+		}
+		if len(a.heldCommands) < 1000 {
+			a.heldCommands = append(a.heldCommands, cmd)
+		}
+		return
+	}
 	id := cmd.GetId()
 	var seen *statedir.CommandRecord
 	a.store.View(func(tx statedir.Tx) {
