@@ -97,6 +97,9 @@ type Agent struct {
 	// Loop goroutine only: containerd's first inventory has been applied,
 	// and releaseStartupMemory has run.
 	inventoryLoaded, startupReleased bool
+	// heldCommands arrived before the first inventory was applied; they
+	// are decided on once it is (loop goroutine only).
+	heldCommands []*vigilv1.Command
 
 	// restartHook, when set (tests only), wraps the call that replaces a
 	// task, after the restart's durable mark: it may stand for the agent

@@ -153,6 +153,21 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 	if cmd == nil || cmd.GetId() == "" {
 		return
 	}
+	if !a.inventoryLoaded {
+		// containerd's first inventory is not applied yet: a container
+		// that exists would be answered NOT_FOUND, and that answer, kept
+		// in the state dir, given to every redelivery. Held until it is
+		// (once per id, at most 1,000: the aggregator delivers again).
+		for _, h := range a.heldCommands {
+			if h.GetId() == cmd.GetId() {
+				return
+			}
+		}
+		if len(a.heldCommands) < 1000 {
+			a.heldCommands = append(a.heldCommands, cmd)
+		}
+		return
+	}
 	id := cmd.GetId()
 	var seen *statedir.CommandRecord
 	a.store.View(func(tx statedir.Tx) {
@@ -173,74 +188,37 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 	reply := func(o vigilv1.CommandOutcome, msg string) {
 		a.finishCommand(ctx, actionResult{kind: actionCommand, command: cmd, outcome: o, err: errorIf(o != vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED, msg)})
 	}
-	if dl := cmd.GetDeadline(); dl != nil && a.now().After(dl.AsTime()) {
-		reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_EXPIRED, "deadline passed before the agent could start it")
-		return
-	}
-	// An isolated agent (its stream down, no gossip peer answering) acts
-	// on no remote command: the aggregator that sent it cannot see what
-	// follows, and may have given the node up (NodeDown) and acted
-	// elsewhere. Commands only arrive over a stream, so what meets this
-	// is a command the stream delivered just before it dropped, still
-	// queued for the loop. It is refused and its result (REFUSED, kept in
-	// the state dir like any outcome) is sent when the stream returns; a
-	// redelivery gets that result, and the aggregator decides anew.
-	if why := a.isolation(); why != "" {
-		a.log.Warn("command refused: this node is isolated", "command_id", id, "reason", why)
-		reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED, "isolated: "+why)
-		return
-	}
 	target := cmd.GetTarget()
-	policy := a.commandPolicy()
 	action := cmd.GetAction()
-
+	in := commandFacts{now: a.now(), isolation: a.isolation(), policy: a.commandPolicy(), networkOn: a.net != nil}
+	var t *tracked
+	key := runtime.Key{Namespace: target.GetNamespace(), ID: target.GetContainerId()}
 	if action == vigilv1.RemediationAction_REMEDIATION_ACTION_LINK_UP {
-		tgt := a.linkTarget(target.GetNetnsInode())
-		if why := policy.refusal(action, tgt); why != "" {
-			reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED, why)
-			return
+		in.target = a.linkTarget(target.GetNetnsInode())
+	} else {
+		a.mu.RLock()
+		var ok bool
+		t, ok = a.containers[key]
+		in.target = commandTarget{namespace: key.Namespace, found: ok}
+		if ok {
+			in.target.manager = t.c.Manager
+			in.restartCount = a.restartCountLocked(t)
 		}
-		if a.net == nil {
-			reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED, "network monitoring is disabled on this agent")
-			return
-		}
+		a.mu.RUnlock()
+	}
+	d := decideCommand(cmd, key, in)
+	if d.isolated {
+		a.log.Warn("command refused: this node is isolated", "command_id", id, "reason", in.isolation)
+	}
+	if !d.accept {
+		reply(d.outcome, d.message)
+		return
+	}
+	if action == vigilv1.RemediationAction_REMEDIATION_ACTION_LINK_UP {
 		a.acceptCommand(cmd)
 		a.runCommand(actionResult{kind: actionCommand, command: cmd}, func(ctx context.Context) error {
 			return a.net.LinkUp(ctx, target.GetNetnsInode(), target.GetInterface())
 		})
-		return
-	}
-
-	key := runtime.Key{Namespace: target.GetNamespace(), ID: target.GetContainerId()}
-	a.mu.RLock()
-	t, ok := a.containers[key]
-	tgt := commandTarget{namespace: key.Namespace, found: ok}
-	if ok {
-		tgt.manager = t.c.Manager
-	}
-	a.mu.RUnlock()
-	// Who may ask for what comes before whether the container exists: a
-	// refused namespace learns nothing of its containers.
-	if why := policy.refusal(action, tgt); why != "" {
-		reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED, why)
-		return
-	}
-	if !ok {
-		reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_NOT_FOUND, fmt.Sprintf("no container %s/%s on this node", key.Namespace, key.ID))
-		return
-	}
-	switch action {
-	case vigilv1.RemediationAction_REMEDIATION_ACTION_KILL, vigilv1.RemediationAction_REMEDIATION_ACTION_STOP,
-		vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART, vigilv1.RemediationAction_REMEDIATION_ACTION_START:
-	default:
-		reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED, fmt.Sprintf("action %v is not supported by this agent", action))
-		return
-	}
-	a.mu.RLock()
-	fenced := fenceBroken(cmd.GetFence(), key, a.restartCountLocked(t))
-	a.mu.RUnlock()
-	if fenced != "" {
-		reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_FENCED, fenced)
 		return
 	}
 	a.acceptCommand(cmd)
@@ -295,6 +273,78 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 		}
 		return fmt.Errorf("action %v is not supported by this agent: %w", action, errdefs.ErrInvalid)
 	})
+}
+
+// commandFacts are what decideCommand reads besides the command: the time,
+// the agent's isolation ("" when it is not isolated), its policy, the
+// target as the agent knows it (for LINK_UP, the container owning the
+// network namespace), its restart count and whether network monitoring
+// runs.
+type commandFacts struct {
+	now          time.Time
+	isolation    string
+	policy       commandPolicy
+	target       commandTarget
+	restartCount uint32
+	networkOn    bool
+}
+
+// commandDecision: accept (mark it accepted and act), or reply at once
+// with outcome and message without acting.
+type commandDecision struct {
+	accept   bool
+	outcome  vigilv1.CommandOutcome
+	message  string
+	isolated bool // refused because the node is isolated (logged)
+}
+
+// decideCommand decides on a command not seen before: its deadline, the
+// node's isolation, who may ask for what (before whether the container
+// exists: a refused namespace learns nothing of its containers), the
+// target, the action, the fence. Pure: the caller applies it.
+func decideCommand(cmd *vigilv1.Command, key runtime.Key, in commandFacts) commandDecision {
+	reply := func(o vigilv1.CommandOutcome, msg string) commandDecision {
+		return commandDecision{outcome: o, message: msg}
+	}
+	if dl := cmd.GetDeadline(); dl != nil && in.now.After(dl.AsTime()) {
+		return reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_EXPIRED, "deadline passed before the agent could start it")
+	}
+	// An isolated agent (its stream down, no gossip peer answering) acts
+	// on no remote command: the aggregator that sent it cannot see what
+	// follows, and may have given the node up (NodeDown) and acted
+	// elsewhere. Commands only arrive over a stream, so what meets this
+	// is a command the stream delivered just before it dropped, still
+	// queued for the loop. It is refused and its result (REFUSED, kept in
+	// the state dir like any outcome) is sent when the stream returns; a
+	// redelivery gets that result, and the aggregator decides anew.
+	if in.isolation != "" {
+		d := reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED, "isolated: "+in.isolation)
+		d.isolated = true
+		return d
+	}
+	action := cmd.GetAction()
+	if why := in.policy.refusal(action, in.target); why != "" {
+		return reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED, why)
+	}
+	if action == vigilv1.RemediationAction_REMEDIATION_ACTION_LINK_UP {
+		if !in.networkOn {
+			return reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED, "network monitoring is disabled on this agent")
+		}
+		return commandDecision{accept: true}
+	}
+	if !in.target.found {
+		return reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_NOT_FOUND, fmt.Sprintf("no container %s/%s on this node", key.Namespace, key.ID))
+	}
+	switch action {
+	case vigilv1.RemediationAction_REMEDIATION_ACTION_KILL, vigilv1.RemediationAction_REMEDIATION_ACTION_STOP,
+		vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART, vigilv1.RemediationAction_REMEDIATION_ACTION_START:
+	default:
+		return reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED, fmt.Sprintf("action %v is not supported by this agent", action))
+	}
+	if fenced := fenceBroken(cmd.GetFence(), key, in.restartCount); fenced != "" {
+		return reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_FENCED, fenced)
+	}
+	return commandDecision{accept: true}
 }
 
 // fenceBroken says why a command's fence no longer holds, "" when it

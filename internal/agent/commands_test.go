@@ -8,6 +8,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/runtime"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 func TestCommandPolicyRefusal(t *testing.T) {
@@ -104,6 +105,57 @@ func TestParseStopSpec(t *testing.T) {
 		got, errs := parseStopSpec(&c, 10*time.Second)
 		if got != tc.want || len(errs) != tc.errs {
 			t.Errorf("signal %q timeout %q: %+v with %d errors %v, want %+v with %d", tc.signal, tc.timeout, got, len(errs), errs, tc.want, tc.errs)
+		}
+	}
+}
+
+// TestDecideCommand: the gate of a command not seen before, in order. Rows
+// name the integration tests that prove the same rules end to end.
+func TestDecideCommand(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	key := runtime.Key{Namespace: "prod", ID: "web"}
+	open := commandPolicy{authenticated: true}
+	found := commandTarget{namespace: "prod", found: true, manager: runtime.ManagerVigil}
+	cmd := func(a vigilv1.RemediationAction, mod func(*vigilv1.Command)) *vigilv1.Command {
+		c := &vigilv1.Command{Id: "c1", Action: a, Target: &vigilv1.Target{Namespace: "prod", ContainerId: "web"}}
+		if mod != nil {
+			mod(c)
+		}
+		return c
+	}
+	restartCmd := vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART
+	rows := []struct {
+		name, proves string
+		cmd          *vigilv1.Command
+		in           commandFacts
+		accept       bool
+		outcome      vigilv1.CommandOutcome
+	}{
+		{"a restart of a known container is accepted", "TestCommandRunsOnce",
+			cmd(restartCmd, nil), commandFacts{now: now, policy: open, target: found}, true, 0},
+		{"past its deadline: expired", "table only",
+			cmd(restartCmd, func(c *vigilv1.Command) { c.Deadline = timestamppb.New(now.Add(-time.Second)) }),
+			commandFacts{now: now, policy: open, target: found}, false, vigilv1.CommandOutcome_COMMAND_OUTCOME_EXPIRED},
+		{"an isolated node refuses", "TestIsolatedAgentRefusesCommands",
+			cmd(restartCmd, nil), commandFacts{now: now, policy: open, target: found, isolation: "stream down"}, false, vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED},
+		{"a namespace outside the allowlist is refused before its container is looked for", "TestCommandNamespacesRefused",
+			cmd(restartCmd, nil), commandFacts{now: now, policy: commandPolicy{authenticated: true, namespaces: []string{"dev"}}}, false, vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED},
+		{"an unknown container: not found", "table only",
+			cmd(restartCmd, nil), commandFacts{now: now, policy: open, target: commandTarget{namespace: "prod"}}, false, vigilv1.CommandOutcome_COMMAND_OUTCOME_NOT_FOUND},
+		{"a restart since the alert breaks the fence", "table only (TestFenceBroken)",
+			cmd(restartCmd, func(c *vigilv1.Command) { c.Fence = &vigilv1.Fence{HasRestartCount: true, RestartCount: 1} }),
+			commandFacts{now: now, policy: open, target: found, restartCount: 2}, false, vigilv1.CommandOutcome_COMMAND_OUTCOME_FENCED},
+		{"an action the agent does not do fails", "table only",
+			cmd(vigilv1.RemediationAction_REMEDIATION_ACTION_UNSPECIFIED, nil), commandFacts{now: now, policy: open, target: found}, false, vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED},
+		{"a link up without network monitoring fails", "table only",
+			cmd(vigilv1.RemediationAction_REMEDIATION_ACTION_LINK_UP, nil), commandFacts{now: now, policy: commandPolicy{authenticated: true, hostLinks: true}}, false, vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED},
+		{"STOP then START of a known container are accepted", "TestStopThenStartCommands",
+			cmd(vigilv1.RemediationAction_REMEDIATION_ACTION_STOP, nil), commandFacts{now: now, policy: open, target: found}, true, 0},
+	}
+	for _, r := range rows {
+		d := decideCommand(r.cmd, key, r.in)
+		if d.accept != r.accept || d.outcome != r.outcome || (!d.accept && d.message == "") {
+			t.Errorf("%s (%s): accept %v outcome %v %q; want accept %v outcome %v", r.name, r.proves, d.accept, d.outcome, d.message, r.accept, r.outcome)
 		}
 	}
 }

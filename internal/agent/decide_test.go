@@ -30,8 +30,10 @@ import (
 //	decideRestartResult TestOperatorStopRacingRestartNoMisleadingEvent (task gone), table only (create retries)
 //	decidePause       TestPausedContainerIsNotProbed
 //	decideUnhealthy / decideHealthy TestUnhealthyContainerIsRestarted, TestNetworkConditionMakesUnhealthy
-//	decideCommand     TestCommandRunsOnce, TestCommandInterruptedNotRepeated, TestCommandNamespacesRefused,
-//	                  TestStopThenStartCommands, TestIsolatedAgentRefusesCommands (commands_test.go)
+//	decideCommand     TestCommandRunsOnce, TestCommandNamespacesRefused, TestStopThenStartCommands,
+//	                  TestIsolatedAgentRefusesCommands (rows in TestDecideCommand, commands_test.go;
+//	                  a command seen before, and one interrupted by a crash, are the state dir's
+//	                  records: TestCommandRunsOnce, TestCommandInterruptedNotRepeated)
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
@@ -253,7 +255,11 @@ func TestDecideRestartResult(t *testing.T) {
 		// TestBootstrapRenewsDuringExitBurst on a loaded machine: a create
 		// timed out after the old task's delete; the next try required it,
 		// and the container was taken for stopped by an operator.
-		{"a failure after the mark: the policy decides, the next try resumes", errors.New("create task: no answer within 10s"), 0, t0, resultFailed, 0, true},
+		{"a failure after the old task's delete: the policy decides, the next try resumes", errors.New("restart ns/c: create task: no answer within 10s"), 0, t0, resultFailed, 0, true},
+		// TestAgentRestartKeepsCountsAndStops on a loaded machine: the
+		// restart's task_get timed out while an operator deleted the task;
+		// the next try must still find it gone: an operator's stop.
+		{"a failure before the old task's delete: the next try requires it", errors.New("restart ns/c: containerd task_get: no answer within 10s"), 0, t0, resultFailed, 0, false},
 	} {
 		v.CreateRetries, v.Begun = r.tries, r.begun
 		got, in, resume := decideRestartResult(v, r.err)

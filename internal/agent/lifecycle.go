@@ -20,6 +20,13 @@ func (a *Agent) onRuntimeEvent(ctx context.Context, ev runtime.Event) {
 		if ev.Type == runtime.EventAvailable {
 			a.inventoryLoaded = true // the inventory's events came before this one
 			a.recordBoot()           // kicks the flusher: one write for every container found
+			held := a.heldCommands
+			a.heldCommands = nil
+			defer func() {
+				for _, cmd := range held {
+					a.onCommand(ctx, cmd)
+				}
+			}()
 		}
 		a.log.Info("containerd "+ev.Type.String(), "version", a.rt.Version())
 		a.sendNodeStatus()

@@ -168,12 +168,12 @@ func (s *Store) load() error {
 	b, err := os.ReadFile(s.path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		// A new directory, or a crash between the two renames of a write:
-		// then the last good copy is the newest state.
+		// A new directory, or a file removed by hand: the last good copy,
+		// written with it, is the state.
 		if lg, ok := s.readLastGood(); ok {
 			s.d = lg
 			s.stats.Recovered = "last-good"
-			s.log.Warn("state file missing; started from its last good copy (the changes of the last write may be missing)", "state_dir", s.dir)
+			s.log.Warn("state file missing; started from its last good copy (every write keeps it as new as the file)", "state_dir", s.dir)
 		}
 		return s.flush(true)
 	case err != nil:
@@ -186,7 +186,7 @@ func (s *Store) load() error {
 		return nil
 	}
 	// Corrupt: kept aside for the operator, never deleted; the last good
-	// copy is the state, a write behind at most.
+	// copy, written with the file, is the state.
 	aside := s.path + ".corrupt-" + s.now().UTC().Format("20060102T150405.000000000")
 	if err := os.Rename(s.path, aside); err != nil {
 		return fmt.Errorf("state file %s is corrupt (%v) and cannot be set aside: %w", s.path, derr, err)
@@ -195,7 +195,7 @@ func (s *Store) load() error {
 	if lg, ok := s.readLastGood(); ok {
 		s.d = lg
 		s.stats.Recovered = "last-good"
-		s.log.Error("state file corrupt: set aside, started from its last good copy; the changes of its last write (an exit or restart count, a command's outcome) may be missing",
+		s.log.Error("state file corrupt: set aside, started from its last good copy (every write keeps it as new as the file)",
 			"set_aside", aside, "err", derr)
 	} else {
 		s.stats.Recovered = "empty"
