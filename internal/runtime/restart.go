@@ -178,6 +178,10 @@ const (
 //     bundle directory exists, its shim is not registered yet). createTask
 //     waits for it to end (up to leftoverCreateWait), then handles what it
 //     left as above; if it does not end, the error wraps ErrBundleLeft.
+//   - "failed to start shim: ... no such file or directory": the earlier
+//     create, failing, removed the bundle directory while this one's shim
+//     was starting in it (seen as "getwd: no such file or directory" from
+//     the shim). Handled as "file exists": waited for, then made again.
 //
 // It returns nil once a task it made is created; ctx bounds the waits.
 func (r *Runtime) createTask(ctx context.Context, c *apiClient, k Key, rootfs []*apitypes.Mount, stdout, stderr string, resume bool) error {
@@ -196,7 +200,7 @@ func (r *Runtime) createTask(ctx context.Context, c *apiClient, k Key, rootfs []
 			return nil
 		}
 		switch {
-		case strings.Contains(err.Error(), "file exists"):
+		case strings.Contains(err.Error(), "file exists"), bundleRemovedUnder(err):
 			if bundleSince.IsZero() {
 				bundleSince = time.Now()
 			}
@@ -234,6 +238,14 @@ func (r *Runtime) createTask(ctx context.Context, c *apiClient, k Key, rootfs []
 			return fmt.Errorf("%w: deleting it: %w", ErrCreateRaced, derr)
 		}
 	}
+}
+
+// bundleRemovedUnder reports whether a create failed because the bundle
+// directory its shim was starting in went away: an earlier, interrupted
+// create of the same task cleaning up after itself.
+func bundleRemovedUnder(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "failed to start shim") && strings.Contains(msg, "no such file or directory")
 }
 
 // deleteLeftover kills (a created task's waiting process) and deletes k's
