@@ -48,6 +48,9 @@ type gateway struct {
 	// killed is signalled (the test then stops the server).
 	killAfter func(n *nodeState, m *vigilv1.AgentMessage) bool
 	killed    chan struct{}
+	// refuse, when set, is asked after each Hello; a non-nil error ends
+	// the stream with it (a replica refusing a node held elsewhere).
+	refuse func() error
 	// commands are sent on every stream right after the HelloAck.
 	commands []*vigilv1.Command
 }
@@ -169,6 +172,14 @@ func (g *gateway) Connect(stream grpc.BidiStreamingServer[vigilv1.AgentMessage, 
 	first, err := stream.Recv()
 	if err != nil {
 		return err
+	}
+	g.mu.Lock()
+	refuse := g.refuse
+	g.mu.Unlock()
+	if refuse != nil {
+		if err := refuse(); err != nil {
+			return err
+		}
 	}
 	hello := first.GetHello()
 	if hello == nil || hello.GetNodeName() == "" || hello.GetInstanceId() == "" {

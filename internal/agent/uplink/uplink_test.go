@@ -15,6 +15,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/vigilhq/vigil/internal/agent/uplink"
@@ -704,5 +707,50 @@ func TestUnacknowledgedStreamIsReplaced(t *testing.T) {
 	waitFor(t, "the snapshot acknowledged by the resume point", func() bool { return u.Stats().AckedSeq == 1 })
 	if s := u.Stats(); s.Reconnects == 0 || s.Buffered != 0 {
 		t.Errorf("stats = %+v, want a reconnect and nothing held", s)
+	}
+}
+
+// A replica refusing the node (held by another replica's lease) tells when
+// to retry (RetryInfo): the agent waits that long, not its (here tiny)
+// backoff, then connects.
+func TestRefusalRetryInfoIsHonoured(t *testing.T) {
+	g := newGateway(t, nil)
+	const hint = time.Second
+	var mu sync.Mutex
+	var attempts []time.Time
+	g.mu.Lock()
+	g.refuse = func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		attempts = append(attempts, time.Now())
+		if len(attempts) > 2 {
+			return nil
+		}
+		st, err := status.New(codes.Unavailable, "node is held by aggregator replica r0").
+			WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(hint)})
+		if err != nil {
+			t.Error(err)
+		}
+		return st.Err()
+	}
+	g.mu.Unlock()
+	cfg := testConfig(t, g.addr)
+	cfg.BackoffInitial, cfg.BackoffMax = 5*time.Millisecond, 5*time.Second
+	u, err := uplink.New(cfg, (&fakeNode{}).snapshot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, u)
+	waitReady(t, u)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(attempts) < 3 {
+		t.Fatalf("%d attempts, want 3 (two refused, one accepted)", len(attempts))
+	}
+	for i := 1; i < 3; i++ {
+		// A lower bound only: the backoff alone would retry within 5-10ms.
+		if gap := attempts[i].Sub(attempts[i-1]); gap < hint {
+			t.Errorf("attempt %d came %v after a refusal asking for %v", i, gap, hint)
+		}
 	}
 }
