@@ -755,6 +755,16 @@ func (u *Uplink) receive(stream grpc.BidiStreamingClient[vigilv1.AgentMessage, v
 		case *vigilv1.AggregatorMessage_Config:
 			// The aggregator sends no ConfigPush yet; nothing here uses one.
 			u.log.Debug("ignoring a config push", "sample_interval", b.Config.GetSampleInterval().AsDuration())
+		case *vigilv1.AggregatorMessage_SnapshotRequest:
+			// The aggregator saw a gap in the sequence: resynchronise.
+			u.log.Warn("the aggregator asks for a snapshot", "reason", b.SnapshotRequest.GetReason(), "after_seq", b.SnapshotRequest.GetAfterSeq())
+			u.mu.Lock()
+			u.needSnapshot = cmp(u.needSnapshot, reasonRequested)
+			u.mu.Unlock()
+			select {
+			case u.wake <- struct{}{}:
+			default:
+			}
 		case *vigilv1.AggregatorMessage_HelloAck:
 			u.log.Warn("ignoring a second HelloAck on the stream")
 		default:

@@ -754,3 +754,48 @@ func TestRefusalRetryInfoIsHonoured(t *testing.T) {
 		}
 	}
 }
+
+// A SnapshotRequest mid-stream (the aggregator saw a sequence gap) makes
+// the agent send a fresh Snapshot on the same stream, counted with reason
+// "requested".
+func TestSnapshotRequestMidStream(t *testing.T) {
+	g := newGateway(t, nil)
+	asked := false
+	g.mu.Lock()
+	g.reply = func(m *vigilv1.AgentMessage) *vigilv1.AggregatorMessage {
+		if m.GetSnapshot() == nil || asked {
+			return nil
+		}
+		asked = true
+		return &vigilv1.AggregatorMessage{Body: &vigilv1.AggregatorMessage_SnapshotRequest{SnapshotRequest: &vigilv1.SnapshotRequest{
+			Reason: "sequence gap: 5 after 2", AfterSeq: m.GetSeq(),
+		}}}
+	}
+	g.mu.Unlock()
+	u, err := uplink.New(testConfig(t, g.addr), (&fakeNode{}).snapshot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, u)
+	waitFor(t, "a second snapshot on the first stream", func() bool {
+		n := g.node(node)
+		snapshots := 0
+		for _, m := range n.applied {
+			if m.GetSnapshot() != nil {
+				snapshots++
+			}
+		}
+		return snapshots == 2
+	})
+	if s := u.Stats(); s.Reconnects != 0 {
+		t.Errorf("%d reconnects: the snapshot was to come on the same stream", s.Reconnects)
+	}
+	expectMetrics(t, u, `
+		# HELP vigil_agent_uplink_snapshots_total Snapshots sent, by why they were sent.
+		# TYPE vigil_agent_uplink_snapshots_total counter
+		vigil_agent_uplink_snapshots_total{reason="new_instance"} 1
+		vigil_agent_uplink_snapshots_total{reason="overflow"} 0
+		vigil_agent_uplink_snapshots_total{reason="requested"} 1
+		vigil_agent_uplink_snapshots_total{reason="resume_mismatch"} 0
+	`, "vigil_agent_uplink_snapshots_total")
+}
