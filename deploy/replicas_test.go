@@ -18,7 +18,7 @@ import (
 )
 
 // replicaFlags are the aggregator's flags of a replica (issue 27).
-var replicaFlags = []string{"replica-id", "lease-ttl", "advertise-api"}
+var replicaFlags = []string{"replica-id", "lease-ttl", "advertise-api", "peer-server-name"}
 
 // renderReplicas renders deploy/replicas with kubectl's kustomize and
 // decodes every object strictly (unknown, misspelt or duplicate fields

@@ -67,6 +67,8 @@ func parseFlags(args []string, stderr io.Writer) (aggregator.Config, options, er
 	fs.StringVar(&cfg.AggregatorID, "replica-id", cfg.AggregatorID, "name of this aggregator replica (its holder keys, its registration, HelloAck); unique among the replicas sharing --etcd-endpoints")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "with --etcd-endpoints: TTL of this replica's lease, under which it holds its nodes' streams; a replica that dies frees its nodes within it")
 	fs.StringVar(&cfg.AdvertiseAPI, "advertise-api", "", "with --etcd-endpoints: the address the other replicas reach this replica's gRPC API on, for the fleet-wide reads (default: the --grpc-listen address bound)")
+	var peerServerName string
+	fs.StringVar(&peerServerName, "peer-server-name", "", "with --etcd-endpoints and TLS: the name the other replicas' serving certificates are verified against when calling them (e.g. the Service name the certificates carry; default: the host of each replica's --advertise-api address)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.IntVar(&opts.gcPercent, "gc-percent", 50, "Go GC target percentage (GOGC), unless the GOGC environment variable is set; see docs/benchmarks/aggregator.md")
 	if err := fs.Parse(args); err != nil {
@@ -106,17 +108,19 @@ func parseFlags(args []string, stderr io.Writer) (aggregator.Config, options, er
 		if opts.etcd.endpoints != "" {
 			// The replicas ask each other for their nodes with the
 			// aggregator's own certificate (it needs role viewer).
-			pc, err := pki.ClientConfig(tlsFiles, "")
+			pc, err := pki.ClientConfig(tlsFiles, peerServerName)
 			if err != nil {
 				return cfg, opts, fmt.Errorf("--tls-cert/--tls-key as the client certificate toward the other replicas: %w", err)
 			}
 			cfg.PeerTLS = pc
 		}
+	case flagGiven(fs, "peer-server-name"):
+		return cfg, opts, fmt.Errorf("--peer-server-name needs TLS (--tls-cert, --tls-key, --tls-ca): %w", errdefs.ErrInvalid)
 	case !cfg.Insecure:
 		return cfg, opts, fmt.Errorf("no transport security: give --tls-cert, --tls-key and --tls-ca (mutual TLS), or --insecure for a local demo: %w", errdefs.ErrInvalid)
 	}
 	if opts.etcd.endpoints == "" {
-		for _, f := range []string{"lease-ttl", "advertise-api"} {
+		for _, f := range []string{"lease-ttl", "advertise-api", "peer-server-name"} {
 			if flagGiven(fs, f) {
 				return cfg, opts, fmt.Errorf("--%s needs --etcd-endpoints (replicas share their state there): %w", f, errdefs.ErrInvalid)
 			}

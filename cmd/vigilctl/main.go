@@ -24,6 +24,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -31,6 +32,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -76,7 +78,7 @@ func runAt(ctx context.Context, args []string, stdout, stderr io.Writer, now fun
 	if inv.global.insecure {
 		fmt.Fprintf(stderr, "vigilctl: warning: connecting to %s without TLS: nothing authenticates the aggregator or protects what it answers (demo aggregators only)\n", inv.global.server)
 	}
-	conn, err := dial(inv.global)
+	conn, err := dial(inv.global, stderr)
 	if err != nil {
 		return err
 	}
@@ -293,7 +295,60 @@ func flagError(err error) error {
 	return fmt.Errorf("%v: %w", err, errdefs.ErrInvalid)
 }
 
-func dial(g globalFlags) (*grpc.ClientConn, error) {
+// partialHeader is the gRPC header an aggregator replica sets on a
+// fleet-wide answer that misses the replicas named in it
+// (aggregator.PartialHeader).
+const partialHeader = "vigil-partial"
+
+// partialWarner prints one warning line on stderr when an answer is
+// partial (some replicas did not answer), whatever the output format.
+type partialWarner struct {
+	w    io.Writer
+	once sync.Once
+}
+
+func (p *partialWarner) check(md metadata.MD) {
+	if v := md.Get(partialHeader); len(v) > 0 {
+		p.once.Do(func() {
+			fmt.Fprintf(p.w, "vigilctl: warning: the answer is partial: %s\n", strings.Join(v, "; "))
+		})
+	}
+}
+
+func (p *partialWarner) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	var md metadata.MD
+	err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Header(&md))...)
+	p.check(md)
+	return err
+}
+
+func (p *partialWarner) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	cs, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &partialStream{ClientStream: cs, p: p}, nil
+}
+
+// partialStream checks the stream's header on its first message.
+type partialStream struct {
+	grpc.ClientStream
+	p       *partialWarner
+	checked bool
+}
+
+func (s *partialStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if !s.checked {
+		s.checked = true
+		if md, herr := s.ClientStream.Header(); herr == nil {
+			s.p.check(md)
+		}
+	}
+	return err
+}
+
+func dial(g globalFlags, stderr io.Writer) (*grpc.ClientConn, error) {
 	creds := insecure.NewCredentials()
 	if !g.insecure {
 		tc, err := pki.ClientConfig(g.tls, g.tlsServerName)
@@ -303,8 +358,10 @@ func dial(g globalFlags) (*grpc.ClientConn, error) {
 		creds = credentials.NewTLS(tc)
 	}
 	// A page of containers with labels can pass gRPC's default 4 MiB.
+	pw := &partialWarner{w: stderr}
 	conn, err := grpc.NewClient(g.server, grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)),
+		grpc.WithUnaryInterceptor(pw.unary), grpc.WithStreamInterceptor(pw.stream))
 	if err != nil {
 		return nil, fmt.Errorf("--server %q: %v: %w", g.server, err, errdefs.ErrInvalid)
 	}

@@ -48,6 +48,7 @@ type node struct {
 	instance       string
 	lastSeq        uint64
 	needSnapshot   bool
+	seqGaps        uint64 // messages applied after a gap in the sequence
 	state          vigilv1.NodeState
 	agentVersion   string
 	bootID         string
@@ -200,6 +201,12 @@ func (f *Fleet) applied(name string, seq uint64) bool {
 type applyResult struct {
 	applied bool   // false for a duplicate
 	acked   uint64 // the node's last applied seq after the message
+	// gap is the number of sequence numbers skipped before the message
+	// (0: none); askSnapshot says the agent should be asked for a
+	// snapshot now (the message is not one and none was asked already).
+	gap         uint64
+	askSnapshot bool
+	gapAfter    uint64 // the last seq applied before the gap
 }
 
 // apply applies one agent message of the node's current instance, at most
@@ -229,6 +236,18 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time, q *Qu
 		if err := n.checkQuotas(m, q); err != nil {
 			n.mu.Unlock()
 			return applyResult{}, err
+		}
+	}
+	var res applyResult
+	if n.lastSeq != 0 && m.GetSeq() > n.lastSeq+1 {
+		// Messages the agent dropped (or a buggy agent): counted, and
+		// unless this message is the snapshot that supersedes them, a
+		// snapshot is asked for now and at the next Hello.
+		res.gap, res.gapAfter = m.GetSeq()-n.lastSeq-1, n.lastSeq
+		n.seqGaps++
+		if m.GetSnapshot() == nil {
+			res.askSnapshot = !n.needSnapshot
+			n.needSnapshot = true
 		}
 	}
 	n.lastSeq = m.GetSeq()
@@ -268,13 +287,13 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time, q *Qu
 	case *vigilv1.AgentMessage_CommandResult:
 		n.addResult(b.CommandResult)
 	}
-	acked := n.lastSeq
+	res.applied, res.acked = true, n.lastSeq
 	n.mu.Unlock()
 
 	if event != nil {
 		f.events.publish(name, event)
 	}
-	return applyResult{applied: true, acked: acked}, nil
+	return res, nil
 }
 
 // checkQuotas checks the caps that depend on what the node holds; n.mu is

@@ -58,3 +58,49 @@ func TestCommandResultsKeyedByCommand(t *testing.T) {
 		t.Fatal("a command result without command_id was accepted")
 	}
 }
+
+// A gap asks for a snapshot once until a snapshot arrives; a gap right
+// after a new instance's hello (lastSeq 0: the agent resends what it holds)
+// is not one; the reconnect after a gap asks for a snapshot too.
+func TestFleetSequenceGaps(t *testing.T) {
+	f := NewFleet()
+	hello := &vigilv1.Hello{NodeName: "n1", InstanceId: "i"}
+	if ack := f.connect(hello, "agg", time.Unix(0, 0), false); !ack.GetSnapshotRequired() {
+		t.Fatal("a new node is not asked for a snapshot")
+	}
+	apply := func(seq uint64, snapshot bool) applyResult {
+		t.Helper()
+		m := &vigilv1.AgentMessage{Seq: seq, Body: &vigilv1.AgentMessage_NodeStatus{NodeStatus: &vigilv1.NodeStatus{}}}
+		if snapshot {
+			m.Body = &vigilv1.AgentMessage_Snapshot{Snapshot: &vigilv1.Snapshot{}}
+		}
+		r, err := f.apply("n1", m, time.Unix(int64(seq), 0), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	for _, c := range []struct {
+		seq      uint64
+		snapshot bool
+		gap      uint64
+		ask      bool
+	}{
+		{40, true, 0, false}, // first after the hello: no gap
+		{41, false, 0, false},
+		{44, false, 2, true},
+		{47, false, 2, false}, // asked already
+		{49, true, 1, false},  // the snapshot: counted, clears the ask
+		{52, false, 2, true},
+	} {
+		if r := apply(c.seq, c.snapshot); r.gap != c.gap || r.askSnapshot != c.ask {
+			t.Errorf("seq %d: gap %d ask %v, want %d %v", c.seq, r.gap, r.askSnapshot, c.gap, c.ask)
+		}
+	}
+	if n := f.get("n1"); n.seqGaps != 4 {
+		t.Errorf("%d gaps counted, want 4", n.seqGaps)
+	}
+	if ack := f.connect(hello, "agg", time.Unix(60, 0), false); !ack.GetSnapshotRequired() || ack.GetResumeAfterSeq() != 52 {
+		t.Errorf("reconnect after an unanswered gap: %v, want snapshot_required and resume after 52", ack)
+	}
+}

@@ -73,6 +73,8 @@ type agentStream struct {
 	applied  atomic.Uint64 // highest seq applied (or already held) for the instance
 	unacked  atomic.Int64
 	wake     chan struct{}
+	// snapshot holds a SnapshotRequest for sendLoop (room for one).
+	snapshot chan *vigilv1.SnapshotRequest
 }
 
 func newGateway(cfg *Config, fleet *Fleet, m *selfMetrics, stopping <-chan struct{}) *Gateway {
@@ -169,6 +171,7 @@ func (g *Gateway) serveConn(stream agentConn) error {
 		done:     make(chan struct{}),
 		commands: make(chan *vigilv1.Command, g.commandQueue),
 		wake:     make(chan struct{}, 1),
+		snapshot: make(chan *vigilv1.SnapshotRequest, 1),
 	}
 	defer close(s.done)
 	fresh := false
@@ -360,6 +363,18 @@ func (g *Gateway) serve(ctx context.Context, s *agentStream, msgs <-chan sized, 
 				}
 				return err
 			}
+			if res.gap > 0 {
+				g.log.Warn("sequence gap in an agent's stream: messages were lost", "node", s.node,
+					"after_seq", res.gapAfter, "seq", m.GetSeq(), "missing", res.gap, "snapshot_asked", res.askSnapshot)
+			}
+			if res.askSnapshot {
+				req := &vigilv1.SnapshotRequest{AfterSeq: res.gapAfter,
+					Reason: fmt.Sprintf("sequence gap: %d after %d", m.GetSeq(), res.gapAfter)}
+				select {
+				case s.snapshot <- req:
+				default: // one is pending already
+				}
+			}
 			if !res.applied {
 				g.metrics.rejected.WithLabelValues("duplicate").Inc()
 			} else if sent := m.GetSentAt(); sent != nil {
@@ -421,6 +436,11 @@ func (g *Gateway) sendLoop(ctx context.Context, stream agentConn, s *agentStream
 			} else if timerC == nil {
 				timer.Reset(g.ackInterval)
 				timerC = timer.C
+			}
+		case req := <-s.snapshot:
+			if err := stream.Send(&vigilv1.AggregatorMessage{Body: &vigilv1.AggregatorMessage_SnapshotRequest{SnapshotRequest: req}}); err != nil {
+				s.cancel(fmt.Errorf("send snapshot request: %w", err))
+				return
 			}
 		case cmd := <-s.commands:
 			if err := stream.Send(&vigilv1.AggregatorMessage{Body: &vigilv1.AggregatorMessage_Command{Command: cmd}}); err != nil {

@@ -12,8 +12,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/store"
@@ -201,7 +204,7 @@ func (r *replicas) claim(ctx context.Context, node string, s *agentStream) (fres
 			return admitUnclaimed(err)
 		case string(kv.Value) != r.id || kv.Lease != lease:
 			r.m.rejected.WithLabelValues("held_elsewhere").Inc()
-			return false, status.Errorf(codes.Unavailable, "node %s is held by aggregator replica %s (until its stream ends or its lease of %v lapses); connect to another replica", node, kv.Value, r.ttl)
+			return false, heldElsewhere(node, string(kv.Value), r.leaseRemaining(cctx, kv.Lease))
 		}
 		// Ours: a release that failed left it (or a stream admitted while
 		// the store was away).
@@ -578,4 +581,39 @@ func (r *replicas) watchPrefix(ctx context.Context, prefix string, fn func(store
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// leaseClient is implemented by stores that tell a lease's remaining time
+// (etcd's LeaseTimeToLive, through the etcd store's client).
+type leaseClient interface{ Client() *clientv3.Client }
+
+// leaseRemaining is the longest the holder's lease can still last: its
+// remaining TTL from the store plus a second (etcd answers in whole
+// seconds and revokes expired leases on a timer), or the replicas' TTL
+// when the store cannot tell.
+func (r *replicas) leaseRemaining(ctx context.Context, lease store.LeaseID) time.Duration {
+	lc, ok := r.st.(leaseClient)
+	if !ok || lease == store.NoLease {
+		return r.ttl
+	}
+	resp, err := lc.Client().TimeToLive(ctx, clientv3.LeaseID(lease))
+	if err != nil {
+		return r.ttl
+	}
+	if resp.TTL <= 0 {
+		// Expired (or being revoked): the key goes within a moment.
+		return time.Second
+	}
+	return min(time.Duration(resp.TTL)*time.Second+time.Second, r.ttl+time.Second)
+}
+
+// heldElsewhere is the refusal of a node held by another replica: Unavailable
+// naming the holder, with a RetryInfo detail telling when the holder's lease
+// ends at the latest (the agent retries then instead of backing off).
+func heldElsewhere(node, holder string, remaining time.Duration) error {
+	st := status.Newf(codes.Unavailable, "node %s is held by aggregator replica %s (until its stream ends or its lease lapses, within %v); connect to another replica", node, holder, remaining)
+	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(remaining)}); err == nil {
+		st = d
+	}
+	return st.Err()
 }

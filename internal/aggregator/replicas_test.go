@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -215,6 +216,12 @@ func TestReplicasHoldNodes(t *testing.T) {
 	_, err = b.connectAgent("n1", "i1")
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "held by aggregator replica r0") {
 		t.Fatalf("a second replica answered a held node with %v, want Unavailable naming r0", err)
+	}
+	// The refusal tells when r0's lease ends at the latest (RetryInfo): the
+	// live holder renews every TTL/3, so its lease has (0, TTL] left, plus
+	// the second etcd's whole-second answer costs.
+	if d := retryDelay(err); d <= 0 || d > 3*time.Second+time.Second {
+		t.Fatalf("the refusal's retry delay is %v, want in (0, 4s] (TTL 3s + 1s): %v", d, err)
 	}
 	if l := seriesLines(a.scrape(), "vigil_aggregator_held_nodes"); len(l) != 1 || l[0] != "vigil_aggregator_held_nodes 1" {
 		t.Fatalf("r0 does not count its held node:\n%s", seriesLines(a.scrape(), "vigil_aggregator_held_nodes"))
@@ -716,4 +723,14 @@ func TestReplicasFleetBudget(t *testing.T) {
 	if got != 10 {
 		t.Fatalf("the agents got %d commands, want 10", got)
 	}
+}
+
+// retryDelay is the RetryInfo delay of a gRPC error (0: none).
+func retryDelay(err error) time.Duration {
+	for _, d := range status.Convert(err).Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			return ri.GetRetryDelay().AsDuration()
+		}
+	}
+	return 0
 }

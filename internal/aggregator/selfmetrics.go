@@ -178,6 +178,8 @@ var (
 		"Nodes the aggregator knows, by stream state (up, stale, down).", []string{"state"}, nil)
 	containersDesc = prometheus.NewDesc("vigil_aggregator_containers",
 		"Containers the agents report, sandboxes included.", nil, nil)
+	seqGapsDesc = prometheus.NewDesc("vigil_aggregator_sequence_gaps_total",
+		"Messages of a node's stream applied after a gap in its sequence numbers (messages the agent dropped), by node; a node appears after its first gap and goes when it is forgotten. Each gap asks the agent for a snapshot.", []string{"node"}, nil)
 )
 
 var _ prometheus.Collector = fleetCollector{}
@@ -185,6 +187,7 @@ var _ prometheus.Collector = fleetCollector{}
 func (fleetCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- nodesDesc
 	ch <- containersDesc
+	ch <- seqGapsDesc
 }
 
 func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
@@ -193,6 +196,14 @@ func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(byState[s]), stateName(s))
 	}
 	ch <- prometheus.MustNewConstMetric(containersDesc, prometheus.GaugeValue, float64(containers))
+	for _, n := range c.fleet.list() {
+		n.mu.Lock()
+		gaps := n.seqGaps
+		n.mu.Unlock()
+		if gaps > 0 {
+			ch <- prometheus.MustNewConstMetric(seqGapsDesc, prometheus.CounterValue, float64(gaps), n.name)
+		}
+	}
 }
 
 func stateName(s vigilv1.NodeState) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
@@ -232,30 +233,60 @@ func (e *Engine) Expire(ctx context.Context) (int, error) {
 // Outbox(node)). Each goes through Dispatch first, so no two replicas or
 // calls send the same command. When send fails (the stream's queue is
 // full, the stream is ending) the command goes back to the outbox, and
-// Deliver tries again after a backoff (100 ms doubling to 5 s), as it does
-// when the store fails (etcd without quorum): while ctx lives, nothing is
+// Deliver tries again after a backoff (deliverBackoff: 100 ms doubling to
+// 5 s, with jitter; reset once a command goes out), as it does when the
+// store fails (etcd without quorum): while ctx lives, nothing is
 // left behind. The aggregator runs one Deliver per node stream it holds,
 // under the stream's context, and need not restart it; send must not block
 // for long (it queues the command on the stream).
 func (e *Engine) Deliver(ctx context.Context, node string, send func(Command) error) error {
 	prefix := Outbox(node)
-	backoff := 100 * time.Millisecond
+	failures := 0
+	sendOK := func(c Command) error {
+		err := send(c)
+		if err == nil {
+			failures = 0 // a command went out: the next failure starts over
+		}
+		return err
+	}
 	for ctx.Err() == nil {
-		err := e.deliverFrom(ctx, node, prefix, send)
+		start := time.Now()
+		err := e.deliverFrom(ctx, node, prefix, sendOK)
 		if ctx.Err() != nil {
 			break
 		}
 		if errors.Is(err, store.ErrCompacted) {
 			continue // list again and watch from there
 		}
-		e.log.Warn("delivering commands: trying again", "node", node, "in", backoff, "err", err)
+		if time.Since(start) >= deliverBackoffMax {
+			failures = 0 // the watch lived long: not a failing store
+		}
+		wait := deliverBackoff(failures, rand.Int64N)
+		failures++
+		e.log.Warn("delivering commands: trying again", "node", node, "in", wait, "err", err)
 		select {
 		case <-ctx.Done():
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 	return nil
+}
+
+// deliverBackoffMax caps Deliver's wait between attempts.
+const deliverBackoffMax = 5 * time.Second
+
+// deliverBackoff is Deliver's wait after failures failed attempts in a
+// row: a ceiling doubling from 100 ms to deliverBackoffMax, of which half
+// is fixed and half drawn (draw returns a uniform value in [0, n)), so the
+// streams of many nodes that failed together (a slow etcd) do not retry in
+// step.
+func deliverBackoff(failures int, draw func(n int64) int64) time.Duration {
+	c := 100 * time.Millisecond
+	for i := 0; i < failures && c < deliverBackoffMax; i++ {
+		c *= 2
+	}
+	c = min(c, deliverBackoffMax)
+	return c/2 + time.Duration(draw(int64(c/2)+1))
 }
 
 // deliverFrom sends what is in the outbox, then what comes, until an error.

@@ -586,3 +586,22 @@ func TestSweep(t *testing.T) {
 		}
 	}
 }
+
+// Deliver's retry wait grows per failure to a cap, with half of it drawn.
+func TestDeliverBackoff(t *testing.T) {
+	top := func(n int64) int64 { return n - 1 }
+	zero := func(int64) int64 { return 0 }
+	want := []time.Duration{100, 200, 400, 800, 1600, 3200, 5000, 5000}
+	for f, w := range want {
+		w *= time.Millisecond
+		if got := deliverBackoff(f, top); got != w {
+			t.Errorf("deliverBackoff(%d) with the largest draw = %v, want %v", f, got, w)
+		}
+		if got := deliverBackoff(f, zero); got != w/2 {
+			t.Errorf("deliverBackoff(%d) with the smallest draw = %v, want %v", f, got, w/2)
+		}
+	}
+	if got := deliverBackoff(1000, top); got != deliverBackoffMax {
+		t.Errorf("deliverBackoff(1000) = %v, want the cap", got)
+	}
+}

@@ -41,3 +41,18 @@ func (b backoff) delay(attempt int) time.Duration {
 	}
 	return time.Duration(draw(c + 1))
 }
+
+// after is the wait before retrying when the aggregator said when to retry
+// (a replica refusing a node another replica's lease still holds tells when
+// that lease ends at the latest): the hint, raised to initial (never a tight
+// loop) and capped at max, plus a jitter of up to a tenth of it (at least
+// 100ms) so the agents the same replica refused do not come back at once.
+func (b backoff) after(hint time.Duration) time.Duration {
+	d := min(max(hint, b.initial), b.max)
+	j := int64(max(d/10, 100*time.Millisecond))
+	draw := b.int64n
+	if draw == nil {
+		draw = rand.Int64N
+	}
+	return d + time.Duration(draw(j+1))
+}

@@ -54,3 +54,25 @@ func TestBackoffJitterSpreadsOverTheWindow(t *testing.T) {
 		}
 	}
 }
+
+// A retry hint (the holder's lease end) replaces the backoff: raised to
+// initial, capped at max, plus a jitter of a tenth (at least 100ms).
+func TestBackoffAfterHint(t *testing.T) {
+	top := func(n int64) int64 { return n - 1 }
+	zero := func(int64) int64 { return 0 }
+	b := backoff{initial: 500 * time.Millisecond, max: 30 * time.Second, int64n: top}
+	for _, c := range []struct{ hint, want time.Duration }{
+		{7 * time.Second, 7*time.Second + 700*time.Millisecond},
+		{0, 500*time.Millisecond + 100*time.Millisecond},  // never a tight loop
+		{time.Hour, 30*time.Second + 3*time.Second},       // capped
+		{time.Second, time.Second + 100*time.Millisecond}, // jitter at least 100ms
+	} {
+		if got := b.after(c.hint); got != c.want {
+			t.Errorf("after(%v) with the largest draw = %v, want %v", c.hint, got, c.want)
+		}
+	}
+	b.int64n = zero
+	if got := b.after(7 * time.Second); got != 7*time.Second {
+		t.Errorf("after(7s) with the smallest draw = %v, want 7s", got)
+	}
+}

@@ -16,7 +16,8 @@
 //
 // A Snapshot (from the callback given to New) is sent first on the first
 // connection of an Uplink, when the aggregator asks for one
-// (HelloAck.snapshot_required), when the buffer overflowed, and when the
+// (HelloAck.snapshot_required, or a SnapshotRequest on a live stream when it
+// saw a gap in the sequence), when the buffer overflowed, and when the
 // aggregator's resume point contradicts what this instance sent. A snapshot
 // carries the node's current state, so it supersedes every held message whose
 // content it carries (container events, network events, network samples, node
@@ -36,4 +37,14 @@
 // opportunity (at once on a live stream, else first on the next one) so the
 // aggregator converges. A new sample batch that finds the buffer full of
 // lifecycle messages is dropped itself: the next batch replaces it.
+//
+// # Reconnecting
+//
+// A stream that ends is dialed again (to the next address of the list) after
+// a delay drawn with full jitter from an exponential window (BackoffInitial
+// doubling to BackoffMax). When the aggregator's refusal says when to retry
+// (a google.rpc.RetryInfo detail: a replica refusing a node another
+// replica's lease still holds gives that lease's end), the uplink waits that
+// long instead, plus up to a tenth of jitter, within [BackoffInitial,
+// BackoffMax], and its exponential window does not grow.
 package uplink

@@ -48,6 +48,12 @@ type gateway struct {
 	// killed is signalled (the test then stops the server).
 	killAfter func(n *nodeState, m *vigilv1.AgentMessage) bool
 	killed    chan struct{}
+	// reply, when set, is asked after each applied message (under mu);
+	// a non-nil answer is sent on the stream.
+	reply func(m *vigilv1.AgentMessage) *vigilv1.AggregatorMessage
+	// refuse, when set, is asked after each Hello; a non-nil error ends
+	// the stream with it (a replica refusing a node held elsewhere).
+	refuse func() error
 	// commands are sent on every stream right after the HelloAck.
 	commands []*vigilv1.Command
 }
@@ -170,6 +176,14 @@ func (g *gateway) Connect(stream grpc.BidiStreamingServer[vigilv1.AgentMessage, 
 	if err != nil {
 		return err
 	}
+	g.mu.Lock()
+	refuse := g.refuse
+	g.mu.Unlock()
+	if refuse != nil {
+		if err := refuse(); err != nil {
+			return err
+		}
+	}
 	hello := first.GetHello()
 	if hello == nil || hello.GetNodeName() == "" || hello.GetInstanceId() == "" {
 		return status.Error(codes.InvalidArgument, "the first message must be a Hello with a node name and an instance id")
@@ -260,7 +274,16 @@ func (g *gateway) Connect(stream grpc.BidiStreamingServer[vigilv1.AgentMessage, 
 			if kill {
 				g.killAfter = nil
 			}
+			var answer *vigilv1.AggregatorMessage
+			if g.reply != nil {
+				answer = g.reply(m)
+			}
 			g.mu.Unlock()
+			if answer != nil {
+				if err := stream.Send(answer); err != nil {
+					return err
+				}
+			}
 			if kill {
 				g.killed <- struct{}{}
 				return status.Error(codes.Unavailable, "killed by the test")

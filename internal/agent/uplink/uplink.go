@@ -15,10 +15,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -437,9 +439,18 @@ func (u *Uplink) Run(ctx context.Context) error {
 		if established && time.Since(start) >= u.cfg.BackoffMax {
 			attempt = 0
 		}
-		delay := u.backoff.delay(attempt)
-		if attempt < 64 {
-			attempt++
+		var delay time.Duration
+		var ra *retryAfterError
+		if errors.As(err, &ra) {
+			// The aggregator said when the node can be taken (the lease
+			// of the replica that held it ends): retry then, not later
+			// with a backoff grown on refusals.
+			delay = u.backoff.after(ra.after)
+		} else {
+			delay = u.backoff.delay(attempt)
+			if attempt < 64 {
+				attempt++
+			}
 		}
 		u.mu.Lock()
 		u.stats.reconnects++
@@ -552,7 +563,35 @@ func (u *Uplink) streamError(stream grpc.BidiStreamingClient[vigilv1.AgentMessag
 			err = errServerClosed
 		}
 	}
-	return fmt.Errorf("%s: %w", op, errdefs.FromGRPC(err))
+	wrapped := fmt.Errorf("%s: %w", op, errdefs.FromGRPC(err))
+	if d := retryInfo(err); d > 0 {
+		return &retryAfterError{after: d, err: wrapped}
+	}
+	return wrapped
+}
+
+// retryAfterError is a stream's end where the aggregator told when to try
+// again (a google.rpc.RetryInfo detail in its status).
+type retryAfterError struct {
+	after time.Duration
+	err   error
+}
+
+func (e *retryAfterError) Error() string { return e.err.Error() }
+func (e *retryAfterError) Unwrap() error { return e.err }
+
+// retryInfo is the RetryInfo delay in a gRPC error's status (0: none).
+func retryInfo(err error) time.Duration {
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			return ri.GetRetryDelay().AsDuration()
+		}
+	}
+	return 0
 }
 
 func (u *Uplink) dialOptions() []grpc.DialOption {
@@ -716,6 +755,16 @@ func (u *Uplink) receive(stream grpc.BidiStreamingClient[vigilv1.AgentMessage, v
 		case *vigilv1.AggregatorMessage_Config:
 			// The aggregator sends no ConfigPush yet; nothing here uses one.
 			u.log.Debug("ignoring a config push", "sample_interval", b.Config.GetSampleInterval().AsDuration())
+		case *vigilv1.AggregatorMessage_SnapshotRequest:
+			// The aggregator saw a gap in the sequence: resynchronise.
+			u.log.Warn("the aggregator asks for a snapshot", "reason", b.SnapshotRequest.GetReason(), "after_seq", b.SnapshotRequest.GetAfterSeq())
+			u.mu.Lock()
+			u.needSnapshot = cmp(u.needSnapshot, reasonRequested)
+			u.mu.Unlock()
+			select {
+			case u.wake <- struct{}{}:
+			default:
+			}
 		case *vigilv1.AggregatorMessage_HelloAck:
 			u.log.Warn("ignoring a second HelloAck on the stream")
 		default:

@@ -15,6 +15,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/vigilhq/vigil/internal/agent/uplink"
@@ -705,4 +708,94 @@ func TestUnacknowledgedStreamIsReplaced(t *testing.T) {
 	if s := u.Stats(); s.Reconnects == 0 || s.Buffered != 0 {
 		t.Errorf("stats = %+v, want a reconnect and nothing held", s)
 	}
+}
+
+// A replica refusing the node (held by another replica's lease) tells when
+// to retry (RetryInfo): the agent waits that long, not its (here tiny)
+// backoff, then connects.
+func TestRefusalRetryInfoIsHonoured(t *testing.T) {
+	g := newGateway(t, nil)
+	const hint = time.Second
+	var mu sync.Mutex
+	var attempts []time.Time
+	g.mu.Lock()
+	g.refuse = func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		attempts = append(attempts, time.Now())
+		if len(attempts) > 2 {
+			return nil
+		}
+		st, err := status.New(codes.Unavailable, "node is held by aggregator replica r0").
+			WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(hint)})
+		if err != nil {
+			t.Error(err)
+		}
+		return st.Err()
+	}
+	g.mu.Unlock()
+	cfg := testConfig(t, g.addr)
+	cfg.BackoffInitial, cfg.BackoffMax = 5*time.Millisecond, 5*time.Second
+	u, err := uplink.New(cfg, (&fakeNode{}).snapshot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, u)
+	waitReady(t, u)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(attempts) < 3 {
+		t.Fatalf("%d attempts, want 3 (two refused, one accepted)", len(attempts))
+	}
+	for i := 1; i < 3; i++ {
+		// A lower bound only: the backoff alone would retry within 5-10ms.
+		if gap := attempts[i].Sub(attempts[i-1]); gap < hint {
+			t.Errorf("attempt %d came %v after a refusal asking for %v", i, gap, hint)
+		}
+	}
+}
+
+// A SnapshotRequest mid-stream (the aggregator saw a sequence gap) makes
+// the agent send a fresh Snapshot on the same stream, counted with reason
+// "requested".
+func TestSnapshotRequestMidStream(t *testing.T) {
+	g := newGateway(t, nil)
+	asked := false
+	g.mu.Lock()
+	g.reply = func(m *vigilv1.AgentMessage) *vigilv1.AggregatorMessage {
+		if m.GetSnapshot() == nil || asked {
+			return nil
+		}
+		asked = true
+		return &vigilv1.AggregatorMessage{Body: &vigilv1.AggregatorMessage_SnapshotRequest{SnapshotRequest: &vigilv1.SnapshotRequest{
+			Reason: "sequence gap: 5 after 2", AfterSeq: m.GetSeq(),
+		}}}
+	}
+	g.mu.Unlock()
+	u, err := uplink.New(testConfig(t, g.addr), (&fakeNode{}).snapshot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, u)
+	waitFor(t, "a second snapshot on the first stream", func() bool {
+		n := g.node(node)
+		snapshots := 0
+		for _, m := range n.applied {
+			if m.GetSnapshot() != nil {
+				snapshots++
+			}
+		}
+		return snapshots == 2
+	})
+	if s := u.Stats(); s.Reconnects != 0 {
+		t.Errorf("%d reconnects: the snapshot was to come on the same stream", s.Reconnects)
+	}
+	expectMetrics(t, u, `
+		# HELP vigil_agent_uplink_snapshots_total Snapshots sent, by why they were sent.
+		# TYPE vigil_agent_uplink_snapshots_total counter
+		vigil_agent_uplink_snapshots_total{reason="new_instance"} 1
+		vigil_agent_uplink_snapshots_total{reason="overflow"} 0
+		vigil_agent_uplink_snapshots_total{reason="requested"} 1
+		vigil_agent_uplink_snapshots_total{reason="resume_mismatch"} 0
+	`, "vigil_agent_uplink_snapshots_total")
 }

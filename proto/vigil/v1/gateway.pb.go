@@ -1214,6 +1214,7 @@ type AggregatorMessage struct {
 	//	*AggregatorMessage_Ack
 	//	*AggregatorMessage_Command
 	//	*AggregatorMessage_Config
+	//	*AggregatorMessage_SnapshotRequest
 	Body          isAggregatorMessage_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1292,6 +1293,15 @@ func (x *AggregatorMessage) GetConfig() *ConfigPush {
 	return nil
 }
 
+func (x *AggregatorMessage) GetSnapshotRequest() *SnapshotRequest {
+	if x != nil {
+		if x, ok := x.Body.(*AggregatorMessage_SnapshotRequest); ok {
+			return x.SnapshotRequest
+		}
+	}
+	return nil
+}
+
 type isAggregatorMessage_Body interface {
 	isAggregatorMessage_Body()
 }
@@ -1316,6 +1326,11 @@ type AggregatorMessage_Config struct {
 	Config *ConfigPush `protobuf:"bytes,13,opt,name=config,proto3,oneof"`
 }
 
+type AggregatorMessage_SnapshotRequest struct {
+	// Send a Snapshot now (the aggregator saw a sequence gap).
+	SnapshotRequest *SnapshotRequest `protobuf:"bytes,14,opt,name=snapshot_request,json=snapshotRequest,proto3,oneof"`
+}
+
 func (*AggregatorMessage_HelloAck) isAggregatorMessage_Body() {}
 
 func (*AggregatorMessage_Ack) isAggregatorMessage_Body() {}
@@ -1323,6 +1338,8 @@ func (*AggregatorMessage_Ack) isAggregatorMessage_Body() {}
 func (*AggregatorMessage_Command) isAggregatorMessage_Body() {}
 
 func (*AggregatorMessage_Config) isAggregatorMessage_Body() {}
+
+func (*AggregatorMessage_SnapshotRequest) isAggregatorMessage_Body() {}
 
 // HelloAck accepts a stream.
 type HelloAck struct {
@@ -1411,6 +1428,65 @@ func (x *HelloAck) GetGossipSeeds() []string {
 	return nil
 }
 
+// SnapshotRequest asks the agent for a Snapshot on the current stream: the
+// aggregator applied a message whose seq skipped numbers (messages the agent
+// dropped), so what it holds of the node may miss changes. An agent that does
+// not know this message ignores it; the aggregator then also asks at the next
+// Hello (HelloAck.snapshot_required).
+type SnapshotRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Why, for logs (e.g. "sequence gap: 12 after 7").
+	Reason string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The last seq applied before the gap.
+	AfterSeq      uint64 `protobuf:"varint,2,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotRequest) Reset() {
+	*x = SnapshotRequest{}
+	mi := &file_vigil_v1_gateway_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotRequest) ProtoMessage() {}
+
+func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_v1_gateway_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_vigil_v1_gateway_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SnapshotRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *SnapshotRequest) GetAfterSeq() uint64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
 // Ack acknowledges every message up to and including seq.
 type Ack struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1422,7 +1498,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_vigil_v1_gateway_proto_msgTypes[12]
+	mi := &file_vigil_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1510,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_gateway_proto_msgTypes[12]
+	mi := &file_vigil_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1523,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_vigil_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Ack) GetSeq() uint64 {
@@ -1481,7 +1557,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_vigil_v1_gateway_proto_msgTypes[13]
+	mi := &file_vigil_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +1569,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_gateway_proto_msgTypes[13]
+	mi := &file_vigil_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +1582,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_vigil_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Command) GetId() string {
@@ -1570,7 +1646,7 @@ type ConfigPush struct {
 
 func (x *ConfigPush) Reset() {
 	*x = ConfigPush{}
-	mi := &file_vigil_v1_gateway_proto_msgTypes[14]
+	mi := &file_vigil_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1582,7 +1658,7 @@ func (x *ConfigPush) String() string {
 func (*ConfigPush) ProtoMessage() {}
 
 func (x *ConfigPush) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_v1_gateway_proto_msgTypes[14]
+	mi := &file_vigil_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1595,7 +1671,7 @@ func (x *ConfigPush) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigPush.ProtoReflect.Descriptor instead.
 func (*ConfigPush) Descriptor() ([]byte, []int) {
-	return file_vigil_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_vigil_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ConfigPush) GetSampleInterval() *durationpb.Duration {
@@ -1683,20 +1759,24 @@ const file_vigil_v1_gateway_proto_rawDesc = "" +
 	"\aoutcome\x18\x02 \x01(\x0e2\x18.vigil.v1.CommandOutcomeR\aoutcome\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12;\n" +
 	"\vfinished_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"finishedAt\"\xd0\x01\n" +
+	"finishedAt\"\x98\x02\n" +
 	"\x11AggregatorMessage\x121\n" +
 	"\thello_ack\x18\n" +
 	" \x01(\v2\x12.vigil.v1.HelloAckH\x00R\bhelloAck\x12!\n" +
 	"\x03ack\x18\v \x01(\v2\r.vigil.v1.AckH\x00R\x03ack\x12-\n" +
 	"\acommand\x18\f \x01(\v2\x11.vigil.v1.CommandH\x00R\acommand\x12.\n" +
-	"\x06config\x18\r \x01(\v2\x14.vigil.v1.ConfigPushH\x00R\x06configB\x06\n" +
+	"\x06config\x18\r \x01(\v2\x14.vigil.v1.ConfigPushH\x00R\x06config\x12F\n" +
+	"\x10snapshot_request\x18\x0e \x01(\v2\x19.vigil.v1.SnapshotRequestH\x00R\x0fsnapshotRequestB\x06\n" +
 	"\x04body\"\xc6\x01\n" +
 	"\bHelloAck\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12(\n" +
 	"\x10resume_after_seq\x18\x02 \x01(\x04R\x0eresumeAfterSeq\x12+\n" +
 	"\x11snapshot_required\x18\x03 \x01(\bR\x10snapshotRequired\x12#\n" +
 	"\raggregator_id\x18\x04 \x01(\tR\faggregatorId\x12!\n" +
-	"\fgossip_seeds\x18\x05 \x03(\tR\vgossipSeeds\"\x17\n" +
+	"\fgossip_seeds\x18\x05 \x03(\tR\vgossipSeeds\"F\n" +
+	"\x0fSnapshotRequest\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x1b\n" +
+	"\tafter_seq\x18\x02 \x01(\x04R\bafterSeq\"\x17\n" +
 	"\x03Ack\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\x87\x02\n" +
 	"\aCommand\x12\x0e\n" +
@@ -1761,7 +1841,7 @@ func file_vigil_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_vigil_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_vigil_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_vigil_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_vigil_v1_gateway_proto_goTypes = []any{
 	(ContainerEventType)(0),       // 0: vigil.v1.ContainerEventType
 	(RestartDecisionKind)(0),      // 1: vigil.v1.RestartDecisionKind
@@ -1779,74 +1859,76 @@ var file_vigil_v1_gateway_proto_goTypes = []any{
 	(*CommandResult)(nil),         // 13: vigil.v1.CommandResult
 	(*AggregatorMessage)(nil),     // 14: vigil.v1.AggregatorMessage
 	(*HelloAck)(nil),              // 15: vigil.v1.HelloAck
-	(*Ack)(nil),                   // 16: vigil.v1.Ack
-	(*Command)(nil),               // 17: vigil.v1.Command
-	(*ConfigPush)(nil),            // 18: vigil.v1.ConfigPush
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
-	(*PeerView)(nil),              // 20: vigil.v1.PeerView
-	(*Container)(nil),             // 21: vigil.v1.Container
-	(*NetworkNamespace)(nil),      // 22: vigil.v1.NetworkNamespace
-	(*durationpb.Duration)(nil),   // 23: google.protobuf.Duration
-	(*ExitStatus)(nil),            // 24: vigil.v1.ExitStatus
-	(*ResourceSample)(nil),        // 25: vigil.v1.ResourceSample
-	(*Interface)(nil),             // 26: vigil.v1.Interface
-	(*Condition)(nil),             // 27: vigil.v1.Condition
-	(*ContainerRef)(nil),          // 28: vigil.v1.ContainerRef
-	(*AgentStatus)(nil),           // 29: vigil.v1.AgentStatus
-	(RemediationAction)(0),        // 30: vigil.v1.RemediationAction
-	(*Target)(nil),                // 31: vigil.v1.Target
-	(*Fence)(nil),                 // 32: vigil.v1.Fence
+	(*SnapshotRequest)(nil),       // 16: vigil.v1.SnapshotRequest
+	(*Ack)(nil),                   // 17: vigil.v1.Ack
+	(*Command)(nil),               // 18: vigil.v1.Command
+	(*ConfigPush)(nil),            // 19: vigil.v1.ConfigPush
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*PeerView)(nil),              // 21: vigil.v1.PeerView
+	(*Container)(nil),             // 22: vigil.v1.Container
+	(*NetworkNamespace)(nil),      // 23: vigil.v1.NetworkNamespace
+	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
+	(*ExitStatus)(nil),            // 25: vigil.v1.ExitStatus
+	(*ResourceSample)(nil),        // 26: vigil.v1.ResourceSample
+	(*Interface)(nil),             // 27: vigil.v1.Interface
+	(*Condition)(nil),             // 28: vigil.v1.Condition
+	(*ContainerRef)(nil),          // 29: vigil.v1.ContainerRef
+	(*AgentStatus)(nil),           // 30: vigil.v1.AgentStatus
+	(RemediationAction)(0),        // 31: vigil.v1.RemediationAction
+	(*Target)(nil),                // 32: vigil.v1.Target
+	(*Fence)(nil),                 // 33: vigil.v1.Fence
 }
 var file_vigil_v1_gateway_proto_depIdxs = []int32{
-	19, // 0: vigil.v1.AgentMessage.sent_at:type_name -> google.protobuf.Timestamp
+	20, // 0: vigil.v1.AgentMessage.sent_at:type_name -> google.protobuf.Timestamp
 	5,  // 1: vigil.v1.AgentMessage.hello:type_name -> vigil.v1.Hello
 	6,  // 2: vigil.v1.AgentMessage.snapshot:type_name -> vigil.v1.Snapshot
 	8,  // 3: vigil.v1.AgentMessage.container_event:type_name -> vigil.v1.ContainerEvent
 	9,  // 4: vigil.v1.AgentMessage.resource_samples:type_name -> vigil.v1.ResourceSamples
 	10, // 5: vigil.v1.AgentMessage.network_samples:type_name -> vigil.v1.NetworkSamples
 	11, // 6: vigil.v1.AgentMessage.network_event:type_name -> vigil.v1.NetworkEvent
-	20, // 7: vigil.v1.AgentMessage.peer_view:type_name -> vigil.v1.PeerView
+	21, // 7: vigil.v1.AgentMessage.peer_view:type_name -> vigil.v1.PeerView
 	13, // 8: vigil.v1.AgentMessage.command_result:type_name -> vigil.v1.CommandResult
 	12, // 9: vigil.v1.AgentMessage.node_status:type_name -> vigil.v1.NodeStatus
-	21, // 10: vigil.v1.Snapshot.containers:type_name -> vigil.v1.Container
-	22, // 11: vigil.v1.Snapshot.network:type_name -> vigil.v1.NetworkNamespace
+	22, // 10: vigil.v1.Snapshot.containers:type_name -> vigil.v1.Container
+	23, // 11: vigil.v1.Snapshot.network:type_name -> vigil.v1.NetworkNamespace
 	12, // 12: vigil.v1.Snapshot.status:type_name -> vigil.v1.NodeStatus
 	1,  // 13: vigil.v1.RestartDecision.kind:type_name -> vigil.v1.RestartDecisionKind
-	23, // 14: vigil.v1.RestartDecision.delay:type_name -> google.protobuf.Duration
+	24, // 14: vigil.v1.RestartDecision.delay:type_name -> google.protobuf.Duration
 	0,  // 15: vigil.v1.ContainerEvent.type:type_name -> vigil.v1.ContainerEventType
-	19, // 16: vigil.v1.ContainerEvent.time:type_name -> google.protobuf.Timestamp
-	21, // 17: vigil.v1.ContainerEvent.container:type_name -> vigil.v1.Container
-	24, // 18: vigil.v1.ContainerEvent.exit:type_name -> vigil.v1.ExitStatus
+	20, // 16: vigil.v1.ContainerEvent.time:type_name -> google.protobuf.Timestamp
+	22, // 17: vigil.v1.ContainerEvent.container:type_name -> vigil.v1.Container
+	25, // 18: vigil.v1.ContainerEvent.exit:type_name -> vigil.v1.ExitStatus
 	7,  // 19: vigil.v1.ContainerEvent.decision:type_name -> vigil.v1.RestartDecision
-	25, // 20: vigil.v1.ResourceSamples.samples:type_name -> vigil.v1.ResourceSample
-	23, // 21: vigil.v1.ResourceSamples.collection_duration:type_name -> google.protobuf.Duration
-	22, // 22: vigil.v1.NetworkSamples.namespaces:type_name -> vigil.v1.NetworkNamespace
-	23, // 23: vigil.v1.NetworkSamples.collection_duration:type_name -> google.protobuf.Duration
+	26, // 20: vigil.v1.ResourceSamples.samples:type_name -> vigil.v1.ResourceSample
+	24, // 21: vigil.v1.ResourceSamples.collection_duration:type_name -> google.protobuf.Duration
+	23, // 22: vigil.v1.NetworkSamples.namespaces:type_name -> vigil.v1.NetworkNamespace
+	24, // 23: vigil.v1.NetworkSamples.collection_duration:type_name -> google.protobuf.Duration
 	2,  // 24: vigil.v1.NetworkEvent.type:type_name -> vigil.v1.NetworkEventType
-	19, // 25: vigil.v1.NetworkEvent.time:type_name -> google.protobuf.Timestamp
-	26, // 26: vigil.v1.NetworkEvent.interface:type_name -> vigil.v1.Interface
-	27, // 27: vigil.v1.NetworkEvent.conditions:type_name -> vigil.v1.Condition
-	28, // 28: vigil.v1.NetworkEvent.containers:type_name -> vigil.v1.ContainerRef
-	29, // 29: vigil.v1.NodeStatus.agent:type_name -> vigil.v1.AgentStatus
-	27, // 30: vigil.v1.NodeStatus.conditions:type_name -> vigil.v1.Condition
+	20, // 25: vigil.v1.NetworkEvent.time:type_name -> google.protobuf.Timestamp
+	27, // 26: vigil.v1.NetworkEvent.interface:type_name -> vigil.v1.Interface
+	28, // 27: vigil.v1.NetworkEvent.conditions:type_name -> vigil.v1.Condition
+	29, // 28: vigil.v1.NetworkEvent.containers:type_name -> vigil.v1.ContainerRef
+	30, // 29: vigil.v1.NodeStatus.agent:type_name -> vigil.v1.AgentStatus
+	28, // 30: vigil.v1.NodeStatus.conditions:type_name -> vigil.v1.Condition
 	3,  // 31: vigil.v1.CommandResult.outcome:type_name -> vigil.v1.CommandOutcome
-	19, // 32: vigil.v1.CommandResult.finished_at:type_name -> google.protobuf.Timestamp
+	20, // 32: vigil.v1.CommandResult.finished_at:type_name -> google.protobuf.Timestamp
 	15, // 33: vigil.v1.AggregatorMessage.hello_ack:type_name -> vigil.v1.HelloAck
-	16, // 34: vigil.v1.AggregatorMessage.ack:type_name -> vigil.v1.Ack
-	17, // 35: vigil.v1.AggregatorMessage.command:type_name -> vigil.v1.Command
-	18, // 36: vigil.v1.AggregatorMessage.config:type_name -> vigil.v1.ConfigPush
-	30, // 37: vigil.v1.Command.action:type_name -> vigil.v1.RemediationAction
-	31, // 38: vigil.v1.Command.target:type_name -> vigil.v1.Target
-	32, // 39: vigil.v1.Command.fence:type_name -> vigil.v1.Fence
-	19, // 40: vigil.v1.Command.deadline:type_name -> google.protobuf.Timestamp
-	23, // 41: vigil.v1.ConfigPush.sample_interval:type_name -> google.protobuf.Duration
-	4,  // 42: vigil.v1.AgentGateway.Connect:input_type -> vigil.v1.AgentMessage
-	14, // 43: vigil.v1.AgentGateway.Connect:output_type -> vigil.v1.AggregatorMessage
-	43, // [43:44] is the sub-list for method output_type
-	42, // [42:43] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	17, // 34: vigil.v1.AggregatorMessage.ack:type_name -> vigil.v1.Ack
+	18, // 35: vigil.v1.AggregatorMessage.command:type_name -> vigil.v1.Command
+	19, // 36: vigil.v1.AggregatorMessage.config:type_name -> vigil.v1.ConfigPush
+	16, // 37: vigil.v1.AggregatorMessage.snapshot_request:type_name -> vigil.v1.SnapshotRequest
+	31, // 38: vigil.v1.Command.action:type_name -> vigil.v1.RemediationAction
+	32, // 39: vigil.v1.Command.target:type_name -> vigil.v1.Target
+	33, // 40: vigil.v1.Command.fence:type_name -> vigil.v1.Fence
+	20, // 41: vigil.v1.Command.deadline:type_name -> google.protobuf.Timestamp
+	24, // 42: vigil.v1.ConfigPush.sample_interval:type_name -> google.protobuf.Duration
+	4,  // 43: vigil.v1.AgentGateway.Connect:input_type -> vigil.v1.AgentMessage
+	14, // 44: vigil.v1.AgentGateway.Connect:output_type -> vigil.v1.AggregatorMessage
+	44, // [44:45] is the sub-list for method output_type
+	43, // [43:44] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_vigil_v1_gateway_proto_init() }
@@ -1871,6 +1953,7 @@ func file_vigil_v1_gateway_proto_init() {
 		(*AggregatorMessage_Ack)(nil),
 		(*AggregatorMessage_Command)(nil),
 		(*AggregatorMessage_Config)(nil),
+		(*AggregatorMessage_SnapshotRequest)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1878,7 +1961,7 @@ func file_vigil_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_v1_gateway_proto_rawDesc), len(file_vigil_v1_gateway_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
