@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/remediation"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -321,6 +322,8 @@ func (a *Aggregator) sweepLoop(ctx context.Context) {
 		case now := <-t.C:
 			for _, name := range a.fleet.sweep(now, a.cfg.StaleAfter, a.cfg.ForgetAfter) {
 				a.log.Info("forgot node: down longer than forget-after", "node", name, "forget_after", a.cfg.ForgetAfter)
+				// Its per-node self-metric series go with it.
+				a.metrics.quota.DeletePartialMatch(prometheus.Labels{"node": name})
 			}
 			conditions.assess(a.fleet, now)
 		}

@@ -390,3 +390,24 @@ func TestAcksBatchedByCount(t *testing.T) {
 	a.send(6, snapshotMsg())
 	a.waitAck(6)
 }
+
+// TestQuotaSeriesForgotten: a node cut off over a quota is counted by node,
+// and that series goes when the node is forgotten (it stayed for ever).
+func TestQuotaSeriesForgotten(t *testing.T) {
+	h := startAggregator(t, func(c *aggregator.Config) {
+		c.StaleAfter = 300 * time.Millisecond
+		c.ForgetAfter = 600 * time.Millisecond
+		c.Quotas.Containers = 1
+	})
+	a := h.mustConnect("n1", "i1")
+	a.send(1, snapshotMsg(
+		plainContainer("c1", vigilv1.ContainerState_CONTAINER_STATE_RUNNING, 0),
+		plainContainer("c2", vigilv1.ContainerState_CONTAINER_STATE_RUNNING, 0)))
+	waitFor(t, 10*time.Second, "the quota counted for n1", func() bool {
+		return strings.Contains(scrape(t, h, ""), `vigil_aggregator_quota_exceeded_total{cap="containers",node="n1"} 1`)
+	})
+	a.close()
+	waitFor(t, 10*time.Second, "n1 forgotten with its quota series", func() bool {
+		return !strings.Contains(scrape(t, h, ""), `node="n1"`)
+	})
+}
