@@ -114,9 +114,11 @@ func (a *Agent) nodeStatus() *vigilv1.NodeStatus {
 		RuntimeAvailable: a.rt.Available(),
 		RuntimeVersion:   a.rt.Version(),
 		Agent: &vigilv1.AgentStatus{
-			CpuSeconds:     self.CPUSeconds(),
-			RssBytes:       self.RSSBytes(),
-			RuntimeLatency: durationpb.New(a.rt.Latency()),
+			CpuSeconds:             self.CPUSeconds(),
+			RssBytes:               self.RSSBytes(),
+			RuntimeLatency:         durationpb.New(a.rt.Latency()),
+			RuntimeHung:            a.rt.Hung(),
+			RuntimeReconnectsTotal: a.rt.Reconnects(),
 		},
 	}
 	if d := a.self.lastCollection(); d > 0 {

@@ -279,12 +279,13 @@ func TestSeriesBudget(t *testing.T) {
 		}
 	}
 	// A node's own: vigil_node_up, ten per host interface, three per
-	// condition (four from gossip, RuntimeAvailable), ten of its agent.
+	// condition (four from gossip, RuntimeAvailable, RuntimeHung), eleven
+	// of its agent.
 	node := metrics.NodeInput{Name: "n", Up: true, Condition: "Healthy",
 		Status: &vigilv1.NodeStatus{RuntimeAvailable: true, Agent: &vigilv1.AgentStatus{
 			RuntimeLatency: durationpb.New(time.Millisecond), LastCollectionDuration: durationpb.New(time.Millisecond)}},
 		Network: []*vigilv1.NetworkNamespace{{Host: true, Inode: 1, Interfaces: []*vigilv1.Interface{eth}}}}
-	if got := metrics.RenderNode(node).Series(); got != 1+10+15+10 {
-		t.Errorf("a node with one host interface: %d series, docs/metrics.md says %d", got, 1+10+15+10)
+	if got := metrics.RenderNode(node).Series(); got != 1+10+18+11 {
+		t.Errorf("a node with one host interface: %d series, docs/metrics.md says %d", got, 1+10+18+11)
 	}
 }

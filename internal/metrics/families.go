@@ -76,6 +76,7 @@ const (
 	famNodeAgentCPU
 	famNodeAgentRSS
 	famNodeAgentRuntimeLatency
+	famNodeAgentRuntimeReconnects
 	famNodeAgentCollectionDuration
 	famNodeAgentNetnsHandles
 	numFamilies
@@ -136,7 +137,7 @@ var families = [numFamilies]family{
 	famNodeNetUp:                   {"vigil_node_network_up", "gauge", "1 when the host interface is operationally up."},
 	famNodeNetCarrierChanges:       {"vigil_node_network_carrier_changes_total", "counter", "Carrier changes of a host interface since it was created."},
 	famNodePeerReachable:           {"vigil_node_peer_reachable", "gauge", "1 when the observing node's gossip sees the peer alive, 0 otherwise."},
-	famNodeCondition:               {"vigil_node_condition", "gauge", "1 for the node condition's current status (true, false or unknown), as kube-state-metrics' kube_node_status_condition: Healthy, AggregatorPartitioned, NodeDown, Isolated from the stream and the gossip peers' views; RuntimeAvailable from the agent."},
+	famNodeCondition:               {"vigil_node_condition", "gauge", "1 for the node condition's current status (true, false or unknown), as kube-state-metrics' kube_node_status_condition: Healthy, AggregatorPartitioned, NodeDown, Isolated from the stream and the gossip peers' views; RuntimeAvailable (containerd answers) and RuntimeHung (its calls time out, as opposed to its socket being gone) from the agent."},
 	famNodeNetCondition:            {"vigil_node_network_condition", "gauge", "1 while a network condition holds on a host interface (LinkDown: up but operationally down, MTUMismatch, ErrorsRising, DropsRising); only status=\"true\", only while it holds."},
 	famNodeAgentBuffered:           {"vigil_node_agent_buffer_messages", "gauge", "Messages waiting in the node agent's buffer for the aggregator's acknowledgement, as the agent last reported."},
 	famNodeAgentBufferCapacity:     {"vigil_node_agent_buffer_capacity_messages", "gauge", "Capacity of the node agent's buffer of unacknowledged messages."},
@@ -147,6 +148,7 @@ var families = [numFamilies]family{
 	famNodeAgentCPU:                {"vigil_node_agent_cpu_seconds_total", "counter", "CPU time the node agent process used, user and system, in seconds."},
 	famNodeAgentRSS:                {"vigil_node_agent_resident_memory_bytes", "gauge", "Resident memory of the node agent process."},
 	famNodeAgentRuntimeLatency:     {"vigil_node_agent_runtime_latency_seconds", "gauge", "Latency of the node agent's last successful containerd call (a containerd that hangs shows here and, once it stops answering, as RuntimeAvailable false)."},
+	famNodeAgentRuntimeReconnects:  {"vigil_node_agent_runtime_reconnects_total", "counter", "Connections of the node agent to containerd made again after one had been up, since the agent started: containerd restarted, or came back after a hang or a lost socket (alert on increase(...[10m]) > 0 for \"containerd restarted\")."},
 	famNodeAgentCollectionDuration: {"vigil_node_agent_collection_duration_seconds", "gauge", "Duration of the node agent's last resource collection cycle."},
 	famNodeAgentNetnsHandles:       {"vigil_node_agent_netns_handles", "gauge", "Network namespace handles the node agent holds open."},
 }

@@ -634,6 +634,14 @@ func (s *scratch) nodeSeries(in NodeInput, node []byte) {
 	default:
 		condition("RuntimeAvailable", "false")
 	}
+	switch {
+	case in.Status.GetAgent() == nil:
+		condition("RuntimeHung", "unknown")
+	case in.Status.GetAgent().GetRuntimeHung():
+		condition("RuntimeHung", "true")
+	default:
+		condition("RuntimeHung", "false")
+	}
 }
 
 // agentStatus renders the node agent's own health and loss counters as it
@@ -659,6 +667,7 @@ func (s *scratch) agentStatus(nl []byte, a *vigilv1.AgentStatus) {
 	if d := a.GetRuntimeLatency(); d != nil {
 		s.float(famNodeAgentRuntimeLatency, nl, d.AsDuration().Seconds())
 	}
+	s.uint(famNodeAgentRuntimeReconnects, nl, a.GetRuntimeReconnectsTotal())
 	if d := a.GetLastCollectionDuration(); d != nil {
 		s.float(famNodeAgentCollectionDuration, nl, d.AsDuration().Seconds())
 	}

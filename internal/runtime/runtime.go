@@ -129,6 +129,13 @@ type Runtime struct {
 	client  atomic.Pointer[apiClient] // nil while disconnected
 
 	available atomic.Bool
+	// hung: the last session ended because a call got no answer in time
+	// (cleared once containerd answers again); reconnected counts the
+	// sessions that came up after an earlier one had (containerd restarted,
+	// or its socket or a hang was lost and found again).
+	hung        atomic.Bool
+	everUp      atomic.Bool
+	reconnected atomic.Uint64
 	latency   atomic.Int64 // ns of the last probe
 	version   atomic.Pointer[string]
 
@@ -175,6 +182,16 @@ func (r *Runtime) Events() <-chan Event { return r.events }
 // Available reports whether containerd answered the last probe and the
 // inventory is in sync with it.
 func (r *Runtime) Available() bool { return r.available.Load() }
+
+// Hung reports whether containerd is unavailable because its calls get no
+// answer within the call timeout (a hanging runtime), rather than because
+// its socket is gone.
+func (r *Runtime) Hung() bool { return r.hung.Load() }
+
+// Reconnects counts the connections to containerd made again after one
+// had been up: containerd restarted, or came back after a hang or a lost
+// socket.
+func (r *Runtime) Reconnects() uint64 { return r.reconnected.Load() }
 
 // Version is containerd's version as last reported, "" before the first
 // connection.
@@ -257,6 +274,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 			r.available.Store(false)
 			return nil
 		}
+		r.hung.Store(errors.Is(err, context.DeadlineExceeded))
 		if r.available.Swap(false) || !reported {
 			r.log.Warn("containerd unavailable", "address", r.cfg.Address, "err", err)
 			r.emit(ctx, Event{Type: EventUnavailable, Time: time.Now()})

@@ -79,6 +79,10 @@ func (r *Runtime) session(ctx context.Context) error {
 		return err
 	}
 	r.client.Store(c)
+	r.hung.Store(false)
+	if r.everUp.Swap(true) {
+		r.reconnected.Add(1)
+	}
 	r.available.Store(true)
 	r.mu.RLock()
 	n := len(r.inv)

@@ -951,8 +951,15 @@ type AgentStatus struct {
 	// last write may be missing) or "empty" (nothing readable: counters
 	// restarted from zero); empty when the state file was read.
 	StateRecoveredFrom string `protobuf:"bytes,11,opt,name=state_recovered_from,json=stateRecoveredFrom,proto3" json:"state_recovered_from,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// containerd does not answer because its calls time out (a hanging
+	// runtime), as opposed to its socket being gone.
+	RuntimeHung bool `protobuf:"varint,12,opt,name=runtime_hung,json=runtimeHung,proto3" json:"runtime_hung,omitempty"`
+	// Connections to containerd made again after one had been up since the
+	// agent started: containerd restarted, or came back after a hang or a lost
+	// socket.
+	RuntimeReconnectsTotal uint64 `protobuf:"varint,13,opt,name=runtime_reconnects_total,json=runtimeReconnectsTotal,proto3" json:"runtime_reconnects_total,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *AgentStatus) Reset() {
@@ -1060,6 +1067,20 @@ func (x *AgentStatus) GetStateRecoveredFrom() string {
 		return x.StateRecoveredFrom
 	}
 	return ""
+}
+
+func (x *AgentStatus) GetRuntimeHung() bool {
+	if x != nil {
+		return x.RuntimeHung
+	}
+	return false
+}
+
+func (x *AgentStatus) GetRuntimeReconnectsTotal() uint64 {
+	if x != nil {
+		return x.RuntimeReconnectsTotal
+	}
+	return 0
 }
 
 // ExitStatus describes how a task ended.
@@ -3310,7 +3331,7 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\fagent_status\x18\f \x01(\v2\x15.vigil.v1.AgentStatusR\vagentStatus\x12\x1c\n" +
 	"\tcondition\x18\r \x01(\tR\tcondition\x12)\n" +
 	"\x10condition_reason\x18\x0e \x01(\tR\x0fconditionReason\x12C\n" +
-	"\x0fcondition_since\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x0econditionSince\"\xab\x04\n" +
+	"\x0fcondition_since\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x0econditionSince\"\x88\x05\n" +
 	"\vAgentStatus\x12\x1f\n" +
 	"\vcpu_seconds\x18\x01 \x01(\x01R\n" +
 	"cpuSeconds\x12\x1b\n" +
@@ -3324,7 +3345,9 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\rnetns_handles\x18\t \x01(\rR\fnetnsHandles\x12;\n" +
 	"\x1astate_write_failures_total\x18\n" +
 	" \x01(\x04R\x17stateWriteFailuresTotal\x120\n" +
-	"\x14state_recovered_from\x18\v \x01(\tR\x12stateRecoveredFrom\"\x9f\x01\n" +
+	"\x14state_recovered_from\x18\v \x01(\tR\x12stateRecoveredFrom\x12!\n" +
+	"\fruntime_hung\x18\f \x01(\bR\vruntimeHung\x128\n" +
+	"\x18runtime_reconnects_total\x18\r \x01(\x04R\x16runtimeReconnectsTotal\"\x9f\x01\n" +
 	"\n" +
 	"ExitStatus\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12,\n" +
