@@ -126,6 +126,19 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 				"attempt", n, "in", retry, "err", res.err)
 			a.armRestart(t, d)
 			return
+		case resultRetryUnavailable:
+			a.mu.Lock()
+			t.unavailableRetries++
+			t.resume, t.expectDelete = resume, false
+			d := t.tracker.State.Last
+			d.At = a.now().Add(retry)
+			n := t.unavailableRetries
+			a.mu.Unlock()
+			a.self.restartUnavailable.Inc()
+			a.log.Warn("restart failed: containerd did not answer; trying again, not counted against the restart policy", "container", res.key.ID, "namespace", res.key.Namespace,
+				"attempt", n, "in", retry, "resume", resume, "err", res.err)
+			a.armRestart(t, d)
+			return
 		case resultOperatorStop:
 			// An operator deleted the exited task before we could replace
 			// it: that is an explicit stop.
@@ -136,6 +149,7 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 		a.mu.Lock()
 		t.expectDelete = false
 		t.resume = resume
+		t.unavailableRetries = 0
 		d := t.tracker.OnRestartFailed(res.err.Error(), a.now())
 		a.mu.Unlock()
 		a.applyDecision(t, d)

@@ -155,6 +155,9 @@ type tracked struct {
 	// createRetries counts the tries of the pending restart that an earlier,
 	// interrupted create blocked (createRetry).
 	createRetries int
+	// unavailableRetries counts the tries of the pending restart in a row
+	// that containerd did not answer (unavailableRetry).
+	unavailableRetries int
 
 	// conditions are its network namespace's conditions (domain values;
 	// the protocol's are built in containerProto).

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
 )
@@ -42,8 +43,9 @@ type ctrView struct {
 	// Begun is the durable mark of the pending restart being carried out
 	// (zero when none); LastExitSeen the exit time last counted.
 	Begun, LastExitSeen time.Time
-	// CreateRetries counts the tries an interrupted create blocked.
-	CreateRetries int
+	// CreateRetries counts the tries an interrupted create blocked;
+	// UnavailableRetries the tries containerd did not answer.
+	CreateRetries, UnavailableRetries int
 }
 
 func (v ctrView) vigils() bool { return v.Manager == runtime.ManagerVigil }
@@ -234,10 +236,11 @@ func decideRestartDue(v ctrView, lastExit *runtime.Exit, stopWindow time.Duratio
 type resultVerdict int
 
 const (
-	resultDone         resultVerdict = iota + 1 // it worked: the start event reports it
-	resultRetryCreate                           // an interrupted create blocks it: again, as a resumed restart, off the policy
-	resultOperatorStop                          // the exited task was deleted by someone else first
-	resultFailed                                // a failure like any other: the policy decides
+	resultDone             resultVerdict = iota + 1 // it worked: the start event reports it
+	resultRetryCreate                               // an interrupted create blocks it: again, as a resumed restart, off the policy
+	resultOperatorStop                              // the exited task was deleted by someone else first
+	resultRetryUnavailable                          // containerd did not answer: again, with a capped backoff, off the policy
+	resultFailed                                    // a failure like any other: the policy decides
 )
 
 // decideRestartResult: the result of a restart action. A create that an
@@ -256,8 +259,34 @@ func decideRestartResult(v ctrView, err error) (verdict resultVerdict, retryIn t
 		return resultRetryCreate, createRetry(err, v.CreateRetries), true
 	case errors.Is(err, runtime.ErrTaskGone):
 		return resultOperatorStop, 0, false
+	case errors.Is(err, errdefs.ErrUnavailable):
+		// containerd did not answer (a call that timed out on a loaded
+		// node, a lost connection): not a run of the container, so, like
+		// the kubelet (whose restart count counts runs, not failed
+		// creates), it does not use up the policy (on-failure:5 gave up
+		// after 5 of them under load in test/crash and left containers
+		// down). A restart already resumed stays resumed; one that got
+		// past the old task's delete becomes one.
+		return resultRetryUnavailable, unavailableRetry(v.UnavailableRetries), v.Resume || (!v.Begun.IsZero() && pastOldTaskDelete(err))
 	}
 	return resultFailed, 0, !v.Begun.IsZero() && pastOldTaskDelete(err)
+}
+
+// Retries of a restart containerd did not answer: 1 s, doubling, capped
+// at 30 s, for as long as it takes.
+const (
+	unavailableRetryFirst = time.Second
+	unavailableRetryMax   = 30 * time.Second
+)
+
+// unavailableRetry is the wait before the next try of a restart that
+// containerd did not answer tries times in a row.
+func unavailableRetry(tries int) time.Duration {
+	d := unavailableRetryFirst
+	for i := 0; i < tries && d < unavailableRetryMax; i++ {
+		d *= 2
+	}
+	return min(d, unavailableRetryMax)
 }
 
 // pastOldTaskDelete says whether a failed Restart got past deleting the old

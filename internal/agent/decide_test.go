@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
 )
@@ -27,7 +29,8 @@ import (
 //	decideRestartMadeAway TestFinishesAnInterruptedRestart ("started")
 //	decideRestartDue  TestUnhealthyContainerIsRestarted (stop first), TestRestartDueBeforeResult,
 //	                  TestFinishesAnInterruptedRestart (resume), TestStopThenStartCommands (explicit stop)
-//	decideRestartResult TestOperatorStopRacingRestartNoMisleadingEvent (task gone), table only (create retries)
+//	decideRestartResult TestOperatorStopRacingRestartNoMisleadingEvent (task gone), table only (create retries,
+//	                  containerd unavailable: TestDecideRestartResultUnavailable)
 //	decidePause       TestPausedContainerIsNotProbed
 //	decideUnhealthy / decideHealthy TestUnhealthyContainerIsRestarted, TestNetworkConditionMakesUnhealthy
 //	decideCommand     TestCommandRunsOnce, TestCommandNamespacesRefused, TestStopThenStartCommands,
@@ -266,6 +269,54 @@ func TestDecideRestartResult(t *testing.T) {
 		if got != r.want || in != r.retryIn || resume != r.resume {
 			t.Errorf("%s: %v in %v resume %v, want %v in %v resume %v", r.name, got, in, resume, r.want, r.retryIn, r.resume)
 		}
+	}
+}
+
+// A restart that containerd did not answer is no run of the container: it
+// is tried again, 1 s doubling to 30 s, for as long as it takes, never
+// counted against the policy (test/crash under load: on-failure:5 gave up
+// after 5 create timeouts and left containers down).
+func TestDecideRestartResultUnavailable(t *testing.T) {
+	hanging := func(call string) error {
+		return fmt.Errorf("restart ns/c: %s: containerd %s: no answer within 10s (runtime hanging): %w: %w",
+			map[bool]string{true: "create task", false: "get task"}[call == "task_create"], call, errdefs.ErrUnavailable, context.DeadlineExceeded)
+	}
+	notConnected := fmt.Errorf("restart ns/c: containerd at /run/c.sock not connected: %w", errdefs.ErrUnavailable)
+	for _, r := range []struct {
+		name    string
+		err     error
+		tries   int
+		begun   time.Time
+		resumed bool
+		retryIn time.Duration
+		resume  bool
+	}{
+		{"a create that timed out after the old task's delete: again in 1 s, resumed", hanging("task_create"), 0, t0, false, time.Second, true},
+		{"the second try: 2 s", hanging("task_create"), 1, t0, false, 2 * time.Second, true},
+		{"the fifth: 16 s (on-failure:5 would have given up)", hanging("task_create"), 4, t0, false, 16 * time.Second, true},
+		{"the sixth and on: capped at 30 s", hanging("task_create"), 5, t0, false, 30 * time.Second, true},
+		{"the hundredth: still 30 s, never given up", hanging("task_create"), 99, t0, false, 30 * time.Second, true},
+		// TestAgentRestartKeepsCountsAndStops: an operator's delete racing a
+		// restart whose task_get timed out must still read as a stop at
+		// the next try, which requires the old task.
+		{"a timeout before the old task's delete: again, requiring it", hanging("task_get"), 0, t0, false, time.Second, false},
+		{"not connected, before the mark: again, requiring the old task", notConnected, 2, time.Time{}, false, 4 * time.Second, false},
+		// A resumed restart (an interrupted one, or one that failed after
+		// the delete) that containerd did not answer stays resumed: the
+		// old task may be gone.
+		{"a resumed restart that timed out early stays resumed", hanging("task_get"), 3, t0, true, 8 * time.Second, true},
+		{"a resumed restart not connected stays resumed", notConnected, 0, t0, true, time.Second, true},
+	} {
+		v := ctrView{Tracker: tracker(restart.KindOnFailure, 5, pending(restart.KindOnFailure)), UnavailableRetries: r.tries, Begun: r.begun, Resume: r.resumed}
+		got, in, resume := decideRestartResult(v, r.err)
+		if got != resultRetryUnavailable || in != r.retryIn || resume != r.resume {
+			t.Errorf("%s: %v in %v resume %v, want %v in %v resume %v", r.name, got, in, resume, resultRetryUnavailable, r.retryIn, r.resume)
+		}
+	}
+	// A create race that also reads as unavailable keeps its own retry.
+	raced := fmt.Errorf("create: %w: %w", runtime.ErrCreateRaced, errdefs.ErrUnavailable)
+	if got, in, _ := decideRestartResult(ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}, raced); got != resultRetryCreate || in != time.Second {
+		t.Errorf("a raced create: %v in %v, want a create retry in 1s", got, in)
 	}
 }
 

@@ -220,6 +220,7 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 	t.expectDelete = false
 	t.resume = false
 	t.createRetries = 0
+	t.unavailableRetries = 0
 	if t.timer != nil && !t.tracker.State.Pending {
 		t.timer.Stop()
 		t.timer = nil
