@@ -67,6 +67,11 @@ type exitDecision struct {
 	// begun, and the tracker saw no start since). Nothing is counted and
 	// nothing decided: the pending restart replaces it.
 	NotARun bool
+	// Leftover: the exit of a task that Restart itself killed as a
+	// leftover (runtime.Event.Leftover: the created, never-started task of
+	// an interrupted restart, replaced under ResumeInterrupted). Not a
+	// workload's exit: nothing is counted or decided.
+	Leftover bool
 	// Count: a new exit, counted once (the exit time becomes LastExitSeen).
 	Count bool
 	// Tracker is the restart tracker after the exit; Decision the policy's.
@@ -79,7 +84,10 @@ type exitDecision struct {
 
 // decideExit: an exit is counted once (a replay after a reconnect or an
 // agent restart is not: LastExitSeen), and the policy decides on it.
-func decideExit(v ctrView, exit runtime.Exit) exitDecision {
+func decideExit(v ctrView, exit runtime.Exit, leftover bool) exitDecision {
+	if leftover {
+		return exitDecision{Leftover: true, Tracker: v.Tracker}
+	}
 	st := v.Tracker.State
 	if !st.Running && st.Pending && !v.Begun.IsZero() && exit.At.After(v.Begun) && !st.StartedAt.After(v.Begun) {
 		return exitDecision{NotARun: true, Tracker: v.Tracker}
@@ -108,6 +116,9 @@ const (
 	deleteOurRestart
 	// deleteOperatorStop: someone else deleted the task: an explicit stop.
 	deleteOperatorStop
+	// deleteLeftover: Restart itself deleted a leftover in its way
+	// (runtime.Event.Leftover): not anyone's stop. Nothing is done.
+	deleteLeftover
 )
 
 // decideTaskDeleted: a task deleted by someone other than us, after it
@@ -117,7 +128,10 @@ const (
 // previous run's delete that landed late, or containerd's cleanup of a
 // create that run interrupted; taking those for an operator's stop left
 // containers down.
-func decideTaskDeleted(v ctrView) deleteVerdict {
+func decideTaskDeleted(v ctrView, leftover bool) deleteVerdict {
+	if leftover {
+		return deleteLeftover
+	}
 	if v.ExpectDelete || v.InFlight {
 		return deleteOurs
 	}

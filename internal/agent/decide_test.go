@@ -31,6 +31,8 @@ import (
 //	                  TestFinishesAnInterruptedRestart (resume), TestStopThenStartCommands (explicit stop)
 //	decideRestartResult TestOperatorStopRacingRestartNoMisleadingEvent (task gone), table only (create retries,
 //	                  containerd unavailable: TestDecideRestartResultUnavailable)
+//	decideExit / decideTaskDeleted of a leftover (Event.Leftover): TestDecideLeftoverExitAndDelete,
+//	                  table only (runtime's TestRestartClearsLeftoverOnAlreadyExists marks them)
 //	decidePause       TestPausedContainerIsNotProbed
 //	decideUnhealthy / decideHealthy TestUnhealthyContainerIsRestarted, TestNetworkConditionMakesUnhealthy
 //	decideCommand     TestCommandRunsOnce, TestCommandNamespacesRefused, TestStopThenStartCommands,
@@ -101,7 +103,7 @@ func TestDecideExit(t *testing.T) {
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) {
 			before := r.v.Tracker.State
-			d := decideExit(r.v, r.exit)
+			d := decideExit(r.v, r.exit, false)
 			if d.NotARun != r.notARun || d.Count != r.count || d.Decision.Kind != r.kind {
 				t.Errorf("%s: got notARun %v count %v decision %v; want %v %v %v", r.proves, d.NotARun, d.Count, d.Decision.Kind, r.notARun, r.count, r.kind)
 			}
@@ -131,8 +133,47 @@ func TestDecideTaskDeleted(t *testing.T) {
 			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}, deleteOperatorStop},
 	}
 	for _, r := range rows {
-		if got := decideTaskDeleted(r.v); got != r.want {
+		if got := decideTaskDeleted(r.v, false); got != r.want {
 			t.Errorf("%s (%s): %v, want %v", r.name, r.proves, got, r.want)
+		}
+	}
+}
+
+// A task that Restart itself killed and deleted as a leftover (the created,
+// never-started task of an interrupted restart, replaced under
+// ResumeInterrupted: runtime.Event.Leftover, TestRestartClearsLeftoverOnAlreadyExists
+// in internal/runtime) is neither a workload's exit nor an operator's stop,
+// whatever the view says.
+func TestDecideLeftoverExitAndDelete(t *testing.T) {
+	begun := t0.Add(time.Second)
+	onFailure1 := tracker(restart.KindOnFailure, 1, running(t0.Add(-time.Minute)))
+	onFailure1.State.Retries = 1
+	stopped := tracker(restart.KindUnlessStopped, 0, running(t0.Add(-time.Minute)))
+	stopped.State.ExplicitlyStopped = true
+	rows := []struct {
+		name string
+		v    ctrView
+	}{
+		{"our resumed restart in flight", ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), Begun: begun, Resume: true, InFlight: true, ExpectDelete: true}},
+		{"a pending restart, the leftover's exit after the mark", ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), Begun: begun, Resume: true}},
+		// Without the mark, the exit would be counted and the delete taken
+		// for an operator's stop: the container left down.
+		{"a running tracker, no mark, nothing in flight", ctrView{Tracker: tracker(restart.KindUnlessStopped, 0, running(t0.Add(-time.Minute)))}},
+		{"on-failure:1 used up: the exit would give up", ctrView{Tracker: onFailure1}},
+		{"explicitly stopped", ctrView{Tracker: stopped}},
+	}
+	for _, r := range rows {
+		before := r.v.Tracker.State
+		d := decideExit(r.v, runtime.Exit{Code: 137, Reason: runtime.ExitSignal, At: begun.Add(time.Second)}, true)
+		if !d.Leftover || d.Count || d.NotARun || d.Decision.Kind != 0 || d.SignalHint || d.Tracker.State != before {
+			t.Errorf("%s: a leftover's exit decided %+v, want nothing counted or decided", r.name, d)
+		}
+		if got := decideTaskDeleted(r.v, true); got != deleteLeftover {
+			t.Errorf("%s: a leftover's delete is %v, want deleteLeftover", r.name, got)
+		}
+		// The same events unmarked keep their meaning (the rows above).
+		if decideExit(r.v, runtime.Exit{Code: 137, Reason: runtime.ExitSignal, At: begun.Add(time.Second)}, false).Leftover || decideTaskDeleted(r.v, false) == deleteLeftover {
+			t.Errorf("%s: an unmarked event read as a leftover's", r.name)
 		}
 	}
 }
