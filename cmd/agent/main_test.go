@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	vruntime "github.com/vigilhq/vigil/internal/runtime"
 )
 
 func TestParseFlagsRejectsBadConfig(t *testing.T) {
@@ -30,6 +31,7 @@ func TestParseFlagsRejectsBadConfig(t *testing.T) {
 		{[]string{"--aggregator", "127.0.0.1:7400"}, "needs a TLS certificate, key and CA (or insecure"},
 		{[]string{"--aggregator", "127.0.0.1:7400", "--insecure", "--tls-ca", "ca.crt"}, "insecure and TLS files are both set"},
 		{[]string{"--stats-source", "magic"}, `stats source "magic"`},
+		{[]string{"--container-log-max-bytes", "-1"}, "container log max bytes must not be negative, got -1"},
 		{[]string{"--network=false", "--network-affects-health"}, "network affecting health needs network monitoring"},
 		{[]string{"extra"}, "unexpected arguments: extra"},
 		{[]string{"--gc-percent", "5"}, "--gc-percent 5: want 10 or more"},
@@ -101,6 +103,12 @@ func TestParseFlagsDefaults(t *testing.T) {
 	}
 	if cfg.AggregatorAddress != "" || !cfg.Network || cfg.StatsSource != "cgroup" || cfg.ShutdownGrace != 15*time.Second {
 		t.Fatalf("unexpected defaults: %+v", cfg)
+	}
+	if cfg.ContainerLogMaxBytes != vruntime.DefaultLogMaxBytes {
+		t.Fatalf("container log max bytes default %d, want runtime.DefaultLogMaxBytes", cfg.ContainerLogMaxBytes)
+	}
+	if cfg, _, err := parseFlags([]string{"--state-dir", t.TempDir(), "--container-log-max-bytes", "1048576"}, &bytes.Buffer{}); err != nil || cfg.ContainerLogMaxBytes != 1<<20 {
+		t.Fatalf("--container-log-max-bytes 1048576: %d, %v", cfg.ContainerLogMaxBytes, err)
 	}
 }
 

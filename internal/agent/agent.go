@@ -220,6 +220,7 @@ func New(cfg Config) (*Agent, error) {
 		StatsSource: cfg.StatsSource,
 		CallTimeout: cfg.RuntimeCallTimeout,
 		LogDir:      cfg.StateDir + "/logs",
+		LogMaxBytes: cfg.ContainerLogMaxBytes,
 		Logger:      log, // the runtime names itself
 	})
 	if err != nil {
