@@ -61,6 +61,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	fs.StringVar(&cfg.StatsSource, "stats-source", cfg.StatsSource, "resource usage source: cgroup, or metrics-api for VM-isolated runtimes")
 	fs.DurationVar(&cfg.RuntimeCallTimeout, "runtime-timeout", cfg.RuntimeCallTimeout, "timeout of each containerd call")
 	fs.DurationVar(&cfg.SampleInterval, "interval", cfg.SampleInterval, "resource and network sampling interval")
+	fs.DurationVar(&cfg.FSUsageInterval, "fs-usage-interval", cfg.FSUsageInterval, "how often each running container's writable-layer usage (vigil_container_fs_usage_bytes) is read by walking its overlay upper directory; it costs as many files as containers wrote (0: off)")
 	fs.Int64Var(&cfg.ContainerLogMaxBytes, "container-log-max-bytes", cfg.ContainerLogMaxBytes, "size above which a log file the agent writes for a restarted container's output (STATE-DIR/logs/NAMESPACE/ID.log) is rotated into one older generation, ID.log.1 (checked every 10s; 0: the default)")
 	fs.StringVar(&cfg.AggregatorAddress, "aggregator", "", "aggregator gRPC address host:port, or several (replicas) separated by commas, tried in turn when a stream fails; dns:///NAME:PORT takes a DNS name's addresses (empty: run standalone)")
 	fs.StringVar(&cfg.TLS.Cert, "tls-cert", "", "client certificate, URI SAN spiffe://vigil/node/NODE (reloaded when the file changes); or use --bootstrap-token-file")

@@ -32,6 +32,7 @@ func TestParseFlagsRejectsBadConfig(t *testing.T) {
 		{[]string{"--aggregator", "127.0.0.1:7400", "--insecure", "--tls-ca", "ca.crt"}, "insecure and TLS files are both set"},
 		{[]string{"--stats-source", "magic"}, `stats source "magic"`},
 		{[]string{"--container-log-max-bytes", "-1"}, "container log max bytes must not be negative, got -1"},
+		{[]string{"--fs-usage-interval", "10ms"}, "fs usage interval 10ms: want 0 (off) or 1s or more"},
 		{[]string{"--network=false", "--network-affects-health"}, "network affecting health needs network monitoring"},
 		{[]string{"extra"}, "unexpected arguments: extra"},
 		{[]string{"--gc-percent", "5"}, "--gc-percent 5: want 10 or more"},
@@ -103,6 +104,9 @@ func TestParseFlagsDefaults(t *testing.T) {
 	}
 	if cfg.AggregatorAddress != "" || !cfg.Network || cfg.StatsSource != "cgroup" || cfg.ShutdownGrace != 15*time.Second {
 		t.Fatalf("unexpected defaults: %+v", cfg)
+	}
+	if cfg.FSUsageInterval != time.Minute {
+		t.Fatalf("fs usage interval default %v, want 1m", cfg.FSUsageInterval)
 	}
 	if cfg.ContainerLogMaxBytes != vruntime.DefaultLogMaxBytes {
 		t.Fatalf("container log max bytes default %d, want runtime.DefaultLogMaxBytes", cfg.ContainerLogMaxBytes)

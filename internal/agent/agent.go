@@ -68,6 +68,9 @@ type Agent struct {
 	containers map[runtime.Key]*tracked
 	lastNet    []*vigilv1.NetworkNamespace
 	lastStats  map[runtime.Key]*vigilv1.ResourceSample
+	// fsUsage is the last writable-layer usage per container
+	// (fsUsageSampler).
+	fsUsage fsUsage
 
 	due chan runtime.Key // restart timers fire here
 	// replies wait for the state dir to hold what they report
@@ -356,6 +359,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	start("health", a.probe.Run)
 	start("statedir", a.flusher)
 	start("sampler", a.sampler)
+	if a.cfg.FSUsageInterval > 0 {
+		start("fs-usage", a.fsUsageSampler)
+	}
 	if a.net != nil {
 		start("network", a.net.Run)
 	}

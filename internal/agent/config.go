@@ -42,6 +42,11 @@ type Config struct {
 	// rotated into one older generation (runtime.Config.LogMaxBytes; 0:
 	// runtime.DefaultLogMaxBytes).
 	ContainerLogMaxBytes int64
+	// FSUsageInterval is how often each running container's writable-layer
+	// usage (what it wrote into its root filesystem, walked in its overlay
+	// upper directory) is read for vigil_container_fs_usage_bytes; 0: off.
+	// A walk costs as many files as the container wrote: keep it slow.
+	FSUsageInterval time.Duration
 
 	// AggregatorAddress is the aggregator's gRPC address; empty runs the
 	// agent standalone (it still checks health and enforces policies).
@@ -145,6 +150,7 @@ func DefaultConfig() Config {
 		RuntimeCallTimeout:   10 * time.Second,
 		SampleInterval:       10 * time.Second,
 		ContainerLogMaxBytes: runtime.DefaultLogMaxBytes,
+		FSUsageInterval:      time.Minute,
 		BufferSize:           10000,
 		HealthWorkers:        16,
 		BackoffInitial:       b.Initial,
@@ -180,6 +186,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SampleInterval < time.Second {
 		bad("sample interval %v is below 1s", c.SampleInterval)
+	}
+	if c.FSUsageInterval != 0 && c.FSUsageInterval < time.Second {
+		bad("fs usage interval %v: want 0 (off) or 1s or more", c.FSUsageInterval)
 	}
 	if c.ContainerLogMaxBytes < 0 {
 		bad("container log max bytes must not be negative, got %d", c.ContainerLogMaxBytes)

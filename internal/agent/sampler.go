@@ -71,6 +71,9 @@ func (a *Agent) sample(ctx context.Context) sampleResult {
 	res.stats = make(map[runtime.Key]*vigilv1.ResourceSample, len(stats))
 	for i := range stats {
 		s := statsProto(&stats[i])
+		if b, ok := a.fsUsage.get(stats[i].Key); ok {
+			s.FsUsageBytes = b
+		}
 		batch.Samples = append(batch.Samples, s)
 		res.stats[stats[i].Key] = s
 	}
