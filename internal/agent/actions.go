@@ -40,6 +40,7 @@ const (
 	actionRestart       actionKind = iota + 1 // a policy restart
 	actionUnhealthyStop                       // the kill before an unhealthy restart
 	actionCommand                             // a command from the aggregator
+	actionCrossCheck                          // peers asked about a failed probe (startCrossCheck)
 )
 
 // actionResult is how slow work reports back to the loop.
@@ -55,6 +56,8 @@ type actionResult struct {
 	// recorded: the command's outcome was written to the state dir by its
 	// action (runCommand).
 	recorded bool
+	// cross is a cross-check's outcome (actionCrossCheck).
+	cross *crossOutcome
 }
 
 // runAction runs fn on its own goroutine (task control takes containerd
@@ -80,6 +83,10 @@ func (a *Agent) runAction(res actionResult, fn func(context.Context) error) {
 func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 	if res.kind == actionCommand {
 		a.finishCommand(ctx, res)
+		return
+	}
+	if res.kind == actionCrossCheck {
+		a.finishCrossCheck(ctx, res)
 		return
 	}
 	a.mu.Lock()

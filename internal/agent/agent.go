@@ -126,6 +126,11 @@ type tracked struct {
 	probeHealth *health.Health // the prober's view, as last taken in; nil: not probed
 	netCause    string         // why the network makes it unhealthy (NetworkAffectsHealth); "" when it does not
 	netCauseAt  time.Time      // when netCause was last judged
+	// crossChecking: peers are being asked about a failed probe
+	// (startCrossCheck); crossNodeAt: when they last blamed this node's
+	// network for it (zero: they did not).
+	crossChecking bool
+	crossNodeAt   time.Time
 	// failuresCounted is how many of the prober's failures for the current
 	// task are already in the lifetime counter.
 	failuresCounted uint64

@@ -2,10 +2,12 @@ package agent
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/health"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
 )
@@ -350,4 +352,45 @@ func decideHealthy(v ctrView, at time.Time) healthDecision {
 	tr := v.Tracker
 	tr.OnHealthy(at)
 	return healthDecision{Tracker: tr}
+}
+
+// crossCheckTarget: the address peers are asked to reach before a failed
+// probe makes a container unhealthy (GossipConfig.CrossCheckPeers, issue
+// 25), and whether to ask. Only a TCP or HTTP probe of a pod address (the
+// probe's address is an IP other than loopback or unspecified) can be
+// checked from another node: a probe of 127.0.0.1 inside the container,
+// an exec or a gRPC probe, and a container on the host's network are
+// judged by the probe alone.
+func crossCheckTarget(on bool, kind health.Kind, addr netip.AddrPort, hostNetwork bool) (string, bool) {
+	if !on || hostNetwork || (kind != health.KindTCP && kind != health.KindHTTP) {
+		return "", false
+	}
+	ip := addr.Addr()
+	if !addr.IsValid() || addr.Port() == 0 || ip.IsLoopback() || ip.IsUnspecified() {
+		return "", false
+	}
+	return addr.String(), true
+}
+
+// crossVerdict is what the peers' cross-check of a failed probe means.
+type crossVerdict int
+
+const (
+	// crossCounts: the failure counts against the container as any failed
+	// probe ("pod": peers answered and none reached it; "unknown": no peer
+	// answered, or none was asked).
+	crossCounts crossVerdict = iota + 1
+	// crossNode: a peer reached the pod: this node's network is what is
+	// broken. The container is not restarted for it; the failure is
+	// reported as the node's.
+	crossNode
+)
+
+// decideCrossCheck reads the peers' verdict (gossip.CrossResult.Verdict)
+// on a failed probe; asked: the cross-check ran (gossip on, a peer alive).
+func decideCrossCheck(asked bool, verdict string) crossVerdict {
+	if asked && verdict == "node" {
+		return crossNode
+	}
+	return crossCounts
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/health"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
 )
@@ -385,5 +387,51 @@ func TestDecideHealthAndPause(t *testing.T) {
 	// backoff's reset.
 	if h := decideHealthy(ctrView{Tracker: tr}, t0.Add(time.Minute)); !h.Tracker.State.HealthySince.Equal(t0.Add(time.Minute)) {
 		t.Errorf("healthy: %+v", h.Tracker.State)
+	}
+}
+
+// Issue 25's cross-check: which failed probes peers are asked about, and
+// what their verdict does (the integration of the cross-check itself,
+// peers reaching an address or not: TestGossipCrossCheck).
+func TestDecideCrossCheck(t *testing.T) {
+	pod := netip.MustParseAddrPort("10.88.0.7:8080")
+	for _, r := range []struct {
+		name    string
+		on      bool
+		kind    health.Kind
+		addr    netip.AddrPort
+		hostNet bool
+		want    string
+		ask     bool
+	}{
+		{"a TCP probe of a pod address", true, health.KindTCP, pod, false, "10.88.0.7:8080", true},
+		{"an HTTP probe of a pod address", true, health.KindHTTP, pod, false, "10.88.0.7:8080", true},
+		{"an IPv6 pod address", true, health.KindTCP, netip.MustParseAddrPort("[fd00::7]:80"), false, "[fd00::7]:80", true},
+		{"off (--gossip-cross-check-peers 0)", false, health.KindTCP, pod, false, "", false},
+		{"a probe of 127.0.0.1 inside the container: no peer can reach it", true, health.KindTCP, netip.MustParseAddrPort("127.0.0.1:8080"), false, "", false},
+		{"an unspecified address", true, health.KindHTTP, netip.MustParseAddrPort("0.0.0.0:8080"), false, "", false},
+		{"an exec probe", true, health.KindExec, netip.AddrPort{}, false, "", false},
+		{"a gRPC probe", true, health.KindGRPC, pod, false, "", false},
+		{"a container on the host's network", true, health.KindTCP, pod, true, "", false},
+	} {
+		addr, ask := crossCheckTarget(r.on, r.kind, r.addr, r.hostNet)
+		if addr != r.want || ask != r.ask {
+			t.Errorf("%s: %q ask %v, want %q ask %v", r.name, addr, ask, r.want, r.ask)
+		}
+	}
+	for _, r := range []struct {
+		name    string
+		asked   bool
+		verdict string
+		want    crossVerdict
+	}{
+		{"a peer reached the pod: this node's network, not counted", true, "node", crossNode},
+		{"peers answered, none reached it: the pod is broken, counted", true, "pod", crossCounts},
+		{"no peer answered: the probe decides, counted", true, "unknown", crossCounts},
+		{"no one asked (gossip down, no peer alive): counted", false, "node", crossCounts},
+	} {
+		if got := decideCrossCheck(r.asked, r.verdict); got != r.want {
+			t.Errorf("%s: %v, want %v", r.name, got, r.want)
+		}
 	}
 }

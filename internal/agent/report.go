@@ -289,6 +289,9 @@ type selfMetrics struct {
 	// restartUnavailable counts restarts tried again because containerd
 	// did not answer (not counted against the policy).
 	restartUnavailable *metrics.Counter
+	// crossChecks counts the peers' cross-checks of failed probes, by
+	// verdict (node, pod, unknown).
+	crossChecks *metrics.CounterVec
 }
 
 // collectorRun is a collector's last run.
@@ -333,6 +336,8 @@ func newSelfMetrics(a *Agent) *selfMetrics {
 			[]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25}),
 		restartUnavailable: metrics.NewCounter("vigil_agent_restart_unavailable_retries_total",
 			"Restarts that failed because containerd did not answer in time (or was not connected) and were tried again with a backoff (1 s doubling to 30 s), not counted against the restart policy."),
+		crossChecks: metrics.NewCounterVec("vigil_agent_health_cross_checks_total",
+			"Failed probes of a pod address that gossip peers were asked to reach (--gossip-cross-check-peers), by verdict: node (a peer reached it: this node's network is broken, the container is not restarted for it), pod (none did: the failure counts), unknown (no peer answered: the failure counts).", "verdict"),
 		restartLag: metrics.NewHistogram("vigil_agent_restart_exit_to_running_seconds",
 			"Time from a task's exit to its replacement running, per policy restart (backoff and stop window included).",
 			[]float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}),
@@ -378,6 +383,7 @@ func (s *selfMetrics) Collect(w *metrics.Writer) {
 	s.restartLag.Collect(w)
 	s.restartOverhead.Collect(w)
 	s.restartUnavailable.Collect(w)
+	s.crossChecks.Collect(w)
 }
 
 func b2f(b bool) float64 {
