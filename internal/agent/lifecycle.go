@@ -166,7 +166,7 @@ func (a *Agent) configure(t *tracked) {
 		a.log.Warn("restart labels rejected; container runs with policy no", "container", t.c.ID, "namespace", t.c.Namespace, "err", err)
 	}
 	if _, errs := parseStopSpec(&t.c, a.cfg.StopGrace); len(errs) > 0 {
-		a.log.Warn("stop signal or timeout rejected; the container is stopped with SIGTERM and --stop-grace", "container", t.c.ID, "namespace", t.c.Namespace, "err", errors.Join(errs...))
+		a.log.Warn("stop signal or timeout rejected; the container is stopped with SIGTERM and the agent's stop grace", "container", t.c.ID, "namespace", t.c.Namespace, "err", errors.Join(errs...))
 	}
 	managedBy := ""
 	if t.c.Manager != runtime.ManagerVigil {

@@ -337,7 +337,7 @@ func newSelfMetrics(a *Agent) *selfMetrics {
 		restartUnavailable: metrics.NewCounter("vigil_agent_restart_unavailable_retries_total",
 			"Restarts that failed because containerd did not answer in time (or was not connected) and were tried again with a backoff (1 s doubling to 30 s), not counted against the restart policy."),
 		crossChecks: metrics.NewCounterVec("vigil_agent_health_cross_checks_total",
-			"Failed probes of a pod address that gossip peers were asked to reach (--gossip-cross-check-peers), by verdict: node (a peer reached it: this node's network is broken, the container is not restarted for it), pod (none did: the failure counts), unknown (no peer answered: the failure counts).", "verdict"),
+			"Failed probes of a pod address that gossip peers were asked to reach (the gossip cross-check, opt-in), by verdict: node (a peer reached it: this node's network is broken, the container is not restarted for it), pod (none did: the failure counts), unknown (no peer answered: the failure counts).", "verdict"),
 		restartLag: metrics.NewHistogram("vigil_agent_restart_exit_to_running_seconds",
 			"Time from a task's exit to its replacement running, per policy restart (backoff and stop window included).",
 			[]float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}),
