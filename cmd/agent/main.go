@@ -61,6 +61,8 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	fs.StringVar(&cfg.StatsSource, "stats-source", cfg.StatsSource, "resource usage source: cgroup, or metrics-api for VM-isolated runtimes")
 	fs.DurationVar(&cfg.RuntimeCallTimeout, "runtime-timeout", cfg.RuntimeCallTimeout, "timeout of each containerd call")
 	fs.DurationVar(&cfg.SampleInterval, "interval", cfg.SampleInterval, "resource and network sampling interval")
+	fs.DurationVar(&cfg.FSUsageInterval, "fs-usage-interval", cfg.FSUsageInterval, "how often each running container's writable-layer usage (vigil_container_fs_usage_bytes) is read by walking its overlay upper directory; it costs as many files as containers wrote (0: off)")
+	fs.Int64Var(&cfg.ContainerLogMaxBytes, "container-log-max-bytes", cfg.ContainerLogMaxBytes, "size above which a log file the agent writes for a restarted container's output (STATE-DIR/logs/NAMESPACE/ID.log) is rotated into one older generation, ID.log.1 (checked every 10s; 0: the default)")
 	fs.StringVar(&cfg.AggregatorAddress, "aggregator", "", "aggregator gRPC address host:port, or several (replicas) separated by commas, tried in turn when a stream fails; dns:///NAME:PORT takes a DNS name's addresses (empty: run standalone)")
 	fs.StringVar(&cfg.TLS.Cert, "tls-cert", "", "client certificate, URI SAN spiffe://vigil/node/NODE (reloaded when the file changes); or use --bootstrap-token-file")
 	fs.StringVar(&cfg.TLS.Key, "tls-key", "", "client private key")
@@ -92,6 +94,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	fs.StringVar(&cfg.Gossip.SeedDNS, "gossip-seed-dns", "", "DNS name whose addresses are gossip seeds (the agents' headless Service), name or name:port")
 	fs.StringVar(&cfg.Gossip.KeyFile, "gossip-key-file", "", "gossip encryption keys, one base64 AES key per line, the first used to encrypt; read again every 10s and on SIGHUP (rotation without a restart)")
 	fs.BoolVar(&cfg.Gossip.Insecure, "gossip-insecure", false, "gossip without encryption: anyone reaching the port can join and forge views (test clusters only)")
+	fs.IntVar(&cfg.Gossip.CrossCheckPeers, "gossip-cross-check-peers", 0, "before a failed TCP or HTTP probe of a pod address (a probe label naming the pod's IP) makes a container unhealthy, ask this many gossip peers to reach that address: if one does, this node's network is blamed (logged, counted in vigil_agent_health_cross_checks_total) and the container is not restarted for it (0: off)")
 	fs.StringVar(&pf.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.IntVar(&pf.maxProcs, "max-procs", 2, "at most this many OS threads run Go code at once (GOMAXPROCS), unless the GOMAXPROCS environment variable is set; see docs/benchmarks.md#agent-memory")
 	fs.IntVar(&pf.gcPercent, "gc-percent", 50, "Go GC target percentage (GOGC), unless the GOGC environment variable is set; see docs/benchmarks.md#agent-memory")
@@ -195,10 +198,12 @@ func splitList(v string) []string {
 // gossipFlagsCheck names the flags for the gossip mistakes the agent's own
 // validation reports without them.
 func gossipFlagsCheck(g agent.GossipConfig) error {
-	set := g.Advertise != "" || len(g.Seeds) > 0 || g.SeedDNS != "" || g.KeyFile != "" || g.Insecure
+	set := g.Advertise != "" || len(g.Seeds) > 0 || g.SeedDNS != "" || g.KeyFile != "" || g.Insecure || g.CrossCheckPeers != 0
 	switch {
+	case g.CrossCheckPeers < 0:
+		return fmt.Errorf("--gossip-cross-check-peers %d: want 0 (off) or more: %w", g.CrossCheckPeers, errdefs.ErrInvalid)
 	case g.Listen == "" && set:
-		return fmt.Errorf("--gossip-advertise, --gossip-seeds, --gossip-seed-dns, --gossip-key-file and --gossip-insecure need --gossip-listen (gossip is off without it): %w", errdefs.ErrInvalid)
+		return fmt.Errorf("--gossip-advertise, --gossip-seeds, --gossip-seed-dns, --gossip-key-file, --gossip-insecure and --gossip-cross-check-peers need --gossip-listen (gossip is off without it): %w", errdefs.ErrInvalid)
 	case g.Listen == "":
 		return nil
 	case g.KeyFile == "" && !g.Insecure:

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
+	vruntime "github.com/vigilhq/vigil/internal/runtime"
 )
 
 func TestParseFlagsRejectsBadConfig(t *testing.T) {
@@ -30,6 +31,8 @@ func TestParseFlagsRejectsBadConfig(t *testing.T) {
 		{[]string{"--aggregator", "127.0.0.1:7400"}, "needs a TLS certificate, key and CA (or insecure"},
 		{[]string{"--aggregator", "127.0.0.1:7400", "--insecure", "--tls-ca", "ca.crt"}, "insecure and TLS files are both set"},
 		{[]string{"--stats-source", "magic"}, `stats source "magic"`},
+		{[]string{"--container-log-max-bytes", "-1"}, "container log max bytes must not be negative, got -1"},
+		{[]string{"--fs-usage-interval", "10ms"}, "fs usage interval 10ms: want 0 (off) or 1s or more"},
 		{[]string{"--network=false", "--network-affects-health"}, "network affecting health needs network monitoring"},
 		{[]string{"extra"}, "unexpected arguments: extra"},
 		{[]string{"--gc-percent", "5"}, "--gc-percent 5: want 10 or more"},
@@ -41,6 +44,8 @@ func TestParseFlagsRejectsBadConfig(t *testing.T) {
 		{[]string{"--gossip-listen", "0.0.0.0:7946"}, "--gossip-listen needs --gossip-key-file (gossip is encrypted), or --gossip-insecure"},
 		{[]string{"--gossip-listen", "0.0.0.0:7946", "--gossip-insecure", "--gossip-key-file", "k"}, "--gossip-key-file and --gossip-insecure are both set"},
 		{[]string{"--gossip-seeds", "10.0.0.1:7946"}, "need --gossip-listen (gossip is off without it)"},
+		{[]string{"--gossip-cross-check-peers", "2"}, "need --gossip-listen (gossip is off without it)"},
+		{[]string{"--gossip-listen", "0.0.0.0:7946", "--gossip-insecure", "--gossip-cross-check-peers", "-1"}, "--gossip-cross-check-peers -1: want 0 (off) or more"},
 		{[]string{"--gossip-listen", "node-a:7946", "--gossip-insecure"}, `gossip listen address "node-a:7946": want an IP address`},
 		{[]string{"--gossip-listen", "0.0.0.0", "--gossip-insecure"}, `gossip listen address "0.0.0.0"`},
 		{[]string{"--gossip-listen", "0.0.0.0:7946", "--gossip-insecure", "--gossip-advertise", "node-a"}, `gossip advertise address "node-a": want an IP address`},
@@ -75,17 +80,17 @@ func TestParseFlagsBootstrap(t *testing.T) {
 func TestParseFlagsGossip(t *testing.T) {
 	cfg, _, err := parseFlags([]string{"--state-dir", t.TempDir(), "--gossip-listen", "0.0.0.0:7946", "--gossip-advertise", "10.0.0.5",
 		"--gossip-seeds", "10.0.0.6:7946, 10.0.0.7", "--gossip-seed-dns", "vigil-agent-gossip.vigil-system.svc:7946",
-		"--gossip-key-file", "/etc/vigil/gossip/keys"}, &bytes.Buffer{})
+		"--gossip-key-file", "/etc/vigil/gossip/keys", "--gossip-cross-check-peers", "3"}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	g := cfg.Gossip
 	if g.Listen != "0.0.0.0:7946" || g.Advertise != "10.0.0.5" || len(g.Seeds) != 2 || g.Seeds[1] != "10.0.0.7" ||
-		g.SeedDNS != "vigil-agent-gossip.vigil-system.svc:7946" || g.KeyFile != "/etc/vigil/gossip/keys" || g.Insecure {
+		g.SeedDNS != "vigil-agent-gossip.vigil-system.svc:7946" || g.KeyFile != "/etc/vigil/gossip/keys" || g.Insecure || g.CrossCheckPeers != 3 {
 		t.Fatalf("gossip config = %+v", g)
 	}
 	cfg, _, err = parseFlags([]string{"--state-dir", t.TempDir()}, &bytes.Buffer{})
-	if err != nil || cfg.Gossip.Listen != "" {
+	if err != nil || cfg.Gossip.Listen != "" || cfg.Gossip.CrossCheckPeers != 0 {
 		t.Fatalf("gossip must be off by default: %+v, %v", cfg.Gossip, err)
 	}
 }
@@ -101,6 +106,15 @@ func TestParseFlagsDefaults(t *testing.T) {
 	}
 	if cfg.AggregatorAddress != "" || !cfg.Network || cfg.StatsSource != "cgroup" || cfg.ShutdownGrace != 15*time.Second {
 		t.Fatalf("unexpected defaults: %+v", cfg)
+	}
+	if cfg.FSUsageInterval != time.Minute {
+		t.Fatalf("fs usage interval default %v, want 1m", cfg.FSUsageInterval)
+	}
+	if cfg.ContainerLogMaxBytes != vruntime.DefaultLogMaxBytes {
+		t.Fatalf("container log max bytes default %d, want runtime.DefaultLogMaxBytes", cfg.ContainerLogMaxBytes)
+	}
+	if cfg, _, err := parseFlags([]string{"--state-dir", t.TempDir(), "--container-log-max-bytes", "1048576"}, &bytes.Buffer{}); err != nil || cfg.ContainerLogMaxBytes != 1<<20 {
+		t.Fatalf("--container-log-max-bytes 1048576: %d, %v", cfg.ContainerLogMaxBytes, err)
 	}
 }
 

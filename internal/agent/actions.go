@@ -40,6 +40,7 @@ const (
 	actionRestart       actionKind = iota + 1 // a policy restart
 	actionUnhealthyStop                       // the kill before an unhealthy restart
 	actionCommand                             // a command from the aggregator
+	actionCrossCheck                          // peers asked about a failed probe (startCrossCheck)
 )
 
 // actionResult is how slow work reports back to the loop.
@@ -55,6 +56,8 @@ type actionResult struct {
 	// recorded: the command's outcome was written to the state dir by its
 	// action (runCommand).
 	recorded bool
+	// cross is a cross-check's outcome (actionCrossCheck).
+	cross *crossOutcome
 }
 
 // runAction runs fn on its own goroutine (task control takes containerd
@@ -80,6 +83,10 @@ func (a *Agent) runAction(res actionResult, fn func(context.Context) error) {
 func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 	if res.kind == actionCommand {
 		a.finishCommand(ctx, res)
+		return
+	}
+	if res.kind == actionCrossCheck {
+		a.finishCrossCheck(ctx, res)
 		return
 	}
 	a.mu.Lock()
@@ -126,6 +133,19 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 				"attempt", n, "in", retry, "err", res.err)
 			a.armRestart(t, d)
 			return
+		case resultRetryUnavailable:
+			a.mu.Lock()
+			t.unavailableRetries++
+			t.resume, t.expectDelete = resume, false
+			d := t.tracker.State.Last
+			d.At = a.now().Add(retry)
+			n := t.unavailableRetries
+			a.mu.Unlock()
+			a.self.restartUnavailable.Inc()
+			a.log.Warn("restart failed: containerd did not answer; trying again, not counted against the restart policy", "container", res.key.ID, "namespace", res.key.Namespace,
+				"attempt", n, "in", retry, "resume", resume, "err", res.err)
+			a.armRestart(t, d)
+			return
 		case resultOperatorStop:
 			// An operator deleted the exited task before we could replace
 			// it: that is an explicit stop.
@@ -136,6 +156,7 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 		a.mu.Lock()
 		t.expectDelete = false
 		t.resume = resume
+		t.unavailableRetries = 0
 		d := t.tracker.OnRestartFailed(res.err.Error(), a.now())
 		a.mu.Unlock()
 		a.applyDecision(t, d)

@@ -68,6 +68,9 @@ type Agent struct {
 	containers map[runtime.Key]*tracked
 	lastNet    []*vigilv1.NetworkNamespace
 	lastStats  map[runtime.Key]*vigilv1.ResourceSample
+	// fsUsage is the last writable-layer usage per container
+	// (fsUsageSampler).
+	fsUsage fsUsage
 
 	due chan runtime.Key // restart timers fire here
 	// replies wait for the state dir to hold what they report
@@ -123,6 +126,11 @@ type tracked struct {
 	probeHealth *health.Health // the prober's view, as last taken in; nil: not probed
 	netCause    string         // why the network makes it unhealthy (NetworkAffectsHealth); "" when it does not
 	netCauseAt  time.Time      // when netCause was last judged
+	// crossChecking: peers are being asked about a failed probe
+	// (startCrossCheck); crossNodeAt: when they last blamed this node's
+	// network for it (zero: they did not).
+	crossChecking bool
+	crossNodeAt   time.Time
 	// failuresCounted is how many of the prober's failures for the current
 	// task are already in the lifetime counter.
 	failuresCounted uint64
@@ -155,6 +163,9 @@ type tracked struct {
 	// createRetries counts the tries of the pending restart that an earlier,
 	// interrupted create blocked (createRetry).
 	createRetries int
+	// unavailableRetries counts the tries of the pending restart in a row
+	// that containerd did not answer (unavailableRetry).
+	unavailableRetries int
 
 	// conditions are its network namespace's conditions (domain values;
 	// the protocol's are built in containerProto).
@@ -217,6 +228,7 @@ func New(cfg Config) (*Agent, error) {
 		StatsSource: cfg.StatsSource,
 		CallTimeout: cfg.RuntimeCallTimeout,
 		LogDir:      cfg.StateDir + "/logs",
+		LogMaxBytes: cfg.ContainerLogMaxBytes,
 		Logger:      log, // the runtime names itself
 	})
 	if err != nil {
@@ -352,6 +364,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	start("health", a.probe.Run)
 	start("statedir", a.flusher)
 	start("sampler", a.sampler)
+	if a.cfg.FSUsageInterval > 0 {
+		start("fs-usage", a.fsUsageSampler)
+	}
 	if a.net != nil {
 		start("network", a.net.Run)
 	}

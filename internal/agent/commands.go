@@ -68,22 +68,22 @@ type commandTarget struct {
 // state (that is the fence's job, and the action's).
 func (p commandPolicy) refusal(action vigilv1.RemediationAction, t commandTarget) string {
 	if !p.authenticated {
-		return "commands are not accepted from an aggregator the agent cannot authenticate (--insecure); --accept-commands accepts them"
+		return "commands are not accepted from an aggregator the agent cannot authenticate (an insecure connection) unless the agent is set to accept commands anyway"
 	}
 	if action == vigilv1.RemediationAction_REMEDIATION_ACTION_LINK_UP {
 		if !t.found {
 			if p.hostLinks {
 				return ""
 			}
-			return "the link is not in a container's network namespace; host links need --allow-host-link-commands"
+			return "the link is not in a container's network namespace, and the agent is not set to allow commands on host links"
 		}
 		if !p.allows(t.namespace) {
-			return fmt.Sprintf("namespace %q is not in --command-namespaces", t.namespace)
+			return fmt.Sprintf("namespace %q is not among the namespaces the agent allows commands in", t.namespace)
 		}
 		return ""
 	}
 	if !p.allows(t.namespace) {
-		return fmt.Sprintf("namespace %q is not in --command-namespaces", t.namespace)
+		return fmt.Sprintf("namespace %q is not among the namespaces the agent allows commands in", t.namespace)
 	}
 	if !t.found || t.manager == runtime.ManagerVigil {
 		return ""

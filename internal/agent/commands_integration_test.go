@@ -293,7 +293,7 @@ func TestCommandNamespacesRefused(t *testing.T) {
 	r.send(&vigilv1.Command{Id: "kill-1", Action: vigilv1.RemediationAction_REMEDIATION_ACTION_KILL,
 		Target: &vigilv1.Target{Namespace: h.ns, ContainerId: "svc"}})
 	res := r.atAggregator("kill-1", outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED))
-	if !strings.Contains(res.GetMessage(), "--command-namespaces") {
+	if !strings.Contains(res.GetMessage(), "not among the namespaces the agent allows commands in") {
 		t.Errorf("refusal says %q", res.GetMessage())
 	}
 	time.Sleep(time.Second)

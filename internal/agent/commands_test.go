@@ -34,9 +34,9 @@ func TestCommandPolicyRefusal(t *testing.T) {
 		{"authenticated restart", open, restart, vigil, ""},
 		{"authenticated stop", open, stop, vigil, ""},
 		{"start", open, start, vigil, ""},
-		{"insecure without accept-commands", commandPolicy{}, kill, vigil, "--accept-commands"},
-		{"insecure link", commandPolicy{hostLinks: true}, linkUp, commandTarget{}, "--accept-commands"},
-		{"namespace not allowed", commandPolicy{authenticated: true, namespaces: []string{"prod"}}, kill, vigil, "--command-namespaces"},
+		{"insecure without accept-commands", commandPolicy{}, kill, vigil, "set to accept commands anyway"},
+		{"insecure link", commandPolicy{hostLinks: true}, linkUp, commandTarget{}, "set to accept commands anyway"},
+		{"namespace not allowed", commandPolicy{authenticated: true, namespaces: []string{"prod"}}, kill, vigil, "not among the namespaces the agent allows commands in"},
 		{"namespace allowed", commandPolicy{authenticated: true, namespaces: []string{"default"}}, kill, vigil, ""},
 		{"unknown container, allowed namespace", open, kill, commandTarget{namespace: "default"}, ""},
 		{"kubelet kill", open, kill, kubelet, ""},
@@ -47,9 +47,9 @@ func TestCommandPolicyRefusal(t *testing.T) {
 		{"restart monitor stop", open, stop, monitor, "managed by containerd"},
 		{"container link", open, linkUp, vigil, ""},
 		{"kubelet pod's link", open, linkUp, kubelet, ""},
-		{"host link refused", open, linkUp, commandTarget{}, "--allow-host-link-commands"},
+		{"host link refused", open, linkUp, commandTarget{}, "not set to allow commands on host links"},
 		{"host link allowed", commandPolicy{authenticated: true, hostLinks: true}, linkUp, commandTarget{}, ""},
-		{"container link outside the allowlist", commandPolicy{authenticated: true, namespaces: []string{"prod"}}, linkUp, vigil, "--command-namespaces"},
+		{"container link outside the allowlist", commandPolicy{authenticated: true, namespaces: []string{"prod"}}, linkUp, vigil, "not among the namespaces the agent allows commands in"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := tc.policy.refusal(tc.action, tc.target)
@@ -58,6 +58,10 @@ func TestCommandPolicyRefusal(t *testing.T) {
 				t.Errorf("refused: %q", got)
 			case tc.refuse != "" && !strings.Contains(got, tc.refuse):
 				t.Errorf("refusal %q, want one naming %q", got, tc.refuse)
+			}
+			// The package says the setting; only cmd/agent knows its flags.
+			if strings.Contains(got, "--") {
+				t.Errorf("refusal %q names a flag", got)
 			}
 		})
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/restart"
+	"github.com/vigilhq/vigil/internal/runtime"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -36,6 +37,16 @@ type Config struct {
 	RuntimeCallTimeout time.Duration
 	// SampleInterval is how often resources and network counters are read.
 	SampleInterval time.Duration
+	// ContainerLogMaxBytes caps each log file the agent makes for a
+	// restarted task's output under StateDir/logs: above it, the file is
+	// rotated into one older generation (runtime.Config.LogMaxBytes; 0:
+	// runtime.DefaultLogMaxBytes).
+	ContainerLogMaxBytes int64
+	// FSUsageInterval is how often each running container's writable-layer
+	// usage (what it wrote into its root filesystem, walked in its overlay
+	// upper directory) is read for vigil_container_fs_usage_bytes; 0: off.
+	// A walk costs as many files as the container wrote: keep it slow.
+	FSUsageInterval time.Duration
 
 	// AggregatorAddress is the aggregator's gRPC address; empty runs the
 	// agent standalone (it still checks health and enforces policies).
@@ -131,23 +142,25 @@ func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	b := restart.DefaultBackoff()
 	return Config{
-		NodeName:           host,
-		StateDir:           "/var/lib/vigil",
-		ContainerdAddress:  "/run/containerd/containerd.sock",
-		CgroupRoot:         "/sys/fs/cgroup",
-		StatsSource:        "cgroup",
-		RuntimeCallTimeout: 10 * time.Second,
-		SampleInterval:     10 * time.Second,
-		BufferSize:         10000,
-		HealthWorkers:      16,
-		BackoffInitial:     b.Initial,
-		BackoffMax:         b.Max,
-		BackoffReset:       b.ResetAfter,
-		StopGrace:          10 * time.Second,
-		ShutdownGrace:      15 * time.Second,
-		StopWindow:         250 * time.Millisecond,
-		Network:            true,
-		Version:            "dev",
+		NodeName:             host,
+		StateDir:             "/var/lib/vigil",
+		ContainerdAddress:    "/run/containerd/containerd.sock",
+		CgroupRoot:           "/sys/fs/cgroup",
+		StatsSource:          "cgroup",
+		RuntimeCallTimeout:   10 * time.Second,
+		SampleInterval:       10 * time.Second,
+		ContainerLogMaxBytes: runtime.DefaultLogMaxBytes,
+		FSUsageInterval:      time.Minute,
+		BufferSize:           10000,
+		HealthWorkers:        16,
+		BackoffInitial:       b.Initial,
+		BackoffMax:           b.Max,
+		BackoffReset:         b.ResetAfter,
+		StopGrace:            10 * time.Second,
+		ShutdownGrace:        15 * time.Second,
+		StopWindow:           250 * time.Millisecond,
+		Network:              true,
+		Version:              "dev",
 	}
 }
 
@@ -173,6 +186,12 @@ func (c *Config) Validate() error {
 	}
 	if c.SampleInterval < time.Second {
 		bad("sample interval %v is below 1s", c.SampleInterval)
+	}
+	if c.FSUsageInterval != 0 && c.FSUsageInterval < time.Second {
+		bad("fs usage interval %v: want 0 (off) or 1s or more", c.FSUsageInterval)
+	}
+	if c.ContainerLogMaxBytes < 0 {
+		bad("container log max bytes must not be negative, got %d", c.ContainerLogMaxBytes)
 	}
 	if c.RuntimeCallTimeout <= 0 {
 		bad("runtime call timeout must be positive, got %v", c.RuntimeCallTimeout)

@@ -2,9 +2,12 @@ package agent
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/health"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
 )
@@ -42,8 +45,9 @@ type ctrView struct {
 	// Begun is the durable mark of the pending restart being carried out
 	// (zero when none); LastExitSeen the exit time last counted.
 	Begun, LastExitSeen time.Time
-	// CreateRetries counts the tries an interrupted create blocked.
-	CreateRetries int
+	// CreateRetries counts the tries an interrupted create blocked;
+	// UnavailableRetries the tries containerd did not answer.
+	CreateRetries, UnavailableRetries int
 }
 
 func (v ctrView) vigils() bool { return v.Manager == runtime.ManagerVigil }
@@ -65,6 +69,11 @@ type exitDecision struct {
 	// begun, and the tracker saw no start since). Nothing is counted and
 	// nothing decided: the pending restart replaces it.
 	NotARun bool
+	// Leftover: the exit of a task that Restart itself killed as a
+	// leftover (runtime.Event.Leftover: the created, never-started task of
+	// an interrupted restart, replaced under ResumeInterrupted). Not a
+	// workload's exit: nothing is counted or decided.
+	Leftover bool
 	// Count: a new exit, counted once (the exit time becomes LastExitSeen).
 	Count bool
 	// Tracker is the restart tracker after the exit; Decision the policy's.
@@ -77,7 +86,10 @@ type exitDecision struct {
 
 // decideExit: an exit is counted once (a replay after a reconnect or an
 // agent restart is not: LastExitSeen), and the policy decides on it.
-func decideExit(v ctrView, exit runtime.Exit) exitDecision {
+func decideExit(v ctrView, exit runtime.Exit, leftover bool) exitDecision {
+	if leftover {
+		return exitDecision{Leftover: true, Tracker: v.Tracker}
+	}
 	st := v.Tracker.State
 	if !st.Running && st.Pending && !v.Begun.IsZero() && exit.At.After(v.Begun) && !st.StartedAt.After(v.Begun) {
 		return exitDecision{NotARun: true, Tracker: v.Tracker}
@@ -106,6 +118,9 @@ const (
 	deleteOurRestart
 	// deleteOperatorStop: someone else deleted the task: an explicit stop.
 	deleteOperatorStop
+	// deleteLeftover: Restart itself deleted a leftover in its way
+	// (runtime.Event.Leftover): not anyone's stop. Nothing is done.
+	deleteLeftover
 )
 
 // decideTaskDeleted: a task deleted by someone other than us, after it
@@ -115,7 +130,10 @@ const (
 // previous run's delete that landed late, or containerd's cleanup of a
 // create that run interrupted; taking those for an operator's stop left
 // containers down.
-func decideTaskDeleted(v ctrView) deleteVerdict {
+func decideTaskDeleted(v ctrView, leftover bool) deleteVerdict {
+	if leftover {
+		return deleteLeftover
+	}
 	if v.ExpectDelete || v.InFlight {
 		return deleteOurs
 	}
@@ -234,10 +252,11 @@ func decideRestartDue(v ctrView, lastExit *runtime.Exit, stopWindow time.Duratio
 type resultVerdict int
 
 const (
-	resultDone         resultVerdict = iota + 1 // it worked: the start event reports it
-	resultRetryCreate                           // an interrupted create blocks it: again, as a resumed restart, off the policy
-	resultOperatorStop                          // the exited task was deleted by someone else first
-	resultFailed                                // a failure like any other: the policy decides
+	resultDone             resultVerdict = iota + 1 // it worked: the start event reports it
+	resultRetryCreate                               // an interrupted create blocks it: again, as a resumed restart, off the policy
+	resultOperatorStop                              // the exited task was deleted by someone else first
+	resultRetryUnavailable                          // containerd did not answer: again, with a capped backoff, off the policy
+	resultFailed                                    // a failure like any other: the policy decides
 )
 
 // decideRestartResult: the result of a restart action. A create that an
@@ -256,8 +275,34 @@ func decideRestartResult(v ctrView, err error) (verdict resultVerdict, retryIn t
 		return resultRetryCreate, createRetry(err, v.CreateRetries), true
 	case errors.Is(err, runtime.ErrTaskGone):
 		return resultOperatorStop, 0, false
+	case errors.Is(err, errdefs.ErrUnavailable):
+		// containerd did not answer (a call that timed out on a loaded
+		// node, a lost connection): not a run of the container, so, like
+		// the kubelet (whose restart count counts runs, not failed
+		// creates), it does not use up the policy (on-failure:5 gave up
+		// after 5 of them under load in test/crash and left containers
+		// down). A restart already resumed stays resumed; one that got
+		// past the old task's delete becomes one.
+		return resultRetryUnavailable, unavailableRetry(v.UnavailableRetries), v.Resume || (!v.Begun.IsZero() && pastOldTaskDelete(err))
 	}
 	return resultFailed, 0, !v.Begun.IsZero() && pastOldTaskDelete(err)
+}
+
+// Retries of a restart containerd did not answer: 1 s, doubling, capped
+// at 30 s, for as long as it takes.
+const (
+	unavailableRetryFirst = time.Second
+	unavailableRetryMax   = 30 * time.Second
+)
+
+// unavailableRetry is the wait before the next try of a restart that
+// containerd did not answer tries times in a row.
+func unavailableRetry(tries int) time.Duration {
+	d := unavailableRetryFirst
+	for i := 0; i < tries && d < unavailableRetryMax; i++ {
+		d *= 2
+	}
+	return min(d, unavailableRetryMax)
 }
 
 // pastOldTaskDelete says whether a failed Restart got past deleting the old
@@ -307,4 +352,45 @@ func decideHealthy(v ctrView, at time.Time) healthDecision {
 	tr := v.Tracker
 	tr.OnHealthy(at)
 	return healthDecision{Tracker: tr}
+}
+
+// crossCheckTarget: the address peers are asked to reach before a failed
+// probe makes a container unhealthy (GossipConfig.CrossCheckPeers, issue
+// 25), and whether to ask. Only a TCP or HTTP probe of a pod address (the
+// probe's address is an IP other than loopback or unspecified) can be
+// checked from another node: a probe of 127.0.0.1 inside the container,
+// an exec or a gRPC probe, and a container on the host's network are
+// judged by the probe alone.
+func crossCheckTarget(on bool, kind health.Kind, addr netip.AddrPort, hostNetwork bool) (string, bool) {
+	if !on || hostNetwork || (kind != health.KindTCP && kind != health.KindHTTP) {
+		return "", false
+	}
+	ip := addr.Addr()
+	if !addr.IsValid() || addr.Port() == 0 || ip.IsLoopback() || ip.IsUnspecified() {
+		return "", false
+	}
+	return addr.String(), true
+}
+
+// crossVerdict is what the peers' cross-check of a failed probe means.
+type crossVerdict int
+
+const (
+	// crossCounts: the failure counts against the container as any failed
+	// probe ("pod": peers answered and none reached it; "unknown": no peer
+	// answered, or none was asked).
+	crossCounts crossVerdict = iota + 1
+	// crossNode: a peer reached the pod: this node's network is what is
+	// broken. The container is not restarted for it; the failure is
+	// reported as the node's.
+	crossNode
+)
+
+// decideCrossCheck reads the peers' verdict (gossip.CrossResult.Verdict)
+// on a failed probe; asked: the cross-check ran (gossip on, a peer alive).
+func decideCrossCheck(asked bool, verdict string) crossVerdict {
+	if asked && verdict == "node" {
+		return crossNode
+	}
+	return crossCounts
 }

@@ -1,11 +1,15 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/health"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
 )
@@ -27,7 +31,10 @@ import (
 //	decideRestartMadeAway TestFinishesAnInterruptedRestart ("started")
 //	decideRestartDue  TestUnhealthyContainerIsRestarted (stop first), TestRestartDueBeforeResult,
 //	                  TestFinishesAnInterruptedRestart (resume), TestStopThenStartCommands (explicit stop)
-//	decideRestartResult TestOperatorStopRacingRestartNoMisleadingEvent (task gone), table only (create retries)
+//	decideRestartResult TestOperatorStopRacingRestartNoMisleadingEvent (task gone), table only (create retries,
+//	                  containerd unavailable: TestDecideRestartResultUnavailable)
+//	decideExit / decideTaskDeleted of a leftover (Event.Leftover): TestDecideLeftoverExitAndDelete,
+//	                  table only (runtime's TestRestartClearsLeftoverOnAlreadyExists marks them)
 //	decidePause       TestPausedContainerIsNotProbed
 //	decideUnhealthy / decideHealthy TestUnhealthyContainerIsRestarted, TestNetworkConditionMakesUnhealthy
 //	decideCommand     TestCommandRunsOnce, TestCommandNamespacesRefused, TestStopThenStartCommands,
@@ -98,7 +105,7 @@ func TestDecideExit(t *testing.T) {
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) {
 			before := r.v.Tracker.State
-			d := decideExit(r.v, r.exit)
+			d := decideExit(r.v, r.exit, false)
 			if d.NotARun != r.notARun || d.Count != r.count || d.Decision.Kind != r.kind {
 				t.Errorf("%s: got notARun %v count %v decision %v; want %v %v %v", r.proves, d.NotARun, d.Count, d.Decision.Kind, r.notARun, r.count, r.kind)
 			}
@@ -128,8 +135,47 @@ func TestDecideTaskDeleted(t *testing.T) {
 			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}, deleteOperatorStop},
 	}
 	for _, r := range rows {
-		if got := decideTaskDeleted(r.v); got != r.want {
+		if got := decideTaskDeleted(r.v, false); got != r.want {
 			t.Errorf("%s (%s): %v, want %v", r.name, r.proves, got, r.want)
+		}
+	}
+}
+
+// A task that Restart itself killed and deleted as a leftover (the created,
+// never-started task of an interrupted restart, replaced under
+// ResumeInterrupted: runtime.Event.Leftover, TestRestartClearsLeftoverOnAlreadyExists
+// in internal/runtime) is neither a workload's exit nor an operator's stop,
+// whatever the view says.
+func TestDecideLeftoverExitAndDelete(t *testing.T) {
+	begun := t0.Add(time.Second)
+	onFailure1 := tracker(restart.KindOnFailure, 1, running(t0.Add(-time.Minute)))
+	onFailure1.State.Retries = 1
+	stopped := tracker(restart.KindUnlessStopped, 0, running(t0.Add(-time.Minute)))
+	stopped.State.ExplicitlyStopped = true
+	rows := []struct {
+		name string
+		v    ctrView
+	}{
+		{"our resumed restart in flight", ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), Begun: begun, Resume: true, InFlight: true, ExpectDelete: true}},
+		{"a pending restart, the leftover's exit after the mark", ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), Begun: begun, Resume: true}},
+		// Without the mark, the exit would be counted and the delete taken
+		// for an operator's stop: the container left down.
+		{"a running tracker, no mark, nothing in flight", ctrView{Tracker: tracker(restart.KindUnlessStopped, 0, running(t0.Add(-time.Minute)))}},
+		{"on-failure:1 used up: the exit would give up", ctrView{Tracker: onFailure1}},
+		{"explicitly stopped", ctrView{Tracker: stopped}},
+	}
+	for _, r := range rows {
+		before := r.v.Tracker.State
+		d := decideExit(r.v, runtime.Exit{Code: 137, Reason: runtime.ExitSignal, At: begun.Add(time.Second)}, true)
+		if !d.Leftover || d.Count || d.NotARun || d.Decision.Kind != 0 || d.SignalHint || d.Tracker.State != before {
+			t.Errorf("%s: a leftover's exit decided %+v, want nothing counted or decided", r.name, d)
+		}
+		if got := decideTaskDeleted(r.v, true); got != deleteLeftover {
+			t.Errorf("%s: a leftover's delete is %v, want deleteLeftover", r.name, got)
+		}
+		// The same events unmarked keep their meaning (the rows above).
+		if decideExit(r.v, runtime.Exit{Code: 137, Reason: runtime.ExitSignal, At: begun.Add(time.Second)}, false).Leftover || decideTaskDeleted(r.v, false) == deleteLeftover {
+			t.Errorf("%s: an unmarked event read as a leftover's", r.name)
 		}
 	}
 }
@@ -269,6 +315,54 @@ func TestDecideRestartResult(t *testing.T) {
 	}
 }
 
+// A restart that containerd did not answer is no run of the container: it
+// is tried again, 1 s doubling to 30 s, for as long as it takes, never
+// counted against the policy (test/crash under load: on-failure:5 gave up
+// after 5 create timeouts and left containers down).
+func TestDecideRestartResultUnavailable(t *testing.T) {
+	hanging := func(call string) error {
+		return fmt.Errorf("restart ns/c: %s: containerd %s: no answer within 10s (runtime hanging): %w: %w",
+			map[bool]string{true: "create task", false: "get task"}[call == "task_create"], call, errdefs.ErrUnavailable, context.DeadlineExceeded)
+	}
+	notConnected := fmt.Errorf("restart ns/c: containerd at /run/c.sock not connected: %w", errdefs.ErrUnavailable)
+	for _, r := range []struct {
+		name    string
+		err     error
+		tries   int
+		begun   time.Time
+		resumed bool
+		retryIn time.Duration
+		resume  bool
+	}{
+		{"a create that timed out after the old task's delete: again in 1 s, resumed", hanging("task_create"), 0, t0, false, time.Second, true},
+		{"the second try: 2 s", hanging("task_create"), 1, t0, false, 2 * time.Second, true},
+		{"the fifth: 16 s (on-failure:5 would have given up)", hanging("task_create"), 4, t0, false, 16 * time.Second, true},
+		{"the sixth and on: capped at 30 s", hanging("task_create"), 5, t0, false, 30 * time.Second, true},
+		{"the hundredth: still 30 s, never given up", hanging("task_create"), 99, t0, false, 30 * time.Second, true},
+		// TestAgentRestartKeepsCountsAndStops: an operator's delete racing a
+		// restart whose task_get timed out must still read as a stop at
+		// the next try, which requires the old task.
+		{"a timeout before the old task's delete: again, requiring it", hanging("task_get"), 0, t0, false, time.Second, false},
+		{"not connected, before the mark: again, requiring the old task", notConnected, 2, time.Time{}, false, 4 * time.Second, false},
+		// A resumed restart (an interrupted one, or one that failed after
+		// the delete) that containerd did not answer stays resumed: the
+		// old task may be gone.
+		{"a resumed restart that timed out early stays resumed", hanging("task_get"), 3, t0, true, 8 * time.Second, true},
+		{"a resumed restart not connected stays resumed", notConnected, 0, t0, true, time.Second, true},
+	} {
+		v := ctrView{Tracker: tracker(restart.KindOnFailure, 5, pending(restart.KindOnFailure)), UnavailableRetries: r.tries, Begun: r.begun, Resume: r.resumed}
+		got, in, resume := decideRestartResult(v, r.err)
+		if got != resultRetryUnavailable || in != r.retryIn || resume != r.resume {
+			t.Errorf("%s: %v in %v resume %v, want %v in %v resume %v", r.name, got, in, resume, resultRetryUnavailable, r.retryIn, r.resume)
+		}
+	}
+	// A create race that also reads as unavailable keeps its own retry.
+	raced := fmt.Errorf("create: %w: %w", runtime.ErrCreateRaced, errdefs.ErrUnavailable)
+	if got, in, _ := decideRestartResult(ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}, raced); got != resultRetryCreate || in != time.Second {
+		t.Errorf("a raced create: %v in %v, want a create retry in 1s", got, in)
+	}
+}
+
 func TestDecideHealthAndPause(t *testing.T) {
 	// TestPausedContainerIsNotProbed.
 	if decidePause(true) || !decidePause(false) {
@@ -293,5 +387,51 @@ func TestDecideHealthAndPause(t *testing.T) {
 	// backoff's reset.
 	if h := decideHealthy(ctrView{Tracker: tr}, t0.Add(time.Minute)); !h.Tracker.State.HealthySince.Equal(t0.Add(time.Minute)) {
 		t.Errorf("healthy: %+v", h.Tracker.State)
+	}
+}
+
+// Issue 25's cross-check: which failed probes peers are asked about, and
+// what their verdict does (the integration of the cross-check itself,
+// peers reaching an address or not: TestGossipCrossCheck).
+func TestDecideCrossCheck(t *testing.T) {
+	pod := netip.MustParseAddrPort("10.88.0.7:8080")
+	for _, r := range []struct {
+		name    string
+		on      bool
+		kind    health.Kind
+		addr    netip.AddrPort
+		hostNet bool
+		want    string
+		ask     bool
+	}{
+		{"a TCP probe of a pod address", true, health.KindTCP, pod, false, "10.88.0.7:8080", true},
+		{"an HTTP probe of a pod address", true, health.KindHTTP, pod, false, "10.88.0.7:8080", true},
+		{"an IPv6 pod address", true, health.KindTCP, netip.MustParseAddrPort("[fd00::7]:80"), false, "[fd00::7]:80", true},
+		{"off (--gossip-cross-check-peers 0)", false, health.KindTCP, pod, false, "", false},
+		{"a probe of 127.0.0.1 inside the container: no peer can reach it", true, health.KindTCP, netip.MustParseAddrPort("127.0.0.1:8080"), false, "", false},
+		{"an unspecified address", true, health.KindHTTP, netip.MustParseAddrPort("0.0.0.0:8080"), false, "", false},
+		{"an exec probe", true, health.KindExec, netip.AddrPort{}, false, "", false},
+		{"a gRPC probe", true, health.KindGRPC, pod, false, "", false},
+		{"a container on the host's network", true, health.KindTCP, pod, true, "", false},
+	} {
+		addr, ask := crossCheckTarget(r.on, r.kind, r.addr, r.hostNet)
+		if addr != r.want || ask != r.ask {
+			t.Errorf("%s: %q ask %v, want %q ask %v", r.name, addr, ask, r.want, r.ask)
+		}
+	}
+	for _, r := range []struct {
+		name    string
+		asked   bool
+		verdict string
+		want    crossVerdict
+	}{
+		{"a peer reached the pod: this node's network, not counted", true, "node", crossNode},
+		{"peers answered, none reached it: the pod is broken, counted", true, "pod", crossCounts},
+		{"no peer answered: the probe decides, counted", true, "unknown", crossCounts},
+		{"no one asked (gossip down, no peer alive): counted", false, "node", crossCounts},
+	} {
+		if got := decideCrossCheck(r.asked, r.verdict); got != r.want {
+			t.Errorf("%s: %v, want %v", r.name, got, r.want)
+		}
 	}
 }

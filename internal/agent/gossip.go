@@ -68,6 +68,9 @@ func (g GossipConfig) validate() []error {
 			bad("gossip advertise address %q: want an IP address: %v", g.Advertise, err)
 		}
 	}
+	if g.CrossCheckPeers < 0 {
+		bad("gossip cross-check peers %d: want 0 (off) or more", g.CrossCheckPeers)
+	}
 	switch {
 	case g.KeyFile == "" && !g.Insecure:
 		bad("gossip needs an encryption key file (or insecure gossip, allowed explicitly, for a test cluster)")

@@ -38,6 +38,7 @@ func (a *Agent) startProbing(t *tracked) {
 		tgt.NetNS = health.NetNSOfPid(t.c.Pid)
 	}
 	t.netCause = "" // a new task: its network is judged at the next read
+	t.crossNodeAt = time.Time{}
 	t.probeHealth = nil
 	t.probesReported = 0
 	if cfg != nil {
@@ -142,6 +143,11 @@ func (a *Agent) onHealthChange(ctx context.Context, ch health.Change) {
 	t.probesReported = ch.Health.Probes
 	netDown := t.netCause != ""
 	a.mu.Unlock()
+	if ch.To == health.StatusHealthy {
+		a.mu.Lock()
+		t.crossNodeAt = time.Time{}
+		a.mu.Unlock()
+	}
 	if ch.To == health.StatusHealthy && !netDown {
 		dec := decideHealthy(a.view(t), ch.Time)
 		a.mu.Lock()
@@ -155,6 +161,12 @@ func (a *Agent) onHealthChange(ctx context.Context, ch health.Change) {
 	if ch.To != health.StatusUnhealthy || netDown {
 		// Healthy again, or already unhealthy through its network (decided
 		// then).
+		a.persist(t)
+		return
+	}
+	if a.startCrossCheck(t) {
+		// A probe of a pod address, with the cross-check on: the peers'
+		// answer decides (finishCrossCheck).
 		a.persist(t)
 		return
 	}

@@ -65,7 +65,7 @@ func (a *Agent) onRuntimeEvent(ctx context.Context, ev runtime.Event) {
 			// Exited while we were not watching (agent down or containerd
 			// resync): count it once and decide as for a live exit.
 			a.countRestartMadeAway(t, c.LastExit.At)
-			a.onExited(ctx, t, *c.LastExit)
+			a.onExited(ctx, t, *c.LastExit, false)
 		} else if c.State == runtime.StateCreated {
 			a.onFoundWithoutTask(ctx, t)
 		}
@@ -77,7 +77,7 @@ func (a *Agent) onRuntimeEvent(ctx context.Context, ev runtime.Event) {
 			exit = c.LastExit
 		}
 		if exit != nil {
-			a.onExited(ctx, t, *exit)
+			a.onExited(ctx, t, *exit, ev.Leftover)
 		}
 	case runtime.EventOOM:
 		a.onOOM(t)
@@ -91,7 +91,7 @@ func (a *Agent) onRuntimeEvent(ctx context.Context, ev runtime.Event) {
 		}
 		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "task "+ev.Type.String(), nil, nil)
 	case runtime.EventTaskDeleted:
-		a.onTaskDeleted(t)
+		a.onTaskDeleted(t, ev.Leftover)
 	}
 }
 
@@ -166,7 +166,7 @@ func (a *Agent) configure(t *tracked) {
 		a.log.Warn("restart labels rejected; container runs with policy no", "container", t.c.ID, "namespace", t.c.Namespace, "err", err)
 	}
 	if _, errs := parseStopSpec(&t.c, a.cfg.StopGrace); len(errs) > 0 {
-		a.log.Warn("stop signal or timeout rejected; the container is stopped with SIGTERM and --stop-grace", "container", t.c.ID, "namespace", t.c.Namespace, "err", errors.Join(errs...))
+		a.log.Warn("stop signal or timeout rejected; the container is stopped with SIGTERM and the agent's stop grace", "container", t.c.ID, "namespace", t.c.Namespace, "err", errors.Join(errs...))
 	}
 	managedBy := ""
 	if t.c.Manager != runtime.ManagerVigil {
@@ -220,6 +220,7 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 	t.expectDelete = false
 	t.resume = false
 	t.createRetries = 0
+	t.unavailableRetries = 0
 	if t.timer != nil && !t.tracker.State.Pending {
 		t.timer.Stop()
 		t.timer = nil
@@ -258,10 +259,15 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 
 // onExited counts an exit exactly once and asks the restart policy what to
 // do (decideExit).
-func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit) {
-	a.stopProbing(t)
+func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit, leftover bool) {
 	v := a.view(t)
-	dec := decideExit(v, exit)
+	dec := decideExit(v, exit, leftover)
+	if dec.Leftover {
+		a.log.Info("a leftover task that our restart cleared exited (not the workload's exit); not counted",
+			"container", t.c.ID, "namespace", t.c.Namespace, "code", exit.Code)
+		return
+	}
+	a.stopProbing(t)
 	if dec.NotARun {
 		a.log.Info("the task an interrupted restart of ours created exited without having started; the pending restart replaces it",
 			"container", t.c.ID, "namespace", t.c.Namespace, "code", exit.Code, "begun", v.Begun.Format(time.RFC3339Nano))
@@ -316,9 +322,11 @@ func (a *Agent) onOOM(t *tracked) {
 }
 
 // onTaskDeleted applies decideTaskDeleted.
-func (a *Agent) onTaskDeleted(t *tracked) {
+func (a *Agent) onTaskDeleted(t *tracked, leftover bool) {
 	v := a.view(t)
-	switch decideTaskDeleted(v) {
+	switch decideTaskDeleted(v, leftover) {
+	case deleteLeftover:
+		a.log.Info("a leftover task that our restart cleared was deleted (not an operator's stop)", "container", t.c.ID, "namespace", t.c.Namespace)
 	case deleteOurs:
 		// Ours, or an operator's racing our restart: the restart's result
 		// says which (restarted, or an explicit stop when the operator's

@@ -41,7 +41,7 @@ func (a *Agent) onFoundWithoutTask(ctx context.Context, t *tracked) {
 		}
 		a.log.Info("the node restarted since the container last ran and its task was lost: taken as an exit with code 255",
 			"container", t.c.ID, "namespace", t.c.Namespace, "last_started", st.StartedAt.Format(time.RFC3339))
-		a.onExited(ctx, t, runtime.Exit{Code: 255, Reason: runtime.ExitError, At: at})
+		a.onExited(ctx, t, runtime.Exit{Code: 255, Reason: runtime.ExitError, At: at}, false)
 	case foundDeletedBeforeRestart:
 		a.explicitStop(t, "the exited task was deleted while the agent was down, before its restart")
 	case foundExitedAndDeleted:

@@ -288,6 +288,12 @@ type selfMetrics struct {
 	// delay Vigil chose to wait (backoff and stop window): event delivery,
 	// the decision, the durable writes (exit, begun mark) and the timer.
 	restartOverhead *metrics.Histogram
+	// restartUnavailable counts restarts tried again because containerd
+	// did not answer (not counted against the policy).
+	restartUnavailable *metrics.Counter
+	// crossChecks counts the peers' cross-checks of failed probes, by
+	// verdict (node, pod, unknown).
+	crossChecks *metrics.CounterVec
 }
 
 // collectorRun is a collector's last run.
@@ -330,6 +336,10 @@ func newSelfMetrics(a *Agent) *selfMetrics {
 		restartOverhead: metrics.NewHistogram("vigil_agent_restart_overhead_seconds",
 			"Time from a task's exit to the agent asking containerd for its replacement, less the backoff and stop window it chose to wait.",
 			[]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25}),
+		restartUnavailable: metrics.NewCounter("vigil_agent_restart_unavailable_retries_total",
+			"Restarts that failed because containerd did not answer in time (or was not connected) and were tried again with a backoff (1 s doubling to 30 s), not counted against the restart policy."),
+		crossChecks: metrics.NewCounterVec("vigil_agent_health_cross_checks_total",
+			"Failed probes of a pod address that gossip peers were asked to reach (the gossip cross-check, opt-in), by verdict: node (a peer reached it: this node's network is broken, the container is not restarted for it), pod (none did: the failure counts), unknown (no peer answered: the failure counts).", "verdict"),
 		restartLag: metrics.NewHistogram("vigil_agent_restart_exit_to_running_seconds",
 			"Time from a task's exit to its replacement running, per policy restart (backoff and stop window included).",
 			[]float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}),
@@ -374,6 +384,8 @@ func (s *selfMetrics) Collect(w *metrics.Writer) {
 	s.restartHist.Collect(w)
 	s.restartLag.Collect(w)
 	s.restartOverhead.Collect(w)
+	s.restartUnavailable.Collect(w)
+	s.crossChecks.Collect(w)
 }
 
 func b2f(b bool) float64 {

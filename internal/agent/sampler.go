@@ -71,6 +71,9 @@ func (a *Agent) sample(ctx context.Context) sampleResult {
 	res.stats = make(map[runtime.Key]*vigilv1.ResourceSample, len(stats))
 	for i := range stats {
 		s := statsProto(&stats[i])
+		if b, ok := a.fsUsage.get(stats[i].Key); ok {
+			s.FsUsageBytes = b
+		}
 		batch.Samples = append(batch.Samples, s)
 		res.stats[stats[i].Key] = s
 	}
@@ -127,6 +130,7 @@ func (a *Agent) onSample(ctx context.Context, res sampleResult) {
 	// Probe results and counters between status changes reach the
 	// aggregator once per interval, coalesced: one update per container
 	// whose results or counters changed, not one message per probe.
+	a.recheckCrossNode(probed)
 	for _, t := range a.refreshProbes(true, probed...) {
 		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_UPDATED, "probe results and counters", nil, nil)
 	}
