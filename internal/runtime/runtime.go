@@ -136,8 +136,8 @@ type Runtime struct {
 	hung        atomic.Bool
 	everUp      atomic.Bool
 	reconnected atomic.Uint64
-	latency   atomic.Int64 // ns of the last probe
-	version   atomic.Pointer[string]
+	latency     atomic.Int64 // ns of the last probe
+	version     atomic.Pointer[string]
 
 	mu     sync.RWMutex
 	inv    map[Key]*entry // written only by Run's goroutine
