@@ -5,14 +5,11 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/vigilhq/vigil/internal/testenv"
 )
 
 // cross asks the child to cross-check addr with k peers.
@@ -42,9 +39,8 @@ func TestNetnsCrossCheck(t *testing.T) {
 	c := newNetnsCluster(t, 3)
 	waitFor(t, 30*time.Second, "all members see each other alive", c.allSeeAllAlive)
 
-	podNS := testenv.NewNetNS(t)
 	podAddr := netnsSubnet + ".60"
-	c.wire(podNS, fmt.Sprintf("vgg%d-60", os.Getpid()%100000), podAddr)
+	podNS := c.f.Plug(podAddr, 24).NS
 	var lis net.Listener
 	if err := podNS.Do(func() error {
 		var err error
@@ -78,7 +74,7 @@ func TestNetnsCrossCheck(t *testing.T) {
 	}
 
 	asker := c.children[0]
-	h := c.handle(asker.ns)
+	h := asker.ns.Handle(t)
 	_, dst, _ := net.ParseCIDR(podAddr + "/32")
 	if err := h.RouteAdd(&netlink.Route{Dst: dst, Type: unix.RTN_BLACKHOLE}); err != nil {
 		t.Fatalf("blackhole route in %s: %v", asker.ns.Name, err)

@@ -16,9 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-
 	"github.com/vigilhq/vigil/internal/testenv"
 )
 
@@ -121,7 +118,7 @@ func childMain() int {
 type child struct {
 	name, addr string
 	ns         *testenv.NetNS
-	hostVeth   string // its link's end in the switch namespace
+	port       *testenv.Port // its eth0 on the test's bridge
 	cmd        *exec.Cmd
 
 	mu      sync.Mutex
@@ -240,7 +237,7 @@ func (c *child) read(r io.Reader) {
 // netnsCluster is n member processes on a bridge.
 type netnsCluster struct {
 	t        *testing.T
-	sw       *testenv.NetNS // holds the bridge
+	f        *testenv.Fabric
 	keyFile  string
 	children []*child
 }
@@ -250,21 +247,8 @@ const netnsSubnet = "10.251.77" // a /24 that exists only inside the test's name
 func newNetnsCluster(t *testing.T, n int) *netnsCluster {
 	t.Helper()
 	testenv.Require(t)
-	if _, err := exec.LookPath("ip"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("ip (iproute2) not installed (scripts/install-prereqs.sh installs it): %v", err)
-		}
-		t.Skip("ip (iproute2) not installed")
-	}
-	c := &netnsCluster{t: t, sw: testenv.NewNetNS(t)}
-	swh := c.handle(c.sw)
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
-	if err := swh.LinkAdd(br); err != nil {
-		t.Fatalf("bridge: %v", err)
-	}
-	if err := swh.LinkSetUp(br); err != nil {
-		t.Fatal(err)
-	}
+	testenv.LookPath(t, "ip") // ip netns exec starts the members
+	c := &netnsCluster{t: t, f: testenv.NewFabric(t)}
 	c.keyFile = filepath.Join(t.TempDir(), "keys")
 	writeKeys(t, c.keyFile, key(7, 32))
 	for i := range n {
@@ -276,11 +260,9 @@ func newNetnsCluster(t *testing.T, n int) *netnsCluster {
 // add starts member name in a new namespace with the address host number
 // hostNum, joining the first member (unless it is the first).
 func (c *netnsCluster) add(name string, hostNum int) *child {
-	ns := testenv.NewNetNS(c.t)
 	addr := fmt.Sprintf("%s.%d", netnsSubnet, hostNum)
-	hostVeth := fmt.Sprintf("vgg%d-%d", os.Getpid()%100000, hostNum)
-	c.wire(ns, hostVeth, addr)
-	ch := &child{name: name, addr: addr, ns: ns, hostVeth: hostVeth, view: map[string]State{}, worst: map[string]State{},
+	p := c.f.Plug(addr, 24)
+	ch := &child{name: name, addr: addr, ns: p.NS, port: p, view: map[string]State{}, worst: map[string]State{},
 		probed: make(chan int, 1), crossed: make(chan CrossResult, 1)}
 	var seeds []string
 	if len(c.children) > 0 {
@@ -288,79 +270,6 @@ func (c *netnsCluster) add(name string, hostNum int) *child {
 	}
 	c.start(ch, childConfig{Name: name, Addr: addr, Seeds: seeds, KeyFile: c.keyFile})
 	return ch
-}
-
-func (c *netnsCluster) handle(ns *testenv.NetNS) *netlink.Handle {
-	c.t.Helper()
-	h, err := netns.GetFromPath(ns.Path)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	defer h.Close()
-	nh, err := netlink.NewHandleAt(h)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	c.t.Cleanup(nh.Close)
-	return nh
-}
-
-// wire makes a veth pair: one end on the bridge in the switch namespace,
-// the other eth0 in ns with addr/24.
-func (c *netnsCluster) wire(ns *testenv.NetNS, hostVeth, addr string) {
-	t := c.t
-	t.Helper()
-	peer := hostVeth + "p"
-	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostVeth}, PeerName: peer}); err != nil {
-		t.Fatalf("veth %s: %v", hostVeth, err)
-	}
-	move := func(link string, to *testenv.NetNS) {
-		l, err := netlink.LinkByName(link)
-		if err == nil {
-			var h netns.NsHandle
-			if h, err = netns.GetFromPath(to.Path); err == nil {
-				err = netlink.LinkSetNsFd(l, int(h))
-				h.Close()
-			}
-		}
-		if err != nil {
-			netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostVeth}})
-			t.Fatalf("move %s into %s: %v", link, to.Name, err)
-		}
-	}
-	move(hostVeth, c.sw)
-	move(peer, ns)
-	swh, nsh := c.handle(c.sw), c.handle(ns)
-	br, err := swh.LinkByName("br0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hv, err := swh.LinkByName(hostVeth)
-	if err == nil {
-		err = swh.LinkSetMaster(hv, br)
-	}
-	if err == nil {
-		err = swh.LinkSetUp(hv)
-	}
-	if err != nil {
-		t.Fatalf("%s on the bridge: %v", hostVeth, err)
-	}
-	in, err := nsh.LinkByName(peer)
-	if err == nil {
-		err = nsh.LinkSetName(in, "eth0")
-	}
-	if err == nil {
-		var a *netlink.Addr
-		if a, err = netlink.ParseAddr(addr + "/24"); err == nil {
-			err = nsh.AddrAdd(in, a)
-		}
-	}
-	if err == nil {
-		err = nsh.LinkSetUp(in)
-	}
-	if err != nil {
-		t.Fatalf("eth0 in %s: %v", ns.Name, err)
-	}
 }
 
 // start runs ch's process inside its namespace.
@@ -556,14 +465,7 @@ func TestNetnsMembers(t *testing.T) {
 
 	t.Run("link cut: the others see it dead, it sees itself isolated", func(t *testing.T) {
 		d := c.children[3] // m2 is dead since the previous step
-		swh := c.handle(c.sw)
-		link, err := swh.LinkByName(d.hostVeth)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := swh.LinkSetDown(link); err != nil {
-			t.Fatal(err)
-		}
+		c.f.SetLink(d.port, false)
 		cut := time.Now()
 		limit := timer.Max + 3*DefaultProbeInterval
 		took := waitFor(t, limit, "the others agree the cut member is down", func() bool {
@@ -581,9 +483,7 @@ func TestNetnsMembers(t *testing.T) {
 		if cond, reason := Local(false, c.children[0].views(), c.children[0].probe(t)); cond != AggregatorPartitioned {
 			t.Errorf("a member on the bridge, its stream down: Local = %v (%s), want AggregatorPartitioned", cond, reason)
 		}
-		if err := swh.LinkSetUp(link); err != nil {
-			t.Fatal(err)
-		}
+		c.f.SetLink(d.port, true)
 		took = waitFor(t, 30*time.Second, "the member back on the bridge reaches a peer again", func() bool {
 			cond, _ := Local(false, d.views(), d.probe(t))
 			return cond == AggregatorPartitioned

@@ -39,7 +39,7 @@ const (
 // cluster is the aggregator and the agents of one test.
 type cluster struct {
 	t       *testing.T
-	f       *fabric
+	f       *testenv.Fabric
 	env     *testenv.Env
 	bin     string
 	ca      *pki.CA
@@ -55,7 +55,7 @@ type cluster struct {
 // aggIP) and builds the release agent.
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
-	c := &cluster{t: t, f: newFabric(t), env: testenv.Containerd(t), certDir: t.TempDir(), key: keyFile(t)}
+	c := &cluster{t: t, f: testenv.NewFabric(t), env: testenv.Containerd(t), certDir: t.TempDir(), key: keyFile(t)}
 	c.bin = filepath.Join(t.TempDir(), "vigil-agent")
 	testenv.BuildRelease(t, "github.com/vigilhq/vigil/cmd/agent", c.bin)
 
@@ -71,10 +71,10 @@ func newCluster(t *testing.T) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := c.f.plug(aggIP, 32)
-	c.f.route(p, agentNet+".0/24", false)
-	c.aggNS = p.ns
-	c.aggC = client(p.ns)
+	p := c.f.Plug(aggIP, 32)
+	c.f.Route(p, agentNet+".0/24", false)
+	c.aggNS = p.NS
+	c.aggC = client(p.NS)
 	viewer, err := c.ca.WriteIdentity(c.certDir, "viewer", pki.Identity{Role: pki.RoleViewer, Name: "test"})
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +83,7 @@ func newCluster(t *testing.T) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.apiC = client(p.ns)
+	c.apiC = client(p.NS)
 	c.apiC.Transport.(*http.Transport).TLSClientConfig = vtls
 
 	cfg := aggregator.DefaultConfig()
@@ -98,7 +98,7 @@ func newCluster(t *testing.T) *cluster {
 	cfg.KeepaliveTime, cfg.KeepaliveTimeout = 2*time.Second, 2*time.Second
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	var agg *aggregator.Aggregator
-	if err := p.ns.Do(func() error { // its listeners in its namespace
+	if err := p.NS.Do(func() error { // its listeners in its namespace
 		var err error
 		agg, err = aggregator.New(cfg)
 		return err
@@ -118,7 +118,7 @@ func newCluster(t *testing.T) *cluster {
 type agent struct {
 	c       *cluster
 	name    string
-	port    *port
+	port    *testenv.Port
 	state   string // --state-dir, kept across restarts
 	key     string
 	aggr    bool // streams to the aggregator
@@ -141,8 +141,8 @@ func (c *cluster) startAgent(name string, hostNum int, seeds []int, key string, 
 		a.state = t.TempDir()
 	}
 	addr := fmt.Sprintf("%s.%d", agentNet, hostNum)
-	a.port = c.f.plug(addr, 24)
-	c.f.route(a.port, aggIP+"/32", false)
+	a.port = c.f.Plug(addr, 24)
+	c.f.Route(a.port, aggIP+"/32", false)
 	files, err := c.ca.WriteFiles(c.certDir, name, name)
 	if err != nil {
 		t.Fatal(err)
@@ -170,7 +170,7 @@ func (c *cluster) startAgent(name string, hostNum int, seeds []int, key string, 
 	}
 	a.cmd = exec.Command(c.bin, args...)
 	a.cmd.Stdout, a.cmd.Stderr = logf, logf
-	if err := startIn(a.port.ns, a.cmd); err != nil {
+	if err := startIn(a.port.NS, a.cmd); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
 	logf.Close()
@@ -210,7 +210,7 @@ func (a *agent) signal(sig syscall.Signal) {
 // loopback (so it answers even when a is cut off from the bridge); ""
 // when it does not answer.
 func (a *agent) selfMetrics() string {
-	return get(client(a.port.ns), fmt.Sprintf("http://127.0.0.1:%d/metrics/self", metricsPort))
+	return get(client(a.port.NS), fmt.Sprintf("http://127.0.0.1:%d/metrics/self", metricsPort))
 }
 
 // gauge is the value of family's series with all of want among a's
@@ -424,7 +424,7 @@ func TestAgents(t *testing.T) {
 				t.Errorf("%s's view at the aggregator lists the stranger", obs)
 			}
 		}
-		if !strings.Contains(a.logText(), "no installed keys could decrypt the message from="+e.port.addr) {
+		if !strings.Contains(a.logText(), "no installed keys could decrypt the message from="+e.port.Addr) {
 			t.Error("a's log does not say it refused the stranger's messages for want of a key")
 		}
 		e.kill()
@@ -493,13 +493,13 @@ func TestAgents(t *testing.T) {
 			views := c.views()
 			for _, obs := range []string{"a", "b", "d"} {
 				p := views[obs]["c"]
-				if p.GetState() != vigilv1.PeerState_PEER_STATE_ALIVE || !strings.HasPrefix(p.GetAddress(), back.port.addr+":") {
+				if p.GetState() != vigilv1.PeerState_PEER_STATE_ALIVE || !strings.HasPrefix(p.GetAddress(), back.port.Addr+":") {
 					return false
 				}
 			}
 			return true
 		})
-		t.Logf("c back at %s (was %s): Healthy, alive at the new address to all after %v", back.port.addr, cc.port.addr, took.Round(time.Millisecond))
+		t.Logf("c back at %s (was %s): Healthy, alive at the new address to all after %v", back.port.Addr, cc.port.Addr, took.Round(time.Millisecond))
 		for _, x := range []*agent{a, b, d} {
 			if n := x.peers("alive"); n != 3 {
 				t.Errorf("%s sees %v alive peers, want 3 (c once, not twice)", x.name, n)
@@ -509,7 +509,7 @@ func TestAgents(t *testing.T) {
 	})
 
 	t.Run("route to the aggregator removed: AggregatorPartitioned", func(t *testing.T) {
-		c.f.route(b.port, aggIP+"/32", true)
+		c.f.Route(b.port, aggIP+"/32", true)
 		took := waitFor(t, 30*time.Second, "b AggregatorPartitioned at the aggregator", func() bool {
 			return c.condition("b") == "AggregatorPartitioned"
 		})
@@ -525,7 +525,7 @@ func TestAgents(t *testing.T) {
 	})
 
 	t.Run("cut off from everything: Isolated on its side", func(t *testing.T) {
-		c.f.setLink(b.port, false)
+		c.f.SetLink(b.port, false)
 		took := waitFor(t, 30*time.Second, "b says it is isolated (vigil_agent_gossip_isolated 1)", func() bool {
 			return b.gauge("vigil_agent_gossip_isolated") == 1
 		})
