@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 
+	vnetns "github.com/vigilhq/vigil/internal/netns"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -373,34 +375,7 @@ func (n *NetNS) Do(fn func() error) error { return InNetNS(n.Path, fn) }
 // dialed inside can be used from any goroutine afterwards. fn must not start
 // goroutines that expect the namespace. Blocks until fn returns.
 func InNetNS(path string, fn func() error) error {
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", path, err)
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return // thread discarded with the goroutine
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: it dies with this goroutine.
-			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return vnetns.Do(path, fn) // the agent's own way in (internal/netns)
 }
 
 // sweepStaleNetNS removes namespaces NewNetNS made in test binaries that
