@@ -448,17 +448,20 @@ func (s *Store) Prune(live map[string]bool, liveContainers map[string]bool, cuto
 // corrupted later (a disk, an operator's editor) leaves its copy, with the
 // same content: Open starts from it and loses no change (with the copy one
 // write behind, an exit counted by the last write and whose task a restart
-// had replaced was lost, and counted again as unknown). Without sync, the
-// fsyncs are left out (see UpdateUnsynced). Called with wmu held.
+// had replaced was lost, and counted again as unknown). Without sync (see
+// UpdateUnsynced) only the state file is replaced, without fsync: the
+// last-good copy stays the last durable state, so that a power loss that
+// empties the unsynced file (XFS, ext4 with noauto_da_alloc) leaves the
+// copy whole. Called with wmu held.
 func (s *Store) write(b []byte, sync bool) error {
 	if err := s.writeFile(s.path, b, sync); err != nil {
 		return err
 	}
-	if err := s.writeFile(filepath.Join(s.dir, LastGoodName), b, sync); err != nil {
-		return fmt.Errorf("keep last good state: %w", err)
-	}
 	if !sync {
 		return nil
+	}
+	if err := s.writeFile(filepath.Join(s.dir, LastGoodName), b, sync); err != nil {
+		return fmt.Errorf("keep last good state: %w", err)
 	}
 	d, err := os.Open(s.dir)
 	if err != nil {

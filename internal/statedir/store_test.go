@@ -404,3 +404,37 @@ func TestUpdateUnsynced(t *testing.T) {
 		t.Fatalf("after Flush: %+v", st)
 	}
 }
+
+// TestUnsyncedWriteLeavesLastGoodDurable: a write without fsync replaces
+// the state file only; the last-good copy stays the last durable state, so
+// that a power loss that empties the unsynced file cannot take both.
+func TestUnsyncedWriteLeavesLastGoodDurable(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	defer s.Close()
+	addExit(t, s)
+	durable, err := os.ReadFile(filepath.Join(dir, LastGoodName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpdateUnsynced(func(tx Tx) bool {
+		tx.Container("ns/c").RestartBegun = time.Unix(1e9, 0)
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	file, err := os.ReadFile(filepath.Join(dir, FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyNow, err := os.ReadFile(filepath.Join(dir, LastGoodName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(file), "restart_begun") {
+		t.Fatalf("the unsynced mark is not in the state file:\n%s", file)
+	}
+	if string(copyNow) != string(durable) {
+		t.Errorf("the unsynced write replaced the last-good copy:\n%s", copyNow)
+	}
+}
