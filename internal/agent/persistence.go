@@ -129,9 +129,32 @@ func (a *Agent) replyWhenDurable(r *vigilv1.CommandResult) {
 		return
 	}
 	a.replyMu.Lock()
-	a.replies = append(a.replies, durableReply{mark: mark, r: r})
+	a.replies = queueReply(a.replies, durableReply{mark: mark, r: r})
 	a.replyMu.Unlock()
 	a.kickFlush()
+}
+
+// maxPendingReplies bounds the replies waiting for the disk: while writes
+// fail, every redelivery would add one. Dropping the oldest loses nothing
+// durable: its command's record is in the state, and the aggregator
+// delivers the command again until it has a result, which is answered
+// from that record.
+const maxPendingReplies = 1000
+
+// queueReply adds x to q, replacing a waiting reply for the same command
+// (the newer one waits for at least as much) and dropping the oldest past
+// maxPendingReplies.
+func queueReply(q []durableReply, x durableReply) []durableReply {
+	for i := range q {
+		if q[i].r.GetCommandId() == x.r.GetCommandId() {
+			q = append(q[:i], q[i+1:]...)
+			break
+		}
+	}
+	if len(q) >= maxPendingReplies {
+		q = append(q[:0], q[len(q)-maxPendingReplies+1:]...)
+	}
+	return append(q, x)
 }
 
 // releaseReplies sends, in order, the replies whose state is durable now.
