@@ -320,9 +320,14 @@ func (m *Member) metaLoop(ctx context.Context) {
 	}
 }
 
+// MaxAddedSeeds bounds the seeds AddSeeds keeps besides the configured
+// ones.
+const MaxAddedSeeds = 16
+
 // AddSeeds adds seeds ("host[:port]"), e.g. from the aggregator's hello
 // reply, and makes the member try them now if it has no alive peer. A
-// seed already known is ignored. An invalid seed is an error wrapping
+// configured seed is ignored; at most MaxAddedSeeds added ones are kept,
+// the most recently added. An invalid seed is an error wrapping
 // errdefs.ErrInvalid; the valid ones are added anyway.
 func (m *Member) AddSeeds(seeds ...string) error {
 	var bad []string
@@ -332,8 +337,20 @@ func (m *Member) AddSeeds(seeds ...string) error {
 			bad = append(bad, fmt.Sprintf("%q: %v", s, err))
 			continue
 		}
-		if !slices.Contains(m.seeds, s) {
-			m.seeds = append(m.seeds, s)
+		if slices.Contains(m.cfg.Seeds, s) {
+			continue
+		}
+		// The newest first-hand seeds are the likeliest alive: an added
+		// seed moves to the end, and past MaxAddedSeeds the oldest added
+		// go (over months of rollouts the hello replies name many pods
+		// long gone). Configured seeds always stay.
+		if i := slices.Index(m.seeds, s); i >= 0 {
+			m.seeds = slices.Delete(m.seeds, i, i+1)
+		}
+		m.seeds = append(m.seeds, s)
+		if added := len(m.seeds) - len(m.cfg.Seeds); added > MaxAddedSeeds {
+			n := len(m.cfg.Seeds)
+			m.seeds = slices.Delete(m.seeds, n, n+added-MaxAddedSeeds)
 		}
 	}
 	m.seedMu.Unlock()

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -210,4 +212,35 @@ func TestJoinRetriedUntilASeedAnswers(t *testing.T) {
 	waitFor(t, 10*time.Second, "the early member joins the seed once it listens", func() bool {
 		return stateOf(seed.Member, "early") == StateAlive && stateOf(early.Member, "seed") == StateAlive
 	})
+}
+
+// TestAddSeedsBounded: configured seeds always stay; added ones are kept
+// newest last, at most MaxAddedSeeds (hello replies over months name many
+// pods long gone).
+func TestAddSeedsBounded(t *testing.T) {
+	cfg := Config{Name: "x", Seeds: []string{"10.0.0.1:7946"}}
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 * MaxAddedSeeds {
+		if err := m.AddSeeds(fmt.Sprintf("10.1.0.%d:7946", i), "10.0.0.1:7946"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := m.AddSeeds("10.1.0.40:7946"); err != nil { // known: moves to the end
+		t.Fatal(err)
+	}
+	m.seedMu.Lock()
+	seeds := slices.Clone(m.seeds)
+	m.seedMu.Unlock()
+	if len(seeds) != 1+MaxAddedSeeds || seeds[0] != "10.0.0.1:7946" {
+		t.Fatalf("seeds %v: want the configured one and %d added", seeds, MaxAddedSeeds)
+	}
+	if last := seeds[len(seeds)-1]; last != "10.1.0.40:7946" {
+		t.Errorf("last seed %q, want the one added again last", last)
+	}
+	if slices.Contains(seeds, "10.1.0.0:7946") {
+		t.Errorf("seeds %v keep the oldest added", seeds)
+	}
 }
