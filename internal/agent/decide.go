@@ -3,7 +3,6 @@ package agent
 import (
 	"errors"
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
@@ -306,21 +305,11 @@ func unavailableRetry(tries int) time.Duration {
 }
 
 // pastOldTaskDelete says whether a failed Restart got past deleting the old
-// task (its create, rootfs or start failed). A failure before it (or in
-// it: a delete that timed out may not have happened) leaves the old task,
-// and an operator's delete racing the restart must still read as a stop
-// (TestAgentRestartKeepsCountsAndStops). Until internal/runtime marks this
-// with an error of its own, the agent reads the step from Restart's
-// message ("restart NS/ID: create task: ...").
-func pastOldTaskDelete(err error) bool {
-	msg := err.Error()
-	for _, step := range []string{": create task: ", ": start task: ", ": rootfs: "} {
-		if strings.Contains(msg, step) {
-			return true
-		}
-	}
-	return false
-}
+// task (its rootfs, create or start failed: runtime.ErrAfterDelete). A
+// failure before it (or in it: a delete that timed out may not have
+// happened) leaves the old task, and an operator's delete racing the
+// restart must still read as a stop (TestAgentRestartKeepsCountsAndStops).
+func pastOldTaskDelete(err error) bool { return errors.Is(err, runtime.ErrAfterDelete) }
 
 // pauseVerdict: a frozen task cannot answer probes: that is an operator's
 // pause, not a failure. Probing waits, and starts again from "starting".

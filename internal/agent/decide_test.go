@@ -301,7 +301,7 @@ func TestDecideRestartResult(t *testing.T) {
 		// TestBootstrapRenewsDuringExitBurst on a loaded machine: a create
 		// timed out after the old task's delete; the next try required it,
 		// and the container was taken for stopped by an operator.
-		{"a failure after the old task's delete: the policy decides, the next try resumes", errors.New("restart ns/c: create task: no answer within 10s"), 0, t0, resultFailed, 0, true},
+		{"a failure after the old task's delete: the policy decides, the next try resumes", fmt.Errorf("restart ns/c: create task (%w): no answer within 10s", runtime.ErrAfterDelete), 0, t0, resultFailed, 0, true},
 		// TestAgentRestartKeepsCountsAndStops on a loaded machine: the
 		// restart's task_get timed out while an operator deleted the task;
 		// the next try must still find it gone: an operator's stop.
@@ -321,8 +321,12 @@ func TestDecideRestartResult(t *testing.T) {
 // after 5 create timeouts and left containers down).
 func TestDecideRestartResultUnavailable(t *testing.T) {
 	hanging := func(call string) error {
-		return fmt.Errorf("restart ns/c: %s: containerd %s: no answer within 10s (runtime hanging): %w: %w",
-			map[bool]string{true: "create task", false: "get task"}[call == "task_create"], call, errdefs.ErrUnavailable, context.DeadlineExceeded)
+		if call == "task_create" {
+			return fmt.Errorf("restart ns/c: create task (%w): containerd %s: no answer within 10s (runtime hanging): %w: %w",
+				runtime.ErrAfterDelete, call, errdefs.ErrUnavailable, context.DeadlineExceeded)
+		}
+		return fmt.Errorf("restart ns/c: get task: containerd %s: no answer within 10s (runtime hanging): %w: %w",
+			call, errdefs.ErrUnavailable, context.DeadlineExceeded)
 	}
 	notConnected := fmt.Errorf("restart ns/c: containerd at /run/c.sock not connected: %w", errdefs.ErrUnavailable)
 	for _, r := range []struct {

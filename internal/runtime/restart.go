@@ -131,10 +131,10 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 	}
 	rootfs, err := r.rootfs(ctx, c, cc)
 	if err != nil {
-		return fmt.Errorf("restart %s/%s: rootfs: %w", k.Namespace, k.ID, err)
+		return fmt.Errorf("restart %s/%s: rootfs (%w): %w", k.Namespace, k.ID, ErrAfterDelete, err)
 	}
 	if err := r.createTask(ctx, c, k, rootfs, stdout, stderr, o.resume); err != nil {
-		return fmt.Errorf("restart %s/%s: create task: %w", k.Namespace, k.ID, err)
+		return fmt.Errorf("restart %s/%s: create task (%w): %w", k.Namespace, k.ID, ErrAfterDelete, err)
 	}
 	if err := r.call(ctx, "task_start", func(ctx context.Context) error {
 		_, err := c.tasks.Start(ctx, &tasksapi.StartRequest{ContainerID: k.ID})
@@ -147,7 +147,7 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 			_, err := c.tasks.Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: k.ID})
 			return err
 		})
-		return fmt.Errorf("restart %s/%s: start task: %w", k.Namespace, k.ID, err)
+		return fmt.Errorf("restart %s/%s: start task (%w): %w", k.Namespace, k.ID, ErrAfterDelete, err)
 	}
 	return nil
 }
@@ -229,7 +229,9 @@ func (r *Runtime) createTask(ctx context.Context, c *apiClient, k Key, rootfs []
 			return gerr
 		case resume && (left.Status == tasktypes.Status_CREATED || left.Status == tasktypes.Status_STOPPED || left.Status == tasktypes.Status_UNKNOWN):
 			r.metrics.countLeftover("task")
-			r.leftovers.mark(k, left.Pid)
+			if left.Pid != 0 { // no process, no exit to tell apart
+				r.leftovers.mark(k, left.Pid)
+			}
 			r.log.Info("restart: replacing the task an interrupted restart created", "namespace", k.Namespace, "id", k.ID, "status", strings.ToLower(left.Status.String()), "pid", left.Pid)
 		default:
 			return fmt.Errorf("%w: a %s task (pid %d): %v", ErrCreateRaced, strings.ToLower(left.Status.String()), left.Pid, err)
@@ -408,6 +410,12 @@ var ErrTaskGone = fmt.Errorf("the exited task was deleted by someone else: %w", 
 // a second in TestRestartAfterInterruptedCreate; test/crash saw 30 s and
 // more, until containerd restarts and cleans its state).
 var ErrBundleLeft = fmt.Errorf("containerd still holds the bundle of an earlier, interrupted create of this task (restarting containerd clears it): %w", errdefs.ErrConflict)
+
+// ErrAfterDelete is wrapped by a Restart that failed after the old task
+// was deleted (getting the rootfs, creating or starting the new task): the
+// container has no task now, and a next try must not require the old one
+// (ResumeInterrupted).
+var ErrAfterDelete = errors.New("the old task is deleted")
 
 // ErrCreateRaced: a task of the container that Restart may not replace is
 // in the way of its create ("task ID: already exists"): a running or
