@@ -55,6 +55,13 @@ func LookPath(tb testing.TB, name string) string {
 	return p
 }
 
+// Unavailable skips the test for a missing prerequisite, or fails it under
+// CI=true (where nothing may be missing), with the reason.
+func Unavailable(tb testing.TB, reason string) {
+	tb.Helper()
+	unavailable(tb, reason)
+}
+
 // unavailable skips, or fails under CI=true, with the reason.
 func unavailable(tb testing.TB, reason string) {
 	tb.Helper()

@@ -125,10 +125,14 @@ func TestAgentKilledAtRandom(t *testing.T) {
 
 	// A second agent on the same state dir refuses to start, naming the
 	// running agent's pid.
-	second := exec.Command(bin, "--node-name", "crash-node-2", "--state-dir", stateDir, "--containerd", env.Address,
+	sctx, scancel := context.WithTimeout(context.Background(), 60*time.Second)
+	second := exec.CommandContext(sctx, bin, "--node-name", "crash-node-2", "--state-dir", stateDir, "--containerd", env.Address,
 		"--namespaces", ns, "--network=false")
 	out, err := second.CombinedOutput()
-	if err == nil {
+	scancel()
+	if sctx.Err() != nil {
+		t.Errorf("a second agent on the same state dir was still running after 60 s (killed): the lock did not stop it:\n%s", out)
+	} else if err == nil {
 		t.Errorf("a second agent on the same state dir started (and ended cleanly):\n%s", out)
 	} else if want := fmt.Sprintf("pid %d", agent.Process.Pid); !strings.Contains(string(out), want) {
 		t.Errorf("a second agent on the same state dir: %v, output %q; want it to name the running agent (%s)", err, out, want)
@@ -153,7 +157,12 @@ func TestAgentKilledAtRandom(t *testing.T) {
 	// before that, even on the last start) says where it started from.
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		b, _ := os.ReadFile(filepath.Join(logDir, "agent.log"))
-		if strings.Contains(string(b), "started from its last good copy") {
+		// The message of a corrupt file set aside, not of a missing one
+		// (which starts from the copy too).
+		if strings.Contains(string(b), "state file corrupt: set aside, started from its last good copy") {
+			if aside, _ := filepath.Glob(filepath.Join(stateDir, "state.json.corrupt-*")); len(aside) == 0 {
+				t.Errorf("an agent said it set the corrupt state file aside, but no state.json.corrupt-* is in the state dir")
+			}
 			break
 		}
 		if time.Now().After(deadline) {

@@ -35,12 +35,8 @@ import (
 func TestSignals(t *testing.T) {
 	t.Parallel()
 	env := testenv.Containerd(t)
-	if _, err := exec.LookPath("prometheus"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("prometheus not installed (scripts/install-prereqs.sh installs it): %v", err)
-		}
-		t.Skipf("prometheus not installed: %v", err)
-	}
+	testenv.LookPath(t, "prometheus")
+	testenv.LookPath(t, "ip")
 	ns := fmt.Sprintf("e2e-signals-%d", os.Getpid())
 	workload := env.WorkloadImage(t, ns)
 	busybox := env.BusyboxImage(t, ns)
@@ -150,9 +146,11 @@ func TestSignals(t *testing.T) {
 
 	// Through PromQL against the real Prometheus.
 	waitValue(ctx, t, c, "vigil_container_cpu_cfs_throttled_periods_total"+sel("capped"), ge(1))
-	waitValue(ctx, t, c, "rate(vigil_container_cpu_cfs_throttled_seconds_total"+sel("capped")+"[30s])", ge(0))
+	// capped spins under a 0.2-core quota: its throttled time rises.
+	waitValue(ctx, t, c, "rate(vigil_container_cpu_cfs_throttled_seconds_total"+sel("capped")+"[30s])", func(v float64) bool { return v > 0 })
 	waitValue(ctx, t, c, "vigil_container_spec_cpu_quota_seconds"+sel("capped")+" / vigil_container_spec_cpu_period_seconds"+sel("capped"), near(0.2))
 	waitValue(ctx, t, c, "vigil_container_memory_limit_bytes"+sel("capped"), eq(limit))
+	// Only that the series exists (capped stays under its memory limit).
 	waitValue(ctx, t, c, "vigil_container_memory_failcnt_total"+sel("capped"), ge(0))
 	// The porting table's throttling ratio has data.
 	waitValue(ctx, t, c, "sum by (container) (rate(vigil_container_cpu_cfs_throttled_periods_total"+sel("capped")+"[30s])) / sum by (container) (rate(vigil_container_cpu_cfs_periods_total"+sel("capped")+"[30s]))", func(v float64) bool { return v > 0 && v <= 1 })
