@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -34,8 +35,10 @@ const (
 	// crossMaxMessage bounds a cross-check message; anything larger is
 	// dropped unread.
 	crossMaxMessage = 512
-	// crossMaxProbes bounds the probes a member runs for its peers at once.
-	crossMaxProbes = 4
+	// crossMaxProbes bounds the probes a member runs for its peers at once,
+	// crossMaxPerSecond how many it starts a second.
+	crossMaxProbes    = 4
+	crossMaxPerSecond = 8
 	// crossQueue is the queue from the delegate to crossLoop.
 	crossQueue = 64
 	// CrossProbeTimeout is how long a peer's TCP connect to the address
@@ -89,12 +92,43 @@ func decodeCross(b []byte) (byte, crossMsg, error) {
 		if m.From == "" {
 			return 0, m, errors.New("cross-check request without its sender")
 		}
-		ap, err := netip.ParseAddrPort(m.Addr)
-		if err != nil || ap.Port() == 0 {
-			return 0, m, fmt.Errorf("cross-check request for %q: want IP:port", m.Addr)
+		if err := crossTarget(m.Addr); err != nil {
+			return 0, m, err
 		}
 	}
 	return kind, m, nil
+}
+
+// crossTarget checks an address a peer may be asked to reach: an IP
+// address and port of another host. Loopback, unspecified, link-local
+// and multicast addresses are refused: they name each member's own
+// services (a kubelet on 127.0.0.1, a cloud's metadata on 169.254.169.254),
+// which a holder of the gossip key must not be able to scan through its
+// peers.
+func crossTarget(addr string) error {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || ap.Port() == 0 {
+		return fmt.Errorf("cross-check of %q: want IP:port", addr)
+	}
+	ip := ap.Addr().Unmap()
+	if ip.IsLoopback() || ip.IsUnspecified() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsMulticast() || ip.IsInterfaceLocalMulticast() {
+		return fmt.Errorf("cross-check of %q: not an address of another host (loopback, unspecified, link-local or multicast)", addr)
+	}
+	return nil
+}
+
+// crossAnswerClass is what an answer says of a failed connection: a class,
+// not the error's text (which would tell more about the peer's network
+// than the asker needs).
+func crossAnswerClass(err error) string {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	}
+	return "unreachable"
 }
 
 // postUserMsg is the delegate's NotifyMsg: it copies the message to the
@@ -109,8 +143,14 @@ func (m *Member) postUserMsg(b []byte) {
 	}
 }
 
-// crossLoop answers peers' requests and routes answers to CrossCheck.
+// crossLoop answers peers' requests and routes answers to CrossCheck. It
+// answers at most crossMaxProbes at once and crossMaxPerSecond a second;
+// the probes it starts end (their dials cancelled) before it returns.
 func (m *Member) crossLoop(ctx context.Context) {
+	var probes sync.WaitGroup
+	defer probes.Wait()
+	var window time.Time
+	var inWindow int
 	for {
 		var b []byte
 		select {
@@ -135,23 +175,34 @@ func (m *Member) crossLoop(ctx context.Context) {
 			}
 			continue
 		}
+		if now := time.Now(); now.Sub(window) >= time.Second {
+			window, inWindow = now, 0
+		}
+		if inWindow >= crossMaxPerSecond {
+			m.log.Debug("gossip: cross-check request dropped: over the rate", "from", msg.From)
+			continue
+		}
 		select {
 		case m.cross.probes <- struct{}{}:
 		default:
-			continue // too many at once: unanswered
+			m.log.Debug("gossip: cross-check request dropped: too many at once", "from", msg.From)
+			continue
 		}
+		inWindow++
+		probes.Add(1)
 		go func() {
+			defer probes.Done()
 			defer func() { <-m.cross.probes }()
 			ans := crossMsg{ID: msg.ID}
-			c, err := net.DialTimeout("tcp", msg.Addr, CrossProbeTimeout)
+			c, err := (&net.Dialer{Timeout: CrossProbeTimeout}).DialContext(ctx, "tcp", msg.Addr)
 			if err == nil {
 				c.Close()
 				ans.OK = true
 			} else {
-				ans.Err = err.Error()
-				if len(ans.Err) > 200 {
-					ans.Err = ans.Err[:200]
-				}
+				ans.Err = crossAnswerClass(err)
+			}
+			if ctx.Err() != nil {
+				return // the member is leaving
 			}
 			if node := m.node(msg.From); node != nil {
 				if err := m.ml.Load().SendReliable(node, encodeCross(crossResponse, ans)); err != nil {
@@ -208,8 +259,8 @@ func (r CrossResult) Verdict() string {
 // the key is the trust boundary, as for the views.
 func (m *Member) CrossCheck(ctx context.Context, addr string, k int) (CrossResult, error) {
 	var res CrossResult
-	if ap, err := netip.ParseAddrPort(addr); err != nil || ap.Port() == 0 {
-		return res, fmt.Errorf("gossip: cross-check of %q: want IP:port", addr)
+	if err := crossTarget(addr); err != nil {
+		return res, fmt.Errorf("gossip: %w", err)
 	}
 	ml := m.ml.Load()
 	if ml == nil || k <= 0 {
@@ -224,56 +275,61 @@ func (m *Member) CrossCheck(ctx context.Context, addr string, k int) (CrossResul
 	rand.Shuffle(len(alive), func(i, j int) { alive[i], alive[j] = alive[j], alive[i] })
 	alive = alive[:min(k, len(alive))]
 
+	// The requests go out concurrently and the wait starts now: a send
+	// to a peer this node cannot reach takes memberlist's TCP timeout,
+	// which is exactly when the check matters.
+	timer := time.NewTimer(CrossProbeTimeout + time.Second)
+	defer timer.Stop()
 	answers := make(chan crossMsg, len(alive))
-	ids := map[uint64]string{}
+	unsent := make(chan struct{}, len(alive))
+	byID := make(map[uint64]*memberlist.Node, len(alive)) // not answered yet
+	ids := make([]uint64, 0, len(alive))                  // every one registered
+	m.cross.mu.Lock()
 	for _, n := range alive {
 		id := m.cross.nextID.Add(1)
-		m.cross.mu.Lock()
 		m.cross.pending[id] = answers
-		m.cross.mu.Unlock()
-		ids[id] = n.Name
+		byID[id] = n
+		ids = append(ids, id)
 	}
+	m.cross.mu.Unlock()
 	defer func() {
 		m.cross.mu.Lock()
-		for id := range ids {
+		for _, id := range ids {
 			delete(m.cross.pending, id)
 		}
 		m.cross.mu.Unlock()
 	}()
-	for id, name := range ids {
-		var node *memberlist.Node
-		for _, n := range alive {
-			if n.Name == name {
-				node = n
+	for id, n := range byID {
+		go func() {
+			if err := ml.SendReliable(n, encodeCross(crossRequest, crossMsg{ID: id, From: m.cfg.Name, Addr: addr})); err != nil {
+				m.log.Debug("gossip: cross-check request not sent", "to", n.Name, "err", err)
+				unsent <- struct{}{}
 			}
-		}
-		if err := ml.SendReliable(node, encodeCross(crossRequest, crossMsg{ID: id, From: m.cfg.Name, Addr: addr})); err != nil {
-			m.log.Debug("gossip: cross-check request not sent", "to", name, "err", err)
-			delete(ids, id)
-			continue
-		}
-		res.Asked++
+		}()
 	}
-	timer := time.NewTimer(CrossProbeTimeout + time.Second)
-	defer timer.Stop()
-	seen := map[uint64]bool{}
-	for res.Answered < res.Asked {
+	res.Asked = len(byID)
+	waiting := len(byID)
+	for waiting > 0 {
 		select {
 		case <-ctx.Done():
 			return res, nil
 		case <-timer.C:
 			return res, nil
+		case <-unsent:
+			res.Asked--
+			waiting--
 		case a := <-answers:
-			name, ok := ids[a.ID]
-			if !ok || seen[a.ID] {
+			n, ok := byID[a.ID]
+			if !ok {
 				continue
 			}
-			seen[a.ID] = true
+			delete(byID, a.ID) // one answer per request
+			waiting--
 			res.Answered++
 			if a.OK {
 				res.Reachable++
 			} else {
-				res.Errors = append(res.Errors, name+": "+a.Err)
+				res.Errors = append(res.Errors, n.Name+": "+a.Err)
 			}
 		}
 	}

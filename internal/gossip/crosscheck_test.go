@@ -49,6 +49,7 @@ func TestNetnsCrossCheck(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { lis.Close() })
 	go func() {
 		for {
 			conn, err := lis.Accept()
@@ -113,6 +114,8 @@ func FuzzDecodeCross(f *testing.F) {
 	f.Add(encodeCross(crossResponse, crossMsg{ID: 2, Err: "connection refused"}))
 	f.Add([]byte("q{}"))
 	f.Add([]byte("x{\"id\":1}"))
+	f.Add(encodeCross(crossRequest, crossMsg{ID: 3, From: "m0", Addr: "127.0.0.1:10250"}))
+	f.Add(encodeCross(crossRequest, crossMsg{ID: 4, From: "m0", Addr: "[::ffff:169.254.169.254]:80"}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		kind, m, err := decodeCross(b)
 		if err != nil {
@@ -125,8 +128,12 @@ func FuzzDecodeCross(f *testing.F) {
 			if m.From == "" {
 				t.Fatal("a request without its sender accepted")
 			}
-			if _, err := net.ResolveTCPAddr("tcp", m.Addr); err != nil {
+			a, err := net.ResolveTCPAddr("tcp", m.Addr)
+			if err != nil {
 				t.Fatalf("a request for %q accepted: %v", m.Addr, err)
+			}
+			if ip := a.IP; ip.IsLoopback() || ip.IsUnspecified() || ip.IsLinkLocalUnicast() || ip.IsMulticast() {
+				t.Fatalf("a request for %q accepted: an address of the member's own host", m.Addr)
 			}
 		}
 		// What decodes encodes back to a message that decodes the same.
@@ -135,4 +142,19 @@ func FuzzDecodeCross(f *testing.F) {
 			t.Fatalf("round trip of %+v: %+v, %v", m, m2, err)
 		}
 	})
+}
+
+// TestCrossTargetRefusesOwnHost: a peer is never asked to reach its own
+// host's services (a kubelet on loopback, a cloud's metadata address).
+func TestCrossTargetRefusesOwnHost(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:10250", "[::1]:80", "0.0.0.0:80", "169.254.169.254:80", "[::ffff:127.0.0.1]:80", "[fe80::1]:80", "224.0.0.1:80"} {
+		if err := crossTarget(addr); err == nil {
+			t.Errorf("crossTarget(%q) accepted", addr)
+		}
+	}
+	for _, addr := range []string{"10.0.0.7:8080", "[2001:db8::1]:443"} {
+		if err := crossTarget(addr); err != nil {
+			t.Errorf("crossTarget(%q): %v", addr, err)
+		}
+	}
 }
