@@ -33,6 +33,7 @@ func TestFlagsRefuseWithoutTransportSecurity(t *testing.T) {
 		{[]string{"--insecure", "--max-string-bytes", "10"}, "string bytes at least 256"},
 		{[]string{"--insecure", "--lease-ttl", "5s"}, "--lease-ttl needs --etcd-endpoints"},
 		{[]string{"--insecure", "--advertise-api", "10.0.0.1:7400"}, "--advertise-api needs --etcd-endpoints"},
+		{[]string{"--insecure", "--peer-server-name", "vigil-aggregator.vigil-system.svc"}, "--peer-server-name needs TLS"},
 	} {
 		_, _, err := parseFlags(tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -145,10 +144,7 @@ func New(cfg Config) (*Aggregator, error) {
 		return nil, fmt.Errorf("grpc listen %s: %v: %w", cfg.GRPCListen, err, errdefs.ErrUnavailable)
 	}
 	if a.replicas != nil && a.replicas.advertise == "" {
-		a.replicas.advertise = a.grpcLis.Addr().String()
-		if ap, err := netip.ParseAddrPort(a.replicas.advertise); err == nil && ap.Addr().IsUnspecified() {
-			a.log.Warn("the other replicas are told to reach this one at a wildcard address: set --advertise-api (the fleet-wide reads will be partial)", "address", a.replicas.advertise)
-		}
+		a.replicas.advertise = a.grpcLis.Addr().String() // not a wildcard: Config.validate
 	}
 	a.httpLis, err = net.Listen("tcp", cfg.HTTPListen)
 	if err != nil {

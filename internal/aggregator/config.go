@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"time"
 
@@ -305,6 +306,20 @@ func (c *Config) Validate() error {
 	}
 	if c.Replicated && c.Store == nil {
 		bad("replicas need a shared store (--etcd-endpoints)")
+	}
+	if c.Replicated {
+		// The other replicas dial what this one registers; a wildcard
+		// there reaches the dialer's own host (its own API on pods with
+		// one port), whose answer would be taken for this replica's.
+		adv := c.AdvertiseAPI
+		if adv == "" {
+			adv = c.GRPCListen
+		}
+		if host, _, err := net.SplitHostPort(adv); err == nil {
+			if ip, perr := netip.ParseAddr(host); host == "" || (perr == nil && ip.IsUnspecified()) {
+				bad("the address the other replicas reach this one on, %q, is a wildcard: give the advertised API address (the pod's or host's IP, or a name)", adv)
+			}
+		}
 	}
 	if c.Replicated && c.LeaseTTL < 2*time.Second {
 		bad("lease TTL %v is below 2s (etcd's minimum)", c.LeaseTTL)
