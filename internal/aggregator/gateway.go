@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/remediation"
@@ -211,7 +212,7 @@ func (g *Gateway) serveConn(stream agentConn) error {
 			delete(g.streams, node)
 			if c := context.Cause(ctx); errors.Is(c, errLeaseLost) || errors.Is(c, errHeldElsewhere) {
 				// Another replica may hold the node now: stop exposing it.
-				g.fleet.forget(node)
+				g.forget(node)
 			} else {
 				g.fleet.disconnect(node, g.now())
 			}
@@ -314,8 +315,15 @@ func (g *Gateway) nodeMoved(node string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.streams[node] == nil && !g.replicas.holds(node) {
-		g.fleet.forget(node)
+		g.forget(node)
 	}
+}
+
+// forget drops node from this replica: its fleet state and its per-node
+// self-metric series (another replica shows them now).
+func (g *Gateway) forget(node string) {
+	g.fleet.forget(node)
+	g.metrics.quota.DeletePartialMatch(prometheus.Labels{"node": node})
 }
 
 // quotaExceeded counts and logs a node over a cap; the error ends the
