@@ -60,9 +60,10 @@ func (a *Agent) serveSelfMetrics(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveNodeMetrics writes the node's series through cache, which renders
-// again only the containers that changed since the last scrape. The cache
-// serves one scrape at a time, so a scraper that stops reading is cut off
-// after metricsWriteTimeout rather than holding the others back.
+// again only the containers that changed since the last scrape (it
+// assembles one scrape at a time and writes it out after, so a slow
+// scraper holds no other). A scraper that stops reading is cut off after
+// metricsWriteTimeout.
 func (a *Agent) serveNodeMetrics(w http.ResponseWriter, r *http.Request, cache *metrics.NodeCache) {
 	in := a.nodeInput()
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(metricsWriteTimeout))
