@@ -326,7 +326,7 @@ func newSelfMetrics(a *Agent) *selfMetrics {
 		stateDirty: metrics.NewDesc("vigil_agent_state_unwritten",
 			"1 while the state holds changes not yet on disk (a failed write waiting for its retry, or changes kept for the next write).", metrics.GaugeType),
 		stateRecovered: metrics.NewDesc("vigil_agent_state_recovered",
-			"1 when the agent's state came, at its start, from the last good copy (the state file was corrupt or missing: its last write may be missing) or from nothing (counters restarted from zero).", metrics.GaugeType, "from"),
+			"1 when the agent's state came, at its start, from the last good copy (the state file was corrupt or missing: the last durable write; marks written since without fsync may be missing) or from nothing (counters restarted from zero).", metrics.GaugeType, "from"),
 		collHist: metrics.NewHistogram("vigil_agent_collection_duration_seconds",
 			"Wall time of one resource and network collection cycle.",
 			[]float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}),

@@ -18,7 +18,7 @@ import (
 
 // Writable-layer usage: what a container wrote into its root filesystem
 // (cAdvisor's container_fs_usage_bytes for the container's own layer). Two
-// ways, measured against each other in BenchmarkWritableLayerUsage
+// ways, measured against each other in TestWritableLayerUsageCost (run with VIGIL_FSUSAGE_CONTAINERS=N)
 // (docs/benchmarks/runtime.md):
 //
 //   - SnapshotUsage asks containerd's snapshotter (the Snapshots Usage

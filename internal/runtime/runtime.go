@@ -60,7 +60,8 @@ type Config struct {
 	// LogMaxBytes caps each log file Restart makes under LogDir (default
 	// 10 MiB): a file over it is rotated to <id>.log.1 (one older
 	// generation is kept), so a container takes at most about twice the
-	// cap. Files a task's creator chose are never rotated. Files of a
+	// cap plus what it writes in one LogRotateInterval (sizes are checked
+	// that often). Files a task's creator chose are never rotated. Files of a
 	// container are removed when it is deleted.
 	LogMaxBytes int64
 	// LogRotateInterval is how often the sizes are checked (default 10s).

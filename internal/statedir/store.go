@@ -409,7 +409,8 @@ const NoDeadlineRetention = 30 * 24 * time.Hour
 // since before cutoff whose identity is not in live, container records not
 // in liveContainers, and the records of finished commands: with a deadline,
 // once the command finished and its deadline passed before cutoff; without
-// one, NoDeadlineRetention after it finished. A command not finished is
+// one, once it finished NoDeadlineRetention before cutoff (cutoff is a day
+// ago in the agent: 31 days after it finished). A command not finished is
 // never forgotten.
 func (s *Store) Prune(live map[string]bool, liveContainers map[string]bool, cutoff time.Time) {
 	_ = s.UpdateIf(func(tx Tx) bool {
