@@ -70,26 +70,19 @@ func (f *Fabric) Plug(addr string, prefix int) *Port {
 	ns := NewNetNS(tb)
 	hostVeth := fmt.Sprintf("vgf%d-%d", os.Getpid()%100000, fabricVeths.Add(1))
 	peer := hostVeth + "p"
-	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostVeth}, PeerName: peer}); err != nil {
+	// The pair is made inside the switch namespace with its partner put
+	// straight into ns: the host's namespace never sees it (tests of the
+	// host's links run in parallel).
+	swh, nsh := f.sw.Handle(tb), ns.Handle(tb)
+	target, err := netns.GetFromPath(ns.Path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	err = swh.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostVeth}, PeerName: peer, PeerNamespace: netlink.NsFd(int(target))})
+	target.Close()
+	if err != nil {
 		tb.Fatalf("veth %s: %v", hostVeth, err)
 	}
-	move := func(link string, to *NetNS) {
-		l, err := netlink.LinkByName(link)
-		if err == nil {
-			var h netns.NsHandle
-			if h, err = netns.GetFromPath(to.Path); err == nil {
-				err = netlink.LinkSetNsFd(l, int(h))
-				h.Close()
-			}
-		}
-		if err != nil {
-			_ = netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostVeth}})
-			tb.Fatalf("move %s into %s: %v", link, to.Name, err)
-		}
-	}
-	move(hostVeth, f.sw)
-	move(peer, ns)
-	swh, nsh := f.sw.Handle(tb), ns.Handle(tb)
 	br, err := swh.LinkByName("br0")
 	if err != nil {
 		tb.Fatal(err)
