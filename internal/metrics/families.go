@@ -76,7 +76,7 @@ const (
 	famNodeAgentCPU
 	famNodeAgentRSS
 	famNodeAgentRuntimeLatency
-	famNodeAgentRuntimeReconnects
+	famNodeAgentRuntimeRecoveries
 	famNodeAgentCollectionDuration
 	famNodeAgentNetnsHandles
 	numFamilies
@@ -148,7 +148,7 @@ var families = [numFamilies]family{
 	famNodeAgentCPU:                {"vigil_node_agent_cpu_seconds_total", "counter", "CPU time the node agent process used, user and system, in seconds."},
 	famNodeAgentRSS:                {"vigil_node_agent_resident_memory_bytes", "gauge", "Resident memory of the node agent process."},
 	famNodeAgentRuntimeLatency:     {"vigil_node_agent_runtime_latency_seconds", "gauge", "Latency of the node agent's last successful containerd call (a containerd that hangs shows here and, once it stops answering, as RuntimeAvailable false)."},
-	famNodeAgentRuntimeReconnects:  {"vigil_node_agent_runtime_reconnects_total", "counter", "Connections of the node agent to containerd made again after one had been up, since the agent started: containerd restarted, or came back after a hang or a lost socket (alert on increase(...[10m]) > 0 for \"containerd restarted\")."},
+	famNodeAgentRuntimeRecoveries:  {"vigil_node_agent_runtime_recoveries_total", "counter", "Times the node agent's connection to containerd came back after being up, since the agent started (not the agent's vigil_agent_runtime_reconnects_total, which counts every failed or retried attempt): containerd restarted, or came back after a hang or a lost socket (alert on increase(...[10m]) > 0 for \"containerd restarted\")."},
 	famNodeAgentCollectionDuration: {"vigil_node_agent_collection_duration_seconds", "gauge", "Duration of the node agent's last resource collection cycle."},
 	famNodeAgentNetnsHandles:       {"vigil_node_agent_netns_handles", "gauge", "Network namespace handles the node agent holds open."},
 }

@@ -87,7 +87,7 @@ var reference = [numFamilies]struct{ labels, replaces string }{
 	famNodeAgentCPU:                {"node", "process_cpu_seconds_total of the agent's own target"},
 	famNodeAgentRSS:                {"node", "process_resident_memory_bytes of the agent's own target"},
 	famNodeAgentRuntimeLatency:     {"node", ""},
-	famNodeAgentRuntimeReconnects:  {"node", ""},
+	famNodeAgentRuntimeRecoveries:  {"node", ""},
 	famNodeAgentCollectionDuration: {"node", ""},
 	famNodeAgentNetnsHandles:       {"node", ""},
 }

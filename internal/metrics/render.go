@@ -667,7 +667,7 @@ func (s *scratch) agentStatus(nl []byte, a *vigilv1.AgentStatus) {
 	if d := a.GetRuntimeLatency(); d != nil {
 		s.float(famNodeAgentRuntimeLatency, nl, d.AsDuration().Seconds())
 	}
-	s.uint(famNodeAgentRuntimeReconnects, nl, a.GetRuntimeReconnectsTotal())
+	s.uint(famNodeAgentRuntimeRecoveries, nl, a.GetRuntimeReconnectsTotal())
 	if d := a.GetLastCollectionDuration(); d != nil {
 		s.float(famNodeAgentCollectionDuration, nl, d.AsDuration().Seconds())
 	}
