@@ -72,7 +72,13 @@ func (r *Runtime) rotateLogs() int {
 		if err != nil || !fi.Mode().IsRegular() || fi.Size() <= r.cfg.LogMaxBytes {
 			continue
 		}
-		if err := rotateLog(p); err != nil {
+		r.logMu.Lock() // not while removeLogs removes the container's files
+		err = rotateLog(p)
+		r.logMu.Unlock()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // removed with its container meanwhile
+			}
 			r.log.Warn("container log rotation failed", "path", p, "err", err)
 			continue
 		}
@@ -121,7 +127,9 @@ func (r *Runtime) removeLogs(k Key) {
 		return
 	}
 	p := r.logPath(k)
-	for _, f := range []string{p, p + rotatedSuffix} {
+	r.logMu.Lock() // a rotation in progress would make p.1 again
+	defer r.logMu.Unlock()
+	for _, f := range []string{p, p + rotatedSuffix, p + rotatedSuffix + ".tmp"} {
 		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			r.log.Warn("removing a deleted container's log", "path", f, "err", err)
 		}

@@ -130,6 +130,8 @@ type Runtime struct {
 	client  atomic.Pointer[apiClient] // nil while disconnected
 
 	available atomic.Bool
+	// logMu orders a log's rotation and its removal with its container.
+	logMu sync.Mutex
 	// hung: the last session ended because a call got no answer in time
 	// (cleared once containerd answers again); reconnected counts the
 	// sessions that came up after an earlier one had (containerd restarted,
