@@ -461,7 +461,9 @@ func TestGossipCrossCheck(t *testing.T) {
 		}
 		return true
 	})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	// A pod address stands in: peers refuse to reach loopback (their own
+	// host's services).
+	lis, err := net.Listen("tcp", net.JoinHostPort(hostAddr(t).String(), "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
