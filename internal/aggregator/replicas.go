@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -583,28 +582,23 @@ func (r *replicas) watchPrefix(ctx context.Context, prefix string, fn func(store
 	}
 }
 
-// leaseClient is implemented by stores that tell a lease's remaining time
-// (etcd's LeaseTimeToLive, through the etcd store's client).
-type leaseClient interface{ Client() *clientv3.Client }
-
 // leaseRemaining is the longest the holder's lease can still last: its
 // remaining TTL from the store plus a second (etcd answers in whole
-// seconds and revokes expired leases on a timer), or the replicas' TTL
-// when the store cannot tell.
+// seconds and revokes expired leases on a timer), at most the replicas'
+// TTL plus that second; a second when the lease has just ended (its keys
+// go within a moment); the replicas' TTL when the store cannot tell.
 func (r *replicas) leaseRemaining(ctx context.Context, lease store.LeaseID) time.Duration {
-	lc, ok := r.st.(leaseClient)
-	if !ok || lease == store.NoLease {
+	if lease == store.NoLease {
 		return r.ttl
 	}
-	resp, err := lc.Client().TimeToLive(ctx, clientv3.LeaseID(lease))
-	if err != nil {
-		return r.ttl
-	}
-	if resp.TTL <= 0 {
-		// Expired (or being revoked): the key goes within a moment.
+	left, err := r.st.TimeToLive(ctx, lease)
+	switch {
+	case errors.Is(err, errdefs.ErrNotFound):
 		return time.Second
+	case err != nil:
+		return r.ttl
 	}
-	return min(time.Duration(resp.TTL)*time.Second+time.Second, r.ttl+time.Second)
+	return min(left+time.Second, r.ttl+time.Second)
 }
 
 // heldElsewhere is the refusal of a node held by another replica: Unavailable
