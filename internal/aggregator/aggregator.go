@@ -106,6 +106,7 @@ func New(cfg Config) (*Aggregator, error) {
 	a.api.history = a.history
 	a.api.maxWatchers = cfg.MaxWatchers
 	a.api.watchers = m.watchers
+	a.api.watchDropped = m.watchDropped
 	if cfg.Bootstrap != nil {
 		a.boot, err = newBootstrapServer(cfg.Bootstrap, m, a.log)
 		if err != nil {
