@@ -75,9 +75,12 @@ func New(cfg Config) (*Aggregator, error) {
 		if a.cfg.Leader == nil {
 			a.cfg.Leader = a.replicas.leader
 		}
-	} else {
-		m.leader.Set(1)
 	}
+	leaderOf := a.cfg.Leader
+	if leaderOf == nil {
+		leaderOf = func() bool { return true }
+	}
+	m.leaderOf.Store(&leaderOf)
 	if a.replicas != nil {
 		a.peers = newPeerClients(a.replicas, cfg.PeerTLS, cfg.Insecure, cfg.PeerTimeout, m)
 	}

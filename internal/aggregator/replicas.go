@@ -300,7 +300,6 @@ func (r *replicas) lost(lease store.LeaseID) {
 	r.held = map[string]*holding{}
 	r.releases = map[string]int64{}
 	r.setHeldGauge()
-	r.m.leader.Set(0)
 	r.mu.Unlock()
 	r.log.Error("replica lease lost: dropping every agent stream it held; their agents reconnect to a replica with a lease", "lease", fmt.Sprintf("%x", int64(lease)), "streams", len(drop))
 	for i, h := range drop {
@@ -384,9 +383,6 @@ func (r *replicas) tick(ctx context.Context) {
 			if ctx.Err() == nil {
 				r.log.Warn("renewing the replica lease failed; keeping the streams until the store answers", "err", err)
 			}
-			// A leader that cannot renew its lease for a TTL stops
-			// counting as one (another may be elected meanwhile).
-			r.m.leader.Set(boolGauge(r.leader()))
 			return
 		}
 		r.mu.Lock()
@@ -421,7 +417,6 @@ func (r *replicas) elect(ctx context.Context, lease store.LeaseID) {
 		r.isLeader = leader
 	}
 	r.mu.Unlock()
-	r.m.leader.Set(boolGauge(r.leader()))
 	if changed {
 		r.log.Info("replica leadership changed", "replica", r.id, "leader", leader)
 	}

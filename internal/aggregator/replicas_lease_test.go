@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/store"
 	"github.com/vigilhq/vigil/internal/store/bolt"
@@ -70,5 +72,58 @@ func TestLeaseRemainingThroughTheStore(t *testing.T) {
 	}
 	if got := r.leaseRemaining(ctx, store.NoLease); got != ttl {
 		t.Fatalf("holder key without a lease: retry after %v, want the TTL", got)
+	}
+}
+
+// TestLeaderGaugeReadsState: vigil_aggregator_leader is read from the
+// replica's state when scraped: 1 while it is elected and renewed its
+// lease within the TTL, 0 once that renewal is older (no tick needed to
+// update it, so it cannot go stale), and 0 once the lease is lost.
+func TestLeaderGaugeReadsState(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := newSelfMetrics(reg, NewFleet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ttl = 3 * time.Second
+	r := newReplicas(nil, "r0", ttl, "", slog.New(slog.DiscardHandler), m)
+	r.drop = func(string, *agentStream, error) {}
+	leaderOf := r.leader
+	m.leaderOf.Store(&leaderOf)
+	gauge := func() float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "vigil_aggregator_leader" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("no vigil_aggregator_leader")
+		return -1
+	}
+	if g := gauge(); g != 0 {
+		t.Fatalf("leader %v before any lease, want 0", g)
+	}
+	r.mu.Lock()
+	r.lease, r.isLeader, r.renewed = 1, true, time.Now()
+	r.mu.Unlock()
+	if g := gauge(); g != 1 {
+		t.Fatalf("leader %v when elected and renewed now, want 1", g)
+	}
+	r.mu.Lock()
+	r.renewed = time.Now().Add(-2 * ttl)
+	r.mu.Unlock()
+	if g := gauge(); g != 0 {
+		t.Fatalf("leader %v when the last renewal is two TTLs old, want 0", g)
+	}
+	r.mu.Lock()
+	r.renewed = time.Now()
+	r.mu.Unlock()
+	r.lost(1)
+	if g := gauge(); g != 0 {
+		t.Fatalf("leader %v after the lease was lost, want 0", g)
 	}
 }
