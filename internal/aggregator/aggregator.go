@@ -75,9 +75,12 @@ func New(cfg Config) (*Aggregator, error) {
 		if a.cfg.Leader == nil {
 			a.cfg.Leader = a.replicas.leader
 		}
-	} else {
-		m.leader.Set(1)
 	}
+	leaderOf := a.cfg.Leader
+	if leaderOf == nil {
+		leaderOf = func() bool { return true }
+	}
+	m.leaderOf.Store(&leaderOf)
 	if a.replicas != nil {
 		a.peers = newPeerClients(a.replicas, cfg.PeerTLS, cfg.Insecure, cfg.PeerTimeout, m)
 	}
@@ -106,6 +109,7 @@ func New(cfg Config) (*Aggregator, error) {
 	a.api.history = a.history
 	a.api.maxWatchers = cfg.MaxWatchers
 	a.api.watchers = m.watchers
+	a.api.watchDropped = m.watchDropped
 	if cfg.Bootstrap != nil {
 		a.boot, err = newBootstrapServer(cfg.Bootstrap, m, a.log)
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
@@ -33,10 +34,12 @@ type API struct {
 	stopping <-chan struct{}
 
 	// maxWatchers bounds WatchEvents subscribers (0: no bound); watching
-	// counts them, watchers (optional) shows the count.
-	maxWatchers int
-	watching    atomic.Int64
-	watchers    prometheus.Gauge
+	// counts them, watchers (optional) shows the count, and watchDropped
+	// (optional) counts the streams ended for falling behind, by feed.
+	maxWatchers  int
+	watching     atomic.Int64
+	watchers     prometheus.Gauge
+	watchDropped *prometheus.CounterVec
 
 	// remediation serves ListRemediations and RequestRemediation; nil
 	// when remediation is off.
@@ -164,9 +167,15 @@ func (a *API) GetContainer(ctx context.Context, req *vigilv1.GetContainerRequest
 	return &vigilv1.GetContainerResponse{Container: c}, nil
 }
 
-// WatchEvents streams container events as they are applied. A subscriber
-// that falls more than the watch buffer behind is dropped with
-// ResourceExhausted; ingest never waits for it.
+// WatchEvents streams container events as they are applied. Each feed of
+// the stream (this replica's changes; with replicas, the other replicas'
+// through the shared history) queues at most the watch buffer for it and
+// never waits: a watcher that falls further behind is dropped, its stream
+// ending with ResourceExhausted that names the time to watch again from
+// (watchlag.go). Ingest and other watchers never wait for it. While the
+// stream's own Send is blocked (a client that does not read, gRPC's flow
+// control window full) the stream ends when that Send returns; what waits
+// meanwhile is bounded by the buffers and gRPC's window.
 func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_WatchEventsServer) error {
 	if n := a.watching.Add(1); a.maxWatchers > 0 && n > int64(a.maxWatchers) {
 		a.watching.Add(-1)
@@ -184,7 +193,9 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 	if req.GetSince() != nil && a.history == nil {
 		return status.Error(codes.FailedPrecondition, "no event history: the aggregator runs without a store (start it with --data-dir); watch without since")
 	}
-	sub := a.fleet.events.subscribe(req.GetNode(), req.GetNamespace(), a.watchBuffer)
+	lag := newWatchLag(a.watchDropped, time.Now())
+	sub := a.fleet.events.subscribe(req.GetNode(), req.GetNamespace(), a.watchBuffer,
+		func(lost *vigilv1.WatchEventsResponse) { lag.mark(feedLocal, lost) })
 	defer a.fleet.events.unsubscribe(sub)
 	// The header tells the client that the subscription is in place.
 	if err := stream.SendHeader(metadata.MD{}); err != nil {
@@ -214,7 +225,7 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 	if a.peers != nil && a.history != nil && !localOnly(ctx) {
 		rctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		ch, err := a.remoteEvents(rctx, req.GetNode(), req.GetNamespace())
+		ch, err := a.remoteEvents(rctx, req.GetNode(), req.GetNamespace(), lag)
 		if err != nil {
 			return errdefs.GRPC(fmt.Errorf("the other replicas' events: %w", err))
 		}
@@ -226,10 +237,15 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 			return status.FromContextError(ctx.Err()).Err()
 		case <-a.stopping:
 			return errdefs.GRPC(fmt.Errorf("aggregator shutting down: %w", errdefs.ErrUnavailable))
-		case <-sub.dropped:
-			return status.Errorf(codes.ResourceExhausted, "event subscriber too slow: more than %d events waiting, dropped", a.watchBuffer)
+		case <-lag.done:
+			return lag.err(a.watchBuffer, lag.resumeFrom(sub.ch, remote))
 		case ev, ok := <-remote:
 			if !ok {
+				select {
+				case <-lag.done: // the feed fell behind, then closed
+					return lag.err(a.watchBuffer, lag.resumeFrom(sub.ch, remote))
+				default:
+				}
 				return status.Error(codes.Unavailable, "the shared store's watch of the other replicas' events ended: watch again (with since, to miss nothing)")
 			}
 			if (replayed != nil && replayed[eventKey(ev)]) || sent.seen(eventKey(ev)) {

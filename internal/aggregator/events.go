@@ -8,7 +8,7 @@ import (
 
 // broadcaster fans container events out to WatchEvents subscribers. Each
 // subscriber has a bounded buffer; publishing never blocks: a subscriber
-// whose buffer is full is dropped (its dropped channel closes) and its
+// whose buffer is full is removed and told once (its onDrop), and its
 // stream ends with ResourceExhausted.
 type broadcaster struct {
 	mu   sync.Mutex
@@ -21,21 +21,24 @@ type broadcaster struct {
 type subscriber struct {
 	node, namespace string
 	ch              chan *vigilv1.WatchEventsResponse
-	dropped         chan struct{}
+	// onDrop is called once, under the broadcaster's lock, with the first
+	// change that did not fit; it must not block.
+	onDrop func(lost *vigilv1.WatchEventsResponse)
 }
 
 func newBroadcaster() *broadcaster {
 	return &broadcaster{subs: make(map[*subscriber]struct{})}
 }
 
-// subscribe registers a subscriber with a buffer of size events. Call
-// unsubscribe when done.
-func (b *broadcaster) subscribe(node, namespace string, size int) *subscriber {
+// subscribe registers a subscriber with a buffer of size events; onDrop
+// (not nil) is told when the subscriber is dropped for falling behind.
+// Call unsubscribe when done.
+func (b *broadcaster) subscribe(node, namespace string, size int, onDrop func(lost *vigilv1.WatchEventsResponse)) *subscriber {
 	s := &subscriber{
 		node:      node,
 		namespace: namespace,
 		ch:        make(chan *vigilv1.WatchEventsResponse, size),
-		dropped:   make(chan struct{}),
+		onDrop:    onDrop,
 	}
 	b.mu.Lock()
 	b.subs[s] = struct{}{}
@@ -89,7 +92,7 @@ func (b *broadcaster) publishMsg(msg *vigilv1.WatchEventsResponse) {
 		case s.ch <- msg:
 		default:
 			delete(b.subs, s)
-			close(s.dropped)
+			s.onDrop(msg)
 		}
 	}
 }

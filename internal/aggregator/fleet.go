@@ -34,6 +34,8 @@ type Fleet struct {
 	nodes map[string]*node
 
 	events *broadcaster
+	// seeds are the gossip addresses hello replies give (gossipseeds.go).
+	seeds seedPool
 	// condGen changes whenever something a node condition reads changes
 	// (a stream connects or ends, a peer view arrives), so that the
 	// assessor need not read every view when nothing changed.
@@ -221,6 +223,7 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time, q *Qu
 		return applyResult{}, fmt.Errorf("node %q is not connected: %w", name, errdefs.ErrUnavailable)
 	}
 	var event *vigilv1.ContainerEvent
+	var view *vigilv1.PeerView
 
 	n.mu.Lock()
 	n.lastSeen = now
@@ -277,6 +280,7 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time, q *Qu
 	case *vigilv1.AgentMessage_PeerView:
 		n.peers = b.PeerView
 		n.peersAt = now
+		view = b.PeerView
 		n.version++
 		f.condGen.Add(1)
 	case *vigilv1.AgentMessage_NodeStatus:
@@ -292,6 +296,9 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time, q *Qu
 
 	if event != nil {
 		f.events.publish(name, event)
+	}
+	if view != nil {
+		f.seeds.observe(name, view, now)
 	}
 	return res, nil
 }

@@ -3,6 +3,7 @@ package aggregator
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"slices"
 	"strings"
@@ -35,8 +36,28 @@ const (
 // blocks, and an event that finds the queue full is dropped and counted
 // (vigil_aggregator_event_history_dropped_total), never waited for.
 //
-// Keys: /events/NODE/UNIXNANO(20 digits)-SEQ(8 digits), so that a listing
-// of one node is in time order. Values: a marshalled WatchEventsResponse.
+// Keys: /events/NODE/UNIXNANO(20 digits)-ID(16 hex digits), so that a
+// listing of one node is in time order. ID is a hash of the change's
+// identity (eventKey: node, container, type and time; a remediation's id,
+// state and time; a node condition and its time), so a change has one key
+// whoever writes it. Values: a marshalled WatchEventsResponse.
+//
+// Several replicas write under one node's prefix: the holder its
+// container and condition events, any replica the remediations it decides
+// on the node, and, while a node moves, the old holder the events still in
+// its queue as the new holder starts. Keys of their own (a per-process
+// sequence, as before) made an event the agent sent again to the new
+// holder (applied by the old one, not yet acknowledged) appear twice, and
+// let two different events of the same nanosecond overwrite each other.
+// With the identity in the key the second write of a change replaces the
+// first with the same change, and different changes never share a key.
+// Writes are not conditioned on the holder key: a replica's late writes and
+// its remediations are true history. Each replica bounds a node by the keys
+// it knows (read again when it claims the node, and once more
+// historySettle later), deleting oldest first: what another replica wrote
+// since is not counted until then, so the bound may be passed for a while
+// by a few keys, and a deletion of a key already gone is a no-op; no
+// deletion goes below the bound.
 type history struct {
 	st         store.Store
 	log        *slog.Logger
@@ -45,17 +66,29 @@ type history struct {
 	in         chan *vigilv1.WatchEventsResponse
 	dropped    prometheus.Counter
 	now        func() time.Time
-	seq        uint64
 	keys       map[string][]historyKey // node → its keys, oldest first; loaded on first use
 	loadFailed map[string]bool
-	// stale names nodes whose keys are to be read again before the next
-	// write: another replica wrote their events while it held them.
-	stale sync.Map
+	// stale names the nodes just claimed from another replica, which wrote
+	// some of their events: their keys are read again at the next write,
+	// and once more at the first write historySettle after the claim (the
+	// old holder's last queued events may land after the first reading).
+	stale sync.Map // node → *claimedNode
 }
 
-// reload makes the next write of node's events read its keys again (the
-// node was just claimed from another replica, which wrote some).
-func (h *history) reload(node string) { h.stale.Store(node, true) }
+// historySettle is how long after a claim the old holder's queued writes
+// of the node may still land (its flush interval, and a store slow to
+// answer).
+const historySettle = 10 * time.Second
+
+type claimedNode struct {
+	at   time.Time
+	read bool // read once since the claim; only the writer touches it
+}
+
+// reload makes the next write of node's events read its keys again, and
+// the first one historySettle later (the node was just claimed from
+// another replica, which wrote some). Safe to call from any goroutine.
+func (h *history) reload(node string) { h.stale.Store(node, &claimedNode{at: h.now()}) }
 
 type historyKey struct {
 	key string
@@ -148,8 +181,7 @@ func (h *history) write(ctx context.Context, batch []*vigilv1.WatchEventsRespons
 		if at.IsZero() || at.Unix() <= 0 {
 			at = now
 		}
-		h.seq++
-		key := fmt.Sprintf("%s%s/%020d-%08d", historyPrefix, node, at.UnixNano(), h.seq%100000000)
+		key := eventHistoryKey(node, at, m)
 		b, err := proto.Marshal(m)
 		if err != nil {
 			continue
@@ -161,6 +193,9 @@ func (h *history) write(ctx context.Context, batch []*vigilv1.WatchEventsRespons
 	for node := range touched {
 		ks := h.keys[node]
 		slices.SortFunc(ks, func(a, b historyKey) int { return strings.Compare(a.key, b.key) })
+		// A change written again (by this replica, or loaded from
+		// another's write) is one key: counted once.
+		ks = slices.CompactFunc(ks, func(a, b historyKey) bool { return a.key == b.key })
 		cut := 0
 		for cut < len(ks) && (len(ks)-cut > h.perNode || now.Sub(ks[cut].at) > h.maxAge) {
 			ops = append(ops, store.Delete(ks[cut].key))
@@ -179,6 +214,14 @@ func (h *history) write(ctx context.Context, batch []*vigilv1.WatchEventsRespons
 		}
 		ops = ops[n:]
 	}
+}
+
+// eventHistoryKey is the key of change m of node at time at in the
+// history: the same for a change whoever writes it (see history).
+func eventHistoryKey(node string, at time.Time, m *vigilv1.WatchEventsResponse) string {
+	h := fnv.New64a()
+	h.Write([]byte(eventKey(m)))
+	return fmt.Sprintf("%s%s/%020d-%016x", historyPrefix, node, at.UnixNano(), h.Sum64())
 }
 
 func dedupeOps(ops []store.Op) []store.Op {
@@ -208,9 +251,18 @@ func countPuts(ops []store.Op) int {
 // load reads a node's keys from the store the first time the node is
 // written after a start, so that the bounds hold across restarts.
 func (h *history) load(ctx context.Context, node string) {
-	if _, stale := h.stale.LoadAndDelete(node); stale {
-		delete(h.keys, node)
-		delete(h.loadFailed, node)
+	if v, ok := h.stale.Load(node); ok {
+		c := v.(*claimedNode)
+		switch {
+		case !c.read:
+			c.read = true
+			delete(h.keys, node)
+			delete(h.loadFailed, node)
+		case h.now().Sub(c.at) >= historySettle:
+			h.stale.CompareAndDelete(node, c)
+			delete(h.keys, node)
+			delete(h.loadFailed, node)
+		}
 	}
 	if _, ok := h.keys[node]; ok || h.loadFailed[node] {
 		return

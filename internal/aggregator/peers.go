@@ -398,10 +398,14 @@ func (v *peerFleetView) Lookup(ref remediation.TargetRef) (remediation.TargetSta
 // history (their nodes' events, their remediations' decisions and ends)
 // from now on, for a fleet-wide WatchEvents: the history is in the shared
 // store, and each replica writes its own nodes' events there within about
-// historyFlushEvery. The channel closes when ctx ends or the watch fails
-// (the caller's stream then ends with Unavailable and the client watches
-// again, with since to miss nothing).
-func (a *API) remoteEvents(ctx context.Context, node, namespace string) (<-chan *vigilv1.WatchEventsResponse, error) {
+// historyFlushEvery. Each call has a watch of its own, read at once: a
+// change is queued for the stream in a buffer of a.watchBuffer, and one
+// that finds it full marks lag (feedShared) and ends the feed and its
+// watch, so nothing piles up behind a slow watcher (in the etcd client,
+// whose buffer per watch has no bound). The channel closes then, when ctx
+// ends, or when the watch fails (the caller's stream then ends with
+// Unavailable and the client watches again, with since to miss nothing).
+func (a *API) remoteEvents(ctx context.Context, node, namespace string, lag *watchLag) (<-chan *vigilv1.WatchEventsResponse, error) {
 	prefix := historyPrefix
 	if node != "" {
 		prefix += node + "/"
@@ -413,7 +417,9 @@ func (a *API) remoteEvents(ctx context.Context, node, namespace string) (<-chan 
 	out := make(chan *vigilv1.WatchEventsResponse, a.watchBuffer)
 	go func() {
 		defer close(out)
-		for resp := range a.history.st.Watch(ctx, prefix, rev) {
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel() // ends the store's watch when the feed ends first
+		for resp := range a.history.st.Watch(wctx, prefix, rev) {
 			if resp.Err != nil {
 				return
 			}
@@ -430,7 +436,8 @@ func (a *API) remoteEvents(ctx context.Context, node, namespace string) (<-chan 
 				}
 				select {
 				case out <- m:
-				case <-ctx.Done():
+				default:
+					lag.mark(feedShared, m)
 					return
 				}
 			}

@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -301,7 +300,6 @@ func (r *replicas) lost(lease store.LeaseID) {
 	r.held = map[string]*holding{}
 	r.releases = map[string]int64{}
 	r.setHeldGauge()
-	r.m.leader.Set(0)
 	r.mu.Unlock()
 	r.log.Error("replica lease lost: dropping every agent stream it held; their agents reconnect to a replica with a lease", "lease", fmt.Sprintf("%x", int64(lease)), "streams", len(drop))
 	for i, h := range drop {
@@ -385,9 +383,6 @@ func (r *replicas) tick(ctx context.Context) {
 			if ctx.Err() == nil {
 				r.log.Warn("renewing the replica lease failed; keeping the streams until the store answers", "err", err)
 			}
-			// A leader that cannot renew its lease for a TTL stops
-			// counting as one (another may be elected meanwhile).
-			r.m.leader.Set(boolGauge(r.leader()))
 			return
 		}
 		r.mu.Lock()
@@ -422,7 +417,6 @@ func (r *replicas) elect(ctx context.Context, lease store.LeaseID) {
 		r.isLeader = leader
 	}
 	r.mu.Unlock()
-	r.m.leader.Set(boolGauge(r.leader()))
 	if changed {
 		r.log.Info("replica leadership changed", "replica", r.id, "leader", leader)
 	}
@@ -583,28 +577,23 @@ func (r *replicas) watchPrefix(ctx context.Context, prefix string, fn func(store
 	}
 }
 
-// leaseClient is implemented by stores that tell a lease's remaining time
-// (etcd's LeaseTimeToLive, through the etcd store's client).
-type leaseClient interface{ Client() *clientv3.Client }
-
 // leaseRemaining is the longest the holder's lease can still last: its
 // remaining TTL from the store plus a second (etcd answers in whole
-// seconds and revokes expired leases on a timer), or the replicas' TTL
-// when the store cannot tell.
+// seconds and revokes expired leases on a timer), at most the replicas'
+// TTL plus that second; a second when the lease has just ended (its keys
+// go within a moment); the replicas' TTL when the store cannot tell.
 func (r *replicas) leaseRemaining(ctx context.Context, lease store.LeaseID) time.Duration {
-	lc, ok := r.st.(leaseClient)
-	if !ok || lease == store.NoLease {
+	if lease == store.NoLease {
 		return r.ttl
 	}
-	resp, err := lc.Client().TimeToLive(ctx, clientv3.LeaseID(lease))
-	if err != nil {
-		return r.ttl
-	}
-	if resp.TTL <= 0 {
-		// Expired (or being revoked): the key goes within a moment.
+	left, err := r.st.TimeToLive(ctx, lease)
+	switch {
+	case errors.Is(err, errdefs.ErrNotFound):
 		return time.Second
+	case err != nil:
+		return r.ttl
 	}
-	return min(time.Duration(resp.TTL)*time.Second+time.Second, r.ttl+time.Second)
+	return min(left+time.Second, r.ttl+time.Second)
 }
 
 // heldElsewhere is the refusal of a node held by another replica: Unavailable

@@ -2,6 +2,7 @@ package aggregator
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,25 +24,28 @@ var rejectReasons = []string{
 // selfMetrics are the aggregator's own metrics, built with client_golang on
 // the registry passed in Config.
 type selfMetrics struct {
-	streams     prometheus.Gauge
-	messages    *prometheus.CounterVec
-	bytes       *prometheus.CounterVec
-	rejected    *prometheus.CounterVec
-	lag         prometheus.Histogram
-	acks        prometheus.Counter
-	commands    *prometheus.CounterVec
-	expositions *expositionStats
-	authRefused *prometheus.CounterVec
-	quota       *prometheus.CounterVec
-	insecure    prometheus.Gauge
-	suspectSelf prometheus.Gauge
-	historyDrop prometheus.Counter
-	issued      *prometheus.CounterVec
-	bootRefused *prometheus.CounterVec
-	watchers    prometheus.Gauge
-	leader      prometheus.Gauge
-	heldNodes   prometheus.Gauge
-	peerErrors  *prometheus.CounterVec
+	streams      prometheus.Gauge
+	messages     *prometheus.CounterVec
+	bytes        *prometheus.CounterVec
+	rejected     *prometheus.CounterVec
+	lag          prometheus.Histogram
+	acks         prometheus.Counter
+	commands     *prometheus.CounterVec
+	expositions  *expositionStats
+	authRefused  *prometheus.CounterVec
+	quota        *prometheus.CounterVec
+	insecure     prometheus.Gauge
+	suspectSelf  prometheus.Gauge
+	historyDrop  prometheus.Counter
+	issued       *prometheus.CounterVec
+	bootRefused  *prometheus.CounterVec
+	watchers     prometheus.Gauge
+	watchDropped *prometheus.CounterVec
+	// leader is read at scrape time from leaderOf (nil: not yet set, 0).
+	leader     prometheus.GaugeFunc
+	leaderOf   atomic.Pointer[func() bool]
+	heldNodes  prometheus.Gauge
+	peerErrors *prometheus.CounterVec
 }
 
 func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, error) {
@@ -108,10 +112,10 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 			Name: "vigil_aggregator_watchers",
 			Help: "WatchEvents subscribers connected.",
 		}),
-		leader: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "vigil_aggregator_leader",
-			Help: "1 when this replica runs the housekeeping that must run once (the elected replica with etcd; always with bbolt), else 0.",
-		}),
+		watchDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_aggregator_watchers_dropped_total",
+			Help: "WatchEvents streams ended because the watcher fell behind (more changes waited for it than the watch buffer holds), by the feed that overflowed first: local (this replica's changes) or shared (the other replicas', from the shared store's event history). The stream ends with ResourceExhausted naming the time to watch again from.",
+		}, []string{"feed"}),
 		heldNodes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "vigil_aggregator_held_nodes",
 			Help: "Nodes whose stream this replica holds under its lease in the shared store (with bbolt: the nodes connected).",
@@ -121,6 +125,15 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 			Help: "Fleet-wide reads that got no answer from another replica (the result was partial), by replica.",
 		}, []string{"replica"}),
 	}
+	m.leader = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "vigil_aggregator_leader",
+		Help: "1 when this replica runs the housekeeping that must run once (the elected replica with etcd, as of a lease renewal within the TTL; always with bbolt), else 0.",
+	}, func() float64 {
+		if f := m.leaderOf.Load(); f != nil {
+			return boolGauge((*f)())
+		}
+		return 0
+	})
 	for _, k := range []string{"bootstrap", "renew"} {
 		m.issued.WithLabelValues(k)
 	}
@@ -134,10 +147,13 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 	for _, r := range rejectReasons {
 		m.rejected.WithLabelValues(r)
 	}
+	for _, f := range watchFeeds {
+		m.watchDropped.WithLabelValues(f)
+	}
 	for _, c := range []prometheus.Collector{
 		m.streams, m.messages, m.bytes, m.rejected, m.lag, m.acks, m.commands,
 		m.expositions, fleetCollector{fleet}, m.authRefused, m.quota, m.insecure, m.suspectSelf, m.historyDrop, m.issued, m.bootRefused, m.watchers,
-		m.leader, m.heldNodes, m.peerErrors,
+		m.watchDropped, m.leader, m.heldNodes, m.peerErrors,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

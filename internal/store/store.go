@@ -171,6 +171,12 @@ type Store interface {
 	// Revoke ends the lease now and deletes its keys; revoking a lease that
 	// does not exist is not an error.
 	Revoke(ctx context.Context, id LeaseID) error
+	// TimeToLive is how long the lease has left unless it is kept alive:
+	// more than 0 and at most its TTL; ErrNotFound when it has expired,
+	// was revoked or never existed. etcd answers in whole seconds (rounded
+	// down) and deletes an expired lease's keys on a timer of its own, so
+	// a caller that waits for the keys to go adds a second.
+	TimeToLive(ctx context.Context, id LeaseID) (time.Duration, error)
 	// Close releases the store; calls after Close fail with ErrClosed.
 	// Close is idempotent.
 	Close() error

@@ -79,6 +79,26 @@ func (s *Store) KeepAlive(ctx context.Context, id store.LeaseID) error {
 	return nil
 }
 
+// TimeToLive implements store.Store, to the nanosecond of the store's
+// clock. A lease past its deadline is ErrNotFound even before the expiry
+// loop has deleted its keys (as KeepAlive treats it).
+func (s *Store) TimeToLive(ctx context.Context, id store.LeaseID) (time.Duration, error) {
+	if err := s.enter(ctx); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter(ctx); err != nil {
+		return 0, err
+	}
+	now := s.opts.Now()
+	l, ok := s.leases[id]
+	if !ok || !now.Before(l.deadline) {
+		return 0, fmt.Errorf("time to live: lease %x: %w", int64(id), errdefs.ErrNotFound)
+	}
+	return l.deadline.Sub(now), nil
+}
+
 // Revoke implements store.Store.
 func (s *Store) Revoke(ctx context.Context, id store.LeaseID) error {
 	if err := s.enter(ctx); err != nil {

@@ -314,6 +314,27 @@ func (s *Store) Revoke(ctx context.Context, id store.LeaseID) error {
 	return s.mapErr(ctx, fmt.Sprintf("revoke lease %x", int64(id)), err)
 }
 
+// TimeToLive implements store.Store with etcd's LeaseTimeToLive, which
+// answers in whole seconds: a lease with less than a second left, or
+// expired but not yet revoked by the server's timer, is ErrNotFound.
+func (s *Store) TimeToLive(ctx context.Context, id store.LeaseID) (time.Duration, error) {
+	rctx, cancel, err := s.call(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer cancel()
+	resp, err := s.cli.TimeToLive(rctx, clientv3.LeaseID(id))
+	if err != nil {
+		return 0, s.mapErr(ctx, fmt.Sprintf("time to live of lease %x", int64(id)), err)
+	}
+	if resp.TTL <= 0 {
+		// -1: no such lease (the server answers so rather than with an
+		// error); 0: expired, its keys about to go.
+		return 0, fmt.Errorf("time to live of lease %x: %w", int64(id), errdefs.ErrNotFound)
+	}
+	return time.Duration(resp.TTL) * time.Second, nil
+}
+
 // Compact discards the cluster's history up to rev (for every key in the
 // cluster, not only under Prefix): a later Watch from before rev gets
 // store.ErrCompacted. etcd keeps every revision until compacted; a

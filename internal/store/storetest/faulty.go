@@ -11,7 +11,7 @@ import (
 // Call is one call to a Faulty store, as its fault function sees it.
 type Call struct {
 	// Method is the store.Store method: "Get", "List", "Txn", "Watch",
-	// "Grant", "KeepAlive" or "Revoke".
+	// "Grant", "KeepAlive", "Revoke" or "TimeToLive".
 	Method string
 	// Keys are the keys the call names: Get's key, List's and Watch's
 	// prefix, a Txn's cond keys then op keys; none for leases.
@@ -118,4 +118,12 @@ func (f *Faulty) Revoke(ctx context.Context, id store.LeaseID) error {
 		return err
 	}
 	return f.Store.Revoke(ctx, id)
+}
+
+// TimeToLive implements store.Store.
+func (f *Faulty) TimeToLive(ctx context.Context, id store.LeaseID) (time.Duration, error) {
+	if err := f.check("TimeToLive"); err != nil {
+		return 0, err
+	}
+	return f.Store.TimeToLive(ctx, id)
 }

@@ -82,6 +82,7 @@ func Run(t *testing.T, open Open, opts ...Option) {
 		{"LeaseExpiry", checkLeaseExpiry},
 		{"LeaseKeepAlive", checkLeaseKeepAlive},
 		{"LeaseMissing", checkLeaseMissing},
+		{"LeaseTimeToLive", checkLeaseTimeToLive},
 		{"ContextCanceled", checkContextCanceled},
 		{"Close", checkClose},
 		{"Reopen", checkReopen},
@@ -938,6 +939,65 @@ func checkLeaseMissing(t *testing.T, c *config, s store.Store) {
 	if err := s.Revoke(ctx, missing); err != nil {
 		t.Fatalf("Revoke of a missing lease = %v; want nil", err)
 	}
+	if d, err := s.TimeToLive(ctx, missing); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("TimeToLive of a missing lease = %v, %v; want ErrNotFound", d, err)
+	}
+}
+
+// checkLeaseTimeToLive: a live lease has (0, TTL] left, again after a
+// KeepAlive; a revoked or expired one is ErrNotFound.
+func checkLeaseTimeToLive(t *testing.T, c *config, s store.Store) {
+	ctx := ctxFor(t, c)
+	ttl := 30 * c.ttl
+	id, err := s.Grant(ctx, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inRange := func(what string) {
+		t.Helper()
+		left, err := s.TimeToLive(ctx, id)
+		if err != nil {
+			t.Fatalf("TimeToLive %s: %v", what, err)
+		}
+		// No check here takes half the TTL; etcd rounds down to whole
+		// seconds.
+		if left <= ttl/2 || left > ttl {
+			t.Fatalf("TimeToLive %s = %v; want in (%v, %v]", what, left, ttl/2, ttl)
+		}
+	}
+	inRange("of a new lease")
+	if err := s.KeepAlive(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	inRange("after KeepAlive")
+	if err := s.Revoke(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := s.TimeToLive(ctx, id); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("TimeToLive of a revoked lease = %v, %v; want ErrNotFound", d, err)
+	}
+
+	short, err := s.Grant(ctx, c.ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(c.timeout)
+	for {
+		left, err := s.TimeToLive(ctx, short)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if left <= 0 || left > c.ttl {
+			t.Fatalf("TimeToLive of a lease of %v = %v", c.ttl, left)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a lease of %v not renewed still has %v left after %v", c.ttl, left, c.timeout)
+		}
+		time.Sleep(c.ttl / 10)
+	}
 }
 
 func checkContextCanceled(t *testing.T, c *config, s store.Store) {
@@ -965,6 +1025,8 @@ func checkContextCanceled(t *testing.T, c *config, s store.Store) {
 	want("Grant", err)
 	want("KeepAlive", s.KeepAlive(dead, id))
 	want("Revoke", s.Revoke(dead, id))
+	_, err = s.TimeToLive(dead, id)
+	want("TimeToLive", err)
 	if kv := get(t, ctx, s, "k"); string(kv.Value) != "1" || kv.ModRevision != r {
 		t.Fatalf("k after a canceled Txn: %+v", kv)
 	}
@@ -1008,6 +1070,8 @@ func checkClose(t *testing.T, c *config, s store.Store) {
 	want("Grant", err)
 	want("KeepAlive", s.KeepAlive(ctx, id))
 	want("Revoke", s.Revoke(ctx, id))
+	_, err = s.TimeToLive(ctx, id)
+	want("TimeToLive", err)
 }
 
 func checkReopen(t *testing.T, c *config, s store.Store) {

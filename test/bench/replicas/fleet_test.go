@@ -24,7 +24,7 @@ var (
 	fleetRamp       = flag.Int("fleet-ramp", 100, "the load generator's --ramp: nodes connect in batches of this many")
 	fleetConnect    = flag.Duration("fleet-connect", 10*time.Minute, "how long the nodes may take to connect")
 	reportFlag      = flag.String("report", "", "append the results as Markdown to this file")
-	leaseTTL        = flag.Duration("lease-ttl", 10*time.Second, "the replicas' --lease-ttl, when the aggregator has the flag")
+	leaseTTL        = flag.Duration("lease-ttl", 10*time.Second, "the replicas' --lease-ttl")
 )
 
 // replicaProc is one vigil-aggregator process of a replica set.
@@ -34,26 +34,18 @@ type replicaProc struct {
 }
 
 // replicaSet starts n real vigil-aggregator processes on loopback that
-// share their state in one etcd cluster under prefix. The replicas' own
-// flags (--replica-id, --advertise-api, --lease-ttl) are given when the
-// binary has them; a build without them runs n independent aggregators on
-// the same store, which the results say.
+// share their state in one etcd cluster under prefix.
 type replicaSet struct {
 	t        testing.TB
 	bin, dir string
 	args     []string // common to every replica
-	replicas bool     // the binary has --replica-id
 	members  []*replicaProc
 }
 
 func newReplicaSet(t testing.TB, bin, dir string, endpoints []string, prefix string, common ...string) *replicaSet {
-	rs := &replicaSet{t: t, bin: bin, dir: dir, replicas: hasFlag(bin, "replica-id")}
-	rs.args = append([]string{"--log-level", "warn", "--etcd-endpoints", strings.Join(endpoints, ","), "--etcd-prefix", prefix}, common...)
-	if rs.replicas {
-		rs.args = append(rs.args, "--lease-ttl", leaseTTL.String())
-	} else {
-		t.Logf("%s has no --replica-id: running independent aggregators on one etcd store (the replicas branch is not in this build)", bin)
-	}
+	rs := &replicaSet{t: t, bin: bin, dir: dir}
+	rs.args = append([]string{"--log-level", "warn", "--etcd-endpoints", strings.Join(endpoints, ","), "--etcd-prefix", prefix,
+		"--lease-ttl", leaseTTL.String()}, common...)
 	return rs
 }
 
@@ -69,10 +61,8 @@ func (rs *replicaSet) start(i int) *replicaProc {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		rs.t.Fatal(err)
 	}
-	args := append(slices.Clone(rs.args), "--grpc-listen", r.grpc, "--http-listen", r.http, "--data-dir", dataDir)
-	if rs.replicas {
-		args = append(args, "--replica-id", r.id, "--advertise-api", r.grpc)
-	}
+	args := append(slices.Clone(rs.args), "--grpc-listen", r.grpc, "--http-listen", r.http, "--data-dir", dataDir,
+		"--replica-id", r.id, "--advertise-api", r.grpc)
 	r.proc = startProc(rs.t, rs.dir, fmt.Sprintf("%s-%d", r.id, time.Now().UnixNano()), rs.bin, args...)
 	return r
 }
@@ -86,13 +76,12 @@ func (r *replicaProc) selfMetrics() (map[string]float64, error) {
 
 // fleetResult is one replica count's figures.
 type fleetResult struct {
-	replicas      int
-	perReplica    []replicaFigures
-	etcdCPU       float64 // share of a core, all members together
-	loadgenCPU    float64
-	exposedOnce   bool
-	exposedTotal  int
-	independentAg bool
+	replicas     int
+	perReplica   []replicaFigures
+	etcdCPU      float64 // share of a core, all members together
+	loadgenCPU   float64
+	exposedOnce  bool
+	exposedTotal int
 }
 
 type replicaFigures struct {
@@ -204,7 +193,7 @@ func runFleet(t *testing.T, aggBin, genBin string, endpoints []string, etcdPids 
 	t.Logf("%d nodes connected to %d replicas in %s", *fleetNodes, n, time.Since(start).Round(time.Second))
 	time.Sleep(*fleetSettle) // a measurement window, not a wait for a condition
 
-	res := fleetResult{replicas: n, independentAg: !rs.replicas}
+	res := fleetResult{replicas: n}
 	samples := func(r *replicaProc) float64 {
 		self, err := r.selfMetrics()
 		if err != nil {
@@ -330,21 +319,8 @@ func report(t *testing.T, results []fleetResult) {
 				r.replicas, i, f.nodes, f.cpu*100, f.msPer1000Samples, gib(f.rssBefore), gib(f.rssAfter),
 				f.coldMax.Seconds(), f.warmMax.Seconds(), f.coldCPU.Seconds(), f.warmCPU.Seconds(), f.series, etcd)
 		}
-		if r.independentAg {
-			fmt.Fprintf(&b, "| %d | | | | | | | | | (independent aggregators: the build has no replicas) |\n", r.replicas)
-		}
 	}
-	t.Log(b.String())
-	if *reportFlag != "" {
-		f, err := os.OpenFile(*reportFlag, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if _, err := f.WriteString(b.String()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeReport(t, b.String())
 }
 
 // waitForPoll is waitFor with a polling period of its own (each poll of a

@@ -160,11 +160,22 @@ func build(t testing.TB, name, pkg string) string {
 	return bin
 }
 
-// hasFlag says whether a command defines a flag (its -h output names it):
-// the benchmarks use the replicas' flags only on a build that has them.
-func hasFlag(bin, flag string) bool {
-	out, _ := exec.Command(bin, "-h").CombinedOutput()
-	return bytes.Contains(out, []byte("-"+flag+" ")) || bytes.Contains(out, []byte("-"+flag+"\n"))
+// writeReport logs a benchmark's results and, with -report, appends them to
+// that file.
+func writeReport(t testing.TB, text string) {
+	t.Helper()
+	t.Log(text)
+	if *reportFlag == "" {
+		return
+	}
+	f, err := os.OpenFile(*reportFlag, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(text); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // scrape is one GET of an aggregator's /metrics (a shard of it when shards

@@ -317,15 +317,5 @@ func percentileMs(d []time.Duration, p float64) float64 {
 // last said once timeout has passed.
 func waitFor(tb testing.TB, timeout time.Duration, what string, cond func() error) {
 	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("%s: not within %s: %v", what, timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitForPoll(tb, timeout, 20*time.Millisecond, what, cond)
 }
