@@ -8,6 +8,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
@@ -24,7 +25,7 @@ import (
 // A Write produces exactly what WriteNode would for the same input.
 // Containers that are no longer in the input are forgotten at once. The
 // zero value is ready to use; a NodeCache is safe for concurrent use
-// (Writes are serialized: a scrape holds it while it writes).
+// (a scrape holds it while it writes; see Write).
 type NodeCache struct {
 	mu         sync.Mutex
 	node       string
@@ -36,7 +37,9 @@ type NodeCache struct {
 	rest       scratch // network and node series
 	fp         []byte
 	bw         *bufio.Writer
-	stats      CacheStats
+	// The counters of CacheStats, read without the lock (a scrape may
+	// hold it for as long as its scraper takes to read).
+	writes, rendered, reused, uncached atomic.Uint64
 }
 
 // CacheStats counts a NodeCache's work since it was made.
@@ -46,6 +49,9 @@ type CacheStats struct {
 	// Rendered and Reused count containers rendered again and containers
 	// whose kept series were written as they were.
 	Rendered, Reused uint64
+	// Uncached counts Writes that found the cache held by another and
+	// rendered the node on their own.
+	Uncached uint64
 }
 
 type cachedContainer struct {
@@ -58,38 +64,44 @@ type cachedContainer struct {
 
 // Stats returns what the cache did so far.
 func (c *NodeCache) Stats() CacheStats {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.stats
+	return CacheStats{Writes: c.writes.Load(), Rendered: c.rendered.Load(), Reused: c.reused.Load(), Uncached: c.uncached.Load()}
 }
 
 // Write writes the node's exposition (text format 0.0.4) to w and returns
 // the number of series written. in is read as RenderNode reads it.
 //
-// The exposition is assembled under the cache's lock into a buffer of its
-// own and written to w after: a scraper that reads slowly holds no other
-// scrape.
+// The cache is held while it writes to w, through a 32 KiB buffer: no copy
+// of the whole exposition (about 200 KB at 100 containers) is made, and
+// none is kept between scrapes. A scrape that finds the cache held by
+// another one (a second Prometheus, or a scraper that reads slowly) does
+// not wait for it: it renders the node on its own, uncached (counted in
+// CacheStats.Uncached), and produces the same exposition.
 func (c *NodeCache) Write(w io.Writer, in NodeInput) (int, error) {
-	buf := outPool.Get().(*bytes.Buffer)
-	defer outPool.Put(buf)
-	buf.Reset()
-	series, err := c.assemble(buf, in)
-	if err != nil {
-		return series, err
+	if !c.mu.TryLock() {
+		r := RenderNode(in)
+		bw := bufio.NewWriterSize(w, 32<<10)
+		_, err := WriteFamilies(bw, []*Rendered{r})
+		c.writes.Add(1)
+		c.uncached.Add(1)
+		return r.Series(), err
 	}
-	_, err = buf.WriteTo(w)
+	defer c.mu.Unlock()
+	series := c.update(in)
+	if c.bw == nil {
+		c.bw = bufio.NewWriterSize(w, 32<<10)
+	} else {
+		c.bw.Reset(w)
+	}
+	err := c.writeTo(c.bw)
+	c.bw.Reset(nil) // keep no reference to w
 	return series, err
 }
 
-// outPool holds the buffers Write assembles an exposition in (about 200 KB
-// at 100 containers), one per scrape in flight.
-var outPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-// assemble renders what changed and writes the whole exposition to buf.
-func (c *NodeCache) assemble(buf *bytes.Buffer, in NodeInput) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.stats.Writes++
+// update renders what changed since the last Write and makes this
+// Write's list of containers; c.mu is held. It returns the number of
+// series of the exposition.
+func (c *NodeCache) update(in NodeInput) int {
+	c.writes.Add(1)
 	c.gen++
 	if c.containers == nil || c.node != in.Name {
 		c.containers = make(map[identity]*cachedContainer)
@@ -130,9 +142,9 @@ func (c *NodeCache) assemble(buf *bytes.Buffer, in NodeInput) (int, error) {
 		if e.fp == nil || !bytes.Equal(fp, e.fp) {
 			c.renderContainer(e, node, ct, sm)
 			e.fp = append(e.fp[:0], fp...)
-			c.stats.Rendered++
+			c.rendered.Add(1)
 		} else {
-			c.stats.Reused++
+			c.reused.Add(1)
 		}
 		series += e.lines
 		c.list = append(c.list, e)
@@ -142,21 +154,13 @@ func (c *NodeCache) assemble(buf *bytes.Buffer, in NodeInput) (int, error) {
 			delete(c.containers, id)
 		}
 	}
+	clear(c.byID) // keep no reference to in's containers
 	slices.SortFunc(c.list, func(a, b *cachedContainer) int { return compareIdentity(a.id, b.id) })
 
 	c.rest.reset()
 	c.rest.containerNetwork(in, node)
 	c.rest.nodeSeries(in, node)
-	series += c.rest.lines
-
-	if c.bw == nil {
-		c.bw = bufio.NewWriterSize(buf, 32<<10)
-	} else {
-		c.bw.Reset(buf)
-	}
-	err := c.writeTo(c.bw)
-	c.bw.Reset(nil) // keep no reference to buf
-	return series, err
+	return series + c.rest.lines
 }
 
 func (c *NodeCache) renderContainer(e *cachedContainer, node []byte, ct *vigilv1.Container, sm *vigilv1.ResourceSample) {

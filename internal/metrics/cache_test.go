@@ -105,6 +105,53 @@ func TestNodeCacheRendersOnlyWhatChanged(t *testing.T) {
 	}
 }
 
+// blockingWriter accepts its first Write, then blocks every later one
+// until release is closed: a scraper that stopped reading.
+type blockingWriter struct {
+	wrote   chan struct{}
+	release chan struct{}
+	n       int
+}
+
+func (w *blockingWriter) Write(p []byte) (int, error) {
+	w.n++
+	if w.n == 1 {
+		close(w.wrote)
+	}
+	<-w.release
+	return len(p), nil
+}
+
+// TestNodeCacheScrapeWhileHeld: a scrape that finds the cache held by a
+// scraper that stopped reading is not held up: it renders on its own and
+// writes the same exposition; the cache is usable again once the slow one
+// is done.
+func TestNodeCacheScrapeWhileHeld(t *testing.T) {
+	in := sceneNode()
+	var c metrics.NodeCache
+	cacheWrite(t, &c, in)
+	slow := &blockingWriter{wrote: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Write(slow, in)
+		done <- err
+	}()
+	<-slow.wrote // the slow scrape holds the cache, blocked in its writer
+	cacheWrite(t, &c, in)
+	if st := c.Stats(); st.Uncached != 1 {
+		t.Fatalf("stats %+v: want the scrape while held counted as uncached", st)
+	}
+	close(slow.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	before := c.Stats()
+	cacheWrite(t, &c, in)
+	if st := c.Stats(); st.Uncached != before.Uncached || st.Reused <= before.Reused {
+		t.Fatalf("after the slow scrape: %+v (before %+v), want the cache used again", st, before)
+	}
+}
+
 // TestSampleFingerprintCoversEveryField: a change of any field of a
 // resource sample but its key and timestamp shows in the exposition the
 // cache writes (a field added to the protocol and rendered, but left out
