@@ -166,6 +166,9 @@ type tracked struct {
 	// unavailableRetries counts the tries of the pending restart in a row
 	// that containerd did not answer (unavailableRetry).
 	unavailableRetries int
+	// shimLostRetries counts the restarts in a row whose shim containerd
+	// lost since the task last started (shimLostRetryMax).
+	shimLostRetries int
 
 	// conditions are its network namespace's conditions (domain values;
 	// the protocol's are built in containerProto).

@@ -91,7 +91,7 @@ func (a *Agent) view(t *tracked) ctrView {
 		State: t.c.State, Pid: t.c.Pid, StartedAt: t.c.StartedAt, Manager: t.c.Manager,
 		Tracker: *t.tracker,
 		Timer:   t.timer != nil, InFlight: t.inFlight, ExpectDelete: t.expectDelete, Resume: t.resume,
-		CreateRetries: t.createRetries, UnavailableRetries: t.unavailableRetries,
+		CreateRetries: t.createRetries, UnavailableRetries: t.unavailableRetries, ShimLostRetries: t.shimLostRetries,
 	}
 	key := containerKey(t.c.Key())
 	a.mu.RUnlock()

@@ -221,6 +221,7 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 	t.resume = false
 	t.createRetries = 0
 	t.unavailableRetries = 0
+	t.shimLostRetries = 0
 	if t.timer != nil && !t.tracker.State.Pending {
 		t.timer.Stop()
 		t.timer = nil
