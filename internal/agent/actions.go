@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/runtime"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -47,7 +48,7 @@ const (
 // actionResult is how slow work reports back to the loop.
 type actionResult struct {
 	kind    actionKind
-	key     runtime.Key
+	key     container.Key
 	err     error
 	command *vigilv1.Command
 	outcome vigilv1.CommandOutcome

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/metrics"
 	"github.com/vigilhq/vigil/internal/network"
 	"github.com/vigilhq/vigil/internal/procstat"
@@ -84,7 +85,7 @@ func policyKindOrNo(k restart.Kind) restart.Kind {
 // aggregator needs one.
 func (a *Agent) snapshot() *vigilv1.Snapshot {
 	type keyed struct {
-		k runtime.Key
+		k container.Key
 		t *tracked
 	}
 	a.mu.RLock()
@@ -156,14 +157,13 @@ func (a *Agent) sendNodeStatus() {
 // applyConditions copies each namespace's network conditions onto the
 // containers living in it, and reports containers whose conditions changed.
 func (a *Agent) applyConditions(ctx context.Context, snap *network.Snapshot) {
-	byContainer := map[runtime.Key][]network.Condition{}
+	byContainer := map[container.Key][]network.Condition{}
 	for i := range snap.Namespaces {
 		ns := &snap.Namespaces[i]
 		if ns.Host {
 			continue
 		}
-		for _, ref := range ns.Containers {
-			k := runtime.Key{Namespace: ref.Namespace, ID: ref.ID}
+		for _, k := range ns.Containers {
 			for j := range ns.Conditions {
 				byContainer[k] = append(byContainer[k], ns.Conditions[j])
 			}
@@ -252,14 +252,14 @@ func (a *Agent) attachNetwork(t *tracked) {
 		return
 	}
 	src := network.Source{PID: t.c.Pid, HostNetwork: t.c.HostNetwork, Primary: t.c.Pod != nil && t.c.Pod.Sandbox}
-	if err := a.net.Attach(network.ContainerRef{Namespace: t.c.Namespace, ID: t.c.ID}, src); err != nil {
+	if err := a.net.Attach(t.c.Key(), src); err != nil {
 		a.log.Debug("network attach", "container", t.c.ID, "err", err)
 	}
 }
 
 func (a *Agent) detachNetwork(t *tracked) {
 	if a.net != nil {
-		a.net.Detach(network.ContainerRef{Namespace: t.c.Namespace, ID: t.c.ID})
+		a.net.Detach(t.c.Key())
 	}
 }
 

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/testenv"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
@@ -39,7 +39,7 @@ func TestShimLostRestartIsNotARun(t *testing.T) {
 		a := h.agent
 		a.mu.RLock()
 		defer a.mu.RUnlock()
-		if c, ok := a.containers[runtime.Key{Namespace: h.ns, ID: id}]; ok {
+		if c, ok := a.containers[container.Key{Namespace: h.ns, ID: id}]; ok {
 			return c.shimLostRetries
 		}
 		return 0

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/vigilhq/vigil/internal/container"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -122,7 +123,7 @@ func (c *NodeCache) assemble(buf *bytes.Buffer, in NodeInput) (int, error) {
 		e.gen = c.gen
 		var sm *vigilv1.ResourceSample
 		if isActive(ct) {
-			sm = in.Samples[ContainerKey{ct.GetNamespace(), ct.GetId()}]
+			sm = in.Samples[container.Key{Namespace: ct.GetNamespace(), ID: ct.GetId()}]
 		}
 		fp := appendContainerValues(c.fp[:0], ct)
 		fp = appendSampleValues(fp, sm)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/testenv"
 )
@@ -26,7 +27,7 @@ func TestRestartShimKilledInCreate(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "kill-shim")
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: t.TempDir()})
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "shimkill", Image: image, Args: []string{"true"}, Hooks: testenv.KillShimHooks(marker)})
-	k := Key{ns, "shimkill"}
+	k := container.Key{Namespace: ns, ID: "shimkill"}
 	w.waitForKey(k, EventExited)
 
 	if err := os.WriteFile(marker, nil, 0o644); err != nil {
