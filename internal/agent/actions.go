@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/runtime"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -46,7 +48,7 @@ const (
 // actionResult is how slow work reports back to the loop.
 type actionResult struct {
 	kind    actionKind
-	key     runtime.Key
+	key     container.Key
 	err     error
 	command *vigilv1.Command
 	outcome vigilv1.CommandOutcome
@@ -145,6 +147,36 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 			a.log.Warn("restart failed: containerd did not answer; trying again, not counted against the restart policy", "container", res.key.ID, "namespace", res.key.Namespace,
 				"attempt", n, "in", retry, "resume", resume, "err", res.err)
 			a.armRestart(t, d)
+			return
+		case resultRetryShimLost:
+			a.mu.Lock()
+			t.shimLostRetries++
+			t.resume, t.expectDelete = resume, false
+			d := t.tracker.State.Last
+			d.At = a.now().Add(retry)
+			n := t.shimLostRetries
+			a.mu.Unlock()
+			a.self.restartShimLost.With("retried").Inc()
+			a.log.Warn("restart failed: containerd lost the task's shim; trying again, not counted against the restart policy", "container", res.key.ID, "namespace", res.key.Namespace,
+				"attempt", n, "of", shimLostRetryMax, "in", retry, "resume", resume, "err", res.err)
+			a.armRestart(t, d)
+			return
+		case resultFailedShimLost:
+			// The shim lost again, past the tries it is given: a failed run
+			// of the container, which the policy decides on. Its reason
+			// (the decision event, the state) says why.
+			a.mu.Lock()
+			t.shimLostRetries++
+			n := t.shimLostRetries
+			t.expectDelete = false
+			t.resume = resume
+			t.unavailableRetries = 0
+			d := t.tracker.OnRestartFailed(fmt.Sprintf("containerd lost the task's shim %d times in a row (counted against the policy after %d): %v", n, shimLostRetryMax, res.err), a.now())
+			a.mu.Unlock()
+			a.self.restartShimLost.With("counted").Inc()
+			a.log.Error("restart failed: containerd lost the task's shim again; counted against the restart policy", "container", res.key.ID, "namespace", res.key.Namespace,
+				"in_a_row", n, "err", res.err)
+			a.applyDecision(t, d)
 			return
 		case resultOperatorStop:
 			// An operator deleted the exited task before we could replace

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vigilhq/vigil/internal/agent/uplink"
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/gossip"
 	"github.com/vigilhq/vigil/internal/health"
@@ -65,14 +66,14 @@ type Agent struct {
 	started time.Time
 
 	mu         sync.RWMutex // guards containers and netSnapshot
-	containers map[runtime.Key]*tracked
+	containers map[container.Key]*tracked
 	lastNet    []*vigilv1.NetworkNamespace
-	lastStats  map[runtime.Key]*vigilv1.ResourceSample
+	lastStats  map[container.Key]*vigilv1.ResourceSample
 	// fsUsage is the last writable-layer usage per container
 	// (fsUsageSampler).
 	fsUsage fsUsage
 
-	due chan runtime.Key // restart timers fire here
+	due chan container.Key // restart timers fire here
 	// replies wait for the state dir to hold what they report
 	// (replyWhenDurable).
 	replyMu   sync.Mutex
@@ -107,7 +108,7 @@ type Agent struct {
 	// restartHook, when set (tests only), wraps the call that replaces a
 	// task, after the restart's durable mark: it may stand for the agent
 	// dying mid-restart (not calling restart), or delay what follows it.
-	restartHook func(ctx context.Context, k runtime.Key, restart func(context.Context) error) error
+	restartHook func(ctx context.Context, k container.Key, restart func(context.Context) error) error
 	// commandHook, when set (tests only), wraps an accepted command's
 	// action: it may stand for the agent dying while carrying it out.
 	commandHook func(ctx context.Context, cmd *vigilv1.Command, run func(context.Context) error) error
@@ -166,6 +167,9 @@ type tracked struct {
 	// unavailableRetries counts the tries of the pending restart in a row
 	// that containerd did not answer (unavailableRetry).
 	unavailableRetries int
+	// shimLostRetries counts the restarts in a row whose shim containerd
+	// lost since the task last started (shimLostRetryMax).
+	shimLostRetries int
 
 	// conditions are its network namespace's conditions (domain values;
 	// the protocol's are built in containerProto).
@@ -204,9 +208,9 @@ func New(cfg Config) (*Agent, error) {
 		log:        log,
 		store:      store,
 		reg:        metrics.NewRegistry(),
-		containers: map[runtime.Key]*tracked{},
-		lastStats:  map[runtime.Key]*vigilv1.ResourceSample{},
-		due:        make(chan runtime.Key, 256),
+		containers: map[container.Key]*tracked{},
+		lastStats:  map[container.Key]*vigilv1.ResourceSample{},
+		due:        make(chan container.Key, 256),
 		flushKick:  make(chan struct{}, 1),
 		samples:    make(chan sampleResult, 1),
 		actions:    make(chan actionResult, 256),

@@ -22,8 +22,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/vishvananda/netlink"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/metrics/expotest"
-	"github.com/vigilhq/vigil/internal/runtime"
 	"github.com/vigilhq/vigil/internal/testenv"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
@@ -651,7 +651,7 @@ func TestFinishesAnInterruptedRestart(t *testing.T) {
 	// "created" a new task made and never started. Then it hangs until the
 	// agent stops, and its restart goes no further.
 	h.hook = func(a *Agent) {
-		a.restartHook = func(rctx context.Context, k runtime.Key, _ func(context.Context) error) error {
+		a.restartHook = func(rctx context.Context, k container.Key, _ func(context.Context) error) error {
 			cont, err := cl.LoadContainer(ctx, k.ID)
 			if err != nil {
 				return err
@@ -786,7 +786,7 @@ func TestStopLetsRestartInFlightFinish(t *testing.T) {
 	var abandoned atomic.Bool
 	hook := func(delay time.Duration) func(a *Agent) {
 		return func(a *Agent) {
-			a.restartHook = func(ctx context.Context, _ runtime.Key, restart func(context.Context) error) error {
+			a.restartHook = func(ctx context.Context, _ container.Key, restart func(context.Context) error) error {
 				select {
 				case entered <- struct{}{}:
 				default:
@@ -861,7 +861,7 @@ func TestLateDeleteOfPreviousRunsRestart(t *testing.T) {
 	h := newHarness(t)
 	reached := make(chan struct{}, 1)
 	h.hook = func(a *Agent) {
-		a.restartHook = func(ctx context.Context, _ runtime.Key, _ func(context.Context) error) error {
+		a.restartHook = func(ctx context.Context, _ container.Key, _ func(context.Context) error) error {
 			select {
 			case reached <- struct{}{}:
 			default:
@@ -908,7 +908,7 @@ func TestRestartDueBeforeResult(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	h.hook = func(a *Agent) {
-		a.restartHook = func(ctx context.Context, _ runtime.Key, restart func(context.Context) error) error {
+		a.restartHook = func(ctx context.Context, _ container.Key, restart func(context.Context) error) error {
 			err := restart(ctx)
 			select { // the result comes back late
 			case <-time.After(2 * time.Second):

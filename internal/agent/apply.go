@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/health"
 	"github.com/vigilhq/vigil/internal/runtime"
 	"github.com/vigilhq/vigil/internal/statedir"
@@ -20,18 +21,18 @@ import (
 // (containerd) implements it. Its calls are slow (100-200 ms); they run on
 // actions' goroutines (runAction), never on the loop.
 type taskControl interface {
-	Stop(ctx context.Context, k runtime.Key, grace time.Duration, opts ...runtime.StopOption) error
-	Kill(ctx context.Context, k runtime.Key, sig syscall.Signal) error
-	Restart(ctx context.Context, k runtime.Key, opts ...runtime.RestartOption) error
+	Stop(ctx context.Context, k container.Key, grace time.Duration, opts ...runtime.StopOption) error
+	Kill(ctx context.Context, k container.Key, sig syscall.Signal) error
+	Restart(ctx context.Context, k container.Key, opts ...runtime.RestartOption) error
 }
 
 // prober runs containers' health checks: the health scheduler implements
 // it. Its calls return at once.
 type prober interface {
-	Add(k runtime.Key, cfg health.Config, tgt health.Target) error
-	Update(k runtime.Key, cfg health.Config, tgt health.Target) error
-	Remove(k runtime.Key)
-	Health(k runtime.Key) (health.Health, bool)
+	Add(k container.Key, cfg health.Config, tgt health.Target) error
+	Update(k container.Key, cfg health.Config, tgt health.Target) error
+	Remove(k container.Key)
+	Health(k container.Key) (health.Health, bool)
 }
 
 // reporter sends what the agent reports upstream: the uplink implements it
@@ -49,7 +50,7 @@ var (
 // applyRestart carries out a due restart as decideRestartDue planned it:
 // stop a task that still runs, write the durable begun mark, replace the
 // task. It runs on the restart's goroutine.
-func (a *Agent) applyRestart(ctx context.Context, key runtime.Key, plan restartPlan, stop stopSpec, output runtime.TaskOutput) error {
+func (a *Agent) applyRestart(ctx context.Context, key container.Key, plan restartPlan, stop stopSpec, output runtime.TaskOutput) error {
 	if plan.StopFirst {
 		// An unhealthy restart whose kill has not been seen yet: stop
 		// first.
@@ -91,9 +92,9 @@ func (a *Agent) view(t *tracked) ctrView {
 		State: t.c.State, Pid: t.c.Pid, StartedAt: t.c.StartedAt, Manager: t.c.Manager,
 		Tracker: *t.tracker,
 		Timer:   t.timer != nil, InFlight: t.inFlight, ExpectDelete: t.expectDelete, Resume: t.resume,
-		CreateRetries: t.createRetries, UnavailableRetries: t.unavailableRetries,
+		CreateRetries: t.createRetries, UnavailableRetries: t.unavailableRetries, ShimLostRetries: t.shimLostRetries,
 	}
-	key := containerKey(t.c.Key())
+	key := t.c.Key().String()
 	a.mu.RUnlock()
 	a.store.View(func(tx statedir.Tx) {
 		if r, ok := tx.LookupContainer(key); ok {

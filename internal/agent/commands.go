@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/runtime"
 	"github.com/vigilhq/vigil/internal/statedir"
@@ -192,7 +193,7 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 	action := cmd.GetAction()
 	in := commandFacts{now: a.now(), isolation: a.isolation(), policy: a.commandPolicy(), networkOn: a.net != nil}
 	var t *tracked
-	key := runtime.Key{Namespace: target.GetNamespace(), ID: target.GetContainerId()}
+	key := container.Key{Namespace: target.GetNamespace(), ID: target.GetContainerId()}
 	if action == vigilv1.RemediationAction_REMEDIATION_ACTION_LINK_UP {
 		in.target = a.linkTarget(target.GetNetnsInode())
 	} else {
@@ -302,7 +303,7 @@ type commandDecision struct {
 // node's isolation, who may ask for what (before whether the container
 // exists: a refused namespace learns nothing of its containers), the
 // target, the action, the fence. Pure: the caller applies it.
-func decideCommand(cmd *vigilv1.Command, key runtime.Key, in commandFacts) commandDecision {
+func decideCommand(cmd *vigilv1.Command, key container.Key, in commandFacts) commandDecision {
 	reply := func(o vigilv1.CommandOutcome, msg string) commandDecision {
 		return commandDecision{outcome: o, message: msg}
 	}
@@ -333,7 +334,7 @@ func decideCommand(cmd *vigilv1.Command, key runtime.Key, in commandFacts) comma
 		return commandDecision{accept: true}
 	}
 	if !in.target.found {
-		return reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_NOT_FOUND, fmt.Sprintf("no container %s/%s on this node", key.Namespace, key.ID))
+		return reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_NOT_FOUND, fmt.Sprintf("no container %s on this node", key))
 	}
 	switch action {
 	case vigilv1.RemediationAction_REMEDIATION_ACTION_KILL, vigilv1.RemediationAction_REMEDIATION_ACTION_STOP,
@@ -349,7 +350,7 @@ func decideCommand(cmd *vigilv1.Command, key runtime.Key, in commandFacts) comma
 
 // fenceBroken says why a command's fence no longer holds, "" when it
 // holds (or there is none).
-func fenceBroken(f *vigilv1.Fence, key runtime.Key, restartCount uint32) string {
+func fenceBroken(f *vigilv1.Fence, key container.Key, restartCount uint32) string {
 	if f == nil {
 		return ""
 	}

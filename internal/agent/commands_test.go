@@ -6,9 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/runtime"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 func TestCommandPolicyRefusal(t *testing.T) {
@@ -68,7 +70,7 @@ func TestCommandPolicyRefusal(t *testing.T) {
 }
 
 func TestFenceBroken(t *testing.T) {
-	k := runtime.Key{Namespace: "default", ID: "web"}
+	k := container.Key{Namespace: "default", ID: "web"}
 	for _, tc := range []struct {
 		fence *vigilv1.Fence
 		count uint32
@@ -117,7 +119,7 @@ func TestParseStopSpec(t *testing.T) {
 // name the integration tests that prove the same rules end to end.
 func TestDecideCommand(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	key := runtime.Key{Namespace: "prod", ID: "web"}
+	key := container.Key{Namespace: "prod", ID: "web"}
 	open := commandPolicy{authenticated: true}
 	found := commandTarget{namespace: "prod", found: true, manager: runtime.ManagerVigil}
 	cmd := func(a vigilv1.RemediationAction, mod func(*vigilv1.Command)) *vigilv1.Command {

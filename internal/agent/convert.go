@@ -27,9 +27,6 @@ func identity(c *runtime.Container) string {
 	return c.Namespace + "///" + c.ID
 }
 
-// containerKey is the store key of a container.
-func containerKey(k runtime.Key) string { return k.Namespace + "/" + k.ID }
-
 // relevantLabel reports whether a label is sent upstream: only the ones Vigil
 // reads, so that free-form labels never travel (or become series).
 func relevantLabel(k string) bool {

@@ -45,8 +45,10 @@ type ctrView struct {
 	// (zero when none); LastExitSeen the exit time last counted.
 	Begun, LastExitSeen time.Time
 	// CreateRetries counts the tries an interrupted create blocked;
-	// UnavailableRetries the tries containerd did not answer.
-	CreateRetries, UnavailableRetries int
+	// UnavailableRetries the tries containerd did not answer;
+	// ShimLostRetries the tries in a row whose shim was lost, since the
+	// container's task last started (never reset by a counted failure).
+	CreateRetries, UnavailableRetries, ShimLostRetries int
 }
 
 func (v ctrView) vigils() bool { return v.Manager == runtime.ManagerVigil }
@@ -255,6 +257,8 @@ const (
 	resultRetryCreate                               // an interrupted create blocks it: again, as a resumed restart, off the policy
 	resultOperatorStop                              // the exited task was deleted by someone else first
 	resultRetryUnavailable                          // containerd did not answer: again, with a capped backoff, off the policy
+	resultRetryShimLost                             // the task's shim was lost: again, with a capped backoff, off the policy (shimLostRetryMax times in a row)
+	resultFailedShimLost                            // the shim lost more than shimLostRetryMax times in a row: a failure, the policy decides
 	resultFailed                                    // a failure like any other: the policy decides
 )
 
@@ -266,6 +270,15 @@ const (
 // task and replaces a task that the failed create may still have made. (It required the old task, failed
 // with ErrTaskGone and took its own delete for an operator's stop: the
 // container stayed down.)
+//
+// A restart that containerd did not answer (errdefs.ErrUnavailable) is no
+// run of the container: tried again with a capped backoff, off the policy,
+// for as long as it takes (containerd coming back ends it). A restart whose
+// shim containerd lost (runtime.ErrShimLost, an ErrUnavailable: "ttrpc:
+// closed" in the create or start) is tried the same way, but at most
+// shimLostRetryMax times in a row before a task starts: past that it is
+// counted against the policy (resultFailedShimLost), so that a container
+// that always kills its shim is not retried forever unseen.
 func decideRestartResult(v ctrView, err error) (verdict resultVerdict, retryIn time.Duration, resume bool) {
 	switch {
 	case err == nil:
@@ -274,6 +287,22 @@ func decideRestartResult(v ctrView, err error) (verdict resultVerdict, retryIn t
 		return resultRetryCreate, createRetry(err, v.CreateRetries), true
 	case errors.Is(err, runtime.ErrTaskGone):
 		return resultOperatorStop, 0, false
+	case errors.Is(err, runtime.ErrShimLost):
+		// containerd lost the task's shim in the create or start ("ttrpc:
+		// closed": the shim died under load in test/crash, and on-failure
+		// gave up on a container that never ran). Not a run either: tried
+		// again as containerd's silence is, resumed (a task the failed
+		// create left is replaced). But a container whose every create
+		// kills its shim (a hook, a runtime that crashes on its spec) would
+		// be retried forever without counting: after shimLostRetryMax
+		// tries in a row without a start, each further one is a failed run
+		// of the container and the policy decides (on-failure:N gives up,
+		// always backs off to its maximum as for a crash loop).
+		resume := v.Resume || (!v.Begun.IsZero() && pastOldTaskDelete(err))
+		if v.ShimLostRetries >= shimLostRetryMax {
+			return resultFailedShimLost, 0, resume
+		}
+		return resultRetryShimLost, unavailableRetry(v.ShimLostRetries), resume
 	case errors.Is(err, errdefs.ErrUnavailable):
 		// containerd did not answer (a call that timed out on a loaded
 		// node, a lost connection): not a run of the container, so, like
@@ -294,8 +323,15 @@ const (
 	unavailableRetryMax   = 30 * time.Second
 )
 
+// shimLostRetryMax is how many restarts of a container in a row (with no
+// task start between them) whose shim containerd lost are tried again off
+// the policy: 1 s, 2 s, 4 s, 8 s and 16 s after each, half a minute in
+// all, which rides out a node under load. The count is the agent's (not
+// in the state dir): an agent restart starts it again.
+const shimLostRetryMax = 5
+
 // unavailableRetry is the wait before the next try of a restart that
-// containerd did not answer tries times in a row.
+// containerd did not answer (or whose shim it lost) tries times in a row.
 func unavailableRetry(tries int) time.Duration {
 	d := unavailableRetryFirst
 	for i := 0; i < tries && d < unavailableRetryMax; i++ {

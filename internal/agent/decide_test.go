@@ -31,7 +31,8 @@ import (
 //	decideRestartMadeAway TestFinishesAnInterruptedRestart ("started")
 //	decideRestartDue  TestUnhealthyContainerIsRestarted (stop first), TestRestartDueBeforeResult,
 //	                  TestFinishesAnInterruptedRestart (resume), TestStopThenStartCommands (explicit stop)
-//	decideRestartResult TestOperatorStopRacingRestartNoMisleadingEvent (task gone), table only (create retries,
+//	decideRestartResult TestOperatorStopRacingRestartNoMisleadingEvent (task gone), TestShimLostRestartIsNotARun
+//	                  (a shim lost: retried off the policy, then counted), table only (create retries,
 //	                  containerd unavailable: TestDecideRestartResultUnavailable)
 //	decideExit / decideTaskDeleted of a leftover (Event.Leftover): TestDecideLeftoverExitAndDelete,
 //	                  table only (runtime's TestRestartClearsLeftoverOnAlreadyExists marks them)
@@ -279,39 +280,68 @@ func TestDecideRestartDue(t *testing.T) {
 }
 
 func TestDecideRestartResult(t *testing.T) {
-	v := ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}
 	raced := fmt.Errorf("create: %w", runtime.ErrCreateRaced)
+	// A shim lost, as Restart returns it: containerd's answer (test/crash,
+	// and runtime's TestRestartShimKilledInCreate) translated at the
+	// runtime's edge.
+	shimLost := func(call, what, desc string) error {
+		return fmt.Errorf("restart ns/c: %s (%w): containerd %s: %w: rpc error: code = Unknown desc = %s", what, runtime.ErrAfterDelete, call, runtime.ErrShimLost, desc)
+	}
+	lostInCreate := shimLost("task_create", "create task", "failed to create shim task: ttrpc: closed: unknown")
+	lostInStart := shimLost("task_start", "start task", "ttrpc: closed: unknown")
+	lostBeforeDelete := fmt.Errorf("restart ns/c: containerd task_get: %w: rpc error: code = Unknown desc = ttrpc: closed: unknown", runtime.ErrShimLost)
 	for _, r := range []struct {
-		name    string
-		err     error
-		tries   int
-		begun   time.Time
-		want    resultVerdict
-		retryIn time.Duration
-		resume  bool
+		name      string
+		err       error
+		tries     int // CreateRetries
+		shimTries int // ShimLostRetries
+		resumed   bool
+		begun     time.Time
+		want      resultVerdict
+		retryIn   time.Duration
+		resume    bool
 	}{
-		{"done", nil, 0, t0, resultDone, 0, false},
-		{"a create raced: again in a second", raced, 0, t0, resultRetryCreate, time.Second, true},
+		{"done", nil, 0, 0, false, t0, resultDone, 0, false},
+		{"a create raced: again in a second", raced, 0, 0, false, t0, resultRetryCreate, time.Second, true},
 		// test/crash: the policy gave up after 10 and left the container
 		// down; it keeps trying, every 30 s, off the policy.
-		{"a create still raced after 10 tries: every 30 s, never given up", raced, 10, t0, resultRetryCreate, 30 * time.Second, true},
-		{"a bundle left: every 30 s", fmt.Errorf("x: %w", runtime.ErrBundleLeft), 50, t0, resultRetryCreate, 30 * time.Second, true},
-		{"the exited task deleted first: an operator's stop (TestOperatorStopRacingRestartNoMisleadingEvent)", fmt.Errorf("x: %w", runtime.ErrTaskGone), 0, t0, resultOperatorStop, 0, false},
-		{"another failure before the mark: the policy decides, the old task is still there", errors.New("stop before restart: boom"), 0, time.Time{}, resultFailed, 0, false},
+		{"a create still raced after 10 tries: every 30 s, never given up", raced, 10, 0, false, t0, resultRetryCreate, 30 * time.Second, true},
+		{"a bundle left: every 30 s", fmt.Errorf("x: %w", runtime.ErrBundleLeft), 50, 0, false, t0, resultRetryCreate, 30 * time.Second, true},
+		{"the exited task deleted first: an operator's stop (TestOperatorStopRacingRestartNoMisleadingEvent)", fmt.Errorf("x: %w", runtime.ErrTaskGone), 0, 0, false, t0, resultOperatorStop, 0, false},
+		{"another failure before the mark: the policy decides, the old task is still there", errors.New("stop before restart: boom"), 0, 0, false, time.Time{}, resultFailed, 0, false},
 		// TestBootstrapRenewsDuringExitBurst on a loaded machine: a create
 		// timed out after the old task's delete; the next try required it,
 		// and the container was taken for stopped by an operator.
-		{"a failure after the old task's delete: the policy decides, the next try resumes", fmt.Errorf("restart ns/c: create task (%w): no answer within 10s", runtime.ErrAfterDelete), 0, t0, resultFailed, 0, true},
+		{"a failure after the old task's delete: the policy decides, the next try resumes", fmt.Errorf("restart ns/c: create task (%w): no answer within 10s", runtime.ErrAfterDelete), 0, 0, false, t0, resultFailed, 0, true},
 		// TestAgentRestartKeepsCountsAndStops on a loaded machine: the
 		// restart's task_get timed out while an operator deleted the task;
 		// the next try must still find it gone: an operator's stop.
-		{"a failure before the old task's delete: the next try requires it", errors.New("restart ns/c: containerd task_get: no answer within 10s"), 0, t0, resultFailed, 0, false},
+		{"a failure before the old task's delete: the next try requires it", errors.New("restart ns/c: containerd task_get: no answer within 10s"), 0, 0, false, t0, resultFailed, 0, false},
+		// test/crash under load: the create's shim died ("ttrpc: closed"),
+		// the policy counted it and on-failure gave up on a container that
+		// never ran. TestShimLostRestartIsNotARun.
+		{"the shim lost in the create: again in 1 s, off the policy, resumed", lostInCreate, 0, 0, false, t0, resultRetryShimLost, time.Second, true},
+		{"the shim lost in the start: the same", lostInStart, 0, 1, false, t0, resultRetryShimLost, 2 * time.Second, true},
+		{"the fifth shim lost in a row: 16 s, still off the policy", lostInCreate, 0, 4, false, t0, resultRetryShimLost, 16 * time.Second, true},
+		// A container whose every create kills its shim is not retried
+		// forever off the policy (TestShimLostRestartIsNotARun, "always").
+		{"the sixth in a row: a failed run, the policy decides, resumed", lostInCreate, 0, 5, false, t0, resultFailedShimLost, 0, true},
+		{"the twentieth in a row: still counted", lostInStart, 0, 19, false, t0, resultFailedShimLost, 0, true},
+		{"the shim lost before the old task's delete: again, requiring it", lostBeforeDelete, 0, 0, false, t0, resultRetryShimLost, time.Second, false},
+		{"a resumed restart whose shim was lost early stays resumed", lostBeforeDelete, 0, 2, true, t0, resultRetryShimLost, 4 * time.Second, true},
+		// A shim lost wraps errdefs.ErrUnavailable, yet it has its own
+		// bound: containerd's silence is retried for as long as it takes.
+		{"containerd silent after shim losses: unavailable, never counted", fmt.Errorf("restart ns/c: containerd task_get: no answer: %w", errdefs.ErrUnavailable), 0, 9, false, t0, resultRetryUnavailable, time.Second, false},
 	} {
-		v.CreateRetries, v.Begun = r.tries, r.begun
+		v := ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)),
+			CreateRetries: r.tries, ShimLostRetries: r.shimTries, Resume: r.resumed, Begun: r.begun}
 		got, in, resume := decideRestartResult(v, r.err)
 		if got != r.want || in != r.retryIn || resume != r.resume {
 			t.Errorf("%s: %v in %v resume %v, want %v in %v resume %v", r.name, got, in, resume, r.want, r.retryIn, r.resume)
 		}
+	}
+	if !errors.Is(lostInCreate, errdefs.ErrUnavailable) {
+		t.Error("runtime.ErrShimLost is not an errdefs.ErrUnavailable")
 	}
 }
 

@@ -5,9 +5,10 @@ import (
 	"runtime/debug"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/vigilhq/vigil/internal/network"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // loop is the agent's one decision-making goroutine. It never waits on

@@ -10,7 +10,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
-	"github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/container"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -187,7 +187,7 @@ func TestOperatorStopRacingRestartNoMisleadingEvent(t *testing.T) {
 	h := newHarness(t)
 	reached, release := make(chan struct{}, 1), make(chan struct{})
 	h.hook = func(a *Agent) {
-		a.restartHook = func(ctx context.Context, _ runtime.Key, restart func(context.Context) error) error {
+		a.restartHook = func(ctx context.Context, _ container.Key, restart func(context.Context) error) error {
 			select {
 			case reached <- struct{}{}:
 			default:

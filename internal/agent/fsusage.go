@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/runtime"
 )
@@ -21,17 +22,17 @@ const collectorFSUsage = "fs_usage"
 // vigil_container_fs_usage_bytes).
 type fsUsage struct {
 	mu    sync.Mutex
-	bytes map[runtime.Key]uint64
+	bytes map[container.Key]uint64
 }
 
-func (u *fsUsage) get(k runtime.Key) (uint64, bool) {
+func (u *fsUsage) get(k container.Key) (uint64, bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	b, ok := u.bytes[k]
 	return b, ok
 }
 
-func (u *fsUsage) set(m map[runtime.Key]uint64) {
+func (u *fsUsage) set(m map[container.Key]uint64) {
 	u.mu.Lock()
 	u.bytes = m
 	u.mu.Unlock()
@@ -52,7 +53,7 @@ type upperDir struct {
 // is why it has a slow schedule of its own and stays out of the sampling
 // cycle and the decision loop.
 func (a *Agent) fsUsageSampler(ctx context.Context) error {
-	uppers := map[runtime.Key]upperDir{}
+	uppers := map[container.Key]upperDir{}
 	t := time.NewTimer(min(a.cfg.FSUsageInterval, 10*time.Second))
 	defer t.Stop()
 	for {
@@ -68,9 +69,9 @@ func (a *Agent) fsUsageSampler(ctx context.Context) error {
 
 // readFSUsage reads once; uppers caches the containers' upper directories
 // (entries of containers gone are dropped).
-func (a *Agent) readFSUsage(ctx context.Context, uppers map[runtime.Key]upperDir) {
+func (a *Agent) readFSUsage(ctx context.Context, uppers map[container.Key]upperDir) {
 	start := time.Now()
-	var keys []runtime.Key
+	var keys []container.Key
 	a.mu.RLock()
 	for k, t := range a.containers {
 		if t.c.State == runtime.StateRunning || t.c.State == runtime.StatePaused {
@@ -78,8 +79,8 @@ func (a *Agent) readFSUsage(ctx context.Context, uppers map[runtime.Key]upperDir
 		}
 	}
 	a.mu.RUnlock()
-	seen := make(map[runtime.Key]bool, len(keys))
-	out := make(map[runtime.Key]uint64, len(keys))
+	seen := make(map[container.Key]bool, len(keys))
+	out := make(map[container.Key]uint64, len(keys))
 	ok := true
 	for _, k := range keys {
 		if ctx.Err() != nil {

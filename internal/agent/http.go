@@ -2,12 +2,12 @@ package agent
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/vigilhq/vigil/internal/metrics"
-	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
 // httpHandler serves the agent's optional local endpoints:
@@ -80,10 +80,7 @@ const metricsWriteTimeout = 10 * time.Second
 func (a *Agent) nodeInput() metrics.NodeInput {
 	snap := a.snapshot()
 	a.mu.RLock()
-	samples := make(map[metrics.ContainerKey]*vigilv1.ResourceSample, len(a.lastStats))
-	for k, s := range a.lastStats {
-		samples[metrics.ContainerKey{Namespace: k.Namespace, ID: k.ID}] = s
-	}
+	samples := maps.Clone(a.lastStats)
 	a.mu.RUnlock()
 	return metrics.NodeInput{
 		Name:       a.cfg.NodeName,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
 	"github.com/vigilhq/vigil/internal/statedir"
@@ -119,7 +120,7 @@ func (a *Agent) upsert(c runtime.Container) (*tracked, bool) {
 	a.configure(t)
 	var saved json.RawMessage
 	a.store.View(func(tx statedir.Tx) {
-		if r, ok := tx.LookupContainer(containerKey(c.Key())); ok {
+		if r, ok := tx.LookupContainer(c.Key().String()); ok {
 			saved = r.Restart
 			t.announced = r.Announced
 			if r.LastExit != nil {
@@ -221,6 +222,7 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 	t.resume = false
 	t.createRetries = 0
 	t.unavailableRetries = 0
+	t.shimLostRetries = 0
 	if t.timer != nil && !t.tracker.State.Pending {
 		t.timer.Stop()
 		t.timer = nil
@@ -375,7 +377,7 @@ func (a *Agent) explicitStop(t *tracked, why string) {
 		nil, &vigilv1.RestartDecision{Kind: vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_SKIP_EXPLICIT_STOP, Reason: why})
 }
 
-func (a *Agent) removeContainer(key runtime.Key, ev runtime.Event) {
+func (a *Agent) removeContainer(key container.Key, ev runtime.Event) {
 	a.mu.Lock()
 	t, ok := a.containers[key]
 	if ok {
@@ -396,7 +398,7 @@ func (a *Agent) removeContainer(key runtime.Key, ev runtime.Event) {
 	a.stopProbing(t)
 	a.detachNetwork(t)
 	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
-		tx.DeleteContainer(containerKey(key))
+		tx.DeleteContainer(key.String())
 		tx.Counters(t.identity).LastSeen = a.now()
 		return false
 	})
@@ -449,7 +451,7 @@ func (a *Agent) reportDecision(t *tracked, d restart.Decision) {
 
 // onRestartDue starts the restart of a container whose backoff elapsed
 // (decideRestartDue), through task control on an action's goroutine.
-func (a *Agent) onRestartDue(ctx context.Context, key runtime.Key) {
+func (a *Agent) onRestartDue(ctx context.Context, key container.Key) {
 	a.mu.RLock()
 	t, ok := a.containers[key]
 	a.mu.RUnlock()

@@ -16,7 +16,7 @@ import (
 func (a *Agent) markAnnounced(t *tracked) {
 	t.announced = true
 	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
-		tx.Container(containerKey(t.c.Key())).Announced = true
+		tx.Container(t.c.Key().String()).Announced = true
 		return false
 	})
 }
@@ -53,7 +53,7 @@ func (a *Agent) save(t *tracked, fn func(tx statedir.Tx, rec *statedir.Container
 		return
 	}
 	_ = a.store.UpdateIf(func(tx statedir.Tx) bool {
-		rec := tx.Container(containerKey(t.c.Key()))
+		rec := tx.Container(t.c.Key().String())
 		rec.Restart = state
 		if !pending {
 			rec.RestartBegun, rec.Output = time.Time{}, statedir.TaskOutput{}
@@ -225,7 +225,7 @@ func (a *Agent) pruneStore() {
 	a.mu.RLock()
 	for k, t := range a.containers {
 		live[t.identity] = true
-		liveContainers[containerKey(k)] = true
+		liveContainers[k.String()] = true
 	}
 	a.mu.RUnlock()
 	a.store.Prune(live, liveContainers, a.now().Add(-24*time.Hour))

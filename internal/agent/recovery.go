@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/procstat"
 	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
@@ -157,7 +158,7 @@ func (a *Agent) recordBoot() {
 // resumed restart has no old task to read it from). It returns the output
 // recorded. It runs on the restart's goroutine; the record's other fields
 // are the loop's.
-func (a *Agent) markRestartBegun(key runtime.Key, out runtime.TaskOutput) runtime.TaskOutput {
+func (a *Agent) markRestartBegun(key container.Key, out runtime.TaskOutput) runtime.TaskOutput {
 	now := a.now()
 	// In the file before the old task is touched, without waiting for the
 	// disk: the mark is for an agent that dies and restarts on this boot
@@ -166,7 +167,7 @@ func (a *Agent) markRestartBegun(key runtime.Key, out runtime.TaskOutput) runtim
 	// flusher makes it durable shortly after.
 	defer a.kickFlush()
 	if err := a.store.UpdateUnsynced(func(tx statedir.Tx) bool {
-		r, ok := tx.LookupContainer(containerKey(key))
+		r, ok := tx.LookupContainer(key.String())
 		if ok {
 			r.RestartBegun = now
 			if out != (runtime.TaskOutput{}) {

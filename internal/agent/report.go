@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/metrics"
 	"github.com/vigilhq/vigil/internal/network"
 	"github.com/vigilhq/vigil/internal/procstat"
@@ -84,7 +85,7 @@ func policyKindOrNo(k restart.Kind) restart.Kind {
 // aggregator needs one.
 func (a *Agent) snapshot() *vigilv1.Snapshot {
 	type keyed struct {
-		k runtime.Key
+		k container.Key
 		t *tracked
 	}
 	a.mu.RLock()
@@ -156,14 +157,13 @@ func (a *Agent) sendNodeStatus() {
 // applyConditions copies each namespace's network conditions onto the
 // containers living in it, and reports containers whose conditions changed.
 func (a *Agent) applyConditions(ctx context.Context, snap *network.Snapshot) {
-	byContainer := map[runtime.Key][]network.Condition{}
+	byContainer := map[container.Key][]network.Condition{}
 	for i := range snap.Namespaces {
 		ns := &snap.Namespaces[i]
 		if ns.Host {
 			continue
 		}
-		for _, ref := range ns.Containers {
-			k := runtime.Key{Namespace: ref.Namespace, ID: ref.ID}
+		for _, k := range ns.Containers {
 			for j := range ns.Conditions {
 				byContainer[k] = append(byContainer[k], ns.Conditions[j])
 			}
@@ -252,14 +252,14 @@ func (a *Agent) attachNetwork(t *tracked) {
 		return
 	}
 	src := network.Source{PID: t.c.Pid, HostNetwork: t.c.HostNetwork, Primary: t.c.Pod != nil && t.c.Pod.Sandbox}
-	if err := a.net.Attach(network.ContainerRef{Namespace: t.c.Namespace, ID: t.c.ID}, src); err != nil {
+	if err := a.net.Attach(t.c.Key(), src); err != nil {
 		a.log.Debug("network attach", "container", t.c.ID, "err", err)
 	}
 }
 
 func (a *Agent) detachNetwork(t *tracked) {
 	if a.net != nil {
-		a.net.Detach(network.ContainerRef{Namespace: t.c.Namespace, ID: t.c.ID})
+		a.net.Detach(t.c.Key())
 	}
 }
 
@@ -291,6 +291,10 @@ type selfMetrics struct {
 	// restartUnavailable counts restarts tried again because containerd
 	// did not answer (not counted against the policy).
 	restartUnavailable *metrics.Counter
+	// restartShimLost counts restarts whose shim containerd lost, by
+	// result: retried (off the policy) or counted (against it, past
+	// shimLostRetryMax in a row).
+	restartShimLost *metrics.CounterVec
 	// crossChecks counts the peers' cross-checks of failed probes, by
 	// verdict (node, pod, unknown).
 	crossChecks *metrics.CounterVec
@@ -311,7 +315,7 @@ func (s *selfMetrics) observeCollector(name string, ok bool, d time.Duration) {
 }
 
 func newSelfMetrics(a *Agent) *selfMetrics {
-	return &selfMetrics{
+	s := &selfMetrics{
 		a:        a,
 		collLast: map[string]collectorRun{},
 		collSuccess: metrics.NewDesc("vigil_agent_collector_success",
@@ -338,12 +342,19 @@ func newSelfMetrics(a *Agent) *selfMetrics {
 			[]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25}),
 		restartUnavailable: metrics.NewCounter("vigil_agent_restart_unavailable_retries_total",
 			"Restarts that failed because containerd did not answer in time (or was not connected) and were tried again with a backoff (1 s doubling to 30 s), not counted against the restart policy."),
+		restartShimLost: metrics.NewCounterVec("vigil_agent_restart_shim_lost_total",
+			"Restarts that failed because containerd lost the task's shim during the create or start (\"ttrpc: closed\"), by result: retried (again after 1 s doubling, not counted against the restart policy) or counted (a failed run for the policy: the sixth and further in a row before a task starts).", "result"),
 		crossChecks: metrics.NewCounterVec("vigil_agent_health_cross_checks_total",
 			"Failed probes of a pod address that gossip peers were asked to reach (the gossip cross-check, opt-in), by verdict: node (a peer reached it: this node's network is broken, the container is not restarted for it), pod (none did: the failure counts), unknown (no peer answered: the failure counts).", "verdict"),
 		restartLag: metrics.NewHistogram("vigil_agent_restart_exit_to_running_seconds",
 			"Time from a task's exit to its replacement running, per policy restart (backoff and stop window included).",
 			[]float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}),
 	}
+	// Both results from the start, so that a rate or an increase over them
+	// has a series before the first loss.
+	s.restartShimLost.With("retried")
+	s.restartShimLost.With("counted")
+	return s
 }
 
 func (s *selfMetrics) observeCollection(d time.Duration) {
@@ -385,6 +396,7 @@ func (s *selfMetrics) Collect(w *metrics.Writer) {
 	s.restartLag.Collect(w)
 	s.restartOverhead.Collect(w)
 	s.restartUnavailable.Collect(w)
+	s.restartShimLost.Collect(w)
 	s.crossChecks.Collect(w)
 }
 

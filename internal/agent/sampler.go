@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/network"
 	"github.com/vigilhq/vigil/internal/runtime"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -22,7 +23,7 @@ const (
 type sampleResult struct {
 	// stats are the latest resource samples by container (nil when the
 	// read failed: the previous ones stay).
-	stats map[runtime.Key]*vigilv1.ResourceSample
+	stats map[container.Key]*vigilv1.ResourceSample
 	// net is the network read, nil when off or failed; ns its protocol
 	// form.
 	net *network.Snapshot
@@ -68,7 +69,7 @@ func (a *Agent) sample(ctx context.Context) sampleResult {
 	}
 	a.self.statsBuf = stats
 	batch := &vigilv1.ResourceSamples{Samples: make([]*vigilv1.ResourceSample, 0, len(stats)), CollectionDuration: durationpb.New(resDur)}
-	res.stats = make(map[runtime.Key]*vigilv1.ResourceSample, len(stats))
+	res.stats = make(map[container.Key]*vigilv1.ResourceSample, len(stats))
 	for i := range stats {
 		s := statsProto(&stats[i])
 		if b, ok := a.fsUsage.get(stats[i].Key); ok {

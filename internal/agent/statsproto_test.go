@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/runtime"
 )
 
@@ -16,7 +17,7 @@ import (
 // converted fails here).
 func TestStatsProtoCarriesEveryField(t *testing.T) {
 	var s runtime.Stats
-	s.Key = runtime.Key{Namespace: "ns", ID: "id"}
+	s.Key = container.Key{Namespace: "ns", ID: "id"}
 	s.Time = time.Unix(1700000000, 0)
 	v := reflect.ValueOf(&s).Elem()
 	want := map[uint64]bool{}

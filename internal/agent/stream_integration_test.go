@@ -177,6 +177,12 @@ func TestStreamToAggregatorLosesNoExit(t *testing.T) {
 	if !strings.Contains(get("/metrics"), `vigil_node_up{node="test-node"} 1`) {
 		t.Fatalf("agent /metrics has no vigil_node_up for its node:\n%s", get("/metrics"))
 	}
+	// The first collection runs a second after the agent started: with
+	// the test image already built (the whole package's run), the exit
+	// above can show sooner.
+	waitUntil(t, 30*time.Second, "a first resources collection in /metrics/self", func() bool {
+		return strings.Contains(get("/metrics/self"), `vigil_agent_collector_success{collector="resources"} 1`)
+	})
 	self := get("/metrics/self")
 	for _, name := range []string{"vigil_agent_collection_duration_seconds", "vigil_agent_collector_success{collector=\"resources\"} 1", "vigil_agent_state_writes_total", "vigil_agent_restart_overhead_seconds", "vigil_agent_uplink_", "vigil_agent_runtime_", "vigil_agent_health_", "process_resident_memory_bytes"} {
 		if !strings.Contains(self, name) {

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/metrics"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -58,8 +59,8 @@ type node struct {
 	lastSeen       time.Time
 	connectedSince time.Time
 	downSince      time.Time
-	containers     map[metrics.ContainerKey]*vigilv1.Container
-	samples        map[metrics.ContainerKey]*vigilv1.ResourceSample
+	containers     map[container.Key]*vigilv1.Container
+	samples        map[container.Key]*vigilv1.ResourceSample
 	network        []*vigilv1.NetworkNamespace
 	status         *vigilv1.NodeStatus
 	peers          *vigilv1.PeerView
@@ -104,8 +105,8 @@ func (f *Fleet) getOrCreate(name string) *node {
 	n := &node{
 		name:         name,
 		needSnapshot: true,
-		containers:   make(map[metrics.ContainerKey]*vigilv1.Container),
-		samples:      make(map[metrics.ContainerKey]*vigilv1.ResourceSample),
+		containers:   make(map[container.Key]*vigilv1.Container),
+		samples:      make(map[container.Key]*vigilv1.ResourceSample),
 	}
 	f.nodes[name] = n
 	return n
@@ -266,7 +267,7 @@ func (f *Fleet) apply(name string, m *vigilv1.AgentMessage, now time.Time, q *Qu
 		}
 	case *vigilv1.AgentMessage_ResourceSamples:
 		for _, s := range b.ResourceSamples.GetSamples() {
-			k := metrics.ContainerKey{Namespace: s.GetNamespace(), ID: s.GetContainerId()}
+			k := container.Key{Namespace: s.GetNamespace(), ID: s.GetContainerId()}
 			if _, ok := n.containers[k]; ok {
 				n.samples[k] = s
 			}
@@ -309,7 +310,7 @@ func (n *node) checkQuotas(m *vigilv1.AgentMessage, q *Quotas) error {
 	switch b := m.GetBody().(type) {
 	case *vigilv1.AgentMessage_ContainerEvent:
 		c := b.ContainerEvent.GetContainer()
-		k := metrics.ContainerKey{Namespace: c.GetNamespace(), ID: c.GetId()}
+		k := container.Key{Namespace: c.GetNamespace(), ID: c.GetId()}
 		if _, held := n.containers[k]; !held && b.ContainerEvent.GetType() != vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_REMOVED && len(n.containers) >= q.Containers {
 			return &quotaError{cap: capContainers, value: len(n.containers) + 1, limit: q.Containers, where: "containers of the node"}
 		}
@@ -347,11 +348,11 @@ func (n *node) addResult(r *vigilv1.CommandResult) {
 }
 
 func (n *node) applySnapshot(s *vigilv1.Snapshot) {
-	containers := make(map[metrics.ContainerKey]*vigilv1.Container, len(s.GetContainers()))
+	containers := make(map[container.Key]*vigilv1.Container, len(s.GetContainers()))
 	for _, c := range s.GetContainers() {
-		containers[metrics.ContainerKey{Namespace: c.GetNamespace(), ID: c.GetId()}] = c
+		containers[container.Key{Namespace: c.GetNamespace(), ID: c.GetId()}] = c
 	}
-	samples := make(map[metrics.ContainerKey]*vigilv1.ResourceSample, len(containers))
+	samples := make(map[container.Key]*vigilv1.ResourceSample, len(containers))
 	for k, v := range n.samples {
 		if _, ok := containers[k]; ok {
 			samples[k] = v
@@ -369,7 +370,7 @@ func (n *node) applySnapshot(s *vigilv1.Snapshot) {
 
 func (n *node) applyContainerEvent(e *vigilv1.ContainerEvent) {
 	c := e.GetContainer()
-	k := metrics.ContainerKey{Namespace: c.GetNamespace(), ID: c.GetId()}
+	k := container.Key{Namespace: c.GetNamespace(), ID: c.GetId()}
 	if e.GetType() == vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_REMOVED {
 		delete(n.containers, k)
 		delete(n.samples, k)
@@ -464,7 +465,7 @@ func (n *node) rendered() *metrics.Rendered {
 		Name:       n.name,
 		Up:         n.state == vigilv1.NodeState_NODE_STATE_UP,
 		Containers: make([]*vigilv1.Container, 0, len(n.containers)),
-		Samples:    make(map[metrics.ContainerKey]*vigilv1.ResourceSample, len(n.samples)),
+		Samples:    make(map[container.Key]*vigilv1.ResourceSample, len(n.samples)),
 		Network:    n.network,
 		Peers:      n.peers,
 		Condition:  n.condition,
@@ -582,7 +583,7 @@ func (f *Fleet) Container(nodeName, namespace, id string) (*vigilv1.NodeContaine
 		return nil, fmt.Errorf("node %q: %w", nodeName, errdefs.ErrNotFound)
 	}
 	n.mu.Lock()
-	c := n.containers[metrics.ContainerKey{Namespace: namespace, ID: id}]
+	c := n.containers[container.Key{Namespace: namespace, ID: id}]
 	n.mu.Unlock()
 	if c == nil {
 		return nil, fmt.Errorf("container %s/%s on node %q: %w", namespace, id, nodeName, errdefs.ErrNotFound)

@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/testenv"
 )
 
@@ -155,9 +155,9 @@ func measureProbeCPU(b *testing.B, targets []benchTarget) (idlePct, busyPct, pro
 	if err != nil {
 		b.Fatal(err)
 	}
-	keys := make([]runtime.Key, len(targets))
+	keys := make([]container.Key, len(targets))
 	for i, tg := range targets {
-		keys[i] = runtime.Key{Namespace: "bench", ID: fmt.Sprint(i)}
+		keys[i] = container.Key{Namespace: "bench", ID: fmt.Sprint(i)}
 		cfg := Config{Kind: KindHTTP, Source: SourceLabel, Addr: tg.addr, Path: "/healthz",
 			Interval: time.Second, Timeout: time.Second, Retries: 3}
 		if err := s.Add(keys[i], cfg, Target{NetNS: tg.ns}); err != nil {
@@ -202,7 +202,7 @@ func measureProbeCPU(b *testing.B, targets []benchTarget) (idlePct, busyPct, pro
 	return idlePct, pct(c1-c0, elapsed), float64(p1-p0) / elapsed.Seconds()
 }
 
-func totalProbes(s *Scheduler, keys []runtime.Key) uint64 {
+func totalProbes(s *Scheduler, keys []container.Key) uint64 {
 	var n uint64
 	for _, k := range keys {
 		h, _ := s.Health(k)

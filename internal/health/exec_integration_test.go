@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/runtime"
 	"github.com/vigilhq/vigil/internal/testenv"
 )
@@ -46,7 +47,7 @@ func (b *syncBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (e *ctrExec) Exec(ctx context.Context, key runtime.Key, args []string, outputCap int) (runtime.ExecResult, error) {
+func (e *ctrExec) Exec(ctx context.Context, key container.Key, args []string, outputCap int) (runtime.ExecResult, error) {
 	ctx = namespaces.WithNamespace(ctx, key.Namespace)
 	bg := context.WithoutCancel(ctx)
 	cont, err := e.c.LoadContainer(ctx, key.ID)
@@ -148,10 +149,10 @@ func TestContainerProbes(t *testing.T) {
 	if err != nil || len(conts) == 0 {
 		t.Fatalf("containers: %v, %v", conts, err)
 	}
-	var key runtime.Key
+	var key container.Key
 	for _, cont := range conts {
 		if tk, err := cont.Task(namespaces.WithNamespace(context.Background(), ns), nil); err == nil && tk.Pid() == task.Pid() {
-			key = runtime.Key{Namespace: ns, ID: cont.ID()}
+			key = container.Key{Namespace: ns, ID: cont.ID()}
 		}
 	}
 	if key.ID == "" {
@@ -242,10 +243,10 @@ func TestFailuresWhilePausedDiscarded(t *testing.T) {
 		Namespace: ns, ID: "frozen", Image: env.WorkloadImage(t, ns), NetNSPath: netns.Path,
 		Args: []string{"serve", "--http", ":8080"},
 	})
-	key := runtime.Key{Namespace: ns, ID: "frozen"}
+	key := container.Key{Namespace: ns, ID: "frozen"}
 	ctx := namespaces.WithNamespace(context.Background(), ns)
 	var asked, discarded atomic.Int64
-	paused := func(ctx context.Context, k runtime.Key) (bool, error) {
+	paused := func(ctx context.Context, k container.Key) (bool, error) {
 		asked.Add(1)
 		if k != key {
 			return false, fmt.Errorf("asked about %v", k)

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/runtime"
 )
 
@@ -27,13 +28,13 @@ import (
 // run (a non-zero exit is a result, not an error). It must be safe for
 // concurrent use.
 type Execer interface {
-	Exec(ctx context.Context, key runtime.Key, args []string, outputCap int) (runtime.ExecResult, error)
+	Exec(ctx context.Context, key container.Key, args []string, outputCap int) (runtime.ExecResult, error)
 }
 
 // Target is where a container's probes go.
 type Target struct {
 	// Key names the container (exec probes run in it).
-	Key runtime.Key
+	Key container.Key
 	// NetNS is the path of the container's network namespace for network
 	// probes (NetNSOfPid(task pid), or a bind-mounted path); "" is the
 	// agent's own namespace, for host-network containers.

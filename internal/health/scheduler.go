@@ -12,8 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
-	"github.com/vigilhq/vigil/internal/runtime"
 )
 
 // SchedulerConfig configures a Scheduler. Zero fields take the defaults.
@@ -30,7 +30,7 @@ type SchedulerConfig struct {
 	// its way). An error from Paused, or false, records the failure as
 	// usual. The agent asks containerd (runtime.Runtime.Paused): one call
 	// per such failure, none for the probes that pass.
-	Paused func(ctx context.Context, key runtime.Key) (bool, error)
+	Paused func(ctx context.Context, key container.Key) (bool, error)
 	// Workers is the number of probes that may run at once (default 16).
 	// Workers start when a probe is due and every started one is busy.
 	// A probe that comes due while all workers are busy waits for the next
@@ -55,7 +55,7 @@ type SchedulerConfig struct {
 // Change is a health status transition of one container.
 type Change struct {
 	// Key names the container.
-	Key runtime.Key
+	Key container.Key
 	// From and To are the statuses before and after.
 	From, To Status
 	// Health is the state after the transition.
@@ -78,7 +78,7 @@ type Change struct {
 // and while Run runs.
 type Scheduler struct {
 	log       *slog.Logger
-	paused    func(ctx context.Context, key runtime.Key) (bool, error)
+	paused    func(ctx context.Context, key container.Key) (bool, error)
 	workers   int
 	prober    *prober
 	metrics   *probeMetrics
@@ -89,7 +89,7 @@ type Scheduler struct {
 	runCalled bool
 
 	mu      sync.Mutex
-	entries map[runtime.Key]*entry
+	entries map[container.Key]*entry
 	due     dueHeap
 }
 
@@ -97,7 +97,7 @@ type Scheduler struct {
 // delayed, which only Run touches. An entry is in exactly one place: the
 // heap (index >= 0), Run's ready queue, or a worker.
 type entry struct {
-	key     runtime.Key
+	key     container.Key
 	cfg     Config
 	target  Target
 	machine *Machine
@@ -136,7 +136,7 @@ func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
 		changes: make(chan Change, cfg.ChangeBuffer),
 		wake:    make(chan struct{}, 1),
 		work:    make(chan *entry),
-		entries: map[runtime.Key]*entry{},
+		entries: map[container.Key]*entry{},
 	}
 	s.metrics = newMetrics(s.targets, func() int { return int(s.started.Load()) })
 	return s, nil
@@ -154,7 +154,7 @@ func (s *Scheduler) Changes() <-chan Change { return s.changes }
 // Add starts probing the container key with cfg against tgt. The container
 // starts in StatusStarting. It fails with errdefs.ErrConflict if key is
 // already probed and errdefs.ErrInvalid for an invalid cfg.
-func (s *Scheduler) Add(key runtime.Key, cfg Config, tgt Target) error {
+func (s *Scheduler) Add(key container.Key, cfg Config, tgt Target) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -166,7 +166,7 @@ func (s *Scheduler) Add(key runtime.Key, cfg Config, tgt Target) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.entries[key]; ok {
-		return fmt.Errorf("health check of %s/%s: %w: already added", key.Namespace, key.ID, errdefs.ErrConflict)
+		return fmt.Errorf("health check of %s: %w: already added", key, errdefs.ErrConflict)
 	}
 	e := &entry{key: key, cfg: cfg, target: tgt, machine: NewMachine(cfg, tgt.StartedAt), index: -1}
 	e.at = nextInPhase(tgt.StartedAt, cfg.Interval, now)
@@ -184,7 +184,7 @@ func (s *Scheduler) Add(key runtime.Key, cfg Config, tgt Target) error {
 // running with the old configuration is discarded. An Update with the same
 // cfg and tgt as before changes nothing (not even when the next probe is
 // due). It fails with errdefs.ErrNotFound if key is not probed.
-func (s *Scheduler) Update(key runtime.Key, cfg Config, tgt Target) error {
+func (s *Scheduler) Update(key container.Key, cfg Config, tgt Target) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -197,7 +197,7 @@ func (s *Scheduler) Update(key runtime.Key, cfg Config, tgt Target) error {
 	defer s.mu.Unlock()
 	e, ok := s.entries[key]
 	if !ok {
-		return fmt.Errorf("health check of %s/%s: %w", key.Namespace, key.ID, errdefs.ErrNotFound)
+		return fmt.Errorf("health check of %s: %w", key, errdefs.ErrNotFound)
 	}
 	newTask := !tgt.StartedAt.Equal(e.target.StartedAt)
 	if !newTask && tgt.NetNS == e.target.NetNS && sameConfig(cfg, e.cfg) {
@@ -235,7 +235,7 @@ func sameConfig(a, b Config) bool {
 
 // Remove stops probing key; a probe in flight is discarded. Removing an
 // unknown key does nothing.
-func (s *Scheduler) Remove(key runtime.Key) {
+func (s *Scheduler) Remove(key container.Key) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.entries[key]
@@ -250,7 +250,7 @@ func (s *Scheduler) Remove(key runtime.Key) {
 }
 
 // Health returns the current health of key, and false if key is not probed.
-func (s *Scheduler) Health(key runtime.Key) (Health, bool) {
+func (s *Scheduler) Health(key container.Key) (Health, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.entries[key]

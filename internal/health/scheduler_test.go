@@ -16,9 +16,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/metrics/expotest"
-	"github.com/vigilhq/vigil/internal/runtime"
 )
 
 // flipServer is a real HTTP server on loopback whose answer can be flipped
@@ -75,9 +75,9 @@ func startScheduler(t *testing.T, cfg SchedulerConfig) *Scheduler {
 
 // collectChanges reads n changes to status to, failing after timeout. Other
 // changes fail the test.
-func collectChanges(t *testing.T, s *Scheduler, n int, to Status, timeout time.Duration) map[runtime.Key]Change {
+func collectChanges(t *testing.T, s *Scheduler, n int, to Status, timeout time.Duration) map[container.Key]Change {
 	t.Helper()
-	got := map[runtime.Key]Change{}
+	got := map[container.Key]Change{}
 	deadline := time.After(timeout)
 	for len(got) < n {
 		select {
@@ -109,10 +109,10 @@ func TestScheduler(t *testing.T) {
 	}
 
 	servers := make([]*flipServer, n)
-	keys := make([]runtime.Key, n)
+	keys := make([]container.Key, n)
 	for i := range n {
 		servers[i] = newFlipServer(t)
-		keys[i] = runtime.Key{Namespace: "test", ID: fmt.Sprintf("c%02d", i)}
+		keys[i] = container.Key{Namespace: "test", ID: fmt.Sprintf("c%02d", i)}
 		if err := s.Add(keys[i], httpConfig(servers[i].address, interval), Target{}); err != nil {
 			t.Fatal(err)
 		}
@@ -215,12 +215,12 @@ func TestSchedulerBusyWorkers(t *testing.T) {
 		// A timeout is cut to the interval (prober.timeout): both 300ms.
 		cfg := httpConfig(slowAddr, 300*time.Millisecond)
 		cfg.Timeout, cfg.Retries = 300*time.Millisecond, 1
-		if err := s.Add(runtime.Key{Namespace: "test", ID: fmt.Sprint("hung", i)}, cfg, Target{}); err != nil {
+		if err := s.Add(container.Key{Namespace: "test", ID: fmt.Sprint("hung", i)}, cfg, Target{}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	fine := newFlipServer(t)
-	if err := s.Add(runtime.Key{Namespace: "test", ID: "fine"}, httpConfig(fine.address, 100*time.Millisecond), Target{}); err != nil {
+	if err := s.Add(container.Key{Namespace: "test", ID: "fine"}, httpConfig(fine.address, 100*time.Millisecond), Target{}); err != nil {
 		t.Fatal(err)
 	}
 	got := map[string]Status{}
@@ -253,7 +253,7 @@ func TestSchedulerBusyWorkers(t *testing.T) {
 func TestSchedulerUpdate(t *testing.T) {
 	s := startScheduler(t, SchedulerConfig{})
 	srv := newFlipServer(t)
-	key := runtime.Key{Namespace: "test", ID: "u"}
+	key := container.Key{Namespace: "test", ID: "u"}
 	if err := s.Update(key, httpConfig(srv.address, 100*time.Millisecond), Target{}); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Update of an unknown key: %v, want ErrNotFound", err)
 	}
@@ -294,7 +294,7 @@ func TestSchedulerUpdateCounts(t *testing.T) {
 	s := startScheduler(t, SchedulerConfig{ChangeBuffer: 1024})
 	srv := newFlipServer(t)
 	srv.sick.Store(true)
-	key := runtime.Key{Namespace: "test", ID: "counts"}
+	key := container.Key{Namespace: "test", ID: "counts"}
 	started := time.Now()
 	cfg := httpConfig(srv.address, 20*time.Millisecond)
 	if err := s.Add(key, cfg, Target{StartedAt: started}); err != nil {
@@ -348,8 +348,8 @@ func TestSchedulerStartPeriodFailures(t *testing.T) {
 	s := startScheduler(t, SchedulerConfig{ChangeBuffer: 1024})
 	srv := newFlipServer(t)
 	srv.sick.Store(true)
-	inPeriod := runtime.Key{Namespace: "test", ID: "starting"}
-	after := runtime.Key{Namespace: "test", ID: "started"}
+	inPeriod := container.Key{Namespace: "test", ID: "starting"}
+	after := container.Key{Namespace: "test", ID: "started"}
 	cfg := httpConfig(srv.address, 20*time.Millisecond)
 	cfg.StartPeriod = time.Hour
 	if err := s.Add(inPeriod, cfg, Target{StartedAt: time.Now()}); err != nil {
@@ -393,13 +393,13 @@ func TestSchedulerPausedAnswer(t *testing.T) {
 	}
 	dead := netip.MustParseAddrPort(l.Addr().String())
 	l.Close()
-	frozen := runtime.Key{Namespace: "test", ID: "frozen"}
-	unknown := runtime.Key{Namespace: "test", ID: "unknown"}
-	answered := runtime.Key{Namespace: "test", ID: "answered"}
-	fine := runtime.Key{Namespace: "test", ID: "fine"}
+	frozen := container.Key{Namespace: "test", ID: "frozen"}
+	unknown := container.Key{Namespace: "test", ID: "unknown"}
+	answered := container.Key{Namespace: "test", ID: "answered"}
+	fine := container.Key{Namespace: "test", ID: "fine"}
 	var mu sync.Mutex
-	asked := map[runtime.Key]int{}
-	s := startScheduler(t, SchedulerConfig{ChangeBuffer: 1024, Paused: func(_ context.Context, k runtime.Key) (bool, error) {
+	asked := map[container.Key]int{}
+	s := startScheduler(t, SchedulerConfig{ChangeBuffer: 1024, Paused: func(_ context.Context, k container.Key) (bool, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		asked[k]++
@@ -423,7 +423,7 @@ func TestSchedulerPausedAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadCfg := httpConfig(dead, 20*time.Millisecond)
-	for _, k := range []runtime.Key{frozen, unknown} {
+	for _, k := range []container.Key{frozen, unknown} {
 		if err := s.Add(k, deadCfg, old); err != nil {
 			t.Fatal(err)
 		}
@@ -512,10 +512,10 @@ func TestFirstProbeOneIntervalAfterStart(t *testing.T) {
 	fresh := time.Now()
 	// A task that started 1.5 intervals ago: its next point is at 2.
 	old := fresh.Add(-3 * interval / 2)
-	if err := s.Add(runtime.Key{Namespace: "t", ID: "fresh"}, cfg("/fresh"), Target{StartedAt: fresh}); err != nil {
+	if err := s.Add(container.Key{Namespace: "t", ID: "fresh"}, cfg("/fresh"), Target{StartedAt: fresh}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Add(runtime.Key{Namespace: "t", ID: "old"}, cfg("/old"), Target{StartedAt: old}); err != nil {
+	if err := s.Add(container.Key{Namespace: "t", ID: "old"}, cfg("/old"), Target{StartedAt: old}); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(20 * time.Second)

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/vigilhq/vigil/internal/aggregator/loadgen"
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/metrics"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
@@ -36,9 +37,9 @@ func benchFleet(b *testing.B) []metrics.NodeInput {
 		s := loadgen.NewNodeState(name, 100, uint64(i))
 		s.Advance(10e9)
 		in := metrics.NodeInput{Name: name, Up: true, Containers: s.Containers(), Network: s.Network(),
-			Samples: map[metrics.ContainerKey]*vigilv1.ResourceSample{}}
+			Samples: map[container.Key]*vigilv1.ResourceSample{}}
 		for _, sm := range s.Samples() {
-			in.Samples[metrics.ContainerKey{Namespace: sm.GetNamespace(), ID: sm.GetContainerId()}] = sm
+			in.Samples[container.Key{Namespace: sm.GetNamespace(), ID: sm.GetContainerId()}] = sm
 		}
 		out[i] = in
 	}

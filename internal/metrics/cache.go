@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/vigilhq/vigil/internal/container"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -134,7 +135,7 @@ func (c *NodeCache) update(in NodeInput) int {
 		e.gen = c.gen
 		var sm *vigilv1.ResourceSample
 		if isActive(ct) {
-			sm = in.Samples[ContainerKey{ct.GetNamespace(), ct.GetId()}]
+			sm = in.Samples[container.Key{Namespace: ct.GetNamespace(), ID: ct.GetId()}]
 		}
 		fp := appendContainerValues(c.fp[:0], ct)
 		fp = appendSampleValues(fp, sm)

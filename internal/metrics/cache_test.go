@@ -4,13 +4,15 @@ import (
 	"time"
 
 	"bytes"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"io"
 	"testing"
+
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/metrics"
 	"github.com/vigilhq/vigil/internal/metrics/expotest"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -58,14 +60,14 @@ func TestNodeCacheRendersOnlyWhatChanged(t *testing.T) {
 
 	// A new sample of one container, with a new timestamp and the same
 	// values for another: only the first is rendered again.
-	db := metrics.ContainerKey{Namespace: "default", ID: "db"}
-	hostnet := metrics.ContainerKey{Namespace: "default", ID: "hostnet"}
+	db := container.Key{Namespace: "default", ID: "db"}
+	hostnet := container.Key{Namespace: "default", ID: "hostnet"}
 	next := proto.Clone(in.Samples[db]).(*vigilv1.ResourceSample)
 	next.CpuUsageSeconds += 0.5
 	same := proto.Clone(in.Samples[hostnet]).(*vigilv1.ResourceSample)
 	same.Timestamp = nil
-	in.Samples = map[metrics.ContainerKey]*vigilv1.ResourceSample{
-		db: next, hostnet: same, {Namespace: "k8s.io", ID: "nginx-new"}: in.Samples[metrics.ContainerKey{Namespace: "k8s.io", ID: "nginx-new"}],
+	in.Samples = map[container.Key]*vigilv1.ResourceSample{
+		db: next, hostnet: same, {Namespace: "k8s.io", ID: "nginx-new"}: in.Samples[container.Key{Namespace: "k8s.io", ID: "nginx-new"}],
 	}
 	text := cacheWrite(t, &c, in)
 	if st := c.Stats(); st.Rendered != shown+1 || st.Reused != 2*shown-1 {
@@ -158,7 +160,7 @@ func TestNodeCacheScrapeWhileHeld(t *testing.T) {
 // of the fingerprint, would be served stale).
 func TestSampleFingerprintCoversEveryField(t *testing.T) {
 	in := sceneNode()
-	db := metrics.ContainerKey{Namespace: "default", ID: "db"}
+	db := container.Key{Namespace: "default", ID: "db"}
 	base := in.Samples[db]
 	fields := base.ProtoReflect().Descriptor().Fields()
 	for i := range fields.Len() {
@@ -210,9 +212,9 @@ func BenchmarkNodeCache(b *testing.B) {
 	b.Run("every_sample_new", func(b *testing.B) {
 		var c metrics.NodeCache
 		_, _ = c.Write(io.Discard, in)
-		fresh := make([]map[metrics.ContainerKey]*vigilv1.ResourceSample, 2)
+		fresh := make([]map[container.Key]*vigilv1.ResourceSample, 2)
 		for i := range fresh {
-			fresh[i] = make(map[metrics.ContainerKey]*vigilv1.ResourceSample, len(in.Samples))
+			fresh[i] = make(map[container.Key]*vigilv1.ResourceSample, len(in.Samples))
 			for k, sm := range in.Samples {
 				sm = proto.Clone(sm).(*vigilv1.ResourceSample)
 				sm.CpuUsageSeconds += float64(i + 1)
@@ -293,7 +295,7 @@ func TestSeriesBudget(t *testing.T) {
 	lo := &vigilv1.Interface{Name: "lo", Kind: "loopback"}
 	count := func(sm *vigilv1.ResourceSample, c *vigilv1.Container) int {
 		in := metrics.NodeInput{Name: "n", Containers: []*vigilv1.Container{c},
-			Samples: map[metrics.ContainerKey]*vigilv1.ResourceSample{{Namespace: "default", ID: "c"}: sm},
+			Samples: map[container.Key]*vigilv1.ResourceSample{{Namespace: "default", ID: "c"}: sm},
 			Network: []*vigilv1.NetworkNamespace{{Inode: 2, Containers: []*vigilv1.ContainerRef{{Namespace: "default", Id: "c"}}, Interfaces: []*vigilv1.Interface{lo, eth}}}}
 		empty := metrics.RenderNode(metrics.NodeInput{Name: "n"}).Series() // the node's own
 		return metrics.RenderNode(in).Series() - empty

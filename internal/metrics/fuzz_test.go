@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"testing"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/metrics"
 	"github.com/vigilhq/vigil/internal/metrics/expotest"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -13,19 +14,19 @@ import (
 // interface names) through the renderer: the output must always parse and
 // never hold the same series twice, whatever the agent sends.
 func FuzzRenderNode(f *testing.F) {
-	f.Fuzz(func(t *testing.T, node, namespace, pod, container, image, iface string, code uint32, sandbox bool) {
-		c1 := &vigilv1.Container{Id: container, Namespace: namespace, Image: image, State: vigilv1.ContainerState_CONTAINER_STATE_RUNNING,
+	f.Fuzz(func(t *testing.T, node, namespace, pod, ctrID, image, iface string, code uint32, sandbox bool) {
+		c1 := &vigilv1.Container{Id: ctrID, Namespace: namespace, Image: image, State: vigilv1.ContainerState_CONTAINER_STATE_RUNNING,
 			Counters: &vigilv1.ContainerCounters{Exits: []*vigilv1.ExitCount{{Reason: vigilv1.ExitReason(code % 6), Code: code, Count: 1}, {Reason: vigilv1.ExitReason(code % 6), Code: code, Count: 2}, {Reason: vigilv1.ExitReason((code / 6) % 7), Code: code, Count: 4}}}}
-		c2 := &vigilv1.Container{Id: container + "2", Namespace: namespace, Image: image, Pod: &vigilv1.PodIdentity{Namespace: namespace, Name: pod, ContainerName: container, Sandbox: sandbox}}
-		c3 := &vigilv1.Container{Id: container + "3", Namespace: namespace, Pod: &vigilv1.PodIdentity{Namespace: namespace, Name: pod, ContainerName: container}}
+		c2 := &vigilv1.Container{Id: ctrID + "2", Namespace: namespace, Image: image, Pod: &vigilv1.PodIdentity{Namespace: namespace, Name: pod, ContainerName: ctrID, Sandbox: sandbox}}
+		c3 := &vigilv1.Container{Id: ctrID + "3", Namespace: namespace, Pod: &vigilv1.PodIdentity{Namespace: namespace, Name: pod, ContainerName: ctrID}}
 		ifc := &vigilv1.Interface{Name: iface, RxBytes: uint64(code)}
 		in := metrics.NodeInput{
 			Name: node, Up: sandbox, Containers: []*vigilv1.Container{c1, c2, c3, nil},
-			Samples: map[metrics.ContainerKey]*vigilv1.ResourceSample{{Namespace: namespace, ID: container}: {CpuUsageSeconds: float64(code) / 7}},
+			Samples: map[container.Key]*vigilv1.ResourceSample{{Namespace: namespace, ID: ctrID}: {CpuUsageSeconds: float64(code) / 7}},
 			Network: []*vigilv1.NetworkNamespace{
 				{Host: true, Interfaces: []*vigilv1.Interface{ifc, ifc}},
-				{Containers: []*vigilv1.ContainerRef{{Namespace: namespace, Id: container}}, Interfaces: []*vigilv1.Interface{ifc, ifc}},
-				{Containers: []*vigilv1.ContainerRef{{Namespace: namespace, Id: container + "2"}, {Namespace: namespace, Id: container + "3"}}, Interfaces: []*vigilv1.Interface{ifc}},
+				{Containers: []*vigilv1.ContainerRef{{Namespace: namespace, Id: ctrID}}, Interfaces: []*vigilv1.Interface{ifc, ifc}},
+				{Containers: []*vigilv1.ContainerRef{{Namespace: namespace, Id: ctrID + "2"}, {Namespace: namespace, Id: ctrID + "3"}}, Interfaces: []*vigilv1.Interface{ifc}},
 				nil,
 			},
 			Peers: &vigilv1.PeerView{Peers: []*vigilv1.PeerStatus{{Name: iface}, {Name: iface}, {Name: node}}},

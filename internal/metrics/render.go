@@ -12,14 +12,9 @@ import (
 	"sync"
 	"unicode/utf8"
 
+	"github.com/vigilhq/vigil/internal/container"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
-
-// ContainerKey names a container on a node: containerd namespace and id.
-type ContainerKey struct {
-	Namespace string
-	ID        string
-}
 
 // NodeInput is what RenderNode reads. RenderNode never modifies it and keeps
 // no reference to it; the protobuf messages must not change while it runs.
@@ -32,7 +27,7 @@ type NodeInput struct {
 	Containers []*vigilv1.Container
 	// Samples are the latest resource samples by container; nil means none.
 	// A sample is exposed only while its container is running or paused.
-	Samples map[ContainerKey]*vigilv1.ResourceSample
+	Samples map[container.Key]*vigilv1.ResourceSample
 	// Network is the node's last network read: the host namespace (host =
 	// true) and the containers' namespaces.
 	Network []*vigilv1.NetworkNamespace
@@ -71,7 +66,7 @@ type scratch struct {
 	parts [numFamilies][]byte
 	lines int
 	// Kept between renderings so that one allocates little.
-	known   map[ContainerKey]*vigilv1.Container
+	known   map[container.Key]*vigilv1.Container
 	seen    map[identity]bool
 	entries []nsEntry
 	ifaces  []*vigilv1.Interface
@@ -258,7 +253,7 @@ func (s *scratch) render(in NodeInput) {
 	for i := range list {
 		ch := &list[i]
 		ch.labels = appendIdentityLabels(nil, node, ch.id)
-		s.container(ch, in.Samples[ContainerKey{ch.c.GetNamespace(), ch.c.GetId()}])
+		s.container(ch, in.Samples[container.Key{Namespace: ch.c.GetNamespace(), ID: ch.c.GetId()}])
 	}
 
 	s.containerNetwork(in, node)
@@ -433,7 +428,7 @@ func (s *scratch) containerNetwork(in NodeInput, node []byte) {
 		return
 	}
 	if s.known == nil {
-		s.known = make(map[ContainerKey]*vigilv1.Container, len(in.Containers))
+		s.known = make(map[container.Key]*vigilv1.Container, len(in.Containers))
 		s.seen = make(map[identity]bool)
 	}
 	clear(s.known)
@@ -441,7 +436,7 @@ func (s *scratch) containerNetwork(in NodeInput, node []byte) {
 	known, seen := s.known, s.seen
 	for _, c := range in.Containers {
 		if c != nil {
-			known[ContainerKey{c.GetNamespace(), c.GetId()}] = c
+			known[container.Key{Namespace: c.GetNamespace(), ID: c.GetId()}] = c
 		}
 	}
 	entries := s.entries[:0]
@@ -519,10 +514,10 @@ func (s *scratch) networkConditions(f int, labels []byte, conds []*vigilv1.Condi
 
 // networkOwner names whose network a namespace is: the pod of any pod
 // container in it (container=""), else its first non-pod container by id.
-func networkOwner(ns *vigilv1.NetworkNamespace, known map[ContainerKey]*vigilv1.Container) (identity, bool) {
+func networkOwner(ns *vigilv1.NetworkNamespace, known map[container.Key]*vigilv1.Container) (identity, bool) {
 	var lone *vigilv1.Container
 	for _, ref := range ns.GetContainers() {
-		c := known[ContainerKey{ref.GetNamespace(), ref.GetId()}]
+		c := known[container.Key{Namespace: ref.GetNamespace(), ID: ref.GetId()}]
 		if c == nil {
 			continue
 		}

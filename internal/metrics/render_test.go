@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/metrics"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
@@ -63,7 +64,7 @@ func sceneNode() metrics.NodeInput {
 			Counters: &vigilv1.ContainerCounters{Exits: []*vigilv1.ExitCount{{Reason: vigilv1.ExitReason_EXIT_REASON_COMPLETED, Code: 0, Count: 1}}}},
 		{Id: "hostnet", Namespace: "default", State: running, Image: "agent", HostNetwork: true, CreatedAt: t0},
 	}
-	samples := map[metrics.ContainerKey]*vigilv1.ResourceSample{
+	samples := map[container.Key]*vigilv1.ResourceSample{
 		{Namespace: "k8s.io", ID: "nginx-new"}: plainSample("k8s.io", "nginx-new", 12.5),
 		{Namespace: "k8s.io", ID: "nginx-old"}: plainSample("k8s.io", "nginx-old", 99), // stopped: not exposed
 		{Namespace: "default", ID: "db"}:       limited(plainSample("default", "db", 1e-3)),
@@ -396,7 +397,7 @@ func TestSeriesPerContainer(t *testing.T) {
 			return in
 		}
 		in.Containers = []*vigilv1.Container{{Id: "c", Namespace: "default", State: vigilv1.ContainerState_CONTAINER_STATE_RUNNING, Image: "i"}}
-		in.Samples = map[metrics.ContainerKey]*vigilv1.ResourceSample{{Namespace: "default", ID: "c"}: sm}
+		in.Samples = map[container.Key]*vigilv1.ResourceSample{{Namespace: "default", ID: "c"}: sm}
 		in.Network = []*vigilv1.NetworkNamespace{{Inode: 2, Containers: []*vigilv1.ContainerRef{{Namespace: "default", Id: "c"}},
 			Interfaces: []*vigilv1.Interface{{Name: "lo", Kind: "loopback"}, {Name: "eth0", Kind: "veth"}}}}
 		return in

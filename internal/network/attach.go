@@ -6,14 +6,16 @@ import (
 	"slices"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/netns"
-	"golang.org/x/sys/unix"
 )
 
 // attachment is one container attached to a namespace.
 type attachment struct {
-	ref     ContainerRef
+	ref     container.Key
 	ns      *namespace
 	path    string // namespace file that must keep naming ns; "" for host network
 	primary bool
@@ -121,7 +123,7 @@ func (ns *namespace) close() {
 // namespace) or updates it. It returns an error wrapping errdefs.ErrInvalid
 // for an empty source or ref, errdefs.ErrNotFound when the namespace does
 // not exist (the task is gone), and errdefs.ErrUnavailable after Close.
-func (m *Monitor) Attach(ref ContainerRef, src Source) error {
+func (m *Monitor) Attach(ref container.Key, src Source) error {
 	if ref.ID == "" {
 		return fmt.Errorf("attach %q: empty container id: %w", ref, errdefs.ErrInvalid)
 	}
@@ -202,7 +204,7 @@ func (m *Monitor) Attach(ref ContainerRef, src Source) error {
 // Detach forgets the container. When it was the last one in its namespace
 // the namespace's sockets are closed. Detaching an unknown container does
 // nothing.
-func (m *Monitor) Detach(ref ContainerRef) {
+func (m *Monitor) Detach(ref container.Key) {
 	m.attachMu.Lock()
 	defer m.attachMu.Unlock()
 	m.mu.Lock()

@@ -15,6 +15,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/vigilhq/vigil/internal/container"
 )
 
 // BenchmarkReadCycle measures one full read of N container namespaces (one
@@ -126,7 +128,7 @@ func benchMonitor(b *testing.B, s *benchScene, n int, fullDump bool) {
 	}
 	defer m.Close()
 	for i, p := range s.paths {
-		if err := m.Attach(ContainerRef{"bench", fmt.Sprint(i)}, Source{Path: p}); err != nil {
+		if err := m.Attach(container.Key{Namespace: "bench", ID: fmt.Sprint(i)}, Source{Path: p}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -324,7 +326,7 @@ func BenchmarkAttachMemory(b *testing.B) {
 					b.Fatal(err)
 				}
 				for i, p := range s.paths {
-					if err := m.Attach(ContainerRef{"bench", fmt.Sprint(i)}, Source{Path: p}); err != nil {
+					if err := m.Attach(container.Key{Namespace: "bench", ID: fmt.Sprint(i)}, Source{Path: p}); err != nil {
 						b.Fatal(err)
 					}
 				}

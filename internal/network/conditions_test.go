@@ -4,6 +4,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/vigilhq/vigil/internal/container"
 )
 
 func TestRatePerSecond(t *testing.T) {
@@ -224,7 +226,7 @@ func TestMatchPartners(t *testing.T) {
 	veth := func(index int32, name string, peer int32, nsid int32, mtu uint32) Link {
 		return Link{Index: index, Name: name, Kind: "veth", LinkIndex: peer, LinkNetNSID: nsid, MTU: mtu}
 	}
-	podA, podB := ContainerRef{"k8s.io", "sandbox-a"}, ContainerRef{"k8s.io", "sandbox-b"}
+	podA, podB := container.Key{Namespace: "k8s.io", ID: "sandbox-a"}, container.Key{Namespace: "k8s.io", ID: "sandbox-b"}
 	snap := &Snapshot{Namespaces: []NamespaceState{
 		{Inode: 1, Host: true, Links: []Link{
 			{Index: 1, Name: "lo", Kind: "loopback"},
@@ -241,7 +243,7 @@ func TestMatchPartners(t *testing.T) {
 		// (vethA's peer is namespace 100's eth0). Two claims on vethA: neither matched.
 		{Inode: 300, Links: []Link{veth(2, "eth0", 10, 3, 1500)}},
 	}}
-	matchPartners(snap, map[uint64]ContainerRef{100: podA, 200: podB})
+	matchPartners(snap, map[uint64]container.Key{100: podA, 200: podB})
 	host := snap.Host()
 	check := func(ns *NamespaceState, name string, want *LinkPartner) {
 		t.Helper()
@@ -270,7 +272,7 @@ func TestMatchPartners(t *testing.T) {
 			snap.Namespaces[i].Links[j].Partner = nil
 		}
 	}
-	matchPartners(snap, map[uint64]ContainerRef{100: podA, 200: podB})
+	matchPartners(snap, map[uint64]container.Key{100: podA, 200: podB})
 	check(host, "vethA", &LinkPartner{NetNSInode: 100, Index: 2, Name: "eth0", MTU: 1450, Owner: podA})
 	check(snap.Namespace(100), "eth0", &LinkPartner{NetNSInode: 1, Host: true, Index: 10, Name: "vethA", MTU: 1500})
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/testenv"
 )
 
@@ -26,8 +27,8 @@ func TestCRIPodVethMapsToPod(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	sandbox := ContainerRef{"k8s.io", pod.SandboxID}
-	app := ContainerRef{"k8s.io", pod.ContainerIDs["app"]}
+	sandbox := container.Key{Namespace: "k8s.io", ID: pod.SandboxID}
+	app := container.Key{Namespace: "k8s.io", ID: pod.ContainerIDs["app"]}
 	// The app container first: the sandbox still names the namespace.
 	if err := m.Attach(app, Source{Path: pod.NetNSPath}); err != nil {
 		t.Fatal(err)

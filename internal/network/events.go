@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
@@ -154,13 +155,13 @@ func (m *Monitor) resync(ns *namespace, now time.Time) {
 	m.push(Event{Type: Resync, Time: now, NetNSInode: ns.id.Ino, Host: ns.host, Containers: m.containersOf(ns)})
 }
 
-func (m *Monitor) containersOf(ns *namespace) []ContainerRef {
+func (m *Monitor) containersOf(ns *namespace) []container.Key {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(ns.containers) == 0 {
 		return nil
 	}
-	out := make([]ContainerRef, len(ns.containers))
+	out := make([]container.Key, len(ns.containers))
 	for i, a := range ns.containers {
 		out[i] = a.ref
 	}

@@ -9,9 +9,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/netns"
-	"golang.org/x/sys/unix"
 )
 
 // Config configures a Monitor. Start from DefaultConfig.
@@ -87,7 +89,7 @@ type Monitor struct {
 	mu         sync.Mutex // guards the fields below and every namespace's containers
 	closed     bool
 	namespaces map[uint64]*namespace // container namespaces by inode; the host is not in it
-	attached   map[ContainerRef]*attachment
+	attached   map[container.Key]*attachment
 	attachSeq  uint64
 
 	evMu    sync.Mutex // guards pending and queue
@@ -177,7 +179,7 @@ func New(cfg Config) (*Monitor, error) {
 		done:       make(chan struct{}),
 		wake:       make(chan struct{}, 1),
 		namespaces: make(map[uint64]*namespace),
-		attached:   make(map[ContainerRef]*attachment),
+		attached:   make(map[container.Key]*attachment),
 		pending:    make(map[eventKey]*Event),
 		buf:        make([]byte, dumpBufferSize),
 		dumpBuf:    make([]byte, dumpBufferSize),
@@ -260,7 +262,7 @@ func (m *Monitor) openSockets() int { return 2 * m.OpenNamespaces() }
 func (m *Monitor) HostInode() uint64 { return m.host.id.Ino }
 
 // owner returns the container that names ns. m.mu must be held.
-func (ns *namespace) ownerLocked() ContainerRef {
+func (ns *namespace) ownerLocked() container.Key {
 	for _, a := range ns.containers {
 		if a.primary {
 			return a.ref
@@ -269,7 +271,7 @@ func (ns *namespace) ownerLocked() ContainerRef {
 	if len(ns.containers) > 0 {
 		return ns.containers[0].ref
 	}
-	return ContainerRef{}
+	return container.Key{}
 }
 
 // LinkUp sets the link named ifname administratively up in the namespace

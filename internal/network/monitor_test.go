@@ -12,12 +12,14 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/vigilhq/vigil/internal/errdefs"
-	"github.com/vigilhq/vigil/internal/metrics/expotest"
-	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/vigilhq/vigil/internal/container"
+	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/metrics/expotest"
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
 // newMonitor returns a monitor whose host is the scene's host namespace,
@@ -80,7 +82,7 @@ func TestReadSceneLinksPeersAndCounters(t *testing.T) {
 	s := newScene(t)
 	a, b := s.addContainer("a"), s.addContainer("b")
 	m := newMonitor(t, s)
-	refA, refB := ContainerRef{"default", "a"}, ContainerRef{"default", "b"}
+	refA, refB := container.Key{Namespace: "default", ID: "a"}, container.Key{Namespace: "default", ID: "b"}
 	if err := m.Attach(refA, Source{Path: a.path}); err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +170,7 @@ func TestLinkDownIsAnEventAndAConditionAndLinkUpBringsItBack(t *testing.T) {
 	s := newScene(t)
 	a := s.addContainer("a")
 	m := newMonitor(t, s)
-	ref := ContainerRef{"default", "a"}
+	ref := container.Key{Namespace: "default", ID: "a"}
 	if err := m.Attach(ref, Source{Path: a.path}); err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +296,7 @@ func TestNoDefaultRouteAndMTUMismatch(t *testing.T) {
 	s := newScene(t)
 	a := s.addContainer("a")
 	m := newMonitor(t, s)
-	if err := m.Attach(ContainerRef{"default", "a"}, Source{Path: a.path}); err != nil {
+	if err := m.Attach(container.Key{Namespace: "default", ID: "a"}, Source{Path: a.path}); err != nil {
 		t.Fatal(err)
 	}
 	if ns := mustNS(t, read(t, m), a.inode); len(ns.Conditions) != 0 {
@@ -335,8 +337,8 @@ func TestSharedAndHostNetworkNamespacesAreNotDoubleCounted(t *testing.T) {
 	s := newScene(t)
 	a := s.addContainer("a")
 	m := newMonitor(t, s)
-	sandbox, app := ContainerRef{"k8s.io", "sandbox"}, ContainerRef{"k8s.io", "app"}
-	hostNet, hostNetByPath := ContainerRef{"default", "hostnet"}, ContainerRef{"default", "hostnet2"}
+	sandbox, app := container.Key{Namespace: "k8s.io", ID: "sandbox"}, container.Key{Namespace: "k8s.io", ID: "app"}
+	hostNet, hostNetByPath := container.Key{Namespace: "default", ID: "hostnet"}, container.Key{Namespace: "default", ID: "hostnet2"}
 	if err := m.Attach(app, Source{Path: a.path}); err != nil {
 		t.Fatal(err)
 	}
@@ -394,8 +396,8 @@ func TestNamespaceReleasesDescriptors(t *testing.T) {
 	t.Cleanup(func() { _ = sleeper.Process.Kill(); _ = sleeper.Wait() })
 	waitNetNS(t, sleeper.Process.Pid, b.inode)
 
-	refA, refB, refC := ContainerRef{"default", "a"}, ContainerRef{"default", "b"}, ContainerRef{"default", "c"}
-	for ref, src := range map[ContainerRef]Source{refA: {Path: a.path}, refB: {PID: uint32(sleeper.Process.Pid)}, refC: {Path: c.path}} {
+	refA, refB, refC := container.Key{Namespace: "default", ID: "a"}, container.Key{Namespace: "default", ID: "b"}, container.Key{Namespace: "default", ID: "c"}
+	for ref, src := range map[container.Key]Source{refA: {Path: a.path}, refB: {PID: uint32(sleeper.Process.Pid)}, refC: {Path: c.path}} {
 		if err := m.Attach(ref, src); err != nil {
 			t.Fatal(err)
 		}
@@ -484,14 +486,14 @@ func TestAttachRejectsBadInput(t *testing.T) {
 	m := newMonitor(t, s)
 	cases := []struct {
 		name string
-		ref  ContainerRef
+		ref  container.Key
 		src  Source
 		want error
 	}{
-		{"empty id", ContainerRef{"default", ""}, Source{HostNetwork: true}, errdefs.ErrInvalid},
-		{"no source", ContainerRef{"default", "x"}, Source{}, errdefs.ErrInvalid},
-		{"missing path", ContainerRef{"default", "x"}, Source{Path: "/var/run/netns/" + s.prefix + "-nosuch"}, errdefs.ErrNotFound},
-		{"not a namespace", ContainerRef{"default", "x"}, Source{Path: "/etc/hostname"}, errdefs.ErrInvalid},
+		{"empty id", container.Key{Namespace: "default", ID: ""}, Source{HostNetwork: true}, errdefs.ErrInvalid},
+		{"no source", container.Key{Namespace: "default", ID: "x"}, Source{}, errdefs.ErrInvalid},
+		{"missing path", container.Key{Namespace: "default", ID: "x"}, Source{Path: "/var/run/netns/" + s.prefix + "-nosuch"}, errdefs.ErrNotFound},
+		{"not a namespace", container.Key{Namespace: "default", ID: "x"}, Source{Path: "/etc/hostname"}, errdefs.ErrInvalid},
 	}
 	for _, tc := range cases {
 		if err := m.Attach(tc.ref, tc.src); !errors.Is(err, tc.want) {
@@ -532,7 +534,7 @@ func TestRunOwnsTheMonitor(t *testing.T) {
 	s := newScene(t)
 	a := s.addContainer("a")
 	m := newMonitor(t, s)
-	if err := m.Attach(ContainerRef{"default", "a"}, Source{Path: a.path}); err != nil {
+	if err := m.Attach(container.Key{Namespace: "default", ID: "a"}, Source{Path: a.path}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, stopRun := runMonitor(t, m)

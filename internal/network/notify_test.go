@@ -12,10 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/vigilhq/vigil/internal/container"
+	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
 // monitorFDs counts this process's descriptors of the kinds a monitor
@@ -90,7 +92,7 @@ func TestManyNamespacesAttachDetachConcurrently(t *testing.T) {
 	const n = 50
 	s := newBenchScene(t, n)
 	handles, eth0, inodes := nsHandles(t, s.paths)
-	ref := func(i int) ContainerRef { return ContainerRef{"test", strconv.Itoa(i)} }
+	ref := func(i int) container.Key { return container.Key{Namespace: "test", ID: strconv.Itoa(i)} }
 	kept := func(i int) bool { return i%2 == 0 }
 
 	t.Run("churn", func(t *testing.T) {
@@ -323,7 +325,7 @@ func TestLostNotificationsResync(t *testing.T) {
 	s := newScene(t)
 	a := s.addContainer("a")
 	m := newMonitor(t, s)
-	ref := ContainerRef{"default", "a"}
+	ref := container.Key{Namespace: "default", ID: "a"}
 	if err := m.Attach(ref, Source{Path: a.path}); err != nil {
 		t.Fatal(err)
 	}
@@ -375,7 +377,7 @@ func TestTruncatedNotificationResyncs(t *testing.T) {
 	s := newScene(t)
 	a := s.addContainer("a")
 	m := newMonitor(t, s)
-	if err := m.Attach(ContainerRef{"default", "a"}, Source{Path: a.path}); err != nil {
+	if err := m.Attach(container.Key{Namespace: "default", ID: "a"}, Source{Path: a.path}); err != nil {
 		t.Fatal(err)
 	}
 	runMonitor(t, m)

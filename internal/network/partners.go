@@ -1,5 +1,7 @@
 package network
 
+import "github.com/vigilhq/vigil/internal/container"
+
 // matchPartners fills Link.Partner for the two ends of every veth pair it can
 // match: pairs inside one namespace, and pairs with one end in the host and
 // the other in a container namespace. owners names, by inode, the container
@@ -15,7 +17,7 @@ package network
 // namespaces); a host link claimed by more than one container link is left
 // unmatched rather than guessed. Pairs between two container namespaces are
 // not matched.
-func matchPartners(snap *Snapshot, owners map[uint64]ContainerRef) {
+func matchPartners(snap *Snapshot, owners map[uint64]container.Key) {
 	host := snap.Host()
 	var hostByIndex map[int32]*Link
 	if host != nil {

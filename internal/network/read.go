@@ -9,8 +9,10 @@ import (
 	"slices"
 	"time"
 
-	"github.com/vigilhq/vigil/internal/errdefs"
 	"golang.org/x/sys/unix"
+
+	"github.com/vigilhq/vigil/internal/container"
+	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
 // internedLink keeps a link's strings between cycles so that an unchanged
@@ -92,8 +94,8 @@ func (m *Monitor) Read(ctx context.Context) (*Snapshot, error) {
 
 	type item struct {
 		ns         *namespace
-		containers []ContainerRef
-		owner      ContainerRef
+		containers []container.Key
+		owner      container.Key
 	}
 	m.mu.Lock()
 	if m.closed {
@@ -109,7 +111,7 @@ func (m *Monitor) Read(ctx context.Context) (*Snapshot, error) {
 	for i := range items {
 		ns := items[i].ns
 		if len(ns.containers) > 0 {
-			items[i].containers = make([]ContainerRef, len(ns.containers))
+			items[i].containers = make([]container.Key, len(ns.containers))
 			for j, a := range ns.containers {
 				items[i].containers[j] = a.ref
 			}
@@ -119,7 +121,7 @@ func (m *Monitor) Read(ctx context.Context) (*Snapshot, error) {
 	m.mu.Unlock()
 
 	snap := &Snapshot{Time: start, Namespaces: make([]NamespaceState, 0, len(items))}
-	owners := make(map[uint64]ContainerRef, len(items))
+	owners := make(map[uint64]container.Key, len(items))
 	read := make([]*namespace, 0, len(items))
 	for _, it := range items {
 		if err := ctx.Err(); err != nil {

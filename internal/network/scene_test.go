@@ -94,8 +94,8 @@ func (s *scene) addNetNS(suffix string) string {
 
 func (s *scene) hostPath() string { return "/var/run/netns/" + s.host }
 
-// container is a container namespace of a scene.
-type container struct {
+// sceneContainer is a container namespace of a scene.
+type sceneContainer struct {
 	name  string // netns name
 	path  string
 	host  string // host-side veth name
@@ -105,10 +105,10 @@ type container struct {
 
 // addContainer creates a namespace whose eth0 is a veth to the bridge, with
 // an address and a default route via the bridge.
-func (s *scene) addContainer(suffix string) *container {
+func (s *scene) addContainer(suffix string) *sceneContainer {
 	s.tb.Helper()
 	name := s.addNetNS(suffix)
-	c := &container{name: name, path: "/var/run/netns/" + name, host: "v" + suffix, ip: fmt.Sprintf("10.77.0.%d", s.nextIP)}
+	c := &sceneContainer{name: name, path: "/var/run/netns/" + name, host: "v" + suffix, ip: fmt.Sprintf("10.77.0.%d", s.nextIP)}
 	s.nextIP++
 	run(s.tb, "ip", "-n", s.host, "link", "add", c.host, "type", "veth", "peer", "name", "eth0", "netns", name)
 	run(s.tb, "ip", "-n", s.host, "link", "set", c.host, "master", "br0", "up")

@@ -3,18 +3,12 @@ package network
 import (
 	"fmt"
 	"time"
+
+	"github.com/vigilhq/vigil/internal/container"
 )
 
 // The domain types of the network package. The agent converts them to the
 // protocol once, at its edge (see proto.go).
-
-// ContainerRef names a container on a node: its containerd namespace and id.
-type ContainerRef struct {
-	Namespace string
-	ID        string
-}
-
-func (r ContainerRef) String() string { return r.Namespace + "/" + r.ID }
 
 // OperState is a link's RFC 2863 operational state (IFLA_OPERSTATE).
 type OperState uint8
@@ -100,7 +94,7 @@ type LinkPartner struct {
 	// Owner is, for a host link whose partner is in a container namespace, the
 	// container that names that namespace (a pod's sandbox when attached as
 	// primary, else the earliest attached container). Zero otherwise.
-	Owner ContainerRef
+	Owner container.Key
 }
 
 // IsDown reports whether the link is administratively or operationally down.
@@ -170,8 +164,8 @@ type Condition struct {
 type NamespaceState struct {
 	Inode           uint64
 	Host            bool
-	Containers      []ContainerRef // attached containers, in attach order
-	Links           []Link         // by index
+	Containers      []container.Key // attached containers, in attach order
+	Links           []Link          // by index
 	HasDefaultRoute bool
 	Conditions      []Condition
 	Time            time.Time
@@ -253,6 +247,6 @@ type Event struct {
 	Time       time.Time // when the notification was received
 	NetNSInode uint64
 	Host       bool
-	Containers []ContainerRef // attached to the namespace when it was received
+	Containers []container.Key // attached to the namespace when it was received
 	Link       Link
 }

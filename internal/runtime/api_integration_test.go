@@ -21,6 +21,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/testenv"
 )
@@ -96,7 +97,7 @@ func TestImageIndexHealthcheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cont.Delete(context.WithoutCancel(ctx)) })
-	got := w.waitForKey(Key{ns, "indexed"}, EventAdded).Container
+	got := w.waitForKey(container.Key{Namespace: ns, ID: "indexed"}, EventAdded).Container
 	if got.ImageDigest != idxDesc.Digest.String() {
 		t.Errorf("ImageDigest = %q, want the index's %s", got.ImageDigest, idxDesc.Digest)
 	}
@@ -180,7 +181,7 @@ func TestRestartIntoLogDir(t *testing.T) {
 	logDir := t.TempDir()
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: logDir})
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "logged", Image: image, Args: []string{"sh", "-c", "echo to-the-log; exec 1>&-; sleep 0.2; echo err-too >&2"}})
-	k := Key{ns, "logged"}
+	k := container.Key{Namespace: ns, ID: "logged"}
 	w.waitForKey(k, EventExited)
 	env.DeleteTask(t, ns, "logged")
 	w.waitForKey(k, EventTaskDeleted)
@@ -214,7 +215,7 @@ func TestStopPaused(t *testing.T) {
 	image := env.BusyboxImage(t, ns)
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
 	_, task := env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "frozen", Image: image, Args: []string{"sleep", "600"}})
-	k := Key{ns, "frozen"}
+	k := container.Key{Namespace: ns, ID: "frozen"}
 	w.waitForKey(k, EventStarted)
 	paused := func(want bool) {
 		t.Helper()
@@ -240,7 +241,7 @@ func TestStopPaused(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.waitForKey(k, EventPaused)
-	if _, err := w.Paused(context.Background(), Key{ns, "nope"}); !errors.Is(err, errdefs.ErrNotFound) {
+	if _, err := w.Paused(context.Background(), container.Key{Namespace: ns, ID: "nope"}); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Paused of a missing container: %v", err)
 	}
 	if err := w.Stop(context.Background(), k, 300*time.Millisecond); err != nil {
@@ -249,7 +250,7 @@ func TestStopPaused(t *testing.T) {
 	if ev := w.waitForKey(k, EventExited); ev.Exit.Signal != "KILL" {
 		t.Errorf("Stop of a paused task: exit %+v, want KILL after the grace period", ev.Exit)
 	}
-	if err := w.Stop(context.Background(), Key{ns, "nope"}, time.Second); !errors.Is(err, errdefs.ErrNotFound) {
+	if err := w.Stop(context.Background(), container.Key{Namespace: ns, ID: "nope"}, time.Second); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Stop of a missing container: %v", err)
 	}
 }

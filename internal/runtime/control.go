@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
@@ -32,7 +33,7 @@ func (r *Runtime) connected() (*apiClient, error) {
 }
 
 // loadContainer reads container k's record (ctx carries k's namespace).
-func (r *Runtime) loadContainer(ctx context.Context, c *apiClient, k Key) (*containersapi.Container, error) {
+func (r *Runtime) loadContainer(ctx context.Context, c *apiClient, k container.Key) (*containersapi.Container, error) {
 	var cc *containersapi.Container
 	err := r.call(ctx, "container_load", func(ctx context.Context) error {
 		resp, err := c.containers.Get(ctx, &containersapi.GetContainerRequest{ID: k.ID})
@@ -49,7 +50,7 @@ func (r *Runtime) loadContainer(ctx context.Context, c *apiClient, k Key) (*cont
 
 // loadTask reads the state of k's task (ctx carries k's namespace); a
 // container without a task, or no container, is ErrNotFound.
-func (r *Runtime) loadTask(ctx context.Context, c *apiClient, k Key) (*tasktypes.Process, error) {
+func (r *Runtime) loadTask(ctx context.Context, c *apiClient, k container.Key) (*tasktypes.Process, error) {
 	var p *tasktypes.Process
 	err := r.call(ctx, "task_load", func(ctx context.Context) error {
 		resp, err := c.tasks.Get(ctx, &tasksapi.GetRequest{ContainerID: k.ID})
@@ -123,7 +124,7 @@ func killAndWait(ctx context.Context, c *apiClient, id, execID string) error {
 
 // Kill sends sig to the task's init process. A container without a task is
 // ErrNotFound.
-func (r *Runtime) Kill(ctx context.Context, k Key, sig syscall.Signal) error {
+func (r *Runtime) Kill(ctx context.Context, k container.Key, sig syscall.Signal) error {
 	c, err := r.connected()
 	if err != nil {
 		return err
@@ -134,7 +135,7 @@ func (r *Runtime) Kill(ctx context.Context, k Key, sig syscall.Signal) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("container %s/%s: %w", k.Namespace, k.ID, err)
+		return fmt.Errorf("container %s: %w", k, err)
 	}
 	return nil
 }
@@ -143,14 +144,14 @@ func (r *Runtime) Kill(ctx context.Context, k Key, sig syscall.Signal) error {
 // processes are frozen and cannot answer a health probe. It asks containerd
 // (and so the task's shim), not the inventory, which learns of a pause only
 // when its event arrives. A container without a task is ErrNotFound.
-func (r *Runtime) Paused(ctx context.Context, k Key) (bool, error) {
+func (r *Runtime) Paused(ctx context.Context, k container.Key) (bool, error) {
 	c, err := r.connected()
 	if err != nil {
 		return false, err
 	}
 	p, err := r.loadTask(namespaces.WithNamespace(ctx, k.Namespace), c, k)
 	if err != nil {
-		return false, fmt.Errorf("container %s/%s: %w", k.Namespace, k.ID, err)
+		return false, fmt.Errorf("container %s: %w", k, err)
 	}
 	return p.Status == tasktypes.Status_PAUSED || p.Status == tasktypes.Status_PAUSING, nil
 }
@@ -175,7 +176,7 @@ func WithStopSignal(sig syscall.Signal) StopOption {
 // ends. A paused task is resumed first (a frozen process cannot handle a
 // signal). Stopping a task that has already exited is a no-op; the task is
 // not deleted.
-func (r *Runtime) Stop(ctx context.Context, k Key, grace time.Duration, opts ...StopOption) error {
+func (r *Runtime) Stop(ctx context.Context, k container.Key, grace time.Duration, opts ...StopOption) error {
 	o := stopOptions{signal: syscall.SIGTERM}
 	for _, opt := range opts {
 		opt(&o)
@@ -192,7 +193,7 @@ func (r *Runtime) Stop(ctx context.Context, k Key, grace time.Duration, opts ...
 	exitC := waitExit(wctx, c, k.ID, "") // the wait outlives each call's deadline
 	p, err := r.loadTask(ctx, c, k)
 	if err != nil {
-		return fmt.Errorf("container %s/%s: %w", k.Namespace, k.ID, err)
+		return fmt.Errorf("container %s: %w", k, err)
 	}
 	switch p.Status {
 	case tasktypes.Status_STOPPED:
@@ -220,7 +221,7 @@ func (r *Runtime) Stop(ctx context.Context, k Key, grace time.Duration, opts ...
 	case <-exitC:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("stop %s/%s: %w: %w", k.Namespace, k.ID, errdefs.ErrUnavailable, ctx.Err())
+		return fmt.Errorf("stop %s: %w: %w", k, errdefs.ErrUnavailable, ctx.Err())
 	case <-t.C:
 	}
 	if err := kill(syscall.SIGKILL); err != nil {
@@ -230,6 +231,6 @@ func (r *Runtime) Stop(ctx context.Context, k Key, grace time.Duration, opts ...
 	case <-exitC:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("stop %s/%s: no exit after SIGKILL: %w: %w", k.Namespace, k.ID, errdefs.ErrUnavailable, ctx.Err())
+		return fmt.Errorf("stop %s: no exit after SIGKILL: %w: %w", k, errdefs.ErrUnavailable, ctx.Err())
 	}
 }

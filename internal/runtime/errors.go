@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"syscall"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -51,10 +52,48 @@ func translateErr(err error) error {
 		return fmt.Errorf("%w: %w: %v", errdefs.ErrUnavailable, context.DeadlineExceeded, err)
 	case cerrdefs.IsCanceled(err):
 		return fmt.Errorf("%w: %w: %v", errdefs.ErrUnavailable, context.Canceled, err)
+	case shimLost(err.Error()):
+		return fmt.Errorf("%w: %v", ErrShimLost, err)
 	default:
 		// Unknown, internal, not implemented: containerd failed for its
 		// own reasons; keep the message, with no sentinel to match.
 		return errors.New(err.Error())
 	}
 	return fmt.Errorf("%w: %v", sentinel, err)
+}
+
+// ErrShimLost: containerd lost its connection to the task's shim in the
+// middle of the call (the shim exited, was killed, or its socket was
+// reset), so the call's outcome inside the shim is unknown. It wraps
+// errdefs.ErrUnavailable: containerd's side of the task did not answer,
+// and trying again (with ResumeInterrupted, for a Restart: a task may be
+// left) may work. Callers that must not retry it forever tell it apart
+// with errors.Is(err, ErrShimLost) before testing ErrUnavailable.
+var ErrShimLost = fmt.Errorf("containerd lost the task's shim during the call (it exited or its connection closed): %w", errdefs.ErrUnavailable)
+
+// shimLost reports whether containerd's message (code Unknown: containerd
+// gives these no code of their own) says it lost the shim's transport.
+// What containerd 1.6 and 2.x return then, read in their
+// runtime/v2 (core/runtime/v2) task manager and shim client, and in ttrpc:
+//
+//   - "ttrpc: closed" (ttrpc.ErrClosed): the shim's ttrpc connection ended
+//     while containerd waited for its answer: EOF, a reset on read, a broken
+//     pipe on write, a closed connection. The shim's task client passes it
+//     through errgrpc.ToNative (errdefs.FromGRPC in 1.6, which appends
+//     ": unknown"), and the task manager prefixes a create's with "failed
+//     to create shim task: ". test/crash saw, and
+//     TestRestartShimKilledInCreate provokes on 1.6.20, "failed to create
+//     shim task: ttrpc: closed: unknown"; a start answers "ttrpc: closed"
+//     (": unknown" on 1.6).
+//   - "connection reset by peer": a reset that ttrpc does not fold into
+//     ErrClosed (it does only on read).
+//   - "failed to start shim" with "connection refused": the shim printed
+//     its address and died before containerd connected to it.
+//
+// A shim that fails to start for its own reasons (an exit status, a
+// missing binary) is not matched: that is no transport failure.
+func shimLost(msg string) bool {
+	return strings.Contains(msg, "ttrpc: closed") ||
+		strings.Contains(msg, "connection reset by peer") ||
+		(strings.Contains(msg, "failed to start shim") && strings.Contains(msg, "connection refused"))
 }

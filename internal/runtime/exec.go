@@ -18,6 +18,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
@@ -30,9 +31,9 @@ var processSpecType = "types.containerd.io/opencontainers/runtime-spec/" + strco
 // stdout and stderr interleaved, of which the first outputCap bytes are
 // kept (0: 64 KiB). When ctx ends first the process is killed and the error
 // wraps ctx.Err() (context.DeadlineExceeded for a timeout).
-func (r *Runtime) Exec(ctx context.Context, k Key, args []string, outputCap int) (ExecResult, error) {
+func (r *Runtime) Exec(ctx context.Context, k container.Key, args []string, outputCap int) (ExecResult, error) {
 	if len(args) == 0 {
-		return ExecResult{}, fmt.Errorf("exec in %s/%s: no command: %w", k.Namespace, k.ID, errdefs.ErrInvalid)
+		return ExecResult{}, fmt.Errorf("exec in %s: no command: %w", k, errdefs.ErrInvalid)
 	}
 	if outputCap <= 0 {
 		outputCap = defaultExecOutputCap
@@ -44,14 +45,14 @@ func (r *Runtime) Exec(ctx context.Context, k Key, args []string, outputCap int)
 	ctx = namespaces.WithNamespace(ctx, k.Namespace)
 	cc, err := r.loadContainer(ctx, c, k)
 	if err != nil {
-		return ExecResult{}, fmt.Errorf("exec in %s/%s: %w", k.Namespace, k.ID, err)
+		return ExecResult{}, fmt.Errorf("exec in %s: %w", k, err)
 	}
 	spec, err := containerSpec(cc)
 	if err == nil && spec.Process == nil {
 		err = fmt.Errorf("container spec has no process: %w", errdefs.ErrInvalid)
 	}
 	if err != nil {
-		return ExecResult{}, fmt.Errorf("exec in %s/%s: %w", k.Namespace, k.ID, err)
+		return ExecResult{}, fmt.Errorf("exec in %s: %w", k, err)
 	}
 	pspec := spec.Process
 	pspec.Args = args
@@ -59,7 +60,7 @@ func (r *Runtime) Exec(ctx context.Context, k Key, args []string, outputCap int)
 	pspec.ConsoleSize = nil
 	pjson, err := json.Marshal(pspec)
 	if err != nil {
-		return ExecResult{}, fmt.Errorf("exec in %s/%s: process spec: %w: %v", k.Namespace, k.ID, errdefs.ErrInvalid, err)
+		return ExecResult{}, fmt.Errorf("exec in %s: process spec: %w: %v", k, errdefs.ErrInvalid, err)
 	}
 
 	// stdout and stderr come through two FIFOs (in containerd's FIFO
@@ -68,7 +69,7 @@ func (r *Runtime) Exec(ctx context.Context, k Key, args []string, outputCap int)
 	id := execID()
 	pio, err := cio.NewCreator(cio.WithStreams(nil, out, out))(id)
 	if err != nil {
-		return ExecResult{}, fmt.Errorf("exec in %s/%s: output FIFOs: %w", k.Namespace, k.ID, err)
+		return ExecResult{}, fmt.Errorf("exec in %s: output FIFOs: %w", k, err)
 	}
 	fifos := pio.Config()
 	if err := r.call(ctx, "exec_create", func(ctx context.Context) error {
@@ -84,7 +85,7 @@ func (r *Runtime) Exec(ctx context.Context, k Key, args []string, outputCap int)
 		pio.Cancel()
 		pio.Wait()
 		_ = pio.Close()
-		return ExecResult{}, fmt.Errorf("exec in %s/%s: %w", k.Namespace, k.ID, err)
+		return ExecResult{}, fmt.Errorf("exec in %s: %w", k, err)
 	}
 	// The process outlives the caller's deadline until it is killed and
 	// deleted: those calls use a context detached from ctx.
@@ -116,7 +117,7 @@ func (r *Runtime) Exec(ctx context.Context, k Key, args []string, outputCap int)
 		_, err := c.tasks.Start(ctx, &tasksapi.StartRequest{ContainerID: k.ID, ExecID: id})
 		return err
 	}); err != nil {
-		return ExecResult{}, fmt.Errorf("exec in %s/%s: %w", k.Namespace, k.ID, err)
+		return ExecResult{}, fmt.Errorf("exec in %s: %w", k, err)
 	}
 	started = true
 	select {
@@ -124,7 +125,7 @@ func (r *Runtime) Exec(ctx context.Context, k Key, args []string, outputCap int)
 		exited = true
 		drainExecIO(ctx, pio)
 		if st.err != nil {
-			return ExecResult{}, fmt.Errorf("exec in %s/%s: wait: %w", k.Namespace, k.ID, translateErr(st.err))
+			return ExecResult{}, fmt.Errorf("exec in %s: wait: %w", k, translateErr(st.err))
 		}
 		return ExecResult{ExitCode: int(st.code), Output: out.Bytes()}, nil
 	case <-ctx.Done():
@@ -137,7 +138,7 @@ func (r *Runtime) Exec(ctx context.Context, k Key, args []string, outputCap int)
 		case <-kctx.Done():
 		}
 		pio.Cancel()
-		return ExecResult{ExitCode: -1, Output: out.Bytes()}, fmt.Errorf("exec in %s/%s: killed: %w", k.Namespace, k.ID, ctx.Err())
+		return ExecResult{ExitCode: -1, Output: out.Bytes()}, fmt.Errorf("exec in %s: killed: %w", k, ctx.Err())
 	}
 }
 

@@ -13,6 +13,8 @@ import (
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
@@ -45,7 +47,7 @@ type LayerUsage struct {
 // SnapshotUsage asks containerd's snapshotter for the usage of container
 // k's writable layer. A container without a snapshot has an error wrapping
 // errdefs.ErrNotFound.
-func (r *Runtime) SnapshotUsage(ctx context.Context, k Key) (LayerUsage, error) {
+func (r *Runtime) SnapshotUsage(ctx context.Context, k container.Key) (LayerUsage, error) {
 	c, err := r.connected()
 	if err != nil {
 		return LayerUsage{}, err
@@ -56,7 +58,7 @@ func (r *Runtime) SnapshotUsage(ctx context.Context, k Key) (LayerUsage, error) 
 		return LayerUsage{}, err
 	}
 	if cc.SnapshotKey == "" || cc.Snapshotter == "" {
-		return LayerUsage{}, fmt.Errorf("container %s/%s has no snapshot: %w", k.Namespace, k.ID, errdefs.ErrNotFound)
+		return LayerUsage{}, fmt.Errorf("container %s has no snapshot: %w", k, errdefs.ErrNotFound)
 	}
 	var u LayerUsage
 	err = r.call(ctx, "snapshot_usage", func(ctx context.Context) error {
@@ -73,7 +75,7 @@ func (r *Runtime) SnapshotUsage(ctx context.Context, k Key) (LayerUsage, error) 
 // the directory that holds what the container wrote. Its error wraps
 // errdefs.ErrNotFound for a container without a snapshot, errdefs.ErrInvalid
 // for one whose snapshot is not an overlay mount.
-func (r *Runtime) UpperDir(ctx context.Context, k Key) (string, error) {
+func (r *Runtime) UpperDir(ctx context.Context, k container.Key) (string, error) {
 	c, err := r.connected()
 	if err != nil {
 		return "", err
@@ -84,7 +86,7 @@ func (r *Runtime) UpperDir(ctx context.Context, k Key) (string, error) {
 		return "", err
 	}
 	if cc.SnapshotKey == "" || cc.Snapshotter == "" {
-		return "", fmt.Errorf("container %s/%s has no snapshot: %w", k.Namespace, k.ID, errdefs.ErrNotFound)
+		return "", fmt.Errorf("container %s has no snapshot: %w", k, errdefs.ErrNotFound)
 	}
 	var opts []string
 	err = r.call(ctx, "snapshot_mounts", func(ctx context.Context) error {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/procstat"
 	"github.com/vigilhq/vigil/internal/testenv"
@@ -79,7 +80,7 @@ func TestWritableLayerUsage(t *testing.T) {
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "writer", Image: env.BusyboxImage(t, ns), Args: []string{"sh", "-c",
 		"dd if=/dev/urandom of=/f bs=4096 count=256 && touch /done && sleep 1000000"}})
-	k := Key{ns, "writer"}
+	k := container.Key{Namespace: ns, ID: "writer"}
 	w.waitForKey(k, EventStarted)
 	ctx := context.Background()
 	upper, err := w.UpperDir(ctx, k)
@@ -111,7 +112,7 @@ func TestWritableLayerUsage(t *testing.T) {
 	if d := int64(walked.Bytes) - int64(api.Bytes); d > 64<<10 || d < -64<<10 {
 		t.Errorf("walked %d B, snapshotter %d B: more than 64 KiB apart", walked.Bytes, api.Bytes)
 	}
-	if _, err := w.SnapshotUsage(ctx, Key{ns, "nosuch"}); !errors.Is(err, errdefs.ErrNotFound) {
+	if _, err := w.SnapshotUsage(ctx, container.Key{Namespace: ns, ID: "nosuch"}); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("SnapshotUsage of no container: %v, want not found", err)
 	}
 }
@@ -134,9 +135,9 @@ func TestWritableLayerUsageCost(t *testing.T) {
 	ns := uniqueNS(t)
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
 	image := env.BusyboxImage(t, ns)
-	keys := make([]Key, n)
+	keys := make([]container.Key, n)
 	for i := range keys {
-		keys[i] = Key{ns, fmt.Sprintf("w%03d", i)}
+		keys[i] = container.Key{Namespace: ns, ID: fmt.Sprintf("w%03d", i)}
 		env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: keys[i].ID, Image: image, Args: []string{"sh", "-c",
 			fmt.Sprintf("mkdir /data && i=0; while [ $i -lt %d ]; do echo $i > /data/f$i; i=$((i+1)); done; touch /done; sleep 1000000", files)}})
 	}

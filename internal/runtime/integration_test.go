@@ -21,6 +21,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"golang.org/x/sys/unix"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/metrics"
 	"github.com/vigilhq/vigil/internal/metrics/expotest"
@@ -101,7 +102,7 @@ func (w *watcher) waitFor(timeout time.Duration, what string, match func(Event) 
 	}
 }
 
-func (w *watcher) waitForKey(k Key, typ EventType) Event {
+func (w *watcher) waitForKey(k container.Key, typ EventType) Event {
 	w.t.Helper()
 	return w.waitFor(20*time.Second, fmt.Sprintf("%s of %s", typ, k.ID), func(ev Event) bool { return ev.Key == k && ev.Type == typ })
 }
@@ -142,7 +143,7 @@ func TestUnavailableSocket(t *testing.T) {
 	if r.Available() {
 		t.Error("Available() with no containerd")
 	}
-	if _, err := r.Exec(ctx, Key{"default", "x"}, []string{"true"}, 0); !errors.Is(err, errdefs.ErrUnavailable) {
+	if _, err := r.Exec(ctx, container.Key{Namespace: "default", ID: "x"}, []string{"true"}, 0); !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Errorf("Exec: err = %v, want ErrUnavailable", err)
 	}
 	if _, err := New(Config{Address: "x", StatsSource: StatsSourceMetricsAPI}); err != nil {
@@ -172,14 +173,14 @@ func TestInventoryPlainContainers(t *testing.T) {
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "before", Image: busybox, Args: []string{"sleep", "600"},
 		Labels: map[string]string{"app": "web", "containerd.io/restart.status": "running"}})
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
-	before, ok := w.Container(Key{ns, "before"})
+	before, ok := w.Container(container.Key{Namespace: ns, ID: "before"})
 	if !ok || before.State != StateRunning || before.Manager != ManagerContainerd || before.Labels["app"] != "web" {
 		t.Errorf("listed container = %+v", before)
 	}
 
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "hc", Image: hcImage, Args: []string{"sleep"}})
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "hostnet", Image: busybox, Args: []string{"sleep", "600"}, HostNetwork: true})
-	k := Key{ns, "hc"}
+	k := container.Key{Namespace: ns, ID: "hc"}
 	ev := w.waitForKey(k, EventStarted)
 	c := *ev.Container
 	if c.State != StateRunning || c.Pid == 0 || c.StartedAt.IsZero() || c.CreatedAt.IsZero() || c.Image != hcImage ||
@@ -200,10 +201,10 @@ func TestInventoryPlainContainers(t *testing.T) {
 		t.Errorf("Healthcheck = %+v, want %+v", c.Healthcheck, hc)
 	}
 	eventually(t, 10*time.Second, "host network container in inventory", func() bool {
-		c, ok := w.Container(Key{ns, "hostnet"})
+		c, ok := w.Container(container.Key{Namespace: ns, ID: "hostnet"})
 		return ok && c.State == StateRunning
 	})
-	hn, _ := w.Container(Key{ns, "hostnet"})
+	hn, _ := w.Container(container.Key{Namespace: ns, ID: "hostnet"})
 	if !hn.HostNetwork {
 		t.Errorf("host network container: HostNetwork false (inode %d)", hn.NetNSInode)
 	}
@@ -242,7 +243,7 @@ func TestImageDetailsFollowTag(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = cont.Delete(ctx) })
-		return *w.waitForKey(Key{ns, id}, EventAdded).Container
+		return *w.waitForKey(container.Key{Namespace: ns, ID: id}, EventAdded).Container
 	}
 
 	if got := create("missing"); got.ImageDigest != "" || got.Healthcheck != nil {
@@ -272,7 +273,7 @@ func TestInventoryPods(t *testing.T) {
 		{Name: "sidecar", Image: image, Args: []string{"sleep"}},
 	}})
 	for name, id := range pod.ContainerIDs {
-		k := Key{"k8s.io", id}
+		k := container.Key{Namespace: "k8s.io", ID: id}
 		eventually(t, 15*time.Second, name+" running", func() bool {
 			c, ok := w.Container(k)
 			return ok && c.State == StateRunning
@@ -286,7 +287,7 @@ func TestInventoryPods(t *testing.T) {
 			t.Errorf("container %s: Manager = %s", name, c.Manager)
 		}
 	}
-	sb, ok := w.Container(Key{"k8s.io", pod.SandboxID})
+	sb, ok := w.Container(container.Key{Namespace: "k8s.io", ID: pod.SandboxID})
 	if !ok {
 		t.Fatalf("sandbox %s not in inventory", pod.SandboxID)
 	}
@@ -294,7 +295,7 @@ func TestInventoryPods(t *testing.T) {
 	if sb.Pod == nil || *sb.Pod != want {
 		t.Errorf("sandbox Pod = %+v, want %+v", sb.Pod, want)
 	}
-	app, _ := w.Container(Key{"k8s.io", pod.ContainerIDs["app"]})
+	app, _ := w.Container(container.Key{Namespace: "k8s.io", ID: pod.ContainerIDs["app"]})
 	if app.NetNSInode == 0 || app.NetNSInode != sb.NetNSInode {
 		t.Errorf("app netns inode %d, sandbox %d: want the same, non-zero", app.NetNSInode, sb.NetNSInode)
 	}
@@ -308,26 +309,26 @@ func TestExitClassification(t *testing.T) {
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
 
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "three", Image: image, Args: []string{"exit", "3", "--after", "200ms"}})
-	ev := w.waitForKey(Key{ns, "three"}, EventExited)
+	ev := w.waitForKey(container.Key{Namespace: ns, ID: "three"}, EventExited)
 	if ev.Exit == nil || ev.Exit.Code != 3 || ev.Exit.Reason != ExitError || ev.Exit.At.IsZero() {
 		t.Errorf("exit 3: %+v", ev.Exit)
 	}
-	if c, _ := w.Container(Key{ns, "three"}); c.State != StateStopped || c.LastExit == nil || c.LastExit.Code != 3 || c.Pid != 0 {
+	if c, _ := w.Container(container.Key{Namespace: ns, ID: "three"}); c.State != StateStopped || c.LastExit == nil || c.LastExit.Code != 3 || c.Pid != 0 {
 		t.Errorf("inventory after exit 3: %+v", c)
 	}
 
 	_, task := env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "killed", Image: image, Args: []string{"sleep"}})
-	w.waitForKey(Key{ns, "killed"}, EventStarted)
+	w.waitForKey(container.Key{Namespace: ns, ID: "killed"}, EventStarted)
 	if err := task.Kill(namespaces.WithNamespace(context.Background(), ns), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	ev = w.waitForKey(Key{ns, "killed"}, EventExited)
+	ev = w.waitForKey(container.Key{Namespace: ns, ID: "killed"}, EventExited)
 	if ev.Exit == nil || ev.Exit.Code != 137 || ev.Exit.Reason != ExitSignal || ev.Exit.Signal != "KILL" {
 		t.Errorf("SIGKILL: %+v", ev.Exit)
 	}
 
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "oom", Image: image, Args: []string{"oom", "--mb", "64"}, MemoryLimit: 32 << 20})
-	ev = w.waitForKey(Key{ns, "oom"}, EventExited)
+	ev = w.waitForKey(container.Key{Namespace: ns, ID: "oom"}, EventExited)
 	if ev.Exit == nil || ev.Exit.Reason != ExitOOMKilled || ev.Exit.Signal != "KILL" {
 		t.Errorf("OOM: %+v", ev.Exit)
 	}
@@ -340,7 +341,7 @@ func TestPauseResume(t *testing.T) {
 	image := env.BusyboxImage(t, ns)
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
 	_, task := env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "p", Image: image, Args: []string{"sleep", "600"}})
-	k := Key{ns, "p"}
+	k := container.Key{Namespace: ns, ID: "p"}
 	w.waitForKey(k, EventStarted)
 	ctx := namespaces.WithNamespace(context.Background(), ns)
 	if err := task.Pause(ctx); err != nil {
@@ -368,8 +369,8 @@ func TestContainerdRestart(t *testing.T) {
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}, CallTimeout: 2 * time.Second})
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "stays", Image: image, Args: []string{"sleep", "600"}})
 	_, doomed := env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "dies", Image: image, Args: []string{"sleep", "600"}})
-	w.waitForKey(Key{ns, "stays"}, EventStarted)
-	w.waitForKey(Key{ns, "dies"}, EventStarted)
+	w.waitForKey(container.Key{Namespace: ns, ID: "stays"}, EventStarted)
+	w.waitForKey(container.Key{Namespace: ns, ID: "dies"}, EventStarted)
 
 	env.Kill(t)
 	w.waitFor(20*time.Second, "unavailable", func(ev Event) bool { return ev.Type == EventUnavailable })
@@ -393,7 +394,7 @@ func TestContainerdRestart(t *testing.T) {
 		switch {
 		case ev.Type == EventAvailable:
 			available = true
-		case ev.Type == EventExited && ev.Key == Key{ns, "dies"}:
+		case ev.Type == EventExited && ev.Key == container.Key{Namespace: ns, ID: "dies"}:
 			if exit != nil {
 				t.Errorf("exit reported twice: %+v then %+v", exit, ev.Exit)
 			}
@@ -404,15 +405,15 @@ func TestContainerdRestart(t *testing.T) {
 	if exit.Reason != ExitSignal || exit.Signal != "KILL" || exit.Code != 137 {
 		t.Errorf("exit while disconnected: %+v", exit)
 	}
-	if c, _ := w.Container(Key{ns, "stays"}); c.State != StateRunning {
+	if c, _ := w.Container(container.Key{Namespace: ns, ID: "stays"}); c.State != StateRunning {
 		t.Errorf("surviving container: %+v", c)
 	}
-	if c, _ := w.Container(Key{ns, "dies"}); c.State != StateStopped || c.LastExit == nil || c.LastExit.Code != 137 {
+	if c, _ := w.Container(container.Key{Namespace: ns, ID: "dies"}); c.State != StateStopped || c.LastExit == nil || c.LastExit.Code != 137 {
 		t.Errorf("dead container: %+v", c)
 	}
 	// The new session follows events again.
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "after", Image: image, Args: []string{"sleep", "600"}})
-	w.waitForKey(Key{ns, "after"}, EventStarted)
+	w.waitForKey(container.Key{Namespace: ns, ID: "after"}, EventStarted)
 	if n := reconnectsExported(t, w.Collector()); n < 1 {
 		t.Errorf("vigil_agent_runtime_reconnects_total = %v after a reconnect", n)
 	}
@@ -492,7 +493,7 @@ func TestStats(t *testing.T) {
 	api := startRuntime(t, env, Config{Namespaces: []string{ns}, StatsSource: StatsSourceMetricsAPI})
 	const limit = 64 << 20
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "busy", Image: image, Args: []string{"spin"}, MemoryLimit: limit})
-	k := Key{ns, "busy"}
+	k := container.Key{Namespace: ns, ID: "busy"}
 	w.waitForKey(k, EventStarted)
 	api.waitForKey(k, EventStarted)
 	ctx := context.Background()
@@ -549,7 +550,7 @@ func TestStatsSpec(t *testing.T) {
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
 	const limit, reservation = 64 << 20, 32 << 20
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "capped", Image: image, Args: []string{"spin"}, MemoryLimit: limit})
-	k := Key{ns, "capped"}
+	k := container.Key{Namespace: ns, ID: "capped"}
 	w.waitForKey(k, EventStarted)
 
 	l, err := detectCgroupLayout(env.CgroupRoot)
@@ -618,7 +619,7 @@ func TestStatsBlockIO(t *testing.T) {
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}})
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "disk", Image: env.BusyboxImage(t, ns), Args: []string{"sh", "-c",
 		"sleep 2 && dd if=/dev/zero of=/f bs=4096 count=64 oflag=direct && dd if=/f of=/dev/null bs=4096 iflag=direct && sleep 1000"}})
-	k := Key{ns, "disk"}
+	k := container.Key{Namespace: ns, ID: "disk"}
 	w.waitForKey(k, EventStarted)
 	l, err := detectCgroupLayout(env.CgroupRoot)
 	if err != nil {
@@ -696,7 +697,7 @@ func TestControl(t *testing.T) {
 
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "x", Image: image, Args: []string{"sleep", "600"}, Env: []string{"GREETING=hello"},
 		Labels: map[string]string{"tier": "web"}})
-	k := Key{ns, "x"}
+	k := container.Key{Namespace: ns, ID: "x"}
 	w.waitForKey(k, EventStarted)
 
 	t.Run("exec", func(t *testing.T) {
@@ -728,13 +729,13 @@ func TestControl(t *testing.T) {
 		if time.Since(start) > 10*time.Second {
 			t.Errorf("Exec past its deadline took %s", time.Since(start))
 		}
-		if _, err := w.Exec(ctx, Key{ns, "nope"}, []string{"true"}, 0); !errors.Is(err, errdefs.ErrNotFound) {
+		if _, err := w.Exec(ctx, container.Key{Namespace: ns, ID: "nope"}, []string{"true"}, 0); !errors.Is(err, errdefs.ErrNotFound) {
 			t.Errorf("Exec in a missing container: %v", err)
 		}
 	})
 
 	t.Run("kill", func(t *testing.T) {
-		if err := w.Kill(ctx, Key{ns, "nope"}, syscall.SIGKILL); !errors.Is(err, errdefs.ErrNotFound) {
+		if err := w.Kill(ctx, container.Key{Namespace: ns, ID: "nope"}, syscall.SIGKILL); !errors.Is(err, errdefs.ErrNotFound) {
 			t.Errorf("Kill of a missing container: %v", err)
 		}
 		if err := w.Restart(ctx, k); !errors.Is(err, errdefs.ErrConflict) {
@@ -791,7 +792,7 @@ func TestRestartKeepsLog(t *testing.T) {
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: t.TempDir()})
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "echo", Image: image, Args: []string{"sh", "-c", "echo ran-once; exec 1>&-; sleep 0.2; echo err-once >&2"},
 		Labels: map[string]string{"vigil.io/restart-policy": "always"}})
-	k := Key{ns, "echo"}
+	k := container.Key{Namespace: ns, ID: "echo"}
 	w.waitForKey(k, EventExited)
 	for run := 2; run <= 3; run++ {
 		if err := w.Restart(context.Background(), k); err != nil {
@@ -819,7 +820,7 @@ func TestRestartRequireTaskGone(t *testing.T) {
 	image := env.BusyboxImage(t, ns)
 	w := startRuntime(t, env, Config{Namespaces: []string{ns}, LogDir: t.TempDir()})
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: "gone", Image: image, Args: []string{"true"}})
-	k := Key{ns, "gone"}
+	k := container.Key{Namespace: ns, ID: "gone"}
 	w.waitForKey(k, EventExited)
 
 	ctx := namespaces.WithNamespace(context.Background(), ns)
@@ -850,7 +851,7 @@ func TestRestartResumesInterrupted(t *testing.T) {
 	outputs := map[string]TaskOutput{}
 	for _, id := range []string{"notask", "created", "previous"} {
 		env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: id, Image: image, Args: []string{"sh", "-c", "echo ran; exec sleep 600 <&-"}})
-		k := Key{ns, id}
+		k := container.Key{Namespace: ns, ID: id}
 		outputs[id] = w.waitForKey(k, EventStarted).Container.Output
 		// The shim copies the task's output to the log asynchronously: a
 		// kill and delete before it has copied "ran" lose it (seen under
@@ -883,7 +884,7 @@ func TestRestartResumesInterrupted(t *testing.T) {
 	if halfPid == 0 {
 		t.Fatal("created task has no pid")
 	}
-	k := Key{ns, "created"}
+	k := container.Key{Namespace: ns, ID: "created"}
 	if err := w.Restart(ctx, k); !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("Restart of a created task without ResumeInterrupted: %v, want ErrConflict", err)
 	}
@@ -892,7 +893,7 @@ func TestRestartResumesInterrupted(t *testing.T) {
 	}
 
 	for _, id := range []string{"notask", "created"} {
-		k := Key{ns, id}
+		k := container.Key{Namespace: ns, ID: id}
 		if err := w.Restart(ctx, k, ResumeInterrupted()); err != nil {
 			t.Fatalf("%s: Restart with ResumeInterrupted: %v", id, err)
 		}
@@ -912,7 +913,7 @@ func TestRestartResumesInterrupted(t *testing.T) {
 	}
 	// Told where the deleted task's output went, the new task's goes there
 	// too.
-	k = Key{ns, "previous"}
+	k = container.Key{Namespace: ns, ID: "previous"}
 	if err := w.Restart(ctx, k, ResumeInterrupted(), PreviousOutput(outputs["previous"])); err != nil {
 		t.Fatalf("previous: Restart with ResumeInterrupted and PreviousOutput: %v", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/metrics"
 	"github.com/vigilhq/vigil/internal/testenv"
 )
@@ -45,7 +46,7 @@ func TestRestartAfterInterruptedCreate(t *testing.T) {
 	ctx := namespaces.WithNamespace(context.Background(), ns)
 	const id = "c"
 	env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: id, Image: image, Args: []string{"sh", "-c", "exec sleep 600 <&-"}})
-	k := Key{ns, id}
+	k := container.Key{Namespace: ns, ID: id}
 	w.waitForKey(k, EventStarted)
 	c, err := w.connected()
 	if err != nil {
@@ -178,7 +179,7 @@ func TestRestartClearsLeftoverOnAlreadyExists(t *testing.T) {
 		{name: "created-task-someone-elses", through: true, wantErr: ErrCreateRaced},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			k := Key{ns, tc.name}
+			k := container.Key{Namespace: ns, ID: tc.name}
 			env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: k.ID, Image: image, Args: []string{"sh", "-c", "exec sleep 600 <&-"}})
 			w.waitForKey(k, EventStarted)
 			if err := w.Kill(ctx, k, syscall.SIGKILL); err != nil {

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/vigilhq/vigil/internal/container"
 )
 
 // Defaults of the log files Restart makes under LogDir.
@@ -23,7 +25,7 @@ const rotatedSuffix = ".1"
 
 // logPath is the file under LogDir that Restart gives container k's task
 // when the old task's output cannot be reused.
-func (r *Runtime) logPath(k Key) string {
+func (r *Runtime) logPath(k container.Key) string {
 	return filepath.Join(r.cfg.LogDir, k.Namespace, k.ID+".log")
 }
 
@@ -58,7 +60,7 @@ func (r *Runtime) rotateLogs() int {
 	}
 	rotated := 0
 	for _, p := range files {
-		k := Key{Namespace: filepath.Base(filepath.Dir(p)), ID: strings.TrimSuffix(filepath.Base(p), ".log")}
+		k := container.Key{Namespace: filepath.Base(filepath.Dir(p)), ID: strings.TrimSuffix(filepath.Base(p), ".log")}
 		if r.Available() && r.watches(k.Namespace) {
 			r.mu.RLock()
 			_, known := r.inv[k]
@@ -122,7 +124,7 @@ func rotateLog(p string) error {
 
 // removeLogs removes container k's log files under LogDir (the current
 // one and the rotated generation); missing files are fine.
-func (r *Runtime) removeLogs(k Key) {
+func (r *Runtime) removeLogs(k container.Key) {
 	if r.cfg.LogDir == "" || k.Namespace == "" || k.ID == "" || strings.ContainsAny(k.Namespace+k.ID, "/\x00") {
 		return
 	}

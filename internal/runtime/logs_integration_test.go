@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/testenv"
 )
 
@@ -32,7 +33,7 @@ func TestRestartLogRotatedAndRemoved(t *testing.T) {
 	const id = "chatty"
 	script := fmt.Sprintf(`[ -e /tmp/second ] || { touch /tmp/second; exit 0; }; i=0; while [ $i -lt %d ]; do head -c %d /dev/zero | tr '\000' x; i=$((i+1)); sleep 0.2; done; echo; echo done; exec sleep 600`, chunks, chunk-1)
 	cont, _ := env.RunContainer(t, testenv.ContainerSpec{Namespace: ns, ID: id, Image: image, Args: []string{"sh", "-c", script}})
-	k := Key{ns, id}
+	k := container.Key{Namespace: ns, ID: id}
 	w.waitForKey(k, EventExited)
 	env.DeleteTask(t, ns, id)
 	w.waitForKey(k, EventTaskDeleted)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/procstat"
 	"github.com/vigilhq/vigil/internal/testenv"
 )
@@ -73,7 +74,7 @@ func BenchmarkPaused(b *testing.B) {
 			b.Fatal("runtime not available")
 		}
 	}
-	k := Key{ns, "sleeper"}
+	k := container.Key{Namespace: ns, ID: "sleeper"}
 	pids := []int{os.Getpid(), env.ContainerdPID(), parentOf(b, int(task.Pid()))}
 	run := func(b *testing.B, op func() error) {
 		cpu0 := cpuOf(b, pids...)

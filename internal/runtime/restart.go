@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
@@ -57,7 +58,7 @@ import (
 // The new task is made as containerd's client makes one: the rootfs is the
 // mounts of the container's snapshot, and containerd applies the
 // container's runtime (name and options) itself.
-func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) error {
+func (r *Runtime) Restart(ctx context.Context, k container.Key, opts ...RestartOption) error {
 	var o restartOptions
 	for _, opt := range opts {
 		opt(&o)
@@ -69,7 +70,7 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 	ctx = namespaces.WithNamespace(ctx, k.Namespace)
 	cc, err := r.loadContainer(ctx, c, k)
 	if err != nil {
-		return fmt.Errorf("restart %s/%s: %w", k.Namespace, k.ID, err)
+		return fmt.Errorf("restart %s: %w", k, err)
 	}
 	var old *tasktypes.Process
 	err = r.call(ctx, "task_get", func(ctx context.Context) error {
@@ -80,10 +81,10 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 		return err
 	})
 	if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-		return fmt.Errorf("restart %s/%s: %w", k.Namespace, k.ID, err)
+		return fmt.Errorf("restart %s: %w", k, err)
 	}
 	if old == nil && o.requireTask {
-		return fmt.Errorf("restart %s/%s: %w", k.Namespace, k.ID, ErrTaskGone)
+		return fmt.Errorf("restart %s: %w", k, ErrTaskGone)
 	}
 	if old != nil {
 		switch {
@@ -95,9 +96,9 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 			// and made again.
 		case old.Status == tasktypes.Status_CREATED:
 			// Its process exists and is waiting to be started: not exited.
-			return fmt.Errorf("restart %s/%s: task is created (pid %d), not exited: %w", k.Namespace, k.ID, old.Pid, errdefs.ErrConflict)
+			return fmt.Errorf("restart %s: task is created (pid %d), not exited: %w", k, old.Pid, errdefs.ErrConflict)
 		default:
-			return fmt.Errorf("restart %s/%s: task is %s, not exited: %w", k.Namespace, k.ID, strings.ToLower(old.Status.String()), errdefs.ErrConflict)
+			return fmt.Errorf("restart %s: task is %s, not exited: %w", k, strings.ToLower(old.Status.String()), errdefs.ErrConflict)
 		}
 	}
 	// Before the old task goes: it says where the output went, and a new
@@ -123,18 +124,18 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 		})
 		if errors.Is(err, errdefs.ErrNotFound) && o.requireTask {
 			// Deleted under our feet: someone else's delete won.
-			return fmt.Errorf("restart %s/%s: %w", k.Namespace, k.ID, ErrTaskGone)
+			return fmt.Errorf("restart %s: %w", k, ErrTaskGone)
 		}
 		if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-			return fmt.Errorf("restart %s/%s: delete old task: %w", k.Namespace, k.ID, err)
+			return fmt.Errorf("restart %s: delete old task: %w", k, err)
 		}
 	}
 	rootfs, err := r.rootfs(ctx, c, cc)
 	if err != nil {
-		return fmt.Errorf("restart %s/%s: rootfs (%w): %w", k.Namespace, k.ID, ErrAfterDelete, err)
+		return fmt.Errorf("restart %s: rootfs (%w): %w", k, ErrAfterDelete, err)
 	}
 	if err := r.createTask(ctx, c, k, rootfs, stdout, stderr, o.resume); err != nil {
-		return fmt.Errorf("restart %s/%s: create task (%w): %w", k.Namespace, k.ID, ErrAfterDelete, err)
+		return fmt.Errorf("restart %s: create task (%w): %w", k, ErrAfterDelete, err)
 	}
 	if err := r.call(ctx, "task_start", func(ctx context.Context) error {
 		_, err := c.tasks.Start(ctx, &tasksapi.StartRequest{ContainerID: k.ID})
@@ -147,7 +148,7 @@ func (r *Runtime) Restart(ctx context.Context, k Key, opts ...RestartOption) err
 			_, err := c.tasks.Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: k.ID})
 			return err
 		})
-		return fmt.Errorf("restart %s/%s: start task (%w): %w", k.Namespace, k.ID, ErrAfterDelete, err)
+		return fmt.Errorf("restart %s: start task (%w): %w", k, ErrAfterDelete, err)
 	}
 	return nil
 }
@@ -184,7 +185,7 @@ const (
 //     the shim). Handled as "file exists": waited for, then made again.
 //
 // It returns nil once a task it made is created; ctx bounds the waits.
-func (r *Runtime) createTask(ctx context.Context, c *apiClient, k Key, rootfs []*apitypes.Mount, stdout, stderr string, resume bool) error {
+func (r *Runtime) createTask(ctx context.Context, c *apiClient, k container.Key, rootfs []*apitypes.Mount, stdout, stderr string, resume bool) error {
 	var bundleSince time.Time
 	for cleanups := 0; ; {
 		err := r.call(ctx, "task_create", func(ctx context.Context) error {
@@ -252,7 +253,7 @@ func bundleRemovedUnder(err error) bool {
 
 // deleteLeftover kills (a created task's waiting process) and deletes k's
 // task, or the shim containerd holds for it; gone already is fine.
-func (r *Runtime) deleteLeftover(ctx context.Context, c *apiClient, k Key) error {
+func (r *Runtime) deleteLeftover(ctx context.Context, c *apiClient, k container.Key) error {
 	err := r.call(ctx, "task_delete", func(ctx context.Context) error {
 		if err := killAndWait(ctx, c, k.ID, ""); err != nil && status.Code(err) != codes.NotFound {
 			return err
@@ -314,7 +315,7 @@ func (r *Runtime) rootfs(ctx context.Context, c *apiClient, cc *containersapi.Co
 // went when that was a file or a logging binary (oldOutput), else a log file
 // under LogDir, else nothing ("": containerd discards the output). A file is
 // given as two plain paths (logFilePaths).
-func (r *Runtime) restartIO(k Key, old *tasktypes.Process) (stdout, stderr string, err error) {
+func (r *Runtime) restartIO(k container.Key, old *tasktypes.Process) (stdout, stderr string, err error) {
 	path, uri := oldOutput(old)
 	switch {
 	case uri != "":
@@ -324,13 +325,13 @@ func (r *Runtime) restartIO(k Key, old *tasktypes.Process) (stdout, stderr strin
 	case path == "":
 		dir := filepath.Join(r.cfg.LogDir, k.Namespace)
 		if err := os.MkdirAll(dir, 0o750); err != nil {
-			return "", "", fmt.Errorf("restart %s/%s: log dir: %w: %v", k.Namespace, k.ID, errdefs.ErrPermission, err)
+			return "", "", fmt.Errorf("restart %s: log dir: %w: %v", k, errdefs.ErrPermission, err)
 		}
 		if path, err = filepath.Abs(filepath.Join(dir, k.ID+".log")); err != nil {
-			return "", "", fmt.Errorf("restart %s/%s: log file: %w: %v", k.Namespace, k.ID, errdefs.ErrInvalid, err)
+			return "", "", fmt.Errorf("restart %s: log file: %w: %v", k, errdefs.ErrInvalid, err)
 		}
 		if err := ensureFile(path); err != nil {
-			return "", "", fmt.Errorf("restart %s/%s: log file: %w: %v", k.Namespace, k.ID, errdefs.ErrPermission, err)
+			return "", "", fmt.Errorf("restart %s: log file: %w: %v", k, errdefs.ErrPermission, err)
 		}
 	}
 	stdout, stderr = logFilePaths(path)
@@ -461,7 +462,7 @@ const leftoverTTL = 2 * time.Minute
 // Event.Leftover. Bounded by the containers restarted within leftoverTTL.
 type leftoverMarks struct {
 	mu sync.Mutex
-	m  map[Key]leftoverMark
+	m  map[container.Key]leftoverMark
 }
 
 type leftoverMark struct {
@@ -470,11 +471,11 @@ type leftoverMark struct {
 }
 
 // mark records that k's task pid is being cleared as a leftover.
-func (l *leftoverMarks) mark(k Key, pid uint32) {
+func (l *leftoverMarks) mark(k container.Key, pid uint32) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.m == nil {
-		l.m = make(map[Key]leftoverMark)
+		l.m = make(map[container.Key]leftoverMark)
 	}
 	now := time.Now()
 	for key, m := range l.m {
@@ -488,7 +489,7 @@ func (l *leftoverMarks) mark(k Key, pid uint32) {
 // is reports whether an event of k's task pid is a leftover's; forget
 // drops the mark (the task's delete is its last event). A pid of 0 (not in
 // the event) matches the mark of the container.
-func (l *leftoverMarks) is(k Key, pid uint32, forget bool) bool {
+func (l *leftoverMarks) is(k container.Key, pid uint32, forget bool) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	m, ok := l.m[k]

@@ -9,6 +9,7 @@ import (
 
 	tasktypes "github.com/containerd/containerd/api/types/task"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
@@ -53,7 +54,7 @@ func TestRestartIO(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			logDir := t.TempDir()
 			r := &Runtime{cfg: Config{LogDir: logDir}}
-			k := Key{"ns", "c"}
+			k := container.Key{Namespace: "ns", ID: "c"}
 			stdout, stderr, err := r.restartIO(k, tc.old)
 			if err != nil {
 				t.Fatal(err)
@@ -90,7 +91,7 @@ func TestRestartIO(t *testing.T) {
 
 	t.Run("no LogDir", func(t *testing.T) {
 		r := &Runtime{}
-		if stdout, stderr, err := r.restartIO(Key{"ns", "c"}, &tasktypes.Process{Stdout: fifo}); err != nil || stdout != "" || stderr != "" {
+		if stdout, stderr, err := r.restartIO(container.Key{Namespace: "ns", ID: "c"}, &tasktypes.Process{Stdout: fifo}); err != nil || stdout != "" || stderr != "" {
 			t.Errorf("got %q, %q, %v; want the output discarded", stdout, stderr, err)
 		}
 	})
@@ -100,7 +101,7 @@ func TestRestartIO(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := &Runtime{cfg: Config{LogDir: logDir}}
-		if _, _, err := r.restartIO(Key{"ns", "c"}, nil); !errors.Is(err, errdefs.ErrPermission) {
+		if _, _, err := r.restartIO(container.Key{Namespace: "ns", ID: "c"}, nil); !errors.Is(err, errdefs.ErrPermission) {
 			t.Errorf("err = %v, want ErrPermission naming the log file", err)
 		}
 	})

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/netns"
 )
@@ -143,8 +144,8 @@ type Runtime struct {
 	version     atomic.Pointer[string]
 
 	mu     sync.RWMutex
-	inv    map[Key]*entry // written only by Run's goroutine
-	synced bool           // the first full sync is done (Run's goroutine only)
+	inv    map[container.Key]*entry // written only by Run's goroutine
+	synced bool                     // the first full sync is done (Run's goroutine only)
 
 	images imageCache
 
@@ -165,13 +166,13 @@ func New(cfg Config) (*Runtime, error) {
 		log:     cfg.Logger.With("component", "runtime"),
 		events:  make(chan Event, cfg.EventBuffer),
 		metrics: newSelfMetrics(),
-		inv:     make(map[Key]*entry),
+		inv:     make(map[container.Key]*entry),
 	}
 	r.images.entries = make(map[string]imageMeta)
 	if id, err := netns.IDOf(netns.Self); err == nil {
 		r.hostNetNS = id.Ino
 	}
-	r.stats.readers = make(map[Key]*statsReader)
+	r.stats.readers = make(map[container.Key]*statsReader)
 	return r, nil
 }
 
@@ -222,7 +223,7 @@ func (r *Runtime) Containers() []Container {
 }
 
 // Container returns a copy of the container k, and whether it is known.
-func (r *Runtime) Container(k Key) (Container, bool) {
+func (r *Runtime) Container(k container.Key) (Container, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	e, ok := r.inv[k]
@@ -234,7 +235,7 @@ func (r *Runtime) Container(k Key) (Container, bool) {
 
 // NetNSPath returns "/proc/<pid>/ns/net" of k's running (or paused) task,
 // "" otherwise.
-func (r *Runtime) NetNSPath(k Key) string {
+func (r *Runtime) NetNSPath(k container.Key) string {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	e, ok := r.inv[k]

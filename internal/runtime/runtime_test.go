@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/metrics/expotest"
 )
@@ -56,7 +57,7 @@ func types(evs []Event) []EventType {
 }
 
 func TestDiff(t *testing.T) {
-	k := Key{"default", "web"}
+	k := container.Key{Namespace: "default", ID: "web"}
 	t1, t2 := time.Unix(100, 0), time.Unix(200, 0)
 	noTask := &entry{c: Container{State: StateStopped, LastExit: stopped(1, t1).c.LastExit}}
 	for _, tc := range []struct {

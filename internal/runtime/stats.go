@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
@@ -24,7 +24,7 @@ import (
 type statsState struct {
 	mu      sync.Mutex // one cycle at a time
 	layout  *cgroupLayout
-	readers map[Key]*statsReader
+	readers map[container.Key]*statsReader
 	buf     []byte
 	targets []statsTarget
 	gen     uint64 // cycle number
@@ -38,7 +38,7 @@ type statsReader struct {
 
 // statsTarget is a running container as the collector needs it.
 type statsTarget struct {
-	key       Key
+	key       container.Key
 	pid       uint32
 	cgroupRel string
 }
@@ -77,7 +77,7 @@ func (r *Runtime) Stats(ctx context.Context, dst []Stats) ([]Stats, error) {
 		}
 	}
 	r.mu.RUnlock()
-	slices.SortFunc(s.targets, func(a, b statsTarget) int { return compareKeys(a.key, b.key) })
+	slices.SortFunc(s.targets, func(a, b statsTarget) int { return container.Compare(a.key, b.key) })
 	dst = dst[:0]
 	if r.cfg.StatsSource == StatsSourceMetricsAPI {
 		return r.statsFromAPI(ctx, dst)
@@ -185,7 +185,7 @@ func (r *Runtime) statsFromAPI(ctx context.Context, dst []Stats) ([]Stats, error
 			if m.Data == nil {
 				continue
 			}
-			st := Stats{Key: Key{ns, m.ID}, Time: m.Timestamp.AsTime()}
+			st := Stats{Key: container.Key{Namespace: ns, ID: m.ID}, Time: m.Timestamp.AsTime()}
 			if err := decodeMetrics(m.Data.TypeUrl, m.Data.Value, &st); err != nil {
 				r.log.Debug("task metrics undecodable", "namespace", ns, "id", m.ID, "err", err)
 				continue
@@ -193,7 +193,7 @@ func (r *Runtime) statsFromAPI(ctx context.Context, dst []Stats) ([]Stats, error
 			dst = append(dst, st)
 		}
 	}
-	slices.SortFunc(dst, func(a, b Stats) int { return compareKeys(a.Key, b.Key) })
+	slices.SortFunc(dst, func(a, b Stats) int { return container.Compare(a.Key, b.Key) })
 	if len(dst) == 0 && firstErr != nil {
 		return dst, firstErr
 	}
@@ -302,11 +302,4 @@ func sumBlkio(es []*stats.BlkIOEntry) (read, write uint64) {
 		}
 	}
 	return read, write
-}
-
-func compareKeys(a, b Key) int {
-	if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
-		return c
-	}
-	return strings.Compare(a.ID, b.ID)
 }

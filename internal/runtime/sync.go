@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
@@ -176,7 +177,7 @@ func (r *Runtime) sync(ctx context.Context, c *apiClient) error {
 	old := r.inv
 	r.mu.RUnlock()
 
-	fresh := make(map[Key]*entry, len(old))
+	fresh := make(map[container.Key]*entry, len(old))
 	for _, ns := range nss {
 		nctx := namespaces.WithNamespace(ctx, ns)
 		var ccs []*containersapi.Container
@@ -208,7 +209,7 @@ func (r *Runtime) sync(ctx context.Context, c *apiClient) error {
 			byID[id] = p
 		}
 		for _, cc := range ccs {
-			k := Key{ns, cc.ID}
+			k := container.Key{Namespace: ns, ID: cc.ID}
 			e := r.describe(nctx, c, ns, cc, old[k])
 			r.applyTask(e, old[k], byID[cc.ID])
 			fresh[k] = e
@@ -284,7 +285,7 @@ func (r *Runtime) applyTask(e *entry, prev *entry, p *tasktypes.Process) {
 
 // diff returns the events that turn old into cur for container k. When
 // resync is false (the first sync) only EventAdded is returned.
-func diff(k Key, old, cur *entry, resync bool, now time.Time) []Event {
+func diff(k container.Key, old, cur *entry, resync bool, now time.Time) []Event {
 	ev := func(t EventType) Event {
 		c := cur.c.clone()
 		e := Event{Type: t, Time: now, Key: k, Container: &c}
@@ -347,20 +348,20 @@ func (r *Runtime) handle(ctx context.Context, c *apiClient, env *apitypes.Envelo
 	ns, at := env.Namespace, protoTime(env.Timestamp)
 	switch e := v.(type) {
 	case *eventtypes.ContainerCreate:
-		return r.onContainer(ctx, c, Key{ns, e.ID}, at, true)
+		return r.onContainer(ctx, c, container.Key{Namespace: ns, ID: e.ID}, at, true)
 	case *eventtypes.ContainerUpdate:
-		return r.onContainer(ctx, c, Key{ns, e.ID}, at, false)
+		return r.onContainer(ctx, c, container.Key{Namespace: ns, ID: e.ID}, at, false)
 	case *eventtypes.ContainerDelete:
 		r.mu.Lock()
-		old, ok := r.inv[Key{ns, e.ID}]
-		delete(r.inv, Key{ns, e.ID})
+		old, ok := r.inv[container.Key{Namespace: ns, ID: e.ID}]
+		delete(r.inv, container.Key{Namespace: ns, ID: e.ID})
 		r.mu.Unlock()
 		if ok {
 			cc := old.c.clone()
-			r.emit(ctx, Event{Type: EventRemoved, Time: at, Key: Key{ns, e.ID}, Container: &cc})
+			r.emit(ctx, Event{Type: EventRemoved, Time: at, Key: container.Key{Namespace: ns, ID: e.ID}, Container: &cc})
 		}
 	case *eventtypes.TaskCreate:
-		return r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+		return r.onTask(ctx, c, container.Key{Namespace: ns, ID: e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
 			en.c.State = StateCreated
 			en.c.Pid = e.Pid
 			en.taskPresent = true
@@ -370,7 +371,7 @@ func (r *Runtime) handle(ctx context.Context, c *apiClient, env *apitypes.Envelo
 			return 0, nil
 		})
 	case *eventtypes.TaskStart:
-		return r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+		return r.onTask(ctx, c, container.Key{Namespace: ns, ID: e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
 			if (en.c.State == StateRunning || en.c.State == StatePaused) && en.c.Pid == e.Pid {
 				return 0, nil // already seen in the listing
 			}
@@ -383,17 +384,17 @@ func (r *Runtime) handle(ctx context.Context, c *apiClient, env *apitypes.Envelo
 		if e.ID != "" && e.ID != e.ContainerID {
 			return nil // an exec'd process
 		}
-		k := Key{ns, e.ContainerID}
+		k := container.Key{Namespace: ns, ID: e.ContainerID}
 		return r.onTaskOf(ctx, c, k, at, r.leftovers.is(k, e.Pid, false), func(en *entry) (EventType, *Exit) {
 			return r.exited(en, e.ExitStatus, e.ExitedAt.AsTime())
 		})
 	case *eventtypes.TaskOOM:
-		return r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+		return r.onTask(ctx, c, container.Key{Namespace: ns, ID: e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
 			en.oomSeen = true
 			return EventOOM, nil
 		})
 	case *eventtypes.TaskPaused:
-		return r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+		return r.onTask(ctx, c, container.Key{Namespace: ns, ID: e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
 			if en.c.State == StatePaused {
 				return 0, nil
 			}
@@ -401,7 +402,7 @@ func (r *Runtime) handle(ctx context.Context, c *apiClient, env *apitypes.Envelo
 			return EventPaused, nil
 		})
 	case *eventtypes.TaskResumed:
-		return r.onTask(ctx, c, Key{ns, e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
+		return r.onTask(ctx, c, container.Key{Namespace: ns, ID: e.ContainerID}, at, func(en *entry) (EventType, *Exit) {
 			if en.c.State != StatePaused {
 				return 0, nil
 			}
@@ -412,7 +413,7 @@ func (r *Runtime) handle(ctx context.Context, c *apiClient, env *apitypes.Envelo
 		if e.ID != "" && e.ID != e.ContainerID {
 			return nil
 		}
-		k := Key{ns, e.ContainerID}
+		k := container.Key{Namespace: ns, ID: e.ContainerID}
 		leftover := r.leftovers.is(k, e.Pid, true)
 		err := r.onTaskOf(ctx, c, k, at, leftover, func(en *entry) (EventType, *Exit) {
 			if en.c.State == StateRunning || en.c.State == StatePaused {
@@ -455,7 +456,7 @@ func (r *Runtime) exited(en *entry, code uint32, at time.Time) (EventType, *Exit
 
 // onContainer (re)reads container k from containerd after a create or
 // update event; a create emits EventAdded.
-func (r *Runtime) onContainer(ctx context.Context, c *apiClient, k Key, at time.Time, created bool) error {
+func (r *Runtime) onContainer(ctx context.Context, c *apiClient, k container.Key, at time.Time, created bool) error {
 	nctx := namespaces.WithNamespace(ctx, k.Namespace)
 	var cc *containersapi.Container
 	err := r.call(nctx, "container_get", func(ctx context.Context) error {
@@ -494,12 +495,12 @@ func (r *Runtime) onContainer(ctx context.Context, c *apiClient, k Key, at time.
 // onTask applies fn to container k's entry under the inventory lock and
 // emits the event it returns (0: none). A container not yet known (its
 // create event came before we listed) is read from containerd first.
-func (r *Runtime) onTask(ctx context.Context, c *apiClient, k Key, at time.Time, fn func(*entry) (EventType, *Exit)) error {
+func (r *Runtime) onTask(ctx context.Context, c *apiClient, k container.Key, at time.Time, fn func(*entry) (EventType, *Exit)) error {
 	return r.onTaskOf(ctx, c, k, at, false, fn)
 }
 
 // onTaskOf is onTask, with the event marked Leftover when leftover is set.
-func (r *Runtime) onTaskOf(ctx context.Context, c *apiClient, k Key, at time.Time, leftover bool, fn func(*entry) (EventType, *Exit)) error {
+func (r *Runtime) onTaskOf(ctx context.Context, c *apiClient, k container.Key, at time.Time, leftover bool, fn func(*entry) (EventType, *Exit)) error {
 	r.mu.RLock()
 	_, known := r.inv[k]
 	r.mu.RUnlock()

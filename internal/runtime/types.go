@@ -1,6 +1,10 @@
 package runtime
 
-import "time"
+import (
+	"time"
+
+	"github.com/vigilhq/vigil/internal/container"
+)
 
 // The domain types of the runtime package. Nothing of containerd's own types
 // leaves the package: the agent, health checks and restart policies see only
@@ -150,14 +154,8 @@ type TaskOutput struct {
 	Terminal bool   `json:"terminal,omitempty"`
 }
 
-// Key is the (namespace, id) pair that names a container on a node.
-type Key struct {
-	Namespace string
-	ID        string
-}
-
 // Key returns the container's key.
-func (c *Container) Key() Key { return Key{c.Namespace, c.ID} }
+func (c *Container) Key() container.Key { return container.Key{Namespace: c.Namespace, ID: c.ID} }
 
 // EventType is what changed.
 type EventType int
@@ -206,7 +204,7 @@ func (t EventType) String() string {
 type Event struct {
 	Type      EventType
 	Time      time.Time
-	Key       Key
+	Key       container.Key
 	Container *Container
 	Exit      *Exit // for EventExited
 	// Leftover marks the EventExited and EventTaskDeleted of a task that
@@ -220,7 +218,7 @@ type Event struct {
 // Stats is one reading of a running container's cgroup. Counters are
 // cumulative for the cgroup's lifetime.
 type Stats struct {
-	Key                   Key
+	Key                   container.Key
 	Time                  time.Time
 	CPUUsageSeconds       float64
 	CPUUserSeconds        float64

@@ -531,8 +531,8 @@ func (tx Tx) LookupCounters(identity string) (*Counters, bool) {
 	return c, ok
 }
 
-// Container returns the record of a container key ("namespace/id"),
-// creating it.
+// Container returns the record of a container key (container.Key's
+// String: "namespace/id"), creating it.
 func (tx Tx) Container(key string) *ContainerRecord {
 	r := tx.d.Containers[key]
 	if r == nil {

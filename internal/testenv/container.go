@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
@@ -39,6 +40,10 @@ type ContainerSpec struct {
 	NetNSPath   string
 	HostNetwork bool
 	Env         []string // KEY=VALUE, added to the image's Env
+	// Hooks are the spec's OCI hooks (run by runc on the host), nil for
+	// none: a createRuntime hook runs inside every task create, under the
+	// shim's runc create.
+	Hooks *specs.Hooks
 }
 
 // RunContainer creates the container (snapshot on overlayfs, cgroup under
@@ -74,6 +79,13 @@ func (e *Env) RunContainer(tb testing.TB, spec ContainerSpec) (client.Container,
 	}
 	if len(spec.Env) > 0 {
 		opts = append(opts, oci.WithEnv(spec.Env))
+	}
+	if spec.Hooks != nil {
+		hooks := *spec.Hooks
+		opts = append(opts, func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+			s.Hooks = &hooks
+			return nil
+		})
 	}
 	if spec.MemoryLimit > 0 {
 		opts = append(opts, oci.WithMemoryLimit(uint64(spec.MemoryLimit)))
@@ -171,4 +183,16 @@ func (e *Env) LogPathOf(namespace, id string) string {
 // directory, so ids must not repeat across instances.
 func (e *Env) uniqueID(tb testing.TB) string {
 	return fmt.Sprintf("%s-%s-%d", sanitize(tb.Name()), e.id, idSeq.Add(1))
+}
+
+// KillShimHooks are OCI hooks (ContainerSpec.Hooks) that SIGKILL the
+// containerd shim creating the container's task, while the file marker
+// exists: containerd then loses its connection to the shim in the middle of
+// the create, as when a shim dies under load. The createRuntime hook runs
+// on the host, a child of the shim's `runc create`; the shim is runc's
+// parent. Without marker the hook does nothing, so the first task can be
+// created and the test decides which creates fail.
+func KillShimHooks(marker string) *specs.Hooks {
+	script := `test -e "$1" || exit 0; read -r _ _ _ shim _ < /proc/$PPID/stat; kill -9 "$shim"`
+	return &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "/bin/sh", Args: []string{"sh", "-c", script, "kill-shim", marker}}}}
 }
