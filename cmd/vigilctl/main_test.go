@@ -240,6 +240,22 @@ func TestListings(t *testing.T) {
 	}
 }
 
+func TestHealthText(t *testing.T) {
+	for _, tc := range []struct {
+		h    *vigilv1.Health
+		want string
+	}{
+		{nil, "-"},
+		{&vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY}, "unhealthy"},
+		{&vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY, Blame: vigilv1.HealthBlame_HEALTH_BLAME_NODE_NETWORK}, "unhealthy(node network)"},
+		{&vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY, Blame: vigilv1.HealthBlame_HEALTH_BLAME_NODE_NETWORK}, "healthy"},
+	} {
+		if got := health(tc.h); got != tc.want {
+			t.Errorf("health(%v) = %q, want %q", tc.h, got, tc.want)
+		}
+	}
+}
+
 func TestContainerFiltersReachTheServer(t *testing.T) {
 	f := fixture()
 	addr := serve(t, f)

@@ -288,6 +288,10 @@ func containerState(c *vigilv1.Container) string {
 	return "Unknown"
 }
 
+// health is a container's health check status, with what its failure is
+// blamed on when not on the container ("unhealthy(node network)": the
+// agent's gossip peers reach the pod that its node cannot; neither the
+// agent nor an alert's remediation restarts it for that).
 func health(h *vigilv1.Health) string {
 	switch h.GetStatus() {
 	case vigilv1.HealthStatus_HEALTH_STATUS_STARTING:
@@ -295,6 +299,9 @@ func health(h *vigilv1.Health) string {
 	case vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY:
 		return "healthy"
 	case vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY:
+		if h.GetBlame() == vigilv1.HealthBlame_HEALTH_BLAME_NODE_NETWORK {
+			return "unhealthy(node network)"
+		}
 		return "unhealthy"
 	}
 	return none

@@ -112,6 +112,10 @@ type Agent struct {
 	// commandHook, when set (tests only), wraps an accepted command's
 	// action: it may stand for the agent dying while carrying it out.
 	commandHook func(ctx context.Context, cmd *vigilv1.Command, run func(context.Context) error) error
+	// crossRecheck is how long a failed probe blamed on this node's network
+	// waits before its peers are asked again (defaultCrossRecheck; tests
+	// shorten it before Run).
+	crossRecheck time.Duration
 }
 
 // tracked is the agent's state of one container. The loop goroutine writes
@@ -129,7 +133,10 @@ type tracked struct {
 	netCauseAt  time.Time      // when netCause was last judged
 	// crossChecking: peers are being asked about a failed probe
 	// (startCrossCheck); crossNodeAt: when they last blamed this node's
-	// network for it (zero: they did not).
+	// network for it (zero: they did not, or no longer: the probe passed,
+	// the task stopped or restarted, a recheck did not blame the node). The
+	// health sent upstream carries the blame while it is set
+	// (decideHealthBlame).
 	crossChecking bool
 	crossNodeAt   time.Time
 	// failuresCounted is how many of the prober's failures for the current
@@ -218,6 +225,7 @@ func New(cfg Config) (*Agent, error) {
 		nowFunc:    time.Now,
 		kernelBoot: kernelBootID(),
 	}
+	a.crossRecheck = defaultCrossRecheck
 	a.bootID = a.kernelBoot
 	if a.bootID == "" {
 		// Not Linux: the aggregator then sees every agent start as a reboot.

@@ -3,6 +3,7 @@ package agent
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vigilhq/vigil/internal/health"
 	"github.com/vigilhq/vigil/internal/restart"
@@ -115,5 +116,23 @@ func TestRestartEnumConversions(t *testing.T) {
 	}
 	if p := restartDecisionKindProto(0); p != vigilv1.RestartDecisionKind_RESTART_DECISION_KIND_UNSPECIFIED {
 		t.Errorf("no decision maps to %v", p)
+	}
+}
+
+// TestHealthReportBlame: the health sent upstream carries the blame
+// decideHealthBlame puts on it, and only then.
+func TestHealthReportBlame(t *testing.T) {
+	at := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	tr := &tracked{probeHealth: &health.Health{Status: health.StatusUnhealthy, Kind: health.KindTCP}, crossNodeAt: at}
+	if b := healthReportLocked(tr).GetBlame(); b != vigilv1.HealthBlame_HEALTH_BLAME_NODE_NETWORK {
+		t.Errorf("blamed: upstream health blame %v, want NODE_NETWORK", b)
+	}
+	tr.crossNodeAt = time.Time{}
+	if b := healthReportLocked(tr).GetBlame(); b != vigilv1.HealthBlame_HEALTH_BLAME_UNSPECIFIED {
+		t.Errorf("cleared: upstream health blame %v, want UNSPECIFIED", b)
+	}
+	tr.crossNodeAt, tr.netCause = at, "LinkDown eth0"
+	if h := healthReportLocked(tr); h.GetBlame() != vigilv1.HealthBlame_HEALTH_BLAME_UNSPECIFIED || h.GetStatus() != vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY {
+		t.Errorf("its own network down: upstream health %v, want unhealthy without blame", h)
 	}
 }

@@ -11,11 +11,11 @@ import (
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
-// crossRecheck is how long a failed probe blamed on this node's network
-// waits before its peers are asked again (while the probe still fails): a
-// node whose network came back, with a pod still broken, must not keep it
-// unrestarted for ever.
-const crossRecheck = time.Minute
+// defaultCrossRecheck is how long a failed probe blamed on this node's
+// network waits before its peers are asked again (while the probe still
+// fails): a node whose network came back, with a pod still broken, must not
+// keep it unrestarted for ever (nor blamed on the node upstream).
+const defaultCrossRecheck = time.Minute
 
 // crossOutcome is a cross-check's result (written by its action, read by
 // the loop after the action's result arrives).
@@ -57,8 +57,10 @@ func (a *Agent) startCrossCheck(t *tracked) bool {
 }
 
 // finishCrossCheck applies the peers' answer (decideCrossCheck) on the
-// loop: "node" leaves the container alone and reports the node's network;
-// otherwise the failed probe counts as it does without the cross-check.
+// loop: "node" leaves the container alone and reports the node's network
+// (the event's health carries the blame: decideHealthBlame); otherwise the
+// failed probe counts as it does without the cross-check, and a blame that
+// an earlier answer set is cleared upstream.
 func (a *Agent) finishCrossCheck(ctx context.Context, res actionResult) {
 	out := res.cross
 	a.mu.Lock()
@@ -92,8 +94,18 @@ func (a *Agent) finishCrossCheck(ctx context.Context, res actionResult) {
 		return
 	}
 	a.mu.Lock()
+	wasBlamed := !t.crossNodeAt.IsZero()
 	t.crossNodeAt = time.Time{}
 	a.mu.Unlock()
+	if wasBlamed {
+		// A recheck no longer blames the node: what went upstream as the
+		// node's (Health.blame) is the container's again, whatever the
+		// policy decides below (it may report nothing).
+		a.log.Info("health probe still fails, and peers no longer reach the pod: no longer blamed on this node's network",
+			"container", t.c.ID, "namespace", t.c.Namespace, "addr", out.addr, "verdict", verdict)
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_HEALTH_CHANGED,
+			fmt.Sprintf("health: probe of %s still fails, and peers no longer reach it (verdict %s): no longer blamed on this node's network", out.addr, verdict), nil, nil)
+	}
 	if netDown {
 		return // already unhealthy through its network: decided then
 	}
@@ -101,7 +113,7 @@ func (a *Agent) finishCrossCheck(ctx context.Context, res actionResult) {
 }
 
 // recheckCrossNode asks peers again about the containers whose failed
-// probe was blamed on this node's network crossRecheck ago and still
+// probe was blamed on this node's network a.crossRecheck ago and still
 // fails. Loop goroutine (onSample).
 func (a *Agent) recheckCrossNode(ts []*tracked) {
 	now := a.now()
@@ -109,7 +121,7 @@ func (a *Agent) recheckCrossNode(ts []*tracked) {
 		a.mu.RLock()
 		at := t.crossNodeAt
 		a.mu.RUnlock()
-		if at.IsZero() || now.Sub(at) < crossRecheck {
+		if at.IsZero() || now.Sub(at) < a.crossRecheck {
 			continue
 		}
 		if h, ok := a.prober.Health(t.c.Key()); !ok || h.Status != health.StatusUnhealthy {

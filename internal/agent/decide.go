@@ -419,3 +419,16 @@ func decideCrossCheck(asked bool, verdict string) crossVerdict {
 	}
 	return crossCounts
 }
+
+// decideHealthBlame: whether the health reported upstream blames the
+// container's failing probe on this node's network
+// (vigilv1.HealthBlame NODE_NETWORK), so that the aggregator's series and
+// remediation do not take it for the container's. Only while the probe's
+// own status is unhealthy and its last cross-check blamed the node
+// (blamedAt: set on a "node" verdict, zero once the probe passes, the task
+// restarts or a recheck no longer blames the node), and not while the
+// container's own network makes it unhealthy (netDown: a link down or no
+// default route in its namespace is the pod's, not the node's).
+func decideHealthBlame(probe health.Status, netDown bool, blamedAt time.Time) bool {
+	return probe == health.StatusUnhealthy && !netDown && !blamedAt.IsZero()
+}

@@ -469,3 +469,28 @@ func TestDecideCrossCheck(t *testing.T) {
 		}
 	}
 }
+
+// The blame a "node" verdict puts on the health sent upstream
+// (vigilv1.Health.blame), and what clears it (TestCrossCheckBlamesTheNode
+// checks the events the uplink sends).
+func TestDecideHealthBlame(t *testing.T) {
+	at := t0.Add(time.Minute)
+	for _, r := range []struct {
+		name     string
+		probe    health.Status
+		netDown  bool
+		blamedAt time.Time
+		want     bool
+	}{
+		{"peers reached the pod of a failing probe: the node's network", health.StatusUnhealthy, false, at, true},
+		{"no node verdict (pod, unknown, or not asked): the container's own", health.StatusUnhealthy, false, time.Time{}, false},
+		{"a recheck no longer blames the node (cleared): the container's own", health.StatusUnhealthy, false, time.Time{}, false},
+		{"the probe passes again: healthy, nothing to blame", health.StatusHealthy, false, at, false},
+		{"a new task (restarted): starting, nothing to blame", health.StatusStarting, false, at, false},
+		{"its own namespace's link is down: the pod's network, not the node's", health.StatusUnhealthy, true, at, false},
+	} {
+		if got := decideHealthBlame(r.probe, r.netDown, r.blamedAt); got != r.want {
+			t.Errorf("%s: %v, want %v", r.name, got, r.want)
+		}
+	}
+}

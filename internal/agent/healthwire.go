@@ -68,10 +68,14 @@ func (a *Agent) startProbing(t *tracked) {
 	a.mu.Unlock()
 }
 
-// stopProbing stops probing a container whose task is gone. Its last health
-// stays visible until the next start.
+// stopProbing stops probing a container whose task is gone (or frozen).
+// Its last health stays visible until the next start, but no longer blamed
+// on this node's network: that verdict was about the task's probe.
 func (a *Agent) stopProbing(t *tracked) {
 	a.countProbeFailures(t)
+	a.mu.Lock()
+	t.crossNodeAt = time.Time{}
+	a.mu.Unlock()
 	a.prober.Remove(t.c.Key())
 }
 
@@ -200,14 +204,19 @@ func (a *Agent) decideUnhealthy(ctx context.Context, t *tracked, at time.Time) {
 
 // healthReportLocked is the health reported for a container, built for
 // the protocol here, at the edge: the prober's, unless its network makes it
-// unhealthy (NetworkAffectsHealth); noHealth without a health check.
-// Called with a.mu held.
+// unhealthy (NetworkAffectsHealth); noHealth without a health check. A
+// failing probe that the cross-check blamed on this node's network says so
+// (decideHealthBlame). Called with a.mu held.
 func healthReportLocked(t *tracked) *vigilv1.Health {
 	if t.netCause == "" {
 		if t.probeHealth == nil {
 			return noHealth
 		}
-		return healthProto(*t.probeHealth)
+		h := healthProto(*t.probeHealth)
+		if decideHealthBlame(t.probeHealth.Status, t.netCause != "", t.crossNodeAt) {
+			h.Blame = vigilv1.HealthBlame_HEALTH_BLAME_NODE_NETWORK
+		}
+		return h
 	}
 	h := &vigilv1.Health{
 		Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY,

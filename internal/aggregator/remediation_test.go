@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -195,6 +196,63 @@ func TestAlertToCommandOnce(t *testing.T) {
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&listed); err != nil || resp.StatusCode != 200 || len(listed.Remediations) != 1 {
 		t.Errorf("GET /api/v1/remediations: %d, %d entries, %v", resp.StatusCode, len(listed.Remediations), err)
+	}
+}
+
+// TestRemediationRefusesHealthBlamedOnNode: a container whose agent blamed
+// its failing probe on the node's network (the gossip cross-check: peers
+// reach the pod) shows as unhealthy and blamed in the exposition, and an
+// alert to restart it (a rule written without the shipped exclusion) makes
+// no command: journaled and counted as suppressed, node_network. Held, not
+// claimed: once the agent reports the failure as the container's own, the
+// next delivery of the same firing acts.
+func TestRemediationRefusesHealthBlamedOnNode(t *testing.T) {
+	h, _ := startRemediating(t, "")
+	a := h.mustConnect("n1", "i1")
+	web := vigilContainer("web", 2)
+	web.Health = &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY, Probe: "tcp", Source: "label",
+		Blame: vigilv1.HealthBlame_HEALTH_BLAME_NODE_NETWORK}
+	a.send(1, snapshotMsg(web))
+	a.waitAck(1)
+	const blameSeries = `vigil_container_health_blame{node="n1",namespace="default",pod_namespace="",pod="",container="web",blame="node_network"} 1`
+	waitFor(t, 10*time.Second, "the blame in the exposition", func() bool {
+		text := scrape(t, h, "")
+		return slices.Contains(seriesLines(text, "vigil_container_health_blame"), blameSeries) &&
+			slices.Contains(seriesLines(text, "vigil_container_health_status"), `vigil_container_health_status{node="n1",namespace="default",pod_namespace="",pod="",container="web",status="unhealthy"} 1`)
+	})
+
+	body := webhookBody("fp-blamed", "2026-12-02T10:00:00Z", "n1", "web")
+	if code, msg := postAlerts(t, h, "alertmanager/am1", body); code != http.StatusOK {
+		t.Fatalf("webhook: %d %s", code, msg)
+	}
+	a.noCommand(time.Second)
+	api := vigilv1.NewVigilClient(h.dial("viewer/v"))
+	resp, err := api.ListRemediations(context.Background(), &vigilv1.ListRemediationsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs := resp.GetRemediations(); len(rs) != 1 || rs[0].GetState() != vigilv1.RemediationState_REMEDIATION_STATE_SUPPRESSED ||
+		rs[0].GetResult() != "node_network" || !strings.Contains(rs[0].GetMessage(), "node n1's network is broken, not the container") {
+		t.Fatalf("journal %v, want one restart suppressed as node_network saying why", rs)
+	}
+	if got := seriesLines(scrape(t, h, ""), `vigil_remediations_suppressed_total{reason="node_network"}`); len(got) != 1 || !strings.HasSuffix(got[0], " 1") {
+		t.Errorf("suppressed counter %v, want 1", got)
+	}
+
+	// The agent's recheck no longer blames the node: the failure is the
+	// container's, and the still-firing alert's next delivery acts.
+	web.Health = &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY, Probe: "tcp", Source: "label"}
+	a.send(2, eventMsg(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_HEALTH_CHANGED, web))
+	a.waitAck(2)
+	waitFor(t, 10*time.Second, "the blame gone from the exposition", func() bool {
+		return len(seriesLines(scrape(t, h, ""), "vigil_container_health_blame")) == 0
+	})
+	if code, msg := postAlerts(t, h, "alertmanager/am1", body); code != http.StatusOK {
+		t.Fatalf("webhook again: %d %s", code, msg)
+	}
+	cmd := a.nextCommand(10 * time.Second)
+	if cmd.GetAction() != vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART || cmd.GetTarget().GetContainerId() != "web" {
+		t.Fatalf("command %v, want a restart of web once the blame is gone", cmd)
 	}
 }
 

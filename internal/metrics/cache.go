@@ -210,9 +210,9 @@ func (s *scratch) reset() {
 }
 
 // appendContainerValues appends every field of c that container() renders
-// (identity, image, state, counters, backoff, last exit, health status) and
-// nothing else: labels, probe results and timestamps that change without
-// changing a series do not cause a rendering.
+// (identity, image, state, counters, backoff, last exit, health status and
+// blame) and nothing else: labels, probe results and timestamps that change
+// without changing a series do not cause a rendering.
 // TestNodeCacheFollowsEveryRenderedField changes each of them.
 func appendContainerValues(b []byte, c *vigilv1.Container) []byte {
 	str := func(v string) {
@@ -256,6 +256,7 @@ func appendContainerValues(b []byte, c *vigilv1.Container) []byte {
 	flag(c.GetLastExit() != nil)
 	u(uint64(c.GetLastExit().GetReason()))
 	u(uint64(c.GetHealth().GetStatus()))
+	u(uint64(c.GetHealth().GetBlame()))
 	return b
 }
 

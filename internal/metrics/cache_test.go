@@ -269,6 +269,12 @@ func TestNodeCacheFollowsEveryRenderedField(t *testing.T) {
 			ct.Health = &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_STARTING}
 		}},
 		{"no health check", func(ct *vigilv1.Container) { ct.Health = nil }},
+		{"unhealthy", func(ct *vigilv1.Container) {
+			ct.Health = &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY}
+		}},
+		{"unhealthy, blamed on the node's network", func(ct *vigilv1.Container) {
+			ct.Health = &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY, Blame: vigilv1.HealthBlame_HEALTH_BLAME_NODE_NETWORK}
+		}},
 		{"pod identity", func(ct *vigilv1.Container) {
 			ct.Pod = &vigilv1.PodIdentity{Namespace: "shop", Name: "db-0", ContainerName: "db"}
 		}},
@@ -311,6 +317,8 @@ func TestSeriesBudget(t *testing.T) {
 	checked.Health = &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY}
 	checked.LastExit = &vigilv1.ExitStatus{Reason: vigilv1.ExitReason_EXIT_REASON_ERROR, Code: 1}
 	checked.Counters = &vigilv1.ContainerCounters{Exits: []*vigilv1.ExitCount{{Reason: vigilv1.ExitReason_EXIT_REASON_ERROR, Code: 1, Count: 1}}}
+	blamed := proto.Clone(checked).(*vigilv1.Container)
+	blamed.Health = &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY, Blame: vigilv1.HealthBlame_HEALTH_BLAME_NODE_NETWORK}
 	for _, tc := range []struct {
 		what string
 		sm   *vigilv1.ResourceSample
@@ -322,6 +330,7 @@ func TestSeriesBudget(t *testing.T) {
 		{"CPU quota, shares and a memory limit", cpuMem, ct, 29},
 		{"and a reservation, a pids limit, block I/O", all, ct, 35},
 		{"and a health check, an exit", all, checked, 40},
+		{"and its failing probe blamed on the node's network", all, blamed, 41},
 	} {
 		if got := count(tc.sm, tc.c); got != tc.want {
 			t.Errorf("%s: %d series, docs/metrics.md says %d", tc.what, got, tc.want)

@@ -43,6 +43,7 @@ const (
 	famGaveUp
 	famLastTerminated
 	famHealth
+	famHealthBlame
 	famProbeFailures
 	famNetRxBytes
 	famNetRxPackets
@@ -115,6 +116,7 @@ var families = [numFamilies]family{
 	famGaveUp:                      {"vigil_container_restart_gave_up", "gauge", "1 when the container's restart policy reached its limit (on-failure:N) and the agent no longer restarts it, 0 otherwise."},
 	famLastTerminated:              {"vigil_container_last_terminated_reason", "gauge", "1 for the reason the container's task last ended (completed, error, signal, oom_killed, unknown), as kube-state-metrics' kube_pod_container_status_last_terminated_reason; absent until it first ended."},
 	famHealth:                      {"vigil_container_health_status", "gauge", "Health-check status of the container: 1 for the current status, 0 for the others; absent for a container without a health check."},
+	famHealthBlame:                 {"vigil_container_health_blame", "gauge", "1 while the container's failing health check (vigil_container_health_status{status=\"unhealthy\"} 1) is blamed on something other than the container, by blame: node_network (its TCP or HTTP probe of the pod's address fails from its node, but the agent's gossip peers on other nodes reach that address: the node's network is broken, not the container; the agent does not restart it for that, and the aggregator's remediation refuses to restart, kill or stop it on an alert, suppressed as node_network). Only while it holds. Exclude it from alerts that act on unhealthy containers: ... unless on(node,namespace,pod_namespace,pod,container) vigil_container_health_blame."},
 	famProbeFailures:               {"vigil_container_health_probe_failures_total", "counter", "Failed health probes of the workload, not counting those within its start period (as Docker counts them)."},
 	famNetRxBytes:                  {"vigil_container_network_receive_bytes_total", "counter", "Bytes received on an interface of the container's (or pod's) network namespace."},
 	famNetRxPackets:                {"vigil_container_network_receive_packets_total", "counter", "Packets received on an interface of the container's (or pod's) network namespace."},
@@ -167,6 +169,13 @@ var conditionNames = map[vigilv1.ConditionType]string{
 // stateRecoveredFrom are the values of vigil_node_agent_state_recovered's
 // from label; another value from an agent is not rendered.
 var stateRecoveredFrom = [...]string{"last-good", "empty"}
+
+// healthBlames are the blame label values of vigil_container_health_blame,
+// by the protocol's value. A blame this build does not know is not
+// rendered (label values stay bounded).
+var healthBlames = map[vigilv1.HealthBlame]string{
+	vigilv1.HealthBlame_HEALTH_BLAME_NODE_NETWORK: "node_network",
+}
 
 // healthStatuses are the label values of vigil_container_health_status, one
 // series each (like kube-state-metrics' status series).

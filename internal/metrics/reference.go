@@ -54,6 +54,7 @@ var reference = [numFamilies]struct{ labels, replaces string }{
 	famGaveUp:                      {identityLabels, ""},
 	famLastTerminated:              {identityLabels + ", reason", "kube_pod_container_status_last_terminated_reason"},
 	famHealth:                      {identityLabels + ", status", "kube_pod_container_status_ready (roughly)"},
+	famHealthBlame:                 {identityLabels + ", blame", ""},
 	famProbeFailures:               {identityLabels, "prober_probe_total{result=\"failed\"} (kubelet)"},
 	famNetRxBytes:                  {identityLabels + ", interface", "container_network_receive_bytes_total"},
 	famNetRxPackets:                {identityLabels + ", interface", "container_network_receive_packets_total"},

@@ -357,6 +357,16 @@ func (s *scratch) container(ch *chosen, sm *vigilv1.ResourceSample) {
 		b = append(b, boolValue(st == current)...)
 		s.end(famHealth, b)
 	}
+	// What an unhealthy status is blamed on, when not on the container: a
+	// series only while it holds, as the network conditions (a container
+	// whose health is its own pays nothing for it).
+	if blame, ok := healthBlames[c.GetHealth().GetBlame()]; ok && current == "unhealthy" {
+		b := s.begin(famHealthBlame, l)
+		b = append(b, `,blame="`...)
+		b = append(b, blame...)
+		b = append(b, `"} 1`...)
+		s.end(famHealthBlame, b)
+	}
 	s.uint(famProbeFailures, l, counters.GetProbeFailuresTotal())
 }
 

@@ -47,12 +47,14 @@ func sceneNode() metrics.NodeInput {
 			Counters: &vigilv1.ContainerCounters{RestartsTotal: 1}},
 		{Id: "nginx-new", Namespace: "k8s.io", Pod: pod("nginx", false), State: running, Image: "nginx:1.25", CreatedAt: t1,
 			ImageDigest: "sha256:4f2a",
-			Health:      &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY},
+			// A blame beside a status other than unhealthy (no agent sends
+			// one) is not rendered.
+			Health: &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY, Blame: vigilv1.HealthBlame_HEALTH_BLAME_NODE_NETWORK},
 			Counters: &vigilv1.ContainerCounters{RestartsTotal: 1, ProbeFailuresTotal: 4, Exits: []*vigilv1.ExitCount{
 				{Reason: vigilv1.ExitReason_EXIT_REASON_SIGNAL, Code: 137, Count: 1},
 			}}},
 		{Id: "db", Namespace: "default", State: running, Image: `reg.example/db:"quoted"\path`, CreatedAt: t0,
-			Health:   &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY},
+			Health:   &vigilv1.Health{Status: vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY, Blame: vigilv1.HealthBlame_HEALTH_BLAME_NODE_NETWORK},
 			Backoff:  &vigilv1.BackoffState{CurrentDelay: durationpb.New(2500 * time.Millisecond), CrashLooping: true},
 			LastExit: &vigilv1.ExitStatus{Code: 137, Reason: vigilv1.ExitReason_EXIT_REASON_OOM_KILLED},
 			Counters: &vigilv1.ContainerCounters{RestartsTotal: 3, OomEventsTotal: 1, Exits: []*vigilv1.ExitCount{
@@ -176,6 +178,7 @@ func TestRenderNodeRules(t *testing.T) {
 		{"namespace of an unknown container is left out", `receive_bytes_total{node="node-1",namespace="default",pod_namespace="",pod="",container="gone"`},
 		{"image only on info", `vigil_container_running{node="node-1",namespace="default",pod_namespace="",pod="",container="db",image`},
 		{"no health series without a health check", `vigil_container_health_status{node="node-1",namespace="default",pod_namespace="",pod="",container="batch"`},
+		{"no blame beside a healthy status", `vigil_container_health_blame{node="node-1",namespace="k8s.io"`},
 		{"no quota, no CFS periods", `vigil_container_cpu_cfs_periods_total{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
 		{"no quota, no spec period", `vigil_container_spec_cpu_period_seconds{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
 		{"default shares left out", `vigil_container_spec_cpu_shares{node="node-1",namespace="default",pod_namespace="",pod="",container="hostnet"}`},
@@ -199,6 +202,7 @@ func TestRenderNodeRules(t *testing.T) {
 		{"last terminated, completed", `vigil_container_last_terminated_reason{node="node-1",namespace="default",pod_namespace="",pod="",container="batch",reason="completed"} 1`},
 		{"escaped image", `image="reg.example/db:\"quoted\"\\path"`},
 		{"health one-hot", `vigil_container_health_status{node="node-1",namespace="default",pod_namespace="",pod="",container="db",status="unhealthy"} 1`},
+		{"unhealthy, blamed on the node's network", `vigil_container_health_blame{node="node-1",namespace="default",pod_namespace="",pod="",container="db",blame="node_network"} 1`},
 		{"exits by reason and code", `vigil_container_exits_total{node="node-1",namespace="default",pod_namespace="",pod="",container="db",reason="oom_killed",exit_code="137"} 1`},
 		{"backoff in seconds", `vigil_container_restart_backoff_seconds{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 2.5`},
 		{"CPU quota in seconds", `vigil_container_spec_cpu_quota_seconds{node="node-1",namespace="default",pod_namespace="",pod="",container="db"} 0.05`},

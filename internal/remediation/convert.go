@@ -216,21 +216,23 @@ func ContainerMatches(ref TargetRef, node string, c *vigilv1.Container) bool {
 }
 
 // ContainerTargetState is what a FleetView answers for container c on node
-// (nodeUp: whether the node is up). With ref.Interface set, the target is
-// that link in the container's network namespace (the host's when the
-// container shares it).
+// (nodeUp: whether the node is up), its health as the agent last reported
+// it included. With ref.Interface set, the target is that link in the
+// container's network namespace (the host's when the container shares it).
 func ContainerTargetState(ref TargetRef, node string, c *vigilv1.Container, nodeUp bool) TargetState {
 	st := TargetState{
 		Target: Target{Node: node, Namespace: c.GetNamespace(), ContainerID: c.GetId(), PodNamespace: c.GetPod().GetNamespace(),
 			Pod: c.GetPod().GetName(), Container: c.GetPod().GetContainerName()},
 		Owner: OwnerFromProto(c.GetManager()), RestartCount: c.GetRestartCount(), HasRestartCount: true, NodeUp: nodeUp,
+		HealthBlamedOnNode: c.GetHealth().GetStatus() == vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY &&
+			c.GetHealth().GetBlame() == vigilv1.HealthBlame_HEALTH_BLAME_NODE_NETWORK,
 	}
 	if ref.Interface != "" {
 		st.Target.Interface = ref.Interface
 		if !c.GetHostNetwork() {
 			st.Target.NetnsInode = c.GetNetnsInode()
 		}
-		st.Owner, st.RestartCount, st.HasRestartCount = OwnerUnknown, 0, false
+		st.Owner, st.RestartCount, st.HasRestartCount, st.HealthBlamedOnNode = OwnerUnknown, 0, false, false
 	}
 	return st
 }

@@ -120,6 +120,28 @@ func TestContainerMatches(t *testing.T) {
 	if link.Target.Interface != "eth0" || link.Target.NetnsInode != 77 || link.HasRestartCount || link.NodeUp {
 		t.Errorf("link state = %+v", link)
 	}
+	// The agent's blame on its node's network counts with an unhealthy
+	// status only, and never for a link.
+	ref := TargetRef{Node: "n", PodNamespace: "shop", Pod: "frontend", Container: "app"}
+	for _, tc := range []struct {
+		status vigilv1.HealthStatus
+		blame  vigilv1.HealthBlame
+		iface  string
+		want   bool
+	}{
+		{vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY, vigilv1.HealthBlame_HEALTH_BLAME_NODE_NETWORK, "", true},
+		{vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY, vigilv1.HealthBlame_HEALTH_BLAME_UNSPECIFIED, "", false},
+		{vigilv1.HealthStatus_HEALTH_STATUS_HEALTHY, vigilv1.HealthBlame_HEALTH_BLAME_NODE_NETWORK, "", false},
+		{vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY, vigilv1.HealthBlame_HEALTH_BLAME_NODE_NETWORK, "eth0", false},
+	} {
+		c := proto.Clone(pod).(*vigilv1.Container)
+		c.Health = &vigilv1.Health{Status: tc.status, Blame: tc.blame}
+		r := ref
+		r.Interface = tc.iface
+		if got := ContainerTargetState(r, "n", c, true).HealthBlamedOnNode; got != tc.want {
+			t.Errorf("%v %v interface %q: blamed on the node %v, want %v", tc.status, tc.blame, tc.iface, got, tc.want)
+		}
+	}
 }
 
 func TestConvertMessages(t *testing.T) {

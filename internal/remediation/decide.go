@@ -50,11 +50,20 @@ const (
 	// ReasonRefused: the agent refused the command (its allowlist, a host
 	// link, more than a kill for another manager's container).
 	ReasonRefused Reason = "refused"
+	// ReasonNodeNetwork: an alert asked to restart, kill or stop a
+	// container that is unhealthy only because its node's network is
+	// broken: its agent blamed the failing probe on the node (gossip peers
+	// on other nodes reach the pod). The agent spared it on purpose; an
+	// alert-driven action would restart what the node's network breaks
+	// again. Held, not claimed: once the blame goes, the next delivery of
+	// a still-firing alert is decided again.
+	ReasonNodeNetwork Reason = "node_network"
 )
 
 // Reasons lists every suppression reason (metric label values).
 var Reasons = []Reason{ReasonDuplicate, ReasonCooldown, ReasonBudget, ReasonStorm, ReasonFenced, ReasonDryRun,
-	ReasonTargetUnknown, ReasonNodeDown, ReasonResolved, ReasonOwner, ReasonEscalated, ReasonStoreUnavailable, ReasonRefused}
+	ReasonTargetUnknown, ReasonNodeDown, ReasonResolved, ReasonOwner, ReasonEscalated, ReasonStoreUnavailable, ReasonRefused,
+	ReasonNodeNetwork}
 
 // Budget is the shared state that limits actions, as read from the store
 // at the revision a decision is conditioned on.
@@ -133,7 +142,8 @@ func suppress(r Reason, format string, args ...any) Decision {
 
 // Decide is the engine's decision rule: pure, no I/O. The order of checks
 // is the order of the reasons' precedence: the target first (unknown,
-// node down, fenced, owner), then the storm guard, then the target's own
+// node down, fenced, owner, its health blamed on its node's network), then
+// the storm guard, then the target's own
 // limits (escalated, cooldown, escalation, per hour), then the fleet's
 // (per minute, nodes in flight), and dry run last, so that a dry run shows
 // what would have happened.
@@ -167,6 +177,15 @@ func Decide(in Input) Decision {
 		d := suppress(ReasonOwner, "%s owns container %s: %s would fight its owner", ownerName(st.Owner), st.Target.ContainerID, in.Action)
 		d.Claim = true
 		return d
+	}
+	if in.Action.endsTask() && st.HealthBlamedOnNode {
+		if in.Rule != nil {
+			return suppress(ReasonNodeNetwork, "container %s is unhealthy because node %s's network is broken, not the container: its agent's gossip peers reach the pod that its probe cannot; %s would not help (held while the agent blames the node)",
+				st.Target.ContainerID, st.Target.Node, in.Action)
+		}
+		// An operator's request is a person's decision: it acts, and the
+		// journal says what they were told.
+		d.Message = join(d.Message, fmt.Sprintf("note: its agent blames the failing probe on node %s's network, not on the container", st.Target.Node))
 	}
 	if in.Rule != nil && rs.StormShare > 0 && in.FiringTargets >= rs.StormMinTargets &&
 		float64(in.FiringTargets) > rs.StormShare*float64(in.Fleet.Targets) {

@@ -161,6 +161,35 @@ func TestDecide(t *testing.T) {
 			in.Action, in.Rule.AllowHostLink = ActionLinkUp, true
 			in.State = TargetState{Target: Target{Node: "n1", Interface: "eth0"}, NodeUp: true}
 		}, want{act: true, action: ActionLinkUp, claim: true}},
+		// The agent blamed the container's failing probe on its node's
+		// network (the gossip cross-check): an alert's action that ends its
+		// task is held, not claimed (the next delivery after the blame goes
+		// acts). TestRemediationRefusesHealthBlamedOnNode, end to end.
+		{"health blamed on the node's network: an alert's restart is held", func(in *Input) { in.State.HealthBlamedOnNode = true },
+			want{reason: ReasonNodeNetwork, message: "node n1's network is broken, not the container"}},
+		{"health blamed on the node's network: a kill too", func(in *Input) {
+			in.State.HealthBlamedOnNode, in.Action, in.Signal = true, ActionKill, 15
+		}, want{reason: ReasonNodeNetwork, message: "kill_container would not help"}},
+		{"health blamed on the node's network: a stop too", func(in *Input) { in.State.HealthBlamedOnNode, in.Action = true, ActionStop },
+			want{reason: ReasonNodeNetwork}},
+		{"health blamed on the node's network: the kubelet's container too (a restart is a kill)", func(in *Input) {
+			in.State.HealthBlamedOnNode, in.State.Owner = true, OwnerKubelet
+		}, want{reason: ReasonNodeNetwork}},
+		{"health blamed on the node's network: before a dry run, which shows it", func(in *Input) {
+			in.State.HealthBlamedOnNode, in.Rule.DryRun = true, true
+		}, want{reason: ReasonNodeNetwork}},
+		{"health blamed on the node's network: before the rule's escalation", func(in *Input) {
+			in.State.HealthBlamedOnNode = true
+			in.Rule = rule(func(r *Rule) { r.Escalate = &Escalation{After: 1, Action: ActionStop} })
+			in.Budget.Target.Times = []time.Time{ago(30 * time.Minute)}
+		}, want{reason: ReasonNodeNetwork}},
+		{"health blamed on the node's network: a fenced alert is still fenced (claimed)", func(in *Input) {
+			in.State.HealthBlamedOnNode, in.AlertContainerID = true, "web-old"
+		}, want{reason: ReasonFenced, claim: true}},
+		{"health blamed on the node's network: a start ends no task", func(in *Input) { in.State.HealthBlamedOnNode, in.Action = true, ActionStart },
+			want{act: true, action: ActionStart, claim: true}},
+		{"health blamed on the node's network: an operator's restart acts, noted", func(in *Input) { in.State.HealthBlamedOnNode, in.Rule = true, nil },
+			want{act: true, action: ActionRestart, claim: true, message: "note: its agent blames the failing probe on node n1's network"}},
 		{"container link", func(in *Input) {
 			in.Action = ActionLinkUp
 			in.State = TargetState{Target: Target{Node: "n1", Namespace: "default", ContainerID: "web", Interface: "eth0", NetnsInode: 4026532000}, NodeUp: true}

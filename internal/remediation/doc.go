@@ -36,10 +36,13 @@
 // Acting, dry run, refusing to fight an owner, and an alert fenced because
 // it saw a container since replaced claim the intent: later
 // deliveries of the same firing are duplicates. Limits hold without
-// claiming (cooldown, budget, storm, node down, unknown target, escalated):
-// the decision is journaled, and Alertmanager's next delivery of a
-// still-firing alert (group_interval, repeat_interval) is decided again.
-// Limits delay actions; they never drop the alert for good.
+// claiming (cooldown, budget, storm, node down, unknown target, escalated,
+// and node network: an alert's restart, kill or stop of a container whose
+// agent blamed its failing probe on the node's network, which the
+// FleetView's TargetState.HealthBlamedOnNode says): the decision is
+// journaled, and Alertmanager's next delivery of a still-firing alert
+// (group_interval, repeat_interval) is decided again. Limits delay actions;
+// they never drop the alert for good.
 //
 // # Commands across restarts
 //
@@ -79,8 +82,9 @@
 //	list, err := eng.List(ctx, remediation.ListFilterFromProto(in))
 //
 // The FleetView is the aggregator's read model in domain types (Lookup of
-// a container by namespace and id or by pod, with its owner, restart count
-// and whether its node is up; Size). Over the aggregator's protobuf
+// a container by namespace and id or by pod, with its owner, restart count,
+// whether its health is blamed on its node's network, and whether its node
+// is up; Size). Over the aggregator's protobuf
 // containers it is a few lines: the node's containers that
 // ContainerMatches(ref, node, c) (ErrNotFound for none, ErrInvalid for
 // more than one), answered with ContainerTargetState(ref, node, c, up).

@@ -14,6 +14,9 @@ type FleetContainer struct {
 	PodNamespace, Pod, Name string
 	Owner                   Owner
 	RestartCount            uint32
+	// HealthBlamedOnNode: unhealthy, the failing probe blamed on the
+	// node's network (TargetState.HealthBlamedOnNode).
+	HealthBlamedOnNode bool
 	// NetnsInode of the container's network namespace and its links.
 	NetnsInode uint64
 	Interfaces []string
@@ -119,7 +122,7 @@ func (f *StaticFleet) Lookup(ref TargetRef) (TargetState, error) {
 	c := found[0]
 	st := TargetState{
 		Target: Target{Node: c.Node, Namespace: c.Namespace, ContainerID: c.ID, PodNamespace: c.PodNamespace, Pod: c.Pod, Container: c.Name},
-		Owner:  c.Owner, RestartCount: c.RestartCount, HasRestartCount: true, NodeUp: up,
+		Owner:  c.Owner, RestartCount: c.RestartCount, HasRestartCount: true, NodeUp: up, HealthBlamedOnNode: c.HealthBlamedOnNode,
 	}
 	if ref.Interface != "" {
 		known := false
@@ -130,7 +133,7 @@ func (f *StaticFleet) Lookup(ref TargetRef) (TargetState, error) {
 			return TargetState{}, fmt.Errorf("container %s has no interface %q: %w", ref, clip(ref.Interface), errdefs.ErrNotFound)
 		}
 		st.Target.Interface, st.Target.NetnsInode = ref.Interface, c.NetnsInode
-		st.Owner, st.HasRestartCount, st.RestartCount = OwnerUnknown, false, 0
+		st.Owner, st.HasRestartCount, st.RestartCount, st.HealthBlamedOnNode = OwnerUnknown, false, 0, false
 	}
 	return st, nil
 }

@@ -167,7 +167,7 @@ vigil_remediation_duration_seconds_count 2
 # HELP vigil_remediation_storm_active 1 while the storm guard holds every alert-driven action (as this replica last evaluated it), else 0.
 # TYPE vigil_remediation_storm_active gauge
 vigil_remediation_storm_active 0
-# HELP vigil_remediations_suppressed_total Alerts and requests that made no command, by reason (duplicate, cooldown, budget, storm, fenced, dry_run, target_unknown, node_down, resolved, owner, escalated, store_unavailable, refused).
+# HELP vigil_remediations_suppressed_total Alerts and requests that made no command, by reason (duplicate, cooldown, budget, storm, fenced, dry_run, target_unknown, node_down, resolved, owner, escalated, store_unavailable, refused, node_network).
 # TYPE vigil_remediations_suppressed_total counter
 vigil_remediations_suppressed_total{reason="budget"} 0
 vigil_remediations_suppressed_total{reason="cooldown"} 0
@@ -176,6 +176,7 @@ vigil_remediations_suppressed_total{reason="duplicate"} 1
 vigil_remediations_suppressed_total{reason="escalated"} 0
 vigil_remediations_suppressed_total{reason="fenced"} 0
 vigil_remediations_suppressed_total{reason="node_down"} 0
+vigil_remediations_suppressed_total{reason="node_network"} 0
 vigil_remediations_suppressed_total{reason="owner"} 0
 vigil_remediations_suppressed_total{reason="refused"} 0
 vigil_remediations_suppressed_total{reason="resolved"} 0

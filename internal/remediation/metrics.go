@@ -29,7 +29,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"action", "result"}),
 		suppressed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_remediations_suppressed_total",
-			Help: "Alerts and requests that made no command, by reason (duplicate, cooldown, budget, storm, fenced, dry_run, target_unknown, node_down, resolved, owner, escalated, store_unavailable, refused).",
+			Help: "Alerts and requests that made no command, by reason (duplicate, cooldown, budget, storm, fenced, dry_run, target_unknown, node_down, resolved, owner, escalated, store_unavailable, refused, node_network).",
 		}, []string{"reason"}),
 		webhook: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_remediation_webhook_requests_total",

@@ -76,6 +76,10 @@ func (a *Action) UnmarshalText(b []byte) error {
 
 func (a Action) onContainer() bool { return a != ActionLinkUp }
 
+// endsTask: the action ends the container's running task (a restart, or a
+// kill that its owner follows with one).
+func (a Action) endsTask() bool { return a == ActionRestart || a == ActionStop || a == ActionKill }
+
 // Owner is who restarts a container when its task ends.
 type Owner string
 
@@ -165,6 +169,12 @@ type TargetState struct {
 	// command for a node that is down would wait in its outbox until its
 	// deadline; the engine suppresses it (node_down) instead.
 	NodeUp bool
+	// HealthBlamedOnNode: the container is unhealthy, and its agent blamed
+	// the failing probe on the node's network, not on the container (the
+	// gossip cross-check: peers on other nodes reach the pod; the protocol's
+	// Health.blame NODE_NETWORK). An alert's restart, kill or stop of it is
+	// suppressed (node_network). False for links.
+	HealthBlamedOnNode bool
 }
 
 // FleetSize is how big the fleet is, for percentages.

@@ -270,6 +270,64 @@ func (HealthStatus) EnumDescriptor() ([]byte, []int) {
 	return file_vigil_v1_types_proto_rawDescGZIP(), []int{3}
 }
 
+// HealthBlame is what a container's failing health check is blamed on,
+// when not on the container itself.
+type HealthBlame int32
+
+const (
+	// Not blamed elsewhere: the health is the container's own. Every status
+	// but UNHEALTHY has it, and so does every health an agent sends without
+	// the gossip cross-check (--gossip-cross-check-peers) or from before it.
+	HealthBlame_HEALTH_BLAME_UNSPECIFIED HealthBlame = 0
+	// The probe (TCP or HTTP, of the pod's address) fails from this node, but
+	// gossip peers on other nodes reach that address: this node's network is
+	// broken, not the container. The agent does not restart the container for
+	// it, and the aggregator's remediation refuses to restart, kill or stop it
+	// on an alert (suppressed as "node_network"). Cleared when the probe
+	// passes, when the container's task restarts, and when a later cross-check
+	// (every minute while the probe fails) no longer blames the node.
+	HealthBlame_HEALTH_BLAME_NODE_NETWORK HealthBlame = 1
+)
+
+// Enum value maps for HealthBlame.
+var (
+	HealthBlame_name = map[int32]string{
+		0: "HEALTH_BLAME_UNSPECIFIED",
+		1: "HEALTH_BLAME_NODE_NETWORK",
+	}
+	HealthBlame_value = map[string]int32{
+		"HEALTH_BLAME_UNSPECIFIED":  0,
+		"HEALTH_BLAME_NODE_NETWORK": 1,
+	}
+)
+
+func (x HealthBlame) Enum() *HealthBlame {
+	p := new(HealthBlame)
+	*p = x
+	return p
+}
+
+func (x HealthBlame) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HealthBlame) Descriptor() protoreflect.EnumDescriptor {
+	return file_vigil_v1_types_proto_enumTypes[4].Descriptor()
+}
+
+func (HealthBlame) Type() protoreflect.EnumType {
+	return &file_vigil_v1_types_proto_enumTypes[4]
+}
+
+func (x HealthBlame) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HealthBlame.Descriptor instead.
+func (HealthBlame) EnumDescriptor() ([]byte, []int) {
+	return file_vigil_v1_types_proto_rawDescGZIP(), []int{4}
+}
+
 // Manager says who restarts a container.
 type Manager int32
 
@@ -315,11 +373,11 @@ func (x Manager) String() string {
 }
 
 func (Manager) Descriptor() protoreflect.EnumDescriptor {
-	return file_vigil_v1_types_proto_enumTypes[4].Descriptor()
+	return file_vigil_v1_types_proto_enumTypes[5].Descriptor()
 }
 
 func (Manager) Type() protoreflect.EnumType {
-	return &file_vigil_v1_types_proto_enumTypes[4]
+	return &file_vigil_v1_types_proto_enumTypes[5]
 }
 
 func (x Manager) Number() protoreflect.EnumNumber {
@@ -328,7 +386,7 @@ func (x Manager) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Manager.Descriptor instead.
 func (Manager) EnumDescriptor() ([]byte, []int) {
-	return file_vigil_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_vigil_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
 // RestartPolicyKind is the value of the vigil.io/restart-policy label.
@@ -377,11 +435,11 @@ func (x RestartPolicyKind) String() string {
 }
 
 func (RestartPolicyKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_vigil_v1_types_proto_enumTypes[5].Descriptor()
+	return file_vigil_v1_types_proto_enumTypes[6].Descriptor()
 }
 
 func (RestartPolicyKind) Type() protoreflect.EnumType {
-	return &file_vigil_v1_types_proto_enumTypes[5]
+	return &file_vigil_v1_types_proto_enumTypes[6]
 }
 
 func (x RestartPolicyKind) Number() protoreflect.EnumNumber {
@@ -390,7 +448,7 @@ func (x RestartPolicyKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RestartPolicyKind.Descriptor instead.
 func (RestartPolicyKind) EnumDescriptor() ([]byte, []int) {
-	return file_vigil_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_vigil_v1_types_proto_rawDescGZIP(), []int{6}
 }
 
 // LinkOperState is the RFC 2863 operational state of a link.
@@ -450,11 +508,11 @@ func (x LinkOperState) String() string {
 }
 
 func (LinkOperState) Descriptor() protoreflect.EnumDescriptor {
-	return file_vigil_v1_types_proto_enumTypes[6].Descriptor()
+	return file_vigil_v1_types_proto_enumTypes[7].Descriptor()
 }
 
 func (LinkOperState) Type() protoreflect.EnumType {
-	return &file_vigil_v1_types_proto_enumTypes[6]
+	return &file_vigil_v1_types_proto_enumTypes[7]
 }
 
 func (x LinkOperState) Number() protoreflect.EnumNumber {
@@ -463,7 +521,7 @@ func (x LinkOperState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LinkOperState.Descriptor instead.
 func (LinkOperState) EnumDescriptor() ([]byte, []int) {
-	return file_vigil_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_vigil_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 // ConditionType names a detected problem.
@@ -519,11 +577,11 @@ func (x ConditionType) String() string {
 }
 
 func (ConditionType) Descriptor() protoreflect.EnumDescriptor {
-	return file_vigil_v1_types_proto_enumTypes[7].Descriptor()
+	return file_vigil_v1_types_proto_enumTypes[8].Descriptor()
 }
 
 func (ConditionType) Type() protoreflect.EnumType {
-	return &file_vigil_v1_types_proto_enumTypes[7]
+	return &file_vigil_v1_types_proto_enumTypes[8]
 }
 
 func (x ConditionType) Number() protoreflect.EnumNumber {
@@ -532,7 +590,7 @@ func (x ConditionType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ConditionType.Descriptor instead.
 func (ConditionType) EnumDescriptor() ([]byte, []int) {
-	return file_vigil_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_vigil_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 // PeerState is a gossip member's state as seen by one observer.
@@ -580,11 +638,11 @@ func (x PeerState) String() string {
 }
 
 func (PeerState) Descriptor() protoreflect.EnumDescriptor {
-	return file_vigil_v1_types_proto_enumTypes[8].Descriptor()
+	return file_vigil_v1_types_proto_enumTypes[9].Descriptor()
 }
 
 func (PeerState) Type() protoreflect.EnumType {
-	return &file_vigil_v1_types_proto_enumTypes[8]
+	return &file_vigil_v1_types_proto_enumTypes[9]
 }
 
 func (x PeerState) Number() protoreflect.EnumNumber {
@@ -593,7 +651,7 @@ func (x PeerState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PeerState.Descriptor instead.
 func (PeerState) EnumDescriptor() ([]byte, []int) {
-	return file_vigil_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_vigil_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 // RemediationAction is what a remediation does.
@@ -650,11 +708,11 @@ func (x RemediationAction) String() string {
 }
 
 func (RemediationAction) Descriptor() protoreflect.EnumDescriptor {
-	return file_vigil_v1_types_proto_enumTypes[9].Descriptor()
+	return file_vigil_v1_types_proto_enumTypes[10].Descriptor()
 }
 
 func (RemediationAction) Type() protoreflect.EnumType {
-	return &file_vigil_v1_types_proto_enumTypes[9]
+	return &file_vigil_v1_types_proto_enumTypes[10]
 }
 
 func (x RemediationAction) Number() protoreflect.EnumNumber {
@@ -663,7 +721,7 @@ func (x RemediationAction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RemediationAction.Descriptor instead.
 func (RemediationAction) EnumDescriptor() ([]byte, []int) {
-	return file_vigil_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_vigil_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 // RemediationState is where a remediation is in its life.
@@ -729,11 +787,11 @@ func (x RemediationState) String() string {
 }
 
 func (RemediationState) Descriptor() protoreflect.EnumDescriptor {
-	return file_vigil_v1_types_proto_enumTypes[10].Descriptor()
+	return file_vigil_v1_types_proto_enumTypes[11].Descriptor()
 }
 
 func (RemediationState) Type() protoreflect.EnumType {
-	return &file_vigil_v1_types_proto_enumTypes[10]
+	return &file_vigil_v1_types_proto_enumTypes[11]
 }
 
 func (x RemediationState) Number() protoreflect.EnumNumber {
@@ -742,7 +800,7 @@ func (x RemediationState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RemediationState.Descriptor instead.
 func (RemediationState) EnumDescriptor() ([]byte, []int) {
-	return file_vigil_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_vigil_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 // Node is one machine running a vigil agent.
@@ -1425,7 +1483,11 @@ type Health struct {
 	// Where the configuration came from: "label", "image", or empty.
 	Source string `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
 	// The last few probe results, oldest first.
-	LastResults   []*ProbeResult `protobuf:"bytes,5,rep,name=last_results,json=lastResults,proto3" json:"last_results,omitempty"`
+	LastResults []*ProbeResult `protobuf:"bytes,5,rep,name=last_results,json=lastResults,proto3" json:"last_results,omitempty"`
+	// What the failing probe is blamed on, when not on the container: set only
+	// with status UNHEALTHY. Aggregated: the container is unhealthy as seen from
+	// its node, and vigil_container_health_blame says why it is not acted on.
+	Blame         HealthBlame `protobuf:"varint,6,opt,name=blame,proto3,enum=vigil.v1.HealthBlame" json:"blame,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1493,6 +1555,13 @@ func (x *Health) GetLastResults() []*ProbeResult {
 		return x.LastResults
 	}
 	return nil
+}
+
+func (x *Health) GetBlame() HealthBlame {
+	if x != nil {
+		return x.Blame
+	}
+	return HealthBlame_HEALTH_BLAME_UNSPECIFIED
 }
 
 // PodIdentity maps a kubelet-created container to its pod.
@@ -3374,13 +3443,14 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\bduration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x0e\n" +
 	"\x02ok\x18\x03 \x01(\bR\x02ok\x12\x12\n" +
 	"\x04code\x18\x04 \x01(\x05R\x04code\x12\x16\n" +
-	"\x06output\x18\x05 \x01(\tR\x06output\"\xc7\x01\n" +
+	"\x06output\x18\x05 \x01(\tR\x06output\"\xf4\x01\n" +
 	"\x06Health\x12.\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x16.vigil.v1.HealthStatusR\x06status\x12%\n" +
 	"\x0efailing_streak\x18\x02 \x01(\rR\rfailingStreak\x12\x14\n" +
 	"\x05probe\x18\x03 \x01(\tR\x05probe\x12\x16\n" +
 	"\x06source\x18\x04 \x01(\tR\x06source\x128\n" +
-	"\flast_results\x18\x05 \x03(\v2\x15.vigil.v1.ProbeResultR\vlastResults\"\xc6\x01\n" +
+	"\flast_results\x18\x05 \x03(\v2\x15.vigil.v1.ProbeResultR\vlastResults\x12+\n" +
+	"\x05blame\x18\x06 \x01(\x0e2\x15.vigil.v1.HealthBlameR\x05blame\"\xc6\x01\n" +
 	"\vPodIdentity\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
@@ -3592,7 +3662,10 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\x12HEALTH_STATUS_NONE\x10\x01\x12\x1a\n" +
 	"\x16HEALTH_STATUS_STARTING\x10\x02\x12\x19\n" +
 	"\x15HEALTH_STATUS_HEALTHY\x10\x03\x12\x1b\n" +
-	"\x17HEALTH_STATUS_UNHEALTHY\x10\x04*v\n" +
+	"\x17HEALTH_STATUS_UNHEALTHY\x10\x04*J\n" +
+	"\vHealthBlame\x12\x1c\n" +
+	"\x18HEALTH_BLAME_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19HEALTH_BLAME_NODE_NETWORK\x10\x01*v\n" +
 	"\aManager\x12\x17\n" +
 	"\x13MANAGER_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rMANAGER_VIGIL\x10\x01\x12\x13\n" +
@@ -3658,107 +3731,109 @@ func file_vigil_v1_types_proto_rawDescGZIP() []byte {
 	return file_vigil_v1_types_proto_rawDescData
 }
 
-var file_vigil_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
+var file_vigil_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
 var file_vigil_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_vigil_v1_types_proto_goTypes = []any{
 	(NodeState)(0),                // 0: vigil.v1.NodeState
 	(ContainerState)(0),           // 1: vigil.v1.ContainerState
 	(ExitReason)(0),               // 2: vigil.v1.ExitReason
 	(HealthStatus)(0),             // 3: vigil.v1.HealthStatus
-	(Manager)(0),                  // 4: vigil.v1.Manager
-	(RestartPolicyKind)(0),        // 5: vigil.v1.RestartPolicyKind
-	(LinkOperState)(0),            // 6: vigil.v1.LinkOperState
-	(ConditionType)(0),            // 7: vigil.v1.ConditionType
-	(PeerState)(0),                // 8: vigil.v1.PeerState
-	(RemediationAction)(0),        // 9: vigil.v1.RemediationAction
-	(RemediationState)(0),         // 10: vigil.v1.RemediationState
-	(*Node)(nil),                  // 11: vigil.v1.Node
-	(*AgentStatus)(nil),           // 12: vigil.v1.AgentStatus
-	(*ExitStatus)(nil),            // 13: vigil.v1.ExitStatus
-	(*RestartPolicy)(nil),         // 14: vigil.v1.RestartPolicy
-	(*BackoffState)(nil),          // 15: vigil.v1.BackoffState
-	(*ProbeResult)(nil),           // 16: vigil.v1.ProbeResult
-	(*Health)(nil),                // 17: vigil.v1.Health
-	(*PodIdentity)(nil),           // 18: vigil.v1.PodIdentity
-	(*ExitCount)(nil),             // 19: vigil.v1.ExitCount
-	(*ContainerCounters)(nil),     // 20: vigil.v1.ContainerCounters
-	(*Container)(nil),             // 21: vigil.v1.Container
-	(*ResourceSample)(nil),        // 22: vigil.v1.ResourceSample
-	(*Interface)(nil),             // 23: vigil.v1.Interface
-	(*Condition)(nil),             // 24: vigil.v1.Condition
-	(*NetworkNamespace)(nil),      // 25: vigil.v1.NetworkNamespace
-	(*ContainerRef)(nil),          // 26: vigil.v1.ContainerRef
-	(*PeerStatus)(nil),            // 27: vigil.v1.PeerStatus
-	(*PeerView)(nil),              // 28: vigil.v1.PeerView
-	(*Target)(nil),                // 29: vigil.v1.Target
-	(*Fence)(nil),                 // 30: vigil.v1.Fence
-	(*Remediation)(nil),           // 31: vigil.v1.Remediation
-	nil,                           // 32: vigil.v1.Container.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
+	(HealthBlame)(0),              // 4: vigil.v1.HealthBlame
+	(Manager)(0),                  // 5: vigil.v1.Manager
+	(RestartPolicyKind)(0),        // 6: vigil.v1.RestartPolicyKind
+	(LinkOperState)(0),            // 7: vigil.v1.LinkOperState
+	(ConditionType)(0),            // 8: vigil.v1.ConditionType
+	(PeerState)(0),                // 9: vigil.v1.PeerState
+	(RemediationAction)(0),        // 10: vigil.v1.RemediationAction
+	(RemediationState)(0),         // 11: vigil.v1.RemediationState
+	(*Node)(nil),                  // 12: vigil.v1.Node
+	(*AgentStatus)(nil),           // 13: vigil.v1.AgentStatus
+	(*ExitStatus)(nil),            // 14: vigil.v1.ExitStatus
+	(*RestartPolicy)(nil),         // 15: vigil.v1.RestartPolicy
+	(*BackoffState)(nil),          // 16: vigil.v1.BackoffState
+	(*ProbeResult)(nil),           // 17: vigil.v1.ProbeResult
+	(*Health)(nil),                // 18: vigil.v1.Health
+	(*PodIdentity)(nil),           // 19: vigil.v1.PodIdentity
+	(*ExitCount)(nil),             // 20: vigil.v1.ExitCount
+	(*ContainerCounters)(nil),     // 21: vigil.v1.ContainerCounters
+	(*Container)(nil),             // 22: vigil.v1.Container
+	(*ResourceSample)(nil),        // 23: vigil.v1.ResourceSample
+	(*Interface)(nil),             // 24: vigil.v1.Interface
+	(*Condition)(nil),             // 25: vigil.v1.Condition
+	(*NetworkNamespace)(nil),      // 26: vigil.v1.NetworkNamespace
+	(*ContainerRef)(nil),          // 27: vigil.v1.ContainerRef
+	(*PeerStatus)(nil),            // 28: vigil.v1.PeerStatus
+	(*PeerView)(nil),              // 29: vigil.v1.PeerView
+	(*Target)(nil),                // 30: vigil.v1.Target
+	(*Fence)(nil),                 // 31: vigil.v1.Fence
+	(*Remediation)(nil),           // 32: vigil.v1.Remediation
+	nil,                           // 33: vigil.v1.Container.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 35: google.protobuf.Duration
 }
 var file_vigil_v1_types_proto_depIdxs = []int32{
 	0,  // 0: vigil.v1.Node.state:type_name -> vigil.v1.NodeState
-	33, // 1: vigil.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
-	33, // 2: vigil.v1.Node.connected_since:type_name -> google.protobuf.Timestamp
-	28, // 3: vigil.v1.Node.peer_view:type_name -> vigil.v1.PeerView
-	12, // 4: vigil.v1.Node.agent_status:type_name -> vigil.v1.AgentStatus
-	33, // 5: vigil.v1.Node.condition_since:type_name -> google.protobuf.Timestamp
-	34, // 6: vigil.v1.AgentStatus.last_collection_duration:type_name -> google.protobuf.Duration
-	34, // 7: vigil.v1.AgentStatus.runtime_latency:type_name -> google.protobuf.Duration
+	34, // 1: vigil.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
+	34, // 2: vigil.v1.Node.connected_since:type_name -> google.protobuf.Timestamp
+	29, // 3: vigil.v1.Node.peer_view:type_name -> vigil.v1.PeerView
+	13, // 4: vigil.v1.Node.agent_status:type_name -> vigil.v1.AgentStatus
+	34, // 5: vigil.v1.Node.condition_since:type_name -> google.protobuf.Timestamp
+	35, // 6: vigil.v1.AgentStatus.last_collection_duration:type_name -> google.protobuf.Duration
+	35, // 7: vigil.v1.AgentStatus.runtime_latency:type_name -> google.protobuf.Duration
 	2,  // 8: vigil.v1.ExitStatus.reason:type_name -> vigil.v1.ExitReason
-	33, // 9: vigil.v1.ExitStatus.exited_at:type_name -> google.protobuf.Timestamp
-	5,  // 10: vigil.v1.RestartPolicy.kind:type_name -> vigil.v1.RestartPolicyKind
-	34, // 11: vigil.v1.RestartPolicy.backoff_initial:type_name -> google.protobuf.Duration
-	34, // 12: vigil.v1.RestartPolicy.backoff_max:type_name -> google.protobuf.Duration
-	34, // 13: vigil.v1.RestartPolicy.backoff_reset_after:type_name -> google.protobuf.Duration
-	34, // 14: vigil.v1.BackoffState.current_delay:type_name -> google.protobuf.Duration
-	33, // 15: vigil.v1.BackoffState.next_restart_at:type_name -> google.protobuf.Timestamp
-	33, // 16: vigil.v1.ProbeResult.start:type_name -> google.protobuf.Timestamp
-	34, // 17: vigil.v1.ProbeResult.duration:type_name -> google.protobuf.Duration
+	34, // 9: vigil.v1.ExitStatus.exited_at:type_name -> google.protobuf.Timestamp
+	6,  // 10: vigil.v1.RestartPolicy.kind:type_name -> vigil.v1.RestartPolicyKind
+	35, // 11: vigil.v1.RestartPolicy.backoff_initial:type_name -> google.protobuf.Duration
+	35, // 12: vigil.v1.RestartPolicy.backoff_max:type_name -> google.protobuf.Duration
+	35, // 13: vigil.v1.RestartPolicy.backoff_reset_after:type_name -> google.protobuf.Duration
+	35, // 14: vigil.v1.BackoffState.current_delay:type_name -> google.protobuf.Duration
+	34, // 15: vigil.v1.BackoffState.next_restart_at:type_name -> google.protobuf.Timestamp
+	34, // 16: vigil.v1.ProbeResult.start:type_name -> google.protobuf.Timestamp
+	35, // 17: vigil.v1.ProbeResult.duration:type_name -> google.protobuf.Duration
 	3,  // 18: vigil.v1.Health.status:type_name -> vigil.v1.HealthStatus
-	16, // 19: vigil.v1.Health.last_results:type_name -> vigil.v1.ProbeResult
-	2,  // 20: vigil.v1.ExitCount.reason:type_name -> vigil.v1.ExitReason
-	19, // 21: vigil.v1.ContainerCounters.exits:type_name -> vigil.v1.ExitCount
-	18, // 22: vigil.v1.Container.pod:type_name -> vigil.v1.PodIdentity
-	32, // 23: vigil.v1.Container.labels:type_name -> vigil.v1.Container.LabelsEntry
-	1,  // 24: vigil.v1.Container.state:type_name -> vigil.v1.ContainerState
-	33, // 25: vigil.v1.Container.created_at:type_name -> google.protobuf.Timestamp
-	33, // 26: vigil.v1.Container.started_at:type_name -> google.protobuf.Timestamp
-	13, // 27: vigil.v1.Container.last_exit:type_name -> vigil.v1.ExitStatus
-	4,  // 28: vigil.v1.Container.manager:type_name -> vigil.v1.Manager
-	14, // 29: vigil.v1.Container.restart_policy:type_name -> vigil.v1.RestartPolicy
-	15, // 30: vigil.v1.Container.backoff:type_name -> vigil.v1.BackoffState
-	17, // 31: vigil.v1.Container.health:type_name -> vigil.v1.Health
-	20, // 32: vigil.v1.Container.counters:type_name -> vigil.v1.ContainerCounters
-	24, // 33: vigil.v1.Container.conditions:type_name -> vigil.v1.Condition
-	33, // 34: vigil.v1.ResourceSample.timestamp:type_name -> google.protobuf.Timestamp
-	6,  // 35: vigil.v1.Interface.oper_state:type_name -> vigil.v1.LinkOperState
-	7,  // 36: vigil.v1.Condition.type:type_name -> vigil.v1.ConditionType
-	33, // 37: vigil.v1.Condition.since:type_name -> google.protobuf.Timestamp
-	26, // 38: vigil.v1.NetworkNamespace.containers:type_name -> vigil.v1.ContainerRef
-	23, // 39: vigil.v1.NetworkNamespace.interfaces:type_name -> vigil.v1.Interface
-	24, // 40: vigil.v1.NetworkNamespace.conditions:type_name -> vigil.v1.Condition
-	33, // 41: vigil.v1.NetworkNamespace.timestamp:type_name -> google.protobuf.Timestamp
-	8,  // 42: vigil.v1.PeerStatus.state:type_name -> vigil.v1.PeerState
-	33, // 43: vigil.v1.PeerStatus.since:type_name -> google.protobuf.Timestamp
-	27, // 44: vigil.v1.PeerView.peers:type_name -> vigil.v1.PeerStatus
-	33, // 45: vigil.v1.PeerView.isolated_since:type_name -> google.protobuf.Timestamp
-	33, // 46: vigil.v1.PeerView.isolated_until:type_name -> google.protobuf.Timestamp
-	9,  // 47: vigil.v1.Remediation.action:type_name -> vigil.v1.RemediationAction
-	29, // 48: vigil.v1.Remediation.target:type_name -> vigil.v1.Target
-	33, // 49: vigil.v1.Remediation.alert_starts_at:type_name -> google.protobuf.Timestamp
-	10, // 50: vigil.v1.Remediation.state:type_name -> vigil.v1.RemediationState
-	33, // 51: vigil.v1.Remediation.created_at:type_name -> google.protobuf.Timestamp
-	33, // 52: vigil.v1.Remediation.updated_at:type_name -> google.protobuf.Timestamp
-	9,  // 53: vigil.v1.Remediation.requested_action:type_name -> vigil.v1.RemediationAction
-	30, // 54: vigil.v1.Remediation.fence:type_name -> vigil.v1.Fence
-	33, // 55: vigil.v1.Remediation.deadline:type_name -> google.protobuf.Timestamp
-	56, // [56:56] is the sub-list for method output_type
-	56, // [56:56] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	17, // 19: vigil.v1.Health.last_results:type_name -> vigil.v1.ProbeResult
+	4,  // 20: vigil.v1.Health.blame:type_name -> vigil.v1.HealthBlame
+	2,  // 21: vigil.v1.ExitCount.reason:type_name -> vigil.v1.ExitReason
+	20, // 22: vigil.v1.ContainerCounters.exits:type_name -> vigil.v1.ExitCount
+	19, // 23: vigil.v1.Container.pod:type_name -> vigil.v1.PodIdentity
+	33, // 24: vigil.v1.Container.labels:type_name -> vigil.v1.Container.LabelsEntry
+	1,  // 25: vigil.v1.Container.state:type_name -> vigil.v1.ContainerState
+	34, // 26: vigil.v1.Container.created_at:type_name -> google.protobuf.Timestamp
+	34, // 27: vigil.v1.Container.started_at:type_name -> google.protobuf.Timestamp
+	14, // 28: vigil.v1.Container.last_exit:type_name -> vigil.v1.ExitStatus
+	5,  // 29: vigil.v1.Container.manager:type_name -> vigil.v1.Manager
+	15, // 30: vigil.v1.Container.restart_policy:type_name -> vigil.v1.RestartPolicy
+	16, // 31: vigil.v1.Container.backoff:type_name -> vigil.v1.BackoffState
+	18, // 32: vigil.v1.Container.health:type_name -> vigil.v1.Health
+	21, // 33: vigil.v1.Container.counters:type_name -> vigil.v1.ContainerCounters
+	25, // 34: vigil.v1.Container.conditions:type_name -> vigil.v1.Condition
+	34, // 35: vigil.v1.ResourceSample.timestamp:type_name -> google.protobuf.Timestamp
+	7,  // 36: vigil.v1.Interface.oper_state:type_name -> vigil.v1.LinkOperState
+	8,  // 37: vigil.v1.Condition.type:type_name -> vigil.v1.ConditionType
+	34, // 38: vigil.v1.Condition.since:type_name -> google.protobuf.Timestamp
+	27, // 39: vigil.v1.NetworkNamespace.containers:type_name -> vigil.v1.ContainerRef
+	24, // 40: vigil.v1.NetworkNamespace.interfaces:type_name -> vigil.v1.Interface
+	25, // 41: vigil.v1.NetworkNamespace.conditions:type_name -> vigil.v1.Condition
+	34, // 42: vigil.v1.NetworkNamespace.timestamp:type_name -> google.protobuf.Timestamp
+	9,  // 43: vigil.v1.PeerStatus.state:type_name -> vigil.v1.PeerState
+	34, // 44: vigil.v1.PeerStatus.since:type_name -> google.protobuf.Timestamp
+	28, // 45: vigil.v1.PeerView.peers:type_name -> vigil.v1.PeerStatus
+	34, // 46: vigil.v1.PeerView.isolated_since:type_name -> google.protobuf.Timestamp
+	34, // 47: vigil.v1.PeerView.isolated_until:type_name -> google.protobuf.Timestamp
+	10, // 48: vigil.v1.Remediation.action:type_name -> vigil.v1.RemediationAction
+	30, // 49: vigil.v1.Remediation.target:type_name -> vigil.v1.Target
+	34, // 50: vigil.v1.Remediation.alert_starts_at:type_name -> google.protobuf.Timestamp
+	11, // 51: vigil.v1.Remediation.state:type_name -> vigil.v1.RemediationState
+	34, // 52: vigil.v1.Remediation.created_at:type_name -> google.protobuf.Timestamp
+	34, // 53: vigil.v1.Remediation.updated_at:type_name -> google.protobuf.Timestamp
+	10, // 54: vigil.v1.Remediation.requested_action:type_name -> vigil.v1.RemediationAction
+	31, // 55: vigil.v1.Remediation.fence:type_name -> vigil.v1.Fence
+	34, // 56: vigil.v1.Remediation.deadline:type_name -> google.protobuf.Timestamp
+	57, // [57:57] is the sub-list for method output_type
+	57, // [57:57] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_vigil_v1_types_proto_init() }
@@ -3771,7 +3846,7 @@ func file_vigil_v1_types_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_v1_types_proto_rawDesc), len(file_vigil_v1_types_proto_rawDesc)),
-			NumEnums:      11,
+			NumEnums:      12,
 			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
