@@ -116,6 +116,9 @@ const suspectLogPrefix = "memberlist: Suspect "
 const suspectLogSuffix = " has failed, no acks received"
 
 func (s logSink) Write(p []byte) (int, error) {
+	if s.m.shutDown.Load() {
+		return len(p), nil
+	}
 	line := strings.TrimRight(string(p), "\n")
 	level, msg := levelOf(line)
 	if rest, ok := strings.CutPrefix(msg, suspectLogPrefix); ok {

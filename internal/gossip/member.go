@@ -62,6 +62,11 @@ type Member struct {
 	localAddr atomic.Pointer[netip.AddrPort]
 	tr        atomic.Pointer[countingTransport]
 	crashed   atomic.Bool // tests: stopped without leaving, as a kill would
+	// shutDown: memberlist is being shut down; what it still logs (its
+	// goroutines outlive Shutdown: a connection handler, a listener's
+	// accept failing on its closed socket) is dropped by logSink, since
+	// the logger may be gone with whoever started the member (a test's).
+	shutDown atomic.Bool
 	// selfConflict: a peer's state gave this member's name another
 	// address (this node's previous life, not yet declared dead).
 	selfConflict atomic.Bool
@@ -216,6 +221,7 @@ func (m *Member) leave(ml *memberlist.Memberlist) {
 	if err := ml.Leave(m.cfg.LeaveTimeout); err != nil {
 		m.log.Warn("gossip: leave", "err", err)
 	}
+	m.shutDown.Store(true)
 	if err := ml.Shutdown(); err != nil {
 		m.log.Warn("gossip: shutdown", "err", err)
 	}
@@ -225,6 +231,7 @@ func (m *Member) leave(ml *memberlist.Memberlist) {
 // crash stops memberlist without leaving, as a killed process would (tests).
 func (m *Member) crash() {
 	m.crashed.Store(true)
+	m.shutDown.Store(true)
 	if ml := m.ml.Load(); ml != nil {
 		_ = ml.Shutdown()
 	}
