@@ -8,6 +8,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/container"
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/restart"
 	"github.com/vigilhq/vigil/internal/runtime"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
@@ -120,13 +121,7 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 			// run: the same restart is tried again, as a resumed one (a task
 			// it finds then, created and never started, is replaced),
 			// without counting against the policy.
-			a.mu.Lock()
-			t.createRetries++
-			t.resume, t.expectDelete = resume, false
-			d := t.tracker.State.Last
-			d.At = a.now().Add(retry)
-			n := t.createRetries
-			a.mu.Unlock()
+			d, n := a.retryOffPolicy(t, &t.createRetries, resume, retry)
 			log := a.log.Info
 			if errors.Is(res.err, runtime.ErrBundleLeft) || n > 10 {
 				log = a.log.Error
@@ -136,26 +131,14 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 			a.armRestart(t, d)
 			return
 		case resultRetryUnavailable:
-			a.mu.Lock()
-			t.unavailableRetries++
-			t.resume, t.expectDelete = resume, false
-			d := t.tracker.State.Last
-			d.At = a.now().Add(retry)
-			n := t.unavailableRetries
-			a.mu.Unlock()
+			d, n := a.retryOffPolicy(t, &t.unavailableRetries, resume, retry)
 			a.self.restartUnavailable.Inc()
 			a.log.Warn("restart failed: containerd did not answer; trying again, not counted against the restart policy", "container", res.key.ID, "namespace", res.key.Namespace,
 				"attempt", n, "in", retry, "resume", resume, "err", res.err)
 			a.armRestart(t, d)
 			return
 		case resultRetryShimLost:
-			a.mu.Lock()
-			t.shimLostRetries++
-			t.resume, t.expectDelete = resume, false
-			d := t.tracker.State.Last
-			d.At = a.now().Add(retry)
-			n := t.shimLostRetries
-			a.mu.Unlock()
+			d, n := a.retryOffPolicy(t, &t.shimLostRetries, resume, retry)
 			a.self.restartShimLost.With("retried").Inc()
 			a.log.Warn("restart failed: containerd lost the task's shim; trying again, not counted against the restart policy", "container", res.key.ID, "namespace", res.key.Namespace,
 				"attempt", n, "of", shimLostRetryMax, "in", retry, "resume", resume, "err", res.err)
@@ -168,15 +151,11 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 			a.mu.Lock()
 			t.shimLostRetries++
 			n := t.shimLostRetries
-			t.expectDelete = false
-			t.resume = resume
-			t.unavailableRetries = 0
-			d := t.tracker.OnRestartFailed(fmt.Sprintf("containerd lost the task's shim %d times in a row (counted against the policy after %d): %v", n, shimLostRetryMax, res.err), a.now())
 			a.mu.Unlock()
 			a.self.restartShimLost.With("counted").Inc()
 			a.log.Error("restart failed: containerd lost the task's shim again; counted against the restart policy", "container", res.key.ID, "namespace", res.key.Namespace,
 				"in_a_row", n, "err", res.err)
-			a.applyDecision(t, d)
+			a.restartFailed(t, resume, fmt.Sprintf("containerd lost the task's shim %d times in a row (counted against the policy after %d): %v", n, shimLostRetryMax, res.err))
 			return
 		case resultOperatorStop:
 			// An operator deleted the exited task before we could replace
@@ -185,13 +164,7 @@ func (a *Agent) onActionResult(ctx context.Context, res actionResult) {
 			return
 		}
 		a.log.Warn("restart failed", "container", res.key.ID, "namespace", res.key.Namespace, "err", res.err)
-		a.mu.Lock()
-		t.expectDelete = false
-		t.resume = resume
-		t.unavailableRetries = 0
-		d := t.tracker.OnRestartFailed(res.err.Error(), a.now())
-		a.mu.Unlock()
-		a.applyDecision(t, d)
+		a.restartFailed(t, resume, res.err.Error())
 	case actionUnhealthyStop:
 		if res.err != nil && !errors.Is(res.err, errdefs.ErrNotFound) {
 			a.log.Warn("stopping unhealthy container failed", "container", res.key.ID, "namespace", res.key.Namespace, "err", res.err)
@@ -206,4 +179,31 @@ func (a *Agent) restartCountLocked(t *tracked) uint32 {
 		return t.c.Pod.RestartCount
 	}
 	return uint32(t.tracker.State.RestartCount)
+}
+
+// retryOffPolicy plans t's restart again in retry, as a resumed one when
+// resume, after a try that does not count against the policy (an
+// interrupted create, containerd's silence, a lost shim); tries is t's
+// counter of such tries in a row. It returns the decision to arm
+// (armRestart, after the caller's log line) and the tries so far.
+func (a *Agent) retryOffPolicy(t *tracked, tries *int, resume bool, retry time.Duration) (restart.Decision, int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	*tries++
+	t.resume, t.expectDelete = resume, false
+	d := t.tracker.State.Last
+	d.At = a.now().Add(retry)
+	return d, *tries
+}
+
+// restartFailed counts a failed restart of t against its policy, for
+// reason, and applies what the policy decides.
+func (a *Agent) restartFailed(t *tracked, resume bool, reason string) {
+	a.mu.Lock()
+	t.expectDelete = false
+	t.resume = resume
+	t.unavailableRetries = 0
+	d := t.tracker.OnRestartFailed(reason, a.now())
+	a.mu.Unlock()
+	a.applyDecision(t, d)
 }

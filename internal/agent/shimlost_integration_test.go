@@ -74,34 +74,10 @@ func TestShimLostRestartIsNotARun(t *testing.T) {
 	if st := h.containerState("always"); !st.GetBackoff().GetGaveUp() {
 		t.Errorf("always: state %v, want given up", st)
 	}
-	if got := gatherCounter(t, h, "vigil_agent_restart_shim_lost_total", "counted"); got != 1 {
+	if got := metricValue(t, h, "vigil_agent_restart_shim_lost_total", "result", "counted"); got != 1 {
 		t.Errorf("shim losses counted against the policy: %v, want 1 (always's sixth)", got)
 	}
-	if got := gatherCounter(t, h, "vigil_agent_restart_shim_lost_total", "retried"); got < 7 {
+	if got := metricValue(t, h, "vigil_agent_restart_shim_lost_total", "result", "retried"); got < 7 {
 		t.Errorf("shim losses retried: %v, want at least 7 (always's 5, recovers' 2)", got)
 	}
-}
-
-// gatherCounter reads the counter name{result=result} from the agent's
-// self metrics.
-func gatherCounter(t *testing.T, h *harness, name, result string) float64 {
-	t.Helper()
-	mfs, err := h.lastRegistry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "result" && l.GetValue() == result {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	t.Fatalf("no %s{result=%q}", name, result)
-	return 0
 }
