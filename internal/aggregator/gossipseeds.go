@@ -155,7 +155,10 @@ func (p *seedPool) pick(exclude string, now time.Time) []string {
 		}
 	}
 	p.mu.Unlock()
-	var out []string
+	if n == 0 {
+		return nil
+	}
+	out := make([]string, 0, min(n, gossipSeedCount))
 	// A partial Fisher-Yates shuffle: the first picks are uniform.
 	for i := 0; i < n && len(out) < gossipSeedCount; i++ {
 		j := i + rand.IntN(n-i)
