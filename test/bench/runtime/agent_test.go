@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -148,6 +149,47 @@ func get(t *testing.T, url string) string {
 	return string(b)
 }
 
+// runtimeCalls reads the agent's count of each containerd API call
+// (vigil_agent_runtime_api_call_duration_seconds_count) from /metrics/self,
+// so that containerd's CPU in a window can be set beside what the agent
+// asked of it.
+func runtimeCalls(t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	const family = "vigil_agent_runtime_api_call_duration_seconds_count{call=\""
+	out := map[string]float64{}
+	for _, l := range strings.Split(get(t, url), "\n") {
+		rest, ok := strings.CutPrefix(l, family)
+		if !ok {
+			continue
+		}
+		name, value, ok := strings.Cut(rest, "\"} ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		if err != nil {
+			t.Fatalf("%s: %q: %v", url, l, err)
+		}
+		out[name] = v
+	}
+	return out
+}
+
+// diffCalls renders after-before per call, "none" when no call was made.
+func diffCalls(after, before map[string]float64) string {
+	var parts []string
+	for name, v := range after {
+		if d := v - before[name]; d > 0 {
+			parts = append(parts, fmt.Sprintf("%s %.0f", name, d))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
 // countSeries counts the samples of one metric family on a /metrics page.
 func countSeries(url, family string) int {
 	resp, err := http.Get(url)
@@ -223,7 +265,10 @@ func measureAgent(t *testing.T, bins agentBins, env *testenv.Env, ns string, n i
 	}
 	time.Sleep(interval + 5*time.Second) // let start-up settle
 	pid := cmd.Process.Pid
+	self := "http://" + addr + "/metrics/self"
+	calls0 := runtimeCalls(t, self)
 	busy := measure(pid, containerd, shims, func() { time.Sleep(span) })
+	calls := diffCalls(runtimeCalls(t, self), calls0)
 	mem := memoryOf(pid)
 	seen = countSeries(url, "vigil_container_memory_working_set_bytes")
 	cycles := busy.wall.Seconds() / interval.Seconds()
@@ -240,6 +285,8 @@ func measureAgent(t *testing.T, bins agentBins, env *testenv.Env, ns string, n i
 		agentPct:     float64(busy.collector) * 10 / busy.wall.Seconds() / 10,
 	}
 	r.allMs = r.agentMs + r.containerdMs + r.shimsMs
+	t.Logf("containerd calls by the agent in the unscraped window (%d cycles), by call: %s (none of the events stream or the metrics-API fallback is counted here)",
+		int(cycles+0.5), calls)
 
 	// The scraped variant: the next window of the same length, with
 	// /metrics read once per interval, as a Prometheus would.
