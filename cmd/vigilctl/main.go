@@ -34,7 +34,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/pki"
@@ -148,7 +147,9 @@ Commands:
                let another machine bootstrap as node NAME (operators only)
   containers   list containers (pod sandboxes only with --all)
   events       print container events as they happen, until interrupted;
-               --since 1h first prints the last hour's from the aggregator's history
+               --since 1h first prints the last hour's from the aggregator's history;
+               dropped for reading too slowly, it watches again from the
+               aggregator's history (a warning on stderr) and prints each event once
   restart, stop, start, kill, link-up TARGET
                ask for an action (operators only), through the same journal,
                budgets and fences as alerts; prints the decision. TARGET is
@@ -450,31 +451,4 @@ func releaseNode(ctx context.Context, c vigilv1.BootstrapClient, inv *invocation
 func unhealthy(c *vigilv1.Container) bool {
 	return c.GetHealth().GetStatus() == vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY ||
 		c.GetBackoff().GetCrashLooping() || c.GetBackoff().GetGaveUp()
-}
-
-// watchEvents prints events until ctx ends (nil) or the stream fails.
-func watchEvents(ctx context.Context, c vigilv1.VigilClient, inv *invocation, out *printer) error {
-	req := &vigilv1.WatchEventsRequest{Node: inv.node, Namespace: inv.namespace}
-	if inv.since > 0 {
-		req.Since = timestamppb.New(time.Now().Add(-inv.since))
-	}
-	stream, err := c.WatchEvents(ctx, req)
-	if err != nil {
-		return callError(inv.global.server, "watch events", inv.global.timeout, err)
-	}
-	for {
-		ev, err := stream.Recv()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if errors.Is(err, io.EOF) {
-				return fmt.Errorf("event stream ended by the aggregator at %s: %w", inv.global.server, errdefs.ErrUnavailable)
-			}
-			return callError(inv.global.server, "watch events", inv.global.timeout, err)
-		}
-		if err := out.event(ev); err != nil {
-			return err
-		}
-	}
 }

@@ -49,6 +49,10 @@ type fakeVigil struct {
 	containers []*vigilv1.NodeContainer
 	events     []*vigilv1.WatchEventsResponse
 	err        error
+	// watch, when set, serves WatchEvents instead of events and err; n
+	// counts the calls from 1.
+	watch   func(n int, req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_WatchEventsServer) error
+	watches int
 }
 
 func (f *fakeVigil) ListNodes(context.Context, *vigilv1.ListNodesRequest) (*vigilv1.ListNodesResponse, error) {
@@ -81,7 +85,12 @@ func (f *fakeVigil) ListContainers(_ context.Context, req *vigilv1.ListContainer
 func (f *fakeVigil) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_WatchEventsServer) error {
 	f.mu.Lock()
 	f.lastWatch = req
+	f.watches++
+	n := f.watches
 	f.mu.Unlock()
+	if f.watch != nil {
+		return f.watch(n, req, stream)
+	}
 	if f.err != nil {
 		return f.err
 	}
