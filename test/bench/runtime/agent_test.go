@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,6 +78,43 @@ func startAggregator(t *testing.T, bin string) (addr string, agentTLS []string) 
 // memory is the resident memory of a process, from /proc/PID/status.
 type memory struct {
 	rss, anon, file, hwm uint64 // KiB
+}
+
+// rssPeak samples a process's VmRSS every 250 ms and keeps the highest:
+// VmHWM alone is no peak, as the kernel raises it only at some points (an
+// unmap, for one), so it can read lower than an RSS read before it.
+type rssPeak struct {
+	max  atomic.Uint64 // KiB
+	stop chan struct{}
+	done chan struct{}
+}
+
+func sampleRSS(pid int) *rssPeak {
+	p := &rssPeak{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if rss := memoryOf(pid).rss; rss > p.max.Load() {
+				p.max.Store(rss)
+			}
+			select {
+			case <-p.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return p
+}
+
+func (p *rssPeak) close() { close(p.stop); <-p.done }
+
+// withPeak is m with its peak the higher of VmHWM and the sampled peak.
+func (p *rssPeak) withPeak(m memory) memory {
+	m.hwm = max(m.hwm, p.max.Load(), m.rss)
+	return m
 }
 
 func memoryOf(pid int) memory {
@@ -243,6 +281,8 @@ func measureAgent(t *testing.T, bins agentBins, env *testenv.Env, ns string, n i
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	peak := sampleRSS(cmd.Process.Pid)
+	defer peak.close()
 	defer func() {
 		_ = cmd.Process.Signal(os.Interrupt)
 		_ = cmd.Wait()
@@ -269,7 +309,7 @@ func measureAgent(t *testing.T, bins agentBins, env *testenv.Env, ns string, n i
 	calls0 := runtimeCalls(t, self)
 	busy := measure(pid, containerd, shims, func() { time.Sleep(span) })
 	calls := diffCalls(runtimeCalls(t, self), calls0)
-	mem := memoryOf(pid)
+	mem := peak.withPeak(memoryOf(pid))
 	seen = countSeries(url, "vigil_container_memory_working_set_bytes")
 	cycles := busy.wall.Seconds() / interval.Seconds()
 	perCycle := func(b, i uint64) float64 {
@@ -316,7 +356,7 @@ func measureAgent(t *testing.T, bins agentBins, env *testenv.Env, ns string, n i
 		agentMs:      float64(sw.collector) * 10 / scycles,
 		containerdMs: sPerCycle(sw.containerd, idle.containerd),
 		shimsMs:      sPerCycle(sw.shims, idle.shims),
-		mem:          memoryOf(pid),
+		mem:          peak.withPeak(memoryOf(pid)),
 		scrapes:      scrapes,
 		agentPct:     float64(sw.collector) * 10 / sw.wall.Seconds() / 10,
 	}
