@@ -291,20 +291,25 @@ func TestNoResults(t *testing.T) {
 	}
 }
 
+// runEvents runs vigilctl with args (a following command: events) on its
+// own goroutine until cancel; done has what it returned.
+func runEvents(t *testing.T, args ...string) (out, errw *syncBuffer, done <-chan error, cancel context.CancelFunc) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	out, errw = &syncBuffer{}, &syncBuffer{}
+	d := make(chan error, 1)
+	go func() { d <- runAt(ctx, args, out, errw, func() time.Time { return now }, noEnv) }()
+	return out, errw, d, cancel
+}
+
 func TestEvents(t *testing.T) {
 	for _, tc := range []struct{ golden, format string }{{"events", "table"}, {"events-json", "json"}} {
 		t.Run(tc.golden, func(t *testing.T) {
 			f := fixture()
 			addr := serve(t, f)
-			ctx, cancel := context.WithCancel(context.Background())
+			out, errw, done, cancel := runEvents(t, "--server", addr, "--insecure", "-o", tc.format, "events", "--node", "node-a")
 			defer cancel()
-			var out, errw syncBuffer
-			done := make(chan error, 1)
-			go func() {
-				done <- runAt(ctx, []string{"--server", addr, "--insecure", "-o", tc.format, "events", "--node", "node-a"},
-					&out, &errw, func() time.Time { return now }, noEnv)
-			}()
-			deadline := time.Now().Add(10 * time.Second)
+			deadline := time.Now().Add(30 * time.Second)
 			for strings.Count(out.String(), "\n") < len(f.events) {
 				if time.Now().After(deadline) {
 					t.Fatalf("events so far:\n%s\nstderr: %s", out.String(), errw.String())

@@ -61,13 +61,8 @@ func TestEventsResumeAfterFallingBehind(t *testing.T) {
 		return nil
 	}}
 	addr := serve(t, f)
-	ctx, cancel := context.WithCancel(context.Background())
+	out, errw, done, cancel := runEvents(t, "--server", addr, "--insecure", "events", "--node", "node-a")
 	defer cancel()
-	var out, errw syncBuffer
-	done := make(chan error, 1)
-	go func() {
-		done <- runAt(ctx, []string{"--server", addr, "--insecure", "events", "--node", "node-a"}, &out, &errw, func() time.Time { return now }, noEnv)
-	}()
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(out.String(), "node-c") {
 		select {
