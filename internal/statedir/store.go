@@ -292,7 +292,21 @@ func (s *Store) UpdateIf(fn func(Tx) bool) error {
 // It is for marks that only an agent restarted on the same boot needs (a
 // node that restarted has lost every task anyway), and that must be in the
 // file before the agent acts, without paying for a disk flush on that path.
+//
+// Changes made before it and not yet durable (kept in memory for the next
+// group commit) are made durable first, with the last-good copy: the
+// unsynced write puts the whole state in the file, and the copy must not
+// fall behind the file in anything but fn's change. Otherwise an exit
+// counted 10 ms before a restart's begun mark was in the file only; the
+// agent killed before the flusher's commit and the file found corrupt
+// later, the next agent started from a copy without that exit, whose task
+// the restart had deleted: an exit lost (test/crash, once on a loaded CI
+// machine). When the restart comes after the commit, as it does after a
+// backoff, this costs nothing.
 func (s *Store) UpdateUnsynced(fn func(Tx) bool) error {
+	if err := s.flush(false); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	write := fn(Tx{&s.d})
 	s.gen++

@@ -438,3 +438,43 @@ func TestUnsyncedWriteLeavesLastGoodDurable(t *testing.T) {
 		t.Errorf("the unsynced write replaced the last-good copy:\n%s", copyNow)
 	}
 }
+
+// TestUnsyncedWriteAfterPendingChange: a change kept in memory for the
+// group commit, then an unsynced mark: the mark's write must not leave the
+// file ahead of the last-good copy in that change. The copy, opened as the
+// state (the file found corrupt), still has the exit.
+func TestUnsyncedWriteAfterPendingChange(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	defer s.Close()
+	if err := s.UpdateIf(func(tx Tx) bool {
+		tx.Counters("id").Exits[ExitKey{"error", 1}]++
+		return false // kept for the flusher's commit
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpdateUnsynced(func(tx Tx) bool {
+		tx.Container("ns/c").RestartBegun = time.Unix(1e9, 0)
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The agent is killed now: no flush. The file is found corrupt; the
+	// next agent starts from the copy.
+	copyNow, err := os.ReadFile(filepath.Join(dir, LastGoodName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := t.TempDir()
+	if err := os.WriteFile(filepath.Join(other, LastGoodName), copyNow, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(other, FileName), []byte(`{"version":2,"coun`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s2 := open(t, other)
+	defer s2.Close()
+	if n := exits(s2); n != 1 {
+		t.Errorf("exits from the last-good copy = %d, want 1: the unsynced write left the copy behind the file in a counted exit", n)
+	}
+}
