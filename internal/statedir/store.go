@@ -304,18 +304,30 @@ func (s *Store) UpdateIf(fn func(Tx) bool) error {
 // machine). When the restart comes after the commit, as it does after a
 // backoff, this costs nothing.
 func (s *Store) UpdateUnsynced(fn func(Tx) bool) error {
-	if err := s.flush(false); err != nil {
-		return err
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	for tries := 0; ; tries++ {
+		s.mu.Lock()
+		// Nothing pending (or the loop keeps changing the state faster than
+		// three commits: go on, the flusher follows): fn's change and the
+		// encoding under one hold of mu, so no other change slips in.
+		if s.durable >= s.gen || tries == 3 {
+			write := fn(Tx{&s.d})
+			s.gen++
+			s.stats.Dirty = true
+			if !write {
+				s.mu.Unlock()
+				return nil
+			}
+			gen, b, err := s.encodeLocked()
+			s.mu.Unlock()
+			return s.writeEncoded(b, err, false, gen)
+		}
+		s.mu.Unlock()
+		if err := s.commitLocked(true, false, s.Mark()); err != nil {
+			return err
+		}
 	}
-	s.mu.Lock()
-	write := fn(Tx{&s.d})
-	s.gen++
-	s.stats.Dirty = true
-	s.mu.Unlock()
-	if !write {
-		return nil
-	}
-	return s.commit(false, true)
 }
 
 // Flush writes the state when the memory holds changes not on disk (kept by
@@ -336,27 +348,46 @@ func (s *Store) flush(force bool) error { return s.commit(true, force) }
 // unsynced one always writes, and leaves the state dirty until a durable
 // write.
 func (s *Store) commit(sync, force bool) error {
-	s.mu.Lock()
-	want := s.gen
-	s.mu.Unlock()
+	want := s.Mark()
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	return s.commitLocked(sync, force, want)
+}
+
+// commitLocked is commit with wmu held; want is the change count the
+// caller's changes reached.
+func (s *Store) commitLocked(sync, force bool, want uint64) error {
 	s.mu.Lock()
 	if sync && !force && s.durable >= want {
 		s.mu.Unlock()
 		return nil // a write that began after our changes carried them
 	}
-	gen := s.gen
+	gen, b, err := s.encodeLocked()
+	s.mu.Unlock()
+	return s.writeEncoded(b, err, sync, gen)
+}
+
+// encodeLocked encodes the state (mu held) and says which change count the
+// encoding carries.
+func (s *Store) encodeLocked() (uint64, []byte, error) {
 	s.d.Version = Version
 	b, err := json.Marshal(&s.d)
-	s.mu.Unlock()
+	if err != nil {
+		return s.gen, nil, fmt.Errorf("encode state: %w", err)
+	}
+	return s.gen, b, nil
+}
+
+// writeEncoded writes b (wmu held, mu not) unless encoding it failed
+// (encErr), and records the outcome: a durable write (sync) makes every
+// change up to gen durable.
+func (s *Store) writeEncoded(b []byte, encErr error, sync bool, gen uint64) error {
+	err := encErr
 	if err == nil {
 		if s.writeHook != nil {
 			s.writeHook()
 		}
 		err = s.write(b, sync)
-	} else {
-		err = fmt.Errorf("encode state: %w", err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
