@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"syscall"
 	"time"
 
 	eventtypes "github.com/containerd/containerd/api/events"
@@ -445,7 +446,11 @@ func (r *Runtime) exited(en *entry, code uint32, at time.Time) (EventType, *Exit
 	if en.c.State == StateStopped && en.c.LastExit != nil && en.c.LastExit.At.Equal(at) {
 		return 0, nil
 	}
-	ex := classifyExit(code, at, en.oomSeen)
+	oom := en.oomSeen
+	if !oom && code == 128+uint32(syscall.SIGKILL) && en.cgroupRel != "" {
+		oom = r.oomKilledInCgroup(en.cgroupRel)
+	}
+	ex := classifyExit(code, at, oom)
 	en.c.State = StateStopped
 	en.c.Pid = 0
 	en.c.NetNSInode = 0
@@ -555,4 +560,28 @@ func listContainers(ctx context.Context, c *apiClient) ([]*containersapi.Contain
 			out = append(out, msg.Container)
 		}
 	}
+}
+
+// oomKilledInCgroup reports whether the kernel's OOM killer killed a
+// process of the cgroup at rel (its oom_kill counter, v1
+// memory.oom_control or v2 memory.events), for a SIGKILL exit whose
+// TaskOOM event has not arrived: the shim sends the OOM event and the exit
+// from separate goroutines, and on a loaded machine the exit comes first
+// (TestExitClassification saw "signal KILL" for an OOM kill in CI). The
+// cgroup is there until the task is deleted, after its exit. Any failure to
+// read it answers false: the exit stays a kill by a signal.
+func (r *Runtime) oomKilledInCgroup(rel string) bool {
+	l, err := detectCgroupLayout(r.cfg.CgroupRoot)
+	if err != nil {
+		return false
+	}
+	p := cgroupFiles(l, rel)[fMemOOM]
+	if p == "" {
+		return false
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return false
+	}
+	return parseOOMKill(b) > 0
 }
