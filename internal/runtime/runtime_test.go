@@ -68,7 +68,7 @@ func TestDiff(t *testing.T) {
 	}{
 		{"first sync: added only", nil, running(10), false, []EventType{EventAdded}},
 		{"new while away, running", nil, running(10), true, []EventType{EventAdded, EventStarted}},
-		{"new while away, exited", nil, stopped(3, t1), true, []EventType{EventAdded, EventStarted, EventExited}},
+		{"new while away, exited: added only, with its exit", nil, stopped(3, t1), true, []EventType{EventAdded}},
 		{"unchanged", running(10), running(10), true, nil},
 		{"exited while away", running(10), stopped(3, t1), true, []EventType{EventExited}},
 		{"same exit again", stopped(3, t1), stopped(3, t1), true, nil},

@@ -302,11 +302,15 @@ func diff(k container.Key, old, cur *entry, resync bool, now time.Time) []Event 
 		if !resync {
 			return out
 		}
-		switch cur.c.State {
-		case StateRunning, StatePaused:
+		// A container new to a resync that is stopped is announced with
+		// EventAdded alone, which carries its last exit: the agent counts
+		// and decides on that exit from it. A Started and an Exited after
+		// it replayed the same run as if it had started anew: the agent
+		// took the start for an operator's (which resets an on-failure
+		// policy's count) and decided on the exit again (test/crash, after
+		// an agent start whose first sync failed half way).
+		if cur.c.State == StateRunning || cur.c.State == StatePaused {
 			out = append(out, ev(EventStarted))
-		case StateStopped:
-			out = append(out, ev(EventStarted), ev(EventExited))
 		}
 		return out
 	}
