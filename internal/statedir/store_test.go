@@ -417,12 +417,7 @@ func TestUnsyncedWriteLeavesLastGoodDurable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.UpdateUnsynced(func(tx Tx) bool {
-		tx.Container("ns/c").RestartBegun = time.Unix(1e9, 0)
-		return true
-	}); err != nil {
-		t.Fatal(err)
-	}
+	markBegun(t, s)
 	file, err := os.ReadFile(filepath.Join(dir, FileName))
 	if err != nil {
 		t.Fatal(err)
@@ -453,12 +448,7 @@ func TestUnsyncedWriteAfterPendingChange(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.UpdateUnsynced(func(tx Tx) bool {
-		tx.Container("ns/c").RestartBegun = time.Unix(1e9, 0)
-		return true
-	}); err != nil {
-		t.Fatal(err)
-	}
+	markBegun(t, s)
 	// The agent is killed now: no flush. The file is found corrupt; the
 	// next agent starts from the copy.
 	copyNow, err := os.ReadFile(filepath.Join(dir, LastGoodName))
@@ -476,5 +466,17 @@ func TestUnsyncedWriteAfterPendingChange(t *testing.T) {
 	defer s2.Close()
 	if n := exits(s2); n != 1 {
 		t.Errorf("exits from the last-good copy = %d, want 1: the unsynced write left the copy behind the file in a counted exit", n)
+	}
+}
+
+// markBegun writes a restart's begun mark for ns/c without fsync, as the
+// agent does before it touches the old task.
+func markBegun(t *testing.T, s *Store) {
+	t.Helper()
+	if err := s.UpdateUnsynced(func(tx Tx) bool {
+		tx.Container("ns/c").RestartBegun = time.Unix(1e9, 0)
+		return true
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
