@@ -37,7 +37,7 @@ func (c *child) cross(t *testing.T, addr string, k int) CrossResult {
 func TestNetnsCrossCheck(t *testing.T) {
 	t.Parallel()
 	c := newNetnsCluster(t, 3)
-	waitFor(t, 30*time.Second, "all members see each other alive", c.allSeeAllAlive)
+	c.waitAllAlive(t)
 
 	podAddr := netnsSubnet + ".60"
 	podNS := c.f.Plug(podAddr, 24).NS

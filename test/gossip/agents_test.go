@@ -392,7 +392,10 @@ func TestAgents(t *testing.T) {
 	agents := []*agent{a, b, cc, d}
 	names := []string{"a", "b", "c", "d"}
 
-	took := waitFor(t, 60*time.Second, "all four Healthy at the aggregator, each seeing the three others", func() bool {
+	// 90 s: an agent that lost the UDP packets of a peer's join learns
+	// of it by push/pull anti-entropy, every 30 s, the first staggered
+	// at random within that (internal/gossip's convergeWithin).
+	took := waitFor(t, 90*time.Second, "all four Healthy at the aggregator, each seeing the three others", func() bool {
 		return c.allHealthy(names...)
 	})
 	t.Logf("all four Healthy and see each other after %v", took.Round(time.Millisecond))
