@@ -197,6 +197,19 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 	sub := a.fleet.events.subscribe(req.GetNode(), req.GetNamespace(), a.watchBuffer,
 		func(lost *vigilv1.WatchEventsResponse) { lag.mark(feedLocal, lost) })
 	defer a.fleet.events.unsubscribe(sub)
+	// With replicas, the other replicas' changes come through the shared
+	// history, watched from the revision read here: before the header, so
+	// that a change written after the client was told it is subscribed
+	// (or while the history below is replayed) is not missed.
+	shared := a.peers != nil && a.history != nil && !localOnly(stream.Context())
+	var sharedRev int64
+	if shared {
+		rev, err := a.sharedRev(stream.Context(), req.GetNode())
+		if err != nil {
+			return errdefs.GRPC(fmt.Errorf("the other replicas' events: %w", err))
+		}
+		sharedRev = rev
+	}
 	// The header tells the client that the subscription is in place.
 	if err := stream.SendHeader(metadata.MD{}); err != nil {
 		return err
@@ -218,18 +231,13 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 			}
 		}
 	}
-	// With replicas, the other replicas' changes come through the shared
-	// history; a change seen both ways is sent once.
+	// A change seen both live and through the shared history is sent once.
 	var remote <-chan *vigilv1.WatchEventsResponse
 	var sent sentKeys
-	if a.peers != nil && a.history != nil && !localOnly(ctx) {
+	if shared {
 		rctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		ch, err := a.remoteEvents(rctx, req.GetNode(), req.GetNamespace(), lag)
-		if err != nil {
-			return errdefs.GRPC(fmt.Errorf("the other replicas' events: %w", err))
-		}
-		remote = ch
+		remote = a.remoteEvents(rctx, req.GetNode(), req.GetNamespace(), sharedRev, lag)
 	}
 	for {
 		select {

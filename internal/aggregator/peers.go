@@ -394,32 +394,44 @@ func (v *peerFleetView) Lookup(ref remediation.TargetRef) (remediation.TargetSta
 	return st, err
 }
 
+// historyWatchPrefix is the shared history's prefix a fleet-wide watch
+// of node (all nodes: "") reads.
+func historyWatchPrefix(node string) string {
+	if node == "" {
+		return historyPrefix
+	}
+	return historyPrefix + node + "/"
+}
+
+// sharedRev is the shared store's revision now, for a WatchEvents stream
+// to watch the other replicas' changes after: read before the stream
+// tells its client it is subscribed (and before it replays the history),
+// so that no change written in between is missed.
+func (a *API) sharedRev(ctx context.Context, node string) (int64, error) {
+	_, rev, err := a.history.st.List(ctx, historyWatchPrefix(node), 1)
+	return rev, err
+}
+
 // remoteEvents streams the changes the other replicas write to the event
 // history (their nodes' events, their remediations' decisions and ends)
-// from now on, for a fleet-wide WatchEvents: the history is in the shared
-// store, and each replica writes its own nodes' events there within about
-// historyFlushEvery. Each call has a watch of its own, read at once: a
-// change is queued for the stream in a buffer of a.watchBuffer, and one
-// that finds it full marks lag (feedShared) and ends the feed and its
-// watch, so nothing piles up behind a slow watcher (in the etcd client,
-// whose buffer per watch has no bound). The channel closes then, when ctx
-// ends, or when the watch fails (the caller's stream then ends with
-// Unavailable and the client watches again, with since to miss nothing).
-func (a *API) remoteEvents(ctx context.Context, node, namespace string, lag *watchLag) (<-chan *vigilv1.WatchEventsResponse, error) {
-	prefix := historyPrefix
-	if node != "" {
-		prefix += node + "/"
-	}
-	_, rev, err := a.history.st.List(ctx, prefix, 1)
-	if err != nil {
-		return nil, err
-	}
+// after revision afterRev (sharedRev), for a fleet-wide WatchEvents: the
+// history is in the shared store, and each replica writes its own nodes'
+// events there within about historyFlushEvery. Each call has a watch of
+// its own, read at once: a change is queued for the stream in a buffer of
+// a.watchBuffer, and one that finds it full marks lag (feedShared) and
+// ends the feed and its watch, so nothing piles up behind a slow watcher
+// (in the etcd client, whose buffer per watch has no bound). The channel
+// closes then, when ctx ends, or when the watch fails (afterRev compacted
+// away included: the caller's stream then ends with Unavailable and the
+// client watches again, with since to miss nothing).
+func (a *API) remoteEvents(ctx context.Context, node, namespace string, afterRev int64, lag *watchLag) <-chan *vigilv1.WatchEventsResponse {
+	prefix := historyWatchPrefix(node)
 	out := make(chan *vigilv1.WatchEventsResponse, a.watchBuffer)
 	go func() {
 		defer close(out)
 		wctx, cancel := context.WithCancel(ctx)
 		defer cancel() // ends the store's watch when the feed ends first
-		for resp := range a.history.st.Watch(wctx, prefix, rev) {
+		for resp := range a.history.st.Watch(wctx, prefix, afterRev) {
 			if resp.Err != nil {
 				return
 			}
@@ -443,7 +455,7 @@ func (a *API) remoteEvents(ctx context.Context, node, namespace string, lag *wat
 			}
 		}
 	}()
-	return out, nil
+	return out
 }
 
 // sentKeys remembers the changes a WatchEvents stream sent (bounded), so

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -177,6 +178,116 @@ func TestSlowWatcherDropped(t *testing.T) {
 			t.Logf("%s: dropped after %d changes, %d sent; %s", feed, written, len(sent), st2.Message())
 			if testutil.ToFloat64(m.watchDropped.WithLabelValues(feed)) != 1 {
 				t.Fatalf("drops counted %v, want 1", testutil.ToFloat64(m.watchDropped.WithLabelValues(feed)))
+			}
+		})
+	}
+}
+
+// hookedWatcher is a WatchEvents stream that reads everything and runs
+// onHeader when the stream says it is subscribed and onSend before each
+// change it is sent.
+type hookedWatcher struct {
+	grpc.ServerStream
+	ctx      context.Context
+	onHeader func()
+	onSend   func(n int)
+
+	mu   sync.Mutex
+	sent []string
+	got  chan struct{} // a value per change sent
+}
+
+func (w *hookedWatcher) Context() context.Context { return w.ctx }
+
+func (w *hookedWatcher) SendHeader(metadata.MD) error { w.onHeader(); return nil }
+
+func (w *hookedWatcher) Send(m *vigilv1.WatchEventsResponse) error {
+	w.mu.Lock()
+	n := len(w.sent)
+	w.sent = append(w.sent, m.GetEvent().GetMessage())
+	w.mu.Unlock()
+	w.onSend(n)
+	w.got <- struct{}{}
+	return nil
+}
+
+// TestSharedWatchMissesNothingAroundItsStart: a fleet-wide WatchEvents
+// watches the other replicas' changes from the shared store's revision
+// read before it tells the client it is subscribed, and before it replays
+// the history: a change another replica writes just after the header, or
+// while the history is being sent, reaches the watcher. (The revision was
+// read after both: such a change was in neither the replay nor the watch;
+// TestSlowWatcherDropped/shared saw two of its changes go missing that
+// way.)
+func TestSharedWatchMissesNothingAroundItsStart(t *testing.T) {
+	base := time.Unix(1_800_000_000, 0)
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "s.db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	seq := 0
+	put := func(msg string) { // as another replica writes its node's change
+		t.Helper()
+		seq++
+		b, _ := proto.Marshal(&vigilv1.WatchEventsResponse{Node: "n1", Event: &vigilv1.ContainerEvent{
+			Type:      vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED,
+			Time:      timestamppb.New(base.Add(time.Duration(seq) * time.Second)),
+			Container: &vigilv1.Container{Id: "c", Namespace: "default"},
+			Message:   msg,
+		}})
+		if _, err := store.PutKey(ctx, st, fmt.Sprintf("%sn1/%020d-%08d", historyPrefix, base.Add(time.Duration(seq)*time.Second).UnixNano(), seq), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		since bool
+		want  []string
+	}{
+		{"live", false, []string{"after the header"}},
+		{"since", true, []string{"old", "after the header", "during the replay"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			api := NewAPI(NewFleet(), 16, nil)
+			api.history = newHistory(st, slog.New(slog.DiscardHandler), 0, 0, nil)
+			api.peers = &peerClients{}
+			wctx, wcancel := context.WithCancel(ctx)
+			defer wcancel()
+			if tc.since {
+				put("old")
+			}
+			w := &hookedWatcher{ctx: wctx, got: make(chan struct{}, 16),
+				onHeader: func() { put("after the header") },
+				onSend: func(n int) {
+					if tc.since && n == 0 {
+						put("during the replay")
+					}
+				}}
+			req := &vigilv1.WatchEventsRequest{}
+			if tc.since {
+				req.Since = timestamppb.New(base.Add(time.Duration(seq) * time.Second))
+			}
+			errc := make(chan error, 1)
+			go func() { errc <- api.WatchEvents(req, w) }()
+			for range tc.want {
+				select {
+				case <-w.got:
+				case err := <-errc:
+					t.Fatalf("WatchEvents ended: %v", err)
+				case <-time.After(30 * time.Second):
+					w.mu.Lock()
+					t.Fatalf("after 30s the watcher got %q, want %q", w.sent, tc.want)
+				}
+			}
+			wcancel()
+			<-errc
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			if !slices.Equal(w.sent, tc.want) {
+				t.Fatalf("the watcher got %q, want %q", w.sent, tc.want)
 			}
 		})
 	}
