@@ -469,6 +469,58 @@ func TestUnsyncedWriteAfterPendingChange(t *testing.T) {
 	}
 }
 
+// TestUnsyncedWriteChangeDuringCatchUp: a change made while
+// UpdateUnsynced commits the pending changes before its mark (the loop
+// counting another exit meanwhile) is committed too before the mark's
+// unsynced write: the copy lags the file by the mark only.
+func TestUnsyncedWriteChangeDuringCatchUp(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	defer s.Close()
+	count := func() {
+		if err := s.UpdateIf(func(tx Tx) bool {
+			tx.Counters("id").Exits[ExitKey{"error", 1}]++
+			return false
+		}); err != nil {
+			t.Error(err)
+		}
+	}
+	count()
+	catchUps := 0
+	s.writeHook = func() {
+		catchUps++
+		if catchUps == 1 { // the first catch-up commit is being written
+			count() // UpdateIf takes mu only: it gets in now
+		}
+	}
+	markBegun(t, s)
+	s.writeHook = nil
+	if catchUps != 3 {
+		t.Errorf("writes = %d, want 3: a catch-up commit, another for the change made during it, the mark", catchUps)
+	}
+	copyNow, err := os.ReadFile(filepath.Join(dir, LastGoodName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := t.TempDir()
+	if err := os.WriteFile(filepath.Join(other, LastGoodName), copyNow, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(other, FileName), []byte(`{"version":2,"coun`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s2 := open(t, other)
+	defer s2.Close()
+	if n := exits(s2); n != 2 {
+		t.Errorf("exits from the last-good copy = %d, want 2: the exit counted during the catch-up commit is missing", n)
+	}
+	s2.View(func(tx Tx) {
+		if c, ok := tx.LookupContainer("ns/c"); ok && !c.RestartBegun.IsZero() {
+			t.Error("the copy has the unsynced mark")
+		}
+	})
+}
+
 // markBegun writes a restart's begun mark for ns/c without fsync, as the
 // agent does before it touches the old task.
 func markBegun(t *testing.T, s *Store) {
