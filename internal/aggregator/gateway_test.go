@@ -280,9 +280,14 @@ func TestSendCommand(t *testing.T) {
 }
 
 func TestStaleDownForget(t *testing.T) {
+	// The checks between two transitions (node_up 1 before stale; the
+	// series kept while down, before forget) must run within these
+	// periods: seconds, not hundreds of milliseconds, so that a loaded
+	// machine does not miss them.
+	const staleAfter, forgetAfter = 2 * time.Second, 4 * time.Second
 	h := startAggregator(t, func(c *aggregator.Config) {
-		c.StaleAfter = 300 * time.Millisecond
-		c.ForgetAfter = 600 * time.Millisecond
+		c.StaleAfter = staleAfter
+		c.ForgetAfter = forgetAfter
 	})
 	state := func() vigilv1.NodeState {
 		n := h.agg.Fleet().Nodes()
@@ -297,7 +302,7 @@ func TestStaleDownForget(t *testing.T) {
 	if !strings.Contains(scrape(t, h, ""), `vigil_node_up{node="n1"} 1`) {
 		t.Fatal("node_up is not 1 after the snapshot")
 	}
-	waitFor(t, 3*time.Second, "node stale", func() bool { return state() == vigilv1.NodeState_NODE_STATE_STALE })
+	waitFor(t, staleAfter+15*time.Second, "node stale", func() bool { return state() == vigilv1.NodeState_NODE_STATE_STALE })
 	if !strings.Contains(scrape(t, h, ""), `vigil_node_up{node="n1"} 0`) {
 		t.Fatal("node_up is not 0 while stale")
 	}
@@ -309,13 +314,13 @@ func TestStaleDownForget(t *testing.T) {
 
 	a.close()
 	downAt := time.Now()
-	waitFor(t, time.Second, "node down", func() bool { return state() == vigilv1.NodeState_NODE_STATE_DOWN })
+	waitFor(t, 15*time.Second, "node down", func() bool { return state() == vigilv1.NodeState_NODE_STATE_DOWN })
 	text := scrape(t, h, "")
 	if len(seriesLines(text, "vigil_container_info")) != 1 {
 		t.Fatal("container series vanished as soon as the node went down; they must outlive the grace period")
 	}
-	waitFor(t, 3*time.Second, "node forgotten", func() bool { return state() == vigilv1.NodeState_NODE_STATE_UNSPECIFIED })
-	if since := time.Since(downAt); since < 600*time.Millisecond {
+	waitFor(t, forgetAfter+15*time.Second, "node forgotten", func() bool { return state() == vigilv1.NodeState_NODE_STATE_UNSPECIFIED })
+	if since := time.Since(downAt); since < forgetAfter {
 		t.Fatalf("forgotten after %v, before forget-after", since)
 	}
 	text = scrape(t, h, "")
