@@ -219,6 +219,9 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 	// after the subscription began) is sent once.
 	var replayed map[string]bool
 	if since := req.GetSince(); since != nil {
+		// This replica's changes published before the subscription are
+		// not sent live: the replay must have them, written.
+		a.history.caughtUp(ctx)
 		past, err := a.history.since(ctx, since.AsTime(), req.GetNode(), req.GetNamespace())
 		if err != nil {
 			return errdefs.GRPC(err)

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -73,6 +74,14 @@ type history struct {
 	// and once more at the first write historySettle after the claim (the
 	// old holder's last queued events may land after the first reading).
 	stale sync.Map // node → *claimedNode
+
+	// accepted counts the events record queued; written those run has
+	// written (or failed to), in the same order; progress is closed and
+	// replaced at each batch (mu). See caughtUp.
+	accepted atomic.Uint64
+	mu       sync.Mutex
+	written  uint64
+	progress chan struct{}
 }
 
 // historySettle is how long after a claim the old holder's queued writes
@@ -103,16 +112,58 @@ func newHistory(st store.Store, log *slog.Logger, perNode int, maxAge time.Durat
 		maxAge = DefaultHistoryMaxAge
 	}
 	return &history{st: st, log: log, perNode: perNode, maxAge: maxAge, in: make(chan *vigilv1.WatchEventsResponse, historyQueue),
-		dropped: dropped, now: time.Now, keys: map[string][]historyKey{}, loadFailed: map[string]bool{}}
+		dropped: dropped, now: time.Now, keys: map[string][]historyKey{}, loadFailed: map[string]bool{}, progress: make(chan struct{})}
 }
 
 // record queues an event for the history without blocking.
 func (h *history) record(msg *vigilv1.WatchEventsResponse) {
 	select {
 	case h.in <- msg:
+		h.accepted.Add(1)
 	default:
 		h.dropped.Inc()
 	}
+}
+
+// historyCatchUpMax bounds how long a replay waits for the events queued
+// before it to be written (caughtUp): a store that slow fails the
+// replay's own read soon after.
+const historyCatchUpMax = 5 * time.Second
+
+// caughtUp waits until every event queued before the call is written to
+// the store (or its write failed), so that a replay read after it has
+// them: an event published before a watcher subscribed, and still in the
+// queue (up to historyFlushEvery), was otherwise neither replayed nor
+// sent live. It gives up after historyCatchUpMax or when ctx ends.
+func (h *history) caughtUp(ctx context.Context) {
+	target := h.accepted.Load()
+	limit := time.NewTimer(historyCatchUpMax)
+	defer limit.Stop()
+	for {
+		h.mu.Lock()
+		done, progress := h.written >= target, h.progress
+		h.mu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-progress:
+		case <-ctx.Done():
+			return
+		case <-limit.C:
+			h.log.Warn("event history: a replay did not wait longer for the queued events to be written", "waited", historyCatchUpMax)
+			return
+		}
+	}
+}
+
+// wrote records that n more queued events were written (or failed to).
+func (h *history) wrote(n int) {
+	h.mu.Lock()
+	h.written += uint64(n)
+	close(h.progress)
+	h.progress = make(chan struct{})
+	h.mu.Unlock()
 }
 
 // run writes queued events in batches until ctx ends, then writes what is
@@ -141,6 +192,7 @@ func (h *history) run(ctx context.Context) {
 		}
 		timer.Stop()
 		h.write(ctx, batch)
+		h.wrote(len(batch))
 	}
 }
 
@@ -162,6 +214,7 @@ func (h *history) drain() {
 			return
 		}
 		h.write(ctx, batch)
+		h.wrote(len(batch))
 	}
 }
 

@@ -221,11 +221,7 @@ func (w *hookedWatcher) Send(m *vigilv1.WatchEventsResponse) error {
 // way.)
 func TestSharedWatchMissesNothingAroundItsStart(t *testing.T) {
 	base := time.Unix(1_800_000_000, 0)
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "s.db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := openBolt(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	seq := 0
@@ -291,4 +287,59 @@ func TestSharedWatchMissesNothingAroundItsStart(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestReplayHasEventsStillQueued: an event this replica published just
+// before a watcher subscribed with since, still queued for the history
+// (written within historyFlushEvery), is replayed: the replay waits for
+// the queue ahead of it to be written. (It read the store at once: the
+// event was neither replayed nor, published before the subscription, sent
+// live.)
+func TestReplayHasEventsStillQueued(t *testing.T) {
+	base := time.Unix(1_800_000_000, 0)
+	st := openBolt(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fleet := NewFleet()
+	api := NewAPI(fleet, 16, nil)
+	api.history = newHistory(st, slog.New(slog.DiscardHandler), 0, 0, prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"}))
+	fleet.events.record = api.history.record
+	fleet.events.publish("n1", &vigilv1.ContainerEvent{
+		Type:      vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED,
+		Time:      timestamppb.New(base),
+		Container: &vigilv1.Container{Id: "c", Namespace: "default"},
+		Message:   "queued",
+	})
+	// The history's writer starts only once the watcher is subscribed:
+	// the event is still queued when the watch begins.
+	w := &hookedWatcher{ctx: ctx, got: make(chan struct{}, 16),
+		onHeader: func() { go api.history.run(ctx) },
+		onSend:   func(int) {}}
+	errc := make(chan error, 1)
+	go func() {
+		errc <- api.WatchEvents(&vigilv1.WatchEventsRequest{Since: timestamppb.New(base.Add(-time.Minute))}, w)
+	}()
+	select {
+	case <-w.got:
+	case err := <-errc:
+		t.Fatalf("WatchEvents ended: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the event queued for the history before the watch was never sent")
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !slices.Equal(w.sent, []string{"queued"}) {
+		t.Fatalf("sent %q, want [queued]", w.sent)
+	}
+}
+
+// openBolt is a bolt store in the test's directory, closed at its end.
+func openBolt(t *testing.T) *bolt.Store {
+	t.Helper()
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "s.db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
 }
