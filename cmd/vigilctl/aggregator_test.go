@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,10 +15,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/vigilhq/vigil/internal/agent/uplink"
 	"github.com/vigilhq/vigil/internal/aggregator"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/pki"
+	"github.com/vigilhq/vigil/internal/store/bolt"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -23,16 +29,8 @@ import (
 // reports is what the operator reads, and events arrive while watched.
 func TestAgainstRealAggregator(t *testing.T) {
 	quiet := slog.New(slog.DiscardHandler)
-	agg, err := aggregator.New(aggregator.Config{GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Insecure: true,
+	agg, ctx, spawn := runAggregator(t, aggregator.Config{GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Insecure: true,
 		ShutdownTimeout: 2 * time.Second, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = agg.Run(ctx) }()
 	addr := agg.GRPCAddr().String()
 
 	web := &vigilv1.Container{Id: "web", Namespace: "default", Image: "busybox:1.36", State: vigilv1.ContainerState_CONTAINER_STATE_RUNNING,
@@ -44,8 +42,7 @@ func TestAgainstRealAggregator(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = u.Run(ctx) }()
+	spawn(u.Run)
 
 	var out string
 	deadline := time.Now().Add(10 * time.Second)
@@ -99,16 +96,8 @@ func TestAgainstRealAggregator(t *testing.T) {
 // probe output out of tables.
 func TestPagesThroughContainers(t *testing.T) {
 	quiet := slog.New(slog.DiscardHandler)
-	agg, err := aggregator.New(aggregator.Config{GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Insecure: true,
+	agg, ctx, spawn := runAggregator(t, aggregator.Config{GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Insecure: true,
 		ShutdownTimeout: 2 * time.Second, Logger: quiet, Quotas: aggregator.Quotas{Containers: 3000}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = agg.Run(ctx) }()
 	addr := agg.GRPCAddr().String()
 
 	const n = 2500 // three pages of 1000
@@ -124,8 +113,7 @@ func TestPagesThroughContainers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = u.Run(ctx) }()
+	spawn(u.Run)
 	deadline := time.Now().Add(20 * time.Second)
 	for len(agg.Fleet().Containers(&vigilv1.ListContainersRequest{})) < n {
 		if time.Now().After(deadline) {
@@ -186,17 +174,9 @@ func TestNodesRelease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agg, err := aggregator.New(aggregator.Config{GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", TLS: serverTLS,
+	agg, ctx, _ := runAggregator(t, aggregator.Config{GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", TLS: serverTLS,
 		ShutdownTimeout: 2 * time.Second, Logger: slog.New(slog.DiscardHandler),
 		Bootstrap: &aggregator.BootstrapConfig{CA: signer, Tokens: tf, BindingsFile: filepath.Join(dir, "bindings.json")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = agg.Run(ctx) }()
 	addr := agg.GRPCAddr().String()
 
 	// node-a bootstraps, binding its name to its key.
@@ -242,4 +222,159 @@ func TestNodesRelease(t *testing.T) {
 	if err != nil || !strings.Contains(out, "was not bound") {
 		t.Fatalf("second release: %q, %v", out, err)
 	}
+}
+
+// gateWriter blocks every Write until open is closed: a terminal the
+// operator stopped reading (scrolled back, paused with ^S).
+type gateWriter struct {
+	open chan struct{}
+	out  syncBuffer
+}
+
+func (g *gateWriter) Write(p []byte) (int, error) {
+	<-g.open
+	return g.out.Write(p)
+}
+
+// TestEventsResumeAgainstRealAggregator: `vigilctl events` whose output
+// stops being read falls behind a real aggregator (a watch buffer of 4),
+// which drops it (ResourceExhausted naming the time to watch again from);
+// once its output is read again, it watches again from the aggregator's
+// history and prints every event exactly once.
+func TestEventsResumeAgainstRealAggregator(t *testing.T) {
+	quiet := slog.New(slog.DiscardHandler)
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "vigil.db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	agg, ctx, spawn := runAggregator(t, aggregator.Config{GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Insecure: true,
+		ShutdownTimeout: 2 * time.Second, Logger: quiet, Store: st, WatchBuffer: 4, HistoryPerNode: 100000})
+	addr := agg.GRPCAddr().String()
+	u, err := uplink.New(uplink.Config{Address: addr, NodeName: "node-a", AgentVersion: "v-test", Logger: quiet},
+		func() *vigilv1.Snapshot { return &vigilv1.Snapshot{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	spawn(u.Run)
+	dropped := func() bool {
+		return strings.Contains(scrapeAgg(agg), `vigil_aggregator_watchers_dropped_total{feed="local"} 1`)
+	}
+
+	term := &gateWriter{open: make(chan struct{})}
+	var stderr syncBuffer
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	done := make(chan error, 1)
+	go func() {
+		done <- runAt(watchCtx, []string{"--server", addr, "--insecure", "-o", "json", "events"}, term, &stderr, time.Now, noEnv)
+	}()
+	waitUntil(t, 20*time.Second, "vigilctl subscribed", func() bool {
+		return strings.Contains(scrapeAgg(agg), "vigil_aggregator_watchers 1")
+	}, nil)
+
+	// Events until the aggregator drops the watcher (its output blocked:
+	// gRPC's flow-control window fills, then the buffer of 4), then more.
+	base := time.Now().Add(-time.Minute)
+	sent := 0
+	send := func() {
+		t.Helper()
+		exited := &vigilv1.Container{Id: "web", Namespace: "default", State: vigilv1.ContainerState_CONTAINER_STATE_STOPPED}
+		if err := u.SendContainerEvent(&vigilv1.ContainerEvent{Type: vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED,
+			Time: timestamppb.New(base.Add(time.Duration(sent) * time.Millisecond)), Container: exited,
+			Message: fmt.Sprintf("e%05d", sent), Exit: &vigilv1.ExitStatus{Code: 3, Reason: vigilv1.ExitReason_EXIT_REASON_ERROR}}); err != nil {
+			t.Fatal(err)
+		}
+		sent++
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !dropped() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the aggregator did not drop a watcher that does not read after %d events", sent)
+		}
+		for range 100 {
+			send()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for range 50 {
+		send()
+	}
+	close(term.open) // the operator reads again
+
+	printed := map[string]int{}
+	waitUntil(t, 60*time.Second, fmt.Sprintf("all %d events printed", sent), func() bool {
+		clear(printed)
+		for _, line := range strings.Split(term.out.String(), "\n") {
+			if line == "" {
+				continue
+			}
+			var ev struct {
+				Event struct{ Message string }
+			}
+			if err := json.Unmarshal([]byte(line), &ev); err != nil {
+				t.Fatalf("not a JSON line: %q: %v", line, err)
+			}
+			printed[ev.Event.Message]++
+		}
+		return len(printed) == sent
+	}, func() string { return fmt.Sprintf("%d distinct printed; stderr:\n%s", len(printed), stderr.String()) })
+	for m, n := range printed {
+		if n != 1 {
+			t.Errorf("event %s printed %d times", m, n)
+		}
+	}
+	if st := u.Stats(); st.Dropped != 0 {
+		t.Fatalf("the uplink dropped %d events: the test's premise fails", st.Dropped)
+	}
+	if !strings.Contains(stderr.String(), "too slow") && !strings.Contains(stderr.String(), "behind") {
+		t.Errorf("no warning on stderr about falling behind:\n%s", stderr.String())
+	}
+	t.Logf("%d events, every one printed once; stderr:\n%s", sent, stderr.String())
+	stopWatch()
+	<-done
+}
+
+func scrapeAgg(agg *aggregator.Aggregator) string {
+	resp, err := http.Get("http://" + agg.HTTPAddr().String() + "/metrics")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// waitUntil waits for cond; failing, it says what, and why() if given.
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool, why func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			if why != nil {
+				what += ": " + why()
+			}
+			t.Fatalf("after %v: %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// runAggregator runs a real aggregator from cfg until the test ends; ctx
+// ends then, and the goroutines spawn starts (uplinks) are waited for.
+func runAggregator(t *testing.T, cfg aggregator.Config) (agg *aggregator.Aggregator, ctx context.Context, spawn func(func(context.Context) error)) {
+	t.Helper()
+	agg, err := aggregator.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	spawn = func(run func(context.Context) error) {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = run(ctx) }()
+	}
+	spawn(agg.Run)
+	return agg, ctx, spawn
 }

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,17 +28,9 @@ func TestPartialAnswerWarns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agg, err := aggregator.New(aggregator.Config{GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Insecure: true,
+	agg, ctx, _ := runAggregator(t, aggregator.Config{GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Insecure: true,
 		Registry: prometheus.NewRegistry(), ShutdownTimeout: 2 * time.Second, Logger: slog.New(slog.DiscardHandler),
 		Store: st, Replicated: true, LeaseTTL: 3 * time.Second, AggregatorID: "r0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = agg.Run(ctx) }()
 	addr := agg.GRPCAddr().String()
 
 	_, stderr, err := runTest(ctx, "--server", addr, "--insecure", "nodes")
