@@ -240,16 +240,28 @@ func (g *gateWriter) Write(p []byte) (int, error) {
 // stops being read falls behind a real aggregator (a watch buffer of 4),
 // which drops it (ResourceExhausted naming the time to watch again from);
 // once its output is read again, it watches again from the aggregator's
-// history and prints every event exactly once.
+// history and prints every event exactly once. Without a store the
+// aggregator says the changes in between are lost, and vigilctl ends
+// with that.
 func TestEventsResumeAgainstRealAggregator(t *testing.T) {
-	quiet := slog.New(slog.DiscardHandler)
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "vigil.db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
+	for _, withStore := range []bool{true, false} {
+		t.Run(fmt.Sprintf("store=%v", withStore), func(t *testing.T) { eventsFallingBehind(t, withStore) })
 	}
-	t.Cleanup(func() { st.Close() })
-	agg, ctx, spawn := runAggregator(t, aggregator.Config{GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Insecure: true,
-		ShutdownTimeout: 2 * time.Second, Logger: quiet, Store: st, WatchBuffer: 4, HistoryPerNode: 100000})
+}
+
+func eventsFallingBehind(t *testing.T, withStore bool) {
+	quiet := slog.New(slog.DiscardHandler)
+	cfg := aggregator.Config{GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Insecure: true,
+		ShutdownTimeout: 2 * time.Second, Logger: quiet, WatchBuffer: 4, HistoryPerNode: 100000}
+	if withStore {
+		st, err := bolt.Open(filepath.Join(t.TempDir(), "vigil.db"), bolt.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		cfg.Store = st
+	}
+	agg, ctx, spawn := runAggregator(t, cfg)
 	addr := agg.GRPCAddr().String()
 	u, err := uplink.New(uplink.Config{Address: addr, NodeName: "node-a", AgentVersion: "v-test", Logger: quiet},
 		func() *vigilv1.Snapshot { return &vigilv1.Snapshot{} })
@@ -301,6 +313,18 @@ func TestEventsResumeAgainstRealAggregator(t *testing.T) {
 		send()
 	}
 	close(term.open) // the operator reads again
+	if !withStore {
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "keeps no event history") {
+				t.Fatalf("events = %v, want it to end saying the aggregator keeps no history", err)
+			}
+			t.Logf("vigilctl: %v", err)
+		case <-time.After(30 * time.Second):
+			t.Fatal("vigilctl still running 30s after the aggregator without a history dropped it")
+		}
+		return
+	}
 
 	printed := map[string]int{}
 	waitUntil(t, 60*time.Second, fmt.Sprintf("all %d events printed", sent), func() bool {

@@ -249,12 +249,12 @@ func (a *API) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_
 		case <-a.stopping:
 			return errdefs.GRPC(fmt.Errorf("aggregator shutting down: %w", errdefs.ErrUnavailable))
 		case <-lag.done:
-			return lag.err(a.watchBuffer, lag.resumeFrom(sub.ch, remote))
+			return lag.err(a.watchBuffer, lag.resumeFrom(sub.ch, remote), a.history != nil)
 		case ev, ok := <-remote:
 			if !ok {
 				select {
 				case <-lag.done: // the feed fell behind, then closed
-					return lag.err(a.watchBuffer, lag.resumeFrom(sub.ch, remote))
+					return lag.err(a.watchBuffer, lag.resumeFrom(sub.ch, remote), a.history != nil)
 				default:
 				}
 				return status.Error(codes.Unavailable, "the shared store's watch of the other replicas' events ended: watch again (with since, to miss nothing)")

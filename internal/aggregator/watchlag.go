@@ -1,6 +1,7 @@
 package aggregator
 
 import (
+	"fmt"
 	"sync"
 	"time"
 
@@ -96,15 +97,20 @@ func (l *watchLag) resumeFrom(queues ...<-chan *vigilv1.WatchEventsResponse) tim
 // err is the status that ends the stream: ResourceExhausted naming the
 // bound, the feed and the time to watch again from, also as an ErrorInfo
 // detail (reason WATCHER_TOO_SLOW, metadata since in RFC 3339 and feed).
-func (l *watchLag) err(buffer int, from time.Time) error {
+// An aggregator without a history (history false) cannot replay from
+// then: it says the changes in between are lost, and names no since.
+func (l *watchLag) err(buffer int, from time.Time, history bool) error {
 	since := from.UTC().Format(time.RFC3339Nano)
-	st := status.Newf(codes.ResourceExhausted,
-		"event watcher too slow: more than %d changes waited for it (%s feed), so its stream ends; watch again with since %s to miss nothing (changes from then on may come again)",
-		buffer, l.feed, since)
-	if d, err := st.WithDetails(&errdetails.ErrorInfo{
-		Reason: "WATCHER_TOO_SLOW", Domain: "vigil.io",
-		Metadata: map[string]string{"since": since, "feed": l.feed},
-	}); err == nil {
+	msg := fmt.Sprintf("event watcher too slow: more than %d changes waited for it (%s feed), so its stream ends; ", buffer, l.feed)
+	meta := map[string]string{"feed": l.feed}
+	if history {
+		msg += "watch again with since " + since + " to miss nothing (changes from then on may come again)"
+		meta["since"] = since
+	} else {
+		msg += "the changes from " + since + " on are lost to it, as this aggregator keeps no event history (start it with --data-dir or --etcd-endpoints to resume from one): watch again"
+	}
+	st := status.New(codes.ResourceExhausted, msg)
+	if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: "WATCHER_TOO_SLOW", Domain: "vigil.io", Metadata: meta}); err == nil {
 		st = d
 	}
 	return st.Err()

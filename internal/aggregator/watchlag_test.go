@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -342,4 +343,48 @@ func openBolt(t *testing.T) *bolt.Store {
 	}
 	t.Cleanup(func() { st.Close() })
 	return st
+}
+
+// TestSlowWatcherDroppedWithoutHistory: an aggregator without a store
+// drops a slow watcher too, and says the changes in between are lost
+// instead of naming a since it could not replay from.
+func TestSlowWatcherDroppedWithoutHistory(t *testing.T) {
+	fleet := NewFleet()
+	api := NewAPI(fleet, 4, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := newStuckWatcher(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- api.WatchEvents(&vigilv1.WatchEventsRequest{}, w) }()
+	<-w.header
+	// One change held in the stuck Send, four in the buffer, the next
+	// dropped: ten are more than enough.
+	for i := range 10 {
+		fleet.events.publishMsg(&vigilv1.WatchEventsResponse{Node: "n1", Event: &vigilv1.ContainerEvent{
+			Type: vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED, Time: timestamppb.Now(),
+			Container: &vigilv1.Container{Id: "c", Namespace: "default"}, Message: fmt.Sprint(i)}})
+	}
+	close(w.release) // the client reads again: the stream ends
+	var err error
+	select {
+	case err = <-errc:
+	case <-time.After(30 * time.Second):
+		t.Fatal("WatchEvents still running 30s after the watcher was dropped")
+	}
+	st := status.Convert(err)
+	if st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "keeps no event history") || strings.Contains(st.Message(), "with since") {
+		t.Fatalf("stream ended with %v, want ResourceExhausted saying there is no history", err)
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			if info.GetReason() != "WATCHER_TOO_SLOW" {
+				t.Errorf("reason %q", info.GetReason())
+			}
+			if s, ok := info.GetMetadata()["since"]; ok {
+				t.Errorf("since %q named without a history to replay from", s)
+			}
+			return
+		}
+	}
+	t.Errorf("no ErrorInfo in %v", st.Details())
 }
