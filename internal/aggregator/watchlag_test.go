@@ -59,6 +59,20 @@ func (w *stuckWatcher) Send(m *vigilv1.WatchEventsResponse) error {
 	}
 }
 
+// releaseAndWait lets the client read again and returns how the stream
+// (its WatchEvents' result on errc) ended.
+func (w *stuckWatcher) releaseAndWait(t *testing.T, errc <-chan error) error {
+	t.Helper()
+	close(w.release)
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatal("WatchEvents still running 30s after the watcher was dropped")
+		return nil
+	}
+}
+
 func (w *stuckWatcher) sentMessages() map[string]bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -141,13 +155,7 @@ func TestSlowWatcherDropped(t *testing.T) {
 				}
 			}
 
-			close(w.release) // the client reads again: the stream ends
-			var err2 error
-			select {
-			case err2 = <-errc:
-			case <-time.After(30 * time.Second):
-				t.Fatal("WatchEvents still running 30s after the watcher was dropped")
-			}
+			err2 := w.releaseAndWait(t, errc)
 			st2 := status.Convert(err2)
 			if st2.Code() != codes.ResourceExhausted {
 				t.Fatalf("stream ended with %v, want ResourceExhausted", err2)
@@ -364,13 +372,7 @@ func TestSlowWatcherDroppedWithoutHistory(t *testing.T) {
 			Type: vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED, Time: timestamppb.Now(),
 			Container: &vigilv1.Container{Id: "c", Namespace: "default"}, Message: fmt.Sprint(i)}})
 	}
-	close(w.release) // the client reads again: the stream ends
-	var err error
-	select {
-	case err = <-errc:
-	case <-time.After(30 * time.Second):
-		t.Fatal("WatchEvents still running 30s after the watcher was dropped")
-	}
+	err := w.releaseAndWait(t, errc)
 	st := status.Convert(err)
 	if st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "keeps no event history") || strings.Contains(st.Message(), "with since") {
 		t.Fatalf("stream ended with %v, want ResourceExhausted saying there is no history", err)
