@@ -380,6 +380,12 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // The aggregator's keepalive is 2 s + 2 s (default 30 s + 10 s) so that a
 // cut stream ends within seconds; the agents run with their defaults
 // (gossip tunables included) but --interval=1s.
+// convergeWithin bounds how long agents take to see each other: an agent
+// that lost the UDP packets of a peer's join learns of it by push/pull
+// anti-entropy, every 30 s, the first staggered at random within that
+// (internal/gossip's convergeWithin), after the agents' start.
+const convergeWithin = 90 * time.Second
+
 func TestAgents(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the agent and runs five of them for about a minute (skipped with -short)")
@@ -392,10 +398,7 @@ func TestAgents(t *testing.T) {
 	agents := []*agent{a, b, cc, d}
 	names := []string{"a", "b", "c", "d"}
 
-	// 90 s: an agent that lost the UDP packets of a peer's join learns
-	// of it by push/pull anti-entropy, every 30 s, the first staggered
-	// at random within that (internal/gossip's convergeWithin).
-	took := waitFor(t, 90*time.Second, "all four Healthy at the aggregator, each seeing the three others", func() bool {
+	took := waitFor(t, convergeWithin, "all four Healthy at the aggregator, each seeing the three others", func() bool {
 		return c.allHealthy(names...)
 	})
 	t.Logf("all four Healthy and see each other after %v", took.Round(time.Millisecond))
@@ -539,5 +542,24 @@ func TestAgents(t *testing.T) {
 		waitFor(t, 30*time.Second, "b NodeDown at the aggregator on its peers' word", func() bool {
 			return c.condition("b") == "NodeDown"
 		})
+	})
+
+	// What VigilAgentNeverConnected reads: a peer reported reachable by a
+	// node the aggregator knows, with no vigil_node_up of its own
+	// (deploy/prometheus/vigil-rules.test.yml has the rule's logic).
+	t.Run("alive to its peers, never connected: reachable with no node_up", func(t *testing.T) {
+		loner := c.startAgent("loner", 40, []int{10}, "", true, "")
+		took := waitFor(t, convergeWithin, "a reports the loner reachable to the aggregator", func() bool {
+			return c.reachable("a")["loner"] == "1"
+		})
+		t.Logf("the loner reachable in a's view at the aggregator after %v", took.Round(time.Millisecond))
+		text := get(c.aggC, "http://"+aggHTTP+"/metrics")
+		if len(series(text, "vigil_node_up", `node="loner"`)) != 0 || len(series(text, "vigil_node_condition", `node="loner"`)) != 0 {
+			t.Error("the aggregator has node series of an agent that never connected")
+		}
+		if len(series(text, "vigil_node_up", `node="a"`)) != 1 {
+			t.Error("no vigil_node_up of a, the observer")
+		}
+		loner.kill()
 	})
 }
