@@ -350,6 +350,12 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	return time.Since(start)
 }
 
+// convergeWithin bounds how long agents take to see each other: an agent
+// that lost the UDP packets of a peer's join learns of it by push/pull
+// anti-entropy, every 30 s, the first staggered at random within that
+// (internal/gossip's convergeWithin), after the agents' start.
+const convergeWithin = 90 * time.Second
+
 // TestAgents is issue 25's "done when" with the shipped agent: four
 // vigil-agent processes (a, b, c, d), each in a network namespace of its
 // own on a bridge, gossiping (encrypted) and streaming over mutual TLS to a
@@ -375,17 +381,14 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 //     agent refuses commands is internal/agent's
 //     TestIsolatedAgentRefusesCommands: commands come only over a stream,
 //     so one reaches an isolated agent only when delivered just before the
-//     cut, which a test cannot time from outside the process.)
+//     cut, which a test cannot time from outside the process.);
+//   - a standalone agent joined to the cluster, never connected: reported
+//     reachable by its peers, with no node series of its own (what
+//     VigilAgentNeverConnected reads).
 //
 // The aggregator's keepalive is 2 s + 2 s (default 30 s + 10 s) so that a
 // cut stream ends within seconds; the agents run with their defaults
 // (gossip tunables included) but --interval=1s.
-// convergeWithin bounds how long agents take to see each other: an agent
-// that lost the UDP packets of a peer's join learns of it by push/pull
-// anti-entropy, every 30 s, the first staggered at random within that
-// (internal/gossip's convergeWithin), after the agents' start.
-const convergeWithin = 90 * time.Second
-
 func TestAgents(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the agent and runs five of them for about a minute (skipped with -short)")
