@@ -381,7 +381,7 @@ const convergeWithin = 90 * time.Second
 //     agent refuses commands is internal/agent's
 //     TestIsolatedAgentRefusesCommands: commands come only over a stream,
 //     so one reaches an isolated agent only when delivered just before the
-//     cut, which a test cannot time from outside the process.);
+//     cut, which a test cannot time from outside the process.)
 //   - a standalone agent joined to the cluster, never connected: reported
 //     reachable by its peers, with no node series of its own (what
 //     VigilAgentNeverConnected reads).
