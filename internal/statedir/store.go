@@ -310,24 +310,34 @@ func (s *Store) UpdateUnsynced(fn func(Tx) bool) error {
 		s.mu.Lock()
 		// Nothing pending (or the loop keeps changing the state faster than
 		// three commits: go on, the flusher follows): fn's change and the
-		// encoding under one hold of mu, so no other change slips in.
+		// encoding under this hold of mu, so no other change slips in.
 		if s.durable >= s.gen || tries == 3 {
-			write := fn(Tx{&s.d})
-			s.gen++
-			s.stats.Dirty = true
-			if !write {
-				s.mu.Unlock()
-				return nil
-			}
-			gen, b, err := s.encodeLocked()
-			s.mu.Unlock()
-			return s.writeEncoded(b, err, false, gen)
+			return s.applyUnsyncedLocked(fn)
 		}
 		s.mu.Unlock()
 		if err := s.commitLocked(true, false, s.Mark()); err != nil {
-			return err
+			// The disk refuses: fn's change is made all the same (kept in
+			// memory for the next write, as any failed write's is), and
+			// the unsynced write tried; the caller hears of the failure.
+			s.mu.Lock()
+			return errors.Join(err, s.applyUnsyncedLocked(fn))
 		}
 	}
+}
+
+// applyUnsyncedLocked applies fn and, when fn asks, writes the state
+// without fsync. Called with wmu and mu held; it releases mu.
+func (s *Store) applyUnsyncedLocked(fn func(Tx) bool) error {
+	write := fn(Tx{&s.d})
+	s.gen++
+	s.stats.Dirty = true
+	if !write {
+		s.mu.Unlock()
+		return nil
+	}
+	gen, b, err := s.encodeLocked()
+	s.mu.Unlock()
+	return s.writeEncoded(b, err, false, gen)
 }
 
 // Flush writes the state when the memory holds changes not on disk (kept by

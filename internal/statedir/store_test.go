@@ -451,18 +451,7 @@ func TestUnsyncedWriteAfterPendingChange(t *testing.T) {
 	markBegun(t, s)
 	// The agent is killed now: no flush. The file is found corrupt; the
 	// next agent starts from the copy.
-	copyNow, err := os.ReadFile(filepath.Join(dir, LastGoodName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	other := t.TempDir()
-	if err := os.WriteFile(filepath.Join(other, LastGoodName), copyNow, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(other, FileName), []byte(`{"version":2,"coun`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s2 := open(t, other)
+	s2 := openFromLastGood(t, dir)
 	defer s2.Close()
 	if n := exits(s2); n != 1 {
 		t.Errorf("exits from the last-good copy = %d, want 1: the unsynced write left the copy behind the file in a counted exit", n)
@@ -498,6 +487,72 @@ func TestUnsyncedWriteChangeDuringCatchUp(t *testing.T) {
 	if catchUps != 3 {
 		t.Errorf("writes = %d, want 3: a catch-up commit, another for the change made during it, the mark", catchUps)
 	}
+	s2 := openFromLastGood(t, dir)
+	defer s2.Close()
+	if n := exits(s2); n != 2 {
+		t.Errorf("exits from the last-good copy = %d, want 2: the exit counted during the catch-up commit is missing", n)
+	}
+	s2.View(func(tx Tx) {
+		if c, ok := tx.LookupContainer("ns/c"); ok && !c.RestartBegun.IsZero() {
+			t.Error("the copy has the unsynced mark")
+		}
+	})
+}
+
+// TestUnsyncedWriteOnAFailingDisk: when the catch-up commit before an
+// unsynced mark fails, the mark is made all the same (in memory, for the
+// next write: the agent goes on with the restart), the failure is
+// returned, and the next Flush writes both the pending change and the mark.
+func TestUnsyncedWriteOnAFailingDisk(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	defer s.Close()
+	if err := s.UpdateIf(func(tx Tx) bool {
+		tx.Counters("id").Exits[ExitKey{"error", 1}]++
+		return false
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(dir, FileName+".tmp") // its name taken: writes fail
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	err := s.UpdateUnsynced(func(tx Tx) bool {
+		tx.Container("ns/c").RestartBegun = time.Unix(1e9, 0)
+		return true
+	})
+	if err == nil {
+		t.Fatal("UpdateUnsynced on a disk that refuses writes returned nil")
+	}
+	begun := func(s *Store) (b bool) {
+		s.View(func(tx Tx) {
+			c, ok := tx.LookupContainer("ns/c")
+			b = ok && !c.RestartBegun.IsZero()
+		})
+		return b
+	}
+	if !begun(s) {
+		t.Fatal("the mark is not in memory after the failed write")
+	}
+	if err := os.Remove(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s2 := open(t, dir)
+	defer s2.Close()
+	if !begun(s2) || exits(s2) != 1 {
+		t.Errorf("after the disk recovered and a flush: mark %v, exits %d; want the mark and 1", begun(s2), exits(s2))
+	}
+}
+
+// openFromLastGood opens, in a directory of its own, dir's last-good copy
+// beside a corrupt state file: what the next agent starts from when the
+// file is found corrupt after a kill.
+func openFromLastGood(t *testing.T, dir string) *Store {
+	t.Helper()
 	copyNow, err := os.ReadFile(filepath.Join(dir, LastGoodName))
 	if err != nil {
 		t.Fatal(err)
@@ -509,16 +564,7 @@ func TestUnsyncedWriteChangeDuringCatchUp(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(other, FileName), []byte(`{"version":2,"coun`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s2 := open(t, other)
-	defer s2.Close()
-	if n := exits(s2); n != 2 {
-		t.Errorf("exits from the last-good copy = %d, want 2: the exit counted during the catch-up commit is missing", n)
-	}
-	s2.View(func(tx Tx) {
-		if c, ok := tx.LookupContainer("ns/c"); ok && !c.RestartBegun.IsZero() {
-			t.Error("the copy has the unsynced mark")
-		}
-	})
+	return open(t, other)
 }
 
 // markBegun writes a restart's begun mark for ns/c without fsync, as the
