@@ -168,3 +168,18 @@ func expandSlice(slice string) (string, error) {
 	}
 	return b.String(), nil
 }
+
+// cgroupLayout is the layout under the configured cgroup root, detected
+// at its first successful reading and kept (the collector and the exit
+// path's OOM check share it); a failed detection is tried again next time.
+func (r *Runtime) cgroupLayout() (cgroupLayout, error) {
+	if l := r.layout.Load(); l != nil {
+		return *l, nil
+	}
+	l, err := detectCgroupLayout(r.cfg.CgroupRoot)
+	if err != nil {
+		return cgroupLayout{}, err
+	}
+	r.layout.Store(&l)
+	return l, nil
+}

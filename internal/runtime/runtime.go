@@ -154,6 +154,8 @@ type Runtime struct {
 	hostNetNS uint64 // inode of the agent's own network namespace
 
 	stats statsState
+	// layout is the cgroup layout once detected (cgroupLayout).
+	layout atomic.Pointer[cgroupLayout]
 }
 
 // New validates cfg and returns a Runtime; it does not connect.

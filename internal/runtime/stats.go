@@ -19,11 +19,10 @@ import (
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
-// statsState is the collector's state across cycles: the detected cgroup
-// layout and one reader (open files) per running container.
+// statsState is the collector's state across cycles: one reader (open
+// files) per running container.
 type statsState struct {
 	mu      sync.Mutex // one cycle at a time
-	layout  *cgroupLayout
 	readers map[container.Key]*statsReader
 	buf     []byte
 	targets []statsTarget
@@ -87,12 +86,9 @@ func (r *Runtime) Stats(ctx context.Context, dst []Stats) ([]Stats, error) {
 
 func (r *Runtime) statsFromCgroups(dst []Stats) ([]Stats, error) {
 	s := &r.stats
-	if s.layout == nil {
-		l, err := detectCgroupLayout(r.cfg.CgroupRoot)
-		if err != nil {
-			return dst, err
-		}
-		s.layout = &l
+	layout, err := r.cgroupLayout()
+	if err != nil {
+		return dst, err
 	}
 	if s.buf == nil {
 		s.buf = make([]byte, 4096)
@@ -112,7 +108,7 @@ func (r *Runtime) statsFromCgroups(dst []Stats) ([]Stats, error) {
 			ok = false
 		}
 		if !ok {
-			cr, err := openCgroup(*s.layout, t.cgroupRel)
+			cr, err := openCgroup(layout, t.cgroupRel)
 			if err != nil {
 				r.log.Debug("cgroup not readable", "namespace", t.key.Namespace, "id", t.key.ID, "cgroup", t.cgroupRel, "err", err)
 				continue

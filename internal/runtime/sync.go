@@ -575,7 +575,7 @@ func listContainers(ctx context.Context, c *apiClient) ([]*containersapi.Contain
 // cgroup is there until the task is deleted, after its exit. Any failure to
 // read it answers false: the exit stays a kill by a signal.
 func (r *Runtime) oomKilledInCgroup(rel string) bool {
-	l, err := detectCgroupLayout(r.cfg.CgroupRoot)
+	l, err := r.cgroupLayout()
 	if err != nil {
 		return false
 	}
