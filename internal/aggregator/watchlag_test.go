@@ -94,12 +94,7 @@ func (w *stuckWatcher) sentMessages() map[string]bool {
 func TestSlowWatcherDropped(t *testing.T) {
 	base := time.Unix(1_800_000_000, 0)
 	event := func(i int) *vigilv1.WatchEventsResponse {
-		return &vigilv1.WatchEventsResponse{Node: "n1", Event: &vigilv1.ContainerEvent{
-			Type:      vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED,
-			Time:      timestamppb.New(base.Add(time.Duration(i) * time.Second)),
-			Container: &vigilv1.Container{Id: "c", Namespace: "default"},
-			Message:   fmt.Sprint(i),
-		}}
+		return exitOfC(fmt.Sprint(i), base.Add(time.Duration(i)*time.Second))
 	}
 	for _, feed := range []string{feedLocal, feedShared} {
 		t.Run(feed, func(t *testing.T) {
@@ -142,7 +137,7 @@ func TestSlowWatcherDropped(t *testing.T) {
 					fleet.events.publishMsg(ev)
 				} else {
 					b, _ := proto.Marshal(ev)
-					if _, err := store.PutKey(ctx, st, fmt.Sprintf("%sn1/%020d-%08d", historyPrefix, base.UnixNano(), written), b); err != nil {
+					if _, err := store.PutKey(ctx, st, eventHistoryKey("n1", ev.GetEvent().GetTime().AsTime(), ev), b); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -237,13 +232,10 @@ func TestSharedWatchMissesNothingAroundItsStart(t *testing.T) {
 	put := func(msg string) { // as another replica writes its node's change
 		t.Helper()
 		seq++
-		b, _ := proto.Marshal(&vigilv1.WatchEventsResponse{Node: "n1", Event: &vigilv1.ContainerEvent{
-			Type:      vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED,
-			Time:      timestamppb.New(base.Add(time.Duration(seq) * time.Second)),
-			Container: &vigilv1.Container{Id: "c", Namespace: "default"},
-			Message:   msg,
-		}})
-		if _, err := store.PutKey(ctx, st, fmt.Sprintf("%sn1/%020d-%08d", historyPrefix, base.Add(time.Duration(seq)*time.Second).UnixNano(), seq), b); err != nil {
+		at := base.Add(time.Duration(seq) * time.Second)
+		m := exitOfC(msg, at)
+		b, _ := proto.Marshal(m)
+		if _, err := store.PutKey(ctx, st, eventHistoryKey("n1", at, m), b); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -313,12 +305,7 @@ func TestReplayHasEventsStillQueued(t *testing.T) {
 	api := NewAPI(fleet, 16, nil)
 	api.history = newHistory(st, slog.New(slog.DiscardHandler), 0, 0, prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"}))
 	fleet.events.record = api.history.record
-	fleet.events.publish("n1", &vigilv1.ContainerEvent{
-		Type:      vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED,
-		Time:      timestamppb.New(base),
-		Container: &vigilv1.Container{Id: "c", Namespace: "default"},
-		Message:   "queued",
-	})
+	fleet.events.publishMsg(exitOfC("queued", base))
 	// The history's writer starts only once the watcher is subscribed:
 	// the event is still queued when the watch begins.
 	w := &hookedWatcher{ctx: ctx, got: make(chan struct{}, 16),
@@ -368,9 +355,7 @@ func TestSlowWatcherDroppedWithoutHistory(t *testing.T) {
 	// One change held in the stuck Send, four in the buffer, the next
 	// dropped: ten are more than enough.
 	for i := range 10 {
-		fleet.events.publishMsg(&vigilv1.WatchEventsResponse{Node: "n1", Event: &vigilv1.ContainerEvent{
-			Type: vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED, Time: timestamppb.Now(),
-			Container: &vigilv1.Container{Id: "c", Namespace: "default"}, Message: fmt.Sprint(i)}})
+		fleet.events.publishMsg(exitOfC(fmt.Sprint(i), time.Now()))
 	}
 	err := w.releaseAndWait(t, errc)
 	st := status.Convert(err)
@@ -389,4 +374,15 @@ func TestSlowWatcherDroppedWithoutHistory(t *testing.T) {
 		}
 	}
 	t.Errorf("no ErrorInfo in %v", st.Details())
+}
+
+// exitOfC is an exit of container default/c on node n1 at at, its message
+// msg (which tells the changes apart).
+func exitOfC(msg string, at time.Time) *vigilv1.WatchEventsResponse {
+	return &vigilv1.WatchEventsResponse{Node: "n1", Event: &vigilv1.ContainerEvent{
+		Type:      vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED,
+		Time:      timestamppb.New(at),
+		Container: &vigilv1.Container{Id: "c", Namespace: "default"},
+		Message:   msg,
+	}}
 }
