@@ -6,8 +6,13 @@ import (
 	"flag"
 	"strings"
 	"testing"
+	"time"
 	"unicode"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
@@ -125,4 +130,60 @@ func checkControls(t *testing.T, format, out string) {
 			t.Fatalf("%s table has control character %U:\n%q", format, r, out)
 		}
 	}
+}
+
+// FuzzTooSlowSince: whatever status the aggregator ends a watch with (here:
+// any google.rpc.Status bytes, details included), reading it as a slow
+// watcher's drop never panics, and a time to resume from is only taken
+// from a ResourceExhausted status with a WATCHER_TOO_SLOW ErrorInfo whose
+// since parses.
+func FuzzTooSlowSince(f *testing.F) {
+	at := time.Date(2026, 12, 3, 9, 0, 0, 123, time.UTC)
+	for _, st := range []*status.Status{
+		status.New(codes.ResourceExhausted, "too slow"),
+		status.New(codes.Unavailable, "gone"),
+	} {
+		f.Add(mustStatusBytes(f, st))
+	}
+	for _, since := range []string{at.Format(time.RFC3339Nano), "yesterday", ""} {
+		st, err := status.New(codes.ResourceExhausted, "too slow").WithDetails(&errdetails.ErrorInfo{
+			Reason: tooSlowReason, Domain: "vigil.io", Metadata: map[string]string{"since": since, "feed": "local"}})
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(mustStatusBytes(f, st))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var p spb.Status
+		if proto.Unmarshal(b, &p) != nil {
+			return
+		}
+		err := status.FromProto(&p).Err()
+		since, ok := tooSlowSince(err)
+		if !ok {
+			return
+		}
+		if codes.Code(p.GetCode()) != codes.ResourceExhausted {
+			t.Fatalf("a time to resume from (%v) read from a %v status", since, codes.Code(p.GetCode()))
+		}
+		found := false
+		for _, d := range status.FromProto(&p).Details() {
+			if info, isInfo := d.(*errdetails.ErrorInfo); isInfo && info.GetReason() == tooSlowReason {
+				if got, err := time.Parse(time.RFC3339Nano, info.GetMetadata()["since"]); err == nil && got.Equal(since) {
+					found = true
+				}
+			}
+		}
+		if !found {
+			t.Fatalf("resume time %v is in no WATCHER_TOO_SLOW detail of %v", since, &p)
+		}
+	})
+}
+
+func mustStatusBytes(f *testing.F, st *status.Status) []byte {
+	b, err := proto.Marshal(st.Proto())
+	if err != nil {
+		f.Fatal(err)
+	}
+	return b
 }
