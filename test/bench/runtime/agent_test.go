@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/testenv"
 )
@@ -188,27 +191,24 @@ func get(t *testing.T, url string) string {
 }
 
 // runtimeCalls reads the agent's count of each containerd API call
-// (vigil_agent_runtime_api_call_duration_seconds_count) from /metrics/self,
-// so that containerd's CPU in a window can be set beside what the agent
-// asked of it.
+// (the vigil_agent_runtime_api_call_duration_seconds histogram's count, by
+// call) from /metrics/self with Prometheus's text parser, so that
+// containerd's CPU in a window can be set beside what the agent asked of
+// it.
 func runtimeCalls(t *testing.T, url string) map[string]float64 {
 	t.Helper()
-	const family = "vigil_agent_runtime_api_call_duration_seconds_count{call=\""
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := p.TextToMetricFamilies(strings.NewReader(get(t, url)))
+	if err != nil {
+		t.Fatalf("%s: %v", url, err)
+	}
 	out := map[string]float64{}
-	for _, l := range strings.Split(get(t, url), "\n") {
-		rest, ok := strings.CutPrefix(l, family)
-		if !ok {
-			continue
+	for _, m := range families["vigil_agent_runtime_api_call_duration_seconds"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "call" {
+				out[l.GetValue()] = float64(m.GetHistogram().GetSampleCount())
+			}
 		}
-		name, value, ok := strings.Cut(rest, "\"} ")
-		if !ok {
-			continue
-		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
-		if err != nil {
-			t.Fatalf("%s: %q: %v", url, l, err)
-		}
-		out[name] = v
 	}
 	return out
 }

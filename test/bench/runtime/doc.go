@@ -21,8 +21,9 @@
 // extra CPU of containerd and the shims against a window with no agent, and
 // its resident memory (VmRSS, split into anonymous and file-backed, and the
 // peak: the highest of VmHWM and VmRSS sampled every 250 ms from the
-// agent's start), the containerd calls the agent made in the window; then the same agent over a second window of the same length with
-// its local /metrics scraped once per interval (the scraped variant: what a
+// agent's start) and the containerd calls the agent made in the window;
+// then the same agent over a second window of the same length with its
+// local /metrics scraped once per interval (the scraped variant: what a
 // per-node Prometheus scrape adds, against the unscraped window before it).
 // -paths picks what runs (cgroup, metrics-api, agent).
 //
