@@ -176,6 +176,10 @@ func TestDataPath(t *testing.T) {
 	waitValue(ctx, t, c, "vigil_container_restarts_total"+flaky, func(v float64) bool { return v >= 1 })
 	waitValue(ctx, t, c, `sum(vigil_container_exits_total{container="flaky",node="e2e-node",reason="completed"})`, func(v float64) bool { return v >= 1 })
 	waitValue(ctx, t, c, "vigil_container_running"+flaky, func(v float64) bool { return v == 1 })
+	// The agent's own cost reaches Prometheus through the shipped
+	// configuration's vigil-agent job (its /metrics/self).
+	waitValue(ctx, t, c, `count({job="vigil-agent",__name__=~"vigil_agent_.+"})`, func(v float64) bool { return v >= 10 })
+	waitValue(ctx, t, c, `vigil_agent_runtime_available{job="vigil-agent"}`, func(v float64) bool { return v == 1 })
 	// The healthy server stayed healthy and was never restarted.
 	assertValue(ctx, t, c, `vigil_container_health_status{container="web",node="e2e-node",status="healthy"}`, 1)
 	assertValue(ctx, t, c, `vigil_container_restarts_total{container="web",node="e2e-node"}`, 0)
