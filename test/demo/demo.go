@@ -176,7 +176,9 @@ func (d *demo) up(ctx context.Context) error {
                after 1m, Alertmanager posts it to the aggregator, the journal decides (rule
                restart-unhealthy), the agent restarts it: about a minute and a half`)
 	pod := chain.StoryPod(d.logDir, cgroupParent)
-	d.say("Running a Kubernetes-style pod %s/%s through CRI (the kubelet's labels; Vigil observes it, the kubelet would own its restarts)", pod.Namespace, pod.Name)
+	d.say("Running a Kubernetes-style pod %s/%s through CRI (the kubelet's labels; Vigil observes it, the kubelet would own its restarts). "+
+		"Its CNI network is a bridge with no gateway (this demo keeps all traffic on the machine), so the pod has no default route: "+
+		"Vigil reports it, and the shipped alert VigilContainerNetworkCondition (NoDefaultRoute) fires for it, as it would for a real pod that cannot leave its node", pod.Namespace, pod.Name)
 	if _, err := testenv.RunPod(ctx, d.containerd.Address, pod); err != nil {
 		return err
 	}
