@@ -10,6 +10,10 @@ import (
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
+// webhookCodes are the status codes AlertsHandler answers (the code label
+// of vigil_remediation_webhook_requests_total, each at 0 from the start).
+var webhookCodes = []int{http.StatusOK, http.StatusBadRequest, http.StatusMethodNotAllowed, http.StatusRequestEntityTooLarge, http.StatusServiceUnavailable}
+
 // AlertsHandler is POST /api/v1/alerts, Alertmanager's webhook receiver
 // (payload version 4). The aggregator mounts it behind its authentication.
 //
