@@ -56,6 +56,7 @@ func TestAlertsHandler(t *testing.T) {
 	}{
 		{http.MethodPost, `{"version":"3","groupKey":"g","status":"firing","alerts":[]}`, 400, `version \"3\" is not supported`},
 		{http.MethodPost, `not json`, 400, "malformed JSON at byte 2"},
+		{http.MethodPost, `[{"version":"4"}]`, 400, "the payload is a JSON array, want an object (Alertmanager webhook v4)"},
 		{http.MethodPost, `{"version":"4","groupKey":"g","status":"firing","receiver":"` + strings.Repeat("x", MaxWebhookBytes) + `","alerts":[]}`, 413, "1 MiB"},
 		{http.MethodGet, ``, 405, "POST"},
 	} {
@@ -79,7 +80,7 @@ func TestAlertsHandler(t *testing.T) {
 # HELP vigil_remediation_webhook_requests_total Alertmanager webhook requests to /api/v1/alerts, by HTTP status code answered.
 # TYPE vigil_remediation_webhook_requests_total counter
 vigil_remediation_webhook_requests_total{code="200"} 2
-vigil_remediation_webhook_requests_total{code="400"} 2
+vigil_remediation_webhook_requests_total{code="400"} 3
 vigil_remediation_webhook_requests_total{code="405"} 1
 vigil_remediation_webhook_requests_total{code="413"} 1
 vigil_remediation_webhook_requests_total{code="503"} 1
