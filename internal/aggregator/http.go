@@ -125,7 +125,9 @@ func writeJSONError(w http.ResponseWriter, code int, msg string) {
 // ParseContainerQuery parses the query parameters of GET /api/v1/containers:
 // node, namespace, pod (exact values), state (created, running, paused,
 // stopped), health (none, starting, healthy, unhealthy; case-insensitive,
-// the enum's full names accepted too) and include_sandboxes (a boolean).
+// the enum's full names accepted too), include_sandboxes and
+// include_probe_output (booleans), page_size (0 to MaxPageSize; 0 is
+// DefaultPageSize) and page_token.
 // Unknown or repeated parameters and bad values are errors wrapping
 // errdefs.ErrInvalid that say what was wrong.
 func ParseContainerQuery(v url.Values) (*vigilv1.ListContainersRequest, error) {
@@ -171,8 +173,11 @@ func ParseContainerQuery(v url.Values) (*vigilv1.ListContainersRequest, error) {
 				q.IncludeProbeOutput = b
 			}
 		case "page_size":
+			// Refused out of range, not capped: the caller asked for
+			// what it cannot have (ListContainers over gRPC caps it, as
+			// its field's comment says).
 			n, err := strconv.ParseUint(val, 10, 32)
-			if err != nil {
+			if err != nil || n > MaxPageSize {
 				return nil, fmt.Errorf("page_size=%q is not a number from 0 to %d: %w", val, MaxPageSize, errdefs.ErrInvalid)
 			}
 			q.PageSize = uint32(n)

@@ -162,7 +162,7 @@ func TestParseContainerQuery(t *testing.T) {
 }
 
 // FuzzParseContainerQuery: any query string either fails with ErrInvalid or
-// yields valid enum values.
+// yields valid enum values and a page size within the bounds.
 func FuzzParseContainerQuery(f *testing.F) {
 	f.Fuzz(func(t *testing.T, raw string) {
 		v, err := url.ParseQuery(raw)
@@ -181,6 +181,9 @@ func FuzzParseContainerQuery(f *testing.F) {
 		}
 		if _, ok := vigilv1.HealthStatus_name[int32(q.GetHealth())]; !ok {
 			t.Fatalf("health %d out of range", q.GetHealth())
+		}
+		if q.GetPageSize() > aggregator.MaxPageSize {
+			t.Fatalf("page_size %d accepted, over %d", q.GetPageSize(), aggregator.MaxPageSize)
 		}
 	})
 }
