@@ -1,6 +1,7 @@
 package aggregator_test
 
 import (
+	"bytes"
 	"compress/gzip"
 	"context"
 	"encoding/json"
@@ -145,6 +146,41 @@ func TestJSONEndpoints(t *testing.T) {
 		if code, body := getJSON(t, h, tc.path); code != tc.code {
 			t.Errorf("GET %s: %d %s, want %d", tc.path, code, body, tc.code)
 		}
+	}
+}
+
+// TestListEndpointsCarryEmptyLists: on an empty fleet and an empty journal
+// each list endpoint still has its list field, [] ({"nodes":[]}, not the
+// {} protojson writes for an empty repeated field); so does a filter that
+// matches nothing on a fleet that is not empty; and a list that is not
+// empty has it once.
+func TestListEndpointsCarryEmptyLists(t *testing.T) {
+	h, _ := startRemediating(t, "")
+	compact := func(path string) string {
+		t.Helper()
+		code, body := getJSON(t, h, path)
+		var b bytes.Buffer
+		if err := json.Compact(&b, body); code != 200 || err != nil {
+			t.Fatalf("GET %s: %d %s (%v)", path, code, body, err)
+		}
+		return b.String()
+	}
+	for path, want := range map[string]string{
+		"/api/v1/nodes":        `{"nodes":[]}`,
+		"/api/v1/containers":   `{"containers":[]}`,
+		"/api/v1/remediations": `{"remediations":[]}`,
+	} {
+		if got := compact(path); got != want {
+			t.Errorf("GET %s on an empty fleet: %s, want %s", path, got, want)
+		}
+	}
+
+	filterScene(h)
+	if got := compact("/api/v1/containers?node=n9"); got != `{"containers":[]}` {
+		t.Errorf("containers of an unknown node: %s, want {\"containers\":[]}", got)
+	}
+	if got := compact("/api/v1/nodes"); strings.Count(got, `"nodes":`) != 1 || !strings.HasPrefix(got, `{"nodes":[{"name":"n1"`) {
+		t.Errorf("nodes of a fleet: %s, want one nodes list", got)
 	}
 }
 

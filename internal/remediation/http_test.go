@@ -90,6 +90,25 @@ vigil_remediation_webhook_requests_total{code="503"} 1
 	}
 }
 
+// TestRemediationsHandlerEmpty: an empty journal, or a node with nothing in
+// it, is {"remediations":[]}, never null.
+func TestRemediationsHandlerEmpty(t *testing.T) {
+	h := newHarness(t, "")
+	h.container("n1", "web", OwnerVigil, 0)
+	h.receive(alert("Unhealthy", "n1", "web", h.clock.Now()))
+	empty := newHarness(t, "")
+	for _, tc := range []struct {
+		e *Engine
+		q string
+	}{{empty.e, ""}, {h.e, "?node=n2"}} {
+		rec := httptest.NewRecorder()
+		tc.e.RemediationsHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/v1/remediations"+tc.q, nil))
+		if got := strings.TrimSpace(rec.Body.String()); rec.Code != 200 || got != `{"remediations":[]}` {
+			t.Errorf("GET /api/v1/remediations%s: %d %s, want {\"remediations\":[]}", tc.q, rec.Code, got)
+		}
+	}
+}
+
 func TestRemediationsHandler(t *testing.T) {
 	h := newHarness(t, "")
 	for _, n := range []string{"n1", "n2"} {
