@@ -11,6 +11,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
 // selfFamily is one row of docs/metrics.md's table of the aggregator's own
@@ -187,6 +189,43 @@ func TestSelfMetricsFromStart(t *testing.T) {
 	for name := range fams {
 		if (strings.HasPrefix(name, "vigil_aggregator_") || strings.HasPrefix(name, "vigil_remediation")) && !documented[name] {
 			t.Errorf("%s is on /metrics but not in docs/metrics.md's table of the aggregator's own series", name)
+		}
+	}
+	// The refusal series: each gRPC method and HTTP route that needs a
+	// credential, for no credential and for each role that may not call
+	// it; none for a role that may.
+	refused := map[[2]string]bool{}
+	for _, m := range fams["vigil_aggregator_auth_refused_total"].GetMetric() {
+		var k [2]string
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() == "role" {
+				k[0] = lp.GetValue()
+			} else {
+				k[1] = lp.GetValue()
+			}
+		}
+		refused[k] = true
+	}
+	for _, c := range []struct {
+		role, method string
+		want         bool
+	}{
+		{"none", "POST /api/v1/alerts", true},
+		{"viewer", "POST /api/v1/alerts", true},
+		{"operator", "POST /api/v1/alerts", false},
+		{"node", "GET /api/v1/remediations", true},
+		{"alertmanager", "GET /api/v1/containers", true},
+		{"viewer", "GET /api/v1/nodes", false},
+		{"viewer", "/" + vigilv1.AgentGateway_ServiceDesc.ServiceName + "/Connect", true},
+		{"node", vigilv1.Vigil_RequestRemediation_FullMethodName, true},
+		{"viewer", vigilv1.Vigil_RequestRemediation_FullMethodName, true},
+		{"operator", vigilv1.Vigil_RequestRemediation_FullMethodName, false},
+		{"none", vigilv1.Bootstrap_Renew_FullMethodName, true},
+		{"none", vigilv1.Bootstrap_Bootstrap_FullMethodName, false}, // public: a token, checked by the handler
+		{"unknown", "unknown", true},
+	} {
+		if refused[[2]string{c.role, c.method}] != c.want {
+			t.Errorf("vigil_aggregator_auth_refused_total{role=%q,method=%q} present: %v, want %v", c.role, c.method, !c.want, c.want)
 		}
 	}
 	if t.Failed() {
