@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -26,7 +27,7 @@ func TestJournalInEtcd(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		var stderr bytes.Buffer
-		go func() { done <- run(ctx, args, &stderr) }()
+		go func() { done <- run(ctx, args, io.Discard, &stderr) }()
 		return func() {
 			cancel()
 			if err := <-done; err != nil {

@@ -7,7 +7,8 @@
 // --insecure for a local demo on loopback; it refuses to start with
 // neither. --ca-cert/--ca-key, --bootstrap-tokens-file and --data-dir turn
 // on node bootstrap; --api-tokens-file gives the HTTP API bearer tokens.
-// The README's Security section says who may do what.
+// The README's Security section says who may do what. --version prints the
+// version set at build time and exits.
 package main
 
 import (
@@ -28,10 +29,14 @@ import (
 	"github.com/vigilhq/vigil/internal/pki"
 )
 
+// version is set at build time with -ldflags "-X main.version=...";
+// --version prints it.
+var version = "dev"
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
@@ -41,7 +46,7 @@ func main() {
 }
 
 // parseFlags turns the command line into a validated config and the GC
-// target.
+// target. With --version nothing else is read or checked.
 func parseFlags(args []string, stderr io.Writer) (aggregator.Config, options, error) {
 	cfg := aggregator.DefaultConfig()
 	fs := flag.NewFlagSet("vigil-aggregator", flag.ContinueOnError)
@@ -71,8 +76,12 @@ func parseFlags(args []string, stderr io.Writer) (aggregator.Config, options, er
 	fs.StringVar(&peerServerName, "peer-server-name", "", "with --etcd-endpoints and TLS: the name the other replicas' serving certificates are verified against when calling them (e.g. the Service name the certificates carry; default: the host of each replica's --advertise-api address)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.IntVar(&opts.gcPercent, "gc-percent", 50, "Go GC target percentage (GOGC), unless the GOGC environment variable is set; see docs/benchmarks/aggregator.md")
+	fs.BoolVar(&opts.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return cfg, opts, err
+	}
+	if opts.version {
+		return cfg, opts, nil
 	}
 	if fs.NArg() > 0 {
 		return cfg, opts, fmt.Errorf("unexpected arguments %q: %w", fs.Args(), errdefs.ErrInvalid)
@@ -135,9 +144,13 @@ func parseFlags(args []string, stderr io.Writer) (aggregator.Config, options, er
 	return cfg, opts, nil
 }
 
-func run(ctx context.Context, args []string, stderr io.Writer) error {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg, opts, err := parseFlags(args, stderr)
 	if err != nil {
+		return err
+	}
+	if opts.version {
+		_, err := fmt.Fprintln(stdout, version)
 		return err
 	}
 	if os.Getenv("GOGC") == "" {

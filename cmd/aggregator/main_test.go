@@ -4,15 +4,20 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/pki"
+	"github.com/vigilhq/vigil/internal/testenv"
 )
 
 func TestFlagsRefuseWithoutTransportSecurity(t *testing.T) {
@@ -74,7 +79,7 @@ func TestRunServesAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var logs bytes.Buffer
-	go func() { done <- run(ctx, args, &logs) }()
+	go func() { done <- run(ctx, args, io.Discard, &logs) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		resp, err := http.Get("http://" + httpAddr + "/readyz")
@@ -99,4 +104,57 @@ func TestRunServesAndStops(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("run did not return within 10s of its context ending")
 	}
+}
+
+// TestVersionFlag: --version prints main.version alone on stdout and
+// returns nil (exit 0) without reading or checking anything else: no TLS
+// flags are needed, and the others are not validated.
+func TestVersionFlag(t *testing.T) {
+	defer func(v string) { version = v }(version)
+	version = "v1.2.3-test"
+	for _, args := range [][]string{{"--version"}, {"-version", "--gc-percent", "5"}} {
+		var stdout, stderr bytes.Buffer
+		if err := run(context.Background(), args, &stdout, &stderr); err != nil {
+			t.Fatalf("run(%q) = %v, want nil", args, err)
+		}
+		if stdout.String() != "v1.2.3-test\n" || stderr.Len() != 0 {
+			t.Fatalf("run(%q): stdout %q, stderr %q; want the version alone on stdout", args, stdout.String(), stderr.String())
+		}
+	}
+}
+
+// TestVersionFromLdflags: the binary built with -ldflags "-X
+// main.version=..." prints that version for --version and exits 0.
+func TestVersionFromLdflags(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the aggregator binary")
+	}
+	goTool := "go"
+	if root := runtime.GOROOT(); root != "" { //nolint:staticcheck // the toolchain of this test binary
+		if p := filepath.Join(root, "bin", "go"); fileExists(p) {
+			goTool = p
+		}
+	}
+	bin := filepath.Join(t.TempDir(), "vigil-aggregator")
+	args := append([]string{"build"}, testenv.BuildFlags...)
+	args = append(args, "-ldflags", "-X main.version=v9.8.7-ldflags", "-o", bin, ".")
+	build := exec.Command(goTool, args...)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(bin, "--version")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("vigil-aggregator --version: %v (stderr %q), want exit 0", err, stderr.String())
+	}
+	if stdout.String() != "v9.8.7-ldflags\n" {
+		t.Fatalf("vigil-aggregator --version printed %q, want the -ldflags version", stdout.String())
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -62,7 +63,7 @@ func TestPeerServerName(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		var logs bytes.Buffer
-		go func() { done <- run(ctx, args, &logs) }()
+		go func() { done <- run(ctx, args, io.Discard, &logs) }()
 		t.Cleanup(func() {
 			cancel()
 			if err := <-done; err != nil {

@@ -76,6 +76,8 @@ func reloadRulesOnHUP(ctx context.Context, rs *remediation.RuleSet, log *slog.Lo
 type options struct {
 	gcPercent int
 	etcd      etcdFlags
+	// version: print the version and exit (--version).
+	version bool
 }
 
 // etcdFlags put the aggregator's durable state (the journal, intents,

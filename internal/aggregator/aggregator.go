@@ -17,7 +17,6 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/remediation"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
@@ -68,7 +67,7 @@ func New(cfg Config) (*Aggregator, error) {
 	if cfg.Insecure {
 		m.insecure.Set(1)
 	}
-	a.auth = &authorizer{insecure: cfg.Insecure, allowCN: cfg.AllowCommonNameNodes, apiTokens: cfg.APITokens, refused: m.authRefused}
+	a.auth = newAuthorizer(cfg.Insecure, cfg.AllowCommonNameNodes, cfg.APITokens, m.authRefused)
 	if cfg.Replicated {
 		advertise := cfg.AdvertiseAPI
 		a.replicas = newReplicas(cfg.Store, cfg.AggregatorID, cfg.LeaseTTL, advertise, a.log.With("component", "replicas"), m)
@@ -323,7 +322,7 @@ func (a *Aggregator) sweepLoop(ctx context.Context) {
 			for _, name := range a.fleet.sweep(now, a.cfg.StaleAfter, a.cfg.ForgetAfter) {
 				a.log.Info("forgot node: down longer than forget-after", "node", name, "forget_after", a.cfg.ForgetAfter)
 				// Its per-node self-metric series go with it.
-				a.metrics.quota.DeletePartialMatch(prometheus.Labels{"node": name})
+				a.metrics.nodeForgotten(name)
 			}
 			conditions.assess(a.fleet, now)
 		}

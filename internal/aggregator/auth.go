@@ -57,6 +57,33 @@ type authorizer struct {
 	refused   *prometheus.CounterVec // role, method
 }
 
+// newAuthorizer returns the authorizer of the gRPC methods in methodRoles,
+// with every refusal series they can count created at 0 (requireHTTP adds
+// those of each HTTP route as it is mounted).
+func newAuthorizer(insecure, allowCN bool, apiTokens *pki.TokenFile, refused *prometheus.CounterVec) *authorizer {
+	z := &authorizer{insecure: insecure, allowCN: allowCN, apiTokens: apiTokens, refused: refused}
+	refused.WithLabelValues("unknown", "unknown")
+	for method, need := range methodRoles {
+		if need != public {
+			z.expect(method, need)
+		}
+	}
+	return z
+}
+
+// expect creates at 0 the refusal series of method (a gRPC method or an
+// HTTP route) needing role need: no usable credential (role none), and
+// each role that does not allow need. All are known when the method is
+// mounted, so that rate() sees a first refusal.
+func (z *authorizer) expect(method string, need pki.Role) {
+	z.refused.WithLabelValues("none", method)
+	for _, r := range pki.Roles {
+		if !r.Allows(need) {
+			z.refused.WithLabelValues(string(r), method)
+		}
+	}
+}
+
 // authorize returns the context to continue the call with, or a status
 // error: Unauthenticated without a usable certificate, PermissionDenied
 // naming the role needed.
@@ -159,6 +186,7 @@ func (z *authorizer) authenticateHTTP(r *http.Request) (pki.Identity, error) {
 // allows need (401 without a credential, 403 with one that does not
 // allow it). route names it in vigil_aggregator_auth_refused_total.
 func (z *authorizer) requireHTTP(route string, need pki.Role, h http.Handler) http.Handler {
+	z.expect(route, need)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if z.insecure {
 			h.ServeHTTP(w, r)

@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vigilhq/vigil/internal/errdefs"
 	"github.com/vigilhq/vigil/internal/pki"
 	"github.com/vigilhq/vigil/internal/remediation"
@@ -220,6 +219,7 @@ func (g *Gateway) serveConn(stream agentConn) error {
 	}()
 
 	ack := g.fleet.connect(hello, g.aggregatorID, g.now(), fresh)
+	g.metrics.nodeSeen(node)
 	ack.GossipSeeds = g.fleet.gossipSeeds(node, g.now()) // gossipseeds.go
 	s.applied.Store(ack.GetResumeAfterSeq())
 	if err := stream.Send(&vigilv1.AggregatorMessage{Body: &vigilv1.AggregatorMessage_HelloAck{HelloAck: ack}}); err != nil {
@@ -323,7 +323,7 @@ func (g *Gateway) nodeMoved(node string) {
 // self-metric series (another replica shows them now).
 func (g *Gateway) forget(node string) {
 	g.fleet.forget(node)
-	g.metrics.quota.DeletePartialMatch(prometheus.Labels{"node": node})
+	g.metrics.nodeForgotten(node)
 }
 
 // quotaExceeded counts and logs a node over a cap; the error ends the

@@ -2,6 +2,7 @@ package aggregator
 
 import (
 	"bufio"
+	"bytes"
 	"compress/gzip"
 	"encoding/json"
 	"errors"
@@ -37,8 +38,12 @@ import (
 //	GET /api/v1/nodes                ListNodesResponse as JSON.
 //	GET /api/v1/containers           ListContainersResponse as JSON; query
 //	                                 parameters node, namespace, pod, state,
-//	                                 health, include_sandboxes, page_size,
+//	                                 health, include_sandboxes, page_size
+//	                                 (0 to MaxPageSize, else 400),
 //	                                 page_token, include_probe_output.
+//
+// Both are protojson (camelCase names, enum values by name) with the list
+// field always present, [] when empty (writeProtoJSON).
 //
 // /api/v1/* needs TLS and a credential (a client certificate with a role,
 // or a bearer token from Config.APITokens): 401 without one, 403 with one
@@ -106,14 +111,41 @@ func (a *Aggregator) routes() *http.ServeMux {
 	return mux
 }
 
+// writeProtoJSON writes m in protojson's form (camelCase field names, enum
+// values by name, unset fields left out), except that each list field of
+// m itself is always there, [] when empty ({"nodes":[]}, not {}): a client
+// reading a list endpoint must find its list.
 func writeProtoJSON(w http.ResponseWriter, m proto.Message) {
-	b, err := protojson.MarshalOptions{EmitUnpopulated: false}.Marshal(m)
+	b, err := protojson.Marshal(m)
 	if err != nil {
 		writeJSONError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(b)
+	_, _ = w.Write(withEmptyLists(b, m))
+}
+
+// withEmptyLists adds to b, m's protojson form, the empty list fields of m
+// that protojson left out.
+func withEmptyLists(b []byte, m proto.Message) []byte {
+	var empty []string
+	msg := m.ProtoReflect()
+	fields := msg.Descriptor().Fields()
+	for i := range fields.Len() {
+		if f := fields.Get(i); f.IsList() && msg.Get(f).List().Len() == 0 {
+			empty = append(empty, strconv.Quote(f.JSONName())+":[]")
+		}
+	}
+	rest := bytes.TrimSpace(b)
+	if len(empty) == 0 || len(rest) == 0 || rest[0] != '{' {
+		return b
+	}
+	rest = bytes.TrimSpace(rest[1:])
+	out := append([]byte("{"), strings.Join(empty, ",")...)
+	if len(rest) > 0 && rest[0] != '}' {
+		out = append(out, ',')
+	}
+	return append(out, rest...)
 }
 
 func writeJSONError(w http.ResponseWriter, code int, msg string) {
@@ -125,7 +157,9 @@ func writeJSONError(w http.ResponseWriter, code int, msg string) {
 // ParseContainerQuery parses the query parameters of GET /api/v1/containers:
 // node, namespace, pod (exact values), state (created, running, paused,
 // stopped), health (none, starting, healthy, unhealthy; case-insensitive,
-// the enum's full names accepted too) and include_sandboxes (a boolean).
+// the enum's full names accepted too), include_sandboxes and
+// include_probe_output (booleans), page_size (0 to MaxPageSize; 0 is
+// DefaultPageSize) and page_token.
 // Unknown or repeated parameters and bad values are errors wrapping
 // errdefs.ErrInvalid that say what was wrong.
 func ParseContainerQuery(v url.Values) (*vigilv1.ListContainersRequest, error) {
@@ -171,8 +205,11 @@ func ParseContainerQuery(v url.Values) (*vigilv1.ListContainersRequest, error) {
 				q.IncludeProbeOutput = b
 			}
 		case "page_size":
+			// Refused out of range, not capped: the caller asked for
+			// what it cannot have (ListContainers over gRPC caps it, as
+			// its field's comment says).
 			n, err := strconv.ParseUint(val, 10, 32)
-			if err != nil {
+			if err != nil || n > MaxPageSize {
 				return nil, fmt.Errorf("page_size=%q is not a number from 0 to %d: %w", val, MaxPageSize, errdefs.ErrInvalid)
 			}
 			q.PageSize = uint32(n)

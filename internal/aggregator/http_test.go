@@ -1,6 +1,7 @@
 package aggregator_test
 
 import (
+	"bytes"
 	"compress/gzip"
 	"context"
 	"encoding/json"
@@ -148,6 +149,41 @@ func TestJSONEndpoints(t *testing.T) {
 	}
 }
 
+// TestListEndpointsCarryEmptyLists: on an empty fleet and an empty journal
+// each list endpoint still has its list field, [] ({"nodes":[]}, not the
+// {} protojson writes for an empty repeated field); so does a filter that
+// matches nothing on a fleet that is not empty; and a list that is not
+// empty has it once.
+func TestListEndpointsCarryEmptyLists(t *testing.T) {
+	h, _ := startRemediating(t, "")
+	compact := func(path string) string {
+		t.Helper()
+		code, body := getJSON(t, h, path)
+		var b bytes.Buffer
+		if err := json.Compact(&b, body); code != 200 || err != nil {
+			t.Fatalf("GET %s: %d %s (%v)", path, code, body, err)
+		}
+		return b.String()
+	}
+	for path, want := range map[string]string{
+		"/api/v1/nodes":        `{"nodes":[]}`,
+		"/api/v1/containers":   `{"containers":[]}`,
+		"/api/v1/remediations": `{"remediations":[]}`,
+	} {
+		if got := compact(path); got != want {
+			t.Errorf("GET %s on an empty fleet: %s, want %s", path, got, want)
+		}
+	}
+
+	filterScene(h)
+	if got := compact("/api/v1/containers?node=n9"); got != `{"containers":[]}` {
+		t.Errorf("containers of an unknown node: %s, want {\"containers\":[]}", got)
+	}
+	if got := compact("/api/v1/nodes"); strings.Count(got, `"nodes":`) != 1 || !strings.HasPrefix(got, `{"nodes":[{"name":"n1"`) {
+		t.Errorf("nodes of a fleet: %s, want one nodes list", got)
+	}
+}
+
 func TestParseContainerQuery(t *testing.T) {
 	q, err := aggregator.ParseContainerQuery(url.Values{"state": {"CONTAINER_STATE_PAUSED"}, "health": {"Starting"}, "include_sandboxes": {"1"}})
 	if err != nil {
@@ -162,7 +198,7 @@ func TestParseContainerQuery(t *testing.T) {
 }
 
 // FuzzParseContainerQuery: any query string either fails with ErrInvalid or
-// yields valid enum values.
+// yields valid enum values and a page size within the bounds.
 func FuzzParseContainerQuery(f *testing.F) {
 	f.Fuzz(func(t *testing.T, raw string) {
 		v, err := url.ParseQuery(raw)
@@ -181,6 +217,9 @@ func FuzzParseContainerQuery(f *testing.F) {
 		}
 		if _, ok := vigilv1.HealthStatus_name[int32(q.GetHealth())]; !ok {
 			t.Fatalf("health %d out of range", q.GetHealth())
+		}
+		if q.GetPageSize() > aggregator.MaxPageSize {
+			t.Fatalf("page_size %d accepted, over %d", q.GetPageSize(), aggregator.MaxPageSize)
 		}
 	})
 }

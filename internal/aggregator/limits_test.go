@@ -114,7 +114,25 @@ func TestContainerPages(t *testing.T) {
 	if code != 200 || !strings.Contains(string(body), `"n1"`) || !strings.Contains(string(body), "probe says hi") {
 		t.Fatalf("second page: %d %s", code, body)
 	}
-	if code, body := getJSON(t, h, "/api/v1/containers?page_size=x"); code != 400 || !strings.Contains(string(body), "page_size") {
-		t.Fatalf("bad page_size: %d %s", code, body)
+	// page_size is 0 (the default) to 5000 over HTTP; outside that range
+	// it is refused with the same message at both ends, never capped.
+	for size, want := range map[string]int{"0": 14, "1": 1, "5000": 14} {
+		code, body := getJSON(t, h, "/api/v1/containers?page_size="+size)
+		if err := json.Unmarshal(body, &page); code != 200 || err != nil || len(page.Containers) != want {
+			t.Fatalf("page_size=%s: %d %s, want %d containers", size, code, body, want)
+		}
+	}
+	for _, size := range []string{"-1", "5001", "99999", "4294967296", "x", ""} {
+		code, body := getJSON(t, h, "/api/v1/containers?page_size="+size)
+		want := fmt.Sprintf(`page_size=%q is not a number from 0 to 5000`, size)
+		var e struct{ Error string }
+		if err := json.Unmarshal(body, &e); code != 400 || err != nil || !strings.HasPrefix(e.Error, want) {
+			t.Errorf("page_size=%s: %d %s, want 400 saying %s", size, code, body, want)
+		}
+	}
+	// ListContainers over gRPC caps it instead, as its field's comment
+	// in vigil.proto promises.
+	if resp, err := api.ListContainers(context.Background(), &vigilv1.ListContainersRequest{PageSize: 99999}); err != nil || len(resp.GetContainers()) != 14 {
+		t.Fatalf("ListContainers page_size 99999: %d containers, %v; want all 14 (capped at 5000)", len(resp.GetContainers()), err)
 	}
 }

@@ -39,6 +39,9 @@ const (
 	capMessageBytes           = "message_bytes"
 )
 
+// quotaCaps lists every cap name.
+var quotaCaps = []string{capContainers, capNetworkNamespaces, capInterfacesPerNamespace, capExitPairs, capLabels, capStringBytes, capMessageBytes}
+
 // Quotas bound what one node may make the aggregator hold, so that one
 // broken or hostile agent cannot grow it without bound. A message that
 // would take a node over a cap ends that node's stream with

@@ -512,14 +512,28 @@ func (r *replicas) onReplicas(ev store.Event) {
 	defer r.mu.Unlock()
 	if ev.Type == store.EventDelete {
 		delete(r.peers, id)
+		r.m.peerErrors.DeleteLabelValues(id)
 	} else {
 		var info replicaInfo
 		if err := json.Unmarshal(ev.KV.Value, &info); err != nil || info.API == "" {
 			return
 		}
 		r.peers[id] = info.API
+		r.m.peerErrors.WithLabelValues(id) // at 0 from when the replica is known
 	}
 	r.peersGen.Add(1)
+}
+
+// forgetPeersGone removes the peer error series of the replicas in before
+// that a new listing no longer has.
+func (r *replicas) forgetPeersGone(before map[string]string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id := range before {
+		if _, ok := r.peers[id]; !ok {
+			r.m.peerErrors.DeleteLabelValues(id)
+		}
+	}
 }
 
 // peerList returns the other replicas (id → address).
@@ -545,14 +559,19 @@ func (r *replicas) watchPrefix(ctx context.Context, prefix string, fn func(store
 			if err != nil {
 				return err
 			}
+			var before map[string]string
 			if prefix == replicasPrefix {
 				// A listing replaces what was known.
 				r.mu.Lock()
+				before = r.peers
 				r.peers = map[string]string{}
 				r.mu.Unlock()
 			}
 			for _, kv := range kvs {
 				fn(store.Event{Type: store.EventPut, KV: kv})
+			}
+			if before != nil {
+				r.forgetPeersGone(before)
 			}
 			backoff = 100 * time.Millisecond
 			for resp := range r.st.Watch(ctx, prefix, rev) {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -332,6 +333,22 @@ func TestReplicasHoldNodes(t *testing.T) {
 	if _, err := b.st.Txn(context.Background(), nil, []store.Op{store.PutWithLease("replicas/ghost", ghost, lease)}); err != nil {
 		t.Fatal(err)
 	}
+	// Its peer error series is there at 0 before any read fails, beside
+	// those of the other replicas (whatever they count).
+	waitFor(t, 10*time.Second, "r1's peer error series of ghost at 0", func() bool {
+		var got []string
+		for _, l := range seriesLines(b.scrape(), "vigil_aggregator_peer_errors_total") {
+			if !strings.Contains(l, `"ghost"`) {
+				l = l[:strings.LastIndexByte(l, ' ')]
+			}
+			got = append(got, l)
+		}
+		return slices.Equal(got, []string{
+			`vigil_aggregator_peer_errors_total{replica="ghost"} 0`,
+			`vigil_aggregator_peer_errors_total{replica="r0"}`,
+			`vigil_aggregator_peer_errors_total{replica="r2"}`,
+		})
+	})
 	waitFor(t, 10*time.Second, "a partial answer naming the silent replica", func() bool {
 		var hdr metadata.MD
 		resp, err := b.api().ListNodes(context.Background(), &vigilv1.ListNodesRequest{}, grpc.Header(&hdr))
@@ -341,6 +358,9 @@ func TestReplicasHoldNodes(t *testing.T) {
 	if err := b.st.Revoke(context.Background(), lease); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, 10*time.Second, "ghost's peer error series gone with it", func() bool {
+		return !strings.Contains(b.scrape(), `replica="ghost"`)
+	})
 
 	// n1 leaves r0 and comes to r1 (its counter is cumulative: 7 exits,
 	// then 9), r0 forgets it.

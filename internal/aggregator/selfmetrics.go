@@ -21,8 +21,15 @@ var rejectReasons = []string{
 	"duplicate", "malformed", "oversized", "invalid", "no_hello", "identity", "replaced", "too_many_streams", "held_elsewhere",
 }
 
+// Results of a command offered to an agent (label result).
+var commandResults = []string{"queued", "unavailable", "sent"}
+
 // selfMetrics are the aggregator's own metrics, built with client_golang on
-// the registry passed in Config.
+// the registry passed in Config. Every series whose label values are known
+// in advance exists from the start at 0, so that rate() and increase() see
+// its first increment and "none" is told from "not exported"; per-node and
+// per-replica series exist from when the node or replica is known
+// (nodeSeen, replicas.onReplicas) until it is forgotten.
 type selfMetrics struct {
 	streams      prometheus.Gauge
 	messages     *prometheus.CounterVec
@@ -86,7 +93,7 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 		}, []string{"role", "method"}),
 		quota: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_aggregator_quota_exceeded_total",
-			Help: "Agent streams cut off for going over a quota, by node and cap (containers, network_namespaces, interfaces_per_namespace, exit_pairs, labels, string_bytes, message_bytes).",
+			Help: "Agent streams cut off for going over a quota, by node and cap (containers, network_namespaces, interfaces_per_namespace, exit_pairs, labels, string_bytes, message_bytes); every cap of a node is there at 0 from when its stream is accepted until it is forgotten.",
 		}, []string{"node", "cap"}),
 		insecure: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "vigil_aggregator_insecure",
@@ -122,7 +129,7 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 		}),
 		peerErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_aggregator_peer_errors_total",
-			Help: "Fleet-wide reads that got no answer from another replica (the result was partial), by replica.",
+			Help: "Fleet-wide reads that got no answer from another replica (the result was partial), by replica; at 0 from when the replica registers until it leaves.",
 		}, []string{"replica"}),
 	}
 	m.leader = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -147,6 +154,9 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 	for _, r := range rejectReasons {
 		m.rejected.WithLabelValues(r)
 	}
+	for _, r := range commandResults {
+		m.commands.WithLabelValues(r)
+	}
 	for _, f := range watchFeeds {
 		m.watchDropped.WithLabelValues(f)
 	}
@@ -160,6 +170,21 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 		}
 	}
 	return m, nil
+}
+
+// nodeSeen creates node's per-node series at 0 (one per quota cap), so
+// that its first refusal is an increase rate() sees. Idempotent;
+// nodeForgotten removes them.
+func (m *selfMetrics) nodeSeen(node string) {
+	for _, c := range quotaCaps {
+		m.quota.WithLabelValues(node, c)
+	}
+}
+
+// nodeForgotten removes node's per-node series (it is forgotten here, or
+// another replica shows it now).
+func (m *selfMetrics) nodeForgotten(node string) {
+	m.quota.DeletePartialMatch(prometheus.Labels{"node": node})
 }
 
 func kindOf(m *vigilv1.AgentMessage) string {
@@ -195,7 +220,7 @@ var (
 	containersDesc = prometheus.NewDesc("vigil_aggregator_containers",
 		"Containers the agents report, sandboxes included.", nil, nil)
 	seqGapsDesc = prometheus.NewDesc("vigil_aggregator_sequence_gaps_total",
-		"Messages of a node's stream applied after a gap in its sequence numbers (messages the agent dropped), by node; a node appears after its first gap and goes when it is forgotten. Each gap asks the agent for a snapshot.", []string{"node"}, nil)
+		"Messages of a node's stream applied after a gap in its sequence numbers (messages the agent dropped), by node; a node appears at 0 once it is known and goes when it is forgotten. Each gap asks the agent for a snapshot.", []string{"node"}, nil)
 )
 
 var _ prometheus.Collector = fleetCollector{}
@@ -216,9 +241,7 @@ func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		n.mu.Lock()
 		gaps := n.seqGaps
 		n.mu.Unlock()
-		if gaps > 0 {
-			ch <- prometheus.MustNewConstMetric(seqGapsDesc, prometheus.CounterValue, float64(gaps), n.name)
-		}
+		ch <- prometheus.MustNewConstMetric(seqGapsDesc, prometheus.CounterValue, float64(gaps), n.name)
 	}
 }
 

@@ -11,9 +11,10 @@ import (
 
 // TestSequenceGapAsksForSnapshot (issue 21): a message whose seq skips
 // numbers is applied, counted in vigil_aggregator_sequence_gaps_total{node}
-// and answered with a SnapshotRequest on the stream naming the last seq
-// applied before it; the snapshot that follows clears the request, so a
-// later gap asks again; the node's series goes when the node is forgotten.
+// (0 from when the node connects) and answered with a SnapshotRequest on
+// the stream naming the last seq applied before it; the snapshot that
+// follows clears the request, so a later gap asks again; the node's series
+// goes when the node is forgotten.
 func TestSequenceGapAsksForSnapshot(t *testing.T) {
 	h := startAggregator(t, func(c *aggregator.Config) {
 		c.StaleAfter = 300 * time.Millisecond
@@ -25,8 +26,8 @@ func TestSequenceGapAsksForSnapshot(t *testing.T) {
 	a.send(2, eventMsg(vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_UPDATED, web))
 	a.waitAck(2)
 	gaps := func() []string { return seriesLines(scrape(t, h, ""), "vigil_aggregator_sequence_gaps_total") }
-	if g := gaps(); len(g) != 0 {
-		t.Fatalf("gaps counted without a gap: %v", g)
+	if g := gaps(); len(g) != 1 || g[0] != `vigil_aggregator_sequence_gaps_total{node="n1"} 0` {
+		t.Fatalf("gaps without a gap: %v, want n1 at 0", g)
 	}
 	// awaitRequest reads the stream until a SnapshotRequest.
 	awaitRequest := func() *vigilv1.SnapshotRequest {

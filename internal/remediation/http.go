@@ -10,6 +10,10 @@ import (
 	"github.com/vigilhq/vigil/internal/errdefs"
 )
 
+// webhookCodes are the status codes AlertsHandler answers (the code label
+// of vigil_remediation_webhook_requests_total, each at 0 from the start).
+var webhookCodes = []int{http.StatusOK, http.StatusBadRequest, http.StatusMethodNotAllowed, http.StatusRequestEntityTooLarge, http.StatusServiceUnavailable}
+
 // AlertsHandler is POST /api/v1/alerts, Alertmanager's webhook receiver
 // (payload version 4). The aggregator mounts it behind its authentication.
 //
@@ -60,7 +64,7 @@ func (e *Engine) serveAlerts(r *http.Request) (int, any) {
 }
 
 // RemediationsHandler is GET /api/v1/remediations: the remediations as
-// JSON ({"remediations": [...]}), newest first. Query parameters: node (only
+// JSON ({"remediations": [...]}, [] when there are none), newest first. Query parameters: node (only
 // that node's), limit (default 100, at most 10000). 400 names a bad
 // parameter; 503 when the store cannot be read.
 func (e *Engine) RemediationsHandler() http.Handler {
@@ -95,6 +99,9 @@ func (e *Engine) RemediationsHandler() http.Handler {
 			}
 			writeJSON(w, code, errorBody{err.Error()})
 			return
+		}
+		if list == nil {
+			list = []Remediation{} // "remediations": [], never null
 		}
 		writeJSON(w, http.StatusOK, struct {
 			Remediations []Remediation `json:"remediations"`

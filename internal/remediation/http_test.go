@@ -56,6 +56,7 @@ func TestAlertsHandler(t *testing.T) {
 	}{
 		{http.MethodPost, `{"version":"3","groupKey":"g","status":"firing","alerts":[]}`, 400, `version \"3\" is not supported`},
 		{http.MethodPost, `not json`, 400, "malformed JSON at byte 2"},
+		{http.MethodPost, `[{"version":"4"}]`, 400, "the payload is a JSON array, want an object (Alertmanager webhook v4)"},
 		{http.MethodPost, `{"version":"4","groupKey":"g","status":"firing","receiver":"` + strings.Repeat("x", MaxWebhookBytes) + `","alerts":[]}`, 413, "1 MiB"},
 		{http.MethodGet, ``, 405, "POST"},
 	} {
@@ -79,13 +80,32 @@ func TestAlertsHandler(t *testing.T) {
 # HELP vigil_remediation_webhook_requests_total Alertmanager webhook requests to /api/v1/alerts, by HTTP status code answered.
 # TYPE vigil_remediation_webhook_requests_total counter
 vigil_remediation_webhook_requests_total{code="200"} 2
-vigil_remediation_webhook_requests_total{code="400"} 2
+vigil_remediation_webhook_requests_total{code="400"} 3
 vigil_remediation_webhook_requests_total{code="405"} 1
 vigil_remediation_webhook_requests_total{code="413"} 1
 vigil_remediation_webhook_requests_total{code="503"} 1
 `
 	if err := testutil.CollectAndCompare(h.e.m.webhook, strings.NewReader(want)); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestRemediationsHandlerEmpty: an empty journal, or a node with nothing in
+// it, is {"remediations":[]}, never null.
+func TestRemediationsHandlerEmpty(t *testing.T) {
+	h := newHarness(t, "")
+	h.container("n1", "web", OwnerVigil, 0)
+	h.receive(alert("Unhealthy", "n1", "web", h.clock.Now()))
+	empty := newHarness(t, "")
+	for _, tc := range []struct {
+		e *Engine
+		q string
+	}{{empty.e, ""}, {h.e, "?node=n2"}} {
+		rec := httptest.NewRecorder()
+		tc.e.RemediationsHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/v1/remediations"+tc.q, nil))
+		if got := strings.TrimSpace(rec.Body.String()); rec.Code != 200 || got != `{"remediations":[]}` {
+			t.Errorf("GET /api/v1/remediations%s: %d %s, want {\"remediations\":[]}", tc.q, rec.Code, got)
+		}
 	}
 }
 

@@ -2,13 +2,14 @@ package remediation
 
 import (
 	"fmt"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // metrics are the engine's series. Label sets are bounded: action (4
 // values), result (the outcomes, expired, unknown, cancelled), reason
-// (Reasons), code (the HTTP status codes the handler writes).
+// (Reasons), code (webhookCodes, the HTTP status codes the handler writes).
 type metrics struct {
 	remediations *prometheus.CounterVec
 	suppressed   *prometheus.CounterVec
@@ -58,6 +59,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, r := range Reasons {
 		m.suppressed.WithLabelValues(string(r))
+	}
+	for _, c := range webhookCodes {
+		m.webhook.WithLabelValues(strconv.Itoa(c))
 	}
 	return m, nil
 }

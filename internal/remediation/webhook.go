@@ -115,7 +115,7 @@ func ParseWebhook(body []byte) (*Webhook, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	var w wireWebhook
 	if err := dec.Decode(&w); err != nil {
-		return nil, fmt.Errorf("webhook body is not a version 4 payload: %s: %w", jsonError(err), errdefs.ErrInvalid)
+		return nil, fmt.Errorf("webhook body is not a version 4 payload: %s: %w", jsonError(body, err, "an object (Alertmanager webhook v4)"), errdefs.ErrInvalid)
 	}
 	if dec.More() {
 		return nil, fmt.Errorf("webhook body has data after the JSON object: %w", errdefs.ErrInvalid)
@@ -228,27 +228,6 @@ func parseStatus(s string) (AlertStatus, error) {
 		return "", fmt.Errorf("missing (want \"firing\" or \"resolved\"): %w", errdefs.ErrInvalid)
 	}
 	return "", fmt.Errorf("%q is neither \"firing\" nor \"resolved\": %w", clip(s), errdefs.ErrInvalid)
-}
-
-// jsonError says where a decoding error is, in a form an operator can act on.
-func jsonError(err error) string {
-	var syn *json.SyntaxError
-	var typ *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &syn):
-		return fmt.Sprintf("malformed JSON at byte %d: %v", syn.Offset, syn)
-	case errors.As(err, &typ):
-		field := typ.Field
-		if field == "" {
-			field = "the payload"
-		}
-		return fmt.Sprintf("field %q is a JSON %s, want %s", field, typ.Value, typ.Type)
-	case errors.Is(err, io.EOF):
-		return "empty body"
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return "truncated JSON"
-	}
-	return err.Error()
 }
 
 // clip bounds a value quoted in an error message, so that a hostile body

@@ -3,6 +3,7 @@ package remediation
 import (
 	"errors"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -41,6 +42,12 @@ func TestParseWebhookAlertmanager(t *testing.T) {
 	}
 }
 
+// goType matches what encoding/json's own messages say of a Go type.
+var goType = regexp.MustCompile(`remediation\.|wire[A-Z]|Go (struct|value)|map\[|\[\]|\bu?int(64)?\b|float64`)
+
+// TestParseWebhookErrors: each refusal says what was wrong in the sender's
+// terms; a value of the wrong JSON type is named by its jq path and the JSON
+// type expected, never by a Go type.
 func TestParseWebhookErrors(t *testing.T) {
 	alert := func(fields string) string {
 		return `{"version":"4","groupKey":"g","status":"firing","alerts":[{` + fields + `}]}`
@@ -54,12 +61,26 @@ func TestParseWebhookErrors(t *testing.T) {
 		{"trailing data", `{"version":"4","groupKey":"g","status":"firing","alerts":[]}{}`, "data after the JSON object"},
 		{"no version", `{"groupKey":"g","status":"firing","alerts":[]}`, `no "version"`},
 		{"version 3", `{"version":"3","groupKey":"g","status":"firing","alerts":[]}`, `version "3" is not supported`},
-		{"version as number", `{"version":4,"groupKey":"g","status":"firing","alerts":[]}`, `field "version" is a JSON number, want string`},
+		{"version as number", `{"version":4,"groupKey":"g","status":"firing","alerts":[]}`, `.version is a JSON number, want a string`},
+		{"payload an array", `[{"version":"4"}]`, `not a version 4 payload: the payload is a JSON array, want an object (Alertmanager webhook v4)`},
+		{"payload a string", ` "4" `, `the payload is a JSON string, want an object (Alertmanager webhook v4)`},
+		{"payload a number", `4`, `the payload is a JSON number, want an object (Alertmanager webhook v4)`},
+		{"payload a boolean", `true`, `the payload is a JSON boolean, want an object (Alertmanager webhook v4)`},
+		{"alerts an object", `{"version":"4","alerts":{"a":{}}}`, `.alerts is a JSON object, want an array`},
+		{"alert a number", `{"version":"4","alerts":[{},1]}`, `.alerts[1] is a JSON number, want an object`},
+		{"labels an array", `{"alerts":[{"labels":{}},{"labels":["a"]}]}`, `.alerts[1].labels is a JSON array, want an object`},
+		{"label key not an identifier", `{"alerts":[{"labels":{"app.kubernetes.io/name":true}}]}`, `.alerts[0].labels["app.kubernetes.io/name"] is a JSON boolean, want a string`},
+		{"startsAt a boolean", `{"alerts":[{"startsAt":false}]}`, `.alerts[0].startsAt is a JSON boolean, want a string`},
+		{"group label an object", `{"groupLabels":{"team":{"x":1}}}`, `.groupLabels.team is a JSON object, want a string`},
+		{"truncatedAlerts a fraction", `{"truncatedAlerts":1.5}`, `.truncatedAlerts is the number 1.5, want a whole number from -9223372036854775808 to 9223372036854775807`},
+		{"truncatedAlerts too big", `{"truncatedAlerts":1e400}`, `.truncatedAlerts is the number 1e400, want a whole number from`},
+		{"truncatedAlerts a string", `{"truncatedAlerts":"3"}`, `.truncatedAlerts is a JSON string, want a whole number`},
+		{"after unknown nested fields", "{\"future\": {\"deep\": [1, {\"x\": [[]]}, \"]}\"]},\n  \"version\": [4]}", `.version is a JSON array, want a string`},
 		{"no group key", `{"version":"4","status":"firing","alerts":[]}`, `no "groupKey"`},
 		{"bad status", `{"version":"4","groupKey":"g","status":"burning","alerts":[]}`, `"status": "burning" is neither`},
 		{"no alerts", `{"version":"4","groupKey":"g","status":"firing"}`, `no "alerts"`},
 		{"negative truncated", `{"version":"4","groupKey":"g","status":"firing","alerts":[],"truncatedAlerts":-1}`, `"truncatedAlerts" is -1`},
-		{"labels not strings", alert(`"status":"firing","labels":{"a":1},"startsAt":"2024-01-01T00:00:00Z","fingerprint":"f"`), `field "alerts.labels" is a JSON number, want string`},
+		{"labels not strings", alert(`"status":"firing","labels":{"a":1},"startsAt":"2024-01-01T00:00:00Z","fingerprint":"f"`), `.alerts[0].labels.a is a JSON number, want a string`},
 		{"alert without fingerprint", alert(`"status":"firing","labels":{"a":"b"},"startsAt":"2024-01-01T00:00:00Z"`), `alerts[0]: no "fingerprint"`},
 		{"alert without labels", alert(`"status":"firing","startsAt":"2024-01-01T00:00:00Z","fingerprint":"f"`), `alert f has no "labels"`},
 		{"alert without startsAt", alert(`"status":"firing","labels":{"a":"b"},"fingerprint":"f"`), `alert f has no "startsAt"`},
@@ -85,6 +106,9 @@ func TestParseWebhookErrors(t *testing.T) {
 			}
 			if len(err.Error()) > 300 {
 				t.Errorf("error is %d bytes long", len(err.Error()))
+			}
+			if goType.MatchString(err.Error()) {
+				t.Errorf("error %q names a Go type", err)
 			}
 		})
 	}
