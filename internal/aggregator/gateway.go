@@ -141,8 +141,8 @@ func (g *Gateway) serveConn(stream agentConn) error {
 	if err != nil {
 		if first.GetHello() == nil {
 			g.metrics.rejected.WithLabelValues("no_hello").Inc()
-		} else if _, ok := asQuotaError(err); ok {
-			return g.quotaExceeded(first.GetHello().GetNodeName(), err)
+		} else if q, ok := asQuotaError(err); ok {
+			g.helloOverQuota(q, first.GetHello().GetNodeName())
 		} else {
 			g.metrics.rejected.WithLabelValues("invalid").Inc()
 		}
@@ -326,6 +326,16 @@ func (g *Gateway) forget(node string) {
 	g.metrics.nodeForgotten(node)
 }
 
+// helloOverQuota counts and logs a stream refused because its hello is
+// over a quota; claimed is the node the hello names ("" when it could not
+// be read). It is not counted under that name: the name is not checked
+// against the certificate yet (and may be what is over the cap), and a
+// series per name claimed would never be deleted.
+func (g *Gateway) helloOverQuota(q *quotaError, claimed string) {
+	g.metrics.rejected.WithLabelValues("hello_over_quota").Inc()
+	g.log.Warn("agent stream refused: its hello is over a quota", "claimed_node", claimed, "cap", q.cap, "value", q.value, "limit", q.limit)
+}
+
 // quotaExceeded counts and logs a node over a cap; the error ends the
 // node's stream with ResourceExhausted naming the cap and the value.
 func (g *Gateway) quotaExceeded(node string, err error) error {
@@ -481,7 +491,7 @@ func (g *Gateway) recvError(node string, err error) error {
 	}
 	if q, ok := asQuotaError(err); ok {
 		if node == "" {
-			g.log.Warn("agent stream refused: its hello is over a quota", "cap", q.cap, "value", q.value, "limit", q.limit)
+			g.helloOverQuota(q, "")
 			return err
 		}
 		return g.quotaExceeded(node, err)

@@ -3,6 +3,7 @@ package aggregator_test
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vigilhq/vigil/internal/aggregator"
 	"github.com/vigilhq/vigil/internal/errdefs"
@@ -415,4 +417,31 @@ func TestQuotaSeriesForgotten(t *testing.T) {
 	waitFor(t, 10*time.Second, "n1 forgotten with its quota series", func() bool {
 		return !strings.Contains(scrape(t, h, ""), `node="n1"`)
 	})
+}
+
+// TestHelloOverQuotaNotCountedUnderItsName: a hello over a quota (here an
+// agent version longer than the string cap) is refused with
+// ResourceExhausted and counted as a rejected hello, not under the node
+// it claims: that name is not checked against the certificate yet, and a
+// series per claimed name would never be deleted.
+func TestHelloOverQuotaNotCountedUnderItsName(t *testing.T) {
+	h := startAggregator(t, func(c *aggregator.Config) { c.Quotas.StringBytes = 256 })
+	s, err := vigilv1.NewAgentGatewayClient(h.dial("n1")).Connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&vigilv1.AgentMessage{SentAt: timestamppb.Now(), Body: &vigilv1.AgentMessage_Hello{Hello: &vigilv1.Hello{
+		NodeName: "claimed-by-nobody", InstanceId: "i1", AgentVersion: strings.Repeat("v", 300), ProtocolVersion: 1,
+	}}}); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("hello over the string cap: %v, want ResourceExhausted", err)
+	}
+	waitFor(t, 10*time.Second, "the refused hello counted", func() bool {
+		return strings.Contains(scrape(t, h, ""), `vigil_aggregator_messages_rejected_total{reason="hello_over_quota"} 1`)
+	})
+	if body := scrape(t, h, ""); strings.Contains(body, "claimed-by-nobody") {
+		t.Errorf("the claimed node name is on /metrics:\n%s", body)
+	}
 }

@@ -18,7 +18,7 @@ var messageKinds = []string{
 
 // Reasons a message or stream is rejected (label reason).
 var rejectReasons = []string{
-	"duplicate", "malformed", "oversized", "invalid", "no_hello", "identity", "replaced", "too_many_streams", "held_elsewhere",
+	"duplicate", "malformed", "oversized", "invalid", "no_hello", "identity", "replaced", "too_many_streams", "held_elsewhere", "hello_over_quota",
 }
 
 // Results of a command offered to an agent (label result).
@@ -71,7 +71,7 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 		}, []string{"kind"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_aggregator_messages_rejected_total",
-			Help: "Agent messages not applied, by reason: duplicate (already applied), malformed, oversized, invalid, no_hello, identity (hello for another node than the certificate), replaced (stream replaced by a newer one), held_elsewhere (another replica holds the node).",
+			Help: "Agent messages not applied, by reason: duplicate (already applied), malformed, oversized, invalid, no_hello, identity (hello for another node than the certificate), replaced (stream replaced by a newer one), held_elsewhere (another replica holds the node), hello_over_quota (a hello over a quota, counted here and not under the node it claims, which is not verified yet).",
 		}, []string{"reason"}),
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "vigil_aggregator_ingest_lag_seconds",
