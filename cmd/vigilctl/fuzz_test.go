@@ -33,7 +33,7 @@ func FuzzParseArgs(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, line string) {
 		args := strings.Split(line, "\x00")
-		inv, err := parseArgs(args, &bytes.Buffer{}, noEnv)
+		inv, err := parseArgs(args, noEnv)
 		if err != nil {
 			if !errors.Is(err, errdefs.ErrInvalid) && !errors.Is(err, flag.ErrHelp) {
 				t.Fatalf("parseArgs(%q) = %v: neither ErrInvalid nor ErrHelp", args, err)

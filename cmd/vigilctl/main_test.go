@@ -424,7 +424,7 @@ func TestBadCommandLines(t *testing.T) {
 	if _, _, err := runTest(context.Background(), "-h"); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v, want flag.ErrHelp", err)
 	}
-	if _, err := parseArgs([]string{"nodes"}, &bytes.Buffer{}, func(k string) string {
+	if _, err := parseArgs([]string{"nodes"}, func(k string) string {
 		return map[string]string{"VIGIL_INSECURE": "maybe"}[k]
 	}); err == nil || !strings.Contains(err.Error(), "VIGIL_INSECURE") {
 		t.Errorf("VIGIL_INSECURE=maybe: %v", err)
