@@ -416,6 +416,11 @@ func serverAddress(s string) (string, error) {
 	if err != nil {
 		return "", usagef("--server %q: %v", s, err)
 	}
+	for _, scheme := range grpcSchemes {
+		if strings.HasPrefix(hp, scheme) { // a host named like a scheme
+			return "dns:///" + hp, nil
+		}
+	}
 	return hp, nil
 }
 

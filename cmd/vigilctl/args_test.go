@@ -231,6 +231,8 @@ func TestServerAddress(t *testing.T) {
 		"dns:agg":             "dns:agg:7400",
 		"unix:///run/v.sock":  "unix:///run/v.sock",
 		"passthrough:///a:1":  "passthrough:///a:1",
+		"dns":                 "dns:///dns:7400",
+		"unix:9":              "unix:9",
 		"":                    "",
 		":7400":               "",
 		"agg:http":            "",

@@ -253,7 +253,7 @@ func (g *globalFlags) transportHint(msg string) string {
 	switch {
 	case strings.Contains(msg, "looked like an HTTP/1.1 header"):
 		return fmt.Sprintf("; is this the aggregator's gRPC API port? it answered HTTP/1.1 (the aggregator serves gRPC on %s and HTTP on 7401 by default)", defaultPort)
-	case g.insecure && strings.Contains(msg, "error reading server preface"):
+	case g.insecure && (strings.Contains(msg, "server preface") || strings.Contains(msg, "client preface")): // EOF or a reset
 		return "; the server may require TLS: drop --insecure and give --tls-ca (with --tls-cert and --tls-key for mutual TLS)"
 	case !g.insecure && strings.Contains(msg, "first record does not look like a TLS handshake"):
 		return "; the server does not speak TLS: an aggregator started with --insecure needs --insecure"
