@@ -53,7 +53,12 @@ type fakeVigil struct {
 	containers   []*vigilv1.NodeContainer
 	events       []*vigilv1.WatchEventsResponse
 	remediations []*vigilv1.Remediation
-	err          error
+	// requested answers RequestRemediation; listRemediations, when set,
+	// serves ListRemediations (n counts its calls from 1)
+	requested             *vigilv1.Remediation
+	listRemediations      func(n int, req *vigilv1.ListRemediationsRequest) (*vigilv1.ListRemediationsResponse, error)
+	listRemediationsCalls int
+	err                   error
 	// watch, when set, serves WatchEvents instead of events and err; n
 	// counts the calls from 1.
 	watch   func(n int, req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_WatchEventsServer) error
@@ -87,11 +92,22 @@ func (f *fakeVigil) ListContainers(_ context.Context, req *vigilv1.ListContainer
 	return &vigilv1.ListContainersResponse{Containers: out}, nil
 }
 
-func (f *fakeVigil) ListRemediations(context.Context, *vigilv1.ListRemediationsRequest) (*vigilv1.ListRemediationsResponse, error) {
+func (f *fakeVigil) ListRemediations(_ context.Context, req *vigilv1.ListRemediationsRequest) (*vigilv1.ListRemediationsResponse, error) {
+	f.mu.Lock()
+	f.listRemediationsCalls++
+	n := f.listRemediationsCalls
+	f.mu.Unlock()
+	if f.listRemediations != nil {
+		return f.listRemediations(n, req)
+	}
 	if f.err != nil {
 		return nil, f.err
 	}
 	return &vigilv1.ListRemediationsResponse{Remediations: f.remediations}, nil
+}
+
+func (f *fakeVigil) RequestRemediation(_ context.Context, req *vigilv1.RequestRemediationRequest) (*vigilv1.RequestRemediationResponse, error) {
+	return &vigilv1.RequestRemediationResponse{Remediation: f.requested}, nil
 }
 
 func (f *fakeVigil) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_WatchEventsServer) error {

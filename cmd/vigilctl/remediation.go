@@ -137,11 +137,13 @@ func awaitEnd(ctx context.Context, c vigilv1.VigilClient, r *vigilv1.Remediation
 			return r, ctx.Err()
 		case <-timer.C:
 		}
+		timer.Reset(delay)
+		delay = min(2*delay, time.Second)
 		resp, err := c.ListRemediations(ctx, &vigilv1.ListRemediationsRequest{Limit: limit})
 		switch status.Code(err) {
 		case codes.OK:
 		case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
-			continue // ctx, or the aggregator again at the next read
+			continue // ctx's end, or the aggregator again at the next read
 		default:
 			return r, errdefs.FromGRPC(err)
 		}
@@ -158,8 +160,6 @@ func awaitEnd(ctx context.Context, c vigilv1.VigilClient, r *vigilv1.Remediation
 		if !found {
 			limit = min(limit*10, maxLimit)
 		}
-		timer.Reset(delay)
-		delay = min(2*delay, time.Second)
 	}
 }
 

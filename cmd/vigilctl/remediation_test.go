@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vigilhq/vigil/internal/agent/uplink"
@@ -277,5 +280,51 @@ func TestActionResult(t *testing.T) {
 		if tc.want == exitNotDone && !strings.Contains(err.Error(), "(why): the message said") {
 			t.Errorf("%v: %q, want the result and the message", tc.state, err)
 		}
+	}
+}
+
+// TestWaitReadsTheJournal: --wait reads the journal until the remediation
+// ends: again after an unavailable aggregator, asking for ten times more
+// of the newest when the remediation was not among them; a journal it may
+// not read ends the wait with the outcome unknown (4), saying why.
+func TestWaitReadsTheJournal(t *testing.T) {
+	const id = "r1"
+	state := func(s vigilv1.RemediationState) *vigilv1.Remediation { return &vigilv1.Remediation{Id: id, State: s} }
+	var mu sync.Mutex // the server's goroutine appends, the test reads
+	var limits []uint32
+	f := &fakeVigil{requested: state(vigilv1.RemediationState_REMEDIATION_STATE_PENDING)}
+	f.listRemediations = func(n int, req *vigilv1.ListRemediationsRequest) (*vigilv1.ListRemediationsResponse, error) {
+		mu.Lock()
+		limits = append(limits, req.GetLimit())
+		mu.Unlock()
+		switch n {
+		case 1:
+			return nil, status.Error(codes.Unavailable, "restarting")
+		case 2:
+			return &vigilv1.ListRemediationsResponse{Remediations: []*vigilv1.Remediation{{Id: "newer"}}}, nil
+		case 3:
+			return &vigilv1.ListRemediationsResponse{Remediations: []*vigilv1.Remediation{state(vigilv1.RemediationState_REMEDIATION_STATE_DISPATCHED)}}, nil
+		}
+		return &vigilv1.ListRemediationsResponse{Remediations: []*vigilv1.Remediation{state(vigilv1.RemediationState_REMEDIATION_STATE_SUCCEEDED)}}, nil
+	}
+	addr := serve(t, f)
+	out, _, err := runTest(context.Background(), "--server", addr, "--insecure", "--timeout", "60s", "restart", "n/ns/c", "--reason", "r", "--wait")
+	if err != nil || !strings.Contains(out, "succeeded") {
+		t.Fatalf("restart --wait: %v\n%s", err, out)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []uint32{100, 100, 1000, 1000}; fmt.Sprint(limits) != fmt.Sprint(want) {
+		t.Errorf("the journal was read with limits %v, want %v", limits, want)
+	}
+
+	f = &fakeVigil{requested: state(vigilv1.RemediationState_REMEDIATION_STATE_PENDING),
+		listRemediations: func(int, *vigilv1.ListRemediationsRequest) (*vigilv1.ListRemediationsResponse, error) {
+			return nil, status.Error(codes.PermissionDenied, "needs role viewer")
+		}}
+	addr = serve(t, f)
+	_, _, err = runTest(context.Background(), "--server", addr, "--insecure", "--timeout", "60s", "restart", "n/ns/c", "--reason", "r", "--wait")
+	if exitCode(err) != exitOutcomeUnknown || !strings.Contains(err.Error(), "outcome unknown (still pending): needs role viewer") {
+		t.Errorf("restart --wait, the journal refused: %v (exit %d)", err, exitCode(err))
 	}
 }
