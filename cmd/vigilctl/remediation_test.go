@@ -173,7 +173,10 @@ func TestActionExitStatus(t *testing.T) {
 			Pod: &vigilv1.PodIdentity{Namespace: "shop", Name: "frontend", ContainerName: "nginx"}},
 	}
 	u, err := uplink.New(uplink.Config{Address: addr, NodeName: "node-a", AgentVersion: "v-test", Logger: quiet},
-		func() *vigilv1.Snapshot { return &vigilv1.Snapshot{Containers: containers} })
+		func() *vigilv1.Snapshot {
+			return &vigilv1.Snapshot{Containers: containers, Network: []*vigilv1.NetworkNamespace{{Inode: 1, Host: true,
+				Interfaces: []*vigilv1.Interface{{Name: "eth0", Index: 2, OperState: vigilv1.LinkOperState_LINK_OPER_STATE_DOWN}}}}}
+		})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,9 +226,11 @@ func TestActionExitStatus(t *testing.T) {
 		{[]string{"restart", web, "--reason", "outcome=failed", "--wait"}, exitNotDone, "restart " + web + ": not done: failed: fake agent: failed", "failed"},
 		{[]string{"start", web, "--reason", "outcome=fenced", "--wait"}, exitNotDone, "start " + web + ": not done: suppressed (fenced): fake agent: fenced", "fenced"},
 		{[]string{"stop", web, "--reason", "outcome=not_found", "--wait"}, exitNotDone, "stop " + web + ": not done: failed (not_found): fake agent: not_found", "not_found"},
+		{[]string{"link-up", "node-a%eth0", "--reason", "outcome=succeeded", "--wait"}, exitOK, "", "succeeded"},
+		{[]string{"link-up", "node-b%eth0", "--reason", "x"}, exitNotDone, "link-up node-b%eth0: not done: suppressed (target_unknown): ", "suppressed"},
 		{[]string{"restart", web, "--reason", "outcome=expired", "--wait"}, exitNotDone, "restart " + web + ": not done: expired: fake agent: expired", "expired"},
-		{[]string{"restart", web, "--reason", "outcome=none", "--wait", "--timeout", "3s"}, exitOutcomeUnknown,
-			"restart " + web + ": outcome unknown: no result within 3s (still ", "restart"},
+		{[]string{"restart", web, "--reason", "outcome=none", "--wait", "--timeout", "5s"}, exitOutcomeUnknown,
+			"restart " + web + ": outcome unknown: no result within 5s (still ", "restart"},
 	} {
 		out, _, err := runTest(ctx, append([]string{"--server", addr, "--insecure"}, tc.args...)...)
 		if exitCode(err) != tc.code {
