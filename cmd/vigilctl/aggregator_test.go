@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -66,10 +67,10 @@ func TestAgainstRealAggregator(t *testing.T) {
 
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	var events syncBuffer
+	var events, eventsErr syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- runAt(watchCtx, []string{"--server", addr, "--insecure", "events"}, &events, &syncBuffer{}, time.Now, noEnv)
+		done <- runAt(watchCtx, []string{"--server", addr, "--insecure", "events"}, &events, &eventsErr, time.Now, noEnv)
 	}()
 	// The subscription starts asynchronously: send until one is seen.
 	for i := 0; !strings.Contains(events.String(), "exited"); i++ {
@@ -89,6 +90,11 @@ func TestAgainstRealAggregator(t *testing.T) {
 	}
 	if line := events.String(); !strings.Contains(line, "node-a") || !strings.Contains(line, "error(3)") {
 		t.Errorf("event output:\n%s", line)
+	}
+	// Once the aggregator had subscribed it, and before any event, it
+	// said so.
+	if !strings.HasSuffix(eventsErr.String(), "\nWatching for events (Ctrl-C to stop).\n") {
+		t.Errorf("events stderr %q, want it to say it watches", eventsErr.String())
 	}
 }
 
@@ -146,14 +152,7 @@ func TestPagesThroughContainers(t *testing.T) {
 // releases a name, a viewer is refused with the role it lacks.
 func TestNodesRelease(t *testing.T) {
 	dir := t.TempDir()
-	ca, err := pki.NewCA("vigil test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sf, err := ca.WriteServer(dir, "aggregator", "localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, sf, serverTLS := testServerTLS(t, dir, "localhost")
 	caCert, caKey, err := ca.WriteCA(dir, "signer")
 	if err != nil {
 		t.Fatal(err)
@@ -167,10 +166,6 @@ func TestNodesRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	tf, err := pki.OpenBootstrapTokens(tokens)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverTLS, err := pki.ServerConfig(sf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,6 +216,66 @@ func TestNodesRelease(t *testing.T) {
 	out, err = as(pki.Identity{Role: pki.RoleOperator, Name: "alice"}, "nodes", "release", "node-a")
 	if err != nil || !strings.Contains(out, "was not bound") {
 		t.Fatalf("second release: %q, %v", out, err)
+	}
+}
+
+// testServerTLS makes a CA and, in dir, the aggregator's certificate for
+// host: the CA, the server's files and its TLS configuration.
+func testServerTLS(t *testing.T, dir, host string) (*pki.CA, pki.Files, *tls.Config) {
+	t.Helper()
+	ca, err := pki.NewCA("vigil test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sf, err := ca.WriteServer(dir, "aggregator", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverTLS, err := pki.ServerConfig(sf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca, sf, serverTLS
+}
+
+// TestConnectionHints: the transport mistakes an operator makes against a
+// real aggregator get a hint that names the likely mistake: its HTTP port
+// given as --server, --insecure against its TLS port, and TLS against an
+// aggregator started with --insecure.
+func TestConnectionHints(t *testing.T) {
+	quiet := slog.New(slog.DiscardHandler)
+	plain, ctx, _ := runAggregator(t, aggregator.Config{GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Insecure: true,
+		ShutdownTimeout: 2 * time.Second, Logger: quiet})
+	dir := t.TempDir()
+	ca, _, serverTLS := testServerTLS(t, dir, "localhost")
+	secure, _, _ := runAggregator(t, aggregator.Config{GRPCListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", TLS: serverTLS,
+		ShutdownTimeout: 2 * time.Second, Logger: quiet})
+	cf, err := ca.WriteIdentity(dir, "viewer", pki.Identity{Role: pki.RoleViewer, Name: "bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mtls := []string{"--tls-server-name", "localhost", "--tls-cert", cf.Cert, "--tls-key", cf.Key, "--tls-ca", cf.CA}
+	for _, tc := range []struct {
+		what string
+		args []string
+		hint string
+	}{
+		{"the HTTP port", []string{"--insecure", "--server", plain.HTTPAddr().String()},
+			"; is this the aggregator's gRPC API port? it answered HTTP/1.1"},
+		{"--insecure against TLS", []string{"--insecure", "--server", secure.GRPCAddr().String()},
+			"; the server may require TLS: drop --insecure and give --tls-ca"},
+		{"TLS against --insecure", append([]string{"--server", plain.GRPCAddr().String()}, mtls...),
+			"; the server does not speak TLS: an aggregator started with --insecure needs --insecure"},
+	} {
+		_, _, err := runTest(ctx, append(tc.args, "--timeout", "20s", "nodes")...)
+		if err == nil || !strings.Contains(err.Error(), tc.hint) || !errors.Is(err, errdefs.ErrUnavailable) {
+			t.Errorf("%s: %v, want the hint %q", tc.what, err, tc.hint)
+		}
+		t.Logf("%s: %v", tc.what, err)
+	}
+	// The right transport works, with no hint.
+	if out, _, err := runTest(ctx, append([]string{"--server", secure.GRPCAddr().String(), "nodes", "-o", "json"}, mtls...)...); err != nil || out != "{}\n" {
+		t.Errorf("nodes over mutual TLS: %q, %v", out, err)
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,8 +21,10 @@ import (
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
-// FuzzParseArgs: any command line either parses or fails with ErrInvalid
-// (or flag.ErrHelp), never panics. Arguments are separated by NUL.
+// FuzzParseArgs: any command line either parses or fails with a usage
+// error (exit 2) or a request for help (exit 0), never panics; what it
+// accepts has a server with a port, and never a node name or target that
+// starts with "-" (a mistyped flag). Arguments are separated by NUL.
 func FuzzParseArgs(f *testing.F) {
 	for _, s := range []string{
 		"nodes\x00--insecure",
@@ -33,15 +37,63 @@ func FuzzParseArgs(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, line string) {
 		args := strings.Split(line, "\x00")
-		inv, err := parseArgs(args, &bytes.Buffer{}, noEnv)
+		inv, err := parseArgs(args, noEnv)
 		if err != nil {
-			if !errors.Is(err, errdefs.ErrInvalid) && !errors.Is(err, flag.ErrHelp) {
-				t.Fatalf("parseArgs(%q) = %v: neither ErrInvalid nor ErrHelp", args, err)
+			var u *usageError
+			var h *helpRequest
+			if !(errors.As(err, &u) && errors.Is(err, errdefs.ErrInvalid)) && !(errors.As(err, &h) && errors.Is(err, flag.ErrHelp)) {
+				t.Fatalf("parseArgs(%q) = %v: neither a usage error nor help", args, err)
 			}
+			return
+		}
+		if inv.command == "version" {
 			return
 		}
 		if inv.global.timeout <= 0 || inv.global.server == "" {
 			t.Fatalf("parseArgs(%q) accepted %+v", args, inv.global)
+		}
+		if again, err := serverAddress(inv.global.server); err != nil || again != inv.global.server {
+			t.Fatalf("parseArgs(%q) accepted server %q, which reads again as %q, %v", args, inv.global.server, again, err)
+		}
+		if strings.HasPrefix(inv.release, "-") || strings.HasPrefix(inv.target, "-") {
+			t.Fatalf("parseArgs(%q) accepted release %q, target %q", args, inv.release, inv.target)
+		}
+		if _, action := actionCommands[inv.command]; action && (inv.targetProto == nil || strings.TrimSpace(inv.reason) == "") {
+			t.Fatalf("parseArgs(%q) accepted an action without a target or reason: %+v", args, inv)
+		}
+	})
+}
+
+// FuzzServerAddress: whatever --server or VIGIL_SERVER says, it is read
+// without panicking, as a usage error or as an address that reads again
+// as itself; without a scheme, that is HOST:PORT with a port from 1 to
+// 65535 (never gRPC's default of 443 by omission).
+func FuzzServerAddress(f *testing.F) {
+	for _, s := range []string{"127.0.0.1", "agg.example:7400", "[::1]", "::1", "dns:///agg", "unix:///run/v.sock", ":7400", "agg:"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := serverAddress(s)
+		if err != nil {
+			if exitCode(err) != exitUsage {
+				t.Fatalf("serverAddress(%q) = %v: not a usage error", s, err)
+			}
+			return
+		}
+		if again, err := serverAddress(got); err != nil || again != got {
+			t.Fatalf("serverAddress(%q) = %q, which reads again as %q, %v", s, got, again, err)
+		}
+		for _, scheme := range grpcSchemes {
+			if strings.HasPrefix(got, scheme) {
+				return
+			}
+		}
+		host, port, err := net.SplitHostPort(got)
+		if err != nil || host == "" {
+			t.Fatalf("serverAddress(%q) = %q: %v", s, got, err)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			t.Fatalf("serverAddress(%q) = %q: port %q", s, got, port)
 		}
 	})
 }

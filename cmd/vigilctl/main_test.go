@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -29,6 +30,9 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 func TestMain(m *testing.M) {
+	if os.Getenv(asMainEnv) == "1" {
+		main() // exits
+	}
 	time.Local = time.UTC // event times in golden files
 	os.Exit(m.Run())
 }
@@ -42,13 +46,19 @@ func ts(ago time.Duration) *timestamppb.Timestamp { return timestamppb.New(now.A
 // formatting is pure logic over these answers; a fake is the right tool.
 type fakeVigil struct {
 	vigilv1.UnimplementedVigilServer
-	mu         sync.Mutex
-	lastList   *vigilv1.ListContainersRequest
-	lastWatch  *vigilv1.WatchEventsRequest
-	nodes      []*vigilv1.Node
-	containers []*vigilv1.NodeContainer
-	events     []*vigilv1.WatchEventsResponse
-	err        error
+	mu           sync.Mutex
+	lastList     *vigilv1.ListContainersRequest
+	lastWatch    *vigilv1.WatchEventsRequest
+	nodes        []*vigilv1.Node
+	containers   []*vigilv1.NodeContainer
+	events       []*vigilv1.WatchEventsResponse
+	remediations []*vigilv1.Remediation
+	// requested answers RequestRemediation; listRemediations, when set,
+	// serves ListRemediations (n counts its calls from 1)
+	requested             *vigilv1.Remediation
+	listRemediations      func(n int, req *vigilv1.ListRemediationsRequest) (*vigilv1.ListRemediationsResponse, error)
+	listRemediationsCalls int
+	err                   error
 	// watch, when set, serves WatchEvents instead of events and err; n
 	// counts the calls from 1.
 	watch   func(n int, req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_WatchEventsServer) error
@@ -82,6 +92,24 @@ func (f *fakeVigil) ListContainers(_ context.Context, req *vigilv1.ListContainer
 	return &vigilv1.ListContainersResponse{Containers: out}, nil
 }
 
+func (f *fakeVigil) ListRemediations(_ context.Context, req *vigilv1.ListRemediationsRequest) (*vigilv1.ListRemediationsResponse, error) {
+	f.mu.Lock()
+	f.listRemediationsCalls++
+	n := f.listRemediationsCalls
+	f.mu.Unlock()
+	if f.listRemediations != nil {
+		return f.listRemediations(n, req)
+	}
+	if f.err != nil {
+		return nil, f.err
+	}
+	return &vigilv1.ListRemediationsResponse{Remediations: f.remediations}, nil
+}
+
+func (f *fakeVigil) RequestRemediation(_ context.Context, req *vigilv1.RequestRemediationRequest) (*vigilv1.RequestRemediationResponse, error) {
+	return &vigilv1.RequestRemediationResponse{Remediation: f.requested}, nil
+}
+
 func (f *fakeVigil) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.Vigil_WatchEventsServer) error {
 	f.mu.Lock()
 	f.lastWatch = req
@@ -93,6 +121,10 @@ func (f *fakeVigil) WatchEvents(req *vigilv1.WatchEventsRequest, stream vigilv1.
 	}
 	if f.err != nil {
 		return f.err
+	}
+	// As the aggregator does: the header says the subscription is in place.
+	if err := stream.SendHeader(metadata.MD{}); err != nil {
+		return err
 	}
 	for _, ev := range f.events {
 		if err := stream.Send(ev); err != nil {
@@ -279,15 +311,43 @@ func TestContainerFiltersReachTheServer(t *testing.T) {
 	}
 }
 
+// TestNoResults: every listing with nothing to list does the same: a
+// table prints "No ... found." on stderr and nothing on stdout; JSON
+// prints the empty answer, {}. events, which follows, says on stderr that
+// it watches.
 func TestNoResults(t *testing.T) {
 	addr := serve(t, &fakeVigil{})
-	out, errOut, err := runTest(context.Background(), "--server", addr, "--insecure", "containers")
-	if err != nil || out != "" || !strings.HasSuffix(errOut, "No containers found.\n") || !strings.HasPrefix(errOut, "vigilctl: warning: connecting to "+addr+" without TLS") {
-		t.Errorf("containers on an empty fleet: out %q, stderr %q, err %v", out, errOut, err)
+	for _, what := range []string{"nodes", "containers", "remediations"} {
+		for _, format := range []string{"table", "wide"} {
+			out, errOut, err := runTest(context.Background(), "--server", addr, "--insecure", "-o", format, what, "--node=nope")
+			if what == "nodes" {
+				out, errOut, err = runTest(context.Background(), "--server", addr, "--insecure", "-o", format, what)
+			}
+			if err != nil || out != "" || !strings.HasSuffix(errOut, "\nNo "+what+" found.\n") || !strings.HasPrefix(errOut, "vigilctl: warning: connecting to "+addr+" without TLS") {
+				t.Errorf("%s -o %s on an empty fleet: out %q, stderr %q, err %v", what, format, out, errOut, err)
+			}
+		}
+		out, _, err := runTest(context.Background(), "--server", addr, "--insecure", "-o", "json", what)
+		if err != nil || out != "{}\n" {
+			t.Errorf("%s -o json on an empty fleet: %q, %v", what, out, err)
+		}
 	}
-	out, _, err = runTest(context.Background(), "--server", addr, "--insecure", "-o", "json", "nodes")
-	if err != nil || out != "{}\n" {
-		t.Errorf("nodes -o json on an empty fleet: %q, %v", out, err)
+	for _, tc := range []struct{ since, want string }{{"0s", "Watching for events (Ctrl-C to stop).\n"}, {"1h", "Watching for events, from 1h0m0s ago (Ctrl-C to stop).\n"}} {
+		out, errw, done, cancel := runEvents(t, "--server", addr, "--insecure", "events", "--node", "nope", "--since", tc.since)
+		waitUntil(t, 30*time.Second, "events said it watches", func() bool { return strings.HasSuffix(errw.String(), tc.want) }, errw.String)
+		cancel()
+		if err := <-done; err != nil || out.String() != "" {
+			t.Errorf("events --since %s: %v, stdout %q", tc.since, err, out.String())
+		}
+	}
+	_, errw, done, cancel := runEvents(t, "--server", addr, "--insecure", "-o", "json", "events")
+	defer cancel()
+	waitUntil(t, 30*time.Second, "events -o json subscribed", func() bool {
+		return strings.Contains(errw.String(), "warning: connecting")
+	}, errw.String)
+	cancel()
+	if err := <-done; err != nil || strings.Contains(errw.String(), "Watching") {
+		t.Errorf("events -o json: %v; stderr %q, want no note", err, errw.String())
 	}
 }
 
@@ -362,19 +422,8 @@ func TestServerErrorsKeepTheirMeaning(t *testing.T) {
 
 func TestMutualTLS(t *testing.T) {
 	dir := t.TempDir()
-	ca, err := pki.NewCA("vigil test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sf, err := ca.WriteServer(dir, "aggregator", "aggregator")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, _, serverTLS := testServerTLS(t, dir, "aggregator")
 	cf, err := ca.WriteIdentity(dir, "operator", pki.Identity{Role: pki.RoleOperator, Name: "alice"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverTLS, err := pki.ServerConfig(sf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -424,7 +473,7 @@ func TestBadCommandLines(t *testing.T) {
 	if _, _, err := runTest(context.Background(), "-h"); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v, want flag.ErrHelp", err)
 	}
-	if _, err := parseArgs([]string{"nodes"}, &bytes.Buffer{}, func(k string) string {
+	if _, err := parseArgs([]string{"nodes"}, func(k string) string {
 		return map[string]string{"VIGIL_INSECURE": "maybe"}[k]
 	}); err == nil || !strings.Contains(err.Error(), "VIGIL_INSECURE") {
 		t.Errorf("VIGIL_INSECURE=maybe: %v", err)

@@ -27,8 +27,9 @@ type printer struct {
 	now    time.Time
 	// loc is the time zone of event times; nil means time.Local.
 	loc *time.Location
-	// eventsHeader is set once the events header was written.
-	eventsHeader bool
+	// eventsHeader is set once the events header was written; watchSaid
+	// once the watch was said to be in place.
+	eventsHeader, watchSaid bool
 }
 
 const none = "-"
@@ -54,6 +55,12 @@ func (p *printer) json(m proto.Message, multiline bool) error {
 	return err
 }
 
+// noneFound is what a table of no rows prints, as kubectl does: a line on
+// stderr, nothing on stdout. (JSON prints the empty answer, {}.)
+func (p *printer) noneFound(what string) {
+	fmt.Fprintf(p.errw, "No %s found.\n", what)
+}
+
 func (p *printer) table(header []string, rows [][]string) error {
 	tw := tabwriter.NewWriter(p.w, 0, 8, 3, ' ', 0)
 	fmt.Fprintln(tw, strings.Join(header, "\t"))
@@ -68,7 +75,7 @@ func (p *printer) nodes(resp *vigilv1.ListNodesResponse) error {
 		return p.json(resp, true)
 	}
 	if len(resp.GetNodes()) == 0 {
-		fmt.Fprintln(p.errw, "No nodes found.")
+		p.noneFound("nodes")
 		return nil
 	}
 	header := []string{"NAME", "STATUS", "CONTAINERS", "RUNTIME", "AGENT", "LAST SEEN", "CONNECTED"}
@@ -114,7 +121,7 @@ func (p *printer) containers(resp *vigilv1.ListContainersResponse) error {
 		return p.json(resp, true)
 	}
 	if len(resp.GetContainers()) == 0 {
-		fmt.Fprintln(p.errw, "No containers found.")
+		p.noneFound("containers")
 		return nil
 	}
 	header := []string{"NODE", "NAMESPACE", "POD", "CONTAINER", "IMAGE", "STATE", "HEALTH", "RESTARTS", "LAST EXIT", "BACKOFF", "AGE"}
@@ -147,6 +154,22 @@ func (p *printer) containers(resp *vigilv1.ListContainersResponse) error {
 		rows = append(rows, row)
 	}
 	return p.table(header, rows)
+}
+
+// watching says once on stderr, for tables, that the events watch is in
+// place: until an event comes, it is all an operator sees (the stream
+// does not say when the history's replay ends, so an empty one cannot be
+// told apart from a quiet fleet).
+func (p *printer) watching(since time.Duration) {
+	if p.watchSaid || p.format == "json" {
+		return
+	}
+	p.watchSaid = true
+	if since > 0 {
+		fmt.Fprintf(p.errw, "Watching for events, from %s ago (Ctrl-C to stop).\n", since)
+		return
+	}
+	fmt.Fprintln(p.errw, "Watching for events (Ctrl-C to stop).")
 }
 
 // eventFormat lays out event lines in fixed columns: a stream cannot be

@@ -129,7 +129,12 @@ func watchOnce(ctx context.Context, c vigilv1.VigilClient, req *vigilv1.WatchEve
 		if ctx.Err() != nil {
 			return false, nil
 		}
-		return false, callError(inv.global.server, "watch events", inv.global.timeout, err)
+		return false, inv.global.callError("watch events", err)
+	}
+	// The header says the subscription is in place (an error here comes
+	// again from Recv).
+	if _, err := stream.Header(); err == nil {
+		out.watching(inv.since)
 	}
 	progressed := false
 	for {
@@ -144,7 +149,7 @@ func watchOnce(ctx context.Context, c vigilv1.VigilClient, req *vigilv1.WatchEve
 			if _, slow := tooSlowSince(err); slow {
 				return progressed, err
 			}
-			return progressed, callError(inv.global.server, "watch events", inv.global.timeout, err)
+			return progressed, inv.global.callError("watch events", err)
 		}
 		if !printed.add(ev) {
 			continue
