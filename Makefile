@@ -22,6 +22,10 @@ FUZZTIME ?= 30s
 # agent (docs/benchmarks.md#agent-memory). internal/testenv.BuildFlags is
 # the same list for the tests that build the binaries.
 GO_BUILD_FLAGS := -trimpath -tags grpcnotrace
+# VERSION is what every binary's --version prints (and the agent reports
+# upstream): the tag or commit of the tree, "-dirty" with local changes.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+GO_LDFLAGS := -X main.version=$(VERSION)
 
 .PHONY: all build image tools gen lint test test-unit prereqs fuzz bench demo demo-down clean
 
@@ -29,9 +33,9 @@ all: build
 
 build:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build $(GO_BUILD_FLAGS) -o $(BIN)/vigil-agent ./cmd/agent
-	CGO_ENABLED=0 $(GO) build $(GO_BUILD_FLAGS) -o $(BIN)/vigil-aggregator ./cmd/aggregator
-	CGO_ENABLED=0 $(GO) build $(GO_BUILD_FLAGS) -o $(BIN)/vigilctl ./cmd/vigilctl
+	CGO_ENABLED=0 $(GO) build $(GO_BUILD_FLAGS) -ldflags "$(GO_LDFLAGS)" -o $(BIN)/vigil-agent ./cmd/agent
+	CGO_ENABLED=0 $(GO) build $(GO_BUILD_FLAGS) -ldflags "$(GO_LDFLAGS)" -o $(BIN)/vigil-aggregator ./cmd/aggregator
+	CGO_ENABLED=0 $(GO) build $(GO_BUILD_FLAGS) -ldflags "$(GO_LDFLAGS)" -o $(BIN)/vigilctl ./cmd/vigilctl
 
 # image: one reproducible OCI image layout tarball per binary under
 # bin/images (no Docker, no registry): `ctr -n k8s.io images import

@@ -9,8 +9,10 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
+# The version --version prints: `docker build --build-arg VERSION=$(git describe --tags --always) ...`.
+ARG VERSION=dev
 # The release flags of `make build`: static, trimmed, without grpc's trace.
-RUN CGO_ENABLED=0 go build -trimpath -tags grpcnotrace -o /out/vigil-aggregator ./cmd/aggregator \
+RUN CGO_ENABLED=0 go build -trimpath -tags grpcnotrace -ldflags "-X main.version=${VERSION}" -o /out/vigil-aggregator ./cmd/aggregator \
  && mkdir -p /out/etc /out/tmp /out/var/lib/vigil /out/var/lib/vigil-aggregator /out/home/nonroot \
  && printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' > /out/etc/passwd \
  && printf 'root:x:0:\nnonroot:x:65532:\n' > /out/etc/group
