@@ -404,3 +404,61 @@ func TestIsolatedAgentRefusesCommands(t *testing.T) {
 		Target: &vigilv1.Target{Namespace: h.ns, ContainerId: "svc"}})
 	r.atAggregator("kill-after", outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED))
 }
+
+// TestKillCommandSendsItsSignal (the user's report: `vigilctl kill --signal
+// TERM` always sent SIGKILL): a KILL sends the command's signal. Two
+// containers run the same shell, which exits 42 on SIGTERM: the KILL with
+// SIGTERM ends one with code 42 (a SIGKILL would show 137, KILL), the KILL
+// with signal 0 ends the other by SIGKILL, as before the field existed. A
+// KILL with a signal above 64 is refused with the reason and does nothing.
+func TestKillCommandSendsItsSignal(t *testing.T) {
+	r := newCommandRig(t, nil)
+	h := r.h
+	img := h.env.BusyboxImage(t, h.ns)
+	for _, id := range []string{"term", "kill0"} {
+		h.env.RunContainer(t, testenv.ContainerSpec{
+			Namespace: h.ns, ID: id, Image: img,
+			Args:   []string{"sh", "-c", `trap "exit 42" TERM; while :; do sleep 0.1; done`},
+			Labels: map[string]string{"vigil.io/restart-policy": "no"},
+		})
+		h.waitFor(id, "its task started", 30*time.Second, taskStarted)
+	}
+	kill := func(cmdID, id string, sig uint32) *vigilv1.Command {
+		return &vigilv1.Command{Id: cmdID, Action: vigilv1.RemediationAction_REMEDIATION_ACTION_KILL, Signal: sig,
+			Target: &vigilv1.Target{Namespace: h.ns, ContainerId: id}, Reason: "test"}
+	}
+
+	r.send(kill("kill-65", "term", 65))
+	res := r.atAggregator("kill-65", outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED))
+	if !strings.Contains(res.GetMessage(), "signal 65") {
+		t.Errorf("the refusal says %q; want it to name signal 65", res.GetMessage())
+	}
+	if c := h.containerState("term"); c.GetState() != vigilv1.ContainerState_CONTAINER_STATE_RUNNING || h.count("term", exited) != 0 {
+		t.Fatalf("a refused KILL ended the container: %v\n%s", c.GetState(), h.describe("term"))
+	}
+
+	for _, tc := range []struct {
+		id     string
+		sig    uint32
+		code   uint32
+		reason vigilv1.ExitReason
+		signal string
+	}{
+		{"term", uint32(syscall.SIGTERM), 42, vigilv1.ExitReason_EXIT_REASON_ERROR, ""},
+		{"kill0", 0, 137, vigilv1.ExitReason_EXIT_REASON_SIGNAL, "KILL"},
+	} {
+		cmdID := "kill-" + tc.id
+		r.send(kill(cmdID, tc.id, tc.sig))
+		r.atAggregator(cmdID, outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED))
+		e := h.waitFor(tc.id, "the exit the KILL caused", 30*time.Second, exited).GetExit()
+		if e.GetCode() != tc.code || e.GetReason() != tc.reason || e.GetSignal() != tc.signal {
+			t.Errorf("KILL with signal %d: exit %v; want code %d, %v, signal %q\n%s", tc.sig, e, tc.code, tc.reason, tc.signal, h.describe(tc.id))
+		}
+		c := h.waitState(tc.id, "stopped, its exit counted", 30*time.Second, func(c *vigilv1.Container) bool {
+			return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_STOPPED && exitsOf(c, tc.reason, tc.code) == 1
+		})
+		if n := c.GetCounters().GetRestartsTotal(); n != 0 {
+			t.Errorf("a KILL under policy no counted %d restarts", n)
+		}
+	}
+}

@@ -39,7 +39,8 @@ import (
 //	decidePause       TestPausedContainerIsNotProbed
 //	decideUnhealthy / decideHealthy TestUnhealthyContainerIsRestarted, TestNetworkConditionMakesUnhealthy
 //	decideCommand     TestCommandRunsOnce, TestCommandNamespacesRefused, TestStopThenStartCommands,
-//	                  TestIsolatedAgentRefusesCommands (rows in TestDecideCommand, commands_test.go;
+//	                  TestIsolatedAgentRefusesCommands, TestKillCommandSendsItsSignal (a KILL's signal)
+//	                  (rows in TestDecideCommand, commands_test.go;
 //	                  a command seen before, and one interrupted by a crash, are the state dir's
 //	                  records: TestCommandRunsOnce, TestCommandInterruptedNotRepeated)
 
