@@ -246,8 +246,16 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 		}
 	case vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART:
 		if vigilOwned {
+			// An operator's restart, as docker restart: its stop is no
+			// crash and its start is one restart, whatever the policy
+			// (decideExit, decideStart). It replaces a pending restart of
+			// the policy, which goes on only if the command fails
+			// (decideCommandRestartEnd).
+			a.cancelRestartLocked(t)
 			t.inFlight = true
 			t.expectDelete = true
+			t.commandRestart = id
+			t.restartFrom = t.tracker.State.RestartCount
 		}
 	}
 	a.mu.Unlock()
@@ -532,7 +540,9 @@ func (e *unrecordedError) Unwrap() error { return e.err }
 
 // finishCommand reports a command's outcome upstream (recording it first
 // when its action did not). A restart of the container that came due while
-// the command was in flight runs now.
+// the command was in flight runs now; after a RESTART command of ours,
+// decideCommandRestartEnd says whether it does, and whether the policy
+// decides on the command's failure.
 func (a *Agent) finishCommand(ctx context.Context, res actionResult) {
 	cmd := res.command
 	durable := res.recorded
@@ -542,11 +552,38 @@ func (a *Agent) finishCommand(ctx context.Context, res actionResult) {
 	}
 	outcome, msg := commandOutcome(res.outcome, res.err)
 	due := false
+	var failed *tracked // a RESTART command's failure, for the policy
+	resume := false
 	if res.key.ID != "" {
+		a.mu.RLock()
+		t, ok := a.containers[res.key]
+		// A RESTART command of ours (of a container Vigil owns: another
+		// manager's was only killed).
+		ours := ok && cmd.GetAction() == vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART && t.c.Manager == runtime.ManagerVigil
+		var restartFrom uint64
+		var dueWhileBusy bool
+		if ours {
+			restartFrom, dueWhileBusy = t.restartFrom, t.dueWhileBusy
+		}
+		a.mu.RUnlock()
+		var end commandRestartEnd
+		if ours {
+			end = decideCommandRestartEnd(a.view(t), res.err, restartFrom, dueWhileBusy)
+		}
 		a.mu.Lock()
-		if t, ok := a.containers[res.key]; ok {
+		if ok {
 			t.inFlight = false
 			due = t.dueWhileBusy && !t.tracker.State.ExplicitlyStopped
+			if ours {
+				t.commandRestart = "" // cleared by its start already, unless it failed
+				due = end.RunDue
+				if end.RunDue || end.PolicyDecides {
+					t.resume = end.Resume
+				}
+				if end.PolicyDecides {
+					failed, resume = t, end.Resume
+				}
+			}
 			t.dueWhileBusy = false
 		}
 		a.mu.Unlock()
@@ -566,6 +603,11 @@ func (a *Agent) finishCommand(ctx context.Context, res actionResult) {
 		a.sendCommandResult(r) // its action wrote the outcome durably
 	} else {
 		a.replyWhenDurable(r)
+	}
+	if failed != nil {
+		a.log.Warn("a RESTART command failed and left the container down; its restart policy decides", "command_id", cmd.GetId(),
+			"container", res.key.ID, "namespace", res.key.Namespace, "err", res.err)
+		a.restartFailed(failed, resume, "restart command failed: "+msg)
 	}
 	if due {
 		a.onRestartDue(ctx, res.key)

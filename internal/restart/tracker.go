@@ -143,7 +143,9 @@ type State struct {
 //   - Call OnStart for every task start (its own restarts included), OnExit
 //     for every task exit, OnHealthy/OnUnhealthy for health transitions,
 //     OnExplicitStop/OnExplicitStart for an operator's stop or start (through
-//     Vigil's API, or a task deleted by someone else while it ran).
+//     Vigil's API, or a task deleted by someone else while it ran), and
+//     OnCommandStop/OnCommandRestart instead of OnExit/OnStart for the exit
+//     and the start of an operator's restart through Vigil's API.
 //   - Keep at most one restart timer per container and (re)arm it to
 //     Decision.At whenever a decision Restarts(); the tracker repeats the
 //     pending decision when asked again (for instance by the exit that
@@ -202,6 +204,40 @@ func (t *Tracker) operatorStart() {
 	s := &t.State
 	s.ExplicitlyStopped, s.GaveUp, s.Retries = false, false, 0
 	t.resetBackoff()
+}
+
+// OnCommandStop records the exit of the running task that an operator's
+// restart stopped (a RESTART command through Vigil, as `docker restart`).
+// The exit is the command's, not the workload's failure: nothing is
+// decided, and nothing advances (not the backoff, not the crash-loop state,
+// not on-failure's count), so the policy neither restarts the container a
+// second time nor takes it for a crash. The restart's start follows with
+// OnCommandRestart. A run stable long enough still resets the backoff, as
+// at any exit.
+func (t *Tracker) OnCommandStop(now time.Time) {
+	t.Settle(now)
+	s := &t.State
+	s.Running, s.HealthySince = false, time.Time{}
+}
+
+// OnCommandRestart records the start of the task an operator's restart
+// made (a RESTART command through Vigil). It is a restart, counted once in
+// RestartCount whatever the policy (no included), and it replaces a pending
+// restart of the policy (the agent cancels its timer). The container runs
+// by the operator's will, as after OnExplicitStart: an explicit stop, a
+// given-up on-failure limit and on-failure's count are cleared. It is no
+// crash and no fresh start: the backoff and the crash-loop state stay as
+// they were (a stable run resets them, as always). Calling it again with
+// the same start time while running is a no-op.
+func (t *Tracker) OnCommandRestart(now time.Time) {
+	s := &t.State
+	if s.Running && s.StartedAt.Equal(now) {
+		return
+	}
+	s.RestartCount++
+	s.ExplicitlyStopped, s.GaveUp, s.Retries = false, false, 0
+	s.Pending, s.NextRestartAt = false, time.Time{}
+	s.Running, s.StartedAt, s.HealthySince = true, now, time.Time{}
 }
 
 // OnUnseenExit records that the running task ended while no one watched
