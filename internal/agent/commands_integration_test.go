@@ -233,8 +233,8 @@ func TestCommandInterruptedNotRepeated(t *testing.T) {
 }
 
 // TestStopThenStartCommands: STOP stops a container for good (its policy
-// does not bring it back); START clears that and starts it, and the policy
-// is in force again. A command outside --command-namespaces is refused
+// does not bring it back); START clears that and starts it, not counted as
+// a restart (as docker start), and the policy is in force again. A command outside --command-namespaces is refused
 // with the reason.
 func TestStopThenStartCommands(t *testing.T) {
 	r := newCommandRig(t, func(c *Config) { c.StopGrace = 5 * time.Second })
@@ -258,9 +258,16 @@ func TestStopThenStartCommands(t *testing.T) {
 
 	r.send(&vigilv1.Command{Id: "start-1", Action: vigilv1.RemediationAction_REMEDIATION_ACTION_START, Target: target})
 	r.atAggregator("start-1", outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED))
-	h.waitState("svc", "running again, no longer stopped", 30*time.Second, func(c *vigilv1.Container) bool {
+	c := h.waitState("svc", "running again, no longer stopped", 30*time.Second, func(c *vigilv1.Container) bool {
 		return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_RUNNING && !c.GetExplicitlyStopped()
 	})
+	// A START is no restart, as docker start: a task started, nothing
+	// counted.
+	h.waitFor("svc", "the START's task", 30*time.Second, taskStarted)
+	if n := h.count("svc", restarted); n != 0 || c.GetRestartCount() != 0 || c.GetCounters().GetRestartsTotal() != 0 {
+		t.Fatalf("STOP then START counted as a restart: %d RESTARTED events, restart count %d, restarts_total %d\n%s",
+			n, c.GetRestartCount(), c.GetCounters().GetRestartsTotal(), h.describe("svc"))
+	}
 	// The policy is in force again: a crash is restarted.
 	cl := h.env.Client(t)
 	ctx := namespaces.WithNamespace(context.Background(), h.ns)
@@ -276,6 +283,9 @@ func TestStopThenStartCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.waitFor("svc", "a policy restart after START", 30*time.Second, restarted)
+	h.waitState("svc", "the policy's restart counted", 30*time.Second, func(c *vigilv1.Container) bool {
+		return c.GetRestartCount() == 1 && c.GetCounters().GetRestartsTotal() == 1
+	})
 
 	r.send(&vigilv1.Command{Id: "kill-elsewhere", Action: vigilv1.RemediationAction_REMEDIATION_ACTION_KILL,
 		Target: &vigilv1.Target{Namespace: "not-allowed", ContainerId: "svc"}})
