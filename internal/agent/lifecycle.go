@@ -451,7 +451,11 @@ func (a *Agent) reportDecision(t *tracked, d restart.Decision) {
 	if d.Kind == 0 {
 		return
 	}
-	a.log.Info("restart decision", "container", t.c.ID, "namespace", t.c.Namespace, "decision", d.Kind.String(), "delay", d.Delay, "reason", d.Reason)
+	// The delay left of a pending restart is to the nanosecond
+	// (restart.Tracker.pending); the log reads milliseconds. The event
+	// keeps it whole.
+	a.log.Info("restart decision", "container", t.c.ID, "namespace", t.c.Namespace, "decision", d.Kind.String(),
+		"delay", d.Delay.Round(time.Millisecond), "reason", d.Reason)
 	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTART_DECISION, d.Reason, nil, &vigilv1.RestartDecision{
 		Kind:   restartDecisionKindProto(d.Kind),
 		Delay:  dur(d.Delay),
