@@ -109,8 +109,9 @@ type State struct {
 	// GaveUp is true once on-failure:N is exhausted, until an operator starts
 	// the container again.
 	GaveUp bool `json:"gave_up,omitempty"`
-	// RestartCount counts the restarts carried out (task starts the tracker
-	// scheduled) over the container's lifetime; it only grows.
+	// RestartCount counts the restarts carried out over the container's
+	// lifetime (task starts the tracker scheduled, and those of an
+	// operator's restart: OnCommandRestart); it only grows.
 	RestartCount uint64 `json:"restart_count"`
 	// Retries counts the restarts decided since the last operator start; it
 	// is what on-failure:N limits.
@@ -175,9 +176,10 @@ func (t *Tracker) managed() bool { return t.ManagedBy != "" && t.ManagedBy != "v
 // OnStart records a task start at now (the task's start time). A start the
 // tracker scheduled (a restart was pending) counts as a restart; any other
 // start is an operator's and has OnExplicitStart's effect, as `docker start`
-// resets Docker's restart count. Calling it again with the same start time
-// while running is a no-op, so the agent may replay starts after its own
-// restart.
+// resets Docker's restart count (the start of an operator's restart through
+// Vigil is reported with OnCommandRestart instead). Calling it again with
+// the same start time while running is a no-op, so the agent may replay
+// starts after its own restart.
 func (t *Tracker) OnStart(now time.Time) {
 	s := &t.State
 	if s.Running && s.StartedAt.Equal(now) {
