@@ -575,7 +575,9 @@ func (a *Agent) finishCommand(ctx context.Context, res actionResult) {
 			t.inFlight = false
 			due = t.dueWhileBusy && !t.tracker.State.ExplicitlyStopped
 			if ours {
-				t.commandRestart = "" // cleared by its start already, unless it failed
+				if end.Release {
+					t.commandRestart = ""
+				}
 				due = end.RunDue
 				if end.RunDue || end.PolicyDecides {
 					t.resume = end.Resume

@@ -179,6 +179,12 @@ type commandRestartEnd struct {
 	// Resume: the restart that follows (RunDue or PolicyDecides) requires
 	// no old task: the command's failed restart deleted it.
 	Resume bool
+	// Release: the next exit and start are no longer the command's (it
+	// failed). One that worked keeps them until its start is seen: its
+	// result may reach the loop before its events (their channels are
+	// not ordered with each other), and its stop's exit and its start
+	// must still be the command's.
+	Release bool
 }
 
 // decideCommandRestartEnd: a RESTART command of ours ended with err;
@@ -188,7 +194,8 @@ type commandRestartEnd struct {
 // It succeeded: a restart that came due meanwhile is a new one only when
 // the command's task has started since (its exit decided it); otherwise it
 // is the restart the command replaced, and running it would make two
-// restarts of one command.
+// restarts of one command. The command's start, if not seen yet, is still
+// the command's when it comes.
 //
 // It failed: a restart of the policy that was pending when the command
 // came (cancelled by it) goes on; a container the command left down with
@@ -203,11 +210,11 @@ func decideCommandRestartEnd(v ctrView, err error, restartFrom uint64, dueWhileB
 	resume := pastOldTaskDelete(err)
 	switch {
 	case st.Pending:
-		return commandRestartEnd{RunDue: true, Resume: resume}
+		return commandRestartEnd{RunDue: true, Resume: resume, Release: true}
 	case !st.Running:
-		return commandRestartEnd{PolicyDecides: true, Resume: resume}
+		return commandRestartEnd{PolicyDecides: true, Resume: resume, Release: true}
 	}
-	return commandRestartEnd{RunDue: dueWhileBusy}
+	return commandRestartEnd{RunDue: dueWhileBusy, Release: true}
 }
 
 // deleteVerdict is what a task's delete means.

@@ -238,14 +238,16 @@ func TestDecideCommandRestartEnd(t *testing.T) {
 			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0))}, nil, 0, true, commandRestartEnd{}},
 		{"it worked, and its task exited since and was decided again: that restart runs", "table only",
 			ctrView{Tracker: tracker(restart.KindAlways, 0, restart.State{RestartCount: 1, Pending: true})}, nil, 0, true, commandRestartEnd{RunDue: true}},
+		{"it worked before its stop's exit and its start reached the loop: they stay the command's", "TestRestartCommandCountedOnce (flaked before)",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0)), CommandRestart: true}, nil, 0, false, commandRestartEnd{}},
 		{"it failed after its stop under always: the policy decides, resumed past the delete", "table only",
-			ctrView{Tracker: exited(restart.KindAlways)}, afterDelete, 0, false, commandRestartEnd{PolicyDecides: true, Resume: true}},
+			ctrView{Tracker: exited(restart.KindAlways)}, afterDelete, 0, false, commandRestartEnd{PolicyDecides: true, Resume: true, Release: true}},
 		{"it failed after its stop under no: the policy decides (and leaves it down)", "table only",
-			ctrView{Tracker: exited(restart.KindNo)}, failed, 0, false, commandRestartEnd{PolicyDecides: true}},
+			ctrView{Tracker: exited(restart.KindNo)}, failed, 0, false, commandRestartEnd{PolicyDecides: true, Release: true}},
 		{"it failed with a policy restart pending: that restart goes on", "table only",
-			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}, failed, 0, false, commandRestartEnd{RunDue: true}},
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}, failed, 0, false, commandRestartEnd{RunDue: true, Release: true}},
 		{"it failed and the task still runs: nothing (its exit, if any, is the policy's)", "table only",
-			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0))}, failed, 0, false, commandRestartEnd{}},
+			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0))}, failed, 0, false, commandRestartEnd{Release: true}},
 	}
 	for _, r := range rows {
 		if got := decideCommandRestartEnd(r.v, r.err, r.restartFrom, r.dueWhileBusy); got != r.want {
