@@ -28,7 +28,7 @@ var version = "dev"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
@@ -39,6 +39,9 @@ func main() {
 
 // processFlags are the flags that shape the process rather than the agent.
 type processFlags struct {
+	// version: print the version and exit (nothing else is read or
+	// checked).
+	version   bool
 	logLevel  string
 	gcPercent int
 	maxProcs  int
@@ -95,6 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	fs.StringVar(&cfg.Gossip.KeyFile, "gossip-key-file", "", "gossip encryption keys, one base64 AES key per line, the first used to encrypt; read again every 10s and on SIGHUP (rotation without a restart)")
 	fs.BoolVar(&cfg.Gossip.Insecure, "gossip-insecure", false, "gossip without encryption: anyone reaching the port can join and forge views (test clusters only)")
 	fs.IntVar(&cfg.Gossip.CrossCheckPeers, "gossip-cross-check-peers", 0, "before a failed TCP or HTTP probe of a pod address (a probe label naming the pod's IP) makes a container unhealthy, ask this many gossip peers to reach that address: if one does, this node's network is blamed (logged, counted in vigil_agent_health_cross_checks_total, and sent upstream with the container's health, so that the aggregator's remediation does not restart it either) and the container is not restarted for it (0: off)")
+	fs.BoolVar(&pf.version, "version", false, "print the version and exit")
 	fs.StringVar(&pf.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.IntVar(&pf.maxProcs, "max-procs", 2, "at most this many OS threads run Go code at once (GOMAXPROCS), unless the GOMAXPROCS environment variable is set; see docs/benchmarks.md#agent-memory")
 	fs.IntVar(&pf.gcPercent, "gc-percent", 50, "Go GC target percentage (GOGC), unless the GOGC environment variable is set; see docs/benchmarks.md#agent-memory")
@@ -103,6 +107,9 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	}
 	if err := fs.Parse(args); err != nil {
 		return cfg, pf, err
+	}
+	if pf.version {
+		return cfg, pf, nil
 	}
 	if fs.NArg() > 0 {
 		return cfg, pf, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
@@ -125,9 +132,15 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, processFlags, er
 	return cfg, pf, cfg.Validate()
 }
 
-func run(ctx context.Context, args []string, stderr io.Writer) error {
+// run runs the agent until ctx ends; with --version it prints the version
+// (main.version, set at build time) to stdout and returns nil at once.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg, pf, err := parseFlags(args, stderr)
 	if err != nil {
+		return err
+	}
+	if pf.version {
+		_, err := fmt.Fprintln(stdout, version)
 		return err
 	}
 	var level slog.Level

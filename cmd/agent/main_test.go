@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -143,7 +145,7 @@ func TestRunStopsCleanly(t *testing.T) {
 			"--node-name", "n1", "--state-dir", dir,
 			"--containerd", filepath.Join(dir, "no-such.sock"),
 			"--metrics-listen", addr, "--network=false",
-		}, &syncWriter{b: &logs})
+		}, io.Discard, &syncWriter{b: &logs})
 	}()
 	var body string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
@@ -229,4 +231,45 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestVersionFlag: --version prints main.version and nothing else to
+// stdout, and run returns nil at once (the process exits 0) without
+// checking or starting anything: not even an empty state dir is read.
+func TestVersionFlag(t *testing.T) {
+	defer func(v string) { version = v }(version)
+	version = "v1.2.3-test"
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := run(ctx, []string{"--version", "--state-dir", ""}, &stdout, &stderr); err != nil {
+		t.Fatalf("run --version: %v", err)
+	}
+	if stdout.String() != "v1.2.3-test\n" || stderr.Len() != 0 {
+		t.Fatalf("run --version printed %q to stdout and %q to stderr; want the version alone on stdout", stdout.String(), stderr.String())
+	}
+}
+
+// TestVersionFlagBinary: the version --version prints is the one the build
+// sets with -ldflags "-X main.version=...", and the binary exits 0.
+func TestVersionFlagBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the agent")
+	}
+	bin := filepath.Join(t.TempDir(), "vigil-agent")
+	build := exec.Command("go", "build", "-trimpath", "-tags", "grpcnotrace", "-ldflags", "-X main.version=v9.8.7-ldflags", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "--version")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("vigil-agent --version: %v (stderr %q)", err, stderr.String())
+	}
+	if string(out) != "v9.8.7-ldflags\n" {
+		t.Fatalf("vigil-agent --version printed %q, want %q", out, "v9.8.7-ldflags\n")
+	}
 }

@@ -156,6 +156,14 @@ type tracked struct {
 	expectDelete bool
 	// inFlight is set while a restart or stop of ours runs.
 	inFlight bool
+	// commandRestart is the id of the RESTART command carrying out an
+	// operator's restart of the container ("" when none): the exit its
+	// stop causes and the start it makes are the command's (decideExit,
+	// decideStart). The start clears it (which may come after the
+	// command's result), and so does the command's end when it failed. In
+	// memory only: a command interrupted by the agent's death is not
+	// carried out again.
+	commandRestart string
 	// dueWhileBusy records a restart that came due while inFlight; it runs
 	// when the action in flight finishes, unless that action was the very
 	// restart that came due.

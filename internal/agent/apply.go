@@ -91,7 +91,7 @@ func (a *Agent) view(t *tracked) ctrView {
 	v := ctrView{
 		State: t.c.State, Pid: t.c.Pid, StartedAt: t.c.StartedAt, Manager: t.c.Manager,
 		Tracker: *t.tracker,
-		Timer:   t.timer != nil, InFlight: t.inFlight, ExpectDelete: t.expectDelete, Resume: t.resume,
+		Timer:   t.timer != nil, InFlight: t.inFlight, ExpectDelete: t.expectDelete, CommandRestart: t.commandRestart != "", Resume: t.resume,
 		CreateRetries: t.createRetries, UnavailableRetries: t.unavailableRetries, ShimLostRetries: t.shimLostRetries,
 	}
 	key := t.c.Key().String()

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vigilhq/vigil/internal/container"
@@ -244,8 +246,16 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 		}
 	case vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART:
 		if vigilOwned {
+			// An operator's restart, as docker restart: its stop is no
+			// crash and its start is one restart, whatever the policy
+			// (decideExit, decideStart). It replaces a pending restart of
+			// the policy, which goes on only if the command fails
+			// (decideCommandRestartEnd).
+			a.cancelRestartLocked(t)
 			t.inFlight = true
 			t.expectDelete = true
+			t.commandRestart = id
+			t.restartFrom = t.tracker.State.RestartCount
 		}
 	}
 	a.mu.Unlock()
@@ -254,7 +264,7 @@ func (a *Agent) onCommand(ctx context.Context, cmd *vigilv1.Command) {
 	a.runCommand(actionResult{kind: actionCommand, command: cmd, key: key, grace: stop.grace}, func(ctx context.Context) error {
 		switch action {
 		case vigilv1.RemediationAction_REMEDIATION_ACTION_KILL:
-			return a.tasks.Kill(ctx, key, syscall.SIGKILL)
+			return a.tasks.Kill(ctx, key, killSignal(cmd))
 		case vigilv1.RemediationAction_REMEDIATION_ACTION_STOP:
 			return a.tasks.Stop(ctx, key, stop.grace, stop.options()...)
 		case vigilv1.RemediationAction_REMEDIATION_ACTION_START:
@@ -302,7 +312,8 @@ type commandDecision struct {
 // decideCommand decides on a command not seen before: its deadline, the
 // node's isolation, who may ask for what (before whether the container
 // exists: a refused namespace learns nothing of its containers), the
-// target, the action, the fence. Pure: the caller applies it.
+// target, the action (and a KILL's signal), the fence. Pure: the caller
+// applies it.
 func decideCommand(cmd *vigilv1.Command, key container.Key, in commandFacts) commandDecision {
 	reply := func(o vigilv1.CommandOutcome, msg string) commandDecision {
 		return commandDecision{outcome: o, message: msg}
@@ -342,10 +353,43 @@ func decideCommand(cmd *vigilv1.Command, key container.Key, in commandFacts) com
 	default:
 		return reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED, fmt.Sprintf("action %v is not supported by this agent", action))
 	}
+	if action == vigilv1.RemediationAction_REMEDIATION_ACTION_KILL && cmd.GetSignal() > maxSignal {
+		return reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED,
+			fmt.Sprintf("signal %d is not a signal: a KILL takes 1 to %d (0 means SIGKILL)", cmd.GetSignal(), maxSignal))
+	}
 	if fenced := fenceBroken(cmd.GetFence(), key, in.restartCount); fenced != "" {
 		return reply(vigilv1.CommandOutcome_COMMAND_OUTCOME_FENCED, fenced)
 	}
 	return commandDecision{accept: true}
+}
+
+// maxSignal is the highest signal number Linux has (SIGRTMAX).
+const maxSignal = 64
+
+// killSignal is the signal a KILL command sends: its Signal, or SIGKILL
+// when that is 0 (the protocol's default, as before the field existed).
+// decideCommand refuses one above maxSignal. Other actions carry no signal:
+// a RESTART of a container another manager owns kills it with SIGKILL.
+func killSignal(cmd *vigilv1.Command) syscall.Signal {
+	if s := cmd.GetSignal(); s != 0 {
+		return syscall.Signal(s)
+	}
+	return syscall.SIGKILL
+}
+
+// commandLogAttrs are the attributes that the command's log lines add to
+// its id and action: the signal of a KILL ("SIGTERM"; its number when it
+// has no name).
+func commandLogAttrs(cmd *vigilv1.Command) []any {
+	if cmd.GetAction() != vigilv1.RemediationAction_REMEDIATION_ACTION_KILL {
+		return nil
+	}
+	sig := killSignal(cmd)
+	name := unix.SignalName(sig)
+	if name == "" {
+		name = strconv.Itoa(int(sig))
+	}
+	return []any{"signal", name}
 }
 
 // fenceBroken says why a command's fence no longer holds, "" when it
@@ -399,8 +443,9 @@ func (a *Agent) acceptCommand(cmd *vigilv1.Command) {
 		tx.AcceptCommand(cmd.GetId(), a.now(), commandDeadline(cmd))
 		return false
 	})
-	a.log.Info("command accepted", "command_id", cmd.GetId(), "action", cmd.GetAction().String(),
-		"namespace", cmd.GetTarget().GetNamespace(), "container", cmd.GetTarget().GetContainerId(), "reason", cmd.GetReason())
+	a.log.Info("command accepted", append([]any{"command_id", cmd.GetId(), "action", cmd.GetAction().String(),
+		"namespace", cmd.GetTarget().GetNamespace(), "container", cmd.GetTarget().GetContainerId(), "reason", cmd.GetReason()},
+		commandLogAttrs(cmd)...)...)
 }
 
 // commandDeadline is cmd's deadline, zero when it has none.
@@ -495,7 +540,9 @@ func (e *unrecordedError) Unwrap() error { return e.err }
 
 // finishCommand reports a command's outcome upstream (recording it first
 // when its action did not). A restart of the container that came due while
-// the command was in flight runs now.
+// the command was in flight runs now; after a RESTART command of ours,
+// decideCommandRestartEnd says whether it does, and whether the policy
+// decides on the command's failure.
 func (a *Agent) finishCommand(ctx context.Context, res actionResult) {
 	cmd := res.command
 	durable := res.recorded
@@ -505,11 +552,40 @@ func (a *Agent) finishCommand(ctx context.Context, res actionResult) {
 	}
 	outcome, msg := commandOutcome(res.outcome, res.err)
 	due := false
+	var failed *tracked // a RESTART command's failure, for the policy
+	resume := false
 	if res.key.ID != "" {
+		a.mu.RLock()
+		t, ok := a.containers[res.key]
+		// A RESTART command of ours (of a container Vigil owns: another
+		// manager's was only killed).
+		ours := ok && cmd.GetAction() == vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART && t.c.Manager == runtime.ManagerVigil
+		var restartFrom uint64
+		var dueWhileBusy bool
+		if ours {
+			restartFrom, dueWhileBusy = t.restartFrom, t.dueWhileBusy
+		}
+		a.mu.RUnlock()
+		var end commandRestartEnd
+		if ours {
+			end = decideCommandRestartEnd(a.view(t), res.err, restartFrom, dueWhileBusy)
+		}
 		a.mu.Lock()
-		if t, ok := a.containers[res.key]; ok {
+		if ok {
 			t.inFlight = false
 			due = t.dueWhileBusy && !t.tracker.State.ExplicitlyStopped
+			if ours {
+				if end.Release {
+					t.commandRestart = ""
+				}
+				due = end.RunDue
+				if end.RunDue || end.PolicyDecides {
+					t.resume = end.Resume
+				}
+				if end.PolicyDecides {
+					failed, resume = t, end.Resume
+				}
+			}
 			t.dueWhileBusy = false
 		}
 		a.mu.Unlock()
@@ -517,7 +593,8 @@ func (a *Agent) finishCommand(ctx context.Context, res actionResult) {
 	if !res.recorded {
 		_ = a.recordOutcome(cmd, outcome, msg, false)
 	}
-	a.log.Info("command finished", "command_id", cmd.GetId(), "action", cmd.GetAction().String(), "outcome", outcome.String(), "detail", msg)
+	a.log.Info("command finished", append([]any{"command_id", cmd.GetId(), "action", cmd.GetAction().String(), "outcome", outcome.String(), "detail", msg},
+		commandLogAttrs(cmd)...)...)
 	r := &vigilv1.CommandResult{
 		CommandId:  cmd.GetId(),
 		Outcome:    outcome,
@@ -528,6 +605,11 @@ func (a *Agent) finishCommand(ctx context.Context, res actionResult) {
 		a.sendCommandResult(r) // its action wrote the outcome durably
 	} else {
 		a.replyWhenDurable(r)
+	}
+	if failed != nil {
+		a.log.Warn("a RESTART command failed and left the container down; its restart policy decides", "command_id", cmd.GetId(),
+			"container", res.key.ID, "namespace", res.key.Namespace, "err", res.err)
+		a.restartFailed(failed, resume, "restart command failed: "+msg)
 	}
 	if due {
 		a.onRestartDue(ctx, res.key)

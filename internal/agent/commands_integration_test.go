@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +25,7 @@ type commandRig struct {
 	t       *testing.T
 	h       *harness
 	agg     *aggregatorProc
+	aggHTTP string
 	restart func(*Config)
 
 	mu      sync.Mutex
@@ -42,7 +44,7 @@ func newCommandRig(t *testing.T, mod func(*Config)) *commandRig {
 			mod(c)
 		}
 	})
-	r.agg, r.restart = rig.agg, rig.restart
+	r.agg, r.aggHTTP, r.restart = rig.agg, rig.aggHTTP, rig.restart
 	return r
 }
 
@@ -141,9 +143,9 @@ func TestCommandRunsOnce(t *testing.T) {
 	n := len(r.reported(cmd.Id))
 	r.send(cmd)
 	waitUntil(t, 30*time.Second, "the redelivery answered", func() bool { return len(r.reported(cmd.Id)) > n })
-	h.waitFor("target", "the restart's new task", 30*time.Second, taskStarted)
+	h.waitFor("target", "the restart's new task", 30*time.Second, restarted)
 	time.Sleep(time.Second)
-	if n := h.count("target", taskStarted); n != 1 {
+	if n := h.count("target", taskStarted) + h.count("target", restarted); n != 1 {
 		t.Fatalf("the command started %d tasks, want 1\n%s", n, h.describe("target"))
 	}
 	for _, res := range r.reported(cmd.Id) {
@@ -164,7 +166,7 @@ func TestCommandRunsOnce(t *testing.T) {
 	n = len(r.reported(cmd.Id))
 	r.sendUntil(cmd, "the third delivery answered", func() bool { return len(r.reported(cmd.Id)) > n })
 	time.Sleep(time.Second)
-	if n := h.count("target", taskStarted); n != 0 {
+	if n := h.count("target", taskStarted) + h.count("target", restarted); n != 0 {
 		t.Fatalf("the command was carried out again after the agent restart\n%s", h.describe("target"))
 	}
 	if res := r.atAggregator(cmd.Id, func(*vigilv1.CommandResult) bool { return true }); res.GetOutcome() != vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
@@ -225,14 +227,14 @@ func TestCommandInterruptedNotRepeated(t *testing.T) {
 		return n >= 2
 	})
 	time.Sleep(time.Second)
-	if n := h.count("target", taskStarted); n != 0 {
+	if n := h.count("target", taskStarted) + h.count("target", restarted); n != 0 {
 		t.Fatalf("an interrupted command was carried out by the next agent\n%s", h.describe("target"))
 	}
 }
 
 // TestStopThenStartCommands: STOP stops a container for good (its policy
-// does not bring it back); START clears that and starts it, and the policy
-// is in force again. A command outside --command-namespaces is refused
+// does not bring it back); START clears that and starts it, not counted as
+// a restart (as docker start), and the policy is in force again. A command outside --command-namespaces is refused
 // with the reason.
 func TestStopThenStartCommands(t *testing.T) {
 	r := newCommandRig(t, func(c *Config) { c.StopGrace = 5 * time.Second })
@@ -256,9 +258,16 @@ func TestStopThenStartCommands(t *testing.T) {
 
 	r.send(&vigilv1.Command{Id: "start-1", Action: vigilv1.RemediationAction_REMEDIATION_ACTION_START, Target: target})
 	r.atAggregator("start-1", outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED))
-	h.waitState("svc", "running again, no longer stopped", 30*time.Second, func(c *vigilv1.Container) bool {
+	c := h.waitState("svc", "running again, no longer stopped", 30*time.Second, func(c *vigilv1.Container) bool {
 		return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_RUNNING && !c.GetExplicitlyStopped()
 	})
+	// A START is no restart, as docker start: a task started, nothing
+	// counted.
+	h.waitFor("svc", "the START's task", 30*time.Second, taskStarted)
+	if n := h.count("svc", restarted); n != 0 || c.GetRestartCount() != 0 || c.GetCounters().GetRestartsTotal() != 0 {
+		t.Fatalf("STOP then START counted as a restart: %d RESTARTED events, restart count %d, restarts_total %d\n%s",
+			n, c.GetRestartCount(), c.GetCounters().GetRestartsTotal(), h.describe("svc"))
+	}
 	// The policy is in force again: a crash is restarted.
 	cl := h.env.Client(t)
 	ctx := namespaces.WithNamespace(context.Background(), h.ns)
@@ -274,6 +283,9 @@ func TestStopThenStartCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.waitFor("svc", "a policy restart after START", 30*time.Second, restarted)
+	h.waitState("svc", "the policy's restart counted", 30*time.Second, func(c *vigilv1.Container) bool {
+		return c.GetRestartCount() == 1 && c.GetCounters().GetRestartsTotal() == 1
+	})
 
 	r.send(&vigilv1.Command{Id: "kill-elsewhere", Action: vigilv1.RemediationAction_REMEDIATION_ACTION_KILL,
 		Target: &vigilv1.Target{Namespace: "not-allowed", ContainerId: "svc"}})
@@ -403,4 +415,136 @@ func TestIsolatedAgentRefusesCommands(t *testing.T) {
 	r.send(&vigilv1.Command{Id: "kill-after", Action: vigilv1.RemediationAction_REMEDIATION_ACTION_KILL,
 		Target: &vigilv1.Target{Namespace: h.ns, ContainerId: "svc"}})
 	r.atAggregator("kill-after", outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED))
+}
+
+// TestKillCommandSendsItsSignal (the user's report: `vigilctl kill --signal
+// TERM` always sent SIGKILL): a KILL sends the command's signal. Two
+// containers run the same shell, which exits 42 on SIGTERM: the KILL with
+// SIGTERM ends one with code 42 (a SIGKILL would show 137, KILL), the KILL
+// with signal 0 ends the other by SIGKILL, as before the field existed. A
+// KILL with a signal above 64 is refused with the reason and does nothing.
+func TestKillCommandSendsItsSignal(t *testing.T) {
+	r := newCommandRig(t, nil)
+	h := r.h
+	img := h.env.BusyboxImage(t, h.ns)
+	for _, id := range []string{"term", "kill0"} {
+		h.env.RunContainer(t, testenv.ContainerSpec{
+			Namespace: h.ns, ID: id, Image: img,
+			Args:   []string{"sh", "-c", `trap "exit 42" TERM; while :; do sleep 0.1; done`},
+			Labels: map[string]string{"vigil.io/restart-policy": "no"},
+		})
+		h.waitFor(id, "its task started", 30*time.Second, taskStarted)
+	}
+	kill := func(cmdID, id string, sig uint32) *vigilv1.Command {
+		return &vigilv1.Command{Id: cmdID, Action: vigilv1.RemediationAction_REMEDIATION_ACTION_KILL, Signal: sig,
+			Target: &vigilv1.Target{Namespace: h.ns, ContainerId: id}, Reason: "test"}
+	}
+
+	r.send(kill("kill-65", "term", 65))
+	res := r.atAggregator("kill-65", outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED))
+	if !strings.Contains(res.GetMessage(), "signal 65") {
+		t.Errorf("the refusal says %q; want it to name signal 65", res.GetMessage())
+	}
+	if c := h.containerState("term"); c.GetState() != vigilv1.ContainerState_CONTAINER_STATE_RUNNING || h.count("term", exited) != 0 {
+		t.Fatalf("a refused KILL ended the container: %v\n%s", c.GetState(), h.describe("term"))
+	}
+
+	for _, tc := range []struct {
+		id     string
+		sig    uint32
+		code   uint32
+		reason vigilv1.ExitReason
+		signal string
+	}{
+		{"term", uint32(syscall.SIGTERM), 42, vigilv1.ExitReason_EXIT_REASON_ERROR, ""},
+		{"kill0", 0, 137, vigilv1.ExitReason_EXIT_REASON_SIGNAL, "KILL"},
+	} {
+		cmdID := "kill-" + tc.id
+		r.send(kill(cmdID, tc.id, tc.sig))
+		r.atAggregator(cmdID, outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED))
+		e := h.waitFor(tc.id, "the exit the KILL caused", 30*time.Second, exited).GetExit()
+		if e.GetCode() != tc.code || e.GetReason() != tc.reason || e.GetSignal() != tc.signal {
+			t.Errorf("KILL with signal %d: exit %v; want code %d, %v, signal %q\n%s", tc.sig, e, tc.code, tc.reason, tc.signal, h.describe(tc.id))
+		}
+		c := h.waitState(tc.id, "stopped, its exit counted", 30*time.Second, func(c *vigilv1.Container) bool {
+			return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_STOPPED && exitsOf(c, tc.reason, tc.code) == 1
+		})
+		if n := c.GetCounters().GetRestartsTotal(); n != 0 {
+			t.Errorf("a KILL under policy no counted %d restarts", n)
+		}
+	}
+}
+
+// TestRestartCommandCountedOnce (the user's report: a RESTART command under
+// policy no restarted the task without counting it; under always it was
+// counted, but as the policy's restart of a crash, its backoff advanced): a
+// RESTART command is an operator's restart, as docker restart, whatever
+// the policy. Each one makes exactly one new task, counted once (the restart
+// count, vigil_container_restarts_total at the aggregator, one RESTARTED
+// event that names the command), its stop is no crash (no restart decision,
+// the backoff not advanced), and the policy does not restart the container
+// a second time. A second command counts a second restart.
+func TestRestartCommandCountedOnce(t *testing.T) {
+	r := newCommandRig(t, func(c *Config) { c.StopGrace = 5 * time.Second })
+	h := r.h
+	ids := map[string]string{"pol-no": "no", "pol-always": "always"}
+	for id, policy := range ids {
+		h.run(id, map[string]string{"vigil.io/restart-policy": policy}, "sleep")
+		h.waitFor(id, "its first task", 30*time.Second, taskStarted)
+	}
+	decided := func(ev *vigilv1.ContainerEvent) bool {
+		return ev.GetType() == vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTART_DECISION
+	}
+	for id, policy := range ids {
+		first := h.waitState(id, "running", 30*time.Second, func(c *vigilv1.Container) bool {
+			return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_RUNNING && c.GetPid() != 0
+		})
+		pid := first.GetPid()
+		for n := uint32(1); n <= 2; n++ {
+			cmdID := fmt.Sprintf("restart-%s-%d", id, n)
+			r.send(&vigilv1.Command{Id: cmdID, Action: vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART,
+				Target: &vigilv1.Target{Namespace: h.ns, ContainerId: id}, Reason: "test"})
+			r.atAggregator(cmdID, outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED))
+			c := h.waitState(id, fmt.Sprintf("running a new task, restart %d counted", n), 30*time.Second, func(c *vigilv1.Container) bool {
+				return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_RUNNING && c.GetPid() != 0 && c.GetPid() != pid &&
+					c.GetRestartCount() == n && c.GetCounters().GetRestartsTotal() == uint64(n)
+			})
+			pid = c.GetPid()
+			waitUntil(t, 30*time.Second, fmt.Sprintf("vigil_container_restarts_total of %s at %d at the aggregator", id, n), func() bool {
+				for _, v := range aggregatorSeries(r.aggHTTP, "vigil_container_restarts_total", `container="`+id+`"`) {
+					return v == strconv.Itoa(int(n))
+				}
+				return false
+			})
+			ev := h.waitFor(id, "a RESTARTED event naming the command", 30*time.Second, func(ev *vigilv1.ContainerEvent) bool {
+				return restarted(ev) && strings.Contains(ev.GetMessage(), cmdID)
+			})
+			if !strings.Contains(ev.GetMessage(), "on command") {
+				t.Errorf("%s: the RESTARTED event says %q; want it to say it was by command", id, ev.GetMessage())
+			}
+		}
+		// The policy has had its chance to restart it again (its stop
+		// window is 250 ms, its backoff 200 ms): it did not.
+		time.Sleep(2 * time.Second)
+		c := h.containerState(id)
+		if c.GetPid() != pid || c.GetRestartCount() != 2 || c.GetCounters().GetRestartsTotal() != 2 {
+			t.Fatalf("%s (policy %s): pid %d (want %d), restart count %d, restarts_total %d after two commands; want 2 and 2\n%s",
+				id, policy, c.GetPid(), pid, c.GetRestartCount(), c.GetCounters().GetRestartsTotal(), h.describe(id))
+		}
+		if n := h.count(id, restarted); n != 2 {
+			t.Errorf("%s (policy %s): %d RESTARTED events for two commands, want 2\n%s", id, policy, n, h.describe(id))
+		}
+		if n := h.count(id, taskStarted); n != 1 {
+			t.Errorf("%s (policy %s): %d tasks started outside the commands, want only the first\n%s", id, policy, n, h.describe(id))
+		}
+		if n := h.count(id, exited); n != 2 {
+			t.Errorf("%s (policy %s): %d exits for two commands, want 2\n%s", id, policy, n, h.describe(id))
+		}
+		if n := h.count(id, decided); n != 0 {
+			t.Errorf("%s (policy %s): the policy decided on a command's stop\n%s", id, policy, h.describe(id))
+		}
+		if b := c.GetBackoff(); b.GetConsecutiveRestarts() != 0 || b.GetCurrentDelay().AsDuration() != 0 || b.GetCrashLooping() {
+			t.Errorf("%s (policy %s): the commands advanced the backoff: %v", id, policy, b)
+		}
+	}
 }

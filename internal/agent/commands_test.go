@@ -130,6 +130,8 @@ func TestDecideCommand(t *testing.T) {
 		return c
 	}
 	restartCmd := vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART
+	killCmd := vigilv1.RemediationAction_REMEDIATION_ACTION_KILL
+	withSignal := func(sig uint32) func(*vigilv1.Command) { return func(c *vigilv1.Command) { c.Signal = sig } }
 	rows := []struct {
 		name, proves string
 		cmd          *vigilv1.Command
@@ -157,11 +159,55 @@ func TestDecideCommand(t *testing.T) {
 			cmd(vigilv1.RemediationAction_REMEDIATION_ACTION_LINK_UP, nil), commandFacts{now: now, policy: commandPolicy{authenticated: true, hostLinks: true}}, false, vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED},
 		{"STOP then START of a known container are accepted", "TestStopThenStartCommands",
 			cmd(vigilv1.RemediationAction_REMEDIATION_ACTION_STOP, nil), commandFacts{now: now, policy: open, target: found}, true, 0},
+		{"a KILL with SIGTERM is accepted", "TestKillCommandSendsItsSignal",
+			cmd(killCmd, withSignal(15)), commandFacts{now: now, policy: open, target: found}, true, 0},
+		{"a KILL with signal 0 (SIGKILL) is accepted", "TestKillCommandSendsItsSignal",
+			cmd(killCmd, nil), commandFacts{now: now, policy: open, target: found}, true, 0},
+		{"a KILL with the highest signal, 64, is accepted", "table only",
+			cmd(killCmd, withSignal(64)), commandFacts{now: now, policy: open, target: found}, true, 0},
+		{"a KILL with a signal above 64 is refused", "TestKillCommandSendsItsSignal",
+			cmd(killCmd, withSignal(65)), commandFacts{now: now, policy: open, target: found}, false, vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED},
+		{"a KILL with a huge signal is refused", "table only",
+			cmd(killCmd, withSignal(1<<31)), commandFacts{now: now, policy: open, target: found}, false, vigilv1.CommandOutcome_COMMAND_OUTCOME_REFUSED},
+		{"a RESTART's signal is not read (the aggregator sets it for KILL only)", "table only",
+			cmd(restartCmd, withSignal(99)), commandFacts{now: now, policy: open, target: found}, true, 0},
 	}
 	for _, r := range rows {
 		d := decideCommand(r.cmd, key, r.in)
 		if d.accept != r.accept || d.outcome != r.outcome || (!d.accept && d.message == "") {
 			t.Errorf("%s (%s): accept %v outcome %v %q; want accept %v outcome %v", r.name, r.proves, d.accept, d.outcome, d.message, r.accept, r.outcome)
 		}
+	}
+	if d := decideCommand(cmd(killCmd, withSignal(65)), key, commandFacts{now: now, policy: open, target: found}); !strings.Contains(d.message, "signal 65") || !strings.Contains(d.message, "1 to 64") {
+		t.Errorf("the refusal of signal 65 says %q; want it to name the signal and the range", d.message)
+	}
+}
+
+// TestKillSignal: a KILL sends its signal; 0 is SIGKILL, as before the
+// field existed. Its log lines name it.
+func TestKillSignal(t *testing.T) {
+	kill := func(sig uint32) *vigilv1.Command {
+		return &vigilv1.Command{Action: vigilv1.RemediationAction_REMEDIATION_ACTION_KILL, Signal: sig}
+	}
+	for _, tc := range []struct {
+		sig  uint32
+		want syscall.Signal
+		name string
+	}{
+		{0, syscall.SIGKILL, "SIGKILL"},
+		{9, syscall.SIGKILL, "SIGKILL"},
+		{15, syscall.SIGTERM, "SIGTERM"},
+		{10, syscall.SIGUSR1, "SIGUSR1"},
+		{40, syscall.Signal(40), "40"},
+	} {
+		if got := killSignal(kill(tc.sig)); got != tc.want {
+			t.Errorf("signal %d: sends %v, want %v", tc.sig, got, tc.want)
+		}
+		if got := commandLogAttrs(kill(tc.sig)); len(got) != 2 || got[0] != "signal" || got[1] != tc.name {
+			t.Errorf("signal %d: logged as %v, want signal=%s", tc.sig, got, tc.name)
+		}
+	}
+	if got := commandLogAttrs(&vigilv1.Command{Action: vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART}); got != nil {
+		t.Errorf("a RESTART logs a signal: %v", got)
 	}
 }

@@ -39,6 +39,10 @@ type ctrView struct {
 	// Timer: a restart timer is armed. InFlight: a restart, stop or command
 	// of ours is running; ExpectDelete: that action deletes the task.
 	Timer, InFlight, ExpectDelete bool
+	// CommandRestart: a RESTART command of ours is carrying out an
+	// operator's restart: the exit its stop causes and the start it makes
+	// are the command's (until that start is seen, or the command fails).
+	CommandRestart bool
 	// Resume: the pending restart finishes an interrupted one.
 	Resume bool
 	// Begun is the durable mark of the pending restart being carried out
@@ -77,6 +81,11 @@ type exitDecision struct {
 	Leftover bool
 	// Count: a new exit, counted once (the exit time becomes LastExitSeen).
 	Count bool
+	// ByCommand: the exit of the task a RESTART command stopped: not the
+	// workload's failure. The policy decides nothing (Decision is zero) and
+	// its backoff, crash-loop state and on-failure count do not advance;
+	// the command's own restart follows.
+	ByCommand bool
 	// Tracker is the restart tracker after the exit; Decision the policy's.
 	Tracker  restart.Tracker
 	Decision restart.Decision
@@ -86,10 +95,19 @@ type exitDecision struct {
 }
 
 // decideExit: an exit is counted once (a replay after a reconnect or an
-// agent restart is not: LastExitSeen), and the policy decides on it.
+// agent restart is not: LastExitSeen), and the policy decides on it,
+// unless a RESTART command caused it: the policy then decides nothing,
+// whatever it is, so that one command makes one restart, and an
+// operator's restart is never taken for a crash.
 func decideExit(v ctrView, exit runtime.Exit, leftover bool) exitDecision {
 	if leftover {
 		return exitDecision{Leftover: true, Tracker: v.Tracker}
+	}
+	count := exit.At.IsZero() || exit.At.After(v.LastExitSeen)
+	if v.CommandRestart {
+		tr := v.Tracker
+		tr.OnCommandStop(exit.At)
+		return exitDecision{Count: count, ByCommand: true, Tracker: tr}
 	}
 	st := v.Tracker.State
 	if !st.Running && st.Pending && !v.Begun.IsZero() && exit.At.After(v.Begun) && !st.StartedAt.After(v.Begun) {
@@ -97,13 +115,106 @@ func decideExit(v ctrView, exit runtime.Exit, leftover bool) exitDecision {
 	}
 	tr := v.Tracker
 	d := tr.OnExit(exit.Code, exit.Reason.String(), exit.At)
-	count := exit.At.IsZero() || exit.At.After(v.LastExitSeen)
 	return exitDecision{
 		Count:      count,
 		Tracker:    tr,
 		Decision:   d,
 		SignalHint: count && d.Restarts() && exit.Reason == runtime.ExitSignal,
 	}
+}
+
+// startDecision is what a task start means.
+type startDecision struct {
+	// Tracker is the restart tracker after the start.
+	Tracker restart.Tracker
+	// Restarted: the start is a restart by Vigil, counted once (the
+	// restart count, restarts_total, a RESTARTED event).
+	Restarted bool
+	// ByCommand: a RESTART command made it (Restarted too); otherwise
+	// a restart is the policy's.
+	ByCommand bool
+	// Superseded: a restart of the policy was pending and someone else's
+	// start came first (an operator's, or a START command): not a restart.
+	Superseded bool
+}
+
+// decideStart: a task start is a restart when Vigil made it: the start a
+// RESTART command makes, whatever the policy, or the start of a restart
+// the policy decided (pending). Any other start is an operator's (ctr task
+// start, a START command), as `docker start` is: not a restart, and it
+// clears an explicit stop and the backoff (restart.Tracker.OnStart). live:
+// the start event itself; otherwise a task found running (at start-up or
+// after a reconnect), which is the same run when the tracker already has
+// it running, whatever clock its start time came from.
+func decideStart(v ctrView, startedAt time.Time, live bool) startDecision {
+	tr := v.Tracker
+	st := tr.State
+	switch {
+	case v.CommandRestart:
+		// The command's old task still found running (a resync before its
+		// stop) is the same start, and changes nothing.
+		tr.OnCommandRestart(startedAt)
+	case live || !st.Running || st.Pending:
+		tr.OnStart(startedAt)
+	}
+	restarted := tr.State.RestartCount > st.RestartCount
+	return startDecision{
+		Tracker:    tr,
+		Restarted:  restarted,
+		ByCommand:  restarted && v.CommandRestart,
+		Superseded: !restarted && st.Pending,
+	}
+}
+
+// commandRestartEnd is what the end of a RESTART command of ours means.
+type commandRestartEnd struct {
+	// RunDue: run the restart that came due while the command was in
+	// flight (onRestartDue decides on it).
+	RunDue bool
+	// PolicyDecides: the command failed and left the container down with
+	// nothing pending: its failure is a failed restart, and the policy
+	// decides (restart.Tracker.OnRestartFailed): policy no leaves it down,
+	// always tries again with its backoff.
+	PolicyDecides bool
+	// Resume: the restart that follows (RunDue or PolicyDecides) requires
+	// no old task: the command's failed restart deleted it.
+	Resume bool
+	// Release: the next exit and start are no longer the command's (it
+	// failed). One that worked keeps them until its start is seen: its
+	// result may reach the loop before its events (their channels are
+	// not ordered with each other), and its stop's exit and its start
+	// must still be the command's.
+	Release bool
+}
+
+// decideCommandRestartEnd: a RESTART command of ours ended with err;
+// restartFrom is the restart count when it was accepted, dueWhileBusy
+// whether a restart came due while it ran.
+//
+// It succeeded: a restart that came due meanwhile is a new one only when
+// the command's task has started since (its exit decided it); otherwise it
+// is the restart the command replaced, and running it would make two
+// restarts of one command. The command's start, if not seen yet, is still
+// the command's when it comes.
+//
+// It failed: a restart of the policy that was pending when the command
+// came (cancelled by it) goes on; a container the command left down with
+// nothing pending (its stop was seen, its restart failed) is the policy's
+// to decide on, as a failed restart; a task still running (the stop failed;
+// or its exit, still on its way, is then the policy's) needs nothing.
+func decideCommandRestartEnd(v ctrView, err error, restartFrom uint64, dueWhileBusy bool) commandRestartEnd {
+	st := v.Tracker.State
+	if err == nil {
+		return commandRestartEnd{RunDue: dueWhileBusy && st.RestartCount > restartFrom}
+	}
+	resume := pastOldTaskDelete(err)
+	switch {
+	case st.Pending:
+		return commandRestartEnd{RunDue: true, Resume: resume, Release: true}
+	case !st.Running:
+		return commandRestartEnd{PolicyDecides: true, Resume: resume, Release: true}
+	}
+	return commandRestartEnd{RunDue: dueWhileBusy, Release: true}
 }
 
 // deleteVerdict is what a task's delete means.
@@ -215,7 +326,7 @@ func decideRestartMadeAway(v ctrView, exitAt time.Time) bool {
 type dueVerdict int
 
 const (
-	dueSkip  dueVerdict = iota + 1 // no restart pending any more, or stopped
+	dueSkip  dueVerdict = iota + 1 // no restart pending any more, stopped, or a RESTART command replaces it
 	dueLater                       // an action of ours runs: when it ends
 	dueRun                         // carry it out now
 )
@@ -236,7 +347,10 @@ type restartPlan struct {
 // decideRestartDue: a restart timer fired.
 func decideRestartDue(v ctrView, lastExit *runtime.Exit, stopWindow time.Duration) (dueVerdict, restartPlan) {
 	st := v.Tracker.State
-	if !st.Pending || st.ExplicitlyStopped {
+	if !st.Pending || st.ExplicitlyStopped || v.CommandRestart {
+		// A RESTART command replaces the pending restart (its timer fired
+		// before the command cancelled it): its end says whether the
+		// pending one goes on (decideCommandRestartEnd).
 		return dueSkip, restartPlan{}
 	}
 	if v.InFlight {

@@ -38,8 +38,13 @@ import (
 //	                  table only (runtime's TestRestartClearsLeftoverOnAlreadyExists marks them)
 //	decidePause       TestPausedContainerIsNotProbed
 //	decideUnhealthy / decideHealthy TestUnhealthyContainerIsRestarted, TestNetworkConditionMakesUnhealthy
+//	decideExit / decideStart of a RESTART command (CommandRestart), decideCommandRestartEnd
+//	                  TestRestartCommandCountedOnce (policies no and always), TestCommandRunsOnce,
+//	                  table rows for on-failure and unless-stopped (TestDecideCommandRestart)
+//	decideStart       TestStopThenStartCommands (a START is no restart), TestOnFailureRestartsExactlyNTimes
 //	decideCommand     TestCommandRunsOnce, TestCommandNamespacesRefused, TestStopThenStartCommands,
-//	                  TestIsolatedAgentRefusesCommands (rows in TestDecideCommand, commands_test.go;
+//	                  TestIsolatedAgentRefusesCommands, TestKillCommandSendsItsSignal (a KILL's signal)
+//	                  (rows in TestDecideCommand, commands_test.go;
 //	                  a command seen before, and one interrupted by a crash, are the state dir's
 //	                  records: TestCommandRunsOnce, TestCommandInterruptedNotRepeated)
 
@@ -114,6 +119,140 @@ func TestDecideExit(t *testing.T) {
 				t.Errorf("deciding changed the view's tracker")
 			}
 		})
+	}
+}
+
+// TestDecideCommandRestart: a RESTART command is an operator's restart,
+// whatever the policy: the exit its stop causes is counted among exits but
+// decided by no policy and advances nothing (backoff, crash loop,
+// on-failure's count), and the start it makes is one restart, by command.
+// TestRestartCommandCountedOnce proves it for policies no and always.
+func TestDecideCommandRestart(t *testing.T) {
+	// Each policy's state after a crash and its policy restart: one
+	// restart in a row, so that what a crash would advance is visible.
+	afterOneRestart := func(kind restart.Kind) restart.Tracker {
+		tr := tracker(kind, 3, running(t0.Add(-time.Minute)))
+		tr.OnExit(1, "error", t0.Add(-30*time.Second))
+		tr.OnStart(t0.Add(-29 * time.Second))
+		return tr
+	}
+	stop := runtime.Exit{Code: 143, Reason: runtime.ExitSignal, Signal: "TERM", At: t0}
+	startAt := t0.Add(200 * time.Millisecond)
+	for _, kind := range []restart.Kind{restart.KindNo, restart.KindOnFailure, restart.KindAlways, restart.KindUnlessStopped} {
+		t.Run(kind.String(), func(t *testing.T) {
+			before := afterOneRestart(kind)
+			if kind == restart.KindNo {
+				before = tracker(kind, 0, running(t0.Add(-time.Minute)))
+			}
+			v := ctrView{Tracker: before, InFlight: true, ExpectDelete: true, CommandRestart: true}
+			ex := decideExit(v, stop, false)
+			st := ex.Tracker.State
+			if !ex.Count || !ex.ByCommand || ex.Decision.Kind != 0 || ex.SignalHint {
+				t.Errorf("the command's stop: count %v by command %v decision %v hint %v; want counted, by command, no decision",
+					ex.Count, ex.ByCommand, ex.Decision.Kind, ex.SignalHint)
+			}
+			if st.Running || st.Pending || st.ConsecutiveRestarts != before.State.ConsecutiveRestarts ||
+				st.Retries != before.State.Retries || st.CurrentDelay != before.State.CurrentDelay || st.CrashLooping || st.RestartCount != before.State.RestartCount {
+				t.Errorf("the command's stop moved the policy: %+v, before %+v", st, before.State)
+			}
+			v.Tracker = ex.Tracker
+			sd := decideStart(v, startAt, true)
+			if !sd.Restarted || !sd.ByCommand || sd.Superseded {
+				t.Errorf("the command's start: restarted %v by command %v superseded %v; want a restart by command", sd.Restarted, sd.ByCommand, sd.Superseded)
+			}
+			st = sd.Tracker.State
+			if st.RestartCount != before.State.RestartCount+1 || !st.Running || st.Pending ||
+				st.ConsecutiveRestarts != before.State.ConsecutiveRestarts || st.CurrentDelay != before.State.CurrentDelay {
+				t.Errorf("after the command's start: %+v; want one more restart and the backoff as before (%+v)", st, before.State)
+			}
+			// Replayed (a resync after a reconnect): the same start, not
+			// counted again.
+			v.Tracker = sd.Tracker
+			if again := decideStart(v, startAt, false); again.Restarted {
+				t.Error("the command's start replayed was counted again")
+			}
+		})
+	}
+}
+
+func TestDecideStart(t *testing.T) {
+	stopped := func(kind restart.Kind) restart.Tracker {
+		tr := tracker(kind, 0, running(t0.Add(-time.Minute)))
+		tr.OnExplicitStop(t0)
+		tr.OnExit(143, "signal", t0)
+		return tr
+	}
+	rows := []struct {
+		name, proves string
+		v            ctrView
+		live         bool
+		restarted    bool
+		byCommand    bool
+		superseded   bool
+	}{
+		{"the start of a policy's pending restart is a restart", "TestOnFailureRestartsExactlyNTimes",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}, true, true, false, false},
+		{"a RESTART command's start is a restart under policy no", "TestRestartCommandCountedOnce (no)",
+			ctrView{Tracker: stopped(restart.KindNo), CommandRestart: true}, true, true, true, false},
+		{"a RESTART command's start replaces a pending restart, counted once", "TestRestartCommandCountedOnce",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), CommandRestart: true}, true, true, true, false},
+		{"a START command's start (after a STOP) is no restart, as docker start", "TestStopThenStartCommands",
+			ctrView{Tracker: stopped(restart.KindAlways), InFlight: true, ExpectDelete: true}, true, false, false, false},
+		{"a start while the policy's restart is pending is that restart (an operator's racing it too)", "table only",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}, false, true, false, false},
+		{"a task found running that the saved state has running is the same run", "TestAgentRestartKeepsCountsAndStops",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0.Add(-time.Hour)))}, false, false, false, false},
+		{"a RESTART command's old task found running again (a resync before its stop) changes nothing", "table only",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0)), CommandRestart: true}, false, false, false, false},
+	}
+	for _, r := range rows {
+		startedAt := t0.Add(time.Second)
+		if !r.live && r.v.Tracker.State.Running && r.v.CommandRestart {
+			startedAt = r.v.Tracker.State.StartedAt
+		}
+		d := decideStart(r.v, startedAt, r.live)
+		if d.Restarted != r.restarted || d.ByCommand != r.byCommand || d.Superseded != r.superseded {
+			t.Errorf("%s (%s): restarted %v by command %v superseded %v; want %v %v %v", r.name, r.proves,
+				d.Restarted, d.ByCommand, d.Superseded, r.restarted, r.byCommand, r.superseded)
+		}
+	}
+}
+
+func TestDecideCommandRestartEnd(t *testing.T) {
+	failed := errors.New("create: boom")
+	afterDelete := fmt.Errorf("start (%w): boom", runtime.ErrAfterDelete)
+	exited := func(kind restart.Kind) restart.Tracker {
+		tr := tracker(kind, 0, running(t0.Add(-time.Minute)))
+		tr.OnCommandStop(t0)
+		return tr
+	}
+	rows := []struct {
+		name, proves string
+		v            ctrView
+		err          error
+		restartFrom  uint64
+		dueWhileBusy bool
+		want         commandRestartEnd
+	}{
+		{"it worked: a due restart from before the command's start is the one it replaced", "TestRestartCommandCountedOnce",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0))}, nil, 0, true, commandRestartEnd{}},
+		{"it worked, and its task exited since and was decided again: that restart runs", "table only",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, restart.State{RestartCount: 1, Pending: true})}, nil, 0, true, commandRestartEnd{RunDue: true}},
+		{"it worked before its stop's exit and its start reached the loop: they stay the command's", "TestRestartCommandCountedOnce (flaked before)",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0)), CommandRestart: true}, nil, 0, false, commandRestartEnd{}},
+		{"it failed after its stop under always: the policy decides, resumed past the delete", "table only",
+			ctrView{Tracker: exited(restart.KindAlways)}, afterDelete, 0, false, commandRestartEnd{PolicyDecides: true, Resume: true, Release: true}},
+		{"it failed after its stop under no: the policy decides (and leaves it down)", "table only",
+			ctrView{Tracker: exited(restart.KindNo)}, failed, 0, false, commandRestartEnd{PolicyDecides: true, Release: true}},
+		{"it failed with a policy restart pending: that restart goes on", "table only",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}, failed, 0, false, commandRestartEnd{RunDue: true, Release: true}},
+		{"it failed and the task still runs: nothing (its exit, if any, is the policy's)", "table only",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0))}, failed, 0, false, commandRestartEnd{Release: true}},
+	}
+	for _, r := range rows {
+		if got := decideCommandRestartEnd(r.v, r.err, r.restartFrom, r.dueWhileBusy); got != r.want {
+			t.Errorf("%s (%s): %+v, want %+v", r.name, r.proves, got, r.want)
+		}
 	}
 }
 
@@ -268,6 +407,8 @@ func TestDecideRestartDue(t *testing.T) {
 			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), InFlight: true}, dueLater, restartPlan{}},
 		{"stopped explicitly since: skipped", "TestStopThenStartCommands",
 			ctrView{Tracker: tracker(restart.KindAlways, 0, stoppedState)}, dueSkip, restartPlan{}},
+		{"a RESTART command replaces it (its timer fired before the command cancelled it): skipped", "TestRestartCommandCountedOnce",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways)), InFlight: true, CommandRestart: true}, dueSkip, restartPlan{}},
 		{"nothing pending: skipped", "table only",
 			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0))}, dueSkip, restartPlan{}},
 	}

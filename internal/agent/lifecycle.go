@@ -201,23 +201,22 @@ func sameLabels(x, y map[string]string) bool {
 	return true
 }
 
-// onStarted handles a task start: the restart tracker learns it (a start it
-// scheduled counts as a restart), probing and network watching begin.
+// onStarted handles a task start: the restart tracker learns it (a start
+// the policy scheduled, or a RESTART command made, counts as a restart:
+// decideStart), probing and network watching begin.
 func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bool) {
 	startedAt := t.c.StartedAt
 	if startedAt.IsZero() {
 		startedAt = at
 	}
+	dec := decideStart(a.view(t), startedAt, live)
+	restarted := dec.Restarted
 	a.mu.Lock()
-	wasPending := t.tracker.State.Pending
-	before := t.tracker.State.RestartCount
-	if live || !t.tracker.State.Running || wasPending {
-		// A task found running at start-up while the saved state says it
-		// was running is the same run, whatever clock its start time came
-		// from; only a start we did not see is counted.
-		t.tracker.OnStart(startedAt)
+	t.tracker.State = dec.Tracker.State
+	commandID := ""
+	if dec.ByCommand {
+		commandID, t.commandRestart = t.commandRestart, ""
 	}
-	restarted := t.tracker.State.RestartCount > before
 	t.expectDelete = false
 	t.resume = false
 	t.createRetries = 0
@@ -233,7 +232,7 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 			tx.Counters(t.identity).Restarts++
 		}
 	})
-	if restarted {
+	if restarted && !dec.ByCommand {
 		if e := t.c.LastExit; e != nil && !e.At.IsZero() && startedAt.After(e.At) {
 			a.self.restartLag.Observe(startedAt.Sub(e.At).Seconds())
 		}
@@ -248,11 +247,17 @@ func (a *Agent) onStarted(ctx context.Context, t *tracked, at time.Time, live bo
 		return
 	}
 	switch {
-	case restarted:
-		a.log.Info("container restarted", "container", t.c.ID, "namespace", t.c.Namespace, "restart_count", t.tracker.State.RestartCount)
+	case dec.ByCommand:
+		a.log.Info("container restarted", "container", t.c.ID, "namespace", t.c.Namespace, "restart_count", dec.Tracker.State.RestartCount,
+			"by", "command", "command_id", commandID)
 		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTARTED,
-			fmt.Sprintf("restarted by vigil (restart %d)", t.tracker.State.RestartCount), nil, nil)
-	case wasPending:
+			fmt.Sprintf("restarted by vigil on command %s (restart %d)", commandID, dec.Tracker.State.RestartCount), nil, nil)
+	case restarted:
+		a.log.Info("container restarted", "container", t.c.ID, "namespace", t.c.Namespace, "restart_count", dec.Tracker.State.RestartCount,
+			"by", "policy")
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTARTED,
+			fmt.Sprintf("restarted by vigil (restart %d)", dec.Tracker.State.RestartCount), nil, nil)
+	case dec.Superseded:
 		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "task started (a pending restart was superseded)", nil, nil)
 	default:
 		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_STATE_CHANGED, "task started", nil, nil)
@@ -296,10 +301,15 @@ func (a *Agent) onExited(ctx context.Context, t *tracked, exit runtime.Exit, lef
 		a.armRestart(t, d)
 	}
 	if dec.Count {
-		a.log.Info("container exited", "container", t.c.ID, "namespace", t.c.Namespace,
-			"code", exit.Code, "reason", exit.Reason.String(), "signal", exit.Signal)
-		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED,
-			fmt.Sprintf("exited: %s (code %d)", exit.Reason, exit.Code), exitProto(&exit), nil)
+		msg := fmt.Sprintf("exited: %s (code %d)", exit.Reason, exit.Code)
+		attrs := []any{"container", t.c.ID, "namespace", t.c.Namespace, "code", exit.Code, "reason", exit.Reason.String(), "signal", exit.Signal}
+		if dec.ByCommand {
+			// Not the workload's failure: no decision to report.
+			msg += ", stopped for a RESTART command"
+			attrs = append(attrs, "by", "command")
+		}
+		a.log.Info("container exited", attrs...)
+		a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_EXITED, msg, exitProto(&exit), nil)
 		a.reportDecision(t, d)
 		if dec.SignalHint {
 			// Most often an operator's `ctr task kill`, which alone is a
@@ -441,7 +451,11 @@ func (a *Agent) reportDecision(t *tracked, d restart.Decision) {
 	if d.Kind == 0 {
 		return
 	}
-	a.log.Info("restart decision", "container", t.c.ID, "namespace", t.c.Namespace, "decision", d.Kind.String(), "delay", d.Delay, "reason", d.Reason)
+	// The delay left of a pending restart is to the nanosecond
+	// (restart.Tracker.pending); the log reads milliseconds. The event
+	// keeps it whole.
+	a.log.Info("restart decision", "container", t.c.ID, "namespace", t.c.Namespace, "decision", d.Kind.String(),
+		"delay", d.Delay.Round(time.Millisecond), "reason", d.Reason)
 	a.sendContainerEvent(t, vigilv1.ContainerEventType_CONTAINER_EVENT_TYPE_RESTART_DECISION, d.Reason, nil, &vigilv1.RestartDecision{
 		Kind:   restartDecisionKindProto(d.Kind),
 		Delay:  dur(d.Delay),

@@ -109,8 +109,9 @@ type State struct {
 	// GaveUp is true once on-failure:N is exhausted, until an operator starts
 	// the container again.
 	GaveUp bool `json:"gave_up,omitempty"`
-	// RestartCount counts the restarts carried out (task starts the tracker
-	// scheduled) over the container's lifetime; it only grows.
+	// RestartCount counts the restarts carried out over the container's
+	// lifetime (task starts the tracker scheduled, and those of an
+	// operator's restart: OnCommandRestart); it only grows.
 	RestartCount uint64 `json:"restart_count"`
 	// Retries counts the restarts decided since the last operator start; it
 	// is what on-failure:N limits.
@@ -143,7 +144,9 @@ type State struct {
 //   - Call OnStart for every task start (its own restarts included), OnExit
 //     for every task exit, OnHealthy/OnUnhealthy for health transitions,
 //     OnExplicitStop/OnExplicitStart for an operator's stop or start (through
-//     Vigil's API, or a task deleted by someone else while it ran).
+//     Vigil's API, or a task deleted by someone else while it ran), and
+//     OnCommandStop/OnCommandRestart instead of OnExit/OnStart for the exit
+//     and the start of an operator's restart through Vigil's API.
 //   - Keep at most one restart timer per container and (re)arm it to
 //     Decision.At whenever a decision Restarts(); the tracker repeats the
 //     pending decision when asked again (for instance by the exit that
@@ -173,9 +176,10 @@ func (t *Tracker) managed() bool { return t.ManagedBy != "" && t.ManagedBy != "v
 // OnStart records a task start at now (the task's start time). A start the
 // tracker scheduled (a restart was pending) counts as a restart; any other
 // start is an operator's and has OnExplicitStart's effect, as `docker start`
-// resets Docker's restart count. Calling it again with the same start time
-// while running is a no-op, so the agent may replay starts after its own
-// restart.
+// resets Docker's restart count (the start of an operator's restart through
+// Vigil is reported with OnCommandRestart instead). Calling it again with
+// the same start time while running is a no-op, so the agent may replay
+// starts after its own restart.
 func (t *Tracker) OnStart(now time.Time) {
 	s := &t.State
 	if s.Running && s.StartedAt.Equal(now) {
@@ -202,6 +206,40 @@ func (t *Tracker) operatorStart() {
 	s := &t.State
 	s.ExplicitlyStopped, s.GaveUp, s.Retries = false, false, 0
 	t.resetBackoff()
+}
+
+// OnCommandStop records the exit of the running task that an operator's
+// restart stopped (a RESTART command through Vigil, as `docker restart`).
+// The exit is the command's, not the workload's failure: nothing is
+// decided, and nothing advances (not the backoff, not the crash-loop state,
+// not on-failure's count), so the policy neither restarts the container a
+// second time nor takes it for a crash. The restart's start follows with
+// OnCommandRestart. A run stable long enough still resets the backoff, as
+// at any exit.
+func (t *Tracker) OnCommandStop(now time.Time) {
+	t.Settle(now)
+	s := &t.State
+	s.Running, s.HealthySince = false, time.Time{}
+}
+
+// OnCommandRestart records the start of the task an operator's restart
+// made (a RESTART command through Vigil). It is a restart, counted once in
+// RestartCount whatever the policy (no included), and it replaces a pending
+// restart of the policy (the agent cancels its timer). The container runs
+// by the operator's will, as after OnExplicitStart: an explicit stop, a
+// given-up on-failure limit and on-failure's count are cleared. It is no
+// crash and no fresh start: the backoff and the crash-loop state stay as
+// they were (a stable run resets them, as always). Calling it again with
+// the same start time while running is a no-op.
+func (t *Tracker) OnCommandRestart(now time.Time) {
+	s := &t.State
+	if s.Running && s.StartedAt.Equal(now) {
+		return
+	}
+	s.RestartCount++
+	s.ExplicitlyStopped, s.GaveUp, s.Retries = false, false, 0
+	s.Pending, s.NextRestartAt = false, time.Time{}
+	s.Running, s.StartedAt, s.HealthySince = true, now, time.Time{}
 }
 
 // OnUnseenExit records that the running task ended while no one watched

@@ -11,7 +11,7 @@ import (
 // step is one event in a tracker scenario. at is seconds since t0.
 type step struct {
 	at    float64
-	ev    string // start, exit, unhealthy, healthy, stop, opstart, failed, settle
+	ev    string // start, exit, unhealthy, healthy, stop, opstart, failed, settle, cmdstop, cmdrestart
 	code  uint32
 	want  DecisionKind
 	delay time.Duration // for want == DecisionBackoff
@@ -45,6 +45,10 @@ func runSteps(t *testing.T, tr *Tracker, steps []step) {
 			d, got = tr.OnRestartFailed("image gone", now), true
 		case "settle":
 			tr.Settle(now)
+		case "cmdstop":
+			tr.OnCommandStop(now)
+		case "cmdrestart":
+			tr.OnCommandRestart(now)
 		default:
 			t.Fatalf("step %d: unknown event %q", i, st.ev)
 		}
@@ -270,6 +274,53 @@ func TestTracker(t *testing.T) {
 			{at: 1, ev: "failed", want: DecisionBackoff, delay: time.Second},
 			{at: 2, ev: "failed", want: DecisionBackoff, delay: 2 * time.Second},
 			{at: 4, ev: "start", check: restarts(1)},
+		}},
+		{name: "always: an operator's restart is counted and advances no backoff", policy: policy(KindAlways, 0, false, false), steps: []step{
+			{at: 0, ev: "start"},
+			{at: 1, ev: "exit", code: 1, want: DecisionRestart}, {at: 1, ev: "start"},
+			{at: 2, ev: "cmdstop", check: func(t *testing.T, s State) {
+				if s.Running || s.Pending || s.ConsecutiveRestarts != 1 || s.Retries != 1 || s.CrashLooping {
+					t.Errorf("the command's stop moved the policy: %+v", s)
+				}
+			}},
+			{at: 2.1, ev: "cmdrestart", check: restarts(2)},
+			{at: 2.1, ev: "cmdrestart", check: restarts(2)}, // replayed
+			// The next crash waits what it would have without the command:
+			// the second restart in a row.
+			{at: 3, ev: "exit", code: 1, want: DecisionBackoff, delay: time.Second},
+		}},
+		{name: "no: an operator's restart is counted", policy: policy(KindNo, 0, false, false), steps: []step{
+			{at: 0, ev: "start"},
+			{at: 5, ev: "cmdstop"},
+			{at: 5.1, ev: "cmdrestart", check: restarts(1)},
+			{at: 6, ev: "exit", code: 1, want: DecisionNone, check: restarts(1)},
+		}},
+		{name: "an operator's restart of a container a crash left pending replaces the pending restart", policy: policy(KindUnlessStopped, 0, false, false), steps: []step{
+			{at: 0, ev: "start"},
+			{at: 1, ev: "exit", code: 1, want: DecisionRestart}, {at: 1, ev: "start"},
+			{at: 2, ev: "exit", code: 1, want: DecisionBackoff, delay: time.Second},
+			{at: 2.5, ev: "cmdrestart", check: func(t *testing.T, s State) {
+				if s.Pending || !s.NextRestartAt.IsZero() || s.RestartCount != 2 || s.ConsecutiveRestarts != 2 {
+					t.Errorf("after the command's restart: %+v", s)
+				}
+			}},
+		}},
+		{name: "an operator's restart of a stopped container clears the stop and a given-up limit", policy: policy(KindOnFailure, 1, false, false), steps: []step{
+			{at: 0, ev: "start"},
+			{at: 1, ev: "exit", code: 1, want: DecisionRestart}, {at: 1, ev: "start"},
+			{at: 2, ev: "exit", code: 1, want: DecisionGiveUp},
+			{at: 3, ev: "cmdrestart", check: func(t *testing.T, s State) {
+				if s.GaveUp || s.Retries != 0 || s.RestartCount != 2 || s.ConsecutiveRestarts != 1 {
+					t.Errorf("after the command's restart: %+v", s)
+				}
+			}},
+			{at: 4, ev: "exit", code: 1, want: DecisionBackoff, delay: time.Second},
+			{at: 5, ev: "stop"},
+			{at: 6, ev: "cmdrestart", check: func(t *testing.T, s State) {
+				if s.ExplicitlyStopped || s.RestartCount != 3 {
+					t.Errorf("after the command's restart of a stopped container: %+v", s)
+				}
+			}},
 		}},
 		{name: "replayed start and exit change nothing", policy: policy(KindAlways, 0, false, false), steps: []step{
 			{at: 0, ev: "start"},
