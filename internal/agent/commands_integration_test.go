@@ -548,3 +548,85 @@ func TestRestartCommandCountedOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestRestartCommandCutByAgentDeath: an agent that dies in the middle of a
+// RESTART command, after the task's stop and its delete and before the new
+// task, leaves the container to its restart policy: the next agent does not
+// carry the command out again (it reports it failed), and the policy
+// decides as on a failed restart: "always" brings the container back (a
+// restart of the policy, counted once), "no" leaves it down.
+func TestRestartCommandCutByAgentDeath(t *testing.T) {
+	r := newCommandRig(t, func(c *Config) { c.ShutdownGrace = 0 })
+	h := r.h
+	ids := map[string]string{"cut-always": "always", "cut-no": "no"}
+	pids := map[string]uint32{}
+	for id, policy := range ids {
+		h.run(id, map[string]string{"vigil.io/restart-policy": policy}, "sleep")
+		pids[id] = h.waitState(id, "running", 30*time.Second, func(c *vigilv1.Container) bool {
+			return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_RUNNING && c.GetPid() != 0
+		}).GetPid()
+	}
+	cl := h.env.Client(t)
+	ctx := namespaces.WithNamespace(context.Background(), h.ns)
+	// As far as the dying agent got: the task killed and deleted, no new
+	// one. Then its action hangs until the agent stops (with no grace: its
+	// loop is gone by then, and the action's end changes nothing).
+	h.stop()
+	h.hook = func(a *Agent) {
+		a.commandHook = func(actx context.Context, cmd *vigilv1.Command, _ func(context.Context) error) error {
+			cont, err := cl.LoadContainer(ctx, cmd.GetTarget().GetContainerId())
+			if err != nil {
+				return err
+			}
+			tk, err := cont.Task(ctx, nil)
+			if err != nil {
+				return err
+			}
+			exited, err := tk.Wait(ctx)
+			if err != nil {
+				return err
+			}
+			if err := tk.Kill(ctx, syscall.SIGKILL); err != nil {
+				return err
+			}
+			<-exited
+			if _, err := tk.Delete(ctx); err != nil {
+				return err
+			}
+			<-actx.Done()
+			return actx.Err()
+		}
+	}
+	h.start(r.restart)
+	for id := range ids {
+		cmd := &vigilv1.Command{Id: "cut-" + id, Action: vigilv1.RemediationAction_REMEDIATION_ACTION_RESTART,
+			Target: &vigilv1.Target{Namespace: h.ns, ContainerId: id}, Reason: "test"}
+		r.send(cmd)
+		// The stop's exit reached the loop (and the tracker's mark with it).
+		h.waitFor(id, "the command's stop seen", 30*time.Second, exited)
+	}
+	h.stop()
+	h.hook = nil
+	h.clearEvents()
+	h.start(r.restart)
+
+	back := h.waitState("cut-always", "running again, restarted by its policy", 30*time.Second, func(c *vigilv1.Container) bool {
+		return c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_RUNNING && c.GetPid() != 0 && c.GetPid() != pids["cut-always"]
+	})
+	if back.GetRestartCount() != 1 || back.GetCounters().GetRestartsTotal() != 1 {
+		t.Errorf("cut-always: restart count %d, restarts_total %d; want the policy's one restart counted once\n%s",
+			back.GetRestartCount(), back.GetCounters().GetRestartsTotal(), h.describe("cut-always"))
+	}
+	for id := range ids {
+		r.atAggregator("cut-"+id, outcomeIs(vigilv1.CommandOutcome_COMMAND_OUTCOME_FAILED))
+	}
+	if c := h.containerState("cut-no"); c.GetState() == vigilv1.ContainerState_CONTAINER_STATE_RUNNING {
+		t.Errorf("cut-no (policy no) runs again after a cut RESTART command; want it left down\n%s", h.describe("cut-no"))
+	}
+	if n := h.count("cut-no", taskStarted) + h.count("cut-no", restarted); n != 0 {
+		t.Errorf("cut-no: the next agent carried the cut command out\n%s", h.describe("cut-no"))
+	}
+	if n := h.count("cut-always", restarted); n != 1 {
+		t.Errorf("cut-always: %d RESTARTED events after the cut, want 1\n%s", n, h.describe("cut-always"))
+	}
+}

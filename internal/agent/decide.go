@@ -278,6 +278,12 @@ const (
 	// while the agent was down: the exit is counted (unknown, 255) and the
 	// delete is an operator's stop.
 	foundExitedAndDeleted
+	// foundCommandCut: the previous run died in the middle of an
+	// operator's restart (a RESTART command), after its stop and before
+	// its start (the old task deleted, the new one perhaps created): the
+	// command is not carried out again, and the policy decides, as on a
+	// failed restart.
+	foundCommandCut
 )
 
 // decideFound: a container found without a started task (none, or one
@@ -285,11 +291,16 @@ const (
 // a restart pending, when the agent is not already at work on it.
 func decideFound(v ctrView, r runFacts) foundVerdict {
 	st := v.Tracker.State
-	if !v.vigils() || v.InFlight || v.Timer || st.ExplicitlyStopped || (!st.Pending && !st.Running) {
+	if !v.vigils() || v.InFlight || v.Timer || st.ExplicitlyStopped || (!st.Pending && !st.Running && !st.CommandStopped) {
 		return foundNothing
 	}
 	lost := r.Rebooted && v.Pid == 0
 	switch {
+	case st.CommandStopped:
+		// Before the pending cases: a restart of the policy pending when
+		// the command came is the command's to replace, not a sign that
+		// an operator deleted the task.
+		return foundCommandCut
 	case st.Pending && !v.Begun.IsZero():
 		return foundResume
 	case st.Pending && lost:

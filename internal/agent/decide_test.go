@@ -25,7 +25,7 @@ import (
 //	                  TestPendingRestartNotDecidedAgain, TestFinishesAnInterruptedRestart ("created")
 //	decideTaskDeleted TestUnlessStoppedHonoursExplicitStop, TestOperatorStopRacingRestartNoMisleadingEvent,
 //	                  TestLateDeleteOfPreviousRunsRestart, test/crash TestAgentKilledAtRandom
-//	decideFound       TestFinishesAnInterruptedRestart ("deleted", "created"), TestNodeRestartLosesTasks,
+//	decideFound       TestFinishesAnInterruptedRestart ("deleted", "created"), TestRestartCommandCutByAgentDeath, TestNodeRestartLosesTasks,
 //	                  TestTaskDeletedWhileAgentDown, TestExitWhileAgentDownCounted, TestAgentRestartKeepsStoppedState
 //	decideUnseenRestart   TestExitWhileAgentDownCounted (replaced task)
 //	decideRestartMadeAway TestFinishesAnInterruptedRestart ("started")
@@ -326,6 +326,10 @@ func TestDecideFound(t *testing.T) {
 	rebooted.Rebooted = true
 	stopped := pending(restart.KindAlways)
 	stopped.Pending, stopped.ExplicitlyStopped = false, true
+	cmdStopped := running(t0)
+	cmdStopped.Running, cmdStopped.CommandStopped = false, true
+	cmdStoppedPending := pending(restart.KindAlways)
+	cmdStoppedPending.CommandStopped = true
 	rows := []struct {
 		name, proves string
 		v            ctrView
@@ -346,6 +350,14 @@ func TestDecideFound(t *testing.T) {
 			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}, run, foundDeletedBeforeRestart},
 		{"a running task gone while the agent was down: exit counted, operator's stop", "TestExitWhileAgentDownCounted",
 			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0))}, run, foundExitedAndDeleted},
+		{"the previous run died in a RESTART command, after its stop: the policy decides", "TestRestartCommandCutByAgentDeath",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, cmdStopped)}, run, foundCommandCut},
+		{"... with the command's new task created and never started", "TestRestartCommandCutByAgentDeath",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, cmdStopped), State: runtime.StateCreated, Pid: 42}, run, foundCommandCut},
+		{"... with a restart of the policy pending when the command came: not an operator's delete", "table only",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, cmdStoppedPending)}, run, foundCommandCut},
+		{"... and the node rebooted since: the policy decides all the same", "table only",
+			ctrView{Tracker: tracker(restart.KindAlways, 0, cmdStopped)}, rebooted, foundCommandCut},
 		{"a stopped container with nothing pending: nothing", "TestAgentRestartKeepsStoppedState",
 			ctrView{Tracker: tracker(restart.KindAlways, 0, stopped)}, run, foundNothing},
 		{"another manager's container: nothing", "TestNeverFightsTheKubelet",

@@ -22,6 +22,9 @@ import (
 //     changed), and the task was lost with it: a pending restart is carried
 //     out, and a task that was running is taken as an exit with code 255,
 //     as Docker takes it, for the policy to decide on;
+//   - the previous run died in the middle of a RESTART command, after the
+//     task's stop and before the new one started: the command is not
+//     carried out again, and the policy decides, as on a failed restart;
 //   - otherwise, with a restart pending, someone deleted the exited task
 //     while the agent was down: an operator's stop, as when it happens live.
 func (a *Agent) onFoundWithoutTask(ctx context.Context, t *tracked) {
@@ -45,6 +48,10 @@ func (a *Agent) onFoundWithoutTask(ctx context.Context, t *tracked) {
 		a.onExited(ctx, t, runtime.Exit{Code: 255, Reason: runtime.ExitError, At: at}, false)
 	case foundDeletedBeforeRestart:
 		a.explicitStop(t, "the exited task was deleted while the agent was down, before its restart")
+	case foundCommandCut:
+		a.log.Warn("the agent's previous run stopped in the middle of a RESTART command (the task stopped, the new one never started); its restart policy decides",
+			"container", t.c.ID, "namespace", t.c.Namespace)
+		a.restartFailed(t, true, restart.CommandCut)
 	case foundExitedAndDeleted:
 		// It ran when the agent last looked, and its task is gone: it
 		// exited, unseen, and someone deleted the task. The exit is counted

@@ -131,6 +131,14 @@ type State struct {
 	// Backoff.CrashLoopAfter, or the delay reached Backoff.Max. A reset
 	// clears it.
 	CrashLooping bool `json:"crash_looping,omitempty"`
+	// CommandStopped is true between the exit an operator's restart caused
+	// (OnCommandStop) and its start (OnCommandRestart), or whatever ends it
+	// otherwise. Found set by an agent that starts afresh, it says the
+	// previous run died in the middle of that restart: its task stopped,
+	// the new one never started. The command is not carried out again; the
+	// policy decides, as on a failed restart (OnExit's replay of that exit,
+	// or the agent's start-up recovery).
+	CommandStopped bool `json:"command_stopped,omitempty"`
 	// Last is the last decision taken.
 	Last Decision `json:"last,omitzero"`
 }
@@ -190,7 +198,7 @@ func (t *Tracker) OnStart(now time.Time) {
 	} else {
 		t.operatorStart()
 	}
-	s.Pending, s.NextRestartAt = false, time.Time{}
+	s.Pending, s.NextRestartAt, s.CommandStopped = false, time.Time{}, false
 	s.Running, s.StartedAt, s.HealthySince = true, now, time.Time{}
 }
 
@@ -204,7 +212,7 @@ func (t *Tracker) OnExplicitStart(now time.Time) {
 
 func (t *Tracker) operatorStart() {
 	s := &t.State
-	s.ExplicitlyStopped, s.GaveUp, s.Retries = false, false, 0
+	s.ExplicitlyStopped, s.GaveUp, s.Retries, s.CommandStopped = false, false, 0, false
 	t.resetBackoff()
 }
 
@@ -214,12 +222,12 @@ func (t *Tracker) operatorStart() {
 // decided, and nothing advances (not the backoff, not the crash-loop state,
 // not on-failure's count), so the policy neither restarts the container a
 // second time nor takes it for a crash. The restart's start follows with
-// OnCommandRestart. A run stable long enough still resets the backoff, as
+// OnCommandRestart; until then CommandStopped says the restart is half done. A run stable long enough still resets the backoff, as
 // at any exit.
 func (t *Tracker) OnCommandStop(now time.Time) {
 	t.Settle(now)
 	s := &t.State
-	s.Running, s.HealthySince = false, time.Time{}
+	s.Running, s.HealthySince, s.CommandStopped = false, time.Time{}, true
 }
 
 // OnCommandRestart records the start of the task an operator's restart
@@ -237,7 +245,7 @@ func (t *Tracker) OnCommandRestart(now time.Time) {
 		return
 	}
 	s.RestartCount++
-	s.ExplicitlyStopped, s.GaveUp, s.Retries = false, false, 0
+	s.ExplicitlyStopped, s.GaveUp, s.Retries, s.CommandStopped = false, false, 0, false
 	s.Pending, s.NextRestartAt = false, time.Time{}
 	s.Running, s.StartedAt, s.HealthySince = true, now, time.Time{}
 }
@@ -256,7 +264,7 @@ func (t *Tracker) OnUnseenExit(now time.Time) {
 // (the agent cancels its timer).
 func (t *Tracker) OnExplicitStop(now time.Time) {
 	s := &t.State
-	s.ExplicitlyStopped = true
+	s.ExplicitlyStopped, s.CommandStopped = true, false
 	s.Pending, s.NextRestartAt = false, time.Time{}
 }
 
@@ -275,10 +283,15 @@ func (t *Tracker) OnHealthy(now time.Time) {
 //
 // Repeated calls for the same exit (the tracker is not running) return the
 // last decision again without counting anything, so the agent may replay
-// exits after its own restart.
+// exits after its own restart; except the exit of an operator's restart
+// whose start never came (CommandStopped: the agent died in between),
+// which is decided as a failed restart.
 func (t *Tracker) OnExit(code uint32, reason string, now time.Time) Decision {
 	s := &t.State
 	if !s.Running && !s.StartedAt.IsZero() {
+		if s.CommandStopped {
+			return t.OnRestartFailed(CommandCut, now)
+		}
 		return t.repeat(now)
 	}
 	t.Settle(now)
@@ -378,13 +391,17 @@ func (t *Tracker) schedule(what string, now time.Time) Decision {
 // attempt: a restart attempt that failed counts as a failed run.
 func (t *Tracker) OnRestartFailed(cause string, now time.Time) Decision {
 	s := &t.State
-	s.Pending, s.NextRestartAt, s.Running = false, time.Time{}, false
+	s.Pending, s.NextRestartAt, s.Running, s.CommandStopped = false, time.Time{}, false, false
 	what := "restart failed: " + cause
 	if d, ok := t.precheck(what, now); ok {
 		return t.decide(d)
 	}
 	return t.schedule(what, now)
 }
+
+// CommandCut is the cause of OnRestartFailed for an operator's restart that
+// an agent's death cut between its stop and its start.
+const CommandCut = "the agent stopped in the middle of an operator's restart (a RESTART command), after the task's stop and before its start"
 
 func (t *Tracker) giveUpText() string {
 	return fmt.Sprintf("policy %s allows %d restarts and %d were made", t.Policy, t.Policy.MaxRetries, t.State.Retries)

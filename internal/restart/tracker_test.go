@@ -289,6 +289,43 @@ func TestTracker(t *testing.T) {
 			// the second restart in a row.
 			{at: 3, ev: "exit", code: 1, want: DecisionBackoff, delay: time.Second},
 		}},
+		{name: "always: an operator's restart cut by the agent's death is decided as a failed restart when its exit is replayed", policy: policy(KindAlways, 0, false, false), steps: []step{
+			{at: 0, ev: "start"},
+			{at: 2, ev: "cmdstop", check: func(t *testing.T, s State) {
+				if !s.CommandStopped || s.Running || s.Pending {
+					t.Errorf("the command's stop: %+v, want CommandStopped and nothing pending", s)
+				}
+			}},
+			// The next agent replays the exit: not a repeat of the last
+			// decision (none), the policy's restart.
+			{at: 30, ev: "exit", code: 143, want: DecisionRestart, check: func(t *testing.T, s State) {
+				if s.CommandStopped || !s.Pending || s.RestartCount != 0 {
+					t.Errorf("after the replayed exit: %+v, want a restart pending, no longer CommandStopped", s)
+				}
+			}},
+			{at: 30, ev: "exit", code: 143, want: DecisionRestart}, // replayed again: the same pending restart
+			{at: 30.1, ev: "start", check: restarts(1)},
+		}},
+		{name: "no: an operator's restart cut by the agent's death leaves the container down", policy: policy(KindNo, 0, false, false), steps: []step{
+			{at: 0, ev: "start"},
+			{at: 2, ev: "cmdstop"},
+			{at: 30, ev: "exit", code: 143, want: DecisionNone, check: func(t *testing.T, s State) {
+				if s.CommandStopped || s.Pending {
+					t.Errorf("after the replayed exit: %+v", s)
+				}
+			}},
+		}},
+		{name: "a command's restart that starts clears CommandStopped, and a later exit is the policy's as usual", policy: policy(KindNo, 0, false, false), steps: []step{
+			{at: 0, ev: "start"},
+			{at: 2, ev: "cmdstop"},
+			{at: 2.1, ev: "cmdrestart", check: func(t *testing.T, s State) {
+				if s.CommandStopped {
+					t.Errorf("after the command's start: %+v", s)
+				}
+			}},
+			{at: 3, ev: "exit", code: 0, want: DecisionNone},
+			{at: 3, ev: "exit", code: 0, want: DecisionNone}, // a replay repeats it
+		}},
 		{name: "no: an operator's restart is counted", policy: policy(KindNo, 0, false, false), steps: []step{
 			{at: 0, ev: "start"},
 			{at: 5, ev: "cmdstop"},
