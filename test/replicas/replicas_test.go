@@ -274,8 +274,9 @@ func TestReplicaKilledDuringExits(t *testing.T) {
 }
 
 // steadyExits sums the exits of a container on r (a remediation's restart
-// is an exit and a start; vigil_container_restarts_total counts the
-// policy's restarts only), -1 when it has no series.
+// is an exit and a start, and counts in vigil_container_restarts_total as
+// the policy's do; the exits tell one action from two just as well), -1
+// when it has no series.
 func steadyExits(r *replicaProc, container string) int {
 	re := regexp.MustCompile(`(?m)^vigil_container_exits_total\{[^}]*container="` + container + `"[^}]*\} (\d+)$`)
 	ms := re.FindAllStringSubmatch(scrape(r), -1)
