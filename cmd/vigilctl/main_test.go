@@ -281,6 +281,31 @@ func TestListings(t *testing.T) {
 	}
 }
 
+// TestBackoffText: the BACKOFF column tells time left before a pending
+// restart from the delay a running crash-looper's next failure waits (the
+// user found both printed as "crash-looping 16s").
+func TestBackoffText(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	p := &printer{now: now}
+	in := func(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(now.Add(d)) }
+	for _, tc := range []struct {
+		b    *vigilv1.BackoffState
+		want string
+	}{
+		{nil, "-"},
+		{&vigilv1.BackoffState{CurrentDelay: durationpb.New(2 * time.Second)}, "-"},
+		{&vigilv1.BackoffState{NextRestartAt: in(10 * time.Second)}, "restart in 10s"},
+		{&vigilv1.BackoffState{NextRestartAt: in(14 * time.Second), CrashLooping: true, CurrentDelay: durationpb.New(16 * time.Second)}, "crash-looping, restart in 14s"},
+		{&vigilv1.BackoffState{NextRestartAt: in(-time.Second), CrashLooping: true, CurrentDelay: durationpb.New(16 * time.Second)}, "crash-looping (backoff 16s)"},
+		{&vigilv1.BackoffState{CrashLooping: true}, "crash-looping"},
+		{&vigilv1.BackoffState{GaveUp: true, CrashLooping: true}, "gave up"},
+	} {
+		if got := p.backoff(tc.b); got != tc.want {
+			t.Errorf("backoff(%v) = %q, want %q", tc.b, got, tc.want)
+		}
+	}
+}
+
 func TestHealthText(t *testing.T) {
 	for _, tc := range []struct {
 		h    *vigilv1.Health

@@ -377,9 +377,10 @@ func exitText(e *vigilv1.ExitStatus) string {
 	return fmt.Sprintf("exit(%d)", e.GetCode())
 }
 
-// backoff is "crash-looping 40s", "gave up", "restart in 10s" or "-"; the
-// duration is the time left before the pending restart, else the current
-// delay.
+// backoff is what the BACKOFF column says: "restart in 10s" while a restart
+// is pending, "crash-looping, restart in 10s" when the container keeps
+// failing, "crash-looping (backoff 40s)" for one running again (its next
+// failure waits that long), "gave up", or "-".
 func (p *printer) backoff(b *vigilv1.BackoffState) string {
 	if b.GetGaveUp() {
 		return "gave up"
@@ -388,18 +389,15 @@ func (p *printer) backoff(b *vigilv1.BackoffState) string {
 	if b.GetNextRestartAt() != nil {
 		left = b.GetNextRestartAt().AsTime().Sub(p.now)
 	}
-	if b.GetCrashLooping() {
-		d := left
-		if d <= 0 {
-			d = b.GetCurrentDelay().AsDuration() // 0 when unset
-		}
-		if d <= 0 {
-			return "crash-looping"
-		}
-		return "crash-looping " + shortDuration(d)
-	}
-	if left > 0 {
+	switch {
+	case left > 0 && b.GetCrashLooping():
+		return "crash-looping, restart in " + shortDuration(left)
+	case left > 0:
 		return "restart in " + shortDuration(left)
+	case b.GetCrashLooping() && b.GetCurrentDelay().AsDuration() > 0:
+		return "crash-looping (backoff " + shortDuration(b.GetCurrentDelay().AsDuration()) + ")"
+	case b.GetCrashLooping():
+		return "crash-looping"
 	}
 	return none
 }
