@@ -150,9 +150,12 @@ func decideStart(v ctrView, startedAt time.Time, live bool) startDecision {
 	tr := v.Tracker
 	st := tr.State
 	switch {
-	case v.CommandRestart:
+	case v.CommandRestart, st.CommandStopped && !st.Running:
 		// The command's old task still found running (a resync before its
-		// stop) is the same start, and changes nothing.
+		// stop) is the same start, and changes nothing. A task found
+		// running after a RESTART command's stop that the previous run of
+		// the agent did not see start (it died in between) is that
+		// command's restart, counted once.
 		tr.OnCommandRestart(startedAt)
 	case live || !st.Running || st.Pending:
 		tr.OnStart(startedAt)

@@ -182,6 +182,16 @@ func TestDecideStart(t *testing.T) {
 		tr.OnExit(143, "signal", t0)
 		return tr
 	}
+	cmdStopped := func(kind restart.Kind) restart.Tracker {
+		tr := tracker(kind, 0, running(t0.Add(-time.Minute)))
+		tr.OnCommandStop(t0)
+		return tr
+	}
+	cmdStarted := func(kind restart.Kind) restart.Tracker {
+		tr := cmdStopped(kind)
+		tr.OnCommandRestart(t0.Add(time.Second))
+		return tr
+	}
 	rows := []struct {
 		name, proves string
 		v            ctrView
@@ -202,6 +212,10 @@ func TestDecideStart(t *testing.T) {
 			ctrView{Tracker: tracker(restart.KindAlways, 0, pending(restart.KindAlways))}, false, true, false, false},
 		{"a task found running that the saved state has running is the same run", "TestAgentRestartKeepsCountsAndStops",
 			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0.Add(-time.Hour)))}, false, false, false, false},
+		{"a task found running by the next agent after a RESTART command's stop, its start unseen (the agent died): the command's restart, counted once", "table only",
+			ctrView{Tracker: cmdStopped(restart.KindAlways)}, false, true, false, false},
+		{"... and the same start seen again after that changes nothing", "table only",
+			ctrView{Tracker: cmdStarted(restart.KindAlways)}, false, false, false, false},
 		{"a RESTART command's old task found running again (a resync before its stop) changes nothing", "table only",
 			ctrView{Tracker: tracker(restart.KindAlways, 0, running(t0)), CommandRestart: true}, false, false, false, false},
 	}
