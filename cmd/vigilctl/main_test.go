@@ -306,6 +306,29 @@ func TestBackoffText(t *testing.T) {
 	}
 }
 
+// TestLabelErrorsWarned: a container whose labels the agent could not use
+// is named on stderr after the table, with each reason (control characters
+// of the reason made harmless); stdout keeps only the table.
+func TestLabelErrorsWarned(t *testing.T) {
+	var out, errw bytes.Buffer
+	p := &printer{w: &out, errw: &errw, format: "table", now: time.Now()}
+	resp := &vigilv1.ListContainersResponse{Containers: []*vigilv1.NodeContainer{
+		{Node: "node-a", Container: &vigilv1.Container{Id: "web", Namespace: "default",
+			LabelErrors: []string{"health check labels rejected; container is not probed: vigil.io/health-interval=\"banana\"\x1b[31m"}}},
+		{Node: "node-a", Container: &vigilv1.Container{Id: "fine", Namespace: "default"}},
+	}}
+	if err := p.containers(resp); err != nil {
+		t.Fatal(err)
+	}
+	want := `vigilctl: warning: node-a/default/web: health check labels rejected; container is not probed: vigil.io/health-interval="banana" [31m` + "\n"
+	if errw.String() != want {
+		t.Errorf("stderr:\n%q\nwant\n%q", errw.String(), want)
+	}
+	if strings.Contains(out.String(), "rejected") {
+		t.Errorf("the warning is on stdout:\n%s", out.String())
+	}
+}
+
 func TestHealthText(t *testing.T) {
 	for _, tc := range []struct {
 		h    *vigilv1.Health

@@ -153,7 +153,24 @@ func (p *printer) containers(resp *vigilv1.ListContainersResponse) error {
 		}
 		rows = append(rows, row)
 	}
-	return p.table(header, rows)
+	if err := p.table(header, rows); err != nil {
+		return err
+	}
+	p.labelErrors(resp.GetContainers())
+	return nil
+}
+
+// labelErrors says on stderr, after a table, which containers run without
+// some of what their labels ask for (a health check, a policy, a stop
+// signal) because the agent could not use them, and why: otherwise only
+// the agent's log on the node says so.
+func (p *printer) labelErrors(cs []*vigilv1.NodeContainer) {
+	for _, nc := range cs {
+		c := nc.GetContainer()
+		for _, e := range c.GetLabelErrors() {
+			fmt.Fprintf(p.errw, "vigilctl: warning: %s/%s/%s: %s\n", clean(nc.GetNode()), clean(c.GetNamespace()), clean(c.GetId()), clean(e))
+		}
+	}
 }
 
 // watching says once on stderr, for tables, that the events watch is in

@@ -127,7 +127,10 @@ type tracked struct {
 	policy  restart.Policy
 	tracker *restart.Tracker
 
-	healthCfg   *health.Config // nil: not probed
+	healthCfg *health.Config // nil: not probed
+	// labelErrors: what configure could not use of the labels, each
+	// naming the label and why (Container.label_errors).
+	labelErrors []string
 	probeHealth *health.Health // the prober's view, as last taken in; nil: not probed
 	netCause    string         // why the network makes it unhealthy (NetworkAffectsHealth); "" when it does not
 	netCauseAt  time.Time      // when netCause was last judged

@@ -1194,3 +1194,31 @@ func TestReportsTheKubeletsRestarts(t *testing.T) {
 		t.Fatalf("vigil restarted a kubelet container")
 	}
 }
+
+// TestLabelErrorsReported: labels the agent cannot use are not only in its
+// log: the container it reports names each one and why (what vigilctl and
+// the API show), and a container whose labels are fine reports none.
+func TestLabelErrorsReported(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(nil)
+	h.run("badlabels", map[string]string{
+		"vigil.io/health-http":     "http://:8080/healthz",
+		"vigil.io/health-interval": "banana",
+		"vigil.io/restart-policy":  "sometimes",
+	}, "sleep")
+	h.run("goodlabels", map[string]string{"vigil.io/restart-policy": "always"}, "sleep")
+	c := h.waitState("badlabels", "its label errors reported", 30*time.Second, func(c *vigilv1.Container) bool {
+		return len(c.GetLabelErrors()) == 2
+	})
+	all := strings.Join(c.GetLabelErrors(), "\n")
+	for _, want := range []string{"health check labels rejected", "banana", "restart labels rejected", "sometimes"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("label errors %q do not say %q", c.GetLabelErrors(), want)
+		}
+	}
+	good := h.waitState("goodlabels", "reported", 30*time.Second, func(c *vigilv1.Container) bool { return c.GetId() != "" })
+	if errs := good.GetLabelErrors(); len(errs) != 0 {
+		t.Errorf("a container with good labels reports label errors %q", errs)
+	}
+}

@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/vigilhq/vigil/internal/health"
 	"github.com/vigilhq/vigil/internal/restart"
@@ -134,5 +136,31 @@ func TestHealthReportBlame(t *testing.T) {
 	tr.crossNodeAt, tr.netCause = at, "LinkDown eth0"
 	if h := healthReportLocked(tr); h.GetBlame() != vigilv1.HealthBlame_HEALTH_BLAME_UNSPECIFIED || h.GetStatus() != vigilv1.HealthStatus_HEALTH_STATUS_UNHEALTHY {
 		t.Errorf("its own network down: upstream health %v, want unhealthy without blame", h)
+	}
+}
+
+// TestLabelErrorsProtoBounded: what goes on the wire is at most
+// maxLabelErrors entries of one line and at most maxLabelErrorBytes each,
+// valid UTF-8 when cut.
+func TestLabelErrorsProtoBounded(t *testing.T) {
+	if got := labelErrorsProto(nil); got != nil {
+		t.Errorf("no errors: %q, want nil", got)
+	}
+	var in []string
+	for i := range 12 {
+		in = append(in, fmt.Sprintf("error %d:\nline two", i))
+	}
+	in[0] = "é" + strings.Repeat("x", 2*maxLabelErrorBytes)
+	got := labelErrorsProto(in)
+	if len(got) != maxLabelErrors {
+		t.Fatalf("%d entries, want %d", len(got), maxLabelErrors)
+	}
+	for _, e := range got {
+		if len(e) > maxLabelErrorBytes || strings.Contains(e, "\n") || !utf8.ValidString(e) {
+			t.Errorf("entry %q: %d bytes, over %d, several lines, or invalid UTF-8", e, len(e), maxLabelErrorBytes)
+		}
+	}
+	if got[1] != "error 1:; line two" {
+		t.Errorf("entry %q, want the lines joined", got[1])
 	}
 }

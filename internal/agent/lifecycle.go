@@ -160,14 +160,19 @@ func (t *tracked) showLastExit() {
 // published.
 func (a *Agent) configure(t *tracked) {
 	var err error
+	t.labelErrors = nil
+	rejected := func(what string, err error) {
+		a.log.Warn(what, "container", t.c.ID, "namespace", t.c.Namespace, "err", err)
+		t.labelErrors = append(t.labelErrors, what+": "+err.Error())
+	}
 	if t.healthCfg, err = a.healthConfig(&t.c); err != nil {
-		a.log.Warn("health check labels rejected; container is not probed", "container", t.c.ID, "namespace", t.c.Namespace, "err", err)
+		rejected("health check labels rejected; container is not probed", err)
 	}
 	if t.policy, err = restart.Parse(t.c.Labels, a.backoffDefaults(), t.healthCfg != nil); err != nil {
-		a.log.Warn("restart labels rejected; container runs with policy no", "container", t.c.ID, "namespace", t.c.Namespace, "err", err)
+		rejected("restart labels rejected; container runs with policy no", err)
 	}
 	if _, errs := parseStopSpec(&t.c, a.cfg.StopGrace); len(errs) > 0 {
-		a.log.Warn("stop signal or timeout rejected; the container is stopped with SIGTERM and the agent's stop grace", "container", t.c.ID, "namespace", t.c.Namespace, "err", errors.Join(errs...))
+		rejected("stop signal or timeout rejected; the container is stopped with SIGTERM and the agent's stop grace", errors.Join(errs...))
 	}
 	managedBy := ""
 	if t.c.Manager != runtime.ManagerVigil {

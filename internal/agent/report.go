@@ -53,6 +53,7 @@ func (a *Agent) containerProto(t *tracked) *vigilv1.Container {
 		}
 	}
 	pb.Health = healthReportLocked(t)
+	pb.LabelErrors = labelErrorsProto(t.labelErrors)
 	for i := range t.conditions {
 		pb.Conditions = append(pb.Conditions, t.conditions[i].Proto())
 	}
@@ -69,6 +70,29 @@ func (a *Agent) containerProto(t *tracked) *vigilv1.Container {
 	}
 	return pb
 }
+
+// labelErrorsProto bounds a container's label errors for the wire: at
+// most maxLabelErrors, each on one line of at most maxLabelErrorBytes (a
+// label value is the user's and may be long; the agent's log has it whole).
+func labelErrorsProto(errs []string) []string {
+	if len(errs) == 0 {
+		return nil
+	}
+	out := make([]string, 0, min(len(errs), maxLabelErrors))
+	for _, e := range errs[:min(len(errs), maxLabelErrors)] {
+		e = strings.ReplaceAll(e, "\n", "; ")
+		if len(e) > maxLabelErrorBytes {
+			e = strings.ToValidUTF8(e[:maxLabelErrorBytes-3], "") + "..."
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+const (
+	maxLabelErrors     = 8
+	maxLabelErrorBytes = 512
+)
 
 // noHealth is the health of a container without a health check (shared,
 // never modified).

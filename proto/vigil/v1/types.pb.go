@@ -1841,7 +1841,13 @@ type Container struct {
 	// Lifetime counters for this container's workload identity.
 	Counters *ContainerCounters `protobuf:"bytes,20,opt,name=counters,proto3" json:"counters,omitempty"`
 	// Conditions currently detected (network problems and the like).
-	Conditions    []*Condition `protobuf:"bytes,21,rep,name=conditions,proto3" json:"conditions,omitempty"`
+	Conditions []*Condition `protobuf:"bytes,21,rep,name=conditions,proto3" json:"conditions,omitempty"`
+	// What the agent could not use of the container's vigil.io labels (or
+	// its image's healthcheck), each naming the label and why: the
+	// container then runs without what they asked for (no health check,
+	// restart policy no, SIGTERM and the agent's stop grace). Empty when
+	// every label was taken. At most 8 entries.
+	LabelErrors   []string `protobuf:"bytes,22,rep,name=label_errors,json=labelErrors,proto3" json:"label_errors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2019,6 +2025,13 @@ func (x *Container) GetCounters() *ContainerCounters {
 func (x *Container) GetConditions() []*Condition {
 	if x != nil {
 		return x.Conditions
+	}
+	return nil
+}
+
+func (x *Container) GetLabelErrors() []string {
+	if x != nil {
+		return x.LabelErrors
 	}
 	return nil
 }
@@ -3466,7 +3479,7 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\x05exits\x18\x01 \x03(\v2\x13.vigil.v1.ExitCountR\x05exits\x12%\n" +
 	"\x0erestarts_total\x18\x02 \x01(\x04R\rrestartsTotal\x12(\n" +
 	"\x10oom_events_total\x18\x03 \x01(\x04R\x0eoomEventsTotal\x120\n" +
-	"\x14probe_failures_total\x18\x04 \x01(\x04R\x12probeFailuresTotal\"\xc9\a\n" +
+	"\x14probe_failures_total\x18\x04 \x01(\x04R\x12probeFailuresTotal\"\xec\a\n" +
 	"\tContainer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
@@ -3494,7 +3507,8 @@ const file_vigil_v1_types_proto_rawDesc = "" +
 	"\bcounters\x18\x14 \x01(\v2\x1b.vigil.v1.ContainerCountersR\bcounters\x123\n" +
 	"\n" +
 	"conditions\x18\x15 \x03(\v2\x13.vigil.v1.ConditionR\n" +
-	"conditions\x1a9\n" +
+	"conditions\x12!\n" +
+	"\flabel_errors\x18\x16 \x03(\tR\vlabelErrors\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9d\n" +
