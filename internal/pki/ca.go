@@ -72,8 +72,14 @@ func LoadCA(certFile, keyFile string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate %s: %v: %w", certFile, err, errdefs.ErrInvalid)
 	}
-	if !cert.IsCA || cert.KeyUsage&x509.KeyUsageCertSign == 0 {
-		return nil, fmt.Errorf("CA certificate %s is not a CA (basic constraints or cert-sign key usage missing): %w", certFile, errdefs.ErrInvalid)
+	// A CA needs basicConstraints CA:TRUE. Its keyUsage, when it has one,
+	// must allow keyCertSign; RFC 5280 lets it have none (what a plain
+	// `openssl req -x509` makes), and Go's verifier does not ask for it.
+	if !cert.BasicConstraintsValid || !cert.IsCA {
+		return nil, fmt.Errorf("CA certificate %s is not a CA: it lacks basicConstraints CA:TRUE (openssl: -addext basicConstraints=critical,CA:TRUE): %w", certFile, errdefs.ErrInvalid)
+	}
+	if cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageCertSign == 0 {
+		return nil, fmt.Errorf("CA certificate %s may not sign certificates: its keyUsage lacks keyCertSign (openssl: -addext keyUsage=critical,keyCertSign,cRLSign): %w", certFile, errdefs.ErrInvalid)
 	}
 	keyPEM, err := os.ReadFile(keyFile)
 	if err != nil {
