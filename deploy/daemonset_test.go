@@ -174,26 +174,11 @@ func flagNames(t *testing.T, cmdDir string) map[string]bool {
 	return names
 }
 
-// pendingFlags are the flags agreed with the trust and remediation work
-// that the mains do not have yet. The manifests use them; remove a flag
-// from here once its main has it (the test says when).
-var pendingFlags = map[string][]string{
-	"cmd/agent":      {"bootstrap-token-file"},
-	"cmd/aggregator": nil,
-}
-
 func checkArgs(t *testing.T, cmdDir string, c corev1.Container) {
 	t.Helper()
 	defined := flagNames(t, cmdDir)
 	if len(defined) < 5 {
 		t.Fatalf("found only %d flags in %s: the pattern no longer matches its source", len(defined), cmdDir)
-	}
-	pending := map[string]bool{}
-	for _, f := range pendingFlags[cmdDir] {
-		if defined[f] {
-			t.Logf("%s defines --%s now: it can leave pendingFlags", cmdDir, f)
-		}
-		pending[f] = true
 	}
 	for _, a := range c.Args {
 		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
@@ -201,8 +186,6 @@ func checkArgs(t *testing.T, cmdDir string, c corev1.Container) {
 		case !strings.HasPrefix(a, "--"):
 			t.Errorf("%s: argument %q is not a --flag=value", c.Name, a)
 		case defined[name]:
-		case pending[name]:
-			t.Logf("%s: --%s is agreed but not in %s yet", c.Name, name, cmdDir)
 		default:
 			t.Errorf("%s: --%s is not a flag of %s", c.Name, name, cmdDir)
 		}
