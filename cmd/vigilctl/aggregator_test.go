@@ -256,6 +256,15 @@ func TestConnectionHints(t *testing.T) {
 		t.Fatal(err)
 	}
 	mtls := []string{"--tls-server-name", "localhost", "--tls-cert", cf.Cert, "--tls-key", cf.Key, "--tls-ca", cf.CA}
+	other, err := pki.NewCA("another CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	of, err := other.WriteIdentity(t.TempDir(), "mallory", pki.Identity{Role: pki.RoleViewer, Name: "mallory"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := []string{"--tls-server-name", "localhost", "--tls-cert", of.Cert, "--tls-key", of.Key, "--tls-ca", cf.CA}
 	for _, tc := range []struct {
 		what string
 		args []string
@@ -267,12 +276,25 @@ func TestConnectionHints(t *testing.T) {
 			"; the server may require TLS: drop --insecure and give --tls-ca"},
 		{"TLS against --insecure", append([]string{"--server", plain.GRPCAddr().String()}, mtls...),
 			"; the server does not speak TLS: an aggregator started with --insecure needs --insecure"},
+		{"a client certificate of a CA the aggregator does not trust", append([]string{"--server", secure.GRPCAddr().String()}, foreign...),
+			"; the aggregator may have refused the client certificate --tls-cert"},
 	} {
 		_, _, err := runTest(ctx, append(tc.args, "--timeout", "20s", "nodes")...)
 		if err == nil || !strings.Contains(err.Error(), tc.hint) || !errors.Is(err, errdefs.ErrUnavailable) {
 			t.Errorf("%s: %v, want the hint %q", tc.what, err, tc.hint)
 		}
 		t.Logf("%s: %v", tc.what, err)
+	}
+	// A certificate out of its validity is refused before anything is sent.
+	for _, at := range []time.Time{time.Now().AddDate(50, 0, 0), time.Now().AddDate(-50, 0, 0)} {
+		err := certInForce(cf.Cert, at)
+		if err == nil || !strings.Contains(err.Error(), cf.Cert) {
+			t.Errorf("certificate checked at %s: %v, want an error naming it", at.Format(time.DateOnly), err)
+		}
+		t.Logf("at %s: %v", at.Format(time.DateOnly), err)
+	}
+	if err := certInForce(cf.Cert, time.Now()); err != nil {
+		t.Errorf("a certificate in force: %v", err)
 	}
 	// The right transport works, with no hint.
 	if out, _, err := runTest(ctx, append([]string{"--server", secure.GRPCAddr().String(), "nodes", "-o", "json"}, mtls...)...); err != nil || out != "{}\n" {

@@ -21,6 +21,8 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -213,6 +215,11 @@ func dial(g globalFlags, stderr io.Writer) (*grpc.ClientConn, error) {
 		if err != nil {
 			return nil, usagef("--tls-cert/--tls-key/--tls-ca: %v", err)
 		}
+		// The wall clock, as the aggregator's handshake reads it (not the
+		// clock the output's ages are computed from).
+		if err := certInForce(g.tls.Cert, time.Now()); err != nil {
+			return nil, usagef("%v", err)
+		}
 		creds = credentials.NewTLS(tc)
 	}
 	// A page of containers with labels can pass gRPC's default 4 MiB.
@@ -230,6 +237,34 @@ func dial(g globalFlags, stderr io.Writer) (*grpc.ClientConn, error) {
 		return nil, usagef("--server %q: %v", g.server, err)
 	}
 	return conn, nil
+}
+
+// certInForce refuses a client certificate that is expired or not yet
+// valid: the aggregator would refuse it in the handshake, and the client
+// would only see a broken pipe.
+func certInForce(certFile string, now time.Time) error {
+	if certFile == "" {
+		return nil
+	}
+	b, err := os.ReadFile(certFile)
+	if err != nil {
+		return fmt.Errorf("--tls-cert: %v", err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return nil // pki.ClientConfig has read it: not ours to judge
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil
+	}
+	switch {
+	case now.After(c.NotAfter):
+		return fmt.Errorf("--tls-cert %s expired at %s: renew it (the aggregator would refuse it)", certFile, c.NotAfter.UTC().Format(time.RFC3339))
+	case now.Before(c.NotBefore):
+		return fmt.Errorf("--tls-cert %s is not valid before %s (is this machine's clock right?)", certFile, c.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // callError explains a failed call in the operator's terms.
@@ -257,6 +292,10 @@ func (g *globalFlags) transportHint(msg string) string {
 		return "; the server may require TLS: drop --insecure and give --tls-ca (with --tls-cert and --tls-key for mutual TLS)"
 	case !g.insecure && strings.Contains(msg, "first record does not look like a TLS handshake"):
 		return "; the server does not speak TLS: an aggregator started with --insecure needs --insecure"
+	case !g.insecure && g.tls.Cert != "" && (strings.Contains(msg, "broken pipe") || strings.Contains(msg, "connection reset by peer") ||
+		strings.Contains(msg, "bad certificate") || strings.Contains(msg, "unknown certificate authority") ||
+		strings.Contains(msg, "certificate required") || strings.Contains(msg, "expired certificate") || strings.Contains(msg, "revoked")):
+		return "; the aggregator may have refused the client certificate --tls-cert (not signed by a CA in its --tls-ca, or revoked); its log says why"
 	}
 	return ""
 }

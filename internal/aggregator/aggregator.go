@@ -131,7 +131,7 @@ func New(cfg Config) (*Aggregator, error) {
 		grpc.ChainStreamInterceptor(a.auth.stream),
 	}
 	if cfg.TLS != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+		opts = append(opts, grpc.Creds(newHandshakeLogged(credentials.NewTLS(cfg.TLS), a.log, m.tlsRefused)))
 	}
 	a.grpcServer = grpc.NewServer(opts...)
 	a.grpcServer.RegisterService(&gatewayServiceDesc, a.gateway)
@@ -164,6 +164,9 @@ func New(cfg Config) (*Aggregator, error) {
 	a.httpServer = &http.Server{
 		Handler:           a.mux,
 		ReadHeaderTimeout: 10 * time.Second,
+		// net/http's own complaints (a refused TLS handshake, a bad
+		// request line) in the aggregator's log format, not Go's default.
+		ErrorLog: slog.NewLogLogger(a.log.With("listener", "http").Handler(), slog.LevelWarn),
 	}
 	return a, nil
 }

@@ -68,16 +68,7 @@ func TestRolesOnEveryCall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc, err := pki.ClientConfig(plain, "localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(h.agg.GRPCAddr().String(), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	s, err := vigilv1.NewAgentGatewayClient(conn).Connect(ctx)
+	s, err := vigilv1.NewAgentGatewayClient(h.dialFiles(plain)).Connect(ctx)
 	if err == nil {
 		_ = s.Send(&vigilv1.AgentMessage{Body: &vigilv1.AgentMessage_Hello{Hello: &vigilv1.Hello{NodeName: "plain-node"}}})
 		_, err = s.Recv()

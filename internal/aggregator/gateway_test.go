@@ -1,11 +1,13 @@
 package aggregator_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/aggregator"
 	"github.com/vigilhq/vigil/internal/errdefs"
+	"github.com/vigilhq/vigil/internal/pki"
 	vigilv1 "github.com/vigilhq/vigil/proto/vigil/v1"
 )
 
@@ -444,4 +447,56 @@ func TestHelloOverQuotaNotCountedUnderItsName(t *testing.T) {
 	if body := scrape(t, h, ""); strings.Contains(body, "claimed-by-nobody") {
 		t.Errorf("the claimed node name is on /metrics:\n%s", body)
 	}
+}
+
+// TestRefusedHandshakeCountedAndLogged: a client certificate from a CA the
+// aggregator does not trust is refused in the TLS handshake, which gRPC
+// does silently (the client sees a broken pipe): the aggregator counts it
+// and logs it.
+func TestRefusedHandshakeCountedAndLogged(t *testing.T) {
+	var logs lockedBuffer
+	h := startAggregator(t, func(c *aggregator.Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	})
+	if !strings.Contains(scrape(t, h, ""), "vigil_aggregator_tls_handshakes_refused_total 0") {
+		t.Fatal("no refused handshakes counter at 0 from the start")
+	}
+	other, err := pki.NewCA("some other CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := other.WriteIdentity(t.TempDir(), "mallory", pki.Identity{Role: pki.RoleOperator, Name: "mallory"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := h.dialFiles(f)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := vigilv1.NewVigilClient(conn).ListNodes(ctx, &vigilv1.ListNodesRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("a certificate of another CA: %v, want Unavailable", err)
+	}
+	waitFor(t, 10*time.Second, "the refused handshake counted", func() bool {
+		return !strings.Contains(scrape(t, h, ""), "vigil_aggregator_tls_handshakes_refused_total 0")
+	})
+	waitFor(t, 10*time.Second, "the refused handshake logged", func() bool {
+		return strings.Contains(logs.String(), "TLS handshake refused on the gRPC listener")
+	})
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger and a reader at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

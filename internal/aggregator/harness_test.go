@@ -150,6 +150,23 @@ func (h *harness) dial(who string) *grpc.ClientConn {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	return h.dialTLS(tc)
+}
+
+// dialFiles opens a gRPC connection presenting the certificate of f
+// (f.CA is ignored: the server is verified against the harness's CA).
+func (h *harness) dialFiles(f pki.Files) *grpc.ClientConn {
+	h.t.Helper()
+	f.CA = filepath.Join(h.dir, "ca.crt")
+	tc, err := pki.ClientConfig(f, "localhost")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return h.dialTLS(tc)
+}
+
+func (h *harness) dialTLS(tc *tls.Config) *grpc.ClientConn {
+	h.t.Helper()
 	conn, err := grpc.NewClient(h.agg.GRPCAddr().String(), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		h.t.Fatal(err)

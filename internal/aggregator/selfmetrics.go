@@ -53,6 +53,7 @@ type selfMetrics struct {
 	leaderOf   atomic.Pointer[func() bool]
 	heldNodes  prometheus.Gauge
 	peerErrors *prometheus.CounterVec
+	tlsRefused prometheus.Counter
 }
 
 func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, error) {
@@ -87,6 +88,10 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 			Help: "Commands offered to agents, by result: queued, unavailable (node not connected or queue full), sent.",
 		}, []string{"result"}),
 		expositions: newExpositionStats(time.Now),
+		tlsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_aggregator_tls_handshakes_refused_total",
+			Help: "TLS handshakes that failed on the gRPC listener: a client certificate expired, not signed by a CA of --tls-ca, or none when one is needed; a client that does not speak TLS.",
+		}),
 		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_aggregator_auth_refused_total",
 			Help: "Calls refused by the role check, by the caller's role (none: no usable credential; unknown: a method outside the role table) and gRPC method or HTTP route.",
@@ -163,7 +168,7 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 	for _, c := range []prometheus.Collector{
 		m.streams, m.messages, m.bytes, m.rejected, m.lag, m.acks, m.commands,
 		m.expositions, fleetCollector{fleet}, m.authRefused, m.quota, m.insecure, m.suspectSelf, m.historyDrop, m.issued, m.bootRefused, m.watchers,
-		m.watchDropped, m.leader, m.heldNodes, m.peerErrors,
+		m.watchDropped, m.leader, m.heldNodes, m.peerErrors, m.tlsRefused,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
