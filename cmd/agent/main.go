@@ -185,6 +185,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if keeper == nil {
 		return a.Run(ctx)
 	}
+	a.Registry().Register(keeper.Collector())
 	// The keeper runs beside the agent, which never waits for it: until
 	// the first certificate exists the uplink's handshakes fail and retry,
 	// while health checks and restart policies run.

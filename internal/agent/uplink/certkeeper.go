@@ -31,7 +31,11 @@ import (
 // KeeperConfig configures a Keeper. Zero durations take the defaults named
 // on each field.
 type KeeperConfig struct {
-	// Address of the aggregator (its gRPC listener). Required.
+	// Address of the aggregator (its gRPC listener), in the form of
+	// Config.Address: one gRPC target, or several separated by commas (the
+	// replicas of an aggregator). A call goes to the address that answered
+	// last, and to the next one when that one is unavailable or does not
+	// answer within CallTimeout. Required.
 	Address string
 	// ServerName overrides the name checked in the aggregator's
 	// certificate ("" uses the dialed host).
@@ -52,7 +56,8 @@ type KeeperConfig struct {
 	// RetryInitial and RetryMax bound the delay between failed attempts
 	// (full jitter, as the stream's reconnects). Defaults 1s and 1m.
 	RetryInitial, RetryMax time.Duration
-	// CallTimeout bounds one bootstrap or renewal call. Default 15s.
+	// CallTimeout bounds one bootstrap or renewal call to one address.
+	// Default 15s.
 	CallTimeout time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
@@ -66,11 +71,20 @@ type KeeperConfig struct {
 // Dir; the uplink's TLS configuration (Files, pki.ClientConfig) reads
 // them at each new connection, so a renewal never touches a live stream.
 type Keeper struct {
-	cfg      KeeperConfig
-	log      *slog.Logger
-	key      crypto.Signer
-	issued   atomic.Int64
-	renewals atomic.Int64
+	cfg KeeperConfig
+	log *slog.Logger
+	key crypto.Signer
+	// addrs are Address's targets; next is the index of the one the next
+	// call tries first (Run's goroutine only).
+	addrs []string
+	next  int
+
+	issued        atomic.Int64
+	renewals      atomic.Int64
+	renewFailures atomic.Int64
+	// notAfter is the current certificate's expiry, unix seconds; 0 before
+	// there is one.
+	notAfter atomic.Int64
 }
 
 // NewKeeper validates cfg. It does no I/O.
@@ -83,6 +97,10 @@ func NewKeeper(cfg KeeperConfig) (*Keeper, error) {
 	}
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("certificate keeper: %s required: %w", strings.Join(missing, ", "), errdefs.ErrInvalid)
+	}
+	addrs, err := targets(cfg.Address)
+	if err != nil {
+		return nil, fmt.Errorf("certificate keeper: %w", err)
 	}
 	if err := pki.ValidName(cfg.NodeName); err != nil {
 		return nil, fmt.Errorf("certificate keeper: node name: %w", err)
@@ -105,7 +123,7 @@ func NewKeeper(cfg KeeperConfig) (*Keeper, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Keeper{cfg: cfg, log: cfg.Logger.With("component", "certificates")}, nil
+	return &Keeper{cfg: cfg, addrs: addrs, log: cfg.Logger.With("component", "certificates")}, nil
 }
 
 // Files are the node's certificate files for pki.ClientConfig (Pending:
@@ -115,19 +133,24 @@ func (k *Keeper) Files() pki.Files {
 }
 
 // Issued counts the certificates this Keeper obtained (bootstraps and
-// renewals); Renewals only the renewals.
-func (k *Keeper) Issued() int64   { return k.issued.Load() }
-func (k *Keeper) Renewals() int64 { return k.renewals.Load() }
+// renewals); Renewals only the renewals; RenewalFailures the renewal
+// attempts that failed.
+func (k *Keeper) Issued() int64          { return k.issued.Load() }
+func (k *Keeper) Renewals() int64        { return k.renewals.Load() }
+func (k *Keeper) RenewalFailures() int64 { return k.renewFailures.Load() }
 
 // Run keeps the certificate valid until ctx ends (it returns nil then). A
-// failed attempt is logged and retried with backoff; the key file that
-// cannot be made or read is the only error returned.
+// failed attempt is retried with backoff and logged at Warn when its error
+// differs from the previous attempt's (at Debug when it repeats, so the
+// cause stays readable); the key file that cannot be made or read is the
+// only error returned.
 func (k *Keeper) Run(ctx context.Context) error {
 	if err := k.loadKey(); err != nil {
 		return err
 	}
 	b := backoff{initial: k.cfg.RetryInitial, max: k.cfg.RetryMax}
 	attempt := 0
+	lastErr := ""
 	for {
 		wait, err := k.step(ctx)
 		if ctx.Err() != nil {
@@ -136,9 +159,13 @@ func (k *Keeper) Run(ctx context.Context) error {
 		if err != nil {
 			wait = b.delay(attempt)
 			attempt++
-			k.log.Warn("node certificate not obtained; retrying", "err", err, "retry_in", wait.Round(time.Millisecond))
+			level := slog.LevelDebug
+			if err.Error() != lastErr {
+				level, lastErr = slog.LevelWarn, err.Error()
+			}
+			k.log.Log(ctx, level, "node certificate not obtained; retrying", "err", err, "attempt", attempt, "retry_in", wait.Round(time.Millisecond))
 		} else {
-			attempt = 0
+			attempt, lastErr = 0, ""
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -164,6 +191,7 @@ func (k *Keeper) step(ctx context.Context) (time.Duration, error) {
 	case !now.Before(renewAt(cert, k.cfg.RenewFraction)):
 		err := k.renew(ctx)
 		if err != nil {
+			k.renewFailures.Add(1)
 			return 0, err
 		}
 		return 0, nil
@@ -202,6 +230,7 @@ func (k *Keeper) current() *x509.Certificate {
 		k.log.Warn("the stored certificate is for another key; bootstrapping again")
 		return nil
 	}
+	k.notAfter.Store(c.NotAfter.Unix())
 	return c
 }
 
@@ -256,11 +285,12 @@ func (k *Keeper) bootstrap(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("bootstrap as %s: %w", k.cfg.NodeName, err)
 	}
-	if err := k.store(resp.GetCertificate()); err != nil {
+	c, err := k.store(resp.GetCertificate())
+	if err != nil {
 		return err
 	}
 	k.issued.Add(1)
-	k.log.Info("node certificate obtained with the bootstrap token", "node", k.cfg.NodeName, "not_after", resp.GetNotAfter().AsTime())
+	k.log.Info("node certificate obtained with the bootstrap token", "node", k.cfg.NodeName, "not_after", c.NotAfter, "next_renewal", renewAt(c, k.cfg.RenewFraction))
 	return nil
 }
 
@@ -283,20 +313,55 @@ func (k *Keeper) renew(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("renew the certificate of %s: %w", k.cfg.NodeName, err)
 	}
-	if err := k.store(resp.GetCertificate()); err != nil {
+	c, err := k.store(resp.GetCertificate())
+	if err != nil {
 		return err
 	}
 	k.issued.Add(1)
 	k.renewals.Add(1)
-	k.log.Debug("node certificate renewed", "not_after", resp.GetNotAfter().AsTime())
+	k.log.Info("node certificate renewed", "not_after", c.NotAfter, "next_renewal", renewAt(c, k.cfg.RenewFraction))
 	return nil
 }
 
-// call runs one Bootstrap call on a connection of its own.
+// call runs one Bootstrap call, on a connection of its own, with the
+// addresses in turn: first the one that answered last, then, while the
+// call fails as unreachable (unavailable, no answer within CallTimeout, an
+// address that does not parse), the next ones, each once. Any other answer
+// (a refused token) ends it: every replica would give the same.
 func (k *Keeper) call(ctx context.Context, creds credentials.TransportCredentials, f func(context.Context, vigilv1.BootstrapClient) error) error {
-	conn, err := grpc.NewClient(k.cfg.Address, grpc.WithTransportCredentials(creds))
+	var failed []string
+	var last error
+	for range k.addrs {
+		addr := k.addrs[k.next]
+		err := k.callOne(ctx, addr, creds, f)
+		if err == nil || ctx.Err() != nil || !unreachable(err) {
+			return err
+		}
+		k.next = (k.next + 1) % len(k.addrs)
+		k.log.Debug("aggregator unreachable; trying the next address", "address", addr, "err", err, "next", k.addrs[k.next])
+		failed = append(failed, fmt.Sprintf("%s: %v", addr, err))
+		last = err
+	}
+	if len(k.addrs) == 1 {
+		return last
+	}
+	return fmt.Errorf("no aggregator address answered: %s: %w", strings.Join(failed, "; "), errdefs.ErrUnavailable)
+}
+
+// unreachable reports whether a call's error says the address did not
+// answer (so another replica may), rather than what the aggregator decided.
+func unreachable(err error) bool {
+	return errors.Is(err, errdefs.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errBadAddress)
+}
+
+// errBadAddress marks an address grpc.NewClient refused.
+var errBadAddress = errors.New("bad aggregator address")
+
+// callOne runs f on a connection to addr, within CallTimeout.
+func (k *Keeper) callOne(ctx context.Context, addr string, creds credentials.TransportCredentials, f func(context.Context, vigilv1.BootstrapClient) error) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
-		return fmt.Errorf("aggregator address %q: %v: %w", k.cfg.Address, err, errdefs.ErrInvalid)
+		return fmt.Errorf("aggregator address %q: %v: %w", addr, err, errors.Join(errBadAddress, errdefs.ErrInvalid))
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, k.cfg.CallTimeout)
@@ -308,21 +373,26 @@ func (k *Keeper) call(ctx context.Context, creds credentials.TransportCredential
 	return errdefs.FromGRPC(err)
 }
 
-// store checks and writes a certificate received for this node and key.
-func (k *Keeper) store(certPEM []byte) error {
+// store checks and writes a certificate received for this node and key,
+// and returns it.
+func (k *Keeper) store(certPEM []byte) (*x509.Certificate, error) {
 	block, _ := pem.Decode(certPEM)
 	if block == nil || block.Type != "CERTIFICATE" {
-		return fmt.Errorf("the aggregator answered no PEM certificate: %w", errdefs.ErrInvalid)
+		return nil, fmt.Errorf("the aggregator answered no PEM certificate: %w", errdefs.ErrInvalid)
 	}
 	c, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
-		return fmt.Errorf("the aggregator's certificate: %v: %w", err, errdefs.ErrInvalid)
+		return nil, fmt.Errorf("the aggregator's certificate: %v: %w", err, errdefs.ErrInvalid)
 	}
 	if id, err := pki.IdentityOf(c, false); err != nil || id != pki.NodeIdentity(k.cfg.NodeName) {
-		return fmt.Errorf("the aggregator signed a certificate for %v, not node %s: %w", id, k.cfg.NodeName, errdefs.ErrInvalid)
+		return nil, fmt.Errorf("the aggregator signed a certificate for %v, not node %s: %w", id, k.cfg.NodeName, errdefs.ErrInvalid)
 	}
 	if pub, ok := c.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(k.key.Public()) {
-		return fmt.Errorf("the aggregator signed a certificate for another key: %w", errdefs.ErrInvalid)
+		return nil, fmt.Errorf("the aggregator signed a certificate for another key: %w", errdefs.ErrInvalid)
 	}
-	return pki.WriteFileAtomic(k.Files().Cert, certPEM, 0o644)
+	if err := pki.WriteFileAtomic(k.Files().Cert, certPEM, 0o644); err != nil {
+		return nil, err
+	}
+	k.notAfter.Store(c.NotAfter.Unix())
+	return c, nil
 }

@@ -99,11 +99,22 @@ func (s *bootstrapScene) tokenFile(t *testing.T, token string) string {
 
 func (s *bootstrapScene) keeper(t *testing.T, name, tokenFile, dir string) *uplink.Keeper {
 	t.Helper()
-	k, err := uplink.NewKeeper(uplink.KeeperConfig{
-		Address: s.agg.GRPCAddr().String(), ServerName: "localhost", CAFile: s.caFile, TokenFile: tokenFile,
-		Dir: dir, NodeName: name, RetryInitial: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond,
-		CallTimeout: 10 * time.Second, Logger: testLogger(t),
-	})
+	return s.keeperWith(t, uplink.KeeperConfig{Address: s.agg.GRPCAddr().String(), TokenFile: tokenFile, Dir: dir, NodeName: name})
+}
+
+// keeperWith returns a keeper of cfg, with the scene's CA and the tests'
+// retry pace where cfg leaves them zero.
+func (s *bootstrapScene) keeperWith(t *testing.T, cfg uplink.KeeperConfig) *uplink.Keeper {
+	t.Helper()
+	cfg.ServerName, cfg.CAFile = "localhost", s.caFile
+	if cfg.RetryInitial == 0 {
+		cfg.RetryInitial, cfg.RetryMax = 20*time.Millisecond, 200*time.Millisecond
+	}
+	cfg.CallTimeout = 10 * time.Second
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(t)
+	}
+	k, err := uplink.NewKeeper(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

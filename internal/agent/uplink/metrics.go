@@ -86,3 +86,23 @@ func (c collector) Collect(w *metrics.Writer) {
 	counter(descCommands, s.commandsReceived)
 	counter(descCommandsRefused, s.commandsRefused)
 }
+
+// The certificate keeper's metrics (only an agent that bootstraps its
+// certificate has them).
+var (
+	descCertExpiry = metrics.NewDesc("vigil_agent_node_certificate_expiry_timestamp_seconds",
+		"When the node's current certificate expires (its not-after), in unix seconds; 0 before the first one is obtained.", metrics.GaugeType)
+	descCertRenewalFailures = metrics.NewDesc("vigil_agent_node_certificate_renewal_failures_total",
+		"Renewals of the node certificate that failed (each is retried with backoff until the certificate expires).", metrics.CounterType)
+)
+
+// Collector returns a collector of the keeper's metrics, built at scrape
+// time. Register it on the agent's registry.
+func (k *Keeper) Collector() metrics.Collector { return keeperCollector{k} }
+
+type keeperCollector struct{ k *Keeper }
+
+func (c keeperCollector) Collect(w *metrics.Writer) {
+	w.Sample(descCertExpiry, float64(c.k.notAfter.Load()))
+	w.Sample(descCertRenewalFailures, float64(c.k.renewFailures.Load()))
+}

@@ -200,14 +200,9 @@ func New(cfg Config, snapshot func() *vigilv1.Snapshot) (*Uplink, error) {
 	if snapshot == nil {
 		return nil, fmt.Errorf("uplink: a snapshot function is required: %w", errdefs.ErrInvalid)
 	}
-	var addrs []string
-	for _, a := range strings.Split(cfg.Address, ",") {
-		if a = strings.TrimSpace(a); a != "" {
-			addrs = append(addrs, a)
-		}
-	}
-	if len(addrs) == 0 {
-		return nil, fmt.Errorf("uplink: aggregator address %q names no address: %w", cfg.Address, errdefs.ErrInvalid)
+	addrs, err := targets(cfg.Address)
+	if err != nil {
+		return nil, fmt.Errorf("uplink: %w", err)
 	}
 	var id [16]byte
 	if _, err := rand.Read(id[:]); err != nil {
@@ -427,11 +422,28 @@ func (u *Uplink) Run(ctx context.Context) error {
 	}
 	defer u.running.Store(false)
 	attempt := 0
+	waitLogged := false
 	for {
 		start := time.Now()
 		established, err := u.session(ctx)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, errNoCertificate) {
+			// Expected while the certificate keeper bootstraps (its own
+			// log says why when that fails): nothing was dialed, so no
+			// reconnect is counted and the backoff does not grow; a stat
+			// of the files every BackoffInitial is all it costs.
+			delay := u.backoff.delay(0)
+			level := slog.LevelDebug
+			if !waitLogged {
+				level, waitLogged = slog.LevelInfo, true
+			}
+			u.log.Log(ctx, level, "waiting for the node certificate before dialing the aggregator", "error", err, "retry_in", delay.Round(time.Millisecond))
+			if !sleep(ctx, delay) {
+				return nil
+			}
+			continue
 		}
 		// The next stream goes to the next replica: the one that just
 		// failed (or ended a stream) may be gone.
@@ -460,14 +472,39 @@ func (u *Uplink) Run(ctx context.Context) error {
 			level = slog.LevelInfo
 		}
 		u.log.Log(ctx, level, "aggregator stream ended; reconnecting", "error", err, "was_connected", established, "retry_in", delay.Round(time.Millisecond))
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, delay) {
 			return nil
-		case <-t.C:
 		}
 	}
+}
+
+// sleep waits d; false when ctx ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// errNoCertificate: the client certificate cannot be loaded yet (the
+// certificate keeper has not obtained it), so a handshake would only fail.
+var errNoCertificate = errors.New("no client certificate yet")
+
+// certificateReady reports errNoCertificate while the TLS configuration's
+// client certificate does not load. Without TLS, or with a fixed
+// certificate, it is always ready.
+func (u *Uplink) certificateReady() error {
+	if u.cfg.TLS == nil || u.cfg.TLS.GetClientCertificate == nil {
+		return nil
+	}
+	if _, err := u.cfg.TLS.GetClientCertificate(&tls.CertificateRequestInfo{}); err != nil {
+		return fmt.Errorf("%w: %v", errNoCertificate, err)
+	}
+	return nil
 }
 
 var (
@@ -480,6 +517,9 @@ var (
 // HelloAck was received. The stream's context is cancelled and its
 // goroutines have returned when session returns.
 func (u *Uplink) session(ctx context.Context) (established bool, err error) {
+	if err := u.certificateReady(); err != nil {
+		return false, err
+	}
 	addr := u.addrs[u.next]
 	conn, err := grpc.NewClient(addr, u.dialOptions()...)
 	if err != nil {
@@ -541,6 +581,23 @@ func (u *Uplink) session(ctx context.Context) (established bool, err error) {
 	cancel(u.transmit(sctx, stream))
 	wg.Wait()
 	return true, context.Cause(sctx)
+}
+
+// targets splits an aggregator address (Config.Address, KeeperConfig.Address)
+// into the gRPC targets it lists, in order: one, or several separated by
+// commas (the replicas of an aggregator). The stream and the certificate
+// keeper both go through the list from one target to the next.
+func targets(address string) ([]string, error) {
+	var addrs []string
+	for _, a := range strings.Split(address, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("aggregator address %q names no address: %w", address, errdefs.ErrInvalid)
+	}
+	return addrs, nil
 }
 
 // causeOr prefers the cause of ctx's cancellation (a hello timeout) over the
