@@ -25,7 +25,7 @@ func (s *securityFlags) register(fs *flag.FlagSet, cfg *aggregator.Config) {
 	fs.StringVar(&s.caKey, "ca-key", "", "private key of --ca-cert")
 	fs.StringVar(&s.bootstrapTokens, "bootstrap-tokens-file", "", `bootstrap tokens, "TOKEN NAME" per line; reloaded when it changes (revoke = delete the line)`)
 	fs.StringVar(&s.apiTokens, "api-tokens-file", "", `bearer tokens of the HTTP API, "TOKEN ROLE NAME" per line (ROLE viewer, operator or alertmanager); reloaded when it changes`)
-	fs.StringVar(&s.dataDir, "data-dir", "", "directory of the aggregator's state: vigil.db (the remediation journal, intents, budgets, outboxes; remediation is off without it) and node-bindings.json (which key each bootstrapped node name is bound to)")
+	fs.StringVar(&s.dataDir, "data-dir", "", "directory of the aggregator's state: vigil.db (the remediation journal, intents, budgets, outboxes and which key each bootstrapped node name is bound to; with --etcd-endpoints these live in etcd); a node-bindings.json left by an older aggregator is moved into the store at start")
 	fs.StringVar(&s.rulesFile, "rules-file", "", "remediation rules (YAML, deploy/remediation/rules.yaml); checked at start, reloaded on SIGHUP (a bad file keeps the rules in force); none: alerts are journaled as unmatched")
 	cfg.Bootstrap = &aggregator.BootstrapConfig{NodeCertTTL: aggregator.DefaultNodeCertTTL}
 	fs.DurationVar(&cfg.Bootstrap.NodeCertTTL, "node-cert-ttl", aggregator.DefaultNodeCertTTL, "lifetime of node certificates issued at bootstrap (renewed at 2/3)")

@@ -110,7 +110,7 @@ func New(cfg Config) (*Aggregator, error) {
 	a.api.watchers = m.watchers
 	a.api.watchDropped = m.watchDropped
 	if cfg.Bootstrap != nil {
-		a.boot, err = newBootstrapServer(cfg.Bootstrap, m, a.log)
+		a.boot, err = newBootstrapServer(cfg.Bootstrap, cfg.Store, m, a.log.With("component", "bootstrap"))
 		if err != nil {
 			return nil, err
 		}

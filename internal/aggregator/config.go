@@ -183,8 +183,13 @@ type BootstrapConfig struct {
 	Tokens *pki.TokenFile
 	// NodeCertTTL is the lifetime of a node certificate. Default 24h.
 	NodeCertTTL time.Duration
-	// BindingsFile keeps which key each node name is bound to (JSON,
-	// written atomically); the durable store can take it over later.
+	// BindingsFile is, without a Store, where which key each node name is
+	// bound to is kept (JSON, written atomically). With a Store the
+	// bindings live in it (every replica sees them; the first key to
+	// bootstrap a name wins fleet-wide), and a BindingsFile left by an
+	// older aggregator is moved into it at start (a name already bound in
+	// the store keeps that binding) and renamed to BindingsFile.migrated;
+	// "" then means nothing to move.
 	BindingsFile string
 	// MaxBindings bounds the node names bound at once: a leaked token
 	// cannot bind names without end. A bootstrap of a new name beyond it is
@@ -277,8 +282,8 @@ func (c *Config) Validate() error {
 			bad("node bootstrap needs TLS (the token travels over it)")
 		case b.CA == nil || b.Tokens == nil:
 			bad("node bootstrap needs a CA (--ca-cert/--ca-key) and a bootstrap token file")
-		case b.BindingsFile == "":
-			bad("node bootstrap needs a file for the node name bindings (--data-dir)")
+		case b.BindingsFile == "" && c.Store == nil:
+			bad("node bootstrap needs a store or a file for the node name bindings (--data-dir)")
 		case b.NodeCertTTL < 2*time.Second:
 			bad("node certificate lifetime %v is below 2s", b.NodeCertTTL)
 		}

@@ -110,7 +110,7 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 		}, []string{"kind"}),
 		bootRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_aggregator_bootstrap_refused_total",
-			Help: "Bootstrap and renewal requests refused, by reason: token (unknown or revoked), csr (malformed), bound (the node name is bound to another key), identity (renewal for another node).",
+			Help: "Bootstrap and renewal requests refused, by reason: token (unknown or revoked), csr (malformed), bound (the node name is bound to another key), limit (a new node name beyond --max-node-bindings), identity (renewal for another node).",
 		}, []string{"reason"}),
 		historyDrop: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vigil_aggregator_event_history_dropped_total",
@@ -149,7 +149,7 @@ func newSelfMetrics(reg prometheus.Registerer, fleet *Fleet) (*selfMetrics, erro
 	for _, k := range []string{"bootstrap", "renew"} {
 		m.issued.WithLabelValues(k)
 	}
-	for _, r := range []string{"token", "csr", "bound", "identity"} {
+	for _, r := range []string{"token", "csr", "bound", "limit", "identity"} {
 		m.bootRefused.WithLabelValues(r)
 	}
 	for _, k := range messageKinds {
