@@ -27,18 +27,22 @@ func peerState(s vigilv1.PeerState) gossip.State {
 }
 
 // peerReports gathers what every observer last reported about every other
-// node: target → observer → report.
+// node: target → observer → report, with whether the observer's own stream
+// is up (gossip.Assess counts only observers the aggregator still hears).
 func (f *Fleet) peerReports() map[string]map[string]gossip.PeerReport {
 	out := map[string]map[string]gossip.PeerReport{}
 	for _, n := range f.list() {
 		n.mu.Lock()
 		view, at := n.peers, n.peersAt
+		// A stale observer is silent, its view no newer than a down one's.
+		observerDown, lastSeen := n.state != vigilv1.NodeState_NODE_STATE_UP, n.lastSeen
 		n.mu.Unlock()
 		for _, p := range view.GetPeers() {
 			if p.GetName() == "" || p.GetName() == n.name {
 				continue
 			}
-			r := gossip.PeerReport{State: peerState(p.GetState()), ReportedAt: at}
+			r := gossip.PeerReport{State: peerState(p.GetState()), ReportedAt: at,
+				ObserverDown: observerDown, ObserverLastSeen: lastSeen}
 			if p.GetSince() != nil {
 				r.Since = p.GetSince().AsTime()
 			}

@@ -83,3 +83,44 @@ func TestNodeConditionsFromPeers(t *testing.T) {
 		t.Errorf("n2: %s", c)
 	}
 }
+
+// TestNodeDownNotHeldByADeadObserver: e stops, then c is killed. e's last
+// view (sent before it stopped, still fresh) says c alive; it must not keep
+// c AggregatorPartitioned: c is NodeDown as soon as a and b, whose streams
+// are up, agree, not once e's report ages out (30 s).
+func TestNodeDownNotHeldByADeadObserver(t *testing.T) {
+	h := startAggregator(t, nil)
+	api := vigilv1.NewVigilClient(h.dial("viewer/v"))
+	a, b := h.mustConnect("a", "ia"), h.mustConnect("b", "ib")
+	c, e := h.mustConnect("c", "ic"), h.mustConnect("e", "ie")
+	alive, dead := vigilv1.PeerState_PEER_STATE_ALIVE, vigilv1.PeerState_PEER_STATE_DEAD
+	all := map[string]vigilv1.PeerState{"a": alive, "b": alive, "c": alive, "e": alive}
+	for _, s := range []struct {
+		name string
+		ag   *testAgent
+	}{{"a", a}, {"b", b}, {"c", c}, {"e", e}} {
+		s.ag.send(1, peerViewMsg(s.name, all))
+		s.ag.waitAck(1)
+	}
+	waitFor(t, 10*time.Second, "c Healthy", func() bool { cond, _ := nodeCondition(t, api, "c"); return cond == "Healthy" })
+
+	e.close()
+	a.send(2, peerViewMsg("a", map[string]vigilv1.PeerState{"b": alive, "c": alive, "e": dead}))
+	b.send(2, peerViewMsg("b", map[string]vigilv1.PeerState{"a": alive, "c": alive, "e": dead}))
+	c.send(2, peerViewMsg("c", map[string]vigilv1.PeerState{"a": alive, "b": alive, "e": dead}))
+	a.waitAck(2)
+	b.waitAck(2)
+	c.waitAck(2)
+	waitFor(t, 10*time.Second, "e NodeDown", func() bool { cond, _ := nodeCondition(t, api, "e"); return cond == "NodeDown" })
+
+	c.close()
+	a.send(3, peerViewMsg("a", map[string]vigilv1.PeerState{"b": alive, "c": dead, "e": dead}))
+	b.send(3, peerViewMsg("b", map[string]vigilv1.PeerState{"a": alive, "c": dead, "e": dead}))
+	a.waitAck(3)
+	b.waitAck(3)
+	// Well within the 30 s for which e's report would still count.
+	waitFor(t, 10*time.Second, "c NodeDown", func() bool { cond, _ := nodeCondition(t, api, "c"); return cond == "NodeDown" })
+	if _, reason := nodeCondition(t, api, "c"); !strings.Contains(reason, "(a, b)") || !strings.Contains(reason, "not counted") {
+		t.Errorf("c's reason %q: want a and b agreeing, e not counted", reason)
+	}
+}

@@ -55,6 +55,26 @@ type PeerReport struct {
 	// report older than ConditionConfig.ReportMaxAge is not counted: the
 	// observer may be gone itself.
 	ReportedAt time.Time
+	// ObserverDown: the aggregator's stream from the observer itself is not
+	// up (down, or silent: stale) since ObserverLastSeen. Such a report is
+	// not counted once the observer is past ConditionConfig.StreamGrace:
+	// the view arrived on that stream, so it is frozen at the moment the
+	// stream ended, and the observer may be dead itself. The zero value is
+	// an observer whose stream is up.
+	ObserverDown     bool
+	ObserverLastSeen time.Time
+}
+
+// counts reports whether the aggregator credits r's observer at now: its
+// own stream is up, or went down within the grace.
+func (r PeerReport) counts(now time.Time, cfg ConditionConfig) bool {
+	return !r.ObserverDown || withinGrace(r.ObserverLastSeen, now, cfg.StreamGrace)
+}
+
+// withinGrace reports whether a stream last seen at lastSeen (zero: never)
+// still counts as up at now.
+func withinGrace(lastSeen, now time.Time, grace time.Duration) bool {
+	return !lastSeen.IsZero() && now.Sub(lastSeen).Round(time.Second) < grace
 }
 
 // ConditionConfig tunes Assess. Zero fields take their defaults.
@@ -94,13 +114,30 @@ func (c ConditionConfig) withDefaults() ConditionConfig {
 // must not call a node down that someone still talks to). Otherwise
 // DeadQuorum peers seeing it dead or left make it NodeDown. Anything less
 // is Unknown, with what the peers said.
+//
+// A peer's report counts only while the peer is credible itself: its
+// report is fresh (ReportMaxAge) and its own stream to the aggregator is
+// up (PeerReport.ObserverDown, past the grace). Reports come on the
+// observer's stream, so one whose stream is down has stopped reporting:
+// its last view is frozen at the moment its stream ended and describes
+// the past, and it cannot outvote the peers the aggregator still hears.
+// (Without this, a node that died a second before another kept reporting
+// the other alive for ReportMaxAge, and the other was AggregatorPartitioned
+// instead of NodeDown.) An observer whose stream is up still counts when
+// other peers see it dead: the aggregator hears it now, and in a split of
+// the gossip each side sees the other dead, so neither can be preferred.
+// Hence NodeDown needs DeadQuorum peers the aggregator hears now.
 func Assess(streamUp bool, lastSeen time.Time, peers map[string]PeerReport, now time.Time, cfg ConditionConfig) (Condition, string) {
 	cfg = cfg.withDefaults()
-	var alive, suspect, dead, left, stale []string
+	var alive, suspect, dead, left, stale, frozen []string
 	for _, name := range sortedKeys(peers) {
 		r := peers[name]
 		if now.Sub(r.ReportedAt) > cfg.ReportMaxAge {
 			stale = append(stale, name)
+			continue
+		}
+		if !r.counts(now, cfg) {
+			frozen = append(frozen, name)
 			continue
 		}
 		switch r.State {
@@ -124,11 +161,15 @@ func Assess(streamUp bool, lastSeen time.Time, peers map[string]PeerReport, now 
 	}
 	down := "stream down"
 	if !lastSeen.IsZero() {
-		ago := now.Sub(lastSeen).Round(time.Second)
-		down = fmt.Sprintf("stream down, last seen %v ago", ago)
-		if ago < cfg.StreamGrace {
+		down = fmt.Sprintf("stream down, last seen %v ago", now.Sub(lastSeen).Round(time.Second))
+		if withinGrace(lastSeen, now, cfg.StreamGrace) {
 			return Healthy, down + fmt.Sprintf(", within the %v grace", cfg.StreamGrace)
 		}
+	}
+	// What was not counted for want of a live observer, said last.
+	var uncounted string
+	if len(frozen) > 0 {
+		uncounted = fmt.Sprintf("; not counted: %d peers whose own stream is down (%s)", len(frozen), names(frozen))
 	}
 	switch {
 	case len(alive) > 0:
@@ -136,16 +177,16 @@ func Assess(streamUp bool, lastSeen time.Time, peers map[string]PeerReport, now 
 		if gone > 0 {
 			reason += fmt.Sprintf("; %d see it dead (%s): the peers are partitioned too", gone, names(append(dead, left...)))
 		}
-		return AggregatorPartitioned, reason
+		return AggregatorPartitioned, reason + uncounted
 	case gone >= cfg.DeadQuorum:
 		what := "dead"
 		if len(dead) == 0 {
 			what = "left (stopped on purpose)"
 		}
-		return NodeDown, fmt.Sprintf("%s; %d peers see it %s (%s)", down, gone, what, names(append(dead, left...)))
+		return NodeDown, fmt.Sprintf("%s; %d peers see it %s (%s)", down, gone, what, names(append(dead, left...))) + uncounted
 	}
 	return ConditionUnknown, fmt.Sprintf("%s; peers: %d dead or left, %d suspect, %d with no report for %v: NodeDown needs %d agreeing",
-		down, gone, len(suspect), len(stale), cfg.ReportMaxAge, cfg.DeadQuorum)
+		down, gone, len(suspect), len(stale), cfg.ReportMaxAge, cfg.DeadQuorum) + uncounted
 }
 
 // Local is the agent's own condition. With the stream up it is Healthy.

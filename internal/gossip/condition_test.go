@@ -15,6 +15,13 @@ func TestAssess(t *testing.T) {
 	}
 	staleRep := func(s State) PeerReport { return PeerReport{State: s, ReportedAt: old} }
 	lastSeen := now.Add(-12 * time.Second)
+	// downRep is the last report of an observer whose own stream ended at
+	// ended: sent before that, still fresh.
+	downRep := func(s State, ended time.Time) PeerReport {
+		r := rep(s)
+		r.ObserverDown, r.ObserverLastSeen = true, ended
+		return r
+	}
 	for _, tc := range []struct {
 		name     string
 		streamUp bool
@@ -62,6 +69,32 @@ func TestAssess(t *testing.T) {
 		{name: "past the stream grace", lastSeen: lastSeen, cfg: ConditionConfig{StreamGrace: 5 * time.Second},
 			peers: map[string]PeerReport{"b": rep(StateDead), "c": rep(StateDead)},
 			want:  NodeDown},
+		// The observer's own stream decides whether its report counts.
+		{name: "a dead observer's last alive does not outvote a live dead quorum", lastSeen: now.Add(-5 * time.Second),
+			// e stopped (stream down 6 s), c was killed a second later: a
+			// and b see c dead, e's last view (from before) still says alive.
+			peers: map[string]PeerReport{"a": rep(StateDead), "b": rep(StateDead), "e": downRep(StateAlive, now.Add(-6*time.Second))},
+			want:  NodeDown, reason: []string{"2 peers see it dead (a, b)", "not counted: 1 peers whose own stream is down (e)"}},
+		{name: "a dead observer's last alive is no partition",
+			peers: map[string]PeerReport{"a": rep(StateSuspect), "b": rep(StateSuspect), "e": downRep(StateAlive, now.Add(-6*time.Second))},
+			want:  ConditionUnknown, reason: []string{"0 dead or left, 2 suspect", "not counted: 1 peers whose own stream is down (e)"}},
+		{name: "dead observers do not make a quorum",
+			peers: map[string]PeerReport{"a": rep(StateDead), "e": downRep(StateDead, lastSeen), "f": downRep(StateLeft, lastSeen)},
+			want:  ConditionUnknown, reason: []string{"1 dead or left", "needs 2", "not counted: 2 peers whose own stream is down (e, f)"}},
+		{name: "a live peer reaching it is a partition, whatever a dead observer said",
+			peers: map[string]PeerReport{"a": rep(StateAlive), "b": rep(StateDead), "e": downRep(StateDead, lastSeen)},
+			want:  AggregatorPartitioned, reason: []string{"1 peers reach it (a)", "1 see it dead (b)", "not counted: 1 peers whose own stream is down (e)"}},
+		{name: "an observer within its stream grace still counts", cfg: ConditionConfig{StreamGrace: 5 * time.Second},
+			lastSeen: lastSeen,
+			peers:    map[string]PeerReport{"a": rep(StateDead), "b": rep(StateDead), "e": downRep(StateAlive, now.Add(-2*time.Second))},
+			want:     AggregatorPartitioned, reason: []string{"1 peers reach it (e)"}},
+		{name: "an observer past its stream grace does not", cfg: ConditionConfig{StreamGrace: 5 * time.Second},
+			lastSeen: lastSeen,
+			peers:    map[string]PeerReport{"a": rep(StateDead), "b": rep(StateDead), "e": downRep(StateAlive, now.Add(-6*time.Second))},
+			want:     NodeDown, reason: []string{"not counted: 1 peers whose own stream is down (e)"}},
+		{name: "stream up: a down observer's dead is not counted either", streamUp: true,
+			peers: map[string]PeerReport{"a": rep(StateDead), "e": downRep(StateDead, lastSeen)},
+			want:  Healthy, reason: []string{"stream up"}},
 		{name: "many observers named briefly",
 			peers: map[string]PeerReport{"p1": rep(StateDead), "p2": rep(StateDead), "p3": rep(StateDead), "p4": rep(StateDead),
 				"p5": rep(StateDead), "p6": rep(StateDead), "p7": rep(StateDead)},
