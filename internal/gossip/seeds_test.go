@@ -195,12 +195,21 @@ func TestCollect(t *testing.T) {
 // caller is not held up meanwhile (start returns at Ready).
 func TestJoinRetriedUntilASeedAnswers(t *testing.T) {
 	t.Parallel()
-	l, err := net.ListenPacket("udp", "127.0.0.1:0") // a free port for the seed to come
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.LocalAddr().(*net.UDPAddr).Port
-	l.Close()
+	// The seed's port is held (TCP and UDP) until the seed starts: a port
+	// only looked up and let go was taken meanwhile by another test's
+	// server (CI: "bind: address already in use", and the early member
+	// talked to an HTTP server). Its TCP side closes each connection: a
+	// failed join, as from a seed not yet there.
+	tcp, udp, port := holdPort(t)
+	go func() {
+		for {
+			c, err := tcp.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
 	cfg := loopbackConfig(t, "early")
 	cfg.Seeds = []string{net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
 	cfg.JoinBackoffMax = 300 * time.Millisecond
@@ -208,10 +217,32 @@ func TestJoinRetriedUntilASeedAnswers(t *testing.T) {
 	waitFor(t, 10*time.Second, "two failed join attempts", func() bool { return early.stats.joinFailures.Load() >= 2 })
 	seedCfg := loopbackConfig(t, "seed")
 	seedCfg.BindPort = port
+	tcp.Close()
+	udp.Close()
 	seed := start(t, seedCfg)
 	waitFor(t, 10*time.Second, "the early member joins the seed once it listens", func() bool {
 		return stateOf(seed.Member, "early") == StateAlive && stateOf(early.Member, "seed") == StateAlive
 	})
+}
+
+// holdPort returns a TCP listener and a UDP socket on one free loopback
+// port, and the port.
+func holdPort(t *testing.T) (net.Listener, net.PacketConn, int) {
+	t.Helper()
+	for range 100 {
+		tcp, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := tcp.Addr().(*net.TCPAddr).Port
+		udp, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err == nil {
+			return tcp, udp, port
+		}
+		tcp.Close() // its UDP twin is taken: another port
+	}
+	t.Fatal("no loopback port free for both TCP and UDP")
+	return nil, nil, 0
 }
 
 // TestAddSeedsBounded: configured seeds always stay; added ones are kept
