@@ -76,3 +76,18 @@ func TestJournalInEtcd(t *testing.T) {
 		t.Fatalf("after a restart the journal lists %v, want %s", got, id)
 	}
 }
+
+// TestEtcdPrefixWithoutNameRefused: an empty --etcd-prefix, or "/", would
+// put Vigil's keys at the cluster's top level: refused, naming the flag.
+func TestEtcdPrefixWithoutNameRefused(t *testing.T) {
+	for _, prefix := range []string{"", "/"} {
+		args := []string{"--insecure", "--grpc-listen", freeAddr(t), "--http-listen", freeAddr(t),
+			"--etcd-endpoints", "http://127.0.0.1:1", "--etcd-prefix", prefix}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := run(ctx, args, io.Discard, io.Discard)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "--etcd-prefix") || !strings.Contains(err.Error(), "has no name") {
+			t.Errorf("--etcd-prefix %q: %v, want refused naming the flag", prefix, err)
+		}
+	}
+}

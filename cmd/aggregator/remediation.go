@@ -90,7 +90,7 @@ type etcdFlags struct {
 
 func (e *etcdFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&e.endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs: keep the journal, intents, budgets and outboxes in etcd instead of --data-dir's vigil.db (aggregator replicas share them)")
-	fs.StringVar(&e.prefix, "etcd-prefix", "/vigil/", "prefix of every key Vigil writes in etcd")
+	fs.StringVar(&e.prefix, "etcd-prefix", "/vigil/", "prefix of every key Vigil writes in etcd (\"/vigil\" and \"/vigil/\" are the same; it must have a name)")
 	fs.StringVar(&e.ca, "etcd-ca", "", "CA bundle that verifies the etcd members (https endpoints)")
 	fs.StringVar(&e.cert, "etcd-cert", "", "client certificate for etcd, when it asks for one")
 	fs.StringVar(&e.key, "etcd-key", "", "private key of --etcd-cert")
@@ -102,16 +102,19 @@ func (e *etcdFlags) open(log *slog.Logger) (store.Store, error) {
 	if e.endpoints == "" {
 		return nil, nil
 	}
+	prefix, err := etcd.NormalizePrefix(e.prefix)
+	if err != nil {
+		return nil, fmt.Errorf("--etcd-prefix: %w", err)
+	}
 	var eps []string
 	for _, ep := range strings.Split(e.endpoints, ",") {
 		if ep = strings.TrimSpace(ep); ep != "" {
 			eps = append(eps, ep)
 		}
 	}
-	cfg := etcd.Config{Endpoints: eps, Prefix: e.prefix, RequestTimeout: e.requestTimeout}
+	cfg := etcd.Config{Endpoints: eps, Prefix: prefix, RequestTimeout: e.requestTimeout}
 	if e.ca != "" || e.cert != "" || e.key != "" {
 		var tc *tls.Config
-		var err error
 		switch {
 		case e.cert != "" || e.key != "":
 			tc, err = pki.ClientConfig(pki.Files{Cert: e.cert, Key: e.key, CA: e.ca}, "")
@@ -127,7 +130,7 @@ func (e *etcdFlags) open(log *slog.Logger) (store.Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--etcd-endpoints: %w", err)
 	}
-	log.Info("durable state in etcd", "endpoints", eps, "prefix", e.prefix)
+	log.Info("durable state in etcd", "endpoints", eps, "prefix", prefix)
 	return st, nil
 }
 

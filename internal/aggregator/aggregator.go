@@ -71,6 +71,12 @@ func New(cfg Config) (*Aggregator, error) {
 	if cfg.Replicated {
 		advertise := cfg.AdvertiseAPI
 		a.replicas = newReplicas(cfg.Store, cfg.AggregatorID, cfg.LeaseTTL, advertise, a.log.With("component", "replicas"), m)
+		cctx, cancel := context.WithTimeout(context.Background(), cfg.LeaseTTL)
+		err := a.replicas.checkID(cctx)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
 		if a.cfg.Leader == nil {
 			a.cfg.Leader = a.replicas.leader
 		}

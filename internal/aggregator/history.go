@@ -23,7 +23,7 @@ import (
 const (
 	DefaultHistoryPerNode = 1000
 	DefaultHistoryMaxAge  = 24 * time.Hour
-	historyPrefix         = "/events/"
+	historyPrefix         = "events/"
 	historyQueue          = 4096
 	historyBatch          = 100 // ops in one Txn: etcd takes at most 128
 	historyFlushEvery     = 100 * time.Millisecond

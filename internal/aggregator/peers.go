@@ -101,11 +101,13 @@ type peerAnswer[T any] struct {
 
 // fanOut calls fn on every other replica at once, each within the peer
 // timeout, and returns the answers and the description of the failures
-// ("" when all answered).
+// ("" when all answered). A replica that holds nodes but is not in the
+// registry cannot be asked: it is a failure too.
 func fanOut[T any](ctx context.Context, p *peerClients, fn func(context.Context, vigilv1.VigilClient) (T, error)) ([]T, string) {
 	peers := p.r.peerList()
+	unregistered := p.r.unregisteredHolders()
 	if len(peers) == 0 {
-		return nil, ""
+		return nil, unregistered
 	}
 	ch := make(chan peerAnswer[T], len(peers))
 	for id, addr := range peers {
@@ -130,6 +132,9 @@ func fanOut[T any](ctx context.Context, p *peerClients, fn func(context.Context,
 			continue
 		}
 		out = append(out, a.v)
+	}
+	if unregistered != "" {
+		failed = append(failed, unregistered)
 	}
 	sort.Strings(failed)
 	return out, strings.Join(failed, "; ")

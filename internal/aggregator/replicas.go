@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -113,6 +115,13 @@ type replicas struct {
 	isLeader  bool
 	peers     map[string]string // other replicas: id → advertised address
 	peersGen  atomic.Uint64
+	holders   map[string]string // every node's holder as the watch saw it: node → replica id
+	// unregistered: the watch saw this replica's registration deleted or
+	// put under another lease; tick registers it again.
+	unregistered bool
+	// idTaken: the last registration found the id under another live lease
+	// (logged once per such spell).
+	idTaken bool
 
 	wake chan struct{}
 }
@@ -126,7 +135,7 @@ func newReplicas(st store.Store, id string, ttl time.Duration, advertise string,
 	return &replicas{
 		st: st, id: id, ttl: ttl, advertise: advertise, log: log, m: m,
 		held: map[string]*holding{}, releases: map[string]int64{}, nodeLocks: map[string]*nodeLock{},
-		peers: map[string]string{}, wake: make(chan struct{}, 1),
+		peers: map[string]string{}, holders: map[string]string{}, wake: make(chan struct{}, 1),
 	}
 }
 
@@ -362,14 +371,14 @@ func (r *replicas) tick(ctx context.Context) {
 			}
 			return
 		}
-		info, _ := json.Marshal(replicaInfo{ID: r.id, API: r.advertise})
-		if _, err := r.st.Txn(cctx, nil, []store.Op{store.PutWithLease(replicasPrefix+r.id, info, id)}); err != nil {
-			r.log.Warn("registering the replica failed; trying again", "err", err)
+		if _, err := r.register(cctx, id); err != nil {
+			r.registerFailed(err)
 			_ = r.st.Revoke(cctx, id)
 			return
 		}
 		r.mu.Lock()
 		r.lease, r.renewed = id, time.Now()
+		r.unregistered, r.idTaken = false, false
 		r.mu.Unlock()
 		lease = id
 		r.log.Info("replica lease granted", "replica", r.id, "lease", fmt.Sprintf("%x", int64(id)), "ttl", r.ttl, "api", r.advertise)
@@ -387,10 +396,105 @@ func (r *replicas) tick(ctx context.Context) {
 		}
 		r.mu.Lock()
 		r.renewed = time.Now()
+		again := r.unregistered
+		r.unregistered = false
 		r.mu.Unlock()
+		if again {
+			r.reregister(cctx, lease)
+		}
 	}
 	r.elect(cctx, lease)
 	r.settle(cctx, lease)
+}
+
+// errReplicaIDInUse: another live replica is registered under this
+// replica's id.
+var errReplicaIDInUse = errors.New("replica id in use")
+
+// idInUse describes kv, the registration of id under another live lease.
+func idInUse(id string, kv store.KV) error {
+	var info replicaInfo
+	api := "not known"
+	if json.Unmarshal(kv.Value, &info) == nil && info.API != "" {
+		api = info.API
+	}
+	return fmt.Errorf("aggregator replica id %q is held by a live replica (API %s, lease %x): give every replica its own --replica-id: %w: %w",
+		id, api, int64(kv.Lease), errReplicaIDInUse, errdefs.ErrConflict)
+}
+
+// checkID refuses to start a replica whose id a live replica is registered
+// under (its key lives as long as its lease). A store that does not answer
+// is not a refusal: tick's registration is conditional too.
+func (r *replicas) checkID(ctx context.Context) error {
+	kv, err := r.st.Get(ctx, replicasPrefix+r.id)
+	switch {
+	case errors.Is(err, errdefs.ErrNotFound):
+		return nil
+	case err != nil:
+		r.log.Warn("could not check that the replica id is free: the store does not answer; registration checks again", "replica", r.id, "err", err)
+		return nil
+	}
+	return idInUse(r.id, kv)
+}
+
+// register puts the registration under lease unless it is there; created
+// reports that it was not. It never overwrites another lease's: that is
+// errReplicaIDInUse.
+func (r *replicas) register(ctx context.Context, lease store.LeaseID) (created bool, err error) {
+	key := replicasPrefix + r.id
+	info, _ := json.Marshal(replicaInfo{ID: r.id, API: r.advertise})
+	res, err := r.st.Txn(ctx, []store.Cond{{Key: key, ModRevision: 0}}, []store.Op{store.PutWithLease(key, info, lease)})
+	if err != nil {
+		return false, err
+	}
+	if res.Succeeded {
+		return true, nil
+	}
+	kv, err := r.st.Get(ctx, key)
+	switch {
+	case errors.Is(err, errdefs.ErrNotFound):
+		return false, fmt.Errorf("the registration went away while it was made: %w", errdefs.ErrUnavailable)
+	case err != nil:
+		return false, err
+	case kv.Lease == lease:
+		return false, nil
+	}
+	return false, idInUse(r.id, kv)
+}
+
+func (r *replicas) registerFailed(err error) {
+	if !errors.Is(err, errReplicaIDInUse) {
+		r.log.Warn("registering the replica failed; trying again", "replica", r.id, "err", err)
+		return
+	}
+	r.mu.Lock()
+	first := !r.idTaken
+	r.idTaken = true
+	r.mu.Unlock()
+	if first {
+		r.log.Error("another live replica is registered under this replica's id: this one stays out of the fleet-wide reads until the id is free", "replica", r.id, "err", err)
+	}
+}
+
+// reregister registers again after the watch saw the registration go
+// (deleted by hand, or taken over and then released by a clashing replica).
+func (r *replicas) reregister(ctx context.Context, lease store.LeaseID) {
+	created, err := r.register(ctx, lease)
+	if err != nil {
+		r.registerFailed(err)
+		r.mu.Lock()
+		if r.lease == lease {
+			r.unregistered = true // tried again at the next tick
+		}
+		r.mu.Unlock()
+		return
+	}
+	r.mu.Lock()
+	r.idTaken = false
+	r.mu.Unlock()
+	if created {
+		r.log.Warn("replica registration was gone from the store: registered again", "replica", r.id, "lease", fmt.Sprintf("%x", int64(lease)))
+	}
 }
 
 // elect takes the leader key when it is free. The leader key is bound to
@@ -495,17 +599,58 @@ func (r *replicas) claimPending(ctx context.Context, node string, lease store.Le
 // onHolders: another replica holds a node this one has state of: forget it
 // here unless a stream of it is held here (a later claim of ours).
 func (r *replicas) onHolders(ev store.Event) {
+	node := nodeOfHolderKey(ev.KV.Key)
+	if node == "" {
+		return
+	}
+	r.mu.Lock()
+	if ev.Type == store.EventDelete {
+		delete(r.holders, node)
+	} else {
+		r.holders[node] = string(ev.KV.Value)
+	}
+	r.mu.Unlock()
 	if ev.Type != store.EventPut || string(ev.KV.Value) == r.id {
 		return
 	}
-	if node := nodeOfHolderKey(ev.KV.Key); node != "" {
-		r.moved(node)
+	r.moved(node)
+}
+
+// unregisteredHolders describes the replicas that hold nodes but are not
+// in the registry ("" when none): a fleet-wide read cannot ask them, so
+// its answer lacks their nodes.
+func (r *replicas) unregisteredHolders() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	count := map[string]int{}
+	for _, id := range r.holders {
+		if _, ok := r.peers[id]; !ok && id != r.id {
+			count[id]++
+		}
 	}
+	var out []string
+	for id, n := range count {
+		out = append(out, fmt.Sprintf("replica %s holds %d nodes but is not registered", id, n))
+	}
+	sort.Strings(out)
+	return strings.Join(out, "; ")
 }
 
 func (r *replicas) onReplicas(ev store.Event) {
 	id := strings.TrimPrefix(ev.KV.Key, replicasPrefix)
-	if id == r.id || id == "" {
+	if id == "" {
+		return
+	}
+	if id == r.id {
+		r.mu.Lock()
+		gone := r.lease != store.NoLease && (ev.Type == store.EventDelete || ev.KV.Lease != r.lease)
+		if gone {
+			r.unregistered = true
+		}
+		r.mu.Unlock()
+		if gone {
+			r.kick()
+		}
 		return
 	}
 	r.mu.Lock()
@@ -560,11 +705,19 @@ func (r *replicas) watchPrefix(ctx context.Context, prefix string, fn func(store
 				return err
 			}
 			var before map[string]string
-			if prefix == replicasPrefix {
+			switch prefix {
+			case replicasPrefix:
 				// A listing replaces what was known.
 				r.mu.Lock()
 				before = r.peers
 				r.peers = map[string]string{}
+				if r.lease != store.NoLease && !slices.ContainsFunc(kvs, func(kv store.KV) bool { return kv.Key == replicasPrefix+r.id }) {
+					r.unregistered = true
+				}
+				r.mu.Unlock()
+			case holdersPrefix:
+				r.mu.Lock()
+				r.holders = map[string]string{}
 				r.mu.Unlock()
 			}
 			for _, kv := range kvs {

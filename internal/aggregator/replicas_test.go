@@ -40,6 +40,7 @@ var replicaPrefixes atomic.Int64
 type replica struct {
 	t      *testing.T
 	id     string
+	prefix string
 	agg    *aggregator.Aggregator
 	st     *etcd.Store
 	cancel context.CancelFunc
@@ -85,7 +86,7 @@ func startReplica(t *testing.T, cluster *etcdtest.Cluster, prefix, id string, tt
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &replica{t: t, id: id, agg: agg, st: st, cancel: cancel, done: make(chan error, 1)}
+	r := &replica{t: t, id: id, prefix: prefix, agg: agg, st: st, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- agg.Run(ctx) }()
 	t.Cleanup(r.stop)
 	waitFor(t, 20*time.Second, id+" holds a lease and is registered", func() bool {

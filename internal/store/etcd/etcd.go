@@ -35,7 +35,9 @@ type Config struct {
 	TLS *tls.Config
 	// Prefix is put before every key, so that several deployments (or
 	// tests) share a cluster without seeing each other; List and Watch
-	// strip it. Default "/vigil/".
+	// strip it. It ends in exactly one "/" whether given with one or not
+	// ("/x" and "/x/" are the same prefix); one of slashes only ("/") is
+	// refused. Default "/vigil/".
 	Prefix string
 	// DialTimeout bounds the first connection to an endpoint. Default 5 s.
 	DialTimeout time.Duration
@@ -50,6 +52,18 @@ type Config struct {
 	// Logger receives the etcd client's own log. Default: discard (every
 	// failure reaches the caller as an error).
 	Logger *zap.Logger
+}
+
+// NormalizePrefix is the prefix keys are joined to: p with exactly one
+// trailing "/" ("/x" and "/x/" give "/x/"). A prefix without a name ("",
+// "/", "//") is refused with errdefs.ErrInvalid: its keys would be the
+// cluster's top level, shared with everything else on it.
+func NormalizePrefix(p string) (string, error) {
+	name := strings.TrimRight(p, "/")
+	if strings.Trim(name, "/") == "" {
+		return "", fmt.Errorf("etcd key prefix %q has no name (give one such as /vigil/): %w", p, errdefs.ErrInvalid)
+	}
+	return name + "/", nil
 }
 
 func (c *Config) setDefaults() {
@@ -89,6 +103,11 @@ var _ store.Store = (*Store)(nil)
 // back.
 func New(cfg Config) (*Store, error) {
 	cfg.setDefaults()
+	prefix, err := NormalizePrefix(cfg.Prefix)
+	if err != nil {
+		return nil, fmt.Errorf("etcd store: %w", err)
+	}
+	cfg.Prefix = prefix
 	if len(cfg.Endpoints) == 0 {
 		return nil, fmt.Errorf("etcd store: no endpoints: %w", errdefs.ErrInvalid)
 	}
@@ -163,6 +182,8 @@ func (s *Store) mapErr(ctx context.Context, what string, err error) error {
 	return fmt.Errorf("etcd store: %s: %v: %w", what, err, errdefs.ErrUnavailable)
 }
 
+// key is the one place a key is joined to the prefix, which ends in one
+// "/" (NormalizePrefix): keys are relative ("nodes/n1/holder").
 func (s *Store) key(k string) string { return s.cfg.Prefix + k }
 
 func (s *Store) kv(kv *mvccpb.KeyValue) store.KV {
