@@ -18,7 +18,7 @@ import (
 const (
 	// bindingsPrefix holds one key per bound node name (the name follows
 	// the prefix), its value a JSON binding.
-	bindingsPrefix = "/node-bindings/"
+	bindingsPrefix = "node-bindings/"
 	// bindAttempts bounds how often bind and release read again after
 	// another writer changed the name's key between their read and write.
 	bindAttempts = 5
