@@ -455,7 +455,7 @@ func (m *Member) joinLoop(ctx context.Context) {
 					backoff = m.cfg.JoinBackoffInitial
 				} else {
 					m.stats.joinFailures.Add(1)
-					m.log.Warn("gossip: no seed answered; trying again", "seeds", seeds, "in", backoff, "err", err)
+					m.log.Warn(joinFailure(err), "seeds", seeds, "in", backoff, "err", err)
 					wait = backoff
 					backoff = min(2*backoff, m.cfg.JoinBackoffMax)
 				}
@@ -619,4 +619,19 @@ func (m *Member) Traffic() Traffic {
 		return tr.traffic()
 	}
 	return Traffic{}
+}
+
+// joinFailure is the log message of a join that reached no seed: one that
+// answered with what this member cannot decrypt, or could not decrypt what
+// this member sent, answered all the same, and the gossip key is what is
+// wrong, not the seeds.
+func joinFailure(err error) string {
+	if err != nil {
+		msg := err.Error()
+		if strings.Contains(msg, "no installed keys could decrypt") || strings.Contains(msg, "encryption is configured") ||
+			strings.Contains(msg, "remote state is encrypted") {
+			return "gossip: a seed answered, but its gossip key and this member's do not match (--gossip-key-file); trying again"
+		}
+	}
+	return "gossip: no seed answered; trying again"
 }

@@ -429,3 +429,22 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	}
 	t.Error(err)
 }
+
+// TestJoinFailureSaysKeyMismatch: a join refused for the key (memberlist's
+// words, as TestMemberWithoutTheKeyCannotJoin's members get them) is logged
+// as a key mismatch, not as seeds that did not answer.
+func TestJoinFailureSaysKeyMismatch(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{errors.New("1 error occurred:\n\t* failed to join 127.0.0.1:1: no installed keys could decrypt the message"), "gossip key"},
+		{errors.New("1 error occurred:\n\t* failed to join 127.0.0.1:1: remote state is encrypted and encryption is not configured"), "gossip key"},
+		{errors.New("1 error occurred:\n\t* failed to join 127.0.0.1:1: dial tcp 127.0.0.1:1: connect: connection refused"), "no seed answered"},
+		{nil, "no seed answered"},
+	} {
+		if got := joinFailure(tc.err); !strings.Contains(got, tc.want) {
+			t.Errorf("joinFailure(%v) = %q, want it to say %q", tc.err, got, tc.want)
+		}
+	}
+}
