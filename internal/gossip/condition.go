@@ -115,15 +115,18 @@ func (c ConditionConfig) withDefaults() ConditionConfig {
 // DeadQuorum peers seeing it dead or left make it NodeDown. Anything less
 // is Unknown, with what the peers said.
 //
-// A peer's report counts only while the peer is credible itself: its
-// report is fresh (ReportMaxAge) and its own stream to the aggregator is
-// up (PeerReport.ObserverDown, past the grace). Reports come on the
-// observer's stream, so one whose stream is down has stopped reporting:
-// its last view is frozen at the moment its stream ended and describes
-// the past, and it cannot outvote the peers the aggregator still hears.
-// (Without this, a node that died a second before another kept reporting
-// the other alive for ReportMaxAge, and the other was AggregatorPartitioned
-// instead of NodeDown.) An observer whose stream is up still counts when
+// A peer's report counts while it is fresh (ReportMaxAge). An observer
+// whose own stream to the aggregator is down (PeerReport.ObserverDown,
+// past the grace) has stopped reporting: its last view is frozen at the
+// moment its stream ended. Its last "alive" or "suspect" then describes
+// the past and does not count: it cannot hold a node out of NodeDown
+// against the peers the aggregator still hears (without this, a node that
+// died a second before another kept the other AggregatorPartitioned for
+// ReportMaxAge). Its last "dead" or "left" still counts: a death seen
+// does not become less true, and a node NodeDown on two peers' word must
+// not turn Unknown because one of them lost its own stream afterwards
+// (with three nodes that flap took two of them at once, which the fleet
+// rule holds as the aggregator's failure). An observer whose stream is up still counts when
 // other peers see it dead: the aggregator hears it now, and in a split of
 // the gossip each side sees the other dead, so neither can be preferred.
 // Hence NodeDown needs DeadQuorum peers the aggregator hears now.
@@ -136,7 +139,7 @@ func Assess(streamUp bool, lastSeen time.Time, peers map[string]PeerReport, now 
 			stale = append(stale, name)
 			continue
 		}
-		if !r.counts(now, cfg) {
+		if !r.counts(now, cfg) && (r.State == StateAlive || r.State == StateSuspect) {
 			frozen = append(frozen, name)
 			continue
 		}
@@ -169,7 +172,7 @@ func Assess(streamUp bool, lastSeen time.Time, peers map[string]PeerReport, now 
 	// What was not counted for want of a live observer, said last.
 	var uncounted string
 	if len(frozen) > 0 {
-		uncounted = fmt.Sprintf("; not counted: %d peers whose own stream is down (%s)", len(frozen), names(frozen))
+		uncounted = fmt.Sprintf("; not counted: %d peers whose own stream is down (%s): their last view still had it alive", len(frozen), names(frozen))
 	}
 	switch {
 	case len(alive) > 0:

@@ -44,7 +44,8 @@
 //
 // The aggregator: for each node, the PeerReport of every observer that
 // mentions it (state, since, when that observer's view arrived, and whether
-// the observer's own stream is down: then its view does not count);
+// the observer's own stream is down: then its last alive or suspect does
+// not count, its last dead or left does);
 // Assess(streamUp, lastSeen, reports, now, ConditionConfig{}) gives the
 // node's condition and reason; Fleet over the previous and new conditions
 // of all nodes says when to blame itself or the network instead.
