@@ -336,7 +336,7 @@ func TestReplicasHoldNodes(t *testing.T) {
 	}
 	// Its peer error series is there at 0 before any read fails, beside
 	// those of the other replicas (whatever they count).
-	waitFor(t, 10*time.Second, "r1's peer error series of ghost at 0", func() bool {
+	waitFor(t, 30*time.Second, "r1's peer error series of ghost at 0", func() bool {
 		var got []string
 		for _, l := range seriesLines(b.scrape(), "vigil_aggregator_peer_errors_total") {
 			if !strings.Contains(l, `"ghost"`) {
@@ -350,7 +350,7 @@ func TestReplicasHoldNodes(t *testing.T) {
 			`vigil_aggregator_peer_errors_total{replica="r2"}`,
 		})
 	})
-	waitFor(t, 10*time.Second, "a partial answer naming the silent replica", func() bool {
+	waitFor(t, 30*time.Second, "a partial answer naming the silent replica", func() bool {
 		var hdr metadata.MD
 		resp, err := b.api().ListNodes(context.Background(), &vigilv1.ListNodesRequest{}, grpc.Header(&hdr))
 		return err == nil && len(resp.GetNodes()) == 2 && len(hdr.Get(aggregator.PartialHeader)) == 1 &&
@@ -359,7 +359,7 @@ func TestReplicasHoldNodes(t *testing.T) {
 	if err := b.st.Revoke(context.Background(), lease); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "ghost's peer error series gone with it", func() bool {
+	waitFor(t, 30*time.Second, "ghost's peer error series gone with it", func() bool {
 		return !strings.Contains(b.scrape(), `replica="ghost"`)
 	})
 
