@@ -89,11 +89,14 @@ func TestAgentKilledAtRandom(t *testing.T) {
 		_ = agent.Process.Signal(syscall.SIGKILL)
 		_ = agent.Wait()
 	}
-	t.Cleanup(func() {
+	stopAgent := func() {
 		if agent != nil && agent.ProcessState == nil {
 			_ = agent.Process.Signal(syscall.SIGTERM)
 			_ = agent.Wait()
 		}
+	}
+	t.Cleanup(func() {
+		stopAgent()
 		if t.Failed() || os.Getenv("VIGIL_CRASH_KEEP") != "" {
 			b, _ := os.ReadFile(filepath.Join(logDir, "agent.log"))
 			t.Logf("agent log (last lines):\n%s", lastLines(string(b), 60))
@@ -123,6 +126,10 @@ func TestAgentKilledAtRandom(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	// Cleanups run last registered first: the agent stops before the
+	// containers are removed, or it would restart them under the removal
+	// (CI: "delete task: ... runc did not terminate successfully").
+	t.Cleanup(stopAgent)
 
 	// A second agent on the same state dir refuses to start, naming the
 	// running agent's pid.
