@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/vigilhq/vigil/internal/errdefs"
 	vruntime "github.com/vigilhq/vigil/internal/runtime"
+	"github.com/vigilhq/vigil/internal/testenv"
 )
 
 func TestParseFlagsRejectsBadConfig(t *testing.T) {
@@ -256,20 +256,5 @@ func TestVersionFlagBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the agent")
 	}
-	bin := filepath.Join(t.TempDir(), "vigil-agent")
-	build := exec.Command("go", "build", "-trimpath", "-tags", "grpcnotrace", "-ldflags", "-X main.version=v9.8.7-ldflags", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	cmd := exec.Command(bin, "--version")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("vigil-agent --version: %v (stderr %q)", err, stderr.String())
-	}
-	if string(out) != "v9.8.7-ldflags\n" {
-		t.Fatalf("vigil-agent --version printed %q, want %q", out, "v9.8.7-ldflags\n")
-	}
+	testenv.CheckReleaseVersion(t, ".", "v9.8.7-ldflags")
 }

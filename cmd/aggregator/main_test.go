@@ -7,10 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -129,32 +126,5 @@ func TestVersionFromLdflags(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the aggregator binary")
 	}
-	goTool := "go"
-	if root := runtime.GOROOT(); root != "" { //nolint:staticcheck // the toolchain of this test binary
-		if p := filepath.Join(root, "bin", "go"); fileExists(p) {
-			goTool = p
-		}
-	}
-	bin := filepath.Join(t.TempDir(), "vigil-aggregator")
-	args := append([]string{"build"}, testenv.BuildFlags...)
-	args = append(args, "-ldflags", "-X main.version=v9.8.7-ldflags", "-o", bin, ".")
-	build := exec.Command(goTool, args...)
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(bin, "--version")
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("vigil-aggregator --version: %v (stderr %q), want exit 0", err, stderr.String())
-	}
-	if stdout.String() != "v9.8.7-ldflags\n" {
-		t.Fatalf("vigil-aggregator --version printed %q, want the -ldflags version", stdout.String())
-	}
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
+	testenv.CheckReleaseVersion(t, ".", "v9.8.7-ldflags")
 }

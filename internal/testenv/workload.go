@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -127,15 +128,34 @@ var BuildFlags = []string{"-trimpath", "-tags", "grpcnotrace"}
 
 // BuildRelease builds the package pkg (an import path of this module) the
 // way the Makefile builds releases (BuildFlags, no cgo) into the file out,
-// with the toolchain of the test binary. It fails the test if the build
-// fails.
-func BuildRelease(tb testing.TB, pkg, out string) {
+// with the toolchain of the test binary. extra go build flags come after
+// BuildFlags (-ldflags, as the Makefile's GO_LDFLAGS). It fails the test if
+// the build fails.
+func BuildRelease(tb testing.TB, pkg, out string, extra ...string) {
 	tb.Helper()
-	args := append([]string{"build"}, BuildFlags...)
+	args := append(append([]string{"build"}, BuildFlags...), extra...)
 	cmd := exec.Command(goTool(), append(args, "-o", out, pkg)...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		tb.Fatalf("go build %s: %v\n%s", pkg, err, lastLines(b, 20))
+	}
+}
+
+// CheckReleaseVersion builds the main package pkg as released with
+// main.version set to version (the Makefile's -ldflags -X) and checks that
+// its --version prints that version alone on stdout and exits 0.
+func CheckReleaseVersion(tb testing.TB, pkg, version string) {
+	tb.Helper()
+	bin := filepath.Join(tb.TempDir(), "bin")
+	BuildRelease(tb, pkg, bin, "-ldflags", "-X main.version="+version)
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(bin, "--version")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		tb.Fatalf("%s --version: %v (stderr %q), want exit 0", pkg, err, stderr.String())
+	}
+	if stdout.String() != version+"\n" {
+		tb.Fatalf("%s --version printed %q, want %q alone", pkg, stdout.String(), version)
 	}
 }
 
