@@ -123,8 +123,8 @@ func ended(s vigilv1.RemediationState) bool {
 // the journal is where every replica records an agent's result, whichever
 // holds the node's stream, while a watch can be dropped and its history
 // needs a store. Reads start 100 ms apart and slow to 1 s; each asks for
-// the newest remediations of the fleet, ten times more when r was not
-// among them.
+// the newest remediations of r's node (not the whole fleet's), ten times
+// more when r was not among them.
 func awaitEnd(ctx context.Context, c vigilv1.VigilClient, r *vigilv1.Remediation) (*vigilv1.Remediation, error) {
 	const maxLimit = 10000 // the aggregator's maximum
 	limit := uint32(100)
@@ -139,7 +139,7 @@ func awaitEnd(ctx context.Context, c vigilv1.VigilClient, r *vigilv1.Remediation
 		}
 		timer.Reset(delay)
 		delay = min(2*delay, time.Second)
-		resp, err := c.ListRemediations(ctx, &vigilv1.ListRemediationsRequest{Limit: limit})
+		resp, err := c.ListRemediations(ctx, &vigilv1.ListRemediationsRequest{Node: r.GetTarget().GetNode(), Limit: limit})
 		switch status.Code(err) {
 		case codes.OK:
 		case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
